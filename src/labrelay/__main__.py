@@ -1,0 +1,5 @@
+"""``python -m labrelay`` is the ``labrelay`` command."""
+
+from labrelay.cli.main import main
+
+main()

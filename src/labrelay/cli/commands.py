@@ -1,0 +1,316 @@
+"""The commands. Each parses its arguments, calls a use case, prints a result; errors go up to ``main``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from labrelay.cli import ui
+from labrelay.client.api import RelayClient
+from labrelay.client.fetch import acknowledge, fetch_all
+from labrelay.client.keystore import Authority, Party
+from labrelay.client.receipts import verified_outbox
+from labrelay.client.send import pending, send_file, upload
+from labrelay.client.trust import TrustedDirectory
+from labrelay.clock import SystemClock
+from labrelay.crypto.keys import SigningKey
+from labrelay.domain.names import AUTHORITY_KEYID
+from labrelay.domain.parties import Role
+from labrelay.domain.timeutil import parse_duration, to_rfc3339
+from labrelay.errors import IntegrityError, SecurityError, UsageError
+
+AsOpt = Annotated[Path, typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys.")]
+ServerOpt = Annotated[str, typer.Option("--server", envvar="LABRELAY_SERVER", help="The relay's URL.")]
+CaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cacert",
+        envvar="LABRELAY_CA_BUNDLE",
+        help="CA certificate(s) to trust for the relay's TLS certificate.",
+    ),
+]
+
+
+def _quiet() -> bool:
+    return bool(os.environ.get("LABRELAY_QUIET"))
+
+
+def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
+    return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert)
+
+
+def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command table, in one place
+    authority_app = typer.Typer(
+        help="The directory authority: its key signs every party entry. Keep it offline.",
+        no_args_is_help=True,
+    )
+    server_app = typer.Typer(help="Create and upgrade a relay's data directory.", no_args_is_help=True)
+    party_app = typer.Typer(help="Parties: labs, recipients, admins, DPOs, each a pair of keys.", no_args_is_help=True)
+    app.add_typer(authority_app, name="authority")
+    app.add_typer(server_app, name="server")
+    app.add_typer(party_app, name="party")
+
+    # ------------------------------------------------------------ authority
+
+    @authority_app.command("init")
+    def authority_init(auth_dir: Annotated[Path, typer.Argument(help="Directory to create.")]) -> None:
+        """Create the directory authority's key: AUTH_DIR/authority.key (0600) and AUTH_DIR/authority.pub."""
+
+        authority = Authority.init(auth_dir)
+        ui.out.print(
+            f"authority key created in {auth_dir}; public key: {authority.path / 'authority.pub'}",
+            markup=False,
+        )
+
+    @authority_app.command("revoke")
+    def authority_revoke(
+        name: Annotated[str, typer.Argument(help="Party to revoke.")],
+        authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
+        server: ServerOpt,
+        reason: Annotated[str, typer.Option(help="Why (kept in the signed revocation).")] = "revoked by the authority",
+        cacert: CaOpt = None,
+    ) -> None:
+        """Sign a revocation of NAME and register it: its next request is refused, and clients refuse it."""
+
+        auth = Authority.load(authority)
+        envelope = auth.sign_revocation(name, reason, SystemClock().now())
+        with _client(server, AUTHORITY_KEYID, auth.key, cacert) as client:
+            client.register_revocation(envelope)
+        ui.out.print(f"{name} revoked", markup=False)
+
+    # ------------------------------------------------------------ server
+
+    @server_app.command("init")
+    def server_init(
+        data_dir: Annotated[Path, typer.Argument(help="The relay's data directory, to create.")],
+        authority: Annotated[Path, typer.Option("--authority", help="AUTH_DIR/authority.pub to pin.")],
+    ) -> None:
+        """Create a relay data directory: settings, pinned authority key, database, payload directory."""
+        from labrelay.runtime import init_data_dir  # noqa: PLC0415
+
+        settings = init_data_dir(data_dir, authority)
+        ui.out.print(
+            f"relay data directory ready: {settings.data_dir} (settings in {settings.config_file})",
+            markup=False,
+        )
+
+    @server_app.command("upgrade")
+    def server_upgrade(
+        data: Annotated[Path, typer.Option("--data", help="The relay's data directory.")],
+    ) -> None:
+        """Bring the relay's database schema up to this version's."""
+        from labrelay.runtime import upgrade_data_dir  # noqa: PLC0415
+
+        ui.out.print(f"schema at {upgrade_data_dir(data)}", markup=False)
+
+    @app.command("serve")
+    def serve(
+        data: Annotated[Path, typer.Option("--data", help="The relay's data directory.")],
+        host: Annotated[str, typer.Option(help="Address to listen on. Off loopback, TLS is required.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+        tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate chain (PEM).")] = None,
+        tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM, 0600).")] = None,
+        ready_file: Annotated[Path | None, typer.Option(help="Write {url, pid} here once listening.")] = None,
+    ) -> None:
+        """Run the relay."""
+        from labrelay.cli.logging import configure_logging  # noqa: PLC0415
+        from labrelay.config import load_settings  # noqa: PLC0415
+        from labrelay.crypto.keys import check_private_permissions  # noqa: PLC0415
+        from labrelay.http.server import check_listen, run  # noqa: PLC0415
+        from labrelay.runtime import open_relay  # noqa: PLC0415
+
+        check_listen(host, tls_cert, tls_key)
+        if tls_key is not None:
+            check_private_permissions(tls_key)
+        configure_logging()
+        relay = open_relay(load_settings(data), SystemClock())
+        try:
+            run(relay.app(), host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, ready_file=ready_file)
+        finally:
+            relay.close()
+
+    # ------------------------------------------------------------ parties
+
+    @party_app.command("new")
+    def party_new(
+        name: Annotated[str, typer.Argument(help="Party name: lower-case letters, digits, hyphens (e.g. ars-11).")],
+        role: Annotated[str, typer.Option(help="lab, recipient, admin or dpo.")],
+        authority: Annotated[Path, typer.Option("--authority", help="AUTH_DIR/authority.pub to pin.")],
+        out: Annotated[Path, typer.Option("--out", help="Parent directory; the party goes in OUT/NAME.")],
+        region: Annotated[str | None, typer.Option(help="INSEE region code (e.g. 11), for regional parties.")] = None,
+    ) -> None:
+        """Generate a party's keys on this machine: an age identity and an Ed25519 signing key."""
+
+        party = Party.create(out, name, Role.parse(role), region, authority, SystemClock().now())
+        ui.out.print(f"party {party.name} created in {party.path}", markup=False)
+        ui.out.print(f"  age recipient: {party.age_recipient}", markup=False)
+        ui.out.print(f"  signing key:   {party.signing_public}", markup=False)
+
+    @party_app.command("enroll")
+    def party_enroll(
+        party_dir: Annotated[Path, typer.Argument(help="The party's directory (DIR/NAME).")],
+        authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
+        server: ServerOpt,
+        valid_for: Annotated[str, typer.Option(help="Validity of the signed entry (e.g. 365d).")] = "365d",
+        cacert: CaOpt = None,
+    ) -> None:
+        """Have the authority sign the party's entry, and register it with the relay."""
+
+        party = Party.load(party_dir)
+        auth = Authority.load(authority)
+        envelope = auth.sign_entry(party, SystemClock().now(), parse_duration(valid_for))
+        party.save_entry(envelope)
+        with _client(server, party.name, party.signing_key, cacert) as client:
+            result = client.register_entry(envelope)
+        ui.out.print(f"{party.name} enrolled (entry {result.get('serial')})", markup=False)
+
+    @party_app.command("show")
+    def party_show(
+        party_dir: Annotated[Path, typer.Argument(help="The party's directory (DIR/NAME).")],
+    ) -> None:
+        """Print a party's public keys and its signed entry's validity."""
+
+        party = Party.load(party_dir)
+        ui.out.print(
+            f"name:          {party.name}\nrole:          {party.role.value}\n"
+            f"region:        {party.region or '-'}\nage recipient: {party.age_recipient}\n"
+            f"signing key:   {party.signing_public}",
+            markup=False,
+        )
+        entry = party.entry()
+        if entry is None:
+            ui.out.print("entry:         not enrolled", markup=False)
+        else:
+            ui.out.print(
+                f"entry:         valid {to_rfc3339(entry.not_before)} → {to_rfc3339(entry.not_after)}",
+                markup=False,
+            )
+
+    @app.command("directory")
+    def directory(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
+        """List the parties in force, as verified against the pinned authority key."""
+
+        party = Party.load(as_)
+        with _client(server, party.name, party.signing_key, cacert) as client:
+            trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
+        for entry in trusted.in_force():
+            ui.out.print(
+                f"{entry.name:24} {entry.role.value:9} {entry.region or '-':3} until {to_rfc3339(entry.not_after)}",
+                markup=False,
+            )
+        for name, why in sorted(trusted.untrusted.items()):
+            ui.err.print(f"UNTRUSTED {name}: {why}", markup=False)
+        if trusted.untrusted:
+            raise SecurityError("the relay served directory records the pinned authority did not sign")
+
+    # ------------------------------------------------------------ transfers
+
+    @app.command("send")
+    def send(
+        file: Annotated[Path, typer.Argument(help="The file to send.")],
+        as_: AsOpt,
+        server: ServerOpt,
+        to: Annotated[list[str], typer.Option("--to", help="Recipient party (repeat for several).")],
+        ttl: Annotated[str, typer.Option(help="Deadline: 30s, 15m, 12h, 7d. The relay caps it.")] = "7d",
+        cacert: CaOpt = None,
+    ) -> None:
+        """Encrypt FILE to each recipient's verified key, sign a manifest each, and upload (resumable)."""
+
+        party = Party.load(as_)
+        lifetime = parse_duration(ttl)
+        if not file.is_file():
+            raise UsageError(f"{file} is not a readable file")
+        with (
+            _client(server, party.name, party.signing_key, cacert) as client,
+            ui.TerminalProgress(_quiet()) as progress,
+        ):
+            sent = send_file(party, client, file, to, lifetime, SystemClock(), progress=progress)
+        for item in sent:
+            ui.out.print(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)", markup=False)
+
+    @app.command("resume")
+    def resume(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
+        """Finish uploads that an earlier send could not complete."""
+
+        party = Party.load(as_)
+        todo = pending(party)
+        if not todo:
+            ui.out.print("nothing to resume", markup=False)
+            return
+        with (
+            _client(server, party.name, party.signing_key, cacert) as client,
+            ui.TerminalProgress(_quiet()) as progress,
+        ):
+            for state in todo:
+                item = upload(party, client, state, progress)
+                ui.out.print(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)", markup=False)
+
+    @app.command("fetch")
+    def fetch(
+        as_: AsOpt,
+        server: ServerOpt,
+        out: Annotated[Path, typer.Option("--out", help="Directory to write payloads into.")],
+        raw: Annotated[
+            bool,
+            typer.Option(
+                "--raw",
+                help="Write each payload as received (OUT/<id>.age, a "
+                "standard age file) with its manifest; no receipt.",
+            ),
+        ] = False,
+        cacert: CaOpt = None,
+    ) -> None:
+        """Fetch what waits for this party: verify, download, check, decrypt, write, acknowledge."""
+
+        party = Party.load(as_)
+        with (
+            _client(server, party.name, party.signing_key, cacert) as client,
+            ui.TerminalProgress(_quiet()) as progress,
+        ):
+            report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress)
+        for item in report.fetched:
+            count = f", {item.records} records" if item.records is not None else ""
+            ack = "acknowledged" if item.acknowledged else "not acknowledged (--raw)"
+            ui.out.print(f"fetched {item.transfer_id} from {item.sender} → {item.path}{count}; {ack}", markup=False)
+        for transfer_id, exc in report.refused:
+            ui.err.print(f"labrelay: {ui.kind_of(exc)}: {transfer_id}: {exc.diagnostics()}", markup=False)
+        if not report.fetched and not report.refused:
+            ui.out.print("nothing waiting", markup=False)
+        if report.refused:
+            raise typer.Exit(max(ui.exit_code_for(e) for _, e in report.refused))
+
+    @app.command("receipt")
+    def receipt(
+        transfer_id: Annotated[str, typer.Argument(help="The transfer to acknowledge.")],
+        as_: AsOpt,
+        server: ServerOpt,
+        file: Annotated[Path | None, typer.Option("--file", help="Check this raw payload's hash first.")] = None,
+        cacert: CaOpt = None,
+    ) -> None:
+        """Acknowledge a transfer fetched with --raw: the relay then deletes the payload."""
+
+        party = Party.load(as_)
+        with _client(server, party.name, party.signing_key, cacert) as client:
+            acknowledge(party, client, transfer_id, SystemClock(), payload_file=file)
+        ui.out.print(f"receipt sent for {transfer_id}", markup=False)
+
+    @app.command("receipts")
+    def receipts(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
+        """The sender's transfers and their recipients' signed receipts, verified."""
+
+        party = Party.load(as_)
+        with _client(server, party.name, party.signing_key, cacert) as client:
+            rows, problems = verified_outbox(party, client, SystemClock())
+        for row in rows:
+            ui.out.print(row, markup=False)
+        for problem in problems:
+            ui.err.print(f"labrelay: refused: {problem}", markup=False)
+        if problems:
+            raise IntegrityError(f"{len(problems)} receipt(s) failed verification")
+
+    from labrelay.cli.demo import demo_command  # noqa: PLC0415 - the demo imports the whole relay
+
+    app.command("demo")(demo_command)

@@ -1,0 +1,94 @@
+"""``labrelay``: the command line for labs, recipients, the directory authority and relay operators.
+
+Exit codes (scripts can trust them): 0 success; 1 operational failure (relay unreachable, disk full …);
+2 usage error; 3 refused by a security check (bad signature, tampered payload, unknown or revoked key …).
+Each failure prints one line saying what and why; tracebacks only with ``--verbose`` or LABRELAY_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import click
+import typer
+
+from labrelay import __version__, errors
+from labrelay.cli import ui
+from labrelay.cli.commands import register_commands
+
+app = typer.Typer(
+    name="labrelay",
+    help="End-to-end encrypted relay for medical-lab results. The relay only ever holds ciphertext.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        ui.out.print(f"labrelay {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    if verbose:
+        os.environ["LABRELAY_DEBUG"] = "1"
+    if quiet:
+        os.environ["LABRELAY_QUIET"] = "1"
+
+
+register_commands(app)
+
+
+@app.command("synth")
+def synth(
+    count: Annotated[int, typer.Argument(min=0, help="Number of records.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 1,
+    today: Annotated[str | None, typer.Option(help="Reference day YYYY-MM-DD for sample dates.")] = None,
+) -> None:
+    """Write COUNT synthetic lab results (realistic, none real) in the lab-results CSV template."""
+    from labrelay.synthetic.generator import write_csv_file  # noqa: PLC0415 - Faker loads slowly
+
+    day = date.fromisoformat(today) if today else date.today()  # noqa: DTZ011 - a calendar day is wanted
+    written = write_csv_file(out, count, seed=seed, today=day)
+    ui.out.print(f"wrote {written} synthetic records to {out}", markup=False)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="labrelay", standalone_mode=False)
+    except click.exceptions.Abort:
+        ui.err.print("labrelay: aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except errors.LabrelayError as exc:
+        if os.environ.get("LABRELAY_DEBUG"):
+            raise
+        ui.report(exc)
+        sys.exit(ui.exit_code_for(exc))
+    except KeyboardInterrupt:
+        ui.err.print("labrelay: interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("LABRELAY_DEBUG"):
+            raise
+        ui.err.print(f"labrelay: internal error ({type(exc).__name__}); rerun with --verbose for details", markup=False)
+        sys.exit(ui.EXIT_OPERATIONAL)
+    sys.exit(result if isinstance(result, int) else 0)

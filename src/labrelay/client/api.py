@@ -1,0 +1,295 @@
+"""The relay's HTTP API, as a client calls it: every request signed, every error rebuilt as a labrelay error.
+
+Fail closed on transport: plain ``http://`` is accepted only to a loopback address; anything else must be
+``https://`` (with the system trust store, or ``--cacert``).
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from labrelay.crypto.httpsig import sign_request
+from labrelay.crypto.keys import SigningKey
+from labrelay.errors import (
+    Conflict,
+    InsecureTransport,
+    IntegrityError,
+    LabrelayError,
+    OperationalError,
+    StorageFull,
+    Unavailable,
+    UsageError,
+    error_from_code,
+)
+from labrelay.ports import Clock
+
+T = TypeVar("T")
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+JSON = "application/json"
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress  # noqa: PLC0415 - only needed here
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str) -> str:
+    """A relay URL without trailing slash; refuses plain HTTP off loopback and anything but http(s)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"invalid relay URL {url!r}", hint="e.g. https://relay.example.org or http://127.0.0.1:8000")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise InsecureTransport(
+            f"refusing plain HTTP to {parts.hostname}: use https:// (plain HTTP is for loopback only)"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UsageError("a relay URL has no query, fragment or credentials")
+    return url.rstrip("/")
+
+
+class RelayClient:
+    """Signed requests to one relay, as one party (or the authority)."""
+
+    def __init__(
+        self,
+        server: str,
+        keyid: str,
+        key: SigningKey,
+        clock: Clock,
+        *,
+        ca_bundle: Path | None = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+    ) -> None:
+        self.base = check_server_url(server)
+        self.keyid = keyid
+        self._key = key
+        self._clock = clock
+        self._retries = retries
+        self._backoff = backoff
+        verify: ssl.SSLContext | bool = True
+        if ca_bundle is not None:
+            verify = ssl.create_default_context(cafile=str(ca_bundle))
+        self._http = httpx.Client(
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ transport
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Sequence[str] = (),
+        stream: bool = False,
+    ) -> httpx.Response:
+        url = self.base + path
+        signed = dict(headers or {})
+        sign_request(
+            method,
+            url,
+            signed,
+            body,
+            keyid=self.keyid,
+            key=self._key,
+            now=self._clock.now(),
+            extra_components=extra,
+        )
+        request = self._http.build_request(method, url, content=body, headers=signed)
+        try:
+            response = self._http.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise Unavailable(f"relay {self.base} did not answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise Unavailable(f"relay {self.base} unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            if stream:
+                response.read()
+            raise self._error(response)
+        return response
+
+    def _error(self, response: httpx.Response) -> LabrelayError:
+        try:
+            doc = response.json()
+            code, detail = str(doc.get("code")), str(doc.get("detail"))[:500]
+        except (ValueError, AttributeError):
+            code, detail = "", response.text[:200]
+        if response.status_code == 507:
+            return StorageFull(f"relay: {detail}")
+        if response.status_code >= 500 and code in ("", "internal", "unavailable", "operational"):
+            return Unavailable(f"relay error {response.status_code}: {detail}")
+        if not code:
+            return OperationalError(f"relay answered {response.status_code}: {detail}")
+        return error_from_code(code, f"relay refused: {detail}")
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Retry an idempotent operation on transport errors, with exponential backoff."""
+        delay = self._backoff
+        for attempt in range(self._retries + 1):
+            try:
+                return operation()
+            except Unavailable:
+                if attempt == self._retries:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _json(self, method: str, path: str, doc: Mapping[str, Any] | None = None) -> Any:
+        def go() -> Any:
+            body = json.dumps(doc, sort_keys=True).encode() if doc is not None else None
+            headers = {"Content-Type": JSON} if doc is not None else {}
+            response = self._request(method, path, body=body, headers=headers, extra=("content-type",))
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise OperationalError(f"relay sent malformed JSON for {method} {path}") from exc
+
+        return self._retrying(go)
+
+    # ------------------------------------------------------------ API
+
+    def directory(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/v1/directory")
+        return result
+
+    def register_entry(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/directory/entries", envelope)
+        return result
+
+    def register_revocation(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/directory/revocations", envelope)
+        return result
+
+    def create_transfer(self, manifest_envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/transfers", manifest_envelope)
+        return result
+
+    def transfers(self, box: str) -> list[dict[str, Any]]:
+        doc = self._json("GET", f"/v1/transfers?box={box}")
+        items = doc.get("transfers") if isinstance(doc, dict) else None
+        if not isinstance(items, list):
+            raise OperationalError("relay sent a malformed transfer list")
+        return items
+
+    def transfer(self, transfer_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/transfers/{transfer_id}")
+        return result
+
+    def send_receipt(self, transfer_id: str, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", f"/v1/transfers/{transfer_id}/receipt", envelope)
+        return result
+
+    def upload_offset(self, transfer_id: str) -> int:
+        def go() -> int:
+            response = self._request("HEAD", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})
+            return _offset(response)
+
+        return self._retrying(go)
+
+    def upload_chunk(self, transfer_id: str, offset: int, data: bytes) -> int:
+        """PATCH one chunk at ``offset``; return the relay's new offset. Not retried here (see ``upload``)."""
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Content-Type": OFFSET_CONTENT_TYPE,
+            "Upload-Offset": str(offset),
+        }
+        response = self._request(
+            "PATCH",
+            f"/v1/uploads/{transfer_id}",
+            body=data,
+            headers=headers,
+            extra=("upload-offset", "content-type"),
+        )
+        return _offset(response)
+
+    def upload(
+        self,
+        transfer_id: str,
+        source: BinaryIO,
+        size: int,
+        chunk_size: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Upload ``source`` resumably: start from the relay's offset; after a failure, ask it again and go on."""
+        offset = self.upload_offset(transfer_id)
+        if on_progress:
+            on_progress(offset)
+        failures = 0
+        while offset < size:
+            source.seek(offset)
+            data = source.read(min(chunk_size, size - offset))
+            try:
+                new_offset = self.upload_chunk(transfer_id, offset, data)
+            except (Unavailable, Conflict):
+                failures += 1
+                if failures > self._retries:
+                    raise
+                time.sleep(self._backoff * 2 ** (failures - 1))
+                new_offset = self.upload_offset(transfer_id)
+            else:
+                failures = 0
+            if on_progress:
+                on_progress(new_offset - offset)
+            offset = new_offset
+
+    def cancel_upload(self, transfer_id: str) -> None:
+        self._request("DELETE", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})
+
+    def download(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
+        """The payload's bytes from ``start`` (resuming a partial download)."""
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        response = self._request(
+            "GET", f"/v1/transfers/{transfer_id}/payload", headers=headers, extra=("range",), stream=True
+        )
+        if start and response.status_code != 206:
+            response.close()
+            raise IntegrityError("relay ignored the resume offset")
+        return _iterate(response)
+
+
+def _offset(response: httpx.Response) -> int:
+    value = response.headers.get("upload-offset", "")
+    if not value.isdigit():
+        raise OperationalError("relay sent no Upload-Offset")
+    return int(value)
+
+
+def _iterate(response: httpx.Response) -> Iterator[bytes]:
+    try:
+        yield from response.iter_bytes(1 << 20)
+    except httpx.TransportError as exc:
+        raise Unavailable(f"download interrupted: {exc}") from exc
+    finally:
+        response.close()

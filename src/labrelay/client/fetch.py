@@ -1,0 +1,256 @@
+"""Fetch: list what waits, verify, download, check the hash, decrypt, write, then sign a receipt.
+
+Nothing is written under its final name and nothing is acknowledged until every check passed:
+- the manifest verifies under the sender's directory entry, itself verified against the pinned authority,
+  and the sender is a lab in force now;
+- the manifest names this party and a key this party holds;
+- the downloaded ciphertext has the manifest's size and SHA-256;
+- age decryption succeeds (it authenticates every chunk and the end of the stream).
+Downloads resume from a partial file; decrypted output goes to a temporary name in the output directory and is
+renamed into place. A receipt that could not be sent is kept and sent on the next fetch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labrelay.client.api import RelayClient
+from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.client.keystore import Party
+from labrelay.client.progress import NoProgress, Progress
+from labrelay.client.trust import TrustedDirectory
+from labrelay.crypto import age_stream
+from labrelay.crypto.envelopes import envelope_signer, verify_envelope
+from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.parties import SENDING_ROLES
+from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus
+from labrelay.errors import IntegrityError, LabrelayError, SecurityError
+from labrelay.ports import Clock
+
+WORK_DIR = ".labrelay"
+EXTENSIONS = {
+    "text/csv": ".csv",
+    "application/json": ".json",
+    "application/x-ndjson": ".ndjson",
+    "application/x-hl7-v2": ".hl7",
+    "text/plain": ".txt",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    transfer_id: str
+    sender: str
+    path: Path
+    size: int
+    records: int | None
+    acknowledged: bool
+
+
+@dataclass
+class FetchReport:
+    fetched: list[Fetched] = field(default_factory=list)
+    refused: list[tuple[str, LabrelayError]] = field(default_factory=list)
+
+    @property
+    def security_failures(self) -> list[tuple[str, LabrelayError]]:
+        return [(t, e) for t, e in self.refused if isinstance(e, SecurityError)]
+
+
+def verify_manifest(
+    party: Party, directory: TrustedDirectory, envelope: Mapping[str, Any], transfer_id: str
+) -> Manifest:
+    """The manifest, if signed by a lab in force and addressed to this party and one of its keys."""
+    signer = envelope_signer(envelope)
+    sender = directory.require(signer, SENDING_ROLES)
+    payload = verify_envelope(envelope, MANIFEST_TYPE, VerifyKey.from_b64(sender.signing_key))
+    manifest = Manifest.from_payload(payload)
+    if manifest.sender != signer or manifest.transfer_id != transfer_id:
+        raise IntegrityError(f"manifest of {transfer_id} does not match the transfer the relay listed")
+    if manifest.recipient != party.name:
+        raise IntegrityError(f"transfer {transfer_id} is addressed to {manifest.recipient}, not {party.name}")
+    if manifest.recipient_key not in {i.recipient for i in party.identities}:
+        raise IntegrityError(f"transfer {transfer_id} was sealed to a key {party.name} does not hold")
+    return manifest
+
+
+def count_csv_records(path: Path) -> int:
+    """Data records in a CSV file (header excluded), quoted newlines handled."""
+    with path.open("rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        sample = text.read(4096)
+        text.seek(0)
+        delimiter = ";" if sample.count(";") > sample.count(",") else ","
+        rows = sum(1 for _ in csv.reader(text, delimiter=delimiter))
+    return max(rows - 1, 0)
+
+
+def _download(client: RelayClient, manifest: Manifest, partial: Path, progress: Progress) -> None:
+    """Download into ``partial`` (resuming it), then check size and SHA-256 against the signed manifest."""
+    start = partial.stat().st_size if partial.exists() else 0
+    if start > manifest.size:
+        partial.unlink()
+        start = 0
+    digest = hashlib.sha256()
+    if start:
+        with partial.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    task = progress.task(f"downloading {manifest.transfer_id[:8]}", manifest.size)
+    task.advance(start)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        with os.fdopen(fd, "ab") as out:
+            if start < manifest.size:
+                for chunk in client.download(manifest.transfer_id, start):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    task.advance(len(chunk))
+                    if out.tell() > manifest.size:
+                        break
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+    finally:
+        task.done()
+    if size != manifest.size or digest.hexdigest() != manifest.sha256:
+        partial.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"payload {manifest.transfer_id} does not match its signed manifest (size or SHA-256): "
+            "altered in storage or in transit; nothing written, no receipt sent"
+        )
+
+
+def _decrypt(party: Party, manifest: Manifest, partial: Path, work: Path, out_dir: Path) -> tuple[Path, int | None]:
+    identities = [i for i in party.identities if i.recipient == manifest.recipient_key]
+    tmp = work / f"{manifest.transfer_id}.plain.tmp"
+    final = out_dir / f"{manifest.transfer_id}{EXTENSIONS.get(manifest.media_type, '.bin')}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with partial.open("rb") as cipher, os.fdopen(fd, "wb") as plain:
+            size, sha = age_stream.decrypt(cipher, plain, identities)
+            plain.flush()
+            os.fsync(plain.fileno())
+        if size != manifest.size or sha != manifest.sha256:
+            raise IntegrityError(f"payload {manifest.transfer_id} changed on disk before decryption")
+        records = count_csv_records(tmp) if manifest.media_type == "text/csv" else None
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final, records
+
+
+def _send_pending_receipts(client: RelayClient, work: Path) -> None:
+    for pending in sorted(work.glob("*.receipt.json")):
+        envelope = read_json(pending)
+        transfer_id = pending.name.split(".", 1)[0]
+        client.send_receipt(transfer_id, envelope)
+        pending.unlink()
+
+
+def fetch_one(
+    party: Party,
+    client: RelayClient,
+    directory: TrustedDirectory,
+    listing: Mapping[str, Any],
+    out_dir: Path,
+    clock: Clock,
+    *,
+    raw: bool = False,
+    progress: Progress | None = None,
+) -> Fetched:
+    progress = progress or NoProgress()
+    transfer_id = str(listing.get("transfer_id"))
+    manifest = verify_manifest(party, directory, listing["manifest"], transfer_id)
+    work = private_dir(out_dir / WORK_DIR)
+    partial = work / f"{transfer_id}.age.part"
+    _download(client, manifest, partial, progress)
+    sidecar = {"manifest": listing["manifest"]}
+    if raw:
+        final = out_dir / f"{transfer_id}.age"
+        os.replace(partial, final)
+        write_json_atomic(out_dir / f"{transfer_id}.manifest.json", sidecar, mode=0o644)
+        return Fetched(transfer_id, manifest.sender, final, manifest.size, None, acknowledged=False)
+    try:
+        final, records = _decrypt(party, manifest, partial, work, out_dir)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.unlink()
+    receipt = Receipt(
+        transfer_id=transfer_id,
+        sender=manifest.sender,
+        recipient=party.name,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        record_count=records,
+        status=ReceiptStatus.DECRYPTED,
+        received_at=clock.now(),
+    )
+    envelope = party.sign(receipt.to_payload())
+    write_json_atomic(out_dir / f"{transfer_id}.manifest.json", {**sidecar, "receipt": envelope}, mode=0o644)
+    pending = work / f"{transfer_id}.receipt.json"
+    write_json_atomic(pending, envelope)
+    client.send_receipt(transfer_id, envelope)
+    pending.unlink()
+    return Fetched(transfer_id, manifest.sender, final, manifest.size, records, acknowledged=True)
+
+
+def fetch_all(
+    party: Party,
+    client: RelayClient,
+    out_dir: Path,
+    clock: Clock,
+    *,
+    raw: bool = False,
+    progress: Progress | None = None,
+) -> FetchReport:
+    """Fetch everything waiting. A transfer that fails a check is reported and skipped; the others go on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = private_dir(out_dir / WORK_DIR)
+    _send_pending_receipts(client, work)
+    directory = TrustedDirectory(party.authority, client.directory(), clock.now())
+    report = FetchReport()
+    for listing in client.transfers("inbox"):
+        transfer_id = str(listing.get("transfer_id"))
+        try:
+            report.fetched.append(
+                fetch_one(party, client, directory, listing, out_dir, clock, raw=raw, progress=progress)
+            )
+        except LabrelayError as exc:
+            report.refused.append((transfer_id, exc))
+    return report
+
+
+def acknowledge(
+    party: Party, client: RelayClient, transfer_id: str, clock: Clock, *, payload_file: Path | None = None
+) -> Receipt:
+    """Send the receipt for a transfer fetched with ``--raw`` (status ``received``: not decrypted here)."""
+    listing = client.transfer(transfer_id)
+    directory = TrustedDirectory(party.authority, client.directory(), clock.now())
+    manifest = verify_manifest(party, directory, listing["manifest"], transfer_id)
+    if payload_file is not None:
+        with payload_file.open("rb") as fh:
+            size, sha = age_stream.hash_file(fh)
+        if size != manifest.size or sha != manifest.sha256:
+            raise IntegrityError(f"{payload_file} does not match the signed manifest of {transfer_id}")
+    receipt = Receipt(
+        transfer_id=transfer_id,
+        sender=manifest.sender,
+        recipient=party.name,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        record_count=None,
+        status=ReceiptStatus.RECEIVED,
+        received_at=clock.now(),
+    )
+    client.send_receipt(transfer_id, party.sign(receipt.to_payload()))
+    return receipt

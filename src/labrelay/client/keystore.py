@@ -1,0 +1,215 @@
+"""A party's directory and the authority's directory, on their owners' machines.
+
+Party directory ``DIR/NAME/`` (mode 0700)::
+
+    identity.txt    age X25519 identity, the standard age format (0600) — `age -d -i identity.txt` reads it
+    signing.key     Ed25519 private key, PKCS#8 PEM (0600)
+    party.json      the public half: name, role, region, age recipient, signing key
+    authority.pub   the directory authority's key, pinned at creation
+    entry.json      the authority-signed entry, after enrolment
+    outbox/         sealed payloads not yet fully uploaded (ciphertext only) and their signed manifests
+    sent/           manifests of completed uploads (the sender's record of what it sent)
+
+Authority directory ``AUTH_DIR/`` (mode 0700)::
+
+    authority.key   Ed25519 private key (0600); keep this directory offline
+    authority.pub   the public key every party and the relay pin
+    issued.jsonl    every entry and revocation this authority signed, one per line
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.crypto.envelopes import sign_envelope, verify_envelope
+from labrelay.crypto.keys import AgeIdentity, SigningKey, VerifyKey, load_verify_key_file
+from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
+from labrelay.domain.parties import ENTRY_TYPE, PartyEntry, Revocation, Role
+from labrelay.domain.timeutil import to_rfc3339
+from labrelay.errors import UntrustedEntry, UsageError
+
+IDENTITY_FILE = "identity.txt"
+SIGNING_FILE = "signing.key"
+PUBLIC_FILE = "party.json"
+PINNED_FILE = "authority.pub"
+ENTRY_FILE = "entry.json"
+AUTHORITY_KEY = "authority.key"
+AUTHORITY_PUB = "authority.pub"
+
+
+# ------------------------------------------------------------------ party
+
+
+@dataclass(frozen=True)
+class Party:
+    """A party's local directory. Private keys are loaded (and their permissions checked) on first use."""
+
+    path: Path
+    name: str
+    role: Role
+    region: str | None
+    age_recipient: str
+    signing_public: str
+
+    @classmethod
+    def create(cls, out: Path, name: str, role: Role, region: str | None, authority_pub: Path, now: datetime) -> Party:
+        check_party_name(name)
+        if region is not None:
+            check_region(region)
+        pinned = load_verify_key_file(authority_pub)
+        path = out / name
+        if path.exists():
+            raise UsageError(f"{path} already exists; refusing to overwrite a party's keys")
+        private_dir(out)
+        private_dir(path)
+        created = to_rfc3339(now)
+        identity = AgeIdentity.generate()
+        identity.save(path / IDENTITY_FILE, created)
+        signing = SigningKey.generate()
+        signing.save(path / SIGNING_FILE)
+        (path / PINNED_FILE).write_bytes(pinned.to_pem())
+        public = {
+            "name": name,
+            "role": role.value,
+            "region": region,
+            "age_recipient": identity.recipient,
+            "signing_key": signing.public.b64,
+            "created": created,
+        }
+        write_json_atomic(path / PUBLIC_FILE, public, mode=0o644)
+        return cls.load(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Party:
+        try:
+            doc = read_json(path / PUBLIC_FILE)
+        except FileNotFoundError:
+            raise UsageError(
+                f"{path} is not a party directory (no {PUBLIC_FILE})",
+                hint="create one with: labrelay party new NAME --role … --out DIR",
+            ) from None
+        except ValueError as exc:
+            raise UsageError(f"{path / PUBLIC_FILE} is malformed: {exc}") from exc
+        region = doc.get("region")
+        return cls(
+            path=path,
+            name=check_party_name(str(doc.get("name"))),
+            role=Role.parse(str(doc.get("role"))),
+            region=check_region(region) if region is not None else None,
+            age_recipient=str(doc.get("age_recipient")),
+            signing_public=str(doc.get("signing_key")),
+        )
+
+    @cached_property
+    def signing_key(self) -> SigningKey:
+        key = SigningKey.load(self.path / SIGNING_FILE)
+        if key.public.b64 != self.signing_public:
+            raise UsageError(f"{self.path / SIGNING_FILE} does not match {PUBLIC_FILE}")
+        return key
+
+    @cached_property
+    def identities(self) -> list[AgeIdentity]:
+        return AgeIdentity.load_all(self.path / IDENTITY_FILE)
+
+    @cached_property
+    def authority(self) -> VerifyKey:
+        """The pinned authority key: every directory entry this party uses must verify under it."""
+        return load_verify_key_file(self.path / PINNED_FILE)
+
+    @property
+    def outbox(self) -> Path:
+        return private_dir(self.path / "outbox")
+
+    @property
+    def sent(self) -> Path:
+        return private_dir(self.path / "sent")
+
+    def entry(self) -> PartyEntry | None:
+        path = self.path / ENTRY_FILE
+        if not path.exists():
+            return None
+        payload = verify_envelope(read_json(path), ENTRY_TYPE, self.authority, error=UntrustedEntry)
+        return PartyEntry.from_payload(payload)
+
+    def save_entry(self, envelope: dict[str, Any]) -> None:
+        verify_envelope(envelope, ENTRY_TYPE, self.authority, error=UntrustedEntry)
+        write_json_atomic(self.path / ENTRY_FILE, envelope, mode=0o644)
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return sign_envelope(payload, self.signing_key, self.name)
+
+
+# ------------------------------------------------------------------ authority
+
+
+@dataclass(frozen=True)
+class Authority:
+    """The directory authority: signs party entries and revocations. Its directory belongs offline."""
+
+    path: Path
+
+    @classmethod
+    def init(cls, path: Path) -> Authority:
+        if (path / AUTHORITY_KEY).exists():
+            raise UsageError(f"{path} already holds an authority key; refusing to replace it")
+        private_dir(path)
+        key = SigningKey.generate()
+        key.save(path / AUTHORITY_KEY)
+        (path / AUTHORITY_PUB).write_bytes(key.public.to_pem())
+        return cls(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Authority:
+        if not (path / AUTHORITY_KEY).exists():
+            raise UsageError(
+                f"{path} is not an authority directory (no {AUTHORITY_KEY})",
+                hint="pass the directory that `labrelay authority init` created",
+            )
+        return cls(path)
+
+    @cached_property
+    def key(self) -> SigningKey:
+        return SigningKey.load(self.path / AUTHORITY_KEY)
+
+    @property
+    def public(self) -> VerifyKey:
+        return load_verify_key_file(self.path / AUTHORITY_PUB)
+
+    def _log(self, envelope: dict[str, Any]) -> None:
+        fd = os.open(self.path / "issued.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(envelope, sort_keys=True) + "\n")
+
+    def sign_entry(self, party: Party, now: datetime, valid_for: timedelta) -> dict[str, Any]:
+        if party.authority != self.public:
+            raise UntrustedEntry(
+                f"{party.name} pinned a different authority key than {self.path / AUTHORITY_PUB}",
+                hint="enrol with the authority whose authority.pub the party was created with",
+            )
+        entry = PartyEntry(
+            name=party.name,
+            role=party.role,
+            region=party.region,
+            age_recipient=party.age_recipient,
+            signing_key=party.signing_public,
+            not_before=now,
+            not_after=now + valid_for,
+            issued_at=now,
+            serial=new_id(),
+        )
+        envelope = sign_envelope(entry.to_payload(), self.key, AUTHORITY_KEYID)
+        self._log(envelope)
+        return envelope
+
+    def sign_revocation(self, name: str, reason: str, now: datetime) -> dict[str, Any]:
+        revocation = Revocation(name=check_party_name(name), revoked_at=now, reason=reason, serial=new_id())
+        envelope = sign_envelope(revocation.to_payload(), self.key, AUTHORITY_KEYID)
+        self._log(envelope)
+        return envelope

@@ -1,0 +1,116 @@
+"""The relay's settings: one frozen object, read once at start from DATA_DIR/relay.toml and the environment.
+
+``labrelay server init`` writes relay.toml with the defaults below; an environment variable ``LABRELAY_<NAME>``
+overrides a setting for one run. Every setting is documented in docs/configuration.md (a test checks).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from labrelay.domain.timeutil import format_duration, parse_duration
+from labrelay.errors import UsageError
+
+CONFIG_FILE = "relay.toml"
+AUTHORITY_FILE = "authority.pub"
+DATABASE_FILE = "relay.db"
+PAYLOAD_DIR = "payloads"
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """Production defaults; tests build their own with ``replace``."""
+
+    data_dir: Path
+    max_ttl: timedelta = timedelta(days=30)
+    """Hard maximum time a payload may stay on the relay; no sender, recipient or admin can exceed it."""
+    max_payload_bytes: int = 4 * 1024**3
+    """Largest ciphertext a sender may declare."""
+    max_chunk_bytes: int = 64 * 1024**2
+    """Largest single upload request (tus PATCH) body."""
+    replay_window: timedelta = timedelta(minutes=5)
+    """How old a request signature may be; nonces are remembered this long."""
+    clock_skew: timedelta = timedelta(seconds=30)
+    """Tolerated difference between a client's clock and the relay's."""
+    database_url: str = ""
+    """SQLAlchemy URL of the metadata database; empty means DATA_DIR/relay.db (SQLite, WAL)."""
+    public_url: str = ""
+    """The URL clients use, when the relay sits behind a proxy (signatures cover the full request URL)."""
+
+    @property
+    def authority_key_file(self) -> Path:
+        return self.data_dir / AUTHORITY_FILE
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / DATABASE_FILE
+
+    @property
+    def payload_dir(self) -> Path:
+        return self.data_dir / PAYLOAD_DIR
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+
+SETTING_NAMES = tuple(f.name for f in fields(RelaySettings) if f.name != "data_dir")
+
+
+def _convert(name: str, raw: Any) -> Any:
+    default = getattr(RelaySettings(Path()), name)
+    try:
+        if isinstance(default, timedelta):
+            return parse_duration(str(raw))
+        if isinstance(default, int):
+            value = int(raw)
+            if value <= 0:
+                raise ValueError
+            return value
+        return str(raw)
+    except (ValueError, UsageError) as exc:
+        raise UsageError(f"setting {name}: invalid value {raw!r}") from exc
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, timedelta):
+        return f'"{format_duration(value)}"'
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(settings: RelaySettings) -> str:
+    lines = ["# labrelay relay settings; every key is described in docs/configuration.md", ""]
+    lines += [f"{name} = {_render(getattr(settings, name))}" for name in SETTING_NAMES]
+    return "\n".join(lines) + "\n"
+
+
+def load_settings(data_dir: Path, environ: Mapping[str, str] | None = None) -> RelaySettings:
+    """Settings for the relay whose data lives in ``data_dir``. Unknown keys are refused, not ignored."""
+    environ = os.environ if environ is None else environ
+    config = data_dir / CONFIG_FILE
+    if not config.is_file():
+        raise UsageError(
+            f"{data_dir} is not a relay data directory (no {CONFIG_FILE})",
+            hint="create one with: labrelay server init DATA_DIR --authority AUTH_DIR/authority.pub",
+        )
+    try:
+        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{config}: {exc}") from exc
+    unknown = set(raw) - set(SETTING_NAMES)
+    if unknown:
+        raise UsageError(f"{config}: unknown settings {sorted(unknown)}")
+    values = {name: _convert(name, value) for name, value in raw.items()}
+    for name in SETTING_NAMES:
+        env = environ.get(f"LABRELAY_{name.upper()}")
+        if env is not None:
+            values[name] = _convert(name, env)
+    return replace(RelaySettings(data_dir.resolve()), **values)

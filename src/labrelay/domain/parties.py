@@ -1,0 +1,195 @@
+"""Parties and the signed directory that names them.
+
+A party entry binds a name, a role and a region to two public keys (an age X25519 recipient for payloads, an
+Ed25519 key for signatures) for a validity period. The directory authority signs entries and revocations
+offline; the relay stores them and every client checks them against the authority key it pinned at enrolment.
+This module holds the entries' shape and the rule that says which entry of a party is in force at an instant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from labrelay.domain.fields import instant, optional, require
+from labrelay.domain.names import check_party_name, check_region
+from labrelay.domain.timeutil import to_rfc3339
+from labrelay.errors import UntrustedEntry, UsageError
+
+ENTRY_TYPE = "party-entry"
+REVOCATION_TYPE = "party-revocation"
+
+_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+_ED25519_B64 = re.compile(r"^[A-Za-z0-9_-]{43}$")
+_SERIAL = re.compile(r"^[0-9a-f-]{36}$")
+
+
+class Role(StrEnum):
+    LAB = "lab"
+    RECIPIENT = "recipient"
+    ADMIN = "admin"
+    DPO = "dpo"
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        try:
+            return cls(text)
+        except ValueError:
+            raise UsageError(f"invalid role {text!r}", hint="one of " + ", ".join(r.value for r in cls)) from None
+
+
+SENDING_ROLES = frozenset({Role.LAB})
+RECEIVING_ROLES = frozenset({Role.RECIPIENT})
+
+
+class EntryStatus(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not-yet-valid"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class PartyEntry:
+    """One signed directory entry (the ``payload`` of an authority envelope)."""
+
+    name: str
+    role: Role
+    region: str | None
+    age_recipient: str
+    signing_key: str  # Ed25519 public key, raw 32 bytes, base64url without padding
+    not_before: datetime
+    not_after: datetime
+    issued_at: datetime
+    serial: str
+
+    def __post_init__(self) -> None:
+        check_party_name(self.name)
+        if self.region is not None:
+            check_region(self.region)
+        if not _AGE_RECIPIENT.match(self.age_recipient):
+            raise UntrustedEntry(f"entry for {self.name}: not an age X25519 recipient")
+        if not _ED25519_B64.match(self.signing_key):
+            raise UntrustedEntry(f"entry for {self.name}: not an Ed25519 public key")
+        if not self.not_before < self.not_after:
+            raise UntrustedEntry(f"entry for {self.name}: empty validity period")
+        if not _SERIAL.match(self.serial):
+            raise UntrustedEntry(f"entry for {self.name}: malformed serial")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "type": ENTRY_TYPE,
+            "v": 1,
+            "name": self.name,
+            "role": self.role.value,
+            "region": self.region,
+            "age_recipient": self.age_recipient,
+            "signing_key": self.signing_key,
+            "not_before": to_rfc3339(self.not_before),
+            "not_after": to_rfc3339(self.not_after),
+            "issued_at": to_rfc3339(self.issued_at),
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> PartyEntry:
+        if payload.get("type") != ENTRY_TYPE or payload.get("v") != 1:
+            raise UntrustedEntry("not a version-1 party entry")
+        region = optional(payload, "region", str)
+        try:
+            role = Role(require(payload, "role", str))
+            return cls(
+                name=require(payload, "name", str),
+                role=role,
+                region=region,
+                age_recipient=require(payload, "age_recipient", str),
+                signing_key=require(payload, "signing_key", str),
+                not_before=instant(payload, "not_before"),
+                not_after=instant(payload, "not_after"),
+                issued_at=instant(payload, "issued_at"),
+                serial=require(payload, "serial", str),
+            )
+        except (UsageError, ValueError) as exc:
+            raise UntrustedEntry(f"malformed party entry: {exc}") from exc
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.not_before <= now < self.not_after
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A signed revocation: every entry of ``name`` issued at or before ``revoked_at`` is void."""
+
+    name: str
+    revoked_at: datetime
+    reason: str
+    serial: str
+
+    def __post_init__(self) -> None:
+        check_party_name(self.name)
+        if not (0 < len(self.reason) <= 200) or not self.reason.isprintable():
+            raise UntrustedEntry("revocation reason must be 1-200 printable characters")
+        if not _SERIAL.match(self.serial):
+            raise UntrustedEntry("malformed revocation serial")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "type": REVOCATION_TYPE,
+            "v": 1,
+            "name": self.name,
+            "revoked_at": to_rfc3339(self.revoked_at),
+            "reason": self.reason,
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Revocation:
+        if payload.get("type") != REVOCATION_TYPE or payload.get("v") != 1:
+            raise UntrustedEntry("not a version-1 revocation")
+        try:
+            return cls(
+                name=require(payload, "name", str),
+                revoked_at=instant(payload, "revoked_at"),
+                reason=require(payload, "reason", str),
+                serial=require(payload, "serial", str),
+            )
+        except UsageError as exc:
+            raise UntrustedEntry(f"malformed revocation: {exc}") from exc
+
+    def voids(self, entry: PartyEntry) -> bool:
+        return entry.name == self.name and entry.issued_at <= self.revoked_at
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What the directory says about a name at an instant: the entry in force, or why there is none."""
+
+    status: EntryStatus
+    entry: PartyEntry | None
+
+
+def resolve(name: str, entries: Iterable[PartyEntry], revocations: Iterable[Revocation], now: datetime) -> Resolution:
+    """The entry of ``name`` in force at ``now``: the latest-issued one that is valid and not revoked.
+
+    Fails closed: a name with no entry is UNKNOWN; with entries that are all revoked, REVOKED; otherwise, when
+    none is valid at ``now``, EXPIRED or NOT_YET_VALID.
+    """
+    own = [e for e in entries if e.name == name]
+    if not own:
+        return Resolution(EntryStatus.UNKNOWN, None)
+    revs = [r for r in revocations if r.name == name]
+    alive = [e for e in own if not any(r.voids(e) for r in revs)]
+    if not alive:
+        return Resolution(EntryStatus.REVOKED, max(own, key=lambda e: e.issued_at))
+    valid = [e for e in alive if e.valid_at(now)]
+    if valid:
+        return Resolution(EntryStatus.ACTIVE, max(valid, key=lambda e: e.issued_at))
+    latest = max(alive, key=lambda e: e.issued_at)
+    if all(e.not_before > now for e in alive):
+        return Resolution(EntryStatus.NOT_YET_VALID, latest)
+    return Resolution(EntryStatus.EXPIRED, latest)

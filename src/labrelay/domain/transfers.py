@@ -1,0 +1,251 @@
+"""Transfers: one ciphertext for one recipient, described by a manifest its sender signs.
+
+A ``send`` makes a batch: one transfer per recipient, each sealed to that recipient's key alone, so that one
+stolen key opens one recipient's payloads and nothing else. The relay checks the manifest's terms (sender,
+recipient, size, deadline) against its own limits; the recipient checks the sender's signature and the hash;
+the recipient's signed receipt closes the transfer and lets the relay delete the payload at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from labrelay.domain.fields import instant, optional, require
+from labrelay.domain.names import check_party_name, check_transfer_id
+from labrelay.domain.timeutil import format_duration, to_rfc3339
+from labrelay.errors import IntegrityError, TooLarge, UntrustedEntry, UsageError
+
+MANIFEST_TYPE = "transfer-manifest"
+RECEIPT_TYPE = "transfer-receipt"
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_MEDIA_TYPE = re.compile(r"^[a-z]+/[a-z0-9.+-]{1,64}$")
+_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+
+
+class TransferState(StrEnum):
+    """Where a transfer is in its life. Only AVAILABLE transfers are ever served."""
+
+    UPLOADING = "uploading"  # created; ciphertext arriving, invisible to the recipient
+    AVAILABLE = "available"  # whole, hash verified against the signed manifest, waiting for its recipient
+    DELIVERED = "delivered"  # the recipient's signed receipt accepted; payload deleted
+    EXPIRED = "expired"  # deadline passed before delivery; payload deleted
+    CANCELLED = "cancelled"  # the sender abandoned the upload; partial data deleted
+    REJECTED = "rejected"  # the uploaded bytes did not match the signed manifest; deleted
+
+
+TERMINAL_STATES = frozenset(
+    {TransferState.DELIVERED, TransferState.EXPIRED, TransferState.CANCELLED, TransferState.REJECTED}
+)
+
+
+def _as_payload_error(exc: Exception, what: str) -> IntegrityError:
+    return IntegrityError(f"malformed {what}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What the sender signs about one transfer, before anything is uploaded."""
+
+    transfer_id: str
+    batch_id: str
+    sender: str
+    recipient: str
+    recipient_key: str  # the age recipient the payload was sealed to (from the verified directory entry)
+    size: int  # bytes of age ciphertext
+    sha256: str  # of the age ciphertext, hex
+    record_count: int | None
+    media_type: str  # of the plaintext, e.g. text/csv
+    created: datetime
+    deadline: datetime
+    policy_version: str | None = None
+
+    def __post_init__(self) -> None:
+        check_transfer_id(self.transfer_id)
+        check_transfer_id(self.batch_id)
+        check_party_name(self.sender)
+        check_party_name(self.recipient)
+        if not _AGE_RECIPIENT.match(self.recipient_key):
+            raise UsageError("manifest recipient_key is not an age X25519 recipient")
+        if self.size < 0 or not _SHA256_HEX.match(self.sha256):
+            raise UsageError("manifest size or sha256 malformed")
+        if self.record_count is not None and self.record_count < 0:
+            raise UsageError("manifest record_count is negative")
+        if not _MEDIA_TYPE.match(self.media_type):
+            raise UsageError(f"manifest media type {self.media_type!r} malformed")
+        if not self.created < self.deadline:
+            raise UsageError("manifest deadline is not after its creation")
+        if self.policy_version is not None and not (0 < len(self.policy_version) <= 64):
+            raise UsageError("manifest policy_version malformed")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "type": MANIFEST_TYPE,
+            "v": 1,
+            "transfer_id": self.transfer_id,
+            "batch_id": self.batch_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "recipient_key": self.recipient_key,
+            "size": self.size,
+            "sha256": self.sha256,
+            "record_count": self.record_count,
+            "media_type": self.media_type,
+            "created": to_rfc3339(self.created),
+            "deadline": to_rfc3339(self.deadline),
+            "policy_version": self.policy_version,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Manifest:
+        if payload.get("type") != MANIFEST_TYPE or payload.get("v") != 1:
+            raise IntegrityError("not a version-1 transfer manifest")
+        count = optional(payload, "record_count", int, IntegrityError)
+        policy = optional(payload, "policy_version", str, IntegrityError)
+        try:
+            return cls(
+                transfer_id=require(payload, "transfer_id", str, IntegrityError),
+                batch_id=require(payload, "batch_id", str, IntegrityError),
+                sender=require(payload, "sender", str, IntegrityError),
+                recipient=require(payload, "recipient", str, IntegrityError),
+                recipient_key=require(payload, "recipient_key", str, IntegrityError),
+                size=require(payload, "size", int, IntegrityError),
+                sha256=require(payload, "sha256", str, IntegrityError),
+                record_count=count,
+                media_type=require(payload, "media_type", str, IntegrityError),
+                created=instant(payload, "created", IntegrityError),
+                deadline=instant(payload, "deadline", IntegrityError),
+                policy_version=policy,
+            )
+        except (UsageError, UntrustedEntry) as exc:
+            raise _as_payload_error(exc, "manifest") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLimits:
+    """The relay's terms, which no sender can exceed."""
+
+    max_ttl: timedelta
+    max_payload_bytes: int
+    clock_skew: timedelta
+
+
+def check_manifest_terms(manifest: Manifest, now: datetime, limits: TransferLimits) -> None:
+    """Refuse a manifest whose deadline or size falls outside the relay's limits. Pure; raises."""
+    if manifest.size > limits.max_payload_bytes:
+        raise TooLarge(f"payload of {manifest.size} bytes exceeds the relay's limit of {limits.max_payload_bytes}")
+    if manifest.created > now + limits.clock_skew:
+        raise UsageError("manifest created in the future", hint="check the sender's clock")
+    if manifest.deadline <= now:
+        raise UsageError("manifest deadline has already passed")
+    if manifest.deadline - manifest.created > limits.max_ttl:
+        raise UsageError(
+            f"manifest asks to keep the payload longer than the relay's maximum of {format_duration(limits.max_ttl)}",
+            hint="use a shorter --ttl",
+        )
+
+
+class ReceiptStatus(StrEnum):
+    RECEIVED = "received"  # downloaded and hash verified (a --raw fetch)
+    DECRYPTED = "decrypted"  # downloaded, verified and decrypted by the recipient's identity
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the recipient signs after a fetch: proof of delivery the sender can keep."""
+
+    transfer_id: str
+    sender: str
+    recipient: str
+    sha256: str
+    size: int
+    record_count: int | None
+    status: ReceiptStatus
+    received_at: datetime
+
+    def __post_init__(self) -> None:
+        check_transfer_id(self.transfer_id)
+        check_party_name(self.sender)
+        check_party_name(self.recipient)
+        if not _SHA256_HEX.match(self.sha256) or self.size < 0:
+            raise UsageError("receipt sha256 or size malformed")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "type": RECEIPT_TYPE,
+            "v": 1,
+            "transfer_id": self.transfer_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "sha256": self.sha256,
+            "size": self.size,
+            "record_count": self.record_count,
+            "status": self.status.value,
+            "received_at": to_rfc3339(self.received_at),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Receipt:
+        if payload.get("type") != RECEIPT_TYPE or payload.get("v") != 1:
+            raise IntegrityError("not a version-1 receipt")
+        count = optional(payload, "record_count", int, IntegrityError)
+        try:
+            return cls(
+                transfer_id=require(payload, "transfer_id", str, IntegrityError),
+                sender=require(payload, "sender", str, IntegrityError),
+                recipient=require(payload, "recipient", str, IntegrityError),
+                sha256=require(payload, "sha256", str, IntegrityError),
+                size=require(payload, "size", int, IntegrityError),
+                record_count=count,
+                status=ReceiptStatus(require(payload, "status", str, IntegrityError)),
+                received_at=instant(payload, "received_at", IntegrityError),
+            )
+        except (UsageError, UntrustedEntry, ValueError) as exc:
+            raise _as_payload_error(exc, "receipt") from exc
+
+    def matches(self, manifest: Manifest) -> bool:
+        return (
+            self.transfer_id == manifest.transfer_id
+            and self.sender == manifest.sender
+            and self.recipient == manifest.recipient
+            and self.sha256 == manifest.sha256
+            and self.size == manifest.size
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRecord:
+    """A transfer as the relay keeps it: the verified manifest and its envelope, state and timestamps."""
+
+    manifest: Manifest
+    manifest_envelope: Mapping[str, Any]  # the signed envelope, verbatim, handed to the recipient
+    state: TransferState
+    uploaded: int  # bytes received so far
+    created_at: datetime  # relay time
+    updated_at: datetime  # relay time of the last state or offset change
+    receipt_envelope: Mapping[str, Any] | None = None
+
+    @property
+    def transfer_id(self) -> str:
+        return self.manifest.transfer_id
+
+    @property
+    def sender(self) -> str:
+        return self.manifest.sender
+
+    @property
+    def recipient(self) -> str:
+        return self.manifest.recipient
+
+    @property
+    def deadline(self) -> datetime:
+        return self.manifest.deadline
+
+    def servable_at(self, now: datetime) -> bool:
+        """Only whole, verified, undelivered payloads before their deadline are ever served."""
+        return self.state is TransferState.AVAILABLE and now < self.deadline

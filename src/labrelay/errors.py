@@ -1,0 +1,127 @@
+"""Every error labrelay raises on purpose.
+
+The tree::
+
+    LabrelayError                     base: one line for an operator, a stable ``code``
+    ├── UsageError                    the caller asked for something malformed or impossible
+    ├── OperationalError              the request was fine, the world was not
+    │   ├── Unavailable               relay unreachable, 5xx, storage down: retry later
+    │   ├── StorageFull               no space left where the relay or client writes
+    │   ├── NotFound                  no such transfer / party visible to the caller
+    │   ├── Conflict                  the request clashes with the current state (e.g. upload offset)
+    │   └── TooLarge                  a body or payload over the configured limit
+    └── SecurityError                 refused by a security check; nothing was written or acknowledged
+        ├── AuthenticationFailed      bad, missing, stale or unknown signature on a request
+        │   └── ReplayDetected        a nonce seen before within the replay window
+        ├── PartyRevoked              the signer (or a named party) is revoked
+        ├── PermissionDenied          the signer's role may not do this
+        ├── UntrustedEntry            a directory entry not signed by the pinned authority, or outside its validity
+        ├── IntegrityError            a payload, manifest or receipt that does not match its signature or hash
+        ├── InsecureKeyFile           a private key file others can read (as ssh refuses)
+        └── InsecureTransport         plain HTTP off loopback, or a relay without TLS on a public address
+
+Only the edges map this tree: ``labrelay.http.problems`` to HTTP statuses and ``labrelay.cli.main`` to exit
+codes (0 success, 1 operational, 2 usage, 3 security). Messages never contain payload data: the code that
+raises them never holds plaintext on the relay side, and client-side messages name files, parties and
+transfer ids only.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LabrelayError(Exception):
+    """Base class. ``str(err)`` is one line an operator can act on."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The message and, when there is one, what to do about it."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(LabrelayError):
+    code = "usage"
+
+
+class OperationalError(LabrelayError):
+    code = "operational"
+
+
+class Unavailable(OperationalError):
+    code = "unavailable"
+
+
+class StorageFull(OperationalError):
+    code = "storage-full"
+
+
+class NotFound(OperationalError):
+    code = "not-found"
+
+
+class Conflict(OperationalError):
+    code = "conflict"
+
+
+class TooLarge(OperationalError):
+    code = "too-large"
+
+
+class SecurityError(LabrelayError):
+    code = "security"
+
+
+class AuthenticationFailed(SecurityError):
+    code = "authentication-failed"
+
+
+class ReplayDetected(AuthenticationFailed):
+    code = "replay"
+
+
+class PartyRevoked(SecurityError):
+    code = "revoked"
+
+
+class PermissionDenied(SecurityError):
+    code = "permission-denied"
+
+
+class UntrustedEntry(SecurityError):
+    code = "untrusted-entry"
+
+
+class IntegrityError(SecurityError):
+    code = "integrity"
+
+
+class InsecureKeyFile(SecurityError):
+    code = "insecure-key-file"
+
+
+class InsecureTransport(SecurityError):
+    code = "insecure-transport"
+
+
+def _all_subclasses(cls: type[LabrelayError]) -> list[type[LabrelayError]]:
+    out: list[type[LabrelayError]] = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+ERRORS_BY_CODE: dict[str, type[LabrelayError]] = {cls.code: cls for cls in _all_subclasses(LabrelayError)}
+"""``code`` → class, so that a client can rebuild the relay's error from a problem document."""
+
+
+def error_from_code(code: str, message: str) -> LabrelayError:
+    """The error a relay reported, rebuilt on the client. Unknown codes become plain operational errors."""
+    cls = ERRORS_BY_CODE.get(code, OperationalError)
+    return cls(message)

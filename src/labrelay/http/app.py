@@ -1,0 +1,495 @@
+"""The relay's FastAPI application. ``create_app(services)`` builds it; ``labrelay.runtime`` supplies services.
+
+Every route under /v1 authenticates its request (RFC 9421) before doing anything, reads at most a bounded body,
+and hands over to a service in a worker thread. Upload chunks (tus 1.0 core, PATCH) and payload downloads are
+streamed: a 300 MB payload never sits in the relay's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labrelay import __version__
+from labrelay.crypto.envelopes import MAX_ENVELOPE_BYTES
+from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView
+from labrelay.domain.audit import AuditEvent, Outcome
+from labrelay.domain.parties import PartyEntry
+from labrelay.errors import (
+    AuthenticationFailed,
+    LabrelayError,
+    NotFound,
+    PermissionDenied,
+    TooLarge,
+    UsageError,
+)
+from labrelay.http.models import (
+    DirectoryOut,
+    Envelope,
+    Health,
+    Problem,
+    Registered,
+    TransferList,
+    TransferOut,
+)
+from labrelay.http.problems import problem, status_for
+from labrelay.ports import Clock
+from labrelay.relay.auditor import Auditor
+from labrelay.relay.auth import Authenticator, Caller
+from labrelay.relay.directory import DirectoryService
+from labrelay.relay.transfers import TransferService
+
+log = structlog.get_logger("labrelay.http")
+T = TypeVar("T")
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+NONCE_PRUNE_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class RelayServices:
+    """Everything the HTTP edge needs, built by the composition root."""
+
+    auth: Authenticator
+    directory: DirectoryService
+    transfers: TransferService
+    auditor: Auditor
+    clock: Clock
+    max_json_bytes: int = MAX_ENVELOPE_BYTES
+    max_chunk_bytes: int = 64 * 1024 * 1024
+    public_url: str | None = None
+
+
+def _problem_response(exc: LabrelayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        problem(exc), status_code=status_for(exc), headers=headers, media_type="application/problem+json"
+    )
+
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": Problem, "description": "Refused; `code` says why (docs/protocol.md, Errors)."},
+}
+_SIGNED = {"description": "Signed request (RFC 9421, Ed25519; see docs/protocol.md)."}
+_ENVELOPE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": Envelope.model_json_schema()}},
+    }
+}
+
+
+def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one function, one route table
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        recovered = await run_in_threadpool(services.transfers.recover)
+        await run_in_threadpool(
+            services.auditor.record, AuditEvent.RELAY_START, version=__version__, recovered=recovered
+        )
+        pruner = asyncio.create_task(_prune_nonces(services))
+        try:
+            yield
+        finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+            await run_in_threadpool(services.auditor.record, AuditEvent.RELAY_STOP)
+
+    app = FastAPI(
+        title="labrelay",
+        version=__version__,
+        summary="End-to-end encrypted relay for lab results. Every /v1 request is signed (RFC 9421).",
+        docs_url=None,  # Swagger UI would load scripts from a CDN; the console (issue 8) ships its own
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+
+    # ------------------------------------------------------------ edges
+
+    @app.exception_handler(LabrelayError)
+    async def _labrelay_error(_request: Request, exc: LabrelayError) -> JSONResponse:
+        return _problem_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err: LabrelayError = NotFound("no such resource") if exc.status_code == 404 else UsageError(str(exc.detail))
+        response = _problem_response(err)
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem_response(UsageError("malformed request parameters"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Never echo the exception: only its type goes to the log and the audit trail.
+        log.error("unexpected error", error=type(exc).__name__, path=request.url.path)
+        with contextlib.suppress(Exception):
+            await run_in_threadpool(
+                services.auditor.record,
+                AuditEvent.REQUEST_ERROR,
+                outcome=Outcome.ERROR,
+                reason=type(exc).__name__[:40],
+            )
+        return JSONResponse(
+            {
+                "type": "about:blank",
+                "title": "internal error",
+                "status": 500,
+                "code": "internal",
+                "detail": "internal error; the relay's operator has the details",
+            },
+            status_code=500,
+            media_type="application/problem+json",
+        )
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        log.info(
+            "request",
+            method=request.method,
+            path=request.url.path,
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return response
+
+    # ------------------------------------------------------------ helpers
+
+    def view(request: Request) -> RequestView:
+        scope = request.scope
+        if services.public_url:
+            origin = services.public_url.rstrip("/")
+        else:
+            host = request.headers.get("host")
+            if not host:
+                raise AuthenticationFailed("request without a Host header")
+            origin = f"{scope['scheme']}://{host}"
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = origin + path + (f"?{query}" if query else "")
+        lines = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        return RequestView(request.method, url, HeaderLines(lines))
+
+    def remote(request: Request) -> str | None:
+        return request.client.host if request.client else None
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > services.max_json_bytes):
+            raise TooLarge(f"request body over {services.max_json_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > services.max_json_bytes:
+                raise TooLarge(f"request body over {services.max_json_bytes} bytes")
+        return bytes(body)
+
+    def parse_json(body: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError("request body is not JSON") from None
+        if not isinstance(doc, dict):
+            raise UsageError("request body must be a JSON object")
+        return doc
+
+    def check_digest(request: Request, body: bytes) -> None:
+        digest = DigestCheck(request.headers.get("content-digest"))
+        digest.update(body)
+        digest.verify()
+
+    async def authenticate(
+        request: Request,
+        *,
+        body: bytes | None = None,
+        extra: tuple[str, ...] = (),
+        enrolling: PartyEntry | None = None,
+    ) -> Caller:
+        has_body = body is not None
+        caller = await run_in_threadpool(
+            services.auth.authenticate,
+            view(request),
+            has_body=has_body,
+            extra_components=extra,
+            enrolling=enrolling,
+            remote=remote(request),
+        )
+        if body is not None:
+            check_digest(request, body)
+        return caller
+
+    async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    def tus_headers(**extra: str) -> dict[str, str]:
+        return {"Tus-Resumable": TUS_VERSION, **extra}
+
+    # ------------------------------------------------------------ public
+
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Health:
+        """Liveness, for load balancers. Unauthenticated; reveals nothing but the version."""
+        return Health(status="ok", version=__version__)
+
+    # ------------------------------------------------------------ directory
+
+    @app.get(
+        "/v1/directory",
+        response_model=DirectoryOut,
+        responses=_PROBLEMS,
+        tags=["directory"],
+        description=_SIGNED["description"],
+    )
+    async def get_directory(request: Request) -> DirectoryOut:
+        """Every authority-signed entry and revocation, verbatim: clients verify them against their pin."""
+        caller = await authenticate(request)
+        await call(services.auditor.record, AuditEvent.DIRECTORY_READ, actor=caller.name)
+        exported = await call(services.directory.export)
+        return DirectoryOut(entries=[dict(e) for e in exported["entries"]],
+                            revocations=[dict(r) for r in exported["revocations"]])
+
+    @app.post(
+        "/v1/directory/entries",
+        response_model=Registered,
+        status_code=201,
+        responses=_PROBLEMS,
+        tags=["directory"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def register_entry(request: Request) -> Registered:
+        """Register an authority-signed entry; the request is signed by the entry's own key (possession)."""
+        body = await read_body(request)
+        envelope = parse_json(body)
+        entry = await call(services.directory.verify_entry, envelope)
+        caller = await authenticate(request, body=body, enrolling=entry)
+        if caller.name != entry.name:
+            raise PermissionDenied("a party registers its own entry, signed with its own key")
+        registered, new = await call(services.directory.register, envelope, caller.name)
+        return Registered(name=registered.name, serial=registered.serial, new=new)
+
+    @app.post(
+        "/v1/directory/revocations",
+        response_model=Registered,
+        status_code=201,
+        responses=_PROBLEMS,
+        tags=["directory"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def register_revocation(request: Request) -> Registered:
+        """Register an authority-signed revocation; takes effect on the revoked party's next request."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        if not caller.is_authority:
+            raise PermissionDenied("only the directory authority registers revocations")
+        revocation, new = await call(services.directory.revoke, parse_json(body), caller.name)
+        return Registered(name=revocation.name, serial=revocation.serial, new=new)
+
+    # ------------------------------------------------------------ transfers
+
+    @app.post(
+        "/v1/transfers",
+        response_model=TransferOut,
+        status_code=201,
+        responses=_PROBLEMS,
+        tags=["transfers"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def create_transfer(request: Request, response: Response) -> TransferOut:
+        """Create a transfer from the sender's signed manifest; upload its bytes at the returned Location."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        record, _new = await call(services.transfers.create, caller, parse_json(body))
+        response.headers.update(tus_headers(Location=f"/v1/uploads/{record.transfer_id}"))
+        return TransferOut.of(record)
+
+    @app.get("/v1/transfers", response_model=TransferList, responses=_PROBLEMS, tags=["transfers"])
+    async def list_transfers(request: Request, box: str = "inbox") -> TransferList:
+        """``inbox``: payloads waiting for the caller. ``outbox``: what the caller sent, with receipts."""
+        caller = await authenticate(request)
+        if box == "inbox":
+            records = await call(services.transfers.inbox, caller)
+        elif box == "outbox":
+            records = await call(services.transfers.outbox, caller)
+        else:
+            raise UsageError("box must be inbox or outbox")
+        return TransferList(transfers=[TransferOut.of(r) for r in records])
+
+    @app.get("/v1/transfers/{transfer_id}", response_model=TransferOut, responses=_PROBLEMS, tags=["transfers"])
+    async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
+        caller = await authenticate(request)
+        return TransferOut.of(await call(services.transfers.describe, caller, transfer_id))
+
+    @app.get(
+        "/v1/transfers/{transfer_id}/payload",
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "The age ciphertext."},
+            206: {"description": "From the requested offset (Range: bytes=N-)."},
+            **_PROBLEMS,
+        },
+        tags=["transfers"],
+    )
+    async def get_payload(request: Request, transfer_id: str) -> StreamingResponse:
+        """The payload's age ciphertext, for its recipient, before its deadline. Resumable with Range."""
+        caller = await authenticate(request, extra=("range",))
+        start = _range_start(request.headers.get("range"))
+        stream = await call(services.transfers.open_payload, caller, transfer_id, start)
+        headers = {
+            "Content-Length": str(stream.size - start),
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{stream.record.manifest.sha256}"',
+        }
+        status = 200
+        if request.headers.get("range") is not None:
+            status = 206
+            headers["Content-Range"] = (
+                f"bytes {start}-{stream.size - 1}/{stream.size}" if stream.size else f"bytes */{stream.size}"
+            )
+        return StreamingResponse(
+            _closing(stream.chunks),
+            status_code=status,
+            headers=headers,
+            media_type="application/octet-stream",
+        )
+
+    @app.post(
+        "/v1/transfers/{transfer_id}/receipt",
+        response_model=TransferOut,
+        responses=_PROBLEMS,
+        tags=["transfers"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def post_receipt(request: Request, transfer_id: str) -> TransferOut:
+        """The recipient's signed receipt. The relay deletes the payload at once."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        return TransferOut.of(await call(services.transfers.accept_receipt, caller, transfer_id, parse_json(body)))
+
+    # ------------------------------------------------------------ tus 1.0 core (+ termination)
+
+    @app.head("/v1/uploads/{transfer_id}", responses=_PROBLEMS, tags=["uploads"])
+    async def head_upload(request: Request, transfer_id: str) -> Response:
+        """tus: the upload's current offset."""
+        caller = await authenticate(request)
+        status = await call(services.transfers.upload_status, caller, transfer_id)
+        return Response(
+            status_code=200,
+            headers=tus_headers(**{"Upload-Offset": str(status.uploaded), "Upload-Length": str(status.size)}),
+        )
+
+    @app.patch(
+        "/v1/uploads/{transfer_id}",
+        status_code=204,
+        responses=_PROBLEMS,
+        tags=["uploads"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {OFFSET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def patch_upload(request: Request, transfer_id: str) -> Response:
+        """tus: append a chunk at Upload-Offset. The body is streamed to storage, checked against its digest."""
+        caller = await authenticate(request, extra=("upload-offset", "content-type"))
+        headers = request.headers
+        if headers.get("tus-resumable") != TUS_VERSION:
+            return JSONResponse(
+                problem(UsageError("Tus-Resumable: 1.0.0 required")),
+                status_code=412,
+                headers=tus_headers(**{"Tus-Version": TUS_VERSION}),
+            )
+        if headers.get("content-type") != OFFSET_CONTENT_TYPE:
+            return JSONResponse(
+                problem(UsageError(f"Content-Type must be {OFFSET_CONTENT_TYPE}")),
+                status_code=415,
+                headers=tus_headers(),
+            )
+        offset, length = _int_header(headers, "upload-offset"), _int_header(headers, "content-length")
+        if length > services.max_chunk_bytes:
+            raise TooLarge(f"chunk over {services.max_chunk_bytes} bytes")
+        body = request.stream().__aiter__()
+
+        async def next_chunk() -> bytes | None:
+            try:
+                return await body.__anext__()
+            except StopAsyncIteration:
+                return None
+
+        def chunks() -> Iterator[bytes]:
+            while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+                if chunk:
+                    yield chunk
+
+        status = await anyio.to_thread.run_sync(
+            services.transfers.append,
+            caller,
+            transfer_id,
+            offset,
+            length,
+            headers.get("content-digest"),
+            chunks(),
+        )
+        return Response(status_code=204, headers=tus_headers(**{"Upload-Offset": str(status.uploaded)}))
+
+    @app.delete("/v1/uploads/{transfer_id}", status_code=204, responses=_PROBLEMS, tags=["uploads"])
+    async def delete_upload(request: Request, transfer_id: str) -> Response:
+        """tus termination: the sender abandons an upload; its bytes are deleted."""
+        caller = await authenticate(request)
+        await call(services.transfers.cancel, caller, transfer_id)
+        return Response(status_code=204, headers=tus_headers())
+
+    return app
+
+
+def _int_header(headers: Any, name: str) -> int:
+    value = headers.get(name)
+    if value is None or not value.isdigit() or len(value) > 15:
+        raise UsageError(f"{name} header missing or not a non-negative integer")
+    return int(value)
+
+
+def _range_start(value: str | None) -> int:
+    """Only ``bytes=N-`` (resume from N) is supported."""
+    if value is None:
+        return 0
+    if not value.startswith("bytes=") or not value.endswith("-") or not value[6:-1].isdigit():
+        raise UsageError("only Range: bytes=N- is supported")
+    return int(value[6:-1])
+
+
+def _closing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+
+
+async def _prune_nonces(services: RelayServices) -> None:
+    while True:
+        await asyncio.sleep(NONCE_PRUNE_SECONDS)
+        with contextlib.suppress(LabrelayError):
+            await run_in_threadpool(services.auth.prune_nonces)

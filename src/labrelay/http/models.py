@@ -1,0 +1,80 @@
+"""Response and request shapes, for the OpenAPI document and for serialisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.transfers import TransferRecord
+
+
+class Envelope(BaseModel):
+    """A signed object: ``payload`` signed by ``signer`` (docs/protocol.md, "Signed objects")."""
+
+    payload: dict[str, Any]
+    signer: str = Field(max_length=80)
+    alg: str = Field(pattern="^ed25519$")
+    sig: str = Field(max_length=200)
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457). ``code`` is stable; clients map it to an exit code."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    hint: str | None = None
+
+
+class TransferOut(BaseModel):
+    transfer_id: str
+    batch_id: str
+    sender: str
+    recipient: str
+    state: str
+    size: int
+    uploaded: int
+    created_at: str
+    deadline: str
+    manifest: dict[str, Any]
+    receipt: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, record: TransferRecord) -> TransferOut:
+        return cls(
+            transfer_id=record.transfer_id,
+            batch_id=record.manifest.batch_id,
+            sender=record.sender,
+            recipient=record.recipient,
+            state=record.state.value,
+            size=record.manifest.size,
+            uploaded=record.uploaded,
+            created_at=to_rfc3339(record.created_at),
+            deadline=to_rfc3339(record.deadline),
+            manifest=dict(record.manifest_envelope),
+            receipt=dict(record.receipt_envelope) if record.receipt_envelope else None,
+        )
+
+
+class TransferList(BaseModel):
+    transfers: list[TransferOut]
+
+
+class DirectoryOut(BaseModel):
+    entries: list[dict[str, Any]]
+    revocations: list[dict[str, Any]]
+
+
+class Registered(BaseModel):
+    name: str
+    serial: str
+    new: bool
+
+
+class Health(BaseModel):
+    status: str
+    version: str

@@ -1,0 +1,150 @@
+"""The relay core's seams: one Protocol per capability it needs from the outside world.
+
+Services in ``labrelay.relay`` depend on these only. ``labrelay.storage`` implements them for SQLite/PostgreSQL
+(through SQLAlchemy) and a local payload directory; each implementation passes the same conformance tests
+(tests/unit/test_ports_conformance.py). The composition root, ``labrelay.runtime``, picks one from the settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from labrelay.domain.audit import AuditEntry, AuditRecord
+from labrelay.domain.parties import PartyEntry, Revocation
+from labrelay.domain.transfers import TransferRecord, TransferState
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Time is passed in: services never read the system clock themselves."""
+
+    def now(self) -> datetime:
+        """An aware UTC instant."""
+        ...
+
+
+class DirectoryRepository(Protocol):
+    """Signed party entries and revocations, stored verbatim next to their parsed form."""
+
+    def add_entry(self, entry: PartyEntry, envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Store a verified entry. False if an entry with this serial is already stored."""
+        ...
+
+    def add_revocation(self, revocation: Revocation, envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Store a verified revocation. False if this serial is already stored."""
+        ...
+
+    def entries(self, name: str | None = None) -> list[PartyEntry]: ...
+
+    def revocations(self, name: str | None = None) -> list[Revocation]: ...
+
+    def envelopes(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """(entry envelopes, revocation envelopes), as signed by the authority, for clients to verify."""
+        ...
+
+
+class NonceStore(Protocol):
+    """Request nonces seen within the replay window."""
+
+    def remember(self, keyid: str, nonce: str, created: datetime) -> bool:
+        """Record a nonce; False if this signer already used it (a replay). Atomic."""
+        ...
+
+    def prune(self, before: datetime) -> int:
+        """Forget nonces created before ``before`` (they are outside the window anyway)."""
+        ...
+
+
+class TransferRepository(Protocol):
+    """Transfer metadata: manifests, states, upload offsets and receipts. Never payload bytes."""
+
+    def create(self, record: TransferRecord) -> None:
+        """Insert a new transfer; raises ``Conflict`` if the id exists."""
+        ...
+
+    def get(self, transfer_id: str) -> TransferRecord | None: ...
+
+    def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> None: ...
+
+    def transition(
+        self,
+        transfer_id: str,
+        from_states: Sequence[TransferState],
+        to_state: TransferState,
+        at: datetime,
+        receipt_envelope: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Move a transfer to ``to_state`` if it is in one of ``from_states``; False otherwise. Atomic."""
+        ...
+
+    def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]: ...
+
+    def for_sender(self, sender: str) -> list[TransferRecord]: ...
+
+
+class AuditLog(Protocol):
+    """The append-only, hash-chained trail of every request and decision."""
+
+    def append(self, entry: AuditEntry) -> AuditRecord:
+        """Append atomically after the current head; concurrent appends are serialised."""
+        ...
+
+    def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
+        """Records in sequence order, from ``after_seq + 1``."""
+        ...
+
+
+class PayloadWriter(Protocol):
+    """Appends one chunk of an upload; nothing counts until ``commit``."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self) -> int:
+        """Make the chunk durable (fsync where the store needs it); return the new upload size."""
+        ...
+
+    def abort(self) -> None:
+        """Drop whatever this writer wrote since it was opened."""
+        ...
+
+
+class PayloadStore(Protocol):
+    """Ciphertext bytes, keyed by transfer id. A payload is readable only once ``publish`` made it whole."""
+
+    def begin(self, transfer_id: str) -> None:
+        """Create an empty upload."""
+        ...
+
+    def uploaded(self, transfer_id: str) -> int:
+        """Bytes of the unpublished upload on durable storage."""
+        ...
+
+    def writer(self, transfer_id: str, offset: int) -> PayloadWriter:
+        """A writer appending at ``offset`` (anything already past it is discarded first)."""
+        ...
+
+    def upload_digest(self, transfer_id: str) -> tuple[int, str]:
+        """(size, SHA-256 hex) of the whole unpublished upload, read back from storage."""
+        ...
+
+    def publish(self, transfer_id: str) -> None:
+        """Atomically turn the complete upload into the stored payload."""
+        ...
+
+    def open(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
+        """The published payload's bytes from ``start``, in chunks."""
+        ...
+
+    def size(self, transfer_id: str) -> int:
+        """Bytes of the published payload."""
+        ...
+
+    def delete(self, transfer_id: str) -> bool:
+        """Remove every byte of this transfer (upload and payload); True if it is verifiably gone."""
+        ...
+
+    def ids(self) -> Iterator[str]:
+        """Every transfer id with bytes in the store (published or not), to find orphans."""
+        ...

@@ -1,0 +1,83 @@
+"""The relay's copy of the signed directory.
+
+The relay pins the authority's public key at ``server init`` and stores only entries and revocations that the
+authority signed. It is not trusted for this: clients verify every entry again against their own pinned key, so
+a relay that substitutes a key is caught before anything is encrypted to it (docs/threat-model.md, T3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from labrelay.crypto.envelopes import verify_envelope
+from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.audit import AuditEvent
+from labrelay.domain.parties import (
+    ENTRY_TYPE,
+    REVOCATION_TYPE,
+    EntryStatus,
+    PartyEntry,
+    Resolution,
+    Revocation,
+    resolve,
+)
+from labrelay.errors import PartyRevoked, UntrustedEntry
+from labrelay.ports import Clock, DirectoryRepository
+from labrelay.relay.auditor import Auditor
+
+
+class DirectoryService:
+    def __init__(self, repo: DirectoryRepository, authority: VerifyKey, clock: Clock, auditor: Auditor) -> None:
+        self._repo = repo
+        self._authority = authority
+        self._clock = clock
+        self._audit = auditor
+
+    def verify_entry(self, envelope: Mapping[str, Any]) -> PartyEntry:
+        """The entry, if the pinned authority signed it; ``UntrustedEntry`` otherwise."""
+        payload = verify_envelope(envelope, ENTRY_TYPE, self._authority, error=UntrustedEntry)
+        return PartyEntry.from_payload(payload)
+
+    def register(self, envelope: Mapping[str, Any], actor: str) -> tuple[PartyEntry, bool]:
+        """Store an authority-signed entry that is in force now. Returns (entry, newly stored)."""
+        entry = self.verify_entry(envelope)
+        now = self._clock.now()
+        if now >= entry.not_after:
+            raise UntrustedEntry(f"the directory entry for {entry.name} expired at {entry.not_after:%Y-%m-%d}")
+        if any(r.voids(entry) for r in self._repo.revocations(entry.name)):
+            raise PartyRevoked(f"{entry.name} is revoked; this entry predates its revocation")
+        added = self._repo.add_entry(entry, envelope, now)
+        self._audit.record(
+            AuditEvent.DIRECTORY_REGISTER,
+            actor=actor,
+            subject=entry.name,
+            role=entry.role.value,
+            serial=entry.serial,
+            new=added,
+        )
+        return entry, added
+
+    def revoke(self, envelope: Mapping[str, Any], actor: str) -> tuple[Revocation, bool]:
+        payload = verify_envelope(envelope, REVOCATION_TYPE, self._authority, error=UntrustedEntry)
+        revocation = Revocation.from_payload(payload)
+        added = self._repo.add_revocation(revocation, envelope, self._clock.now())
+        self._audit.record(
+            AuditEvent.DIRECTORY_REVOKE,
+            actor=actor,
+            subject=revocation.name,
+            serial=revocation.serial,
+            new=added,
+        )
+        return revocation, added
+
+    def resolve(self, name: str) -> Resolution:
+        return resolve(name, self._repo.entries(name), self._repo.revocations(name), self._clock.now())
+
+    def active(self, name: str) -> PartyEntry | None:
+        res = self.resolve(name)
+        return res.entry if res.status is EntryStatus.ACTIVE else None
+
+    def export(self) -> dict[str, list[Mapping[str, Any]]]:
+        entries, revocations = self._repo.envelopes()
+        return {"entries": entries, "revocations": revocations}

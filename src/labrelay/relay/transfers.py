@@ -1,0 +1,416 @@
+"""Transfers on the relay: create from a signed manifest, resumable upload, list, serve, receipt, delete.
+
+The relay holds age ciphertext for keys it does not have. What it checks is what it can check without them:
+the sender's signature and status, the manifest's terms, the recipient's directory key, the size and the
+SHA-256 of what arrived. A payload becomes visible only when whole and verified; it is served only to its
+recipient and only before its deadline; it is deleted as soon as the recipient's signed receipt arrives.
+
+To anyone but its sender and recipient, a transfer does not exist: unknown, foreign, expired and delivered ids
+all answer "not found", so probing ids teaches nothing (the audit trail records the real reason).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from labrelay.crypto.envelopes import envelope_signer, verify_envelope
+from labrelay.crypto.httpsig import DigestCheck
+from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.audit import AuditEvent, Outcome
+from labrelay.domain.names import check_transfer_id
+from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, EntryStatus
+from labrelay.domain.transfers import (
+    MANIFEST_TYPE,
+    RECEIPT_TYPE,
+    Manifest,
+    Receipt,
+    TransferLimits,
+    TransferRecord,
+    TransferState,
+    check_manifest_terms,
+)
+from labrelay.errors import (
+    Conflict,
+    IntegrityError,
+    LabrelayError,
+    NotFound,
+    PartyRevoked,
+    PermissionDenied,
+    TooLarge,
+    UsageError,
+)
+from labrelay.ports import Clock, PayloadStore, TransferRepository
+from labrelay.relay.auditor import Auditor
+from labrelay.relay.auth import Caller
+from labrelay.relay.directory import DirectoryService
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    transfer_id: str
+    uploaded: int
+    size: int
+    state: TransferState
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadStream:
+    record: TransferRecord
+    size: int
+    start: int
+    chunks: Iterator[bytes]
+
+
+class TransferService:
+    def __init__(
+        self,
+        repo: TransferRepository,
+        store: PayloadStore,
+        directory: DirectoryService,
+        auditor: Auditor,
+        clock: Clock,
+        limits: TransferLimits,
+    ) -> None:
+        self._repo = repo
+        self._store = store
+        self._directory = directory
+        self._audit = auditor
+        self._clock = clock
+        self.limits = limits
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock(self, transfer_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(transfer_id, threading.Lock())
+
+    def _release(self, transfer_id: str) -> None:
+        with self._locks_guard:
+            self._locks.pop(transfer_id, None)
+
+    # ------------------------------------------------------------ create
+
+    def create(self, caller: Caller, envelope: Mapping[str, Any]) -> tuple[TransferRecord, bool]:
+        """Register a transfer from its signed manifest. Returns (record, newly created)."""
+        try:
+            return self._create(caller, envelope)
+        except LabrelayError as exc:
+            self._audit.record(AuditEvent.TRANSFER_REFUSE, outcome=Outcome.REFUSED, actor=caller.name, reason=exc.code)
+            raise
+
+    def _create(self, caller: Caller, envelope: Mapping[str, Any]) -> tuple[TransferRecord, bool]:
+        if caller.role not in SENDING_ROLES or caller.entry is None:
+            raise PermissionDenied(f"{caller.name} may not send: only lab parties send payloads")
+        if envelope_signer(envelope) != caller.name:
+            raise IntegrityError("the manifest must be signed by the party sending it")
+        payload = verify_envelope(envelope, MANIFEST_TYPE, VerifyKey.from_b64(caller.entry.signing_key))
+        manifest = Manifest.from_payload(payload)
+        if manifest.sender != caller.name:
+            raise IntegrityError("the manifest names another sender")
+        now = self._clock.now()
+        check_manifest_terms(manifest, now, self.limits)
+        recipient = self._directory.resolve(manifest.recipient)
+        if recipient.status is EntryStatus.REVOKED:
+            raise PartyRevoked(f"recipient {manifest.recipient} is revoked")
+        if recipient.status is not EntryStatus.ACTIVE or recipient.entry is None:
+            raise NotFound(f"no recipient {manifest.recipient} in force in the directory")
+        if recipient.entry.role not in RECEIVING_ROLES:
+            raise PermissionDenied(f"{manifest.recipient} is not a recipient")
+        if manifest.recipient_key != recipient.entry.age_recipient:
+            raise IntegrityError(f"payload sealed to a key that is not {manifest.recipient}'s key in the directory")
+        existing = self._repo.get(manifest.transfer_id)
+        if existing is not None:
+            if dict(existing.manifest_envelope) == dict(envelope):
+                return existing, False  # the sender retried after a lost response
+            raise Conflict(f"transfer {manifest.transfer_id} already exists")
+        record = TransferRecord(
+            manifest=manifest,
+            manifest_envelope=dict(envelope),
+            state=TransferState.UPLOADING,
+            uploaded=0,
+            created_at=now,
+            updated_at=now,
+        )
+        self._repo.create(record)
+        try:
+            self._store.begin(manifest.transfer_id)
+        except LabrelayError:
+            self._repo.transition(manifest.transfer_id, [TransferState.UPLOADING], TransferState.CANCELLED, now)
+            raise
+        self._audit.record(
+            AuditEvent.TRANSFER_CREATE,
+            actor=caller.name,
+            transfer_id=manifest.transfer_id,
+            recipient=manifest.recipient,
+            size=manifest.size,
+            records=manifest.record_count,
+            deadline=int(manifest.deadline.timestamp()),
+        )
+        return record, True
+
+    # ------------------------------------------------------------ upload
+
+    def _own_upload(self, caller: Caller, transfer_id: str) -> TransferRecord:
+        check_transfer_id(transfer_id)
+        record = self._repo.get(transfer_id)
+        if record is None or record.sender != caller.name:
+            raise NotFound(f"no transfer {transfer_id}")
+        return record
+
+    def upload_status(self, caller: Caller, transfer_id: str) -> UploadStatus:
+        record = self._own_upload(caller, transfer_id)
+        return UploadStatus(transfer_id, record.uploaded, record.manifest.size, record.state)
+
+    def append(
+        self,
+        caller: Caller,
+        transfer_id: str,
+        offset: int,
+        length: int,
+        digest_header: str | None,
+        chunks: Iterable[bytes],
+    ) -> UploadStatus:
+        """Append one chunk at ``offset``; when the upload is whole, verify it against the manifest."""
+        try:
+            return self._append(caller, transfer_id, offset, length, digest_header, chunks)
+        except LabrelayError as exc:
+            self._audit.record(
+                AuditEvent.UPLOAD_CHUNK,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason=exc.code,
+                offset=offset,
+                length=length,
+            )
+            raise
+
+    def _append(
+        self,
+        caller: Caller,
+        transfer_id: str,
+        offset: int,
+        length: int,
+        digest_header: str | None,
+        chunks: Iterable[bytes],
+    ) -> UploadStatus:
+        record = self._own_upload(caller, transfer_id)
+        digest = DigestCheck(digest_header)
+        with self._lock(transfer_id):
+            record = self._repo.get(transfer_id) or record
+            if record.state is not TransferState.UPLOADING:
+                raise Conflict(f"transfer {transfer_id} is {record.state.value}, not uploading")
+            if self._clock.now() >= record.deadline:
+                raise NotFound(f"transfer {transfer_id} is past its deadline")
+            if offset != record.uploaded:
+                raise Conflict(f"upload offset is {record.uploaded}, not {offset}")
+            if length <= 0 or offset + length > record.manifest.size:
+                raise TooLarge(f"chunk of {length} bytes at {offset} overruns the declared size")
+            writer = self._store.writer(transfer_id, offset)
+            received = 0
+            try:
+                for chunk in chunks:
+                    received += len(chunk)
+                    if received > length:
+                        raise UsageError("request body longer than its Content-Length")
+                    digest.update(chunk)
+                    writer.write(chunk)
+                if received != length:
+                    raise UsageError(f"request body ended after {received} of {length} bytes")
+                digest.verify()
+            except BaseException:
+                writer.abort()
+                raise
+            uploaded = writer.commit()
+            now = self._clock.now()
+            self._repo.set_uploaded(transfer_id, uploaded, now)
+            self._audit.record(
+                AuditEvent.UPLOAD_CHUNK,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                offset=offset,
+                length=length,
+            )
+            if uploaded < record.manifest.size:
+                return UploadStatus(transfer_id, uploaded, record.manifest.size, TransferState.UPLOADING)
+            state = self._complete(caller, record)
+        self._release(transfer_id)
+        return UploadStatus(transfer_id, record.manifest.size, record.manifest.size, state)
+
+    def _complete(self, caller: Caller, record: TransferRecord) -> TransferState:
+        size, sha = self._store.upload_digest(record.transfer_id)
+        now = self._clock.now()
+        if size != record.manifest.size or sha != record.manifest.sha256:
+            self._store.delete(record.transfer_id)
+            self._repo.transition(record.transfer_id, [TransferState.UPLOADING], TransferState.REJECTED, now)
+            self._audit.record(
+                AuditEvent.UPLOAD_REJECT,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=record.transfer_id,
+                reason=IntegrityError.code,
+            )
+            raise IntegrityError("the uploaded bytes do not match the signed manifest's SHA-256; upload discarded")
+        self._store.publish(record.transfer_id)
+        self._repo.transition(record.transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
+        self._audit.record(AuditEvent.UPLOAD_COMPLETE, actor=caller.name, transfer_id=record.transfer_id, size=size)
+        return TransferState.AVAILABLE
+
+    def cancel(self, caller: Caller, transfer_id: str) -> None:
+        record = self._own_upload(caller, transfer_id)
+        now = self._clock.now()
+        with self._lock(transfer_id):
+            if not self._repo.transition(transfer_id, [TransferState.UPLOADING], TransferState.CANCELLED, now):
+                raise Conflict(f"transfer {transfer_id} is {record.state.value}; only uploads can be cancelled")
+            gone = self._store.delete(transfer_id)
+        self._release(transfer_id)
+        self._audit.record(AuditEvent.UPLOAD_CANCEL, actor=caller.name, transfer_id=transfer_id)
+        self._audit.record(
+            AuditEvent.PAYLOAD_DELETE,
+            actor=caller.name,
+            transfer_id=transfer_id,
+            cause="cancelled",
+            verified=gone,
+        )
+
+    # ------------------------------------------------------------ read
+
+    def inbox(self, caller: Caller) -> list[TransferRecord]:
+        """Payloads waiting for the caller: whole, verified, undelivered, before their deadline."""
+        now = self._clock.now()
+        records = [r for r in self._repo.for_recipient(caller.name, [TransferState.AVAILABLE]) if r.servable_at(now)]
+        self._audit.record(AuditEvent.TRANSFER_LIST, actor=caller.name, box="inbox", count=len(records))
+        return records
+
+    def outbox(self, caller: Caller) -> list[TransferRecord]:
+        records = self._repo.for_sender(caller.name)
+        self._audit.record(AuditEvent.TRANSFER_LIST, actor=caller.name, box="outbox", count=len(records))
+        return records
+
+    def describe(self, caller: Caller, transfer_id: str) -> TransferRecord:
+        check_transfer_id(transfer_id)
+        record = self._repo.get(transfer_id)
+        if record is None or caller.name not in (record.sender, record.recipient):
+            self._audit.record(
+                AuditEvent.TRANSFER_READ,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason="unknown" if record is None else "foreign",
+            )
+            raise NotFound(f"no transfer {transfer_id}")
+        self._audit.record(AuditEvent.TRANSFER_READ, actor=caller.name, transfer_id=transfer_id)
+        return record
+
+    def open_payload(self, caller: Caller, transfer_id: str, start: int = 0) -> PayloadStream:
+        """The payload's ciphertext from ``start``, for its recipient only, before its deadline only."""
+        check_transfer_id(transfer_id)
+        record = self._repo.get(transfer_id)
+        now = self._clock.now()
+        reason = None
+        if record is None:
+            reason = "unknown"
+        elif record.recipient != caller.name:
+            reason = "foreign"
+        elif record.state is not TransferState.AVAILABLE:
+            reason = record.state.value
+        elif not record.servable_at(now):
+            reason = "expired"
+        if reason is not None or record is None:
+            self._audit.record(
+                AuditEvent.DOWNLOAD_REFUSE,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason=reason,
+            )
+            raise NotFound(f"no transfer {transfer_id} waiting for {caller.name}")
+        size = self._store.size(transfer_id)
+        if not 0 <= start <= size:
+            raise UsageError(f"range start {start} outside the payload's {size} bytes")
+        chunks = self._store.open(transfer_id, start)
+        self._audit.record(
+            AuditEvent.DOWNLOAD_SERVE, actor=caller.name, transfer_id=transfer_id, start=start, size=size
+        )
+        return PayloadStream(record, size, start, chunks)
+
+    # ------------------------------------------------------------ receipt
+
+    def accept_receipt(self, caller: Caller, transfer_id: str, envelope: Mapping[str, Any]) -> TransferRecord:
+        """Verify the recipient's signed receipt, close the transfer and delete its payload at once."""
+        try:
+            return self._accept_receipt(caller, transfer_id, envelope)
+        except LabrelayError as exc:
+            self._audit.record(
+                AuditEvent.RECEIPT_REFUSE,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason=exc.code,
+            )
+            raise
+
+    def _accept_receipt(self, caller: Caller, transfer_id: str, envelope: Mapping[str, Any]) -> TransferRecord:
+        check_transfer_id(transfer_id)
+        record = self._repo.get(transfer_id)
+        if record is None or record.recipient != caller.name or caller.entry is None:
+            raise NotFound(f"no transfer {transfer_id} for {caller.name}")
+        if envelope_signer(envelope) != caller.name:
+            raise IntegrityError("a receipt must be signed by the recipient sending it")
+        payload = verify_envelope(envelope, RECEIPT_TYPE, VerifyKey.from_b64(caller.entry.signing_key))
+        receipt = Receipt.from_payload(payload)
+        if receipt.transfer_id != transfer_id or not receipt.matches(record.manifest):
+            raise IntegrityError("the receipt does not match this transfer's manifest")
+        now = self._clock.now()
+        with self._lock(transfer_id):
+            if record.state is TransferState.DELIVERED and record.receipt_envelope == dict(envelope):
+                return record  # a retried receipt
+            if not self._repo.transition(
+                transfer_id,
+                [TransferState.AVAILABLE],
+                TransferState.DELIVERED,
+                now,
+                receipt_envelope=dict(envelope),
+            ):
+                raise Conflict(f"transfer {transfer_id} is {record.state.value}, it cannot be acknowledged")
+            gone = self._store.delete(transfer_id)
+        self._release(transfer_id)
+        self._audit.record(
+            AuditEvent.RECEIPT_ACCEPT,
+            actor=caller.name,
+            transfer_id=transfer_id,
+            status=receipt.status.value,
+            records=receipt.record_count,
+        )
+        self._audit.record(
+            AuditEvent.PAYLOAD_DELETE,
+            actor=caller.name,
+            transfer_id=transfer_id,
+            cause="delivered",
+            verified=gone,
+        )
+        updated = self._repo.get(transfer_id)
+        return updated or record
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self) -> int:
+        """After a crash: finish publications that were renamed but not recorded. Returns how many."""
+        fixed = 0
+        stored = set(self._store.ids())
+        for transfer_id in stored:
+            record = self._repo.get(transfer_id)
+            if record is None or record.state is not TransferState.UPLOADING:
+                continue
+            try:
+                size = self._store.size(transfer_id)
+            except NotFound:
+                continue
+            if size == record.manifest.size:  # published only after its hash matched
+                now = self._clock.now()
+                self._repo.transition(transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
+                fixed += 1
+        return fixed

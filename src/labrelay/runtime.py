@@ -1,0 +1,127 @@
+"""The composition root: settings → storage adapters → services → the HTTP app.
+
+This is the only module that knows which adapter implements which port. Everything above it (the CLI) asks it
+for a relay; everything below it receives what it needs as arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import Engine, create_engine
+
+from labrelay.config import RelaySettings, load_settings, render_config
+from labrelay.crypto.keys import VerifyKey, load_verify_key_file
+from labrelay.domain.audit import verify_chain
+from labrelay.domain.transfers import TransferLimits
+from labrelay.errors import UsageError
+from labrelay.http.app import RelayServices, create_app
+from labrelay.ports import Clock
+from labrelay.relay.auditor import Auditor
+from labrelay.relay.auth import Authenticator
+from labrelay.relay.directory import DirectoryService
+from labrelay.relay.transfers import TransferService
+from labrelay.storage import migrate
+from labrelay.storage.files import LocalPayloadStore
+from labrelay.storage.sql import SqlStore, sqlite_engine
+
+
+def engine_for(settings: RelaySettings) -> Engine:
+    if settings.database_url:
+        return create_engine(settings.database_url, pool_pre_ping=True)
+    return sqlite_engine(settings.database_path)
+
+
+@dataclass
+class Relay:
+    """A relay's parts, wired."""
+
+    settings: RelaySettings
+    sql: SqlStore
+    payloads: LocalPayloadStore
+    services: RelayServices
+
+    def app(self) -> FastAPI:
+        return create_app(self.services)
+
+    def close(self) -> None:
+        self.sql.engine.dispose()
+
+
+def init_data_dir(data_dir: Path, authority_pub: Path) -> RelaySettings:
+    """Create a relay data directory (mode 0700): settings, pinned authority key, database, payload directory."""
+    authority = load_verify_key_file(authority_pub)  # refuse anything that is not an Ed25519 public key
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise UsageError(f"{data_dir} exists and is not empty; refusing to initialise over it")
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    settings = RelaySettings(data_dir.resolve())
+    settings.config_file.write_text(render_config(settings), encoding="utf-8")
+    settings.authority_key_file.write_bytes(authority.to_pem())
+    shutil.copymode(settings.config_file, settings.authority_key_file)
+    settings.payload_dir.mkdir(mode=0o700)
+    engine = engine_for(settings)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    return settings
+
+
+def upgrade_data_dir(data_dir: Path) -> str:
+    settings = load_settings(data_dir)
+    engine = engine_for(settings)
+    try:
+        return migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def open_relay(settings: RelaySettings, clock: Clock) -> Relay:
+    authority = VerifyKey.from_pem(settings.authority_key_file.read_bytes())
+    engine = engine_for(settings)
+    migrate.require_head(engine)
+    sql = SqlStore(engine)
+    payloads = LocalPayloadStore(settings.payload_dir)
+    auditor = Auditor(sql, clock)
+    directory = DirectoryService(sql, authority, clock, auditor)
+    auth = Authenticator(directory, sql, auditor, clock, authority, settings.replay_window, settings.clock_skew)
+    limits = TransferLimits(
+        max_ttl=settings.max_ttl, max_payload_bytes=settings.max_payload_bytes, clock_skew=settings.clock_skew
+    )
+    transfers = TransferService(sql, payloads, directory, auditor, clock, limits)
+    services = RelayServices(
+        auth=auth,
+        directory=directory,
+        transfers=transfers,
+        auditor=auditor,
+        clock=clock,
+        max_chunk_bytes=settings.max_chunk_bytes,
+        public_url=settings.public_url or None,
+    )
+    return Relay(settings, sql, payloads, services)
+
+
+def audit_summary(data_dir: Path) -> dict[str, Any]:
+    """Walk the audit chain of a relay's data directory (running or stopped): counts and the first bad record."""
+    settings = load_settings(data_dir)
+    engine = engine_for(settings)
+    try:
+        sql = SqlStore(engine)
+        report = verify_chain(sql.records())
+        counts = sql.count_events()
+    finally:
+        engine.dispose()
+    return {
+        "records": report.records,
+        "chain_ok": report.ok,
+        "head": report.head,
+        "first_bad_seq": report.first_bad_seq,
+        "problem": report.problem,
+        "by_event": dict(sorted(counts.items())),
+    }

@@ -1,0 +1,7 @@
+"""Adapters implementing ``labrelay.ports`` on real storage.
+
+- ``sql``: metadata, directory, nonces and the audit chain through SQLAlchemy Core (SQLite in WAL mode by
+  default; the same schema and migrations serve PostgreSQL);
+- ``files``: ciphertext payloads in a local directory, written through a temporary name and fsync'd, published
+  by an atomic rename.
+"""

@@ -1,0 +1,80 @@
+"""The relay's database schema (SQLAlchemy Core). Migrations in ``migrations/`` must produce exactly this.
+
+Instants are Unix seconds (BIGINT), so that SQLite and PostgreSQL compare them the same way. No column holds
+payload data: the relay never has any.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+parties = Table(
+    "parties",
+    metadata,
+    Column("serial", String(36), primary_key=True),
+    Column("name", String(64), nullable=False, index=True),
+    Column("role", String(16), nullable=False),
+    Column("region", String(2), nullable=True),
+    Column("age_recipient", String(80), nullable=False),
+    Column("signing_key", String(64), nullable=False),
+    Column("not_before", BigInteger, nullable=False),
+    Column("not_after", BigInteger, nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("envelope", Text, nullable=False),
+    Column("registered_at", BigInteger, nullable=False),
+)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("serial", String(36), primary_key=True),
+    Column("name", String(64), nullable=False, index=True),
+    Column("revoked_at", BigInteger, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("envelope", Text, nullable=False),
+    Column("registered_at", BigInteger, nullable=False),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("keyid", String(80), primary_key=True),
+    Column("nonce", String(128), primary_key=True),
+    Column("created", BigInteger, nullable=False, index=True),
+)
+
+transfers = Table(
+    "transfers",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("batch_id", String(36), nullable=False, index=True),
+    Column("sender", String(64), nullable=False, index=True),
+    Column("recipient", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("uploaded", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("deadline", BigInteger, nullable=False, index=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("receipt", Text, nullable=True),
+    Index("ix_transfers_recipient_state", "recipient", "state"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", BigInteger, nullable=False, index=True),
+    Column("event", String(40), nullable=False, index=True),
+    Column("outcome", String(10), nullable=False),
+    Column("actor", String(80), nullable=True, index=True),
+    Column("transfer_id", String(36), nullable=True),
+    Column("reason", String(40), nullable=True),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)

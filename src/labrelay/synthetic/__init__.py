@@ -1,0 +1,1 @@
+"""The synthetic data generator: the project's only source of personal-looking data (never real data)."""
