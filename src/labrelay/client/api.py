@@ -281,7 +281,7 @@ class RelayClient:
 
 def _offset(response: httpx.Response) -> int:
     value = response.headers.get("upload-offset", "")
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise OperationalError("relay sent no Upload-Offset")
     return int(value)
 

@@ -7,14 +7,24 @@ the sender signs and the recipient checks costs no second pass.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
 import pyrage
 
 from labrelay.crypto.keys import AgeIdentity
-from labrelay.errors import IntegrityError, UsageError
+from labrelay.errors import IntegrityError, OperationalError, StorageFull, UsageError
+
+
+def _io_error(exc: OSError | str, doing: str) -> OperationalError:
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "Errno 28" in text:
+        return StorageFull(f"no space left while {doing}")
+    return OperationalError(f"I/O error while {doing}: {os.strerror(code) if code else text}")
 
 
 class Readable(Protocol):
@@ -96,8 +106,10 @@ def encrypt(source: Readable, sink: BinaryIO, recipients: Sequence[str]) -> tupl
     out = HashingWriter(sink)
     try:
         pyrage.encrypt_io(source, out, natives)
-    except pyrage.EncryptError as exc:
-        raise IntegrityError(f"age encryption failed: {exc}") from exc
+    except pyrage.EncryptError as exc:  # pyrage wraps I/O errors of the source or sink
+        raise _io_error(str(exc), "encrypting") from exc
+    except OSError as exc:
+        raise _io_error(exc, "encrypting") from exc
     out.flush()
     return out.size, out.hexdigest
 
@@ -113,6 +125,10 @@ def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[AgeIdentity])
         pyrage.decrypt_io(reader, sink, [i.native() for i in identities])
     except pyrage.DecryptError as exc:
         raise IntegrityError(f"age decryption failed: {exc}") from exc
+    except OSError as exc:
+        if exc.errno is None:  # pyrage reports a chunk that fails authentication as a bare OSError
+            raise IntegrityError(f"age decryption failed: {exc}") from exc
+        raise _io_error(exc, "decrypting") from exc
     # age stops at the authenticated final chunk; any trailing bytes would be outside the signed hash.
     if reader.read(1):
         raise IntegrityError("trailing bytes after the age payload")

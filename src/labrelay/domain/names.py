@@ -11,9 +11,9 @@ import uuid
 
 from labrelay.errors import UsageError
 
-_PARTY = re.compile(r"^[a-z][a-z0-9-]{1,62}[a-z0-9]$")
-_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-_REGION = re.compile(r"^[0-9]{2}$")
+_PARTY = re.compile(r"[a-z][a-z0-9-]{1,62}[a-z0-9]")
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_REGION = re.compile(r"[0-9]{2}")
 
 AUTHORITY_KEYID = "@authority"
 """The key id with which the directory authority signs requests (never a valid party name)."""
@@ -21,7 +21,7 @@ AUTHORITY_KEYID = "@authority"
 
 def check_party_name(name: object) -> str:
     """Lower-case letters, digits and hyphens, 3 to 64 characters, starting with a letter: ``ars-11``."""
-    if not isinstance(name, str) or not _PARTY.match(name):
+    if not isinstance(name, str) or not _PARTY.fullmatch(name):
         raise UsageError(
             f"invalid party name {name!r}",
             hint="use 3-64 lower-case letters, digits or hyphens, starting with a letter (e.g. ars-11)",
@@ -31,17 +31,17 @@ def check_party_name(name: object) -> str:
 
 def check_region(code: object) -> str:
     """An INSEE region code: two digits (``11`` Île-de-France, ``94`` Corse, ``04`` La Réunion)."""
-    if not isinstance(code, str) or not _REGION.match(code):
+    if not isinstance(code, str) or not _REGION.fullmatch(code):
         raise UsageError(f"invalid region code {code!r}", hint="an INSEE region code has two digits, e.g. 11")
     return code
 
 
 def is_transfer_id(value: object) -> bool:
-    return isinstance(value, str) and bool(_UUID4.match(value))
+    return isinstance(value, str) and bool(_UUID4.fullmatch(value))
 
 
 def check_transfer_id(value: object) -> str:
-    if not isinstance(value, str) or not _UUID4.match(value):
+    if not isinstance(value, str) or not _UUID4.fullmatch(value):
         raise UsageError(f"invalid transfer id {value!r}", hint="transfer ids are random UUIDs (version 4)")
     return value
 

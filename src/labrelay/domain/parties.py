@@ -23,9 +23,9 @@ from labrelay.errors import UntrustedEntry, UsageError
 ENTRY_TYPE = "party-entry"
 REVOCATION_TYPE = "party-revocation"
 
-_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
-_ED25519_B64 = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_SERIAL = re.compile(r"^[0-9a-f-]{36}$")
+_AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+_ED25519_B64 = re.compile(r"[A-Za-z0-9_-]{43}")
+_SERIAL = re.compile(r"[0-9a-f-]{36}")
 
 
 class Role(StrEnum):
@@ -72,13 +72,13 @@ class PartyEntry:
         check_party_name(self.name)
         if self.region is not None:
             check_region(self.region)
-        if not _AGE_RECIPIENT.match(self.age_recipient):
+        if not _AGE_RECIPIENT.fullmatch(self.age_recipient):
             raise UntrustedEntry(f"entry for {self.name}: not an age X25519 recipient")
-        if not _ED25519_B64.match(self.signing_key):
+        if not _ED25519_B64.fullmatch(self.signing_key):
             raise UntrustedEntry(f"entry for {self.name}: not an Ed25519 public key")
         if not self.not_before < self.not_after:
             raise UntrustedEntry(f"entry for {self.name}: empty validity period")
-        if not _SERIAL.match(self.serial):
+        if not _SERIAL.fullmatch(self.serial):
             raise UntrustedEntry(f"entry for {self.name}: malformed serial")
 
     def to_payload(self) -> dict[str, Any]:
@@ -134,7 +134,7 @@ class Revocation:
         check_party_name(self.name)
         if not (0 < len(self.reason) <= 200) or not self.reason.isprintable():
             raise UntrustedEntry("revocation reason must be 1-200 printable characters")
-        if not _SERIAL.match(self.serial):
+        if not _SERIAL.fullmatch(self.serial):
             raise UntrustedEntry("malformed revocation serial")
 
     def to_payload(self) -> dict[str, Any]:

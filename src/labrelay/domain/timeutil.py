@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 from labrelay.errors import UsageError
 
-_DURATION = re.compile(r"^\s*(\d{1,9})\s*([smhd])\s*$")
+_DURATION = re.compile(r"[ ]*([0-9]{1,9})[ ]*([smhd])[ ]*")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> timedelta:
     """``"7d"`` → 7 days. Only whole seconds, minutes, hours or days; zero is refused."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not match:
         raise UsageError(f"invalid duration {text!r}", hint="write it as 30s, 15m, 12h or 7d")
     seconds = int(match.group(1)) * _UNITS[match.group(2)]

@@ -23,9 +23,9 @@ from labrelay.errors import IntegrityError, TooLarge, UntrustedEntry, UsageError
 MANIFEST_TYPE = "transfer-manifest"
 RECEIPT_TYPE = "transfer-receipt"
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_MEDIA_TYPE = re.compile(r"^[a-z]+/[a-z0-9.+-]{1,64}$")
-_AGE_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9.+-]{1,64}")
+_AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 
 
 class TransferState(StrEnum):
@@ -70,13 +70,13 @@ class Manifest:
         check_transfer_id(self.batch_id)
         check_party_name(self.sender)
         check_party_name(self.recipient)
-        if not _AGE_RECIPIENT.match(self.recipient_key):
+        if not _AGE_RECIPIENT.fullmatch(self.recipient_key):
             raise UsageError("manifest recipient_key is not an age X25519 recipient")
-        if self.size < 0 or not _SHA256_HEX.match(self.sha256):
+        if self.size < 0 or not _SHA256_HEX.fullmatch(self.sha256):
             raise UsageError("manifest size or sha256 malformed")
         if self.record_count is not None and self.record_count < 0:
             raise UsageError("manifest record_count is negative")
-        if not _MEDIA_TYPE.match(self.media_type):
+        if not _MEDIA_TYPE.fullmatch(self.media_type):
             raise UsageError(f"manifest media type {self.media_type!r} malformed")
         if not self.created < self.deadline:
             raise UsageError("manifest deadline is not after its creation")
@@ -172,7 +172,7 @@ class Receipt:
         check_transfer_id(self.transfer_id)
         check_party_name(self.sender)
         check_party_name(self.recipient)
-        if not _SHA256_HEX.match(self.sha256) or self.size < 0:
+        if not _SHA256_HEX.fullmatch(self.sha256) or self.size < 0:
             raise UsageError("receipt sha256 or size malformed")
 
     def to_payload(self) -> dict[str, Any]:

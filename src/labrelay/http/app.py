@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -197,7 +198,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > services.max_json_bytes):
+        if declared is not None and (not _is_uint(declared) or int(declared) > services.max_json_bytes):
             raise TooLarge(f"request body over {services.max_json_bytes} bytes")
         body = bytearray()
         async for chunk in request.stream():
@@ -463,9 +464,17 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     return app
 
 
+_UINT = re.compile(r"[0-9]{1,15}")
+
+
+def _is_uint(value: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts "²", which ``int`` then rejects)."""
+    return bool(_UINT.fullmatch(value))
+
+
 def _int_header(headers: Any, name: str) -> int:
     value = headers.get(name)
-    if value is None or not value.isdigit() or len(value) > 15:
+    if value is None or not _is_uint(value):
         raise UsageError(f"{name} header missing or not a non-negative integer")
     return int(value)
 
@@ -474,7 +483,7 @@ def _range_start(value: str | None) -> int:
     """Only ``bytes=N-`` (resume from N) is supported."""
     if value is None:
         return 0
-    if not value.startswith("bytes=") or not value.endswith("-") or not value[6:-1].isdigit():
+    if not value.startswith("bytes=") or not value.endswith("-") or not _is_uint(value[6:-1]):
         raise UsageError("only Range: bytes=N- is supported")
     return int(value[6:-1])
 

@@ -132,7 +132,7 @@ class Generator:
     def _finess(self) -> str:
         commune = self.rng.choice(self.idf if self.rng.random() < 0.5 else self.communes)
         dep = department_of(commune.insee)
-        prefix = dep if dep.isdigit() and len(dep) == 2 else "75"
+        prefix = dep if dep.isascii() and dep.isdigit() and len(dep) == 2 else "75"
         return luhn_complete(prefix + self._digits(6))
 
     def mobile(self) -> str:

@@ -1,0 +1,429 @@
+"""Relay use cases on real storage (SQLite in WAL mode, a payload directory) with a manual clock.
+
+Each security decision the relay takes is tried here with an input that must be refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from labrelay.clock import ManualClock
+from labrelay.config import RelaySettings
+from labrelay.crypto import age_stream
+from labrelay.crypto.envelopes import sign_envelope
+from labrelay.crypto.httpsig import HeaderLines, RequestView, sign_request
+from labrelay.crypto.keys import AgeIdentity, SigningKey
+from labrelay.domain.audit import AuditEvent, verify_chain
+from labrelay.domain.names import AUTHORITY_KEYID, new_id
+from labrelay.domain.parties import PartyEntry, Revocation, Role
+from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus, TransferState
+from labrelay.errors import (
+    AuthenticationFailed,
+    Conflict,
+    IntegrityError,
+    NotFound,
+    PartyRevoked,
+    PermissionDenied,
+    ReplayDetected,
+    TooLarge,
+    UntrustedEntry,
+    UsageError,
+)
+from labrelay.relay.auth import Caller
+from labrelay.runtime import Relay, init_data_dir, open_relay
+
+T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+def digest_of(data: bytes) -> str:
+    """The Content-Digest header value (RFC 9530) of ``data``."""
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
+
+
+@dataclass
+class Member:
+    name: str
+    signing: SigningKey
+    identity: AgeIdentity
+    entry: PartyEntry
+    envelope: dict
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.name, self.entry)
+
+
+@dataclass
+class Setup:
+    relay: Relay
+    clock: ManualClock
+    authority: SigningKey
+
+    def member(self, name: str, role: Role, *, register: bool = True, days: int = 365) -> Member:
+        signing, identity = SigningKey.generate(), AgeIdentity.generate()
+        now = self.clock.now()
+        entry = PartyEntry(
+            name=name,
+            role=role,
+            region=None,
+            age_recipient=identity.recipient,
+            signing_key=signing.public.b64,
+            not_before=now,
+            not_after=now + timedelta(days=days),
+            issued_at=now,
+            serial=new_id(),
+        )
+        envelope = sign_envelope(entry.to_payload(), self.authority, AUTHORITY_KEYID)
+        if register:
+            self.relay.services.directory.register(envelope, name)
+        return Member(name, signing, identity, entry, envelope)
+
+    def revoke(self, name: str) -> None:
+        rev = Revocation(name=name, revoked_at=self.clock.now(), reason="test", serial=new_id())
+        self.relay.services.directory.revoke(
+            sign_envelope(rev.to_payload(), self.authority, AUTHORITY_KEYID), AUTHORITY_KEYID
+        )
+
+    def seal(
+        self, sender: Member, recipient: Member, plain: bytes, ttl: timedelta = timedelta(days=7), **over: object
+    ) -> tuple[dict, bytes]:
+        out = io.BytesIO()
+        size, sha = age_stream.encrypt(io.BytesIO(plain), out, [recipient.identity.recipient])
+        fields: dict[str, object] = {
+            "transfer_id": new_id(),
+            "batch_id": new_id(),
+            "sender": sender.name,
+            "recipient": recipient.name,
+            "recipient_key": recipient.identity.recipient,
+            "size": size,
+            "sha256": sha,
+            "record_count": None,
+            "media_type": "text/csv",
+            "created": self.clock.now(),
+            "deadline": self.clock.now() + ttl,
+        }
+        fields.update(over)
+        manifest = Manifest(**fields)  # type: ignore[arg-type]
+        return sign_envelope(manifest.to_payload(), sender.signing, sender.name), out.getvalue()
+
+    def upload(self, sender: Member, envelope: dict, data: bytes, chunk: int = 7000) -> TransferState:
+        transfers = self.relay.services.transfers
+        record, _ = transfers.create(sender.caller, envelope)
+        offset, state = 0, TransferState.UPLOADING
+        while offset < len(data):
+            part = data[offset : offset + chunk]
+            status = transfers.append(sender.caller, record.transfer_id, offset, len(part), digest_of(part), [part])
+            offset, state = status.uploaded, status.state
+        return state
+
+    def receipt(self, recipient: Member, envelope: dict, status: ReceiptStatus = ReceiptStatus.DECRYPTED) -> dict:
+        payload = envelope["payload"]
+        rec = Receipt(
+            transfer_id=payload["transfer_id"],
+            sender=payload["sender"],
+            recipient=recipient.name,
+            sha256=payload["sha256"],
+            size=payload["size"],
+            record_count=None,
+            status=status,
+            received_at=self.clock.now(),
+        )
+        return sign_envelope(rec.to_payload(), recipient.signing, recipient.name)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    authority = SigningKey.generate()
+    (tmp_path / "authority.pub").write_bytes(authority.public.to_pem())
+    init_data_dir(tmp_path / "relay", tmp_path / "authority.pub")
+    clock = ManualClock(T0)
+    relay = open_relay(RelaySettings(data_dir=(tmp_path / "relay").resolve()), clock)
+    yield Setup(relay, clock, authority)
+    relay.close()
+
+
+def read_all(setup: Setup, member: Member, transfer_id: str) -> bytes:
+    return b"".join(setup.relay.services.transfers.open_payload(member.caller, transfer_id).chunks)
+
+
+# ------------------------------------------------------------------ the happy path, then each refusal
+
+
+def test_upload_serve_receipt_delete(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"nir,nom\n1,X\n" * 1000)
+    assert setup.upload(lab, envelope, data) is TransferState.AVAILABLE
+    transfer_id = envelope["payload"]["transfer_id"]
+    assert [r.transfer_id for r in setup.relay.services.transfers.inbox(cnam.caller)] == [transfer_id]
+    assert read_all(setup, cnam, transfer_id) == data
+    setup.relay.services.transfers.accept_receipt(cnam.caller, transfer_id, setup.receipt(cnam, envelope))
+    assert list(setup.relay.payloads.ids()) == []
+    assert setup.relay.services.transfers.inbox(cnam.caller) == []
+    with pytest.raises(NotFound):
+        setup.relay.services.transfers.open_payload(cnam.caller, transfer_id)
+    outbox = setup.relay.services.transfers.outbox(lab.caller)
+    assert outbox[0].state is TransferState.DELIVERED
+    assert outbox[0].receipt_envelope is not None
+    assert verify_chain(setup.relay.sql.records()).ok
+
+
+@pytest.mark.threat("T5")
+def test_nothing_served_past_the_deadline_even_without_cleanup(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"x" * 5000, ttl=timedelta(hours=1))
+    setup.upload(lab, envelope, data)
+    transfer_id = envelope["payload"]["transfer_id"]
+    setup.clock.advance(timedelta(minutes=59, seconds=59))
+    assert read_all(setup, cnam, transfer_id) == data
+    setup.clock.advance(timedelta(seconds=1))
+    assert setup.relay.services.transfers.inbox(cnam.caller) == []
+    with pytest.raises(NotFound):
+        setup.relay.services.transfers.open_payload(cnam.caller, transfer_id)
+    refusals = [r for r in setup.relay.sql.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
+    assert refusals[-1].entry.reason == "expired"
+
+
+@pytest.mark.threat("T5")
+def test_deadline_beyond_the_relays_maximum_refused(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, _ = setup.seal(lab, cnam, b"x", ttl=timedelta(days=31))
+    with pytest.raises(UsageError, match="maximum of 30d"):
+        setup.relay.services.transfers.create(lab.caller, envelope)
+
+
+@pytest.mark.threat("T6")
+def test_foreign_and_unknown_transfers_look_the_same(setup: Setup) -> None:
+    lab, cnam, ars = (
+        setup.member("lab-a", Role.LAB),
+        setup.member("cnam", Role.RECIPIENT),
+        setup.member("ars-11", Role.RECIPIENT),
+    )
+    envelope, data = setup.seal(lab, cnam, b"x" * 100)
+    setup.upload(lab, envelope, data)
+    transfer_id = envelope["payload"]["transfer_id"]
+    transfers = setup.relay.services.transfers
+    errors = []
+    for caller, tid in ((ars.caller, transfer_id), (ars.caller, new_id()), (lab.caller, transfer_id)):
+        with pytest.raises(NotFound) as info:
+            transfers.open_payload(caller, tid)
+        errors.append(info.value.message.replace(tid, "ID").replace(caller.name, "WHO"))
+    assert len(set(errors)) == 1  # no oracle: foreign, unknown and sender's own all read the same
+    with pytest.raises(NotFound):
+        transfers.describe(ars.caller, transfer_id)
+    with pytest.raises(NotFound):
+        transfers.accept_receipt(ars.caller, transfer_id, setup.receipt(ars, envelope))
+
+
+@pytest.mark.threat("T7")
+def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"x" * 20000)
+    tampered = bytearray(data)
+    tampered[5000] ^= 0xFF
+    with pytest.raises(IntegrityError, match="do not match the signed manifest"):
+        setup.upload(lab, envelope, bytes(tampered))
+    transfer_id = envelope["payload"]["transfer_id"]
+    assert setup.relay.sql.get(transfer_id).state is TransferState.REJECTED
+    assert list(setup.relay.payloads.ids()) == []
+    assert setup.relay.services.transfers.inbox(cnam.caller) == []
+
+
+@pytest.mark.threat("T7")
+def test_chunk_that_does_not_match_its_digest_is_not_kept(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"x" * 20000)
+    record, _ = setup.relay.services.transfers.create(lab.caller, envelope)
+    with pytest.raises(IntegrityError):
+        setup.relay.services.transfers.append(
+            lab.caller, record.transfer_id, 0, 100, digest_of(data[:100]), [data[100:200]]
+        )
+    assert setup.relay.services.transfers.upload_status(lab.caller, record.transfer_id).uploaded == 0
+    assert setup.relay.payloads.uploaded(record.transfer_id) == 0
+
+
+@pytest.mark.threat("T3")
+def test_manifest_checks_fail_closed(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    other_lab = setup.member("lab-b", Role.LAB)
+    transfers = setup.relay.services.transfers
+    # signed by a key that is not the sender's registered key
+    envelope, _ = setup.seal(lab, cnam, b"x")
+    forged = sign_envelope(envelope["payload"], SigningKey.generate(), lab.name)
+    with pytest.raises(IntegrityError):
+        transfers.create(lab.caller, forged)
+    # signed by another (registered) lab, presented by this one
+    envelope_b, _ = setup.seal(other_lab, cnam, b"x")
+    with pytest.raises(IntegrityError):
+        transfers.create(lab.caller, envelope_b)
+    # sealed to a key that is not the recipient's directory key
+    env_wrong_key, _ = setup.seal(lab, cnam, b"x", recipient_key=AgeIdentity.generate().recipient)
+    with pytest.raises(IntegrityError, match="not cnam's key"):
+        transfers.create(lab.caller, env_wrong_key)
+    # a recipient may not send; a lab may not receive
+    with pytest.raises(PermissionDenied):
+        transfers.create(cnam.caller, sign_envelope(envelope["payload"], cnam.signing, cnam.name))
+    env_to_lab, _ = setup.seal(lab, other_lab, b"x")
+    with pytest.raises(PermissionDenied):
+        transfers.create(lab.caller, env_to_lab)
+    # unknown recipient
+    ghost = setup.member("ghost", Role.RECIPIENT, register=False)
+    env_ghost, _ = setup.seal(lab, ghost, b"x")
+    with pytest.raises(NotFound):
+        transfers.create(lab.caller, env_ghost)
+    # too large
+    env_big, _ = setup.seal(lab, cnam, b"x", size=setup.relay.settings.max_payload_bytes + 1)
+    with pytest.raises(TooLarge):
+        transfers.create(lab.caller, env_big)
+    assert setup.relay.sql.all_transfers() == []
+
+
+@pytest.mark.threat("T4")
+def test_revoked_recipient_gets_nothing_new(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    setup.clock.advance(timedelta(minutes=1))
+    setup.revoke("cnam")
+    envelope, _ = setup.seal(lab, cnam, b"x")
+    with pytest.raises(PartyRevoked):
+        setup.relay.services.transfers.create(lab.caller, envelope)
+
+
+def test_upload_offsets_and_resume(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"y" * 30000)
+    transfers = setup.relay.services.transfers
+    record, new = transfers.create(lab.caller, envelope)
+    assert new
+    again, new_again = transfers.create(lab.caller, envelope)  # a retried creation is idempotent
+    assert not new_again
+    assert again.transfer_id == record.transfer_id
+
+    transfers.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+    with pytest.raises(Conflict, match="offset is 1000"):
+        transfers.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+    with pytest.raises(UsageError, match="ended after"):  # a body cut short is discarded
+        transfers.append(lab.caller, record.transfer_id, 1000, 2000, digest_of(data[1000:3000]), [data[1000:2000]])
+    assert transfers.upload_status(lab.caller, record.transfer_id).uploaded == 1000
+    with pytest.raises(TooLarge):
+        transfers.append(lab.caller, record.transfer_id, 1000, len(data), digest_of(b""), [b""])
+    status = transfers.append(
+        lab.caller, record.transfer_id, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]]
+    )
+    assert status.state is TransferState.AVAILABLE
+    assert read_all(setup, cnam, record.transfer_id) == data
+    assert b"".join(transfers.open_payload(cnam.caller, record.transfer_id, 29000).chunks) == data[29000:]
+
+
+def test_receipt_checks(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"z" * 3000)
+    setup.upload(lab, envelope, data)
+    transfer_id = envelope["payload"]["transfer_id"]
+    transfers = setup.relay.services.transfers
+    good = setup.receipt(cnam, envelope)
+    with pytest.raises(IntegrityError):  # signed by another key
+        transfers.accept_receipt(
+            cnam.caller, transfer_id, sign_envelope(good["payload"], SigningKey.generate(), cnam.name)
+        )
+    wrong_hash = sign_envelope({**good["payload"], "sha256": "0" * 64}, cnam.signing, cnam.name)
+    with pytest.raises(IntegrityError):
+        transfers.accept_receipt(cnam.caller, transfer_id, wrong_hash)
+    assert setup.relay.sql.get(transfer_id).state is TransferState.AVAILABLE
+    transfers.accept_receipt(cnam.caller, transfer_id, good)
+    transfers.accept_receipt(cnam.caller, transfer_id, good)  # a retried receipt is harmless
+    assert setup.relay.sql.get(transfer_id).state is TransferState.DELIVERED
+
+
+def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
+    def burst() -> None:
+        for _ in range(50):
+            setup.relay.services.auditor.record(AuditEvent.TRANSFER_LIST, actor="lab-a")
+
+    threads = [threading.Thread(target=burst) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = verify_chain(setup.relay.sql.records())
+    assert report.ok
+    assert report.records >= 300
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def request(
+    member: Member | None,
+    key: SigningKey,
+    now: datetime,
+    url: str = "http://127.0.0.1/v1/directory",
+    keyid: str | None = None,
+) -> RequestView:
+    headers: dict[str, str] = {}
+    sign_request("GET", url, headers, None, keyid=keyid or (member.name if member else "x"), key=key, now=now)
+    return RequestView("GET", url, HeaderLines(headers.items()))
+
+
+@pytest.mark.threat("T4")
+@pytest.mark.threat("T8")
+def test_authentication_fails_closed(setup: Setup) -> None:
+    auth = setup.relay.services.auth
+    lab = setup.member("lab-a", Role.LAB)
+    now = setup.clock.now()
+    assert auth.authenticate(request(lab, lab.signing, now), has_body=False).name == "lab-a"
+    view = request(lab, lab.signing, now)
+    auth.authenticate(view, has_body=False)
+    with pytest.raises(ReplayDetected):
+        auth.authenticate(view, has_body=False)
+    ghost = setup.member("ghost", Role.LAB, register=False)
+    with pytest.raises(AuthenticationFailed, match="unknown signer"):
+        auth.authenticate(request(ghost, ghost.signing, now), has_body=False)
+    with pytest.raises(AuthenticationFailed):  # right name, wrong key
+        auth.authenticate(request(lab, SigningKey.generate(), now), has_body=False)
+    with pytest.raises(AuthenticationFailed):  # stale
+        auth.authenticate(request(lab, lab.signing, now - timedelta(minutes=10)), has_body=False)
+    with pytest.raises(AuthenticationFailed):  # claims to be the authority without its key
+        auth.authenticate(request(None, lab.signing, now, keyid=AUTHORITY_KEYID), has_body=False)
+    assert auth.authenticate(request(None, setup.authority, now, keyid=AUTHORITY_KEYID), has_body=False).is_authority
+    short = setup.member("short", Role.LAB, days=1)
+    setup.clock.advance(timedelta(days=2))
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        auth.authenticate(request(short, short.signing, setup.clock.now()), has_body=False)
+    setup.revoke("lab-a")
+    with pytest.raises(PartyRevoked):
+        auth.authenticate(request(lab, lab.signing, setup.clock.now()), has_body=False)
+    events = [r.entry for r in setup.relay.sql.records()]
+    assert any(e.event is AuditEvent.AUTH_REPLAY for e in events)
+    assert sum(e.event is AuditEvent.AUTH_FAILURE for e in events) >= 5
+
+
+@pytest.mark.threat("T3")
+def test_directory_refuses_what_the_authority_did_not_sign(setup: Setup) -> None:
+    directory = setup.relay.services.directory
+    cnam = setup.member("cnam", Role.RECIPIENT, register=False)
+    rogue = SigningKey.generate()
+    with pytest.raises(UntrustedEntry):
+        directory.register(sign_envelope(cnam.entry.to_payload(), rogue, AUTHORITY_KEYID), "cnam")
+    payload = dict(cnam.envelope["payload"])
+    payload["age_recipient"] = AgeIdentity.generate().recipient
+    with pytest.raises(UntrustedEntry):
+        directory.register({**cnam.envelope, "payload": payload}, "cnam")
+    with pytest.raises(UntrustedEntry):
+        directory.revoke(
+            sign_envelope(
+                Revocation(name="cnam", revoked_at=T0, reason="x", serial=new_id()).to_payload(), rogue, AUTHORITY_KEYID
+            ),
+            "x",
+        )
+    assert directory.resolve("cnam").entry is None
+    expired = setup.member("old", Role.RECIPIENT, register=False, days=1)
+    setup.clock.advance(timedelta(days=2))
+    with pytest.raises(UntrustedEntry, match="expired"):
+        directory.register(expired.envelope, "old")
