@@ -237,11 +237,3 @@ def batch(tmp_path: Path) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Record which threat-model lines each test proves (checked by tests/test_threat_model.py)."""
-    config.stash[THREATS] = {item.nodeid: [m.args[0] for m in item.iter_markers("threat")] for item in items}
-
-
-THREATS = pytest.StashKey[dict[str, list[str]]]()

@@ -21,7 +21,14 @@ from labrelay.crypto.httpsig import (
     verify_request,
 )
 from labrelay.crypto.keys import AgeIdentity, SigningKey, check_private_permissions, read_private, write_private
-from labrelay.errors import AuthenticationFailed, InsecureKeyFile, IntegrityError, UntrustedEntry, UsageError
+from labrelay.errors import (
+    AuthenticationFailed,
+    InsecureKeyFile,
+    IntegrityError,
+    StorageFull,
+    UntrustedEntry,
+    UsageError,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 WINDOW, SKEW = timedelta(minutes=5), timedelta(seconds=30)
@@ -250,8 +257,6 @@ class _FullDisk(io.RawIOBase):
 
 def test_full_disk_is_operational_not_integrity() -> None:
     """A full disk is exit 1 (retry elsewhere), never mistaken for tampering (exit 3)."""
-    from labrelay.errors import StorageFull
-
     ident = AgeIdentity.generate()
     sealed = io.BytesIO()
     age_stream.encrypt(io.BytesIO(b"x" * 100_000), sealed, [ident.recipient])

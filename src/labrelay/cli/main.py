@@ -13,7 +13,6 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import click
 import typer
 
 from labrelay import __version__, errors
@@ -69,15 +68,10 @@ def synth(
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the CLI. Typer (standalone) reports usage errors itself, with exit code 2; ours are mapped here."""
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=argv, prog_name="labrelay", standalone_mode=False)
-    except click.exceptions.Abort:
-        ui.err.print("labrelay: aborted")
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        command.main(args=argv, prog_name="labrelay", standalone_mode=True)
     except errors.LabrelayError as exc:
         if os.environ.get("LABRELAY_DEBUG"):
             raise
@@ -91,4 +85,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
             raise
         ui.err.print(f"labrelay: internal error ({type(exc).__name__}); rerun with --verbose for details", markup=False)
         sys.exit(ui.EXIT_OPERATIONAL)
-    sys.exit(result if isinstance(result, int) else 0)
+    sys.exit(0)  # pragma: no cover - standalone mode always exits above

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from labrelay.crypto.httpsig import sign_request
+from labrelay.crypto.httpsig import content_digest_of, sign_request
 from labrelay.crypto.keys import SigningKey
 from labrelay.errors import (
     Conflict,
@@ -113,9 +113,16 @@ class RelayClient:
         headers: Mapping[str, str] | None = None,
         extra: Sequence[str] = (),
         stream: bool = False,
+        streamed_body: tuple[Iterator[bytes], int, str] | None = None,
     ) -> httpx.Response:
+        """One signed request. ``streamed_body`` is (pieces, length, Content-Digest) for a body read from disk."""
         url = self.base + path
         signed = dict(headers or {})
+        content: bytes | Iterator[bytes] | None = body
+        digest = None
+        if streamed_body is not None:
+            content, length, digest = streamed_body
+            signed["Content-Length"] = str(length)
         sign_request(
             method,
             url,
@@ -125,13 +132,19 @@ class RelayClient:
             key=self._key,
             now=self._clock.now(),
             extra_components=extra,
+            digest=digest,
         )
-        request = self._http.build_request(method, url, content=body, headers=signed)
+        request = self._http.build_request(method, url, content=content, headers=signed)
         try:
             response = self._http.send(request, stream=stream)
         except httpx.TimeoutException as exc:
             raise Unavailable(f"relay {self.base} did not answer in time ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
+            if _tls_refused(exc):
+                raise InsecureTransport(
+                    f"the TLS certificate of {self.base} is not trusted: {_root_cause(exc)}",
+                    hint="pass --cacert with the CA that signed it (or LABRELAY_CA_BUNDLE)",
+                ) from exc
             raise Unavailable(f"relay {self.base} unreachable: {exc}") from exc
         if response.status_code >= 400:
             if stream:
@@ -218,8 +231,24 @@ class RelayClient:
 
         return self._retrying(go)
 
+    def upload_region(self, transfer_id: str, source: BinaryIO, offset: int, length: int) -> int:
+        """PATCH ``length`` bytes of ``source`` from ``offset``, streamed from disk: the chunk is read twice (its
+        digest, then the body) and never held whole, so memory does not grow with the chunk size."""
+        source.seek(offset)
+        digest = content_digest_of(source, length)
+        headers = {"Tus-Resumable": TUS_VERSION, "Content-Type": OFFSET_CONTENT_TYPE, "Upload-Offset": str(offset)}
+        response = self._request(
+            "PATCH",
+            f"/v1/uploads/{transfer_id}",
+            headers=headers,
+            extra=("upload-offset", "content-type"),
+            streamed_body=(_region(source, offset, length), length, digest),
+        )
+        response.close()
+        return _offset(response)
+
     def upload_chunk(self, transfer_id: str, offset: int, data: bytes) -> int:
-        """PATCH one chunk at ``offset``; return the relay's new offset. Not retried here (see ``upload``)."""
+        """PATCH one in-memory chunk at ``offset``; return the relay's new offset. Not retried here."""
         headers = {
             "Tus-Resumable": TUS_VERSION,
             "Content-Type": OFFSET_CONTENT_TYPE,
@@ -248,10 +277,8 @@ class RelayClient:
             on_progress(offset)
         failures = 0
         while offset < size:
-            source.seek(offset)
-            data = source.read(min(chunk_size, size - offset))
             try:
-                new_offset = self.upload_chunk(transfer_id, offset, data)
+                new_offset = self.upload_region(transfer_id, source, offset, min(chunk_size, size - offset))
             except (Unavailable, Conflict):
                 failures += 1
                 if failures > self._retries:
@@ -277,6 +304,34 @@ class RelayClient:
             response.close()
             raise IntegrityError("relay ignored the resume offset")
         return _iterate(response)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    return seen
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def _region(source: BinaryIO, offset: int, length: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes ``offset .. offset+length`` of ``source``, a piece at a time, read as httpx sends them."""
+    source.seek(offset)
+    left = length
+    while left > 0:
+        block = source.read(min(piece, left))
+        if not block:
+            raise IntegrityError("spooled payload shrank while uploading")
+        left -= len(block)
+        yield block
 
 
 def _offset(response: httpx.Response) -> int:

@@ -29,7 +29,13 @@ from typing import Any
 
 from labrelay.client.files import private_dir, read_json, write_json_atomic
 from labrelay.crypto.envelopes import sign_envelope, verify_envelope
-from labrelay.crypto.keys import AgeIdentity, SigningKey, VerifyKey, load_verify_key_file
+from labrelay.crypto.keys import (
+    AgeIdentity,
+    SigningKey,
+    VerifyKey,
+    check_private_permissions,
+    load_verify_key_file,
+)
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
 from labrelay.domain.parties import ENTRY_TYPE, PartyEntry, Revocation, Role
 from labrelay.domain.timeutil import to_rfc3339
@@ -97,6 +103,9 @@ class Party:
             ) from None
         except ValueError as exc:
             raise UsageError(f"{path / PUBLIC_FILE} is malformed: {exc}") from exc
+        # Like ssh: refuse to act as a party whose private keys others can read, before doing anything.
+        check_private_permissions(path / SIGNING_FILE)
+        check_private_permissions(path / IDENTITY_FILE)
         region = doc.get("region")
         return cls(
             path=path,

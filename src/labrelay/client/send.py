@@ -32,7 +32,7 @@ from labrelay.domain.transfers import Manifest
 from labrelay.errors import PermissionDenied, UsageError
 from labrelay.ports import Clock
 
-UPLOAD_CHUNK = 8 * 1024 * 1024
+UPLOAD_CHUNK = 16 * 1024 * 1024  # memory does not depend on it: chunks stream from the spool file
 MEDIA_TYPES = {
     ".csv": "text/csv",
     ".json": "application/json",

@@ -128,6 +128,20 @@ class DigestCheck:
             raise IntegrityError("request body does not match its Content-Digest")
 
 
+def content_digest_of(reader: Any, length: int, piece: int = 1 << 20) -> str:
+    """The Content-Digest field value (``sha-256=:…:``) of the next ``length`` bytes of ``reader``, read in pieces
+    so that a large upload chunk never has to sit in memory to be signed."""
+    digest = hashlib.sha256()
+    left = length
+    while left > 0:
+        block = reader.read(min(piece, left))
+        if not block:
+            raise IntegrityError("file ended before the declared length")
+        digest.update(block)
+        left -= len(block)
+    return str(http_sf.ser({"sha-256": (digest.digest(), {})}))
+
+
 # ------------------------------------------------------------------ signing, on clients
 
 
@@ -145,9 +159,19 @@ def sign_request(
     key: SigningKey,
     now: datetime,
     extra_components: Sequence[str] = (),
+    digest: str | None = None,
 ) -> None:
-    """Add Content-Digest (when there is a body, computed by the library), Signature-Input and Signature."""
+    """Add Content-Digest, Signature-Input and Signature to ``headers``.
+
+    The digest is computed from ``body`` by the library, or given precomputed as ``digest`` (``body`` None) for a
+    body that is streamed from a file.
+    """
     components = list(BASE_COMPONENTS)
+    if digest is not None:
+        if body is not None:
+            raise ValueError("give the body or its digest, not both")
+        headers["Content-Digest"] = digest
+        components.append("content-digest")
     lowered = {k.lower() for k in headers}
     for name in extra_components:
         if name.lower() in lowered:
@@ -163,6 +187,7 @@ def sign_request(
         tag=TAG,
         covered_component_ids=components,
         body=body,
+        use_existing_digest=digest is not None,
     )
 
 

@@ -37,6 +37,7 @@ from labrelay.errors import (
     NotFound,
     PermissionDenied,
     TooLarge,
+    UntrustedEntry,
     UsageError,
 )
 from labrelay.http.models import (
@@ -268,8 +269,9 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         caller = await authenticate(request)
         await call(services.auditor.record, AuditEvent.DIRECTORY_READ, actor=caller.name)
         exported = await call(services.directory.export)
-        return DirectoryOut(entries=[dict(e) for e in exported["entries"]],
-                            revocations=[dict(r) for r in exported["revocations"]])
+        return DirectoryOut(
+            entries=[dict(e) for e in exported["entries"]], revocations=[dict(r) for r in exported["revocations"]]
+        )
 
     @app.post(
         "/v1/directory/entries",
@@ -283,8 +285,13 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """Register an authority-signed entry; the request is signed by the entry's own key (possession)."""
         body = await read_body(request)
         envelope = parse_json(body)
-        entry = await call(services.directory.verify_entry, envelope)
+        try:  # the entry names the key that must have signed this request (proof of possession)
+            entry: PartyEntry | None = await call(services.directory.verify_entry, envelope)
+        except UntrustedEntry:
+            entry = None  # authentication comes first; registration below refuses the entry
         caller = await authenticate(request, body=body, enrolling=entry)
+        if entry is None:
+            entry = await call(services.directory.verify_entry, envelope)  # raises: the authority did not sign
         if caller.name != entry.name:
             raise PermissionDenied("a party registers its own entry, signed with its own key")
         registered, new = await call(services.directory.register, envelope, caller.name)

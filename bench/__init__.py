@@ -1,0 +1,1 @@
+"""labrelay benchmarks: figures recorded in docs/, never timed assertions in the test suite."""

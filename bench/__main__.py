@@ -1,0 +1,18 @@
+"""``python -m bench NAME [ARGS]`` (or ``./dev bench NAME``)."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import memory
+
+BENCHES = {"memory": memory.main}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in BENCHES:
+        sys.exit(f"usage: python -m bench {{{'|'.join(BENCHES)}}} [ARGS]")
+    BENCHES[sys.argv[1]](sys.argv[2:])
+
+
+main()

@@ -1,0 +1,155 @@
+"""The command-line contract, end to end, against a real relay process on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labrelay.crypto import age_stream
+from labrelay.crypto.keys import AgeIdentity
+from tests.conftest import CliResult, RelayServer
+
+
+@pytest.fixture(scope="session")
+def age_tool() -> str:
+    path = shutil.which("age")
+    if path is None:
+        pytest.fail(
+            "the `age` command-line tool is required for interoperability tests "
+            "(Debian: apt-get install age; .ci/run installs it)"
+        )
+    return path
+
+
+def ok(result: CliResult) -> CliResult:
+    assert result.code == 0, str(result)
+    return result
+
+
+def transfer_ids(text: str) -> list[str]:
+    return [word for line in text.splitlines() for word in line.split() if len(word) == 36 and word.count("-") == 4]
+
+
+@pytest.mark.threat("T1")
+def test_cli_contract_send_fetch_raw_decrypts_with_age_byte_for_byte(cli, tmp_path: Path, age_tool: str) -> None:
+    auth, data, parties = tmp_path / "auth", tmp_path / "relay", tmp_path / "parties"
+    ok(cli("authority", "init", auth))
+    assert oct((auth / "authority.key").stat().st_mode & 0o777) == "0o600"
+    ok(cli("server", "init", data, "--authority", auth / "authority.pub"))
+    relay = RelayServer(data)
+    url = relay.start()
+    try:
+        ok(
+            cli(
+                "party", "new", "lab-paris-01", "--role", "lab", "--authority", auth / "authority.pub", "--out", parties
+            )
+        )
+        ok(cli("party", "new", "cnam", "--role", "recipient", "--authority", auth / "authority.pub", "--out", parties))
+        for name in ("lab-paris-01", "cnam"):
+            ok(cli("party", "enroll", parties / name, "--authority", auth, "--server", url))
+            assert oct((parties / name / "signing.key").stat().st_mode & 0o777) == "0o600"
+            assert oct((parties / name / "identity.txt").stat().st_mode & 0o777) == "0o600"
+        payload = tmp_path / "results.bin"
+        payload.write_bytes(os.urandom(3_000_000) + b"the end\n")
+        sent = ok(
+            cli("send", payload, "--as", parties / "lab-paris-01", "--server", url, "--to", "cnam", "--ttl", "12h")
+        )
+        [transfer_id] = transfer_ids(sent.out)
+        assert any(p.name.endswith(".payload") for p in (data / "payloads").iterdir())
+
+        out = tmp_path / "inbox"
+        fetched = ok(cli("fetch", "--as", parties / "cnam", "--server", url, "--out", out, "--raw"))
+        assert "not acknowledged" in fetched.out
+        raw = out / f"{transfer_id}.age"
+        manifest = json.loads((out / f"{transfer_id}.manifest.json").read_text())["manifest"]
+        assert manifest["payload"]["recipient"] == "cnam"
+        assert manifest["payload"]["deadline"] > manifest["payload"]["created"]
+
+        decrypted = tmp_path / "decrypted.bin"
+        subprocess.run(
+            [age_tool, "--decrypt", "-i", str(parties / "cnam" / "identity.txt"), "-o", str(decrypted), str(raw)],
+            check=True,
+            timeout=60,
+        )
+        assert decrypted.read_bytes() == payload.read_bytes()
+
+        # --raw sends no receipt: the payload waits on the relay until `labrelay receipt`
+        status = ok(cli("receipts", "--as", parties / "lab-paris-01", "--server", url))
+        assert "available" in status.out
+        ok(cli("receipt", transfer_id, "--as", parties / "cnam", "--server", url, "--file", raw))
+        status = ok(cli("receipts", "--as", parties / "lab-paris-01", "--server", url))
+        assert "delivered" in status.out
+        assert "received at" in status.out
+        assert not any((data / "payloads").iterdir())
+        again = ok(cli("fetch", "--as", parties / "cnam", "--server", url, "--out", tmp_path / "again"))
+        assert "nothing waiting" in again.out
+    finally:
+        relay.stop()
+
+
+def test_file_sealed_by_the_age_tool_decrypts_with_our_identity(tmp_path: Path, age_tool: str) -> None:
+    """Interoperability the other way: our identity.txt is a standard age identity."""
+    ident = AgeIdentity.generate()
+    ident.save(tmp_path / "identity.txt", "now")
+    plain = tmp_path / "plain"
+    plain.write_bytes(os.urandom(200_000))
+    subprocess.run([age_tool, "-r", ident.recipient, "-o", str(tmp_path / "c.age"), str(plain)], check=True)
+    with (tmp_path / "c.age").open("rb") as src, (tmp_path / "out").open("wb") as dst:
+        age_stream.decrypt(src, dst, AgeIdentity.load_all(tmp_path / "identity.txt"))
+    assert (tmp_path / "out").read_bytes() == plain.read_bytes()
+
+
+def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None:
+    lab, cnam = world.party_dir("lab-paris-01"), world.party_dir("cnam")
+    sent = ok(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11"))
+    assert len(transfer_ids(sent.out)) == 2
+    out = world.root / "out-cnam"
+    fetched = ok(cli("fetch", "--as", cnam, "--server", world.url, "--out", out))
+    assert "300 records" in fetched.out
+    assert "acknowledged" in fetched.out
+    [csv_file] = list(out.glob("*.csv"))
+    assert csv_file.read_bytes() == batch.read_bytes()
+    assert oct(csv_file.stat().st_mode & 0o777) == "0o600"
+    assert not list((out / ".labrelay").iterdir())  # no partial or temporary file left behind
+    # cnam's receipt deleted cnam's payload only; ars-11's waits
+    assert len(list(world.payload_dir.iterdir())) == 1
+    sidecar = json.loads(next(out.glob("*.manifest.json")).read_text())
+    assert sidecar["receipt"]["payload"]["status"] == "decrypted"
+    assert sidecar["receipt"]["payload"]["record_count"] == 300
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["send", "missing.csv", "--as", "nowhere", "--server", "http://127.0.0.1:1", "--to", "cnam"], 2, ""),
+        (["send", "--ttl", "7w", "x"], 2, ""),
+        (["frobnicate"], 2, "No such command"),
+        (["party", "new", "Bad Name", "--role", "lab", "--authority", "a.pub", "--out", "p"], 2, "invalid party"),
+        (["party", "new", "lab-x", "--role", "boss", "--authority", "a.pub", "--out", "p"], 2, "invalid role"),
+        (["serve", "--data", "nowhere"], 2, "not a relay data directory"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(cli, args: list[str], code: int, needle: str) -> None:
+    result = cli(*args)
+    assert result.code == code, str(result)
+    assert needle in result.err
+    assert "Traceback" not in result.err
+
+
+def test_relay_unreachable_is_exit_1(world, cli, batch: Path) -> None:
+    result = cli(
+        "send", batch, "--as", world.party_dir("lab-paris-01"), "--server", "http://127.0.0.1:9", "--to", "cnam"
+    )
+    assert result.code == 1, str(result)
+    assert "unreachable" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_help_and_version(cli) -> None:
+    assert "demo" in ok(cli("--help")).out
+    assert ok(cli("--version")).out.startswith("labrelay ")

@@ -1,0 +1,114 @@
+"""A complete copy of the relay yields no health data: no NIR, name, e-mail, phone or address of the batch
+anywhere in its data directory (database included, whatever the compression) or in its log."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import json
+import lzma
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+SENSITIVE = ("nir", "nom", "prenom", "email", "telephone", "adresse", "prescripteur_nom", "prescripteur_telephone")
+CODECS: tuple[Callable[[bytes], bytes], ...] = (gzip.decompress, bz2.decompress, lzma.decompress, zlib.decompress)
+
+
+def needles_of(batch: Path) -> set[bytes]:
+    """Every identifying value of the batch, as bytes, in the cases a search would try."""
+    found: set[bytes] = set()
+    with batch.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for column in SENSITIVE:
+                value = row[column]
+                parts = [value] + (value.split() if column in ("prescripteur_nom",) else [])
+                for part in parts:
+                    if len(part) >= 6 and part not in ("Dr",):
+                        for variant in {part, part.upper(), part.lower()}:
+                            found.add(variant.encode("utf-8"))
+    return found
+
+
+def views(path: Path) -> Iterator[tuple[str, bytes]]:
+    """The file's bytes, and whatever a decompressor makes of them."""
+    data = path.read_bytes()
+    yield "raw", data
+    for codec in CODECS:
+        try:
+            yield codec.__module__, codec(data)
+        except Exception:  # noqa: BLE001, S112 - most files are not compressed: that is the expected case
+            continue
+
+
+def plaintext_hits(root: Path, needles: set[bytes], extra: tuple[Path, ...] = ()) -> list[str]:
+    hits = []
+    files = [p for p in root.rglob("*") if p.is_file()] + list(extra)
+    assert files, f"nothing to scan under {root}"
+    for path in files:
+        for how, data in views(path):
+            for needle in needles:
+                if needle in data:
+                    hits.append(f"{path.name} ({how}): {needle[:4]!r}…")
+                    break
+    return hits
+
+
+@pytest.mark.threat("T1")
+def test_relay_holds_no_plaintext_while_stored_or_after(world, cli, batch: Path) -> None:
+    needles = needles_of(batch)
+    assert len(needles) > 1000
+    lab = world.party_dir("lab-paris-01")
+    result = cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11")
+    assert result.code == 0, str(result)
+    stored = list(world.payload_dir.glob("*.payload"))
+    assert len(stored) == 2
+    # Sanity: the scan does find plaintext when it is there (it is not a check that cannot fail).
+    planted = world.root / "planted.bin"
+    planted.write_bytes(gzip.compress(batch.read_bytes()[:5000]))
+    assert plaintext_hits(world.root, needles, extra=()) != []
+    planted.unlink()
+
+    assert plaintext_hits(world.relay.data, needles, extra=(world.relay.log,)) == []
+    for name in ("cnam", "ars-11"):
+        fetched = cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", world.root / name)
+        assert fetched.code == 0, str(fetched)
+    assert list(world.payload_dir.iterdir()) == []
+    assert plaintext_hits(world.relay.data, needles, extra=(world.relay.log,)) == []
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = run_cli("demo", "--records", "400", "--workdir", workdir, cwd=tmp_path, timeout=300)
+    assert result.code == 0, str(result)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["ok"] is True
+    assert summary["records"] == {"read": 400, "accepted": 400, "rejected": 0, "held_for_review": 0, "reconciled": True}
+    assert set(summary["recipients"]) == {"cnam", "ars-11", "spf"}
+    for name, item in summary["recipients"].items():
+        assert item["records_received"] == 400
+        assert item["receipt"] == "decrypted"
+        assert (workdir / item["output"]).is_file()
+        assert (workdir / "out" / name).is_dir()
+    assert summary["audit"]["chain_ok"] is True
+    assert summary["audit"]["by_event"]["receipt:accept"] == 3
+    assert summary["checks"]["payloads_left_on_relay"] == 0
+    assert not (workdir / "relay" / "payloads").exists() or not any((workdir / "relay" / "payloads").iterdir())
+    assert "result      OK" in result.out
+    # An independent look at the relay's data: nothing of the batch.
+    needles = needles_of(workdir / "lab" / "results.csv")
+    assert plaintext_hits(workdir / "relay", needles) == []
+    # A second run in the same directory starts afresh; a non-demo directory is never touched.
+    assert run_cli("demo", "--records", "50", "--workdir", workdir, cwd=tmp_path).code == 0
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "thesis.txt").write_text("do not delete")
+    refused = run_cli("demo", "--workdir", other, cwd=tmp_path)
+    assert refused.code == 2
+    assert (other / "thesis.txt").exists()

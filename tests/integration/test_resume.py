@@ -1,0 +1,123 @@
+"""Interrupted uploads and downloads resume at their offset, across a relay killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from labrelay.client.api import RelayClient
+from labrelay.client.send import seal
+from labrelay.client.trust import TrustedDirectory
+from labrelay.clock import SystemClock
+from labrelay.crypto.envelopes import envelope_payload
+from labrelay.domain.parties import Role
+from labrelay.domain.transfers import Manifest
+from tests.conftest import RelayServer
+
+
+def audit_details(world, event: str) -> list[str]:
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:
+        return [r[0] for r in conn.execute("SELECT details FROM audit_events WHERE event = ? ORDER BY seq", (event,))]
+
+
+def test_upload_resumes_after_the_relay_is_killed(world, cli, tmp_path: Path) -> None:
+    plain = tmp_path / "big.bin"
+    plain.write_bytes(os.urandom(3 * 1024 * 1024))
+    lab = world.parties["lab-paris-01"]
+    entry = world.parties["cnam"]
+    with world.client("lab-paris-01") as client:
+        directory = TrustedDirectory(lab.authority, client.directory(), SystemClock().now())
+        [state] = seal(lab, plain, [directory.require("cnam", {Role.RECIPIENT})], timedelta(days=1), SystemClock())
+        envelope = json.loads(state.read_text())["manifest"]
+        manifest = Manifest.from_payload(envelope_payload(envelope))
+        client.create_transfer(envelope)
+        with state.with_suffix(".age").open("rb") as fh:
+            first = fh.read(1024 * 1024)
+        assert client.upload_chunk(manifest.transfer_id, 0, first) == len(first)
+    assert entry.name == "cnam"
+
+    world.relay.kill()  # SIGKILL: no shutdown, no cleanup
+    restarted = RelayServer(world.relay.data)
+    url = restarted.start()
+    try:
+        resumed = cli("resume", "--as", lab.path, "--server", url)
+        assert resumed.code == 0, str(resumed)
+        assert manifest.transfer_id in resumed.out
+        offsets = [d for d in audit_details(world, "upload:chunk") if '"offset":1048576' in d]
+        assert offsets, "the second run started at the relay's offset, not from zero"
+        assert not list(lab.outbox.iterdir())  # ciphertext spool removed once uploaded
+        out = tmp_path / "out"
+        fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", url, "--out", out)
+        assert fetched.code == 0, str(fetched)
+        [result] = list(out.glob("*.bin"))
+        assert result.read_bytes() == plain.read_bytes()
+    finally:
+        restarted.stop()
+
+
+def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> None:
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(2 * 1024 * 1024))
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    assert sent.code == 0, str(sent)
+    transfer_id = sent.out.split()[1]
+    out = tmp_path / "out"
+    work = out / ".labrelay"
+    work.mkdir(parents=True, mode=0o700)
+    with world.client("cnam") as client:
+        partial = b"".join(client.download(transfer_id))[:700_000]
+    (work / f"{transfer_id}.age.part").write_bytes(partial)
+    fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert fetched.code == 0, str(fetched)
+    assert (out / f"{transfer_id}.bin").read_bytes() == plain.read_bytes()
+    assert any('"start":700000' in d for d in audit_details(world, "download:serve"))
+
+
+def test_a_publication_interrupted_by_a_crash_is_completed_at_restart(world, cli, tmp_path: Path) -> None:
+    """Crash after the atomic rename, before the database said so: the restarted relay finishes the job."""
+    plain = tmp_path / "x.bin"
+    plain.write_bytes(os.urandom(100_000))
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    transfer_id = sent.out.split()[1]
+    world.relay.stop()
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:
+        conn.execute("UPDATE transfers SET state = 'uploading' WHERE id = ?", (transfer_id,))
+    restarted = RelayServer(world.relay.data)
+    url = restarted.start()
+    try:
+        fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", url, "--out", tmp_path / "o")
+        assert fetched.code == 0, str(fetched)
+        assert transfer_id in fetched.out
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.threat("T5")
+def test_nothing_is_served_past_its_deadline(world, cli, tmp_path: Path) -> None:
+    plain = tmp_path / "short.bin"
+    plain.write_bytes(b"short-lived\n" * 100)
+    sent = cli(
+        "send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "2s"
+    )
+    assert sent.code == 0, str(sent)
+    transfer_id = sent.out.split()[1]
+    time.sleep(3)
+    fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", tmp_path / "o")
+    assert fetched.code == 0
+    assert "nothing waiting" in fetched.out
+    with (
+        RelayClient(world.url, "cnam", world.parties["cnam"].signing_key, SystemClock(), retries=0) as client,
+        pytest.raises(Exception, match="no transfer"),
+    ):
+        list(client.download(transfer_id))
+    too_long = cli(
+        "send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "31d"
+    )
+    assert too_long.code == 2, str(too_long)
+    assert "maximum of 30d" in too_long.err
