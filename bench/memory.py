@@ -20,6 +20,7 @@ import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
@@ -62,7 +63,7 @@ def batch(records: int) -> Path:
     return path
 
 
-def run(records: int) -> dict[str, object]:
+def run(records: int) -> dict[str, Any]:
     if not Path(TIME).exists():
         sys.exit("GNU time is needed: apt-get install time")
     source = batch(records)
@@ -98,6 +99,8 @@ def run(records: int) -> dict[str, object]:
             raise RuntimeError(relay_log.read_text())
         time.sleep(0.05)
     url = json.loads(ready.read_text())["url"]
+    server_pid = int(json.loads(ready.read_text())["pid"])
+    idle_mb = _rss_mb(server_pid)
     parties = {}
     for name, role in (("lab-bench", Role.LAB), ("cnam", Role.RECIPIENT)):
         party = Party.create(run_dir / "parties", name, role, None, authority.path / "authority.pub", clock.now())
@@ -129,7 +132,7 @@ def run(records: int) -> dict[str, object]:
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
         "batch": {"records": records, "bytes": source.stat().st_size},
-        "relay": relay_stats,
+        "relay": {**relay_stats, "idle_rss_mb": idle_mb},
         "send": send,
         "fetch": fetch,
         "goal_peak_rss_mb": GOAL_MB,
@@ -138,6 +141,14 @@ def run(records: int) -> dict[str, object]:
     }
     shutil.rmtree(run_dir / "out", ignore_errors=True)
     return result
+
+
+def _rss_mb(pid: int) -> float:
+    """Current resident memory of a process, from /proc (the relay's baseline before any transfer)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -157,12 +168,10 @@ def main(argv: list[str]) -> None:
     result = run(args.records)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    mb = result["batch"]["bytes"] / 1e6  # type: ignore[index]
-    print("| side | peak RSS (MB) | wall (s) |\n|---|---|---|")
+    print("| process | peak RSS (MB) | wall (s) |\n|---|---|---|")
     for side in ("relay", "send", "fetch"):
-        s = result[side]
-        print(f"| {side} | {s['peak_rss_mb']} | {s['wall_s']} |")  # type: ignore[index]
-    print(
-        f"\nbatch: {result['batch']['records']} records, {mb:.0f} MB; goal < {GOAL_MB} MB each; "  # type: ignore[index]
-        f"met: {result['met']}; output identical: {result['output_identical']}"
-    )
+        print(f"| {side} | {result[side]['peak_rss_mb']} | {result[side]['wall_s']} |")
+    batch_info = result["batch"]
+    print(f"\nrelay at rest: {result['relay']['idle_rss_mb']} MB")
+    print(f"batch: {batch_info['records']} records, {batch_info['bytes'] / 1e6:.0f} MB; goal < {GOAL_MB} MB each; "
+          f"met: {result['met']}; output identical: {result['output_identical']}")
