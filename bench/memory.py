@@ -173,5 +173,7 @@ def main(argv: list[str]) -> None:
         print(f"| {side} | {result[side]['peak_rss_mb']} | {result[side]['wall_s']} |")
     batch_info = result["batch"]
     print(f"\nrelay at rest: {result['relay']['idle_rss_mb']} MB")
-    print(f"batch: {batch_info['records']} records, {batch_info['bytes'] / 1e6:.0f} MB; goal < {GOAL_MB} MB each; "
-          f"met: {result['met']}; output identical: {result['output_identical']}")
+    print(
+        f"batch: {batch_info['records']} records, {batch_info['bytes'] / 1e6:.0f} MB; goal < {GOAL_MB} MB each; "
+        f"met: {result['met']}; output identical: {result['output_identical']}"
+    )

@@ -121,7 +121,7 @@ ERRORS_BY_CODE: dict[str, type[LabrelayError]] = {cls.code: cls for cls in _all_
 """``code`` → class, so that a client can rebuild the relay's error from a problem document."""
 
 
-def error_from_code(code: str, message: str) -> LabrelayError:
+def error_from_code(code: str, message: str, hint: str | None = None) -> LabrelayError:
     """The error a relay reported, rebuilt on the client. Unknown codes become plain operational errors."""
     cls = ERRORS_BY_CODE.get(code, OperationalError)
-    return cls(message)
+    return cls(message, hint=hint)

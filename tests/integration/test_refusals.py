@@ -113,7 +113,7 @@ def test_a_party_whose_key_was_never_enrolled(world, cli, batch: Path) -> None:
     world.add("lab-rogue", Role.LAB, enroll=False)
     refused(
         cli("send", batch, "--as", world.party_dir("lab-rogue"), "--server", world.url, "--to", "cnam"),
-        "unknown signer",
+        "request signature refused",
     )
     assert not any(world.payload_dir.iterdir())
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
 from labrelay.crypto.httpsig import sign_request
+from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import Role
 from labrelay.runtime import init_data_dir
@@ -190,3 +194,76 @@ def test_malformed_requests_get_4xx_not_5xx(world) -> None:
         assert response.status_code == 400, rng
     with world.relay.log.open() as log:
         assert "Traceback" not in log.read()
+
+
+@pytest.mark.threat("T7")
+def test_upload_chunks_must_sign_their_digest(world) -> None:
+    """A PATCH whose signature does not cover Content-Digest is refused: otherwise an on-path attacker could
+    swap the body and its (unsigned) digest."""
+    lab = world.parties["lab-paris-01"]
+    tid = new_id()
+    url = f"{world.url}/v1/uploads/{tid}"
+    body = b"attacker bytes"
+    headers = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0", "Tus-Resumable": "1.0.0"}
+    sign_request(
+        "PATCH",
+        url,
+        headers,
+        None,
+        keyid=lab.name,
+        key=lab.signing_key,
+        now=datetime.now(UTC),
+        extra_components=("content-type", "upload-offset"),
+    )
+    headers["Content-Digest"] = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    response = httpx.patch(url, content=body, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["code"] == "authentication-failed"
+
+
+def test_json_bodies_must_sign_their_content_type(world) -> None:
+    lab = world.parties["lab-paris-01"]
+    url = f"{world.url}/v1/transfers"
+    headers = {"Content-Type": "application/json"}
+    sign_request("POST", url, headers, b"{}", keyid=lab.name, key=lab.signing_key, now=datetime.now(UTC))
+    assert httpx.post(url, content=b"{}", headers=headers).status_code == 401
+
+
+@pytest.mark.threat("T6")
+def test_enrolment_route_judges_nothing_before_authentication(world) -> None:
+    url = f"{world.url}/v1/directory/entries"
+    for junk in (b"not json", b"[" * 5000 + b"]" * 5000, b'{"payload": {"type": "party-entry"}}'):
+        response = httpx.post(url, content=junk, headers={"Content-Type": "application/json"})
+        assert response.status_code == 401, junk[:20]
+    # Signed by an enrolled party, absurdly nested JSON is a plain 400, not a crash.
+    deep = b"[" * 5000 + b"]" * 5000
+    response = httpx.post(
+        url, content=deep, headers=signed_headers(world, "POST", url, deep, **{"Content-Type": "application/json"})
+    )
+    assert response.status_code == 400
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:
+        refused = conn.execute("SELECT count(*) FROM audit_events WHERE event = 'auth:failure'").fetchone()[0]
+    assert refused >= 3  # every unauthenticated attempt is in the audit trail
+    assert "Traceback" not in world.relay.log_text()
+
+
+@pytest.mark.threat("T6")
+def test_refusals_do_not_reveal_who_exists_or_is_revoked(world, cli) -> None:
+    """Without the key, an unknown party, a known one and a revoked one are refused in the same words."""
+    assert cli("authority", "revoke", "ars-11", "--authority", world.auth_dir, "--server", world.url).code == 0
+    url = f"{world.url}/v1/directory"
+    answers = set()
+    for keyid in ("nobody-at-all", "cnam", "ars-11"):
+        headers: dict[str, str] = {}
+        sign_request("GET", url, headers, None, keyid=keyid, key=SigningKey.generate(), now=datetime.now(UTC))
+        response = httpx.get(url, headers=headers)
+        answers.add((response.status_code, response.json()["code"], response.json()["detail"]))
+    assert len(answers) == 1, answers
+    # With its own key, a revoked party does learn why.
+    headers = {}
+    sign_request(
+        "GET", url, headers, None, keyid="ars-11", key=world.parties["ars-11"].signing_key, now=datetime.now(UTC)
+    )
+    response = httpx.get(url, headers=headers)
+    assert response.status_code == 403
+    assert response.json()["code"] == "revoked"

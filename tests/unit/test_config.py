@@ -30,8 +30,10 @@ def test_environment_overrides_one_run(tmp_path: Path) -> None:
     assert loaded.clock_skew == timedelta(seconds=10)
 
 
-@pytest.mark.parametrize(("extra", "env"), [('surprise = "x"\n', {}), ("", {"LABRELAY_MAX_TTL": "forever"}),
-                                            ("", {"LABRELAY_MAX_PAYLOAD_BYTES": "-5"})])
+@pytest.mark.parametrize(
+    ("extra", "env"),
+    [('surprise = "x"\n', {}), ("", {"LABRELAY_MAX_TTL": "forever"}), ("", {"LABRELAY_MAX_PAYLOAD_BYTES": "-5"})],
+)
 def test_unknown_or_invalid_settings_refused(tmp_path: Path, extra: str, env: dict[str, str]) -> None:
     with pytest.raises(UsageError):
         load_settings(write(tmp_path, extra=extra), environ=env)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -383,7 +384,7 @@ def test_authentication_fails_closed(setup: Setup) -> None:
     with pytest.raises(ReplayDetected):
         auth.authenticate(view, has_body=False)
     ghost = setup.member("ghost", Role.LAB, register=False)
-    with pytest.raises(AuthenticationFailed, match="unknown signer"):
+    with pytest.raises(AuthenticationFailed, match="request signature refused"):
         auth.authenticate(request(ghost, ghost.signing, now), has_body=False)
     with pytest.raises(AuthenticationFailed):  # right name, wrong key
         auth.authenticate(request(lab, SigningKey.generate(), now), has_body=False)
@@ -427,3 +428,57 @@ def test_directory_refuses_what_the_authority_did_not_sign(setup: Setup) -> None
     setup.clock.advance(timedelta(days=2))
     with pytest.raises(UntrustedEntry, match="expired"):
         directory.register(expired.envelope, "old")
+
+
+@pytest.mark.threat("T6")
+def test_another_senders_transfer_id_is_refused_without_saying_it_exists(setup: Setup) -> None:
+    lab, other, cnam = (
+        setup.member("lab-a", Role.LAB),
+        setup.member("lab-b", Role.LAB),
+        setup.member("cnam", Role.RECIPIENT),
+    )
+    envelope, data = setup.seal(lab, cnam, b"x" * 100)
+    setup.upload(lab, envelope, data)
+    taken = envelope["payload"]["transfer_id"]
+    squat, _ = setup.seal(other, cnam, b"y", transfer_id=taken)
+    with pytest.raises(Conflict) as foreign:
+        setup.relay.services.transfers.create(other.caller, squat)
+    own_again, _ = setup.seal(lab, cnam, b"z", transfer_id=taken)
+    with pytest.raises(Conflict) as own:
+        setup.relay.services.transfers.create(lab.caller, own_again)
+    assert foreign.value.message == own.value.message
+    assert "exist" not in foreign.value.message
+    flagged = [r.entry for r in setup.relay.sql.records() if r.entry.reason == "id-collision"]
+    assert [e.actor for e in flagged] == ["lab-b"]
+    assert setup.relay.sql.get(taken).sender == "lab-a"
+
+
+def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"x" * 100)
+    padded = {**envelope, "smuggled": "A" * 10_000}
+    record, _ = setup.relay.services.transfers.create(lab.caller, padded)
+    assert set(record.manifest_envelope) == {"payload", "signer", "alg", "sig"}
+    assert "smuggled" not in json.dumps(setup.relay.sql.get(record.transfer_id).manifest_envelope)
+
+
+@pytest.mark.threat("T5")
+def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: Path) -> None:
+    """The 2021 failure was a file nobody deleted. After a crash between 'delivered' and the deletion, or of
+    bytes with no transfer at all, the relay deletes them when it starts, and says so in the audit trail."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"x" * 5000)
+    setup.upload(lab, envelope, data)
+    delivered = envelope["payload"]["transfer_id"]
+    setup.relay.sql.transition(delivered, [TransferState.AVAILABLE], TransferState.DELIVERED, setup.clock.now())
+    orphan = new_id()
+    (setup.relay.payloads.root / f"{orphan}.payload").write_bytes(b"age-encryption.org/v1\n...")
+    waiting_env, waiting_data = setup.seal(lab, cnam, b"keep me" * 100)
+    setup.upload(lab, waiting_env, waiting_data)
+    repaired = setup.relay.services.transfers.recover()
+    assert repaired == 2
+    assert sorted(setup.relay.payloads.ids()) == [waiting_env["payload"]["transfer_id"]]
+    causes = {
+        r.entry.details.get("cause") for r in setup.relay.sql.records() if r.entry.event is AuditEvent.PAYLOAD_DELETE
+    }
+    assert {"recovery-orphan", "recovery-delivered"} <= causes

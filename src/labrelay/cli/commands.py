@@ -273,6 +273,12 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress)
         for item in report.fetched:
             count = f", {item.records} records" if item.records is not None else ""
+            if item.again:
+                ui.out.print(
+                    f"{item.transfer_id} was already received ({item.path}); acknowledged again, not decrypted again",
+                    markup=False,
+                )
+                continue
             ack = "acknowledged" if item.acknowledged else "not acknowledged (--raw)"
             ui.out.print(f"fetched {item.transfer_id} from {item.sender} → {item.path}{count}; {ack}", markup=False)
         for transfer_id, exc in report.refused:

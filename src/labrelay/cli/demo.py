@@ -28,6 +28,7 @@ import typer
 from labrelay.cli import ui
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import fetch_all
+from labrelay.client.files import private_dir
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.send import Sent, send_file
 from labrelay.clock import SystemClock
@@ -87,9 +88,10 @@ def _intake(source: Path, accepted_out: Path) -> Intake:
         encoding = "latin-1"
     text = head.decode(encoding, errors="replace")
     delimiter = ";" if text.count(";") > text.count(",") else ","
+    fd = os.open(accepted_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the lab's plaintext: 0600
     with (
         source.open(encoding=encoding, newline="") as fh,
-        accepted_out.open("w", encoding="utf-8", newline="") as out,
+        os.fdopen(fd, "w", encoding="utf-8", newline="") as out,
     ):
         reader = csv.reader(fh, delimiter=delimiter)
         writer = csv.writer(out, delimiter=",", lineterminator="\n")
@@ -238,8 +240,7 @@ def run_demo(
     timings = Timings()
     _prepare_workdir(workdir)
     parties_dir, relay_dir, out_dir = workdir / "parties", workdir / "relay", workdir / "out"
-    lab_work = workdir / "lab"
-    lab_work.mkdir()
+    lab_work = private_dir(workdir / "lab")  # the lab's plaintext: readable by its owner only
 
     with timings.phase("setup"):
         authority = Authority.init(parties_dir / "authority")

@@ -1,4 +1,9 @@
-"""The relay's logs: one JSON object per line on stderr (structlog), with no payload data (there is none)."""
+"""The relay's logs: one JSON object per line on stderr (structlog), with no payload data (there is none).
+
+Exceptions are logged by type only. uvicorn logs an unhandled exception with its traceback, whose frames and
+messages could carry request values (a database driver's bound parameters, say); ``TypeOnly`` reduces it to
+the exception's type. The operator reproduces with ``--verbose`` on a test relay when details are needed.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,26 @@ import sys
 import structlog
 
 
+class TypeOnly(logging.Filter):
+    """Replace a record's exception (and traceback) by the exception's type name."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            exc_type = record.exc_info[0]
+            name = exc_type.__name__ if exc_type is not None else "exception"
+            record.msg = f"{record.getMessage()} ({name}; traceback withheld)"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi", "starlette"):
+        logging.getLogger(name).addFilter(TypeOnly())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TypeOnly())
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

@@ -153,9 +153,12 @@ class RelayClient:
         return response
 
     def _error(self, response: httpx.Response) -> LabrelayError:
+        hint = None
         try:
             doc = response.json()
             code, detail = str(doc.get("code")), str(doc.get("detail"))[:500]
+            if isinstance(doc.get("hint"), str):
+                hint = doc["hint"][:300]
         except (ValueError, AttributeError):
             code, detail = "", response.text[:200]
         if response.status_code == 507:
@@ -164,7 +167,7 @@ class RelayClient:
             return Unavailable(f"relay error {response.status_code}: {detail}")
         if not code:
             return OperationalError(f"relay answered {response.status_code}: {detail}")
-        return error_from_code(code, f"relay refused: {detail}")
+        return error_from_code(code, f"relay refused: {detail}", hint)
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Retry an idempotent operation on transport errors, with exponential backoff."""

@@ -7,7 +7,11 @@ Nothing is written under its final name and nothing is acknowledged until every 
 - the downloaded ciphertext has the manifest's size and SHA-256;
 - age decryption succeeds (it authenticates every chunk and the end of the stream).
 Downloads resume from a partial file; decrypted output goes to a temporary name in the output directory and is
-renamed into place. A receipt that could not be sent is kept and sent on the next fetch.
+renamed into place.
+
+Each party keeps a ledger of what it received (``DIR/NAME/received/<id>.json``: the manifest, where the data
+went, the signed receipt and whether the relay took it). A receipt that could not be sent is sent on the next
+fetch; a transfer the relay offers again after it was received is acknowledged again, never decrypted twice.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +36,7 @@ from labrelay.crypto.envelopes import envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
 from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus
-from labrelay.errors import IntegrityError, LabrelayError, SecurityError
+from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, SecurityError, UsageError
 from labrelay.ports import Clock
 
 WORK_DIR = ".labrelay"
@@ -52,6 +57,7 @@ class Fetched:
     size: int
     records: int | None
     acknowledged: bool
+    again: bool = False  # offered again after it was received: acknowledged again, not decrypted again
 
 
 @dataclass
@@ -65,7 +71,11 @@ class FetchReport:
 
 
 def verify_manifest(
-    party: Party, directory: TrustedDirectory, envelope: Mapping[str, Any], transfer_id: str
+    party: Party,
+    directory: TrustedDirectory,
+    envelope: Mapping[str, Any],
+    transfer_id: str,
+    now: datetime | None = None,
 ) -> Manifest:
     """The manifest, if signed by a lab in force and addressed to this party and one of its keys."""
     signer = envelope_signer(envelope)
@@ -78,7 +88,45 @@ def verify_manifest(
         raise IntegrityError(f"transfer {transfer_id} is addressed to {manifest.recipient}, not {party.name}")
     if manifest.recipient_key not in {i.recipient for i in party.identities}:
         raise IntegrityError(f"transfer {transfer_id} was sealed to a key {party.name} does not hold")
+    if now is not None and manifest.deadline <= now:
+        raise IntegrityError(f"the relay offered {transfer_id} after its deadline; refusing it")
     return manifest
+
+
+# ------------------------------------------------------------------ the party's ledger of what it received
+
+
+def _ledger_path(party: Party, transfer_id: str) -> Path:
+    return private_dir(party.path / "received") / f"{transfer_id}.json"
+
+
+def ledger_entry(party: Party, transfer_id: str) -> dict[str, Any] | None:
+    path = _ledger_path(party, transfer_id)
+    return read_json(path) if path.exists() else None
+
+
+def _record(party: Party, transfer_id: str, **fields: Any) -> dict[str, Any]:
+    entry = {**(ledger_entry(party, transfer_id) or {}), **fields}
+    write_json_atomic(_ledger_path(party, transfer_id), entry)
+    return entry
+
+
+def _acknowledge(party: Party, client: RelayClient, transfer_id: str, receipt: Mapping[str, Any]) -> None:
+    """Send a signed receipt and note that the relay took it. A relay that no longer knows the transfer
+    (delivered under this receipt already, or expired) closes it too."""
+    try:
+        client.send_receipt(transfer_id, receipt)
+    except (NotFound, Conflict) as exc:
+        _record(party, transfer_id, acknowledged=True, relay_said=exc.code)
+        return
+    _record(party, transfer_id, acknowledged=True)
+
+
+def _send_unacknowledged(party: Party, client: RelayClient) -> None:
+    for path in sorted(private_dir(party.path / "received").glob("*.json")):
+        entry = read_json(path)
+        if entry.get("receipt") and not entry.get("acknowledged"):
+            _acknowledge(party, client, path.stem, entry["receipt"])
 
 
 def count_csv_records(path: Path) -> int:
@@ -148,14 +196,6 @@ def _decrypt(party: Party, manifest: Manifest, partial: Path, work: Path, out_di
     return final, records
 
 
-def _send_pending_receipts(client: RelayClient, work: Path) -> None:
-    for pending in sorted(work.glob("*.receipt.json")):
-        envelope = read_json(pending)
-        transfer_id = pending.name.split(".", 1)[0]
-        client.send_receipt(transfer_id, envelope)
-        pending.unlink()
-
-
 def fetch_one(
     party: Party,
     client: RelayClient,
@@ -169,7 +209,15 @@ def fetch_one(
 ) -> Fetched:
     progress = progress or NoProgress()
     transfer_id = str(listing.get("transfer_id"))
-    manifest = verify_manifest(party, directory, listing["manifest"], transfer_id)
+    manifest = verify_manifest(party, directory, listing["manifest"], transfer_id, now=clock.now())
+    known = ledger_entry(party, transfer_id)
+    if known is not None and known.get("receipt"):
+        # Already received and decrypted: the relay did not get (or is replaying) the receipt. Never decrypt twice.
+        _acknowledge(party, client, transfer_id, known["receipt"])
+        output = Path(known.get("output") or out_dir)
+        return Fetched(
+            transfer_id, manifest.sender, output, manifest.size, known.get("records"), acknowledged=True, again=True
+        )
     work = private_dir(out_dir / WORK_DIR)
     partial = work / f"{transfer_id}.age.part"
     _download(client, manifest, partial, progress)
@@ -178,6 +226,14 @@ def fetch_one(
         final = out_dir / f"{transfer_id}.age"
         os.replace(partial, final)
         write_json_atomic(out_dir / f"{transfer_id}.manifest.json", sidecar, mode=0o644)
+        _record(
+            party,
+            transfer_id,
+            manifest=dict(listing["manifest"]),
+            raw=str(final.resolve()),
+            sha256=manifest.sha256,
+            size=manifest.size,
+        )
         return Fetched(transfer_id, manifest.sender, final, manifest.size, None, acknowledged=False)
     try:
         final, records = _decrypt(party, manifest, partial, work, out_dir)
@@ -197,10 +253,18 @@ def fetch_one(
     )
     envelope = party.sign(receipt.to_payload())
     write_json_atomic(out_dir / f"{transfer_id}.manifest.json", {**sidecar, "receipt": envelope}, mode=0o644)
-    pending = work / f"{transfer_id}.receipt.json"
-    write_json_atomic(pending, envelope)
-    client.send_receipt(transfer_id, envelope)
-    pending.unlink()
+    _record(
+        party,
+        transfer_id,
+        manifest=dict(listing["manifest"]),
+        output=str(final.resolve()),
+        records=records,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        receipt=envelope,
+        acknowledged=False,
+    )
+    _acknowledge(party, client, transfer_id, envelope)
     return Fetched(transfer_id, manifest.sender, final, manifest.size, records, acknowledged=True)
 
 
@@ -215,8 +279,7 @@ def fetch_all(
 ) -> FetchReport:
     """Fetch everything waiting. A transfer that fails a check is reported and skipped; the others go on."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = private_dir(out_dir / WORK_DIR)
-    _send_pending_receipts(client, work)
+    _send_unacknowledged(party, client)
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
     report = FetchReport()
     for listing in client.transfers("inbox"):
@@ -233,7 +296,11 @@ def fetch_all(
 def acknowledge(
     party: Party, client: RelayClient, transfer_id: str, clock: Clock, *, payload_file: Path | None = None
 ) -> Receipt:
-    """Send the receipt for a transfer fetched with ``--raw`` (status ``received``: not decrypted here)."""
+    """Send the receipt for a transfer fetched with ``--raw`` (status ``received``: hash checked, not decrypted).
+
+    The receipt attests a check this party made: either ``payload_file`` matches the signed manifest now, or
+    this party's ledger records a verified ``--raw`` download of exactly this payload.
+    """
     listing = client.transfer(transfer_id)
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
     manifest = verify_manifest(party, directory, listing["manifest"], transfer_id)
@@ -242,6 +309,13 @@ def acknowledge(
             size, sha = age_stream.hash_file(fh)
         if size != manifest.size or sha != manifest.sha256:
             raise IntegrityError(f"{payload_file} does not match the signed manifest of {transfer_id}")
+    else:
+        known = ledger_entry(party, transfer_id)
+        if known is None or known.get("sha256") != manifest.sha256 or known.get("size") != manifest.size:
+            raise UsageError(
+                f"{party.name} has no verified download of {transfer_id}",
+                hint="fetch it with --raw first, or pass --file with the payload to check",
+            )
     receipt = Receipt(
         transfer_id=transfer_id,
         sender=manifest.sender,
@@ -252,5 +326,16 @@ def acknowledge(
         status=ReceiptStatus.RECEIVED,
         received_at=clock.now(),
     )
-    client.send_receipt(transfer_id, party.sign(receipt.to_payload()))
+    envelope = party.sign(receipt.to_payload())
+    _record(
+        party,
+        transfer_id,
+        manifest=dict(listing["manifest"]),
+        sha256=manifest.sha256,
+        size=manifest.size,
+        receipt=envelope,
+        acknowledged=False,
+    )
+    client.send_receipt(transfer_id, envelope)
+    _record(party, transfer_id, acknowledged=True)
     return receipt

@@ -47,6 +47,19 @@ def sign_envelope(payload: Mapping[str, Any], key: SigningKey, signer: str) -> d
     }
 
 
+def signed_parts(envelope: object) -> dict[str, Any]:
+    """Only the signed envelope's own fields (payload, signer, alg, sig): what a relay stores and serves, so that
+    no unsigned extra field rides along with a signed object."""
+    payload = envelope_payload(envelope)
+    assert isinstance(envelope, Mapping)  # envelope_payload checked it  # noqa: S101
+    return {
+        "payload": dict(payload),
+        "signer": envelope.get("signer"),
+        "alg": envelope.get("alg"),
+        "sig": envelope.get("sig"),
+    }
+
+
 def envelope_signer(envelope: object) -> str:
     """The claimed signer (not yet verified), to look up its key."""
     signer = envelope.get("signer") if isinstance(envelope, Mapping) else None

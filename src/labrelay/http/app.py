@@ -211,7 +211,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     def parse_json(body: bytes) -> dict[str, Any]:
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested arrays
             raise UsageError("request body is not JSON") from None
         if not isinstance(doc, dict):
             raise UsageError("request body must be a JSON object")
@@ -226,10 +226,15 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         request: Request,
         *,
         body: bytes | None = None,
+        streamed: bool = False,
         extra: tuple[str, ...] = (),
         enrolling: PartyEntry | None = None,
     ) -> Caller:
-        has_body = body is not None
+        """Authenticate the request. A request with a body (read, or ``streamed`` to storage) must sign its
+        Content-Digest; a JSON body must also sign its Content-Type."""
+        has_body = body is not None or streamed
+        if body is not None:
+            extra = (*extra, "content-type")
         caller = await run_in_threadpool(
             services.auth.authenticate,
             view(request),
@@ -284,12 +289,17 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     async def register_entry(request: Request) -> Registered:
         """Register an authority-signed entry; the request is signed by the entry's own key (possession)."""
         body = await read_body(request)
-        envelope = parse_json(body)
-        try:  # the entry names the key that must have signed this request (proof of possession)
-            entry: PartyEntry | None = await call(services.directory.verify_entry, envelope)
-        except UntrustedEntry:
-            entry = None  # authentication comes first; registration below refuses the entry
+        # The entry names the key that must have signed this request (proof of possession). Nothing about the
+        # body is judged before authentication: a request that does not authenticate is refused (and audited)
+        # as such, whatever it carries.
+        envelope: dict[str, Any] | None = None
+        entry: PartyEntry | None = None
+        with contextlib.suppress(UsageError, UntrustedEntry):
+            envelope = parse_json(body)
+            entry = await call(services.directory.verify_entry, envelope)
         caller = await authenticate(request, body=body, enrolling=entry)
+        if envelope is None:
+            envelope = parse_json(body)  # raises: not JSON
         if entry is None:
             entry = await call(services.directory.verify_entry, envelope)  # raises: the authority did not sign
         if caller.name != entry.name:
@@ -420,7 +430,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     )
     async def patch_upload(request: Request, transfer_id: str) -> Response:
         """tus: append a chunk at Upload-Offset. The body is streamed to storage, checked against its digest."""
-        caller = await authenticate(request, extra=("upload-offset", "content-type"))
+        caller = await authenticate(request, streamed=True, extra=("upload-offset", "content-type"))
         headers = request.headers
         if headers.get("tus-resumable") != TUS_VERSION:
             return JSONResponse(

@@ -14,9 +14,9 @@ from datetime import timedelta
 from labrelay.crypto.httpsig import RequestView, claimed_keyid, verify_request
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import AuditEvent, Outcome
-from labrelay.domain.names import AUTHORITY_KEYID
+from labrelay.domain.names import AUTHORITY_KEYID, check_party_name
 from labrelay.domain.parties import EntryStatus, PartyEntry, Role
-from labrelay.errors import AuthenticationFailed, LabrelayError, PartyRevoked, ReplayDetected
+from labrelay.errors import AuthenticationFailed, LabrelayError, PartyRevoked, ReplayDetected, UsageError
 from labrelay.ports import Clock, NonceStore
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.directory import DirectoryService
@@ -36,6 +36,37 @@ class Caller:
     @property
     def role(self) -> Role | None:
         return self.entry.role if self.entry else None
+
+
+REFUSED = "request signature refused"
+REFUSED_HINT = "check that this party is enrolled with this relay, that it signs with its own key, and the clock"
+
+
+def _why(detail: str) -> str:
+    """The audited reason for a signature that did not verify, from a fixed vocabulary (never request text)."""
+    lowered = detail.lower()
+    for needle, reason in (
+        ("older", "stale"),
+        ("future", "future"),
+        ("nonce", "no-nonce"),
+        ("required component", "coverage"),
+        ("expired", "expired-signature"),
+    ):
+        if needle in lowered:
+            return reason
+    return "bad-signature"
+
+
+def _printable_keyid(keyid: str | None) -> str | None:
+    """The claimed key id, for the audit trail, only if it has the shape of a party name or the authority's id."""
+    if keyid is None:
+        return None
+    if keyid == AUTHORITY_KEYID:
+        return keyid
+    try:
+        return check_party_name(keyid)
+    except UsageError:
+        return "?"
 
 
 class Authenticator:
@@ -68,34 +99,53 @@ class Authenticator:
     ) -> Caller:
         """The verified caller, or an audited ``SecurityError``.
 
-        ``enrolling`` is the (authority-signed, already verified) entry a party presents to register itself: its
-        own key then proves possession of the private key the entry names.
+        Until a caller has proved that it holds the key its request names, every refusal reads the same
+        (``REFUSED``), so that probing teaches nothing about which parties exist or are revoked; the audit trail
+        keeps the precise reason. ``enrolling`` is the authority-signed entry a party presents to register
+        itself: its own key then proves possession of the private key the entry names.
         """
         claimed: str | None = None
+        why = "unsigned"
         try:
             claimed = claimed_keyid(view.headers)
-            caller, key = self._key_for(claimed, enrolling)
+            caller, key, status = self._key_for(claimed, enrolling)
+            if key is None:
+                why = "unknown-signer"
+                raise AuthenticationFailed(REFUSED, hint=REFUSED_HINT)
             # A protocol header that is present must be signed; one that is absent cannot be altered.
             required = [c for c in extra_components if c in view.headers]
             if has_body:
                 required.append("content-digest")
-            verified = verify_request(
-                view,
-                key,
-                now=self._clock.now(),
-                window=self._window,
-                skew=self._skew,
-                require_components=required,
-            )
+            try:
+                verified = verify_request(
+                    view,
+                    key,
+                    now=self._clock.now(),
+                    window=self._window,
+                    skew=self._skew,
+                    require_components=required,
+                )
+            except AuthenticationFailed as exc:
+                why = _why(exc.message)
+                raise AuthenticationFailed(REFUSED, hint=REFUSED_HINT) from exc
+            # The caller holds the key: it may learn its own entry's status.
+            if status is EntryStatus.REVOKED:
+                why = "revoked"
+                raise PartyRevoked(f"{claimed} is revoked in the directory")
+            if status is not EntryStatus.ACTIVE:
+                why = status.value
+                raise AuthenticationFailed(f"{claimed} has no directory entry in force ({status.value})")
             if not self._nonces.remember(verified.keyid, verified.nonce, verified.created):
+                why = "replay"
                 raise ReplayDetected("replayed request: this signature's nonce was already used")
         except LabrelayError as exc:
             event = AuditEvent.AUTH_REPLAY if isinstance(exc, ReplayDetected) else AuditEvent.AUTH_FAILURE
             self._audit.record(
                 event,
                 outcome=Outcome.REFUSED,
-                actor=claimed,
+                actor=_printable_keyid(claimed),
                 reason=exc.code,
+                why=why,
                 method=view.method,
                 remote=remote,
             )
@@ -103,19 +153,16 @@ class Authenticator:
         self._audit.record(AuditEvent.AUTH_SUCCESS, actor=caller.name, method=view.method, remote=remote)
         return caller
 
-    def _key_for(self, keyid: str, enrolling: PartyEntry | None) -> tuple[Caller, VerifyKey]:
+    def _key_for(self, keyid: str, enrolling: PartyEntry | None) -> tuple[Caller, VerifyKey | None, EntryStatus]:
+        """The caller the key id names, the key to verify with (None: no such party), and its entry's status."""
         if keyid == AUTHORITY_KEYID:
-            return Caller(AUTHORITY_KEYID, None), self._authority
+            return Caller(AUTHORITY_KEYID, None), self._authority, EntryStatus.ACTIVE
         if enrolling is not None and keyid == enrolling.name:
-            return Caller(enrolling.name, enrolling), VerifyKey.from_b64(enrolling.signing_key)
+            return Caller(enrolling.name, enrolling), VerifyKey.from_b64(enrolling.signing_key), EntryStatus.ACTIVE
         resolution = self._directory.resolve(keyid)
-        if resolution.status is EntryStatus.ACTIVE and resolution.entry is not None:
-            return Caller(keyid, resolution.entry), VerifyKey.from_b64(resolution.entry.signing_key)
-        if resolution.status is EntryStatus.REVOKED:
-            raise PartyRevoked(f"signer {keyid!r} is revoked")
-        if resolution.status is EntryStatus.UNKNOWN:
-            raise AuthenticationFailed(f"unknown signer {keyid[:64]!r}: no directory entry")
-        raise AuthenticationFailed(f"signer {keyid!r} has no directory entry in force ({resolution.status.value})")
+        if resolution.entry is None:
+            return Caller(keyid, None), None, resolution.status
+        return Caller(keyid, resolution.entry), VerifyKey.from_b64(resolution.entry.signing_key), resolution.status
 
     def prune_nonces(self) -> int:
         """Forget nonces that fell out of the replay window (they would be refused as stale anyway)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from labrelay.crypto.envelopes import verify_envelope
+from labrelay.crypto.envelopes import signed_parts, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import AuditEvent
 from labrelay.domain.parties import (
@@ -47,7 +47,7 @@ class DirectoryService:
             raise UntrustedEntry(f"the directory entry for {entry.name} expired at {entry.not_after:%Y-%m-%d}")
         if any(r.voids(entry) for r in self._repo.revocations(entry.name)):
             raise PartyRevoked(f"{entry.name} is revoked; this entry predates its revocation")
-        added = self._repo.add_entry(entry, envelope, now)
+        added = self._repo.add_entry(entry, signed_parts(envelope), now)
         self._audit.record(
             AuditEvent.DIRECTORY_REGISTER,
             actor=actor,
@@ -61,7 +61,7 @@ class DirectoryService:
     def revoke(self, envelope: Mapping[str, Any], actor: str) -> tuple[Revocation, bool]:
         payload = verify_envelope(envelope, REVOCATION_TYPE, self._authority, error=UntrustedEntry)
         revocation = Revocation.from_payload(payload)
-        added = self._repo.add_revocation(revocation, envelope, self._clock.now())
+        added = self._repo.add_revocation(revocation, signed_parts(envelope), self._clock.now())
         self._audit.record(
             AuditEvent.DIRECTORY_REVOKE,
             actor=actor,

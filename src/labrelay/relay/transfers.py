@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from labrelay.crypto.envelopes import envelope_signer, verify_envelope
+from labrelay.crypto.envelopes import envelope_signer, signed_parts, verify_envelope
 from labrelay.crypto.httpsig import DigestCheck
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import AuditEvent, Outcome
@@ -25,6 +25,7 @@ from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, EntryStatus
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
     RECEIPT_TYPE,
+    TERMINAL_STATES,
     Manifest,
     Receipt,
     TransferLimits,
@@ -121,14 +122,25 @@ class TransferService:
             raise PermissionDenied(f"{manifest.recipient} is not a recipient")
         if manifest.recipient_key != recipient.entry.age_recipient:
             raise IntegrityError(f"payload sealed to a key that is not {manifest.recipient}'s key in the directory")
+        stored = signed_parts(envelope)
         existing = self._repo.get(manifest.transfer_id)
         if existing is not None:
-            if dict(existing.manifest_envelope) == dict(envelope):
+            if existing.sender == caller.name and dict(existing.manifest_envelope) == stored:
                 return existing, False  # the sender retried after a lost response
-            raise Conflict(f"transfer {manifest.transfer_id} already exists")
+            if existing.sender != caller.name:
+                # Another sender's id: refused with the same words as a reuse of one's own, so that nobody
+                # learns which ids exist; flagged in the audit trail (random 122-bit ids do not collide).
+                self._audit.record(
+                    AuditEvent.TRANSFER_REFUSE,
+                    outcome=Outcome.REFUSED,
+                    actor=caller.name,
+                    reason="id-collision",
+                    foreign=True,
+                )
+            raise Conflict("this transfer id is not available; sign a new manifest with a fresh random id")
         record = TransferRecord(
             manifest=manifest,
-            manifest_envelope=dict(envelope),
+            manifest_envelope=stored,
             state=TransferState.UPLOADING,
             uploaded=0,
             created_at=now,
@@ -366,14 +378,14 @@ class TransferService:
             raise IntegrityError("the receipt does not match this transfer's manifest")
         now = self._clock.now()
         with self._lock(transfer_id):
-            if record.state is TransferState.DELIVERED and record.receipt_envelope == dict(envelope):
+            if record.state is TransferState.DELIVERED and record.receipt_envelope == signed_parts(envelope):
                 return record  # a retried receipt
             if not self._repo.transition(
                 transfer_id,
                 [TransferState.AVAILABLE],
                 TransferState.DELIVERED,
                 now,
-                receipt_envelope=dict(envelope),
+                receipt_envelope=signed_parts(envelope),
             ):
                 raise Conflict(f"transfer {transfer_id} is {record.state.value}, it cannot be acknowledged")
             gone = self._store.delete(transfer_id)
@@ -398,19 +410,36 @@ class TransferService:
     # ------------------------------------------------------------ recovery
 
     def recover(self) -> int:
-        """After a crash: finish publications that were renamed but not recorded. Returns how many."""
-        fixed = 0
-        stored = set(self._store.ids())
-        for transfer_id in stored:
+        """After a crash, make storage and metadata agree again. Returns how many transfers were repaired.
+
+        - a publication renamed on disk but not recorded is completed (it was renamed only after its hash
+          matched the manifest);
+        - bytes left behind by a transfer that is over (delivered, cancelled, rejected, expired: the crash
+          came between the state change and the deletion) are deleted;
+        - bytes with no transfer at all are deleted.
+        Every deletion is an audit event. Nothing is ever kept because a crash interrupted its deletion.
+        """
+        repaired = 0
+        for transfer_id in list(self._store.ids()):
             record = self._repo.get(transfer_id)
-            if record is None or record.state is not TransferState.UPLOADING:
+            now = self._clock.now()
+            if record is None or record.state in TERMINAL_STATES:
+                gone = self._store.delete(transfer_id)
+                self._audit.record(
+                    AuditEvent.PAYLOAD_DELETE,
+                    transfer_id=transfer_id,
+                    cause="recovery-orphan" if record is None else f"recovery-{record.state.value}",
+                    verified=gone,
+                )
+                repaired += 1
+                continue
+            if record.state is not TransferState.UPLOADING:
                 continue
             try:
                 size = self._store.size(transfer_id)
             except NotFound:
                 continue
-            if size == record.manifest.size:  # published only after its hash matched
-                now = self._clock.now()
+            if size == record.manifest.size:
                 self._repo.transition(transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
-                fixed += 1
-        return fixed
+                repaired += 1
+        return repaired

@@ -1,0 +1,112 @@
+"""The client does not trust the relay: stale offers, re-offers and receipts that would attest nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labrelay.client.api import RelayClient
+from labrelay.client.fetch import fetch_all, ledger_entry
+from labrelay.clock import ManualClock, SystemClock
+from labrelay.errors import IntegrityError, Unavailable
+
+
+def state_of(world, transfer_id: str) -> str:
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:
+        return conn.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()[0]
+
+
+class ReplayingRelay(RelayClient):
+    """A compromised relay that keeps serving an inbox listing it captured earlier."""
+
+    def __init__(self, *args: Any, listing: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listing = listing
+
+    def transfers(self, box: str) -> list[dict[str, Any]]:
+        return self._listing
+
+
+@pytest.mark.threat("T5")
+def test_an_offer_past_its_deadline_is_refused_by_the_client(world, cli, batch: Path) -> None:
+    sent = cli(
+        "send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "1h"
+    )
+    assert sent.code == 0, str(sent)
+    cnam = world.parties["cnam"]
+    with world.client("cnam") as honest:
+        listing = honest.transfers("inbox")
+    later = ManualClock(datetime.now(UTC) + timedelta(hours=2))
+    out = world.root / "out"
+    with ReplayingRelay(world.url, "cnam", cnam.signing_key, SystemClock(), retries=0, listing=listing) as relay:
+        report = fetch_all(cnam, relay, out, later)
+    [(transfer_id, error)] = report.refused
+    assert isinstance(error, IntegrityError)
+    assert "after its deadline" in error.message
+    assert not list(out.glob("*.csv"))
+    assert state_of(world, transfer_id) == "available"
+
+
+def test_a_transfer_offered_again_is_acknowledged_again_not_decrypted_again(world, cli, batch: Path) -> None:
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    transfer_id = sent.out.split()[1]
+    out = world.root / "out"
+    first = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert first.code == 0, str(first)
+    [output] = list(out.glob("*.csv"))
+    stamp = output.stat().st_mtime_ns
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:  # the relay "forgets" the receipt
+        conn.execute("UPDATE transfers SET state = 'available', receipt = NULL WHERE id = ?", (transfer_id,))
+    again = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert again.code == 0, str(again)
+    assert "already received" in again.out or "nothing waiting" in again.out
+    assert output.stat().st_mtime_ns == stamp
+    assert list(out.glob("*.csv")) == [output]
+    assert state_of(world, transfer_id) == "delivered"
+
+
+def test_a_receipt_lost_on_the_way_is_sent_by_the_next_fetch(
+    world, cli, batch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    transfer_id = sent.out.split()[1]
+    cnam = world.parties["cnam"]
+    out = world.root / "out"
+
+    def lost(self: RelayClient, tid: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        raise Unavailable("connection reset")
+
+    with monkeypatch.context() as patch, world.client("cnam") as client:
+        patch.setattr(RelayClient, "send_receipt", lost)
+        report = fetch_all(cnam, client, out, SystemClock())
+    assert [type(e) for _, e in report.refused] == [Unavailable]
+    assert ledger_entry(cnam, transfer_id)["acknowledged"] is False
+    assert state_of(world, transfer_id) == "available"
+    again = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert again.code == 0, str(again)
+    assert state_of(world, transfer_id) == "delivered"
+    assert len(list(out.glob("*.csv"))) == 1
+
+
+def test_a_receipt_attests_a_check_this_party_made(world, cli, tmp_path: Path) -> None:
+    payload = tmp_path / "data.bin"
+    payload.write_bytes(b"\x00" * 5000)
+    sent = cli("send", payload, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    transfer_id = sent.out.split()[1]
+    cnam = world.party_dir("cnam")
+    blind = cli("receipt", transfer_id, "--as", cnam, "--server", world.url)
+    assert blind.code == 2, str(blind)
+    assert "no verified download" in blind.err
+    assert state_of(world, transfer_id) == "available"
+    wrong = tmp_path / "other.age"
+    wrong.write_bytes(b"not it")
+    assert cli("receipt", transfer_id, "--as", cnam, "--server", world.url, "--file", wrong).code == 3
+    assert state_of(world, transfer_id) == "available"
+    assert cli("fetch", "--as", cnam, "--server", world.url, "--out", tmp_path / "raw", "--raw").code == 0
+    ok = cli("receipt", transfer_id, "--as", cnam, "--server", world.url)
+    assert ok.code == 0, str(ok)
+    assert state_of(world, transfer_id) == "delivered"
