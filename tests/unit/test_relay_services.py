@@ -455,7 +455,7 @@ def test_another_senders_transfer_id_is_refused_without_saying_it_exists(setup: 
 
 def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
-    envelope, data = setup.seal(lab, cnam, b"x" * 100)
+    envelope, _ = setup.seal(lab, cnam, b"x" * 100)
     padded = {**envelope, "smuggled": "A" * 10_000}
     record, _ = setup.relay.services.transfers.create(lab.caller, padded)
     assert set(record.manifest_envelope) == {"payload", "signer", "alg", "sig"}
