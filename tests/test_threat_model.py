@@ -45,9 +45,7 @@ def test_every_proved_line_has_tests_that_exist_and_carry_its_marker() -> None:
     rows, tests = table(), markers()
     assert len(rows) >= 10
     for tid, (status, names) in rows.items():
-        if status != "proved":
-            assert not names, f"{tid} is {status!r} yet names tests"
-            continue
+        assert status == "proved", f"{tid} is in the table but not proved: open items go under 'Not yet covered'"
         assert names, f"{tid} is proved but names no test"
         for name in names:
             assert name in tests, f"{tid} names {name}, which is not in the test suite"

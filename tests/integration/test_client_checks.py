@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import fetch_all, ledger_entry
 from labrelay.clock import ManualClock, SystemClock
+from labrelay.crypto.envelopes import sign_envelope
+from labrelay.crypto.keys import SigningKey
 from labrelay.errors import IntegrityError, Unavailable
 
 
@@ -110,3 +113,42 @@ def test_a_receipt_attests_a_check_this_party_made(world, cli, tmp_path: Path) -
     ok = cli("receipt", transfer_id, "--as", cnam, "--server", world.url)
     assert ok.code == 0, str(ok)
     assert state_of(world, transfer_id) == "delivered"
+
+
+@pytest.mark.threat("T12")
+def test_senders_see_what_was_not_delivered_and_refuse_forged_receipts(world, cli, batch: Path) -> None:
+    lab = world.party_dir("lab-paris-01")
+    sent = cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11")
+    ids = {line.split()[3]: line.split()[1] for line in sent.out.splitlines()}
+    assert cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", world.root / "o").code == 0
+    status = cli("receipts", "--as", lab, "--server", world.url)
+    assert status.code == 0, str(status)
+    lines = {line.split()[0]: line for line in status.out.splitlines()}
+    assert "delivered" in lines[ids["cnam"]]
+    assert "decrypted at" in lines[ids["cnam"]]
+    assert "300 records" in lines[ids["cnam"]]
+    assert "available" in lines[ids["ars-11"]]
+    assert "deadline" in lines[ids["ars-11"]]
+    # A relay that claims delivery with a receipt the recipient never signed is caught by the sender.
+    forged = {
+        "payload": {
+            "type": "transfer-receipt",
+            "v": 1,
+            "transfer_id": ids["ars-11"],
+            "sender": "lab-paris-01",
+            "recipient": "ars-11",
+            "sha256": "0" * 64,
+            "size": 1,
+            "record_count": 300,
+            "status": "decrypted",
+            "received_at": "2026-11-28T00:00:00Z",
+        }
+    }
+    forged = sign_envelope(forged["payload"], SigningKey.generate(), "ars-11")
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:
+        conn.execute(
+            "UPDATE transfers SET state = 'delivered', receipt = ? WHERE id = ?", (json.dumps(forged), ids["ars-11"])
+        )
+    refused = cli("receipts", "--as", lab, "--server", world.url)
+    assert refused.code == 3, str(refused)
+    assert ids["ars-11"] in refused.err

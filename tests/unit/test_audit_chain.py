@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, AuditRecord, Outcome, chain_hash, verify_chain
 
 T0 = datetime(2026, 11, 28, tzinfo=UTC)
@@ -30,6 +32,7 @@ def test_intact_chain_verifies() -> None:
     assert report.head == records[-1].hash
 
 
+@pytest.mark.threat("T11")
 def test_edit_is_found() -> None:
     records = chain(10)
     records[4] = dataclasses.replace(records[4], entry=dataclasses.replace(records[4].entry, outcome=Outcome.REFUSED))
@@ -38,6 +41,7 @@ def test_edit_is_found() -> None:
     assert report.first_bad_seq == 5
 
 
+@pytest.mark.threat("T11")
 def test_deletion_and_reordering_are_found() -> None:
     records = chain(10)
     assert verify_chain(records[:3] + records[4:]).first_bad_seq == 5
@@ -45,6 +49,7 @@ def test_deletion_and_reordering_are_found() -> None:
     assert verify_chain(swapped).first_bad_seq == 4
 
 
+@pytest.mark.threat("T11")
 def test_rehashed_edit_breaks_the_link() -> None:
     """An attacker who edits a record and recomputes its hash still breaks the next record's link."""
     records = chain(5)

@@ -11,9 +11,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from http_message_signatures import HTTPMessageSigner, algorithms
 
 from labrelay.crypto import httpsig
-from labrelay.crypto.envelopes import canonical
+from labrelay.crypto.envelopes import canonical, sign_envelope, verify_envelope
 from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView
 from labrelay.crypto.keys import SigningKey, VerifyKey, unb64u
+from labrelay.domain.transfers import Manifest
 from labrelay.errors import IntegrityError
 from labrelay.synthetic.generator import nir_key
 from tests.conftest import load_vector
@@ -83,3 +84,15 @@ def test_nir_key_vectors() -> None:
 def test_verify_key_rejects_wrong_length() -> None:
     with pytest.raises(IntegrityError):
         VerifyKey(b"\x00" * 31)
+
+
+def test_signed_manifest_known_answer() -> None:
+    """Our signed-object format, pinned: another implementation (the browser's) must produce these bytes."""
+    v = load_vector("labrelay_envelope_v1.json")
+    key = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(v["secret_key_hex"])))
+    assert canonical(v["payload"]).decode("utf-8") == v["canonical_utf8"]
+    assert sign_envelope(v["payload"], key, "lab-paris-01") == v["envelope"]
+    assert verify_envelope(v["envelope"], "transfer-manifest", key.public) == v["payload"]
+    assert Manifest.from_payload(v["payload"]).to_payload() == v["payload"]
+    with pytest.raises(IntegrityError):
+        verify_envelope(v["envelope"], "transfer-receipt", key.public)
