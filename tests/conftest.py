@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
@@ -74,65 +73,11 @@ def cli(tmp_path: Path):
 # ------------------------------------------------------------------ relay processes
 
 
-class RelayServer:
-    """``labrelay serve`` on a free port, started and stopped by tests."""
+class RelayServer(RelayProcess):
+    """``labrelay serve`` on a free port (labrelay.cli.process), with its log beside its data directory."""
 
     def __init__(self, data: Path, extra: tuple[str, ...] = ()) -> None:
-        self.data = data
-        self.extra = extra
-        self.log = data.parent / f"{data.name}.log"
-        self.ready = data.parent / f"{data.name}.ready.json"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 60) -> str:
-        self.ready.unlink(missing_ok=True)
-        env = {**os.environ}
-        env.pop("LABRELAY_DEBUG", None)
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "labrelay",
-                    "serve",
-                    "--data",
-                    str(self.data),
-                    "--port",
-                    "0",
-                    "--ready-file",
-                    str(self.ready),
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready.exists():
-                self.url = json.loads(self.ready.read_text())["url"]
-                return self.url
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"relay exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"relay did not start:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(data, data.parent / f"{data.name}.log", extra)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -38,8 +38,7 @@ def test_upload_resumes_after_the_relay_is_killed(world, cli, tmp_path: Path) ->
         manifest = Manifest.from_payload(envelope_payload(envelope))
         client.create_transfer(envelope)
         with state.with_suffix(".age").open("rb") as fh:
-            first = fh.read(1024 * 1024)
-        assert client.upload_chunk(manifest.transfer_id, 0, first) == len(first)
+            assert client.upload_region(manifest.transfer_id, fh, 0, 1024 * 1024) == 1024 * 1024
     assert entry.name == "cnam"
 
     world.relay.kill()  # SIGKILL: no shutdown, no cleanup

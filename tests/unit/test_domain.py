@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labrelay.domain.names import check_party_name, check_transfer_id, new_id
+from labrelay.domain.names import check_party_name, check_transfer_id, is_loopback_host, new_id
 from labrelay.domain.parties import EntryStatus, PartyEntry, Revocation, Role, resolve
 from labrelay.domain.timeutil import format_duration, from_rfc3339, parse_duration, to_rfc3339
 from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus, TransferLimits, check_manifest_terms
@@ -221,3 +221,23 @@ def test_receipt_matches_only_its_manifest() -> None:
     assert r.matches(m)
     assert not r.matches(manifest())
     assert not r.matches(manifest(transfer_id=m.transfer_id, sha256="b" * 64))
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),  # noqa: S104 - the address a loopback check must refuse
+        ("::", False),
+        ("10.0.0.1", False),
+        ("relay.example.org", False),
+        ("", False),
+        ("127.0.0.1.example.org", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback

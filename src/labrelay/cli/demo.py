@@ -13,9 +13,6 @@ import csv
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from labrelay.cli import ui
+from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import fetch_all
 from labrelay.client.files import private_dir
@@ -33,7 +31,7 @@ from labrelay.client.keystore import Authority, Party
 from labrelay.client.send import Sent, send_file
 from labrelay.clock import SystemClock
 from labrelay.domain.parties import Role
-from labrelay.errors import IntegrityError, OperationalError, UsageError
+from labrelay.errors import IntegrityError, UsageError
 
 MARKER = ".labrelay-demo"
 LAB = "lab-paris-01"
@@ -128,59 +126,6 @@ def _scan_for_plaintext(root: Path, needles: set[bytes], limit: int = 20000) -> 
         if any(n in data for n in sample):
             hits.append(str(path.relative_to(root)))
     return hits
-
-
-class RelayProcess:
-    """``labrelay serve`` in a child process on a free loopback port."""
-
-    def __init__(self, data: Path, log: Path) -> None:
-        self.data = data
-        self.log = log
-        self.ready = data.parent / "relay.ready.json"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> str:
-        self.ready.unlink(missing_ok=True)
-        log = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "labrelay",
-                "serve",
-                "--data",
-                str(self.data),
-                "--port",
-                "0",
-                "--ready-file",
-                str(self.ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.ready.exists():
-                self.url = json.loads(self.ready.read_text())["url"]
-                return self.url
-            if self.proc.poll() is not None:
-                raise OperationalError(f"the relay exited with code {self.proc.returncode}; see {self.log}")
-            time.sleep(0.05)
-        self.stop()
-        raise OperationalError(f"the relay did not start within {READY_TIMEOUT:.0f}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def _enrol_parties(authority: Authority, parties_dir: Path, url: str, clock: SystemClock) -> dict[str, Party]:
@@ -298,7 +243,7 @@ def run_demo(
             "url": url,
             "data_dir": str(relay_dir),
             "running": keep_running,
-            "pid": relay.proc.pid if relay.proc and keep_running else None,
+            "pid": relay.pid if keep_running else None,
         },
         "input": {"file": str(source), "generated": generated},
         "records": {

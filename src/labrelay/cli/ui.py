@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from types import TracebackType
 
 from rich.console import Console
@@ -96,7 +95,3 @@ class TerminalProgress:
     def note(self, message: str) -> None:
         if not self.quiet:
             err.print(message, markup=False)
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

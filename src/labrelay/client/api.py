@@ -18,6 +18,7 @@ import httpx
 
 from labrelay.crypto.httpsig import content_digest_of, sign_request
 from labrelay.crypto.keys import SigningKey
+from labrelay.domain.names import is_loopback_host
 from labrelay.errors import (
     Conflict,
     InsecureTransport,
@@ -37,23 +38,12 @@ OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 JSON = "application/json"
 
 
-def _loopback(host: str) -> bool:
-    import ipaddress  # noqa: PLC0415 - only needed here
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def check_server_url(url: str) -> str:
     """A relay URL without trailing slash; refuses plain HTTP off loopback and anything but http(s)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"invalid relay URL {url!r}", hint="e.g. https://relay.example.org or http://127.0.0.1:8000")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise InsecureTransport(
             f"refusing plain HTTP to {parts.hostname}: use https:// (plain HTTP is for loopback only)"
         )
@@ -248,22 +238,6 @@ class RelayClient:
             streamed_body=(_region(source, offset, length), length, digest),
         )
         response.close()
-        return _offset(response)
-
-    def upload_chunk(self, transfer_id: str, offset: int, data: bytes) -> int:
-        """PATCH one in-memory chunk at ``offset``; return the relay's new offset. Not retried here."""
-        headers = {
-            "Tus-Resumable": TUS_VERSION,
-            "Content-Type": OFFSET_CONTENT_TYPE,
-            "Upload-Offset": str(offset),
-        }
-        response = self._request(
-            "PATCH",
-            f"/v1/uploads/{transfer_id}",
-            body=data,
-            headers=headers,
-            extra=("upload-offset", "content-type"),
-        )
         return _offset(response)
 
     def upload(

@@ -36,7 +36,7 @@ from labrelay.crypto.envelopes import envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
 from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus
-from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, SecurityError, UsageError
+from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, UsageError
 from labrelay.ports import Clock
 
 WORK_DIR = ".labrelay"
@@ -64,10 +64,6 @@ class Fetched:
 class FetchReport:
     fetched: list[Fetched] = field(default_factory=list)
     refused: list[tuple[str, LabrelayError]] = field(default_factory=list)
-
-    @property
-    def security_failures(self) -> list[tuple[str, LabrelayError]]:
-        return [(t, e) for t, e in self.refused if isinstance(e, SecurityError)]
 
 
 def verify_manifest(

@@ -80,6 +80,3 @@ class TrustedDirectory:
             if res.status is EntryStatus.ACTIVE and res.entry is not None and name not in self.untrusted:
                 out.append(res.entry)
         return out
-
-    def status(self, name: str) -> EntryStatus:
-        return resolve(name, self.entries, self.revocations, self.now).status

@@ -6,6 +6,7 @@ of a directory or smuggle control characters into a log.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 
@@ -49,3 +50,13 @@ def check_transfer_id(value: object) -> str:
 def new_id() -> str:
     """A random (version 4) UUID: transfer and batch ids are unguessable, so enumeration finds nothing."""
     return str(uuid.uuid4())
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``, bracketed or not): where plain HTTP is allowed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -5,7 +5,6 @@ Fail closed: the relay refuses to listen on anything but a loopback address with
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import socket
@@ -15,22 +14,14 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from labrelay.domain.names import is_loopback_host
 from labrelay.errors import InsecureTransport, OperationalError, UsageError
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_listen(host: str, tls_cert: Path | None, tls_key: Path | None) -> None:
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
-    if tls_cert is None and not is_loopback(host):
+    if tls_cert is None and not is_loopback_host(host):
         raise InsecureTransport(
             f"refusing to listen on {host} without TLS: requests and payloads would cross the network in clear",
             hint="pass --tls-cert and --tls-key, or listen on 127.0.0.1 behind a TLS proxy",

@@ -247,11 +247,6 @@ class SqlStore:
             rows = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.created_at, t.c.id))
             return [self._record(r) for r in rows]
 
-    def all_transfers(self) -> list[TransferRecord]:
-        t = schema.transfers
-        with self.engine.connect() as conn:
-            return [self._record(r) for r in conn.execute(select(t).order_by(t.c.created_at, t.c.id))]
-
     # ------------------------------------------------------------ audit
 
     def append(self, entry: AuditEntry) -> AuditRecord:
