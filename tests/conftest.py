@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ import pytest
 from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
+from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
+from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.runtime import init_data_dir
 from labrelay.synthetic.generator import write_csv_file
@@ -148,6 +151,8 @@ class World:
         if enroll:
             envelope = self.authority.sign_entry(party, datetime.now(UTC), valid_for)
             party.save_entry(envelope)
+            if role is Role.LAB:
+                party.save_pseudonym_key(self.authority.pseudonym_key())
             with RelayClient(self.url, party.name, party.signing_key, SystemClock(), retries=0) as client:
                 client.register_entry(envelope)
         self.parties[name] = party
@@ -159,6 +164,8 @@ def make_world(root: Path, relay_factory, *relay_args: str) -> World:
     init_data_dir(root / "relay", authority.path / "authority.pub")
     relay = relay_factory(root / "relay", *relay_args)
     world = World(root=root, authority=authority, relay=relay)
+    with RelayClient(relay.url, AUTHORITY_KEYID, authority.key, SystemClock(), retries=0) as client:
+        client.register_policy(authority.sign_policy(default_policy_text(), datetime.now(UTC)))
     world.add("lab-paris-01", Role.LAB)
     world.add("cnam", Role.RECIPIENT)
     world.add("ars-11", Role.RECIPIENT, "11")
@@ -177,6 +184,22 @@ def batch(tmp_path: Path) -> Path:
     path = tmp_path / "results.csv"
     write_csv_file(path, 300, seed=7, today=date.today())  # noqa: DTZ011 - a calendar day
     return path
+
+
+def sent_ids(out: str) -> dict[str, str]:
+    """recipient → transfer id, from ``labrelay send`` output (routed or --as-is)."""
+    found = {}
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[0] == "sent" and len(words[1]) == 36:
+            name = words[words.index("to") + 1].rstrip(":")
+            found[name] = words[1]
+    return found
+
+
+def positives_in(batch: Path) -> int:
+    with batch.open(encoding="utf-8", newline="") as fh:
+        return sum(1 for row in csv.DictReader(fh) if row["resultat"] == "POSITIF")
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -6,6 +6,7 @@ The tree::
     ├── UsageError                    the caller asked for something malformed or impossible
     ├── OperationalError              the request was fine, the world was not
     │   ├── Unavailable               relay unreachable, 5xx, storage down: retry later
+    │   ├── Unreadable                an input file that cannot be read at all (not one bad record: those are findings)
     │   ├── StorageFull               no space left where the relay or client writes
     │   ├── NotFound                  no such transfer / party visible to the caller
     │   ├── Conflict                  the request clashes with the current state (e.g. upload offset)
@@ -56,6 +57,10 @@ class OperationalError(LabrelayError):
 
 class Unavailable(OperationalError):
     code = "unavailable"
+
+
+class Unreadable(OperationalError):
+    code = "unreadable"
 
 
 class StorageFull(OperationalError):

@@ -45,6 +45,18 @@ class DirectoryRepository(Protocol):
         ...
 
 
+class PolicyRepository(Protocol):
+    """Routing policies, as the authority signed them."""
+
+    def add_policy(self, version: str, envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Store a verified policy; False if this version is already stored (same content), ``Conflict`` if other."""
+        ...
+
+    def policy(self, version: str | None = None) -> Mapping[str, Any] | None:
+        """The envelope of ``version``, or of the latest registered policy."""
+        ...
+
+
 class NonceStore(Protocol):
     """Request nonces seen within the replay window."""
 

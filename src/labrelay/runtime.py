@@ -25,6 +25,7 @@ from labrelay.ports import Clock
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.policies import PolicyService
 from labrelay.relay.transfers import TransferService
 from labrelay.storage import migrate
 from labrelay.storage.files import LocalPayloadStore
@@ -94,11 +95,13 @@ def open_relay(settings: RelaySettings, clock: Clock) -> Relay:
     limits = TransferLimits(
         max_ttl=settings.max_ttl, max_payload_bytes=settings.max_payload_bytes, clock_skew=settings.clock_skew
     )
-    transfers = TransferService(sql, payloads, directory, auditor, clock, limits)
+    policies = PolicyService(sql, authority, clock, auditor)
+    transfers = TransferService(sql, payloads, directory, auditor, clock, limits, policies)
     services = RelayServices(
         auth=auth,
         directory=directory,
         transfers=transfers,
+        policies=policies,
         auditor=auditor,
         clock=clock,
         max_chunk_bytes=settings.max_chunk_bytes,

@@ -105,8 +105,9 @@ def test_file_sealed_by_the_age_tool_decrypts_with_our_identity(tmp_path: Path, 
 
 
 def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None:
+    """A results file sent --as-is arrives whole; fetch decrypts, counts its records and acknowledges."""
     lab, cnam = world.party_dir("lab-paris-01"), world.party_dir("cnam")
-    sent = ok(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11"))
+    sent = ok(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11", "--as-is"))
     assert len(transfer_ids(sent.out)) == 2
     out = world.root / "out-cnam"
     fetched = ok(cli("fetch", "--as", cnam, "--server", world.url, "--out", out))

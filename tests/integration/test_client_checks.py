@@ -16,6 +16,7 @@ from labrelay.clock import ManualClock, SystemClock
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import SigningKey
 from labrelay.errors import IntegrityError, Unavailable
+from tests.conftest import positives_in, sent_ids
 
 
 def state_of(world, transfer_id: str) -> str:
@@ -56,7 +57,7 @@ def test_an_offer_past_its_deadline_is_refused_by_the_client(world, cli, batch: 
 
 def test_a_transfer_offered_again_is_acknowledged_again_not_decrypted_again(world, cli, batch: Path) -> None:
     sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
-    transfer_id = sent.out.split()[1]
+    transfer_id = sent_ids(sent.out)["cnam"]
     out = world.root / "out"
     first = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert first.code == 0, str(first)
@@ -76,7 +77,7 @@ def test_a_receipt_lost_on_the_way_is_sent_by_the_next_fetch(
     world, cli, batch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
-    transfer_id = sent.out.split()[1]
+    transfer_id = sent_ids(sent.out)["cnam"]
     cnam = world.parties["cnam"]
     out = world.root / "out"
 
@@ -99,7 +100,7 @@ def test_a_receipt_attests_a_check_this_party_made(world, cli, tmp_path: Path) -
     payload = tmp_path / "data.bin"
     payload.write_bytes(b"\x00" * 5000)
     sent = cli("send", payload, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
-    transfer_id = sent.out.split()[1]
+    transfer_id = sent_ids(sent.out)["cnam"]
     cnam = world.party_dir("cnam")
     blind = cli("receipt", transfer_id, "--as", cnam, "--server", world.url)
     assert blind.code == 2, str(blind)
@@ -119,14 +120,15 @@ def test_a_receipt_attests_a_check_this_party_made(world, cli, tmp_path: Path) -
 def test_senders_see_what_was_not_delivered_and_refuse_forged_receipts(world, cli, batch: Path) -> None:
     lab = world.party_dir("lab-paris-01")
     sent = cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11")
-    ids = {line.split()[3]: line.split()[1] for line in sent.out.splitlines()}
+    ids = sent_ids(sent.out)
+    positives = positives_in(batch)
     assert cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", world.root / "o").code == 0
     status = cli("receipts", "--as", lab, "--server", world.url)
     assert status.code == 0, str(status)
     lines = {line.split()[0]: line for line in status.out.splitlines()}
     assert "delivered" in lines[ids["cnam"]]
     assert "decrypted at" in lines[ids["cnam"]]
-    assert "300 records" in lines[ids["cnam"]]
+    assert f"{positives} records" in lines[ids["cnam"]]
     assert "available" in lines[ids["ars-11"]]
     assert "deadline" in lines[ids["ars-11"]]
     # A relay that claims delivery with a receipt the recipient never signed is caught by the sender.

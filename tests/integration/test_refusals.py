@@ -21,7 +21,7 @@ from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.errors import AuthenticationFailed, IntegrityError, ReplayDetected
-from tests.conftest import CliResult
+from tests.conftest import CliResult, sent_ids
 
 
 def refused(result: CliResult, needle: str) -> None:
@@ -48,7 +48,7 @@ def nothing_written(out: Path) -> None:
 def send_one(world, cli, batch: Path, to: str = "cnam") -> str:
     result = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", to)
     assert result.code == 0, str(result)
-    return result.out.split()[1]
+    return sent_ids(result.out)[to]
 
 
 @pytest.mark.threat("T7")

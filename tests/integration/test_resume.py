@@ -18,7 +18,7 @@ from labrelay.clock import SystemClock
 from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.parties import Role
 from labrelay.domain.transfers import Manifest
-from tests.conftest import RelayServer
+from tests.conftest import RelayServer, sent_ids
 
 
 def audit_details(world, event: str) -> list[str]:
@@ -65,7 +65,7 @@ def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> Non
     plain.write_bytes(os.urandom(2 * 1024 * 1024))
     sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
     assert sent.code == 0, str(sent)
-    transfer_id = sent.out.split()[1]
+    transfer_id = sent_ids(sent.out)["cnam"]
     out = tmp_path / "out"
     work = out / ".labrelay"
     work.mkdir(parents=True, mode=0o700)
@@ -83,7 +83,7 @@ def test_a_publication_interrupted_by_a_crash_is_completed_at_restart(world, cli
     plain = tmp_path / "x.bin"
     plain.write_bytes(os.urandom(100_000))
     sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
-    transfer_id = sent.out.split()[1]
+    transfer_id = sent_ids(sent.out)["cnam"]
     world.relay.stop()
     with sqlite3.connect(world.relay.data / "relay.db") as conn:
         conn.execute("UPDATE transfers SET state = 'uploading' WHERE id = ?", (transfer_id,))
@@ -105,7 +105,7 @@ def test_nothing_is_served_past_its_deadline(world, cli, tmp_path: Path) -> None
         "send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "2s"
     )
     assert sent.code == 0, str(sent)
-    transfer_id = sent.out.split()[1]
+    transfer_id = sent_ids(sent.out)["cnam"]
     time.sleep(3)
     fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", tmp_path / "o")
     assert fetched.code == 0

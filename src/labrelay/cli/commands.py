@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from labrelay.batch.pipeline import Summary
 from labrelay.cli import ui
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import acknowledge, fetch_all
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.receipts import verified_outbox
-from labrelay.client.send import pending, send_file, upload
+from labrelay.client.send import RoutedSend, pending, send_file, send_results, upload
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
 from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
-from labrelay.errors import IntegrityError, SecurityError, UsageError
+from labrelay.errors import IntegrityError, SecurityError, Unreadable, UsageError
 
 AsOpt = Annotated[Path, typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys.")]
 ServerOpt = Annotated[str, typer.Option("--server", envvar="LABRELAY_SERVER", help="The relay's URL.")]
@@ -40,6 +42,31 @@ def _quiet() -> bool:
 
 def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
     return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert)
+
+
+def _print_summary(summary: Summary) -> None:
+    state = "reconciled" if summary.reconciled else "NOT RECONCILED"
+    ui.out.print(
+        f"{summary.input_format}: read {summary.read}, accepted {summary.accepted}, rejected "
+        f"{summary.rejected}, held for review {summary.held} ({state})",
+        markup=False,
+    )
+    if summary.ignored_columns:
+        ui.out.print("ignored columns (never sent): " + ", ".join(summary.ignored_columns), markup=False)
+
+
+def _print_routed(routed: RoutedSend) -> None:
+    _print_summary(routed.summary)
+    by_name = {item.recipient: item for item in routed.sent}
+    for name, count in sorted(routed.summary.per_recipient.items()):
+        item = by_name.get(name)
+        where = f"{item.transfer_id} ({item.size} bytes)" if item else "nothing to send"
+        ui.out.print(f"sent {where} to {name}: {count} records", markup=False)
+    ui.out.print(
+        f"policy {routed.summary.policy_version}; rejection report {routed.rejections}; "
+        f"held for review {routed.review}",
+        markup=False,
+    )
 
 
 def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command table, in one place
@@ -80,6 +107,25 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         with _client(server, AUTHORITY_KEYID, auth.key, cacert) as client:
             client.register_revocation(envelope)
         ui.out.print(f"{name} revoked", markup=False)
+
+    @authority_app.command("publish-policy")
+    def authority_publish_policy(
+        policy: Annotated[
+            Path | None, typer.Argument(help="Policy TOML (default: the shipped default policy).")
+        ] = None,
+        authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")] = Path(),
+        server: ServerOpt = "",
+        cacert: CaOpt = None,
+    ) -> None:
+        """Sign a routing policy and register it with the relay; labs route under the latest one."""
+        from labrelay.client.policy import default_policy_text  # noqa: PLC0415
+
+        auth = Authority.load(authority)
+        text = policy.read_text(encoding="utf-8") if policy else default_policy_text()
+        envelope = auth.sign_policy(text, SystemClock().now())
+        with _client(server, AUTHORITY_KEYID, auth.key, cacert) as client:
+            result = client.register_policy(envelope)
+        ui.out.print(f"policy {result.get('version')} published", markup=False)
 
     # ------------------------------------------------------------ server
 
@@ -163,6 +209,8 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         auth = Authority.load(authority)
         envelope = auth.sign_entry(party, SystemClock().now(), parse_duration(valid_for))
         party.save_entry(envelope)
+        if party.role is Role.LAB:  # labs pseudonymise for SpF with the authority's key; recipients never get it
+            party.save_pseudonym_key(auth.pseudonym_key())
         with _client(server, party.name, party.signing_key, cacert) as client:
             result = client.register_entry(envelope)
         ui.out.print(f"{party.name} enrolled (entry {result.get('serial')})", markup=False)
@@ -210,26 +258,94 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
 
     @app.command("send")
     def send(
-        file: Annotated[Path, typer.Argument(help="The file to send.")],
+        file: Annotated[
+            Path,
+            typer.Argument(help="The file to send: lab results (CSV, HL7 v2, FHIR), or any document with --as-is."),
+        ],
         as_: AsOpt,
         server: ServerOpt,
-        to: Annotated[list[str], typer.Option("--to", help="Recipient party (repeat for several).")],
+        to: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--to", help="Send only to these recipients (repeatable). Without it, to every recipient of the policy."
+            ),
+        ] = None,
         ttl: Annotated[str, typer.Option(help="Deadline: 30s, 15m, 12h, 7d. The relay caps it.")] = "7d",
+        as_is: Annotated[
+            bool,
+            typer.Option("--as-is", help="Send the file unparsed (no validation, no routing) to the --to recipients."),
+        ] = False,
+        input_format: Annotated[str, typer.Option("--format", help="auto, csv, hl7 or fhir.")] = "auto",
         cacert: CaOpt = None,
     ) -> None:
-        """Encrypt FILE to each recipient's verified key, sign a manifest each, and upload (resumable)."""
+        """Validate, route and minimise lab results under the signed policy, seal one payload per recipient, upload.
 
+        Records that fail validation go to a rejection report and records nobody can take yet to a review file,
+        both in the lab's directory; the counts always add up. With --as-is, FILE is sealed and sent as it is.
+        """
         party = Party.load(as_)
         lifetime = parse_duration(ttl)
         if not file.is_file():
             raise UsageError(f"{file} is not a readable file")
+        if as_is and not to:
+            raise UsageError("--as-is needs at least one --to recipient")
         with (
             _client(server, party.name, party.signing_key, cacert) as client,
             ui.TerminalProgress(_quiet()) as progress,
         ):
-            sent = send_file(party, client, file, to, lifetime, SystemClock(), progress=progress)
+            if not as_is:
+                try:
+                    routed = send_results(
+                        party,
+                        client,
+                        file,
+                        lifetime,
+                        SystemClock(),
+                        restrict=to,
+                        input_format=input_format,
+                        progress=progress,
+                    )
+                except Unreadable as exc:
+                    if not to:
+                        raise Unreadable(
+                            exc.message, hint="to send another kind of document unparsed, use --as-is --to NAME"
+                        ) from exc
+                    ui.err.print(
+                        f"labrelay: {file} is not a lab-results file ({exc.message}); sending it unparsed "
+                        "to the --to recipients, as --as-is would",
+                        markup=False,
+                    )
+                else:
+                    _print_routed(routed)
+                    return
+            sent = send_file(party, client, file, to or [], lifetime, SystemClock(), progress=progress)
         for item in sent:
             ui.out.print(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)", markup=False)
+
+    @app.command("validate")
+    def validate(
+        file: Annotated[Path, typer.Argument(help="A lab-results file: CSV template, HL7 v2 ORU^R01 or FHIR.")],
+        report: Annotated[
+            Path | None, typer.Option("--report", help="Write the rejection report (record,field,reason) here.")
+        ] = None,
+        policy: Annotated[
+            Path | None,
+            typer.Option("--policy", help="Policy whose LOINC set applies (default: the shipped default policy)."),
+        ] = None,
+        input_format: Annotated[str, typer.Option("--format", help="auto, csv, hl7 or fhir.")] = "auto",
+        summary_json: Annotated[Path | None, typer.Option("--summary", help="Write the counts as JSON here.")] = None,
+    ) -> None:
+        """Check every record with the same rules as send, and send nothing. Rejections are findings: exit 0 when
+        the file was read, 1 when it could not be read at all."""
+        from labrelay.client.validate import validate_file  # noqa: PLC0415 - polars loads only when needed
+
+        text = policy.read_text(encoding="utf-8") if policy else None
+        summary = validate_file(file, report=report, policy_text=text, input_format=input_format)
+        _print_summary(summary)
+        if report is not None:
+            ui.out.print(f"rejection report: {report}", markup=False)
+        if summary_json is not None:
+            summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
 
     @app.command("resume")
     def resume(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:

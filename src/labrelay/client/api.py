@@ -198,6 +198,14 @@ class RelayClient:
         result: dict[str, Any] = self._json("POST", "/v1/directory/revocations", envelope)
         return result
 
+    def register_policy(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/policies", envelope)
+        return result
+
+    def policy(self, version: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", f"/v1/policies/{version or 'current'}")
+        return result
+
     def create_transfer(self, manifest_envelope: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/transfers", manifest_envelope)
         return result

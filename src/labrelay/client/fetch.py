@@ -20,11 +20,12 @@ import csv
 import hashlib
 import io
 import os
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
 from labrelay.client.files import private_dir, read_json, write_json_atomic
@@ -40,12 +41,16 @@ from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, U
 from labrelay.ports import Clock
 
 WORK_DIR = ".labrelay"
+INFLATE_STEP = 1 << 20  # bytes of plaintext per decompression step
+INFLATE_RATIO = 200  # a payload may decompress to at most 200 times its ciphertext size …
+INFLATE_MIN = 256 * 1024 * 1024  # … or 256 MiB, whichever is larger
 EXTENSIONS = {
     "text/csv": ".csv",
     "application/json": ".json",
     "application/x-ndjson": ".ndjson",
     "application/x-hl7-v2": ".hl7",
     "text/plain": ".txt",
+    "application/fhir+ndjson": ".ndjson",
 }
 
 
@@ -172,6 +177,50 @@ def _download(client: RelayClient, manifest: Manifest, partial: Path, progress: 
         )
 
 
+class _Plaintext:
+    """Where decrypted bytes go: gunzipped when the manifest says so (in bounded steps, with a ceiling against a
+    decompression bomb), written to the output file, lines counted on the way."""
+
+    def __init__(self, out: BinaryIO, gzipped: bool, ceiling: int) -> None:
+        self._out = out
+        self._inflate = zlib.decompressobj(wbits=31) if gzipped else None
+        self._ceiling = ceiling
+        self.written = 0
+        self.newlines = 0
+
+    def _emit(self, data: bytes) -> None:
+        self.written += len(data)
+        if self.written > self._ceiling:
+            raise IntegrityError(f"payload decompresses to more than {self._ceiling} bytes; refusing it")
+        self.newlines += data.count(b"\n")
+        self._out.write(data)
+
+    def write(self, data: bytes) -> int:
+        if self._inflate is None:
+            self._emit(bytes(data))
+            return len(data)
+        pending = bytes(data)
+        try:
+            while pending:
+                self._emit(self._inflate.decompress(pending, INFLATE_STEP))
+                pending = self._inflate.unconsumed_tail
+        except zlib.error as exc:
+            raise IntegrityError(f"payload is not valid gzip: {exc}") from exc
+        return len(data)
+
+    def finish(self) -> None:
+        if self._inflate is not None:
+            self._emit(self._inflate.flush())
+            if not self._inflate.eof:
+                raise IntegrityError("payload's gzip stream is truncated")
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
 def _decrypt(party: Party, manifest: Manifest, partial: Path, work: Path, out_dir: Path) -> tuple[Path, int | None]:
     identities = [i for i in party.identities if i.recipient == manifest.recipient_key]
     tmp = work / f"{manifest.transfer_id}.plain.tmp"
@@ -179,12 +228,19 @@ def _decrypt(party: Party, manifest: Manifest, partial: Path, work: Path, out_di
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with partial.open("rb") as cipher, os.fdopen(fd, "wb") as plain:
-            size, sha = age_stream.decrypt(cipher, plain, identities)
+            sink = _Plaintext(plain, manifest.compression == "gzip", max(INFLATE_RATIO * manifest.size, INFLATE_MIN))
+            size, sha = age_stream.decrypt(cipher, sink, identities)  # type: ignore[arg-type]
+            sink.finish()
             plain.flush()
             os.fsync(plain.fileno())
         if size != manifest.size or sha != manifest.sha256:
             raise IntegrityError(f"payload {manifest.transfer_id} changed on disk before decryption")
-        records = count_csv_records(tmp) if manifest.media_type == "text/csv" else None
+        records: int | None = None
+        if manifest.policy_version is not None:  # labrelay wrote it: one record per line (no embedded newline)
+            header = 1 if manifest.media_type == "text/csv" else 0
+            records = max(sink.newlines - header, 0)
+        elif manifest.media_type == "text/csv":
+            records = count_csv_records(tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

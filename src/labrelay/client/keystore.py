@@ -7,6 +7,7 @@ Party directory ``DIR/NAME/`` (mode 0700)::
     party.json      the public half: name, role, region, age recipient, signing key
     authority.pub   the directory authority's key, pinned at creation
     entry.json      the authority-signed entry, after enrolment
+    pseudonym.key   labs only: the key of the keyed pseudonyms, from the authority at enrolment (0600)
     outbox/         sealed payloads not yet fully uploaded (ciphertext only) and their signed manifests
     sent/           manifests of completed uploads (the sender's record of what it sent)
 
@@ -14,7 +15,8 @@ Authority directory ``AUTH_DIR/`` (mode 0700)::
 
     authority.key   Ed25519 private key (0600); keep this directory offline
     authority.pub   the public key every party and the relay pin
-    issued.jsonl    every entry and revocation this authority signed, one per line
+    pseudonym.key   the key of the keyed pseudonyms (0600): given to labs when they enrol, never to recipients
+    issued.jsonl    every entry, revocation and policy this authority signed, one per line
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.crypto import pseudonym
 from labrelay.crypto.envelopes import sign_envelope, verify_envelope
 from labrelay.crypto.keys import (
     AgeIdentity,
@@ -38,6 +41,7 @@ from labrelay.crypto.keys import (
 )
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
 from labrelay.domain.parties import ENTRY_TYPE, PartyEntry, Revocation, Role
+from labrelay.domain.policy import policy_payload
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
 
@@ -48,6 +52,7 @@ PINNED_FILE = "authority.pub"
 ENTRY_FILE = "entry.json"
 AUTHORITY_KEY = "authority.key"
 AUTHORITY_PUB = "authority.pub"
+PSEUDONYM_KEY = "pseudonym.key"
 
 
 # ------------------------------------------------------------------ party
@@ -147,6 +152,18 @@ class Party:
         payload = verify_envelope(read_json(path), ENTRY_TYPE, self.authority, error=UntrustedEntry)
         return PartyEntry.from_payload(payload)
 
+    def pseudonym_key(self) -> str | None:
+        path = self.path / PSEUDONYM_KEY
+        return pseudonym.load_key(path) if path.exists() else None
+
+    def save_pseudonym_key(self, key: str) -> None:
+        path = self.path / PSEUDONYM_KEY
+        if path.exists():
+            if pseudonym.load_key(path) != key:
+                raise UsageError(f"{path} holds another pseudonym key; refusing to replace it")
+            return
+        pseudonym.save_key(path, key)
+
     def save_entry(self, envelope: dict[str, Any]) -> None:
         verify_envelope(envelope, ENTRY_TYPE, self.authority, error=UntrustedEntry)
         write_json_atomic(self.path / ENTRY_FILE, envelope, mode=0o644)
@@ -172,6 +189,7 @@ class Authority:
         key = SigningKey.generate()
         key.save(path / AUTHORITY_KEY)
         (path / AUTHORITY_PUB).write_bytes(key.public.to_pem())
+        pseudonym.save_key(path / PSEUDONYM_KEY, pseudonym.new_key())
         return cls(path)
 
     @classmethod
@@ -214,6 +232,19 @@ class Authority:
             serial=new_id(),
         )
         envelope = sign_envelope(entry.to_payload(), self.key, AUTHORITY_KEYID)
+        self._log(envelope)
+        return envelope
+
+    def pseudonym_key(self) -> str:
+        """The key labs pseudonymise with (created here if this authority predates it)."""
+        path = self.path / PSEUDONYM_KEY
+        if not path.exists():
+            pseudonym.save_key(path, pseudonym.new_key())
+        return pseudonym.load_key(path)
+
+    def sign_policy(self, text: str, now: datetime) -> dict[str, Any]:
+        """Sign a routing policy; refuses one ``parse_policy`` refuses (malformed, gives nothing or everything)."""
+        envelope = sign_envelope(policy_payload(text, to_rfc3339(now)), self.key, AUTHORITY_KEYID)
         self._log(envelope)
         return envelope
 

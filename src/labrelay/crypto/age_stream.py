@@ -7,9 +7,11 @@ the sender signs and the recipient checks costs no second pass.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
@@ -143,3 +145,67 @@ def hash_file(path_stream: Readable, chunk: int = 1 << 20) -> tuple[int, str]:
         digest.update(block)
         size += len(block)
     return size, digest.hexdigest()
+
+
+class StreamingSealer:
+    """A write-only stream whose bytes are age-encrypted to one recipient as they arrive.
+
+    Writes go into an OS pipe; a thread runs pyrage's streaming encryptor from the pipe into ``sink``, hashing the
+    ciphertext. Plaintext exists only in the pipe's buffer and this process's memory, never in a file.
+    """
+
+    def __init__(self, sink: BinaryIO, recipient: str) -> None:
+        try:
+            native = pyrage.x25519.Recipient.from_str(recipient)
+        except Exception as exc:
+            raise IntegrityError("not an age X25519 recipient") from exc
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb")
+        self._writer = os.fdopen(write_fd, "wb")
+        self._out = HashingWriter(sink)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(native,), name="age-sealer", daemon=True)
+        self._thread.start()
+
+    def _run(self, native: object) -> None:
+        try:
+            pyrage.encrypt_io(self._reader, self._out, [native])
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread by close()
+            self._error = exc
+        finally:
+            self._reader.close()
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._writer.write(data)
+        except BrokenPipeError:
+            self._writer = None  # type: ignore[assignment]
+            self._thread.join()
+            raise self._failure() from None
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def _failure(self) -> Exception:
+        if isinstance(self._error, pyrage.EncryptError):
+            return _io_error(str(self._error), "encrypting")
+        if isinstance(self._error, OSError):
+            return _io_error(self._error, "encrypting")
+        return OperationalError(f"encryption stopped: {type(self._error).__name__}")
+
+    def close(self) -> tuple[int, str]:
+        """Finish the age stream; return (ciphertext size, SHA-256 hex)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._thread.join()
+        if self._error is not None:
+            raise self._failure()
+        self._out.flush()
+        return self._out.size, self._out.hexdigest
+
+    def abort(self) -> None:
+        """Stop without a valid ciphertext (the caller deletes the sink)."""
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+        self._thread.join()

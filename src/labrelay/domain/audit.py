@@ -30,6 +30,8 @@ class AuditEvent(StrEnum):
     DIRECTORY_REGISTER = "directory:register"
     DIRECTORY_REVOKE = "directory:revoke"
     DIRECTORY_READ = "directory:read"
+    POLICY_REGISTER = "policy:register"
+    POLICY_READ = "policy:read"
     TRANSFER_CREATE = "transfer:create"
     TRANSFER_REFUSE = "transfer:refuse"
     TRANSFER_LIST = "transfer:list"

@@ -64,9 +64,12 @@ class Manifest:
     created: datetime
     deadline: datetime
     policy_version: str | None = None
+    compression: str | None = None  # "gzip": the plaintext was compressed before encryption
 
     def __post_init__(self) -> None:
         check_transfer_id(self.transfer_id)
+        if self.compression not in (None, "gzip"):
+            raise UsageError(f"manifest compression {self.compression!r} unknown")
         check_transfer_id(self.batch_id)
         check_party_name(self.sender)
         check_party_name(self.recipient)
@@ -99,7 +102,7 @@ class Manifest:
             "created": to_rfc3339(self.created),
             "deadline": to_rfc3339(self.deadline),
             "policy_version": self.policy_version,
-        }
+        } | ({"compression": self.compression} if self.compression else {})
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Manifest:
@@ -107,6 +110,7 @@ class Manifest:
             raise IntegrityError("not a version-1 transfer manifest")
         count = optional(payload, "record_count", int, IntegrityError)
         policy = optional(payload, "policy_version", str, IntegrityError)
+        compression = optional(payload, "compression", str, IntegrityError)
         try:
             return cls(
                 transfer_id=require(payload, "transfer_id", str, IntegrityError),
@@ -121,6 +125,7 @@ class Manifest:
                 created=instant(payload, "created", IntegrityError),
                 deadline=instant(payload, "deadline", IntegrityError),
                 policy_version=policy,
+                compression=compression,
             )
         except (UsageError, UntrustedEntry) as exc:
             raise _as_payload_error(exc, "manifest") from exc

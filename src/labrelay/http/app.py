@@ -44,6 +44,7 @@ from labrelay.http.models import (
     DirectoryOut,
     Envelope,
     Health,
+    PolicyRegistered,
     Problem,
     Registered,
     TransferList,
@@ -54,6 +55,7 @@ from labrelay.ports import Clock
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator, Caller
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.policies import PolicyService
 from labrelay.relay.transfers import TransferService
 
 log = structlog.get_logger("labrelay.http")
@@ -71,6 +73,7 @@ class RelayServices:
     auth: Authenticator
     directory: DirectoryService
     transfers: TransferService
+    policies: PolicyService
     auditor: Auditor
     clock: Clock
     max_json_bytes: int = MAX_ENVELOPE_BYTES
@@ -323,6 +326,36 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
             raise PermissionDenied("only the directory authority registers revocations")
         revocation, new = await call(services.directory.revoke, parse_json(body), caller.name)
         return Registered(name=revocation.name, serial=revocation.serial, new=new)
+
+    # ------------------------------------------------------------ routing policies
+
+    @app.post(
+        "/v1/policies",
+        response_model=PolicyRegistered,
+        status_code=201,
+        responses=_PROBLEMS,
+        tags=["policies"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def register_policy(request: Request) -> PolicyRegistered:
+        """Register a routing policy the authority signed (the authority's own request)."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        if not caller.is_authority:
+            raise PermissionDenied("only the directory authority registers routing policies")
+        policy, new = await call(services.policies.register, parse_json(body), caller.name)
+        return PolicyRegistered(version=policy.version, new=new)
+
+    @app.get("/v1/policies/current", response_model=Envelope, responses=_PROBLEMS, tags=["policies"])
+    async def current_policy(request: Request) -> dict[str, Any]:
+        """The latest routing policy, as the authority signed it: clients verify it against their pin."""
+        caller = await authenticate(request)
+        return dict(await call(services.policies.envelope, caller.name))
+
+    @app.get("/v1/policies/{version}", response_model=Envelope, responses=_PROBLEMS, tags=["policies"])
+    async def policy_version(request: Request, version: str) -> dict[str, Any]:
+        caller = await authenticate(request)
+        return dict(await call(services.policies.envelope, caller.name, version))
 
     # ------------------------------------------------------------ transfers
 

@@ -75,6 +75,11 @@ class Registered(BaseModel):
     new: bool
 
 
+class PolicyRegistered(BaseModel):
+    version: str
+    new: bool
+
+
 class Health(BaseModel):
     status: str
     version: str

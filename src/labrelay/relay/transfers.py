@@ -47,6 +47,7 @@ from labrelay.ports import Clock, PayloadStore, TransferRepository
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Caller
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.policies import PolicyService
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,9 @@ class TransferService:
         auditor: Auditor,
         clock: Clock,
         limits: TransferLimits,
+        policies: PolicyService | None = None,
     ) -> None:
+        self._policies = policies
         self._repo = repo
         self._store = store
         self._directory = directory
@@ -113,6 +116,13 @@ class TransferService:
             raise IntegrityError("the manifest names another sender")
         now = self._clock.now()
         check_manifest_terms(manifest, now, self.limits)
+        if manifest.policy_version is not None and (
+            self._policies is None or not self._policies.known(manifest.policy_version)
+        ):
+            raise IntegrityError(
+                f"the manifest names routing policy {manifest.policy_version!r}, which this relay "
+                "does not hold (unsigned or unknown)"
+            )
         recipient = self._directory.resolve(manifest.recipient)
         if recipient.status is EntryStatus.REVOKED:
             raise PartyRevoked(f"recipient {manifest.recipient} is revoked")

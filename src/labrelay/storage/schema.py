@@ -64,6 +64,14 @@ transfers = Table(
     Index("ix_transfers_recipient_state", "recipient", "state"),
 )
 
+policies = Table(
+    "policies",
+    metadata,
+    Column("version", String(64), primary_key=True),
+    Column("envelope", Text, nullable=False),
+    Column("registered_at", BigInteger, nullable=False),
+)
+
 audit_events = Table(
     "audit_events",
     metadata,

@@ -150,6 +150,32 @@ class SqlStore:
             ]
         return ents, revs
 
+    # ------------------------------------------------------------ policies
+
+    def add_policy(self, version: str, envelope: Mapping[str, Any], at: datetime) -> bool:
+        t = schema.policies
+        with self.engine.begin() as conn:
+            existing = conn.execute(select(t.c.envelope).where(t.c.version == version)).first()
+            if existing is not None:
+                if json.loads(existing.envelope) != dict(envelope):
+                    raise Conflict(f"policy version {version} is already registered with other content")
+                return False
+            conn.execute(insert(t).values(version=version, envelope=_dumps(envelope), registered_at=to_epoch(at)))
+        return True
+
+    def policy(self, version: str | None = None) -> Mapping[str, Any] | None:
+        """The envelope of ``version``, or of the latest registered policy."""
+        t = schema.policies
+        q = select(t.c.envelope)
+        q = (
+            q.where(t.c.version == version)
+            if version is not None
+            else q.order_by(t.c.registered_at.desc(), t.c.version.desc())
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q.limit(1)).first()
+        return json.loads(row.envelope) if row else None
+
     # ------------------------------------------------------------ nonces
 
     def remember(self, keyid: str, nonce: str, created: datetime) -> bool:

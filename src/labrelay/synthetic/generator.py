@@ -9,7 +9,9 @@ Everything is drawn from a seeded ``random.Random``, so the same seed and day gi
 - e-mail addresses at the reserved domains example.fr/.com/.net/.org (RFC 2606), which no one can receive;
 - phone numbers in the French formats, with random digits. They are not drawn from a range known to be unassigned,
   so like any random NIR they may coincide with a real number; they carry no real person's data.
-- SI-DEP LOINC codes and a mix of results (mostly negative).
+- SI-DEP LOINC codes and a mix of results (mostly negative);
+- on request, defects (a wrong NIR key, an impossible date, an unknown code …), each listed with the reason
+  validation must give, so tests know exactly what has to be rejected.
 
 This is the project's only source of personal-looking data (non-negotiable 6).
 """
@@ -17,9 +19,11 @@ This is the project's only source of personal-looking data (non-negotiable 6).
 from __future__ import annotations
 
 import csv
+import json
 import random
 import unicodedata
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import TextIO
 from faker import Faker
 from faker.providers.person.fr_FR import Provider as PersonProvider
 
+from labrelay.domain.records import Reason
 from labrelay.refdata import Commune, communes, department_of, department_regions
 
 COLUMNS = (
@@ -147,7 +152,7 @@ class Generator:
     def _prescriber(self) -> _Prescriber:
         first = self.rng.choice(self.male + self.female)
         last = self.rng.choice(self.last)
-        return _Prescriber(rpps=luhn_complete("10" + self._digits(8)), name=f"Dr {first} {last}", phone=self.landline())
+        return _Prescriber(rpps=luhn_complete("10" + self._digits(8)), name=f"{first} {last}", phone=self.landline())
 
     def _residence(self) -> Commune:
         roll = self.rng.random()
@@ -205,6 +210,91 @@ class Generator:
             yield self.record()
 
 
+# ------------------------------------------------------------------ defects (for tests: what must be rejected)
+
+
+def _with_key(first13: str) -> str:
+    return first13 + nir_key(first13)
+
+
+DEFECTS: dict[str, tuple[str, Reason, Callable[[dict[str, str], random.Random], None]]] = {
+    "nir-key": (
+        "nir",
+        Reason.NIR_KEY,
+        lambda r, g: r.__setitem__("nir", r["nir"][:13] + f"{(int(r['nir'][13:]) + 1) % 100:02d}"),
+    ),
+    "nir-sex": ("nir", Reason.NIR_SEX, lambda r, g: r.__setitem__("nir", _with_key("3" + r["nir"][1:13]))),
+    "impossible-date": (
+        "date_prelevement",
+        Reason.DATE_UNREAL,
+        lambda r, g: r.__setitem__("date_prelevement", r["date_prelevement"][:5] + "02-30"),
+    ),
+    "sample-before-birth": (
+        "date_prelevement",
+        Reason.DATE_ORDER_BIRTH,
+        lambda r, g: (
+            r.__setitem__("date_naissance", r["date_prelevement"][:4] + "-12-31")
+            if r["date_prelevement"][5:] != "12-31"
+            else None
+        ),
+    ),
+    "validated-before-sample": (
+        "date_validation",
+        Reason.DATE_ORDER_VALIDATION,
+        lambda r, g: r.__setitem__("date_validation", "2000-01-01"),
+    ),
+    "future-date": ("date_validation", Reason.DATE_FUTURE, lambda r, g: r.__setitem__("date_validation", "2099-01-01")),
+    "unknown-loinc": ("code_loinc", Reason.LOINC, lambda r, g: r.__setitem__("code_loinc", "12345-6")),
+    "uncoded-result": ("resultat", Reason.RESULT, lambda r, g: r.__setitem__("resultat", "PEUT-ETRE")),
+    "short-rpps": (
+        "prescripteur_rpps",
+        Reason.RPPS,
+        lambda r, g: r.__setitem__("prescripteur_rpps", r["prescripteur_rpps"][:10]),
+    ),
+    "short-finess": (
+        "laboratoire_finess",
+        Reason.FINESS,
+        lambda r, g: r.__setitem__("laboratoire_finess", r["laboratoire_finess"][:8]),
+    ),
+    "unknown-commune": (
+        "code_commune_insee",
+        Reason.COMMUNE_UNKNOWN,
+        lambda r, g: r.__setitem__("code_commune_insee", "99999"),
+    ),
+    "control-character": (
+        "nom",
+        Reason.CONTROL,
+        lambda r, g: r.__setitem__("nom", r["nom"][:3] + "\x07" + r["nom"][3:]),
+    ),
+    "over-long": ("adresse", Reason.TOO_LONG, lambda r, g: r.__setitem__("adresse", "rue " + "A" * 400)),
+    "bad-email": ("email", Reason.EMAIL, lambda r, g: r.__setitem__("email", "at-nowhere")),
+    "bad-phone": ("telephone", Reason.PHONE, lambda r, g: r.__setitem__("telephone", "06123")),
+    "missing-name": ("nom", Reason.REQUIRED, lambda r, g: r.__setitem__("nom", "")),
+}
+
+
+def records_with_defects(
+    count: int, *, seed: int, today: date | None, rate: float
+) -> Iterator[tuple[dict[str, str], tuple[str, str, str] | None]]:
+    """Synthetic records; a fraction ``rate`` carries one defect: (defect name, field, expected reason)."""
+    gen = Generator(seed=seed, today=today)
+    chooser = random.Random(seed + 1)  # noqa: S311 - seeded fake data, never keys
+    names = sorted(DEFECTS)
+    for rec in gen.records(count):
+        defect = None
+        if rate and chooser.random() < rate:
+            name = chooser.choice(names)
+            field, reason, apply = DEFECTS[name]
+            before = dict(rec)
+            apply(rec, chooser)
+            if rec != before:
+                defect = (name, field, reason.value)
+        yield rec, defect
+
+
+# ------------------------------------------------------------------ writers
+
+
 def write_csv(out: TextIO, count: int, *, seed: int = 1, today: date | None = None, delimiter: str = ",") -> int:
     """Write ``count`` synthetic records in the lab-results CSV template; return how many."""
     writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
@@ -220,3 +310,44 @@ def write_csv(out: TextIO, count: int, *, seed: int = 1, today: date | None = No
 def write_csv_file(path: Path, count: int, *, seed: int = 1, today: date | None = None) -> int:
     with path.open("w", encoding="utf-8", newline="") as fh:
         return write_csv(fh, count, seed=seed, today=today)
+
+
+FORMATS = ("csv", "hl7", "fhir")
+
+
+def write_file(
+    path: Path, count: int, *, fmt: str = "csv", seed: int = 1, today: date | None = None, defects: float = 0.0
+) -> tuple[int, int]:
+    """Write ``count`` synthetic records as CSV, HL7 v2 (one ORU^R01 per record) or FHIR (NDJSON of Bundles).
+
+    With ``defects`` > 0, writes ``PATH.defects.csv`` too: ``record,defect,field,reason`` for every injected defect.
+    Returns (records, defects)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    from labrelay.batch.fhir import bundle_for  # noqa: PLC0415 - the writers live with their readers
+    from labrelay.batch.hl7 import record_to_message  # noqa: PLC0415
+
+    sidecar: list[tuple[int, str, str, str]] = []
+    stamp = (today or date(2026, 1, 15)).strftime("%Y%m%d") + "120000"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+        if writer is not None:
+            writer.writerow(COLUMNS)
+        for number, (rec, defect) in enumerate(
+            records_with_defects(count, seed=seed, today=today, rate=defects), start=1
+        ):
+            if defect is not None:
+                sidecar.append((number, *defect))
+            if writer is not None:
+                writer.writerow([rec[c] for c in COLUMNS])
+            elif fmt == "hl7":
+                out.write(record_to_message(rec, f"MSG{number:09d}", stamp) + "\r")
+            else:
+                ident = str(uuid.UUID(int=(seed << 64) + number))
+                out.write(json.dumps(bundle_for(rec, ident), ensure_ascii=False, separators=(",", ":")) + "\n")
+    if defects:
+        with Path(f"{path}.defects.csv").open("w", encoding="utf-8", newline="") as fh:
+            side = csv.writer(fh, lineterminator="\n")
+            side.writerow(["record", "defect", "field", "reason"])
+            side.writerows(sidecar)
+    return count, len(sidecar)

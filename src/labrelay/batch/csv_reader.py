@@ -1,0 +1,242 @@
+"""Streaming reader for the lab-results CSV template, as French labs write it.
+
+``,`` or ``;``; UTF-8 with or without BOM, or ISO-8859-1, or a mix of the two line by line; LF or CRLF. The file
+is read in blocks of whole records (a newline closes a record only outside quotes), so memory is bounded by the
+block size whatever the file's size.
+
+Each block takes the fast path when it can: polars parses it, and a second look at the block as lines counts each
+record's fields (quoted segments removed first), which finds short and long records that polars would otherwise
+pad or truncate. A block polars refuses (broken quoting, a record spanning lines) is parsed again record by record
+with Python's ``csv`` module. Either way every record is numbered (1-based, header excluded) and ends up in the
+batch's frame or in its structural rejections: one bad record never fails the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from labrelay.domain.records import FIELDS, RAW_MAX, Reason
+from labrelay.errors import Unreadable
+
+BLOCK_BYTES = 32 * 1024 * 1024
+MAX_CARRY = 4 * BLOCK_BYTES  # an unclosed quote cannot make a record (and memory) grow without bound
+BOM = b"\xef\xbb\xbf"
+_QUOTED = r'"(?:[^"]|"")*"'
+LINE_CONTROL = r"[\x00-\x0c\x0e-\x1f\x7f]|\r."
+
+
+@dataclass
+class Batch:
+    """Records read from one stretch of the input: the good ones as canonical columns, the broken ones as reasons."""
+
+    frame: pl.DataFrame  # the canonical FIELDS as strings, plus "_record" (Int64, 1-based)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (record, field, reason)
+    read: int = 0  # records read: frame.height + distinct rejected records
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    separator: str
+    columns: tuple[str, ...]  # as in the header, in file order
+    ignored: tuple[str, ...]  # header columns that are not in the template (never forwarded)
+    bom: bool
+
+
+def _decode_line(line: bytes) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return line.decode("latin-1")  # ISO-8859-1 decodes any byte: never fails
+
+
+def to_utf8(block: bytes) -> bytes:
+    """``block`` as UTF-8: unchanged when it is UTF-8, else decoded line by line (UTF-8, else ISO-8859-1)."""
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\n".join(_decode_line(line) for line in block.split(b"\n")).encode("utf-8")
+    return block
+
+
+def sniff(path: Path) -> CsvLayout:
+    """Read the header: separator, columns, BOM. Refuses a file whose header does not carry the template."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.readline(64 * 1024)
+    except OSError as exc:
+        raise Unreadable(f"cannot read {path}: {exc.strerror}") from exc
+    bom = head.startswith(BOM)
+    text = to_utf8(head[len(BOM) :] if bom else head).decode("utf-8").rstrip("\r\n")
+    if not text:
+        raise Unreadable(f"{path} is empty or has no header line")
+    separator = ";" if text.count(";") > text.count(",") else ","
+    try:
+        columns = tuple(c.strip() for c in next(csv.reader([text], delimiter=separator)))
+    except (csv.Error, StopIteration) as exc:
+        raise Unreadable(f"{path} has no readable CSV header ({exc})") from exc
+    if len(set(columns)) != len(columns):
+        raise Unreadable(f"{path}: the header names a column twice")
+    missing = [f for f in FIELDS if f not in columns]
+    if missing:
+        raise Unreadable(
+            f"{path} is not in the lab-results template: missing columns {', '.join(missing)}",
+            hint="the header must name: " + ", ".join(FIELDS),
+        )
+    return CsvLayout(separator, columns, tuple(c for c in columns if c not in FIELDS), bom)
+
+
+def _blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
+    """Stretches of the file after the header line, each ending at a record boundary.
+
+    The file is read into one reused buffer; each stretch is copied out once (fresh large allocations cost page
+    faults, which dominated when every block was concatenated and sliced anew)."""
+    buf = bytearray(block_bytes + MAX_CARRY)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as fh:
+        fh.readline(64 * 1024)  # the header
+        filled = 0
+        while True:
+            got = fh.readinto(view[filled : filled + block_bytes])
+            filled += got or 0
+            if not got:
+                if filled:
+                    yield bytes(view[:filled])
+                return
+            cut = buf.rfind(b"\n", 0, filled)
+            if buf.find(b'"', 0, filled) != -1:  # quotes: a newline inside a quoted field is not a boundary
+                while cut != -1 and buf.count(b'"', 0, cut) % 2:
+                    cut = buf.rfind(b"\n", 0, cut)
+            if cut == -1 and filled > MAX_CARRY:
+                cut = buf.rfind(b"\n", 0, filled)  # give up on the quote: the fallback parser refuses the record
+            if cut == -1:
+                if filled + block_bytes > len(buf):
+                    yield bytes(view[:filled])  # no newline at all in MAX_CARRY bytes: let the parser judge
+                    filled = 0
+                continue
+            yield bytes(view[: cut + 1])
+            rest = filled - cut - 1
+            buf[:rest] = buf[cut + 1 : filled]
+            filled = rest
+
+
+class CsvReader:
+    """Iterate ``Batch``es over a CSV file in the lab-results template."""
+
+    def __init__(self, path: Path, *, block_bytes: int = BLOCK_BYTES) -> None:
+        self.path = path
+        self.layout = sniff(path)
+        self.block_bytes = block_bytes
+        self._schema = dict.fromkeys(self.layout.columns, pl.String)
+
+    def batches(self) -> Iterator[Batch]:
+        seen = 0
+        for block in _blocks(self.path, self.block_bytes):
+            batch = self._fast(block, seen)  # polars checks UTF-8 itself
+            if batch is None:
+                data = to_utf8(block)
+                batch = (self._fast(data, seen) if data is not block else None) or self._slow(data, seen)
+            seen += batch.read
+            yield batch
+
+    # ------------------------------------------------------------ fast path: polars
+
+    def _fast(self, data: bytes, offset: int) -> Batch | None:
+        expected = len(self.layout.columns)
+        try:
+            lines = pl.read_csv(
+                data,
+                has_header=False,
+                separator="\x1f",
+                quote_char=None,
+                new_columns=["line"],
+                schema={"line": pl.String},
+                empty_string_is_null=False,
+            )
+            if b'"' in data:
+                if lines.select(pl.col("line").str.count_matches('"', literal=True).mod(2).sum()).item():
+                    return None  # a quoted field spans lines: let the csv module pair them up
+                unquoted = pl.col("line").str.replace_all(_QUOTED, "")
+            else:
+                unquoted = pl.col("line")
+            frame = pl.read_csv(
+                data,
+                has_header=False,
+                new_columns=list(self.layout.columns),
+                schema=self._schema,
+                separator=self.layout.separator,
+                empty_string_is_null=False,
+                truncate_ragged_lines=True,
+                raise_if_empty=False,
+            )
+        except pl.exceptions.PolarsError:  # whatever polars refuses, the csv module reads record by record
+            return None
+        if frame.height != lines.height:
+            return None
+        length = pl.col("line").str.len_bytes()
+        shape = lines.select(
+            (unquoted.str.count_matches(self.layout.separator, literal=True) + 1).alias("fields"),
+            ((length == 0) | ((length == 1) & (pl.col("line") == "\r"))).alias("blank"),
+            length.alias("length"),
+            pl.col("line").str.contains(LINE_CONTROL).alias("_control"),  # a CR only at the end (CRLF)
+        )
+        frame = pl.concat([frame.select(FIELDS), shape], how="horizontal")
+        if frame.select(pl.col("blank").any()).item():
+            frame = frame.filter(~pl.col("blank"))
+        frame = frame.with_columns((pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + offset).alias("_record"))
+        broken = (pl.col("fields") != expected) | (pl.col("length") > RAW_MAX * expected)
+        if not frame.select(broken.any()).item():
+            return Batch(frame.select(*FIELDS, "_record", "_control"), [], frame.height)
+        bad = frame.filter(broken)
+        rejected = [
+            (
+                rec,
+                "*",
+                str(
+                    Reason.MISSING_FIELDS if n < expected else Reason.EXTRA_FIELDS if n > expected else Reason.TOO_LONG
+                ),
+            )
+            for rec, n in zip(bad["_record"].to_list(), bad["fields"].to_list(), strict=True)
+        ]
+        good = frame.filter((pl.col("fields") == expected) & (pl.col("length") <= RAW_MAX * expected))
+        return Batch(good.select(*FIELDS, "_record", "_control"), rejected, frame.height)
+
+    # ------------------------------------------------------------ slow path: record by record
+
+    def _slow(self, data: bytes, offset: int) -> Batch:
+        expected = len(self.layout.columns)
+        index = {name: i for i, name in enumerate(self.layout.columns)}
+        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=self.layout.separator, strict=True)
+        rows: list[list[str]] = []
+        numbers: list[int] = []
+        rejected: list[tuple[int, str, str]] = []
+        record = offset
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                record += 1
+                reason = Reason.CONTROL if "NUL" in str(exc) else Reason.MALFORMED
+                rejected.append((record, "*", str(reason)))
+                continue
+            if not row:
+                continue  # a blank line is not a record
+            record += 1
+            if len(row) != expected:
+                reason = Reason.MISSING_FIELDS if len(row) < expected else Reason.EXTRA_FIELDS
+                rejected.append((record, "*", str(reason)))
+            elif any(len(value) > RAW_MAX for value in row):
+                rejected.append((record, "*", str(Reason.TOO_LONG)))
+            else:
+                rows.append([row[index[name]] for name in FIELDS])
+                numbers.append(record)
+        frame = pl.DataFrame(rows, schema=dict.fromkeys(FIELDS, pl.String), orient="row")
+        frame = frame.with_columns(pl.Series("_record", numbers, dtype=pl.Int64))
+        return Batch(frame, rejected, record - offset)

@@ -1,0 +1,187 @@
+"""The CSV reader against hostile files: every record is numbered and ends up accepted or refused with a reason."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from labrelay.batch.csv_reader import CsvReader
+from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
+from labrelay.batch.validate import Validator
+from labrelay.domain.records import DEFAULT_LOINC, FIELDS, Reason
+from labrelay.errors import Unreadable
+from labrelay.refdata import communes, department_regions
+from labrelay.synthetic.generator import nir_key
+
+TODAY = date(2026, 1, 15)
+
+
+def validator() -> Validator:
+    return Validator(
+        today=TODAY,
+        loinc=DEFAULT_LOINC,
+        communes=[c.insee for c in communes()],
+        department_regions=department_regions(),
+    )
+
+
+def good(**over: str) -> dict[str, str]:
+    first13 = "1790375111042"
+    rec = {
+        "nir": first13 + nir_key(first13),
+        "nom": "DUPONT",
+        "prenom": "Céline",
+        "date_naissance": "1979-03-15",
+        "sexe": "F",
+        "adresse": "12 rue de la Paix",
+        "code_postal": "75011",
+        "code_commune_insee": "75111",
+        "commune": "PARIS 11",
+        "telephone": "0612345678",
+        "email": "celine.dupont@example.fr",
+        "prescripteur_rpps": "10004087358",
+        "prescripteur_nom": "Paul DURAND",
+        "prescripteur_telephone": "0145678901",
+        "laboratoire_finess": "750712184",
+        "date_prelevement": "2026-01-10",
+        "date_validation": "2026-01-11",
+        "code_loinc": "94500-6",
+        "resultat": "POSITIF",
+    }
+    rec.update(over)
+    return rec
+
+
+def line(rec: dict[str, str], sep: str = ",", columns: tuple[str, ...] = FIELDS) -> str:
+    return sep.join(rec[c] for c in columns)
+
+
+def process(path: Path) -> tuple[Summary, dict[int, list[tuple[str, str]]]]:
+    rows: list[tuple[int, str, str]] = []
+
+    class Capture(RejectionReport):
+        def add(self, new: list[tuple[int, str, str]]) -> None:
+            rows.extend(new)
+
+    summary = run(
+        CsvReader(path, block_bytes=4096),
+        validator(),
+        summary=Summary("csv"),
+        report=Capture(None),
+        review=ReviewFile(None),
+    )
+    by_record: dict[int, list[tuple[str, str]]] = {}
+    for record, field, reason in rows:
+        by_record.setdefault(record, []).append((field, reason))
+    return summary, by_record
+
+
+def test_a_hostile_file_is_handled_record_by_record(tmp_path: Path) -> None:
+    """Mixed encodings, `;`, BOM, CRLF, over-long fields, NUL bytes, short rows, bad keys, impossible dates,
+    unknown codes: each record gets its own verdict, the counts reconcile, and the valid edge cases pass."""
+    columns = tuple(reversed(FIELDS))  # header order is free
+    corsica_a = "2840520004123"  # born in Corse-du-Sud (2A)
+    corsica_a = corsica_a[:5] + "2A" + corsica_a[7:]
+    corsica_b = corsica_a[:5] + "2B" + corsica_a[7:]
+    abroad = "1790599109042"  # born abroad: 99 + country code 109
+    records: list[tuple[str, bytes]] = [
+        ("ok, latin-1 accents", line(good(prenom="Hélène", commune="SAINT-ÉTIENNE"), ";", columns).encode("latin-1")),
+        ("ok, utf-8 accents", line(good(prenom="Jérôme"), ";", columns).encode("utf-8")),
+        ("ok, Corsica 2A", line(good(nir=corsica_a + nir_key(corsica_a)), ";", columns).encode()),
+        ("ok, Corsica 2B", line(good(nir=corsica_b + nir_key(corsica_b)), ";", columns).encode()),
+        ("ok, born abroad", line(good(nir=abroad + nir_key(abroad)), ";", columns).encode()),
+        (
+            "ok, DD/MM/YYYY and SNOMED",
+            line(good(date_naissance="15/03/1979", resultat="260415000"), ";", columns).encode(),
+        ),
+        ("bad key", line(good(nir="179037511104200"), ";", columns).encode()),
+        ("impossible date", line(good(date_prelevement="2026-02-30"), ";", columns).encode()),
+        ("unknown LOINC", line(good(code_loinc="12345-6"), ";", columns).encode()),
+        ("unknown commune", line(good(code_commune_insee="75999"), ";", columns).encode()),
+        ("NUL byte", line(good(nom="DU\x00PONT"), ";", columns).encode()),
+        ("over-long", line(good(adresse="x" * 400), ";", columns).encode()),
+        ("short row", ";".join(line(good(), ";", columns).split(";")[:10]).encode()),
+        ("long row", (line(good(), ";", columns) + ";extra").encode()),
+        ("sex digit 3", line(good(nir="379037511104217"), ";", columns).encode()),
+    ]
+    body = b"\xef\xbb\xbf" + ";".join(columns).encode() + b"\r\n" + b"\r\n".join(r for _, r in records) + b"\r\n"
+    path = tmp_path / "hostile.csv"
+    path.write_bytes(body)
+    summary, reasons = process(path)
+    assert summary.read == len(records)
+    assert summary.reconciled
+    expected = {
+        7: ("nir", Reason.NIR_KEY),
+        8: ("date_prelevement", Reason.DATE_UNREAL),
+        9: ("code_loinc", Reason.LOINC),
+        10: ("code_commune_insee", Reason.COMMUNE_UNKNOWN),
+        11: ("nom", Reason.CONTROL),
+        12: ("adresse", Reason.TOO_LONG),
+        13: ("*", Reason.MISSING_FIELDS),
+        14: ("*", Reason.EXTRA_FIELDS),
+        15: ("nir", Reason.NIR_SEX),
+    }
+    assert set(reasons) == set(expected), reasons
+    for record, (field, reason) in expected.items():
+        assert (field, reason.value) in reasons[record], (record, reasons[record])
+    assert summary.accepted == 6
+    assert summary.rejected == 9
+
+
+def test_quoted_fields_separators_and_newlines(tmp_path: Path) -> None:
+    """A quoted separator is data; a quoted newline keeps the record whole (and is refused as a control
+    character); broken quoting refuses that record only; record numbers stay right across all of it."""
+    header = ",".join(FIELDS)
+    ok = line(good(adresse='"12, rue de la ""Paix"""'))
+    multi = line(good(adresse='"12 rue\nsuite"'))
+    broken = line(good(nom='"DU"PONT'))
+    path = tmp_path / "q.csv"
+    path.write_text(f"{header}\n{ok}\n{multi}\n\n{broken}\n{line(good())}\n", encoding="utf-8")
+    summary, reasons = process(path)
+    assert summary.read == 4
+    assert summary.reconciled
+    assert ("adresse", Reason.CONTROL.value) in reasons[2]
+    assert ("*", Reason.MALFORMED.value) in reasons[3]
+    assert set(reasons) == {2, 3}
+    assert summary.accepted == 2
+
+
+def test_blocks_split_records_exactly(tmp_path: Path) -> None:
+    """Tiny blocks (1 KiB) force many splits, some inside quoted fields: same records as one block."""
+    rows = [line(good(adresse=f'"{i}, ""quoted"" street"', prenom=f"Prénom{i}")) for i in range(300)]
+    path = tmp_path / "many.csv"
+    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    small = pl.concat([b.frame for b in CsvReader(path, block_bytes=1024).batches()])
+    large = pl.concat([b.frame for b in CsvReader(path).batches()])
+    assert small.height == large.height == 300
+    assert small.equals(large)
+    assert small["_record"].to_list() == list(range(1, 301))
+    assert small["adresse"][7] == '7, "quoted" street'
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "empty"),
+        (b"a,b,c\n1,2,3\n", "missing columns"),
+        (b"\x00\x01\x02binary\xff", "not in the lab-results template"),
+        (",".join([*FIELDS, "nir"]).encode() + b"\n", "twice"),
+    ],
+)
+def test_files_that_cannot_be_read_at_all(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(content)
+    with pytest.raises(Unreadable, match=why):
+        CsvReader(path)
+
+
+def test_unknown_columns_are_ignored_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "extra.csv"
+    path.write_text(",".join([*FIELDS, "commentaire_interne"]) + "\n" + line(good()) + ",secret note\n")
+    reader = CsvReader(path)
+    assert reader.layout.ignored == ("commentaire_interne",)
+    [batch] = list(reader.batches())
+    assert "commentaire_interne" not in batch.frame.columns

@@ -1,0 +1,184 @@
+"""Validation rules one by one, the NIR against an independent implementation, and the cheap screen against the
+ordered explanations (they must agree on every record, or a bad record could slip through)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from stdnum.fr import nir as stdnum_nir
+
+from labrelay.batch.validate import Validator
+from labrelay.domain.records import FIELDS, Reason
+from labrelay.synthetic.generator import nir_key
+from tests.unit.test_csv_reader import TODAY, good, validator
+
+V = validator()
+
+
+def frame(*records: dict[str, str]) -> pl.DataFrame:
+    return pl.DataFrame(list(records), schema=dict.fromkeys(FIELDS, pl.String)).with_columns(
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("_record")
+    )
+
+
+def reasons_of(rec: dict[str, str]) -> set[tuple[str, str]]:
+    result = V.validate(frame(rec))
+    return {(r["field"], r["reason"]) for r in result.rejections.iter_rows(named=True)}
+
+
+CASES = [
+    ({"nir": ""}, "nir", Reason.REQUIRED),
+    ({"nir": "12345"}, "nir", Reason.NIR_FORMAT),
+    ({"nir": "179137511104242"}, "nir", Reason.NIR_FORMAT),  # month 13
+    ({"nir": "179039611104242"}, "nir", Reason.NIR_FORMAT),  # department 96
+    ({"nir": "179037511104200"}, "nir", Reason.NIR_KEY),
+    ({"nom": " "}, "nom", Reason.REQUIRED),
+    ({"nom": "A" * 201}, "nom", Reason.TOO_LONG),
+    ({"prenom": "Cé\tline"}, "prenom", Reason.CONTROL),
+    ({"date_naissance": "1979-3-15"}, "date_naissance", Reason.DATE_FORMAT),
+    ({"date_naissance": "1979/03/15"}, "date_naissance", Reason.DATE_FORMAT),
+    ({"date_naissance": "1979-02-29"}, "date_naissance", Reason.DATE_UNREAL),
+    ({"date_naissance": "31/04/1979"}, "date_naissance", Reason.DATE_UNREAL),
+    ({"date_naissance": "1899-12-31"}, "date_naissance", Reason.DATE_RANGE),
+    ({"date_validation": "2026-01-16"}, "date_validation", Reason.DATE_FUTURE),
+    ({"date_naissance": "2026-01-12"}, "date_prelevement", Reason.DATE_ORDER_BIRTH),
+    ({"date_validation": "2026-01-09"}, "date_validation", Reason.DATE_ORDER_VALIDATION),
+    ({"sexe": "X"}, "sexe", Reason.SEX),
+    ({"code_postal": "7501"}, "code_postal", Reason.POSTAL_CODE),
+    ({"code_commune_insee": "7511"}, "code_commune_insee", Reason.COMMUNE_FORMAT),
+    ({"code_commune_insee": "75999"}, "code_commune_insee", Reason.COMMUNE_UNKNOWN),
+    ({"telephone": "06 12 34"}, "telephone", Reason.PHONE),
+    ({"telephone": "0012345678"}, "telephone", Reason.PHONE),
+    ({"email": "no-at-sign"}, "email", Reason.EMAIL),
+    ({"prescripteur_rpps": "1234"}, "prescripteur_rpps", Reason.RPPS),
+    ({"laboratoire_finess": "75071218"}, "laboratoire_finess", Reason.FINESS),
+    ({"code_loinc": "1234-5"}, "code_loinc", Reason.LOINC),
+    ({"resultat": "PEUT-ETRE"}, "resultat", Reason.RESULT),
+    ({"resultat": "10828004"}, "resultat", Reason.RESULT),  # a SNOMED code the template does not list
+]
+
+
+@pytest.mark.parametrize(("change", "field", "reason"), CASES, ids=[f"{c[1]}-{c[2].name}" for c in CASES])
+def test_each_rule_names_its_field_and_reason(change: dict[str, str], field: str, reason: Reason) -> None:
+    assert (field, reason.value) in reasons_of(good(**change))
+
+
+VALID = [
+    {},
+    {"date_naissance": "29/02/1980"},  # leap day, French format
+    {"resultat": "négatif"},
+    {"resultat": "INDÉTERMINÉ"},
+    {"resultat": "260373001"},
+    {"sexe": "h"},
+    {"sexe": "2"},
+    {"telephone": "06.12.34.56.78"},
+    {"telephone": "+41791234567"},
+    {"telephone": ""},
+    {"email": ""},
+    {"nom": "  DUPONT  "},
+    {"code_commune_insee": "2a004"},
+    {"laboratoire_finess": "2A0000123"},
+    {"prescripteur_rpps": "", "prescripteur_nom": "", "prescripteur_telephone": ""},
+    {"date_prelevement": "2026-01-11", "date_validation": "2026-01-11"},
+]
+
+
+@pytest.mark.parametrize("change", VALID, ids=lambda c: ",".join(c) or "baseline")
+def test_valid_variants_are_accepted(change: dict[str, str]) -> None:
+    result = V.validate(frame(good(**change)))
+    assert result.rejections.height == 0, result.rejections.to_dicts()
+    assert result.accepted.height == 1
+
+
+def test_normalisation() -> None:
+    result = V.validate(
+        frame(
+            good(
+                sexe="h",
+                email="Celine@Example.FR",
+                telephone="06 12-34.56 78",
+                date_naissance="15/03/1979",
+                resultat="260415000",
+                code_commune_insee="2a004",
+                nom="  DUPONT ",
+            )
+        )
+    )
+    row = result.accepted.row(0, named=True)
+    assert row["sexe"] == "M"
+    assert row["email"] == "celine@example.fr"
+    assert row["telephone"] == "0612345678"
+    assert row["date_naissance"] == date(1979, 3, 15)
+    assert row["resultat"] == "NEGATIF"
+    assert row["code_commune_insee"] == "2A004"
+    assert row["nom"] == "DUPONT"
+    assert row["_region"] == "94"
+    assert row["age"] == 46
+
+
+def test_territories_without_an_ars_table_are_held_for_review() -> None:
+    result = V.validate(frame(good(code_commune_insee="97501", code_postal="97500")))  # Saint-Pierre-et-Miquelon
+    assert result.accepted.height == 0
+    assert result.review.height == 1
+    assert result.review["_reason"][0] == Reason.NO_REGION.value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sex=st.sampled_from("12"),
+    year=st.integers(0, 99),
+    month=st.integers(1, 12),
+    place=st.one_of(
+        st.integers(1, 95).map(lambda d: f"{d:02d}{0:03d}"),
+        st.sampled_from(["2A004", "2B033"]),
+        st.integers(100, 999).map(lambda c: f"99{c}"),
+    ),
+    order=st.integers(1, 999),
+    wrong=st.integers(0, 99),
+)
+def test_nir_rules_agree_with_python_stdnum(
+    sex: str, year: int, month: int, place: str, order: int, wrong: int
+) -> None:
+    """python-stdnum's fr.nir is an independent implementation of the key (Corsica included)."""
+    first13 = f"{sex}{year:02d}{month:02d}{place}{order:03d}"
+    for key in (nir_key(first13), f"{wrong:02d}"):
+        nir = first13 + key
+        ours = ("nir", Reason.NIR_KEY.value) not in reasons_of(good(nir=nir))
+        assert ours == stdnum_nir.is_valid(nir), nir
+
+
+FIELD_VALUES = st.one_of(
+    st.text(max_size=20),
+    st.sampled_from(["", " ", "2026-02-30", "29/02/2024", "0612345678", "POSITIF", "94500-6", "2A004", "+33612345678"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(FIELDS), FIELD_VALUES), min_size=1, max_size=4))
+def test_screen_and_explanations_always_agree(changes: list[tuple[str, str]]) -> None:
+    """Phase one (the screen) and phase two (the named rules) must flag exactly the same records; a record the
+    screen refuses is never left unexplained, and one it accepts breaks no rule."""
+    rec = good()
+    for field, value in changes:
+        rec[field] = value
+    f = frame(rec).with_columns(
+        pl.concat_str([pl.col(n).fill_null("") for n in FIELDS]).str.contains(r"[\x00-\x1f\x7f]").alias("_control")
+    )
+    prepared = f.lazy().with_columns(V._prepared(V._needs(f))).with_columns(V._parsed()).collect()
+    screen = prepared.select(V._screen()).item()
+    named = prepared.select(pl.any_horizontal([c.bad.fill_null(False) for c in V.checks]) | pl.col("_control")).item()
+    assert screen == named, rec
+    result = V.validate(f)
+    assert (result.rejections.height > 0) == screen
+    if screen:
+        assert "record is not well-formed" not in result.rejections["reason"].to_list()
+
+
+def test_today_is_the_validators_not_the_systems() -> None:
+    later = Validator(today=date(2030, 1, 1), loinc=["94500-6"], communes=["75111"], department_regions={"75": "11"})
+    assert later.validate(frame(good(date_validation="2029-12-31", date_prelevement="2029-12-30"))).accepted.height
+    assert date(2029, 12, 31) > TODAY
