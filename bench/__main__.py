@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import memory
+from bench import memory, validate
 
-BENCHES = {"memory": memory.main}
+BENCHES = {"memory": memory.main, "validate": validate.main}
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Peak memory of send and fetch for a 1.4-million-record batch (about 300 MB), on each side.
 
 Every process runs under ``/usr/bin/time -v`` (GNU time), whose "Maximum resident set size" is the figure:
-the relay (``labrelay serve``), the sender (``labrelay send``) and the recipient (``labrelay fetch``). The batch is
-made by the project's generator and cached under bench/work/. Results: docs/bench/memory.json, and a table for
-docs/performance.md printed on stdout.
+the relay (``labrelay serve``), the sender (``labrelay send --as-is``: the file whole, unparsed) and the recipient
+(``labrelay fetch``). The batch is made by the project's generator and cached under bench/work/. Results:
+docs/bench/memory.json, and a table for docs/performance.md printed on stdout.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def run(records: int) -> dict[str, Any]:
             client.register_entry(envelope)
         parties[name] = party
     cli = [sys.executable, "-m", "labrelay", "--quiet"]
+    lab = str(parties["lab-bench"].path)
     try:
         send = timed(
-            [*cli, "send", str(source), "--as", str(parties["lab-bench"].path), "--server", url, "--to", "cnam"],
+            [*cli, "send", str(source), "--as-is", "--to", "cnam", "--as", lab, "--server", url],
             run_dir / "send.time.log",
         )
         fetch = timed(

@@ -185,3 +185,30 @@ def test_unknown_columns_are_ignored_and_reported(tmp_path: Path) -> None:
     assert reader.layout.ignored == ("commentaire_interne",)
     [batch] = list(reader.batches())
     assert "commentaire_interne" not in batch.frame.columns
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
+@pytest.mark.parametrize(
+    "where",
+    ["first field", "middle field", "last field", "space after separator", "space before separator"],
+)
+def test_values_padded_with_spaces_are_trimmed_wherever_they_sit(tmp_path: Path, where: str, eol: bytes) -> None:
+    """The reader tells validation when no value can carry spaces, so that clean blocks skip trimming. The probe must
+    see padding at the start of a line, at its end (before LF or CRLF) and next to a separator."""
+    columns = FIELDS
+    rec = good()
+    padded = {
+        "first field": ("nir", " " + rec["nir"]),
+        "middle field": ("code_loinc", " 94500-6 "),
+        "last field": ("resultat", "POSITIF  "),
+        "space after separator": ("sexe", " F"),
+        "space before separator": ("code_commune_insee", "75111 "),
+    }[where]
+    rows = [line(good()), line(good(**dict([padded])))]
+    path = tmp_path / "padded.csv"
+    path.write_bytes(eol.join(x.encode() for x in [",".join(columns), *rows]) + eol)
+    summary, reasons = process(path)
+    assert reasons == {}
+    assert summary.accepted == 2
+    [batch] = list(CsvReader(path).batches())
+    assert batch.padded

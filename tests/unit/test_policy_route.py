@@ -6,8 +6,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from labrelay.batch.route import Router, normalised_trait, pseudonym_input
+from labrelay.batch.route import Router, _names_folded, normalised_trait, pseudonym_input
 from labrelay.client.policy import default_policy_text, verified_policy
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import SigningKey
@@ -139,6 +141,28 @@ def test_pseudonyms_are_keyed_hmacs_of_normalised_traits() -> None:
 def test_vectorised_normalisation_matches_the_reference(text: str) -> None:
     got = pl.DataFrame({"t": [text]}).select(normalised_trait(pl.col("t"))).item()
     assert got == normalise_trait(text)
+
+
+NAME_TEXT = st.text(
+    st.one_of(
+        st.characters(min_codepoint=0x20, max_codepoint=0x24F, exclude_characters="\x7f"),  # the Latin table
+        st.characters(blacklist_categories=("Cs", "Cc")),  # anything else: the general path
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(NAME_TEXT, NAME_TEXT), min_size=1, max_size=5))
+def test_both_normalisation_paths_match_the_reference(names: list[tuple[str, str]]) -> None:
+    """The Latin fold table and the general Unicode path both give exactly the reference's ``NOM|PRENOM``, whether a
+    batch is all Latin or mixes in other scripts."""
+    rows = pl.DataFrame(
+        {"nom": [n for n, _ in names], "prenom": [p for _, p in names]},
+        schema=dict.fromkeys(["nom", "prenom"], pl.String),
+    )
+    expected = [f"{normalise_trait(n)}|{normalise_trait(p)}" for n, p in names]
+    assert _names_folded(rows).to_list() == expected
 
 
 def test_pseudonym_input_is_name_first_name_and_birth_date() -> None:

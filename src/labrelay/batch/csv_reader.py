@@ -24,11 +24,12 @@ import polars as pl
 from labrelay.domain.records import FIELDS, RAW_MAX, Reason
 from labrelay.errors import Unreadable
 
-BLOCK_BYTES = 32 * 1024 * 1024
+BLOCK_BYTES = 8 * 1024 * 1024  # measured: memory grows with it, time hardly shrinks (docs/performance.md)
 MAX_CARRY = 4 * BLOCK_BYTES  # an unclosed quote cannot make a record (and memory) grow without bound
 BOM = b"\xef\xbb\xbf"
 _QUOTED = r'"(?:[^"]|"")*"'
 LINE_CONTROL = r"[\x00-\x0c\x0e-\x1f\x7f]|\r."
+_CONTROL_BYTES = bytes([*range(0x0A), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # all but LF and CR
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Batch:
     frame: pl.DataFrame  # the canonical FIELDS as strings, plus "_record" (Int64, 1-based)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (record, field, reason)
     read: int = 0  # records read: frame.height + distinct rejected records
+    padded: bool = True  # False when the reader knows no value has spaces around it (nothing to trim)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ class CsvReader:
 
     def _fast(self, data: bytes, offset: int) -> Batch | None:
         expected = len(self.layout.columns)
+        sep = self.layout.separator
+        quoted = b'"' in data
         try:
             lines = pl.read_csv(
                 data,
@@ -158,18 +162,14 @@ class CsvReader:
                 schema={"line": pl.String},
                 empty_string_is_null=False,
             )
-            if b'"' in data:
-                if lines.select(pl.col("line").str.count_matches('"', literal=True).mod(2).sum()).item():
-                    return None  # a quoted field spans lines: let the csv module pair them up
-                unquoted = pl.col("line").str.replace_all(_QUOTED, "")
-            else:
-                unquoted = pl.col("line")
+            if quoted and lines.select(pl.col("line").str.count_matches('"', literal=True).mod(2).sum()).item():
+                return None  # a quoted field spans lines: let the csv module pair them up
             frame = pl.read_csv(
                 data,
                 has_header=False,
                 new_columns=list(self.layout.columns),
                 schema=self._schema,
-                separator=self.layout.separator,
+                separator=sep,
                 empty_string_is_null=False,
                 truncate_ragged_lines=True,
                 raise_if_empty=False,
@@ -178,12 +178,38 @@ class CsvReader:
             return None
         if frame.height != lines.height:
             return None
-        length = pl.col("line").str.len_bytes()
-        shape = lines.select(
-            (unquoted.str.count_matches(self.layout.separator, literal=True) + 1).alias("fields"),
-            ((length == 0) | ((length == 1) & (pl.col("line") == "\r"))).alias("blank"),
+        line = pl.col("line")
+        length = line.str.len_bytes()
+        if quoted:
+            fields = line.str.replace_all(_QUOTED, "").str.count_matches(sep, literal=True) + 1
+            padded = True
+        else:
+            # Without quotes, a record has all its fields exactly when its line is as long as its fields plus the
+            # separators between them: a short record (padded with empty fields) or a long one (truncated) is
+            # not. Byte lengths are free in Arrow (offsets), unlike counting separators; the few lines that fail
+            # are counted exactly below, to say whether fields are missing or extra.
+            crlf = line.str.ends_with("\r").cast(pl.Int64)
+            parsed = pl.sum_horizontal([pl.col(c).str.len_bytes().cast(pl.Int64) for c in self.layout.columns])
+            fields = pl.when(length.cast(pl.Int64) == parsed + (expected - 1) + crlf).then(expected).otherwise(-1)
+            # Can a value carry spaces around it? Only next to a separator or at either end of a line.
+            spaced = (
+                line.str.contains(f" {sep}", literal=True)
+                | line.str.contains(f"{sep} ", literal=True)
+                | line.str.starts_with(" ")
+                | line.str.ends_with(" ")
+                | line.str.ends_with(" \r")
+            )
+            padded = bool(lines.select(spaced.any()).item())
+        # Control characters: one pass over the bytes says whether any line needs the per-line pattern.
+        control = len(data.translate(None, _CONTROL_BYTES)) != len(data) or (
+            b"\r" in data and data.count(b"\r") != data.count(b"\r\n")
+        )
+        shape = pl.concat([lines, frame], how="horizontal").select(
+            fields.alias("fields"),
+            ((length == 0) | ((length == 1) & (line == "\r"))).alias("blank"),
             length.alias("length"),
-            pl.col("line").str.contains(LINE_CONTROL).alias("_control"),  # a CR only at the end (CRLF)
+            line.str.contains(LINE_CONTROL).alias("_control") if control else pl.lit(False).alias("_control"),
+            line,
         )
         frame = pl.concat([frame.select(FIELDS), shape], how="horizontal")
         if frame.select(pl.col("blank").any()).item():
@@ -191,20 +217,24 @@ class CsvReader:
         frame = frame.with_columns((pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + offset).alias("_record"))
         broken = (pl.col("fields") != expected) | (pl.col("length") > RAW_MAX * expected)
         if not frame.select(broken.any()).item():
-            return Batch(frame.select(*FIELDS, "_record", "_control"), [], frame.height)
-        bad = frame.filter(broken)
+            return Batch(frame.select(*FIELDS, "_record", "_control"), [], frame.height, padded)
+        bad = frame.filter(broken).with_columns(
+            (line.str.count_matches(sep, literal=True) + 1).alias("counted")
+            if not quoted
+            else pl.col("fields").alias("counted")
+        )
         rejected = [
             (
                 rec,
                 "*",
                 str(
-                    Reason.MISSING_FIELDS if n < expected else Reason.EXTRA_FIELDS if n > expected else Reason.TOO_LONG
+                    Reason.TOO_LONG if n == expected else Reason.MISSING_FIELDS if n < expected else Reason.EXTRA_FIELDS
                 ),
             )
-            for rec, n in zip(bad["_record"].to_list(), bad["fields"].to_list(), strict=True)
+            for rec, n in zip(bad["_record"].to_list(), bad["counted"].to_list(), strict=True)
         ]
-        good = frame.filter((pl.col("fields") == expected) & (pl.col("length") <= RAW_MAX * expected))
-        return Batch(good.select(*FIELDS, "_record", "_control"), rejected, frame.height)
+        good = frame.filter(~broken)
+        return Batch(good.select(*FIELDS, "_record", "_control"), rejected, frame.height, padded)
 
     # ------------------------------------------------------------ slow path: record by record
 

@@ -4,8 +4,8 @@
 splits it into:
 
 - **accepted** records, normalised (trimmed; NIR, commune code and FINESS upper case; dates as dates; sex M/F;
-  results POSITIF/NEGATIF/INDETERMINE; e-mail lower case; phone numbers without separators), with the derived
-  ``_department``, ``_region`` and ``age`` (years at sampling);
+  results POSITIF/NEGATIF/INDETERMINE; phone numbers without separators; e-mail as written, its local part being
+  case-sensitive), with the derived ``_department``, ``_region`` and ``age`` (years at sampling);
 - **rejections**: one row per (record, field, reason), the first rule each field breaks;
 - **review**: valid records that cannot be routed (a territory no ARS table covers), with the reason.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -72,6 +72,15 @@ class Check:
     bad: pl.Expr  # true when the record breaks this rule (null counts as false)
 
 
+class Needs(NamedTuple):
+    """The fields whose values need each normalisation in this batch."""
+
+    trim: frozenset[str] = frozenset(FIELDS)
+    case: frozenset[str] = frozenset(UPPER_FIELDS)
+    separators: frozenset[str] = frozenset(PHONE_FIELDS)
+    french_date: frozenset[str] = frozenset(DATE_FIELDS)
+
+
 @dataclass(frozen=True)
 class ValidationResult:
     accepted: pl.DataFrame
@@ -94,10 +103,7 @@ class Validator:
         self.today = today
         self.loinc = pl.Series("loinc", sorted(set(loinc)), dtype=pl.String).implode()
         self.communes = pl.Series("communes", sorted(set(communes)), dtype=pl.String).implode()
-        self.regions = pl.DataFrame(
-            {"_department": list(department_regions), "_region": list(department_regions.values())},
-            schema={"_department": pl.String, "_region": pl.String},
-        )
+        self.region_of = dict(department_regions)
         accented = {
             "NÉGATIF": "NEGATIF",
             "INDÉTERMINÉ": "INDETERMINE",
@@ -110,47 +116,59 @@ class Validator:
     # ------------------------------------------------------------ prepared values
 
     @staticmethod
-    def _needs(frame: pl.DataFrame) -> dict[str, tuple[bool, bool, bool]]:
-        """Per field: does any value need trimming, upper-casing, separator removal? (Clean data skips the work.)"""
+    def _needs(frame: pl.DataFrame, padded: bool) -> Needs:
+        """Which normalisations the batch needs at all: clean data skips the work.
+
+        ``padded=False`` is the reader's word that no value has spaces around it."""
         probes = []
         for name in FIELDS:
             col = pl.col(name).fill_null("")
-            probes.append((col.str.starts_with(" ") | col.str.ends_with(" ")).any().alias(f"s:{name}"))
+            if padded:
+                probes.append((col.str.starts_with(" ") | col.str.ends_with(" ")).any().alias(f"trim:{name}"))
             if name in UPPER_FIELDS:
-                probes.append(col.str.contains("[a-z]").any().alias(f"u:{name}"))
+                probes.append(col.str.contains("[a-z]").any().alias(f"case:{name}"))
             if name in PHONE_FIELDS:
-                probes.append(col.str.contains(r"[ .\-]").any().alias(f"p:{name}"))
-            if name == "email":
-                probes.append(col.str.contains("[A-Z]").any().alias(f"u:{name}"))
+                probes.append(col.str.contains(r"[ .\-]").any().alias(f"separators:{name}"))
+            if name in DATE_FIELDS:
+                probes.append(col.str.contains("/", literal=True).any().alias(f"french_date:{name}"))
         row = frame.select(probes).row(0, named=True)
-        return {n: (row[f"s:{n}"], row.get(f"u:{n}", False), row.get(f"p:{n}", False)) for n in FIELDS}
+        found: dict[str, set[str]] = {}
+        for probe, hit in row.items():
+            kind, name = probe.split(":", 1)
+            if hit:
+                found.setdefault(kind, set()).add(name)
+        return Needs(
+            frozenset(found.get("trim", ())),
+            frozenset(found.get("case", ())),
+            frozenset(found.get("separators", ())),
+            frozenset(found.get("french_date", ())),
+        )
 
     @staticmethod
-    def _prepared(needs: Mapping[str, tuple[bool, bool, bool]]) -> list[pl.Expr]:
+    def _prepared(needs: Needs) -> list[pl.Expr]:
         out = []
         for name in FIELDS:
-            strip, upper, phone = needs[name]
             value = pl.col(name).fill_null("")
-            if strip:
+            if name in needs.trim:
                 value = value.str.strip_chars(" ")
-            if upper:
-                value = value.str.to_lowercase() if name == "email" else value.str.to_uppercase()
-            if phone:
+            if name in needs.case:
+                value = value.str.to_uppercase()
+            if name in needs.separators:
                 value = value.str.replace_all(r"[ .\-]", "")
             out.append(value.alias(f"v:{name}"))
         return out
 
-    def _parsed(self) -> list[pl.Expr]:
+    def _parsed(self, needs: Needs) -> list[pl.Expr]:
         out = []
         for name in DATE_FIELDS:
             value = _v(name)
-            parsed = (
-                pl.when(value.str.len_bytes() != 10)
-                .then(None)
-                .when(value.str.slice(4, 1) == "-")
-                .then(value.str.to_date("%Y-%m-%d", strict=False))
-                .otherwise(value.str.to_date("%d/%m/%Y", strict=False))
-            )
+            iso = value.str.to_date("%Y-%m-%d", strict=False)
+            if name in needs.french_date:  # some dates are DD/MM/YYYY: the second parser is needed
+                french = value.str.to_date("%d/%m/%Y", strict=False)
+                either: pl.Expr = pl.when(value.str.slice(4, 1) == "-").then(iso).otherwise(french)
+            else:
+                either = iso
+            parsed = pl.when(value.str.len_bytes() != 10).then(None).otherwise(either)
             out.append(parsed.alias(f"d:{name}"))
         out.append(
             _v("resultat")
@@ -260,22 +278,29 @@ class Validator:
 
     # ------------------------------------------------------------ the batch
 
-    def validate(self, frame: pl.DataFrame) -> ValidationResult:
-        """Split a batch. ``frame`` may carry ``_control`` (the reader's per-record flag); otherwise it is computed."""
+    def validate(self, frame: pl.DataFrame, *, padded: bool = True) -> ValidationResult:
+        """Split a batch. ``frame`` may carry ``_control`` (the reader's per-record flag); otherwise it is computed.
+        ``padded=False``: the reader knows that no value has spaces around it."""
         if "_control" not in frame.columns:
             control = pl.concat_str([pl.col(n).fill_null("") for n in FIELDS]).str.contains(CONTROL)
             frame = frame.with_columns(control.alias("_control"))
-        prepared = frame.lazy().with_columns(self._prepared(self._needs(frame))).with_columns(self._parsed())
+        needs = self._needs(frame, padded)
+        prepared = frame.lazy().with_columns(self._prepared(needs)).with_columns(self._parsed(needs))
         checked = prepared.with_columns(self._screen().alias("_bad")).collect()
         if checked.select(pl.col("_bad").any()).item():
             bad, good = checked.filter(pl.col("_bad")), checked.filter(~pl.col("_bad"))
         else:  # the common case: no copy
             bad, good = checked.clear(), checked
-        routed = self._normalise(good).join(self.regions, on="_department", how="left", maintain_order="left")
-        review = routed.filter(pl.col("_region").is_null()).with_columns(
-            pl.lit(Reason.NO_REGION.value).alias("_reason")
-        )
-        accepted = routed.filter(pl.col("_region").is_not_null())
+        region = pl.col("_department").replace_strict(self.region_of, default=None, return_dtype=pl.String)
+        routed = self._normalise(good).with_columns(region.alias("_region"))
+        if routed.select(pl.col("_region").is_null().any()).item():
+            review = routed.filter(pl.col("_region").is_null()).with_columns(
+                pl.lit(Reason.NO_REGION.value).alias("_reason")
+            )
+            accepted = routed.filter(pl.col("_region").is_not_null())
+        else:  # the common case: no copy
+            review = routed.clear().with_columns(pl.lit(Reason.NO_REGION.value).alias("_reason"))
+            accepted = routed
         return ValidationResult(accepted, self._report(bad), review, bad.height)
 
     def _report(self, bad: pl.DataFrame) -> pl.DataFrame:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from labrelay.batch.pipeline import Summary
 from labrelay.cli import ui
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import acknowledge, fetch_all
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.receipts import verified_outbox
-from labrelay.client.send import RoutedSend, pending, send_file, send_results, upload
+from labrelay.client.send import pending, send_file, upload
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
 from labrelay.crypto.keys import SigningKey
@@ -23,6 +22,10 @@ from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
 from labrelay.errors import IntegrityError, SecurityError, Unreadable, UsageError
+
+if TYPE_CHECKING:  # polars loads only for the commands that read lab results
+    from labrelay.batch.pipeline import Summary
+    from labrelay.client.routed import RoutedSend
 
 AsOpt = Annotated[Path, typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys.")]
 ServerOpt = Annotated[str, typer.Option("--server", envvar="LABRELAY_SERVER", help="The relay's URL.")]
@@ -294,6 +297,8 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             ui.TerminalProgress(_quiet()) as progress,
         ):
             if not as_is:
+                from labrelay.client.routed import send_results  # noqa: PLC0415 - loads polars
+
                 try:
                     routed = send_results(
                         party,

@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import polars as pl
 import typer
 
 from labrelay.cli import ui
@@ -32,13 +31,15 @@ from labrelay.client.fetch import Fetched, fetch_all
 from labrelay.client.files import private_dir
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.policy import default_policy_text
-from labrelay.client.send import RoutedSend, send_results
 from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.records import DIRECT_IDENTIFIERS
 from labrelay.errors import IntegrityError, UsageError
 from labrelay.refdata import department_of, department_regions
+
+if TYPE_CHECKING:
+    from labrelay.client.routed import RoutedSend
 
 MARKER = ".labrelay-demo"
 LAB = "lab-paris-01"
@@ -96,6 +97,8 @@ def _enrol_parties(authority: Authority, parties_dir: Path, url: str, clock: Sys
 
 def _needles(source: Path) -> set[bytes]:
     """The batch's identifying values (six bytes or more), to search the relay's files for."""
+    import polars as pl  # noqa: PLC0415 - loaded by the demo only
+
     try:
         frame = pl.read_csv(source, infer_schema=False, columns=list(SENSITIVE), encoding="utf8-lossy")
     except (pl.exceptions.PolarsError, OSError):
@@ -136,6 +139,8 @@ def _fetch_everyone(
 
 def check_minimisation(outputs: dict[str, Path]) -> dict[str, Any]:
     """What each recipient received, against what the default policy allows it."""
+    import polars as pl  # noqa: PLC0415 - loaded by the demo only
+
     region_of = department_regions()
     problems: list[str] = []
     for name, path in sorted(outputs.items()):
@@ -161,7 +166,8 @@ def check_minimisation(outputs: dict[str, Path]) -> dict[str, Any]:
 def run_demo(
     workdir: Path, source: Path | None, records: int | None, keep_running: bool, progress: ui.TerminalProgress
 ) -> dict[str, Any]:
-    from labrelay.runtime import audit_summary, init_data_dir  # noqa: PLC0415 - heavy, demo only
+    from labrelay.client.routed import send_results  # noqa: PLC0415 - heavy, demo only
+    from labrelay.runtime import audit_summary, init_data_dir  # noqa: PLC0415
 
     clock = SystemClock()
     timings = Timings()

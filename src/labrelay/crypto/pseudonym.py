@@ -14,13 +14,13 @@ import hmac
 import re
 import secrets
 from pathlib import Path
-from typing import Any, cast
-
-import polars as pl
-import polars_hash  # noqa: F401 - registers the chash expression namespace
+from typing import TYPE_CHECKING, Any, cast
 
 from labrelay.crypto.keys import read_private, write_private
 from labrelay.errors import UsageError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -47,6 +47,8 @@ def hmac_hex(key: str, message: str) -> str:
 
 def hmac_hex_column(message: pl.Expr, key: str) -> pl.Expr:
     """The same, for a column of messages (polars-hash, in Rust; importing it registers the ``chash`` namespace)."""
+    import polars_hash  # noqa: F401, PLC0415 - registers the chash namespace; loaded only where records are routed
+
     if not _KEY.fullmatch(key):
         raise UsageError("malformed pseudonym key")
     hashed: pl.Expr = cast(Any, message).chash.hmac_sha256(key=key)
