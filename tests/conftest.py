@@ -159,9 +159,14 @@ class World:
         return party
 
 
-def make_world(root: Path, relay_factory, *relay_args: str) -> World:
+def make_world(root: Path, relay_factory, *relay_args: str, settings: dict[str, str] | None = None) -> World:
+    """An authority, a running relay (``settings`` overriding relay.toml lines), a lab, cnam and ars-11."""
     authority = Authority.init(root / "authority")
     init_data_dir(root / "relay", authority.path / "authority.pub")
+    if settings:
+        config = root / "relay" / "relay.toml"
+        lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in settings]
+        config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
     relay = relay_factory(root / "relay", *relay_args)
     world = World(root=root, authority=authority, relay=relay)
     with RelayClient(relay.url, AUTHORITY_KEYID, authority.key, SystemClock(), retries=0) as client:

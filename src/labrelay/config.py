@@ -21,6 +21,7 @@ CONFIG_FILE = "relay.toml"
 AUTHORITY_FILE = "authority.pub"
 DATABASE_FILE = "relay.db"
 PAYLOAD_DIR = "payloads"
+KEY_DIR = "keys"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class RelaySettings:
     """SQLAlchemy URL of the metadata database; empty means DATA_DIR/relay.db (SQLite, WAL)."""
     public_url: str = ""
     """The URL clients use, when the relay sits behind a proxy (signatures cover the full request URL)."""
+    key_store: str = ""
+    """Directory of the epoch keys; empty means DATA_DIR/keys. Put it on another volume, outside backups."""
+    epoch_length: timedelta = timedelta(hours=1)
+    """Span of one epoch key: a payload's key is destroyed at most this long after its deadline."""
+    reaper_interval: timedelta = timedelta(minutes=1)
+    """How often the reaper expires transfers, deletes their bytes and destroys past epoch keys."""
 
     @property
     def authority_key_file(self) -> Path:
@@ -54,6 +61,10 @@ class RelaySettings:
     @property
     def payload_dir(self) -> Path:
         return self.data_dir / PAYLOAD_DIR
+
+    @property
+    def key_dir(self) -> Path:
+        return Path(self.key_store) if self.key_store else self.data_dir / KEY_DIR
 
     @property
     def config_file(self) -> Path:

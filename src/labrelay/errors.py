@@ -71,6 +71,12 @@ class NotFound(OperationalError):
     code = "not-found"
 
 
+class EpochKeyGone(NotFound):
+    """A stored payload's epoch key was destroyed: the payload is unreadable, by design."""
+
+    code = "key-destroyed"
+
+
 class Conflict(OperationalError):
     code = "conflict"
 
@@ -113,6 +119,12 @@ class InsecureKeyFile(SecurityError):
 
 class InsecureTransport(SecurityError):
     code = "insecure-transport"
+
+
+class RetentionViolation(SecurityError):
+    """Something outlived its deadline, or a key its epoch (``labrelay admin retention-check``)."""
+
+    code = "retention-violation"
 
 
 def _all_subclasses(cls: type[LabrelayError]) -> list[type[LabrelayError]]:

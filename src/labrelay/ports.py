@@ -1,8 +1,8 @@
 """The relay core's seams: one Protocol per capability it needs from the outside world.
 
-Services in ``labrelay.relay`` depend on these only. ``labrelay.storage`` implements them for SQLite/PostgreSQL
-(through SQLAlchemy) and a local payload directory; each implementation passes the same conformance tests
-(tests/unit/test_ports_conformance.py). The composition root, ``labrelay.runtime``, picks one from the settings.
+Services in ``labrelay.relay`` depend on these only. ``labrelay.storage`` implements them for SQLite (through
+SQLAlchemy), a local payload directory and a local epoch-key directory. The composition root,
+``labrelay.runtime``, picks one from the settings.
 """
 
 from __future__ import annotations
@@ -95,6 +95,18 @@ class TransferRepository(Protocol):
 
     def for_sender(self, sender: str) -> list[TransferRecord]: ...
 
+    def open_past(self, now: datetime) -> list[TransferRecord]:
+        """Transfers not over yet (uploading or available) whose deadline is at or before ``now``."""
+        ...
+
+    def open_transfers(self) -> list[TransferRecord]:
+        """Every transfer not over yet (uploading or available)."""
+        ...
+
+    def for_key(self, recipient: str, age_recipient: str) -> list[TransferRecord]:
+        """The recipient's transfers not over yet that were sealed to ``age_recipient``."""
+        ...
+
 
 class AuditLog(Protocol):
     """The append-only, hash-chained trail of every request and decision."""
@@ -122,11 +134,40 @@ class PayloadWriter(Protocol):
         ...
 
 
-class PayloadStore(Protocol):
-    """Ciphertext bytes, keyed by transfer id. A payload is readable only once ``publish`` made it whole."""
+class KeyStore(Protocol):
+    """Epoch keys, apart from the payloads and the database. A destroyed key never comes back."""
 
-    def begin(self, transfer_id: str) -> None:
-        """Create an empty upload."""
+    def key(self, epoch: int) -> bytes | None:
+        """The key of the epoch ending at ``epoch`` (Unix seconds), or None if it was destroyed or never made."""
+        ...
+
+    def create(self, epoch: int) -> bytes:
+        """The epoch's key, made if it does not exist yet."""
+        ...
+
+    def epochs(self) -> list[int]:
+        """Epochs whose key exists."""
+        ...
+
+    def destroy(self, epoch: int) -> bool:
+        """Destroy the epoch's key; True when it is verifiably gone."""
+        ...
+
+    def strays(self) -> list[str]:
+        """Anything in the store that is not an epoch key."""
+        ...
+
+    def remove_leftovers(self) -> list[str]:
+        """Destroy temporary copies a crash left behind; return their names."""
+        ...
+
+
+class PayloadStore(Protocol):
+    """Ciphertext bytes, keyed by transfer id, wrapped at rest under the key of the deadline's epoch. A payload
+    is readable only once ``publish`` made it whole, and only while its epoch key exists."""
+
+    def begin(self, transfer_id: str, deadline: datetime) -> None:
+        """Create an empty upload, wrapped under the key of the epoch ``deadline`` falls in."""
         ...
 
     def uploaded(self, transfer_id: str) -> int:
@@ -159,4 +200,12 @@ class PayloadStore(Protocol):
 
     def ids(self) -> Iterator[str]:
         """Every transfer id with bytes in the store (published or not), to find orphans."""
+        ...
+
+    def strays(self) -> list[str]:
+        """Anything in the store that is neither an upload nor a payload."""
+        ...
+
+    def has_bytes(self, transfer_id: str) -> bool:
+        """Whether the store holds an upload or a payload for this transfer."""
         ...

@@ -26,9 +26,12 @@ from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
+from labrelay.relay.reaper import Reaper
+from labrelay.relay.retention import RetentionReport, check_retention
 from labrelay.relay.transfers import TransferService
 from labrelay.storage import migrate
 from labrelay.storage.files import LocalPayloadStore
+from labrelay.storage.keystore import FileKeyStore
 from labrelay.storage.sql import SqlStore, sqlite_engine
 
 
@@ -45,6 +48,7 @@ class Relay:
     settings: RelaySettings
     sql: SqlStore
     payloads: LocalPayloadStore
+    keys: FileKeyStore
     services: RelayServices
 
     def app(self) -> FastAPI:
@@ -66,6 +70,7 @@ def init_data_dir(data_dir: Path, authority_pub: Path) -> RelaySettings:
     settings.authority_key_file.write_bytes(authority.to_pem())
     shutil.copymode(settings.config_file, settings.authority_key_file)
     settings.payload_dir.mkdir(mode=0o700)
+    settings.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = engine_for(settings)
     try:
         migrate.upgrade(engine)
@@ -83,20 +88,24 @@ def upgrade_data_dir(data_dir: Path) -> str:
         engine.dispose()
 
 
+def limits_for(settings: RelaySettings) -> TransferLimits:
+    return TransferLimits(
+        max_ttl=settings.max_ttl, max_payload_bytes=settings.max_payload_bytes, clock_skew=settings.clock_skew
+    )
+
+
 def open_relay(settings: RelaySettings, clock: Clock) -> Relay:
     authority = VerifyKey.from_pem(settings.authority_key_file.read_bytes())
     engine = engine_for(settings)
     migrate.require_head(engine)
     sql = SqlStore(engine)
-    payloads = LocalPayloadStore(settings.payload_dir)
+    keys = FileKeyStore(settings.key_dir)
+    payloads = LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
     auditor = Auditor(sql, clock)
     directory = DirectoryService(sql, authority, clock, auditor)
     auth = Authenticator(directory, sql, auditor, clock, authority, settings.replay_window, settings.clock_skew)
-    limits = TransferLimits(
-        max_ttl=settings.max_ttl, max_payload_bytes=settings.max_payload_bytes, clock_skew=settings.clock_skew
-    )
     policies = PolicyService(sql, authority, clock, auditor)
-    transfers = TransferService(sql, payloads, directory, auditor, clock, limits, policies)
+    transfers = TransferService(sql, payloads, directory, auditor, clock, limits_for(settings), policies)
     services = RelayServices(
         auth=auth,
         directory=directory,
@@ -104,10 +113,41 @@ def open_relay(settings: RelaySettings, clock: Clock) -> Relay:
         policies=policies,
         auditor=auditor,
         clock=clock,
+        reaper=Reaper(transfers, keys, auditor, clock),
+        reaper_interval=settings.reaper_interval.total_seconds(),
         max_chunk_bytes=settings.max_chunk_bytes,
         public_url=settings.public_url or None,
     )
-    return Relay(settings, sql, payloads, services)
+    return Relay(settings, sql, payloads, keys, services)
+
+
+def reap_once(data_dir: Path, clock: Clock) -> dict[str, Any]:
+    """One reaper pass over a relay's data directory (for a stopped relay, or from cron)."""
+    relay = open_relay(load_settings(data_dir), clock)
+    try:
+        result = relay.services.reaper.run_once()
+    finally:
+        relay.close()
+    return {
+        "expired": result.expired,
+        "repaired": result.repaired,
+        "keys_destroyed": len(result.keys_destroyed),
+        "leftovers": len(result.leftovers),
+    }
+
+
+def retention_report(data_dir: Path, clock: Clock) -> RetentionReport:
+    """The retention check of a relay's data directory, running or stopped. Reads only."""
+    settings = load_settings(data_dir)
+    engine = engine_for(settings)
+    try:
+        migrate.require_head(engine)
+        sql = SqlStore(engine)
+        keys = FileKeyStore(settings.key_dir, create=False)
+        payloads = LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
+        return check_retention(sql, payloads, keys, clock, limits_for(settings), settings.epoch_length)
+    finally:
+        engine.dispose()
 
 
 def audit_summary(data_dir: Path) -> dict[str, Any]:

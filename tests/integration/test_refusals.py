@@ -15,12 +15,15 @@ import pytest
 from labrelay.cli.main import main
 from labrelay.client.api import RelayClient
 from labrelay.clock import SystemClock
+from labrelay.config import load_settings
 from labrelay.crypto import httpsig
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.errors import AuthenticationFailed, IntegrityError, ReplayDetected
+from labrelay.storage.files import LocalPayloadStore
+from labrelay.storage.keystore import FileKeyStore
 from tests.conftest import CliResult, sent_ids
 
 
@@ -51,13 +54,27 @@ def send_one(world, cli, batch: Path, to: str = "cnam") -> str:
     return sent_ids(result.out)[to]
 
 
+def relay_store(world) -> LocalPayloadStore:
+    """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
+    settings = load_settings(world.relay.data)
+    return LocalPayloadStore(settings.payload_dir, FileKeyStore(settings.key_dir), settings.epoch_length)
+
+
 @pytest.mark.threat("T7")
 def test_one_flipped_byte_in_a_stored_payload(world, cli, batch: Path) -> None:
+    """An attacker who owns the relay, keys included, swaps a payload for one with a byte changed and wraps it
+    properly: the relay serves it, and the recipient refuses it against the sender's signed hash."""
     transfer_id = send_one(world, cli, batch)
-    stored = world.payload_dir / f"{transfer_id}.payload"
-    data = bytearray(stored.read_bytes())
+    store = relay_store(world)
+    data = bytearray(b"".join(store.open(transfer_id)))
     data[len(data) // 2] ^= 0x01
-    stored.write_bytes(bytes(data))
+    deadline = datetime.now(UTC) + timedelta(days=1)
+    store.delete(transfer_id)
+    store.begin(transfer_id, deadline)
+    writer = store.writer(transfer_id, 0)
+    writer.write(bytes(data))
+    writer.commit()
+    store.publish(transfer_id)
     out = world.root / "out"
     refused(
         cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out),
@@ -65,6 +82,31 @@ def test_one_flipped_byte_in_a_stored_payload(world, cli, batch: Path) -> None:
     )
     nothing_written(out)
     assert state_of(world, transfer_id) == "available"  # no receipt was sent
+
+
+@pytest.mark.threat("T7")
+def test_one_flipped_byte_on_the_relays_disk(world, cli, batch: Path) -> None:
+    """Without the keys, a changed byte in storage breaks the at-rest seal: the relay stops serving at that
+    record and records the corruption; the recipient writes nothing and acknowledges nothing."""
+    transfer_id = send_one(world, cli, batch)
+    stored = world.payload_dir / f"{transfer_id}.payload"
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    stored.write_bytes(bytes(raw))
+    out = world.root / "out"
+    result = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert result.code != 0, str(result)
+    assert "Traceback" not in result.err
+    decrypted = [p for p in out.rglob("*") if p.is_file() and ".labrelay" not in p.parts]
+    assert decrypted == []  # at most the ciphertext prefix, kept to resume from
+    for partial in out.rglob("*.part"):
+        assert b"age-encryption.org/v1".startswith(partial.read_bytes()[:21])  # ciphertext, if anything
+    assert state_of(world, transfer_id) == "available"
+    with db(world) as conn:
+        corrupt = conn.execute(
+            "SELECT count(*) FROM audit_events WHERE event = 'payload:corrupt' AND transfer_id = ?", (transfer_id,)
+        ).fetchone()[0]
+    assert corrupt >= 1
 
 
 @pytest.mark.threat("T2")

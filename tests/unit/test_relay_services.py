@@ -140,15 +140,14 @@ class Setup:
         return sign_envelope(rec.to_payload(), recipient.signing, recipient.name)
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Setup:
+def make_setup(tmp_path: Path) -> Setup:
+    """A relay on real storage in ``tmp_path`` with a manual clock (the ``setup`` fixture, tests/unit/conftest.py)."""
     authority = SigningKey.generate()
     (tmp_path / "authority.pub").write_bytes(authority.public.to_pem())
     init_data_dir(tmp_path / "relay", tmp_path / "authority.pub")
     clock = ManualClock(T0)
     relay = open_relay(RelaySettings(data_dir=(tmp_path / "relay").resolve()), clock)
-    yield Setup(relay, clock, authority)
-    relay.close()
+    return Setup(relay, clock, authority)
 
 
 def read_all(setup: Setup, member: Member, transfer_id: str) -> bytes:

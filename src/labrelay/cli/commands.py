@@ -43,6 +43,15 @@ def _quiet() -> bool:
     return bool(os.environ.get("LABRELAY_QUIET"))
 
 
+def _retire_after_fetch(party: Party, client: RelayClient) -> list[str]:
+    """After a (decrypting) fetch, destroy retired identities nothing needs any more."""
+    from labrelay.client.rotation import RETIRED_FILE, retire_due  # noqa: PLC0415
+
+    if not (party.path / RETIRED_FILE).exists():
+        return []
+    return retire_due(party, client, SystemClock().now())
+
+
 def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
     return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert)
 
@@ -197,6 +206,46 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ui.out.print(f"party {party.name} created in {party.path}", markup=False)
         ui.out.print(f"  age recipient: {party.age_recipient}", markup=False)
         ui.out.print(f"  signing key:   {party.signing_public}", markup=False)
+
+    @party_app.command("rotate")
+    def party_rotate(
+        party_dir: Annotated[Path, typer.Argument(help="The recipient's directory (DIR/NAME).")],
+        authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
+        server: ServerOpt,
+        valid_for: Annotated[str, typer.Option(help="Validity of the new signed entry (e.g. 365d).")] = "365d",
+        cacert: CaOpt = None,
+    ) -> None:
+        """Replace a recipient's age key: a new identity, signed and registered; the old one is kept only until
+        every payload sealed to it is past its deadline, then destroyed (by fetch or party retire)."""
+        from labrelay.client.rotation import rotate  # noqa: PLC0415
+
+        party = Party.load(party_dir)
+        auth = Authority.load(authority)
+        with _client(server, party.name, party.signing_key, cacert) as client:
+            result = rotate(party, auth, client, SystemClock().now(), parse_duration(valid_for))
+        ui.out.print(f"{party.name} now receives at {result.new_recipient}", markup=False)
+        for old in result.retired:
+            ui.out.print(f"  retired {old}: kept until {result.destroy_after}", markup=False)
+
+    @party_app.command("retire")
+    def party_retire(
+        party_dir: Annotated[Path, typer.Argument(help="The recipient's directory (DIR/NAME).")],
+        server: ServerOpt,
+        cacert: CaOpt = None,
+    ) -> None:
+        """Destroy retired age identities whose payloads are all past their deadline (fetch does it too)."""
+        from labrelay.client.rotation import retire_due, retired_status  # noqa: PLC0415
+
+        party = Party.load(party_dir)
+        with _client(server, party.name, party.signing_key, cacert) as client:
+            destroyed = retire_due(party, client, SystemClock().now())
+        for recipient in destroyed:
+            ui.out.print(f"destroyed retired identity {recipient}", markup=False)
+        for key in retired_status(party):
+            if not key.get("destroyed_at"):
+                ui.out.print(f"kept {key['age_recipient']} until {key['destroy_after']}", markup=False)
+        if not retired_status(party):
+            ui.out.print("no retired identity", markup=False)
 
     @party_app.command("enroll")
     def party_enroll(
@@ -392,6 +441,9 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             ui.TerminalProgress(_quiet()) as progress,
         ):
             report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress)
+            destroyed = [] if raw else _retire_after_fetch(party, client)
+        for recipient in destroyed:
+            ui.out.print(f"destroyed retired identity {recipient}: no payload sealed to it remains", markup=False)
         for item in report.fetched:
             count = f", {item.records} records" if item.records is not None else ""
             if item.again:
@@ -438,6 +490,9 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         if problems:
             raise IntegrityError(f"{len(problems)} receipt(s) failed verification")
 
+    from labrelay.cli.admin import register_admin  # noqa: PLC0415
     from labrelay.cli.demo import demo_command  # noqa: PLC0415 - the demo imports the whole relay
+
+    register_admin(app)
 
     app.command("demo")(demo_command)

@@ -194,6 +194,11 @@ class RelayClient:
         result: dict[str, Any] = self._json("POST", "/v1/directory/entries", envelope)
         return result
 
+    def key_horizon(self, age_recipient: str) -> dict[str, Any]:
+        """The caller's open transfers sealed to one of its keys: ``{key, open, latest_deadline}``."""
+        result: dict[str, Any] = self._json("GET", f"/v1/keys/{age_recipient}/horizon")
+        return result
+
     def register_revocation(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/directory/revocations", envelope)
         return result

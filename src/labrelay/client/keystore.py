@@ -7,6 +7,8 @@ Party directory ``DIR/NAME/`` (mode 0700)::
     party.json      the public half: name, role, region, age recipient, signing key
     authority.pub   the directory authority's key, pinned at creation
     entry.json      the authority-signed entry, after enrolment
+    retired.json    recipients: age identities replaced by `party rotate`, kept in identity.txt until every
+                    payload sealed to them is past its deadline, then destroyed
     pseudonym.key   labs only: the key of the keyed pseudonyms, from the authority at enrolment (0600)
     outbox/         sealed payloads not yet fully uploaded (ciphertext only) and their signed manifests
     sent/           manifests of completed uploads (the sender's record of what it sent)
@@ -214,7 +216,10 @@ class Authority:
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(envelope, sort_keys=True) + "\n")
 
-    def sign_entry(self, party: Party, now: datetime, valid_for: timedelta) -> dict[str, Any]:
+    def sign_entry(
+        self, party: Party, now: datetime, valid_for: timedelta, *, age_recipient: str | None = None
+    ) -> dict[str, Any]:
+        """Sign ``party``'s entry (with ``age_recipient`` instead of its current key, for a rotation)."""
         if party.authority != self.public:
             raise UntrustedEntry(
                 f"{party.name} pinned a different authority key than {self.path / AUTHORITY_PUB}",
@@ -224,7 +229,7 @@ class Authority:
             name=party.name,
             role=party.role,
             region=party.region,
-            age_recipient=party.age_recipient,
+            age_recipient=age_recipient or party.age_recipient,
             signing_key=party.signing_public,
             not_before=now,
             not_after=now + valid_for,

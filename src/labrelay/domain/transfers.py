@@ -148,7 +148,7 @@ def check_manifest_terms(manifest: Manifest, now: datetime, limits: TransferLimi
         raise UsageError("manifest created in the future", hint="check the sender's clock")
     if manifest.deadline <= now:
         raise UsageError("manifest deadline has already passed")
-    if manifest.deadline - manifest.created > limits.max_ttl:
+    if manifest.deadline - manifest.created > limits.max_ttl or manifest.deadline - now > limits.max_ttl:
         raise UsageError(
             f"manifest asks to keep the payload longer than the relay's maximum of {format_duration(limits.max_ttl)}",
             hint="use a shorter --ttl",

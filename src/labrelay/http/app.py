@@ -31,6 +31,7 @@ from labrelay.crypto.envelopes import MAX_ENVELOPE_BYTES
 from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView
 from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.parties import PartyEntry
+from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import (
     AuthenticationFailed,
     LabrelayError,
@@ -44,6 +45,7 @@ from labrelay.http.models import (
     DirectoryOut,
     Envelope,
     Health,
+    KeyHorizon,
     PolicyRegistered,
     Problem,
     Registered,
@@ -56,6 +58,7 @@ from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator, Caller
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
+from labrelay.relay.reaper import Reaper
 from labrelay.relay.transfers import TransferService
 
 log = structlog.get_logger("labrelay.http")
@@ -76,6 +79,8 @@ class RelayServices:
     policies: PolicyService
     auditor: Auditor
     clock: Clock
+    reaper: Reaper
+    reaper_interval: float = 60.0
     max_json_bytes: int = MAX_ENVELOPE_BYTES
     max_chunk_bytes: int = 64 * 1024 * 1024
     public_url: str | None = None
@@ -102,17 +107,22 @@ _ENVELOPE_BODY = {
 def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one function, one route table
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        recovered = await run_in_threadpool(services.transfers.recover)
+        reaped = await run_in_threadpool(services.reaper.run_once)  # before the first request is served
         await run_in_threadpool(
-            services.auditor.record, AuditEvent.RELAY_START, version=__version__, recovered=recovered
+            services.auditor.record,
+            AuditEvent.RELAY_START,
+            version=__version__,
+            recovered=reaped.repaired,
+            expired=reaped.expired,
         )
-        pruner = asyncio.create_task(_prune_nonces(services))
+        tasks = [asyncio.create_task(_prune_nonces(services)), asyncio.create_task(_reap(services))]
         try:
             yield
         finally:
-            pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruner
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await run_in_threadpool(services.auditor.record, AuditEvent.RELAY_STOP)
 
     app = FastAPI(
@@ -387,6 +397,15 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
             raise UsageError("box must be inbox or outbox")
         return TransferList(transfers=[TransferOut.of(r) for r in records])
 
+    @app.get("/v1/keys/{age_recipient}/horizon", response_model=KeyHorizon, responses=_PROBLEMS, tags=["transfers"])
+    async def key_horizon(request: Request, age_recipient: str) -> KeyHorizon:
+        """The caller's open transfers sealed to one of its keys, and the latest deadline among them: a
+        recipient that rotated its key destroys the old one once that deadline has passed."""
+        caller = await authenticate(request)
+        records = await call(services.transfers.horizon, caller, age_recipient)
+        latest = max((r.deadline for r in records), default=None)
+        return KeyHorizon(key=age_recipient, open=len(records), latest_deadline=to_rfc3339(latest) if latest else None)
+
     @app.get("/v1/transfers/{transfer_id}", response_model=TransferOut, responses=_PROBLEMS, tags=["transfers"])
     async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
         caller = await authenticate(request)
@@ -545,6 +564,19 @@ def _closing(chunks: Iterator[bytes]) -> Iterator[bytes]:
         close = getattr(chunks, "close", None)
         if close:
             close()
+
+
+async def _reap(services: RelayServices) -> None:
+    while True:
+        await asyncio.sleep(services.reaper_interval)
+        try:
+            await run_in_threadpool(services.reaper.run_once)
+        except Exception as exc:  # noqa: BLE001 - the reaper outlives any one failure; the next pass retries
+            log.error("reaper pass failed", error=type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await run_in_threadpool(
+                    services.auditor.record, AuditEvent.REAPER_RUN, outcome=Outcome.ERROR, reason=type(exc).__name__
+                )
 
 
 async def _prune_nonces(services: RelayServices) -> None:

@@ -64,6 +64,14 @@ class TransferList(BaseModel):
     transfers: list[TransferOut]
 
 
+class KeyHorizon(BaseModel):
+    """How long a recipient still needs one of its keys: its open transfers sealed to it."""
+
+    key: str
+    open: int
+    latest_deadline: str | None
+
+
 class DirectoryOut(BaseModel):
     entries: list[dict[str, Any]]
     revocations: list[dict[str, Any]]

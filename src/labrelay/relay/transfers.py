@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from labrelay.crypto.envelopes import envelope_signer, signed_parts, verify_envelope
@@ -48,6 +49,8 @@ from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Caller
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
+
+REPAIR_GRACE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +159,13 @@ class TransferService:
             created_at=now,
             updated_at=now,
         )
-        self._repo.create(record)
-        try:
-            self._store.begin(manifest.transfer_id)
-        except LabrelayError:
-            self._repo.transition(manifest.transfer_id, [TransferState.UPLOADING], TransferState.CANCELLED, now)
-            raise
+        with self._lock(manifest.transfer_id):  # recovery must not see the row without its upload
+            self._repo.create(record)
+            try:
+                self._store.begin(manifest.transfer_id, manifest.deadline)
+            except LabrelayError:
+                self._repo.transition(manifest.transfer_id, [TransferState.UPLOADING], TransferState.CANCELLED, now)
+                raise
         self._audit.record(
             AuditEvent.TRANSFER_CREATE,
             actor=caller.name,
@@ -357,7 +361,22 @@ class TransferService:
         self._audit.record(
             AuditEvent.DOWNLOAD_SERVE, actor=caller.name, transfer_id=transfer_id, start=start, size=size
         )
-        return PayloadStream(record, size, start, chunks)
+        return PayloadStream(record, size, start, self._watched(caller, transfer_id, chunks))
+
+    def _watched(self, caller: Caller, transfer_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """The stored bytes failing their at-rest integrity check mid-stream is tampering or corruption on the
+        relay's own disk: the stream stops there (the recipient sees a cut download) and the trail says why."""
+        try:
+            yield from chunks
+        except IntegrityError:
+            self._audit.record(
+                AuditEvent.PAYLOAD_CORRUPT,
+                outcome=Outcome.ERROR,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason=IntegrityError.code,
+            )
+            raise
 
     # ------------------------------------------------------------ receipt
 
@@ -398,15 +417,15 @@ class TransferService:
                 receipt_envelope=signed_parts(envelope),
             ):
                 raise Conflict(f"transfer {transfer_id} is {record.state.value}, it cannot be acknowledged")
+            self._audit.record(  # the decision before the act (see expire_due)
+                AuditEvent.RECEIPT_ACCEPT,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                status=receipt.status.value,
+                records=receipt.record_count,
+            )
             gone = self._store.delete(transfer_id)
         self._release(transfer_id)
-        self._audit.record(
-            AuditEvent.RECEIPT_ACCEPT,
-            actor=caller.name,
-            transfer_id=transfer_id,
-            status=receipt.status.value,
-            records=receipt.record_count,
-        )
         self._audit.record(
             AuditEvent.PAYLOAD_DELETE,
             actor=caller.name,
@@ -417,16 +436,59 @@ class TransferService:
         updated = self._repo.get(transfer_id)
         return updated or record
 
+    # ------------------------------------------------------------ retention
+
+    def expire_due(self) -> int:
+        """Close every transfer whose deadline has passed before it was delivered, and delete its bytes. The
+        state changes first: a crash between the two leaves bytes of an expired transfer, which ``recover``
+        (at start and on every reaper pass) deletes. Returns how many transfers expired."""
+        count = 0
+        for record in self._repo.open_past(self._clock.now()):
+            now = self._clock.now()
+            with self._lock(record.transfer_id):
+                if not self._repo.transition(
+                    record.transfer_id, [TransferState.UPLOADING, TransferState.AVAILABLE], TransferState.EXPIRED, now
+                ):
+                    continue  # delivered or cancelled meanwhile: its own path deleted the bytes
+                # The decision is recorded before the act: a crash between the two leaves the decision on
+                # record, and bytes that recovery deletes (with its own record).
+                self._audit.record(
+                    AuditEvent.TRANSFER_EXPIRE,
+                    actor=record.sender,
+                    transfer_id=record.transfer_id,
+                    was=record.state.value,
+                    deadline=int(record.deadline.timestamp()),
+                )
+                gone = self._store.delete(record.transfer_id)
+            self._release(record.transfer_id)
+            count += 1
+            self._audit.record(
+                AuditEvent.PAYLOAD_DELETE, transfer_id=record.transfer_id, cause="expired", verified=gone
+            )
+        return count
+
+    def horizon(self, caller: Caller, age_recipient: str) -> list[TransferRecord]:
+        """The caller's transfers not over yet that were sealed to ``age_recipient`` (one of its keys): a
+        recipient that rotates its key keeps the old one until the last of these is past its deadline."""
+        if caller.role not in RECEIVING_ROLES:
+            raise PermissionDenied(f"{caller.name} receives no payloads")
+        records = self._repo.for_key(caller.name, age_recipient)
+        self._audit.record(AuditEvent.TRANSFER_HORIZON, actor=caller.name, count=len(records))
+        return records
+
     # ------------------------------------------------------------ recovery
 
     def recover(self) -> int:
-        """After a crash, make storage and metadata agree again. Returns how many transfers were repaired.
+        """Make storage and metadata agree again (at start, after a crash, and on every reaper pass). Returns how
+        many transfers were repaired.
 
-        - a publication renamed on disk but not recorded is completed (it was renamed only after its hash
-          matched the manifest);
         - bytes left behind by a transfer that is over (delivered, cancelled, rejected, expired: the crash
           came between the state change and the deletion) are deleted;
-        - bytes with no transfer at all are deleted.
+        - bytes with no transfer at all are deleted;
+        - a publication renamed on disk but not recorded is completed (it was renamed only after its hash
+          matched the manifest);
+        - an open transfer whose bytes are gone: an upload starts again from zero (the sender's next HEAD says
+          so), a published payload is closed as expired (it can never be delivered; the sender's ledger shows it).
         Every deletion is an audit event. Nothing is ever kept because a crash interrupted its deletion.
         """
         repaired = 0
@@ -452,4 +514,30 @@ class TransferService:
             if size == record.manifest.size:
                 self._repo.transition(transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
                 repaired += 1
+        for record in self._repo.open_transfers():
+            repaired += self._repair_missing(record)
         return repaired
+
+    def _repair_missing(self, record: TransferRecord) -> int:
+        transfer_id = record.transfer_id
+        with self._lock(transfer_id):
+            current = self._repo.get(transfer_id)
+            if current is None or current.state in TERMINAL_STATES or self._store.has_bytes(transfer_id):
+                return 0
+            now = self._clock.now()
+            if current.state is TransferState.UPLOADING and now < current.deadline:
+                if now - current.updated_at < REPAIR_GRACE:
+                    return 0  # maybe being created by another process this very moment: next pass
+
+                self._store.begin(transfer_id, current.deadline)
+                self._repo.set_uploaded(transfer_id, 0, now)
+                self._audit.record(AuditEvent.UPLOAD_CHUNK, transfer_id=transfer_id, reason="restarted", offset=0)
+                return 1
+            if self._repo.transition(
+                transfer_id, [TransferState.UPLOADING, TransferState.AVAILABLE], TransferState.EXPIRED, now
+            ):
+                self._audit.record(
+                    AuditEvent.TRANSFER_EXPIRE, actor=current.sender, transfer_id=transfer_id, reason="bytes-lost"
+                )
+                return 1
+        return 0

@@ -1,9 +1,14 @@
-"""Ciphertext payloads in a local directory (the embedded default).
+"""Ciphertext payloads in a local directory (the embedded default), wrapped under epoch keys.
 
 Layout under the store's root (``DATA_DIR/payloads``, mode 0700)::
 
     <transfer-id>.upload    an upload in progress (never served)
     <transfer-id>.payload   a whole upload whose hash matched its signed manifest (published by rename)
+
+Each file holds the payload (the sender's age ciphertext) sealed once more in the at-rest format of
+``labrelay.crypto.at_rest``: a header naming the epoch of the transfer's deadline and the transfer's data key
+wrapped under that epoch's key (from the ``KeyStore``), then sealed records. Offsets and sizes the port speaks of
+are the payload's own (what the sender uploaded and the recipient downloads), never the stored file's.
 
 Every path is built from a validated transfer id and checked to resolve inside the root, so no caller string can
 name a file elsewhere (SecureDrop's ``Storage`` habit). Writes are fsync'd before they are acknowledged, and
@@ -16,11 +21,16 @@ import errno
 import hashlib
 import os
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from labrelay.crypto.at_rest import HEADER_BYTES, RecordSpan, RecordWriter, make_header, open_header, read_plain, scan
 from labrelay.domain.names import check_transfer_id, is_transfer_id
+from labrelay.domain.retention import epoch_end
 from labrelay.errors import Conflict, NotFound, StorageFull, Unavailable
+from labrelay.ports import KeyStore
+from labrelay.storage.fs import fsync_dir
 
 _UPLOAD = ".upload"
 _PAYLOAD = ".payload"
@@ -33,32 +43,27 @@ def _io_error(exc: OSError, what: str) -> Exception:
     return Unavailable(f"payload storage failed while {what}: {os.strerror(exc.errno or 0)}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class _SealingWriter:
+    """Seals what it is given into records after the acknowledged offset; nothing counts until ``commit``."""
 
-
-class _FileWriter:
-    def __init__(self, handle: BinaryIO, offset: int) -> None:
+    def __init__(self, handle: BinaryIO, records: RecordWriter, position: int) -> None:
         self._fh = handle
-        self._offset = offset
+        self._records = records
+        self._position = position  # where the acknowledged part of the stored file ends
         self._closed = False
 
     def write(self, data: bytes) -> None:
         try:
-            self._fh.write(data)
+            self._records.write(data)
         except OSError as exc:
             self.abort()
             raise _io_error(exc, "writing an upload") from exc
 
     def commit(self) -> int:
         try:
+            size = self._records.finish()
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            size = self._fh.tell()
         except OSError as exc:
             self.abort()
             raise _io_error(exc, "saving an upload") from exc
@@ -70,7 +75,7 @@ class _FileWriter:
         if self._closed:
             return
         try:
-            self._fh.truncate(self._offset)
+            self._fh.truncate(self._position)
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError:
@@ -81,11 +86,13 @@ class _FileWriter:
 
 
 class LocalPayloadStore:
-    """``labrelay.ports.PayloadStore`` on a local directory."""
+    """``labrelay.ports.PayloadStore`` on a local directory, sealing under epoch keys from ``keys``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keys: KeyStore, epoch_length: timedelta) -> None:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.root = root.resolve()
+        self.keys = keys
+        self.epoch_length = epoch_length
 
     def _path(self, transfer_id: str, suffix: str) -> Path:
         check_transfer_id(transfer_id)
@@ -94,42 +101,68 @@ class LocalPayloadStore:
             raise Unavailable("refusing a payload path outside the store")
         return path
 
-    def begin(self, transfer_id: str) -> None:
+    def _open(self, transfer_id: str, suffix: str, mode: str = "rb") -> BinaryIO:
+        try:
+            handle: BinaryIO = self._path(transfer_id, suffix).open(mode)  # type: ignore[assignment]
+        except FileNotFoundError:
+            what = "upload in progress" if suffix == _UPLOAD else "stored payload"
+            raise NotFound(f"no {what} for {transfer_id}") from None
+        return handle
+
+    def _layout(self, transfer_id: str, fh: BinaryIO) -> tuple[bytes, list[RecordSpan], int]:
+        """(data key, whole records, where they end): the data key needs the epoch key, or ``EpochKeyGone``."""
+        fh.seek(0)
+        dek = open_header(transfer_id, fh.read(HEADER_BYTES), self.keys.key)
+        spans, end = scan(fh, os.fstat(fh.fileno()).st_size)
+        return dek, spans, end
+
+    def begin(self, transfer_id: str, deadline: datetime) -> None:
         path = self._path(transfer_id, _UPLOAD)
+        epoch = epoch_end(deadline, self.epoch_length)
+        header, _ = make_header(transfer_id, epoch, self.keys.create(epoch))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            _fsync_dir(self.root)
+            try:
+                os.write(fd, header)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(self.root)
         except FileExistsError:
             raise Conflict(f"an upload for {transfer_id} already exists") from None
         except OSError as exc:
             raise _io_error(exc, "creating an upload") from exc
 
     def uploaded(self, transfer_id: str) -> int:
-        try:
-            return self._path(transfer_id, _UPLOAD).stat().st_size
-        except FileNotFoundError:
-            raise NotFound(f"no upload in progress for {transfer_id}") from None
+        with self._open(transfer_id, _UPLOAD) as fh:
+            _, spans, _ = self._layout(transfer_id, fh)
+        return spans[-1].end if spans else 0
 
-    def writer(self, transfer_id: str, offset: int) -> _FileWriter:
-        path = self._path(transfer_id, _UPLOAD)
+    def writer(self, transfer_id: str, offset: int) -> _SealingWriter:
+        fh = self._open(transfer_id, _UPLOAD, "r+b")
         try:
-            fh = path.open("r+b")
-        except FileNotFoundError:
-            raise NotFound(f"no upload in progress for {transfer_id}") from None
-        try:
-            fh.truncate(offset)  # bytes past the acknowledged offset were never acknowledged
-            fh.seek(offset)
+            dek, spans, _ = self._layout(transfer_id, fh)
+            position = next((s.position + s.stored for s in spans if s.end == offset), None)
+            if offset == 0:
+                position = HEADER_BYTES
+            if position is None:
+                raise Conflict(f"no stored chunk of {transfer_id} ends at offset {offset}")
+            fh.truncate(position)  # bytes past the acknowledged offset were never acknowledged
+            fh.seek(position)
         except OSError as exc:
             fh.close()
             raise _io_error(exc, "resuming an upload") from exc
-        return _FileWriter(fh, offset)
+        except BaseException:
+            fh.close()
+            raise
+        return _SealingWriter(fh, RecordWriter(fh, dek, transfer_id, offset), position)
 
     def upload_digest(self, transfer_id: str) -> tuple[int, str]:
         digest = hashlib.sha256()
         size = 0
-        with self._path(transfer_id, _UPLOAD).open("rb") as fh:
-            while block := fh.read(READ_CHUNK):
+        with self._open(transfer_id, _UPLOAD) as fh:
+            dek, spans, _ = self._layout(transfer_id, fh)
+            for block in read_plain(fh, dek, transfer_id, spans, 0):
                 digest.update(block)
                 size += len(block)
         return size, digest.hexdigest()
@@ -137,32 +170,30 @@ class LocalPayloadStore:
     def publish(self, transfer_id: str) -> None:
         try:
             os.replace(self._path(transfer_id, _UPLOAD), self._path(transfer_id, _PAYLOAD))
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except FileNotFoundError:
             raise NotFound(f"no upload to publish for {transfer_id}") from None
         except OSError as exc:
             raise _io_error(exc, "publishing a payload") from exc
 
     def open(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
-        path = self._path(transfer_id, _PAYLOAD)
+        fh = self._open(transfer_id, _PAYLOAD)
         try:
-            fh = path.open("rb")
-        except FileNotFoundError:
-            raise NotFound(f"no stored payload for {transfer_id}") from None
-        return self._chunks(fh, start)
+            dek, spans, _ = self._layout(transfer_id, fh)
+        except BaseException:
+            fh.close()
+            raise
+        return self._chunks(fh, read_plain(fh, dek, transfer_id, spans, start))
 
     @staticmethod
-    def _chunks(fh: BinaryIO, start: int) -> Iterator[bytes]:
+    def _chunks(fh: BinaryIO, plain: Iterator[bytes]) -> Iterator[bytes]:
         with fh:
-            fh.seek(start)
-            while block := fh.read(READ_CHUNK):
-                yield block
+            yield from plain
 
     def size(self, transfer_id: str) -> int:
-        try:
-            return self._path(transfer_id, _PAYLOAD).stat().st_size
-        except FileNotFoundError:
-            raise NotFound(f"no stored payload for {transfer_id}") from None
+        with self._open(transfer_id, _PAYLOAD) as fh:
+            _, spans, _ = self._layout(transfer_id, fh)
+        return spans[-1].end if spans else 0
 
     def delete(self, transfer_id: str) -> bool:
         paths = [self._path(transfer_id, _UPLOAD), self._path(transfer_id, _PAYLOAD)]
@@ -173,9 +204,21 @@ class LocalPayloadStore:
                 pass
             except OSError as exc:
                 raise _io_error(exc, "deleting a payload") from exc
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return not any(p.exists() for p in paths)
 
     def ids(self) -> Iterator[str]:
         stems = (entry.partition(".")[0] for entry in sorted(os.listdir(self.root)))
         yield from dict.fromkeys(stem for stem in stems if is_transfer_id(stem))
+
+    def has_bytes(self, transfer_id: str) -> bool:
+        return self._path(transfer_id, _UPLOAD).exists() or self._path(transfer_id, _PAYLOAD).exists()
+
+    def strays(self) -> list[str]:
+        """Files in the store that are neither an upload nor a payload of a well-formed transfer id."""
+        out = []
+        for entry in sorted(os.listdir(self.root)):
+            stem, dot, suffix = entry.partition(".")
+            if not (is_transfer_id(stem) and dot and f".{suffix}" in (_UPLOAD, _PAYLOAD)):
+                out.append(entry)
+        return out

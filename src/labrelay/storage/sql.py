@@ -273,6 +273,27 @@ class SqlStore:
             rows = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.created_at, t.c.id))
             return [self._record(r) for r in rows]
 
+    _OPEN = (TransferState.UPLOADING.value, TransferState.AVAILABLE.value)
+
+    def open_past(self, now: datetime) -> list[TransferRecord]:
+        t = schema.transfers
+        q = select(t).where(t.c.state.in_(self._OPEN), t.c.deadline <= to_epoch(now)).order_by(t.c.deadline, t.c.id)
+        with self.engine.connect() as conn:
+            return [self._record(r) for r in conn.execute(q)]
+
+    def open_transfers(self) -> list[TransferRecord]:
+        t = schema.transfers
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.state.in_(self._OPEN)).order_by(t.c.deadline, t.c.id))
+            return [self._record(r) for r in rows]
+
+    def for_key(self, recipient: str, age_recipient: str) -> list[TransferRecord]:
+        t = schema.transfers
+        q = select(t).where(t.c.recipient == recipient, t.c.state.in_(self._OPEN))
+        with self.engine.connect() as conn:
+            records = [self._record(r) for r in conn.execute(q.order_by(t.c.deadline, t.c.id))]
+        return [r for r in records if r.manifest.recipient_key == age_recipient]
+
     # ------------------------------------------------------------ audit
 
     def append(self, entry: AuditEntry) -> AuditRecord:

@@ -1,0 +1,162 @@
+"""Recipient key rotation: a new age identity in force, the old one kept exactly as long as payloads need it.
+
+``rotate`` makes a new identity, has the authority sign an entry carrying it, and registers that entry: from then
+on senders seal to the new key, and the relay refuses any payload sealed to the old one. The old identity stays
+in ``identity.txt`` (so ``fetch``, and ``age -d -i identity.txt``, can still open what was sealed to it) and is
+listed in ``retired.json`` with the latest deadline of the payloads sealed to it, which the relay reports.
+
+``retire_due`` destroys every retired identity whose payloads are all past their deadline: it asks the relay
+again first (a payload created during the rotation pushes the date back), rewrites ``identity.txt`` without
+it, and overwrites the old file's bytes. ``fetch`` runs it after every fetch; ``party retire`` runs it alone.
+
+Order is what makes a crash harmless: the new identity is written to ``identity.txt`` *before* its entry is
+registered, so no payload can ever be sealed to a key this machine does not hold; an identity left in
+``identity.txt`` by an interrupted rotation is found and retired by the next one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from labrelay.client.api import RelayClient
+from labrelay.client.files import read_json, write_json_atomic
+from labrelay.client.keystore import ENTRY_FILE, IDENTITY_FILE, PUBLIC_FILE, Authority, Party
+from labrelay.crypto.keys import AgeIdentity
+from labrelay.domain.parties import RECEIVING_ROLES
+from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
+from labrelay.errors import UsageError
+
+RETIRED_FILE = "retired.json"
+
+
+@dataclass(frozen=True)
+class Rotation:
+    new_recipient: str
+    retired: list[str]
+    destroy_after: str
+
+
+def _retired(party: Party) -> list[dict[str, Any]]:
+    path = party.path / RETIRED_FILE
+    if not path.exists():
+        return []
+    keys: list[dict[str, Any]] = read_json(path).get("keys", [])
+    return keys
+
+
+def _save_retired(party: Party, keys: list[dict[str, Any]]) -> None:
+    write_json_atomic(party.path / RETIRED_FILE, {"keys": keys})
+
+
+def _write_identities(path: Path, identities: list[AgeIdentity], comments: dict[str, str]) -> None:
+    """Replace the age identity file atomically (0600), then overwrite the old file's bytes."""
+    lines = []
+    for ident in identities:
+        lines.append(f"# public key: {ident.recipient}")
+        if ident.recipient in comments:
+            lines.append(f"# {comments[ident.recipient]}")
+        lines.append(ident.secret)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, ("\n".join(lines) + "\n").encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():  # left by an interrupted rewrite: shred it first
+        _shred(old)
+    os.link(path, old)  # keep a handle on the old bytes to overwrite them once the new file is in place
+    os.replace(tmp, path)
+    _shred(old)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _shred(path: Path) -> None:
+    try:
+        with path.open("r+b") as fh:
+            fh.write(b"\x00" * os.fstat(fh.fileno()).st_size)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        path.unlink()
+
+
+def _horizon(client: RelayClient, recipient: str, now: datetime) -> datetime:
+    doc = client.key_horizon(recipient)
+    latest = doc.get("latest_deadline")
+    return max(from_rfc3339(latest), now) if latest else now
+
+
+def rotate(party: Party, authority: Authority, client: RelayClient, now: datetime, valid_for: timedelta) -> Rotation:
+    if party.role not in RECEIVING_ROLES:
+        raise UsageError(f"{party.name} is a {party.role.value}: only recipients hold payload keys to rotate")
+    identity_file = party.path / IDENTITY_FILE
+    held = AgeIdentity.load_all(identity_file)
+    known = {k["age_recipient"] for k in _retired(party)}
+    new = AgeIdentity.generate()
+    # 1. the new identity is on disk before anyone can seal to it
+    _write_identities(identity_file, [new, *held], {new.recipient: f"created: {to_rfc3339(now)}"})
+    # 2. the authority signs the entry; 3. the relay registers it (signed with the party's own key)
+    envelope = authority.sign_entry(party, now, valid_for, age_recipient=new.recipient)
+    client.register_entry(envelope)
+    # 4. every other identity held is retired until its payloads are past their deadline
+    keys = _retired(party)
+    retiring = [i.recipient for i in held if i.recipient not in known]
+    latest = now
+    for recipient in retiring:
+        until = _horizon(client, recipient, now)
+        latest = max(latest, until)
+        keys.append({"age_recipient": recipient, "retired_at": to_rfc3339(now), "destroy_after": to_rfc3339(until)})
+    _save_retired(party, keys)
+    public = read_json(party.path / PUBLIC_FILE)
+    public["age_recipient"] = new.recipient
+    write_json_atomic(party.path / PUBLIC_FILE, public, mode=0o644)
+    write_json_atomic(party.path / ENTRY_FILE, envelope, mode=0o644)
+    return Rotation(new.recipient, retiring, to_rfc3339(latest))
+
+
+def retire_due(party: Party, client: RelayClient | None, now: datetime) -> list[str]:
+    """Destroy retired identities whose payloads are all past their deadline. Returns their recipients.
+
+    Without a relay to ask (``client`` None), only identities whose recorded date has passed are destroyed; the
+    relay refuses new payloads sealed to a retired key, so that date only moves if a payload was created during
+    the rotation itself."""
+    keys = _retired(party)
+    due: list[str] = []
+    for key in keys:
+        if key.get("destroyed_at") or from_rfc3339(key["destroy_after"]) > now:
+            continue
+        if client is not None:
+            until = _horizon(client, key["age_recipient"], now)
+            if until > now:
+                key["destroy_after"] = to_rfc3339(until)
+                continue
+        due.append(key["age_recipient"])
+    if not due:
+        _save_retired(party, keys)
+        return []
+    identity_file = party.path / IDENTITY_FILE
+    held = AgeIdentity.load_all(identity_file)
+    keep = [i for i in held if i.recipient not in due]
+    if not keep or party.age_recipient not in {i.recipient for i in keep}:
+        raise UsageError(f"{identity_file}: refusing to destroy the identity in force")
+    _write_identities(identity_file, keep, {})
+    for key in keys:
+        if key["age_recipient"] in due:
+            key["destroyed_at"] = to_rfc3339(now)
+    _save_retired(party, keys)
+    return due
+
+
+def retired_status(party: Party) -> list[dict[str, Any]]:
+    return _retired(party)

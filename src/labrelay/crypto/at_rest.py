@@ -1,0 +1,172 @@
+"""At-rest wrapping of stored payloads under epoch keys: retention enforced by keys, not by hope.
+
+The relay stores each payload (already age ciphertext for its recipient) encrypted once more, under a random
+per-transfer data key (DEK), itself wrapped under the key of the *epoch* its deadline falls in. When the epoch is
+over the relay destroys that key: every copy of the payload that escaped deletion (a backup, a disk image, a
+remnant) becomes noise, even to someone who also holds the recipient's private key.
+
+Stored format, version 1 (documented in docs/protocol.md, "Payloads at rest")::
+
+    header   magic b"LRAR1\\n" (6) | epoch end, Unix seconds, u64 big-endian (8) | nonce (12)
+             | AES-256-GCM(epoch key, nonce, DEK (32), aad = magic | epoch | transfer id) (48)
+    records  u32 plaintext length L (1..SEGMENT) | nonce (12)
+             | AES-256-GCM(DEK, nonce, plaintext, aad = RECORD_AAD | transfer id | u64 offset | u32 L) (L + 16)
+
+Records follow upload chunks: each committed chunk ends its last record, so a resumed upload starts a new record
+at the acknowledged offset and nothing is ever re-encrypted. Each record names its plaintext offset in its
+authenticated data: records cannot be moved, swapped between transfers or spliced. Nonces are random (96 bits)
+and each DEK encrypts one transfer's records only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from labrelay.errors import EpochKeyGone, IntegrityError
+
+MAGIC = b"LRAR1\n"
+SEGMENT = 64 * 1024
+KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+HEADER_BYTES = len(MAGIC) + 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES
+RECORD_HEAD = 4 + NONCE_BYTES
+RECORD_AAD = b"labrelay-at-rest-v1\x00"
+
+
+def new_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def _header_aad(epoch: int, transfer_id: str) -> bytes:
+    return MAGIC + epoch.to_bytes(8, "big") + transfer_id.encode("ascii")
+
+
+def _record_aad(transfer_id: str, offset: int, length: int) -> bytes:
+    return RECORD_AAD + transfer_id.encode("ascii") + offset.to_bytes(8, "big") + length.to_bytes(4, "big")
+
+
+def make_header(transfer_id: str, epoch: int, epoch_key: bytes) -> tuple[bytes, bytes]:
+    """(header bytes, the new DEK) for a payload whose deadline falls in the epoch ending at ``epoch``."""
+    dek = new_key()
+    nonce = os.urandom(NONCE_BYTES)
+    wrapped = AESGCM(epoch_key).encrypt(nonce, dek, _header_aad(epoch, transfer_id))
+    return MAGIC + epoch.to_bytes(8, "big") + nonce + wrapped, dek
+
+
+def header_epoch(header: bytes) -> int:
+    if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
+        raise IntegrityError("stored payload has no labrelay at-rest header")
+    return int.from_bytes(header[len(MAGIC) : len(MAGIC) + 8], "big")
+
+
+def open_header(transfer_id: str, header: bytes, key_for: Callable[[int], bytes | None]) -> bytes:
+    """The DEK, unwrapped with the epoch key ``key_for`` returns; ``EpochKeyGone`` when that key was destroyed."""
+    epoch = header_epoch(header)
+    epoch_key = key_for(epoch)
+    if epoch_key is None:
+        raise EpochKeyGone(f"payload {transfer_id} was wrapped under an epoch key that has been destroyed")
+    start = len(MAGIC) + 8
+    nonce, wrapped = header[start : start + NONCE_BYTES], header[start + NONCE_BYTES :]
+    try:
+        return AESGCM(epoch_key).decrypt(nonce, wrapped, _header_aad(epoch, transfer_id))
+    except InvalidTag:
+        raise IntegrityError(f"payload {transfer_id}: its data key does not unwrap (tampered or misplaced)") from None
+
+
+def seal_record(dek: bytes, transfer_id: str, offset: int, plain: bytes) -> bytes:
+    length = len(plain)
+    if not 0 < length <= SEGMENT:
+        raise ValueError("a record holds 1 to SEGMENT bytes")
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(dek).encrypt(nonce, plain, _record_aad(transfer_id, offset, length))
+    return length.to_bytes(4, "big") + nonce + sealed
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSpan:
+    offset: int  # plaintext offset of the record's first byte
+    position: int  # where the record starts in the stored file
+    length: int  # plaintext bytes
+
+    @property
+    def stored(self) -> int:
+        return RECORD_HEAD + self.length + TAG_BYTES
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def scan(fh: BinaryIO, stored_size: int) -> tuple[list[RecordSpan], int]:
+    """The whole records of a stored payload, and where the last whole one ends in the file. A torn record at
+    the end (a write cut by a crash) is not counted: the caller truncates it away."""
+    spans: list[RecordSpan] = []
+    position, offset = HEADER_BYTES, 0
+    while position + RECORD_HEAD <= stored_size:
+        fh.seek(position)
+        head = fh.read(4)
+        (length,) = struct.unpack(">I", head)
+        if not 0 < length <= SEGMENT:
+            raise IntegrityError("stored payload has a malformed record")
+        span = RecordSpan(offset, position, length)
+        if position + span.stored > stored_size:
+            break
+        spans.append(span)
+        position += span.stored
+        offset += length
+    return spans, position
+
+
+def open_record(dek: bytes, transfer_id: str, span: RecordSpan, record: bytes) -> bytes:
+    if len(record) != span.stored:
+        raise IntegrityError("stored payload record is truncated")
+    nonce = record[4:RECORD_HEAD]
+    try:
+        return AESGCM(dek).decrypt(nonce, record[RECORD_HEAD:], _record_aad(transfer_id, span.offset, span.length))
+    except InvalidTag:
+        raise IntegrityError(f"stored payload {transfer_id} failed its integrity check") from None
+
+
+def read_plain(fh: BinaryIO, dek: bytes, transfer_id: str, spans: list[RecordSpan], start: int) -> Iterator[bytes]:
+    """The plaintext from ``start``, record by record (constant memory)."""
+    for span in spans:
+        if span.end <= start:
+            continue
+        fh.seek(span.position)
+        plain = open_record(dek, transfer_id, span, fh.read(span.stored))
+        yield plain[start - span.offset :] if start > span.offset else plain
+
+
+class RecordWriter:
+    """Appends plaintext as sealed records from a record boundary; ``finish`` seals what is buffered."""
+
+    def __init__(self, fh: BinaryIO, dek: bytes, transfer_id: str, offset: int) -> None:
+        self._fh = fh
+        self._dek = dek
+        self._id = transfer_id
+        self.offset = offset  # plaintext bytes sealed so far
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= SEGMENT:
+            self._emit(bytes(self._buffer[:SEGMENT]))
+            del self._buffer[:SEGMENT]
+
+    def finish(self) -> int:
+        if self._buffer:
+            self._emit(bytes(self._buffer))
+            self._buffer.clear()
+        return self.offset
+
+    def _emit(self, plain: bytes) -> None:
+        self._fh.write(seal_record(self._dek, self._id, self.offset, plain))
+        self.offset += len(plain)

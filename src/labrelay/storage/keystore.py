@@ -1,0 +1,124 @@
+"""Epoch keys in a directory of their own (``labrelay.ports.KeyStore``).
+
+One file per epoch, ``epoch-<end>.key`` (32 random bytes, mode 0600, in a 0700 directory), named by the Unix
+second at which the epoch ends. Keep this directory apart from the payloads and the database (another volume,
+excluded from backups and snapshots): a copy of payloads and database is meant to become unreadable when the
+keys are destroyed, which it cannot if the copy holds the keys too.
+
+Destruction overwrites the file with zeros, fsyncs, unlinks it and fsyncs the directory, then checks that the
+name is gone. On copy-on-write or flash storage the overwrite may not reach the old blocks; the unlink and the
+key never having been anywhere else are what count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+from pathlib import Path
+
+from labrelay.crypto.at_rest import KEY_BYTES, new_key
+from labrelay.errors import InsecureKeyFile, StorageFull, Unavailable
+from labrelay.storage.fs import fsync_dir
+
+_NAME = re.compile(r"epoch-([0-9]{1,12})\.key")
+_TMP = re.compile(r"\.epoch-[0-9]{1,12}\.key\.[0-9]+\.tmp")
+
+
+class FileKeyStore:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        if create:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not root.is_dir():
+            raise Unavailable(f"epoch key store {root} does not exist")
+        mode = stat.S_IMODE(root.stat().st_mode)
+        if mode & 0o077:
+            raise InsecureKeyFile(
+                f"epoch key store {root} has permissions {mode:04o}: it must be private (0700)",
+                hint=f"run: chmod 700 {root}",
+            )
+        self.root = root.resolve()
+
+    def _path(self, epoch: int) -> Path:
+        if not 0 <= epoch < 10**12:
+            raise ValueError("epoch out of range")
+        return self.root / f"epoch-{epoch}.key"
+
+    def key(self, epoch: int) -> bytes | None:
+        try:
+            data = self._path(epoch).read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) != KEY_BYTES:
+            raise Unavailable(f"epoch key file for {epoch} is damaged")
+        return data
+
+    def create(self, epoch: int) -> bytes:
+        """The epoch's key, made now if it does not exist yet (safe against concurrent callers)."""
+        existing = self.key(epoch)
+        if existing is not None:
+            return existing
+        path = self._path(epoch)
+        tmp = self.root / f".{path.name}.{os.getpid()}.tmp"
+        key = new_key()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, key)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)  # atomic, and never replaces a key another caller made first
+            except FileExistsError:
+                key = self.key(epoch) or key
+            fsync_dir(self.root)
+        except OSError as exc:
+            if exc.errno == 28:
+                raise StorageFull("no space left for an epoch key") from exc
+            raise Unavailable(f"cannot write an epoch key: {exc.strerror}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return key
+
+    def epochs(self) -> list[int]:
+        found = (_NAME.fullmatch(name) for name in os.listdir(self.root))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def strays(self) -> list[str]:
+        """Files in the key store that are not epoch keys (left-over temporary files, or foreign files)."""
+        return sorted(name for name in os.listdir(self.root) if not _NAME.fullmatch(name))
+
+    def remove_leftovers(self) -> list[str]:
+        """Destroy temporary key files a crash left behind (each may hold a copy of a key); return their names."""
+        removed = []
+        for name in self.strays():
+            if _TMP.fullmatch(name):
+                self._shred(self.root / name)
+                removed.append(name)
+        if removed:
+            fsync_dir(self.root)
+        return removed
+
+    @staticmethod
+    def _shred(path: Path) -> None:
+        try:
+            with path.open("r+b") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                fh.write(b"\x00" * size)
+                fh.flush()
+                os.fsync(fh.fileno())
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise Unavailable(f"cannot destroy {path.name}: {exc.strerror}") from exc
+
+    def destroy(self, epoch: int) -> bool:
+        """Destroy the epoch's key; True when it is verifiably gone (also when it never existed)."""
+        path = self._path(epoch)
+        self._shred(path)
+        fsync_dir(self.root)
+        return not path.exists()
