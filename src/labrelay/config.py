@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.timeutil import format_duration, parse_duration
 from labrelay.errors import UsageError
 
@@ -22,6 +23,8 @@ AUTHORITY_FILE = "authority.pub"
 DATABASE_FILE = "relay.db"
 PAYLOAD_DIR = "payloads"
 KEY_DIR = "keys"
+RELAY_KEY_FILE = "relay-signing.key"
+RELAY_PUB_FILE = "relay.pub"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,41 @@ class RelaySettings:
     """Span of one epoch key: a payload's key is destroyed at most this long after its deadline."""
     reaper_interval: timedelta = timedelta(minutes=1)
     """How often the reaper expires transfers, deletes their bytes and destroys past epoch keys."""
+    audit_retention: timedelta = timedelta(days=365)
+    """How long audit records are kept (CNIL délibération 2021-122: 6 months to 1 year); older ones are pruned
+    by the reaper and the chain then starts at a signed anchor."""
+    alert_webhook: str = ""
+    """URL that receives each alert as a JSON POST (https, or http to loopback); also ``serve --alert-webhook``."""
+    alert_smtp: str = ""
+    """HOST:PORT of an SMTP relay for alert e-mail (STARTTLS when offered); empty: no e-mail."""
+    alert_email_from: str = ""
+    """Sender address of alert e-mail."""
+    alert_email_to: str = ""
+    """Comma-separated recipients of alert e-mail."""
+    alert_syslog: str = ""
+    """``udp://HOST:PORT`` or a local socket such as ``/dev/log`` for alerts to syslog (facility authpriv)."""
+    alert_cooldown: timedelta = timedelta(minutes=5)
+    """One alert per rule and subject in this span; the audit trail still counts every event."""
+    detect_window: timedelta = timedelta(minutes=1)
+    """Sliding window of the counting rules (enumeration, bad signatures)."""
+    detect_probes: int = 20
+    """Requests for unknown, foreign, expired or quarantined transfer ids, per party or address and window,
+    that raise the enumeration alert."""
+    detect_auth_failures: int = 20
+    """Failed authentications per address and window that raise the bad-signatures alert."""
+    detect_volume_factor: int = 10
+    """A party downloading more than this many times its usual volume (per volume window) raises an alert."""
+    detect_volume_window: timedelta = timedelta(days=1)
+    """The span over which download volume is compared."""
+    detect_volume_history: int = 7
+    """How many past volume windows make a party's usual volume (their mean)."""
+    detect_volume_floor: int = 100 * 1024**2
+    """Bytes per volume window below which no volume alert is raised (parties without history)."""
+    detect_lock_on: str = "enumeration"
+    """Comma-separated rules that lock the offending party at once: enumeration, replay, revoked-key, volume
+    (bad signatures never lock: they prove nobody's identity); ``none`` for alerts only."""
+    metrics: str = "loopback"
+    """Who may read /metrics (Prometheus): ``loopback`` (requests from the relay's own host), ``open``, or ``off``."""
 
     @property
     def authority_key_file(self) -> Path:
@@ -65,6 +103,14 @@ class RelaySettings:
     @property
     def key_dir(self) -> Path:
         return Path(self.key_store) if self.key_store else self.data_dir / KEY_DIR
+
+    @property
+    def relay_key_file(self) -> Path:
+        return self.data_dir / RELAY_KEY_FILE
+
+    @property
+    def relay_pub_file(self) -> Path:
+        return self.data_dir / RELAY_PUB_FILE
 
     @property
     def config_file(self) -> Path:
@@ -124,4 +170,16 @@ def load_settings(data_dir: Path, environ: Mapping[str, str] | None = None) -> R
         env = environ.get(f"LABRELAY_{name.upper()}")
         if env is not None:
             values[name] = _convert(name, env)
-    return replace(RelaySettings(data_dir.resolve()), **values)
+    settings = replace(RelaySettings(data_dir.resolve()), **values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: RelaySettings) -> None:
+    """Settings whose values are words from a list."""
+    try:
+        parse_lock_on(settings.detect_lock_on)
+    except ValueError as exc:
+        raise UsageError(f"setting detect_lock_on: {exc}") from None
+    if settings.metrics not in ("loopback", "open", "off"):
+        raise UsageError("setting metrics: one of loopback, open, off")

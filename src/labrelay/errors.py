@@ -8,6 +8,7 @@ The tree::
     │   ├── Unavailable               relay unreachable, 5xx, storage down: retry later
     │   ├── Unreadable                an input file that cannot be read at all (not one bad record: those are findings)
     │   ├── StorageFull               no space left where the relay or client writes
+    │   ├── RelayFrozen               an administrator froze the relay (kill switch)
     │   ├── NotFound                  no such transfer / party visible to the caller
     │   ├── Conflict                  the request clashes with the current state (e.g. upload offset)
     │   └── TooLarge                  a body or payload over the configured limit
@@ -15,10 +16,13 @@ The tree::
         ├── AuthenticationFailed      bad, missing, stale or unknown signature on a request
         │   └── ReplayDetected        a nonce seen before within the replay window
         ├── PartyRevoked              the signer (or a named party) is revoked
+        ├── PartyLocked               a detection rule or an administrator locked the signer
         ├── PermissionDenied          the signer's role may not do this
         ├── UntrustedEntry            a directory entry not signed by the pinned authority, or outside its validity
         ├── IntegrityError            a payload, manifest or receipt that does not match its signature or hash
         ├── InsecureKeyFile           a private key file others can read (as ssh refuses)
+        ├── AuditTampered             the audit log or a client's checkpoint does not verify
+        ├── RetentionViolation        something outlived its deadline (admin retention-check)
         └── InsecureTransport         plain HTTP off loopback, or a relay without TLS on a public address
 
 Only the edges map this tree: ``labrelay.http.problems`` to HTTP statuses and ``labrelay.cli.main`` to exit
@@ -77,6 +81,12 @@ class EpochKeyGone(NotFound):
     code = "key-destroyed"
 
 
+class RelayFrozen(OperationalError):
+    """An administrator froze the relay: no upload, no download, until it is unfrozen."""
+
+    code = "frozen"
+
+
 class Conflict(OperationalError):
     code = "conflict"
 
@@ -99,6 +109,12 @@ class ReplayDetected(AuthenticationFailed):
 
 class PartyRevoked(SecurityError):
     code = "revoked"
+
+
+class PartyLocked(SecurityError):
+    """A detection rule or an administrator locked this party on this relay."""
+
+    code = "locked"
 
 
 class PermissionDenied(SecurityError):
@@ -125,6 +141,12 @@ class RetentionViolation(SecurityError):
     """Something outlived its deadline, or a key its epoch (``labrelay admin retention-check``)."""
 
     code = "retention-violation"
+
+
+class AuditTampered(SecurityError):
+    """The audit log does not verify: an edited, deleted, reordered or truncated record, or a rewritten history."""
+
+    code = "audit-tampered"
 
 
 def _all_subclasses(cls: type[LabrelayError]) -> list[type[LabrelayError]]:

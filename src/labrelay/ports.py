@@ -7,11 +7,11 @@ SQLAlchemy), a local payload directory and a local epoch-key directory. The comp
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from labrelay.domain.audit import AuditEntry, AuditRecord
+from labrelay.domain.audit import AuditEntry, AuditRecord, Checkpoint
 from labrelay.domain.parties import PartyEntry, Revocation
 from labrelay.domain.transfers import TransferRecord, TransferState
 
@@ -108,16 +108,56 @@ class TransferRepository(Protocol):
         ...
 
 
-class AuditLog(Protocol):
-    """The append-only, hash-chained trail of every request and decision."""
+Sealer = Callable[[int, str, datetime], Checkpoint]
+"""Signs (seq, hash, at) as a checkpoint with the relay's key."""
 
-    def append(self, entry: AuditEntry) -> AuditRecord:
-        """Append atomically after the current head; concurrent appends are serialised."""
+
+class AuditLog(Protocol):
+    """The append-only, hash-chained trail of every request and decision, with its signed head."""
+
+    def append(self, entry: AuditEntry, seal: Sealer) -> tuple[AuditRecord, Checkpoint]:
+        """Append atomically after the current head and sign the new head; concurrent appends are serialised."""
         ...
 
     def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
         """Records in sequence order, from ``after_seq + 1``."""
         ...
+
+    def checkpoint(self, kind: str) -> Checkpoint | None:
+        """The signed ``head``, or the ``anchor``: the last record pruned, where the chain now starts."""
+        ...
+
+    def hash_at(self, seq: int) -> str | None: ...
+
+    def prune_before(self, before: datetime, seal: Sealer) -> int:
+        """Delete records older than ``before`` (never the head); sign the last deleted as the new anchor."""
+        ...
+
+
+class ControlStore(Protocol):
+    """The kill switch's state: party locks and revocations, the freeze flag, quarantine, signed commands."""
+
+    def set_lock(self, name: str, kind: str, reason: str, at: datetime, by: str) -> bool: ...
+
+    def clear_lock(self, name: str) -> bool: ...
+
+    def lock_of(self, name: str) -> tuple[str, str] | None: ...
+
+    def locks(self) -> list[dict[str, Any]]: ...
+
+    def set_flag(self, name: str, on: bool, at: datetime, by: str) -> bool: ...
+
+    def flag(self, name: str) -> bool: ...
+
+    def quarantine(self, transfer_ids: Sequence[str], at: datetime) -> list[str]: ...
+
+    def pending_of(self, name: str) -> list[str]: ...
+
+    def record_command(
+        self, command_id: str, at: datetime, signer: str, action: str, target: str | None, envelope: Mapping[str, Any]
+    ) -> bool: ...
+
+    def quarantined_count(self) -> int: ...
 
 
 class PayloadWriter(Protocol):

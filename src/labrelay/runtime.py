@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,21 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, create_engine
 
 from labrelay.config import RelaySettings, load_settings, render_config
-from labrelay.crypto.keys import VerifyKey, load_verify_key_file
-from labrelay.domain.audit import verify_chain
+from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
+from labrelay.domain.audit import Checkpoint, verify_chain
+from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.transfers import TransferLimits
 from labrelay.errors import UsageError
-from labrelay.http.app import RelayServices, create_app
+from labrelay.http.app import RelayServices, create_app, record_doc
+from labrelay.http.metrics import RelayMetrics
+from labrelay.notify import sinks_from
 from labrelay.ports import Clock
+from labrelay.relay.alerts import AlertDispatcher
+from labrelay.relay.audit_check import AuditReport, verify_audit
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
+from labrelay.relay.control import CommandResult, ControlService
+from labrelay.relay.detector import DetectionRules, Detector
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
@@ -71,6 +79,7 @@ def init_data_dir(data_dir: Path, authority_pub: Path) -> RelaySettings:
     shutil.copymode(settings.config_file, settings.authority_key_file)
     settings.payload_dir.mkdir(mode=0o700)
     settings.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    relay_signing_key(settings)
     engine = engine_for(settings)
     try:
         migrate.upgrade(engine)
@@ -88,24 +97,77 @@ def upgrade_data_dir(data_dir: Path) -> str:
         engine.dispose()
 
 
+def relay_signing_key(settings: RelaySettings) -> SigningKey:
+    """The relay's own Ed25519 key, which signs its audit checkpoints; made on first use (0600), with its public
+    half next to it (relay.pub) for auditors and clients to pin."""
+    path = settings.relay_key_file
+    if not path.exists():
+        key = SigningKey.generate()
+        key.save(path)
+        settings.relay_pub_file.write_bytes(key.public.to_pem())
+        return key
+    return SigningKey.load(path)
+
+
+def relay_verify_key(settings: RelaySettings) -> VerifyKey:
+    """The public key of the relay's checkpoints, without touching the private one (for auditors)."""
+    if settings.relay_pub_file.exists():
+        return VerifyKey.from_pem(settings.relay_pub_file.read_bytes())
+    if settings.relay_key_file.exists():
+        return SigningKey.load(settings.relay_key_file).public
+    raise UsageError(f"{settings.data_dir} has no relay key (relay.pub); start the relay once to create it")
+
+
+def detection_rules(settings: RelaySettings) -> DetectionRules:
+    return DetectionRules(
+        window=settings.detect_window,
+        probes=settings.detect_probes,
+        auth_failures=settings.detect_auth_failures,
+        volume_factor=settings.detect_volume_factor,
+        volume_window=settings.detect_volume_window,
+        volume_history=settings.detect_volume_history,
+        volume_floor=settings.detect_volume_floor,
+        lock_on=parse_lock_on(settings.detect_lock_on),
+        cooldown=settings.alert_cooldown,
+    )
+
+
 def limits_for(settings: RelaySettings) -> TransferLimits:
     return TransferLimits(
         max_ttl=settings.max_ttl, max_payload_bytes=settings.max_payload_bytes, clock_skew=settings.clock_skew
     )
 
 
-def open_relay(settings: RelaySettings, clock: Clock) -> Relay:
+def open_relay(settings: RelaySettings, clock: Clock, *, alert_webhook: str = "") -> Relay:
     authority = VerifyKey.from_pem(settings.authority_key_file.read_bytes())
     engine = engine_for(settings)
     migrate.require_head(engine)
     sql = SqlStore(engine)
     keys = FileKeyStore(settings.key_dir)
     payloads = LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
-    auditor = Auditor(sql, clock)
+    auditor = Auditor(sql, clock, relay_signing_key(settings))
     directory = DirectoryService(sql, authority, clock, auditor)
-    auth = Authenticator(directory, sql, auditor, clock, authority, settings.replay_window, settings.clock_skew)
+    window = settings.replay_window
+    control = ControlService(sql, directory, auditor, clock, authority, window)
+    auth = Authenticator(directory, sql, auditor, clock, authority, window, settings.clock_skew, control)
     policies = PolicyService(sql, authority, clock, auditor)
     transfers = TransferService(sql, payloads, directory, auditor, clock, limits_for(settings), policies)
+    metrics = RelayMetrics()
+    auditor.subscribe(metrics.on_audit)
+    alerts = AlertDispatcher(
+        sinks_from(
+            alert_webhook or settings.alert_webhook,
+            settings.alert_smtp,
+            settings.alert_email_from,
+            settings.alert_email_to,
+            settings.alert_syslog,
+        )
+    )
+    rules = detection_rules(settings)
+    detector = Detector(rules, auditor, control, alerts)
+    since = clock.now() - rules.volume_window * (rules.volume_history + 1)
+    detector.prime(r for r in sql.records_since(since))
+    auditor.subscribe(detector)
     services = RelayServices(
         auth=auth,
         directory=directory,
@@ -113,7 +175,13 @@ def open_relay(settings: RelaySettings, clock: Clock) -> Relay:
         policies=policies,
         auditor=auditor,
         clock=clock,
-        reaper=Reaper(transfers, keys, auditor, clock),
+        reaper=Reaper(transfers, keys, auditor, clock, settings.audit_retention),
+        control=control,
+        audit_log=sql,
+        metrics=metrics,
+        detector=detector,
+        alerts=alerts,
+        metrics_access=settings.metrics,
         reaper_interval=settings.reaper_interval.total_seconds(),
         max_chunk_bytes=settings.max_chunk_bytes,
         public_url=settings.public_url or None,
@@ -148,6 +216,38 @@ def retention_report(data_dir: Path, clock: Clock) -> RetentionReport:
         return check_retention(sql, payloads, keys, clock, limits_for(settings), settings.epoch_length)
     finally:
         engine.dispose()
+
+
+def audit_verify(data_dir: Path, held: Sequence[Checkpoint] = ()) -> AuditReport:
+    """``labrelay audit verify``: the chain, the signed head and anchor, and checkpoints clients hold. Reads only."""
+    settings = load_settings(data_dir)
+    engine = engine_for(settings)
+    try:
+        migrate.require_head(engine)
+        return verify_audit(SqlStore(engine), relay_verify_key(settings), held)
+    finally:
+        engine.dispose()
+
+
+def audit_export(data_dir: Path, after: int = 0) -> Iterator[dict[str, Any]]:
+    """Every audit record after ``after``, as the NDJSON documents a SIEM receives."""
+    settings = load_settings(data_dir)
+    engine = engine_for(settings)
+    try:
+        for rec in SqlStore(engine).records(after):
+            yield record_doc(rec)
+    finally:
+        engine.dispose()
+
+
+def admin_direct(data_dir: Path, envelope: Mapping[str, Any], clock: Clock) -> CommandResult:
+    """Run a signed admin command on the data directory itself, for when the API is down. Same checks, same
+    audit events, same effect on the next request as through the API."""
+    relay = open_relay(load_settings(data_dir), clock)
+    try:
+        return relay.services.control.execute(envelope, caller=None, via="data")
+    finally:
+        relay.close()
 
 
 def audit_summary(data_dir: Path) -> dict[str, Any]:

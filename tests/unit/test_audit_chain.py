@@ -44,9 +44,9 @@ def test_edit_is_found() -> None:
 @pytest.mark.threat("T11")
 def test_deletion_and_reordering_are_found() -> None:
     records = chain(10)
-    assert verify_chain(records[:3] + records[4:]).first_bad_seq == 5
+    assert verify_chain(records[:3] + records[4:]).first_bad_seq == 4  # the missing record
     swapped = [*records[:2], records[3], records[2], *records[4:]]
-    assert verify_chain(swapped).first_bad_seq == 4
+    assert verify_chain(swapped).first_bad_seq == 3  # the first position out of place
 
 
 @pytest.mark.threat("T11")

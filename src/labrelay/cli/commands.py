@@ -11,6 +11,7 @@ import typer
 
 from labrelay.cli import ui
 from labrelay.client.api import RelayClient
+from labrelay.client.checkpoints import CHECKPOINTS_FILE, CheckpointBook
 from labrelay.client.fetch import acknowledge, fetch_all
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.receipts import verified_outbox
@@ -54,6 +55,12 @@ def _retire_after_fetch(party: Party, client: RelayClient) -> list[str]:
 
 def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
     return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert)
+
+
+def _party_client(server: str, party: Party, cacert: Path | None) -> RelayClient:
+    """A party's client keeps the relay's signed audit checkpoints in the party's directory."""
+    book = CheckpointBook(party.path / CHECKPOINTS_FILE)
+    return RelayClient(server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, checkpoints=book)
 
 
 def _print_summary(summary: Summary) -> None:
@@ -172,6 +179,9 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate chain (PEM).")] = None,
         tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM, 0600).")] = None,
         ready_file: Annotated[Path | None, typer.Option(help="Write {url, pid} here once listening.")] = None,
+        alert_webhook: Annotated[
+            str | None, typer.Option(help="URL that receives each alert as a JSON POST (overrides alert_webhook).")
+        ] = None,
     ) -> None:
         """Run the relay."""
         from labrelay.cli.logging import configure_logging  # noqa: PLC0415
@@ -184,7 +194,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         if tls_key is not None:
             check_private_permissions(tls_key)
         configure_logging()
-        relay = open_relay(load_settings(data), SystemClock())
+        relay = open_relay(load_settings(data), SystemClock(), alert_webhook=alert_webhook or "")
         try:
             run(relay.app(), host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, ready_file=ready_file)
         finally:
@@ -221,7 +231,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
 
         party = Party.load(party_dir)
         auth = Authority.load(authority)
-        with _client(server, party.name, party.signing_key, cacert) as client:
+        with _party_client(server, party, cacert) as client:
             result = rotate(party, auth, client, SystemClock().now(), parse_duration(valid_for))
         ui.out.print(f"{party.name} now receives at {result.new_recipient}", markup=False)
         for old in result.retired:
@@ -237,7 +247,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         from labrelay.client.rotation import retire_due, retired_status  # noqa: PLC0415
 
         party = Party.load(party_dir)
-        with _client(server, party.name, party.signing_key, cacert) as client:
+        with _party_client(server, party, cacert) as client:
             destroyed = retire_due(party, client, SystemClock().now())
         for recipient in destroyed:
             ui.out.print(f"destroyed retired identity {recipient}", markup=False)
@@ -263,7 +273,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         party.save_entry(envelope)
         if party.role is Role.LAB:  # labs pseudonymise for SpF with the authority's key; recipients never get it
             party.save_pseudonym_key(auth.pseudonym_key())
-        with _client(server, party.name, party.signing_key, cacert) as client:
+        with _party_client(server, party, cacert) as client:
             result = client.register_entry(envelope)
         ui.out.print(f"{party.name} enrolled (entry {result.get('serial')})", markup=False)
 
@@ -294,7 +304,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         """List the parties in force, as verified against the pinned authority key."""
 
         party = Party.load(as_)
-        with _client(server, party.name, party.signing_key, cacert) as client:
+        with _party_client(server, party, cacert) as client:
             trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
         for entry in trusted.in_force():
             ui.out.print(
@@ -342,7 +352,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         if as_is and not to:
             raise UsageError("--as-is needs at least one --to recipient")
         with (
-            _client(server, party.name, party.signing_key, cacert) as client,
+            _party_client(server, party, cacert) as client,
             ui.TerminalProgress(_quiet()) as progress,
         ):
             if not as_is:
@@ -411,7 +421,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             ui.out.print("nothing to resume", markup=False)
             return
         with (
-            _client(server, party.name, party.signing_key, cacert) as client,
+            _party_client(server, party, cacert) as client,
             ui.TerminalProgress(_quiet()) as progress,
         ):
             for state in todo:
@@ -437,7 +447,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
 
         party = Party.load(as_)
         with (
-            _client(server, party.name, party.signing_key, cacert) as client,
+            _party_client(server, party, cacert) as client,
             ui.TerminalProgress(_quiet()) as progress,
         ):
             report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress)
@@ -472,7 +482,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         """Acknowledge a transfer fetched with --raw: the relay then deletes the payload."""
 
         party = Party.load(as_)
-        with _client(server, party.name, party.signing_key, cacert) as client:
+        with _party_client(server, party, cacert) as client:
             acknowledge(party, client, transfer_id, SystemClock(), payload_file=file)
         ui.out.print(f"receipt sent for {transfer_id}", markup=False)
 
@@ -481,7 +491,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         """The sender's transfers and their recipients' signed receipts, verified."""
 
         party = Party.load(as_)
-        with _client(server, party.name, party.signing_key, cacert) as client:
+        with _party_client(server, party, cacert) as client:
             rows, problems = verified_outbox(party, client, SystemClock())
         for row in rows:
             ui.out.print(row, markup=False)

@@ -16,8 +16,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from labrelay.client.checkpoints import CheckpointBook
+from labrelay.crypto.checkpoints import decode_header, verify_checkpoint
 from labrelay.crypto.httpsig import content_digest_of, sign_request
 from labrelay.crypto.keys import SigningKey
+from labrelay.domain.audit import Checkpoint
 from labrelay.domain.names import is_loopback_host
 from labrelay.errors import (
     Conflict,
@@ -36,6 +39,7 @@ T = TypeVar("T")
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 JSON = "application/json"
+CHECKPOINT_HEADER = "Labrelay-Checkpoint"
 
 
 def check_server_url(url: str) -> str:
@@ -66,8 +70,11 @@ class RelayClient:
         timeout: float = 60.0,
         retries: int = 4,
         backoff: float = 0.5,
+        checkpoints: CheckpointBook | None = None,
     ) -> None:
         self.base = check_server_url(server)
+        self.checkpoints = checkpoints
+        self.checkpoint: Checkpoint | None = None
         self.keyid = keyid
         self._key = key
         self._clock = clock
@@ -85,6 +92,8 @@ class RelayClient:
 
     def close(self) -> None:
         self._http.close()
+        if self.checkpoints is not None:
+            self.checkpoints.save()
 
     def __enter__(self) -> RelayClient:
         return self
@@ -136,11 +145,25 @@ class RelayClient:
                     hint="pass --cacert with the CA that signed it (or LABRELAY_CA_BUNDLE)",
                 ) from exc
             raise Unavailable(f"relay {self.base} unreachable: {exc}") from exc
+        self._observe(response)
         if response.status_code >= 400:
             if stream:
                 response.read()
             raise self._error(response)
         return response
+
+    def _observe(self, response: httpx.Response) -> None:
+        """Keep the relay's signed audit head, if it sent one (every /v1 response does)."""
+        value = response.headers.get(CHECKPOINT_HEADER)
+        if value is None:
+            return
+        checkpoint = decode_header(value)
+        if self.checkpoints is not None:
+            self.checkpoints.observe(self.base, checkpoint)
+        else:
+            verify_checkpoint(checkpoint)
+        if self.checkpoint is None or checkpoint.seq >= self.checkpoint.seq:
+            self.checkpoint = checkpoint
 
     def _error(self, response: httpx.Response) -> LabrelayError:
         hint = None
@@ -283,6 +306,34 @@ class RelayClient:
 
     def cancel_upload(self, transfer_id: str) -> None:
         self._request("DELETE", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})
+
+    def audit_checkpoint(self) -> Checkpoint:
+        """The relay's current signed audit head, verified (and compared with what this party kept)."""
+        doc = self._json("GET", "/v1/audit/checkpoint")
+        try:
+            checkpoint = Checkpoint.from_doc(doc["checkpoint"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"relay sent a malformed checkpoint: {exc}") from None
+        if self.checkpoints is not None:
+            self.checkpoints.observe(self.base, checkpoint)
+        return verify_checkpoint(checkpoint)
+
+    def audit_hash(self, seq: int) -> dict[str, Any]:
+        """The relay's current hash of audit record ``seq`` (to compare with a checkpoint held)."""
+        result: dict[str, Any] = self._json("GET", f"/v1/audit/records/{seq}")
+        return result
+
+    def audit_export(self, after: int = 0, limit: int = 10_000) -> bytes:
+        """Audit records after ``after`` as NDJSON (administrators only)."""
+        return self._retrying(lambda: self._request("GET", f"/v1/audit/export?after={after}&limit={limit}").content)
+
+    def admin_command(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/admin/commands", envelope)
+        return result
+
+    def admin_status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/v1/admin/status")
+        return result
 
     def download(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
         """The payload's bytes from ``start`` (resuming a partial download)."""

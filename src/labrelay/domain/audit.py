@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first record."""
@@ -50,6 +50,17 @@ class AuditEvent(StrEnum):
     EPOCH_KEY_DESTROY = "key:destroy"
     REAPER_RUN = "reaper:run"
     TRANSFER_HORIZON = "transfer:horizon"
+    ALERT_RAISE = "alert:raise"
+    PARTY_LOCK = "party:lock"
+    PARTY_UNLOCK = "party:unlock"
+    PARTY_REVOKE = "party:revoke"
+    RELAY_FREEZE = "relay:freeze"
+    RELAY_UNFREEZE = "relay:unfreeze"
+    RELAY_REFUSE = "relay:refuse"
+    TRANSFER_QUARANTINE = "transfer:quarantine"
+    ADMIN_REFUSE = "admin:refuse"
+    AUDIT_READ = "audit:read"
+    AUDIT_PRUNE = "audit:prune"
     RELAY_START = "relay:start"
     RELAY_STOP = "relay:stop"
     REQUEST_ERROR = "request:error"
@@ -107,6 +118,63 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The relay's signed statement "my audit chain has ``seq`` records and ends with ``hash``".
+
+    The relay signs one after every append (the signed head) and hands the latest to clients with each response.
+    A checkpoint a client kept is evidence: a relay that later rewrote any record up to ``seq`` can no longer
+    show a chain through it, and cannot deny having signed it.
+    """
+
+    relay_key: str  # the relay's Ed25519 public key, base64
+    seq: int
+    hash: str
+    at: datetime
+    signature: str = ""  # base64 Ed25519 signature of ``message()``
+
+    def message(self) -> bytes:
+        doc = {
+            "type": CHECKPOINT_TYPE,
+            "relay": self.relay_key,
+            "seq": self.seq,
+            "hash": self.hash,
+            "at": to_rfc3339(self.at),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+    def to_doc(self) -> dict[str, str | int]:
+        return {
+            "type": CHECKPOINT_TYPE,
+            "relay": self.relay_key,
+            "seq": self.seq,
+            "hash": self.hash,
+            "at": to_rfc3339(self.at),
+            "sig": self.signature,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, object]) -> Checkpoint:
+        """Shape only; the signature is checked by ``labrelay.crypto.checkpoints``."""
+        try:
+            if doc["type"] != CHECKPOINT_TYPE:
+                raise ValueError("not a checkpoint")
+            seq, digest = doc["seq"], doc["hash"]
+            relay, sig, at = doc["relay"], doc["sig"], doc["at"]
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+                raise ValueError("bad seq")
+            if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+                raise ValueError("bad hash")
+            if not (isinstance(relay, str) and isinstance(sig, str) and isinstance(at, str)):
+                raise ValueError("bad fields")
+            return cls(relay_key=relay, seq=seq, hash=digest, at=from_rfc3339(at), signature=sig)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed checkpoint: {exc}") from None
+
+
+CHECKPOINT_TYPE = "labrelay.checkpoint.v1"
+
+
+@dataclass(frozen=True, slots=True)
 class ChainReport:
     records: int
     head: str
@@ -125,7 +193,8 @@ def verify_chain(records: Iterable[AuditRecord], *, start_prev: str = GENESIS, s
     count = 0
     for rec in records:
         if rec.seq != expected_seq:
-            return ChainReport(count, prev, rec.seq, f"expected record {expected_seq}, found {rec.seq}")
+            # The first bad position is the one expected: a record deleted, moved or renumbered there.
+            return ChainReport(count, prev, expected_seq, f"expected record {expected_seq}, found {rec.seq}")
         if rec.prev_hash != prev:
             return ChainReport(count, prev, rec.seq, "does not link to the previous record")
         if chain_hash(rec.entry, rec.seq, rec.prev_hash) != rec.hash:

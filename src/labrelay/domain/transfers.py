@@ -234,6 +234,7 @@ class TransferRecord:
     created_at: datetime  # relay time
     updated_at: datetime  # relay time of the last state or offset change
     receipt_envelope: Mapping[str, Any] | None = None
+    quarantined_at: datetime | None = None  # an admin or a detection rule held it: never served again
 
     @property
     def transfer_id(self) -> str:
@@ -252,5 +253,5 @@ class TransferRecord:
         return self.manifest.deadline
 
     def servable_at(self, now: datetime) -> bool:
-        """Only whole, verified, undelivered payloads before their deadline are ever served."""
-        return self.state is TransferState.AVAILABLE and now < self.deadline
+        """Only whole, verified, undelivered, unquarantined payloads before their deadline are ever served."""
+        return self.state is TransferState.AVAILABLE and now < self.deadline and self.quarantined_at is None

@@ -27,10 +27,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labrelay import __version__
+from labrelay.crypto.checkpoints import encode_header
 from labrelay.crypto.envelopes import MAX_ENVELOPE_BYTES
 from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView
-from labrelay.domain.audit import AuditEvent, Outcome
-from labrelay.domain.parties import PartyEntry
+from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
+from labrelay.domain.names import is_loopback_host
+from labrelay.domain.parties import PartyEntry, Role
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import (
     AuthenticationFailed,
@@ -41,6 +43,8 @@ from labrelay.errors import (
     UntrustedEntry,
     UsageError,
 )
+from labrelay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from labrelay.http.metrics import RelayMetrics
 from labrelay.http.models import (
     DirectoryOut,
     Envelope,
@@ -53,9 +57,12 @@ from labrelay.http.models import (
     TransferOut,
 )
 from labrelay.http.problems import problem, status_for
-from labrelay.ports import Clock
+from labrelay.ports import AuditLog, Clock
+from labrelay.relay.alerts import AlertDispatcher
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator, Caller
+from labrelay.relay.control import ControlService
+from labrelay.relay.detector import Detector
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
@@ -67,6 +74,7 @@ T = TypeVar("T")
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 NONCE_PRUNE_SECONDS = 60
+CHECKPOINT_HEADER = "Labrelay-Checkpoint"
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,12 @@ class RelayServices:
     auditor: Auditor
     clock: Clock
     reaper: Reaper
+    control: ControlService
+    audit_log: AuditLog
+    metrics: RelayMetrics
+    detector: Detector | None = None
+    alerts: AlertDispatcher | None = None
+    metrics_access: str = "loopback"
     reaper_interval: float = 60.0
     max_json_bytes: int = MAX_ENVELOPE_BYTES
     max_chunk_bytes: int = 64 * 1024 * 1024
@@ -107,6 +121,7 @@ _ENVELOPE_BODY = {
 def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one function, one route table
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        services.metrics.frozen.set(1 if await run_in_threadpool(services.control.frozen) else 0)
         reaped = await run_in_threadpool(services.reaper.run_once)  # before the first request is served
         await run_in_threadpool(
             services.auditor.record,
@@ -124,6 +139,8 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await run_in_threadpool(services.auditor.record, AuditEvent.RELAY_STOP)
+            if services.alerts is not None:
+                await run_in_threadpool(services.alerts.close)
 
     app = FastAPI(
         title="labrelay",
@@ -181,12 +198,19 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
+        latest = services.auditor.latest
+        if latest is not None and request.url.path.startswith("/v1/"):
+            # The relay's latest signed audit head: clients keep it, and can later prove what the log said.
+            response.headers[CHECKPOINT_HEADER] = encode_header(latest)
+        elapsed = time.perf_counter() - started
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        services.metrics.observe_request(request.method, route, response.status_code, elapsed)
         log.info(
             "request",
             method=request.method,
-            path=request.url.path,
+            path=route,
             status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 1),
+            ms=round(elapsed * 1000, 1),
         )
         return response
 
@@ -242,12 +266,15 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         streamed: bool = False,
         extra: tuple[str, ...] = (),
         enrolling: PartyEntry | None = None,
+        while_frozen: bool = False,
     ) -> Caller:
         """Authenticate the request. A request with a body (read, or ``streamed`` to storage) must sign its
-        Content-Digest; a JSON body must also sign its Content-Type."""
+        Content-Digest; a JSON body must also sign its Content-Type. While the relay is frozen, only routes marked
+        ``while_frozen`` (audit reads, admin commands, revocations) go further."""
         has_body = body is not None or streamed
         if body is not None:
             extra = (*extra, "content-type")
+        route = getattr(request.scope.get("route"), "path", None)
         caller = await run_in_threadpool(
             services.auth.authenticate,
             view(request),
@@ -255,10 +282,26 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
             extra_components=extra,
             enrolling=enrolling,
             remote=remote(request),
+            route=route,
         )
+        if not while_frozen:
+            await run_in_threadpool(services.control.check_open, caller.name, route or "?")
         if body is not None:
             check_digest(request, body)
         return caller
+
+    async def require_admin(caller: Caller, what: str) -> None:
+        if not (caller.is_authority or caller.role is Role.ADMIN):
+            await call(
+                services.auditor.record,
+                AuditEvent.ADMIN_REFUSE,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                reason=PermissionDenied.code,
+                via="api",
+                op=what,
+            )
+            raise PermissionDenied("only an administrator (or the directory authority) may do this")
 
     async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -331,7 +374,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     async def register_revocation(request: Request) -> Registered:
         """Register an authority-signed revocation; takes effect on the revoked party's next request."""
         body = await read_body(request)
-        caller = await authenticate(request, body=body)
+        caller = await authenticate(request, body=body, while_frozen=True)
         if not caller.is_authority:
             raise PermissionDenied("only the directory authority registers revocations")
         revocation, new = await call(services.directory.revoke, parse_json(body), caller.name)
@@ -530,7 +573,109 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         await call(services.transfers.cancel, caller, transfer_id)
         return Response(status_code=204, headers=tus_headers())
 
+    # ------------------------------------------------------------ audit: checkpoints, proofs, export
+
+    @app.get("/v1/audit/checkpoint", responses=_PROBLEMS, tags=["audit"])
+    async def audit_checkpoint(request: Request) -> dict[str, Any]:
+        """The relay's latest signed audit head (also sent with every response, in ``Labrelay-Checkpoint``)."""
+        await authenticate(request, while_frozen=True)
+        latest = services.auditor.latest
+        if latest is None:
+            raise NotFound("the audit log is empty")
+        return {"checkpoint": latest.to_doc()}
+
+    @app.get("/v1/audit/records/{seq}", responses=_PROBLEMS, tags=["audit"])
+    async def audit_record_hash(request: Request, seq: int) -> dict[str, Any]:
+        """The hash of audit record ``seq``, for a client to compare with a checkpoint it holds (no content:
+        other parties' records are not the caller's to read)."""
+        caller = await authenticate(request, while_frozen=True)
+        if seq < 1:
+            raise UsageError("audit records are numbered from 1")
+        digest = await call(services.audit_log.hash_at, seq)
+        anchor = await call(services.audit_log.checkpoint, "anchor")
+        await call(services.auditor.record, AuditEvent.AUDIT_READ, actor=caller.name, seq=seq, found=digest is not None)
+        return {
+            "seq": seq,
+            "hash": digest,
+            "pruned_through": anchor.seq if anchor else 0,
+        }
+
+    @app.get(
+        "/v1/audit/export",
+        responses={200: {"content": {"application/x-ndjson": {}}}, **_PROBLEMS},
+        tags=["audit"],
+    )
+    async def audit_export(request: Request, after: int = 0, limit: int = 10_000) -> Response:
+        """Audit records after ``after``, as NDJSON for a SIEM (administrators and the authority only)."""
+        caller = await authenticate(request, while_frozen=True)
+        await require_admin(caller, "export")
+        if after < 0 or not 1 <= limit <= 100_000:
+            raise UsageError("after must be >= 0 and limit between 1 and 100000")
+
+        def lines() -> bytes:
+            out = []
+            for rec in services.audit_log.records(after):
+                out.append(json.dumps(record_doc(rec), sort_keys=True, separators=(",", ":")))
+                if len(out) >= limit:
+                    break
+            return ("\n".join(out) + "\n").encode() if out else b""
+
+        body = await call(lines)
+        await call(services.auditor.record, AuditEvent.AUDIT_READ, actor=caller.name, after=after, export=True)
+        return Response(body, media_type="application/x-ndjson")
+
+    # ------------------------------------------------------------ kill switch
+
+    @app.post("/v1/admin/commands", responses=_PROBLEMS, tags=["admin"], openapi_extra=_ENVELOPE_BODY)
+    async def admin_command(request: Request) -> dict[str, Any]:
+        """Run a signed admin command (freeze, unfreeze, lock, unlock, revoke, quarantine). Takes effect on the
+        next request, is audited, and runs once."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body, while_frozen=True)
+        await require_admin(caller, "command")
+        result = await call(services.control.execute, parse_json(body), caller=caller.name, via="api")
+        if result.action in ("freeze", "unfreeze"):
+            services.metrics.frozen.set(1 if result.action == "freeze" else 0)
+        return result.as_dict()
+
+    @app.get("/v1/admin/status", responses=_PROBLEMS, tags=["admin"])
+    async def admin_status(request: Request) -> dict[str, Any]:
+        """Frozen or not, locked and revoked parties, quarantined transfers, recent alerts."""
+        caller = await authenticate(request, while_frozen=True)
+        await require_admin(caller, "status")
+        status = await call(services.control.status)
+        recent = services.detector.raised[-20:] if services.detector else []
+        return {**status, "alerts": [a.as_doc() for a in recent]}
+
+    # ------------------------------------------------------------ metrics
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics. By default only to the relay's own host (``metrics`` setting)."""
+        access = services.metrics_access
+        client = remote(request)
+        if access == "off" or (access == "loopback" and not (client and is_loopback_host(client))):
+            raise NotFound("no such resource")
+        return Response(services.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     return app
+
+
+def record_doc(rec: AuditRecord) -> dict[str, Any]:
+    """One audit record as an NDJSON line: every hashed field, so a SIEM can re-verify the chain."""
+    e = rec.entry
+    return {
+        "seq": rec.seq,
+        "at": to_rfc3339(e.at),
+        "event": e.event.value,
+        "outcome": e.outcome.value,
+        "actor": e.actor,
+        "transfer_id": e.transfer_id,
+        "reason": e.reason,
+        "details": dict(e.details),
+        "prev": rec.prev_hash,
+        "hash": rec.hash,
+    }
 
 
 _UINT = re.compile(r"[0-9]{1,15}")

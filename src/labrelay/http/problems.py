@@ -26,6 +26,7 @@ STATUS: list[tuple[type[errors.LabrelayError], int]] = [
     (errors.TooLarge, 413),
     (errors.StorageFull, 507),
     (errors.Unavailable, 503),
+    (errors.RelayFrozen, 503),
     (errors.OperationalError, 500),
     (errors.UsageError, 400),
     (errors.LabrelayError, 500),

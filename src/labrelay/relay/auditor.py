@@ -1,25 +1,40 @@
-"""The relay's audit recorder: stamps events with the clock and appends them to the chain."""
+"""The relay's audit recorder: stamps events with the clock, appends them to the chain and signs the new head."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
-from labrelay.domain.audit import AuditEntry, AuditEvent, AuditRecord, DetailValue, Outcome
+import structlog
+
+from labrelay.crypto.checkpoints import sign_checkpoint
+from labrelay.crypto.keys import SigningKey
+from labrelay.domain.audit import AuditEntry, AuditEvent, AuditRecord, Checkpoint, DetailValue, Outcome
 from labrelay.ports import AuditLog, Clock
 
 Listener = Callable[[AuditRecord], None]
+log = structlog.get_logger("labrelay.audit")
 
 
 class Auditor:
-    """Appends every request and decision as one chained event; listeners see each appended record."""
+    """Appends every request and decision as one chained event; listeners (detection, metrics) see each record.
 
-    def __init__(self, log: AuditLog, clock: Clock) -> None:
+    Each append also signs the new head with the relay's key: the latest signed head is the checkpoint handed to
+    clients with every response."""
+
+    def __init__(self, log: AuditLog, clock: Clock, relay_key: SigningKey) -> None:
         self._log = log
         self._clock = clock
+        self._key = relay_key
+        self.relay_public = relay_key.public
         self._listeners: list[Listener] = []
+        self.latest: Checkpoint | None = log.checkpoint("head")
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def seal(self, seq: int, digest: str, at: datetime) -> Checkpoint:
+        return sign_checkpoint(self._key, self.relay_public, seq, digest, at)
 
     def record(
         self,
@@ -40,7 +55,18 @@ class Auditor:
             reason=reason,
             details=details,
         )
-        rec = self._log.append(entry)
+        rec, checkpoint = self._log.append(entry, self.seal)
+        if self.latest is None or checkpoint.seq > self.latest.seq:
+            self.latest = checkpoint
         for listener in self._listeners:
-            listener(rec)
+            try:
+                listener(rec)
+            except Exception as exc:  # noqa: BLE001 - a listener's failure never loses or blocks the record
+                log.error(
+                    "audit listener failed", listener=getattr(listener, "__name__", "?"), error=type(exc).__name__
+                )
         return rec
+
+    def prune_before(self, before: datetime) -> int:
+        """Drop records older than ``before`` (the log's retention); the chain then starts at a signed anchor."""
+        return self._log.prune_before(before, self.seal)

@@ -19,6 +19,7 @@ from labrelay.domain.parties import EntryStatus, PartyEntry, Role
 from labrelay.errors import AuthenticationFailed, LabrelayError, PartyRevoked, ReplayDetected, UsageError
 from labrelay.ports import Clock, NonceStore
 from labrelay.relay.auditor import Auditor
+from labrelay.relay.control import ControlService
 from labrelay.relay.directory import DirectoryService
 
 
@@ -79,7 +80,9 @@ class Authenticator:
         authority: VerifyKey,
         window: timedelta,
         skew: timedelta,
+        control: ControlService | None = None,
     ) -> None:
+        self._control = control
         self._directory = directory
         self._nonces = nonces
         self._audit = auditor
@@ -96,6 +99,7 @@ class Authenticator:
         extra_components: Sequence[str] = (),
         enrolling: PartyEntry | None = None,
         remote: str | None = None,
+        route: str | None = None,
     ) -> Caller:
         """The verified caller, or an audited ``SecurityError``.
 
@@ -135,6 +139,10 @@ class Authenticator:
             if status is not EntryStatus.ACTIVE:
                 why = status.value
                 raise AuthenticationFailed(f"{claimed} has no directory entry in force ({status.value})")
+            held = self._control.refusal(claimed) if self._control and not caller.is_authority else None
+            if held is not None:
+                why = "admin-revoked" if isinstance(held, PartyRevoked) else "locked"
+                raise held
             if not self._nonces.remember(verified.keyid, verified.nonce, verified.created):
                 why = "replay"
                 raise ReplayDetected("replayed request: this signature's nonce was already used")
@@ -147,10 +155,11 @@ class Authenticator:
                 reason=exc.code,
                 why=why,
                 method=view.method,
+                route=route,
                 remote=remote,
             )
             raise
-        self._audit.record(AuditEvent.AUTH_SUCCESS, actor=caller.name, method=view.method, remote=remote)
+        self._audit.record(AuditEvent.AUTH_SUCCESS, actor=caller.name, method=view.method, route=route, remote=remote)
         return caller
 
     def _key_for(self, keyid: str, enrolling: PartyEntry | None) -> tuple[Caller, VerifyKey | None, EntryStatus]:

@@ -3,7 +3,8 @@
 One pass, run when the relay starts and then every ``reaper_interval``:
 1. transfers past their deadline and not delivered are closed (``expired``) and their bytes deleted;
 2. bytes a crash left behind (of a transfer that is over, or of no transfer at all) are deleted;
-3. epoch keys whose epoch has ended are destroyed, and temporary key files a crash left are shredded.
+3. epoch keys whose epoch has ended are destroyed, and temporary key files a crash left are shredded;
+4. audit records older than the log's retention are pruned (the chain then starts at a signed anchor).
 Every deletion and destruction is an audit event, with whether it was verified. Each step is idempotent and
 ordered so that a crash at any point leaves a state the next pass finishes: a transfer is marked expired
 before its bytes go, and nothing ever needs the reaper for *serving* to stop (deadlines are checked at read
@@ -13,6 +14,7 @@ time; a destroyed key makes any bytes that survive unreadable).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from labrelay.domain.audit import AuditEvent
 from labrelay.domain.retention import key_due_for_destruction
@@ -27,14 +29,23 @@ class ReapResult:
     repaired: int = 0
     keys_destroyed: list[int] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    audit_pruned: int = 0
 
     @property
     def did_something(self) -> bool:
-        return bool(self.expired or self.repaired or self.keys_destroyed or self.leftovers)
+        return bool(self.expired or self.repaired or self.keys_destroyed or self.leftovers or self.audit_pruned)
 
 
 class Reaper:
-    def __init__(self, transfers: TransferService, keys: KeyStore, auditor: Auditor, clock: Clock) -> None:
+    def __init__(
+        self,
+        transfers: TransferService,
+        keys: KeyStore,
+        auditor: Auditor,
+        clock: Clock,
+        audit_retention: timedelta = timedelta(days=365),
+    ) -> None:
+        self._audit_retention = audit_retention
         self._transfers = transfers
         self._keys = keys
         self._audit = auditor
@@ -50,7 +61,10 @@ class Reaper:
                 self._audit.record(AuditEvent.EPOCH_KEY_DESTROY, epoch=epoch, verified=gone)
                 destroyed.append(epoch)
         leftovers = self._keys.remove_leftovers()
-        result = ReapResult(expired, repaired, destroyed, leftovers)
+        pruned = self._audit.prune_before(self._clock.now() - self._audit_retention)
+        if pruned:
+            self._audit.record(AuditEvent.AUDIT_PRUNE, pruned=pruned)
+        result = ReapResult(expired, repaired, destroyed, leftovers, pruned)
         if result.did_something:
             self._audit.record(
                 AuditEvent.REAPER_RUN,

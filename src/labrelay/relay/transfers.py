@@ -184,6 +184,8 @@ class TransferService:
         record = self._repo.get(transfer_id)
         if record is None or record.sender != caller.name:
             raise NotFound(f"no transfer {transfer_id}")
+        if record.quarantined_at is not None:
+            raise Conflict(f"transfer {transfer_id} is quarantined by the relay's administrator")
         return record
 
     def upload_status(self, caller: Caller, transfer_id: str) -> UploadStatus:
@@ -341,6 +343,8 @@ class TransferService:
             reason = "unknown"
         elif record.recipient != caller.name:
             reason = "foreign"
+        elif record.quarantined_at is not None:
+            reason = "quarantined"
         elif record.state is not TransferState.AVAILABLE:
             reason = record.state.value
         elif not record.servable_at(now):
@@ -399,6 +403,8 @@ class TransferService:
         record = self._repo.get(transfer_id)
         if record is None or record.recipient != caller.name or caller.entry is None:
             raise NotFound(f"no transfer {transfer_id} for {caller.name}")
+        if record.quarantined_at is not None:
+            raise Conflict(f"transfer {transfer_id} is quarantined by the relay's administrator")
         if envelope_signer(envelope) != caller.name:
             raise IntegrityError("a receipt must be signed by the recipient sending it")
         payload = verify_envelope(envelope, RECEIPT_TYPE, VerifyKey.from_b64(caller.entry.signing_key))

@@ -61,6 +61,7 @@ transfers = Table(
     Column("updated_at", BigInteger, nullable=False),
     Column("manifest", Text, nullable=False),
     Column("receipt", Text, nullable=True),
+    Column("quarantined_at", BigInteger, nullable=True),
     Index("ix_transfers_recipient_state", "recipient", "state"),
 )
 
@@ -85,4 +86,44 @@ audit_events = Table(
     Column("details", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("kind", String(8), primary_key=True),  # "head": the signed head; "anchor": last record pruned
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("relay_key", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False),  # "lock" (a detection rule or an admin) or "revoke" (an admin)
+    Column("reason", String(40), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("by", String(80), nullable=False),
+)
+
+relay_flags = Table(
+    "relay_flags",
+    metadata,
+    Column("name", String(32), primary_key=True),  # "frozen"
+    Column("at", BigInteger, nullable=False),
+    Column("by", String(80), nullable=False),
+)
+
+admin_commands = Table(
+    "admin_commands",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("at", BigInteger, nullable=False),
+    Column("signer", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("target", String(64), nullable=True),
+    Column("envelope", Text, nullable=False),
 )

@@ -13,11 +13,12 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 
-from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, AuditRecord, Outcome, chain_hash
+from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, AuditRecord, Checkpoint, Outcome, chain_hash
 from labrelay.domain.parties import PartyEntry, Revocation, Role
 from labrelay.domain.timeutil import from_epoch, to_epoch
 from labrelay.domain.transfers import Manifest, TransferRecord, TransferState
 from labrelay.errors import Conflict, StorageFull, Unavailable
+from labrelay.ports import Sealer
 from labrelay.storage import schema
 
 
@@ -206,6 +207,7 @@ class SqlStore:
             created_at=from_epoch(row.created_at),
             updated_at=from_epoch(row.updated_at),
             receipt_envelope=json.loads(row.receipt) if row.receipt else None,
+            quarantined_at=from_epoch(row.quarantined_at) if row.quarantined_at is not None else None,
         )
 
     def create(self, record: TransferRecord) -> None:
@@ -296,11 +298,13 @@ class SqlStore:
 
     # ------------------------------------------------------------ audit
 
-    def append(self, entry: AuditEntry) -> AuditRecord:
+    def append(self, entry: AuditEntry, seal: Sealer) -> tuple[AuditRecord, Checkpoint]:
+        """Append after the signed head and replace the head, in one transaction: a record deleted, edited or
+        added behind the relay's back no longer matches the signed head."""
         t = schema.audit_events
         with self._audit_lock, self.engine.begin() as conn:
-            head = conn.execute(select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
-            seq, prev = (head.seq + 1, head.hash) if head else (1, GENESIS)
+            seq, prev = self._head(conn)
+            seq += 1
             digest = chain_hash(entry, seq, prev)
             conn.execute(
                 insert(t).values(
@@ -316,7 +320,68 @@ class SqlStore:
                     hash=digest,
                 )
             )
-        return AuditRecord(seq=seq, entry=entry, prev_hash=prev, hash=digest)
+            checkpoint = seal(seq, digest, entry.at)
+            self._put_checkpoint(conn, "head", checkpoint)
+        return AuditRecord(seq=seq, entry=entry, prev_hash=prev, hash=digest), checkpoint
+
+    @staticmethod
+    def _head(conn: Connection) -> tuple[int, str]:
+        """(seq, hash) of the last record: from the signed head, else the last row (a log from before 0003)."""
+        c = schema.audit_checkpoints
+        row = conn.execute(select(c.c.seq, c.c.hash).where(c.c.kind == "head")).first()
+        if row is not None:
+            return int(row.seq), str(row.hash)
+        t = schema.audit_events
+        last = conn.execute(select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
+        return (int(last.seq), str(last.hash)) if last else (0, GENESIS)
+
+    @staticmethod
+    def _put_checkpoint(conn: Connection, kind: str, cp: Checkpoint) -> None:
+        c = schema.audit_checkpoints
+        values = {
+            "seq": cp.seq,
+            "hash": cp.hash,
+            "at": to_epoch(cp.at),
+            "relay_key": cp.relay_key,
+            "signature": cp.signature,
+        }
+        if conn.execute(update(c).where(c.c.kind == kind).values(**values)).rowcount == 0:
+            conn.execute(insert(c).values(kind=kind, **values))
+
+    def checkpoint(self, kind: str) -> Checkpoint | None:
+        """The signed ``head`` or the ``anchor`` (the last record pruned), as stored."""
+        c = schema.audit_checkpoints
+        with self.engine.connect() as conn:
+            row = conn.execute(select(c).where(c.c.kind == kind)).first()
+        if row is None:
+            return None
+        return Checkpoint(
+            relay_key=row.relay_key, seq=row.seq, hash=row.hash, at=from_epoch(row.at), signature=row.signature
+        )
+
+    def hash_at(self, seq: int) -> str | None:
+        t = schema.audit_events
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.c.hash).where(t.c.seq == seq)).first()
+        return str(row.hash) if row else None
+
+    def prune_before(self, before: datetime, seal: Sealer) -> int:
+        """Delete the records older than ``before`` (never the head) and sign the last one deleted as the anchor
+        the chain now starts from. Returns how many were deleted."""
+        t = schema.audit_events
+        with self._audit_lock, self.engine.begin() as conn:
+            head_seq, _ = self._head(conn)
+            last = conn.execute(
+                select(t.c.seq, t.c.hash, t.c.at)
+                .where(t.c.at < to_epoch(before), t.c.seq < head_seq)
+                .order_by(t.c.seq.desc())
+                .limit(1)
+            ).first()
+            if last is None:
+                return 0
+            result = conn.execute(t.delete().where(t.c.seq <= last.seq))
+            self._put_checkpoint(conn, "anchor", seal(int(last.seq), str(last.hash), from_epoch(last.at)))
+        return int(result.rowcount or 0)
 
     def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
         t = schema.audit_events
@@ -340,7 +405,112 @@ class SqlStore:
             if len(rows) < batch:
                 return
 
+    def records_since(self, since: datetime) -> Iterator[AuditRecord]:
+        """Records at or after ``since`` (the detector's volume history)."""
+        t = schema.audit_events
+        with self.engine.connect() as conn:
+            first = conn.execute(select(func.min(t.c.seq)).where(t.c.at >= to_epoch(since))).scalar()
+        if first is None:
+            return iter(())
+        return self.records(int(first) - 1)
+
     def count_events(self) -> dict[str, int]:
         t = schema.audit_events
         with self.engine.connect() as conn:
             return {r.event: r.n for r in conn.execute(select(t.c.event, func.count().label("n")).group_by(t.c.event))}
+
+    # ------------------------------------------------------------ control: locks, freeze, quarantine
+
+    def set_lock(self, name: str, kind: str, reason: str, at: datetime, by: str) -> bool:
+        """Lock (or revoke) ``name``; a revocation overrides a lock, never the reverse. True if it changed."""
+        t = schema.locks
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.c.kind).where(t.c.name == name)).first()
+            if row is not None and row.kind in (kind, "revoke"):
+                return False
+            conn.execute(t.delete().where(t.c.name == name))
+            conn.execute(insert(t).values(name=name, kind=kind, reason=reason, at=to_epoch(at), by=by))
+        return True
+
+    def clear_lock(self, name: str) -> bool:
+        with self.engine.begin() as conn:
+            return bool(conn.execute(schema.locks.delete().where(schema.locks.c.name == name)).rowcount)
+
+    def lock_of(self, name: str) -> tuple[str, str] | None:
+        """(kind, reason) if ``name`` is locked or revoked on this relay."""
+        t = schema.locks
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.c.kind, t.c.reason).where(t.c.name == name)).first()
+        return (str(row.kind), str(row.reason)) if row else None
+
+    def locks(self) -> list[dict[str, Any]]:
+        t = schema.locks
+        with self.engine.connect() as conn:
+            return [
+                {"name": r.name, "kind": r.kind, "reason": r.reason, "at": from_epoch(r.at), "by": r.by}
+                for r in conn.execute(select(t).order_by(t.c.at, t.c.name))
+            ]
+
+    def set_flag(self, name: str, on: bool, at: datetime, by: str) -> bool:
+        t = schema.relay_flags
+        with self.engine.begin() as conn:
+            present = conn.execute(select(t.c.name).where(t.c.name == name)).first() is not None
+            if present == on:
+                return False
+            if on:
+                conn.execute(insert(t).values(name=name, at=to_epoch(at), by=by))
+            else:
+                conn.execute(t.delete().where(t.c.name == name))
+        return True
+
+    def flag(self, name: str) -> bool:
+        t = schema.relay_flags
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.c.name).where(t.c.name == name)).first() is not None
+
+    def quarantine(self, transfer_ids: Sequence[str], at: datetime) -> list[str]:
+        """Hold these transfers (those not already held and still open); returns the ids newly held."""
+        t = schema.transfers
+        held: list[str] = []
+        with self.engine.begin() as conn:
+            for tid in transfer_ids:
+                result = conn.execute(
+                    update(t)
+                    .where(t.c.id == tid, t.c.quarantined_at.is_(None), t.c.state.in_(self._OPEN))
+                    .values(quarantined_at=to_epoch(at))
+                )
+                if result.rowcount:
+                    held.append(tid)
+        return held
+
+    def pending_of(self, name: str) -> list[str]:
+        """Open transfers ``name`` sent or is to receive."""
+        t = schema.transfers
+        q = select(t.c.id).where(t.c.state.in_(self._OPEN), (t.c.sender == name) | (t.c.recipient == name))
+        with self.engine.connect() as conn:
+            return [str(r.id) for r in conn.execute(q.order_by(t.c.created_at, t.c.id))]
+
+    def record_command(
+        self, command_id: str, at: datetime, signer: str, action: str, target: str | None, envelope: Mapping[str, Any]
+    ) -> bool:
+        """Keep a signed admin command; False if its id was already used (a replayed command)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(schema.admin_commands).values(
+                        id=command_id,
+                        at=to_epoch(at),
+                        signer=signer,
+                        action=action,
+                        target=target,
+                        envelope=_dumps(envelope),
+                    )
+                )
+        except SqlIntegrityError:
+            return False
+        return True
+
+    def quarantined_count(self) -> int:
+        t = schema.transfers
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(t.c.quarantined_at.is_not(None))).scalar_one())

@@ -1,0 +1,138 @@
+"""``labrelay audit verify``: does the audit log still say what the relay wrote, and what clients were told?
+
+Four checks, each naming the first record that fails:
+1. the chain: every record links to the one before and matches its own hash, from the signed anchor (or the
+   first record) on — an edited, deleted, inserted or reordered record breaks it;
+2. the signed head: the last record is the one the relay's key last signed — a truncated log, or records
+   added behind the relay's back, no longer match it;
+3. the anchor: where pruning (the log's retention) left the chain, signed by the relay's key;
+4. checkpoints held by clients: each names a record and its hash, signed by the relay; a relay (or operator)
+   that rewrote history and re-signed a new head still contradicts every checkpoint a client kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from labrelay.crypto.checkpoints import verify_checkpoint
+from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.audit import GENESIS, Checkpoint, verify_chain
+from labrelay.errors import IntegrityError
+from labrelay.ports import AuditLog
+
+
+@dataclass
+class AuditReport:
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    head: dict[str, Any] | None = None
+    checkpoints_checked: int = 0
+    checkpoints_foreign: int = 0  # held checkpoints that name another relay's key: not this log's
+    problems: list[tuple[int | None, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad_seq(self) -> int | None:
+        seqs = [seq for seq, _ in self.problems if seq is not None]
+        return min(seqs) if seqs else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "head": self.head,
+            "checkpoints_checked": self.checkpoints_checked,
+            "checkpoints_foreign": self.checkpoints_foreign,
+            "first_bad_seq": self.first_bad_seq,
+            "problems": [{"seq": seq, "problem": text} for seq, text in self.problems],
+        }
+
+
+def _signed(checkpoint: Checkpoint, key: VerifyKey, what: str, report: AuditReport) -> bool:
+    try:
+        verify_checkpoint(checkpoint, key)
+    except IntegrityError as exc:
+        report.problems.append((checkpoint.seq, f"{what}: {exc.message}"))
+        return False
+    return True
+
+
+def verify_audit(log: AuditLog, relay_key: VerifyKey, held: Sequence[Checkpoint] = ()) -> AuditReport:
+    report = AuditReport()
+    anchor = log.checkpoint("anchor")
+    start_prev, start_seq = GENESIS, 1
+    if anchor is not None and _signed(anchor, relay_key, "anchor", report):
+        start_prev, start_seq = anchor.hash, anchor.seq + 1
+    wanted = {cp.seq: cp for cp in held}
+    seen: dict[int, str] = {}
+
+    def walk() -> Iterable[Any]:
+        for rec in log.records():
+            if rec.seq in wanted:
+                seen[rec.seq] = rec.hash
+            if report.first_seq is None:
+                report.first_seq = rec.seq
+            report.last_seq = rec.seq
+            yield rec
+
+    records = walk()
+    chain = verify_chain(records, start_prev=start_prev, start_seq=start_seq)
+    report.records = chain.records
+    if not chain.ok:
+        report.problems.append((chain.first_bad_seq, f"chain broken: {chain.problem}"))
+        for _ in records:  # finish the walk: the checkpoints are compared with every record
+            pass
+
+    last = start_seq - 1 + chain.records if chain.ok else None
+    _check_head(log.checkpoint("head"), relay_key, chain.head, last, report)
+    _check_held(held, anchor, seen, relay_key, report)
+    report.problems.sort(key=lambda p: (p[0] is None, p[0] or 0))
+    return report
+
+
+def _check_head(
+    head: Checkpoint | None, key: VerifyKey, chain_head: str, last: int | None, report: AuditReport
+) -> None:
+    """The chain must end exactly at the record the relay last signed. ``last`` is None if the chain broke."""
+    if head is None:
+        if report.last_seq is not None:
+            report.problems.append((report.first_seq, "no signed head: the log cannot be checked for truncation"))
+        return
+    report.head = {"seq": head.seq, "hash": head.hash}
+    if not _signed(head, key, "signed head", report) or last is None:
+        return
+    if head.seq != last:
+        where = min(head.seq, last) + 1
+        report.problems.append(
+            (where, f"the signed head is record {head.seq} but the chain ends at {last}: truncated or extended")
+        )
+    elif head.hash != chain_head:
+        report.problems.append((head.seq, "the last record is not the one the relay signed"))
+
+
+def _check_held(
+    held: Sequence[Checkpoint], anchor: Checkpoint | None, seen: dict[int, str], key: VerifyKey, report: AuditReport
+) -> None:
+    """Every checkpoint a client kept must still be in the log, with the same hash."""
+    for cp in held:
+        if cp.relay_key != key.b64:
+            report.checkpoints_foreign += 1
+            continue
+        if not _signed(cp, key, "client checkpoint", report):
+            continue
+        report.checkpoints_checked += 1
+        if anchor is not None and cp.seq <= anchor.seq:
+            continue  # pruned under the retention rule: nothing left to compare
+        stored = seen.get(cp.seq)
+        if stored is None:
+            report.problems.append((cp.seq, f"a client holds checkpoint {cp.seq}, which the log no longer has"))
+        elif stored != cp.hash:
+            report.problems.append((cp.seq, f"record {cp.seq} differs from a checkpoint a client holds: rewritten"))

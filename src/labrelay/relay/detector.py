@@ -1,0 +1,197 @@
+"""Detection on the live audit stream: each appended record goes through the rules; a rule that trips raises an
+alert (an audit event, then the sinks) and may lock the offending party at once.
+
+Rules (thresholds in relay.toml, docs/configuration.md):
+
+- ``enumeration``: requests for unknown, foreign, expired or quarantined transfer ids, by one party (or, unsigned,
+  one address): what exploiting a link-bypass flaw looks like.
+- ``bad-signatures``: a burst of failed authentications from one address (or claimed key id).
+- ``replay``: any replayed request signature.
+- ``revoked-key``: any request that a revoked, locked or admin-revoked key signed correctly.
+- ``volume``: a party downloading far more than its usual volume (a multiple of its mean over past windows).
+
+Only a proven signer is ever locked: an unsigned request or a bad signature names nobody (anyone can claim a key
+id), so locking on it would let an attacker lock out a real recipient.
+
+State is in memory, per process; ``prime`` rebuilds the volume history from the audit log at start.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
+from labrelay.domain.timeutil import format_duration
+from labrelay.relay.alerts import Alert, AlertDispatcher
+from labrelay.relay.auditor import Auditor
+from labrelay.relay.control import ControlService
+
+_PROBE_REASONS = frozenset({"unknown", "foreign", "expired", "quarantined", "not-found"})
+_PROBE_EVENTS = frozenset(
+    {AuditEvent.DOWNLOAD_REFUSE, AuditEvent.TRANSFER_READ, AuditEvent.RECEIPT_REFUSE, AuditEvent.UPLOAD_REJECT}
+)
+_IGNORED = frozenset({AuditEvent.ALERT_RAISE, AuditEvent.PARTY_LOCK})
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionRules:
+    window: timedelta = timedelta(minutes=1)
+    probes: int = 20
+    auth_failures: int = 20
+    volume_factor: int = 10
+    volume_window: timedelta = timedelta(days=1)
+    volume_history: int = 7
+    volume_floor: int = 100 * 1024**2
+    lock_on: frozenset[str] = frozenset({"enumeration"})
+    cooldown: timedelta = timedelta(minutes=5)
+
+
+class Detector:
+    def __init__(
+        self, rules: DetectionRules, auditor: Auditor, control: ControlService, alerts: AlertDispatcher
+    ) -> None:
+        self.rules = rules
+        self._audit = auditor
+        self._control = control
+        self._alerts = alerts
+        self._guard = threading.Lock()
+        self._hits: dict[tuple[str, str], deque[datetime]] = defaultdict(deque)
+        self._downloads: dict[str, deque[tuple[datetime, int]]] = defaultdict(deque)
+        self._last_alert: dict[tuple[str, str], datetime] = {}
+        self.raised: list[Alert] = []
+
+    # ------------------------------------------------------------ input
+
+    def prime(self, records: Iterable[AuditRecord]) -> int:
+        """Load past downloads (the volume baseline) from the audit log; returns how many were read."""
+        n = 0
+        for rec in records:
+            if rec.entry.event is AuditEvent.DOWNLOAD_SERVE and rec.entry.actor:
+                self._downloads[rec.entry.actor].append((rec.entry.at, _served(rec)))
+                n += 1
+        return n
+
+    def __call__(self, rec: AuditRecord) -> None:
+        entry = rec.entry
+        if entry.event in _IGNORED:
+            return
+        trips: list[tuple[str, str, int, int, timedelta, bool]] = []
+        with self._guard:
+            details = entry.details
+            remote = details.get("remote")
+            probe = entry.event in _PROBE_EVENTS and entry.outcome is Outcome.REFUSED and entry.reason in _PROBE_REASONS
+            if probe and entry.actor:
+                trips += self._count("enumeration", entry.actor, entry.at, self.rules.probes, signed=True)
+            if entry.event is AuditEvent.AUTH_FAILURE:
+                why = details.get("why")
+                if why in ("revoked", "admin-revoked"):
+                    trips += self._count("revoked-key", str(entry.actor), entry.at, 1, signed=True)
+                elif why != "locked":  # a locked party's retries: it is already stopped, and already alerted on
+                    who = f"remote:{remote}" if remote else f"claimed:{entry.actor}"
+                    route = str(details.get("route") or "")
+                    if "{transfer_id}" in route:
+                        trips += self._count("enumeration", who, entry.at, self.rules.probes, signed=False)
+                    trips += self._count("bad-signatures", who, entry.at, self.rules.auth_failures, signed=False)
+            if entry.event is AuditEvent.AUTH_REPLAY and entry.actor:
+                trips += self._count("replay", entry.actor, entry.at, 1, signed=True)
+            if entry.event is AuditEvent.DOWNLOAD_SERVE and entry.actor:
+                trips += self._volume(entry.actor, entry.at, _served(rec))
+        for rule, subject, count, threshold, window, signed in trips:
+            self._raise(rule, subject, entry.at, count, threshold, window, signed)
+
+    # ------------------------------------------------------------ rules
+
+    def _count(
+        self, rule: str, subject: str, at: datetime, threshold: int, *, signed: bool
+    ) -> list[tuple[str, str, int, int, timedelta, bool]]:
+        window = self.rules.window
+        hits = self._hits[(rule, subject)]
+        hits.append(at)
+        while hits and hits[0] <= at - window:
+            hits.popleft()
+        if len(hits) < threshold or not self._cooled(rule, subject, at):
+            return []
+        return [(rule, subject, len(hits), threshold, window, signed)]
+
+    def _volume(self, actor: str, at: datetime, size: int) -> list[tuple[str, str, int, int, timedelta, bool]]:
+        r = self.rules
+        history = self._downloads[actor]
+        history.append((at, size))
+        horizon = at - r.volume_window * (r.volume_history + 1)
+        while history and history[0][0] <= horizon:
+            history.popleft()
+        current_from = at - r.volume_window
+        current = sum(n for t, n in history if t > current_from)
+        past = sum(n for t, n in history if t <= current_from)
+        baseline = past // r.volume_history
+        threshold = max(r.volume_factor * baseline, r.volume_floor)
+        if current <= threshold or not self._cooled("volume", actor, at):
+            return []
+        return [("volume", actor, current, threshold, r.volume_window, True)]
+
+    def _cooled(self, rule: str, subject: str, at: datetime) -> bool:
+        last = self._last_alert.get((rule, subject))
+        if last is not None and at - last < self.rules.cooldown:
+            return False
+        self._last_alert[(rule, subject)] = at
+        return True
+
+    # ------------------------------------------------------------ output
+
+    def _raise(
+        self, rule: str, subject: str, at: datetime, count: int, threshold: int, window: timedelta, signed: bool
+    ) -> None:
+        locked = False
+        if signed and rule in self.rules.lock_on and not subject.startswith(("remote:", "claimed:")):
+            locked = self._control.lock_by_rule(subject, rule)
+        summary = _SUMMARIES[rule].format(
+            subject=subject, count=count, threshold=threshold, window=format_duration(window)
+        )
+        alert = Alert(
+            rule=rule,
+            subject=subject,
+            at=at,
+            count=count,
+            threshold=threshold,
+            window_seconds=int(window.total_seconds()),
+            locked=locked,
+            audit_seq=0,
+            summary=summary + (f"; {subject} is locked" if locked else ""),
+        )
+        rec = self._audit.record(
+            AuditEvent.ALERT_RAISE,
+            outcome=Outcome.REFUSED if locked else Outcome.OK,
+            actor=subject if signed else None,
+            reason=rule,
+            subject=subject,
+            count=count,
+            threshold=threshold,
+            window_seconds=alert.window_seconds,
+            locked=locked,
+        )
+        alert = replace(alert, audit_seq=rec.seq)
+        self.raised.append(alert)
+        del self.raised[:-100]
+        self._alerts.submit(alert)
+
+
+def _served(rec: AuditRecord) -> int:
+    size, start = rec.entry.details.get("size"), rec.entry.details.get("start")
+    size = size if isinstance(size, int) else 0
+    start = start if isinstance(start, int) else 0
+    return max(size - start, 0)
+
+
+_SUMMARIES = {  # one per rule in labrelay.domain.detection.RULES (a test checks)
+    "enumeration": "{subject} asked for {count} unknown, foreign or expired transfers within {window} "
+    "(threshold {threshold})",
+    "bad-signatures": "{count} failed authentications from {subject} within {window} (threshold {threshold})",
+    "replay": "a replayed request signature from {subject}",
+    "revoked-key": "a request correctly signed with the revoked or locked key of {subject}",
+    "volume": "{subject} downloaded {count} bytes within {window}, over its threshold of {threshold} "
+    "(its usual volume times the configured factor)",
+}

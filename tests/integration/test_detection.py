@@ -1,0 +1,192 @@
+"""Issue 5's scenarios on a real relay process: enumeration, replay and revoked keys raise alerts at a real webhook,
+e-mail and syslog receiver; the kill switch (freeze, revoke, quarantine) takes effect on the very next request."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labrelay.crypto import httpsig
+from labrelay.domain.names import new_id
+from labrelay.domain.parties import Role
+from tests.alerting import smtp_server, syslog_socket, webhook
+from tests.conftest import World, make_world, sent_ids
+
+PROBES = 200
+
+
+def signed_get(world: World, name: str, path: str) -> httpx.Response:
+    url = world.url + path
+    headers: dict[str, str] = {}
+    httpsig.sign_request(
+        "GET", url, headers, None, keyid=name, key=world.parties[name].signing_key, now=datetime.now(UTC)
+    )
+    return httpx.get(url, headers=headers, timeout=30)
+
+
+def events(world: World) -> list[tuple[str, str | None, str | None]]:
+    with sqlite3.connect(world.relay.data / "relay.db", timeout=30) as conn:
+        return list(conn.execute("SELECT event, actor, reason FROM audit_events ORDER BY seq"))
+
+
+def send_one(world: World, cli, batch: Path, to: str = "cnam") -> str:
+    result = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", to)
+    assert result.code == 0, str(result)
+    return sent_ids(result.out)[to]
+
+
+@pytest.mark.threat("T18")
+def test_signed_enumeration_alerts_within_5s_and_locks_the_signer(tmp_path: Path, relay_factory, cli) -> None:
+    with webhook() as (hook, posts), smtp_server() as (smtp, mails), syslog_socket() as (syslog, lines):
+        settings = {
+            "alert_smtp": f'"{smtp}"',
+            "alert_email_from": '"relay@labrelay.invalid"',
+            "alert_email_to": '"soc@labrelay.invalid"',
+            "alert_syslog": f'"{syslog}"',
+        }
+        world = make_world(tmp_path / "w", relay_factory, "--alert-webhook", hook, settings=settings)
+        statuses = []
+        tripped_at = 0.0
+        for i in range(PROBES):
+            statuses.append(signed_get(world, "cnam", f"/v1/transfers/{new_id()}/payload").status_code)
+            if i + 1 == 20:  # detect_probes: the request that crosses the threshold
+                tripped_at = time.monotonic()
+        found = posts.wait_for(lambda a: a["rule"] == "enumeration" and a["subject"] == "cnam", timeout=5)
+        assert found is not None, "no enumeration alert at the webhook"
+        arrived, alert = found
+        assert arrived - tripped_at <= 5.0
+        assert alert["locked"] is True
+        assert alert["type"] == "labrelay.alert.v1"
+        # The lock took effect on the next request: 20 probes answered "not found", every later one refused.
+        assert statuses[:20] == [404] * 20
+        assert set(statuses[20:]) == {403}
+        assert mails.wait_for(lambda m: "enumeration" in m and "cnam" in m, timeout=5) is not None
+        assert lines.wait_for(lambda line: '"rule": "enumeration"' in line, timeout=5) is not None
+    # The locked party's next command is refused (exit 3, one line), another party is untouched.
+    locked = cli("directory", "--as", world.party_dir("cnam"), "--server", world.url)
+    assert locked.code == 3, str(locked)
+    assert "locked" in locked.err
+    assert cli("directory", "--as", world.party_dir("ars-11"), "--server", world.url).code == 0
+    trail = events(world)
+    assert ("party:lock", "detector", None) in trail
+    assert any(e == "alert:raise" and r == "enumeration" for e, _, r in trail)
+    # One alert per rule and subject per cooldown: 180 more refusals did not flood the receivers.
+    assert sum(1 for e, _, r in trail if e == "alert:raise" and r == "enumeration") == 1
+
+
+@pytest.mark.threat("T18")
+def test_unsigned_enumeration_alerts_but_locks_nobody(tmp_path: Path, relay_factory, cli) -> None:
+    with webhook() as (hook, posts):
+        world = make_world(tmp_path / "w", relay_factory, "--alert-webhook", hook)
+        started = time.monotonic()
+        for _ in range(PROBES):
+            response = httpx.get(f"{world.url}/v1/transfers/{new_id()}/payload", timeout=30)
+            assert response.status_code == 401
+        found = posts.wait_for(lambda a: a["rule"] == "enumeration", timeout=5)
+        assert found is not None
+        assert found[1]["subject"] == "remote:127.0.0.1"
+        assert found[1]["locked"] is False
+        assert found[0] - started <= time.monotonic() - started  # arrived during or right after the probes
+        assert posts.wait_for(lambda a: a["rule"] == "bad-signatures", timeout=5) is not None
+    # A flood of unsigned requests names nobody: no party was locked, everyone still works.
+    for name in ("cnam", "ars-11", "lab-paris-01"):
+        assert cli("directory", "--as", world.party_dir(name), "--server", world.url).code == 0
+    assert not any(e == "party:lock" for e, _, _ in events(world))
+
+
+@pytest.mark.threat("T18")
+def test_a_replayed_request_raises_an_alert(tmp_path: Path, relay_factory) -> None:
+    with webhook() as (hook, posts):
+        world = make_world(tmp_path / "w", relay_factory, "--alert-webhook", hook)
+        url = f"{world.url}/v1/transfers?box=inbox"
+        headers: dict[str, str] = {}
+        httpsig.sign_request(
+            "GET", url, headers, None, keyid="ars-11", key=world.parties["ars-11"].signing_key, now=datetime.now(UTC)
+        )
+        assert httpx.get(url, headers=headers).status_code == 200
+        assert httpx.get(url, headers=headers).status_code == 401  # the same bytes again
+        found = posts.wait_for(lambda a: a["rule"] == "replay", timeout=5)
+        assert found is not None
+        assert found[1]["subject"] == "ars-11"
+        assert found[1]["locked"] is False  # replay is not in detect_lock_on by default
+
+
+@pytest.mark.threat("T19")
+def test_freeze_stops_the_next_upload_and_download_and_unfreeze_from_the_data_dir(world, cli, batch: Path) -> None:
+    admin = world.add("admin-1", Role.ADMIN)
+    transfer_id = send_one(world, cli, batch)
+    frozen = cli("admin", "freeze", "--as", admin.path, "--server", world.url, "--reason", "incident-1")
+    assert frozen.code == 0, str(frozen)
+    # The very next upload and download are refused; nothing was written.
+    upload = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    assert upload.code == 1
+    assert "frozen" in upload.err
+    out = world.root / "out"
+    download = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert download.code == 1
+    assert "frozen" in download.err
+    assert not list(out.glob("*")) if out.exists() else True
+    assert signed_get(world, "cnam", f"/v1/transfers/{transfer_id}/payload").status_code == 503
+    # Audit reads still work while frozen.
+    assert signed_get(world, "cnam", "/v1/audit/checkpoint").status_code == 200
+    status = cli("admin", "status", "--as", admin.path, "--server", world.url)
+    assert json.loads(status.out)["frozen"] is True
+    # The API could be down: the same signed command, applied to the data directory, lifts the freeze.
+    thawed = cli("admin", "unfreeze", "--as", admin.path, "--data", world.relay.data)
+    assert thawed.code == 0, str(thawed)
+    fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert fetched.code == 0, str(fetched)
+    trail = events(world)
+    assert ("relay:freeze", "admin-1", None) in trail
+    assert ("relay:unfreeze", "admin-1", None) in trail
+    assert any(e == "relay:refuse" and r == "frozen" for e, _, r in trail)
+
+
+@pytest.mark.threat("T19")
+def test_revoke_refuses_the_next_request_and_quarantines_pending_transfers(world, cli, batch: Path) -> None:
+    admin = world.add("admin-1", Role.ADMIN)
+    pending = send_one(world, cli, batch, to="cnam")
+    result = cli("admin", "revoke", "lab-paris-01", "--as", admin.path, "--server", world.url, "--reason", "stolen")
+    assert result.code == 0, str(result)
+    assert f"quarantined {pending}" in result.out
+    again = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    assert again.code == 3
+    assert "revoked" in again.err
+    # The quarantined transfer is never served: not listed, not downloadable.
+    assert signed_get(world, "cnam", "/v1/transfers?box=inbox").json()["transfers"] == []
+    assert signed_get(world, "cnam", f"/v1/transfers/{pending}/payload").status_code == 404
+    with sqlite3.connect(world.relay.data / "relay.db") as conn:
+        held = conn.execute("SELECT quarantined_at FROM transfers WHERE id = ?", (pending,)).fetchone()[0]
+    assert held is not None
+    # A party that is not an administrator cannot use the kill switch, and the refusal is audited.
+    denied = cli("admin", "freeze", "--as", world.party_dir("cnam"), "--server", world.url)
+    assert denied.code == 3
+    assert ("admin:refuse", "cnam", "permission-denied") in events(world)
+    # An admin lifts the revocation; the lab works again.
+    assert cli("admin", "unlock", "lab-paris-01", "--as", admin.path, "--server", world.url).code == 0
+    assert cli("directory", "--as", world.party_dir("lab-paris-01"), "--server", world.url).code == 0
+
+
+def test_quarantine_one_transfer(world, cli, batch: Path) -> None:
+    admin = world.add("admin-1", Role.ADMIN)
+    first, second = send_one(world, cli, batch), send_one(world, cli, batch)
+    assert cli("admin", "quarantine", first, "--as", admin.path, "--server", world.url).code == 0
+    inbox = [t["transfer_id"] for t in signed_get(world, "cnam", "/v1/transfers?box=inbox").json()["transfers"]]
+    assert inbox == [second]
+    assert ("transfer:quarantine", "admin-1", None) in events(world)
+
+
+def test_metrics_count_without_naming_anyone(world, cli, batch: Path) -> None:
+    send_one(world, cli, batch)
+    text = httpx.get(f"{world.url}/metrics").text
+    assert 'labrelay_http_requests_total{method="POST",route="/v1/transfers",status="201"}' in text
+    assert 'labrelay_audit_events_total{event="upload:complete",outcome="ok"}' in text
+    assert "labrelay_http_request_seconds_bucket" in text
+    for name in ("cnam", "lab-paris-01", "127.0.0.1"):
+        assert name not in text
