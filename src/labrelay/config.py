@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from labrelay.domain.audit import MIN_AUDIT_RETENTION
 from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.timeutil import format_duration, parse_duration
 from labrelay.errors import UsageError
@@ -70,7 +71,7 @@ class RelaySettings:
     detect_window: timedelta = timedelta(minutes=1)
     """Sliding window of the counting rules (enumeration, bad signatures)."""
     detect_probes: int = 20
-    """Requests for unknown, foreign, expired or quarantined transfer ids, per party or address and window,
+    """Requests for transfer ids that do not exist or are someone else's, per party or address and window,
     that raise the enumeration alert."""
     detect_auth_failures: int = 20
     """Failed authentications per address and window that raise the bad-signatures alert."""
@@ -83,8 +84,8 @@ class RelaySettings:
     detect_volume_floor: int = 100 * 1024**2
     """Bytes per volume window below which no volume alert is raised (parties without history)."""
     detect_lock_on: str = "enumeration"
-    """Comma-separated rules that lock the offending party at once: enumeration, replay, revoked-key, volume
-    (bad signatures never lock: they prove nobody's identity); ``none`` for alerts only."""
+    """Comma-separated rules that lock the offending party at once: enumeration, revoked-key, volume (bad
+    signatures and replays never lock: they prove nobody's identity); ``none`` for alerts only."""
     metrics: str = "loopback"
     """Who may read /metrics (Prometheus): ``loopback`` (requests from the relay's own host), ``open``, or ``off``."""
 
@@ -181,5 +182,7 @@ def _check(settings: RelaySettings) -> None:
         parse_lock_on(settings.detect_lock_on)
     except ValueError as exc:
         raise UsageError(f"setting detect_lock_on: {exc}") from None
+    if settings.audit_retention < MIN_AUDIT_RETENTION:
+        raise UsageError(f"setting audit_retention: at least {format_duration(MIN_AUDIT_RETENTION)} (six months)")
     if settings.metrics not in ("loopback", "open", "off"):
         raise UsageError("setting metrics: one of loopback, open, off")

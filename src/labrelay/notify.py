@@ -1,7 +1,8 @@
 """Alert sinks: where ``labrelay.relay.alerts.AlertDispatcher`` delivers alerts. Adapters; wired by the runtime.
 
 - webhook: a JSON POST of the alert document (``labrelay serve --alert-webhook URL``, or ``alert_webhook``);
-- e-mail: one message per alert through an SMTP relay (``alert_smtp``, ``alert_email_from``, ``alert_email_to``);
+- e-mail: one message per alert through an SMTP relay (``alert_smtp``, ``alert_email_from``, ``alert_email_to``),
+  with STARTTLS (required unless the SMTP relay is on this host);
 - syslog: one RFC 3164 line per alert, to ``udp://host:port`` or a local socket such as ``/dev/log``.
 
 An alert carries rule names, party names, counts and audit sequence numbers: no payload data, no identifier of a
@@ -15,6 +16,7 @@ import logging
 import logging.handlers
 import smtplib
 import socket
+import ssl
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
@@ -74,8 +76,10 @@ class SmtpSink:
         with smtplib.SMTP(self.host, self.port, timeout=self._timeout) as smtp:
             smtp.ehlo()
             if smtp.has_extn("starttls"):
-                smtp.starttls()
+                smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
+            elif not is_loopback_host(self.host):  # no silent downgrade to plain text off this host
+                raise InsecureTransport(f"SMTP server {self.host} does not offer STARTTLS")
             smtp.send_message(msg)
 
 

@@ -87,8 +87,11 @@ class TransferRepository(Protocol):
         to_state: TransferState,
         at: datetime,
         receipt_envelope: Mapping[str, Any] | None = None,
+        *,
+        unless_quarantined: bool = False,
     ) -> bool:
-        """Move a transfer to ``to_state`` if it is in one of ``from_states``; False otherwise. Atomic."""
+        """Move a transfer to ``to_state`` if it is in one of ``from_states`` (and, with ``unless_quarantined``,
+        not quarantined); False otherwise. Atomic."""
         ...
 
     def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]: ...

@@ -21,7 +21,7 @@ from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
 from labrelay.domain.audit import Checkpoint, verify_chain
 from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.transfers import TransferLimits
-from labrelay.errors import UsageError
+from labrelay.errors import OperationalError, UsageError
 from labrelay.http.app import RelayServices, create_app, record_doc
 from labrelay.http.metrics import RelayMetrics
 from labrelay.notify import sinks_from
@@ -97,11 +97,18 @@ def upgrade_data_dir(data_dir: Path) -> str:
         engine.dispose()
 
 
-def relay_signing_key(settings: RelaySettings) -> SigningKey:
-    """The relay's own Ed25519 key, which signs its audit checkpoints; made on first use (0600), with its public
-    half next to it (relay.pub) for auditors and clients to pin."""
+def relay_signing_key(settings: RelaySettings, signed_before: bool = False) -> SigningKey:
+    """The relay's own Ed25519 key, which signs its audit checkpoints; made when the data directory is created (or
+    on the first start after the upgrade that introduced it), 0600, with its public half next to it (relay.pub)
+    for auditors and clients to pin. ``signed_before``: the log already has a signed head, so a missing key is
+    refused, never silently replaced (a new key would let whoever deleted the old one re-sign a rewritten log)."""
     path = settings.relay_key_file
     if not path.exists():
+        if signed_before:
+            raise OperationalError(
+                f"{path} is missing, and the audit log was signed with it",
+                hint="restore the key from its backup; a new key would make every client refuse this relay",
+            )
         key = SigningKey.generate()
         key.save(path)
         settings.relay_pub_file.write_bytes(key.public.to_pem())
@@ -145,7 +152,7 @@ def open_relay(settings: RelaySettings, clock: Clock, *, alert_webhook: str = ""
     sql = SqlStore(engine)
     keys = FileKeyStore(settings.key_dir)
     payloads = LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
-    auditor = Auditor(sql, clock, relay_signing_key(settings))
+    auditor = Auditor(sql, clock, relay_signing_key(settings, signed_before=sql.checkpoint("head") is not None))
     directory = DirectoryService(sql, authority, clock, auditor)
     window = settings.replay_window
     control = ControlService(sql, directory, auditor, clock, authority, window)
@@ -218,13 +225,19 @@ def retention_report(data_dir: Path, clock: Clock) -> RetentionReport:
         engine.dispose()
 
 
-def audit_verify(data_dir: Path, held: Sequence[Checkpoint] = ()) -> AuditReport:
-    """``labrelay audit verify``: the chain, the signed head and anchor, and checkpoints clients hold. Reads only."""
+def audit_verify(
+    data_dir: Path, clock: Clock, held: Sequence[Checkpoint] = (), relay_key: VerifyKey | None = None
+) -> AuditReport:
+    """``labrelay audit verify``: the chain, the signed head and anchor, and checkpoints clients hold. Reads only.
+    ``relay_key``: the relay's key as published out of band (default: DATA_DIR/relay.pub, which whoever controls
+    the data directory controls too)."""
     settings = load_settings(data_dir)
     engine = engine_for(settings)
     try:
         migrate.require_head(engine)
-        return verify_audit(SqlStore(engine), relay_verify_key(settings), held)
+        sql = SqlStore(engine)
+        key = relay_key or relay_verify_key(settings)
+        return verify_audit(sql, key, held, now=clock.now(), activity=sql.activity())
     finally:
         engine.dispose()
 

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from labrelay.clock import SystemClock
+from labrelay.config import load_settings
 from labrelay.crypto.checkpoints import sign_checkpoint
 from labrelay.crypto.keys import SigningKey
 from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, Outcome, chain_hash
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import from_rfc3339
-from labrelay.runtime import audit_verify
+from labrelay.errors import AuditTampered, OperationalError
+from labrelay.runtime import audit_verify, open_relay
 from labrelay.storage.sql import SqlStore, sqlite_engine
 from tests.conftest import World, sent_ids
 
@@ -64,18 +67,39 @@ def test_verify_finds_every_single_row_change(world: World, cli, batch: Path, tm
         cases.append((f"DELETE @{seq}", seq))
     cases += [("INSERT after head", last + 1), ("SWAP 3 4", 3)]
     cases += [(f"HEAD {column}", None) for column in ("seq", "hash", "signature", "delete")]
+    cases += [("TAIL 3", last - 2), ("EMPTY all", 1)]
     for n, (case, expected) in enumerate(cases):
         copy = tmp_path / f"c{n}"
         shutil.copytree(world.relay.data, copy)
         with sqlite3.connect(copy / "relay.db") as conn:
             apply(conn, case)
-        report = audit_verify(copy)
+        report = audit_verify(copy, SystemClock())
         assert not report.ok, case
         if expected is not None:
             assert report.first_bad_seq is not None, case
             assert report.first_bad_seq <= expected, (case, report.as_dict())
             if case.startswith("UPDATE") and not case.startswith(("UPDATE seq", "UPDATE prev_hash")):
                 assert report.first_bad_seq == expected, (case, report.as_dict())
+    # A relay never appends to a log cut behind its back: it stops instead of burying the evidence.
+    cut = tmp_path / "cut"
+    shutil.copytree(world.relay.data, cut)
+    with sqlite3.connect(cut / "relay.db") as conn:
+        apply(conn, "TAIL 3")
+    relay = open_relay(load_settings(cut), SystemClock())
+    try:
+        with pytest.raises(AuditTampered, match="no signed head"):
+            relay.services.auditor.record(AuditEvent.RELAY_START)
+    finally:
+        relay.close()
+    # A mangled row is named, not a crash.
+    mangled = tmp_path / "mangled"
+    shutil.copytree(world.relay.data, mangled)
+    with sqlite3.connect(mangled / "relay.db") as conn:
+        conn.execute("UPDATE audit_events SET details = '{bad' WHERE seq = 7")
+        conn.execute("UPDATE audit_events SET event = 'bogus' WHERE seq = 9")
+    report = audit_verify(mangled, SystemClock())
+    assert report.first_bad_seq == 7
+    assert {seq for seq, _ in report.problems} >= {7, 9}
     # Through the command line: exit 3 and the first bad record named.
     broken = tmp_path / "cli"
     shutil.copytree(world.relay.data, broken)
@@ -106,6 +130,12 @@ def apply(conn: sqlite3.Connection, case: str) -> None:
         conn.execute("UPDATE audit_events SET seq = -1 WHERE seq = ?", (a,))
         conn.execute("UPDATE audit_events SET seq = ? WHERE seq = ?", (a, b))
         conn.execute("UPDATE audit_events SET seq = ? WHERE seq = -1", (b,))
+    elif words[0] == "TAIL":  # the last records and the signed head with them
+        conn.execute("DELETE FROM audit_events WHERE seq > (SELECT max(seq) FROM audit_events) - ?", (int(words[1]),))
+        conn.execute("DELETE FROM audit_checkpoints")
+    elif words[0] == "EMPTY":  # everything, signed head included
+        conn.execute("DELETE FROM audit_events")
+        conn.execute("DELETE FROM audit_checkpoints")
     elif words[0] == "HEAD":
         if words[1] == "delete":
             conn.execute("DELETE FROM audit_checkpoints WHERE kind = 'head'")
@@ -116,12 +146,12 @@ def apply(conn: sqlite3.Connection, case: str) -> None:
     conn.commit()
 
 
-def rewrite_history(data: Path, seq: int) -> None:
+def rewrite_history(data: Path, seq: int, key: SigningKey | None = None) -> None:
     """What an operator with full access (database and the relay's key) can do: edit one record, recompute every
     hash after it, and sign a new head."""
     store = SqlStore(sqlite_engine(data / "relay.db"))
     records = list(store.records())
-    key = SigningKey.load(data / "relay-signing.key")
+    key = key or SigningKey.load(data / "relay-signing.key")
     prev = GENESIS
     with sqlite3.connect(data / "relay.db") as conn:
         for rec in records:
@@ -134,7 +164,8 @@ def rewrite_history(data: Path, seq: int) -> None:
             prev = digest
         head = sign_checkpoint(key, key.public, records[-1].seq, prev, records[-1].entry.at)
         conn.execute(
-            "UPDATE audit_checkpoints SET hash = ?, signature = ? WHERE kind = 'head'", (head.hash, head.signature)
+            "UPDATE audit_checkpoints SET hash = ?, signature = ?, relay_key = ? WHERE kind = 'head'",
+            (head.hash, head.signature, head.relay_key),
         )
     store.engine.dispose()
 
@@ -158,6 +189,30 @@ def test_a_client_checkpoint_catches_a_rewritten_history(world: World, cli, batc
     check = cli("audit", "check", "--as", world.party_dir("cnam"), "--server", relay.url)
     assert check.code == 3, str(check)
     assert "rewritten" in check.err
+
+
+@pytest.mark.threat("T11")
+def test_replacing_the_relay_key_does_not_launder_a_rewritten_history(world: World, cli, batch: Path) -> None:
+    busy_world(world, cli, batch)
+    book = world.party_dir("cnam") / "checkpoints.json"
+    published = world.root / "relay.pub"
+    shutil.copy(world.relay.data / "relay.pub", published)
+    world.relay.stop()
+    # The operator deletes the relay's key and re-signs a rewritten log with a new one.
+    (world.relay.data / "relay-signing.key").unlink()
+    (world.relay.data / "relay.pub").unlink()
+    with pytest.raises(OperationalError, match="missing"):
+        open_relay(load_settings(world.relay.data), SystemClock())  # never a silent new key
+    new_key = SigningKey.generate()
+    new_key.save(world.relay.data / "relay-signing.key")
+    (world.relay.data / "relay.pub").write_bytes(new_key.public.to_pem())
+    rewrite_history(world.relay.data, seq=3, key=new_key)
+    assert cli("audit", "verify", "--data", world.relay.data).code == 0  # consistent with the new key...
+    with_pin = cli("audit", "verify", "--data", world.relay.data, "--relay-key", published)
+    assert with_pin.code == 3, str(with_pin)  # ...but not with the key the relay published
+    with_book = cli("audit", "verify", "--data", world.relay.data, "--checkpoints", book)
+    assert with_book.code == 3, str(with_book)  # nor with what clients kept
+    assert "another relay key" in with_book.out
 
 
 def test_export_is_ndjson_that_re_verifies(world: World, cli, batch: Path) -> None:

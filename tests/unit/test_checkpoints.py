@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from labrelay.client.checkpoints import CheckpointBook
+from labrelay.client.history import check_history
+from labrelay.clock import ManualClock
 from labrelay.crypto.checkpoints import decode_header, encode_header, sign_checkpoint, verify_checkpoint
 from labrelay.crypto.keys import SigningKey
 from labrelay.domain.audit import Checkpoint
@@ -51,3 +53,44 @@ def test_book_pins_the_key_and_refuses_going_back(tmp_path: Path) -> None:
     with pytest.raises(AuditTampered, match="two different"):
         again.observe(URL, cp(key, 12, digest="b" * 64))
     assert [c.seq for c in again.held_for_key(key.public.b64)] == [10, 12]
+
+
+class LyingRelay:
+    """What ``check_history`` sees of a relay: its answers, which a dishonest relay chooses."""
+
+    def __init__(self, key: SigningKey, head: Checkpoint, answers: dict[int, dict]) -> None:
+        self.base, self._head, self._answers = URL, head, answers
+        self.checkpoint = head
+
+    def audit_checkpoint(self) -> Checkpoint:
+        return self._head
+
+    def audit_hash(self, seq: int) -> dict:
+        return self._answers[seq]
+
+
+@pytest.mark.threat("T11")
+def test_a_relay_cannot_claim_a_recent_checkpoint_was_pruned(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    book = CheckpointBook(tmp_path / "checkpoints.json")
+    held = cp(key, 10, at=T0)
+    book.observe(URL, held)
+    clock = ManualClock(T0 + timedelta(days=3))
+    head = cp(key, 50, "c" * 64, at=T0 + timedelta(days=3))
+    # The relay signs an anchor past the checkpoint three days later: pruning that early is refused.
+    anchor = cp(key, 20, "d" * 64, at=T0 + timedelta(days=1)).to_doc()
+    relay = LyingRelay(key, head, {10: {"seq": 10, "hash": None, "anchor": anchor}})
+    with pytest.raises(AuditTampered, match="said to be pruned"):
+        check_history(relay, book, clock)  # type: ignore[arg-type]
+    # An unsigned (forged) anchor is refused outright.
+    forged = {**anchor, "sig": anchor["sig"][::-1]}
+    relay = LyingRelay(key, head, {10: {"seq": 10, "hash": None, "anchor": forged}})
+    with pytest.raises(AuditTampered, match="anchor does not verify"):
+        check_history(relay, book, clock)  # type: ignore[arg-type]
+    # A record that changed is named; the same answer a year on, with an old anchor, is legitimate pruning.
+    relay = LyingRelay(key, head, {10: {"seq": 10, "hash": "e" * 64, "anchor": None}})
+    with pytest.raises(AuditTampered, match="record 10 is not the one the relay signed"):
+        check_history(relay, book, clock)  # type: ignore[arg-type]
+    later = ManualClock(T0 + timedelta(days=400))
+    relay = LyingRelay(key, head, {10: {"seq": 10, "hash": None, "anchor": anchor}})
+    assert check_history(relay, book, later).pruned == 1  # type: ignore[arg-type]

@@ -10,15 +10,17 @@ from datetime import timedelta
 import pytest
 
 from labrelay.crypto.envelopes import sign_envelope
+from labrelay.crypto.keys import SigningKey
 from labrelay.domain.admin import AdminAction, AdminCommand
 from labrelay.domain.audit import AuditEvent
 from labrelay.domain.detection import RULES, parse_lock_on
-from labrelay.domain.names import new_id
+from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import Role
 from labrelay.errors import NotFound, PartyLocked, PartyRevoked, PermissionDenied, ReplayDetected, UsageError
 from labrelay.notify import WebhookSink
 from labrelay.relay import detector as detector_module
 from labrelay.relay.alerts import AlertDispatcher
+from labrelay.relay.auth import Caller
 from labrelay.relay.detector import DetectionRules, Detector
 from tests.alerting import webhook
 from tests.unit.test_relay_services import Setup, read_all, request
@@ -44,6 +46,8 @@ def test_every_rule_has_a_summary_and_lock_on_is_checked() -> None:
         parse_lock_on("enumeration,everything")
     with pytest.raises(ValueError, match="proves nobody"):
         parse_lock_on("bad-signatures")
+    with pytest.raises(ValueError, match="captured the request"):
+        parse_lock_on("replay")
 
 
 @pytest.mark.threat("T18")
@@ -139,7 +143,7 @@ def test_revoked_key_use_alerts_at_once(setup: Setup) -> None:
 
 
 def command(setup: Setup, signer, action: AdminAction, target: str | None = None, over: dict | None = None) -> dict:
-    cmd = AdminCommand.new(action, target, "test", setup.clock.now())
+    cmd = AdminCommand.new(action, target, "test", setup.clock.now(), setup.relay.services.auditor.relay_public.b64)
     payload = {**cmd.payload(), **(over or {})}
     return sign_envelope(payload, signer.signing, signer.name)
 
@@ -159,6 +163,10 @@ def test_admin_commands_fail_closed(setup: Setup) -> None:
     forged["payload"]["action"] = "unfreeze"
     with pytest.raises(Exception, match="does not verify"):
         control.execute(forged, caller=None, via="data")
+    # Signed for another relay.
+    elsewhere = command(setup, admin, AdminAction.FREEZE, over={"relay": SigningKey.generate().public.b64})
+    with pytest.raises(PermissionDenied, match="another relay"):
+        control.execute(elsewhere, caller=None, via="data")
     # Replayed, and too old.
     once = command(setup, admin, AdminAction.LOCK, "lab-a")
     assert control.execute(once, caller=None, via="data").changed
@@ -175,7 +183,7 @@ def test_admin_commands_fail_closed(setup: Setup) -> None:
     assert not control.frozen()
     assert control.refusal("lab-a") is not None
     refused = [r.entry for r in setup.relay.sql.records() if r.entry.event is AuditEvent.ADMIN_REFUSE]
-    assert len(refused) == 6
+    assert len(refused) == 7
     # A locked administrator cannot use the kill switch either.
     control.lock_by_rule("admin-1", "enumeration")
     with pytest.raises(PermissionDenied):
@@ -186,3 +194,49 @@ def test_alert_names_no_person() -> None:
     """Alerts carry rule names, party names, counts and sequence numbers: the formats allow nothing else."""
     text = " ".join(detector_module._SUMMARIES.values())
     assert not re.search(r"\{(?!subject|count|threshold|window)", text)
+
+
+@pytest.mark.threat("T18")
+def test_a_sender_cannot_get_a_recipient_locked_with_short_lived_transfers(setup: Setup) -> None:
+    """A recipient asking for its own transfers that expired (or were quarantined) is not probing."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    det = fresh_detector(setup, DetectionRules(probes=5))
+    transfers = setup.relay.services.transfers
+    ids = []
+    for _ in range(10):
+        envelope, data = setup.seal(lab, cnam, b"x" * 100, ttl=timedelta(seconds=30))
+        setup.upload(lab, envelope, data)
+        ids.append(envelope["payload"]["transfer_id"])
+    setup.clock.advance(timedelta(seconds=31))
+    for tid in ids:
+        with pytest.raises(NotFound):
+            transfers.open_payload(cnam.caller, tid)
+    assert det.raised == []
+    assert setup.relay.services.control.refusal("cnam") is None
+
+
+def test_the_authority_is_never_locked_and_detection_never_breaks_a_request(setup: Setup) -> None:
+    det = fresh_detector(setup, DetectionRules(probes=2, lock_on=frozenset({"enumeration"})))
+    authority = Caller(AUTHORITY_KEYID, None)
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            setup.relay.services.transfers.open_payload(authority, new_id())
+    assert rule_names(det) == ["enumeration"]
+    assert det.raised[0].locked is False
+    # A control store that fails: the alert still reaches the sinks, the request still gets its answer.
+    cnam = setup.member("cnam", Role.RECIPIENT)
+    det2 = fresh_detector(setup, DetectionRules(probes=2))
+    failing = AlertDispatcher([])
+    det2._alerts = failing
+    sent: list = []
+    failing.submit = sent.append  # type: ignore[method-assign]
+
+    def broken(*_a: object, **_k: object) -> bool:
+        raise RuntimeError("database is locked")
+
+    setup.relay.services.control.lock_by_rule = broken  # type: ignore[method-assign]
+    for _ in range(2):
+        with pytest.raises(NotFound):
+            setup.relay.services.transfers.open_payload(cnam.caller, new_id())
+    assert [a.rule for a in sent] == ["enumeration"]
+    assert sent[0].locked is False

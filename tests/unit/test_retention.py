@@ -240,7 +240,7 @@ def test_years_of_deadlines_leave_nothing_past_its_time(setup: Setup) -> None:
     anchor = setup.relay.sql.checkpoint("anchor")
     assert anchor is not None
     assert anchor.seq > 1
-    audit = verify_audit(setup.relay.sql, setup.relay.services.auditor.relay_public)
+    audit = verify_audit(setup.relay.sql, setup.relay.services.auditor.relay_public, now=setup.clock.now())
     assert audit.ok, audit.as_dict()
     assert audit.first_seq == anchor.seq + 1
 

@@ -46,18 +46,23 @@ def _command(
     if (server is None) == (data is None):
         raise UsageError("give exactly one of --server URL (through the API) or --data DATA_DIR (directly)")
     party = Party.load(as_)
-    command = AdminCommand.new(AdminAction(action), target, reason, SystemClock().now())
-    envelope = sign_envelope(command.payload(), party.signing_key, party.name)
+    now = SystemClock().now()
     if data is not None:
-        from labrelay.runtime import admin_direct  # noqa: PLC0415
+        from labrelay.config import load_settings  # noqa: PLC0415
+        from labrelay.runtime import admin_direct, relay_verify_key  # noqa: PLC0415
 
+        relay = relay_verify_key(load_settings(data)).b64
+        command = AdminCommand.new(AdminAction(action), target, reason, now, relay)
+        envelope = sign_envelope(command.payload(), party.signing_key, party.name)
         result = admin_direct(data, envelope, SystemClock()).as_dict()
     else:
         from labrelay.client.api import RelayClient  # noqa: PLC0415
 
         assert server is not None  # noqa: S101 - checked above
         with RelayClient(server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert) as client:
-            result = client.admin_command(envelope)
+            relay = client.audit_checkpoint().relay_key  # the command is bound to this relay
+            command = AdminCommand.new(AdminAction(action), target, reason, now, relay)
+            result = client.admin_command(sign_envelope(command.payload(), party.signing_key, party.name))
     changed = "done" if result["changed"] else "no change (already so)"
     ui.out.print(f"{action}{' ' + target if target else ''}: {changed}", markup=False)
     for tid in result.get("quarantined", []):
@@ -154,13 +159,19 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
             list[Path] | None,
             typer.Option("--checkpoints", help="A party's checkpoints.json (repeatable): what the relay signed."),
         ] = None,
+        relay_key: Annotated[
+            Path | None,
+            typer.Option("--relay-key", help="The relay's public key as published (PEM); default DATA_DIR/relay.pub."),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     ) -> None:
         """Verify the audit log: the hash chain, the signed head and anchor, and checkpoints clients hold. Names
         the first bad record. Reads only; works on a stopped relay. Exit 0 if it holds, 3 otherwise."""
+        from labrelay.crypto.keys import load_verify_key_file  # noqa: PLC0415
         from labrelay.runtime import audit_verify as run_verify  # noqa: PLC0415
 
-        report = run_verify(data, _load_checkpoints(checkpoints or []))
+        pinned = load_verify_key_file(relay_key) if relay_key else None
+        report = run_verify(data, SystemClock(), _load_checkpoints(checkpoints or []), pinned)
         if as_json:
             ui.out.print(json.dumps(report.as_dict(), indent=2), markup=False)
         else:
@@ -236,7 +247,7 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
         with RelayClient(
             server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, checkpoints=book
         ) as client:
-            result = check_history(client, book)
+            result = check_history(client, book, SystemClock())
         ui.out.print(
             f"checked {result.checked} checkpoint(s), {result.pruned} pruned by retention; the relay's log holds them",
             markup=False,

@@ -153,7 +153,7 @@ class RelayClient:
         return response
 
     def _observe(self, response: httpx.Response) -> None:
-        """Keep the relay's signed audit head, if it sent one (every /v1 response does)."""
+        """Keep the relay's signed audit head, if it sent one (every response to a signed request does)."""
         value = response.headers.get(CHECKPOINT_HEADER)
         if value is None:
             return

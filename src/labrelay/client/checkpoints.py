@@ -1,8 +1,8 @@
 """The audit checkpoints a client keeps: the relay's signed word on what its audit log said.
 
-Every response from the relay carries its latest signed audit head (``Labrelay-Checkpoint``). The client checks
-the signature against the relay key it pinned on first contact (trust on first use, like ssh; a key that changes
-is refused), refuses a head that goes backwards (a truncated or restored log), and keeps checkpoints in
+Every response to a signed request carries the relay's latest signed audit head (``Labrelay-Checkpoint``). The
+client checks the signature against the relay key it pinned on first contact (trust on first use, like ssh; a key
+that changes is refused), refuses a head that goes backwards (a truncated or restored log), and keeps checkpoints in
 ``DIR/NAME/checkpoints.json``: the latest, and older ones at least an hour apart. ``labrelay audit check`` later
 asks the relay for the hash of each kept record: a relay that rewrote any record up to a kept checkpoint cannot
 answer with the hash it signed. The operator's ``labrelay audit verify --checkpoints FILE`` compares the same

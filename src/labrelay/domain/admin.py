@@ -53,9 +53,12 @@ class AdminCommand:
     reason: str
     issued_at: datetime
     command_id: str
+    relay: str  # the relay's audit key (base64url): a command signed for one relay is refused by any other
 
     @classmethod
-    def new(cls, action: AdminAction, target: str | None, reason: str | None, now: datetime) -> AdminCommand:
+    def new(
+        cls, action: AdminAction, target: str | None, reason: str | None, now: datetime, relay: str
+    ) -> AdminCommand:
         return cls.from_payload(
             {
                 "type": ADMIN_COMMAND_TYPE,
@@ -64,6 +67,7 @@ class AdminCommand:
                 "target": target,
                 "reason": reason,
                 "issued_at": to_rfc3339(now),
+                "relay": relay,
             }
         )
 
@@ -75,6 +79,7 @@ class AdminCommand:
             "target": self.target,
             "reason": self.reason,
             "issued_at": to_rfc3339(self.issued_at),
+            "relay": self.relay,
         }
 
     @classmethod
@@ -96,7 +101,11 @@ class AdminCommand:
             issued = from_rfc3339(str(payload.get("issued_at")))
         except ValueError:
             raise UsageError("admin command without a valid issued_at") from None
+        relay = payload.get("relay")
+        if not isinstance(relay, str) or not 20 <= len(relay) <= 64:
+            raise UsageError("admin command without the key of the relay it is for")
         return cls(
+            relay=relay,
             action=action,
             target=target,
             reason=_reason(payload.get("reason")),

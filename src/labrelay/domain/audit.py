@@ -12,13 +12,17 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first record."""
+
+MIN_AUDIT_RETENTION = timedelta(days=180)
+"""The least the log may be kept (CNIL délibération 2021-122: six months). Records younger than this are never
+pruned; a client's checkpoint younger than this must still be in the log."""
 
 
 class AuditEvent(StrEnum):
@@ -172,6 +176,14 @@ class Checkpoint:
 
 
 CHECKPOINT_TYPE = "labrelay.checkpoint.v1"
+
+
+class MalformedRecord(ValueError):
+    """A stored record that cannot even be read back (an unknown event name, details that are not JSON …)."""
+
+    def __init__(self, seq: int, why: str) -> None:
+        super().__init__(f"record {seq} is malformed ({why})")
+        self.seq = seq
 
 
 @dataclass(frozen=True, slots=True)

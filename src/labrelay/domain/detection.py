@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 RULES = ("enumeration", "bad-signatures", "replay", "revoked-key", "volume")
-LOCKABLE = frozenset(RULES) - {"bad-signatures"}  # a bad signature proves nobody's identity
+# A bad signature proves nobody's identity; a replay is sent by whoever captured the request, not its signer.
+LOCKABLE = frozenset(RULES) - {"bad-signatures", "replay"}
 
 
 def parse_lock_on(text: str) -> frozenset[str]:
@@ -13,5 +14,8 @@ def parse_lock_on(text: str) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown rules {sorted(unknown)}; rules are {', '.join(RULES)}")
     if names - {"none"} - LOCKABLE:
-        raise ValueError("bad-signatures cannot lock: a bad signature proves nobody's identity")
+        raise ValueError(
+            "bad-signatures and replay cannot lock: a bad signature proves nobody's identity, and a replay is sent "
+            "by whoever captured the request, not by its signer"
+        )
     return names - {"none"}

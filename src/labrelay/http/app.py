@@ -75,6 +75,7 @@ TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 NONCE_PRUNE_SECONDS = 60
 CHECKPOINT_HEADER = "Labrelay-Checkpoint"
+MAX_SEQ = 2**62
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         latest = services.auditor.latest
-        if latest is not None and request.url.path.startswith("/v1/"):
+        if latest is not None and getattr(request.state, "authenticated", False):
             # The relay's latest signed audit head: clients keep it, and can later prove what the log said.
             response.headers[CHECKPOINT_HEADER] = encode_header(latest)
         elapsed = time.perf_counter() - started
@@ -284,6 +285,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
             remote=remote(request),
             route=route,
         )
+        request.state.authenticated = True  # responses to a proven signer carry the audit checkpoint
         if not while_frozen:
             await run_in_threadpool(services.control.check_open, caller.name, route or "?")
         if body is not None:
@@ -589,16 +591,13 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """The hash of audit record ``seq``, for a client to compare with a checkpoint it holds (no content:
         other parties' records are not the caller's to read)."""
         caller = await authenticate(request, while_frozen=True)
-        if seq < 1:
+        if not 1 <= seq <= MAX_SEQ:
             raise UsageError("audit records are numbered from 1")
         digest = await call(services.audit_log.hash_at, seq)
         anchor = await call(services.audit_log.checkpoint, "anchor")
         await call(services.auditor.record, AuditEvent.AUDIT_READ, actor=caller.name, seq=seq, found=digest is not None)
-        return {
-            "seq": seq,
-            "hash": digest,
-            "pruned_through": anchor.seq if anchor else 0,
-        }
+        # The anchor is signed: a relay cannot claim a record was pruned without signing where pruning stopped.
+        return {"seq": seq, "hash": digest, "anchor": anchor.to_doc() if anchor else None}
 
     @app.get(
         "/v1/audit/export",
@@ -609,7 +608,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """Audit records after ``after``, as NDJSON for a SIEM (administrators and the authority only)."""
         caller = await authenticate(request, while_frozen=True)
         await require_admin(caller, "export")
-        if after < 0 or not 1 <= limit <= 100_000:
+        if not 0 <= after <= MAX_SEQ or not 1 <= limit <= 100_000:
             raise UsageError("after must be >= 0 and limit between 1 and 100000")
 
         def lines() -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import datetime
 
@@ -29,6 +30,7 @@ class Auditor:
         self.relay_public = relay_key.public
         self._listeners: list[Listener] = []
         self.latest: Checkpoint | None = log.checkpoint("head")
+        self._latest_guard = threading.Lock()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -56,8 +58,9 @@ class Auditor:
             details=details,
         )
         rec, checkpoint = self._log.append(entry, self.seal)
-        if self.latest is None or checkpoint.seq > self.latest.seq:
-            self.latest = checkpoint
+        with self._latest_guard:  # never hand out an older head than one already handed out
+            if self.latest is None or checkpoint.seq > self.latest.seq:
+                self.latest = checkpoint
         for listener in self._listeners:
             try:
                 listener(rec)

@@ -131,6 +131,8 @@ class ControlService:
             payload = verify_envelope(envelope, ADMIN_COMMAND_TYPE, self._signer_key(signer))
             command = AdminCommand.from_payload(payload)
             now = self._clock.now()
+            if command.relay != self._audit.relay_public.b64:
+                raise PermissionDenied("this admin command was signed for another relay")
             if abs(now - command.issued_at) > self._window:
                 raise ReplayDetected("admin command outside the replay window; sign a fresh one")
             if not self._store.record_command(

@@ -24,13 +24,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+import structlog
+
 from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
+from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.timeutil import format_duration
 from labrelay.relay.alerts import Alert, AlertDispatcher
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import ControlService
 
-_PROBE_REASONS = frozenset({"unknown", "foreign", "expired", "quarantined", "not-found"})
+# Only ids the caller has no business with: a recipient asking again for its own expired or quarantined transfer
+# is not probing (and a sender could otherwise get a recipient locked by sending it short-lived transfers).
+_PROBE_REASONS = frozenset({"unknown", "foreign", "not-found"})
+_SWEEP_EVERY = 1000
+_MAX_SUBJECTS = 100_000
+log = structlog.get_logger("labrelay.detector")
 _PROBE_EVENTS = frozenset(
     {AuditEvent.DOWNLOAD_REFUSE, AuditEvent.TRANSFER_READ, AuditEvent.RECEIPT_REFUSE, AuditEvent.UPLOAD_REJECT}
 )
@@ -62,6 +70,7 @@ class Detector:
         self._hits: dict[tuple[str, str], deque[datetime]] = defaultdict(deque)
         self._downloads: dict[str, deque[tuple[datetime, int]]] = defaultdict(deque)
         self._last_alert: dict[tuple[str, str], datetime] = {}
+        self._seen = 0
         self.raised: list[Alert] = []
 
     # ------------------------------------------------------------ input
@@ -81,6 +90,9 @@ class Detector:
             return
         trips: list[tuple[str, str, int, int, timedelta, bool]] = []
         with self._guard:
+            self._seen += 1
+            if self._seen % _SWEEP_EVERY == 0:
+                self._sweep(entry.at)
             details = entry.details
             remote = details.get("remote")
             probe = entry.event in _PROBE_EVENTS and entry.outcome is Outcome.REFUSED and entry.reason in _PROBE_REASONS
@@ -101,7 +113,23 @@ class Detector:
             if entry.event is AuditEvent.DOWNLOAD_SERVE and entry.actor:
                 trips += self._volume(entry.actor, entry.at, _served(rec))
         for rule, subject, count, threshold, window, signed in trips:
-            self._raise(rule, subject, entry.at, count, threshold, window, signed)
+            try:
+                self._raise(rule, subject, entry.at, count, threshold, window, signed)
+            except Exception as exc:  # noqa: BLE001 - never let detection break the request that fed it
+                log.error("alert could not be raised", rule=rule, error=type(exc).__name__)
+
+    def _sweep(self, now: datetime) -> None:
+        """Forget subjects with no event in the window (unsigned traffic from many addresses must not grow the
+        maps without bound); past the cap, forget the oldest."""
+        stale = [k for k, hits in self._hits.items() if not hits or hits[-1] <= now - self.rules.window]
+        for key in stale:
+            del self._hits[key]
+        if len(self._hits) > _MAX_SUBJECTS:
+            for key in sorted(self._hits, key=lambda k: self._hits[k][-1])[: len(self._hits) - _MAX_SUBJECTS]:
+                del self._hits[key]
+        cooled = [k for k, at in self._last_alert.items() if now - at >= self.rules.cooldown]
+        for key in cooled:
+            del self._last_alert[key]
 
     # ------------------------------------------------------------ rules
 
@@ -134,6 +162,8 @@ class Detector:
         return [("volume", actor, current, threshold, r.volume_window, True)]
 
     def _cooled(self, rule: str, subject: str, at: datetime) -> bool:
+        """No alert for this rule and subject within the cooldown; takes it (under the guard, so two threads never
+        raise the same alert). ``_raise`` then always reaches the sinks, even if the database fails."""
         last = self._last_alert.get((rule, subject))
         if last is not None and at - last < self.rules.cooldown:
             return False
@@ -145,9 +175,12 @@ class Detector:
     def _raise(
         self, rule: str, subject: str, at: datetime, count: int, threshold: int, window: timedelta, signed: bool
     ) -> None:
+        lockable = signed and rule in self.rules.lock_on and subject != AUTHORITY_KEYID
         locked = False
-        if signed and rule in self.rules.lock_on and not subject.startswith(("remote:", "claimed:")):
-            locked = self._control.lock_by_rule(subject, rule)
+        try:
+            locked = self._control.lock_by_rule(subject, rule) if lockable else False
+        except Exception as exc:  # noqa: BLE001 - the alert still goes out, saying the lock failed
+            log.error("lock failed", rule=rule, error=type(exc).__name__)
         summary = _SUMMARIES[rule].format(
             subject=subject, count=count, threshold=threshold, window=format_duration(window)
         )
@@ -162,18 +195,21 @@ class Detector:
             audit_seq=0,
             summary=summary + (f"; {subject} is locked" if locked else ""),
         )
-        rec = self._audit.record(
-            AuditEvent.ALERT_RAISE,
-            outcome=Outcome.REFUSED if locked else Outcome.OK,
-            actor=subject if signed else None,
-            reason=rule,
-            subject=subject,
-            count=count,
-            threshold=threshold,
-            window_seconds=alert.window_seconds,
-            locked=locked,
-        )
-        alert = replace(alert, audit_seq=rec.seq)
+        try:
+            rec = self._audit.record(
+                AuditEvent.ALERT_RAISE,
+                outcome=Outcome.REFUSED if locked else Outcome.OK,
+                actor=subject if signed else None,
+                reason=rule,
+                subject=subject,
+                count=count,
+                threshold=threshold,
+                window_seconds=alert.window_seconds,
+                locked=locked,
+            )
+            alert = replace(alert, audit_seq=rec.seq)
+        except Exception as exc:  # noqa: BLE001 - the sinks hear of it even if the database does not
+            log.error("alert not recorded in the audit trail", rule=rule, error=type(exc).__name__)
         self.raised.append(alert)
         del self.raised[:-100]
         self._alerts.submit(alert)

@@ -183,6 +183,14 @@ class TransferService:
         check_transfer_id(transfer_id)
         record = self._repo.get(transfer_id)
         if record is None or record.sender != caller.name:
+            self._audit.record(  # probing upload ids is probing too (detection counts it)
+                AuditEvent.TRANSFER_READ,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason="unknown" if record is None else "foreign",
+                via="upload",
+            )
             raise NotFound(f"no transfer {transfer_id}")
         if record.quarantined_at is not None:
             raise Conflict(f"transfer {transfer_id} is quarantined by the relay's administrator")
@@ -421,6 +429,7 @@ class TransferService:
                 TransferState.DELIVERED,
                 now,
                 receipt_envelope=signed_parts(envelope),
+                unless_quarantined=True,  # a quarantine that lands meanwhile wins
             ):
                 raise Conflict(f"transfer {transfer_id} is {record.state.value}, it cannot be acknowledged")
             self._audit.record(  # the decision before the act (see expire_due)

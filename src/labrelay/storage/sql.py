@@ -13,11 +13,20 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 
-from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, AuditRecord, Checkpoint, Outcome, chain_hash
+from labrelay.domain.audit import (
+    GENESIS,
+    AuditEntry,
+    AuditEvent,
+    AuditRecord,
+    Checkpoint,
+    MalformedRecord,
+    Outcome,
+    chain_hash,
+)
 from labrelay.domain.parties import PartyEntry, Revocation, Role
 from labrelay.domain.timeutil import from_epoch, to_epoch
 from labrelay.domain.transfers import Manifest, TransferRecord, TransferState
-from labrelay.errors import Conflict, StorageFull, Unavailable
+from labrelay.errors import AuditTampered, Conflict, StorageFull, Unavailable
 from labrelay.ports import Sealer
 from labrelay.storage import schema
 
@@ -252,15 +261,18 @@ class SqlStore:
         to_state: TransferState,
         at: datetime,
         receipt_envelope: Mapping[str, Any] | None = None,
+        *,
+        unless_quarantined: bool = False,
     ) -> bool:
         t = schema.transfers
         values: dict[str, Any] = {"state": to_state.value, "updated_at": to_epoch(at)}
         if receipt_envelope is not None:
             values["receipt"] = _dumps(receipt_envelope)
+        where = [t.c.id == transfer_id, t.c.state.in_([s.value for s in from_states])]
+        if unless_quarantined:
+            where.append(t.c.quarantined_at.is_(None))
         with self.engine.begin() as conn:
-            result = conn.execute(
-                update(t).where(t.c.id == transfer_id, t.c.state.in_([s.value for s in from_states])).values(**values)
-            )
+            result = conn.execute(update(t).where(*where).values(**values))
         return bool(result.rowcount)
 
     def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]:
@@ -326,14 +338,29 @@ class SqlStore:
 
     @staticmethod
     def _head(conn: Connection) -> tuple[int, str]:
-        """(seq, hash) of the last record: from the signed head, else the last row (a log from before 0003)."""
-        c = schema.audit_checkpoints
-        row = conn.execute(select(c.c.seq, c.c.hash).where(c.c.kind == "head")).first()
-        if row is not None:
-            return int(row.seq), str(row.hash)
-        t = schema.audit_events
-        last = conn.execute(select(t.c.seq, t.c.hash).order_by(t.c.seq.desc()).limit(1)).first()
-        return (int(last.seq), str(last.hash)) if last else (0, GENESIS)
+        """(seq, hash) of the last record, as the relay last signed it.
+
+        Without a signed head, only two states are legitimate: an empty log, or a log from before signed heads
+        (migration 0003 marked its last record as ``adopted``). Anything else — records but no head, or a head
+        whose record is gone or changed — means the log was altered behind the relay's back: appending to it
+        would bury the evidence, so the relay refuses (fail closed; ``labrelay audit verify`` says what changed).
+        """
+        c, t = schema.audit_checkpoints, schema.audit_events
+        marks = {r.kind: (int(r.seq), str(r.hash)) for r in conn.execute(select(c.c.kind, c.c.seq, c.c.hash))}
+        head = marks.get("head") or marks.get("adopted")
+        if head is None:
+            if conn.execute(select(t.c.seq).limit(1)).first() is not None:
+                raise AuditTampered("the audit log has records but no signed head; run labrelay audit verify")
+            return 0, GENESIS
+        if head[0] == 0:
+            return head
+        row = conn.execute(select(t.c.hash).where(t.c.seq == head[0])).first()
+        after = conn.execute(select(t.c.seq).where(t.c.seq > head[0]).limit(1)).first()
+        if row is None or row.hash != head[1] or after is not None:
+            raise AuditTampered(
+                f"the audit log no longer ends at its signed head (record {head[0]}); run labrelay audit verify"
+            )
+        return head
 
     @staticmethod
     def _put_checkpoint(conn: Connection, kind: str, cp: Checkpoint) -> None:
@@ -391,15 +418,21 @@ class SqlStore:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)).all()
             for r in rows:
-                entry = AuditEntry(
-                    at=from_epoch(r.at),
-                    event=AuditEvent(r.event),
-                    outcome=Outcome(r.outcome),
-                    actor=r.actor,
-                    transfer_id=r.transfer_id,
-                    reason=r.reason,
-                    details=json.loads(r.details),
-                )
+                try:
+                    details = json.loads(r.details)
+                    if not isinstance(details, dict):
+                        raise TypeError("details is not an object")
+                    entry = AuditEntry(
+                        at=from_epoch(r.at),
+                        event=AuditEvent(r.event),
+                        outcome=Outcome(r.outcome),
+                        actor=r.actor,
+                        transfer_id=r.transfer_id,
+                        reason=r.reason,
+                        details=details,
+                    )
+                except (ValueError, TypeError, OverflowError, OSError) as exc:
+                    raise MalformedRecord(int(r.seq), type(exc).__name__) from None
                 yield AuditRecord(seq=r.seq, entry=entry, prev_hash=r.prev_hash, hash=r.hash)
                 last = r.seq
             if len(rows) < batch:
@@ -514,3 +547,10 @@ class SqlStore:
         t = schema.transfers
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).where(t.c.quarantined_at.is_not(None))).scalar_one())
+
+    def activity(self) -> int:
+        """Parties and transfers held: a relay with either has served requests, so its log cannot be empty."""
+        with self.engine.connect() as conn:
+            parties = conn.execute(select(func.count()).select_from(schema.parties)).scalar_one()
+            transfers = conn.execute(select(func.count()).select_from(schema.transfers)).scalar_one()
+        return int(parties) + int(transfers)
