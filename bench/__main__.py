@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import memory, validate
+from bench import breach, memory, validate
 
-BENCHES = {"memory": memory.main, "validate": validate.main}
+BENCHES = {"breach": breach.main, "memory": memory.main, "validate": validate.main}
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ class World:
 
 
 def make_world(root: Path, relay_factory, *relay_args: str, settings: dict[str, str] | None = None) -> World:
-    """An authority, a running relay (``settings`` overriding relay.toml lines), a lab, cnam and ars-11."""
+    """An authority, a running relay (``settings`` overriding relay.toml lines), a lab, cnam, ars-11 and a DPO."""
     authority = Authority.init(root / "authority")
     init_data_dir(root / "relay", authority.path / "authority.pub")
     if settings:
@@ -174,6 +174,7 @@ def make_world(root: Path, relay_factory, *relay_args: str, settings: dict[str, 
     world.add("lab-paris-01", Role.LAB)
     world.add("cnam", Role.RECIPIENT)
     world.add("ars-11", Role.RECIPIENT, "11")
+    world.add("dpo", Role.DPO)  # the lab's DPO: the breach ledger of every routed send is sealed to it
     return world
 
 

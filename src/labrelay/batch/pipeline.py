@@ -20,6 +20,7 @@ import polars as pl
 from labrelay.batch.csv_reader import Batch, CsvReader
 from labrelay.batch.fhir import FhirReader
 from labrelay.batch.hl7 import Hl7Reader
+from labrelay.batch.ledger import ROW_ID, LedgerSink
 from labrelay.batch.outputs import RecordSink
 from labrelay.batch.route import Router
 from labrelay.batch.validate import Validator
@@ -128,9 +129,12 @@ def run(
     router: Router | None = None,
     sinks: Mapping[str, RecordSink] | None = None,
     on_batch: Callable[[Batch], None] | None = None,
+    ledger: LedgerSink | None = None,
 ) -> Summary:
-    """Process every batch; return the summary (also updated in place)."""
+    """Process every batch; return the summary (also updated in place). With a ``ledger``, each routed record's
+    person goes to the sender's ledger with the destinations that received it."""
     sinks = sinks or {}
+    row_ids = 0
     for batch in reader.batches():
         summary.read += batch.read
         structural = {record for record, _, _ in batch.rejected}
@@ -141,7 +145,12 @@ def run(
         held = [result.review]
         accepted = result.accepted
         if router is not None:
+            if ledger is not None:
+                accepted = accepted.with_columns((pl.int_range(pl.len()) + row_ids).alias(ROW_ID))
+                row_ids += accepted.height
             routed, not_routable = router.route(accepted)
+            if ledger is not None:
+                ledger.add(accepted, routed)
             held.append(not_routable)
             for name, frame in routed.items():
                 sinks[name].write_frame(frame)

@@ -21,6 +21,10 @@ from labrelay.domain.policy import Policy, RecipientRule
 from labrelay.domain.records import Reason, Result, normalise_trait
 from labrelay.errors import UsageError
 
+ROW_ID = "_lid"
+"""A routed record's row id, kept in each destination's frame when the sender's ledger asks for it (RecordSink
+writes only the destination's fields)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Destination:
@@ -140,7 +144,8 @@ class Router:
                 chosen = by_region.get(dest.region, routable.clear())
                 if dest.rule.select == "positive":
                     chosen = chosen.filter(pl.col("resultat") == Result.POSITIVE.value)
-            out[dest.name] = chosen.select(dest.rule.fields)
+            keep = [*dest.rule.fields, *([ROW_ID] if ROW_ID in chosen.columns else [])]
+            out[dest.name] = chosen.select(keep)
         review = (held if held is not None else accepted.clear()).with_columns(
             pl.lit(Reason.NO_RECIPIENT.value).alias("_reason")
         )

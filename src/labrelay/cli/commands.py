@@ -338,6 +338,13 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             typer.Option("--as-is", help="Send the file unparsed (no validation, no routing) to the --to recipients."),
         ] = False,
         input_format: Annotated[str, typer.Option("--format", help="auto, csv, hl7 or fhir.")] = "auto",
+        dpo: Annotated[
+            str | None,
+            typer.Option("--dpo", help="The DPO whose key seals the breach ledger (default: the only one enrolled)."),
+        ] = None,
+        ledger_retention: Annotated[
+            str, typer.Option(help="How long the breach ledger of this batch is kept (default 365d, like the audit).")
+        ] = "365d",
         cacert: CaOpt = None,
     ) -> None:
         """Validate, route and minimise lab results under the signed policy, seal one payload per recipient, upload.
@@ -368,6 +375,8 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
                         restrict=to,
                         input_format=input_format,
                         progress=progress,
+                        dpo=dpo,
+                        ledger_retention=parse_duration(ledger_retention),
                     )
                 except Unreadable as exc:
                     if not to:
@@ -501,8 +510,10 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             raise IntegrityError(f"{len(problems)} receipt(s) failed verification")
 
     from labrelay.cli.admin import register_admin  # noqa: PLC0415
+    from labrelay.cli.breach import register_breach  # noqa: PLC0415
     from labrelay.cli.demo import demo_command  # noqa: PLC0415 - the demo imports the whole relay
 
     register_admin(app)
+    register_breach(app)
 
     app.command("demo")(demo_command)

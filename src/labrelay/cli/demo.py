@@ -78,10 +78,14 @@ def recipients() -> list[tuple[str, str | None]]:
     return [("cnam", None), ("spf", None)] + [(f"ars-{region}", region) for region in regions]
 
 
+DPO = "dpo-lab"  # the lab's data protection officer: its key opens the breach ledger
+
+
 def _enrol_parties(authority: Authority, parties_dir: Path, url: str, clock: SystemClock) -> dict[str, Party]:
     """The lab and every recipient: keys made here, entries signed by the authority, registered."""
     pub = authority.path / "authority.pub"
-    wanted = [(LAB, Role.LAB, None)] + [(name, Role.RECIPIENT, region) for name, region in recipients()]
+    wanted: list[tuple[str, Role, str | None]] = [(LAB, Role.LAB, None), (DPO, Role.DPO, None)]
+    wanted += [(name, Role.RECIPIENT, region) for name, region in recipients()]
     parties = {}
     for name, role, region in wanted:
         party = Party.create(parties_dir, name, role, region, pub, clock.now())

@@ -12,6 +12,8 @@ Party directory ``DIR/NAME/`` (mode 0700)::
     pseudonym.key   labs only: the key of the keyed pseudonyms, from the authority at enrolment (0600)
     outbox/         sealed payloads not yet fully uploaded (ciphertext only) and their signed manifests
     sent/           manifests of completed uploads (the sender's record of what it sent)
+    ledger/         labs: the breach ledger of each routed send (docs/breach.md); persons sealed to the DPO
+    checkpoints.json  the relay's signed audit heads this party received (docs/audit.md)
 
 Authority directory ``AUTH_DIR/`` (mode 0700)::
 

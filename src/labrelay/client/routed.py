@@ -23,6 +23,7 @@ from labrelay.batch.validate import Validator
 from labrelay.client.api import RelayClient
 from labrelay.client.files import private_dir, write_json_atomic
 from labrelay.client.keystore import Party
+from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
 from labrelay.client.policy import current_policy
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.send import GZIP_LEVEL, Sent, upload
@@ -81,6 +82,8 @@ def send_results(
     restrict: Sequence[str] | None = None,
     input_format: str = "auto",
     progress: Progress | None = None,
+    dpo: str | None = None,
+    ledger_retention: timedelta = DEFAULT_RETENTION,
 ) -> RoutedSend:
     """Validate, route and minimise a results file under the signed policy; seal and send one payload per
     recipient. Records are read once, streaming; plaintext goes only through memory and pipes."""
@@ -96,6 +99,8 @@ def send_results(
     # forged, revoked or unknown recipient is refused as such, not routed around.
     for name in sorted((set(restrict or ()) | set(directory.untrusted)) & addressed):
         directory.require(name, RECEIVING_ROLES)
+    dpo_entry = choose_dpo(directory, dpo)  # no ledger, no send: the breach response depends on it
+    purge(party.path, clock.now())
     enrolled = {e.name for e in directory.in_force() if e.role in RECEIVING_ROLES}
     router = Router(policy, regions, enrolled, restrict=restrict, pseudonym_key=party.pseudonym_key())
     validator = Validator(
@@ -110,6 +115,9 @@ def send_results(
     rejections_path = reports / f"{batch_id}.rejections.csv"
     review_path = reports / f"{batch_id}.review.csv"
     outputs = [_open_output(party, d, directory.require(d.name, RECEIVING_ROLES)) for d in router.destinations]
+    ledger = LedgerWriter.open(
+        party.path, batch_id, dpo_entry, {o.dest.name: o.transfer_id for o in outputs}, party.pseudonym_key()
+    )
     summary = Summary(
         fmt, ignored_columns=getattr(getattr(reader, "layout", None), "ignored", ()), policy_version=policy.version
     )
@@ -125,6 +133,7 @@ def send_results(
                 router=router,
                 sinks={o.dest.name: o.sink for o in outputs},
                 on_batch=lambda b: task.advance(b.read),
+                ledger=ledger.sink,
             )
         if not summary.reconciled:  # fail closed: never send a batch whose counts do not add up
             raise OperationalError(
@@ -132,9 +141,16 @@ def send_results(
                 f"{summary.rejected} rejected, {summary.held} held; nothing sent"
             )
         states, skipped = _seal_all(party, outputs, batch_id, created, ttl, policy.version)
+        facts = [
+            transfer_fact(o.transfer_id, o.dest.name, o.sink.records, created + ttl, o.dest.rule.fields)
+            for o in outputs
+            if o.sink.records
+        ]
+        ledger.finish(party.name, created, policy.version, facts, ledger_retention)
     except BaseException:
         for out in outputs:
             _discard(out)
+        ledger.discard()
         raise
     finally:
         task.done()

@@ -1,0 +1,102 @@
+"""The persons index of a sender's ledger: who is in which transfer, with what is needed to notify them.
+
+One CSV row per patient record and per prescriber (deduplicated within a batch by RPPS), with the transfers that
+carried them. Written as the batch is routed, to a stream that gzips and age-encrypts it to the DPO's key
+(``labrelay.client.ledger``): plaintext only in memory and pipes. The NIR is not copied (a letter does not need it);
+patients are keyed by their keyed pseudonym when the lab has the pseudonym key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from labrelay.batch.outputs import ByteStream
+from labrelay.batch.route import ROW_ID, with_pseudonyms
+
+__all__ = ["COLUMNS", "PATIENT", "PROFESSIONAL", "ROW_ID", "LedgerSink"]
+COLUMNS = (
+    "kind",
+    "person",
+    "nom",
+    "prenom",
+    "date_naissance",
+    "adresse",
+    "code_postal",
+    "commune",
+    "telephone",
+    "email",
+    "transfers",
+)
+PATIENT, PROFESSIONAL = "patient", "professional"
+
+
+def _text(name: str) -> pl.Expr:
+    return pl.col(name).cast(pl.String).fill_null("")
+
+
+class LedgerSink:
+    """Receives each routed block; writes its persons, with the transfer ids that carried them."""
+
+    def __init__(self, stream: ByteStream, transfer_ids: Mapping[str, str], pseudonym_key: str | None) -> None:
+        self.stream = stream
+        self.transfer_ids = dict(transfer_ids)  # destination name → transfer id
+        self._key = pseudonym_key
+        self.patients = 0
+        self.professionals = 0
+        self._header = False
+
+    def add(self, accepted: pl.DataFrame, routed: Mapping[str, pl.DataFrame]) -> None:
+        carried = [
+            frame.select(ROW_ID, pl.lit(self.transfer_ids[name]).alias("tid"))
+            for name, frame in routed.items()
+            if frame.height and name in self.transfer_ids
+        ]
+        if not carried:
+            return
+        membership = (
+            pl.concat(carried).group_by(ROW_ID).agg(pl.col("tid").unique().sort().str.join(";").alias("transfers"))
+        )
+        people = accepted.join(membership, on=ROW_ID, how="inner")
+        person = (
+            with_pseudonyms(people, self._key).get_column("pseudonyme")
+            if self._key
+            else pl.Series("pseudonyme", [""] * people.height)
+        )
+        patients = people.with_columns(person.alias("person")).select(
+            pl.lit(PATIENT).alias("kind"),
+            _text("person"),
+            _text("nom"),
+            _text("prenom"),
+            pl.col("date_naissance").cast(pl.String).fill_null("").alias("date_naissance"),
+            _text("adresse"),
+            _text("code_postal"),
+            _text("commune"),
+            _text("telephone"),
+            _text("email"),
+            pl.col("transfers"),
+        )
+        prescribers = (
+            people.filter(pl.col("prescripteur_rpps").is_not_null())
+            .group_by("prescripteur_rpps")
+            .agg(
+                pl.col("prescripteur_nom").first(),
+                pl.col("prescripteur_telephone").first(),
+                pl.col("transfers").str.split(";").explode().unique().sort().str.join(";"),
+            )
+            .select(
+                pl.lit(PROFESSIONAL).alias("kind"),
+                _text("prescripteur_rpps").alias("person"),
+                _text("prescripteur_nom").alias("nom"),
+                *(pl.lit("").alias(c) for c in ("prenom", "date_naissance", "adresse", "code_postal", "commune")),
+                _text("prescripteur_telephone").alias("telephone"),
+                pl.lit("").alias("email"),
+                pl.col("transfers"),
+            )
+        )
+        block = pl.concat([patients, prescribers])
+        self.stream.write(block.write_csv(include_header=not self._header).encode("utf-8"))
+        self._header = True
+        self.patients += patients.height
+        self.professionals += prescribers.height
