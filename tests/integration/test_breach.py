@@ -80,6 +80,17 @@ def test_scenario_a_a_copy_of_the_whole_relay_exposes_ciphertext_only(world: Wor
     assert "Aucune communication individuelle n'est due" in draft
     assert not (out / "lettres").exists()
     assert json.loads((out / "notification-cnil.json").read_text())["art34"]["owed"] is False
+    # An audit export with one line changed (the relay may be the compromised party) is refused.
+    lines = audit.read_text().splitlines()
+    lines[3] = lines[3].replace('"outcome":"ok"', '"outcome":"refused"')
+    forged = world.root / "forged.ndjson"
+    forged.write_text("\n".join(lines) + "\n")
+    refused = cli(
+        "breach", "scope", "--ledger", world.party_dir("lab-paris-01") / "ledger", "--audit", forged,
+        "--storage-copied-at", copied_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "--out", world.root / "forged",
+    )  # fmt: skip
+    assert refused.code == 3, str(refused)
+    assert "does not verify" in refused.err
 
 
 @pytest.mark.threat("T20")
@@ -153,3 +164,15 @@ def test_scenario_b_a_stolen_recipient_key_names_exactly_its_undelivered_persons
     ):
         assert element in draft, element
     assert json.loads((out / "notification-cnil.json").read_text())["art34"]["owed"] is True
+    # A list of persons that is not the one this scope named is refused; so is writing over earlier letters.
+    with (out / "affected.csv").open("a") as fh:
+        fh.write("patient,,INTRUS,Jean,1970-01-01,1 rue X,75001,PARIS,,jean@example.org,x\n")
+    tampered = cli("breach", "notify", "--scope", out, "--controller", controller_file(world.root), "--out", out / "2")
+    assert tampered.code == 3, str(tampered)
+    # Without the DPO's key the persons are not named: the art. 33 draft is still written, with what is missing.
+    unnamed = world.root / "scope-b-unnamed"
+    args = ["--ledger", world.party_dir("lab-paris-01") / "ledger", "--audit", audit, "--out", unnamed]
+    assert cli("breach", "scope", *args, "--compromised", f"ars-11@{stolen_at:%Y-%m-%dT%H:%M:%SZ}").code == 0
+    partial = cli("breach", "notify", "--scope", unnamed, "--controller", controller_file(world.root))
+    assert partial.code == 2, str(partial)
+    assert "[À COMPLÉTER" in (unnamed / "notification-cnil.md").read_text()

@@ -77,9 +77,20 @@ class LedgerSink:
             _text("email"),
             pl.col("transfers"),
         )
+        # A prescriber is one person per RPPS; without an RPPS (optional in the template), per name and phone.
+        rpps = pl.col("prescripteur_rpps").cast(pl.String).fill_null("")
+        who = (
+            pl.when(rpps != "")
+            .then(rpps)
+            .otherwise(
+                pl.concat_str([pl.lit("nom:"), _text("prescripteur_nom"), pl.lit("|"), _text("prescripteur_telephone")])
+            )
+            .alias("person")
+        )
         prescribers = (
-            people.filter(pl.col("prescripteur_rpps").is_not_null())
-            .group_by("prescripteur_rpps")
+            people.with_columns(who)
+            .filter((pl.col("person") != "nom:|") & pl.col("prescripteur_nom").is_not_null())
+            .group_by("person")
             .agg(
                 pl.col("prescripteur_nom").first(),
                 pl.col("prescripteur_telephone").first(),
@@ -87,7 +98,7 @@ class LedgerSink:
             )
             .select(
                 pl.lit(PROFESSIONAL).alias("kind"),
-                _text("prescripteur_rpps").alias("person"),
+                pl.col("person"),
                 _text("prescripteur_nom").alias("nom"),
                 *(pl.lit("").alias(c) for c in ("prenom", "date_naissance", "adresse", "code_postal", "commune")),
                 _text("prescripteur_telephone").alias("telephone"),

@@ -46,10 +46,17 @@ class Controller:
         missing = [k for k in REQUIRED if not doc.get(k)]
         if missing:
             raise UsageError(f"{path}: missing {', '.join(missing)}", hint="docs/breach.md has the template")
+        aware = doc["decouverte"]
         try:
+            if isinstance(aware, datetime):  # a TOML date-time, unquoted
+                if aware.tzinfo is None:
+                    raise ValueError("no time zone")
+                doc["decouverte"] = to_rfc3339(aware)
             from_rfc3339(str(doc["decouverte"]))
         except ValueError:
-            raise UsageError(f"{path}: decouverte must be an instant, e.g. 2026-11-28T09:00:00Z") from None
+            raise UsageError(
+                f"{path}: decouverte must be an instant with its zone, e.g. 2026-11-28T09:00:00Z"
+            ) from None
         doc.setdefault("siren", "")
         doc.setdefault("ville", "")
         doc.setdefault("motif_retard", "")
@@ -78,7 +85,9 @@ def art33(scope: dict[str, Any], controller: Controller, now: datetime) -> tuple
     if persons is None and scope["transfers"]["readable"]:
         readable_persons = True  # without the DPO key, readable transfers mean readable persons
     labels = {k: CATEGORY_LABELS_FR[k] for k in CATEGORY_LABELS_FR}
+    keys_compromised = bool(scope["incident"]["compromised"])
     facts = {
+        "keys_compromised": keys_compromised,
         "now": to_rfc3339(now),
         "phase": "initiale",
         "late": now - controller.aware_at > DEADLINE,
@@ -100,13 +109,17 @@ def art33(scope: dict[str, Any], controller: Controller, now: datetime) -> tuple
         "nature": {"incident": facts["incident"], "readable_data": readable_persons},
         "approximate_numbers": {"transfers": scope["transfers"], "records": scope["records"], "persons": persons},
         "categories": scope["categories"],
-        "likely_consequences": "high risk: health and identification data readable"
+        "likely_consequences": "risque élevé : données de santé et d'identification lisibles"
         if readable_persons
-        else "no readable data: only end-to-end encrypted payloads were exposed",
+        else "aucune donnée lisible : seules des données chiffrées de bout en bout ont été exposées",
+        "late_reason": controller.doc["motif_retard"] if facts["late"] else None,
+        "recipient_side_transfers": scope["transfers"]["recipient-side"],
         "measures": {"taken": controller.doc["mesures_prises"], "proposed": controller.doc["mesures_envisagees"]},
         "art34": {
             "owed": readable_persons,
-            "exemption": None if readable_persons else "art. 34(3)(a): data unintelligible (encrypted)",
+            "exemption": None
+            if readable_persons
+            else "art. 34(3)(a) : données incompréhensibles pour toute personne non autorisée (chiffrement)",
         },
     }
     return markdown, doc
@@ -138,6 +151,7 @@ class _Art34Writer:
         self.controller, self.common, self.out = controller, common, out
         self.batch_size, self.pdf = batch_size, pdf
         self.result = Letters()
+        self.mbox_files = 0
         sender = str(controller.doc["dpo_email"])
         if any(c in sender for c in "\r\n<>,;"):
             raise UsageError("dpo_email is not a plain e-mail address")
@@ -151,19 +165,27 @@ class _Art34Writer:
         self.mails: list[dict[str, str]] = []
         self.to_call: list[dict[str, str]] = []
         for sub in ("lettres", "courriels"):
-            (out / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            folder = out / sub
+            if folder.exists() and any(folder.iterdir()):
+                raise UsageError(
+                    f"{folder} already holds letters or e-mails from an earlier run",
+                    hint="write to a new directory with --out, so that no batch is mixed with another",
+                )
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def add(self, person: dict[str, str]) -> None:
         if person.get("adresse"):
             self.letters.append(person)
             if len(self.letters) >= self.batch_size:
                 self.flush_letters()
-        if person.get("email"):
+        email = person.get("email", "")
+        writable = bool(email) and "@" in email and not any(c in email for c in '\r\n,;<>" ')
+        if writable:
             self.mails.append(person)
             if len(self.mails) >= self.batch_size:
                 self.flush_mails()
-        if not person.get("adresse") and not person.get("email"):
-            self.to_call.append(person)
+        if not person.get("adresse") and not writable:
+            self.to_call.append(person)  # neither a letter nor an e-mail can reach them
 
     def flush_letters(self) -> None:
         if not self.letters:
@@ -174,9 +196,12 @@ class _Art34Writer:
         if self.pdf:
             from weasyprint import HTML  # noqa: PLC0415 - heavy; only when letters are printed
 
-            HTML(string=html).write_pdf(str(target.with_suffix(".pdf")))
+            written = target.with_suffix(".pdf")
+            HTML(string=html).write_pdf(str(written))
         else:
-            target.with_suffix(".html").write_text(html, encoding="utf-8")
+            written = target.with_suffix(".html")
+            written.write_text(html, encoding="utf-8")
+        written.chmod(0o600)  # letters name persons and say what was exposed
         self.result.letters += len(self.letters)
         self.letters.clear()
 
@@ -186,8 +211,8 @@ class _Art34Writer:
         text (8bit); lines starting with "From " are quoted as mbox requires."""
         if not self.mails:
             return
-        number = self.result.emails // self.batch_size + 1
-        path = self.out / "courriels" / f"courriels-{number:05d}.mbox"
+        self.mbox_files += 1
+        path = self.out / "courriels" / f"courriels-{self.mbox_files:05d}.mbox"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             for person in self.mails:

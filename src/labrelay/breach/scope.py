@@ -9,13 +9,14 @@ with the categories of data concerned and what is needed to write to them.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import polars as pl
 from labrelay.batch.ledger import PATIENT, PROFESSIONAL
 from labrelay.crypto import age_stream
 from labrelay.crypto.keys import AgeIdentity
+from labrelay.domain.audit import AuditEntry, AuditEvent, Outcome, chain_hash
 from labrelay.domain.breach import Exposure, Finding, Incident, TransferFacts, assess, lifecycles
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 from labrelay.errors import IntegrityError, Unreadable, UsageError
@@ -49,6 +51,7 @@ class Ledger:
                 records=int(t["records"]),
                 deadline=from_rfc3339(str(t["deadline"])),
                 categories=tuple(t["categories"]),
+                created=from_rfc3339(str(self.meta["created"])),
             )
             for t in self.meta["transfers"]
         ]
@@ -66,24 +69,65 @@ def load_ledgers(paths: Sequence[Path]) -> list[Ledger]:
                 raise Unreadable(f"{meta_path}: not a ledger ({exc})") from None
             if not isinstance(meta, dict) or meta.get("type") != "labrelay.ledger.v1":
                 raise Unreadable(f"{meta_path}: not a labrelay ledger")
+            if meta.get("batch_id") in {f.meta.get("batch_id") for f in found}:
+                continue  # the same ledger given twice counts once
             found.append(Ledger(meta_path.parent, meta))
     if not found:
         raise UsageError("no ledger found", hint="give each sender's ledger directory: --ledger PARTIES/lab/ledger")
     return found
 
 
-def read_audit(path: Path) -> Iterator[dict[str, Any]]:
-    """The relay's NDJSON audit export, line by line."""
+@dataclass
+class AuditRead:
+    """What the export itself proves: its records chain, without a gap, from ``first_seq``."""
+
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+def read_audit(path: Path, seen: AuditRead | None = None) -> Iterator[dict[str, Any]]:
+    """The relay's NDJSON audit export, line by line, each record checked against its hash and its predecessor:
+    an export with a line removed, changed or inserted (the relay may be the compromised party) is refused."""
+    seen = seen or AuditRead()
+    prev: str | None = None
     try:
         with path.open(encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
-                if line.strip():
-                    doc = json.loads(line)
-                    if not isinstance(doc, dict):
-                        raise ValueError(f"line {n} is not an object")
-                    yield doc
-    except (OSError, ValueError) as exc:
-        raise Unreadable(f"{path}: not an audit export ({exc})") from None
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                if not isinstance(doc, dict):
+                    raise ValueError(f"line {n} is not an object")
+                _check_record(doc, prev, n)
+                prev = str(doc["hash"])
+                seen.first_seq = seen.first_seq or int(doc["seq"])
+                seen.last_seq = int(doc["seq"])
+                seen.records += 1
+                yield doc
+    except OSError as exc:
+        raise Unreadable(f"{path}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(
+            f"{path}: the audit export does not verify ({exc})",
+            hint="export it again, and run labrelay audit verify on the relay's database",
+        ) from None
+
+
+def _check_record(doc: dict[str, Any], prev: str | None, line: int) -> None:
+    entry = AuditEntry(
+        at=from_rfc3339(str(doc["at"])),
+        event=AuditEvent(doc["event"]),
+        outcome=Outcome(doc["outcome"]),
+        actor=doc.get("actor"),
+        transfer_id=doc.get("transfer_id"),
+        reason=doc.get("reason"),
+        details=doc.get("details") or {},
+    )
+    if prev is not None and doc["prev"] != prev:
+        raise ValueError(f"line {line} (record {doc['seq']}) does not follow the line before")
+    if chain_hash(entry, int(doc["seq"]), str(doc["prev"])) != doc["hash"]:
+        raise ValueError(f"line {line} (record {doc['seq']}) does not match its hash")
 
 
 @dataclass
@@ -92,6 +136,10 @@ class Scope:
     findings: list[tuple[TransferFacts, Finding]]
     persons: dict[str, int] = field(default_factory=dict)  # with the DPO key: counts by exposure and kind
     computed_at: datetime | None = None
+    unledgered: list[dict[str, str]] = field(default_factory=list)  # exposed at the relay, in no ledger given
+    unmatched: list[str] = field(default_factory=list)  # incident names and ids that match nothing
+    audit: AuditRead = field(default_factory=AuditRead)
+    affected_sha256: str | None = None  # binds affected.csv to this scope (notify checks it)
 
     def by_exposure(self, exposure: Exposure) -> list[tuple[TransferFacts, Finding]]:
         return [(f, x) for f, x in self.findings if x.exposure is exposure]
@@ -128,6 +176,15 @@ class Scope:
                 exposure.value: self.categories(exposure) for exposure in (Exposure.CIPHERTEXT, Exposure.READABLE)
             },
             "persons": self.persons or None,
+            "audit": {
+                "records": self.audit.records,
+                "first_seq": self.audit.first_seq,
+                "last_seq": self.audit.last_seq,
+                "complete": self.audit.first_seq == 1,
+            },
+            "unledgered": self.unledgered,
+            "affected_sha256": self.affected_sha256,
+            "unmatched": self.unmatched,
             "findings": [
                 {
                     "transfer_id": f.transfer_id,
@@ -150,15 +207,39 @@ def _opt(instant: datetime | None) -> str | None:
 
 
 def compute_scope(
-    ledgers: Sequence[Ledger], audit: Iterable[dict[str, Any]], incident: Incident, now: datetime
+    ledgers: Sequence[Ledger], audit: Path | Iterable[dict[str, Any]], incident: Incident, now: datetime
 ) -> Scope:
-    lives = lifecycles(audit)
+    """Assess every ledger transfer; ``audit`` is the export's path (verified as it is read) or its documents."""
+    read = AuditRead()
+    try:
+        lives = lifecycles(read_audit(audit, read) if isinstance(audit, Path) else audit)
+    except ValueError as exc:
+        raise IntegrityError(f"the audit export has a record without a valid instant ({exc})") from None
     findings = []
     for ledger in ledgers:
         for fact in ledger.facts():
             findings.append((fact, assess(fact, lives.get(fact.transfer_id), incident)))
     findings.sort(key=lambda p: (p[1].exposure.value, p[0].sender, p[0].transfer_id))
-    return Scope(incident, findings, computed_at=now)
+    scope = Scope(incident, findings, computed_at=now, audit=read)
+    known = {f.transfer_id for f, _ in findings}
+    # What the relay held that no ledger given describes (an --as-is document, a purged or missing ledger): its
+    # exposure is still assessed, its content is unknown.
+    for tid, life in sorted(lives.items()):
+        if tid in known or life.created is None:
+            continue
+        far = life.created + timedelta(days=366)
+        facts = TransferFacts(tid, life.sender or "?", life.recipient or "?", 0, far, ())
+        finding = assess(facts, life, incident)
+        if finding.exposure is not Exposure.NONE:
+            scope.unledgered.append({"transfer_id": tid, "sender": facts.sender, "recipient": facts.recipient,
+                                     "exposure": finding.exposure.value, "why": finding.why})  # fmt: skip
+    parties = {f.recipient for f, _ in findings} | {f.sender for f, _ in findings}
+    parties |= {life.recipient for life in lives.values() if life.recipient}
+    scope.unmatched = sorted(
+        [f"--compromised {name}" for name in incident.compromised if name not in parties]
+        + [f"--transfer {tid}" for tid in incident.transfers if tid not in lives and tid not in known]
+    )
+    return scope
 
 
 def _persons_frame(ledger: Ledger, identities: Sequence[AgeIdentity]) -> pl.DataFrame:
@@ -251,14 +332,16 @@ def name_persons(scope: Scope, ledgers: Sequence[Ledger], identities: Sequence[A
 def write_scope(scope: Scope, out: Path, affected: pl.DataFrame | None) -> list[Path]:
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = [out / "scope.json", out / "scope.md"]
-    (out / "scope.json").write_text(json.dumps(scope.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "scope.md").write_text(render_scope_md(scope), encoding="utf-8")
+    path = out / "affected.csv"
+    path.unlink(missing_ok=True)  # never leave a list of persons from an earlier scope beside this one
     if affected is not None:
-        path = out / "affected.csv"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             affected.write_csv(fh)
         written.append(path)
+        scope.affected_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    (out / "scope.json").write_text(json.dumps(scope.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return written
 
 

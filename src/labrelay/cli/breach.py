@@ -3,18 +3,22 @@ talk to the relay."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from labrelay.cli import ui
 from labrelay.clock import SystemClock
 from labrelay.domain.timeutil import from_rfc3339
-from labrelay.errors import UsageError
+from labrelay.errors import IntegrityError, UsageError
+
+if TYPE_CHECKING:  # polars loads only when a breach command runs
+    from labrelay.breach.scope import Scope
 
 
 def _instant(text: str, what: str) -> datetime:
@@ -24,7 +28,24 @@ def _instant(text: str, what: str) -> datetime:
         raise UsageError(f"{what}: not an instant: {text!r}", hint="e.g. 2026-11-28T09:00:00Z") from None
 
 
-def register_breach(app: typer.Typer) -> None:
+def _warnings(result: Scope) -> None:
+    for item in result.unmatched:
+        ui.err.print(f"labrelay: warning: {item} matches no party or transfer of the ledgers and audit", markup=False)
+    if result.unledgered:
+        ui.err.print(
+            f"labrelay: warning: {len(result.unledgered)} exposed transfer(s) are in no ledger given "
+            "(content unknown; see scope.json, unledgered)",
+            markup=False,
+        )
+    if result.audit.first_seq != 1:
+        ui.err.print(
+            "labrelay: warning: the audit export does not start at record 1 (pruned or partial): transfers whose "
+            "creation is not in it are assumed stored from their sending to their deadline",
+            markup=False,
+        )
+
+
+def register_breach(app: typer.Typer) -> None:  # noqa: PLR0915 - the command table, in one place
     breach_app = typer.Typer(
         help="Breach response (DPO): scope an incident, name the affected persons, draft the notifications.",
         no_args_is_help=True,
@@ -59,7 +80,6 @@ def register_breach(app: typer.Typer) -> None:
             compute_scope,
             load_ledgers,
             name_persons,
-            read_audit,
             write_scope,
         )
         from labrelay.domain.breach import Incident  # noqa: PLC0415
@@ -76,11 +96,13 @@ def register_breach(app: typer.Typer) -> None:
             transfers=frozenset(transfer or ()),
             compromised=hurt,
         )
+        if incident.window and incident.window[0] > incident.window[1]:
+            raise UsageError("--window: the first instant is after the second")
         if not (incident.storage_copied_at or incident.window or incident.transfers or incident.compromised):
             raise UsageError("say what happened: --storage-copied-at, --window, --transfer or --compromised")
         started = time.perf_counter()
         ledgers = load_ledgers(ledger)
-        result = compute_scope(ledgers, read_audit(audit), incident, SystemClock().now())
+        result = compute_scope(ledgers, audit, incident, SystemClock().now())
         affected = None
         if as_ is not None:
             from labrelay.client.keystore import Party  # noqa: PLC0415
@@ -99,6 +121,22 @@ def register_breach(app: typer.Typer) -> None:
             ),
             markup=False,
         )
+        for item in result.unmatched:
+            ui.err.print(
+                f"labrelay: warning: {item} matches no party or transfer of the ledgers and audit", markup=False
+            )
+        if result.unledgered:
+            ui.err.print(
+                f"labrelay: warning: {len(result.unledgered)} exposed transfer(s) are in no ledger given "
+                "(content unknown; see scope.json, unledgered)",
+                markup=False,
+            )
+        if result.audit.first_seq != 1:
+            ui.err.print(
+                "labrelay: warning: the audit export does not start at record 1 (pruned or partial): transfers "
+                "whose creation is not in it are assumed stored from their sending to their deadline",
+                markup=False,
+            )
         ui.err.print(f"scope written to {out} in {time.perf_counter() - started:.1f} s", markup=False)
 
     @breach_app.command("notify")
@@ -142,6 +180,11 @@ def register_breach(app: typer.Typer) -> None:
         affected_path = scope_dir / "affected.csv"
         if not affected_path.is_file():
             raise UsageError("readable data was exposed but the persons are not named", hint="breach scope --as DPO")
+        if hashlib.sha256(affected_path.read_bytes()).hexdigest() != scope.get("affected_sha256"):
+            raise IntegrityError(
+                f"{affected_path} is not the list this scope named",
+                hint="run labrelay breach scope --as DPO_DIR again into this directory",
+            )
         affected = pl.read_csv(affected_path, infer_schema=False)
         started = time.perf_counter()
         letters = art34(

@@ -111,11 +111,12 @@ class LedgerWriter:
 
 
 def transfer_fact(
-    transfer_id: str, recipient: str, records: int, deadline: datetime, fields: tuple[str, ...]
+    transfer_id: str, recipient: str, recipient_key: str, records: int, deadline: datetime, fields: tuple[str, ...]
 ) -> dict[str, Any]:
     return {
         "transfer_id": transfer_id,
         "recipient": recipient,
+        "recipient_key": recipient_key,  # the age key it was sealed to: which key's compromise reads it
         "records": records,
         "deadline": to_rfc3339(deadline),
         "fields": list(fields),
@@ -128,9 +129,15 @@ def purge(party_path: Path, now: datetime) -> list[str]:
     folder = party_path / LEDGER_DIR
     gone = []
     for meta in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        doc = read_json(meta)
-        if from_rfc3339(str(doc["keep_until"])) <= now:
-            (folder / str(doc["persons_file"])).unlink(missing_ok=True)
+        try:
+            doc = read_json(meta)
+            keep_until = from_rfc3339(str(doc["keep_until"]))
+            persons = Path(str(doc["persons_file"]))
+        except (OSError, KeyError, ValueError):
+            continue  # not a ledger of ours: never deleted, never in the way of a send
+        if keep_until <= now:
+            if persons.name == str(persons) and persons.name.endswith(".persons.age"):
+                (folder / persons.name).unlink(missing_ok=True)
             meta.unlink()
-            gone.append(str(doc["batch_id"]))
+            gone.append(str(doc.get("batch_id")))
     return gone

@@ -32,7 +32,7 @@ from labrelay.crypto import age_stream
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
 from labrelay.domain.transfers import Manifest
-from labrelay.errors import OperationalError, PermissionDenied
+from labrelay.errors import OperationalError, PermissionDenied, UsageError
 from labrelay.ports import Clock
 from labrelay.refdata import communes, department_regions
 
@@ -114,10 +114,17 @@ def send_results(
     reports = private_dir(party.path / "reports")
     rejections_path = reports / f"{batch_id}.rejections.csv"
     review_path = reports / f"{batch_id}.review.csv"
+    if ledger_retention < ttl:
+        raise UsageError("the ledger must be kept at least as long as the payloads it describes (--ttl)")
     outputs = [_open_output(party, d, directory.require(d.name, RECEIVING_ROLES)) for d in router.destinations]
-    ledger = LedgerWriter.open(
-        party.path, batch_id, dpo_entry, {o.dest.name: o.transfer_id for o in outputs}, party.pseudonym_key()
-    )
+    try:
+        ledger = LedgerWriter.open(
+            party.path, batch_id, dpo_entry, {o.dest.name: o.transfer_id for o in outputs}, party.pseudonym_key()
+        )
+    except BaseException:
+        for out in outputs:
+            _discard(out)
+        raise
     summary = Summary(
         fmt, ignored_columns=getattr(getattr(reader, "layout", None), "ignored", ()), policy_version=policy.version
     )
@@ -142,7 +149,9 @@ def send_results(
             )
         states, skipped = _seal_all(party, outputs, batch_id, created, ttl, policy.version)
         facts = [
-            transfer_fact(o.transfer_id, o.dest.name, o.sink.records, created + ttl, o.dest.rule.fields)
+            transfer_fact(
+                o.transfer_id, o.dest.name, o.entry.age_recipient, o.sink.records, created + ttl, o.dest.rule.fields
+            )
             for o in outputs
             if o.sink.records
         ]
@@ -159,10 +168,13 @@ def send_results(
 
 
 def _discard(out: _Output) -> None:
-    out.sealer.abort()
+    """Leave nothing of a send that failed: not the spool, not the upload state that ``resume`` would pick up."""
+    with contextlib.suppress(Exception):
+        out.sealer.abort()
     with contextlib.suppress(OSError):
         out.handle.close()
     out.spool.unlink(missing_ok=True)
+    (out.spool.parent / f"{out.transfer_id}.json").unlink(missing_ok=True)
 
 
 def _seal_all(

@@ -26,15 +26,15 @@ CATEGORY_OF_FIELD: Mapping[str, str] = {
     "nom": "identity",
     "prenom": "identity",
     "date_naissance": "identity",
-    "sexe": "identity",
-    "age": "identity",
+    "sexe": "demographic",
+    "age": "demographic",
     "pseudonyme": "pseudonym",
     "adresse": "contact",
-    "code_postal": "contact",
-    "code_commune_insee": "contact",
-    "commune": "contact",
     "telephone": "contact",
     "email": "contact",
+    "code_postal": "place",
+    "code_commune_insee": "place",
+    "commune": "place",
     "prescripteur_rpps": "professional",
     "prescripteur_nom": "professional",
     "prescripteur_telephone": "professional",
@@ -45,9 +45,11 @@ CATEGORY_OF_FIELD: Mapping[str, str] = {
     "resultat": "health",
 }
 CATEGORY_LABELS_FR: Mapping[str, str] = {
-    "identity": "état civil (nom, prénom, date de naissance, sexe)",
+    "identity": "nom, prénom et date de naissance",
+    "demographic": "âge et sexe",
     "nir": "numéro de sécurité sociale (NIR)",
     "contact": "coordonnées (adresse, téléphone, courriel)",
+    "place": "commune de résidence",
     "health": "données de santé (test de dépistage, date et résultat)",
     "professional": "identité et coordonnées professionnelles du prescripteur (RPPS, nom, téléphone)",
     "pseudonym": "pseudonyme (non réversible sans la clé du laboratoire)",
@@ -103,6 +105,9 @@ class Lifecycle:
     created: datetime | None = None
     available: datetime | None = None
     deleted: datetime | None = None
+    delivered: datetime | None = None  # the recipient's receipt
+    recipient: str | None = None
+    sender: str | None = None
     downloads: list[tuple[datetime, str]] = field(default_factory=list)
 
     def stored_at(self, instant: datetime) -> bool:
@@ -114,20 +119,26 @@ class Lifecycle:
 
 
 def lifecycles(audit: Iterable[Mapping[str, Any]]) -> dict[str, Lifecycle]:
-    """Per transfer id, from NDJSON audit documents (``labrelay audit export``)."""
+    """Per transfer id, from NDJSON audit documents (``labrelay audit export``). Raises ``ValueError`` on a
+    document without a valid instant."""
     out: dict[str, Lifecycle] = {}
     for doc in audit:
         tid = doc.get("transfer_id")
         if not tid or doc.get("outcome") != "ok":
             continue
-        life = out.setdefault(tid, Lifecycle(tid))
-        at = from_rfc3339(str(doc["at"]))
+        life = out.setdefault(str(tid), Lifecycle(str(tid)))
+        at = from_rfc3339(str(doc.get("at")))
         event = doc.get("event")
+        details = doc.get("details") or {}
         if event == "transfer:create" and life.created is None:
             life.created = at
+            life.sender = str(doc.get("actor") or "") or None
+            life.recipient = str(details.get("recipient") or "") or None
         elif event == "upload:complete":
             life.available = at
-        elif event == "payload:delete" and life.deleted is None:
+        elif event == "receipt:accept" and life.delivered is None:
+            life.delivered = at
+        elif event == "payload:delete" and life.deleted is None and details.get("verified", True) is not False:
             life.deleted = at
         elif event == "download:serve":
             life.downloads.append((at, str(doc.get("actor"))))
@@ -144,6 +155,7 @@ class TransferFacts:
     records: int
     deadline: datetime
     categories: tuple[str, ...]
+    created: datetime | None = None  # the sender's clock, when the audit no longer has the relay's
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +166,24 @@ class Finding:
 
 
 def assess(facts: TransferFacts, life: Lifecycle | None, incident: Incident) -> Finding:
-    """How ``incident`` exposed one transfer. Readable beats ciphertext; anything beats none."""
+    """How ``incident`` exposed one transfer. Readable beats ciphertext; anything beats none.
+
+    Without the relay's record of its creation (a log pruned or exported in part), the transfer is assumed stored
+    from the sender's creation time until its deadline, unless a deletion is recorded: over-reporting is the safe
+    side of a breach notification."""
     tid = facts.transfer_id
+    note = ""
     if life is None or life.created is None:
-        return Finding(tid, Exposure.NONE, "jamais stocké sur le relais (absent du journal d'audit)")
+        if facts.created is None:
+            return Finding(tid, Exposure.NONE, "jamais stocké sur le relais (absent du journal d'audit)")
+        deleted = life.deleted if life else None
+        downloads = life.downloads if life else []
+        delivered = life.delivered if life else None
+        life = Lifecycle(tid, created=facts.created, deleted=deleted or facts.deadline, delivered=delivered)
+        life.downloads = downloads
+        note = " (journal d'audit incomplet : stockage supposé de l'envoi à l'échéance)"
+    # The relay serves nothing past the deadline: a stolen key obtains a payload only before min(deleted, deadline).
+    gone = min(life.deleted, facts.deadline) if life.deleted else facts.deadline
     in_copy = incident.storage_copied_at is not None and life.stored_at(incident.storage_copied_at)
     in_window = incident.window is not None and life.stored_during(*incident.window)
     named = tid in incident.transfers
@@ -166,14 +192,18 @@ def assess(facts: TransferFacts, life: Lifecycle | None, incident: Incident) -> 
     if since is not None:
         # The recipient's keys open its payloads: whatever could still be obtained after ``since`` is readable —
         # from the relay itself (its signing key lets the thief download), or from a copy exposed at the relay.
-        if life.deleted is None or life.deleted > since:
-            return Finding(tid, Exposure.READABLE, f"clé de {facts.recipient} compromise pendant le stockage")
-        if at_relay:
-            return Finding(tid, Exposure.READABLE, f"copie exposée, et clé de {facts.recipient} compromise")
-        return Finding(
-            tid, Exposure.RECIPIENT_SIDE, f"remis à {facts.recipient} avant la compromission: à vérifier chez lui"
-        )
+        if since < gone or at_relay:
+            why = "compromise pendant le stockage" if since < gone else "compromise, et copie exposée au relais"
+            return Finding(tid, Exposure.READABLE, f"clé de {facts.recipient} {why}{note}")
+        got_it = life.delivered is not None or any(who == facts.recipient for _, who in life.downloads)
+        if got_it:
+            return Finding(
+                tid,
+                Exposure.RECIPIENT_SIDE,
+                f"remis à {facts.recipient} avant la compromission : à vérifier chez lui{note}",
+            )
+        return Finding(tid, Exposure.NONE, f"supprimé sans avoir été remis, avant la compromission{note}")
     if at_relay:
         how = "copie du stockage" if in_copy else ("accès pendant la fenêtre" if in_window else "transfert désigné")
-        return Finding(tid, Exposure.CIPHERTEXT, f"{how}: chiffré (age) pour une clé que le relais n'a pas")
+        return Finding(tid, Exposure.CIPHERTEXT, f"{how} : chiffré (age) pour une clé que le relais n'a pas{note}")
     return Finding(tid, Exposure.NONE, "non concerné")
