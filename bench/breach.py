@@ -14,6 +14,7 @@ Results: docs/bench/breach.json; a table for docs/performance.md is printed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -122,7 +123,9 @@ def run(records: int, pdf_sample: int) -> dict[str, Any]:
     sample.mkdir()
     affected = pl.read_csv(run_dir / "b" / "affected.csv", infer_schema=False).head(pdf_sample)
     affected.write_csv(sample / "affected.csv")
-    shutil.copy(run_dir / "b" / "scope.json", sample / "scope.json")
+    sample_scope = json.loads((run_dir / "b" / "scope.json").read_text())
+    sample_scope["affected_sha256"] = hashlib.sha256((sample / "affected.csv").read_bytes()).hexdigest()
+    (sample / "scope.json").write_text(json.dumps(sample_scope))  # the sample is a scope of its own
     pdf = timed(
         [*cli, "breach", "notify", "--scope", str(sample), "--controller", str(controller), "--batch-size", "100"],
         run_dir / "pdf.time.log",
