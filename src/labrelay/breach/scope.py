@@ -264,40 +264,59 @@ _LEDGER_COLUMNS = (
 )  # fmt: skip
 
 
+def _joined(column: str) -> pl.Expr:
+    """In an aggregation: the distinct ``;``-separated values of ``column``, sorted, joined again."""
+    return pl.col(column).str.split(";").explode().unique().sort().str.join(";")
+
+
 def name_persons(scope: Scope, ledgers: Sequence[Ledger], identities: Sequence[AgeIdentity]) -> pl.DataFrame:
     """Every person whose data was readable, once, with the categories of data concerned (one row each);
     fills ``scope.persons`` with the counts: patients and professionals whose data was readable, and patients whose
-    data was exposed only as ciphertext."""
+    data was exposed only as ciphertext.
+
+    Ledgers are opened one at a time; only the (row, transfer) links are exploded, never the persons' columns."""
     categories = {f.transfer_id: f.categories for f, _ in scope.findings}
-    readable, exposed = scope.readable_ids, scope.exposed_ids
-    frames = []
-    for ledger in ledgers:
-        mine = {t["transfer_id"] for t in ledger.meta["transfers"]}
-        if not mine & exposed:
-            continue
-        frame = _persons_frame(ledger, identities)
-        frames.append(frame.with_columns(pl.col("transfers").str.split(";")).explode("transfers"))
-    if not frames:
-        scope.persons = {"readable_patients": 0, "readable_professionals": 0, "ciphertext_only_patients": 0}
-        return pl.DataFrame(schema={**dict.fromkeys(_LEDGER_COLUMNS, pl.String), "categories": pl.String})
-    rows = pl.concat(frames).filter(pl.col("transfers").is_in(list(exposed)))
+    readable, exposed = list(scope.readable_ids), list(scope.exposed_ids)
     cat_frame = pl.DataFrame(
         {"transfers": list(categories), "cats": [";".join(c) for c in categories.values()]},
         schema={"transfers": pl.String, "cats": pl.String},
     )
-    rows = rows.join(cat_frame, on="transfers", how="left")
-    # A prescriber is concerned by a transfer only if it carried professional fields.
-    rows = rows.filter((pl.col("kind") == PATIENT) | pl.col("cats").str.contains("professional"))
     # One person: the keyed pseudonym when there is one, else name and birth date; a prescriber: the RPPS.
     key = (
         pl.when(pl.col("person") != "")
         .then(pl.col("person"))
         .otherwise(pl.concat_str([pl.col("nom"), pl.col("prenom"), pl.col("date_naissance")], separator="|"))
     )
-    rows = rows.with_columns(pl.concat_str([pl.col("kind"), key], separator=":").alias("_who"))
-    exposed_patients = rows.filter(pl.col("kind") == PATIENT).get_column("_who").n_unique()
-    hit = rows.filter(pl.col("transfers").is_in(list(readable)))
-    if hit.height == 0:
+    exposed_who: list[pl.Series] = []
+    hits: list[pl.DataFrame] = []
+    for ledger in ledgers:
+        if not {t["transfer_id"] for t in ledger.meta["transfers"]} & set(exposed):
+            continue
+        frame = _persons_frame(ledger, identities).with_row_index("_row")
+        links = (
+            frame.select("_row", "kind", pl.col("transfers").str.split(";"))
+            .explode("transfers")
+            .filter(pl.col("transfers").is_in(exposed))
+            .join(cat_frame, on="transfers", how="left")
+            # A prescriber is concerned by a transfer only if it carried professional fields.
+            .filter((pl.col("kind") == PATIENT) | pl.col("cats").str.contains("professional"))
+        )
+        people = (
+            frame.drop("transfers")
+            .join(links.select("_row").unique(), on="_row", how="semi")
+            .with_columns(pl.concat_str([pl.col("kind"), key], separator=":").alias("_who"))
+        )
+        del frame
+        exposed_who.append(people.filter(pl.col("kind") == PATIENT).get_column("_who"))
+        per_row = (
+            links.filter(pl.col("transfers").is_in(readable))
+            .group_by("_row")
+            .agg(_joined("transfers"), _joined("cats"))
+        )
+        if per_row.height:
+            hits.append(people.join(per_row, on="_row", how="inner").drop("_row"))
+    exposed_patients = pl.concat(exposed_who).n_unique() if exposed_who else 0
+    if not hits:
         scope.persons = {
             "readable_patients": 0,
             "readable_professionals": 0,
@@ -305,11 +324,12 @@ def name_persons(scope: Scope, ledgers: Sequence[Ledger], identities: Sequence[A
         }
         return pl.DataFrame(schema={**dict.fromkeys(_LEDGER_COLUMNS, pl.String), "categories": pl.String})
     affected = (
-        hit.group_by("_who", maintain_order=True)
+        pl.concat(hits)
+        .group_by("_who", maintain_order=True)
         .agg(
             *(pl.col(c).first() for c in _LEDGER_COLUMNS if c != "transfers"),
-            pl.col("transfers").unique().sort().str.join(";"),
-            pl.col("cats").str.split(";").explode().unique().sort().str.join(";").alias("categories"),
+            _joined("transfers"),
+            _joined("cats").alias("categories"),
         )
         .drop("_who")
     )
