@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine
 
 from labrelay.config import RelaySettings, load_settings, render_config
 from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
-from labrelay.domain.audit import Checkpoint, verify_chain
+from labrelay.domain.audit import AuditEvent, Checkpoint, verify_chain
 from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.transfers import TransferLimits
 from labrelay.errors import OperationalError, UsageError
@@ -173,7 +173,7 @@ def open_relay(settings: RelaySettings, clock: Clock, *, alert_webhook: str = ""
     rules = detection_rules(settings)
     detector = Detector(rules, auditor, control, alerts)
     since = clock.now() - rules.volume_window * (rules.volume_history + 1)
-    detector.prime(r for r in sql.records_since(since))
+    detector.prime(sql.records_since(since, AuditEvent.DOWNLOAD_SERVE))
     auditor.subscribe(detector)
     services = RelayServices(
         auth=auth,

@@ -121,22 +121,7 @@ def register_breach(app: typer.Typer) -> None:  # noqa: PLR0915 - the command ta
             ),
             markup=False,
         )
-        for item in result.unmatched:
-            ui.err.print(
-                f"labrelay: warning: {item} matches no party or transfer of the ledgers and audit", markup=False
-            )
-        if result.unledgered:
-            ui.err.print(
-                f"labrelay: warning: {len(result.unledgered)} exposed transfer(s) are in no ledger given "
-                "(content unknown; see scope.json, unledgered)",
-                markup=False,
-            )
-        if result.audit.first_seq != 1:
-            ui.err.print(
-                "labrelay: warning: the audit export does not start at record 1 (pruned or partial): transfers "
-                "whose creation is not in it are assumed stored from their sending to their deadline",
-                markup=False,
-            )
+        _warnings(result)
         ui.err.print(f"scope written to {out} in {time.perf_counter() - started:.1f} s", markup=False)
 
     @breach_app.command("notify")

@@ -410,13 +410,17 @@ class SqlStore:
             self._put_checkpoint(conn, "anchor", seal(int(last.seq), str(last.hash), from_epoch(last.at)))
         return int(result.rowcount or 0)
 
-    def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
+    def records(self, after_seq: int = 0, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
+        """Records after ``after_seq`` in order; only ``event``'s when given (the filter runs in the database)."""
         t = schema.audit_events
         batch = 1000
         last = after_seq
         while True:
+            query = select(t).where(t.c.seq > last)
+            if event is not None:
+                query = query.where(t.c.event == event.value)
             with self.engine.connect() as conn:
-                rows = conn.execute(select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)).all()
+                rows = conn.execute(query.order_by(t.c.seq).limit(batch)).all()
             for r in rows:
                 try:
                     details = json.loads(r.details)
@@ -438,14 +442,15 @@ class SqlStore:
             if len(rows) < batch:
                 return
 
-    def records_since(self, since: datetime) -> Iterator[AuditRecord]:
-        """Records at or after ``since`` (the detector's volume history)."""
+    def records_since(self, since: datetime, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
+        """Records at or after ``since``, only ``event``'s when given (the detector's volume history at start-up:
+        reading every record of the last days would slow the start of a busy relay)."""
         t = schema.audit_events
         with self.engine.connect() as conn:
             first = conn.execute(select(func.min(t.c.seq)).where(t.c.at >= to_epoch(since))).scalar()
         if first is None:
             return iter(())
-        return self.records(int(first) - 1)
+        return self.records(int(first) - 1, event)
 
     def count_events(self) -> dict[str, int]:
         t = schema.audit_events

@@ -32,30 +32,10 @@ from typing import TextIO
 from faker import Faker
 from faker.providers.person.fr_FR import Provider as PersonProvider
 
-from labrelay.domain.records import Reason
+from labrelay.domain.records import FIELDS, Reason
 from labrelay.refdata import Commune, communes, department_of, department_regions
 
-COLUMNS = (
-    "nir",
-    "nom",
-    "prenom",
-    "date_naissance",
-    "sexe",
-    "adresse",
-    "code_postal",
-    "code_commune_insee",
-    "commune",
-    "telephone",
-    "email",
-    "prescripteur_rpps",
-    "prescripteur_nom",
-    "prescripteur_telephone",
-    "laboratoire_finess",
-    "date_prelevement",
-    "date_validation",
-    "code_loinc",
-    "resultat",
-)
+COLUMNS = FIELDS  # the CSV template's columns, in order
 """The lab-results CSV template (issue 3), header names exact."""
 
 MIN_NAME_LETTERS = 6
