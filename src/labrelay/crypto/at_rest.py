@@ -145,6 +145,46 @@ def read_plain(fh: BinaryIO, dek: bytes, transfer_id: str, spans: list[RecordSpa
         yield plain[start - span.offset :] if start > span.offset else plain
 
 
+def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
+    """``size`` bytes from a stream whose ``read(n)`` may return fewer; fewer only where the stream ends."""
+    parts: list[bytes] = []
+    missing = size
+    while missing:
+        block = read(missing)
+        if not block:
+            break
+        parts.append(block)
+        missing -= len(block)
+    return b"".join(parts)
+
+
+def read_records(
+    read: Callable[[int], bytes], dek: bytes, transfer_id: str, first_offset: int, end: int, start: int = 0
+) -> Iterator[bytes]:
+    """The plaintext from ``start`` of records read one after another through ``read`` (a stream's ``read(n)``:
+    an object store's response body), the first at plaintext offset ``first_offset``. The records must hold exactly
+    the plaintext ``first_offset`` to ``end`` and the stream must end there, else ``IntegrityError``. Records that
+    end at or before ``start`` are read past without being opened; memory stays one record (constant)."""
+    offset, position = first_offset, 0
+    while offset < end:
+        head = _read_exact(read, 4)
+        if len(head) < 4:
+            raise IntegrityError(f"stored payload {transfer_id} ends before its last record")
+        (length,) = struct.unpack(">I", head)
+        if not 0 < length <= SEGMENT or offset + length > end:
+            raise IntegrityError(f"stored payload {transfer_id} has a malformed record")
+        span = RecordSpan(offset, position, length)
+        record = head + _read_exact(read, span.stored - 4)
+        if span.end > start:
+            plain = open_record(dek, transfer_id, span, record)  # IntegrityError when truncated, too
+            yield plain[start - offset :] if start > offset else plain
+        elif len(record) != span.stored:
+            raise IntegrityError("stored payload record is truncated")
+        offset, position = span.end, position + span.stored
+    if read(1):
+        raise IntegrityError(f"stored payload {transfer_id} has bytes past its last record")
+
+
 class RecordWriter:
     """Appends plaintext as sealed records from a record boundary; ``finish`` seals what is buffered."""
 

@@ -1,0 +1,590 @@
+"""The S3 payload store against a real S3-compatible server (moto_server in a child process, tests/s3server.py).
+
+The same promises as the local store (tests/unit/test_retention.py): sealed at rest under epoch keys, resumable
+at any chunk boundary, visible only once published, deleted verifiably; plus what an object store adds: several
+replicas, ``kill -9`` at any moment, and a service that goes away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from labrelay.crypto import at_rest
+from labrelay.domain.names import new_id
+from labrelay.domain.retention import epoch_end
+from labrelay.errors import Conflict, EpochKeyGone, IntegrityError, NotFound, Unavailable, UsageError
+from labrelay.storage.keystore import FileKeyStore
+from labrelay.storage.s3 import S3PayloadStore
+
+if TYPE_CHECKING:
+    from tests.s3server import S3Server
+
+pytest_plugins = ["tests.s3server"]  # s3_server, own_s3_server, s3_bucket (tests/conftest.py registers it too)
+
+HOUR = timedelta(hours=1)
+DEADLINE = datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
+
+
+def plaintext(size: int, seed: bytes = b"labrelay") -> bytes:
+    """Deterministic bytes that look random (payloads are age ciphertext: incompressible)."""
+    return hashlib.shake_256(seed).digest(size)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> FileKeyStore:
+    return FileKeyStore(tmp_path / "keys")
+
+
+@pytest.fixture
+def client(s3_server: S3Server) -> Iterator[Any]:
+    made = s3_server.client()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(client: Any, s3_bucket: str, keys: FileKeyStore) -> S3PayloadStore:
+    return S3PayloadStore(client, s3_bucket, keys, HOUR)
+
+
+def upload(store: S3PayloadStore, plain: bytes, chunks: list[int], *, publish: bool = True) -> str:
+    transfer_id = new_id()
+    store.begin(transfer_id, DEADLINE)
+    offset = 0
+    for size in chunks:
+        writer = store.writer(transfer_id, offset)
+        writer.write(plain[offset : offset + size])
+        offset = writer.commit()
+    if publish:
+        store.publish(transfer_id)
+    return transfer_id
+
+
+def objects(store: S3PayloadStore, prefix: str = "") -> dict[str, bytes]:
+    """Every current object in the bucket (whatever its prefix), read raw."""
+    out = {}
+    listing = store.client.list_objects_v2(Bucket=store.bucket, Prefix=prefix)
+    for item in listing.get("Contents", []):
+        body = store.client.get_object(Bucket=store.bucket, Key=item["Key"])["Body"]
+        with body:
+            out[item["Key"]] = body.read()
+    return out
+
+
+def versions(store: S3PayloadStore) -> list[str]:
+    listing = store.client.list_object_versions(Bucket=store.bucket)
+    return [v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", [])]
+
+
+def chunk_key(transfer_id: str, start: int, end: int) -> str:
+    return f"parts/{transfer_id}/{start:016d}-{end:016d}"
+
+
+# ------------------------------------------------------------------ round trip and resume
+
+
+def test_sealed_payloads_round_trip_and_resume_at_any_chunk_boundary(store: S3PayloadStore) -> None:
+    plain = plaintext(200_000)
+    tid = upload(store, plain, [1, 70_000, 65_536, 64_463])
+    assert store.size(tid) == len(plain)
+    assert b"".join(store.open(tid)) == plain
+    for start in (0, 1, 2, 65_535, 65_537, 70_001, 135_537, 199_999, 200_000):
+        assert b"".join(store.open(tid, start)) == plain[start:], start
+    assert sorted(objects(store)) == sorted(
+        [f"parts/{tid}/header", f"published/{tid}"]
+        + [chunk_key(tid, a, b) for a, b in [(0, 1), (1, 70_001), (70_001, 135_537), (135_537, 200_000)]]
+    )
+
+
+def test_an_empty_payload_and_an_empty_commit(store: S3PayloadStore) -> None:
+    tid = new_id()
+    store.begin(tid, DEADLINE)
+    writer = store.writer(tid, 0)
+    assert writer.commit() == 0  # nothing written: nothing stored, nothing acknowledged past 0
+    assert store.upload_digest(tid) == (0, hashlib.sha256(b"").hexdigest())
+    store.publish(tid)
+    assert store.size(tid) == 0
+    assert list(store.open(tid)) == []
+
+
+def test_the_bytes_in_the_bucket_never_contain_the_plaintext(store: S3PayloadStore) -> None:
+    plain = plaintext(150_000, b"a lab result")
+    tid = upload(store, plain, [100_000, 50_000], publish=False)
+    writer = store.writer(tid, 150_000)
+    writer.write(b"NIR 1 84 12 75 123 456 78 " * 100)  # spooled, never committed
+    writer.abort()
+    store.publish(tid)
+    stored = objects(store)
+    assert len(stored) == 4  # header, two chunks, index
+    for data in stored.values():
+        for probe in range(0, len(plain) - 32, 4096):
+            assert plain[probe : probe + 32] not in data
+        assert b"NIR 1 84" not in data
+    assert b"".join(store.open(tid)) == plain
+
+
+def test_resume_at_a_chunk_boundary_after_an_aborted_writer(store: S3PayloadStore) -> None:
+    plain = plaintext(100_000)
+    tid = upload(store, plain, [40_000], publish=False)
+    writer = store.writer(tid, 40_000)
+    writer.write(b"x" * 30_000)
+    writer.abort()  # the request died: nothing of it is stored
+    assert store.uploaded(tid) == 40_000
+    assert sorted(objects(store)) == [chunk_key(tid, 0, 40_000), f"parts/{tid}/header"]
+    writer = store.writer(tid, 40_000)
+    writer.write(plain[40_000:])
+    assert writer.commit() == 100_000
+    assert store.uploaded(tid) == 100_000
+    assert store.upload_digest(tid) == (100_000, hashlib.sha256(plain).hexdigest())
+    store.publish(tid)
+    assert b"".join(store.open(tid)) == plain
+
+
+def test_a_chunk_stored_but_never_acknowledged_is_discarded_by_the_next_writer(store: S3PayloadStore) -> None:
+    """A replica killed after its PUT landed but before ``commit`` returned: the sender was told 40 000, resends
+    from there with other chunk sizes, and the orphan must not survive or split the chain."""
+    plain = plaintext(100_000)
+    tid = upload(store, plain, [40_000, 30_000], publish=False)  # the second was never acknowledged
+    assert store.uploaded(tid) == 70_000  # the store cannot know; the relay's metadata says 40 000
+    writer = store.writer(tid, 40_000)  # the sender resumes where it was acknowledged
+    assert chunk_key(tid, 40_000, 70_000) not in objects(store)
+    writer.write(plain[40_000:])
+    assert writer.commit() == 100_000
+    store.publish(tid)
+    assert b"".join(store.open(tid)) == plain
+    assert chunk_key(tid, 40_000, 100_000) in objects(store)
+
+
+def test_a_restart_from_zero_discards_everything_but_the_header(store: S3PayloadStore) -> None:
+    plain = plaintext(50_000)
+    tid = upload(store, plain, [20_000, 20_000], publish=False)
+    writer = store.writer(tid, 0)
+    assert sorted(objects(store)) == [f"parts/{tid}/header"]
+    writer.write(plain)
+    assert writer.commit() == 50_000
+    assert store.upload_digest(tid) == (50_000, hashlib.sha256(plain).hexdigest())
+
+
+def test_refused_offsets_and_unknown_uploads(store: S3PayloadStore) -> None:
+    plain = plaintext(3000)
+    tid = upload(store, plain, [1000, 1000], publish=False)
+    for offset in (999, 1500, 2001, 5000, -1):
+        with pytest.raises(Conflict, match=f"ends at offset {offset}"):
+            store.writer(tid, offset)
+    assert store.uploaded(tid) == 2000  # a refused writer discards nothing
+    with pytest.raises(Conflict, match="already exists"):
+        store.begin(tid, DEADLINE)
+    other = new_id()
+    for call in (store.uploaded, store.upload_digest, store.publish, store.size):
+        with pytest.raises(NotFound):
+            call(other)
+    with pytest.raises(NotFound):
+        store.writer(other, 0)
+    with pytest.raises(NotFound):
+        store.open(other)
+    with pytest.raises(UsageError):
+        store.uploaded("../../etc/passwd")
+
+
+def test_a_payload_exists_only_once_published(store: S3PayloadStore) -> None:
+    plain = plaintext(70_000)
+    tid = upload(store, plain, [70_000], publish=False)
+    with pytest.raises(NotFound):
+        store.size(tid)
+    with pytest.raises(NotFound):
+        store.open(tid)
+    assert store.has_bytes(tid)
+    assert list(store.ids()) == [tid]
+    store.publish(tid)
+    assert store.size(tid) == 70_000
+    assert b"".join(store.open(tid)) == plain
+    # Once published, the upload is gone as far as the port goes (as after the local store's rename): no writer
+    # can delete a published chunk, and publishing again is refused.
+    for call in (store.uploaded, store.upload_digest, store.publish):
+        with pytest.raises(NotFound, match="published"):
+            call(tid)
+    with pytest.raises(NotFound):
+        store.writer(tid, 70_000)
+    with pytest.raises(NotFound):
+        store.writer(tid, 0)
+    assert b"".join(store.open(tid)) == plain
+
+
+def test_a_replica_sees_what_another_wrote(store: S3PayloadStore, client: Any, keys: FileKeyStore) -> None:
+    """Stateless replicas: nothing is kept in the store object, everything is in the bucket."""
+    plain = plaintext(90_000)
+    tid = upload(store, plain, [30_000], publish=False)
+    other = S3PayloadStore(client, store.bucket, keys, HOUR)
+    assert other.uploaded(tid) == 30_000
+    writer = other.writer(tid, 30_000)
+    writer.write(plain[30_000:])
+    writer.commit()
+    other.publish(tid)
+    assert b"".join(store.open(tid)) == plain
+
+
+# ------------------------------------------------------------------ keys and integrity
+
+
+def test_a_destroyed_epoch_key_makes_the_payload_unreadable(store: S3PayloadStore, keys: FileKeyStore) -> None:
+    plain = plaintext(10_000)
+    published = upload(store, plain, [10_000])
+    pending = upload(store, plain, [5_000], publish=False)
+    assert keys.destroy(epoch_end(DEADLINE, HOUR))
+    with pytest.raises(EpochKeyGone):
+        store.open(published)
+    with pytest.raises(EpochKeyGone):
+        store.size(published)
+    with pytest.raises(EpochKeyGone):
+        store.uploaded(pending)
+    with pytest.raises(EpochKeyGone):
+        store.writer(pending, 5_000)
+    assert store.delete(published)
+    assert store.delete(pending)
+
+
+def test_a_tampered_chunk_fails_its_integrity_check(store: S3PayloadStore) -> None:
+    plain = plaintext(3 * at_rest.SEGMENT)
+    tid = upload(store, plain, [len(plain)], publish=False)
+    key = chunk_key(tid, 0, len(plain))
+    data = bytearray(objects(store)[key])
+    data[at_rest.RECORD_HEAD + 100] ^= 1
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=bytes(data))
+    with pytest.raises(IntegrityError):
+        store.upload_digest(tid)
+    store.publish(tid)  # the relay would have refused it (digest); the store must still not serve it
+    stream = store.open(tid)
+    with pytest.raises(IntegrityError):
+        b"".join(stream)
+
+
+def test_records_are_bound_to_their_place_and_their_transfer(store: S3PayloadStore) -> None:
+    plain = plaintext(3 * at_rest.SEGMENT)
+    tid = upload(store, plain, [len(plain)], publish=False)
+    key = chunk_key(tid, 0, len(plain))
+    data = objects(store)[key]
+    size = at_rest.RECORD_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES
+    swapped = data[size : 2 * size] + data[:size] + data[2 * size :]
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=swapped)  # records swapped
+    with pytest.raises(IntegrityError):
+        store.upload_digest(tid)
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=data)
+    other = upload(store, plain[:10], [10], publish=False)
+    store.client.put_object(Bucket=store.bucket, Key=chunk_key(other, 0, len(plain)), Body=data)  # moved
+    writer = store.writer(other, len(plain))
+    writer.commit()
+    with pytest.raises(IntegrityError):
+        store.upload_digest(other)
+
+
+def test_a_published_chunk_replaced_even_validly_sealed_is_refused(store: S3PayloadStore) -> None:
+    first, second = plaintext(50_000, b"one"), plaintext(50_000, b"two")
+    tid = upload(store, first, [50_000])
+    key = chunk_key(tid, 0, 50_000)
+    original = objects(store)[key]
+    # An attacker with write access to the bucket only; re-sealing needs the data key, so let the store do it.
+    header = objects(store)[f"parts/{tid}/header"]
+    dek = at_rest.open_header(tid, header, store.keys.key)
+    sink = io.BytesIO()
+    records = at_rest.RecordWriter(sink, dek, tid, 0)
+    records.write(second)
+    records.finish()
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=sink.getvalue())
+    with pytest.raises(IntegrityError, match="changed"):
+        b"".join(store.open(tid))
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=original)  # same bytes, same ETag: served again
+    assert b"".join(store.open(tid)) == first
+
+
+def test_a_lost_chunk_is_integrity_but_a_concurrent_delete_is_not_found(store: S3PayloadStore) -> None:
+    plain = plaintext(100_000)
+    tid = upload(store, plain, [50_000, 50_000])
+    store.client.delete_object(Bucket=store.bucket, Key=chunk_key(tid, 50_000, 100_000))
+    with pytest.raises(IntegrityError, match="lost a chunk"):
+        b"".join(store.open(tid))
+    tid = upload(store, plain, [50_000, 50_000])
+    stream = store.open(tid)
+    assert next(stream) == plain[:50_000]  # a download under way when the receipt deletes it
+    assert store.delete(tid)
+    with pytest.raises(NotFound, match="deleted while being read"):
+        b"".join(stream)
+
+
+def test_a_malformed_index_is_refused(store: S3PayloadStore) -> None:
+    plain = plaintext(1000)
+    tid = upload(store, plain, [500, 500])
+    index = objects(store)[f"published/{tid}"]
+    truncated = index.replace(b'"size":1000', b'"size":500')  # chunks and size disagree
+    assert truncated != index
+    for body in (b"not json", truncated, index.replace(tid.encode(), new_id().encode())):
+        store.client.put_object(Bucket=store.bucket, Key=f"published/{tid}", Body=body)
+        with pytest.raises(IntegrityError, match="malformed"):
+            store.size(tid)
+
+
+def test_read_records_refuses_short_long_and_oversized_streams() -> None:
+    dek, tid = at_rest.new_key(), new_id()
+    sink = io.BytesIO()
+    records = at_rest.RecordWriter(sink, dek, tid, 100)
+    records.write(plaintext(at_rest.SEGMENT + 10))
+    records.finish()
+    sealed = sink.getvalue()
+    end = 100 + at_rest.SEGMENT + 10
+    assert b"".join(at_rest.read_records(io.BytesIO(sealed).read, dek, tid, 100, end)) == plaintext(
+        at_rest.SEGMENT + 10
+    )
+    assert (
+        b"".join(at_rest.read_records(io.BytesIO(sealed).read, dek, tid, 100, end, 100 + at_rest.SEGMENT + 4))
+        == (plaintext(at_rest.SEGMENT + 10)[-6:])
+    )
+    bad = {
+        "short": (sealed[:-1], end),
+        "cut after a record": (sealed[: at_rest.RECORD_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES], end),
+        "trailing bytes": (sealed + b"\x00", end),
+        "fewer bytes than the range": (sealed, end + 1),
+        "more bytes than the range": (sealed, end - 1),
+    }
+    for data, until in bad.values():
+        with pytest.raises(IntegrityError):
+            b"".join(at_rest.read_records(io.BytesIO(data).read, dek, tid, 100, until))
+    with pytest.raises(IntegrityError):  # the right bytes at the wrong offset
+        b"".join(at_rest.read_records(io.BytesIO(sealed).read, dek, tid, 0, end - 100))
+
+
+# ------------------------------------------------------------------ housekeeping
+
+
+def test_delete_removes_everything_and_says_so(store: S3PayloadStore) -> None:
+    plain = plaintext(80_000)
+    published = upload(store, plain, [40_000, 40_000])
+    pending = upload(store, plain, [40_000], publish=False)
+    assert store.delete(published)
+    assert not any(key.endswith(published) or f"/{published}/" in key for key in objects(store))
+    assert not store.has_bytes(published)
+    with pytest.raises(NotFound):
+        store.open(published)
+    assert store.delete(pending)
+    assert objects(store) == {}
+    assert list(store.ids()) == []
+    assert store.delete(new_id())  # nothing to delete is verifiably gone too
+
+
+def test_delete_leaves_no_old_version_in_a_versioned_bucket(
+    s3_server: S3Server, client: Any, keys: FileKeyStore
+) -> None:
+    store = S3PayloadStore(client, s3_server.create_bucket(versioned=True), keys, HOUR)
+    plain = plaintext(60_000)
+    tid = upload(store, plain, [20_000, 20_000], publish=False)
+    writer = store.writer(tid, 20_000)  # discards 20 000..40 000: no old version of it stays behind either
+    assert all(not key.endswith(f"{20_000:016d}-{40_000:016d}") for key in versions(store))
+    writer.write(plain[20_000:])
+    writer.commit()
+    store.publish(tid)
+    assert b"".join(store.open(tid)) == plain
+    assert list(store.ids()) == [tid]
+    assert store.delete(tid)
+    assert versions(store) == []  # no version, no delete marker: nothing to restore
+    assert list(store.ids()) == []
+
+
+def test_ids_has_bytes_and_strays(client: Any, s3_bucket: str, keys: FileKeyStore) -> None:
+    store = S3PayloadStore(client, s3_bucket, keys, HOUR, prefix="relay-a/")
+    neighbour = S3PayloadStore(client, s3_bucket, keys, HOUR, prefix="relay-b/")
+    plain = plaintext(5000)
+    published = upload(store, plain, [5000])
+    pending = upload(store, plain, [2000], publish=False)
+    foreign = upload(neighbour, plain, [5000])
+    assert list(store.ids()) == sorted([published, pending])
+    assert list(neighbour.ids()) == [foreign]
+    assert store.has_bytes(published)
+    assert store.has_bytes(pending)
+    assert not store.has_bytes(foreign)
+    assert store.strays() == []
+    assert neighbour.strays() == []
+    odd = [
+        "relay-a/notes.txt",
+        f"relay-a/parts/{pending}/junk",
+        f"relay-a/parts/{pending}/{2000:016d}-{1000:016d}",  # a chunk that ends before it starts
+        "relay-a/parts/not-an-id/header",
+        "relay-a/published/not-an-id",
+        f"relay-a/published/{published}/extra",
+        f"relay-a/other/{published}",
+    ]
+    for key in odd:
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"?")
+    client.put_object(Bucket=s3_bucket, Key="outside-any-prefix", Body=b"?")
+    assert store.strays() == sorted(odd)
+    assert neighbour.strays() == []
+    assert list(store.ids()) == sorted([published, pending])  # strays name no transfer
+    assert store.uploaded(pending) == 2000  # nor do they disturb one
+    orphan = new_id()  # a delete cut short by a crash: chunks left without header or index
+    client.put_object(Bucket=s3_bucket, Key=f"relay-a/{chunk_key(orphan, 0, 10)}", Body=b"?")
+    assert orphan in list(store.ids())
+    assert store.has_bytes(orphan)
+    with pytest.raises(Conflict):
+        store.begin(orphan, DEADLINE)  # a new upload must not inherit another data key's chunks
+    assert store.delete(orphan)
+    assert orphan not in list(store.ids())
+    store.begin(orphan, DEADLINE)
+    assert store.uploaded(orphan) == 0
+
+
+# ------------------------------------------------------------------ faults
+
+
+def test_an_unreachable_store_is_unavailable_fast_and_recovers(own_s3_server: S3Server, keys: FileKeyStore) -> None:
+    server = own_s3_server
+    client = server.client(timeout=2)
+    try:
+        bucket = server.create_bucket()
+        store = S3PayloadStore(client, bucket, keys, HOUR)
+        plain = plaintext(2 * at_rest.SEGMENT + 100)
+        tid = upload(store, plain, [at_rest.SEGMENT, at_rest.SEGMENT + 100])
+        stream = store.open(tid)
+        assert next(stream) == plain[: at_rest.SEGMENT]
+        server.stop()
+        calls = [
+            lambda: b"".join(stream),  # a download under way
+            lambda: store.size(tid),
+            lambda: store.begin(new_id(), DEADLINE),
+            lambda: store.writer(tid, 0),
+            lambda: store.delete(tid),
+            lambda: list(store.ids()),
+            lambda: store.has_bytes(tid),
+            store.strays,
+        ]
+        for call in calls:
+            began = time.monotonic()
+            with pytest.raises(Unavailable) as caught:
+                call()
+            assert time.monotonic() - began < 5
+            message = str(caught.value)
+            assert "payload storage" in message
+            assert "unavailable" in message
+            assert "retry" in message
+            assert plain[:8].hex() not in message
+        server.start()  # moto starts empty: the bucket must be made again
+        server.create_bucket(bucket)
+        again = upload(store, plain, [len(plain)])
+        assert b"".join(store.open(again)) == plain
+    finally:
+        client.close()
+
+
+def test_every_put_retried_after_its_answer_was_lost_still_succeeds(
+    client: Any, s3_bucket: str, keys: FileKeyStore
+) -> None:
+    """botocore retries a PUT whose answer it did not get: the object may already be there. The conditional
+    creations (header, index) must then recognise their own object rather than report a conflict."""
+    store = S3PayloadStore(client, s3_bucket, keys, HOUR)
+    lost: list[str] = []
+
+    def lose_the_first_answer(response: Any, attempts: int, request_dict: dict[str, Any], **_: Any) -> int | None:
+        if response is not None and response[0].status_code == 200 and attempts == 1:
+            lost.append(request_dict["url_path"])
+            return 0  # retry at once, as after a connection reset
+        return None
+
+    client.meta.events.register("needs-retry.s3.PutObject", lose_the_first_answer)
+    plain = plaintext(100_000)
+    tid = upload(store, plain, [60_000, 40_000])
+    assert len(lost) == 4  # header, two chunks, index: each stored twice
+    assert b"".join(store.open(tid)) == plain
+    with pytest.raises(Conflict):
+        store.begin(tid, DEADLINE)  # a different header is still a conflict
+
+
+def test_a_missing_bucket_is_unavailable_not_a_missing_payload(client: Any, keys: FileKeyStore) -> None:
+    """Recovery closes transfers whose bytes are gone: a vanished bucket must not look like that."""
+    store = S3PayloadStore(client, "no-such-bucket-here", keys, HOUR)
+    tid = new_id()
+    for call in (store.size, store.uploaded, store.has_bytes, store.delete):
+        with pytest.raises(Unavailable, match="NoSuchBucket"):
+            call(tid)
+
+
+WRITER_SCRIPT = textwrap.dedent(
+    """
+    import hashlib, sys
+    from datetime import timedelta
+    from pathlib import Path
+    from labrelay.storage.keystore import FileKeyStore
+    from labrelay.storage.s3 import S3PayloadStore, s3_client
+
+    endpoint, bucket, keys, tid, size, offset = sys.argv[1:7]
+    plain = hashlib.shake_256(b"crash").digest(int(size))
+    client = s3_client(endpoint, "us-east-1", "k", "s")
+    store = S3PayloadStore(client, bucket, FileKeyStore(Path(keys)), timedelta(hours=1))
+    offset = int(offset)
+    while offset < len(plain):
+        writer = store.writer(tid, offset)
+        end = min(offset + 100_000, len(plain))
+        for i in range(offset, end, 7_000):
+            writer.write(plain[i : min(i + 7_000, end)])
+        offset = writer.commit()
+        print(offset, flush=True)
+    """
+)
+
+
+def test_a_writer_killed_at_any_moment_loses_nothing_acknowledged(
+    store: S3PayloadStore, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """A replica writing chunk after chunk is killed (SIGKILL) at three moments: every chunk it acknowledged is
+    there, the next writer resumes exactly there, and the payload is whole in the end."""
+    size = 40 * 100_000
+    plain = hashlib.shake_256(b"crash").digest(size)
+    tid = new_id()
+    store.begin(tid, DEADLINE)
+    acknowledged = 0
+    for wait in (0.0, 0.03, 0.11):
+        child = subprocess.Popen(
+            [
+                sys.executable, "-c", WRITER_SCRIPT, s3_server.endpoint, store.bucket, str(tmp_path / "keys"), tid,
+                str(size), str(acknowledged),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert child.stdout is not None
+        with child.stdout:
+            for _ in range(2):
+                line = child.stdout.readline()
+                assert line, "the writer died on its own"
+                acknowledged = int(line)
+            time.sleep(wait)
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=30) == -signal.SIGKILL
+            for line in child.stdout:  # acknowledged before the kill, not read yet
+                acknowledged = int(line)
+        assert acknowledged < size, "the writer finished before it was killed"
+        assert store.uploaded(tid) >= acknowledged  # every acknowledged chunk survived
+        # The relay resumes from what it acknowledged; anything stored past it is discarded first.
+        store.writer(tid, acknowledged).abort()
+        assert store.uploaded(tid) == acknowledged
+        assert store.upload_digest(tid) == (acknowledged, hashlib.sha256(plain[:acknowledged]).hexdigest())
+    writer = store.writer(tid, acknowledged)
+    writer.write(plain[acknowledged:])
+    assert writer.commit() == size
+    store.publish(tid)
+    assert hashlib.sha256(b"".join(store.open(tid))).digest() == hashlib.sha256(plain).digest()
+
+
+@pytest.mark.parametrize("chunks", [[1], [65_536], [65_537], [10, 65_526, 65_536, 1]])
+def test_chunks_of_any_size_read_back_from_any_offset(store: S3PayloadStore, chunks: list[int]) -> None:
+    plain = plaintext(sum(chunks), str(chunks).encode())
+    tid = upload(store, plain, chunks)
+    for start in sorted({0, 1, len(plain) // 2, len(plain) - 1, len(plain)}):
+        assert b"".join(store.open(tid, start)) == plain[start:]
