@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import breach, memory, validate
+from bench import breach, load, memory, validate
 
-BENCHES = {"breach": breach.main, "memory": memory.main, "validate": validate.main}
+BENCHES = {
+    "breach": breach.main,
+    "load": load.main,
+    "memory": memory.main,
+    "validate": validate.main,
+}
 
 
 def main() -> None:

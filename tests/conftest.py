@@ -12,20 +12,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import text
 
 from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
+from labrelay.config import load_settings
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
-from labrelay.runtime import init_data_dir
+from labrelay.runtime import engine_for, init_data_dir, payload_store_for
+from labrelay.storage.keystore import FileKeyStore
 from labrelay.synthetic.generator import write_csv_file
+from tests.scaled import ReplicaSet
+
+if TYPE_CHECKING:  # imported by pytest as plugins (below); importing them here first would skip assert rewriting
+    from tests.pgserver import PostgresServer
+    from tests.s3server import S3Server
+
+pytest_plugins = ["tests.pgserver", "tests.s3server"]
 
 VECTORS = Path(__file__).parent / "vectors"
+CI = os.environ.get("LABRELAY_CI") == "1"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -86,19 +98,92 @@ class RelayServer(RelayProcess):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-@pytest.fixture
-def relay_factory(tmp_path: Path) -> Iterator:
-    started: list[RelayServer] = []
+class RelayFactory:
+    """Starts relays for one test and stops them after it: one process on the embedded default, or a replica set
+    (two replicas and a worker behind a balancer) when the data directory is configured for the scaled setup."""
 
-    def make(data: Path, *extra: str) -> RelayServer:
-        server = RelayServer(data, tuple(extra))
+    def __init__(self) -> None:
+        self.started: list[RelayServer | ReplicaSet] = []
+
+    def __call__(self, data: Path, *extra: str) -> RelayServer | ReplicaSet:
+        server: RelayServer | ReplicaSet
+        if 'background = "worker"' in (data / "relay.toml").read_text():
+            server = ReplicaSet(data)
+        else:
+            server = RelayServer(data, tuple(extra))
         server.start()
-        started.append(server)
+        self.started.append(server)
         return server
 
-    yield make
-    for server in started:
-        server.stop()
+    def close(self) -> None:
+        for server in self.started:
+            if isinstance(server, ReplicaSet):
+                server.close()
+            else:
+                server.stop()
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
+    factory = RelayFactory()
+    yield factory
+    factory.close()
+
+
+@dataclass(frozen=True)
+class Scaled:
+    """Where a scaled relay keeps its metadata and payloads."""
+
+    database_url: str
+    s3_endpoint: str
+    s3_bucket: str
+    postgres: PostgresServer
+    s3: S3Server
+
+    def copy_to(self, dest: Path) -> None:
+        """Everything the relay keeps outside its data directory: a pg_dump and every object of the bucket."""
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "database.sql").write_bytes(self.postgres.dump(self.database_url))
+        client = self.s3.client()
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.s3_bucket):
+                for obj in page.get("Contents", []):
+                    body = client.get_object(Bucket=self.s3_bucket, Key=obj["Key"])["Body"].read()
+                    (dest / obj["Key"].replace("/", "__")).write_bytes(body)
+        finally:
+            client.close()
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "database_url": f'"{self.database_url}"',
+            "payload_store": '"s3"',
+            "s3_endpoint": f'"{self.s3_endpoint}"',
+            "s3_bucket": f'"{self.s3_bucket}"',
+            "background": '"worker"',
+            "reaper_interval": '"2s"',
+            "checkpoint_interval": '"2s"',
+        }
+
+
+@pytest.fixture(
+    params=["embedded", pytest.param("scaled", marks=pytest.mark.scaled)],
+)
+def deployment(request: pytest.FixtureRequest) -> Scaled | None:
+    """Each test that takes a ``world`` runs on the embedded default (SQLite, a local directory, one process) and
+    on the scaled configuration (PostgreSQL, S3, two replicas behind a balancer, one worker). Tests marked
+    ``embedded_only`` look inside SQLite or the payload directory, or kill the one relay process; they run once."""
+    if request.param == "embedded":
+        return None
+    if request.node.get_closest_marker("embedded_only"):
+        pytest.skip("embedded_only: " + str(request.node.get_closest_marker("embedded_only").args[0]))
+    return scaled_backing(request)
+
+
+def scaled_backing(request: pytest.FixtureRequest) -> Scaled:
+    postgres = request.getfixturevalue("postgres")
+    s3 = request.getfixturevalue("s3_server")
+    s3.start()  # a fault test may have left the session's server stopped
+    return Scaled(postgres.create_database(), s3.endpoint, s3.create_bucket(), postgres, s3)
 
 
 # ------------------------------------------------------------------ a world of parties
@@ -108,8 +193,53 @@ def relay_factory(tmp_path: Path) -> Iterator:
 class World:
     root: Path
     authority: Authority
-    relay: RelayServer
+    relay: RelayServer | ReplicaSet
     parties: dict[str, Party] = field(default_factory=dict)
+    scaled: Scaled | None = None
+
+    def db(self, query: str, **params: object) -> list[tuple]:
+        """Run SQL on the relay's database, whichever it is (SQLite or PostgreSQL): what a test reads behind the
+        relay's back, or what an attacker with database access changes. Named parameters (``:name``)."""
+        engine = engine_for(load_settings(self.relay.data))
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(text(query), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def flip_stored_byte(self, transfer_id: str) -> None:
+        """Change one byte of a stored payload behind the relay's back (in the file, or in an S3 chunk object)."""
+        if self.scaled is None:
+            stored = self.relay.data / "payloads" / f"{transfer_id}.payload"
+            raw = bytearray(stored.read_bytes())
+            raw[len(raw) // 2] ^= 0x01
+            stored.write_bytes(bytes(raw))
+            return
+        client = self.scaled.s3.client()
+        try:
+            listed = client.list_objects_v2(Bucket=self.scaled.s3_bucket, Prefix=f"parts/{transfer_id}/")
+            key = next(o["Key"] for o in listed["Contents"] if not o["Key"].endswith("/header"))
+            raw = bytearray(client.get_object(Bucket=self.scaled.s3_bucket, Key=key)["Body"].read())
+            raw[len(raw) // 2] ^= 0x01
+            client.put_object(Bucket=self.scaled.s3_bucket, Key=key, Body=bytes(raw))
+        finally:
+            client.close()
+
+    def stored(self) -> list[str]:
+        """Transfer ids with bytes in the relay's payload store (a directory, or the S3 bucket)."""
+        settings = load_settings(self.relay.data)
+        return list(payload_store_for(settings, FileKeyStore(settings.key_dir, create=False)).ids())
+
+    def copy_relay(self, dest: Path) -> Path:
+        """A complete copy of the relay, as a thief would take it: its data directory, its logs, and at scale the
+        database dump and every object of the bucket."""
+        shutil.copytree(self.relay.data, dest / "data")
+        for i, log in enumerate(p for p in self.root.glob("*.log")):
+            shutil.copy(log, dest / f"{i}-{log.name}")
+        if self.scaled is not None:
+            self.scaled.copy_to(dest / "outside")
+        return dest
 
     @property
     def url(self) -> str:
@@ -159,16 +289,31 @@ class World:
         return party
 
 
-def make_world(root: Path, relay_factory, *relay_args: str, settings: dict[str, str] | None = None) -> World:
-    """An authority, a running relay (``settings`` overriding relay.toml lines), a lab, cnam, ars-11 and a DPO."""
-    authority = Authority.init(root / "authority")
-    init_data_dir(root / "relay", authority.path / "authority.pub")
+def make_world(
+    root: Path,
+    relay_factory,
+    *relay_args: str,
+    settings: dict[str, str] | None = None,
+    scaled: Scaled | None = None,
+    existing: tuple[Path, Authority] | None = None,
+) -> World:
+    """An authority, a running relay (``settings`` overriding relay.toml lines), a lab, cnam, ars-11 and a DPO.
+    With ``scaled``: PostgreSQL, S3, two replicas and a worker instead of the embedded default. With ``existing``:
+    a data directory and authority already made (ROOT/relay)."""
+    authority = existing[1] if existing is not None else Authority.init(root / "authority")
+    if scaled is not None:
+        settings = {**scaled.settings(), **(settings or {})}
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "labrelay-test")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "labrelay-test")
+    if existing is None:
+        database_url = scaled.database_url if scaled else ""
+        init_data_dir(root / "relay", authority.path / "authority.pub", database_url=database_url)
     if settings:
         config = root / "relay" / "relay.toml"
         lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in settings]
         config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
     relay = relay_factory(root / "relay", *relay_args)
-    world = World(root=root, authority=authority, relay=relay)
+    world = World(root=root, authority=authority, relay=relay, scaled=scaled)
     with RelayClient(relay.url, AUTHORITY_KEYID, authority.key, SystemClock(), retries=0) as client:
         client.register_policy(authority.sign_policy(default_policy_text(), datetime.now(UTC)))
     world.add("lab-paris-01", Role.LAB)
@@ -179,9 +324,9 @@ def make_world(root: Path, relay_factory, *relay_args: str, settings: dict[str, 
 
 
 @pytest.fixture
-def world(tmp_path: Path, relay_factory) -> World:
-    """An authority, a running relay, a lab and two recipients, all enrolled."""
-    return make_world(tmp_path / "world", relay_factory)
+def world(tmp_path: Path, relay_factory, deployment: Scaled | None) -> World:
+    """An authority, a running relay, a lab and two recipients, all enrolled; on each deployment."""
+    return make_world(tmp_path / "world", relay_factory, scaled=deployment)
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from labrelay.domain.audit import MIN_AUDIT_RETENTION
 from labrelay.domain.detection import parse_lock_on
+from labrelay.domain.names import is_loopback_host
 from labrelay.domain.timeutil import format_duration, parse_duration
 from labrelay.errors import UsageError
 
@@ -26,6 +28,7 @@ PAYLOAD_DIR = "payloads"
 KEY_DIR = "keys"
 RELAY_KEY_FILE = "relay-signing.key"
 RELAY_PUB_FILE = "relay.pub"
+WITNESS_FILE = "witness-checkpoints.json"
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,29 @@ class RelaySettings:
     clock_skew: timedelta = timedelta(seconds=30)
     """Tolerated difference between a client's clock and the relay's."""
     database_url: str = ""
-    """SQLAlchemy URL of the metadata database; empty means DATA_DIR/relay.db (SQLite, WAL)."""
+    """SQLAlchemy URL of the metadata database; empty means DATA_DIR/relay.db (SQLite, WAL). At scale:
+    ``postgresql+psycopg://USER@HOST:PORT/DB`` (the password from ``PGPASSWORD`` or ``~/.pgpass``, never here)."""
+    database_max_connections: int = 60
+    """Most connections one relay process opens to PostgreSQL (an upload in progress holds one for its lock)."""
+    payload_store: str = "local"
+    """Where ciphertext payloads live: ``local`` (DATA_DIR/payloads) or ``s3`` (an S3-compatible bucket)."""
+    s3_endpoint: str = ""
+    """URL of the S3-compatible service (https, or http to loopback); credentials come from the environment
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``), never from this file."""
+    s3_bucket: str = ""
+    """The bucket holding the payloads; it must exist and hold nothing else under ``s3_prefix``."""
+    s3_region: str = "us-east-1"
+    """The bucket's region, as the S3 service names it."""
+    s3_prefix: str = ""
+    """Key prefix of every object the relay writes (for a bucket shared with other relays)."""
+    background: str = "in-process"
+    """Who runs the reaper, detection and the checkpointer: ``in-process`` (each ``labrelay serve``; one process
+    only) or ``worker`` (``labrelay worker`` processes, one leader; required with several replicas)."""
+    checkpoint_interval: timedelta = timedelta(minutes=1)
+    """How often the worker verifies the new stretch of the audit chain and keeps its signed head."""
+    witness_file: str = ""
+    """Where the worker keeps the signed audit heads it verified (a checkpoints file that ``labrelay audit verify
+    --checkpoints`` reads); empty means DATA_DIR/witness-checkpoints.json. Keep it off the database's host."""
     public_url: str = ""
     """The URL clients use, when the relay sits behind a proxy (signatures cover the full request URL)."""
     key_store: str = ""
@@ -112,6 +137,10 @@ class RelaySettings:
     @property
     def relay_pub_file(self) -> Path:
         return self.data_dir / RELAY_PUB_FILE
+
+    @property
+    def witness_path(self) -> Path:
+        return Path(self.witness_file) if self.witness_file else self.data_dir / WITNESS_FILE
 
     @property
     def config_file(self) -> Path:
@@ -186,3 +215,14 @@ def _check(settings: RelaySettings) -> None:
         raise UsageError(f"setting audit_retention: at least {format_duration(MIN_AUDIT_RETENTION)} (six months)")
     if settings.metrics not in ("loopback", "open", "off"):
         raise UsageError("setting metrics: one of loopback, open, off")
+    if settings.payload_store not in ("local", "s3"):
+        raise UsageError("setting payload_store: one of local, s3")
+    if settings.payload_store == "s3" and not (settings.s3_endpoint and settings.s3_bucket):
+        raise UsageError("setting payload_store = s3 needs s3_endpoint and s3_bucket")
+    endpoint = urlsplit(settings.s3_endpoint)
+    if settings.s3_endpoint and not (
+        endpoint.scheme == "https" or (endpoint.scheme == "http" and is_loopback_host(endpoint.hostname or ""))
+    ):
+        raise UsageError("setting s3_endpoint: https, or http to a loopback address only")
+    if settings.background not in ("in-process", "worker"):
+        raise UsageError("setting background: one of in-process, worker")

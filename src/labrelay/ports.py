@@ -8,10 +8,11 @@ SQLAlchemy), a local payload directory and a local epoch-key directory. The comp
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from labrelay.domain.audit import AuditEntry, AuditRecord, Checkpoint
+from labrelay.domain.audit import AuditEntry, AuditEvent, AuditRecord, Checkpoint
 from labrelay.domain.parties import PartyEntry, Revocation
 from labrelay.domain.transfers import TransferRecord, TransferState
 
@@ -111,6 +112,33 @@ class TransferRepository(Protocol):
         ...
 
 
+class TransferLocks(Protocol):
+    """Mutual exclusion per transfer across every process serving one relay: one upload chunk, creation or repair
+    of a transfer at a time."""
+
+    def hold(self, name: str) -> AbstractContextManager[None]:
+        """Block until ``name`` is ours (``Unavailable`` after a bounded wait); released on exit."""
+        ...
+
+    def forget(self, name: str) -> None:
+        """The transfer is over: drop any per-process state kept for it."""
+        ...
+
+
+class Leader(Protocol):
+    """At most one worker runs the background jobs (reaper, detector, checkpointer) of a relay at a time."""
+
+    def try_acquire(self) -> bool:
+        """Become the leader if nobody is; True if this process leads (now or already)."""
+        ...
+
+    def still_leader(self) -> bool:
+        """Whether leadership still holds (it is lost with the connection or file that held it)."""
+        ...
+
+    def release(self) -> None: ...
+
+
 Sealer = Callable[[int, str, datetime], Checkpoint]
 """Signs (seq, hash, at) as a checkpoint with the relay's key."""
 
@@ -122,8 +150,12 @@ class AuditLog(Protocol):
         """Append atomically after the current head and sign the new head; concurrent appends are serialised."""
         ...
 
-    def records(self, after_seq: int = 0) -> Iterator[AuditRecord]:
-        """Records in sequence order, from ``after_seq + 1``."""
+    def records(self, after_seq: int = 0, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
+        """Records in sequence order, from ``after_seq + 1`` (only ``event``'s when given)."""
+        ...
+
+    def records_since(self, since: datetime, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
+        """Records at or after the instant ``since``, in order (only ``event``'s when given)."""
         ...
 
     def checkpoint(self, kind: str) -> Checkpoint | None:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine, create_engine
 
+from labrelay.client.checkpoints import CheckpointBook
 from labrelay.config import RelaySettings, load_settings, render_config
 from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
 from labrelay.domain.audit import AuditEvent, Checkpoint, verify_chain
@@ -25,7 +28,7 @@ from labrelay.errors import OperationalError, UsageError
 from labrelay.http.app import RelayServices, create_app, record_doc
 from labrelay.http.metrics import RelayMetrics
 from labrelay.notify import sinks_from
-from labrelay.ports import Clock
+from labrelay.ports import Clock, KeyStore, Leader, PayloadStore, TransferLocks
 from labrelay.relay.alerts import AlertDispatcher
 from labrelay.relay.audit_check import AuditReport, verify_audit
 from labrelay.relay.auditor import Auditor
@@ -37,16 +40,53 @@ from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
 from labrelay.relay.retention import RetentionReport, check_retention
 from labrelay.relay.transfers import TransferService
+from labrelay.relay.worker import AuditTail, Checkpointer, Job, Worker
 from labrelay.storage import migrate
 from labrelay.storage.files import LocalPayloadStore
+from labrelay.storage.fs import FileLeader
 from labrelay.storage.keystore import FileKeyStore
-from labrelay.storage.sql import SqlStore, sqlite_engine
+from labrelay.storage.sql import (
+    SqlLeader,
+    SqlStore,
+    SqlTransferLocks,
+    ThreadLocks,
+    postgres_engine,
+    sqlite_engine,
+)
 
 
 def engine_for(settings: RelaySettings) -> Engine:
-    if settings.database_url:
-        return create_engine(settings.database_url, pool_pre_ping=True)
+    url = settings.database_url
+    if url.startswith("postgresql"):
+        return postgres_engine(url, settings.database_max_connections)
+    if url:
+        return create_engine(url, pool_pre_ping=True)
     return sqlite_engine(settings.database_path)
+
+
+def payload_store_for(settings: RelaySettings, keys: KeyStore) -> PayloadStore:
+    if settings.payload_store == "s3":
+        from labrelay.storage.s3 import S3PayloadStore, s3_client  # noqa: PLC0415 - boto3 only when configured
+
+        client = s3_client(
+            settings.s3_endpoint,
+            settings.s3_region,
+            os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        )
+        store: PayloadStore = S3PayloadStore(
+            client, settings.s3_bucket, keys, settings.epoch_length, settings.s3_prefix
+        )
+        return store
+    return LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
+
+
+def locks_for(sql: SqlStore) -> TransferLocks:
+    return SqlTransferLocks(sql.engine) if sql.postgres else ThreadLocks()
+
+
+def leader_for(settings: RelaySettings, sql: SqlStore) -> Leader:
+    return SqlLeader(sql.engine) if sql.postgres else FileLeader(settings.data_dir / "worker.lock")
 
 
 @dataclass
@@ -55,9 +95,11 @@ class Relay:
 
     settings: RelaySettings
     sql: SqlStore
-    payloads: LocalPayloadStore
+    payloads: PayloadStore
     keys: FileKeyStore
     services: RelayServices
+    detector: Detector
+    alerts: AlertDispatcher
 
     def app(self) -> FastAPI:
         return create_app(self.services)
@@ -66,14 +108,16 @@ class Relay:
         self.sql.engine.dispose()
 
 
-def init_data_dir(data_dir: Path, authority_pub: Path) -> RelaySettings:
-    """Create a relay data directory (mode 0700): settings, pinned authority key, database, payload directory."""
+def init_data_dir(data_dir: Path, authority_pub: Path, *, database_url: str = "") -> RelaySettings:
+    """Create a relay data directory (mode 0700): settings, pinned authority key, database, payload directory.
+    With ``database_url`` (PostgreSQL), the schema is created there; the other scaled settings (S3, background
+    worker) are edited in relay.toml afterwards (docs/deployment.md)."""
     authority = load_verify_key_file(authority_pub)  # refuse anything that is not an Ed25519 public key
     if data_dir.exists() and any(data_dir.iterdir()):
         raise UsageError(f"{data_dir} exists and is not empty; refusing to initialise over it")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    settings = RelaySettings(data_dir.resolve())
+    settings = RelaySettings(data_dir.resolve(), database_url=database_url)
     settings.config_file.write_text(render_config(settings), encoding="utf-8")
     settings.authority_key_file.write_bytes(authority.to_pem())
     shutil.copymode(settings.config_file, settings.authority_key_file)
@@ -148,17 +192,27 @@ def limits_for(settings: RelaySettings) -> TransferLimits:
 def open_relay(settings: RelaySettings, clock: Clock, *, alert_webhook: str = "") -> Relay:
     authority = VerifyKey.from_pem(settings.authority_key_file.read_bytes())
     engine = engine_for(settings)
+    try:
+        return _wire(settings, clock, engine, authority, alert_webhook)
+    except BaseException:
+        engine.dispose()  # a relay that cannot start leaves no connection open
+        raise
+
+
+def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: VerifyKey, alert_webhook: str) -> Relay:
     migrate.require_head(engine)
     sql = SqlStore(engine)
     keys = FileKeyStore(settings.key_dir)
-    payloads = LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
+    payloads = payload_store_for(settings, keys)
     auditor = Auditor(sql, clock, relay_signing_key(settings, signed_before=sql.checkpoint("head") is not None))
     directory = DirectoryService(sql, authority, clock, auditor)
     window = settings.replay_window
     control = ControlService(sql, directory, auditor, clock, authority, window)
     auth = Authenticator(directory, sql, auditor, clock, authority, window, settings.clock_skew, control)
     policies = PolicyService(sql, authority, clock, auditor)
-    transfers = TransferService(sql, payloads, directory, auditor, clock, limits_for(settings), policies)
+    transfers = TransferService(
+        sql, payloads, directory, auditor, clock, limits_for(settings), policies, locks_for(sql)
+    )
     metrics = RelayMetrics()
     auditor.subscribe(metrics.on_audit)
     alerts = AlertDispatcher(
@@ -172,9 +226,10 @@ def open_relay(settings: RelaySettings, clock: Clock, *, alert_webhook: str = ""
     )
     rules = detection_rules(settings)
     detector = Detector(rules, auditor, control, alerts)
-    since = clock.now() - rules.volume_window * (rules.volume_history + 1)
-    detector.prime(sql.records_since(since, AuditEvent.DOWNLOAD_SERVE))
-    auditor.subscribe(detector)
+    in_process = settings.background == "in-process"
+    if in_process:  # otherwise the leading worker tails the shared log (labrelay worker)
+        detector.prime(sql.records_since(clock.now() - volume_history(rules), AuditEvent.DOWNLOAD_SERVE))
+        auditor.subscribe(detector)
     services = RelayServices(
         auth=auth,
         directory=directory,
@@ -186,14 +241,49 @@ def open_relay(settings: RelaySettings, clock: Clock, *, alert_webhook: str = ""
         control=control,
         audit_log=sql,
         metrics=metrics,
-        detector=detector,
+        detector=detector if in_process else None,
         alerts=alerts,
+        background=in_process,
         metrics_access=settings.metrics,
         reaper_interval=settings.reaper_interval.total_seconds(),
         max_chunk_bytes=settings.max_chunk_bytes,
         public_url=settings.public_url or None,
     )
-    return Relay(settings, sql, payloads, keys, services)
+    return Relay(settings, sql, payloads, keys, services, detector, alerts)
+
+
+def volume_history(rules: DetectionRules) -> timedelta:
+    """How far back the volume rule's baseline reaches."""
+    return rules.volume_window * (rules.volume_history + 1)
+
+
+def run_worker(data_dir: Path, clock: Clock, stop: threading.Event, *, tick: float = 0.5) -> None:
+    """``labrelay worker``: campaign for leadership; while leading, run the reaper, detection and the checkpointer
+    until ``stop`` is set."""
+    settings = load_settings(data_dir)
+    relay = open_relay(settings, clock)
+    services = relay.services
+    book = CheckpointBook(settings.witness_path)
+    witness_url = settings.public_url or f"labrelay:{settings.data_dir}"
+
+    def witness(checkpoint: Checkpoint) -> None:
+        book.observe(witness_url, checkpoint)
+        book.save()
+
+    tail = AuditTail(relay.sql, relay.detector, clock, volume_history(relay.detector.rules))
+    checkpointer = Checkpointer(relay.sql, relay.alerts, clock, witness)
+    jobs = [
+        Job("detector", 1.0, tail.run, tail.start),
+        Job("reaper", settings.reaper_interval.total_seconds(), services.reaper.run_once),
+        Job("checkpointer", settings.checkpoint_interval.total_seconds(), checkpointer.run, checkpointer.start),
+        Job("nonces", 60.0, services.auth.prune_nonces),
+    ]
+    worker = Worker(leader_for(settings, relay.sql), jobs, services.auditor, tick=tick)
+    try:
+        worker.run(stop)
+    finally:
+        relay.alerts.close()
+        relay.close()
 
 
 def reap_once(data_dir: Path, clock: Clock) -> dict[str, Any]:
@@ -219,7 +309,7 @@ def retention_report(data_dir: Path, clock: Clock) -> RetentionReport:
         migrate.require_head(engine)
         sql = SqlStore(engine)
         keys = FileKeyStore(settings.key_dir, create=False)
-        payloads = LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
+        payloads = payload_store_for(settings, keys)
         return check_retention(sql, payloads, keys, clock, limits_for(settings), settings.epoch_length)
     finally:
         engine.dispose()

@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from labrelay.clock import SystemClock
 from labrelay.config import load_settings
@@ -21,8 +22,8 @@ from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, Outcome, chai
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import from_rfc3339
 from labrelay.errors import AuditTampered, OperationalError
-from labrelay.runtime import audit_verify, open_relay
-from labrelay.storage.sql import SqlStore, sqlite_engine
+from labrelay.runtime import audit_verify, engine_for, open_relay
+from labrelay.storage.sql import SqlStore
 from tests.conftest import World, sent_ids
 
 COLUMNS = ("at", "event", "outcome", "actor", "transfer_id", "reason", "details", "prev_hash", "hash", "seq")
@@ -53,6 +54,7 @@ def mutated(value: object, column: str) -> object:  # noqa: PLR0911 - one way to
 
 
 @pytest.mark.threat("T11")
+@pytest.mark.embedded_only("edits copies of the SQLite file; the scaled chain is checked by the other tests here")
 def test_verify_finds_every_single_row_change(world: World, cli, batch: Path, tmp_path: Path) -> None:
     busy_world(world, cli, batch)
     world.relay.stop()
@@ -148,26 +150,32 @@ def apply(conn: sqlite3.Connection, case: str) -> None:
 
 def rewrite_history(data: Path, seq: int, key: SigningKey | None = None) -> None:
     """What an operator with full access (database and the relay's key) can do: edit one record, recompute every
-    hash after it, and sign a new head."""
-    store = SqlStore(sqlite_engine(data / "relay.db"))
+    hash after it, and sign a new head. On whichever database the relay uses."""
+    engine = engine_for(load_settings(data))
+    store = SqlStore(engine)
     records = list(store.records())
     key = key or SigningKey.load(data / "relay-signing.key")
     prev = GENESIS
-    with sqlite3.connect(data / "relay.db") as conn:
+    with engine.begin() as conn:
         for rec in records:
             entry = rec.entry
             if rec.seq == seq:
                 entry = dataclasses.replace(entry, outcome=Outcome.REFUSED, reason="rewritten")
-                conn.execute("UPDATE audit_events SET outcome = 'refused', reason = 'rewritten' WHERE seq = ?", (seq,))
+                conn.execute(
+                    text("UPDATE audit_events SET outcome = 'refused', reason = 'rewritten' WHERE seq = :s"), {"s": seq}
+                )
             digest = chain_hash(entry, rec.seq, prev)
-            conn.execute("UPDATE audit_events SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, rec.seq))
+            conn.execute(
+                text("UPDATE audit_events SET prev_hash = :p, hash = :h WHERE seq = :s"),
+                {"p": prev, "h": digest, "s": rec.seq},
+            )
             prev = digest
         head = sign_checkpoint(key, key.public, records[-1].seq, prev, records[-1].entry.at)
         conn.execute(
-            "UPDATE audit_checkpoints SET hash = ?, signature = ?, relay_key = ? WHERE kind = 'head'",
-            (head.hash, head.signature, head.relay_key),
+            text("UPDATE audit_checkpoints SET hash = :h, signature = :g, relay_key = :k WHERE kind = 'head'"),
+            {"h": head.hash, "g": head.signature, "k": head.relay_key},
         )
-    store.engine.dispose()
+    engine.dispose()
 
 
 @pytest.mark.threat("T11")

@@ -118,7 +118,7 @@ def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None
     assert oct(csv_file.stat().st_mode & 0o777) == "0o600"
     assert not list((out / ".labrelay").iterdir())  # no partial or temporary file left behind
     # cnam's receipt deleted cnam's payload only; ars-11's waits
-    assert len(list(world.payload_dir.iterdir())) == 1
+    assert len(world.stored()) == 1
     sidecar = json.loads(next(out.glob("*.manifest.json")).read_text())
     assert sidecar["receipt"]["payload"]["status"] == "decrypted"
     assert sidecar["receipt"]["payload"]["record_count"] == 300

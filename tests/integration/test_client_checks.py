@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from tests.conftest import positives_in, sent_ids
 
 
 def state_of(world, transfer_id: str) -> str:
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:
-        return conn.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()[0]
+    return world.db("SELECT state FROM transfers WHERE id = :id", id=transfer_id)[0][0]
 
 
 class ReplayingRelay(RelayClient):
@@ -63,14 +61,15 @@ def test_a_transfer_offered_again_is_acknowledged_again_not_decrypted_again(worl
     assert first.code == 0, str(first)
     [output] = list(out.glob("*.csv"))
     stamp = output.stat().st_mtime_ns
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:  # the relay "forgets" the receipt
-        conn.execute("UPDATE transfers SET state = 'available', receipt = NULL WHERE id = ?", (transfer_id,))
+    # the relay "forgets" the receipt
+    world.db("UPDATE transfers SET state = 'available', receipt = NULL WHERE id = :id", id=transfer_id)
     again = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert again.code == 0, str(again)
     assert "already received" in again.out or "nothing waiting" in again.out
     assert output.stat().st_mtime_ns == stamp
     assert list(out.glob("*.csv")) == [output]
-    assert state_of(world, transfer_id) == "delivered"
+    # Delivered again by the receipt, or closed by the reaper first: its bytes went with the first receipt.
+    assert state_of(world, transfer_id) in ("delivered", "expired")
 
 
 def test_a_receipt_lost_on_the_way_is_sent_by_the_next_fetch(
@@ -147,10 +146,9 @@ def test_senders_see_what_was_not_delivered_and_refuse_forged_receipts(world, cl
         }
     }
     forged = sign_envelope(forged["payload"], SigningKey.generate(), "ars-11")
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:
-        conn.execute(
-            "UPDATE transfers SET state = 'delivered', receipt = ? WHERE id = ?", (json.dumps(forged), ids["ars-11"])
-        )
+    world.db(
+        "UPDATE transfers SET state = 'delivered', receipt = :r WHERE id = :id", r=json.dumps(forged), id=ids["ars-11"]
+    )
     refused = cli("receipts", "--as", lab, "--server", world.url)
     assert refused.code == 3, str(refused)
     assert ids["ars-11"] in refused.err

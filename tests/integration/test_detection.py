@@ -4,7 +4,6 @@ e-mail and syslog receiver; the kill switch (freeze, revoke, quarantine) takes e
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +15,8 @@ from labrelay.crypto import httpsig
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import Role
 from tests.alerting import smtp_server, syslog_socket, webhook
-from tests.conftest import World, make_world, sent_ids
+from tests.conftest import World, make_world, scaled_backing, sent_ids
+from tests.scaled import ReplicaSet
 
 PROBES = 200
 
@@ -31,8 +31,7 @@ def signed_get(world: World, name: str, path: str) -> httpx.Response:
 
 
 def events(world: World) -> list[tuple[str, str | None, str | None]]:
-    with sqlite3.connect(world.relay.data / "relay.db", timeout=30) as conn:
-        return list(conn.execute("SELECT event, actor, reason FROM audit_events ORDER BY seq"))
+    return world.db("SELECT event, actor, reason FROM audit_events ORDER BY seq")
 
 
 def send_one(world: World, cli, batch: Path, to: str = "cnam") -> str:
@@ -161,8 +160,7 @@ def test_revoke_refuses_the_next_request_and_quarantines_pending_transfers(world
     # The quarantined transfer is never served: not listed, not downloadable.
     assert signed_get(world, "cnam", "/v1/transfers?box=inbox").json()["transfers"] == []
     assert signed_get(world, "cnam", f"/v1/transfers/{pending}/payload").status_code == 404
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:
-        held = conn.execute("SELECT quarantined_at FROM transfers WHERE id = ?", (pending,)).fetchone()[0]
+    held = world.db("SELECT quarantined_at FROM transfers WHERE id = :id", id=pending)[0][0]
     assert held is not None
     # A party that is not an administrator cannot use the kill switch, and the refusal is audited.
     denied = cli("admin", "freeze", "--as", world.party_dir("cnam"), "--server", world.url)
@@ -184,9 +182,70 @@ def test_quarantine_one_transfer(world, cli, batch: Path) -> None:
 
 def test_metrics_count_without_naming_anyone(world, cli, batch: Path) -> None:
     send_one(world, cli, batch)
-    text = httpx.get(f"{world.url}/metrics").text
+    # Metrics are per process: Prometheus scrapes each replica (its own address, not the balancer's).
+    urls = [r.url for r in world.relay.replicas] if isinstance(world.relay, ReplicaSet) else [world.url]
+    text = "".join(httpx.get(f"{url}/metrics").text for url in urls)
     assert 'labrelay_http_requests_total{method="POST",route="/v1/transfers",status="201"}' in text
     assert 'labrelay_audit_events_total{event="upload:complete",outcome="ok"}' in text
     assert "labrelay_http_request_seconds_bucket" in text
     for name in ("cnam", "lab-paris-01", "127.0.0.1"):
         assert name not in text
+
+
+@pytest.mark.scaled
+@pytest.mark.threat("T18")
+def test_probes_spread_over_replicas_add_up_in_the_worker(
+    tmp_path: Path, relay_factory, cli, request: pytest.FixtureRequest
+) -> None:
+    """At scale the leading worker tails the shared audit log: enumeration probes sent through the balancer to two
+    replicas count together; the lock it sets holds on every replica; its checkpointer keeps verified heads, and
+    sees a history rewritten behind the relay's back."""
+    with webhook() as (hook, posts):
+        world = make_world(
+            tmp_path / "w",
+            relay_factory,
+            settings={"alert_webhook": f'"{hook}"', "checkpoint_interval": '"1s"'},
+            scaled=scaled_backing(request),
+        )
+        statuses = []
+        tripped_at = 0.0
+        for i in range(40):
+            statuses.append(signed_get(world, "cnam", f"/v1/transfers/{new_id()}/payload").status_code)
+            if i + 1 == 20:
+                tripped_at = time.monotonic()
+        found = posts.wait_for(lambda a: a["rule"] == "enumeration" and a["subject"] == "cnam", timeout=10)
+        assert found is not None, "no enumeration alert from the worker"
+        assert found[0] - tripped_at <= 5.0
+        assert found[1]["locked"] is True
+        assert world.relay.balancer is not None
+        assert min(world.relay.balancer.connections) >= 10, "the probes did not reach both replicas"
+        for replica in world.relay.replicas:  # the lock is in the database: every replica refuses
+            url = f"{replica.url}/v1/transfers?box=inbox"
+            headers: dict[str, str] = {}
+            httpsig.sign_request(
+                "GET", url, headers, None, keyid="cnam", key=world.parties["cnam"].signing_key, now=datetime.now(UTC)
+            )
+            assert httpx.get(url, headers=headers, timeout=30).status_code == 403
+        assert statuses[:20] == [404] * 20
+
+        # The checkpointer's witness: signed heads it verified, in the format audit verify --checkpoints reads.
+        witness = world.relay.data / "witness-checkpoints.json"
+        deadline = time.monotonic() + 10
+        while not witness.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        verified = cli("audit", "verify", "--data", world.relay.data, "--checkpoints", witness)
+        assert verified.code == 0, str(verified)
+        # History rewritten in the database: the worker alerts within seconds, without anyone running a check.
+        seq = world.db("SELECT min(seq) FROM audit_events WHERE event = 'auth:success'")[0][0]
+        rewrite_hashes_from(world, seq)
+        tampered = posts.wait_for(lambda a: a["rule"] == "audit-chain", timeout=10)
+        assert tampered is not None, "the worker did not see the rewritten history"
+        assert "audit verify" in tampered[1]["summary"]
+
+
+def rewrite_hashes_from(world: World, seq: int) -> None:
+    """An operator with database access edits record ``seq`` and re-hashes every record after it (without the
+    relay's key the head stays as signed; the worker compares what it witnessed)."""
+    rows = world.db("SELECT seq FROM audit_events WHERE seq >= :s ORDER BY seq", s=seq)
+    for (n,) in rows:
+        world.db("UPDATE audit_events SET hash = :h WHERE seq = :s", h=f"{n:064x}", s=n)

@@ -66,20 +66,22 @@ def test_relay_holds_no_plaintext_while_stored_or_after(world, cli, batch: Path)
     lab = world.party_dir("lab-paris-01")
     result = cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11")
     assert result.code == 0, str(result)
-    stored = list(world.payload_dir.glob("*.payload"))
-    assert len(stored) == 2
+    assert len(world.stored()) == 2
     # Sanity: the scan does find plaintext when it is there (it is not a check that cannot fail).
     planted = world.root / "planted.bin"
     planted.write_bytes(gzip.compress(batch.read_bytes()[:5000]))
     assert plaintext_hits(world.root, needles, extra=()) != []
     planted.unlink()
 
-    assert plaintext_hits(world.relay.data, needles, extra=(world.relay.log,)) == []
+    # A complete copy: data directory and logs, and at scale the database dump and the bucket's objects.
+    copy = world.copy_relay(world.root / "stolen-1")
+    assert len(list(copy.rglob("*"))) > 5
+    assert plaintext_hits(copy, needles) == []
     for name in ("cnam", "ars-11"):
         fetched = cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", world.root / name)
         assert fetched.code == 0, str(fetched)
-    assert list(world.payload_dir.iterdir()) == []
-    assert plaintext_hits(world.relay.data, needles, extra=(world.relay.log,)) == []
+    assert world.stored() == []
+    assert plaintext_hits(world.copy_relay(world.root / "stolen-2"), needles) == []
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ database, the wire)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.errors import AuthenticationFailed, IntegrityError, ReplayDetected
-from labrelay.storage.files import LocalPayloadStore
+from labrelay.ports import PayloadStore
+from labrelay.runtime import payload_store_for
 from labrelay.storage.keystore import FileKeyStore
 from tests.conftest import CliResult, sent_ids
 
@@ -34,13 +34,8 @@ def refused(result: CliResult, needle: str) -> None:
     assert len([line for line in result.err.splitlines() if line.startswith("labrelay:")]) >= 1
 
 
-def db(world) -> sqlite3.Connection:
-    return sqlite3.connect(world.relay.data / "relay.db", timeout=30, isolation_level=None)
-
-
 def state_of(world, transfer_id: str) -> str:
-    with db(world) as conn:
-        return conn.execute("SELECT state FROM transfers WHERE id = ?", (transfer_id,)).fetchone()[0]
+    return world.db("SELECT state FROM transfers WHERE id = :id", id=transfer_id)[0][0]
 
 
 def nothing_written(out: Path) -> None:
@@ -54,10 +49,10 @@ def send_one(world, cli, batch: Path, to: str = "cnam") -> str:
     return sent_ids(result.out)[to]
 
 
-def relay_store(world) -> LocalPayloadStore:
+def relay_store(world) -> PayloadStore:
     """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
     settings = load_settings(world.relay.data)
-    return LocalPayloadStore(settings.payload_dir, FileKeyStore(settings.key_dir), settings.epoch_length)
+    return payload_store_for(settings, FileKeyStore(settings.key_dir))
 
 
 @pytest.mark.threat("T7")
@@ -89,10 +84,7 @@ def test_one_flipped_byte_on_the_relays_disk(world, cli, batch: Path) -> None:
     """Without the keys, a changed byte in storage breaks the at-rest seal: the relay stops serving at that
     record and records the corruption; the recipient writes nothing and acknowledges nothing."""
     transfer_id = send_one(world, cli, batch)
-    stored = world.payload_dir / f"{transfer_id}.payload"
-    raw = bytearray(stored.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    stored.write_bytes(bytes(raw))
+    world.flip_stored_byte(transfer_id)
     out = world.root / "out"
     result = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert result.code != 0, str(result)
@@ -102,10 +94,9 @@ def test_one_flipped_byte_on_the_relays_disk(world, cli, batch: Path) -> None:
     for partial in out.rglob("*.part"):
         assert b"age-encryption.org/v1".startswith(partial.read_bytes()[:21])  # ciphertext, if anything
     assert state_of(world, transfer_id) == "available"
-    with db(world) as conn:
-        corrupt = conn.execute(
-            "SELECT count(*) FROM audit_events WHERE event = 'payload:corrupt' AND transfer_id = ?", (transfer_id,)
-        ).fetchone()[0]
+    corrupt = world.db(
+        "SELECT count(*) FROM audit_events WHERE event = 'payload:corrupt' AND transfer_id = :id", id=transfer_id
+    )[0][0]
     assert corrupt >= 1
 
 
@@ -133,15 +124,13 @@ def test_a_manifest_signed_by_an_unregistered_key(world, cli, batch: Path) -> No
     manifest["deadline"] = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     with world.client("lab-paris-01") as client, pytest.raises(IntegrityError, match="manifest"):
         client.create_transfer(sign_envelope(manifest, SigningKey.generate(), lab.name))
-    with db(world) as conn:
-        assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == 0
+    assert world.db("SELECT count(*) FROM transfers")[0][0] == 0
 
     # On the recipient: the relay hands over a manifest re-signed by an unregistered key.
     transfer_id = send_one(world, cli, batch)
-    with db(world) as conn:
-        envelope = json.loads(conn.execute("SELECT manifest FROM transfers WHERE id = ?", (transfer_id,)).fetchone()[0])
-        forged = sign_envelope(envelope["payload"], SigningKey.generate(), envelope["signer"])
-        conn.execute("UPDATE transfers SET manifest = ? WHERE id = ?", (json.dumps(forged), transfer_id))
+    envelope = json.loads(world.db("SELECT manifest FROM transfers WHERE id = :id", id=transfer_id)[0][0])
+    forged = sign_envelope(envelope["payload"], SigningKey.generate(), envelope["signer"])
+    world.db("UPDATE transfers SET manifest = :m WHERE id = :id", m=json.dumps(forged), id=transfer_id)
     out = world.root / "out"
     refused(
         cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out), "transfer-manifest refused"
@@ -157,7 +146,7 @@ def test_a_party_whose_key_was_never_enrolled(world, cli, batch: Path) -> None:
         cli("send", batch, "--as", world.party_dir("lab-rogue"), "--server", world.url, "--to", "cnam"),
         "request signature refused",
     )
-    assert not any(world.payload_dir.iterdir())
+    assert world.stored() == []
 
 
 @pytest.mark.threat("T3")
@@ -178,13 +167,11 @@ def test_a_directory_entry_not_signed_by_the_pinned_authority(world, cli, batch:
         serial=new_id(),
     )
     forged = sign_envelope(entry.to_payload(), rogue_authority, AUTHORITY_KEYID)
-    with db(world) as conn:
-        conn.execute("UPDATE parties SET envelope = ? WHERE name = 'cnam'", (json.dumps(forged),))
+    world.db("UPDATE parties SET envelope = :e WHERE name = 'cnam'", e=json.dumps(forged))
     lab = world.party_dir("lab-paris-01")
     refused(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam"), "the pinned authority did not sign")
-    with db(world) as conn:
-        assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == 0
-    assert not any(world.payload_dir.iterdir())
+    assert world.db("SELECT count(*) FROM transfers")[0][0] == 0
+    assert world.stored() == []
     assert not list((lab / "outbox").glob("*"))  # nothing was even encrypted
     refused(cli("directory", "--as", lab, "--server", world.url), "did not sign")
 
@@ -233,8 +220,7 @@ def test_a_replayed_request_on_the_wire(world, cli, batch: Path) -> None:
     second = httpx.get(url, headers=cnam_headers)
     assert second.status_code == 401
     assert second.json()["code"] == "replay"
-    with db(world) as conn:
-        events = [r[0] for r in conn.execute("SELECT event FROM audit_events ORDER BY seq")]
+    events = [r[0] for r in world.db("SELECT event FROM audit_events ORDER BY seq")]
     assert "auth:replay" in events
 
 
@@ -255,8 +241,7 @@ def test_a_request_signed_by_a_revoked_party(world, cli, batch: Path) -> None:
 
     assert cli("authority", "revoke", "lab-paris-01", "--authority", world.auth_dir, "--server", world.url).code == 0
     refused(cli("send", batch, "--as", lab, "--server", world.url, "--to", "ars-11"), "revoked")
-    with db(world) as conn:
-        assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == 1
+    assert world.db("SELECT count(*) FROM transfers")[0][0] == 1
 
 
 def test_only_the_authority_can_revoke(world) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,10 +21,10 @@ from tests.conftest import RelayServer, sent_ids
 
 
 def audit_details(world, event: str) -> list[str]:
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:
-        return [r[0] for r in conn.execute("SELECT details FROM audit_events WHERE event = ? ORDER BY seq", (event,))]
+    return [r[0] for r in world.db("SELECT details FROM audit_events WHERE event = :e ORDER BY seq", e=event)]
 
 
+@pytest.mark.embedded_only("restarts the one relay process by hand; test_crash kills replicas and workers")
 def test_upload_resumes_after_the_relay_is_killed(world, cli, tmp_path: Path) -> None:
     plain = tmp_path / "big.bin"
     plain.write_bytes(os.urandom(3 * 1024 * 1024))
@@ -78,6 +77,7 @@ def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> Non
     assert any('"start":700000' in d for d in audit_details(world, "download:serve"))
 
 
+@pytest.mark.embedded_only("restarts the one relay process by hand; test_crash covers the scaled recovery")
 def test_a_publication_interrupted_by_a_crash_is_completed_at_restart(world, cli, tmp_path: Path) -> None:
     """Crash after the atomic rename, before the database said so: the restarted relay finishes the job."""
     plain = tmp_path / "x.bin"
@@ -85,8 +85,7 @@ def test_a_publication_interrupted_by_a_crash_is_completed_at_restart(world, cli
     sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
     transfer_id = sent_ids(sent.out)["cnam"]
     world.relay.stop()
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:
-        conn.execute("UPDATE transfers SET state = 'uploading' WHERE id = ?", (transfer_id,))
+    world.db("UPDATE transfers SET state = 'uploading' WHERE id = :id", id=transfer_id)
     restarted = RelayServer(world.relay.data)
     url = restarted.start()
     try:

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import ipaddress
 import os
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -241,8 +240,7 @@ def test_enrolment_route_judges_nothing_before_authentication(world) -> None:
         url, content=deep, headers=signed_headers(world, "POST", url, deep, **{"Content-Type": "application/json"})
     )
     assert response.status_code == 400
-    with sqlite3.connect(world.relay.data / "relay.db") as conn:
-        refused = conn.execute("SELECT count(*) FROM audit_events WHERE event = 'auth:failure'").fetchone()[0]
+    refused = world.db("SELECT count(*) FROM audit_events WHERE event = 'auth:failure'")[0][0]
     assert refused >= 3  # every unauthenticated attempt is in the audit trail
     assert "Traceback" not in world.relay.log_text()
 

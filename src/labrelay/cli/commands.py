@@ -22,7 +22,7 @@ from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
-from labrelay.errors import IntegrityError, SecurityError, Unreadable, UsageError
+from labrelay.errors import IntegrityError, OperationalError, SecurityError, Unreadable, UsageError
 
 if TYPE_CHECKING:  # polars loads only for the commands that read lab results
     from labrelay.batch.pipeline import Summary
@@ -152,11 +152,14 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
     def server_init(
         data_dir: Annotated[Path, typer.Argument(help="The relay's data directory, to create.")],
         authority: Annotated[Path, typer.Option("--authority", help="AUTH_DIR/authority.pub to pin.")],
+        database_url: Annotated[
+            str, typer.Option(help="PostgreSQL URL (postgresql+psycopg://USER@HOST/DB); default: SQLite in DATA_DIR.")
+        ] = "",
     ) -> None:
         """Create a relay data directory: settings, pinned authority key, database, payload directory."""
         from labrelay.runtime import init_data_dir  # noqa: PLC0415
 
-        settings = init_data_dir(data_dir, authority)
+        settings = init_data_dir(data_dir, authority, database_url=database_url)
         ui.out.print(
             f"relay data directory ready: {settings.data_dir} (settings in {settings.config_file})",
             markup=False,
@@ -199,6 +202,27 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             run(relay.app(), host=host, port=port, tls_cert=tls_cert, tls_key=tls_key, ready_file=ready_file)
         finally:
             relay.close()
+
+    @app.command("worker")
+    def worker(
+        data: Annotated[Path, typer.Option("--data", help="The relay's data directory (same settings as serve).")],
+    ) -> None:
+        """Run the relay's background jobs (reaper, detection, audit checkpoints) for every replica. Start one or
+        more; one leads (a PostgreSQL advisory lock, or a file lock on the embedded default), the others wait
+        and take over if it stops. Stops cleanly on SIGTERM or Ctrl-C."""
+        import signal  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        from labrelay.cli.logging import configure_logging  # noqa: PLC0415
+        from labrelay.runtime import run_worker  # noqa: PLC0415
+
+        configure_logging()
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        ui.out.print(f"labrelay worker for {data} started", markup=False)
+        run_worker(data, SystemClock(), stop)
+        ui.out.print("labrelay worker stopped", markup=False)
 
     # ------------------------------------------------------------ parties
 
@@ -358,40 +382,48 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             raise UsageError(f"{file} is not a readable file")
         if as_is and not to:
             raise UsageError("--as-is needs at least one --to recipient")
-        with (
-            _party_client(server, party, cacert) as client,
-            ui.TerminalProgress(_quiet()) as progress,
-        ):
-            if not as_is:
-                from labrelay.client.routed import send_results  # noqa: PLC0415 - loads polars
+        try:
+            with (
+                _party_client(server, party, cacert) as client,
+                ui.TerminalProgress(_quiet()) as progress,
+            ):
+                if not as_is:
+                    from labrelay.client.routed import send_results  # noqa: PLC0415 - loads polars
 
-                try:
-                    routed = send_results(
-                        party,
-                        client,
-                        file,
-                        lifetime,
-                        SystemClock(),
-                        restrict=to,
-                        input_format=input_format,
-                        progress=progress,
-                        dpo=dpo,
-                        ledger_retention=parse_duration(ledger_retention),
-                    )
-                except Unreadable as exc:
-                    if not to:
-                        raise Unreadable(
-                            exc.message, hint="to send another kind of document unparsed, use --as-is --to NAME"
-                        ) from exc
-                    ui.err.print(
-                        f"labrelay: {file} is not a lab-results file ({exc.message}); sending it unparsed "
-                        "to the --to recipients, as --as-is would",
-                        markup=False,
-                    )
-                else:
-                    _print_routed(routed)
-                    return
-            sent = send_file(party, client, file, to or [], lifetime, SystemClock(), progress=progress)
+                    try:
+                        routed = send_results(
+                            party,
+                            client,
+                            file,
+                            lifetime,
+                            SystemClock(),
+                            restrict=to,
+                            input_format=input_format,
+                            progress=progress,
+                            dpo=dpo,
+                            ledger_retention=parse_duration(ledger_retention),
+                        )
+                    except Unreadable as exc:
+                        if not to:
+                            raise Unreadable(
+                                exc.message, hint="to send another kind of document unparsed, use --as-is --to NAME"
+                            ) from exc
+                        ui.err.print(
+                            f"labrelay: {file} is not a lab-results file ({exc.message}); sending it unparsed "
+                            "to the --to recipients, as --as-is would",
+                            markup=False,
+                        )
+                    else:
+                        _print_routed(routed)
+                        return
+                sent = send_file(party, client, file, to or [], lifetime, SystemClock(), progress=progress)
+        except OperationalError as exc:
+            if exc.hint is None and pending(party):  # sealed, not (all) uploaded: nothing to redo but the upload
+                raise type(exc)(
+                    exc.message,
+                    hint=f"the sealed payloads are kept; finish with: labrelay resume --as {as_} --server {server}",
+                ) from exc
+            raise
         for item in sent:
             ui.out.print(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)", markup=False)
 

@@ -19,11 +19,11 @@ READY_TIMEOUT = 60.0
 class RelayProcess:
     """Start a relay on port 0, learn its URL from the ready file, stop it gracefully (or kill it)."""
 
-    def __init__(self, data: Path, log: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(self, data: Path, log: Path, extra: Sequence[str] = (), name: str = "") -> None:
         self.data = data
         self.log = log
         self.extra = tuple(extra)
-        self.ready = data.parent / f"{data.name}.ready.json"
+        self.ready = data.parent / f"{name or data.name}.ready.json"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -80,6 +80,43 @@ class RelayProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no cleanup (crash tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class WorkerProcess:
+    """``labrelay worker`` as a child process (the scaled configuration's background jobs)."""
+
+    def __init__(self, data: Path, log: Path) -> None:
+        self.data = data
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "LABRELAY_DEBUG"}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "labrelay", "worker", "--data", str(self.data)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

@@ -68,6 +68,8 @@ class AuditEvent(StrEnum):
     RELAY_START = "relay:start"
     RELAY_STOP = "relay:stop"
     REQUEST_ERROR = "request:error"
+    WORKER_LEAD = "worker:lead"
+    WORKER_STANDBY = "worker:standby"
 
 
 class Outcome(StrEnum):

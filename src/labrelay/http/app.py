@@ -99,6 +99,8 @@ class RelayServices:
     max_json_bytes: int = MAX_ENVELOPE_BYTES
     max_chunk_bytes: int = 64 * 1024 * 1024
     public_url: str | None = None
+    background: bool = True
+    """Run the reaper in this process (the embedded default); False when ``labrelay worker`` runs it."""
 
 
 def _problem_response(exc: LabrelayError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -123,15 +125,19 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.metrics.frozen.set(1 if await run_in_threadpool(services.control.frozen) else 0)
-        reaped = await run_in_threadpool(services.reaper.run_once)  # before the first request is served
-        await run_in_threadpool(
-            services.auditor.record,
-            AuditEvent.RELAY_START,
-            version=__version__,
-            recovered=reaped.repaired,
-            expired=reaped.expired,
-        )
-        tasks = [asyncio.create_task(_prune_nonces(services)), asyncio.create_task(_reap(services))]
+        tasks = [asyncio.create_task(_prune_nonces(services))]
+        if services.background:
+            reaped = await run_in_threadpool(services.reaper.run_once)  # before the first request is served
+            await run_in_threadpool(
+                services.auditor.record,
+                AuditEvent.RELAY_START,
+                version=__version__,
+                recovered=reaped.repaired,
+                expired=reaped.expired,
+            )
+            tasks.append(asyncio.create_task(_reap(services)))
+        else:  # a replica: the leading worker recovers, reaps and detects for every replica
+            await run_in_threadpool(services.auditor.record, AuditEvent.RELAY_START, version=__version__, replica=True)
         try:
             yield
         finally:

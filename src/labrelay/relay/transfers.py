@@ -11,8 +11,8 @@ all answer "not found", so probing ids teaches nothing (the audit trail records 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -44,7 +44,7 @@ from labrelay.errors import (
     TooLarge,
     UsageError,
 )
-from labrelay.ports import Clock, PayloadStore, TransferRepository
+from labrelay.ports import Clock, PayloadStore, TransferLocks, TransferRepository
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Caller
 from labrelay.relay.directory import DirectoryService
@@ -78,7 +78,8 @@ class TransferService:
         auditor: Auditor,
         clock: Clock,
         limits: TransferLimits,
-        policies: PolicyService | None = None,
+        policies: PolicyService,
+        locks: TransferLocks,
     ) -> None:
         self._policies = policies
         self._repo = repo
@@ -87,16 +88,15 @@ class TransferService:
         self._audit = auditor
         self._clock = clock
         self.limits = limits
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self._locks = locks
 
-    def _lock(self, transfer_id: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(transfer_id, threading.Lock())
+    def _lock(self, transfer_id: str) -> AbstractContextManager[None]:
+        """Held across processes (relay replicas and the worker share the database) while one chunk is written, a
+        transfer is created, or repaired."""
+        return self._locks.hold(transfer_id)
 
     def _release(self, transfer_id: str) -> None:
-        with self._locks_guard:
-            self._locks.pop(transfer_id, None)
+        self._locks.forget(transfer_id)
 
     # ------------------------------------------------------------ create
 
@@ -119,9 +119,7 @@ class TransferService:
             raise IntegrityError("the manifest names another sender")
         now = self._clock.now()
         check_manifest_terms(manifest, now, self.limits)
-        if manifest.policy_version is not None and (
-            self._policies is None or not self._policies.known(manifest.policy_version)
-        ):
+        if manifest.policy_version is not None and (not self._policies.known(manifest.policy_version)):
             raise IntegrityError(
                 f"the manifest names routing policy {manifest.policy_version!r}, which this relay "
                 "does not hold (unsigned or unknown)"
@@ -139,7 +137,8 @@ class TransferService:
         existing = self._repo.get(manifest.transfer_id)
         if existing is not None:
             if existing.sender == caller.name and dict(existing.manifest_envelope) == stored:
-                return existing, False  # the sender retried after a lost response
+                self._ensure_upload(existing)
+                return existing, False  # the sender retried after a lost response, or after a storage outage
             if existing.sender != caller.name:
                 # Another sender's id: refused with the same words as a reuse of one's own, so that nobody
                 # learns which ids exist; flagged in the audit trail (random 122-bit ids do not collide).
@@ -161,11 +160,10 @@ class TransferService:
         )
         with self._lock(manifest.transfer_id):  # recovery must not see the row without its upload
             self._repo.create(record)
-            try:
-                self._store.begin(manifest.transfer_id, manifest.deadline)
-            except LabrelayError:
-                self._repo.transition(manifest.transfer_id, [TransferState.UPLOADING], TransferState.CANCELLED, now)
-                raise
+            # If the payload store fails here (S3 unreachable, disk full), the transfer stays open without bytes:
+            # the sender's retry of this same create makes the upload (``_ensure_upload``), and so would the
+            # reaper's repair pass; cancelling it would strand a payload the sender already sealed.
+            self._store.begin(manifest.transfer_id, manifest.deadline)
         self._audit.record(
             AuditEvent.TRANSFER_CREATE,
             actor=caller.name,
@@ -176,6 +174,17 @@ class TransferService:
             deadline=int(manifest.deadline.timestamp()),
         )
         return record, True
+
+    def _ensure_upload(self, record: TransferRecord) -> None:
+        """An open upload whose bytes the store never got (its ``begin`` failed): begin it now."""
+        if record.state is not TransferState.UPLOADING or record.uploaded != 0:
+            return
+        with self._lock(record.transfer_id):
+            current = self._repo.get(record.transfer_id)
+            if current is None or current.state is not TransferState.UPLOADING or current.uploaded != 0:
+                return
+            if not self._store.has_bytes(record.transfer_id):
+                self._store.begin(record.transfer_id, record.deadline)
 
     # ------------------------------------------------------------ upload
 

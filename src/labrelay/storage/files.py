@@ -17,6 +17,7 @@ publication is an atomic rename followed by an fsync of the directory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -39,17 +40,18 @@ READ_CHUNK = 1 << 20
 
 def _io_error(exc: OSError, what: str) -> Exception:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(f"no space left on the relay's payload disk while {what}")
+        return StorageFull(f"no space left on the relay's payload disk while {what}; retry later")
     return Unavailable(f"payload storage failed while {what}: {os.strerror(exc.errno or 0)}")
 
 
 class _SealingWriter:
     """Seals what it is given into records after the acknowledged offset; nothing counts until ``commit``."""
 
-    def __init__(self, handle: BinaryIO, records: RecordWriter, position: int) -> None:
+    def __init__(self, handle: BinaryIO, records: RecordWriter, position: int, path: Path) -> None:
         self._fh = handle
         self._records = records
         self._position = position  # where the acknowledged part of the stored file ends
+        self._path = path
         self._closed = False
 
     def write(self, data: bytes) -> None:
@@ -72,17 +74,27 @@ class _SealingWriter:
         return size
 
     def abort(self) -> None:
+        """Cut the file back to the acknowledged offset. On a full disk the file object's buffer cannot be
+        flushed (and closing it tries to): truncate through the descriptor, close, then truncate once more in case
+        the close flushed anything past the acknowledged offset."""
         if self._closed:
             return
-        try:
-            self._fh.truncate(self._position)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        except OSError:
-            pass  # the metadata offset is what counts; the next writer truncates to it anyway
-        finally:
+        self._closed = True
+        with contextlib.suppress(OSError, ValueError):
+            os.ftruncate(self._fh.fileno(), self._position)
+        with contextlib.suppress(OSError, ValueError):
             self._fh.close()
-            self._closed = True
+        try:
+            fd = os.open(self._path, os.O_WRONLY)
+        except OSError:
+            return  # deleted meanwhile; the metadata offset is what counts, and the next writer truncates to it
+        try:
+            os.ftruncate(fd, self._position)
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 class LocalPayloadStore:
@@ -155,7 +167,9 @@ class LocalPayloadStore:
         except BaseException:
             fh.close()
             raise
-        return _SealingWriter(fh, RecordWriter(fh, dek, transfer_id, offset), position)
+        return _SealingWriter(
+            fh, RecordWriter(fh, dek, transfer_id, offset), position, self._path(transfer_id, _UPLOAD)
+        )
 
     def upload_digest(self, transfer_id: str) -> tuple[int, str]:
         digest = hashlib.sha256()

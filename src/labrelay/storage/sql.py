@@ -1,15 +1,28 @@
-"""SQL implementations of the relay's metadata ports (SQLAlchemy Core; SQLite WAL by default)."""
+"""SQL implementations of the relay's metadata ports (SQLAlchemy Core): SQLite (WAL) by default, PostgreSQL at scale.
+
+The same statements run on both. Where several processes share one PostgreSQL database (relay replicas and the
+worker), what one process serialised with a thread lock is serialised across processes too: the audit chain's
+appends under a transaction-scoped advisory lock, transfer uploads under session advisory locks
+(``SqlTransferLocks``), and the worker's leadership under a session advisory lock held for its life
+(``SqlLeader``). Every database failure reaches callers as ``Unavailable`` (retry later) or ``StorageFull``, never
+as a driver exception: the HTTP edge maps those to 503 and 507, which clients retry.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import inspect
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 
@@ -61,19 +74,91 @@ def sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-def _translate(exc: SqlOperationalError) -> Exception:
-    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-    if "disk" in text and "full" in text:
-        return StorageFull("the relay's database disk is full")
+def postgres_engine(url: str, max_connections: int) -> Engine:
+    """A PostgreSQL engine whose pool checks a connection before using it, so that after a database restart the
+    next request reconnects instead of failing; at most ``max_connections`` from this process."""
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=min(10, max_connections),
+        max_overflow=max(0, max_connections - 10),
+        pool_timeout=30,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _translate(exc: DBAPIError) -> Exception:
+    message = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    if ("disk" in message and "full" in message) or "no space left" in message:
+        return StorageFull("the relay's database disk is full; retry later")
     return Unavailable("the relay's database is unavailable; retry later")
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+_DB_ERRORS = (SqlOperationalError, InterfaceError)
+
+
+def _is_outage(exc: DBAPIError) -> bool:
+    return isinstance(exc, _DB_ERRORS) or exc.connection_invalidated
+
+
+def _guarded(fn: _F) -> _F:
+    """Driver failures (a restarted or unreachable database, a full disk) become ``Unavailable``/``StorageFull``."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except DBAPIError as exc:
+                if not _is_outage(exc):
+                    raise
+                raise _translate(exc) from exc
+
+        return gen  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DBAPIError as exc:
+            if not _is_outage(exc):
+                raise
+            raise _translate(exc) from exc
+
+    return call  # type: ignore[return-value]
+
+
+def _guard_public(cls: type) -> type:
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(member):
+            setattr(cls, name, _guarded(member))
+    return cls
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+AUDIT_LOCK = lock_key("labrelay:audit-append")
+LEADER_LOCK = lock_key("labrelay:worker-leader")
+
+
+@_guard_public
 class SqlStore:
     """Directory, nonces, transfers and the audit chain, in one database."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.postgres = engine.dialect.name == "postgresql"
         self._audit_lock = threading.Lock()
+
+    def _serialise_audit(self, conn: Connection) -> None:
+        """Other processes append to the same chain: on PostgreSQL, one appender at a time, until commit. (SQLite's
+        BEGIN IMMEDIATE already holds the database's single write lock.)"""
+        if self.postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
 
     # ------------------------------------------------------------ directory
 
@@ -96,8 +181,8 @@ class SqlStore:
                 if conn.execute(select(schema.parties.c.serial).where(schema.parties.c.serial == entry.serial)).first():
                     return False
                 conn.execute(insert(schema.parties).values(**row))
-        except SqlOperationalError as exc:
-            raise _translate(exc) from exc
+        except SqlIntegrityError:
+            return False  # another replica stored it between our check and our insert
         return True
 
     def add_revocation(self, revocation: Revocation, envelope: Mapping[str, Any], at: datetime) -> bool:
@@ -109,11 +194,14 @@ class SqlStore:
             "envelope": _dumps(envelope),
             "registered_at": to_epoch(at),
         }
-        with self.engine.begin() as conn:
-            t = schema.revocations
-            if conn.execute(select(t.c.serial).where(t.c.serial == revocation.serial)).first():
-                return False
-            conn.execute(insert(t).values(**row))
+        t = schema.revocations
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(t.c.serial).where(t.c.serial == revocation.serial)).first():
+                    return False
+                conn.execute(insert(t).values(**row))
+        except SqlIntegrityError:
+            return False
         return True
 
     @staticmethod
@@ -164,13 +252,16 @@ class SqlStore:
 
     def add_policy(self, version: str, envelope: Mapping[str, Any], at: datetime) -> bool:
         t = schema.policies
-        with self.engine.begin() as conn:
-            existing = conn.execute(select(t.c.envelope).where(t.c.version == version)).first()
-            if existing is not None:
-                if json.loads(existing.envelope) != dict(envelope):
-                    raise Conflict(f"policy version {version} is already registered with other content")
-                return False
-            conn.execute(insert(t).values(version=version, envelope=_dumps(envelope), registered_at=to_epoch(at)))
+        try:
+            with self.engine.begin() as conn:
+                existing = conn.execute(select(t.c.envelope).where(t.c.version == version)).first()
+                if existing is not None:
+                    if json.loads(existing.envelope) != dict(envelope):
+                        raise Conflict(f"policy version {version} is already registered with other content")
+                    return False
+                conn.execute(insert(t).values(version=version, envelope=_dumps(envelope), registered_at=to_epoch(at)))
+        except SqlIntegrityError:
+            return self.add_policy(version, envelope, at)  # stored concurrently: compare with what was stored
         return True
 
     def policy(self, version: str | None = None) -> Mapping[str, Any] | None:
@@ -194,8 +285,6 @@ class SqlStore:
                 conn.execute(insert(schema.nonces).values(keyid=keyid, nonce=nonce, created=to_epoch(created)))
         except SqlIntegrityError:
             return False
-        except SqlOperationalError as exc:
-            raise _translate(exc) from exc
         return True
 
     def prune(self, before: datetime) -> int:
@@ -241,8 +330,6 @@ class SqlStore:
                 conn.execute(insert(schema.transfers).values(**row))
         except SqlIntegrityError:
             raise Conflict(f"transfer {m.transfer_id} already exists") from None
-        except SqlOperationalError as exc:
-            raise _translate(exc) from exc
 
     def get(self, transfer_id: str) -> TransferRecord | None:
         with self.engine.connect() as conn:
@@ -315,6 +402,7 @@ class SqlStore:
         added behind the relay's back no longer matches the signed head."""
         t = schema.audit_events
         with self._audit_lock, self.engine.begin() as conn:
+            self._serialise_audit(conn)
             seq, prev = self._head(conn)
             seq += 1
             digest = chain_hash(entry, seq, prev)
@@ -397,6 +485,7 @@ class SqlStore:
         the chain now starts from. Returns how many were deleted."""
         t = schema.audit_events
         with self._audit_lock, self.engine.begin() as conn:
+            self._serialise_audit(conn)
             head_seq, _ = self._head(conn)
             last = conn.execute(
                 select(t.c.seq, t.c.hash, t.c.at)
@@ -462,12 +551,15 @@ class SqlStore:
     def set_lock(self, name: str, kind: str, reason: str, at: datetime, by: str) -> bool:
         """Lock (or revoke) ``name``; a revocation overrides a lock, never the reverse. True if it changed."""
         t = schema.locks
-        with self.engine.begin() as conn:
-            row = conn.execute(select(t.c.kind).where(t.c.name == name)).first()
-            if row is not None and row.kind in (kind, "revoke"):
-                return False
-            conn.execute(t.delete().where(t.c.name == name))
-            conn.execute(insert(t).values(name=name, kind=kind, reason=reason, at=to_epoch(at), by=by))
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(t.c.kind).where(t.c.name == name)).first()
+                if row is not None and row.kind in (kind, "revoke"):
+                    return False
+                conn.execute(t.delete().where(t.c.name == name))
+                conn.execute(insert(t).values(name=name, kind=kind, reason=reason, at=to_epoch(at), by=by))
+        except SqlIntegrityError:
+            return self.set_lock(name, kind, reason, at, by)  # set concurrently: decide again on what is stored
         return True
 
     def clear_lock(self, name: str) -> bool:
@@ -491,14 +583,17 @@ class SqlStore:
 
     def set_flag(self, name: str, on: bool, at: datetime, by: str) -> bool:
         t = schema.relay_flags
-        with self.engine.begin() as conn:
-            present = conn.execute(select(t.c.name).where(t.c.name == name)).first() is not None
-            if present == on:
-                return False
-            if on:
-                conn.execute(insert(t).values(name=name, at=to_epoch(at), by=by))
-            else:
-                conn.execute(t.delete().where(t.c.name == name))
+        try:
+            with self.engine.begin() as conn:
+                present = conn.execute(select(t.c.name).where(t.c.name == name)).first() is not None
+                if present == on:
+                    return False
+                if on:
+                    conn.execute(insert(t).values(name=name, at=to_epoch(at), by=by))
+                else:
+                    conn.execute(t.delete().where(t.c.name == name))
+        except SqlIntegrityError:
+            return False  # another process set it at the same moment
         return True
 
     def flag(self, name: str) -> bool:
@@ -559,3 +654,115 @@ class SqlStore:
             parties = conn.execute(select(func.count()).select_from(schema.parties)).scalar_one()
             transfers = conn.execute(select(func.count()).select_from(schema.transfers)).scalar_one()
         return int(parties) + int(transfers)
+
+
+class ThreadLocks:
+    """``labrelay.ports.TransferLocks`` for one process (the embedded default: one relay process per database)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, name: str) -> None:
+        with self._guard:
+            self._locks.pop(name, None)
+
+
+class SqlTransferLocks:
+    """``labrelay.ports.TransferLocks`` across processes: a PostgreSQL session advisory lock per transfer, held on
+    its own connection while an upload chunk is written, a transfer created or repaired. A process killed while
+    holding one loses its session, and with it the lock. Threads of one process queue on a thread lock first, so
+    they do not each hold a connection while waiting."""
+
+    def __init__(self, engine: Engine, wait_seconds: int = 30) -> None:
+        self.engine = engine
+        self._local = ThreadLocks()
+        self._wait = wait_seconds
+
+    @contextlib.contextmanager
+    def hold(self, name: str) -> Iterator[None]:
+        key = lock_key(f"labrelay:transfer:{name}")
+        with self._local.hold(name):
+            try:
+                conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            except DBAPIError as exc:
+                raise _translate(exc) from exc
+            try:
+                try:
+                    conn.execute(text(f"SET lock_timeout = '{int(self._wait)}s'"))
+                    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                except DBAPIError as exc:
+                    if "lock timeout" in str(exc.orig).lower():
+                        raise Unavailable(f"transfer {name} is busy in another relay process; retry later") from exc
+                    raise _translate(exc) from exc
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                except DBAPIError:
+                    conn.invalidate()  # the session is gone, and its locks with it
+                finally:
+                    conn.close()
+
+    def forget(self, name: str) -> None:
+        self._local.forget(name)
+
+
+class SqlLeader:
+    """One leader among the workers sharing a PostgreSQL database: a session advisory lock, held on a dedicated
+    connection for as long as the worker leads. If that connection dies (the database restarted, the network
+    dropped), leadership is lost with it, and ``still_leader`` says so: the worker stops its jobs and campaigns
+    again, so two leaders never run at once for longer than one tick."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    def try_acquire(self) -> bool:
+        if self._conn is not None:
+            return self.still_leader()
+        try:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            won = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_LOCK}).scalar())
+        except DBAPIError:
+            return False
+        if not won:
+            conn.close()
+            return False
+        self._conn = conn
+        return True
+
+    def still_leader(self) -> bool:
+        if self._conn is None:
+            return False
+        try:
+            held = self._conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted")
+            ).scalar()
+        except DBAPIError:
+            self._drop()
+            return False
+        if not held:
+            self._drop()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(DBAPIError):
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEADER_LOCK})
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.invalidate()
+                self._conn.close()
+            self._conn = None

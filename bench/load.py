@@ -1,0 +1,262 @@
+"""Load: 200 labs at once, each sending a 1,000-record batch (the project's synthetic CSV, sealed with age to CNAM),
+then CNAM fetching every one (download, hash check, age decryption, signed receipt), against:
+
+- the embedded default: one ``labrelay serve`` on SQLite and a local directory;
+- the scaled configuration: two replicas behind a round-robin TCP balancer and one worker, on a real PostgreSQL
+  (Debian's) and an S3-compatible server (moto), as in the test suite.
+
+Both run in the same process, one after the other, on the same batches. Every lab runs the real client code
+(``labrelay.client.send.upload``: create the transfer, upload resumably) on its own connection, in its own thread;
+CNAM fetches with ``labrelay.client.fetch.fetch_one`` from 200 threads. Sealing happens before the clock starts:
+the figure is the relay's, not age's. Reported: throughput (transfers, records and MB per second), latency per send
+and per fetch (p50, p99, max), and every failure (the goal is none). Results: docs/bench/load.json.
+
+    ./dev bench load [--labs 200] [--records 1000] [--only embedded|scaled]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.memory import OUT, WORK
+from labrelay.cli.process import RelayProcess
+from labrelay.client.api import RelayClient
+from labrelay.client.fetch import fetch_one
+from labrelay.client.keystore import Authority, Party
+from labrelay.client.policy import default_policy_text
+from labrelay.client.send import seal, upload, verified_recipients
+from labrelay.client.trust import TrustedDirectory
+from labrelay.clock import SystemClock
+from labrelay.domain.names import AUTHORITY_KEYID
+from labrelay.domain.parties import Role
+from labrelay.runtime import init_data_dir
+from labrelay.synthetic.generator import write_csv_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.pgserver import PostgresServer, _bindir
+from tests.s3server import running_s3
+from tests.scaled import ReplicaSet
+
+CLOCK = SystemClock()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def _edit(config: Path, settings: dict[str, str]) -> None:
+    lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in settings]
+    config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
+
+
+def _client(url: str, party: Party) -> RelayClient:
+    return RelayClient(url, party.name, party.signing_key, CLOCK, retries=3)
+
+
+def run_load(kind: str, url: str, root: Path, labs: int, records: int) -> dict[str, Any]:  # noqa: PLR0915
+    authority = Authority.load(root / "authority")
+    with RelayClient(url, AUTHORITY_KEYID, authority.key, CLOCK, retries=0) as client:
+        client.register_policy(authority.sign_policy(default_policy_text(), CLOCK.now()))
+
+    def enrol(name: str, role: Role) -> Party:
+        party = Party.create(root / "parties", name, role, None, authority.path / "authority.pub", CLOCK.now())
+        envelope = authority.sign_entry(party, CLOCK.now(), timedelta(days=1))
+        party.save_entry(envelope)
+        with _client(url, party) as client:
+            client.register_entry(envelope)
+        return party
+
+    cnam = enrol("cnam", Role.RECIPIENT)
+    lab_parties = [enrol(f"lab-{i:03d}", Role.LAB) for i in range(labs)]
+    sources = WORK / f"load-{records}"
+    sources.mkdir(parents=True, exist_ok=True)
+    states: list[tuple[Party, Path]] = []
+    for i, lab in enumerate(lab_parties):
+        source = sources / f"lab-{i:03d}.csv"
+        if not source.exists():
+            write_csv_file(source, records, seed=1000 + i, today=date(2026, 11, 29))
+        with _client(url, lab) as client:
+            entries = verified_recipients(lab, client, ["cnam"], CLOCK)
+        (state,) = seal(lab, source, entries, timedelta(hours=6), CLOCK, record_count=records)
+        states.append((lab, state))
+    payload_bytes = sum(p.stat().st_size for p in sources.glob("lab-*.csv") if int(p.stem[4:]) < labs)
+
+    failures: list[str] = []
+    gate = threading.Barrier(labs)
+
+    def timed(label: str, fn: Callable[[], object]) -> float:
+        started = time.perf_counter()
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            failures.append(f"{label}: {type(exc).__name__}: {exc}")
+        return time.perf_counter() - started
+
+    def send(item: tuple[Party, Path]) -> float:
+        lab, state = item
+        gate.wait()  # the 200 labs start together
+        with _client(url, lab) as client:
+            return timed(lab.name, lambda: upload(lab, client, state))
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=labs) as pool:
+        send_latency = list(pool.map(send, states))
+    send_wall = time.perf_counter() - started
+
+    with _client(url, cnam) as client:
+        inbox = client.transfers("inbox")
+        directory = TrustedDirectory(cnam.authority, client.directory(), CLOCK.now())
+    out = root / "fetched"
+    out.mkdir()
+    fetch_gate = threading.Barrier(len(inbox)) if inbox else None
+
+    def fetch(listing: dict[str, Any]) -> float:
+        assert fetch_gate is not None
+        fetch_gate.wait()
+        with _client(url, cnam) as client:
+            return timed(
+                f"fetch {listing['transfer_id']}", lambda: fetch_one(cnam, client, directory, listing, out, CLOCK)
+            )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, len(inbox))) as pool:
+        fetch_latency = list(pool.map(fetch, inbox))
+    fetch_wall = time.perf_counter() - started
+
+    fetched = len(list(out.glob("*.csv")))
+    with _client(url, cnam) as client:
+        left = len(client.transfers("inbox"))
+    with _client(url, lab_parties[0]) as client:
+        delivered = sum(1 for t in client.transfers("outbox") if t["state"] == "delivered")
+    mb = payload_bytes / 1e6
+    return {
+        "deployment": kind,
+        "labs": labs,
+        "records_per_lab": records,
+        "transfers_sent": labs - sum(1 for f in failures if f.startswith("lab-")),
+        "transfers_fetched": fetched,
+        "inbox_left": left,
+        "first_lab_delivered": delivered,
+        "failures": failures[:20],
+        "failure_count": len(failures),
+        "send": {
+            "wall_s": round(send_wall, 2),
+            "transfers_per_s": round(labs / send_wall, 1),
+            "records_per_s": round(labs * records / send_wall),
+            "mb_per_s": round(mb / send_wall, 2),
+            "p50_s": pct(send_latency, 0.50),
+            "p99_s": pct(send_latency, 0.99),
+            "max_s": round(max(send_latency), 3),
+            "mean_s": round(statistics.fmean(send_latency), 3),
+        },
+        "fetch": {
+            "wall_s": round(fetch_wall, 2),
+            "transfers_per_s": round(len(inbox) / fetch_wall, 1) if inbox else 0,
+            "p50_s": pct(fetch_latency, 0.50) if fetch_latency else None,
+            "p99_s": pct(fetch_latency, 0.99) if fetch_latency else None,
+            "max_s": round(max(fetch_latency), 3) if fetch_latency else None,
+        },
+    }
+
+
+def embedded(root: Path, labs: int, records: int) -> dict[str, Any]:
+    authority = Authority.init(root / "authority")
+    init_data_dir(root / "relay", authority.path / "authority.pub")
+    _edit(root / "relay" / "relay.toml", {"detect_lock_on": '"none"'})
+    relay = RelayProcess(root / "relay", root / "relay.log")
+    relay.start()
+    try:
+        return run_load("embedded", relay.url, root, labs, records)
+    finally:
+        relay.stop()
+
+
+def scaled(root: Path, labs: int, records: int) -> dict[str, Any]:
+    bindir = _bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    pg_root = root / "pg"
+    pg = PostgresServer(bindir, pg_root)
+    pg_root.mkdir(parents=True)
+    os.chmod(root, 0o755)  # noqa: S103 - the postgres user must reach its cluster inside
+    pg.init()
+    pg.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "labrelay-bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "labrelay-bench")
+    try:
+        with running_s3() as s3:
+            url = pg.create_database()
+            authority = Authority.init(root / "authority")
+            init_data_dir(root / "relay", authority.path / "authority.pub", database_url=url)
+            _edit(
+                root / "relay" / "relay.toml",
+                {
+                    "payload_store": '"s3"',
+                    "s3_endpoint": f'"{s3.endpoint}"',
+                    "s3_bucket": f'"{s3.create_bucket()}"',
+                    "background": '"worker"',
+                    "detect_lock_on": '"none"',
+                },
+            )
+            relays = ReplicaSet(root / "relay", replicas=2, workers=1)
+            relays.start()
+            try:
+                result = run_load("scaled", relays.url, root, labs, records)
+                assert relays.balancer is not None
+                result["connections_per_replica"] = relays.balancer.connections
+                return result
+            finally:
+                relays.close()
+    finally:
+        pg.stop("immediate")
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="bench load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labs", type=int, default=200)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--only", choices=("embedded", "scaled"))
+    parser.add_argument("--out", type=Path, default=OUT / "load.json")
+    args = parser.parse_args(argv)
+    results = []
+    for kind, fn in (("embedded", embedded), ("scaled", scaled)):
+        if args.only and args.only != kind:
+            continue
+        root = WORK / f"load-{kind}"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        print(f"== {kind}: {args.labs} labs x {args.records} records", flush=True)
+        result = fn(root, args.labs, args.records)
+        print(json.dumps(result, indent=2), flush=True)
+        results.append(result)
+    doc = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print("| deployment | sends/s | records/s | send p50 | send p99 | fetches/s | fetch p50 | fetch p99 | failures |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        s, f = r["send"], r["fetch"]
+        print(
+            f"| {r['deployment']} | {s['transfers_per_s']} | {s['records_per_s']} | {s['p50_s']} s | {s['p99_s']} s "
+            f"| {f['transfers_per_s']} | {f['p50_s']} s | {f['p99_s']} s | {r['failure_count']} |"
+        )
+    if any(r["failure_count"] or r["transfers_fetched"] != r["labs"] for r in results):
+        raise SystemExit("load: some transfers failed or were not fetched")
