@@ -12,7 +12,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,6 +73,7 @@ T = TypeVar("T")
 
 TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
 NONCE_PRUNE_SECONDS = 60
 CHECKPOINT_HEADER = "Labrelay-Checkpoint"
 MAX_SEQ = 2**62
@@ -103,16 +104,48 @@ class RelayServices:
     """Run the reaper in this process (the embedded default); False when ``labrelay worker`` runs it."""
 
 
-def _problem_response(exc: LabrelayError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(
-        problem(exc), status_code=status_for(exc), headers=headers, media_type="application/problem+json"
-    )
+def _problem_response(
+    exc: LabrelayError, headers: Mapping[str, str] | None = None, status: int | None = None
+) -> JSONResponse:
+    """The problem document of ``exc``, with ``status`` when the HTTP status is not the error's own (tus answers
+    412 and 415, routing 405): the document's ``status`` is always the response's (RFC 9457)."""
+    status = status or status_for(exc)
+    return JSONResponse(problem(exc, status), status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
+# Errors are served as application/problem+json (never application/json, which FastAPI would document for a
+# `model`): the schema is given inline under the media type actually sent.
+_PROBLEM_CONTENT = {PROBLEM_CONTENT_TYPE: {"schema": Problem.model_json_schema()}}
 _PROBLEMS: dict[int | str, dict[str, Any]] = {
-    "4XX": {"model": Problem, "description": "Refused; `code` says why (docs/protocol.md, Errors)."},
+    "4XX": {"content": _PROBLEM_CONTENT, "description": "Refused; `code` says why (docs/protocol.md, Errors)."},
+    "5XX": {
+        "content": _PROBLEM_CONTENT,
+        "description": "`frozen` or `unavailable` (503), `storage-full` (507); `internal` (500) is a bug.",
+    },
 }
 _SIGNED = {"description": "Signed request (RFC 9421, Ed25519; see docs/protocol.md)."}
+# The tus 1.0 headers (docs/protocol.md, HTTP API): without them in the document, a client generated from it
+# could not upload (every PATCH would be refused with 412).
+_MAX_UINT = 10**15 - 1  # the relay reads at most 15 ASCII digits (``_is_uint``)
+_UINT_HEADER = {"schema": {"type": "integer", "minimum": 0, "maximum": _MAX_UINT}}
+_TUS_HEADER = {"schema": {"type": "string", "enum": [TUS_VERSION]}, "description": "tus protocol version."}
+_TUS_PARAMETERS = [
+    {"name": "Tus-Resumable", "in": "header", "required": True, **_TUS_HEADER},
+    {
+        "name": "Upload-Offset",
+        "in": "header",
+        "required": True,
+        "description": "Where this chunk starts: the offset the relay holds (signed, with `content-digest`).",
+        **_UINT_HEADER,
+    },
+]
+_RANGE_PARAMETER = {
+    "name": "Range",
+    "in": "header",
+    "required": False,
+    "description": "`bytes=N-`: resume from byte N (signed, when present).",
+    "schema": {"type": "string", "pattern": "^bytes=[0-9]{1,15}-$"},
+}
 _ENVELOPE_BODY = {
     "requestBody": {
         "required": True,
@@ -167,9 +200,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err: LabrelayError = NotFound("no such resource") if exc.status_code == 404 else UsageError(str(exc.detail))
-        response = _problem_response(err)
-        response.status_code = exc.status_code
-        return response
+        return _problem_response(err, exc.headers, exc.status_code)  # a 405 keeps its Allow header (RFC 9110)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -424,7 +455,16 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         "/v1/transfers",
         response_model=TransferOut,
         status_code=201,
-        responses=_PROBLEMS,
+        responses={
+            201: {
+                "description": "Created; upload the ciphertext at `Location` (tus).",
+                "headers": {
+                    "Location": {"required": True, "schema": {"type": "string"}, "description": "The upload URL."},
+                    "Tus-Resumable": {"required": True, **_TUS_HEADER},
+                },
+            },
+            **_PROBLEMS,
+        },
         tags=["transfers"],
         openapi_extra=_ENVELOPE_BODY,
     )
@@ -466,10 +506,15 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         "/v1/transfers/{transfer_id}/payload",
         responses={
             200: {"content": {"application/octet-stream": {}}, "description": "The age ciphertext."},
-            206: {"description": "From the requested offset (Range: bytes=N-)."},
+            206: {
+                "content": {"application/octet-stream": {}},
+                "description": "From the requested offset (Range: bytes=N-).",
+                "headers": {"Content-Range": {"required": True, "schema": {"type": "string"}}},
+            },
             **_PROBLEMS,
         },
         tags=["transfers"],
+        openapi_extra={"parameters": [_RANGE_PARAMETER]},
     )
     async def get_payload(request: Request, transfer_id: str) -> StreamingResponse:
         """The payload's age ciphertext, for its recipient, before its deadline. Resumable with Range."""
@@ -509,7 +554,22 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
 
     # ------------------------------------------------------------ tus 1.0 core (+ termination)
 
-    @app.head("/v1/uploads/{transfer_id}", responses=_PROBLEMS, tags=["uploads"])
+    @app.head(
+        "/v1/uploads/{transfer_id}",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The upload's offset and length (no body).",
+                "headers": {
+                    "Upload-Offset": {"required": True, **_UINT_HEADER},
+                    "Upload-Length": {"required": True, **_UINT_HEADER},
+                    "Tus-Resumable": {"required": True, **_TUS_HEADER},
+                },
+            },
+            **_PROBLEMS,
+        },
+        tags=["uploads"],
+    )
     async def head_upload(request: Request, transfer_id: str) -> Response:
         """tus: the upload's current offset."""
         caller = await authenticate(request)
@@ -522,13 +582,23 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     @app.patch(
         "/v1/uploads/{transfer_id}",
         status_code=204,
-        responses=_PROBLEMS,
+        responses={
+            204: {
+                "description": "Appended; `Upload-Offset` is the new offset.",
+                "headers": {
+                    "Upload-Offset": {"required": True, **_UINT_HEADER},
+                    "Tus-Resumable": {"required": True, **_TUS_HEADER},
+                },
+            },
+            **_PROBLEMS,
+        },
         tags=["uploads"],
         openapi_extra={
+            "parameters": _TUS_PARAMETERS,
             "requestBody": {
                 "required": True,
                 "content": {OFFSET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-            }
+            },
         },
     )
     async def patch_upload(request: Request, transfer_id: str) -> Response:
@@ -536,17 +606,11 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         caller = await authenticate(request, streamed=True, extra=("upload-offset", "content-type"))
         headers = request.headers
         if headers.get("tus-resumable") != TUS_VERSION:
-            return JSONResponse(
-                problem(UsageError("Tus-Resumable: 1.0.0 required")),
-                status_code=412,
-                headers=tus_headers(**{"Tus-Version": TUS_VERSION}),
+            return _problem_response(
+                UsageError("Tus-Resumable: 1.0.0 required"), tus_headers(**{"Tus-Version": TUS_VERSION}), 412
             )
         if headers.get("content-type") != OFFSET_CONTENT_TYPE:
-            return JSONResponse(
-                problem(UsageError(f"Content-Type must be {OFFSET_CONTENT_TYPE}")),
-                status_code=415,
-                headers=tus_headers(),
-            )
+            return _problem_response(UsageError(f"Content-Type must be {OFFSET_CONTENT_TYPE}"), tus_headers(), 415)
         offset, length = _int_header(headers, "upload-offset"), _int_header(headers, "content-length")
         if length > services.max_chunk_bytes:
             raise TooLarge(f"chunk over {services.max_chunk_bytes} bytes")

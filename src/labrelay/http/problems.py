@@ -40,8 +40,9 @@ def status_for(exc: errors.LabrelayError) -> int:
     return 500  # pragma: no cover - LabrelayError is the last row
 
 
-def problem(exc: errors.LabrelayError) -> dict[str, Any]:
-    status = status_for(exc)
+def problem(exc: errors.LabrelayError, status: int | None = None) -> dict[str, Any]:
+    """The problem document of ``exc``; ``status`` when the response's status is not the error's own."""
+    status = status or status_for(exc)
     doc: dict[str, Any] = {
         "type": f"https://labrelay.invalid/problems/{exc.code}",
         "title": exc.code.replace("-", " "),
