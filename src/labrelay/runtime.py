@@ -64,6 +64,11 @@ def engine_for(settings: RelaySettings) -> Engine:
     return sqlite_engine(settings.database_path)
 
 
+S3_READ_TIMEOUT = 30.0
+"""Seconds an S3 request may wait for its answer. Connecting is bounded at 2 s (an unreachable service fails
+fast); a loaded service may be slow to answer, and failing a chunk then would only make the sender resend it."""
+
+
 def payload_store_for(settings: RelaySettings, keys: KeyStore) -> PayloadStore:
     if settings.payload_store == "s3":
         from labrelay.storage.s3 import S3PayloadStore, s3_client  # noqa: PLC0415 - boto3 only when configured
@@ -73,6 +78,7 @@ def payload_store_for(settings: RelaySettings, keys: KeyStore) -> PayloadStore:
             settings.s3_region,
             os.environ.get("AWS_ACCESS_KEY_ID", ""),
             os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+            timeout=S3_READ_TIMEOUT,
         )
         store: PayloadStore = S3PayloadStore(
             client, settings.s3_bucket, keys, settings.epoch_length, settings.s3_prefix

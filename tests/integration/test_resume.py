@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from labrelay.client.api import RelayClient
+from labrelay.client.fetch import fetch_one
 from labrelay.client.send import seal
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
 from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.parties import Role
 from labrelay.domain.transfers import Manifest
+from labrelay.errors import Unavailable
 from tests.conftest import RelayServer, sent_ids
 
 
@@ -75,6 +77,43 @@ def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> Non
     assert fetched.code == 0, str(fetched)
     assert (out / f"{transfer_id}.bin").read_bytes() == plain.read_bytes()
     assert any('"start":700000' in d for d in audit_details(world, "download:serve"))
+
+
+class CutOnce(RelayClient):
+    """A client whose first download stream is cut after its first piece, as a restarted replica would cut it."""
+
+    cut = True
+
+    def download(self, transfer_id: str, start: int = 0):
+        stream = super().download(transfer_id, start)
+        if not self.cut:
+            return stream
+        self.cut = False
+
+        def first_piece_then_cut():
+            yield next(stream)
+            stream.close()
+            raise Unavailable("download interrupted")
+
+        return first_piece_then_cut()
+
+
+def test_an_interrupted_download_resumes_within_the_same_fetch(world, cli, tmp_path: Path) -> None:
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(2 * 1024 * 1024))
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    transfer_id = sent_ids(sent.out)["cnam"]
+    cnam = world.parties["cnam"]
+    out = tmp_path / "out"
+    with CutOnce(world.url, cnam.name, cnam.signing_key, SystemClock(), retries=2, backoff=0.01) as client:
+        directory = TrustedDirectory(cnam.authority, client.directory(), SystemClock().now())
+        [listing] = client.transfers("inbox")
+        fetched = fetch_one(cnam, client, directory, listing, out, SystemClock())
+        assert not client.cut  # the cut happened
+    assert fetched.acknowledged
+    assert (out / f"{transfer_id}.bin").read_bytes() == plain.read_bytes()
+    starts = [d for d in audit_details(world, "download:serve") if '"start":0' not in d]
+    assert starts, "the second request resumed from the bytes already received, not from zero"
 
 
 @pytest.mark.embedded_only("restarts the one relay process by hand; test_crash covers the scaled recovery")

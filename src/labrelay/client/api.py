@@ -335,6 +335,14 @@ class RelayClient:
         result: dict[str, Any] = self._json("GET", "/v1/admin/status")
         return result
 
+    def pause_before_retry(self, failures: int) -> bool:
+        """After ``failures`` consecutive failures of a resumable operation: wait (exponential backoff) and return
+        True if another attempt is allowed, False when the retries are spent."""
+        if failures > self._retries:
+            return False
+        time.sleep(self._backoff * 2 ** (failures - 1))
+        return True
+
     def download(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
         """The payload's bytes from ``start`` (resuming a partial download)."""
         headers = {"Range": f"bytes={start}-"} if start else {}

@@ -37,7 +37,7 @@ from labrelay.crypto.envelopes import envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
 from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus
-from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, UsageError
+from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, Unavailable, UsageError
 from labrelay.ports import Clock
 
 WORK_DIR = ".labrelay"
@@ -155,18 +155,28 @@ def _download(client: RelayClient, manifest: Manifest, partial: Path, progress: 
     task = progress.task(f"downloading {manifest.transfer_id[:8]}", manifest.size)
     task.advance(start)
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    size = start
     try:
         with os.fdopen(fd, "ab") as out:
-            if start < manifest.size:
-                for chunk in client.download(manifest.transfer_id, start):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    task.advance(len(chunk))
-                    if out.tell() > manifest.size:
-                        break
+            failures = 0
+            while size < manifest.size:
+                try:
+                    for chunk in client.download(manifest.transfer_id, size):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                        task.advance(len(chunk))
+                        if size > manifest.size:
+                            break
+                    break
+                except Unavailable:
+                    # An interrupted download (a relay replica restarted, storage briefly unreachable): resume
+                    # from what arrived, like an upload does, before giving up.
+                    failures += 1
+                    if not client.pause_before_retry(failures):
+                        raise
             out.flush()
             os.fsync(out.fileno())
-            size = out.tell()
     finally:
         task.done()
     if size != manifest.size or digest.hexdigest() != manifest.sha256:
