@@ -3,7 +3,10 @@ then CNAM fetching every one (download, hash check, age decryption, signed recei
 
 - the embedded default: one ``labrelay serve`` on SQLite and a local directory;
 - the scaled configuration: two replicas behind a round-robin TCP balancer and one worker, on a real PostgreSQL
-  (Debian's) and an S3-compatible server (moto), as in the test suite.
+  (Debian's) and an S3-compatible server (moto), as in the test suite;
+- the same replicas and worker on PostgreSQL with payloads in a directory they share (``scaled-local``): the
+  difference with ``scaled`` is the cost of the S3 server (moto: an in-memory Python mock, not a production
+  object store).
 
 Both run in the same process, one after the other, on the same batches. Every lab runs the real client code
 (``labrelay.client.send.upload``: create the transfer, upload resumably) on its own connection, in its own thread;
@@ -185,7 +188,7 @@ def embedded(root: Path, labs: int, records: int) -> dict[str, Any]:
         relay.stop()
 
 
-def scaled(root: Path, labs: int, records: int) -> dict[str, Any]:
+def scaled(root: Path, labs: int, records: int, *, s3: bool = True) -> dict[str, Any]:
     bindir = _bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -198,26 +201,27 @@ def scaled(root: Path, labs: int, records: int) -> dict[str, Any]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "labrelay-bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "labrelay-bench")
     try:
-        with running_s3() as s3:
+        with running_s3() as server:
             url = pg.create_database()
             authority = Authority.init(root / "authority")
             init_data_dir(root / "relay", authority.path / "authority.pub", database_url=url)
-            _edit(
-                root / "relay" / "relay.toml",
-                {
+            settings = {"background": '"worker"', "detect_lock_on": '"none"'}
+            if s3:
+                settings |= {
                     "payload_store": '"s3"',
-                    "s3_endpoint": f'"{s3.endpoint}"',
-                    "s3_bucket": f'"{s3.create_bucket()}"',
-                    "background": '"worker"',
-                    "detect_lock_on": '"none"',
-                },
-            )
+                    "s3_endpoint": f'"{server.endpoint}"',
+                    "s3_bucket": f'"{server.create_bucket()}"',
+                }
+            _edit(root / "relay" / "relay.toml", settings)
+            baseline = s3_alone(server, labs, records) if s3 else None
             relays = ReplicaSet(root / "relay", replicas=2, workers=1)
             relays.start()
             try:
-                result = run_load("scaled", relays.url, root, labs, records)
+                result = run_load("scaled" if s3 else "scaled-local", relays.url, root, labs, records)
                 assert relays.balancer is not None
                 result["connections_per_replica"] = relays.balancer.connections
+                if baseline is not None:
+                    result["s3_alone"] = baseline
                 return result
             finally:
                 relays.close()
@@ -225,15 +229,51 @@ def scaled(root: Path, labs: int, records: int) -> dict[str, Any]:
         pg.stop("immediate")
 
 
+def s3_alone(server: Any, labs: int, records: int) -> dict[str, Any]:
+    """The S3 server by itself, same run: each of ``labs`` threads PUTs one object the size of a lab's payload,
+    then each GETs one back, all at once (what the relay asks of it, at the least, per transfer)."""
+    client = server.client(timeout=120.0)
+    bucket = server.create_bucket()
+    size = (WORK / f"load-{records}" / "lab-000.csv").stat().st_size
+    body = os.urandom(size)
+    gate = threading.Barrier(labs)
+
+    def put(i: int) -> float:
+        gate.wait()
+        started = time.perf_counter()
+        client.put_object(Bucket=bucket, Key=f"o{i}", Body=body)
+        return time.perf_counter() - started
+
+    def get(i: int) -> float:
+        gate.wait()
+        started = time.perf_counter()
+        client.get_object(Bucket=bucket, Key=f"o{i}")["Body"].read()
+        return time.perf_counter() - started
+
+    out: dict[str, Any] = {"object_bytes": size}
+    for name, fn in (("put", put), ("get", get)):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=labs) as pool:
+            latency = list(pool.map(fn, range(labs)))
+        wall = time.perf_counter() - started
+        out[name] = {"wall_s": round(wall, 2), "per_s": round(labs / wall, 1), "p50_s": pct(latency, 0.5)}
+    client.close()
+    return out
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--labs", type=int, default=200)
     parser.add_argument("--records", type=int, default=1000)
-    parser.add_argument("--only", choices=("embedded", "scaled"))
+    parser.add_argument("--only", choices=("embedded", "scaled", "scaled-local"))
     parser.add_argument("--out", type=Path, default=OUT / "load.json")
     args = parser.parse_args(argv)
     results = []
-    for kind, fn in (("embedded", embedded), ("scaled", scaled)):
+
+    def scaled_local(root: Path, labs: int, records: int) -> dict[str, Any]:
+        return scaled(root, labs, records, s3=False)
+
+    for kind, fn in (("embedded", embedded), ("scaled-local", scaled_local), ("scaled", scaled)):
         if args.only and args.only != kind:
             continue
         root = WORK / f"load-{kind}"
@@ -258,5 +298,12 @@ def main(argv: list[str]) -> None:
             f"| {r['deployment']} | {s['transfers_per_s']} | {s['records_per_s']} | {s['p50_s']} s | {s['p99_s']} s "
             f"| {f['transfers_per_s']} | {f['p50_s']} s | {f['p99_s']} s | {r['failure_count']} |"
         )
+    for r in results:
+        if "s3_alone" in r:
+            a = r["s3_alone"]
+            print(
+                f"S3 server alone, {r['labs']} at once: {a['put']['per_s']} PUT/s, {a['get']['per_s']} GET/s "
+                f"({a['object_bytes']} bytes each)"
+            )
     if any(r["failure_count"] or r["transfers_fetched"] != r["labs"] for r in results):
         raise SystemExit("load: some transfers failed or were not fetched")
