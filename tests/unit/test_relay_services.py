@@ -481,3 +481,27 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
         r.entry.details.get("cause") for r in setup.relay.sql.records() if r.entry.event is AuditEvent.PAYLOAD_DELETE
     }
     assert {"recovery-orphan", "recovery-delivered"} <= causes
+
+
+@pytest.mark.parametrize("finisher", ["sender-asks", "restart"])
+@pytest.mark.threat("T21")
+def test_an_upload_cut_after_its_last_chunk_is_finished_not_stranded(setup: Setup, finisher: str) -> None:
+    """The relay stored the last chunk and recorded the offset, then died before checking and publishing: the
+    sender's next HEAD (or the next start) finishes the job. Without it the sender, told that nothing is missing,
+    would stop, and the payload would never be delivered."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"whole" * 2000)
+    transfers = setup.relay.services.transfers
+    record, _ = transfers.create(lab.caller, envelope)
+    writer = setup.relay.payloads.writer(record.transfer_id, 0)  # what _append does, up to the crash
+    writer.write(data)
+    setup.relay.sql.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
+    assert setup.relay.sql.get(record.transfer_id).state is TransferState.UPLOADING
+    assert record.transfer_id not in [r.transfer_id for r in transfers.inbox(cnam.caller)]
+    if finisher == "sender-asks":
+        status = transfers.upload_status(lab.caller, record.transfer_id)
+        assert status.state is TransferState.AVAILABLE
+    else:
+        assert transfers.recover() >= 1
+    assert setup.relay.sql.get(record.transfer_id).state is TransferState.AVAILABLE
+    assert b"".join(setup.relay.payloads.open(record.transfer_id)) == data

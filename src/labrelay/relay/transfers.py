@@ -207,7 +207,36 @@ class TransferService:
 
     def upload_status(self, caller: Caller, transfer_id: str) -> UploadStatus:
         record = self._own_upload(caller, transfer_id)
+        if record.state is TransferState.UPLOADING and record.uploaded == record.manifest.size:
+            # Every byte was stored but the relay stopped before checking and publishing them (a crash between
+            # the last chunk and its answer): finish now, or the sender, told nothing is missing, would stop here.
+            state = self._finish_whole(record, caller.name)
+            return UploadStatus(transfer_id, record.uploaded, record.manifest.size, state)
         return UploadStatus(transfer_id, record.uploaded, record.manifest.size, record.state)
+
+    def _finish_whole(self, record: TransferRecord, actor: str | None) -> TransferState:
+        """Check and publish an upload whose bytes are all stored, if it is still waiting for that."""
+        with self._lock(record.transfer_id):
+            current = self._repo.get(record.transfer_id)
+            if current is None:
+                return record.state
+            if current.state is not TransferState.UPLOADING or current.uploaded != current.manifest.size:
+                return current.state
+            try:
+                published = self._store.size(current.transfer_id) == current.manifest.size
+            except NotFound:
+                published = False
+            if published:  # checked and published before the crash, not yet recorded
+                now = self._clock.now()
+                self._repo.transition(current.transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
+                self._audit.record(
+                    AuditEvent.UPLOAD_COMPLETE, actor=actor, transfer_id=current.transfer_id, size=current.manifest.size
+                )
+                return TransferState.AVAILABLE
+            try:
+                return self._complete(actor, current)
+            except IntegrityError:
+                return TransferState.REJECTED
 
     def append(
         self,
@@ -281,11 +310,11 @@ class TransferService:
             )
             if uploaded < record.manifest.size:
                 return UploadStatus(transfer_id, uploaded, record.manifest.size, TransferState.UPLOADING)
-            state = self._complete(caller, record)
+            state = self._complete(caller.name, record)
         self._release(transfer_id)
         return UploadStatus(transfer_id, record.manifest.size, record.manifest.size, state)
 
-    def _complete(self, caller: Caller, record: TransferRecord) -> TransferState:
+    def _complete(self, actor: str | None, record: TransferRecord) -> TransferState:
         size, sha = self._store.upload_digest(record.transfer_id)
         now = self._clock.now()
         if size != record.manifest.size or sha != record.manifest.sha256:
@@ -294,14 +323,14 @@ class TransferService:
             self._audit.record(
                 AuditEvent.UPLOAD_REJECT,
                 outcome=Outcome.REFUSED,
-                actor=caller.name,
+                actor=actor,
                 transfer_id=record.transfer_id,
                 reason=IntegrityError.code,
             )
             raise IntegrityError("the uploaded bytes do not match the signed manifest's SHA-256; upload discarded")
         self._store.publish(record.transfer_id)
         self._repo.transition(record.transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
-        self._audit.record(AuditEvent.UPLOAD_COMPLETE, actor=caller.name, transfer_id=record.transfer_id, size=size)
+        self._audit.record(AuditEvent.UPLOAD_COMPLETE, actor=actor, transfer_id=record.transfer_id, size=size)
         return TransferState.AVAILABLE
 
     def cancel(self, caller: Caller, transfer_id: str) -> None:
@@ -534,6 +563,9 @@ class TransferService:
             try:
                 size = self._store.size(transfer_id)
             except NotFound:
+                if record.uploaded == record.manifest.size:  # every byte stored, the check and publication cut off
+                    self._finish_whole(record, None)
+                    repaired += 1
                 continue
             if size == record.manifest.size:
                 self._repo.transition(transfer_id, [TransferState.UPLOADING], TransferState.AVAILABLE, now)
