@@ -55,9 +55,9 @@ class AuditTail:
         self._detector.prime(self._log.records_since(now - self._history, AuditEvent.DOWNLOAD_SERVE))
         head = self._log.checkpoint("head")
         self.position = head.seq if head is not None else 0
-        recent = list(self._log.records_since(now - self._detector.rules.window))
-        for rec in recent:
+        for rec in self._log.records_since(now - self._detector.rules.window):
             self._detector(rec)
+            self.position = max(self.position, rec.seq)  # appended since the head was read: fed once, not twice
 
     def run(self) -> int:
         seen = 0
