@@ -163,3 +163,19 @@ def test_restart_gives_unavailable_then_service_resumes(postgres: PostgresServer
         assert sql.prune(T0 + timedelta(days=1)) == 2
     finally:
         engine.dispose()
+
+
+def test_an_exhausted_pool_is_a_retryable_refusal(pg_url: str) -> None:
+    """Every connection held (uploads in progress): the next caller gets Unavailable, never an internal error."""
+    engine = postgres_engine(pg_url, 1)
+    engine.pool._timeout = 0.5  # type: ignore[attr-defined] # do not wait 30 s in a test
+    sql, locks = SqlStore(engine), SqlTransferLocks(engine)
+    try:
+        with locks.hold("t-busy"):
+            with pytest.raises(Unavailable, match="retry later"):
+                sql.remember("k", "busy", T0)
+            with pytest.raises(Unavailable, match="retry later"), locks.hold("t-other"):
+                pass
+        assert sql.remember("k", "free", T0)
+    finally:
+        engine.dispose()

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, insert, s
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from labrelay.domain.audit import (
     GENESIS,
@@ -94,6 +95,10 @@ def _translate(exc: DBAPIError) -> Exception:
     return Unavailable("the relay's database is unavailable; retry later")
 
 
+def _busy() -> Unavailable:
+    return Unavailable("the relay's database connections are all in use; retry later")
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 _DB_ERRORS = (SqlOperationalError, InterfaceError)
 
@@ -110,6 +115,8 @@ def _guarded(fn: _F) -> _F:
         def gen(*args: Any, **kwargs: Any) -> Any:
             try:
                 yield from fn(*args, **kwargs)
+            except PoolTimeout as exc:
+                raise _busy() from exc
             except DBAPIError as exc:
                 if not _is_outage(exc):
                     raise
@@ -121,6 +128,8 @@ def _guarded(fn: _F) -> _F:
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except PoolTimeout as exc:
+            raise _busy() from exc
         except DBAPIError as exc:
             if not _is_outage(exc):
                 raise
@@ -692,6 +701,8 @@ class SqlTransferLocks:
         with self._local.hold(name):
             try:
                 conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            except PoolTimeout as exc:
+                raise _busy() from exc
             except DBAPIError as exc:
                 raise _translate(exc) from exc
             try:
