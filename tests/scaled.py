@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -135,8 +134,13 @@ class ReplicaSet:
             self.balancer = Balancer([_hostport(r.url) for r in self.replicas])
             self.balancer.start()
             self.url = f"http://127.0.0.1:{self.balancer.port}"
-        else:  # restarted replicas listen on new ports
-            self.balancer.backends = [_hostport(r.url) for r in self.replicas]
+        else:
+            self.rebalance()
+
+    def rebalance(self) -> None:
+        """Point the balancer at the replicas' current ports (a restarted replica listens on a new one)."""
+        assert self.balancer is not None
+        self.balancer.backends = [_hostport(r.url) for r in self.replicas]
 
     def stop(self) -> None:
         for proc in [*self.replicas, *self.workers]:
@@ -150,9 +154,3 @@ class ReplicaSet:
         self.stop()
         if self.balancer is not None:
             self.balancer.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -11,7 +11,6 @@ import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import Engine, create_engine
 from labrelay.client.checkpoints import CheckpointBook
 from labrelay.config import RelaySettings, load_settings, render_config
 from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
-from labrelay.domain.audit import AuditEvent, Checkpoint, verify_chain
+from labrelay.domain.audit import Checkpoint, verify_chain
 from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.transfers import TransferLimits
 from labrelay.errors import OperationalError, UsageError
@@ -234,7 +233,7 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     detector = Detector(rules, auditor, control, alerts)
     in_process = settings.background == "in-process"
     if in_process:  # otherwise the leading worker tails the shared log (labrelay worker)
-        detector.prime(sql.records_since(clock.now() - volume_history(rules), AuditEvent.DOWNLOAD_SERVE))
+        detector.load_history(sql, clock.now())
         auditor.subscribe(detector)
     services = RelayServices(
         auth=auth,
@@ -258,11 +257,6 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     return Relay(settings, sql, payloads, keys, services, detector, alerts)
 
 
-def volume_history(rules: DetectionRules) -> timedelta:
-    """How far back the volume rule's baseline reaches."""
-    return rules.volume_window * (rules.volume_history + 1)
-
-
 def run_worker(data_dir: Path, clock: Clock, stop: threading.Event, *, tick: float = 0.5) -> None:
     """``labrelay worker``: campaign for leadership; while leading, run the reaper, detection and the checkpointer
     until ``stop`` is set."""
@@ -276,7 +270,7 @@ def run_worker(data_dir: Path, clock: Clock, stop: threading.Event, *, tick: flo
         book.observe(witness_url, checkpoint)
         book.save()
 
-    tail = AuditTail(relay.sql, relay.detector, clock, volume_history(relay.detector.rules))
+    tail = AuditTail(relay.sql, relay.detector, clock)
     checkpointer = Checkpointer(relay.sql, relay.alerts, clock, witness)
     jobs = [
         Job("detector", 1.0, tail.run, tail.start),

@@ -204,13 +204,8 @@ def _kill_and_restart(world: World, rng: random.Random) -> str:
         procs[name].kill()
     for name in choice:
         procs[name].start()
-    relay.balancer.backends = [_hostport(r.url) for r in relay.replicas]  # type: ignore[union-attr]
+    relay.rebalance()
     return "+".join(choice)
-
-
-def _hostport(url: str) -> tuple[str, int]:
-    host, _, port = url.split("://", 1)[1].rpartition(":")
-    return host, int(port)
 
 
 @pytest.mark.slow

@@ -48,3 +48,27 @@ def test_every_setting_is_documented() -> None:
     text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     for name in SETTING_NAMES:
         assert f"| `{name}` |" in text, f"docs/configuration.md does not describe {name}"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"LABRELAY_PAYLOAD_STORE": "ftp"}, "payload_store"),
+        ({"LABRELAY_PAYLOAD_STORE": "s3"}, "s3_endpoint and s3_bucket"),  # no endpoint: never a default AWS guess
+        (
+            {"LABRELAY_PAYLOAD_STORE": "s3", "LABRELAY_S3_BUCKET": "b", "LABRELAY_S3_ENDPOINT": "http://s3.example"},
+            "loopback",
+        ),  # credentials and payloads in clear across a network
+        ({"LABRELAY_S3_ENDPOINT": "ftp://127.0.0.1:9000"}, "s3_endpoint"),
+        ({"LABRELAY_BACKGROUND": "cron"}, "background"),
+    ],
+)
+def test_scaled_settings_fail_closed(tmp_path: Path, env: dict[str, str], needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        load_settings(write(tmp_path), environ=env)
+
+
+def test_s3_over_https_or_loopback_http_is_accepted(tmp_path: Path) -> None:
+    for endpoint in ("https://s3.example", "http://127.0.0.1:9000"):
+        env = {"LABRELAY_PAYLOAD_STORE": "s3", "LABRELAY_S3_BUCKET": "b", "LABRELAY_S3_ENDPOINT": endpoint}
+        assert load_settings(write(tmp_path), environ=env).s3_endpoint == endpoint

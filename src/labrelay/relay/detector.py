@@ -29,6 +29,7 @@ import structlog
 from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.timeutil import format_duration
+from labrelay.ports import AuditLog
 from labrelay.relay.alerts import Alert, AlertDispatcher
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import ControlService
@@ -74,6 +75,12 @@ class Detector:
         self.raised: list[Alert] = []
 
     # ------------------------------------------------------------ input
+
+    def load_history(self, audit_log: AuditLog, now: datetime) -> int:
+        """Prime the volume baseline from the log: the downloads of the past ``volume_history`` windows (and the
+        current one). At start-up, and when a worker becomes the leader."""
+        span = self.rules.volume_window * (self.rules.volume_history + 1)
+        return self.prime(audit_log.records_since(now - span, AuditEvent.DOWNLOAD_SERVE))
 
     def prime(self, records: Iterable[AuditRecord]) -> int:
         """Load past downloads (the volume baseline) from the audit log; returns how many were read."""

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import structlog
 
@@ -41,18 +40,17 @@ class Job:
 class AuditTail:
     """Feeds the detector every audit record appended by any process, in order, from where it started."""
 
-    def __init__(self, audit_log: AuditLog, detector: Detector, clock: Clock, history: timedelta) -> None:
+    def __init__(self, audit_log: AuditLog, detector: Detector, clock: Clock) -> None:
         self._log = audit_log
         self._detector = detector
         self._clock = clock
-        self._history = history
         self.position = 0
 
     def start(self) -> None:
         """On winning leadership: the volume history, then the records of the last detection window (a previous
         leader may have died before seeing them; counting them twice can only raise an alert again)."""
         now = self._clock.now()
-        self._detector.prime(self._log.records_since(now - self._history, AuditEvent.DOWNLOAD_SERVE))
+        self._detector.load_history(self._log, now)
         head = self._log.checkpoint("head")
         self.position = head.seq if head is not None else 0
         for rec in self._log.records_since(now - self._detector.rules.window):

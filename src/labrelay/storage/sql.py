@@ -107,33 +107,34 @@ def _is_outage(exc: DBAPIError) -> bool:
     return isinstance(exc, _DB_ERRORS) or exc.connection_invalidated
 
 
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Driver failures (a restarted or unreachable database, a full disk, every connection in use) become
+    ``Unavailable``/``StorageFull``; anything else (a constraint, a programming error) passes through."""
+    try:
+        yield
+    except PoolTimeout as exc:
+        raise _busy() from exc
+    except DBAPIError as exc:
+        if not _is_outage(exc):
+            raise
+        raise _translate(exc) from exc
+
+
 def _guarded(fn: _F) -> _F:
-    """Driver failures (a restarted or unreachable database, a full disk) become ``Unavailable``/``StorageFull``."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _translated():
                 yield from fn(*args, **kwargs)
-            except PoolTimeout as exc:
-                raise _busy() from exc
-            except DBAPIError as exc:
-                if not _is_outage(exc):
-                    raise
-                raise _translate(exc) from exc
 
         return gen  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _translated():
             return fn(*args, **kwargs)
-        except PoolTimeout as exc:
-            raise _busy() from exc
-        except DBAPIError as exc:
-            if not _is_outage(exc):
-                raise
-            raise _translate(exc) from exc
 
     return call  # type: ignore[return-value]
 
@@ -699,12 +700,8 @@ class SqlTransferLocks:
     def hold(self, name: str) -> Iterator[None]:
         key = lock_key(f"labrelay:transfer:{name}")
         with self._local.hold(name):
-            try:
+            with _translated():
                 conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            except PoolTimeout as exc:
-                raise _busy() from exc
-            except DBAPIError as exc:
-                raise _translate(exc) from exc
             try:
                 try:
                     conn.execute(text(f"SET lock_timeout = '{int(self._wait)}s'"))
