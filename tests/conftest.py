@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # imported by pytest as plugins (below); importing them here 
     from tests.pgserver import PostgresServer
     from tests.s3server import S3Server
 
-pytest_plugins = ["tests.pgserver", "tests.s3server"]
+pytest_plugins = ["tests.pgserver", "tests.s3server", "tests.browser"]
 
 VECTORS = Path(__file__).parent / "vectors"
 CI = os.environ.get("LABRELAY_CI") == "1"

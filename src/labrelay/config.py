@@ -71,7 +71,10 @@ class RelaySettings:
     """Where the worker keeps the signed audit heads it verified (a checkpoints file that ``labrelay audit verify
     --checkpoints`` reads); empty means DATA_DIR/witness-checkpoints.json. Keep it off the database's host."""
     public_url: str = ""
-    """The URL clients use, when the relay sits behind a proxy (signatures cover the full request URL)."""
+    """The URL clients use, when the relay sits behind a proxy (signatures cover the full request URL). It is also
+    the web console's origin for passkeys; without it, the console answers only on http(s)://localhost."""
+    console_session_ttl: timedelta = timedelta(minutes=30)
+    """How long a console sign-in lasts. A session only reads metadata; every command needs a fresh passkey."""
     key_store: str = ""
     """Directory of the epoch keys; empty means DATA_DIR/keys. Put it on another volume, outside backups."""
     epoch_length: timedelta = timedelta(hours=1)

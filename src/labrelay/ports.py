@@ -111,6 +111,10 @@ class TransferRepository(Protocol):
         """The recipient's transfers not over yet that were sealed to ``age_recipient``."""
         ...
 
+    def recent(self, limit: int) -> list[TransferRecord]:
+        """The ``limit`` most recently created transfers, newest first (metadata only: the console's list)."""
+        ...
+
 
 class TransferLocks(Protocol):
     """Mutual exclusion per transfer across every process serving one relay: one upload chunk, creation or repair
@@ -166,6 +170,46 @@ class AuditLog(Protocol):
 
     def prune_before(self, before: datetime, seal: Sealer) -> int:
         """Delete records older than ``before`` (never the head); sign the last deleted as the new anchor."""
+        ...
+
+
+class ConsoleStore(Protocol):
+    """The console's passkeys (bound to directory parties), sessions (kept by token hash) and one-use challenges."""
+
+    def add_passkey(self, credential_id: str, party: str, public_key: str, sign_count: int, at: datetime) -> bool:
+        """False if this credential is already registered."""
+        ...
+
+    def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
+        """(party, COSE public key as base64url, sign count)."""
+        ...
+
+    def passkeys_of(self, party: str) -> list[str]: ...
+
+    def use_passkey(self, credential_id: str, sign_count: int, at: datetime) -> None: ...
+
+    def remove_passkeys(self, party: str) -> int: ...
+
+    def add_challenge(
+        self, challenge: str, purpose: str, party: str | None, payload: str | None, expires: datetime
+    ) -> None: ...
+
+    def take_challenge(self, challenge: str, purpose: str, now: datetime) -> tuple[str | None, str | None] | None:
+        """Consume a challenge of ``purpose`` not yet expired: (party, payload), or None. A challenge is used once."""
+        ...
+
+    def add_session(self, token_hash: str, party: str, credential_id: str, at: datetime, expires: datetime) -> None: ...
+
+    def session(self, token_hash: str, now: datetime) -> tuple[str, str] | None:
+        """(party, credential id) of a session not yet expired."""
+        ...
+
+    def end_session(self, token_hash: str) -> bool: ...
+
+    def end_sessions_of(self, party: str) -> int: ...
+
+    def prune_console(self, now: datetime) -> int:
+        """Forget expired sessions and challenges."""
         ...
 
 

@@ -32,6 +32,7 @@ from labrelay.relay.alerts import AlertDispatcher
 from labrelay.relay.audit_check import AuditReport, verify_audit
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
+from labrelay.relay.console import ConsoleService
 from labrelay.relay.control import CommandResult, ControlService
 from labrelay.relay.detector import DetectionRules, Detector
 from labrelay.relay.directory import DirectoryService
@@ -235,7 +236,23 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     if in_process:  # otherwise the leading worker tails the shared log (labrelay worker)
         detector.load_history(sql, clock.now())
         auditor.subscribe(detector)
+    relay_public = auditor.relay_public
+    console = ConsoleService(
+        sql,
+        sql,
+        sql,
+        directory,
+        control,
+        auditor,
+        clock,
+        retention=lambda: check_retention(
+            sql, payloads, keys, clock, limits_for(settings), settings.epoch_length
+        ).as_dict(),
+        verify_audit=lambda: verify_audit(sql, relay_public, now=clock.now(), activity=sql.activity()).as_dict(),
+        session_ttl=settings.console_session_ttl,
+    )
     services = RelayServices(
+        console=console,
         auth=auth,
         directory=directory,
         transfers=transfers,

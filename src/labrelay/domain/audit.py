@@ -70,6 +70,10 @@ class AuditEvent(StrEnum):
     REQUEST_ERROR = "request:error"
     WORKER_LEAD = "worker:lead"
     WORKER_STANDBY = "worker:standby"
+    CONSOLE_PASSKEY = "console:passkey"
+    CONSOLE_SIGNIN = "console:signin"
+    CONSOLE_SIGNOUT = "console:signout"
+    CONSOLE_REFUSE = "console:refuse"
 
 
 class Outcome(StrEnum):

@@ -33,6 +33,7 @@ class Role(StrEnum):
     RECIPIENT = "recipient"
     ADMIN = "admin"
     DPO = "dpo"
+    AUDITOR = "auditor"  # reads the console (metadata, alerts, the audit chain); commands nothing
 
     @classmethod
     def parse(cls, text: str) -> Role:
@@ -44,6 +45,8 @@ class Role(StrEnum):
 
 SENDING_ROLES = frozenset({Role.LAB})
 RECEIVING_ROLES = frozenset({Role.RECIPIENT})
+CONSOLE_ROLES = frozenset({Role.ADMIN, Role.DPO, Role.AUDITOR})
+"""Who may sign in to the console with a passkey. Only ``admin`` may freeze, unfreeze or revoke from it."""
 
 
 class EntryStatus(StrEnum):

@@ -57,10 +57,12 @@ from labrelay.http.models import (
     TransferOut,
 )
 from labrelay.http.problems import problem, status_for
+from labrelay.http.web.routes import add_web, relying_party, security_headers
 from labrelay.ports import AuditLog, Clock
 from labrelay.relay.alerts import AlertDispatcher
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator, Caller
+from labrelay.relay.console import ConsoleService
 from labrelay.relay.control import ControlService
 from labrelay.relay.detector import Detector
 from labrelay.relay.directory import DirectoryService
@@ -95,6 +97,8 @@ class RelayServices:
     metrics: RelayMetrics
     detector: Detector | None = None
     alerts: AlertDispatcher | None = None
+    console: ConsoleService | None = None
+    """The web console (passkeys, sessions, the pages' metadata); None: no console, the API alone."""
     metrics_access: str = "loopback"
     reaper_interval: float = 60.0
     max_json_bytes: int = MAX_ENVELOPE_BYTES
@@ -236,6 +240,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
+        security_headers(response)
         latest = services.auditor.latest
         if latest is not None and getattr(request.state, "authenticated", False):
             # The relay's latest signed audit head: clients keep it, and can later prove what the log said.
@@ -715,6 +720,50 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         status = await call(services.control.status)
         recent = services.detector.raised[-20:] if services.detector else []
         return {**status, "alerts": [a.as_doc() for a in recent]}
+
+    # ------------------------------------------------------------ console passkeys (signed by the party's own key)
+
+    def console_of() -> ConsoleService:
+        if services.console is None:
+            raise NotFound("no such resource")
+        return services.console
+
+    @app.post("/v1/console/passkeys/options", responses=_PROBLEMS, tags=["console"])
+    async def passkey_options(request: Request) -> Response:
+        """WebAuthn creation options to bind a new passkey to the signer (an admin, DPO or auditor in force)."""
+        console = console_of()
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        if caller.is_authority:
+            raise PermissionDenied("the directory authority does not sign in to the console")
+        options = await call(console.registration_options, caller.name, relying_party(request, services.public_url))
+        return Response(options, media_type="application/json")
+
+    @app.post("/v1/console/passkeys", responses=_PROBLEMS, tags=["console"])
+    async def passkey_register(request: Request) -> dict[str, Any]:
+        """Bind the passkey the browser just made (``{"credential": PublicKeyCredential JSON}``) to the signer."""
+        console = console_of()
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        if caller.is_authority:
+            raise PermissionDenied("the directory authority does not sign in to the console")
+        credential = parse_json(body).get("credential")
+        if not isinstance(credential, dict):
+            raise UsageError("request without a passkey credential")
+        rp = relying_party(request, services.public_url)
+        credential_id = await call(console.register, caller.name, credential, rp, remote(request))
+        return {"party": caller.name, "credential_id": credential_id}
+
+    if services.console is not None:
+        add_web(
+            app,
+            services.console,
+            public_url=services.public_url,
+            call=call,
+            read_body=read_body,
+            parse_json=parse_json,
+            remote=remote,
+        )
 
     # ------------------------------------------------------------ metrics
 

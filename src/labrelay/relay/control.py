@@ -150,6 +150,28 @@ class ControlService:
             )
             raise
 
+    def execute_approved(
+        self, command: AdminCommand, signer: str, proof: Mapping[str, Any], *, via: str
+    ) -> CommandResult:
+        """Run a command approved by other means than an envelope: in the console, ``signer``'s passkey signed the
+        command's hash (``proof``: the WebAuthn assertion, kept like an envelope). The same checks as ``execute``:
+        the signer is an administrator in force and not locked, the command is for this relay, fresh, and new."""
+        try:
+            self._signer_key(signer)
+            now = self._clock.now()
+            if command.relay != self._audit.relay_public.b64:
+                raise PermissionDenied("this admin command was made for another relay")
+            if abs(now - command.issued_at) > self._window:
+                raise ReplayDetected("admin command outside the replay window; approve a fresh one")
+            if not self._store.record_command(
+                command.command_id, now, signer, command.action.value, command.target, proof
+            ):
+                raise ReplayDetected("admin command already executed (replayed)")
+            return self._run(command, signer, via)
+        except LabrelayError as exc:
+            self._audit.record(AuditEvent.ADMIN_REFUSE, outcome=Outcome.REFUSED, actor=signer, reason=exc.code, via=via)
+            raise
+
     def _run(self, command: AdminCommand, signer: str, via: str) -> CommandResult:
         now = self._clock.now()
         action, target = command.action, command.target

@@ -127,3 +127,36 @@ admin_commands = Table(
     Column("target", String(64), nullable=True),
     Column("envelope", Text, nullable=False),
 )
+
+# The console (issue 8): passkeys bound to directory parties, sign-in sessions, and one-use WebAuthn challenges.
+# Sessions are kept by the SHA-256 of their token (a copy of the database yields no usable session).
+passkeys = Table(
+    "passkeys",
+    metadata,
+    Column("credential_id", String(1400), primary_key=True),  # base64url
+    Column("party", String(64), nullable=False, index=True),
+    Column("public_key", Text, nullable=False),  # COSE key, base64url
+    Column("sign_count", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("used_at", BigInteger, nullable=True),
+)
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("party", String(64), nullable=False),
+    Column("credential_id", String(1400), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
+
+console_challenges = Table(
+    "console_challenges",
+    metadata,
+    Column("challenge", String(64), primary_key=True),  # base64url of 32 random bytes, or of a command's hash
+    Column("purpose", String(16), nullable=False),  # register, signin, command
+    Column("party", String(64), nullable=True),
+    Column("payload", Text, nullable=True),  # the command a "command" challenge approves
+    Column("expires_at", BigInteger, nullable=False),
+)

@@ -384,6 +384,12 @@ class SqlStore:
             rows = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.created_at, t.c.id))
             return [self._record(r) for r in rows]
 
+    def recent(self, limit: int) -> list[TransferRecord]:
+        t = schema.transfers
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).order_by(t.c.created_at.desc(), t.c.id).limit(limit))
+            return [self._record(r) for r in rows]
+
     _OPEN = (TransferState.UPLOADING.value, TransferState.AVAILABLE.value)
 
     def open_past(self, now: datetime) -> list[TransferRecord]:
@@ -632,6 +638,113 @@ class SqlStore:
         q = select(t.c.id).where(t.c.state.in_(self._OPEN), (t.c.sender == name) | (t.c.recipient == name))
         with self.engine.connect() as conn:
             return [str(r.id) for r in conn.execute(q.order_by(t.c.created_at, t.c.id))]
+
+    # ------------------------------------------------------------ console
+
+    def add_passkey(self, credential_id: str, party: str, public_key: str, sign_count: int, at: datetime) -> bool:
+        row = {
+            "credential_id": credential_id,
+            "party": party,
+            "public_key": public_key,
+            "sign_count": sign_count,
+            "created_at": to_epoch(at),
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(schema.passkeys).values(**row))
+        except SqlIntegrityError:
+            return False
+        return True
+
+    def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
+        t = schema.passkeys
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.c.party, t.c.public_key, t.c.sign_count).where(t.c.credential_id == credential_id)
+            ).first()
+        return (str(row.party), str(row.public_key), int(row.sign_count)) if row else None
+
+    def passkeys_of(self, party: str) -> list[str]:
+        t = schema.passkeys
+        with self.engine.connect() as conn:
+            q = select(t.c.credential_id).where(t.c.party == party).order_by(t.c.created_at)
+            return [str(r.credential_id) for r in conn.execute(q)]
+
+    def use_passkey(self, credential_id: str, sign_count: int, at: datetime) -> None:
+        t = schema.passkeys
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(t).where(t.c.credential_id == credential_id).values(sign_count=sign_count, used_at=to_epoch(at))
+            )
+
+    def remove_passkeys(self, party: str) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(schema.passkeys.delete().where(schema.passkeys.c.party == party)).rowcount)
+
+    def add_challenge(
+        self, challenge: str, purpose: str, party: str | None, payload: str | None, expires: datetime
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(schema.console_challenges).values(
+                    challenge=challenge, purpose=purpose, party=party, payload=payload, expires_at=to_epoch(expires)
+                )
+            )
+
+    def take_challenge(self, challenge: str, purpose: str, now: datetime) -> tuple[str | None, str | None] | None:
+        t = schema.console_challenges
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(t.c.party, t.c.payload, t.c.expires_at).where(t.c.challenge == challenge, t.c.purpose == purpose)
+            ).first()
+            if row is None:
+                return None
+            # Deleting is what makes it one-use: of two concurrent takers, one deletes the row, the other none.
+            gone = conn.execute(t.delete().where(t.c.challenge == challenge, t.c.purpose == purpose)).rowcount
+            if gone != 1 or row.expires_at <= to_epoch(now):
+                return None
+            return (row.party, row.payload)
+
+    def add_session(self, token_hash: str, party: str, credential_id: str, at: datetime, expires: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(schema.console_sessions).values(
+                    token_hash=token_hash,
+                    party=party,
+                    credential_id=credential_id,
+                    created_at=to_epoch(at),
+                    expires_at=to_epoch(expires),
+                )
+            )
+
+    def session(self, token_hash: str, now: datetime) -> tuple[str, str] | None:
+        t = schema.console_sessions
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.c.party, t.c.credential_id).where(t.c.token_hash == token_hash, t.c.expires_at > to_epoch(now))
+            ).first()
+        return (str(row.party), str(row.credential_id)) if row else None
+
+    def end_session(self, token_hash: str) -> bool:
+        t = schema.console_sessions
+        with self.engine.begin() as conn:
+            return bool(conn.execute(t.delete().where(t.c.token_hash == token_hash)).rowcount)
+
+    def end_sessions_of(self, party: str) -> int:
+        t = schema.console_sessions
+        with self.engine.begin() as conn:
+            return int(conn.execute(t.delete().where(t.c.party == party)).rowcount)
+
+    def prune_console(self, now: datetime) -> int:
+        cutoff = to_epoch(now)
+        with self.engine.begin() as conn:
+            sessions = conn.execute(
+                schema.console_sessions.delete().where(schema.console_sessions.c.expires_at <= cutoff)
+            ).rowcount
+            challenges = conn.execute(
+                schema.console_challenges.delete().where(schema.console_challenges.c.expires_at <= cutoff)
+            ).rowcount
+        return int(sessions) + int(challenges)
 
     def record_command(
         self, command_id: str, at: datetime, signer: str, action: str, target: str | None, envelope: Mapping[str, Any]

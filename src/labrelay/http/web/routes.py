@@ -1,0 +1,229 @@
+"""Routes of the console and the pages.
+
+- ``/`` (console), ``/enrol`` (bind a passkey to a party), ``/lab`` (upload), ``/inbox`` (recipient): HTML shells
+  whose text and behaviour come from the bundled script (French and English);
+- ``/static/*``: the bundle, its style sheet, the reference data the lab page validates with;
+- ``/console/api/*``: sign-in with a passkey, the session's metadata views, passkey-approved commands.
+
+The console's JSON routes take no request the browser's same-origin rules would not stop: a POST must carry this
+origin's ``Origin`` header, the session cookie is ``SameSite=Strict`` and ``HttpOnly``, and every response carries
+a Content-Security-Policy that allows scripts, styles and connections from this origin only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import cache
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.staticfiles import StaticFiles
+
+from labrelay import __version__, refdata
+from labrelay.crypto.passkeys import Relying
+from labrelay.errors import NotFound, PermissionDenied, UsageError
+from labrelay.relay.console import ConsoleService, ConsoleUser
+
+T = TypeVar("T")
+Call = Callable[..., Awaitable[Any]]
+
+SESSION_COOKIE = "labrelay_console"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+PAGES = {"/": "console", "/enrol": "enrol", "/lab": "lab", "/inbox": "inbox"}
+LOCAL_HOSTS = frozenset({"localhost"})
+
+
+def security_headers(response: Response) -> None:
+    """On every response: the strict policy (the API's JSON included), no framing, no sniffing."""
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+
+
+def relying_party(request: Request, public_url: str | None) -> Relying:
+    """The console's WebAuthn identity. With ``public_url`` set, that origin and no other; without it, only a
+    ``localhost`` origin (a browser on the relay's own machine): an address anyone can point at the relay is not
+    an identity a passkey should be bound to."""
+    if public_url:
+        origin = public_url.rstrip("/")
+    else:
+        host = request.headers.get("host", "")
+        origin = f"{request.url.scheme}://{host}"
+    parts = urlsplit(origin)
+    hostname = parts.hostname or ""
+    if not public_url and hostname not in LOCAL_HOSTS:
+        raise PermissionDenied(
+            "the console answers on localhost only", hint="set public_url to the console's https address"
+        )
+    return Relying(rp_id=hostname, origin=f"{parts.scheme}://{parts.netloc}")
+
+
+def _same_origin(request: Request, rp: Relying) -> None:
+    origin = request.headers.get("origin")
+    if origin != rp.origin:
+        raise PermissionDenied("console requests must come from the console's own page")
+
+
+@cache
+def _templates() -> Environment:
+    return Environment(
+        loader=PackageLoader("labrelay.http.web", "templates"), autoescape=select_autoescape(), auto_reload=False
+    )
+
+
+@cache
+def _asset_version() -> str:
+    """Cache-busting tag of the bundle (its size and the package version)."""
+    bundle = resources.files("labrelay.http.web").joinpath("static/app.js")
+    return f"{__version__}-{len(bundle.read_bytes()) if bundle.is_file() else 0}"
+
+
+@cache
+def reference_data() -> bytes:
+    """What the lab page validates against, from the relay's own copy of the public bases (docs: data/README.md)."""
+    return json.dumps(
+        {
+            "communes": sorted({c.insee for c in refdata.communes()}),
+            "department_regions": refdata.department_regions(),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def add_web(  # noqa: PLR0915 - one function, the console's route table
+    app: FastAPI,
+    console: ConsoleService,
+    *,
+    public_url: str | None,
+    call: Call,
+    read_body: Callable[[Request], Awaitable[bytes]],
+    parse_json: Callable[[bytes], dict[str, Any]],
+    remote: Callable[[Request], str | None],
+) -> None:
+    static = resources.files("labrelay.http.web").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    def page(name: str) -> Callable[[Request], Awaitable[HTMLResponse]]:
+        async def render(request: Request) -> HTMLResponse:
+            lang = request.query_params.get("lang", "")
+            html = (
+                _templates()
+                .get_template("page.html")
+                .render(page=name, lang=lang if lang in ("fr", "en") else "fr", asset=_asset_version())
+            )
+            return HTMLResponse(html)
+
+        return render
+
+    for path, name in PAGES.items():
+        app.add_api_route(path, page(name), methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
+
+    @app.get("/data/refdata.json", include_in_schema=False)
+    async def refdata_json() -> Response:
+        return Response(reference_data(), media_type="application/json", headers={"Cache-Control": "max-age=3600"})
+
+    # ------------------------------------------------------------ sessions
+
+    async def user_of(request: Request) -> ConsoleUser:
+        user: ConsoleUser = await call(console.user, request.cookies.get(SESSION_COOKIE))
+        return user
+
+    async def json_body(request: Request, rp: Relying) -> dict[str, Any]:
+        _same_origin(request, rp)
+        return parse_json(await read_body(request))
+
+    def credential_of(doc: dict[str, Any]) -> dict[str, Any]:
+        credential = doc.get("credential")
+        if not isinstance(credential, dict):
+            raise UsageError("request without a passkey credential")
+        return credential
+
+    @app.get("/console/api/me", include_in_schema=False)
+    async def me(request: Request) -> dict[str, Any]:
+        user = await user_of(request)
+        return {"party": user.party, "role": user.role.value, "may_command": user.may_command}
+
+    @app.post("/console/api/signin/options", include_in_schema=False)
+    async def signin_options(request: Request) -> Response:
+        rp = relying_party(request, public_url)
+        _same_origin(request, rp)
+        return Response(await call(console.signin_options, rp), media_type="application/json")
+
+    @app.post("/console/api/signin", include_in_schema=False)
+    async def signin(request: Request) -> JSONResponse:
+        rp = relying_party(request, public_url)
+        doc = await json_body(request, rp)
+        new = await call(console.signin, credential_of(doc), rp, remote(request))
+        response = JSONResponse({"party": new.user.party, "role": new.user.role.value})
+        response.set_cookie(
+            SESSION_COOKIE,
+            new.token,
+            max_age=int(console.session_ttl.total_seconds()),
+            httponly=True,
+            samesite="strict",
+            secure=rp.origin.startswith("https://"),
+            path="/",
+        )
+        return response
+
+    @app.post("/console/api/signout", include_in_schema=False)
+    async def signout(request: Request) -> Response:
+        _same_origin(request, relying_party(request, public_url))
+        await call(console.signout, request.cookies.get(SESSION_COOKIE))
+        response = Response(status_code=204)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # ------------------------------------------------------------ what a session may read
+
+    @app.get("/console/api/overview", include_in_schema=False)
+    async def overview(request: Request) -> dict[str, Any]:
+        await user_of(request)
+        result: dict[str, Any] = await call(console.overview)
+        return result
+
+    @app.get("/console/api/retention", include_in_schema=False)
+    async def retention(request: Request) -> dict[str, Any]:
+        await user_of(request)
+        return dict(await call(console.retention_check))
+
+    @app.get("/console/api/audit", include_in_schema=False)
+    async def audit(request: Request) -> dict[str, Any]:
+        await user_of(request)
+        return dict(await call(console.audit_verification))
+
+    # ------------------------------------------------------------ commands: each approved by a passkey
+
+    @app.post("/console/api/commands/options", include_in_schema=False)
+    async def command_options(request: Request) -> Response:
+        rp = relying_party(request, public_url)
+        doc = await json_body(request, rp)
+        user = await user_of(request)
+        action, target, reason = doc.get("action"), doc.get("target"), doc.get("reason")
+        if not isinstance(action, str) or not isinstance(target, str | None) or not isinstance(reason, str | None):
+            raise UsageError("a command names an action, and a target when it needs one")
+        options = await call(console.command_options, user, action, target or None, reason or None, rp)
+        return Response(options, media_type="application/json")
+
+    @app.post("/console/api/commands", include_in_schema=False)
+    async def command(request: Request) -> dict[str, Any]:
+        rp = relying_party(request, public_url)
+        doc = await json_body(request, rp)
+        user = await user_of(request)
+        result = await call(console.command, user, credential_of(doc), rp, remote(request))
+        out: dict[str, Any] = result.as_dict()
+        return out
+
+    @app.get("/console/api/{rest:path}", include_in_schema=False)
+    async def unknown(rest: str) -> None:
+        raise NotFound("no such resource")

@@ -1,0 +1,325 @@
+"""The console's service: passkeys bound to directory parties, sign-in sessions, approved commands, and the
+metadata the console shows.
+
+Who may sign in is decided by the directory, never by the console: a passkey is registered by a request signed
+with the party's own key (RFC 9421, like every /v1 request), for a party in force whose role is admin, dpo or
+auditor. Sign-in then needs only the passkey. Every session is checked again on each request against the
+directory and the relay's locks, so a revoked or locked party is out at once. A session cookie lets its holder
+*read* metadata; it cannot act: freeze, unfreeze and revoke need a fresh passkey assertion over the command itself
+(``labrelay.crypto.passkeys.command_challenge``), kept like a signed admin command.
+
+Nothing here touches payloads; everything shown is what the relay's database already holds in clear (names,
+ids, sizes, states, deadlines, audit heads).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from labrelay.crypto import passkeys
+from labrelay.crypto.passkeys import Relying
+from labrelay.domain.admin import AdminAction, AdminCommand
+from labrelay.domain.audit import AuditEvent, Outcome
+from labrelay.domain.parties import CONSOLE_ROLES, PartyEntry, Role
+from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.transfers import TransferRecord, TransferState
+from labrelay.errors import AuthenticationFailed, LabrelayError, PermissionDenied, UsageError
+from labrelay.ports import AuditLog, Clock, ConsoleStore, TransferRepository
+from labrelay.relay.auditor import Auditor
+from labrelay.relay.control import CommandResult, ControlService
+from labrelay.relay.directory import DirectoryService
+
+CHALLENGE_TTL = timedelta(minutes=5)
+SESSION_TTL = timedelta(minutes=30)
+TRANSFERS_SHOWN = 200
+ALERTS_SINCE = timedelta(days=8)
+CONSOLE_ACTIONS = (AdminAction.FREEZE, AdminAction.UNFREEZE, AdminAction.REVOKE, AdminAction.UNLOCK)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleUser:
+    party: str
+    role: Role
+    credential_id: str
+
+    @property
+    def may_command(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    token: str
+    user: ConsoleUser
+    expires: datetime
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", errors="replace")).hexdigest()
+
+
+def _claimed_challenge(credential: Mapping[str, Any]) -> str:
+    """The challenge a WebAuthn response says it answers (read to find the stored challenge; verified after)."""
+    response = credential.get("response")
+    raw = response.get("clientDataJSON") if isinstance(response, Mapping) else None
+    if not isinstance(raw, str) or len(raw) > 4096:
+        raise AuthenticationFailed("passkey response without client data")
+    try:
+        client = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise AuthenticationFailed("malformed passkey client data") from None
+    challenge = client.get("challenge") if isinstance(client, dict) else None
+    if not isinstance(challenge, str) or not 40 <= len(challenge) <= 64:
+        raise AuthenticationFailed("passkey client data without a challenge")
+    return challenge
+
+
+class ConsoleService:
+    def __init__(
+        self,
+        store: ConsoleStore,
+        transfers: TransferRepository,
+        audit_log: AuditLog,
+        directory: DirectoryService,
+        control: ControlService,
+        auditor: Auditor,
+        clock: Clock,
+        *,
+        retention: Callable[[], Mapping[str, Any]] | None = None,
+        verify_audit: Callable[[], Mapping[str, Any]] | None = None,
+        session_ttl: timedelta = SESSION_TTL,
+    ) -> None:
+        self._store = store
+        self._transfers = transfers
+        self._log = audit_log
+        self._directory = directory
+        self._control = control
+        self._audit = auditor
+        self._clock = clock
+        self._retention = retention
+        self._verify_audit = verify_audit
+        self.session_ttl = session_ttl
+
+    # ------------------------------------------------------------ who may use the console
+
+    def _console_entry(self, party: str) -> PartyEntry:
+        """The party's entry in force, if its role may use the console and the relay has not locked it."""
+        entry = self._directory.active(party)
+        if entry is None or entry.role not in CONSOLE_ROLES:
+            raise PermissionDenied(f"{party} is not an administrator, DPO or auditor in force in the directory")
+        refusal = self._control.refusal(party)
+        if refusal is not None:
+            raise refusal
+        return entry
+
+    def _refuse(self, exc: LabrelayError, actor: str | None, op: str, remote: str | None) -> None:
+        self._audit.record(
+            AuditEvent.CONSOLE_REFUSE, outcome=Outcome.REFUSED, actor=actor, reason=exc.code, op=op, remote=remote
+        )
+
+    def _challenge(
+        self, purpose: str, party: str | None, payload: str | None = None, raw: bytes | None = None
+    ) -> bytes:
+        challenge = raw if raw is not None else secrets.token_bytes(passkeys.CHALLENGE_BYTES)
+        expires = self._clock.now() + CHALLENGE_TTL
+        self._store.add_challenge(passkeys.b64url(challenge), purpose, party, payload, expires)
+        return challenge
+
+    def _take(self, credential: Mapping[str, Any], purpose: str) -> tuple[bytes, str | None, str | None]:
+        claimed = _claimed_challenge(credential)
+        taken = self._store.take_challenge(claimed, purpose, self._clock.now())
+        if taken is None:
+            raise AuthenticationFailed("passkey challenge unknown, used or expired; start again")
+        return passkeys.unb64url(claimed), taken[0], taken[1]
+
+    # ------------------------------------------------------------ registration (the party's own key signs)
+
+    def registration_options(self, party: str, rp: Relying) -> str:
+        self._console_entry(party)
+        challenge = self._challenge("register", party)
+        user_id = hashlib.sha256(b"labrelay-console-user\n" + party.encode()).digest()[:16]
+        return passkeys.registration_options(rp, party, user_id, challenge, self._store.passkeys_of(party))
+
+    def register(self, party: str, credential: dict[str, Any], rp: Relying, remote: str | None) -> str:
+        """Bind a new passkey to ``party`` (the authenticated signer of the request). Returns its credential id."""
+        try:
+            self._console_entry(party)
+            challenge, owner, _ = self._take(credential, "register")
+            if owner != party:
+                raise AuthenticationFailed("this passkey challenge was issued to another party")
+            new = passkeys.verify_registration(rp, credential, challenge)
+            if not self._store.add_passkey(
+                new.credential_id, party, passkeys.b64url(new.public_key), new.sign_count, self._clock.now()
+            ):
+                raise UsageError("this passkey is already registered")
+        except LabrelayError as exc:
+            self._refuse(exc, party, "passkey", remote)
+            raise
+        self._audit.record(AuditEvent.CONSOLE_PASSKEY, actor=party, credential=new.credential_id[:16], remote=remote)
+        return new.credential_id
+
+    # ------------------------------------------------------------ sign-in, sessions
+
+    def signin_options(self, rp: Relying) -> str:
+        return passkeys.authentication_options(rp, self._challenge("signin", None), [])
+
+    def _assert(self, credential: dict[str, Any], challenge: bytes, rp: Relying) -> tuple[str, str]:
+        credential_id = passkeys.credential_id_of(credential)
+        held = self._store.passkey(credential_id)
+        if held is None:
+            raise AuthenticationFailed("unknown passkey")
+        party, public_key, count = held
+        new_count = passkeys.verify_assertion(rp, credential, challenge, passkeys.unb64url(public_key), count)
+        self._store.use_passkey(credential_id, new_count, self._clock.now())
+        return party, credential_id
+
+    def signin(self, credential: dict[str, Any], rp: Relying, remote: str | None) -> NewSession:
+        party: str | None = None
+        try:
+            challenge, _, _ = self._take(credential, "signin")
+            party, credential_id = self._assert(credential, challenge, rp)
+            entry = self._console_entry(party)
+        except LabrelayError as exc:
+            self._refuse(exc, party, "signin", remote)
+            raise
+        now = self._clock.now()
+        token = secrets.token_urlsafe(32)
+        expires = now + self.session_ttl
+        self._store.add_session(token_hash(token), party, credential_id, now, expires)
+        self._store.prune_console(now)
+        self._audit.record(AuditEvent.CONSOLE_SIGNIN, actor=party, role=entry.role.value, remote=remote)
+        return NewSession(token, ConsoleUser(party, entry.role, credential_id), expires)
+
+    def user(self, token: str | None) -> ConsoleUser:
+        """The signed-in user of a session token, checked again against the directory and the locks."""
+        if not token or len(token) > 100:
+            raise AuthenticationFailed("sign in with your passkey")
+        held = self._store.session(token_hash(token), self._clock.now())
+        if held is None:
+            raise AuthenticationFailed("your console session has ended; sign in again")
+        party, credential_id = held
+        try:
+            entry = self._console_entry(party)
+        except LabrelayError:
+            self._store.end_session(token_hash(token))
+            raise
+        return ConsoleUser(party, entry.role, credential_id)
+
+    def signout(self, token: str | None) -> None:
+        if token and self._store.end_session(token_hash(token)):
+            self._audit.record(AuditEvent.CONSOLE_SIGNOUT)
+
+    # ------------------------------------------------------------ commands: one passkey assertion each
+
+    def command_options(
+        self, user: ConsoleUser, action: str, target: str | None, reason: str | None, rp: Relying
+    ) -> str:
+        if not user.may_command:
+            raise PermissionDenied("only an administrator may freeze, unfreeze or revoke")
+        try:
+            act = AdminAction(action)
+        except ValueError:
+            raise UsageError(f"unknown console action {action!r}") from None
+        if act not in CONSOLE_ACTIONS:
+            raise UsageError(f"{action} is not available in the console; use labrelay admin")
+        command = AdminCommand.new(act, target, reason or "console", self._clock.now(), self._audit.relay_public.b64)
+        payload = command.payload()
+        challenge = passkeys.command_challenge(payload)
+        self._challenge("command", user.party, json.dumps(payload, sort_keys=True), raw=challenge)
+        return passkeys.authentication_options(rp, challenge, [user.credential_id])
+
+    def command(self, user: ConsoleUser, credential: dict[str, Any], rp: Relying, remote: str | None) -> CommandResult:
+        try:
+            if not user.may_command:
+                raise PermissionDenied("only an administrator may freeze, unfreeze or revoke")
+            challenge, owner, payload_text = self._take(credential, "command")
+            if owner != user.party or payload_text is None:
+                raise AuthenticationFailed("this command was prepared for another session")
+            payload = json.loads(payload_text)
+            if passkeys.command_challenge(payload) != challenge:  # pragma: no cover - stored under its own hash
+                raise AuthenticationFailed("command and challenge differ")
+            signer, credential_id = self._assert(credential, challenge, rp)
+            if signer != user.party:
+                raise AuthenticationFailed("a command is approved by the signed-in administrator's own passkey")
+            command = AdminCommand.from_payload(payload)
+        except LabrelayError as exc:
+            self._refuse(exc, user.party, "command", remote)
+            raise
+        proof = {"passkey": credential_id, "assertion": credential, "command": payload}
+        result = self._control.execute_approved(command, user.party, proof, via="console")
+        if command.action is AdminAction.REVOKE and command.target:
+            self._store.end_sessions_of(command.target)
+        return result
+
+    # ------------------------------------------------------------ what the console shows (metadata only)
+
+    def overview(self) -> dict[str, Any]:
+        now = self._clock.now()
+        records = self._transfers.recent(TRANSFERS_SHOWN)
+        status = self._control.status()
+        head = self._log.checkpoint("head")
+        alerts = [
+            {
+                "seq": rec.seq,
+                "at": to_rfc3339(rec.entry.at),
+                "rule": rec.entry.reason,
+                "subject": rec.entry.details.get("subject"),
+                "count": rec.entry.details.get("count"),
+                "threshold": rec.entry.details.get("threshold"),
+                "locked": bool(rec.entry.details.get("locked")),
+            }
+            for rec in self._log.records_since(now - ALERTS_SINCE, AuditEvent.ALERT_RAISE)
+        ]
+        open_ = [r for r in records if r.state in (TransferState.UPLOADING, TransferState.AVAILABLE)]
+        return {
+            "now": to_rfc3339(now),
+            "frozen": status["frozen"],
+            "locks": status["locks"],
+            "quarantined": status["quarantined"],
+            "transfers": [_transfer_doc(r, now) for r in records],
+            "alerts": list(reversed(alerts))[:50],
+            "retention": {
+                "open": len(open_),
+                "overdue": sum(1 for r in open_ if r.deadline <= now),
+                "next_deadline": to_rfc3339(min(r.deadline for r in open_)) if open_ else None,
+            },
+            "audit_head": {"seq": head.seq, "hash": head.hash, "at": to_rfc3339(head.at)} if head else None,
+        }
+
+    def retention_check(self) -> Mapping[str, Any]:
+        if self._retention is None:
+            raise UsageError("the retention check runs where the payload store is: labrelay admin retention-check")
+        return self._retention()
+
+    def audit_verification(self) -> Mapping[str, Any]:
+        if self._verify_audit is None:
+            raise UsageError("audit verification is not available here: labrelay audit verify")
+        return self._verify_audit()
+
+
+def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:
+    receipt = rec.receipt_envelope.get("payload") if rec.receipt_envelope else None
+    return {
+        "id": rec.transfer_id,
+        "sender": rec.sender,
+        "recipient": rec.recipient,
+        "state": rec.state.value,
+        "size": rec.manifest.size,
+        "records": rec.manifest.record_count,
+        "created": to_rfc3339(rec.created_at),
+        "deadline": to_rfc3339(rec.deadline),
+        "overdue": rec.state in (TransferState.UPLOADING, TransferState.AVAILABLE) and rec.deadline <= now,
+        "receipt": (
+            {"status": receipt.get("status"), "received_at": receipt.get("received_at")}
+            if isinstance(receipt, Mapping)
+            else None
+        ),
+        "quarantined": rec.quarantined_at is not None,
+    }

@@ -1,0 +1,296 @@
+"""The console's passkeys, sessions and commands on a real relay process, answered by a software passkey
+(tests/passkeys.py), including the answers an attacker would give. Every refusal here is a security decision
+that must fail closed (docs/threat-model.md, T22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from labrelay.client.api import RelayClient
+from labrelay.clock import SystemClock
+from labrelay.domain.parties import Role
+from labrelay.errors import AuthenticationFailed, PermissionDenied, RelayFrozen, UsageError
+from tests.browser import localhost
+from tests.conftest import World, make_world
+from tests.passkeys import SoftPasskey
+
+
+class Console:
+    """A browser's view of the console API: same origin, a cookie jar, JSON."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.base = localhost(world.url)
+        self.http = httpx.Client(base_url=self.base, headers={"Origin": self.base}, timeout=30)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def signed(self, party: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A /v1 request signed with the party's own key (as the enrolment page signs it)."""
+        p = self.world.parties[party]
+        with RelayClient(self.base, p.name, p.signing_key, SystemClock(), retries=0) as client:
+            response = client._request(
+                "POST",
+                path,
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+                extra=("content-type",),
+            )
+            return dict(response.json())
+
+    def enrol(self, party: str, key: SoftPasskey) -> dict[str, Any]:
+        options = self.signed(party, "/v1/console/passkeys/options", {})
+        return self.signed(party, "/v1/console/passkeys", {"credential": key.create(options)})
+
+    def post(self, path: str, body: dict[str, Any] | None = None, **kw: Any) -> httpx.Response:
+        return self.http.post(path, json=body if body is not None else {}, **kw)
+
+    def signin(self, key: SoftPasskey, **answer: Any) -> httpx.Response:
+        options = self.post("/console/api/signin/options").json()
+        return self.post("/console/api/signin", {"credential": key.get(options, **answer)})
+
+    def command(self, key: SoftPasskey, action: str, target: str | None = None) -> httpx.Response:
+        options = self.post("/console/api/commands/options", {"action": action, "target": target, "reason": "test"})
+        assert options.status_code == 200, options.text
+        return self.post("/console/api/commands", {"credential": key.get(options.json())})
+
+
+@pytest.fixture
+def console_world(tmp_path: Path, relay_factory) -> World:
+    world = make_world(tmp_path / "w", relay_factory)
+    world.add("ops-01", Role.ADMIN)
+    world.add("dpo-aphp", Role.DPO)
+    world.add("audit-01", Role.AUDITOR)
+    return world
+
+
+@pytest.fixture
+def console(console_world: World):
+    c = Console(console_world)
+    yield c
+    c.close()
+
+
+def passkey(console: Console) -> SoftPasskey:
+    return SoftPasskey(origin=console.base)
+
+
+def test_admin_enrols_signs_in_freezes_and_unfreezes(world: World, relay_factory) -> None:
+    """The whole path, on both deployments (at scale, the balancer sends each request to another replica)."""
+    world.add("ops-01", Role.ADMIN)
+    console = Console(world)
+    try:
+        key = SoftPasskey(origin=console.base)
+        enrolled = console.enrol("ops-01", key)
+        assert enrolled["party"] == "ops-01"
+        assert console.signin(key).status_code == 200
+        me = console.http.get("/console/api/me").json()
+        assert me == {"party": "ops-01", "role": "admin", "may_command": True}
+        assert console.http.get("/console/api/overview").json()["frozen"] is False
+
+        frozen = console.command(key, "freeze")
+        assert frozen.status_code == 200, frozen.text
+        assert frozen.json()["changed"] is True
+        assert console.http.get("/console/api/overview").json()["frozen"] is True
+        with pytest.raises(RelayFrozen), world.client("cnam") as cnam:
+            cnam.transfers("inbox")
+        assert console.command(key, "unfreeze").status_code == 200
+        with world.client("cnam") as cnam:
+            assert cnam.transfers("inbox") == []
+        trail = world.db("SELECT event, actor FROM audit_events WHERE event LIKE 'console:%' OR event LIKE 'relay:%'")
+        assert ("console:passkey", "ops-01") in trail
+        assert ("console:signin", "ops-01") in trail
+        assert ("relay:freeze", None) not in trail  # every command names who approved it
+        assert ("relay:freeze", "ops-01") in trail
+        assert ("relay:unfreeze", "ops-01") in trail
+        kept = world.db("SELECT signer, action, envelope FROM admin_commands ORDER BY at")
+        assert [(s, a) for s, a, _ in kept] == [("ops-01", "freeze"), ("ops-01", "unfreeze")]
+        assert "assertion" in json.loads(kept[0][2])  # the passkey's signature over the command is kept
+    finally:
+        console.close()
+
+
+@pytest.mark.threat("T22")
+def test_everything_needs_a_session(console: Console) -> None:
+    for path in ("/console/api/me", "/console/api/overview", "/console/api/audit", "/console/api/retention"):
+        response = console.http.get(path)
+        assert response.status_code == 401, path
+        assert response.headers["content-type"] == "application/problem+json"
+    console.http.cookies.set("labrelay_console", "forged-token-" + "x" * 30)
+    assert console.http.get("/console/api/overview").status_code == 401
+    assert console.post("/console/api/commands/options", {"action": "freeze"}).status_code == 401
+
+
+@pytest.mark.threat("T22")
+def test_only_console_roles_may_enrol(console: Console) -> None:
+    key = passkey(console)
+    for party in ("lab-paris-01", "cnam"):
+        with pytest.raises(PermissionDenied):
+            console.enrol(party, key)
+    assert console.world.db("SELECT count(*) FROM passkeys") == [(0,)]
+
+
+@pytest.mark.threat("T22")
+def test_a_registration_answer_for_another_origin_or_challenge_is_refused(console: Console) -> None:
+    key = passkey(console)
+    options = console.signed("ops-01", "/v1/console/passkeys/options", {})
+    with pytest.raises(AuthenticationFailed):
+        console.signed(
+            "ops-01", "/v1/console/passkeys", {"credential": key.create(options, origin="https://evil.example")}
+        )
+    # The challenge was used by that failed attempt: the same answer, fixed, is refused too.
+    with pytest.raises(AuthenticationFailed):
+        console.signed("ops-01", "/v1/console/passkeys", {"credential": key.create(options)})
+    # A challenge issued to one party cannot register a passkey for another.
+    options = console.signed("dpo-aphp", "/v1/console/passkeys/options", {})
+    with pytest.raises(AuthenticationFailed):
+        console.signed("ops-01", "/v1/console/passkeys", {"credential": key.create(options)})
+    assert console.world.db("SELECT count(*) FROM passkeys") == [(0,)]
+
+
+@pytest.mark.threat("T22")
+def test_sign_in_refuses_unknown_keys_wrong_origin_and_replays(console: Console) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    stranger = passkey(console)
+    assert console.signin(stranger).status_code == 401
+    assert console.signin(key, origin="https://evil.example").status_code == 401
+    assert console.signin(key, rp_id="evil.example").status_code == 401
+    options = console.post("/console/api/signin/options").json()
+    answer = key.get(options)
+    assert console.post("/console/api/signin", {"credential": answer}).status_code == 200
+    console.http.cookies.clear()
+    assert console.post("/console/api/signin", {"credential": answer}).status_code == 401  # replayed
+    assert console.http.get("/console/api/overview").status_code == 401
+    refusals = console.world.db("SELECT count(*) FROM audit_events WHERE event = 'console:refuse'")
+    assert refusals[0][0] >= 4
+
+
+@pytest.mark.threat("T22")
+def test_cross_origin_posts_are_refused(console: Console) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    options = console.post("/console/api/signin/options").json()
+    evil = {"Origin": "https://evil.example"}
+    response = console.post("/console/api/signin", {"credential": key.get(options)}, headers=evil)
+    assert response.status_code == 403
+    assert console.signin(key).status_code == 200
+    refused = console.post("/console/api/commands/options", {"action": "freeze"}, headers=evil)
+    assert refused.status_code == 403
+    no_origin = httpx.post(console.base + "/console/api/signin/options", json={}, timeout=30)
+    assert no_origin.status_code == 403
+
+
+@pytest.mark.threat("T22")
+def test_the_console_answers_on_localhost_only_without_public_url(console: Console) -> None:
+    ip = console.world.url  # http://127.0.0.1:PORT: an address, not a WebAuthn relying party
+    response = httpx.post(ip + "/console/api/signin/options", json={}, headers={"Origin": ip}, timeout=30)
+    assert response.status_code == 403
+    assert "public_url" in response.json()["detail"] + response.json().get("hint", "")
+
+
+@pytest.mark.threat("T22")
+def test_read_only_roles_cannot_command(console: Console) -> None:
+    for party in ("dpo-aphp", "audit-01"):
+        key = passkey(console)
+        console.enrol(party, key)
+        console.http.cookies.clear()
+        assert console.signin(key).status_code == 200
+        assert console.http.get("/console/api/me").json()["may_command"] is False
+        assert console.http.get("/console/api/overview").status_code == 200
+        refused = console.post("/console/api/commands/options", {"action": "freeze"})
+        assert refused.status_code == 403
+    assert console.world.db("SELECT count(*) FROM admin_commands") == [(0,)]
+
+
+@pytest.mark.threat("T22")
+def test_a_command_is_approved_once_by_the_signed_in_admins_own_passkey(console: Console) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    console.signin(key)
+    options = console.post("/console/api/commands/options", {"action": "freeze", "reason": "drill"}).json()
+    other = passkey(console)  # a passkey the relay does not know signs the right challenge
+    assert console.post("/console/api/commands", {"credential": other.get(options)}).status_code == 401
+    options = console.post("/console/api/commands/options", {"action": "freeze", "reason": "drill"}).json()
+    answer = key.get(options)
+    assert console.post("/console/api/commands", {"credential": answer}).status_code == 200
+    assert console.post("/console/api/commands", {"credential": answer}).status_code == 401  # replayed
+    assert console.world.db("SELECT action FROM admin_commands") == [("freeze",)]
+    # Unknown actions and actions the console does not offer are refused before any passkey is asked.
+    for action in ("explode", "quarantine", "lock"):
+        assert console.post("/console/api/commands/options", {"action": action, "target": "cnam"}).status_code == 400
+
+
+@pytest.mark.threat("T22")
+def test_revoking_a_party_ends_its_sessions_and_its_passkey_sign_ins(console: Console) -> None:
+    admin, dpo = passkey(console), passkey(console)
+    console.enrol("ops-01", admin)
+    console.enrol("dpo-aphp", dpo)
+    dpo_console = Console(console.world)
+    try:
+        assert dpo_console.signin(dpo).status_code == 200
+        assert dpo_console.http.get("/console/api/overview").status_code == 200
+        console.signin(admin)
+        revoked = console.command(admin, "revoke", "dpo-aphp")
+        assert revoked.status_code == 200, revoked.text
+        assert dpo_console.http.get("/console/api/overview").status_code in (401, 403)
+        dpo_console.http.cookies.clear()
+        assert dpo_console.signin(dpo).status_code == 403
+        overview = console.http.get("/console/api/overview").json()
+        assert {"dpo-aphp": "revoke"}.items() <= {lock["name"]: lock["kind"] for lock in overview["locks"]}.items()
+    finally:
+        dpo_console.close()
+
+
+@pytest.mark.threat("T22")
+def test_an_admin_cannot_approve_with_a_session_after_its_own_revocation(console: Console) -> None:
+    a, b = passkey(console), passkey(console)
+    console.world.add("ops-02", Role.ADMIN)
+    console.enrol("ops-01", a)
+    console.enrol("ops-02", b)
+    other = Console(console.world)
+    try:
+        other.signin(b)
+        console.signin(a)
+        options = other.post("/console/api/commands/options", {"action": "freeze"}).json()
+        assert console.command(a, "revoke", "ops-02").status_code == 200
+        assert other.post("/console/api/commands", {"credential": b.get(options)}).status_code in (401, 403)
+        assert console.world.db("SELECT action FROM admin_commands") == [("revoke",)]
+    finally:
+        other.close()
+
+
+GARBAGE: list[dict[str, Any]] = [  # each replaces parts of a genuine answer
+    {"rawId": "x"},
+    {"type": "password", "response": {}},
+    {"rawId": "A" * 43, "response": "nope"},
+    {"rawId": "A" * 43, "response": {"clientDataJSON": "!!!"}},
+    {"rawId": "A" * 43, "response": {"clientDataJSON": "e30"}},  # {}
+    {"rawId": "A" * 43, "response": {"clientDataJSON": "W10", "authenticatorData": 5}},  # []
+    {"rawId": ["A"], "response": {"clientDataJSON": None}},
+    {"rawId": "A" * 5000, "response": {"clientDataJSON": "A" * 5000}},
+]
+
+
+@pytest.mark.threat("T22")
+def test_malformed_passkey_answers_are_refused_never_a_server_error(console: Console) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    for credential in GARBAGE:
+        options = console.post("/console/api/signin/options").json()
+        answer = key.get(options)
+        forged = {**answer, **credential}
+        response = console.post("/console/api/signin", {"credential": forged})
+        assert response.status_code in (400, 401), (credential, response.status_code, response.text)
+        with pytest.raises((AuthenticationFailed, UsageError)):
+            console.signed("ops-01", "/v1/console/passkeys", {"credential": forged})
+    for body in (b"", b"[]", b'{"credential": 5}', b"{" * 5000):
+        response = console.http.post("/console/api/signin", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, (body[:10], response.status_code)
+    assert console.world.db("SELECT count(*) FROM audit_events WHERE event = 'request:error'") == [(0,)]

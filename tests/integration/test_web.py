@@ -1,0 +1,314 @@
+"""The web pages in a real browser (Debian's Chromium, headless, driven by Playwright) against a real relay process.
+
+- the lab page validates, routes, encrypts and signs in the browser, uploads resumably (one chunk is cut on the
+  way), and the CLI recipients fetch and decrypt exactly what the CLI itself would have sent for the same batch;
+  a copy of the relay then holds nothing of the batch;
+- the recipient page decrypts what the CLI sent, and its receipt verifies for the sender's CLI;
+- the console: a passkey is registered and signs in (Chromium's virtual authenticator), the enumeration scenario's
+  alert shows, a freeze approved with the passkey takes effect;
+- the pages load nothing from elsewhere and the Content-Security-Policy stops injected script;
+- the browser's validator gives the CLI's answers on the shared vectors (tests/vectors/web_validation.json).
+
+With LABRELAY_SCREENSHOTS=DIR, each page's screenshot is saved there (docs/screenshots/ holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from labrelay.crypto import httpsig
+from labrelay.domain.detection import RULES
+from labrelay.domain.parties import CONSOLE_ROLES, Role
+from labrelay.domain.records import Reason
+from labrelay.domain.transfers import TransferState
+from labrelay.errors import RelayFrozen
+from labrelay.synthetic.generator import write_csv_file
+from tests.browser import Tab, localhost
+from tests.conftest import REPO, World, make_world, sent_ids
+from tests.integration.test_no_plaintext import needles_of, plaintext_hits
+
+pytestmark = pytest.mark.slow
+
+PARTY_FILES = ("party.json", "signing.key", "authority.pub")
+RECORDS = 3000
+
+
+@pytest.fixture
+def web_world(tmp_path: Path, relay_factory) -> World:
+    world = make_world(tmp_path / "w", relay_factory)
+    world.add("spf", Role.RECIPIENT)
+    world.add("ops-01", Role.ADMIN)
+    return world
+
+
+def files_of(world: World, name: str, *extra: str) -> list[str]:
+    return [str(world.party_dir(name) / f) for f in (*PARTY_FILES, *extra)]
+
+
+def same_origin_only(tab: Tab) -> None:
+    assert tab.requests, "the page made no request"
+    foreign = [u for u in tab.requests if not (u.startswith((tab.base, "blob:", "data:")))]
+    assert foreign == [], f"the page reached another origin: {foreign[:3]}"
+
+
+def fetch_all(cli, world: World, name: str, out: Path) -> dict[str, bytes]:
+    """CLI fetch of everything waiting for ``name``: transfer id → decrypted bytes."""
+    result = cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", out)
+    assert result.code == 0, str(result)
+    return {p.name.split(".")[0]: p.read_bytes() for p in out.glob("*.csv")}
+
+
+@pytest.mark.threat("T23")
+def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
+    web_world: World, open_tab, cli, tmp_path: Path
+) -> None:
+    world = web_world
+    batch = tmp_path / "results.csv"
+    write_csv_file(batch, RECORDS, seed=11, today=date.today())  # noqa: DTZ011 - a calendar day
+    tab: Tab = open_tab(world.url, locale="en-GB")
+    tab.goto("/lab?lang=en")
+    patches: dict[str, int] = {}
+    cut: list[str] = []
+
+    def cut_a_second_chunk(route: Any) -> None:
+        url = route.request.url
+        if route.request.method == "PATCH":
+            patches[url] = patches.get(url, 0) + 1
+            if patches[url] == 2 and not cut:  # the connection drops mid-upload: tus asks the offset, resumes
+                cut.append(url)
+                route.abort("connectionreset")
+                return
+        route.continue_()
+
+    tab.page.route("**/v1/uploads/**", cut_a_second_chunk)
+    tab.page.set_input_files("#party-files", files_of(world, "lab-paris-01", "pseudonym.key"))
+    tab.page.set_input_files("#results-file", str(batch))
+    tab.page.locator("#send").click()
+    done = tab.wait_status("ok", timeout=120_000)
+    assert "3 transfer" in done
+    assert len(cut) == 1
+    assert patches[cut[0]] >= 3
+    counts = {k: int(tab.page.locator(f"#count-{k}").inner_text()) for k in ("read", "accepted", "rejected", "review")}
+    assert counts["read"] == RECORDS
+    assert counts["accepted"] + counts["rejected"] + counts["review"] == RECORDS
+    tab.shot("lab-en")
+    same_origin_only(tab)
+    assert [e for e in tab.errors if "ERR_CONNECTION_RESET" not in e] == [], tab.errors
+
+    sent_by_page = dict(world.db("SELECT recipient, id FROM transfers"))
+    assert set(sent_by_page) == {"cnam", "ars-11", "spf"}
+    assert world.db("SELECT DISTINCT state FROM transfers") == [("available",)]
+    # A complete copy of the relay now, before anything is fetched, holds nothing of the batch.
+    hits = plaintext_hits(world.copy_relay(tmp_path / "copy"), needles_of(batch))
+    assert hits == [], hits
+
+    # The same batch through the CLI: each recipient must receive the same bytes from both.
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url)
+    assert sent.code == 0, str(sent)
+    sent_by_cli = sent_ids(sent.out)
+    for name in ("cnam", "ars-11", "spf"):
+        got = fetch_all(cli, world, name, tmp_path / f"out-{name}")
+        from_page, from_cli = got[sent_by_page[name]], got[sent_by_cli[name]]
+        assert from_page == from_cli, f"{name}: the page's payload differs from the CLI's"
+        assert from_page.count(b"\n") > 1
+    page_manifests = world.db(
+        "SELECT recipient, manifest FROM transfers WHERE id IN (:a, :b, :c)",
+        a=sent_by_page["cnam"],
+        b=sent_by_page["ars-11"],
+        c=sent_by_page["spf"],
+    )
+    for recipient, manifest in page_manifests:
+        payload = json.loads(manifest)["payload"]
+        assert payload["sender"] == "lab-paris-01"
+        assert payload["recipient"] == recipient
+        assert payload["compression"] == "gzip"
+        assert payload["policy_version"] == "fr-covid-2026.1"
+    hits = plaintext_hits(world.copy_relay(tmp_path / "copy-after"), needles_of(batch))
+    assert hits == [], hits
+
+
+@pytest.mark.threat("T23")
+def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
+    web_world: World, open_tab, batch: Path, cli, tmp_path: Path
+) -> None:
+    world = web_world
+    lab = world.party_dir("lab-paris-01")
+    as_is = cli("send", batch, "--as", lab, "--server", world.url, "--as-is", "--to", "cnam")
+    assert as_is.code == 0, str(as_is)
+    transfer = sent_ids(as_is.out)["cnam"]
+    tab: Tab = open_tab(world.url)
+    tab.goto("/inbox?lang=fr")
+    tab.page.set_input_files("#party-files", files_of(world, "cnam", "identity.txt"))
+    tab.page.keyboard.press("Tab")
+    tab.page.locator("#list").press("Enter")  # the page works from the keyboard
+    tab.wait_status("ok")
+    tab.page.locator(f"button[data-transfer='{transfer}']").click()
+    tab.page.wait_for_selector("#verified")
+    assert "KiB" in tab.page.locator("#verified").inner_text()  # a document sent as it is: no record count
+    with tab.page.expect_download() as download:
+        tab.page.locator("#save").click()
+    saved = tmp_path / "saved.csv"
+    download.value.save_as(saved)
+    assert saved.read_bytes() == batch.read_bytes()
+    tab.shot("inbox-fr")
+    same_origin_only(tab)
+    assert tab.errors == [], tab.errors
+
+    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("delivered",)]
+    assert transfer not in world.stored()
+    outbox = cli("receipts", "--as", lab, "--server", world.url)
+    assert outbox.code == 0, str(outbox)
+    line = next(line for line in outbox.out.splitlines() if transfer in line)
+    assert "decrypted" in line  # the page's receipt verified under cnam's entry, on the lab's side
+
+
+@pytest.mark.threat("T23")
+def test_the_recipient_page_refuses_a_payload_that_does_not_match_its_manifest(
+    web_world: World, open_tab, batch: Path, cli
+) -> None:
+    world = web_world
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--as-is", "--to", "cnam")
+    transfer = sent_ids(sent.out)["cnam"]
+    world.flip_stored_byte(transfer)
+    tab: Tab = open_tab(world.url)
+    tab.goto("/inbox?lang=en")
+    tab.page.set_input_files("#party-files", files_of(world, "cnam", "identity.txt"))
+    tab.page.locator("#list").click()
+    tab.wait_status("ok")
+    tab.page.locator(f"button[data-transfer='{transfer}']").click()
+    message = tab.wait_status("error")
+    assert tab.page.locator("#verified").count() == 0
+    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) != [("delivered",)]
+    assert message  # the relay refuses the corrupt payload, or the page does: either way nothing is shown
+
+
+def signed_get(world: World, name: str, path: str) -> httpx.Response:
+    url = world.url + path
+    headers: dict[str, str] = {}
+    party = world.parties[name]
+    httpsig.sign_request("GET", url, headers, None, keyid=name, key=party.signing_key, now=datetime.now(UTC))
+    return httpx.get(url, headers=headers, timeout=30)
+
+
+@pytest.mark.threat("T22")
+def test_the_console_shows_an_enumeration_alert_and_a_freeze_taking_effect(
+    web_world: World, open_tab, batch: Path, cli
+) -> None:
+    world = web_world
+    cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--as-is", "--to", "ars-11")
+    tab: Tab = open_tab(world.url, locale="en-GB")
+    tab.add_passkey_device()
+    tab.goto("/enrol?lang=en")
+    tab.page.set_input_files("#party-files", files_of(world, "ops-01"))
+    tab.page.locator("#register").click()
+    tab.wait_status("ok")
+    tab.shot("enrol-en")
+    assert len(tab.passkeys()) == 1
+
+    tab.goto("/?lang=en")
+    tab.shot("console-sign-in-en")
+    tab.page.keyboard.press("Enter")  # the sign-in button has the focus
+    tab.page.wait_for_selector("#relay-state")
+    assert "Relay open" in tab.page.locator("#relay-state").inner_text()
+
+    # The enumeration scenario: cnam asks for 25 transfers that do not exist.
+    statuses = {signed_get(world, "cnam", f"/v1/transfers/{uuid.uuid4()}/payload").status_code for _ in range(25)}
+    assert statuses <= {404, 403}
+    tab.goto("/?lang=en")
+    alerts = tab.page.locator("#alerts").inner_text()
+    assert "Transfer enumeration" in alerts
+    assert "cnam" in alerts
+
+    tab.page.locator("#freeze").click()
+    tab.wait_status("ok")
+    tab.page.wait_for_selector("#unfreeze")
+    assert "frozen" in tab.page.locator("#relay-state").inner_text().lower()
+    with pytest.raises(RelayFrozen), world.client("ars-11") as ars:
+        ars.transfers("inbox")
+    tab.page.locator("#audit-verify").click()
+    assert "intact" in tab.wait_status("ok")
+    tab.shot("console-frozen-en")
+    tab.page.locator("#unfreeze").click()
+    tab.wait_status("ok")
+    tab.page.wait_for_selector("#freeze")
+    with world.client("ars-11") as ars:
+        assert len(ars.transfers("inbox")) == 1
+    same_origin_only(tab)
+    assert world.db("SELECT signer, action FROM admin_commands ORDER BY at") == [
+        ("ops-01", "freeze"),
+        ("ops-01", "unfreeze"),
+    ]
+    fr = tab.page.context.new_page()
+    fr.goto(tab.base + "/?lang=fr")
+    fr.wait_for_selector("#relay-state")
+    assert "Relais ouvert" in fr.locator("#relay-state").inner_text()
+    if tab.page.context:  # the same session, in French
+        Tab(fr, tab.base).shot("console-fr")
+
+
+@pytest.mark.threat("T23")
+def test_pages_load_nothing_from_elsewhere_and_the_policy_stops_injected_script(web_world: World, open_tab) -> None:
+    tab: Tab = open_tab(web_world.url)
+    for path in ("/", "/enrol", "/lab", "/inbox"):
+        tab.goto(path + "?lang=fr")
+        assert tab.page.locator("h1").count() == 1
+    response = httpx.get(localhost(web_world.url) + "/lab", timeout=30)
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp
+    assert "default-src 'none'" in csp
+    assert "unsafe" not in csp
+    assert response.headers["x-frame-options"] == "DENY"
+    injected = tab.page.evaluate(
+        """() => { const s = document.createElement('script'); s.textContent = 'window.pwned = 1';
+                   document.body.append(s); return window.pwned === undefined; }"""
+    )
+    assert injected is True
+    assert any("Content Security Policy" in e for e in tab.errors), tab.errors
+    same_origin_only(tab)
+
+
+def test_the_browser_validator_gives_the_clis_answers_on_the_shared_vectors(web_world: World, open_tab) -> None:
+    vectors = json.loads((REPO / "tests" / "vectors" / "web_validation.json").read_text(encoding="utf-8"))
+    tab: Tab = open_tab(web_world.url)
+    tab.goto("/lab")
+    results = tab.page.evaluate("async (vectors) => globalThis.labrelay.runVectors(vectors)", vectors)
+    assert results["count"] >= 40
+    assert results["failures"] == [], results["failures"][:5]
+
+
+def test_the_signed_objects_of_the_page_verify_in_python_and_back(web_world: World, open_tab) -> None:
+    """The envelope vector (made by the Python signer) verifies in the page; a tampered copy does not."""
+    vector = json.loads((REPO / "tests" / "vectors" / "labrelay_envelope_v1.json").read_text(encoding="utf-8"))
+    secret = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vector["secret_key_hex"]))
+    raw = secret.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    vector["public_b64url"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    tab: Tab = open_tab(web_world.url)
+    tab.goto("/lab")
+    ok = tab.page.evaluate("async (v) => globalThis.labrelay.checkEnvelopeVector(v)", vector)
+    assert ok == {"genuine": True, "tampered": False}
+
+
+def test_every_text_exists_in_french_and_english(web_world: World, open_tab) -> None:
+    """The catalogue covers both languages, and every reason, rule, state and role the relay can show."""
+    tab: Tab = open_tab(web_world.url)
+    tab.goto("/")
+    catalogue = tab.page.evaluate("() => globalThis.labrelay.catalogue()")
+    fr, en = catalogue["fr"], catalogue["en"]
+    english_reasons = {k for k in fr if k.startswith("reason.")}  # English shows the CLI's own words
+    assert set(fr) - english_reasons == set(en)
+    wanted = {f"reason.{r.value}" for r in Reason if r is not Reason.STRUCTURE}
+    wanted |= {f"rule.{rule}" for rule in RULES}
+    wanted |= {f"state.{s.value}" for s in TransferState}
+    wanted |= {f"role.{r.value}" for r in CONSOLE_ROLES}
+    assert wanted <= set(fr), sorted(wanted - set(fr))
+    assert all(v.strip() for v in (*fr.values(), *en.values()))

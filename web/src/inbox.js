@@ -1,0 +1,167 @@
+// The recipient page: list what waits, download, verify the manifest and the hash, decrypt here with the
+// identity file (never uploaded), and send the signed receipt. The same checks as `labrelay fetch`
+// (labrelay/client/fetch.py verify_manifest).
+import { Decrypter } from "age-encryption";
+import { t } from "./i18n.js";
+import { hex, importVerifyKey, rfc3339, sha256, signEnvelope, verifyEnvelope } from "./crypto.js";
+import { trustedDirectory } from "./directory.js";
+import { signedFetcher } from "./httpsig.js";
+import { loadParty } from "./party.js";
+import { bytes, el, fail, say, table, when } from "./ui.js";
+
+class Refused extends Error {
+  translated = true;
+}
+
+export async function verifyManifest(party, directory, envelope, transferId, now = Date.now()) {
+  const sender = directory.require(envelope.signer, ["lab"]);
+  const m = await verifyEnvelope(envelope, "transfer-manifest", await importVerifyKey(sender.signing_key));
+  if (m.v !== 1 || m.sender !== envelope.signer || m.transfer_id !== transferId) throw new Refused(t("inbox.mismatch"));
+  if (m.recipient !== party.name) throw new Refused(t("inbox.notMine"));
+  if (!party.identities.some((i) => i.recipient === m.recipient_key)) throw new Refused(t("inbox.noKey"));
+  if (Date.parse(m.deadline) <= now) throw new Refused(t("inbox.late"));
+  return m;
+}
+
+async function gunzip(data) {
+  const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** Download, verify, decrypt one transfer; returns {manifest, plaintext}. Throws on any mismatch. */
+export async function openTransfer(party, signed, directory, listing) {
+  const manifest = await verifyManifest(party, directory, listing.manifest, listing.transfer_id);
+  const response = await signed(`/v1/transfers/${encodeURIComponent(listing.transfer_id)}/payload`);
+  const ciphertext = new Uint8Array(await response.arrayBuffer());
+  if (ciphertext.length !== manifest.size || hex(await sha256(ciphertext)) !== manifest.sha256) {
+    throw new Refused(t("inbox.hash"));
+  }
+  const decrypter = new Decrypter();
+  for (const id of party.identities) decrypter.addIdentity(id.identity);
+  let plaintext = await decrypter.decrypt(ciphertext);
+  if (manifest.compression === "gzip") plaintext = await gunzip(plaintext);
+  else if (manifest.compression) throw new Refused(t("inbox.compression"));
+  return { manifest, plaintext };
+}
+
+export async function sendReceipt(party, signed, manifest) {
+  const receipt = {
+    type: "transfer-receipt",
+    v: 1,
+    transfer_id: manifest.transfer_id,
+    sender: manifest.sender,
+    recipient: manifest.recipient,
+    sha256: manifest.sha256,
+    size: manifest.size,
+    record_count: manifest.record_count,
+    status: "decrypted",
+    received_at: rfc3339(new Date()),
+  };
+  const envelope = await signEnvelope(receipt, party.signingKey, party.name);
+  await signed(`/v1/transfers/${encodeURIComponent(manifest.transfer_id)}/receipt`, { method: "POST", body: envelope });
+}
+
+/** One CSV line's fields (RFC 4180 quoting), for the preview only. */
+function csvFields(line) {
+  const out = [];
+  let field = "";
+  let quoted = false;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (quoted) {
+      if (c === '"' && line[i + 1] === '"') { field += '"'; i++; }
+      else if (c === '"') quoted = false;
+      else field += c;
+    } else if (c === '"') quoted = true;
+    else if (c === ",") { out.push(field); field = ""; }
+    else field += c;
+  }
+  out.push(field);
+  return out;
+}
+
+function preview(plaintext, mediaType) {
+  const text = new TextDecoder().decode(plaintext.subarray(0, 64 * 1024));
+  const lines = text.split("\n").filter(Boolean).slice(0, 11);
+  if (mediaType === "text/csv" && lines.length) {
+    const [head, ...rows] = lines.map((l) => csvFields(l.replace(/\r$/, "")));
+    return el("div", { class: "scroll" }, table("preview", head, rows, ""));
+  }
+  return el("pre", { id: "preview" }, lines.join("\n"));
+}
+
+export async function inboxPage(main) {
+  const files = el("input", { type: "file", id: "party-files", multiple: true });
+  const list = el("div", { id: "inbox" });
+  const opened = el("div", { id: "opened" });
+  let party;
+  let signed;
+  let directory;
+
+  async function refresh() {
+    const doc = await (await signed("/v1/directory")).json();
+    directory = await trustedDirectory(doc, party.authority);
+    const { transfers } = await (await signed("/v1/transfers?box=inbox")).json();
+    list.replaceChildren(table(
+      "inbox-table",
+      [t("col.transfer"), t("col.sender"), t("col.records"), t("col.size"), t("col.deadline"), ""],
+      transfers.map((x) => [
+        el("code", { title: x.transfer_id }, x.transfer_id.slice(0, 8)),
+        x.sender,
+        x.manifest.payload.record_count ?? "—",
+        bytes(x.size),
+        when(x.deadline),
+        el("button", { type: "button", class: "primary", "data-transfer": x.transfer_id, on: { click: (e) => open(e, x) } },
+          t("inbox.open")),
+      ]),
+      t("inbox.empty"),
+    ));
+    say(t("inbox.listed", { n: transfers.length }), "ok");
+  }
+
+  async function open(event, listing) {
+    event.target.disabled = true;
+    try {
+      say(t("inbox.opening"));
+      const { manifest, plaintext } = await openTransfer(party, signed, directory, listing);
+      const blob = new Blob([plaintext], { type: manifest.media_type });
+      const ext = manifest.media_type === "text/csv" ? "csv" : manifest.media_type.includes("ndjson") ? "ndjson" : "bin";
+      const save = el("a", { href: URL.createObjectURL(blob), download: `${manifest.transfer_id}.${ext}`, id: "save",
+        class: "button" }, t("inbox.save"));
+      await sendReceipt(party, signed, manifest);
+      opened.replaceChildren(
+        el("h2", {}, t("inbox.opened", { sender: manifest.sender })),
+        el("p", { class: "badge open", id: "verified" }, manifest.record_count === null
+          ? t("inbox.verifiedBytes", { size: bytes(plaintext.length) })
+          : t("inbox.verified", { n: manifest.record_count })),
+        el("p", { class: "hint" }, t("inbox.receiptSent")),
+        save,
+        preview(plaintext, manifest.media_type),
+      );
+      save.focus();
+      say(t("inbox.receiptSent"), "ok");
+      await refresh();
+    } catch (err) {
+      fail(err);
+    } finally {
+      event.target.disabled = false;
+    }
+  }
+
+  const form = el("form", { id: "party-form", on: { submit: async (event) => {
+    event.preventDefault();
+    try {
+      party = await loadParty(files.files);
+      if (!party.identities.length) throw new Refused(t("inbox.noIdentity"));
+      signed = signedFetcher(party);
+      document.getElementById("who").textContent = party.name;
+      await refresh();
+    } catch (err) {
+      fail(err);
+    }
+  } } },
+    el("label", { for: "party-files" }, t("inbox.files")), files,
+    el("p", { class: "hint" }, t("files.local")),
+    el("button", { type: "submit", id: "list", class: "primary" }, t("inbox.list")));
+  main.replaceChildren(el("h1", {}, t("inbox.title")), el("p", {}, t("inbox.intro")), form, list, opened);
+}
