@@ -318,6 +318,18 @@ def reap_once(data_dir: Path, clock: Clock) -> dict[str, Any]:
     }
 
 
+def console_passkeys(data_dir: Path, party: str, clock: Clock, *, remove: bool) -> list[str]:
+    """The console passkeys bound to ``party`` (credential ids); with ``remove``, unbind them all and end the
+    party's console sessions (a lost or stolen authenticator). Audited."""
+    relay = open_relay(load_settings(data_dir), clock)
+    try:
+        console = relay.services.console
+        assert console is not None  # noqa: S101 - open_relay always wires it
+        return console.remove_passkeys(party, via="data") if remove else console.passkeys(party)
+    finally:
+        relay.close()
+
+
 def retention_report(data_dir: Path, clock: Clock) -> RetentionReport:
     """The retention check of a relay's data directory, running or stopped. Reads only."""
     settings = load_settings(data_dir)

@@ -294,3 +294,20 @@ def test_malformed_passkey_answers_are_refused_never_a_server_error(console: Con
         response = console.http.post("/console/api/signin", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 400, (body[:10], response.status_code)
     assert console.world.db("SELECT count(*) FROM audit_events WHERE event = 'request:error'") == [(0,)]
+
+
+@pytest.mark.threat("T22")
+def test_a_lost_passkey_is_removed_by_the_operator_and_signs_in_no_more(console: Console, cli) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    assert console.signin(key).status_code == 200
+    data = console.world.relay.data
+    listed = cli("admin", "passkeys", "ops-01", "--data", data)
+    assert listed.code == 0, str(listed)
+    assert "1 passkey(s) bound" in listed.out
+    removed = cli("admin", "passkeys", "ops-01", "--data", data, "--remove")
+    assert removed.code == 0, str(removed)
+    assert "1 passkey(s) removed" in removed.out
+    assert console.http.get("/console/api/overview").status_code == 401  # its session ended with it
+    assert console.signin(key).status_code == 401
+    assert console.world.db("SELECT event, details FROM audit_events WHERE event = 'console:passkey-remove'")

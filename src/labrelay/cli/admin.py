@@ -288,6 +288,23 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
                 hint="docs/retention.md says what each check means and what to do",
             )
 
+    @admin_app.command("passkeys")
+    def passkeys(
+        name: Annotated[str, typer.Argument(help="The party whose console passkeys to list or remove.")],
+        data: DataOpt,
+        remove: Annotated[bool, typer.Option("--remove", help="Unbind them all and end its sessions.")] = False,
+    ) -> None:
+        """List a party's console passkeys; --remove unbinds them (a lost or stolen authenticator) and ends its
+        console sessions. The party can then register a new one with its signing key (lock or revoke it to keep
+        it out). Audited as console:passkey-remove."""
+        from labrelay.runtime import console_passkeys  # noqa: PLC0415
+
+        held = console_passkeys(data, name, SystemClock(), remove=remove)
+        verb = "removed" if remove else "bound"
+        for credential in held:
+            ui.out.print(f"{verb} {credential[:16]}…", markup=False)
+        ui.out.print(f"{name}: {len(held)} passkey(s) {verb}", markup=False)
+
     @admin_app.command("reap")
     def reap(data: DataOpt) -> None:
         """Run one reaper pass now: expire transfers past their deadline, delete their bytes and whatever a

@@ -74,6 +74,7 @@ class AuditEvent(StrEnum):
     CONSOLE_SIGNIN = "console:signin"
     CONSOLE_SIGNOUT = "console:signout"
     CONSOLE_REFUSE = "console:refuse"
+    CONSOLE_PASSKEY_REMOVE = "console:passkey-remove"
 
 
 class Outcome(StrEnum):

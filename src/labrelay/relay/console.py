@@ -165,6 +165,18 @@ class ConsoleService:
         self._audit.record(AuditEvent.CONSOLE_PASSKEY, actor=party, credential=new.credential_id[:16], remote=remote)
         return new.credential_id
 
+    def passkeys(self, party: str) -> list[str]:
+        return self._store.passkeys_of(party)
+
+    def remove_passkeys(self, party: str, *, via: str) -> list[str]:
+        """Unbind every passkey of ``party`` and end its sessions (a lost or stolen authenticator). The party
+        registers a new passkey with its signing key; to keep it out, revoke or lock the party as well."""
+        held = self._store.passkeys_of(party)
+        self._store.remove_passkeys(party)
+        ended = self._store.end_sessions_of(party)
+        self._audit.record(AuditEvent.CONSOLE_PASSKEY_REMOVE, target=party, removed=len(held), sessions=ended, via=via)
+        return held
+
     # ------------------------------------------------------------ sign-in, sessions
 
     def signin_options(self, rp: Relying) -> str:
