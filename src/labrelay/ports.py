@@ -212,6 +212,8 @@ class ConsoleStore(Protocol):
         """Forget expired sessions and challenges."""
         ...
 
+    def live_challenges(self, purpose: str) -> int: ...
+
 
 class ControlStore(Protocol):
     """The kill switch's state: party locks and revocations, the freeze flag, quarantine, signed commands."""

@@ -30,13 +30,14 @@ from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.parties import CONSOLE_ROLES, PartyEntry, Role
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import TransferRecord, TransferState
-from labrelay.errors import AuthenticationFailed, LabrelayError, PermissionDenied, UsageError
+from labrelay.errors import AuthenticationFailed, LabrelayError, PermissionDenied, Unavailable, UsageError
 from labrelay.ports import AuditLog, Clock, ConsoleStore, TransferRepository
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import CommandResult, ControlService
 from labrelay.relay.directory import DirectoryService
 
 CHALLENGE_TTL = timedelta(minutes=5)
+MAX_PENDING_SIGNINS = 10_000
 SESSION_TTL = timedelta(minutes=30)
 TRANSFERS_SHOWN = 200
 ALERTS_SINCE = timedelta(days=8)
@@ -180,6 +181,11 @@ class ConsoleService:
     # ------------------------------------------------------------ sign-in, sessions
 
     def signin_options(self, rp: Relying) -> str:
+        """Anyone may ask (sign-in starts without a name), so the challenges waiting for an answer are bounded:
+        expired ones are forgotten first, and past ``MAX_PENDING_SIGNINS`` the relay asks to retry later."""
+        self._store.prune_console(self._clock.now())
+        if self._store.live_challenges("signin") >= MAX_PENDING_SIGNINS:
+            raise Unavailable("too many console sign-ins in progress; retry in a few minutes")
         return passkeys.authentication_options(rp, self._challenge("signin", None), [])
 
     def _assert(self, credential: dict[str, Any], challenge: bytes, rp: Relying) -> tuple[str, str]:

@@ -746,6 +746,11 @@ class SqlStore:
             ).rowcount
         return int(sessions) + int(challenges)
 
+    def live_challenges(self, purpose: str) -> int:
+        t = schema.console_challenges
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t).where(t.c.purpose == purpose)).scalar() or 0)
+
     def record_command(
         self, command_id: str, at: datetime, signer: str, action: str, target: str | None, envelope: Mapping[str, Any]
     ) -> bool:
