@@ -33,6 +33,7 @@ class SoftPasskey:
     credential_id: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     user_handle: bytes = b""
     counter: int = 0
+    verified: bool = True  # the authenticator checked the user (PIN, biometric): the UV flag
 
     def _client_data(self, kind: str, challenge: str, origin: str | None) -> bytes:
         doc = {"type": kind, "challenge": challenge, "origin": origin or self.origin, "crossOrigin": False}
@@ -48,7 +49,8 @@ class SoftPasskey:
         rp_id = options["rp"]["id"]
         client = self._client_data("webauthn.create", options["challenge"], origin)
         attested = bytes(16) + len(self.credential_id).to_bytes(2, "big") + self.credential_id + self._cose()
-        auth_data = hashlib.sha256(rp_id.encode()).digest() + bytes([0x45]) + (0).to_bytes(4, "big") + attested
+        flags = 0x41 | (0x04 if self.verified else 0)  # user present, attested data, (user verified)
+        auth_data = hashlib.sha256(rp_id.encode()).digest() + bytes([flags]) + (0).to_bytes(4, "big") + attested
         attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
         cid = b64url(self.credential_id)
         return {
@@ -69,7 +71,7 @@ class SoftPasskey:
         client = self._client_data("webauthn.get", options["challenge"], origin)
         auth_data = (
             hashlib.sha256((rp_id or options.get("rpId") or self.rp_id).encode()).digest()
-            + bytes([0x05])
+            + bytes([0x01 | (0x04 if self.verified else 0)])
             + self.counter.to_bytes(4, "big")
         )
         signature = self.key.sign(auth_data + hashlib.sha256(client).digest(), ec.ECDSA(hashes.SHA256()))

@@ -176,12 +176,14 @@ class AuditLog(Protocol):
 class ConsoleStore(Protocol):
     """The console's passkeys (bound to directory parties), sessions (kept by token hash) and one-use challenges."""
 
-    def add_passkey(self, credential_id: str, party: str, public_key: str, sign_count: int, at: datetime) -> bool:
-        """False if this credential is already registered."""
+    def add_passkey(
+        self, credential_id: str, party: str, signing_key: str, public_key: str, sign_count: int, at: datetime
+    ) -> bool:
+        """False if this credential is already registered. ``signing_key``: the party's key that bound it."""
         ...
 
-    def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
-        """(party, COSE public key as base64url, sign count)."""
+    def passkey(self, credential_id: str) -> tuple[str, str, str, int] | None:
+        """(party, the signing key that bound it, COSE public key as base64url, sign count)."""
         ...
 
     def passkeys_of(self, party: str) -> list[str]: ...

@@ -4,6 +4,7 @@ that must fail closed (docs/threat-model.md, T22)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,7 @@ GARBAGE: list[dict[str, Any]] = [  # each replaces parts of a genuine answer
     {"rawId": "A" * 43, "response": {"clientDataJSON": "W10", "authenticatorData": 5}},  # []
     {"rawId": ["A"], "response": {"clientDataJSON": None}},
     {"rawId": "A" * 5000, "response": {"clientDataJSON": "A" * 5000}},
+    {"response": {"clientDataJSON": base64.urlsafe_b64encode(b"[" * 3000).decode().rstrip("=")}},  # deep nesting
 ]
 
 
@@ -311,3 +313,51 @@ def test_a_lost_passkey_is_removed_by_the_operator_and_signs_in_no_more(console:
     assert console.http.get("/console/api/overview").status_code == 401  # its session ended with it
     assert console.signin(key).status_code == 401
     assert console.world.db("SELECT event, details FROM audit_events WHERE event = 'console:passkey-remove'")
+
+
+@pytest.mark.threat("T22")
+def test_registration_answers_that_do_not_verify_are_refused(console: Console) -> None:
+    """Answers to the right challenge that fail the ceremony's own checks: a broken attestation, no user
+    verification, another relying party."""
+    key = passkey(console)
+    options = console.signed("ops-01", "/v1/console/passkeys/options", {})
+    broken = key.create(options)
+    broken["response"]["attestationObject"] = broken["response"]["attestationObject"][:-8]
+    with pytest.raises(AuthenticationFailed):
+        console.signed("ops-01", "/v1/console/passkeys", {"credential": broken})
+    unverified = SoftPasskey(origin=console.base, verified=False)
+    options = console.signed("ops-01", "/v1/console/passkeys/options", {})
+    with pytest.raises(AuthenticationFailed):
+        console.signed("ops-01", "/v1/console/passkeys", {"credential": unverified.create(options)})
+    options = console.signed("ops-01", "/v1/console/passkeys/options", {})
+    options["rp"]["id"] = "evil.example"
+    with pytest.raises(AuthenticationFailed):
+        console.signed("ops-01", "/v1/console/passkeys", {"credential": key.create(options)})
+    assert console.world.db("SELECT count(*) FROM passkeys") == [(0,)]
+    refused = console.world.db("SELECT count(*) FROM audit_events WHERE event = 'console:refuse'")
+    assert refused[0][0] >= 3
+
+
+@pytest.mark.threat("T22")
+def test_a_sign_in_without_user_verification_or_with_a_command_challenge_is_refused(console: Console) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    key.verified = False
+    assert console.signin(key).status_code == 401
+    key.verified = True
+    assert console.signin(key).status_code == 200
+    command = console.post("/console/api/commands/options", {"action": "freeze"}).json()
+    console.http.cookies.clear()
+    assert console.post("/console/api/signin", {"credential": key.get(command)}).status_code == 401
+    assert console.world.db("SELECT count(*) FROM admin_commands") == [(0,)]
+
+
+@pytest.mark.threat("T22")
+def test_cross_site_reads_are_refused(console: Console) -> None:
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    console.signin(key)
+    assert console.http.get("/console/api/overview").status_code == 200
+    for site in ("cross-site", "same-site"):
+        response = console.http.get("/console/api/audit", headers={"Sec-Fetch-Site": site})
+        assert response.status_code == 403, site

@@ -15,6 +15,7 @@ With LABRELAY_SCREENSHOTS=DIR, each page's screenshot is saved there (docs/scree
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import uuid
 from datetime import UTC, date, datetime
@@ -27,8 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from labrelay.crypto import httpsig
+from labrelay.crypto.envelopes import sign_envelope
 from labrelay.domain.detection import RULES
-from labrelay.domain.parties import CONSOLE_ROLES, Role
+from labrelay.domain.names import AUTHORITY_KEYID
+from labrelay.domain.parties import CONSOLE_ROLES, Revocation, Role
 from labrelay.domain.records import Reason
 from labrelay.domain.transfers import TransferState
 from labrelay.errors import RelayFrozen
@@ -154,12 +157,14 @@ def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
     tab.wait_status("ok")
     tab.page.locator(f"button[data-transfer='{transfer}']").click()
     tab.page.wait_for_selector("#verified")
-    assert "KiB" in tab.page.locator("#verified").inner_text()  # a document sent as it is: no record count
+    assert "300" in tab.page.locator("#verified").inner_text()  # records counted in what was decrypted
+    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("available",)]  # not yet saved
     with tab.page.expect_download() as download:
         tab.page.locator("#save").click()
     saved = tmp_path / "saved.csv"
     download.value.save_as(saved)
     assert saved.read_bytes() == batch.read_bytes()
+    tab.page.wait_for_selector("p#inbox-table")  # the receipt went, the list was read again: nothing waits
     tab.shot("inbox-fr")
     same_origin_only(tab)
     assert tab.errors == [], tab.errors
@@ -176,20 +181,86 @@ def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
 def test_the_recipient_page_refuses_a_payload_that_does_not_match_its_manifest(
     web_world: World, open_tab, batch: Path, cli
 ) -> None:
+    """A relay (or anything between) that serves other bytes than the signed manifest says: the page itself
+    refuses them, decrypts nothing and sends no receipt."""
     world = web_world
     sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--as-is", "--to", "cnam")
     transfer = sent_ids(sent.out)["cnam"]
-    world.flip_stored_byte(transfer)
     tab: Tab = open_tab(world.url)
+
+    def altered(route: Any) -> None:
+        response = route.fetch()
+        body = bytearray(response.body())
+        body[len(body) // 2] ^= 0x01
+        route.fulfill(response=response, body=bytes(body))
+
+    tab.page.route("**/v1/transfers/*/payload", altered)
     tab.goto("/inbox?lang=en")
     tab.page.set_input_files("#party-files", files_of(world, "cnam", "identity.txt"))
     tab.page.locator("#list").click()
     tab.wait_status("ok")
     tab.page.locator(f"button[data-transfer='{transfer}']").click()
     message = tab.wait_status("error")
+    assert "does not match the signed manifest" in message
     assert tab.page.locator("#verified").count() == 0
-    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) != [("delivered",)]
-    assert message  # the relay refuses the corrupt payload, or the page does: either way nothing is shown
+    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("available",)]
+
+
+@pytest.mark.threat("T23")
+def test_the_pages_refuse_forged_revoked_and_misaddressed_records(web_world: World, open_tab, batch: Path, cli) -> None:
+    """The pages' own directory and manifest checks, on records an attacking relay could serve."""
+    world = web_world
+    with world.client("cnam") as cnam:
+        doc = cnam.directory()
+    authority_pem = world.pub.read_text()
+    tab: Tab = open_tab(world.url)
+    tab.goto("/inbox?lang=en")
+
+    def require(document: dict[str, Any], name: str, roles: tuple[str, ...] = ("recipient",)) -> str:
+        return str(
+            tab.page.evaluate(
+                "([d, pem, n, r]) => globalThis.labrelay.requireParty(d, pem, n, r)",
+                [document, authority_pem, name, list(roles)],
+            )
+        )
+
+    assert require(doc, "cnam") == "active"
+    assert require(doc, "nobody") == "unknown"
+    assert require(doc, "cnam", ("lab",)) == "role"
+    forged = copy.deepcopy(doc)
+    entry = next(e for e in forged["entries"] if e["payload"]["name"] == "cnam")
+    entry["payload"]["age_recipient"] = world.parties["ars-11"].age_recipient  # a key the attacker holds
+    assert require(forged, "cnam") == "untrusted"
+    now = datetime.now(UTC)
+    revocation = Revocation(name="cnam", revoked_at=now, reason="test", serial=str(uuid.uuid4()))
+    signed = sign_envelope(revocation.to_payload(), world.authority.key, AUTHORITY_KEYID)
+    assert require({**doc, "revocations": [signed]}, "cnam") == "revoked"
+    odd = {**revocation.to_payload(), "revoked_at": now.strftime("%Y%m%dT%H%M%SZ")}  # a form Date.parse misreads
+    signed_odd = sign_envelope(odd, world.authority.key, AUTHORITY_KEYID)
+    assert require({**doc, "revocations": [signed_odd]}, "cnam") == "untrusted"  # fail closed, never ignored
+
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--as-is", "--to", "cnam")
+    transfer = sent_ids(sent.out)["cnam"]
+    with world.client("cnam") as cnam:
+        envelope = next(x for x in cnam.transfers("inbox") if x["transfer_id"] == transfer)["manifest"]
+    cnam_party = {"name": "cnam", "recipients": [world.parties["cnam"].age_recipient]}
+
+    def manifest(env: dict[str, Any], party: dict[str, Any], tid: str = transfer, now_ms: int | None = None) -> str:
+        return str(
+            tab.page.evaluate(
+                "([d, pem, p, e, t, n]) => globalThis.labrelay.checkManifest(d, pem, p, e, t, n ?? undefined)",
+                [doc, authority_pem, party, env, tid, now_ms],
+            )
+        )
+
+    assert manifest(envelope, cnam_party) == "ok"
+    assert "not addressed" in manifest(envelope, {**cnam_party, "name": "ars-11"})
+    assert "do not hold" in manifest(envelope, {**cnam_party, "recipients": [world.parties["ars-11"].age_recipient]})
+    assert "does not match" in manifest(envelope, cnam_party, tid=str(uuid.uuid4()))
+    assert "after its deadline" in manifest(envelope, cnam_party, now_ms=int((now.timestamp() + 400 * 86400) * 1000))
+    tampered = copy.deepcopy(envelope)
+    tampered["payload"]["size"] += 1
+    assert "bad signature" in manifest(tampered, cnam_party)
 
 
 def signed_get(world: World, name: str, path: str) -> httpx.Response:

@@ -65,3 +65,19 @@ def test_pending_sign_ins_are_bounded(setup: Setup, monkeypatch: pytest.MonkeyPa
         service.signin_options(RP)
     setup.clock.advance(console_module.CHALLENGE_TTL + timedelta(seconds=1))
     assert json.loads(service.signin_options(RP))["challenge"]  # the expired ones were forgotten
+
+
+@pytest.mark.threat("T22")
+def test_a_passkey_bound_by_a_replaced_key_is_void(setup: Setup) -> None:
+    """The authority revokes ops-01's key and issues it a new one: what the old key bound no longer opens."""
+    key = enrolled(setup)
+    service = console_of(setup)
+    session = service.signin(key.get(json.loads(service.signin_options(RP))), RP, None)
+    setup.clock.advance(timedelta(seconds=1))
+    setup.revoke("ops-01")
+    setup.clock.advance(timedelta(seconds=1))
+    setup.member("ops-01", Role.ADMIN)  # a new entry, a new signing key
+    with pytest.raises(AuthenticationFailed):
+        service.user(session.token)
+    with pytest.raises(AuthenticationFailed):
+        service.signin(key.get(json.loads(service.signin_options(RP))), RP, None)

@@ -1,7 +1,9 @@
 // The directory as this page sees it: only what verifies under the authority key the party pinned
-// (labrelay/client/trust.py and domain/parties.py `resolve`). A name with any record that does not verify is
-// refused outright: a relay serving a forged entry is trying to get payloads sealed to its own key.
+// (labrelay/client/trust.py, domain/parties.py `resolve` and `from_payload`). A name with any record that does not
+// verify, or that is malformed, is refused outright: a relay serving a forged entry is trying to get payloads
+// sealed to its own key.
 import { verifyEnvelope } from "./crypto.js";
+import { instant } from "./dates.js";
 
 export class TrustError extends Error {
   constructor(code, name, detail) {
@@ -11,25 +13,39 @@ export class TrustError extends Error {
   }
 }
 
-const t = (s) => Date.parse(s);
+const ROLES = ["lab", "recipient", "admin", "dpo", "auditor"];
+const AGE_RECIPIENT = /^age1[02-9ac-hj-np-z]{58}$/;
+const ED25519_B64 = /^[A-Za-z0-9_-]{43}$/;
+
+function entryOf(p) {
+  if (p.v !== 1 || typeof p.name !== "string" || !ROLES.includes(p.role)) throw new Error("malformed party entry");
+  if (!AGE_RECIPIENT.test(p.age_recipient) || !ED25519_B64.test(p.signing_key)) throw new Error("malformed keys");
+  if (p.region !== null && p.region !== undefined && typeof p.region !== "string") throw new Error("malformed region");
+  return { ...p, nb: instant(p.not_before), na: instant(p.not_after), issued: instant(p.issued_at) };
+}
+
+function revocationOf(p) {
+  if (p.v !== 1 || typeof p.name !== "string") throw new Error("malformed revocation");
+  return { ...p, at: instant(p.revoked_at) };
+}
 
 export async function trustedDirectory(doc, authority, now = Date.now()) {
   const entries = [];
   const revocations = [];
   const untrusted = new Set();
+  const claimed = (env) => (env && env.payload && typeof env.payload.name === "string" ? env.payload.name : "?");
   for (const env of doc.entries || []) {
     try {
-      const p = await verifyEnvelope(env, "party-entry", authority);
-      entries.push(p);
+      entries.push(entryOf(await verifyEnvelope(env, "party-entry", authority)));
     } catch {
-      untrusted.add(env && env.payload && env.payload.name);
+      untrusted.add(claimed(env));
     }
   }
   for (const env of doc.revocations || []) {
     try {
-      revocations.push(await verifyEnvelope(env, "party-revocation", authority));
+      revocations.push(revocationOf(await verifyEnvelope(env, "party-revocation", authority)));
     } catch {
-      untrusted.add(env && env.payload && env.payload.name);
+      untrusted.add(claimed(env));
     }
   }
 
@@ -37,14 +53,15 @@ export async function trustedDirectory(doc, authority, now = Date.now()) {
     const own = entries.filter((e) => e.name === name);
     if (!own.length) return { status: "unknown" };
     const revs = revocations.filter((r) => r.name === name);
-    const alive = own.filter((e) => !revs.some((r) => t(e.issued_at) <= t(r.revoked_at)));
+    const alive = own.filter((e) => !revs.some((r) => e.issued <= r.at));
     if (!alive.length) return { status: "revoked" };
-    const valid = alive.filter((e) => t(e.not_before) <= now && now < t(e.not_after));
-    if (valid.length) return { status: "active", entry: valid.reduce((a, b) => (t(b.issued_at) > t(a.issued_at) ? b : a)) };
-    return { status: alive.every((e) => t(e.not_before) > now) ? "not-yet-valid" : "expired" };
+    const valid = alive.filter((e) => e.nb <= now && now < e.na);
+    if (valid.length) return { status: "active", entry: valid.reduce((a, b) => (b.issued > a.issued ? b : a)) };
+    return { status: alive.every((e) => e.nb > now) ? "not-yet-valid" : "expired" };
   }
 
   return {
+    untrusted,
     require(name, roles) {
       if (untrusted.has(name)) throw new TrustError("untrusted", name);
       const res = resolve(name);

@@ -4,6 +4,7 @@
 import { Decrypter } from "age-encryption";
 import { t } from "./i18n.js";
 import { hex, importVerifyKey, rfc3339, sha256, signEnvelope, verifyEnvelope } from "./crypto.js";
+import { instant } from "./dates.js";
 import { trustedDirectory } from "./directory.js";
 import { signedFetcher } from "./httpsig.js";
 import { loadParty } from "./party.js";
@@ -19,13 +20,83 @@ export async function verifyManifest(party, directory, envelope, transferId, now
   if (m.v !== 1 || m.sender !== envelope.signer || m.transfer_id !== transferId) throw new Refused(t("inbox.mismatch"));
   if (m.recipient !== party.name) throw new Refused(t("inbox.notMine"));
   if (!party.identities.some((i) => i.recipient === m.recipient_key)) throw new Refused(t("inbox.noKey"));
-  if (Date.parse(m.deadline) <= now) throw new Refused(t("inbox.late"));
+  let deadline;
+  try {
+    deadline = instant(m.deadline);
+    instant(m.created);
+  } catch {
+    throw new Refused(t("inbox.mismatch"));
+  }
+  if (!Number.isSafeInteger(m.size) || m.size < 0 || !/^[0-9a-f]{64}$/.test(m.sha256)) throw new Refused(t("inbox.mismatch"));
+  if (deadline <= now) throw new Refused(t("inbox.late"));
   return m;
 }
 
-async function gunzip(data) {
-  const stream = new Blob([data]).stream().pipeThrough(new DecompressionStream("gzip"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
+// As `labrelay fetch` (client/fetch.py): a payload may inflate to 200 times its ciphertext, or 256 MiB.
+const INFLATE_RATIO = 200;
+const INFLATE_MIN = 256 * 1024 * 1024;
+
+/** Records in what was decrypted, counted as `labrelay fetch` counts them for the receipt. */
+export function countRecords(manifest, plaintext) {
+  if (manifest.policy_version !== null && manifest.policy_version !== undefined) {
+    let newlines = 0;
+    for (const b of plaintext) if (b === 10) newlines++;
+    return Math.max(newlines - (manifest.media_type === "text/csv" ? 1 : 0), 0);
+  }
+  if (manifest.media_type !== "text/csv") return null;
+  const text = new TextDecoder().decode(plaintext);
+  const sample = text.slice(0, 4096);
+  const sep = (sample.match(/;/g) || []).length > (sample.match(/,/g) || []).length ? ";" : ",";
+  // Python's csv.reader (newline=""): every line ending outside quotes ends a row, blank lines included; a quote
+  // opens a quoted field only at the start of a field.
+  let rows = 0;
+  let quoted = false;
+  let open = false; // the last row has not ended yet
+  let fieldStart = true;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '"') {
+        if (text[i + 1] === '"') i++;
+        else quoted = false;
+      }
+    } else if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      rows++;
+      open = false;
+      fieldStart = true;
+      continue;
+    } else if (c === '"' && fieldStart) {
+      quoted = true;
+    }
+    fieldStart = c === sep && !quoted;
+    open = true;
+  }
+  if (open) rows++;
+  return Math.max(rows - 1, 0);
+}
+
+async function gunzip(data, ceiling) {
+  const reader = new Blob([data]).stream().pipeThrough(new DecompressionStream("gzip")).getReader();
+  const parts = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > ceiling) {
+      await reader.cancel();
+      throw new Refused(t("inbox.bomb"));
+    }
+    parts.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Download, verify, decrypt one transfer; returns {manifest, plaintext}. Throws on any mismatch. */
@@ -37,14 +108,14 @@ export async function openTransfer(party, signed, directory, listing) {
     throw new Refused(t("inbox.hash"));
   }
   const decrypter = new Decrypter();
-  for (const id of party.identities) decrypter.addIdentity(id.identity);
+  decrypter.addIdentity(party.identities.find((i) => i.recipient === manifest.recipient_key).identity);
   let plaintext = await decrypter.decrypt(ciphertext);
-  if (manifest.compression === "gzip") plaintext = await gunzip(plaintext);
+  if (manifest.compression === "gzip") plaintext = await gunzip(plaintext, Math.max(INFLATE_RATIO * manifest.size, INFLATE_MIN));
   else if (manifest.compression) throw new Refused(t("inbox.compression"));
   return { manifest, plaintext };
 }
 
-export async function sendReceipt(party, signed, manifest) {
+export async function sendReceipt(party, signed, manifest, recordCount) {
   const receipt = {
     type: "transfer-receipt",
     v: 1,
@@ -53,7 +124,7 @@ export async function sendReceipt(party, signed, manifest) {
     recipient: manifest.recipient,
     sha256: manifest.sha256,
     size: manifest.size,
-    record_count: manifest.record_count,
+    record_count: recordCount,
     status: "decrypted",
     received_at: rfc3339(new Date()),
   };
@@ -124,23 +195,39 @@ export async function inboxPage(main) {
     try {
       say(t("inbox.opening"));
       const { manifest, plaintext } = await openTransfer(party, signed, directory, listing);
-      const blob = new Blob([plaintext], { type: manifest.media_type });
+      const records = countRecords(manifest, plaintext);
       const ext = manifest.media_type === "text/csv" ? "csv" : manifest.media_type.includes("ndjson") ? "ndjson" : "bin";
-      const save = el("a", { href: URL.createObjectURL(blob), download: `${manifest.transfer_id}.${ext}`, id: "save",
-        class: "button" }, t("inbox.save"));
-      await sendReceipt(party, signed, manifest);
+      // The payload leaves the relay with the receipt: the receipt is sent once the user has saved the file.
+      const save = el("button", { type: "button", id: "save", class: "primary", on: { click: async () => {
+        save.disabled = true;
+        try {
+          const url = URL.createObjectURL(new Blob([plaintext], { type: "application/octet-stream" }));
+          const link = el("a", { href: url, download: `${manifest.transfer_id}.${ext}`, hidden: true });
+          document.body.append(link);
+          link.click();
+          link.remove();
+          setTimeout(() => URL.revokeObjectURL(url), 60_000);
+          await sendReceipt(party, signed, manifest, records);
+          receipt.textContent = t("inbox.receiptSent");
+          await refresh();
+          say(t("inbox.receiptSent"), "ok");
+        } catch (err) {
+          save.disabled = false;
+          fail(err);
+        }
+      } } }, t("inbox.save"));
+      const receipt = el("p", { class: "hint", id: "receipt" }, t("inbox.receiptPending"));
       opened.replaceChildren(
         el("h2", {}, t("inbox.opened", { sender: manifest.sender })),
-        el("p", { class: "badge open", id: "verified" }, manifest.record_count === null
+        el("p", { class: "badge open", id: "verified" }, records === null
           ? t("inbox.verifiedBytes", { size: bytes(plaintext.length) })
-          : t("inbox.verified", { n: manifest.record_count })),
-        el("p", { class: "hint" }, t("inbox.receiptSent")),
+          : t("inbox.verified", { n: records })),
         save,
+        receipt,
         preview(plaintext, manifest.media_type),
       );
       save.focus();
-      say(t("inbox.receiptSent"), "ok");
-      await refresh();
+      say(t("inbox.decrypted"), "ok");
     } catch (err) {
       fail(err);
     } finally {

@@ -12,7 +12,7 @@ import { trustedDirectory } from "./directory.js";
 import { signedFetcher } from "./httpsig.js";
 import { loadParty } from "./party.js";
 import { runPipeline } from "./pipeline.js";
-import { parsePolicy, Router } from "./route.js";
+import { destinations, parsePolicy, Router } from "./route.js";
 import { uploadResumable } from "./upload.js";
 import { bytes, el, fail, say, table } from "./ui.js";
 
@@ -56,14 +56,22 @@ export async function labPage(main) {
       const directory = await trustedDirectory(await (await signed("/v1/directory")).json(), party.authority);
       const policyEnvelope = await (await signed("/v1/policies/current")).json();
       const signedPolicy = await verifyEnvelope(policyEnvelope, "routing-policy", party.authority);
+      if (signedPolicy.v !== 1 || typeof signedPolicy.toml !== "string") throw new Refused(t("lab.policy"));
       const policy = parsePolicy(parseToml(signedPolicy.toml));
+      if (signedPolicy.version !== policy.version) throw new Refused(t("lab.policy"));
 
       say(t("lab.validating"));
       const ref = await refdata();
+      const regions = new Set(Object.values(ref.department_regions));
+      // As `labrelay send`: a recipient the relay served a forged record for is refused as such, not routed
+      // around (its region's records quietly held for review would hide the forgery).
+      const addressed = new Set(destinations(policy, regions).map((d) => d.name));
+      for (const name of [...directory.untrusted].filter((n) => addressed.has(n)).sort()) {
+        directory.require(name, ["recipient"]);
+      }
       const enrolled = new Set(directory.inForce(["recipient"]).map((e) => e.name));
-      const router = new Router(policy, new Set(Object.values(ref.department_regions)), enrolled, {
-        pseudonymKey: party.pseudonymKey,
-      });
+      const router = new Router(policy, regions, enrolled, { pseudonymKey: party.pseudonymKey });
+      const entries = Object.fromEntries(router.destinations.map((d) => [d.name, directory.require(d.name, ["recipient"])]));
       const unsupported = router.destinations.filter((d) => d.rule.format !== "csv").map((d) => d.name);
       if (unsupported.length) throw new Refused(t("lab.format", { recipients: unsupported.join(", ") }));
       const batch = await runPipeline(new Uint8Array(await results.files[0].arrayBuffer()), {
@@ -85,7 +93,7 @@ export async function labPage(main) {
       for (const dest of router.destinations) {
         const records = batch.sent[dest.name];
         if (!records.length) continue;
-        const entry = directory.require(dest.name, ["recipient"]);
+        const entry = entries[dest.name]; // every recipient verified before anything is encrypted
         say(t("lab.sealing", { recipient: dest.name }));
         const encrypter = new Encrypter();
         encrypter.addRecipient(entry.age_recipient);

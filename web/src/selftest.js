@@ -17,3 +17,31 @@ export async function runVectors(vectors) {
   const ref = await (await fetch("/data/refdata.json")).json();
   return runAll(vectors, ref);
 }
+
+/** The directory check of the pages on a given directory document: "active", or the refusal's code. */
+export async function requireParty(doc, authorityPem, name, roles) {
+  const { importAuthorityKey } = await import("./crypto.js");
+  const { trustedDirectory } = await import("./directory.js");
+  const directory = await trustedDirectory(doc, await importAuthorityKey(authorityPem));
+  try {
+    directory.require(name, roles);
+    return "active";
+  } catch (err) {
+    return err.code ?? String(err);
+  }
+}
+
+/** The recipient page's manifest check: "ok", or the refusal's message. `party`: {name, recipients: [age1…]}. */
+export async function checkManifest(doc, authorityPem, party, envelope, transferId, now = Date.now()) {
+  const { importAuthorityKey } = await import("./crypto.js");
+  const { trustedDirectory } = await import("./directory.js");
+  const { verifyManifest } = await import("./inbox.js");
+  const directory = await trustedDirectory(doc, await importAuthorityKey(authorityPem));
+  const holder = { name: party.name, identities: party.recipients.map((recipient) => ({ recipient })) };
+  try {
+    await verifyManifest(holder, directory, envelope, transferId, now);
+    return "ok";
+  } catch (err) {
+    return err.message || String(err);
+  }
+}

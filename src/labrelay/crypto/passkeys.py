@@ -93,7 +93,7 @@ def verify_registration(rp: Relying, credential: dict[str, Any], challenge: byte
             expected_origin=rp.origin,
             require_user_verification=True,
         )
-    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise AuthenticationFailed(f"passkey registration refused: {type(exc).__name__}") from None
     return NewPasskey(b64url(verified.credential_id), verified.credential_public_key, verified.sign_count)
 
@@ -132,7 +132,7 @@ def verify_assertion(
             credential_current_sign_count=sign_count,
             require_user_verification=True,
         )
-    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise AuthenticationFailed(f"passkey assertion refused: {type(exc).__name__}") from None
     return int(verified.new_sign_count)
 

@@ -736,7 +736,8 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         caller = await authenticate(request, body=body)
         if caller.is_authority:
             raise PermissionDenied("the directory authority does not sign in to the console")
-        options = await call(console.registration_options, caller.name, relying_party(request, services.public_url))
+        rp = relying_party(request, services.public_url)
+        options = await call(console.registration_options, caller.name, rp, remote(request))
         return Response(options, media_type="application/json")
 
     @app.post("/v1/console/passkeys", responses=_PROBLEMS, tags=["console"])

@@ -74,7 +74,7 @@ def _claimed_challenge(credential: Mapping[str, Any]) -> str:
         raise AuthenticationFailed("passkey response without client data")
     try:
         client = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested arrays
         raise AuthenticationFailed("malformed passkey client data") from None
     challenge = client.get("challenge") if isinstance(client, dict) else None
     if not isinstance(challenge, str) or not 40 <= len(challenge) <= 64:
@@ -120,7 +120,18 @@ class ConsoleService:
             raise refusal
         return entry
 
-    def _refuse(self, exc: LabrelayError, actor: str | None, op: str, remote: str | None) -> None:
+    def _bound_entry(self, party: str, signing_key: str) -> PartyEntry:
+        """The party's console entry, if the passkey was bound by the key now in force: a passkey bound with a key
+        the authority has since replaced (revoked and reissued) is void, like everything that key signed."""
+        entry = self._console_entry(party)
+        if entry.signing_key != signing_key:
+            raise AuthenticationFailed(
+                f"this passkey was bound with a key of {party} that is no longer in force; register a new one"
+            )
+        return entry
+
+    def refuse(self, exc: LabrelayError, actor: str | None, op: str, remote: str | None) -> None:
+        """Record a refused console request (``console:refuse``, with its error code)."""
         self._audit.record(
             AuditEvent.CONSOLE_REFUSE, outcome=Outcome.REFUSED, actor=actor, reason=exc.code, op=op, remote=remote
         )
@@ -142,8 +153,12 @@ class ConsoleService:
 
     # ------------------------------------------------------------ registration (the party's own key signs)
 
-    def registration_options(self, party: str, rp: Relying) -> str:
-        self._console_entry(party)
+    def registration_options(self, party: str, rp: Relying, remote: str | None = None) -> str:
+        try:
+            self._console_entry(party)
+        except LabrelayError as exc:
+            self.refuse(exc, party, "passkey", remote)
+            raise
         challenge = self._challenge("register", party)
         user_id = hashlib.sha256(b"labrelay-console-user\n" + party.encode()).digest()[:16]
         return passkeys.registration_options(rp, party, user_id, challenge, self._store.passkeys_of(party))
@@ -151,17 +166,22 @@ class ConsoleService:
     def register(self, party: str, credential: dict[str, Any], rp: Relying, remote: str | None) -> str:
         """Bind a new passkey to ``party`` (the authenticated signer of the request). Returns its credential id."""
         try:
-            self._console_entry(party)
+            entry = self._console_entry(party)
             challenge, owner, _ = self._take(credential, "register")
             if owner != party:
                 raise AuthenticationFailed("this passkey challenge was issued to another party")
             new = passkeys.verify_registration(rp, credential, challenge)
             if not self._store.add_passkey(
-                new.credential_id, party, passkeys.b64url(new.public_key), new.sign_count, self._clock.now()
+                new.credential_id,
+                party,
+                entry.signing_key,
+                passkeys.b64url(new.public_key),
+                new.sign_count,
+                self._clock.now(),
             ):
                 raise UsageError("this passkey is already registered")
         except LabrelayError as exc:
-            self._refuse(exc, party, "passkey", remote)
+            self.refuse(exc, party, "passkey", remote)
             raise
         self._audit.record(AuditEvent.CONSOLE_PASSKEY, actor=party, credential=new.credential_id[:16], remote=remote)
         return new.credential_id
@@ -188,24 +208,25 @@ class ConsoleService:
             raise Unavailable("too many console sign-ins in progress; retry in a few minutes")
         return passkeys.authentication_options(rp, self._challenge("signin", None), [])
 
-    def _assert(self, credential: dict[str, Any], challenge: bytes, rp: Relying) -> tuple[str, str]:
+    def _assert(self, credential: dict[str, Any], challenge: bytes, rp: Relying) -> tuple[str, str, PartyEntry]:
+        """Verify an assertion; (party, credential id, the party's entry in force, which bound this passkey)."""
         credential_id = passkeys.credential_id_of(credential)
         held = self._store.passkey(credential_id)
         if held is None:
             raise AuthenticationFailed("unknown passkey")
-        party, public_key, count = held
+        party, signing_key, public_key, count = held
         new_count = passkeys.verify_assertion(rp, credential, challenge, passkeys.unb64url(public_key), count)
+        entry = self._bound_entry(party, signing_key)
         self._store.use_passkey(credential_id, new_count, self._clock.now())
-        return party, credential_id
+        return party, credential_id, entry
 
     def signin(self, credential: dict[str, Any], rp: Relying, remote: str | None) -> NewSession:
         party: str | None = None
         try:
             challenge, _, _ = self._take(credential, "signin")
-            party, credential_id = self._assert(credential, challenge, rp)
-            entry = self._console_entry(party)
+            party, credential_id, entry = self._assert(credential, challenge, rp)
         except LabrelayError as exc:
-            self._refuse(exc, party, "signin", remote)
+            self.refuse(exc, party, "signin", remote)
             raise
         now = self._clock.now()
         token = secrets.token_urlsafe(32)
@@ -215,39 +236,58 @@ class ConsoleService:
         self._audit.record(AuditEvent.CONSOLE_SIGNIN, actor=party, role=entry.role.value, remote=remote)
         return NewSession(token, ConsoleUser(party, entry.role, credential_id), expires)
 
-    def user(self, token: str | None) -> ConsoleUser:
-        """The signed-in user of a session token, checked again against the directory and the locks."""
+    def user(self, token: str | None, remote: str | None = None) -> ConsoleUser:
+        """The signed-in user of a session token, checked again against the directory, the locks and the passkey
+        that opened it (a removed passkey, or one bound by a key since replaced, ends the session)."""
         if not token or len(token) > 100:
             raise AuthenticationFailed("sign in with your passkey")
         held = self._store.session(token_hash(token), self._clock.now())
         if held is None:
-            raise AuthenticationFailed("your console session has ended; sign in again")
+            exc = AuthenticationFailed("your console session has ended; sign in again")
+            self.refuse(exc, None, "session", remote)
+            raise exc
         party, credential_id = held
         try:
-            entry = self._console_entry(party)
-        except LabrelayError:
+            key = self._store.passkey(credential_id)
+            if key is None or key[0] != party:
+                raise AuthenticationFailed("the passkey of this session was removed; sign in again")
+            entry = self._bound_entry(party, key[1])
+        except LabrelayError as exc:
             self._store.end_session(token_hash(token))
+            self.refuse(exc, party, "session", remote)
             raise
         return ConsoleUser(party, entry.role, credential_id)
 
     def signout(self, token: str | None) -> None:
+        held = self._store.session(token_hash(token), self._clock.now()) if token else None
         if token and self._store.end_session(token_hash(token)):
-            self._audit.record(AuditEvent.CONSOLE_SIGNOUT)
+            self._audit.record(AuditEvent.CONSOLE_SIGNOUT, actor=held[0] if held else None)
 
     # ------------------------------------------------------------ commands: one passkey assertion each
 
     def command_options(
-        self, user: ConsoleUser, action: str, target: str | None, reason: str | None, rp: Relying
+        self,
+        user: ConsoleUser,
+        action: str,
+        target: str | None,
+        reason: str | None,
+        rp: Relying,
+        remote: str | None = None,
     ) -> str:
-        if not user.may_command:
-            raise PermissionDenied("only an administrator may freeze, unfreeze or revoke")
         try:
-            act = AdminAction(action)
-        except ValueError:
-            raise UsageError(f"unknown console action {action!r}") from None
-        if act not in CONSOLE_ACTIONS:
-            raise UsageError(f"{action} is not available in the console; use labrelay admin")
-        command = AdminCommand.new(act, target, reason or "console", self._clock.now(), self._audit.relay_public.b64)
+            if not user.may_command:
+                raise PermissionDenied("only an administrator may freeze, unfreeze or revoke")
+            try:
+                act = AdminAction(action)
+            except ValueError:
+                raise UsageError(f"unknown console action {action[:40]!r}") from None
+            if act not in CONSOLE_ACTIONS:
+                raise UsageError(f"{action} is not available in the console; use labrelay admin")
+            now = self._clock.now()
+            command = AdminCommand.new(act, target, reason or "console", now, self._audit.relay_public.b64)
+        except LabrelayError as exc:
+            self.refuse(exc, user.party, "command", remote)
+            raise
         payload = command.payload()
         challenge = passkeys.command_challenge(payload)
         self._challenge("command", user.party, json.dumps(payload, sort_keys=True), raw=challenge)
@@ -263,12 +303,12 @@ class ConsoleService:
             payload = json.loads(payload_text)
             if passkeys.command_challenge(payload) != challenge:  # pragma: no cover - stored under its own hash
                 raise AuthenticationFailed("command and challenge differ")
-            signer, credential_id = self._assert(credential, challenge, rp)
+            signer, credential_id, _ = self._assert(credential, challenge, rp)
             if signer != user.party:
                 raise AuthenticationFailed("a command is approved by the signed-in administrator's own passkey")
             command = AdminCommand.from_payload(payload)
         except LabrelayError as exc:
-            self._refuse(exc, user.party, "command", remote)
+            self.refuse(exc, user.party, "command", remote)
             raise
         proof = {"passkey": credential_id, "assertion": credential, "command": payload}
         result = self._control.execute_approved(command, user.party, proof, via="console")

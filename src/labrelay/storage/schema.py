@@ -135,6 +135,7 @@ passkeys = Table(
     metadata,
     Column("credential_id", String(1400), primary_key=True),  # base64url
     Column("party", String(64), nullable=False, index=True),
+    Column("signing_key", String(64), nullable=False),  # the party's key in force when the passkey was bound
     Column("public_key", Text, nullable=False),  # COSE key, base64url
     Column("sign_count", BigInteger, nullable=False),
     Column("created_at", BigInteger, nullable=False),

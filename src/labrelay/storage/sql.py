@@ -641,10 +641,13 @@ class SqlStore:
 
     # ------------------------------------------------------------ console
 
-    def add_passkey(self, credential_id: str, party: str, public_key: str, sign_count: int, at: datetime) -> bool:
+    def add_passkey(
+        self, credential_id: str, party: str, signing_key: str, public_key: str, sign_count: int, at: datetime
+    ) -> bool:
         row = {
             "credential_id": credential_id,
             "party": party,
+            "signing_key": signing_key,
             "public_key": public_key,
             "sign_count": sign_count,
             "created_at": to_epoch(at),
@@ -656,13 +659,15 @@ class SqlStore:
             return False
         return True
 
-    def passkey(self, credential_id: str) -> tuple[str, str, int] | None:
+    def passkey(self, credential_id: str) -> tuple[str, str, str, int] | None:
         t = schema.passkeys
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(t.c.party, t.c.public_key, t.c.sign_count).where(t.c.credential_id == credential_id)
+                select(t.c.party, t.c.signing_key, t.c.public_key, t.c.sign_count).where(
+                    t.c.credential_id == credential_id
+                )
             ).first()
-        return (str(row.party), str(row.public_key), int(row.sign_count)) if row else None
+        return (str(row.party), str(row.signing_key), str(row.public_key), int(row.sign_count)) if row else None
 
     def passkeys_of(self, party: str) -> list[str]:
         t = schema.passkeys
@@ -673,8 +678,11 @@ class SqlStore:
     def use_passkey(self, credential_id: str, sign_count: int, at: datetime) -> None:
         t = schema.passkeys
         with self.engine.begin() as conn:
+            # Never lower a counter: of two concurrent sign-ins, the later count stays.
             conn.execute(
-                update(t).where(t.c.credential_id == credential_id).values(sign_count=sign_count, used_at=to_epoch(at))
+                update(t)
+                .where(t.c.credential_id == credential_id, t.c.sign_count <= sign_count)
+                .values(sign_count=sign_count, used_at=to_epoch(at))
             )
 
     def remove_passkeys(self, party: str) -> int:

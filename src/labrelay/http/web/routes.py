@@ -33,6 +33,8 @@ T = TypeVar("T")
 Call = Callable[..., Awaitable[Any]]
 
 SESSION_COOKIE = "labrelay_console"
+SECURE_SESSION_COOKIE = "__Host-labrelay_console"  # on https: host-only, Secure, Path=/; no sibling can plant it
+SAME_SITE = frozenset({"same-origin", "none"})
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -72,6 +74,10 @@ def _same_origin(request: Request, rp: Relying) -> None:
     origin = request.headers.get("origin")
     if origin != rp.origin:
         raise PermissionDenied("console requests must come from the console's own page")
+
+
+def _cookie_name(rp: Relying) -> str:
+    return SECURE_SESSION_COOKIE if rp.origin.startswith("https://") else SESSION_COOKIE
 
 
 @cache
@@ -134,13 +140,26 @@ def add_web(  # noqa: PLR0915 - one function, the console's route table
 
     # ------------------------------------------------------------ sessions
 
-    async def user_of(request: Request) -> ConsoleUser:
-        user: ConsoleUser = await call(console.user, request.cookies.get(SESSION_COOKIE))
+    async def checked(request: Request, *, post: bool) -> Relying:
+        """The relying party, after the request's origin checks; a refusal is audited."""
+        try:
+            rp = relying_party(request, public_url)
+            if post:
+                _same_origin(request, rp)
+            elif request.headers.get("sec-fetch-site", "same-origin") not in SAME_SITE:
+                raise PermissionDenied("console requests must come from the console's own page")
+        except PermissionDenied as exc:
+            await call(console.refuse, exc, None, "origin", remote(request))
+            raise
+        return rp
+
+    async def user_of(request: Request, rp: Relying) -> ConsoleUser:
+        user: ConsoleUser = await call(console.user, request.cookies.get(_cookie_name(rp)), remote(request))
         return user
 
-    async def json_body(request: Request, rp: Relying) -> dict[str, Any]:
-        _same_origin(request, rp)
-        return parse_json(await read_body(request))
+    async def json_body(request: Request) -> tuple[Relying, dict[str, Any]]:
+        rp = await checked(request, post=True)
+        return rp, parse_json(await read_body(request))
 
     def credential_of(doc: dict[str, Any]) -> dict[str, Any]:
         credential = doc.get("credential")
@@ -150,23 +169,21 @@ def add_web(  # noqa: PLR0915 - one function, the console's route table
 
     @app.get("/console/api/me", include_in_schema=False)
     async def me(request: Request) -> dict[str, Any]:
-        user = await user_of(request)
+        user = await user_of(request, await checked(request, post=False))
         return {"party": user.party, "role": user.role.value, "may_command": user.may_command}
 
     @app.post("/console/api/signin/options", include_in_schema=False)
     async def signin_options(request: Request) -> Response:
-        rp = relying_party(request, public_url)
-        _same_origin(request, rp)
+        rp = await checked(request, post=True)
         return Response(await call(console.signin_options, rp), media_type="application/json")
 
     @app.post("/console/api/signin", include_in_schema=False)
     async def signin(request: Request) -> JSONResponse:
-        rp = relying_party(request, public_url)
-        doc = await json_body(request, rp)
+        rp, doc = await json_body(request)
         new = await call(console.signin, credential_of(doc), rp, remote(request))
         response = JSONResponse({"party": new.user.party, "role": new.user.role.value})
         response.set_cookie(
-            SESSION_COOKIE,
+            _cookie_name(rp),
             new.token,
             max_age=int(console.session_ttl.total_seconds()),
             httponly=True,
@@ -178,48 +195,46 @@ def add_web(  # noqa: PLR0915 - one function, the console's route table
 
     @app.post("/console/api/signout", include_in_schema=False)
     async def signout(request: Request) -> Response:
-        _same_origin(request, relying_party(request, public_url))
-        await call(console.signout, request.cookies.get(SESSION_COOKIE))
+        rp = await checked(request, post=True)
+        await call(console.signout, request.cookies.get(_cookie_name(rp)))
         response = Response(status_code=204)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(_cookie_name(rp), path="/", secure=rp.origin.startswith("https://"))
         return response
 
     # ------------------------------------------------------------ what a session may read
 
     @app.get("/console/api/overview", include_in_schema=False)
     async def overview(request: Request) -> dict[str, Any]:
-        await user_of(request)
+        await user_of(request, await checked(request, post=False))
         result: dict[str, Any] = await call(console.overview)
         return result
 
     @app.get("/console/api/retention", include_in_schema=False)
     async def retention(request: Request) -> dict[str, Any]:
-        await user_of(request)
+        await user_of(request, await checked(request, post=False))
         return dict(await call(console.retention_check))
 
     @app.get("/console/api/audit", include_in_schema=False)
     async def audit(request: Request) -> dict[str, Any]:
-        await user_of(request)
+        await user_of(request, await checked(request, post=False))
         return dict(await call(console.audit_verification))
 
     # ------------------------------------------------------------ commands: each approved by a passkey
 
     @app.post("/console/api/commands/options", include_in_schema=False)
     async def command_options(request: Request) -> Response:
-        rp = relying_party(request, public_url)
-        doc = await json_body(request, rp)
-        user = await user_of(request)
+        rp, doc = await json_body(request)
+        user = await user_of(request, rp)
         action, target, reason = doc.get("action"), doc.get("target"), doc.get("reason")
         if not isinstance(action, str) or not isinstance(target, str | None) or not isinstance(reason, str | None):
             raise UsageError("a command names an action, and a target when it needs one")
-        options = await call(console.command_options, user, action, target or None, reason or None, rp)
+        options = await call(console.command_options, user, action, target or None, reason or None, rp, remote(request))
         return Response(options, media_type="application/json")
 
     @app.post("/console/api/commands", include_in_schema=False)
     async def command(request: Request) -> dict[str, Any]:
-        rp = relying_party(request, public_url)
-        doc = await json_body(request, rp)
-        user = await user_of(request)
+        rp, doc = await json_body(request)
+        user = await user_of(request, rp)
         result = await call(console.command, user, credential_of(doc), rp, remote(request))
         out: dict[str, Any] = result.as_dict()
         return out

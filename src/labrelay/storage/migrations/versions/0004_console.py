@@ -18,6 +18,7 @@ def upgrade() -> None:
         "passkeys",
         sa.Column("credential_id", sa.String(1400), primary_key=True),
         sa.Column("party", sa.String(64), nullable=False),
+        sa.Column("signing_key", sa.String(64), nullable=False),
         sa.Column("public_key", sa.Text, nullable=False),
         sa.Column("sign_count", sa.BigInteger, nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
