@@ -187,6 +187,15 @@ def test_unknown_columns_are_ignored_and_reported(tmp_path: Path) -> None:
     assert "commentaire_interne" not in batch.frame.columns
 
 
+PADDED = {  # where a value can carry spaces (the browser's reader is checked on the same places)
+    "first field": ("nir", " " + good()["nir"]),
+    "middle field": ("code_loinc", " 94500-6 "),
+    "last field": ("resultat", "POSITIF  "),
+    "space after separator": ("sexe", " F"),
+    "space before separator": ("code_commune_insee", "75111 "),
+}
+
+
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"])
 @pytest.mark.parametrize(
     "where",
@@ -196,14 +205,7 @@ def test_values_padded_with_spaces_are_trimmed_wherever_they_sit(tmp_path: Path,
     """The reader tells validation when no value can carry spaces, so that clean blocks skip trimming. The probe must
     see padding at the start of a line, at its end (before LF or CRLF) and next to a separator."""
     columns = FIELDS
-    rec = good()
-    padded = {
-        "first field": ("nir", " " + rec["nir"]),
-        "middle field": ("code_loinc", " 94500-6 "),
-        "last field": ("resultat", "POSITIF  "),
-        "space after separator": ("sexe", " F"),
-        "space before separator": ("code_commune_insee", "75111 "),
-    }[where]
+    padded = PADDED[where]
     rows = [line(good()), line(good(**dict([padded])))]
     path = tmp_path / "padded.csv"
     path.write_bytes(eol.join(x.encode() for x in [",".join(columns), *rows]) + eol)

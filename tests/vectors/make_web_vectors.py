@@ -43,8 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
-from tests.unit.test_csv_reader import TODAY, good, line  # noqa: E402
-from tests.unit.test_validate import CASES, VALID  # noqa: E402
+from tests.unit.test_csv_reader import PADDED, TODAY, good, line  # noqa: E402
+from tests.unit.test_validate import CASES, NEEDS_NORMALISING, VALID  # noqa: E402
 
 from labrelay.batch.csv_reader import BLOCK_BYTES, CsvReader  # noqa: E402
 from labrelay.batch.outputs import RecordSink  # noqa: E402
@@ -257,17 +257,7 @@ def validation_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
         yield f"VALID[{i}] {','.join(change) or 'baseline'}", csv_file(good(**change)), TODAY, None
     yield (
         "normalisation",
-        csv_file(
-            good(
-                sexe="h",
-                email="Celine@Example.FR",
-                telephone="06 12-34.56 78",
-                date_naissance="15/03/1979",
-                resultat="260415000",
-                code_commune_insee="2a004",
-                nom="  DUPONT ",
-            )
-        ),
+        csv_file(good(**NEEDS_NORMALISING)),
         TODAY,
         None,
     )
@@ -356,16 +346,9 @@ def validation_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     )
 
     # ---- padding, as test_values_padded_with_spaces_are_trimmed_wherever_they_sit
-    rec = good()
-    padded = {
-        "first field": ("nir", " " + rec["nir"]),
-        "middle field": ("code_loinc", " 94500-6 "),
-        "last field": ("resultat", "POSITIF  "),
-        "space after separator": ("sexe", " F"),
-        "space before separator": ("code_commune_insee", "75111 "),
-    }
+
     for eol in ("\n", "\r\n"):
-        records = [good(**{field: value}) for field, value in padded.values()]
+        records = [good(**{field: value}) for field, value in PADDED.values()]
         yield (
             f"padded: first, middle, last, after and before a separator ({eol!r})",
             csv_file(good(), *records, eol=eol),

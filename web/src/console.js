@@ -1,5 +1,6 @@
 // The console for operators, DPOs and auditors: metadata only. Sign-in with a passkey; every command (freeze,
 // unfreeze, revoke, unlock) is approved by a fresh passkey assertion over the command itself.
+import { relayError } from "./httpsig.js";
 import { t } from "./i18n.js";
 import { bytes, el, fail, say, section, table, when } from "./ui.js";
 
@@ -11,18 +12,7 @@ async function api(path, body) {
     cache: "no-store",
   };
   const response = await fetch(path, { credentials: "same-origin", ...init });
-  if (!response.ok) {
-    let problem = null;
-    try {
-      problem = await response.json();
-    } catch {
-      /* not JSON */
-    }
-    const err = new Error((problem && problem.detail) || `HTTP ${response.status}`);
-    err.status = response.status;
-    err.problem = problem;
-    throw err;
-  }
+  if (!response.ok) throw await relayError(response);
   return response.status === 204 ? null : response.json();
 }
 

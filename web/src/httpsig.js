@@ -43,6 +43,17 @@ export class RelayError extends Error {
   }
 }
 
+/** The RelayError of a response that is not ok, with its problem document when it has one. */
+export async function relayError(response) {
+  let problem = null;
+  try {
+    problem = await response.json();
+  } catch {
+    /* not a problem document */
+  }
+  return new RelayError(response.status, problem);
+}
+
 export function signedFetcher(identity) {
   return async function signedFetch(path, { method = "GET", body, headers = {} } = {}) {
     const url = new URL(path, location.origin).href;
@@ -56,15 +67,7 @@ export function signedFetcher(identity) {
     }
     Object.assign(h, await signatureHeaders({ method, url, headers: h, key: identity.signingKey, keyid: identity.name }));
     const response = await fetch(url, { method, headers: h, body: bytes, credentials: "omit", cache: "no-store" });
-    if (!response.ok) {
-      let problem = null;
-      try {
-        problem = await response.json();
-      } catch {
-        /* not a problem document */
-      }
-      throw new RelayError(response.status, problem);
-    }
+    if (!response.ok) throw await relayError(response);
     return response;
   };
 }

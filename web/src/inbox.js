@@ -44,35 +44,8 @@ export function countRecords(manifest, plaintext) {
     return Math.max(newlines - (manifest.media_type === "text/csv" ? 1 : 0), 0);
   }
   if (manifest.media_type !== "text/csv") return null;
-  const text = new TextDecoder().decode(plaintext);
-  const sample = text.slice(0, 4096);
-  const sep = (sample.match(/;/g) || []).length > (sample.match(/,/g) || []).length ? ";" : ",";
-  // Python's csv.reader (newline=""): every line ending outside quotes ends a row, blank lines included; a quote
-  // opens a quoted field only at the start of a field.
   let rows = 0;
-  let quoted = false;
-  let open = false; // the last row has not ended yet
-  let fieldStart = true;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i];
-    if (quoted) {
-      if (c === '"') {
-        if (text[i + 1] === '"') i++;
-        else quoted = false;
-      }
-    } else if (c === "\n" || c === "\r") {
-      if (c === "\r" && text[i + 1] === "\n") i++;
-      rows++;
-      open = false;
-      fieldStart = true;
-      continue;
-    } else if (c === '"' && fieldStart) {
-      quoted = true;
-    }
-    fieldStart = c === sep && !quoted;
-    open = true;
-  }
-  if (open) rows++;
+  for (const _ of csvRows(new TextDecoder().decode(plaintext))) rows++;
   return Math.max(rows - 1, 0);
 }
 
@@ -132,33 +105,63 @@ export async function sendReceipt(party, signed, manifest, recordCount) {
   await signed(`/v1/transfers/${encodeURIComponent(manifest.transfer_id)}/receipt`, { method: "POST", body: envelope });
 }
 
-/** One CSV line's fields (RFC 4180 quoting), for the preview only. */
-function csvFields(line) {
-  const out = [];
+/** The rows of a CSV text as Python's csv.reader reads them (newline="", the separator sniffed as
+ * `labrelay fetch` does): a line ending outside quotes ends a row, blank lines included (as []); a quote opens a
+ * quoted field only at the start of a field. For counting records and for the preview. */
+export function* csvRows(text) {
+  const sample = text.slice(0, 4096);
+  const sep = (sample.match(/;/g) || []).length > (sample.match(/,/g) || []).length ? ";" : ",";
+  let row = [];
   let field = "";
   let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
+  let fieldStart = true;
+  let open = false; // the last row has not ended yet
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
     if (quoted) {
-      if (c === '"' && line[i + 1] === '"') { field += '"'; i++; }
-      else if (c === '"') quoted = false;
+      if (c === '"' && text[i + 1] === '"') {
+        field += '"';
+        i++;
+      } else if (c === '"') quoted = false;
       else field += c;
-    } else if (c === '"') quoted = true;
-    else if (c === ",") { out.push(field); field = ""; }
-    else field += c;
+      continue;
+    }
+    if (c === "\n" || c === "\r") {
+      if (c === "\r" && text[i + 1] === "\n") i++;
+      yield open ? [...row, field] : [];
+      row = [];
+      field = "";
+      fieldStart = true;
+      open = false;
+      continue;
+    }
+    open = true;
+    if (c === '"' && fieldStart) {
+      quoted = true;
+      fieldStart = false;
+    } else if (c === sep) {
+      row.push(field);
+      field = "";
+      fieldStart = true;
+    } else {
+      field += c;
+      fieldStart = false;
+    }
   }
-  out.push(field);
-  return out;
+  if (open) yield [...row, field];
 }
 
 function preview(plaintext, mediaType) {
   const text = new TextDecoder().decode(plaintext.subarray(0, 64 * 1024));
-  const lines = text.split("\n").filter(Boolean).slice(0, 11);
-  if (mediaType === "text/csv" && lines.length) {
-    const [head, ...rows] = lines.map((l) => csvFields(l.replace(/\r$/, "")));
-    return el("div", { class: "scroll" }, table("preview", head, rows, ""));
+  if (mediaType === "text/csv") {
+    const rows = [];
+    for (const row of csvRows(text)) {
+      if (row.length) rows.push(row);
+      if (rows.length === 11) break;
+    }
+    if (rows.length) return el("div", { class: "scroll" }, table("preview", rows[0], rows.slice(1), ""));
   }
-  return el("pre", { id: "preview" }, lines.join("\n"));
+  return el("pre", { id: "preview" }, text.split("\n").filter(Boolean).slice(0, 11).join("\n"));
 }
 
 export async function inboxPage(main) {

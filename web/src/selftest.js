@@ -1,6 +1,9 @@
 // What the tests call inside the page (tests/integration/test_web.py), through globalThis.labrelay: the page's own
 // modules on the shared vectors. Pure functions; nothing here touches keys or the relay.
-import { importVerifyKey, verifyEnvelope } from "./crypto.js";
+import { importAuthorityKey, importVerifyKey, verifyEnvelope } from "./crypto.js";
+import { trustedDirectory } from "./directory.js";
+import { verifyManifest } from "./inbox.js";
+import { runAll } from "./vectors.js";
 
 export async function checkEnvelopeVector(vector) {
   const key = await importVerifyKey(vector.public_b64url);
@@ -13,15 +16,12 @@ export async function checkEnvelopeVector(vector) {
 
 /** Run the shared validation and routing vectors (tests/vectors/web_validation.json) through this page's modules. */
 export async function runVectors(vectors) {
-  const { runAll } = await import("./vectors.js");
   const ref = await (await fetch("/data/refdata.json")).json();
   return runAll(vectors, ref);
 }
 
 /** The directory check of the pages on a given directory document: "active", or the refusal's code. */
 export async function requireParty(doc, authorityPem, name, roles) {
-  const { importAuthorityKey } = await import("./crypto.js");
-  const { trustedDirectory } = await import("./directory.js");
   const directory = await trustedDirectory(doc, await importAuthorityKey(authorityPem));
   try {
     directory.require(name, roles);
@@ -33,9 +33,6 @@ export async function requireParty(doc, authorityPem, name, roles) {
 
 /** The recipient page's manifest check: "ok", or the refusal's message. `party`: {name, recipients: [age1…]}. */
 export async function checkManifest(doc, authorityPem, party, envelope, transferId, now = Date.now()) {
-  const { importAuthorityKey } = await import("./crypto.js");
-  const { trustedDirectory } = await import("./directory.js");
-  const { verifyManifest } = await import("./inbox.js");
   const directory = await trustedDirectory(doc, await importAuthorityKey(authorityPem));
   const holder = { name: party.name, identities: party.recipients.map((recipient) => ({ recipient })) };
   try {

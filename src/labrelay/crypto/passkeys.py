@@ -11,8 +11,10 @@ required, so that sign-in starts without typing a name.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +67,15 @@ class NewPasskey:
     sign_count: int
 
 
+@contextlib.contextmanager
+def _refused(what: str) -> Iterator[None]:
+    """Whatever the library objects to (or chokes on: absurd nesting), the answer is a refusal, named by type only."""
+    try:
+        yield
+    except (WebAuthnException, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise AuthenticationFailed(f"passkey {what} refused: {type(exc).__name__}") from None
+
+
 def registration_options(rp: Relying, party: str, user_id: bytes, challenge: bytes, existing: list[str]) -> str:
     """Options for ``navigator.credentials.create`` (JSON), for ``party``."""
     options = generate_registration_options(
@@ -85,7 +96,7 @@ def registration_options(rp: Relying, party: str, user_id: bytes, challenge: byt
 
 
 def verify_registration(rp: Relying, credential: dict[str, Any], challenge: bytes) -> NewPasskey:
-    try:
+    with _refused("registration"):
         verified = verify_registration_response(
             credential=credential,
             expected_challenge=challenge,
@@ -93,8 +104,6 @@ def verify_registration(rp: Relying, credential: dict[str, Any], challenge: byte
             expected_origin=rp.origin,
             require_user_verification=True,
         )
-    except (WebAuthnException, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise AuthenticationFailed(f"passkey registration refused: {type(exc).__name__}") from None
     return NewPasskey(b64url(verified.credential_id), verified.credential_public_key, verified.sign_count)
 
 
@@ -122,7 +131,7 @@ def verify_assertion(
     rp: Relying, credential: dict[str, Any], challenge: bytes, public_key: bytes, sign_count: int
 ) -> int:
     """Check an assertion made by the passkey whose COSE key is ``public_key``. Returns the new sign count."""
-    try:
+    with _refused("assertion"):
         verified = verify_authentication_response(
             credential=credential,
             expected_challenge=challenge,
@@ -132,8 +141,6 @@ def verify_assertion(
             credential_current_sign_count=sign_count,
             require_user_verification=True,
         )
-    except (WebAuthnException, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise AuthenticationFailed(f"passkey assertion refused: {type(exc).__name__}") from None
     return int(verified.new_sign_count)
 
 

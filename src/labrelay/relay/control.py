@@ -130,16 +130,7 @@ class ControlService:
                 raise PermissionDenied("an admin command is sent by the administrator who signed it")
             payload = verify_envelope(envelope, ADMIN_COMMAND_TYPE, self._signer_key(signer))
             command = AdminCommand.from_payload(payload)
-            now = self._clock.now()
-            if command.relay != self._audit.relay_public.b64:
-                raise PermissionDenied("this admin command was signed for another relay")
-            if abs(now - command.issued_at) > self._window:
-                raise ReplayDetected("admin command outside the replay window; sign a fresh one")
-            if not self._store.record_command(
-                command.command_id, now, signer, command.action.value, command.target, signed_parts(envelope)
-            ):
-                raise ReplayDetected("admin command already executed (replayed)")
-            return self._run(command, signer, via)
+            return self._admit(command, signer, signed_parts(envelope), via)
         except LabrelayError as exc:
             self._audit.record(
                 AuditEvent.ADMIN_REFUSE,
@@ -158,19 +149,22 @@ class ControlService:
         the signer is an administrator in force and not locked, the command is for this relay, fresh, and new."""
         try:
             self._signer_key(signer)
-            now = self._clock.now()
-            if command.relay != self._audit.relay_public.b64:
-                raise PermissionDenied("this admin command was made for another relay")
-            if abs(now - command.issued_at) > self._window:
-                raise ReplayDetected("admin command outside the replay window; approve a fresh one")
-            if not self._store.record_command(
-                command.command_id, now, signer, command.action.value, command.target, proof
-            ):
-                raise ReplayDetected("admin command already executed (replayed)")
-            return self._run(command, signer, via)
+            return self._admit(command, signer, proof, via)
         except LabrelayError as exc:
             self._audit.record(AuditEvent.ADMIN_REFUSE, outcome=Outcome.REFUSED, actor=signer, reason=exc.code, via=via)
             raise
+
+    def _admit(self, command: AdminCommand, signer: str, proof: Mapping[str, Any], via: str) -> CommandResult:
+        """The checks every command passes however it was approved, then the command: it is for this relay, within
+        the replay window, and new (its id and proof are kept, which makes it run once)."""
+        now = self._clock.now()
+        if command.relay != self._audit.relay_public.b64:
+            raise PermissionDenied("this admin command was made for another relay")
+        if abs(now - command.issued_at) > self._window:
+            raise ReplayDetected("admin command outside the replay window; make a fresh one")
+        if not self._store.record_command(command.command_id, now, signer, command.action.value, command.target, proof):
+            raise ReplayDetected("admin command already executed (replayed)")
+        return self._run(command, signer, via)
 
     def _run(self, command: AdminCommand, signer: str, via: str) -> CommandResult:
         now = self._clock.now()
