@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.clock import SystemClock
+from labrelay.crypto import httpsig
 from labrelay.domain.parties import Role
 from labrelay.errors import AuthenticationFailed, PermissionDenied, RelayFrozen, UsageError
 from tests.browser import localhost
@@ -361,3 +364,51 @@ def test_cross_site_reads_are_refused(console: Console) -> None:
     for site in ("cross-site", "same-site"):
         response = console.http.get("/console/api/audit", headers={"Sec-Fetch-Site": site})
         assert response.status_code == 403, site
+
+
+@pytest.mark.threat("T22")
+def test_behind_https_the_session_cookie_is_host_only_and_secure(tmp_path: Path, relay_factory) -> None:
+    """With public_url on https (TLS ends at a proxy), passkeys are bound to that origin and the session cookie is
+    __Host-: Secure, host-only, Path=/, so no sibling host can plant or read it. An answer for the plain-http
+    origin the relay is actually reached on is refused."""
+    world = make_world(tmp_path / "w", relay_factory)
+    world.add("ops-01", Role.ADMIN)
+    port = world.url.rsplit(":", 1)[1]
+    public = f"https://localhost:{port}"
+    assert isinstance(world.relay, RelayProcess)
+    world.relay.stop()  # restarted on the same port, now told the address clients use
+    config = world.relay.data / "relay.toml"
+    config.write_text(config.read_text().replace('public_url = ""', f'public_url = "{public}"'))
+    relay = relay_factory(world.relay.data, "--port", port)
+    http = httpx.Client(base_url=localhost(relay.url), headers={"Origin": public}, timeout=30)
+    try:
+
+        def signed(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            content = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"}
+            party = world.parties["ops-01"]
+            httpsig.sign_request(
+                "POST", public + path, headers, content, keyid="ops-01", key=party.signing_key,
+                now=datetime.now(UTC), extra_components=("content-type",),
+            )  # fmt: skip
+            response = http.post(path, content=content, headers=headers)
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+        key = SoftPasskey(origin=public)
+        options = signed("/v1/console/passkeys/options", {})
+        assert options["rp"]["id"] == "localhost"
+        signed("/v1/console/passkeys", {"credential": key.create(options)})
+        plain = SoftPasskey(origin=localhost(relay.url), key=key.key, credential_id=key.credential_id)
+        start = http.post("/console/api/signin/options", json={}).json()
+        assert http.post("/console/api/signin", json={"credential": plain.get(start)}).status_code == 401
+        start = http.post("/console/api/signin/options", json={}).json()
+        response = http.post("/console/api/signin", json={"credential": key.get(start)})
+        assert response.status_code == 200, response.text
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith("__Host-labrelay_console=")
+        attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "path=/", "samesite=strict"} <= attributes
+        assert not any(a.startswith("domain=") for a in attributes)
+    finally:
+        http.close()
