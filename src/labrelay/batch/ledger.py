@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from labrelay.batch.outputs import ByteStream
+from labrelay.batch.outputs import ByteStream, csv_bytes
 from labrelay.batch.route import ROW_ID, with_pseudonyms
 
 __all__ = ["COLUMNS", "PATIENT", "PROFESSIONAL", "ROW_ID", "LedgerSink"]
@@ -47,23 +47,29 @@ class LedgerSink:
         self.professionals = 0
         self._header = False
 
+    def prepare(self, accepted: pl.DataFrame, first_row: int) -> pl.DataFrame:
+        """``accepted`` numbered from ``first_row`` (``ROW_ID``), with its pseudonyms when the lab has the key:
+        computed once here, for the router and the ledger both."""
+        numbered = accepted.with_columns((pl.int_range(pl.len()) + first_row).alias(ROW_ID))
+        return with_pseudonyms(numbered, self._key) if self._key else numbered
+
     def add(self, accepted: pl.DataFrame, routed: Mapping[str, pl.DataFrame]) -> None:
-        carried = [
-            frame.select(ROW_ID, pl.lit(self.transfer_ids[name]).alias("tid"))
+        """``accepted`` as ``prepare`` returned it; ``routed`` the router's records per destination."""
+        # The transfers carrying each record, in transfer-id order: one membership test per destination.
+        carried = sorted(
+            (self.transfer_ids[name], frame.get_column(ROW_ID))
             for name, frame in routed.items()
             if frame.height and name in self.transfer_ids
-        ]
+        )
         if not carried:
             return
-        membership = (
-            pl.concat(carried).group_by(ROW_ID).agg(pl.col("tid").unique().sort().str.join(";").alias("transfers"))
+        transfers = pl.concat_str(
+            [pl.when(pl.col(ROW_ID).is_in(ids.implode())).then(pl.lit(tid)) for tid, ids in carried],
+            separator=";",
+            ignore_nulls=True,
         )
-        people = accepted.join(membership, on=ROW_ID, how="inner")
-        person = (
-            with_pseudonyms(people, self._key).get_column("pseudonyme")
-            if self._key
-            else pl.Series("pseudonyme", [""] * people.height)
-        )
+        people = accepted.with_columns(transfers.alias("transfers")).filter(pl.col("transfers") != "")
+        person = pl.col("pseudonyme") if "pseudonyme" in people.columns else pl.lit("")
         patients = people.with_columns(person.alias("person")).select(
             pl.lit(PATIENT).alias("kind"),
             _text("person"),
@@ -107,7 +113,7 @@ class LedgerSink:
             )
         )
         block = pl.concat([patients, prescribers])
-        self.stream.write(block.write_csv(include_header=not self._header).encode("utf-8"))
+        self.stream.write(csv_bytes(block, header=not self._header))
         self._header = True
         self.patients += patients.height
         self.professionals += prescribers.height

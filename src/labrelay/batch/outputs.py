@@ -6,6 +6,7 @@ a stream (in ``labrelay send``: gzip, then the age encryptor; never a plaintext 
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from typing import Protocol
@@ -19,6 +20,13 @@ MEDIA_TYPES = {"csv": "text/csv", "fhir-ndjson": "application/fhir+ndjson"}
 
 class ByteStream(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
+
+
+def csv_bytes(frame: pl.DataFrame, *, header: bool) -> bytes:
+    """``frame`` as UTF-8 CSV, written by polars straight into bytes (no intermediate ``str`` to encode)."""
+    buffer = io.BytesIO()
+    frame.write_csv(buffer, include_header=header)
+    return buffer.getvalue()
 
 
 class RecordSink:
@@ -43,7 +51,7 @@ class RecordSink:
                 self.stream.write((",".join(self.fields) + "\n").encode("utf-8"))
                 self._header = True
             if frame.height:
-                self.stream.write(frame.select(self.fields).write_csv(include_header=False).encode("utf-8"))
+                self.stream.write(csv_bytes(frame.select(self.fields), header=False))
         else:
             for row in frame.select(self.fields).iter_rows(named=True):
                 bundle = bundle_for({k: v for k, v in row.items() if v is not None}, str(uuid.uuid4()))

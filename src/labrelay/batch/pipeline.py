@@ -20,7 +20,7 @@ import polars as pl
 from labrelay.batch.csv_reader import Batch, CsvReader
 from labrelay.batch.fhir import FhirReader
 from labrelay.batch.hl7 import Hl7Reader
-from labrelay.batch.ledger import ROW_ID, LedgerSink
+from labrelay.batch.ledger import LedgerSink
 from labrelay.batch.outputs import RecordSink
 from labrelay.batch.route import Router
 from labrelay.batch.validate import Validator
@@ -146,7 +146,7 @@ def run(
         accepted = result.accepted
         if router is not None:
             if ledger is not None:
-                accepted = accepted.with_columns((pl.int_range(pl.len()) + row_ids).alias(ROW_ID))
+                accepted = ledger.prepare(accepted, row_ids)
                 row_ids += accepted.height
             routed, not_routable = router.route(accepted)
             if ledger is not None:

@@ -133,7 +133,8 @@ class Router:
         """(records per destination, with only its fields; records held for review, with ``_reason``)."""
         held = accepted.filter(pl.col("_region").is_in(self.missing_regions)) if self.missing_regions else None
         routable = accepted.filter(~pl.col("_region").is_in(self.missing_regions)) if held is not None else accepted
-        if any(d.rule.pseudonymise for d in self.destinations) and self._key is not None:
+        pseudonymised = "pseudonyme" in routable.columns  # already computed for the sender's ledger
+        if any(d.rule.pseudonymise for d in self.destinations) and self._key is not None and not pseudonymised:
             routable = with_pseudonyms(routable, self._key)
         positives = routable.filter(pl.col("resultat") == Result.POSITIVE.value)
         by_region = {key[0]: part for key, part in routable.partition_by("_region", as_dict=True).items()}

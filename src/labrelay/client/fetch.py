@@ -20,12 +20,13 @@ import csv
 import hashlib
 import io
 import os
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from isal import isal_zlib
 
 from labrelay.client.api import RelayClient
 from labrelay.client.files import private_dir, read_json, write_json_atomic
@@ -193,7 +194,7 @@ class _Plaintext:
 
     def __init__(self, out: BinaryIO, gzipped: bool, ceiling: int) -> None:
         self._out = out
-        self._inflate = zlib.decompressobj(wbits=31) if gzipped else None
+        self._inflate = isal_zlib.decompressobj(wbits=31) if gzipped else None
         self._ceiling = ceiling
         self.written = 0
         self.newlines = 0
@@ -214,7 +215,7 @@ class _Plaintext:
             while pending:
                 self._emit(self._inflate.decompress(pending, INFLATE_STEP))
                 pending = self._inflate.unconsumed_tail
-        except zlib.error as exc:
+        except isal_zlib.error as exc:
             raise IntegrityError(f"payload is not valid gzip: {exc}") from exc
         return len(data)
 

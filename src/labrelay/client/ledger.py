@@ -12,15 +12,17 @@ A ledger is kept ``retention`` (default 365 days, like the audit log) and purged
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from isal import igzip
+
 from labrelay.batch.ledger import LedgerSink
 from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.client.send import GZIP_LEVEL
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
 from labrelay.domain.breach import categories_of
@@ -62,7 +64,7 @@ class LedgerWriter:
     dpo: PartyEntry
     handle: BinaryIO
     sealer: age_stream.StreamingSealer
-    gzip: gzip.GzipFile
+    gzip: igzip.IGzipFile
     sink: LedgerSink
 
     @classmethod
@@ -73,7 +75,7 @@ class LedgerWriter:
         persons = folder / f"{batch_id}.persons.age"
         handle = os.fdopen(os.open(persons, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         sealer = age_stream.StreamingSealer(handle, dpo.age_recipient)
-        compressed = gzip.GzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=6)
+        compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)
         sink = LedgerSink(compressed, transfer_ids, key)
         return cls(batch_id, folder / f"{batch_id}.json", persons, dpo, handle, sealer, compressed, sink)
 

@@ -8,13 +8,14 @@ key, and every recipient resolved and verified in the directory, before a single
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, TextIO
+
+from isal import igzip
 
 from labrelay.batch.outputs import RecordSink
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
@@ -53,7 +54,7 @@ class _Output:
     spool: Path
     handle: BinaryIO
     sealer: age_stream.StreamingSealer
-    gzip: gzip.GzipFile
+    gzip: igzip.IGzipFile
     sink: RecordSink
     entry: PartyEntry
 
@@ -63,7 +64,7 @@ def _open_output(party: Party, dest: Destination, entry: PartyEntry) -> _Output:
     spool = party.outbox / f"{transfer_id}.age"
     handle = os.fdopen(os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
     sealer = age_stream.StreamingSealer(handle, entry.age_recipient)
-    compressed = gzip.GzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)
+    compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)
     sink = RecordSink(compressed, dest.rule.fields, dest.rule.format)
     return _Output(dest, transfer_id, spool, handle, sealer, compressed, sink, entry)
 
