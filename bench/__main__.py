@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import breach, load, memory, validate
+from bench import breach, compare, load, memory, validate
 
 BENCHES = {
     "breach": breach.main,
+    "compare": compare.main,
     "load": load.main,
     "memory": memory.main,
     "validate": validate.main,

@@ -54,9 +54,9 @@ def timed(args: list[str], log: Path) -> dict[str, float]:
     return parse_time(proc.stderr)
 
 
-def batch(records: int) -> Path:
-    WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / f"results-{records}.csv"
+def batch(records: int, work: Path = WORK) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / f"results-{records}.csv"
     if not path.exists():
         print(f"generating {records} synthetic records into {path} …", file=sys.stderr)
         write_csv_file(path, records, seed=2021, today=date(2026, 1, 15))
