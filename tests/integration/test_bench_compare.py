@@ -55,6 +55,8 @@ def test_compare_runs_both_sizes_and_reports_what_it_measured(tmp_path: Path) ->
         ars = sum(f["records"] for name, f in ours["fetch"]["each"].items() if name.startswith("ars-"))
         assert ars == ours["validate"]["accepted"]
         assert 0 < ours["fetch"]["each"]["cnam"]["records"] < records
+        # The second send, fetched by every recipient at once, delivered the same records.
+        assert ours["fetch_together"]["records_delivered"] == ours["fetch"]["records_delivered"]
         steps = ("age_encrypt", "sftp_put", "sftp_get", "age_decrypt")
         assert base["total_s"] == pytest.approx(sum(base[s]["wall_s"] for s in steps), abs=0.02)
         assert ours["send_fetch_s"] == pytest.approx(ours["send"]["wall_s"] + ours["fetch"]["wall_s"], abs=0.02)
