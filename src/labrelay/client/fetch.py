@@ -190,7 +190,8 @@ def _download(client: RelayClient, manifest: Manifest, partial: Path, progress: 
 
 class _Plaintext:
     """Where decrypted bytes go: gunzipped when the manifest says so (in bounded steps, with a ceiling against a
-    decompression bomb), written to the output file, lines counted on the way."""
+    decompression bomb; every member of the stream, bytes after the last one refused), written to the output
+    file, lines counted on the way."""
 
     def __init__(self, out: BinaryIO, gzipped: bool, ceiling: int) -> None:
         self._out = out
@@ -213,8 +214,10 @@ class _Plaintext:
         pending = bytes(data)
         try:
             while pending:
+                if self._inflate.eof:  # RFC 1952: a gzip file is a series of members; read them all
+                    self._inflate = isal_zlib.decompressobj(wbits=31)
                 self._emit(self._inflate.decompress(pending, INFLATE_STEP))
-                pending = self._inflate.unconsumed_tail
+                pending = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
         except isal_zlib.error as exc:
             raise IntegrityError(f"payload is not valid gzip: {exc}") from exc
         return len(data)
