@@ -218,7 +218,7 @@ class _Plaintext:
                     self._inflate = isal_zlib.decompressobj(wbits=31)
                 self._emit(self._inflate.decompress(pending, INFLATE_STEP))
                 pending = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
-        except isal_zlib.error as exc:
+        except isal_zlib.error as exc:  # type: ignore[misc]  # the stub declares an instance; it is the class
             raise IntegrityError(f"payload is not valid gzip: {exc}") from exc
         return len(data)
 

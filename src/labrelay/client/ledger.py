@@ -75,7 +75,7 @@ class LedgerWriter:
         persons = folder / f"{batch_id}.persons.age"
         handle = os.fdopen(os.open(persons, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         sealer = age_stream.StreamingSealer(handle, dpo.age_recipient)
-        compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)
+        compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
         sink = LedgerSink(compressed, transfer_ids, key)
         return cls(batch_id, folder / f"{batch_id}.json", persons, dpo, handle, sealer, compressed, sink)
 

@@ -64,7 +64,7 @@ def _open_output(party: Party, dest: Destination, entry: PartyEntry) -> _Output:
     spool = party.outbox / f"{transfer_id}.age"
     handle = os.fdopen(os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
     sealer = age_stream.StreamingSealer(handle, entry.age_recipient)
-    compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)
+    compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
     sink = RecordSink(compressed, dest.rule.fields, dest.rule.format)
     return _Output(dest, transfer_id, spool, handle, sealer, compressed, sink, entry)
 
