@@ -388,7 +388,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             left = 0.0
             for part, seconds, colour in parts:
                 times.barh(y, seconds, left=left, height=width * 2, color=colour, edgecolor="white")
-                if seconds > 0.06 * longest:
+                if seconds > 0.11 * longest:  # room for the label inside the bar
                     times.text(left + seconds / 2, y, part, ha="center", va="center", fontsize=7)
                 left += seconds
             times.text(left, y, f" {left:.1f} s", va="center", fontsize=8)
@@ -481,7 +481,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each baseline step and of validate + route")
     parser.add_argument("--out", type=Path, default=OUT, help="where compare.json and compare.png go")
     parser.add_argument("--work", type=Path, default=WORK, help="where batches are cached and runs happen")
+    parser.add_argument("--replot", action="store_true", help="only redraw OUT/compare.png from OUT/compare.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads((args.out / "compare.json").read_text()), args.out / "compare.png")
+        return
     _need_tools()
     sources = {"single": batch(args.records, args.work)}
     if not args.single:
