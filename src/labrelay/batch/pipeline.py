@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -132,36 +133,57 @@ def run(
     ledger: LedgerSink | None = None,
 ) -> Summary:
     """Process every batch; return the summary (also updated in place). With a ``ledger``, each routed record's
-    person goes to the sender's ledger with the destinations that received it."""
+    person goes to the sender's ledger with the destinations that received it.
+
+    The routed records of a block are written (serialised, then compressed and sealed by the sinks' streams) by
+    one writer thread while the next block is read and validated: at most one block in flight, written in order;
+    a failure in the writer stops the run at the next block, and the run does not return before every write
+    has finished."""
     sinks = sinks or {}
     row_ids = 0
-    for batch in reader.batches():
-        summary.read += batch.read
-        structural = {record for record, _, _ in batch.rejected}
-        report.add(batch.rejected)
-        result = validator.validate(batch.frame, padded=batch.padded)
-        report.add(list(result.rejections.iter_rows()))
-        summary.rejected += len(structural) + result.rejected_records
-        held = [result.review]
-        accepted = result.accepted
-        if router is not None:
-            if ledger is not None:
-                accepted = ledger.prepare(accepted, row_ids)
-                row_ids += accepted.height
-            routed, not_routable = router.route(accepted)
-            if ledger is not None:
-                ledger.add(accepted, routed)
-            held.append(not_routable)
-            for name, frame in routed.items():
-                sinks[name].write_frame(frame)
-                summary.per_recipient[name] = summary.per_recipient.get(name, 0) + frame.height
-            accepted_count = accepted.height - not_routable.height
-        else:
-            accepted_count = accepted.height
-        for frame in held:
-            review.add(frame)
-            summary.held += frame.height
-        summary.accepted += accepted_count
-        if on_batch is not None:
-            on_batch(batch)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer") as writer:
+        writing: Future[None] | None = None
+        for batch in reader.batches():
+            summary.read += batch.read
+            structural = {record for record, _, _ in batch.rejected}
+            report.add(batch.rejected)
+            result = validator.validate(batch.frame, padded=batch.padded)
+            report.add(list(result.rejections.iter_rows()))
+            summary.rejected += len(structural) + result.rejected_records
+            held = [result.review]
+            accepted = result.accepted
+            if router is not None:
+                if ledger is not None:
+                    accepted = ledger.prepare(accepted, row_ids)
+                    row_ids += accepted.height
+                routed, not_routable = router.route(accepted)
+                held.append(not_routable)
+                for name, frame in routed.items():
+                    summary.per_recipient[name] = summary.per_recipient.get(name, 0) + frame.height
+                if writing is not None:
+                    writing.result()  # the previous block is written (or its failure raised here)
+                writing = writer.submit(_write_block, sinks, routed, ledger, accepted)
+                accepted_count = accepted.height - not_routable.height
+            else:
+                accepted_count = accepted.height
+            for frame in held:
+                review.add(frame)
+                summary.held += frame.height
+            summary.accepted += accepted_count
+            if on_batch is not None:
+                on_batch(batch)
+        if writing is not None:
+            writing.result()
     return summary
+
+
+def _write_block(
+    sinks: Mapping[str, RecordSink],
+    routed: Mapping[str, pl.DataFrame],
+    ledger: LedgerSink | None,
+    accepted: pl.DataFrame,
+) -> None:
+    if ledger is not None:
+        ledger.add(accepted, routed)
+    for name, frame in routed.items():
+        sinks[name].write_frame(frame)

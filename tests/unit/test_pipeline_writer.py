@@ -1,0 +1,103 @@
+"""The pipeline writes each block's routed records on a writer thread while the next block is validated: the
+outputs must still come out whole and in input order, be finished when ``run`` returns, and a failure on the
+writer must stop the run (``send_results`` then discards every output and the ledger: client/routed.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from labrelay.batch.csv_reader import CsvReader
+from labrelay.batch.ledger import LedgerSink
+from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
+from labrelay.batch.route import Router
+from labrelay.client.policy import default_policy_text
+from labrelay.crypto.pseudonym import new_key
+from labrelay.domain.policy import parse_policy
+from labrelay.domain.records import FIELDS
+from labrelay.errors import StorageFull
+from labrelay.refdata import department_regions
+from tests.unit.test_csv_reader import good, line, validator
+
+RECORDS = 600
+PHONES = [f"06{i:08d}" for i in range(RECORDS)]
+
+
+@pytest.fixture
+def batch_file(tmp_path: Path) -> Path:
+    path = tmp_path / "batch.csv"
+    rows = [line(good(telephone=phone)) for phone in PHONES]
+    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+class SlowSink:
+    """Records what it is given, slowly, so the reader runs ahead of the writer."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.frames: list[pl.DataFrame] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+
+    def write_frame(self, frame: pl.DataFrame) -> None:
+        time.sleep(0.02)
+        self.threads.add(threading.current_thread().name)
+        if self.fail_on is not None and len(self.frames) == self.fail_on:
+            raise StorageFull("no space left for the payload")
+        self.frames.append(frame)
+
+
+class Bytes:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+
+def routed_run(path: Path, sinks: dict[str, SlowSink], ledger: LedgerSink | None = None) -> Summary:
+    policy = parse_policy(default_policy_text())
+    router = Router(policy, set(department_regions().values()), set(sinks), pseudonym_key=new_key())
+    return run(
+        CsvReader(path, block_bytes=8192),  # about 20 blocks
+        validator(),
+        summary=Summary("csv"),
+        report=RejectionReport(None),
+        review=ReviewFile(None),
+        router=router,
+        sinks=sinks,  # type: ignore[arg-type]
+        ledger=ledger,
+    )
+
+
+def test_every_block_is_written_in_order_before_run_returns(batch_file: Path) -> None:
+    sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
+    persons = Bytes()
+    ledger = LedgerSink(persons, {name: f"t-{name}" for name in sinks}, new_key())
+    summary = routed_run(batch_file, sinks, ledger)
+    assert summary.reconciled
+    assert summary.accepted == RECORDS
+    assert len(sinks["cnam"].frames) > 10  # several blocks, so several were in flight
+    phones = pl.concat(sinks["cnam"].frames).get_column("telephone").to_list()
+    assert phones == PHONES  # whole, once each, in input order
+    for name, sink in sinks.items():
+        assert sum(f.height for f in sink.frames) == summary.per_recipient[name] == RECORDS
+        assert sink.threads
+        assert threading.current_thread().name not in sink.threads
+    ledger_rows = bytes(persons.data).decode().splitlines()
+    assert ledger.patients == RECORDS
+    assert len([r for r in ledger_rows if r.startswith("patient,")]) == RECORDS
+
+
+def test_a_failure_on_the_writer_stops_the_run(batch_file: Path) -> None:
+    sinks = {"cnam": SlowSink(), "spf": SlowSink(fail_on=3), "ars-11": SlowSink()}
+    with pytest.raises(StorageFull):
+        routed_run(batch_file, sinks)
+    assert len(sinks["spf"].frames) == 3
+    # The reader stopped within a block of the failure: not every block was handed to the writer.
+    assert len(sinks["cnam"].frames) <= 5
