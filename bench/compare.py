@@ -92,6 +92,8 @@ class Sshd:
         shutil.copy(root / "user.pub", root / "authorized_keys")
         (root / "authorized_keys").chmod(0o600)
         self.port = _free_port()
+        # The client pins the host key it was given, as an operator would: no trust on first use.
+        (root / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {(root / 'host.pub').read_text()}")
         (root / "sshd_config").write_text(
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {root / 'host'}\n"
             f"AuthorizedKeysFile {root / 'authorized_keys'}\nPidFile {root / 'sshd.pid'}\n"
@@ -113,6 +115,7 @@ class Sshd:
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    self.stop()
                     raise RuntimeError("sshd did not listen within 20 s") from None
                 time.sleep(0.05)
 
@@ -132,9 +135,9 @@ class Sshd:
                 "-o",
                 "BatchMode=yes",
                 "-o",
-                "StrictHostKeyChecking=no",
+                "StrictHostKeyChecking=yes",
                 "-o",
-                f"UserKnownHostsFile={os.devnull}",
+                f"UserKnownHostsFile={self.root / 'known_hosts'}",
                 f"{getpass.getuser()}@127.0.0.1",
             ],
             log,
