@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.breach import _enrol
-from bench.memory import OUT, TIME, WORK, _same, batch, parse_time, timed
+from bench.memory import OUT, TIME, WORK, TimedRelay, _same, batch, parse_time, timed
 from bench.validate import doubled, measure
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority
@@ -198,20 +198,9 @@ def labrelay(source: Path, run_dir: Path, repeat: int) -> dict[str, Any]:
     routes = [measure("labrelay", source) for _ in range(repeat)]
     authority = Authority.init(run_dir / "authority")
     init_data_dir(run_dir / "relay", authority.path / "authority.pub")
-    ready = run_dir / "ready.json"
-    relay_log = run_dir / "relay.time.log"
-    with relay_log.open("w") as log:
-        relay = subprocess.Popen(
-            [TIME, "-v", *cli, "serve", "--data", str(run_dir / "relay"), "--port", "0", "--ready-file", str(ready)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    relay = TimedRelay(run_dir)
+    url = relay.url
     try:
-        while not ready.exists():
-            if relay.poll() is not None:
-                raise RuntimeError(relay_log.read_text()[-3000:])
-            time.sleep(0.05)
-        url = json.loads(ready.read_text())["url"]
         with RelayClient(url, "@authority", authority.key, SystemClock()) as client:
             client.register_policy(authority.sign_policy(default_policy_text(), datetime.now(UTC)))
         parties = _enrol(run_dir, url, authority)
@@ -237,14 +226,7 @@ def labrelay(source: Path, run_dir: Path, repeat: int) -> dict[str, Any]:
         )
         together = _fetch_together(cli, url, {n: p.path for n, p in parties.items() if n in fetches}, run_dir)
     finally:
-        # GNU time reports when the relay exits: ask the server under it to stop, then read the figures.
-        relay_pid = json.loads(ready.read_text())["pid"] if ready.exists() else None
-        if relay_pid:
-            os.kill(int(relay_pid), 15)
-        else:
-            relay.terminate()
-        relay.wait(timeout=60)
-    relay_stats = parse_time(relay_log.read_text())
+        relay_stats = relay.stop()
     summary = json.loads((run_dir / "validate.json").read_text())
     fetch_s = round(sum(f["wall_s"] for f in fetches.values()), 2)
     return {

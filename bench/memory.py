@@ -54,6 +54,32 @@ def timed(args: list[str], log: Path) -> dict[str, float]:
     return parse_time(proc.stderr)
 
 
+class TimedRelay:
+    """``labrelay serve`` on a free loopback port under GNU time, whose figures for the relay are read when it stops."""
+
+    def __init__(self, run_dir: Path) -> None:
+        ready = run_dir / "ready.json"
+        self.log = run_dir / "relay.time.log"
+        serve = [sys.executable, "-m", "labrelay", "--quiet", "serve", "--data", str(run_dir / "relay")]
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [TIME, "-v", *serve, "--port", "0", "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT
+            )
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text()[-3000:])
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        self.url: str = info["url"]
+        self.pid = int(info["pid"])  # the server, under GNU time
+
+    def stop(self) -> dict[str, float]:
+        """Ask the server to stop (GNU time reports when it exits); its wall time and peak memory."""
+        os.kill(self.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        return parse_time(self.log.read_text())
+
+
 def batch(records: int, work: Path = WORK) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"results-{records}.csv"
@@ -73,33 +99,8 @@ def run(records: int) -> dict[str, Any]:
     clock = SystemClock()
     authority = Authority.init(run_dir / "authority")
     init_data_dir(run_dir / "relay", authority.path / "authority.pub")
-    ready = run_dir / "ready.json"
-    relay_log = run_dir / "relay.time.log"
-    with relay_log.open("w") as log:
-        relay = subprocess.Popen(
-            [
-                TIME,
-                "-v",
-                sys.executable,
-                "-m",
-                "labrelay",
-                "serve",
-                "--data",
-                str(run_dir / "relay"),
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    while not ready.exists():
-        if relay.poll() is not None:
-            raise RuntimeError(relay_log.read_text())
-        time.sleep(0.05)
-    url = json.loads(ready.read_text())["url"]
-    server_pid = int(json.loads(ready.read_text())["pid"])
+    relay = TimedRelay(run_dir)
+    url, server_pid = relay.url, relay.pid
     idle_mb = _rss_mb(server_pid)
     parties = {}
     for name, role in (("lab-bench", Role.LAB), ("cnam", Role.RECIPIENT)):
@@ -121,12 +122,7 @@ def run(records: int) -> dict[str, Any]:
             run_dir / "fetch.time.log",
         )
     finally:
-        # GNU time reports when the relay exits: ask uvicorn to stop, then read the figures.
-        child = subprocess.run(["pgrep", "-P", str(relay.pid)], capture_output=True, text=True, check=False)
-        for pid in child.stdout.split():
-            os.kill(int(pid), signal.SIGTERM)
-        relay.wait(timeout=60)
-    relay_stats = parse_time(relay_log.read_text())
+        relay_stats = relay.stop()
     [output] = list((run_dir / "out").glob("*.csv"))
     identical = output.stat().st_size == source.stat().st_size and _same(output, source)
     result = {
