@@ -134,7 +134,7 @@ def test_the_relay_refuses_unknown_or_unsigned_policies(world: World) -> None:
     }
     with world.client(lab.name) as client, pytest.raises(IntegrityError, match="does not hold"):
         client.create_transfer(lab.sign(manifest))
-    payload = policy_payload(default_policy_text().replace("fr-covid-2026.1", "rogue-1"), "2026-01-01T00:00:00Z")
+    payload = policy_payload(default_policy_text().replace("fr-covid-2026.2", "rogue-1"), "2026-01-01T00:00:00Z")
     with world.client(lab.name) as client, pytest.raises(PermissionDenied):
         client.register_policy(sign_envelope(payload, lab.signing_key, AUTHORITY_KEYID))
 

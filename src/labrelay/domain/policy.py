@@ -7,7 +7,7 @@ a policy that gives nothing to anyone or everything to everyone.
 
 Example (the default policy ships as ``labrelay/data/default-policy.toml``)::
 
-    version = "fr-covid-2026.1"
+    version = "fr-covid-2026.2"
     loinc = ["94500-6", ...]
 
     [[recipients]]
@@ -15,6 +15,7 @@ Example (the default policy ships as ``labrelay/data/default-policy.toml``)::
     select = "positive"          # "all" or "positive"
     fields = ["nir", "nom", ...]
     format = "csv"               # "csv" or "fhir-ndjson"
+    unparsed = true              # may receive documents sent unparsed (send --as-is); default false
 
     [[recipients]]
     name = "ars-{region}"        # one recipient per INSEE region, for the residents of that region
@@ -63,6 +64,7 @@ class RecipientRule:
     format: str = "csv"
     by_region: bool = False
     pseudonymise: bool = False
+    unparsed: bool = False  # may receive documents sent unparsed (``send --as-is``), which carry every field
 
     def names_for(self, regions: Iterable[str]) -> list[tuple[str, str | None]]:
         """(party name, region) for each party this rule addresses."""
@@ -85,6 +87,25 @@ class Policy:
                     return rule, region
         return None
 
+    def rule_named(self, party: str) -> RecipientRule | None:
+        """The rule that addresses ``party`` (a regional rule through the region its name carries), if any."""
+        region = region_of_party(party)
+        for rule in self.recipients:
+            if rule.name == party or (rule.by_region and region and rule.name.replace(REGION_SLOT, region) == party):
+                return rule
+        return None
+
+    def unparsed_refusal(self, party: str) -> str | None:
+        """Why ``party`` may not receive a document sent unparsed under this policy, or None if it may. A
+        recipient the policy does not name may not: nothing says what it may receive."""
+        rule = self.rule_named(party)
+        if rule is None:
+            return f"{party} is not a recipient under policy {self.version}"
+        if rule.unparsed:
+            return None
+        given = "pseudonymised records" if rule.pseudonymise else "only the records and fields the policy gives it"
+        return f"policy {self.version} gives {party} {given}, never unparsed documents"
+
 
 def _strings(value: Any, what: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -94,7 +115,7 @@ def _strings(value: Any, what: str) -> tuple[str, ...]:
 
 def _rule(raw: Mapping[str, Any], index: int) -> RecipientRule:  # noqa: PLR0912 - one check per key, in order
     where = f"policy: recipient #{index + 1}"
-    unknown = set(raw) - {"name", "select", "fields", "format", "by_region", "pseudonymise"}
+    unknown = set(raw) - {"name", "select", "fields", "format", "by_region", "pseudonymise", "unparsed"}
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
     name = raw.get("name")
@@ -102,8 +123,9 @@ def _rule(raw: Mapping[str, Any], index: int) -> RecipientRule:  # noqa: PLR0912
         raise PolicyError(f"{where}: a name is required")
     by_region = raw.get("by_region", False)
     pseudonymise = raw.get("pseudonymise", False)
-    if not isinstance(by_region, bool) or not isinstance(pseudonymise, bool):
-        raise PolicyError(f"{where}: by_region and pseudonymise are true or false")
+    unparsed = raw.get("unparsed", False)
+    if not all(isinstance(flag, bool) for flag in (by_region, pseudonymise, unparsed)):
+        raise PolicyError(f"{where}: by_region, pseudonymise and unparsed are true or false")
     if by_region != (REGION_SLOT in name):
         raise PolicyError(f"{where}: a by_region recipient's name contains {REGION_SLOT}, and only such a name")
     check_party_name(name.replace(REGION_SLOT, "00"))
@@ -127,10 +149,18 @@ def _rule(raw: Mapping[str, Any], index: int) -> RecipientRule:  # noqa: PLR0912
             raise PolicyError(f"{where} ({name}) is pseudonymised but would receive {leaked}")
         if "pseudonyme" not in fields:
             raise PolicyError(f"{where} ({name}) is pseudonymised: it must receive the pseudonyme")
+        if unparsed:  # an unparsed document carries every field it holds: it cannot be pseudonymised
+            raise PolicyError(f"{where} ({name}) is pseudonymised: it cannot receive unparsed documents")
     elif "pseudonyme" in fields:
         raise PolicyError(f"{where} ({name}) receives a pseudonyme only when pseudonymise = true")
     return RecipientRule(
-        name=name, select=select, fields=fields, format=fmt, by_region=by_region, pseudonymise=pseudonymise
+        name=name,
+        select=select,
+        fields=fields,
+        format=fmt,
+        by_region=by_region,
+        pseudonymise=pseudonymise,
+        unparsed=unparsed,
     )
 
 

@@ -63,8 +63,15 @@ class Manifest:
     media_type: str  # of the plaintext, e.g. text/csv
     created: datetime
     deadline: datetime
-    policy_version: str | None = None
+    policy_version: str | None = None  # None: sent unparsed (``send --as-is``), outside any routing policy
     compression: str | None = None  # "gzip": the plaintext was compressed before encryption
+    source_sha256: str | None = None  # of the lab's source file: the batch's identity (idempotent sends)
+    again: bool = False  # the sender sent this source again on purpose (``send --again``), not by mistake
+
+    @property
+    def unparsed(self) -> bool:
+        """Sent as it was, outside the routing policy: no validation, no minimisation."""
+        return self.policy_version is None
 
     def __post_init__(self) -> None:
         check_transfer_id(self.transfer_id)
@@ -85,6 +92,8 @@ class Manifest:
             raise UsageError("manifest deadline is not after its creation")
         if self.policy_version is not None and not (0 < len(self.policy_version) <= 64):
             raise UsageError("manifest policy_version malformed")
+        if self.source_sha256 is not None and not _SHA256_HEX.fullmatch(self.source_sha256):
+            raise UsageError("manifest source_sha256 malformed")
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -102,7 +111,15 @@ class Manifest:
             "created": to_rfc3339(self.created),
             "deadline": to_rfc3339(self.deadline),
             "policy_version": self.policy_version,
-        } | ({"compression": self.compression} if self.compression else {})
+        } | {
+            key: value
+            for key, value in (
+                ("compression", self.compression),
+                ("source_sha256", self.source_sha256),
+                ("again", self.again or None),
+            )
+            if value
+        }
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Manifest:
@@ -111,6 +128,8 @@ class Manifest:
         count = optional(payload, "record_count", int, IntegrityError)
         policy = optional(payload, "policy_version", str, IntegrityError)
         compression = optional(payload, "compression", str, IntegrityError)
+        source = optional(payload, "source_sha256", str, IntegrityError)
+        again = optional(payload, "again", bool, IntegrityError)
         try:
             return cls(
                 transfer_id=require(payload, "transfer_id", str, IntegrityError),
@@ -126,6 +145,8 @@ class Manifest:
                 deadline=instant(payload, "deadline", IntegrityError),
                 policy_version=policy,
                 compression=compression,
+                source_sha256=source,
+                again=bool(again),
             )
         except (UsageError, UntrustedEntry) as exc:
             raise _as_payload_error(exc, "manifest") from exc
