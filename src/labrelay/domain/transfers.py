@@ -179,6 +179,7 @@ def check_manifest_terms(manifest: Manifest, now: datetime, limits: TransferLimi
 class ReceiptStatus(StrEnum):
     RECEIVED = "received"  # downloaded and hash verified (a --raw fetch)
     DECRYPTED = "decrypted"  # downloaded, verified and decrypted by the recipient's identity
+    DUPLICATE = "duplicate"  # not downloaded: a copy of a source this recipient already received (``duplicate_of``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,7 @@ class Receipt:
     record_count: int | None
     status: ReceiptStatus
     received_at: datetime
+    duplicate_of: str | None = None  # DUPLICATE: the transfer by which this recipient already received the source
 
     def __post_init__(self) -> None:
         check_transfer_id(self.transfer_id)
@@ -200,6 +202,10 @@ class Receipt:
         check_party_name(self.recipient)
         if not _SHA256_HEX.fullmatch(self.sha256) or self.size < 0:
             raise UsageError("receipt sha256 or size malformed")
+        if (self.status is ReceiptStatus.DUPLICATE) != (self.duplicate_of is not None):
+            raise UsageError("a duplicate receipt, and only one, names the transfer it duplicates")
+        if self.duplicate_of is not None:
+            check_transfer_id(self.duplicate_of)
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -213,13 +219,14 @@ class Receipt:
             "record_count": self.record_count,
             "status": self.status.value,
             "received_at": to_rfc3339(self.received_at),
-        }
+        } | ({"duplicate_of": self.duplicate_of} if self.duplicate_of else {})
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Receipt:
         if payload.get("type") != RECEIPT_TYPE or payload.get("v") != 1:
             raise IntegrityError("not a version-1 receipt")
         count = optional(payload, "record_count", int, IntegrityError)
+        duplicate_of = optional(payload, "duplicate_of", str, IntegrityError)
         try:
             return cls(
                 transfer_id=require(payload, "transfer_id", str, IntegrityError),
@@ -230,6 +237,7 @@ class Receipt:
                 record_count=count,
                 status=ReceiptStatus(require(payload, "status", str, IntegrityError)),
                 received_at=instant(payload, "received_at", IntegrityError),
+                duplicate_of=duplicate_of,
             )
         except (UsageError, UntrustedEntry, ValueError) as exc:
             raise _as_payload_error(exc, "receipt") from exc
