@@ -4,6 +4,7 @@ The tree::
 
     LabrelayError                     base: one line for an operator, a stable ``code``
     ├── UsageError                    the caller asked for something malformed or impossible
+    │   └── NotResults                an input that is not a lab-results batch (a workbook, UTF-16, other columns…)
     ├── OperationalError              the request was fine, the world was not
     │   ├── Unavailable               relay unreachable, 5xx, storage down: retry later
     │   ├── Unreadable                an input file that cannot be read at all (not one bad record: those are findings)
@@ -11,6 +12,7 @@ The tree::
     │   ├── RelayFrozen               an administrator froze the relay (kill switch)
     │   ├── NotFound                  no such transfer / party visible to the caller
     │   ├── Conflict                  the request clashes with the current state (e.g. upload offset)
+    │   ├── PartyBusy                 another send, fetch or resume for the same party is running
     │   └── TooLarge                  a body or payload over the configured limit
     └── SecurityError                 refused by a security check; nothing was written or acknowledged
         ├── AuthenticationFailed      bad, missing, stale or unknown signature on a request
@@ -21,6 +23,7 @@ The tree::
         ├── UntrustedEntry            a directory entry not signed by the pinned authority, or outside its validity
         ├── IntegrityError            a payload, manifest or receipt that does not match its signature or hash
         ├── InsecureKeyFile           a private key file others can read (as ssh refuses)
+        ├── UnsafeOutput              an output place others could redirect: a planted link, a directory others write
         ├── AuditTampered             the audit log or a client's checkpoint does not verify
         ├── RetentionViolation        something outlived its deadline (admin retention-check)
         └── InsecureTransport         plain HTTP off loopback, or a relay without TLS on a public address
@@ -53,6 +56,12 @@ class LabrelayError(Exception):
 
 class UsageError(LabrelayError):
     code = "usage"
+
+
+class NotResults(UsageError):
+    """An input file that is not a readable lab-results batch: what was found, and how to export it instead."""
+
+    code = "not-results"
 
 
 class OperationalError(LabrelayError):
@@ -89,6 +98,12 @@ class RelayFrozen(OperationalError):
 
 class Conflict(OperationalError):
     code = "conflict"
+
+
+class PartyBusy(OperationalError):
+    """Another send, fetch or resume for the same party is running (overlapping cron jobs)."""
+
+    code = "busy"
 
 
 class TooLarge(OperationalError):
@@ -131,6 +146,13 @@ class IntegrityError(SecurityError):
 
 class InsecureKeyFile(SecurityError):
     code = "insecure-key-file"
+
+
+class UnsafeOutput(SecurityError):
+    """Where output would go, someone else could redirect it: a symbolic link planted in an output directory, a
+    directory another user owns or may write to. Nothing is written through it."""
+
+    code = "unsafe-output"
 
 
 class InsecureTransport(SecurityError):

@@ -9,10 +9,10 @@ import polars as pl
 import pytest
 
 from labrelay.batch.csv_reader import CsvReader
-from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
+from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
 from labrelay.batch.validate import Validator
-from labrelay.domain.records import DEFAULT_LOINC, FIELDS, Reason
-from labrelay.errors import Unreadable
+from labrelay.domain.records import DEFAULT_LOINC, FIELDS, OPTIONAL, Reason
+from labrelay.errors import NotResults
 from labrelay.refdata import communes, department_regions
 from labrelay.synthetic.generator import nir_key
 
@@ -166,16 +166,114 @@ def test_blocks_split_records_exactly(tmp_path: Path) -> None:
     ("content", "why"),
     [
         (b"", "empty"),
-        (b"a,b,c\n1,2,3\n", "missing columns"),
-        (b"\x00\x01\x02binary\xff", "not in the lab-results template"),
+        (b"a,b,c\n1,2,3\n", "columns found: a, b, c; expected: nir, nom"),
+        (b"\x01\x02binary\xff", "not in the lab-results template"),
         (",".join([*FIELDS, "nir"]).encode() + b"\n", "twice"),
+        (",".join([*FIELDS, "NIR "]).encode() + b"\n", "twice"),
     ],
 )
-def test_files_that_cannot_be_read_at_all(tmp_path: Path, content: bytes, why: str) -> None:
+def test_files_that_are_not_results_at_all(tmp_path: Path, content: bytes, why: str) -> None:
     path = tmp_path / "x.csv"
     path.write_bytes(content)
-    with pytest.raises(Unreadable, match=why):
+    with pytest.raises(NotResults, match=why):
         CsvReader(path)
+
+
+def _zip_with(name: str) -> bytes:
+    import io  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, "<x/>")
+    return buffer.getvalue()
+
+
+HEADER_LINE = ",".join(FIELDS) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "kind", "fix"),
+    [
+        (_zip_with("[Content_Types].xml") + _zip_with("xl/workbook.xml"), "Excel workbook", "export it as CSV"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(100), "Excel 97-2003", "export it as CSV"),
+        (b"\xff\xfe" + HEADER_LINE.encode("utf-16-le"), "UTF-16 text", "CSV UTF-8"),
+        (HEADER_LINE.encode("utf-16-le"), "UTF-16 text", "CSV UTF-8"),
+        (HEADER_LINE.encode("utf-16-be"), "UTF-16 text", "CSV UTF-8"),
+        (b"%PDF-1.7\n" + bytes(50), "PDF document", "--as-is"),
+        (b"\x1f\x8b\x08" + bytes(20), "gzip", "decompress"),
+        (b"GIF89a\x00\x00", "binary file", "--as-is"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["auto", "csv"])
+def test_workbooks_utf16_and_documents_are_named_and_refused(
+    tmp_path: Path, content: bytes, kind: str, fix: str, fmt: str
+) -> None:
+    """Whatever the file's name and whatever --format says, a workbook or UTF-16 text is not read as a CSV: one
+    line says what it is and how to export it."""
+    path = tmp_path / "results.csv"
+    path.write_bytes(content)
+    with pytest.raises(NotResults, match=kind) as caught:
+        open_reader(path, fmt)
+    assert fix in caught.value.diagnostics()
+
+
+def test_header_names_ignore_case_spaces_and_a_bom(tmp_path: Path) -> None:
+    header = ";".join(f'  "{f.upper()}" ' if i % 2 else f" {f.title()}\t" for i, f in enumerate(FIELDS))
+    path = tmp_path / "upper.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + header.encode() + b"\r\n" + line(good(), ";").encode() + b"\r\n")
+    reader = CsvReader(path)
+    assert reader.layout.columns == FIELDS
+    assert reader.layout.ignored == ()
+    [batch] = list(reader.batches())
+    assert batch.frame.select(FIELDS).row(0) == tuple(good()[f] for f in FIELDS)
+
+
+@pytest.mark.parametrize(
+    "left_out", [("email",), ("email", "telephone"), OPTIONAL], ids=["email", "email+telephone", "all optional"]
+)
+def test_optional_columns_may_be_left_out_and_read_as_empty(tmp_path: Path, left_out: tuple[str, ...]) -> None:
+    columns = tuple(f for f in FIELDS if f not in left_out)
+    path = tmp_path / "short.csv"
+    rows = [good(), good(nom="MARTIN")]
+    path.write_text(",".join(columns) + "\n" + "\n".join(line(r, ",", columns) for r in rows) + "\n")
+    reader = CsvReader(path)
+    assert reader.layout.missing == tuple(f for f in OPTIONAL if f in left_out)
+    summary = run(reader, validator(), summary=Summary("csv"), report=RejectionReport(None), review=ReviewFile(None))
+    assert (summary.read, summary.accepted, summary.rejected) == (2, 2, 0)
+    [batch] = list(CsvReader(path).batches())
+    for name in left_out:
+        assert batch.frame[name].to_list() == ["", ""]
+    # The record-by-record path (a quoted field across lines sends the block there) reads them the same way.
+    path.write_text(
+        ",".join(columns) + "\n" + line(good(nom='"MAR\nTIN"'), ",", columns) + "\n" + line(good(), ",", columns) + "\n"
+    )
+    [batch] = list(CsvReader(path).batches())
+    assert batch.frame.height == 2
+    assert batch.frame[left_out[0]].to_list() == ["", ""]
+
+
+def test_a_required_column_left_out_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "no-nir.csv"
+    path.write_text(",".join(f for f in FIELDS if f != "nir") + "\n")
+    with pytest.raises(NotResults, match="missing: nir$"):
+        CsvReader(path)
+
+
+def test_windows_1252_as_excel_exports_it(tmp_path: Path) -> None:
+    """French Excel saves CSV in Windows-1252: the typographic apostrophe and the oe ligature are read as the text
+    they are (ISO-8859-1 made them C1 control codes); the five bytes Windows-1252 leaves undefined are read as
+    browsers read them, as the code point of the same value."""
+    rows = [good(adresse="3 rue de l’Œuvre", prenom="Hélène"), good(adresse="x\x81y")]
+    body = HEADER_LINE + "\n".join(line(r) for r in rows) + "\n"
+    path = tmp_path / "cp1252.csv"
+    path.write_bytes(body.encode("cp1252", errors="ignore").replace(b"xy", b"x\x81y"))
+    summary = run(
+        CsvReader(path), validator(), summary=Summary("csv"), report=RejectionReport(None), review=ReviewFile(None)
+    )
+    assert (summary.accepted, summary.rejected) == (2, 0)
+    [batch] = list(CsvReader(path).batches())
+    assert batch.frame["adresse"].to_list() == ["3 rue de l’Œuvre", "x\x81y"]
 
 
 def test_unknown_columns_are_ignored_and_reported(tmp_path: Path) -> None:

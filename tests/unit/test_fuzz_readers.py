@@ -1,5 +1,5 @@
 """Fuzzing the three readers (hypothesis): whatever the bytes, no crash, no hang, bounded work; every input ends as
-records, per-record rejections, or one clear ``Unreadable``. Counts always reconcile."""
+records, per-record rejections, or one clear ``Unreadable`` or ``NotResults``. Counts always reconcile."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from labrelay.batch.fhir import bundle_for
 from labrelay.batch.hl7 import record_to_message
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
 from labrelay.domain.records import FIELDS
-from labrelay.errors import Unreadable
+from labrelay.errors import NotResults, Unreadable
 from tests.unit.test_csv_reader import good
 from tests.unit.test_validate import V
 
@@ -31,7 +31,7 @@ def check(data: bytes, suffix: str) -> None:
         try:
             fmt, reader = open_reader(path)
             summary = run(reader, V, summary=Summary(fmt), report=RejectionReport(None), review=ReviewFile(None))
-        except Unreadable:
+        except (Unreadable, NotResults):
             return
         assert summary.reconciled, summary
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labrelay.batch.route import Router, _names_folded, normalised_trait, pseudonym_input
+from labrelay.batch.route import HELD_RECIPIENT, Router, _names_folded, normalised_trait, pseudonym_input
 from labrelay.client.policy import default_policy_text, verified_policy
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import SigningKey
@@ -170,13 +170,32 @@ def test_pseudonym_input_is_name_first_name_and_birth_date() -> None:
     assert rows.select(pseudonym_input()).item() == "DUPONT|CELINE|1979-03-15"
 
 
-def test_regions_without_an_enrolled_ars_are_held_not_sent() -> None:
-    rows = accepted(good(), good(code_commune_insee="69381", code_postal="69001"))
-    out, review = Router(DEFAULT, REGIONS, {"cnam", "spf", "ars-11"}, pseudonym_key=new_key()).route(rows)
-    assert review.height == 1
-    assert review["_reason"][0] == Reason.NO_RECIPIENT.value
-    assert out["spf"].height == 1  # the held record goes to nobody, not even spf
-    assert out["cnam"].height == 1
+def test_only_the_share_of_an_ars_not_enrolled_is_held() -> None:
+    """A resident of a region whose ARS is not enrolled still reaches CNAM (a positive) and SpF; only the ARS's
+    share is held, naming the missing recipient."""
+    rows = accepted(good(), good(code_commune_insee="69381", code_postal="69001"))  # Paris, then Lyon (84)
+    router = Router(DEFAULT, REGIONS, {"cnam", "spf", "ars-11"}, pseudonym_key=new_key())
+    assert router.missing == ["ars-84", "ars-94"]
+    out, held = router.route(rows)
+    assert held.height == 1
+    assert held["_reason"][0] == Reason.NO_RECIPIENT.value
+    assert held[HELD_RECIPIENT][0] == "ars-84"
+    assert held["_record"][0] == 2
+    assert out["spf"].height == 2
+    assert out["cnam"].height == 2
+    assert out["ars-11"].height == 1
+
+
+def test_a_territory_no_ars_covers_holds_only_its_regional_share() -> None:
+    rows = accepted(good(), good(code_commune_insee="97501", code_postal="97500"))  # Saint-Pierre-et-Miquelon
+    out, held = Router(DEFAULT, REGIONS, {"cnam", "spf", "ars-11", "ars-84", "ars-94"}, pseudonym_key=new_key()).route(
+        rows
+    )
+    assert held.select("_record", "_reason", HELD_RECIPIENT).rows() == [(2, Reason.NO_REGION.value, "")]
+    assert out["cnam"].height == out["spf"].height == 2
+    # A send restricted on purpose addresses no regional share of it: nothing is held.
+    _, held = Router(DEFAULT, REGIONS, {"cnam"}, restrict=["cnam"]).route(rows)
+    assert held.height == 0
 
 
 def test_restriction_and_refusals() -> None:
@@ -189,6 +208,22 @@ def test_restriction_and_refusals() -> None:
         Router(DEFAULT, REGIONS, {"cnam", "ars-11"}, pseudonym_key=new_key())
     with pytest.raises(UsageError, match="no pseudonym key"):
         Router(DEFAULT, REGIONS, {"cnam", "spf", "ars-11"})
+
+
+def test_unparsed_documents_only_where_the_policy_says() -> None:
+    assert DEFAULT.unparsed_refusal("cnam") is None
+    assert "pseudonymised records" in (DEFAULT.unparsed_refusal("spf") or "")
+    assert "never unparsed" in (DEFAULT.unparsed_refusal("ars-11") or "")
+    assert "not a recipient" in (DEFAULT.unparsed_refusal("lab-x") or "")
+    assert "not a recipient" in (DEFAULT.unparsed_refusal("ars-x1") or "")
+    with pytest.raises(PolicyError, match="cannot receive unparsed"):
+        parse_policy(
+            policy_with(
+                '[[recipients]]\nname = "spf"\npseudonymise = true\nunparsed = true\nfields = ["pseudonyme"]\n'
+            )
+        )
+    with pytest.raises(PolicyError, match="true or false"):
+        parse_policy(policy_with('[[recipients]]\nname = "cnam"\nunparsed = "yes"\nfields = ["nom"]\n'))
 
 
 def test_policy_payload_carries_its_version() -> None:

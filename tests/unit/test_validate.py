@@ -119,11 +119,28 @@ def test_normalisation() -> None:
     assert row["age"] == 46
 
 
-def test_territories_without_an_ars_table_are_held_for_review() -> None:
+def test_territories_without_an_ars_table_are_accepted_without_a_region() -> None:
+    """Valid: the router sends it to the national recipients and holds only its regional share for review."""
     result = V.validate(frame(good(code_commune_insee="97501", code_postal="97500")))  # Saint-Pierre-et-Miquelon
+    assert result.accepted.height == 1
+    assert result.accepted["_region"][0] is None
+
+
+@pytest.mark.parametrize("field", ["nom", "prenom", "adresse", "commune", "prescripteur_nom", "email"])
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", " =", "\t", "\r"])
+def test_formula_like_values_are_refused(field: str, start: str) -> None:
+    """Identity and address text beginning like a spreadsheet formula never reaches a recipient's spreadsheet."""
+    value = f"{start}HYPERLINK(\"http://x.example\",\"a\")" if field != "email" else f"{start}cmd@example.fr"
+    result = V.validate(frame(good(**{field: value})))
     assert result.accepted.height == 0
-    assert result.review.height == 1
-    assert result.review["_reason"][0] == Reason.NO_REGION.value
+    [reason] = result.rejections.filter(pl.col("field") == field)["reason"].to_list()
+    expected = Reason.CONTROL.value if start in ("\t", "\r") else Reason.FORMULA.value
+    assert reason == expected
+
+
+def test_formula_characters_inside_a_value_and_the_phone_plus_are_fine() -> None:
+    result = V.validate(frame(good(nom="JEAN-PIERRE", adresse="12 rue du 8-Mai", telephone="+33612345678")))
+    assert result.accepted.height == 1, result.rejections
 
 
 @settings(max_examples=300, deadline=None)

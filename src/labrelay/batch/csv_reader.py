@@ -1,8 +1,11 @@
 """Streaming reader for the lab-results CSV template, as French labs write it.
 
-``,`` or ``;``; UTF-8 with or without BOM, or ISO-8859-1, or a mix of the two line by line; LF or CRLF. The file
-is read in blocks of whole records (a newline closes a record only outside quotes), so memory is bounded by the
-block size whatever the file's size.
+``,`` or ``;``; UTF-8 with or without BOM, or Windows-1252 (as Excel exports it in France; bytes it leaves
+undefined read as ISO-8859-1 does, like the WHATWG decoder browsers use), or a mix of the two line by line; LF or
+CRLF. Header names match the template whatever their case, surrounding spaces or BOM; the template's optional
+columns (``labrelay.domain.records.OPTIONAL``) may be left out and read as empty. The file is read in blocks of
+whole records (a newline closes a record only outside quotes), so memory is bounded by the block size whatever
+the file's size.
 
 Each block takes the fast path when it can: polars parses it, and a second look at the block as lines counts each
 record's fields (quoted segments removed first), which finds short and long records that polars would otherwise
@@ -13,6 +16,7 @@ batch's frame or in its structural rejections: one bad record never fails the fi
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterator
@@ -21,8 +25,8 @@ from pathlib import Path
 
 import polars as pl
 
-from labrelay.domain.records import FIELDS, RAW_MAX, Reason
-from labrelay.errors import Unreadable
+from labrelay.domain.records import FIELDS, OPTIONAL, RAW_MAX, REQUIRED, Reason
+from labrelay.errors import NotResults, Unreadable
 
 BLOCK_BYTES = 8 * 1024 * 1024  # measured: memory grows with it, time hardly shrinks (docs/performance.md)
 MAX_CARRY = 4 * BLOCK_BYTES  # an unclosed quote cannot make a record (and memory) grow without bound
@@ -45,20 +49,33 @@ class Batch:
 @dataclass(frozen=True)
 class CsvLayout:
     separator: str
-    columns: tuple[str, ...]  # as in the header, in file order
-    ignored: tuple[str, ...]  # header columns that are not in the template (never forwarded)
+    columns: tuple[str, ...]  # the header's names in file order, normalised (template names where they match)
+    ignored: tuple[str, ...]  # header columns that are not in the template, as written (never forwarded)
     bom: bool
+    missing: tuple[str, ...] = ()  # optional template columns the file leaves out: read as empty
+
+
+def _whatwg_1252(error: UnicodeError) -> tuple[str, int]:
+    """The five bytes Windows-1252 leaves undefined decode to the code point of the same value, as the WHATWG
+    decoder (every browser's, and the lab page's) does."""
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start : error.end]
+    return "".join(chr(b) for b in bad), error.end
+
+
+codecs.register_error("labrelay-whatwg-1252", _whatwg_1252)
 
 
 def _decode_line(line: bytes) -> str:
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError:
-        return line.decode("latin-1")  # ISO-8859-1 decodes any byte: never fails
+        return line.decode("cp1252", errors="labrelay-whatwg-1252")  # decodes any byte: never fails
 
 
 def to_utf8(block: bytes) -> bytes:
-    """``block`` as UTF-8: unchanged when it is UTF-8, else decoded line by line (UTF-8, else ISO-8859-1)."""
+    """``block`` as UTF-8: unchanged when it is UTF-8, else decoded line by line (UTF-8, else Windows-1252)."""
     try:
         block.decode("utf-8")
     except UnicodeDecodeError:
@@ -66,8 +83,23 @@ def to_utf8(block: bytes) -> bytes:
     return block
 
 
+def header_name(text: str) -> str:
+    """A header cell as matched against the template: a BOM, spaces and tabs around it, quotes around it (a
+    spreadsheet's ``  "NOM"``, which CSV does not count as quoting) and case do not count."""
+    name = text.removeprefix("\ufeff").strip(" \t")
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].strip(" \t")
+    return name.lower()
+
+
+def _shown(names: list[str], limit: int = 30) -> str:
+    shown = ", ".join(n if n else '""' for n in names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
 def sniff(path: Path) -> CsvLayout:
-    """Read the header: separator, columns, BOM. Refuses a file whose header does not carry the template."""
+    """Read the header: separator, columns, BOM. Refuses a file whose header does not carry the template, saying
+    which columns it found and which the template expects."""
     try:
         with path.open("rb") as fh:
             head = fh.readline(64 * 1024)
@@ -75,22 +107,38 @@ def sniff(path: Path) -> CsvLayout:
         raise Unreadable(f"cannot read {path}: {exc.strerror}") from exc
     bom = head.startswith(BOM)
     text = to_utf8(head[len(BOM) :] if bom else head).decode("utf-8").rstrip("\r\n")
-    if not text:
-        raise Unreadable(f"{path} is empty or has no header line")
+    if not text.strip():
+        raise NotResults(f"{path} is empty or has no header line", hint=_TEMPLATE_HINT)
     separator = ";" if text.count(";") > text.count(",") else ","
     try:
-        columns = tuple(c.strip() for c in next(csv.reader([text], delimiter=separator)))
+        written = next(csv.reader([text], delimiter=separator))
     except (csv.Error, StopIteration) as exc:
-        raise Unreadable(f"{path} has no readable CSV header ({exc})") from exc
-    if len(set(columns)) != len(columns):
-        raise Unreadable(f"{path}: the header names a column twice")
-    missing = [f for f in FIELDS if f not in columns]
+        raise NotResults(f"{path} has no readable CSV header ({exc})", hint=_TEMPLATE_HINT) from exc
+    # An empty header cell (a trailing separator, as spreadsheets export) names no template field: its values are
+    # ignored like any other unknown column's, under a name of its own.
+    columns = tuple(header_name(c) or f"(column {i + 1})" for i, c in enumerate(written))
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise NotResults(f"{path}: the header names a column twice ({_shown(twice)})", hint=_TEMPLATE_HINT)
+    missing = [f for f in FIELDS if f in REQUIRED and f not in columns]
     if missing:
-        raise Unreadable(
-            f"{path} is not in the lab-results template: missing columns {', '.join(missing)}",
-            hint="the header must name: " + ", ".join(FIELDS),
+        raise NotResults(
+            f"{path} is not in the lab-results template: columns found: {_shown([c.strip() for c in written])}; "
+            f"expected: {', '.join(FIELDS)}; missing: {', '.join(missing)}",
+            hint=_TEMPLATE_HINT,
         )
-    return CsvLayout(separator, columns, tuple(c for c in columns if c not in FIELDS), bom)
+    ignored = tuple(w.strip() for w, c in zip(written, columns, strict=True) if c not in FIELDS)
+    absent = tuple(f for f in OPTIONAL if f not in columns)
+    return CsvLayout(separator, columns, ignored, bom, absent)
+
+
+_TEMPLATE_HINT = (
+    "the lab-results template (docs/lab-results.md) names these columns, in any order and any case: "
+    + ", ".join(FIELDS)
+    + "; optional, and read as empty when left out: "
+    + ", ".join(OPTIONAL)
+    + "; to send another kind of document as it is, use --as-is --to NAME"
+)
 
 
 def _blocks(path: Path, block_bytes: int) -> Iterator[bytes]:
@@ -135,6 +183,11 @@ class CsvReader:
         self.layout = sniff(path)
         self.block_bytes = block_bytes
         self._schema = dict.fromkeys(self.layout.columns, pl.String)
+
+    def _fields(self) -> list[pl.Expr]:
+        """The template's fields in template order; an optional column the file leaves out is empty."""
+        missing = set(self.layout.missing)
+        return [pl.lit("", dtype=pl.String).alias(f) if f in missing else pl.col(f) for f in FIELDS]
 
     def batches(self) -> Iterator[Batch]:
         seen = 0
@@ -211,7 +264,7 @@ class CsvReader:
             line.str.contains(LINE_CONTROL).alias("_control") if control else pl.lit(False).alias("_control"),
             line,
         )
-        frame = pl.concat([frame.select(FIELDS), shape], how="horizontal")
+        frame = pl.concat([frame.select(self._fields()), shape], how="horizontal")
         if frame.select(pl.col("blank").any()).item():
             frame = frame.filter(~pl.col("blank"))
         frame = frame.with_columns((pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + offset).alias("_record"))
@@ -265,7 +318,7 @@ class CsvReader:
             elif any(len(value) > RAW_MAX for value in row):
                 rejected.append((record, "*", str(Reason.TOO_LONG)))
             else:
-                rows.append([row[index[name]] for name in FIELDS])
+                rows.append([row[index[name]] if name in index else "" for name in FIELDS])
                 numbers.append(record)
         frame = pl.DataFrame(rows, schema=dict.fromkeys(FIELDS, pl.String), orient="row")
         frame = frame.with_columns(pl.Series("_record", numbers, dtype=pl.Int64))

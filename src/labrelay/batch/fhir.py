@@ -34,7 +34,7 @@ import polars as pl
 
 from labrelay.batch.csv_reader import Batch
 from labrelay.domain.records import FIELDS, RESULT_SNOMED, Reason, Result
-from labrelay.errors import Unreadable
+from labrelay.errors import NotResults
 
 MAX_JSON = 64 * 1024 * 1024
 MAX_LINE = 1024 * 1024
@@ -308,7 +308,7 @@ def _bundles(path: Path) -> Iterator[Any]:
     first_line = head.split(b"\n", 1)[0].strip().lstrip(b"\xef\xbb\xbf")
     one_document = not first_line.endswith(b"}") or b"\n" not in head.strip()
     if one_document and path.stat().st_size > MAX_JSON:
-        raise Unreadable(f"{path} is one JSON document over {MAX_JSON // (1 << 20)} MiB: send Bundles as NDJSON")
+        raise NotResults(f"{path} is one JSON document over {MAX_JSON // (1 << 20)} MiB: send Bundles as NDJSON")
     if one_document:
         try:
             yield json.loads(path.read_bytes().decode("utf-8-sig"))
@@ -341,7 +341,7 @@ class FhirReader:
         with path.open("rb") as fh:
             head = fh.read(64).lstrip(b"\xef\xbb\xbf").lstrip()
         if not head.startswith(b"{"):
-            raise Unreadable(f"{path} is not FHIR JSON")
+            raise NotResults(f"{path} is not FHIR JSON", hint="a FHIR R4 Bundle per line (NDJSON), or one Bundle")
 
     def batches(self) -> Iterator[Batch]:
         rows: list[dict[str, str]] = []

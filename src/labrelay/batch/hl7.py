@@ -30,7 +30,7 @@ import polars as pl
 
 from labrelay.batch.csv_reader import Batch
 from labrelay.domain.records import FIELDS, RESULT_SNOMED, Reason, Result
-from labrelay.errors import Unreadable
+from labrelay.errors import NotResults
 
 MAX_MESSAGE = 64 * 1024
 BATCH_RECORDS = 20_000
@@ -244,7 +244,7 @@ class Hl7Reader:
         with path.open("rb") as fh:
             head = fh.read(4).lstrip(b"\xef\xbb\xbf")
         if head[:3] not in (b"MSH", b"FHS", b"BHS"):
-            raise Unreadable(f"{path} does not start with an HL7 v2 message (MSH, FHS or BHS)")
+            raise NotResults(f"{path} does not start with an HL7 v2 message (MSH, FHS or BHS)")
 
     def batches(self) -> Iterator[Batch]:
         rows: list[dict[str, str]] = []

@@ -1,8 +1,10 @@
 """Read → validate → route → write, in bounded batches, with counts that always reconcile.
 
 Every record read ends in exactly one of three places, and the summary says how many in each:
-**accepted** (valid and routed; how many each recipient got is listed too), **rejected** (in the rejection report,
-with its record number, field and reason), or **held for review** (valid, but no recipient can take it yet).
+**accepted** (valid, and every share the policy addresses sent), **rejected** (in the rejection report, with its
+record number, field and reason), or **held for review** (valid, and some recipient's share of it held because
+that recipient cannot take it yet; the recipients in force that the policy gives it still got it). How many each
+recipient got, and how many records (and positives) are held for each recipient, are listed too.
 ``read == accepted + rejected + held``, always: ``Summary.reconciled`` checks it and the CLI refuses to call a run
 successful if it does not hold.
 """
@@ -23,10 +25,10 @@ from labrelay.batch.fhir import FhirReader
 from labrelay.batch.hl7 import Hl7Reader
 from labrelay.batch.ledger import LedgerSink
 from labrelay.batch.outputs import RecordSink
-from labrelay.batch.route import Router
+from labrelay.batch.route import HELD_RECIPIENT, Router
 from labrelay.batch.validate import Validator
-from labrelay.domain.records import FIELDS
-from labrelay.errors import Unreadable, UsageError
+from labrelay.domain.records import FIELDS, Result
+from labrelay.errors import NotResults, Unreadable, UsageError
 
 INPUT_FORMATS = ("auto", "csv", "hl7", "fhir")
 
@@ -35,12 +37,61 @@ class Reader(Protocol):
     def batches(self) -> Iterator[Batch]: ...
 
 
-def detect_format(path: Path) -> str:
+_EXPORT_CSV = "export it as CSV (UTF-8 or Windows-1252, `;` or `,`) in the lab-results template"
+_AS_IS = "to send a document as it is, use --as-is --to NAME"
+
+
+_SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an Excel 97-2003 workbook (.xls) or an old Office document", _EXPORT_CSV),
+    (b"\xff\xfe", "UTF-16 text", "save it as CSV UTF-8 (or Windows-1252) instead of Unicode text"),
+    (b"\xfe\xff", "UTF-16 text", "save it as CSV UTF-8 (or Windows-1252) instead of Unicode text"),
+    (b"%PDF", "a PDF document", _AS_IS),
+    (b"\x1f\x8b", "a gzip-compressed file", "decompress it first"),
+    (b"age-encryption.org/", "an age-encrypted file", "decrypt it first"),
+)
+
+
+def _kind_of(head: bytes) -> tuple[str, str] | None:
+    """(what the file is, what to do) for a file that is certainly not a results file, from its first bytes."""
+    if head.startswith(b"PK\x03\x04"):
+        if b"opendocument.spreadsheet" in head:
+            kind = "an OpenDocument spreadsheet (.ods)"
+        elif b"xl/" in head or (b"[Content_Types].xml" in head and b"word/" not in head):
+            kind = "an Excel workbook (.xlsx)"
+        else:
+            kind = "a ZIP archive (or an Office document)"
+        return kind, _EXPORT_CSV if "sheet" in kind or "workbook" in kind else f"{_EXPORT_CSV}; {_AS_IS}"
+    for prefix, kind, hint in _SIGNATURES:
+        if head.startswith(prefix):
+            return kind, hint
+    if len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4:
+        return "UTF-16 text", "save it as CSV UTF-8 (or Windows-1252) instead of Unicode text"
+    if b"\x00" in head:
+        return "a binary file", _AS_IS
+    return None
+
+
+def _head(path: Path) -> bytes:
     try:
         with path.open("rb") as fh:
-            head = fh.read(64).lstrip(b"\xef\xbb\xbf").lstrip()
+            return fh.read(4096)
     except OSError as exc:
         raise Unreadable(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def check_kind(path: Path) -> bytes:
+    """The file's first bytes, if it may be a results file at all; a workbook, UTF-16 text, a PDF, an archive or
+    any binary file is refused here, saying what it is and how to export it instead."""
+    head = _head(path)
+    kind = _kind_of(head)
+    if kind is not None:
+        raise NotResults(f"{path} is {kind[0]}, not a lab-results file", hint=kind[1])
+    return head
+
+
+def detect_format(path: Path) -> str:
+    """csv, hl7 or fhir, from the first bytes (refusing what is certainly none of them: ``check_kind``)."""
+    head = check_kind(path).lstrip(b"\xef\xbb\xbf").lstrip()
     if head[:3] in (b"MSH", b"FHS", b"BHS"):
         return "hl7"
     if head.startswith(b"{"):
@@ -53,9 +104,22 @@ def open_reader(path: Path, fmt: str = "auto") -> tuple[str, Reader]:
         raise UsageError(f"unknown input format {fmt!r}", hint=f"one of {', '.join(INPUT_FORMATS)}")
     if not path.is_file():
         raise Unreadable(f"{path} is not a readable file")
-    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "auto":
+        fmt = detect_format(path)
+    else:
+        check_kind(path)
     reader: Reader = {"csv": CsvReader, "hl7": Hl7Reader, "fhir": FhirReader}[fmt](path)
     return fmt, reader
+
+
+NO_ARS = ""
+"""The key of ``Summary.held_for`` for regional shares of residences no ARS table covers."""
+
+
+@dataclass
+class HeldCount:
+    records: int = 0
+    positives: int = 0
 
 
 @dataclass
@@ -66,7 +130,9 @@ class Summary:
     rejected: int = 0
     held: int = 0
     per_recipient: dict[str, int] = field(default_factory=dict)
+    held_for: dict[str, HeldCount] = field(default_factory=dict)  # recipient (or NO_ARS) → its held share
     ignored_columns: tuple[str, ...] = ()
+    missing_columns: tuple[str, ...] = ()  # optional template columns the file left out (read as empty)
     policy_version: str | None = None
 
     @property
@@ -82,7 +148,12 @@ class Summary:
             "held_for_review": self.held,
             "reconciled": self.reconciled,
             "per_recipient": dict(sorted(self.per_recipient.items())),
+            "held_for": {
+                name or "no-ars": {"records": c.records, "positives": c.positives}
+                for name, c in sorted(self.held_for.items())
+            },
             "ignored_columns": list(self.ignored_columns),
+            "missing_columns": list(self.missing_columns),
             "policy_version": self.policy_version,
         }
 
@@ -100,11 +171,13 @@ class RejectionReport:
             self._writer.writerows(rows)
 
 
-REVIEW_COLUMNS = ("record", "reason", *FIELDS)
+REVIEW_COLUMNS = ("record", "recipient", "reason", *FIELDS)
 
 
 class ReviewFile:
-    """Records held for review, whole, for the lab to look at (on the lab's machine, mode 0600)."""
+    """Held shares, one row per record and recipient (empty: no ARS covers the residence), the record whole, for
+    the lab to look at and for ``send --held`` (on the lab's machine, mode 0600). It is itself a file in the
+    results template (its first three columns are not the template's, so they are never sent)."""
 
     def __init__(self, out: TextIO | None) -> None:
         self._out = out
@@ -114,9 +187,12 @@ class ReviewFile:
     def add(self, frame: pl.DataFrame) -> None:
         if self._out is not None and frame.height:
             self._out.write(
-                frame.select(pl.col("_record").alias("record"), pl.col("_reason").alias("reason"), *FIELDS).write_csv(
-                    include_header=False
-                )
+                frame.select(
+                    pl.col("_record").alias("record"),
+                    pl.col(HELD_RECIPIENT).alias("recipient"),
+                    pl.col("_reason").alias("reason"),
+                    *FIELDS,
+                ).write_csv(include_header=False)
             )
 
 
@@ -150,31 +226,40 @@ def run(
             result = validator.validate(batch.frame, padded=batch.padded)
             report.add(list(result.rejections.iter_rows()))
             summary.rejected += len(structural) + result.rejected_records
-            held = [result.review]
             accepted = result.accepted
+            held_records = 0
             if router is not None:
                 if ledger is not None:
                     accepted = ledger.prepare(accepted, row_ids)
                     row_ids += accepted.height
-                routed, not_routable = router.route(accepted)
-                held.append(not_routable)
+                routed, held = router.route(accepted)
                 for name, frame in routed.items():
                     summary.per_recipient[name] = summary.per_recipient.get(name, 0) + frame.height
-                if writing is not None:
-                    writing.result()  # the previous block is written (or its failure raised here)
-                writing = writer.submit(_write_block, sinks, routed, ledger, accepted)
-                accepted_count = accepted.height - not_routable.height
-            else:
-                accepted_count = accepted.height
-            for frame in held:
-                review.add(frame)
-                summary.held += frame.height
-            summary.accepted += accepted_count
+                if held.height:
+                    _count_held(summary, held)
+                    review.add(held)
+                    held_records = held.select(pl.col("_record").n_unique()).item()
+                if sinks:
+                    if writing is not None:
+                        writing.result()  # the previous block is written (or its failure raised here)
+                    writing = writer.submit(_write_block, sinks, routed, ledger, accepted)
+            summary.held += held_records
+            summary.accepted += accepted.height - held_records
             if on_batch is not None:
                 on_batch(batch)
         if writing is not None:
             writing.result()
     return summary
+
+
+def _count_held(summary: Summary, held: pl.DataFrame) -> None:
+    counts = held.group_by(HELD_RECIPIENT).agg(
+        pl.len().alias("records"), (pl.col("resultat") == Result.POSITIVE.value).sum().alias("positives")
+    )
+    for name, records, positives in counts.iter_rows():
+        count = summary.held_for.setdefault(name, HeldCount())
+        count.records += records
+        count.positives += positives
 
 
 def _write_block(

@@ -5,8 +5,12 @@ positive result, the ARS of its region of residence (from its INSEE commune code
 record. Each destination receives only the fields the policy gives it; a pseudonymised recipient receives a keyed
 pseudonym (HMAC-SHA256 of the normalised birth name, first name and birth date) and never a direct identifier.
 
-A record whose region's ARS is not enrolled is held for review and sent to nobody: no recipient gets part of a
-picture the lab will have to resend. ``--to`` restricts a send to some destinations, on purpose.
+Each record goes to every recipient in force that the policy gives it. Only the share of a recipient that cannot
+take it is held for review: its region's ARS when that ARS is not enrolled yet (``send --held BATCH`` delivers it
+once it is), or, for a residence in a territory no ARS table covers, the regional share (a question for a person).
+The record still reaches CNAM and Santé publique France when the policy gives it to them: one agency missing never
+holds up another's picture. ``--to`` restricts a send to some destinations, on purpose; what it leaves out is not
+addressed, so not held.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from dataclasses import dataclass
 import polars as pl
 
 from labrelay.crypto.pseudonym import hmac_hex_column
-from labrelay.domain.policy import Policy, RecipientRule
+from labrelay.domain.policy import REGION_SLOT, Policy, RecipientRule
 from labrelay.domain.records import Reason, Result, normalise_trait
 from labrelay.errors import UsageError
+
+HELD_RECIPIENT = "_recipient"
+"""In the held frame: the recipient whose share of the record is held (empty when no ARS covers the residence)."""
 
 ROW_ID = "_lid"
 """A routed record's row id, kept in each destination's frame when the sender's ledger asks for it (RecordSink
@@ -99,8 +106,12 @@ class Router:
         *,
         restrict: Collection[str] | None = None,
         pseudonym_key: str | None = None,
+        count_only: bool = False,
     ) -> None:
+        """``count_only``: the routing is only counted (``labrelay validate``): no pseudonym is computed, and each
+        destination's frame holds record numbers instead of its fields."""
         self.policy = policy
+        self.count_only = count_only
         every = destinations(policy, all_regions)
         known = {d.name for d in every}
         if restrict is not None:
@@ -119,10 +130,17 @@ class Router:
                 hint="enrol it, or restrict the send with --to",
             )
         self.missing_regions = sorted({d.region for d in missing if d.region is not None})
+        self.missing = sorted(d.name for d in missing)
         self.destinations = [d for d in wanted if d.name in enrolled]
+        # Regional rules this send addresses (some of their recipients wanted), and whether it addresses the policy
+        # whole (no --to): only then is a residence no ARS covers a held regional share.
+        self._regional_rules = [
+            rule for rule in policy.recipients if rule.by_region and any(d.rule is rule for d in wanted)
+        ]
+        self._whole = restrict is None
         if not self.destinations:
             raise UsageError("no enrolled recipient to send to under this policy")
-        if any(d.rule.pseudonymise for d in self.destinations) and not pseudonym_key:
+        if any(d.rule.pseudonymise for d in self.destinations) and not pseudonym_key and not count_only:
             raise UsageError(
                 "the policy pseudonymises records for some recipients, and this lab has no pseudonym key",
                 hint="enrol the lab with the authority that holds the key (labrelay party enroll)",
@@ -130,24 +148,60 @@ class Router:
         self._key = pseudonym_key
 
     def route(self, accepted: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-        """(records per destination, with only its fields; records held for review, with ``_reason``)."""
-        held = accepted.filter(pl.col("_region").is_in(self.missing_regions)) if self.missing_regions else None
-        routable = accepted.filter(~pl.col("_region").is_in(self.missing_regions)) if held is not None else accepted
-        pseudonymised = "pseudonyme" in routable.columns  # already computed for the sender's ledger
-        if any(d.rule.pseudonymise for d in self.destinations) and self._key is not None and not pseudonymised:
-            routable = with_pseudonyms(routable, self._key)
-        positives = routable.filter(pl.col("resultat") == Result.POSITIVE.value)
-        by_region = {key[0]: part for key, part in routable.partition_by("_region", as_dict=True).items()}
+        """(records per enrolled destination, with only its fields; the held shares: one row per record and
+        recipient that cannot take it yet, with ``_reason`` and ``HELD_RECIPIENT``)."""
+        pseudonymised = "pseudonyme" in accepted.columns  # already computed for the sender's ledger
+        wants_key = any(d.rule.pseudonymise for d in self.destinations) and not self.count_only
+        if wants_key and self._key is not None and not pseudonymised:
+            accepted = with_pseudonyms(accepted, self._key)
+        positive = pl.col("resultat") == Result.POSITIVE.value
+        positives: pl.DataFrame | None = None
+        by_region: dict[str, pl.DataFrame] | None = None
         out: dict[str, pl.DataFrame] = {}
         for dest in self.destinations:
-            chosen = positives if dest.rule.select == "positive" else routable
-            if dest.region is not None:  # one partition pass instead of a filter per region
-                chosen = by_region.get(dest.region, routable.clear())
+            if dest.region is None:
                 if dest.rule.select == "positive":
-                    chosen = chosen.filter(pl.col("resultat") == Result.POSITIVE.value)
-            keep = [*dest.rule.fields, *([ROW_ID] if ROW_ID in chosen.columns else [])]
-            out[dest.name] = chosen.select(keep)
-        review = (held if held is not None else accepted.clear()).with_columns(
-            pl.lit(Reason.NO_RECIPIENT.value).alias("_reason")
-        )
-        return out, review
+                    positives = accepted.filter(positive) if positives is None else positives
+                    chosen = positives
+                else:
+                    chosen = accepted
+            else:  # one partition pass instead of a filter per region
+                if by_region is None:
+                    by_region = {key[0]: part for key, part in accepted.partition_by("_region", as_dict=True).items()}
+                chosen = by_region.get(dest.region, accepted.clear())
+                if dest.rule.select == "positive":
+                    chosen = chosen.filter(positive)
+            keep = ["_record"] if self.count_only else [*dest.rule.fields]
+            out[dest.name] = chosen.select(*keep, *([ROW_ID] if ROW_ID in chosen.columns else []))
+        return out, self._held(accepted)
+
+    def _held(self, accepted: pl.DataFrame) -> pl.DataFrame:
+        """The regional shares no enrolled recipient can take: a missing ARS's residents, and (in a send the policy
+        addresses whole) residents of a territory no ARS table covers."""
+        parts = []
+        for rule in self._regional_rules:
+            addressed = (
+                accepted if rule.select == "all" else accepted.filter(pl.col("resultat") == Result.POSITIVE.value)
+            )
+            if self.missing_regions:
+                missing = addressed.filter(pl.col("_region").is_in(self.missing_regions))
+                if missing.height:
+                    name = pl.lit(rule.name).str.replace(REGION_SLOT, pl.col("_region"), literal=True)
+                    parts.append(
+                        missing.with_columns(
+                            pl.lit(Reason.NO_RECIPIENT.value).alias("_reason"), name.alias(HELD_RECIPIENT)
+                        )
+                    )
+            if self._whole:
+                nowhere = addressed.filter(pl.col("_region").is_null())
+                if nowhere.height:
+                    parts.append(
+                        nowhere.with_columns(
+                            pl.lit(Reason.NO_REGION.value).alias("_reason"), pl.lit("").alias(HELD_RECIPIENT)
+                        )
+                    )
+        if not parts:
+            return accepted.clear().with_columns(
+                pl.lit("", dtype=pl.String).alias("_reason"), pl.lit("", dtype=pl.String).alias(HELD_RECIPIENT)
+            )
+        return pl.concat(parts, how="vertical_relaxed")

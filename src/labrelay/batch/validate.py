@@ -1,19 +1,21 @@
 """Validation of canonical records, vectorised: one set of rules for every input format.
 
 ``Validator.validate(frame)`` takes a batch of records (the canonical fields as strings, plus ``_record``) and
-splits it into:
+splits it in two:
 
 - **accepted** records, normalised (trimmed; NIR, commune code and FINESS upper case; dates as dates; sex M/F;
   results POSITIF/NEGATIF/INDETERMINE; phone numbers without separators; e-mail as written, its local part being
   case-sensitive), with the derived ``_department``, ``_region`` and ``age`` (years at sampling);
-- **rejections**: one row per (record, field, reason), the first rule each field breaks;
-- **review**: valid records that cannot be routed (a territory no ARS table covers), with the reason.
+- **rejections**: one row per (record, field, reason), the first rule each field breaks.
+
+A valid record whose residence no ARS table covers (975, 977, 978, 98x) is accepted with a null ``_region``: the
+router holds its regional share for review and sends it to the national recipients the policy gives it.
 
 Rules (../shared/context/domain-spec.md): NIR layout, sex digit 1 or 2, key (97 - first 13 mod 97, Corsica 2A→19,
 2B→18), born abroad (99); dates real, in YYYY-MM-DD or DD/MM/YYYY, and birth ≤ sample ≤ validation ≤ today; LOINC
 in the policy's set; result coded; RPPS 11 digits and FINESS 9 characters (their check digits are unverified in
 the reference, so not enforced); INSEE commune code known to La Poste's base; no control characters; bounded
-lengths.
+lengths; no identity or address text beginning like a spreadsheet formula (``=``, ``+``, ``-``, ``@``).
 
 Speed: phase one runs a *screen*, a few cheap boolean expressions that together hold exactly when some rule is
 broken (lengths in bytes, set lookups that imply the format, one pattern per date), on every record. Phase two
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from labrelay.domain.records import FIELDS, MAX_LENGTH, REQUIRED, SNOMED_RESULTS, Reason, Result
+from labrelay.domain.records import FIELDS, FORMULA_FIELDS, MAX_LENGTH, REQUIRED, SNOMED_RESULTS, Reason, Result
 
 CONTROL = r"[\x00-\x1f\x7f]"
 _NIR_SHAPE = r"[0-9]{5}(?:[0-9]{2}|2[AB])[0-9]{8}"
@@ -43,6 +45,7 @@ _PHONE = r"0[1-9][0-9]{8}|\+[1-9][0-9]{7,14}"
 _EMAIL = r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+"
 _COMMUNE = r"[0-9]{5}|2[AB][0-9]{3}"
 _FINESS = r"[0-9]{9}|2[AB][0-9]{7}"
+_FORMULA = r"^[=+\-@\t\r]"
 _MIN_DATE = date(1900, 1, 1)
 
 DATE_FIELDS = ("date_naissance", "date_prelevement", "date_validation")
@@ -83,9 +86,8 @@ class Needs(NamedTuple):
 
 @dataclass(frozen=True)
 class ValidationResult:
-    accepted: pl.DataFrame
+    accepted: pl.DataFrame  # normalised, with "_department", "_region" (null: no ARS table covers it) and "age"
     rejections: pl.DataFrame  # columns: record (Int64), field (String), reason (String)
-    review: pl.DataFrame  # the accepted columns, plus "_reason"
     rejected_records: int
 
 
@@ -188,6 +190,8 @@ class Validator:
             checks.append(Check(name, Reason.TOO_LONG, _v(name).str.len_bytes() > MAX_LENGTH[name]))
             if name in REQUIRED:
                 checks.append(Check(name, Reason.REQUIRED, _v(name).str.len_bytes() == 0))
+            if name in FORMULA_FIELDS:
+                checks.append(Check(name, Reason.FORMULA, _v(name).str.contains(_FORMULA)))
 
         def pattern(name: str, regex: str, reason: Reason, optional: bool) -> None:
             mismatch = ~_v(name).str.contains(_anchored(regex))
@@ -258,6 +262,7 @@ class Validator:
         rules = [
             *too_long,
             *missing,
+            *(_v(n).str.contains(_FORMULA) for n in FORMULA_FIELDS),
             *dates,
             ~nir.str.contains(_anchored(_NIR)),
             ~key_ok,
@@ -292,16 +297,8 @@ class Validator:
         else:  # the common case: no copy
             bad, good = checked.clear(), checked
         region = pl.col("_department").replace_strict(self.region_of, default=None, return_dtype=pl.String)
-        routed = self._normalise(good).with_columns(region.alias("_region"))
-        if routed.select(pl.col("_region").is_null().any()).item():
-            review = routed.filter(pl.col("_region").is_null()).with_columns(
-                pl.lit(Reason.NO_REGION.value).alias("_reason")
-            )
-            accepted = routed.filter(pl.col("_region").is_not_null())
-        else:  # the common case: no copy
-            review = routed.clear().with_columns(pl.lit(Reason.NO_REGION.value).alias("_reason"))
-            accepted = routed
-        return ValidationResult(accepted, self._report(bad), review, bad.height)
+        accepted = self._normalise(good).with_columns(region.alias("_region"))
+        return ValidationResult(accepted, self._report(bad), bad.height)
 
     def _report(self, bad: pl.DataFrame) -> pl.DataFrame:
         """Phase two, on the bad records only: each field's first broken rule, and control characters per field."""

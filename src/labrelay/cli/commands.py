@@ -444,8 +444,16 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         the file was read, 1 when it could not be read at all."""
         from labrelay.client.validate import validate_file  # noqa: PLC0415 - polars loads only when needed
 
-        text = policy.read_text(encoding="utf-8") if policy else None
-        summary = validate_file(file, report=report, policy_text=text, input_format=input_format)
+        from labrelay.client.policy import default_policy_text  # noqa: PLC0415
+        from labrelay.domain.policy import parse_policy  # noqa: PLC0415
+
+        rules = parse_policy(policy.read_text(encoding="utf-8") if policy else default_policy_text())
+        today = SystemClock().now().date()
+        if report is None:
+            summary = validate_file(file, rules, today=today, input_format=input_format)
+        else:
+            with report.open("w", encoding="utf-8", newline="") as out:
+                summary = validate_file(file, rules, today=today, report=out, input_format=input_format)
         _print_summary(summary)
         if report is not None:
             ui.out.print(f"rejection report: {report}", markup=False)
@@ -533,13 +541,13 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
 
         party = Party.load(as_)
         with _party_client(server, party, cacert) as client:
-            rows, problems = verified_outbox(party, client, SystemClock())
-        for row in rows:
-            ui.out.print(row, markup=False)
+            items, problems = verified_outbox(party, client, SystemClock())
+        for item in items:
+            ui.out.print(item.line(), markup=False)
         for problem in problems:
             ui.err.print(f"labrelay: refused: {problem}", markup=False)
         if problems:
-            raise IntegrityError(f"{len(problems)} receipt(s) failed verification")
+            raise IntegrityError(f"{len(problems)} receipt(s) or refusal(s) failed verification")
 
     from labrelay.cli.admin import register_admin  # noqa: PLC0415
     from labrelay.cli.breach import register_breach  # noqa: PLC0415

@@ -1,12 +1,32 @@
-"""Small file helpers for the client: private directories and atomic writes."""
+"""File helpers for the client: private directories, atomic writes, and output that cannot be redirected.
+
+Two rules hold wherever the client writes something a person or a script will pick up:
+
+- **Nothing half-written is ever visible, and nothing is left behind by a killed run.** A file is written unnamed
+  (``O_TMPFILE``: it exists only as an open descriptor, so SIGKILL leaves nothing) and given its name only once
+  it is complete (``linkat``). Where the file system has no ``O_TMPFILE``, a hidden temporary name is used and
+  removed on any failure; ``sweep_temporaries`` removes those a killed run left.
+- **Nothing is written through a planted link.** Files are created relative to a directory opened once
+  (``O_DIRECTORY | O_NOFOLLOW``), with ``O_NOFOLLOW | O_EXCL``, and a name that exists already is refused, never
+  overwritten. ``SafeDir.open`` refuses a directory that is a symbolic link, or that another user owns or may
+  write to (they could plant a link or swap a file between two of our steps).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-from collections.abc import Mapping
+import secrets
+import stat
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from labrelay.errors import StorageFull, UnsafeOutput
+
+TEMP_PREFIX = ".labrelay-tmp-"
 
 
 def private_dir(path: Path) -> Path:
@@ -17,13 +37,17 @@ def private_dir(path: Path) -> Path:
 
 def write_json_atomic(path: Path, doc: Mapping[str, Any], mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -32,3 +56,228 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a JSON object")
     return doc
+
+
+def sweep_temporaries(directory: Path) -> int:
+    """Remove what a killed run left in ``directory``: hidden temporary files (``.NAME.tmp``, ``TEMP_PREFIX*``).
+    Call it only while holding the party's lock (no other run of ours is writing there). Returns how many."""
+    removed = 0
+    if not directory.is_dir():
+        return 0
+    for entry in directory.iterdir():
+        name = entry.name
+        if (name.startswith(TEMP_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))) and not entry.is_dir():
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class TempFile:
+    """A file being written in a directory, with no name yet (or a hidden temporary one)."""
+
+    def __init__(self, dir_fd: int, mode: int = 0o600) -> None:
+        self._dir_fd = dir_fd
+        self._mode = mode
+        self.temp_name: str | None = None
+        try:
+            self.fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, mode, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+            self.temp_name = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            self.fd = os.open(self.temp_name, flags, mode, dir_fd=dir_fd)
+        os.fchmod(self.fd, mode)  # whatever the umask
+        self.handle: BinaryIO = os.fdopen(self.fd, "wb", closefd=False)
+
+    def publish(self, name: str) -> None:
+        """Give the complete file its name, durably. Refuses (``UnsafeOutput``) a name that exists already: a file
+        or a link planted there is never replaced or followed."""
+        _check_name(name)
+        self.handle.flush()
+        os.fsync(self.fd)
+        try:
+            if self.temp_name is None:
+                os.link(f"/proc/self/fd/{self.fd}", name, dst_dir_fd=self._dir_fd, follow_symlinks=True)
+            else:
+                os.link(self.temp_name, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd, follow_symlinks=False)
+                os.unlink(self.temp_name, dir_fd=self._dir_fd)
+                self.temp_name = None
+        except FileExistsError:
+            raise UnsafeOutput(
+                f"{name} exists already in the output directory: refusing to replace it or write through it",
+                hint="move it away (if it is a link, someone planted it: tell your security officer)",
+            ) from None
+        except OSError as exc:
+            raise _storage_error(exc, name) from exc
+        finally:
+            self.close()
+
+    def replace(self, name: str) -> None:
+        """Give the complete file ``name``, replacing a regular file of that name (never following a link)."""
+        _check_name(name)
+        self.handle.flush()
+        os.fsync(self.fd)
+        staged = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
+        try:
+            if self.temp_name is None:
+                os.link(f"/proc/self/fd/{self.fd}", staged, dst_dir_fd=self._dir_fd, follow_symlinks=True)
+            else:
+                os.rename(self.temp_name, staged, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+                self.temp_name = None
+            os.replace(staged, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(staged, dir_fd=self._dir_fd)
+            raise
+        finally:
+            self.close()
+
+    def discard(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.handle.close()
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if self.temp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temp_name, dir_fd=self._dir_fd)
+            self.temp_name = None
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise UnsafeOutput(f"refusing an output name that is not a plain file name: {name!r}")
+
+
+def _storage_error(exc: OSError, name: str) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left to write {name}")
+    return exc
+
+
+class SafeDir:
+    """A directory opened once, for writing files that cannot be redirected (see the module's docstring)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True, private: bool = False) -> SafeDir:
+        """Open ``path`` (creating it, 0700 when ``private`` else 0755, if missing). Refuses a symbolic link, a
+        directory another user owns, or one that the group or others may write to."""
+        if create:
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(mode=0o700 if private else 0o755, parents=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and path.is_symlink():
+                raise UnsafeOutput(
+                    f"{path} is a symbolic link: refusing to write through it",
+                    hint="give the real directory (if you did not make that link, tell your security officer)",
+                ) from None
+            if exc.errno == errno.ENOTDIR:
+                raise UnsafeOutput(f"{path} is not a directory") from None
+            raise
+        try:
+            _check_dir(path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
+
+    def subdir(self, name: str, *, private: bool = True) -> SafeDir:
+        """A directory inside this one, checked and opened the same way (relative to this one's descriptor)."""
+        _check_name(name)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700 if private else 0o755, dir_fd=self.fd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeOutput(f"{self.path / name} is not a plain directory (a link?): refusing it") from None
+            raise
+        try:
+            _check_dir(self.path / name, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return SafeDir(self.path / name, fd)
+
+    def temp(self, mode: int = 0o600) -> TempFile:
+        return TempFile(self.fd, mode)
+
+    def exists(self, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def open_read(self, name: str) -> BinaryIO:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self.fd)
+        return os.fdopen(fd, "rb")
+
+    def open_append(self, name: str) -> BinaryIO:
+        """A file of ours to append to (a partial download), created if missing; never a link."""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600, dir_fd=self.fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            os.close(fd)
+            raise UnsafeOutput(f"{self.path / name} is not a regular file of ours: refusing it")
+        return os.fdopen(fd, "ab")
+
+    def size(self, name: str) -> int | None:
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return None
+
+    def unlink(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.fd)
+
+    def rename(self, src: str, dst: str, into: SafeDir | None = None) -> None:
+        """Move ``src`` to ``dst`` (in ``into``, or here), refusing an existing ``dst`` rather than replacing it."""
+        _check_name(dst)
+        target = into or self
+        try:
+            os.link(src, dst, src_dir_fd=self.fd, dst_dir_fd=target.fd, follow_symlinks=False)
+        except FileExistsError:
+            raise UnsafeOutput(
+                f"{target.path / dst} exists already: refusing to replace it or write through it",
+                hint="move it away (if it is a link, someone planted it: tell your security officer)",
+            ) from None
+        os.unlink(src, dir_fd=self.fd)
+
+    def names(self) -> Iterator[str]:
+        yield from os.listdir(self.fd)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def __enter__(self) -> SafeDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_dir(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeOutput(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise UnsafeOutput(
+            f"{path} belongs to another user: refusing to write there",
+            hint="write into a directory of your own (chown it, or choose another --out)",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeOutput(
+            f"{path} may be written by other users (mode {stat.S_IMODE(st.st_mode):o}): refusing to write there",
+            hint=f"chmod go-w {path}",
+        )

@@ -12,16 +12,15 @@ A ledger is kept ``retention`` (default 365 days, like the audit log) and purged
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from isal import igzip
 
 from labrelay.batch.ledger import LedgerSink
-from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.client.files import SafeDir, TempFile, private_dir, read_json, write_json_atomic
 from labrelay.client.send import GZIP_LEVEL
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
@@ -62,7 +61,8 @@ class LedgerWriter:
     path: Path
     persons: Path
     dpo: PartyEntry
-    handle: BinaryIO
+    folder: SafeDir
+    file: TempFile  # the persons index, unnamed until finished: a killed send leaves nothing behind
     sealer: age_stream.StreamingSealer
     gzip: igzip.IGzipFile
     sink: LedgerSink
@@ -71,22 +71,30 @@ class LedgerWriter:
     def open(
         cls, party_path: Path, batch_id: str, dpo: PartyEntry, transfer_ids: dict[str, str], key: str | None
     ) -> LedgerWriter:
-        folder = ledger_dir(party_path)
-        persons = folder / f"{batch_id}.persons.age"
-        handle = os.fdopen(os.open(persons, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-        sealer = age_stream.StreamingSealer(handle, dpo.age_recipient)
+        folder = SafeDir.open(ledger_dir(party_path), create=False)
+        file = folder.temp()
+        sealer = age_stream.StreamingSealer(file.handle, dpo.age_recipient)
         compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
         sink = LedgerSink(compressed, transfer_ids, key)
-        return cls(batch_id, folder / f"{batch_id}.json", persons, dpo, handle, sealer, compressed, sink)
+        return cls(
+            batch_id,
+            folder.path / f"{batch_id}.json",
+            folder.path / f"{batch_id}.persons.age",
+            dpo,
+            folder,
+            file,
+            sealer,
+            compressed,
+            sink,
+        )
 
     def finish(
         self, sender: str, created: datetime, policy: str, transfers: list[dict[str, Any]], keep: timedelta
     ) -> None:
         self.gzip.close()
         self.sealer.close()
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        self.file.publish(self.persons.name)
+        self.folder.close()
         write_json_atomic(
             self.path,
             {
@@ -105,11 +113,13 @@ class LedgerWriter:
         )
 
     def discard(self) -> None:
-        self.sealer.abort()
-        with contextlib.suppress(OSError):
-            self.handle.close()
-        self.persons.unlink(missing_ok=True)
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            self.sealer.abort()
+        self.file.discard()
+        self.folder.close()
+        if self.path.exists():  # finished, then the send failed: nothing of it is kept
+            self.persons.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
 
 
 def transfer_fact(

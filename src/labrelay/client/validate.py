@@ -1,38 +1,56 @@
-"""``labrelay validate``: the send pipeline's reading and validation, with nothing sent."""
+"""``labrelay validate``: the send pipeline's reading, validation and routing, counted, with nothing sent."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import date
 from pathlib import Path
+from typing import TextIO
 
+from labrelay.batch.csv_reader import Batch
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
+from labrelay.batch.route import Router, destinations
 from labrelay.batch.validate import Validator
-from labrelay.client.policy import default_policy_text
-from labrelay.clock import SystemClock
-from labrelay.domain.policy import parse_policy
+from labrelay.domain.policy import Policy
 from labrelay.refdata import communes, department_regions
 
 
 def validate_file(
     path: Path,
+    policy: Policy,
     *,
-    report: Path | None = None,
-    policy_text: str | None = None,
+    today: date,
+    report: TextIO | None = None,
     input_format: str = "auto",
-    today: date | None = None,
+    enrolled: Collection[str] | None = None,
+    on_batch: Callable[[Batch], None] | None = None,
 ) -> Summary:
-    policy = parse_policy(policy_text or default_policy_text())
+    """Read and check every record of ``path`` under ``policy``, and count where each would go: to the recipients
+    in ``enrolled`` (the directory in force, for a preview against a relay), or to every recipient the policy names
+    when ``enrolled`` is None. Rejections go to ``report`` (``record,field,reason``) when given."""
     fmt, reader = open_reader(path, input_format)
+    regions = set(department_regions().values())
     validator = Validator(
-        today=today or SystemClock().now().date(),
+        today=today,
         loinc=policy.loinc,
         communes=[c.insee for c in communes()],
         department_regions=department_regions(),
     )
+    layout = getattr(reader, "layout", None)
     summary = Summary(
-        fmt, ignored_columns=getattr(getattr(reader, "layout", None), "ignored", ()), policy_version=policy.version
+        fmt,
+        ignored_columns=getattr(layout, "ignored", ()),
+        missing_columns=getattr(layout, "missing", ()),
+        policy_version=policy.version,
     )
-    if report is None:
-        return run(reader, validator, summary=summary, report=RejectionReport(None), review=ReviewFile(None))
-    with report.open("w", encoding="utf-8", newline="") as out:
-        return run(reader, validator, summary=summary, report=RejectionReport(out), review=ReviewFile(None))
+    names = enrolled if enrolled is not None else {d.name for d in destinations(policy, regions)}
+    router = Router(policy, regions, names, count_only=True)
+    return run(
+        reader,
+        validator,
+        summary=summary,
+        report=RejectionReport(report),
+        review=ReviewFile(None),
+        router=router,
+        on_batch=on_batch,
+    )

@@ -56,6 +56,10 @@ REQUIRED = frozenset(
     }
 )
 
+OPTIONAL: tuple[str, ...] = tuple(f for f in FIELDS if f not in REQUIRED)
+"""Template columns a file may leave out: a missing one is read as empty on every record, never a reason to
+refuse the file (the values of these fields may be empty anyway)."""
+
 MAX_LENGTH: dict[str, int] = {
     "nir": 15,
     "nom": 200,
@@ -122,6 +126,7 @@ class Reason(StrEnum):
     EXTRA_FIELDS = "record has more fields than the header"
     MALFORMED = "record is not well-formed"
     CONTROL = "control character in field"
+    FORMULA = "formula-like value"
     TOO_LONG = "field too long"
     REQUIRED = "required field is empty"
     NIR_FORMAT = "NIR: not 15 characters in the NIR layout"
@@ -147,6 +152,12 @@ class Reason(StrEnum):
     NO_RECIPIENT = "no enrolled recipient for this residence's region"
     STRUCTURE = "message structure"
 
+
+FORMULA_FIELDS: tuple[str, ...] = ("nom", "prenom", "adresse", "commune", "prescripteur_nom", "email")
+"""Text fields of identity and address that recipients open in spreadsheets: a value beginning with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return is refused (``Reason.FORMULA``; tab and CR are control characters, refused
+as such first), so that no record can carry a formula into CNAM's or an ARS's spreadsheet. Phone numbers are not
+among them: their leading ``+`` is the international prefix, and the phone rule admits nothing else."""
 
 REVIEW_REASONS = frozenset({Reason.NO_REGION, Reason.NO_RECIPIENT})
 """Reasons that hold a valid record for human review instead of rejecting it."""
