@@ -75,6 +75,8 @@ class AuditEvent(StrEnum):
     CONSOLE_SIGNOUT = "console:signout"
     CONSOLE_REFUSE = "console:refuse"
     CONSOLE_PASSKEY_REMOVE = "console:passkey-remove"
+    REFUSAL_ACCEPT = "refusal:accept"  # a recipient's signed refusal of a payload: the transfer is quarantined
+    REFUSAL_REFUSE = "refusal:refuse"  # a refusal the relay did not accept (foreign, forged, not matching …)
 
 
 class Outcome(StrEnum):

@@ -9,6 +9,7 @@ the recipient's signed receipt closes the transfer and lets the relay delete the
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,10 +23,13 @@ from labrelay.errors import IntegrityError, TooLarge, UntrustedEntry, UsageError
 
 MANIFEST_TYPE = "transfer-manifest"
 RECEIPT_TYPE = "transfer-receipt"
+REFUSAL_TYPE = "transfer-refusal"
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9.+-]{1,64}")
 _AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+_REFUSAL_REASON = re.compile(r"[a-z-]{1,40}")
+MAX_REFUSAL_DETAIL = 300
 
 
 class TransferState(StrEnum):
@@ -252,6 +256,97 @@ class Receipt:
         )
 
 
+_REFUSAL_FIELDS = frozenset(
+    {"type", "v", "transfer_id", "sender", "recipient", "sha256", "size", "reason", "detail", "refused_at"}
+)
+
+
+def _printable_line(text: str) -> bool:
+    """No control, format (bidi overrides, zero-width) or line-breaking character: one line, shown as it reads."""
+    return not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn") for ch in text)
+
+
+def refusal_detail(text: str) -> str:
+    """``text`` made fit for a refusal's ``detail``: one line, every control or format character replaced by a
+    space, at most ``MAX_REFUSAL_DETAIL`` characters (cut with an ellipsis)."""
+    line = " ".join("".join(ch if _printable_line(ch) else " " for ch in text).split())
+    return line if len(line) <= MAX_REFUSAL_DETAIL else line[: MAX_REFUSAL_DETAIL - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferRefusal:
+    """What a recipient signs when its client refuses a payload (its hash, its decryption, its manifest, its
+    sender…): the relay then never offers it again, and its sender learns why. ``reason`` is a short error code
+    (``integrity``, ``untrusted-entry``, ``revoked``…); ``detail`` one line naming only parties, files and ids."""
+
+    transfer_id: str
+    sender: str
+    recipient: str
+    sha256: str  # of the manifest's ciphertext, as for receipts
+    size: int
+    reason: str
+    detail: str
+    refused_at: datetime
+
+    def __post_init__(self) -> None:
+        check_transfer_id(self.transfer_id)
+        check_party_name(self.sender)
+        check_party_name(self.recipient)
+        if not _SHA256_HEX.fullmatch(self.sha256) or self.size < 0:
+            raise UsageError("refusal sha256 or size malformed")
+        if not _REFUSAL_REASON.fullmatch(self.reason):
+            raise UsageError("a refusal's reason is a short code: lowercase letters and hyphens, at most 40")
+        if len(self.detail) > MAX_REFUSAL_DETAIL or not _printable_line(self.detail):
+            raise UsageError(
+                f"a refusal's detail is one line of at most {MAX_REFUSAL_DETAIL} characters, without control characters"
+            )
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "type": REFUSAL_TYPE,
+            "v": 1,
+            "transfer_id": self.transfer_id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "sha256": self.sha256,
+            "size": self.size,
+            "reason": self.reason,
+            "detail": self.detail,
+            "refused_at": to_rfc3339(self.refused_at),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> TransferRefusal:
+        """Strict: every field present and well-formed, and no other field (a refusal carries nothing more)."""
+        if payload.get("type") != REFUSAL_TYPE or payload.get("v") != 1:
+            raise IntegrityError("not a version-1 transfer refusal")
+        extra = set(payload) - _REFUSAL_FIELDS
+        if extra:
+            raise IntegrityError("malformed refusal: it has fields a version-1 refusal does not")
+        try:
+            return cls(
+                transfer_id=require(payload, "transfer_id", str, IntegrityError),
+                sender=require(payload, "sender", str, IntegrityError),
+                recipient=require(payload, "recipient", str, IntegrityError),
+                sha256=require(payload, "sha256", str, IntegrityError),
+                size=require(payload, "size", int, IntegrityError),
+                reason=require(payload, "reason", str, IntegrityError),
+                detail=require(payload, "detail", str, IntegrityError),
+                refused_at=instant(payload, "refused_at", IntegrityError),
+            )
+        except (UsageError, UntrustedEntry) as exc:
+            raise _as_payload_error(exc, "refusal") from exc
+
+    def matches(self, manifest: Manifest) -> bool:
+        return (
+            self.transfer_id == manifest.transfer_id
+            and self.sender == manifest.sender
+            and self.recipient == manifest.recipient
+            and self.sha256 == manifest.sha256
+            and self.size == manifest.size
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TransferRecord:
     """A transfer as the relay keeps it: the verified manifest and its envelope, state and timestamps."""
@@ -263,7 +358,8 @@ class TransferRecord:
     created_at: datetime  # relay time
     updated_at: datetime  # relay time of the last state or offset change
     receipt_envelope: Mapping[str, Any] | None = None
-    quarantined_at: datetime | None = None  # an admin or a detection rule held it: never served again
+    quarantined_at: datetime | None = None  # an admin, a detection rule or its recipient held it: never served again
+    refusal_envelope: Mapping[str, Any] | None = None  # the recipient's signed refusal (it is quarantined too)
 
     @property
     def transfer_id(self) -> str:
