@@ -62,6 +62,7 @@ transfers = Table(
     Column("manifest", Text, nullable=False),
     Column("receipt", Text, nullable=True),
     Column("quarantined_at", BigInteger, nullable=True),
+    Column("refusal_envelope", Text, nullable=True),  # the recipient's signed refusal (migration 0005)
     Index("ix_transfers_recipient_state", "recipient", "state"),
 )
 

@@ -316,6 +316,7 @@ class SqlStore:
             updated_at=from_epoch(row.updated_at),
             receipt_envelope=json.loads(row.receipt) if row.receipt else None,
             quarantined_at=from_epoch(row.quarantined_at) if row.quarantined_at is not None else None,
+            refusal_envelope=json.loads(row.refusal_envelope) if row.refusal_envelope else None,
         )
 
     def create(self, record: TransferRecord) -> None:
@@ -370,6 +371,26 @@ class SqlStore:
             where.append(t.c.quarantined_at.is_(None))
         with self.engine.begin() as conn:
             result = conn.execute(update(t).where(*where).values(**values))
+        return bool(result.rowcount)
+
+    def refuse(self, transfer_id: str, refusal_envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Keep the recipient's signed refusal and quarantine the transfer, in one statement, if it is available and
+        not refused yet (an earlier quarantine keeps its time); False otherwise."""
+        t = schema.transfers
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(t)
+                .where(
+                    t.c.id == transfer_id,
+                    t.c.state == TransferState.AVAILABLE.value,
+                    t.c.refusal_envelope.is_(None),
+                )
+                .values(
+                    refusal_envelope=_dumps(refusal_envelope),
+                    quarantined_at=func.coalesce(t.c.quarantined_at, to_epoch(at)),
+                    updated_at=to_epoch(at),
+                )
+            )
         return bool(result.rowcount)
 
     def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]:
