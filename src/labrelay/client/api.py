@@ -253,6 +253,22 @@ class RelayClient:
         result: dict[str, Any] = self._json("POST", f"/v1/transfers/{transfer_id}/receipt", envelope)
         return result
 
+    def send_refusal(self, transfer_id: str, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        """The recipient's signed refusal of a payload it will not accept: never offered again, its sender told."""
+        result: dict[str, Any] = self._json("POST", f"/v1/transfers/{transfer_id}/refusal", envelope)
+        return result
+
+    def limits(self) -> dict[str, Any]:
+        """The relay's terms: ``{max_ttl_seconds, max_payload_bytes, clock_skew_seconds}``, each a non-negative
+        integer (anything else is refused: a client must not check a send against terms it cannot read)."""
+        result = self._json("GET", "/v1/limits")
+        names = ("max_ttl_seconds", "max_payload_bytes", "clock_skew_seconds")
+        if not isinstance(result, dict) or not all(
+            isinstance(result.get(n), int) and not isinstance(result.get(n), bool) and result[n] >= 0 for n in names
+        ):
+            raise OperationalError("relay sent malformed limits")
+        return result
+
     def upload_offset(self, transfer_id: str) -> int:
         def go() -> int:
             response = self._request("HEAD", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})

@@ -1,8 +1,11 @@
-"""The sender's view of what it sent: each transfer's state and its recipient's signed receipt, verified."""
+"""The sender's view of what it sent: each transfer's state, and its recipient's signed receipt or signed refusal,
+each verified against the recipient's entry in the directory the sender trusts."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Party
@@ -11,48 +14,73 @@ from labrelay.crypto.envelopes import envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import RECEIVING_ROLES
 from labrelay.domain.timeutil import to_rfc3339
-from labrelay.domain.transfers import MANIFEST_TYPE, RECEIPT_TYPE, Manifest, Receipt
+from labrelay.domain.transfers import MANIFEST_TYPE, RECEIPT_TYPE, REFUSAL_TYPE, Manifest, Receipt, TransferRefusal
 from labrelay.errors import IntegrityError, LabrelayError
 from labrelay.ports import Clock
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
+    """One transfer the sender sent: its manifest (verified under the sender's own key), the relay's state, and
+    its recipient's verified receipt or refusal, if any."""
+
     manifest: Manifest
     state: str
-    receipt: Receipt | None
+    receipt: Receipt | None = None
+    refusal: TransferRefusal | None = None
 
     def line(self) -> str:
         base = f"{self.manifest.transfer_id} → {self.manifest.recipient:12} {self.state:10}"
-        if self.receipt is None:
+        parts = []
+        if self.receipt is not None:
+            count = f", {self.receipt.record_count} records" if self.receipt.record_count is not None else ""
+            parts.append(f"{self.receipt.status.value} at {to_rfc3339(self.receipt.received_at)}{count}")
+        if self.refusal is not None:
+            detail = f" ({self.refusal.detail})" if self.refusal.detail else ""
+            parts.append(
+                f"refused by {self.refusal.recipient} at {to_rfc3339(self.refusal.refused_at)}: "
+                f"{self.refusal.reason}{detail}"
+            )
+        if not parts:
             return base + f" deadline {to_rfc3339(self.manifest.deadline)}"
-        count = f", {self.receipt.record_count} records" if self.receipt.record_count is not None else ""
-        return base + f" {self.receipt.status.value} at {to_rfc3339(self.receipt.received_at)}{count}"
+        return base + " " + "; ".join(parts)
 
 
-def verified_outbox(party: Party, client: RelayClient, clock: Clock) -> tuple[list[str], list[str]]:
-    """(one line per transfer, problems). A receipt must verify under its recipient's directory entry."""
+def _recipients_key(
+    directory: TrustedDirectory, envelope: Mapping[str, Any], manifest: Manifest, what: str
+) -> VerifyKey:
+    """The verifying key of the transfer's recipient, who alone may sign its receipt or refusal."""
+    signer = envelope_signer(envelope)
+    if signer != manifest.recipient:
+        raise IntegrityError(f"{what} for {manifest.transfer_id} signed by {signer}, not its recipient")
+    return VerifyKey.from_b64(directory.require(signer, RECEIVING_ROLES).signing_key)
+
+
+def verified_outbox(party: Party, client: RelayClient, clock: Clock) -> tuple[list[OutboxItem], list[str]]:
+    """(one item per transfer whose records verify, problems). A receipt or a refusal must verify under its
+    recipient's directory entry and match the manifest; a transfer with any record that does not is a problem."""
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
     own = VerifyKey.from_b64(party.signing_public)
-    rows: list[str] = []
+    items: list[OutboxItem] = []
     problems: list[str] = []
     for listing in client.transfers("outbox"):
         transfer_id = str(listing.get("transfer_id"))
         try:
             manifest = Manifest.from_payload(verify_envelope(listing["manifest"], MANIFEST_TYPE, own))
-            receipt = None
+            receipt = refusal = None
             if listing.get("receipt"):
                 envelope = listing["receipt"]
-                signer = envelope_signer(envelope)
-                if signer != manifest.recipient:
-                    raise IntegrityError(f"receipt for {transfer_id} signed by {signer}, not its recipient")
-                entry = directory.require(signer, RECEIVING_ROLES)
-                receipt = Receipt.from_payload(
-                    verify_envelope(envelope, RECEIPT_TYPE, VerifyKey.from_b64(entry.signing_key))
-                )
+                key = _recipients_key(directory, envelope, manifest, "receipt")
+                receipt = Receipt.from_payload(verify_envelope(envelope, RECEIPT_TYPE, key))
                 if not receipt.matches(manifest):
                     raise IntegrityError(f"receipt for {transfer_id} does not match its manifest")
-            rows.append(OutboxItem(manifest, str(listing.get("state")), receipt).line())
+            if listing.get("refusal"):
+                envelope = listing["refusal"]
+                key = _recipients_key(directory, envelope, manifest, "refusal")
+                refusal = TransferRefusal.from_payload(verify_envelope(envelope, REFUSAL_TYPE, key))
+                if not refusal.matches(manifest):
+                    raise IntegrityError(f"refusal for {transfer_id} does not match its manifest")
+            items.append(OutboxItem(manifest, str(listing.get("state")), receipt, refusal))
         except LabrelayError as exc:
             problems.append(f"{transfer_id}: {exc.diagnostics()}")
-    return rows, problems
+    return items, problems
