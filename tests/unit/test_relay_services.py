@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from labrelay.client.policy import default_policy_text
 from labrelay.clock import ManualClock
 from labrelay.config import RelaySettings
 from labrelay.crypto import age_stream
@@ -25,6 +26,8 @@ from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.audit import AuditEvent, verify_chain
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Revocation, Role
+from labrelay.domain.policy import policy_payload
+from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus, TransferState
 from labrelay.errors import (
     AuthenticationFailed,
@@ -147,6 +150,10 @@ def make_setup(tmp_path: Path) -> Setup:
     init_data_dir(tmp_path / "relay", tmp_path / "authority.pub")
     clock = ManualClock(T0)
     relay = open_relay(RelaySettings(data_dir=(tmp_path / "relay").resolve()), clock)
+    # The shipped routing policy is in force, as in every deployment (the authority publishes it first): without
+    # one, the relay refuses documents sent unparsed to anyone.
+    policy = sign_envelope(policy_payload(default_policy_text(), to_rfc3339(T0)), authority, AUTHORITY_KEYID)
+    relay.services.policies.register(policy, AUTHORITY_KEYID)
     return Setup(relay, clock, authority)
 
 

@@ -50,6 +50,7 @@ from labrelay.http.models import (
     Envelope,
     Health,
     KeyHorizon,
+    LimitsOut,
     PolicyRegistered,
     Problem,
     Registered,
@@ -456,6 +457,18 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
 
     # ------------------------------------------------------------ transfers
 
+    @app.get(
+        "/v1/limits",
+        response_model=LimitsOut,
+        responses=_PROBLEMS,
+        tags=["transfers"],
+        description=_SIGNED["description"],
+    )
+    async def get_limits(request: Request) -> LimitsOut:
+        """The relay's terms: the longest time to live, the largest payload, the clock skew it tolerates."""
+        await authenticate(request)
+        return LimitsOut.of(services.transfers.limits)
+
     @app.post(
         "/v1/transfers",
         response_model=TransferOut,
@@ -556,6 +569,20 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         body = await read_body(request)
         caller = await authenticate(request, body=body)
         return TransferOut.of(await call(services.transfers.accept_receipt, caller, transfer_id, parse_json(body)))
+
+    @app.post(
+        "/v1/transfers/{transfer_id}/refusal",
+        response_model=TransferOut,
+        responses=_PROBLEMS,
+        tags=["transfers"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def post_refusal(request: Request, transfer_id: str) -> TransferOut:
+        """The recipient's signed refusal of a payload its client would not accept. The relay keeps it for the
+        sender, holds the transfer (never offered again; deleted at its deadline) and alerts its operators."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body)
+        return TransferOut.of(await call(services.transfers.refuse, caller, transfer_id, parse_json(body)))
 
     # ------------------------------------------------------------ tus 1.0 core (+ termination)
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from labrelay.domain.timeutil import to_rfc3339
-from labrelay.domain.transfers import TransferRecord
+from labrelay.domain.transfers import TransferLimits, TransferRecord
 
 
 class Envelope(BaseModel):
@@ -42,6 +42,7 @@ class TransferOut(BaseModel):
     deadline: str
     manifest: dict[str, Any]
     receipt: dict[str, Any] | None
+    refusal: dict[str, Any] | None  # the recipient's signed refusal: the transfer is held, never served again
 
     @classmethod
     def of(cls, record: TransferRecord) -> TransferOut:
@@ -57,11 +58,28 @@ class TransferOut(BaseModel):
             deadline=to_rfc3339(record.deadline),
             manifest=dict(record.manifest_envelope),
             receipt=dict(record.receipt_envelope) if record.receipt_envelope else None,
+            refusal=dict(record.refusal_envelope) if record.refusal_envelope else None,
         )
 
 
 class TransferList(BaseModel):
     transfers: list[TransferOut]
+
+
+class LimitsOut(BaseModel):
+    """The relay's terms, which no manifest may exceed (a client checks a send against them before sealing)."""
+
+    max_ttl_seconds: int
+    max_payload_bytes: int
+    clock_skew_seconds: int
+
+    @classmethod
+    def of(cls, limits: TransferLimits) -> LimitsOut:
+        return cls(
+            max_ttl_seconds=int(limits.max_ttl.total_seconds()),
+            max_payload_bytes=limits.max_payload_bytes,
+            clock_skew_seconds=int(limits.clock_skew.total_seconds()),
+        )
 
 
 class KeyHorizon(BaseModel):

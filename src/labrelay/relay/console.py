@@ -377,4 +377,12 @@ def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:
             else None
         ),
         "quarantined": rec.quarantined_at is not None,
+        "refused": _refusal_code(rec),
     }
+
+
+def _refusal_code(rec: TransferRecord) -> str | None:
+    """The reason code of the recipient's refusal (never its detail: the console shows metadata only)."""
+    payload = rec.refusal_envelope.get("payload") if rec.refusal_envelope else None
+    code = payload.get("reason") if isinstance(payload, Mapping) else None
+    return code if isinstance(code, str) else None

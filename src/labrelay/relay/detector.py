@@ -10,6 +10,11 @@ Rules (thresholds in relay.toml, docs/configuration.md):
 - ``revoked-key``: any request that a revoked, locked or admin-revoked key signed correctly.
 - ``volume``: a party downloading far more than its usual volume (a multiple of its mean over past windows).
 
+And, without threshold or lock, ``refused-payload``: every payload its recipient refused, signed (its hash, its
+decryption, its manifest or its sender failed a client check). Either the relay's storage was tampered with or
+the sender misbehaves: an operator must look now. The alert names the parties, the transfer and the refusal's
+reason code, never its detail.
+
 Only a proven signer is ever locked: an unsigned request or a bad signature names nobody (anyone can claim a key
 id), so locking on it would let an attacker lock out a real recipient.
 
@@ -41,8 +46,15 @@ _SWEEP_EVERY = 1000
 _MAX_SUBJECTS = 100_000
 log = structlog.get_logger("labrelay.detector")
 _PROBE_EVENTS = frozenset(
-    {AuditEvent.DOWNLOAD_REFUSE, AuditEvent.TRANSFER_READ, AuditEvent.RECEIPT_REFUSE, AuditEvent.UPLOAD_REJECT}
+    {
+        AuditEvent.DOWNLOAD_REFUSE,
+        AuditEvent.TRANSFER_READ,
+        AuditEvent.RECEIPT_REFUSE,
+        AuditEvent.UPLOAD_REJECT,
+        AuditEvent.REFUSAL_REFUSE,
+    }
 )
+REFUSED_PAYLOAD = "refused-payload"  # an alert on each accepted refusal; not a tunable rule (no threshold, no lock)
 _IGNORED = frozenset({AuditEvent.ALERT_RAISE, AuditEvent.PARTY_LOCK})
 
 
@@ -93,7 +105,7 @@ class Detector:
 
     def __call__(self, rec: AuditRecord) -> None:
         entry = rec.entry
-        if entry.event in _IGNORED:
+        if entry.event in _IGNORED or self._noticed(rec):
             return
         trips: list[tuple[str, str, int, int, timedelta, bool]] = []
         with self._guard:
@@ -202,24 +214,66 @@ class Detector:
             audit_seq=0,
             summary=summary + (f"; {subject} is locked" if locked else ""),
         )
+        self._emit(alert, actor=subject if signed else None)
+
+    def _noticed(self, rec: AuditRecord) -> bool:
+        """Events that raise an alert each, with no threshold (a recipient's refusal); True if ``rec`` is one."""
+        if rec.entry.event is not AuditEvent.REFUSAL_ACCEPT or rec.entry.outcome is not Outcome.OK:
+            return False
+        try:
+            self._refused(rec)
+        except Exception as exc:  # noqa: BLE001 - never let detection break the request that fed it
+            log.error("alert could not be raised", rule=REFUSED_PAYLOAD, error=type(exc).__name__)
+        return True
+
+    def _refused(self, rec: AuditRecord) -> None:
+        """A recipient refused a payload, signed: one alert, at once, naming the sender as its subject."""
+        entry = rec.entry
+        sender = entry.details.get("sender")
+        subject = sender if isinstance(sender, str) else "unknown-sender"
+        alert = Alert(
+            rule=REFUSED_PAYLOAD,
+            subject=subject,
+            at=entry.at,
+            count=1,
+            threshold=1,
+            window_seconds=0,
+            locked=False,
+            audit_seq=0,
+            summary=_REFUSED_SUMMARY.format(
+                recipient=entry.actor, transfer=entry.transfer_id, sender=subject, code=entry.reason
+            ),
+        )
+        self._emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, code=entry.reason)
+
+    def _emit(self, alert: Alert, *, actor: str | None, transfer_id: str | None = None, **extra: str | None) -> None:
+        """Record the alert as an audit event (its sequence number goes with it), then hand it to the sinks."""
         try:
             rec = self._audit.record(
                 AuditEvent.ALERT_RAISE,
-                outcome=Outcome.REFUSED if locked else Outcome.OK,
-                actor=subject if signed else None,
-                reason=rule,
-                subject=subject,
-                count=count,
-                threshold=threshold,
+                outcome=Outcome.REFUSED if alert.locked else Outcome.OK,
+                actor=actor,
+                transfer_id=transfer_id,
+                reason=alert.rule,
+                subject=alert.subject,
+                count=alert.count,
+                threshold=alert.threshold,
                 window_seconds=alert.window_seconds,
-                locked=locked,
+                locked=alert.locked,
+                **extra,
             )
             alert = replace(alert, audit_seq=rec.seq)
         except Exception as exc:  # noqa: BLE001 - the sinks hear of it even if the database does not
-            log.error("alert not recorded in the audit trail", rule=rule, error=type(exc).__name__)
+            log.error("alert not recorded in the audit trail", rule=alert.rule, error=type(exc).__name__)
         self.raised.append(alert)
         del self.raised[:-100]
         self._alerts.submit(alert)
+
+
+_REFUSED_SUMMARY = (
+    "{recipient} refused the payload of transfer {transfer} from {sender} ({code}): the relay's storage was "
+    "tampered with, or the sender sent what its recipient's checks refuse"
+)
 
 
 def _served(rec: AuditRecord) -> int:

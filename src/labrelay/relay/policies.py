@@ -3,6 +3,10 @@
 The relay refuses a policy the pinned authority did not sign, and one that ``parse_policy`` refuses (it gives
 nothing, or everything to everyone, or is malformed). It refuses a manifest that names a policy version it does not
 hold. Clients verify the policy again against their own pinned authority key before routing anything.
+
+A manifest that names no policy (a document sent unparsed, ``send --as-is``) carries every field it holds: the relay
+accepts it only for a recipient the policy in force lets receive unparsed documents, and refuses it when no policy
+is registered at all (fail closed). The lab's client checks the same before sealing anything.
 """
 
 from __future__ import annotations
@@ -45,3 +49,17 @@ class PolicyService:
 
     def known(self, version: str) -> bool:
         return self._repo.policy(version) is not None
+
+    def current(self) -> Policy | None:
+        """The policy in force (the most recently registered), verified again against the authority's key."""
+        envelope = self._repo.policy(None)
+        if envelope is None:
+            return None
+        return policy_from_payload(verify_envelope(envelope, POLICY_TYPE, self._authority, error=UntrustedEntry))
+
+    def unparsed_refusal(self, recipient: str) -> str | None:
+        """Why ``recipient`` may not be sent a document unparsed now, or None if the policy in force allows it."""
+        policy = self.current()
+        if policy is None:
+            return f"no routing policy is registered: nothing allows {recipient} to receive unparsed documents"
+        return policy.unparsed_refusal(recipient)

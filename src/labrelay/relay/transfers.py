@@ -7,6 +7,11 @@ recipient and only before its deadline; it is deleted as soon as the recipient's
 
 To anyone but its sender and recipient, a transfer does not exist: unknown, foreign, expired and delivered ids
 all answer "not found", so probing ids teaches nothing (the audit trail records the real reason).
+
+A recipient whose client refuses a payload (its hash, its decryption, its sender…) says so once, signed: the relay
+keeps the refusal, quarantines the transfer (never listed, served or acknowledged again; deleted at its deadline)
+and its sender reads the refusal in its outbox. A document sent unparsed (no policy version) is accepted only for
+a recipient the routing policy in force allows to receive one.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from labrelay.crypto.envelopes import envelope_signer, signed_parts, verify_envelope
 from labrelay.crypto.httpsig import DigestCheck
@@ -26,11 +31,13 @@ from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, EntryStatus
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
     RECEIPT_TYPE,
+    REFUSAL_TYPE,
     TERMINAL_STATES,
     Manifest,
     Receipt,
     TransferLimits,
     TransferRecord,
+    TransferRefusal,
     TransferState,
     check_manifest_terms,
 )
@@ -53,6 +60,31 @@ from labrelay.relay.policies import PolicyService
 REPAIR_GRACE = timedelta(minutes=1)
 
 
+class RefusableTransfers(TransferRepository, Protocol):
+    """The transfer repository, and the recipient's refusal (the SQL store implements both)."""
+
+    def refuse(self, transfer_id: str, refusal_envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Keep the signed refusal and quarantine the transfer, atomically, if it is available and not refused
+        yet; False otherwise."""
+        ...
+
+
+def _held(record: TransferRecord) -> str:
+    """Why a quarantined transfer is held, in words for its sender or recipient."""
+    if record.refusal_envelope is not None:
+        return f"transfer {record.transfer_id} was refused by its recipient"
+    return f"transfer {record.transfer_id} is quarantined by the relay's administrator"
+
+
+def _audited_id(transfer_id: str) -> str | None:
+    """``transfer_id`` if it is one (a malformed id from a request is not written to the audit trail)."""
+    try:
+        check_transfer_id(transfer_id)
+    except LabrelayError:
+        return None
+    return transfer_id
+
+
 @dataclass(frozen=True, slots=True)
 class UploadStatus:
     transfer_id: str
@@ -72,7 +104,7 @@ class PayloadStream:
 class TransferService:
     def __init__(
         self,
-        repo: TransferRepository,
+        repo: RefusableTransfers,
         store: PayloadStore,
         directory: DirectoryService,
         auditor: Auditor,
@@ -133,6 +165,7 @@ class TransferService:
             raise PermissionDenied(f"{manifest.recipient} is not a recipient")
         if manifest.recipient_key != recipient.entry.age_recipient:
             raise IntegrityError(f"payload sealed to a key that is not {manifest.recipient}'s key in the directory")
+        self._check_unparsed(manifest)
         stored = signed_parts(envelope)
         existing = self._repo.get(manifest.transfer_id)
         if existing is not None:
@@ -175,6 +208,17 @@ class TransferService:
         )
         return record, True
 
+    def _check_unparsed(self, manifest: Manifest) -> None:
+        """A document sent unparsed carries every field it holds, unminimised: it goes only to a recipient the
+        policy in force lets receive one, and nowhere when no policy is registered (fail closed)."""
+        if not manifest.unparsed:
+            return
+        refusal = self._policies.unparsed_refusal(manifest.recipient)
+        if refusal is not None:
+            raise PermissionDenied(
+                refusal, hint="send lab results routed under the policy, or to a recipient it lets receive them"
+            )
+
     def _ensure_upload(self, record: TransferRecord) -> None:
         """An open upload whose bytes the store never got (its ``begin`` failed): begin it now."""
         if record.state is not TransferState.UPLOADING or record.uploaded != 0:
@@ -202,7 +246,7 @@ class TransferService:
             )
             raise NotFound(f"no transfer {transfer_id}")
         if record.quarantined_at is not None:
-            raise Conflict(f"transfer {transfer_id} is quarantined by the relay's administrator")
+            raise Conflict(_held(record))
         return record
 
     def upload_status(self, caller: Caller, transfer_id: str) -> UploadStatus:
@@ -389,6 +433,8 @@ class TransferService:
             reason = "unknown"
         elif record.recipient != caller.name:
             reason = "foreign"
+        elif record.refusal_envelope is not None:
+            reason = "refused"
         elif record.quarantined_at is not None:
             reason = "quarantined"
         elif record.state is not TransferState.AVAILABLE:
@@ -450,7 +496,7 @@ class TransferService:
         if record is None or record.recipient != caller.name or caller.entry is None:
             raise NotFound(f"no transfer {transfer_id} for {caller.name}")
         if record.quarantined_at is not None:
-            raise Conflict(f"transfer {transfer_id} is quarantined by the relay's administrator")
+            raise Conflict(_held(record))
         if envelope_signer(envelope) != caller.name:
             raise IntegrityError("a receipt must be signed by the recipient sending it")
         payload = verify_envelope(envelope, RECEIPT_TYPE, VerifyKey.from_b64(caller.entry.signing_key))
@@ -488,6 +534,57 @@ class TransferService:
         )
         updated = self._repo.get(transfer_id)
         return updated or record
+
+    # ------------------------------------------------------------ refusal
+
+    def refuse(self, caller: Caller, transfer_id: str, envelope: Mapping[str, Any]) -> TransferRecord:
+        """Keep the recipient's signed refusal of a payload its client would not accept and quarantine the
+        transfer: it is never offered again, its sender reads why, and the detector alerts an operator."""
+        try:
+            return self._refuse(caller, transfer_id, envelope)
+        except LabrelayError as exc:
+            self._audit.record(
+                AuditEvent.REFUSAL_REFUSE,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=_audited_id(transfer_id),
+                reason=exc.code,
+            )
+            raise
+
+    def _refuse(self, caller: Caller, transfer_id: str, envelope: Mapping[str, Any]) -> TransferRecord:
+        check_transfer_id(transfer_id)
+        record = self._repo.get(transfer_id)
+        if record is None or record.recipient != caller.name or caller.entry is None:
+            raise NotFound(f"no transfer {transfer_id} for {caller.name}")  # its sender's too: not its to refuse
+        if envelope_signer(envelope) != caller.name:
+            raise IntegrityError("a refusal must be signed by the recipient sending it")
+        payload = verify_envelope(envelope, REFUSAL_TYPE, VerifyKey.from_b64(caller.entry.signing_key))
+        refusal = TransferRefusal.from_payload(payload)
+        if refusal.transfer_id != transfer_id or not refusal.matches(record.manifest):
+            raise IntegrityError("the refusal does not match this transfer's manifest")
+        stored = signed_parts(envelope)
+        with self._lock(transfer_id):
+            current = self._repo.get(transfer_id) or record
+            if current.refusal_envelope is not None:
+                if dict(current.refusal_envelope) == stored:
+                    return current  # a retried refusal
+                raise Conflict(f"transfer {transfer_id} was already refused by its recipient")
+            if current.state is TransferState.DELIVERED:
+                raise Conflict(f"transfer {transfer_id} was acknowledged by its recipient; it cannot be refused now")
+            now = self._clock.now()
+            if current.state is not TransferState.AVAILABLE or now >= current.deadline:
+                raise NotFound(f"no transfer {transfer_id} waiting for {caller.name}")
+            if not self._repo.refuse(transfer_id, stored, now):  # changed by a path that does not take the lock
+                raise Conflict(f"transfer {transfer_id} changed meanwhile; ask again")
+            self._audit.record(
+                AuditEvent.REFUSAL_ACCEPT,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason=refusal.reason,
+                sender=record.sender,
+            )
+        return self._repo.get(transfer_id) or current
 
     # ------------------------------------------------------------ retention
 
