@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from labrelay.batch.pipeline import _SIGNATURES
 from tests.unit.test_validate import CASES
 from tests.vectors import make_web_vectors as make
 
@@ -51,6 +52,7 @@ def test_pseudonym_and_policy_vectors_are_the_clis_answers() -> None:
     for case in VECTORS["policies"]:
         assert make.derive_policy(case["toml"]) == case["expected"], case["name"]
     assert VECTORS["records"] == make.constants()
+    assert VECTORS["windows_1252"] == make.build_windows_1252()
 
 
 def test_the_file_holds_the_generators_current_cases() -> None:
@@ -72,5 +74,33 @@ def test_every_rule_case_is_a_vector() -> None:
         assert {"record": 1, "field": field, "reason": reason.value} in case["expected"]["rejections"]
 
 
+def test_every_kind_of_file_the_cli_refuses_is_a_vector() -> None:
+    """Each kind pipeline.check_kind names (a workbook, UTF-16 text, a PDF, an archive, an age file, a binary file)
+    is the expected refusal of some vector, so the page names each as the CLI does."""
+    kinds = {c["expected"].get("kind") for c in VECTORS["validation"]} - {None}
+    named = {kind for _, kind, _ in _SIGNATURES} | {
+        "an OpenDocument spreadsheet (.ods)",
+        "an Excel workbook (.xlsx)",
+        "a ZIP archive (or an Office document)",
+        "a binary file",
+    }
+    assert kinds == named
+
+
+def test_every_routing_vector_reconciles_and_holds_shares_per_recipient() -> None:
+    """read == accepted + rejected + held in every routing vector; held_for counts the review file's rows; and the
+    held vectors do hold shares (of an ARS not enrolled, and of a territory no ARS covers)."""
+    held_for: set[str] = set()
+    for case in VECTORS["routing"]:
+        summary = case["expected"].get("summary")
+        if summary is None:
+            continue
+        assert summary["read"] == summary["accepted"] + summary["rejected"] + summary["held_for_review"]
+        rows = case["expected"]["review"].splitlines()[1:]
+        assert sum(c["records"] for c in summary["held_for"].values()) == len(rows), case["name"]
+        held_for |= set(summary["held_for"])
+    assert {"no-ars", "ars-11", "cire-11"} <= held_for
+
+
 def test_the_file_stays_small() -> None:
-    assert make.OUTPUT.stat().st_size < 300 * 1024
+    assert make.OUTPUT.stat().st_size < 450 * 1024

@@ -12,27 +12,37 @@ the JavaScript modules.
 
 The file holds:
 
-- ``validation``: CSV files (``csv`` as text, or ``csv_base64`` when the bytes are not UTF-8), the date of
-  ``today``, optionally ``block_bytes`` (the reader's block size, small to exercise block boundaries), and what the
-  CLI makes of them: ``read``, ``ignored`` columns, ``rejected`` (structural, from the reader), ``rejections``
-  (from validation), ``accepted`` and ``review`` records, the ``summary`` counts; or ``error`` (an unreadable file).
+- ``validation``: files (``csv`` as text, or ``csv_base64`` when the bytes are not UTF-8), the date of ``today``,
+  optionally ``block_bytes`` (the reader's block size, small to exercise block boundaries), and what the CLI makes
+  of them: ``read``, ``ignored`` columns, ``missing`` (optional template columns left out, read as empty),
+  ``rejected`` (structural, from the reader), ``rejections`` (from validation), ``accepted`` records (a territory
+  no ARS table covers has a null ``_region``), the ``summary`` counts; or ``error`` with its ``code`` (``usage``
+  or ``not-results``: a file refused whole) and, for a file that is certainly not results (a workbook, UTF-16
+  text, a PDF, an archive, a binary file), its ``kind``; or ``format`` (``hl7``, ``fhir``: results the page leaves
+  to the CLI).
 - ``routing``: a CSV file, a routing ``policy`` (TOML text), the ``enrolled`` recipients, ``restrict`` (``--to``)
   and a ``pseudonym_key``; ``expected.outputs`` maps each destination to the exact text its RecordSink receives
-  (CSV: a header, then the rows), ``expected.review`` lists the records held for review (no ARS table, or their
-  region's ARS not enrolled) and ``expected.summary`` the counts; or ``expected.error`` (the Router refuses).
+  (CSV: a header, then the rows), ``expected.missing`` names the recipients addressed but not enrolled,
+  ``expected.rejections`` and ``expected.review`` are the rejection report and the review file exactly as
+  ``labrelay send`` writes them (one review row per record and recipient whose share is held), and
+  ``expected.summary`` is ``Summary.as_dict()`` (with ``held_for``: records and positives held per recipient); or
+  ``expected.error`` (the Router refuses).
 - ``pseudonyms``: names and birth dates with the pseudonym the CLI computes (route.with_pseudonyms).
 - ``policies``: policy texts with the parsed policy, or the error parse_policy raises.
+- ``windows_1252``: bytes 0x80-0xFF as the CLI decodes a line that is not UTF-8 (Windows-1252, WHATWG).
 - ``records``: the constants of labrelay.domain.records (FIELDS, MAX_LENGTH, Reason...), for web/src/records.js.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -46,16 +56,23 @@ import polars as pl  # noqa: E402
 from tests.unit.test_csv_reader import PADDED, TODAY, good, line  # noqa: E402
 from tests.unit.test_validate import CASES, NEEDS_NORMALISING, VALID  # noqa: E402
 
-from labrelay.batch.csv_reader import BLOCK_BYTES, CsvReader  # noqa: E402
+from labrelay.batch.csv_reader import BLOCK_BYTES, CsvReader, _decode_line  # noqa: E402
 from labrelay.batch.outputs import RecordSink  # noqa: E402
-from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run  # noqa: E402
-from labrelay.batch.route import Router, with_pseudonyms  # noqa: E402
+from labrelay.batch.pipeline import (  # noqa: E402
+    RejectionReport,
+    ReviewFile,
+    Summary,
+    _kind_of,
+    detect_format,
+    run,
+)
+from labrelay.batch.route import HELD_RECIPIENT, Router, with_pseudonyms  # noqa: E402
 from labrelay.batch.validate import Validator  # noqa: E402
 from labrelay.client.policy import default_policy_text  # noqa: E402
 from labrelay.domain import records  # noqa: E402
-from labrelay.domain.policy import parse_policy  # noqa: E402
-from labrelay.domain.records import FIELDS  # noqa: E402
-from labrelay.errors import LabrelayError, Unreadable  # noqa: E402
+from labrelay.domain.policy import REGION_SLOT, parse_policy  # noqa: E402
+from labrelay.domain.records import FIELDS, FORMULA_FIELDS, OPTIONAL, REQUIRED, Reason, Result  # noqa: E402
+from labrelay.errors import LabrelayError, NotResults, Unreadable  # noqa: E402
 from labrelay.refdata import communes, department_regions  # noqa: E402
 from labrelay.synthetic.generator import nir_key  # noqa: E402
 
@@ -64,6 +81,7 @@ FILE_NAME = "results.csv"  # how messages name the input file (the CLI names its
 KEY = hashlib.sha256(b"labrelay web vectors").hexdigest()  # a fixed pseudonym key (64 hex characters)
 DEFAULT_POLICY = default_policy_text()
 HEADER = ",".join(FIELDS)
+APOSTROPHE = "\u2019"  # as Excel writes it (0x92 in Windows-1252)
 FULLWIDTH_DUPONT = "\uff24\uff35\uff30\uff2f\uff2e\uff34"
 
 
@@ -94,19 +112,49 @@ def _validator(today: date, loinc: Any) -> Validator:
     )
 
 
+def _refusal(exc: LabrelayError, path: Path, head: bytes | None = None) -> dict[str, Any]:
+    """A file refused whole: the message (naming the file as the page does), the error's code and, for a file
+    that is certainly not results, what it is (pipeline._kind_of, which the page names in its own words)."""
+    out: dict[str, Any] = {"error": str(exc).replace(str(path), FILE_NAME), "code": exc.code}
+    kind = _kind_of(head) if head is not None else None
+    if kind is not None:
+        out["kind"] = kind[0]
+    return out
+
+
+def _open_csv(path: Path, block_bytes: int | None) -> CsvReader | dict[str, Any]:
+    """The CSV reader ``labrelay send`` opens for ``path`` (pipeline.open_reader: the file's kind first, then the
+    format, then the header), or what it refuses: a file that is not results, or results in HL7 or FHIR (which the
+    page leaves to the CLI)."""
+    try:
+        fmt = detect_format(path)
+    except NotResults as exc:
+        return _refusal(exc, path, path.read_bytes()[:4096])
+    if fmt != "csv":
+        return {"format": fmt}
+    try:
+        return CsvReader(path, block_bytes=block_bytes or BLOCK_BYTES)
+    except (NotResults, Unreadable) as exc:
+        return _refusal(exc, path)
+
+
 def derive_validation(data: bytes, *, today: date, block_bytes: int | None = None) -> dict[str, Any]:
     """Read and validate ``data`` batch by batch, as ``labrelay send`` does (pipeline.run without a router)."""
     loinc = parse_policy(DEFAULT_POLICY).loinc
     with tempfile.TemporaryDirectory() as tmp:
         path = _write(tmp, data)
-        try:
-            reader = CsvReader(path, block_bytes=block_bytes or BLOCK_BYTES)
-        except Unreadable as exc:
-            return {"error": str(exc).replace(str(path), FILE_NAME)}
+        reader = _open_csv(path, block_bytes)
+        if not isinstance(reader, CsvReader):
+            return reader
         validator = _validator(today, loinc)
-        out: dict[str, Any] = {"read": 0, "ignored": list(reader.layout.ignored), "rejected": [], "rejections": []}
+        out: dict[str, Any] = {
+            "read": 0,
+            "ignored": list(reader.layout.ignored),
+            "missing": list(reader.layout.missing),
+            "rejected": [],
+            "rejections": [],
+        }
         accepted: list[pl.DataFrame] = []
-        review: list[pl.DataFrame] = []
         rejected = 0
         for batch in reader.batches():
             out["read"] += batch.read
@@ -115,16 +163,44 @@ def derive_validation(data: bytes, *, today: date, block_bytes: int | None = Non
             out["rejections"] += _rows(list(result.rejections.iter_rows()))
             rejected += len({r for r, _, _ in batch.rejected}) + result.rejected_records
             accepted.append(result.accepted)
-            review.append(result.review)
     out["accepted"] = [r for f in accepted for r in _records(f)]
-    out["review"] = [r for f in review for r in _records(f)]
-    out["summary"] = {
-        "read": out["read"],
-        "accepted": len(out["accepted"]),
-        "rejected": rejected,
-        "held": len(out["review"]),
-    }
+    out["summary"] = {"read": out["read"], "accepted": len(out["accepted"]), "rejected": rejected}
     return out
+
+
+class _Router(Router):
+    """``route.Router`` as ``labrelay send`` uses it, except where ``Router._held`` fails: in polars 2.1,
+    ``pl.lit(rule.name).str.replace(REGION_SLOT, pl.col("_region"))`` refuses a replacement column longer than one
+    row, so a block holding two or more records for one missing ARS raises ComputeError instead of holding them.
+    Here, and only when that happens, the held frame is built as ``_held`` means to build it (the recipient's name
+    from the rule's name, its first ``{region}`` replaced by the record's region). Remove once route.py is fixed."""
+
+    def _held(self, accepted: pl.DataFrame) -> pl.DataFrame:
+        try:
+            return super()._held(accepted)
+        except pl.exceptions.ComputeError:
+            return self._held_as_meant(accepted)
+
+    def _held_as_meant(self, accepted: pl.DataFrame) -> pl.DataFrame:
+        parts = []
+        for rule in self._regional_rules:
+            positive = pl.col("resultat") == Result.POSITIVE.value
+            addressed = accepted if rule.select == "all" else accepted.filter(positive)
+            if self.missing_regions:
+                missing = addressed.filter(pl.col("_region").is_in(self.missing_regions))
+                if missing.height:
+                    before, _, after = rule.name.partition(REGION_SLOT)
+                    name = pl.concat_str([pl.lit(before), pl.col("_region"), pl.lit(after)])
+                    reason = pl.lit(Reason.NO_RECIPIENT.value).alias("_reason")
+                    parts.append(missing.with_columns(reason, name.alias(HELD_RECIPIENT)))
+            if self._whole:
+                nowhere = addressed.filter(pl.col("_region").is_null())
+                if nowhere.height:
+                    reason = pl.lit(Reason.NO_REGION.value).alias("_reason")
+                    parts.append(nowhere.with_columns(reason, pl.lit("").alias(HELD_RECIPIENT)))
+        if not parts:
+            return super()._held(accepted.clear())
+        return pl.concat(parts, how="vertical_relaxed")
 
 
 def derive_routing(
@@ -138,10 +214,11 @@ def derive_routing(
     block_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Validate, route and minimise ``data`` through pipeline.run with one RecordSink per destination, as
-    ``labrelay send`` does; return what each sink received, the records held for review and the summary."""
+    ``labrelay send`` does; return what each sink received, the recipients missing, the rejection report and the
+    review file as the CLI writes them, and the summary (``Summary.as_dict``, as ``--summary`` writes it)."""
     parsed = parse_policy(policy)
     try:
-        router = Router(
+        router = _Router(
             parsed,
             set(department_regions().values()),
             set(enrolled),
@@ -152,34 +229,31 @@ def derive_routing(
         return {"error": str(exc)}
     streams = {d.name: io.BytesIO() for d in router.destinations}
     sinks = {d.name: RecordSink(streams[d.name], d.rule.fields, d.rule.format) for d in router.destinations}
-    held: list[pl.DataFrame] = []
-
-    class Held(ReviewFile):
-        def add(self, frame: pl.DataFrame) -> None:
-            held.append(frame)
-
+    report, review = io.StringIO(newline=""), io.StringIO(newline="")
     with tempfile.TemporaryDirectory() as tmp:
-        reader = CsvReader(_write(tmp, data), block_bytes=block_bytes or BLOCK_BYTES)
+        reader = _open_csv(_write(tmp, data), block_bytes)
+        assert isinstance(reader, CsvReader), reader
         summary = run(
             reader,
             _validator(today, parsed.loinc),
-            summary=Summary("csv", ignored_columns=reader.layout.ignored, policy_version=parsed.version),
-            report=RejectionReport(None),
-            review=Held(None),
+            summary=Summary(
+                "csv",
+                ignored_columns=reader.layout.ignored,
+                missing_columns=reader.layout.missing,
+                policy_version=parsed.version,
+            ),
+            report=RejectionReport(report),
+            review=ReviewFile(review),
             router=router,
             sinks=sinks,
         )
     assert summary.reconciled
     return {
         "outputs": {name: stream.getvalue().decode("utf-8") for name, stream in streams.items()},
-        "review": [r for f in held for r in _records(f)],
-        "summary": {
-            "read": summary.read,
-            "accepted": summary.accepted,
-            "rejected": summary.rejected,
-            "held": summary.held,
-            "per_recipient": dict(sorted(summary.per_recipient.items())),
-        },
+        "missing": router.missing,
+        "rejections": report.getvalue(),
+        "review": review.getvalue(),
+        "summary": summary.as_dict(),
     }
 
 
@@ -212,6 +286,7 @@ def derive_policy(text: str) -> dict[str, Any]:
                 "format": r.format,
                 "by_region": r.by_region,
                 "pseudonymise": r.pseudonymise,
+                "unparsed": r.unparsed,
             }
             for r in policy.recipients
         ],
@@ -243,6 +318,15 @@ def nir(first13: str) -> str:
 
 def corsican(first13: str, dept: str) -> str:
     return first13[:5] + dept + first13[7:]
+
+
+def zip_of(*members: tuple[str, str]) -> bytes:
+    """A ZIP archive holding ``members`` (name, text), byte for byte the same on every run."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in members:
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), text)
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------ the cases
@@ -286,6 +370,8 @@ def validation_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     ]
     body = b"\xef\xbb\xbf" + ";".join(columns).encode() + b"\r\n" + b"\r\n".join(rows) + b"\r\n"
     yield "hostile: BOM, ;, CRLF, latin-1 lines, NUL, short and long rows, reversed columns", body, TODAY, None
+    body = body.replace(b"DU\x00PONT", b"DU\x7fPONT")
+    yield "hostile: the same with DEL for NUL (a NUL byte in the first 4 KiB makes it a binary file)", body, TODAY, None
 
     # ---- quoting
     ok = line(good(adresse='"12, rue de la ""Paix"""'))
@@ -414,6 +500,9 @@ def validation_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
         TODAY,
         None,
     )
+    yield from header_cases()
+    yield from kind_cases()
+    yield from formula_cases()
 
     # ---- structure
     short = ",".join(line(good()).split(",")[:10])
@@ -694,6 +783,185 @@ def validation_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     yield "blocks: 1 KiB blocks", csv_file(*records, final_eol=False), TODAY, 1024
 
 
+def header_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
+    """Header names as spreadsheets write them (csv_reader.header_name), optional columns left out, required ones
+    missing."""
+    rows = [good(), good(nom="MARTIN", resultat="NEGATIF")]
+    yield "headers: upper case", csv_file(*rows, header=HEADER.upper()), TODAY, None
+    spread = ";".join(f'  "{f.upper()}" ' if i % 2 else f" {f.title()}\t" for i, f in enumerate(FIELDS))
+    yield (
+        "headers: quoted, padded with spaces and tabs, title case, a BOM, ; and CRLF",
+        csv_file(*rows, header=spread, sep=";", eol="\r\n", bom=True),
+        TODAY,
+        None,
+    )
+    quoted = ",".join(f'"{f.upper()}"' if i % 3 else f'" {f} "' for i, f in enumerate(FIELDS))
+    yield "headers: quoted as CSV quotes them, spaces inside the quotes", csv_file(*rows, header=quoted), TODAY, None
+    bommed = ",".join(("\ufeff" + f.upper()) if f in ("nir", "sexe") else f for f in FIELDS)
+    yield "headers: a BOM before some names, and none at the start", csv_file(*rows, header=bommed), TODAY, None
+    yield (
+        "headers: an empty header cell (a trailing separator) is an ignored column",
+        csv_file(*(line(r) + "," for r in rows), header=HEADER + ","),
+        TODAY,
+        None,
+    )
+    yield (
+        "headers: empty, quoted-empty and padded ignored columns keep their names as written",
+        csv_file(*(",".join(["x", line(r), "", "note", "y"]) for r in rows), header=f' Extra\t,{HEADER},"", Note ,'),
+        TODAY,
+        None,
+    )
+    yield "headers: a name twice, in two cases", (HEADER + ",NIR \n").encode(), TODAY, None
+    yield (
+        "headers: two empty names are two ignored columns",
+        csv_file(line(good()) + ",a,", header=HEADER + ",,"),
+        TODAY,
+        None,
+    )
+    yield "headers: a blank header line of spaces", b"  \t \n" + csv_file(good()), TODAY, None
+    for left_out in (("email",), ("email", "telephone"), OPTIONAL):
+        columns = tuple(f for f in FIELDS if f not in left_out)
+        name = "+".join(left_out) if len(left_out) < 3 else "all optional"
+        yield (
+            f"optional columns left out: {name}",
+            csv_file(*rows, good(prenom="Zoë"), columns=columns),
+            TODAY,
+            None,
+        )
+        yield (
+            f"optional columns left out: {name} (the csv module path)",
+            csv_file(good(nom='"MAR\nTIN"'), *rows, columns=columns),
+            TODAY,
+            None,
+        )
+    required = tuple(reversed([f for f in FIELDS if f in REQUIRED]))
+    yield (
+        "optional columns left out, upper case, in another order",
+        csv_file(*rows, columns=required, header=",".join(required).upper()),
+        TODAY,
+        None,
+    )
+    yield "missing: nir", csv_file(good(), columns=FIELDS[1:]), TODAY, None
+    yield (
+        "missing: nir and resultat, names as written",
+        (" NOM ;Prenom;" + ";".join(FIELDS[3:18]) + ";Résultat\n").encode(),
+        TODAY,
+        None,
+    )
+    yield (
+        "missing: forty columns found, thirty shown",
+        (",".join(f"col{i}" for i in range(40)) + "\n").encode(),
+        TODAY,
+        None,
+    )
+    yield 'missing: empty cells shown as ""', b"a,,b\n1,2,3\n", TODAY, None
+
+    # ---- Windows-1252, as French Excel saves CSV: the typographic apostrophe, Œ, €, and the five undefined bytes
+    cp1252 = [
+        good(adresse=f"3 rue de l{APOSTROPHE}Œuvre", prenom="Hélène", commune="SAINT-ÉTIENNE"),
+        good(nom="CŒUR", prescripteur_nom="Paul « Dédé » DURAND"),
+        good(adresse="12 € rue", commune="x\x81y\x8dz\x8f\x90\x9d"),
+        good(nom="\x81", prenom="Œ"),
+    ]
+    body = "\n".join(line(r) for r in cp1252) + "\n"
+    undefined = bytes([0x81, 0x8D, 0x8F, 0x90, 0x9D])
+    encoded = "".join(ch if ord(ch) not in set(undefined) else f"<{ord(ch):02x}>" for ch in body).encode("cp1252")
+    for byte in undefined:
+        encoded = encoded.replace(f"<{byte:02x}>".encode(), bytes([byte]))
+    yield f"windows-1252: {APOSTROPHE} Œ € « » and undefined bytes", HEADER.encode() + b"\n" + encoded, TODAY, None
+    yield (
+        "windows-1252: a header with an ignored column, lines mixed with UTF-8",
+        (HEADER + f",Remarque{APOSTROPHE}\n").encode("cp1252")
+        + (line(good(prenom="Jérôme")) + ",ok\n").encode("utf-8")
+        + (line(good(adresse=f"l{APOSTROPHE}Œuvre")) + ",“note”\n").encode("cp1252"),
+        TODAY,
+        None,
+    )
+
+
+def kind_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
+    """Files that are not results (pipeline.check_kind), and results in a format the page leaves to the CLI."""
+    text = csv_file(good(), good(nom="MARTIN"))
+    yield (
+        "kinds: an Excel workbook (.xlsx)",
+        zip_of(("[Content_Types].xml", "<Types/>"), ("xl/workbook.xml", "<workbook/>")),
+        TODAY,
+        None,
+    )
+    yield (
+        "kinds: an OpenDocument spreadsheet (.ods)",
+        zip_of(("mimetype", "application/vnd.oasis.opendocument.spreadsheet"), ("content.xml", "<x/>")),
+        TODAY,
+        None,
+    )
+    yield (
+        "kinds: a Word document (a ZIP)",
+        zip_of(("[Content_Types].xml", "<Types/>"), ("word/document.xml", "<w/>")),
+        TODAY,
+        None,
+    )
+    yield "kinds: an Excel 97-2003 workbook (.xls)", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(100), TODAY, None
+    yield "kinds: UTF-16 LE with a BOM", b"\xff\xfe" + text.decode().encode("utf-16-le"), TODAY, None
+    yield "kinds: UTF-16 BE with a BOM", b"\xfe\xff" + text.decode().encode("utf-16-be"), TODAY, None
+    yield "kinds: UTF-16 LE without a BOM", text.decode().encode("utf-16-le"), TODAY, None
+    yield "kinds: UTF-16 BE without a BOM", text.decode().encode("utf-16-be"), TODAY, None
+    yield "kinds: a PDF", b"%PDF-1.7\n" + bytes(50), TODAY, None
+    yield "kinds: gzip", gzip.compress(text, mtime=0), TODAY, None
+    yield "kinds: an age file", b"age-encryption.org/v1\n-> X25519 abc\n", TODAY, None
+    yield "kinds: a binary file", b"GIF89a\x01\x00\x01\x00\x00\xff", TODAY, None
+    yield (
+        "kinds: a NUL byte in a record within the first 4 KiB (the file is binary)",
+        csv_file(good(), good(nom="DU\x00PONT")),
+        TODAY,
+        None,
+    )
+    filler = [good(nom="FIRST"), *[""] * 4096]  # blank lines are no records: the NUL byte lies past 4 KiB
+    yield (
+        "kinds: a NUL byte in a record after the first 4 KiB (that record is rejected)",
+        csv_file(*filler, good(nom="DU\x00PONT"), good(prenom="C\x7fline"), good()),
+        TODAY,
+        None,
+    )
+    yield "kinds: a short file of NUL bytes", b"\x00\x00", TODAY, None
+    yield "kinds: HL7 v2 (left to the CLI)", b"MSH|^~\\&|LAB|X\rPID|1\r", TODAY, None
+    yield "kinds: FHIR (left to the CLI)", b'\xef\xbb\xbf {"resourceType": "Bundle"}\n', TODAY, None
+    yield "kinds: CSV that looks like nothing else", b"MS,x\n", TODAY, None
+
+
+def formula_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
+    """records.FORMULA_FIELDS beginning like a spreadsheet formula are rejected; phone numbers' + is not."""
+    records = [
+        good(**{name: lead + ("a@example.fr" if name == "email" else "SUM(A1)")})
+        for name in FORMULA_FIELDS
+        for lead in "=+-@"
+    ]
+    yield "formula: = + - @ in each identity and address field", csv_file(*records), TODAY, None
+    yield (
+        "formula: what is not a formula",
+        csv_file(
+            good(telephone="+33612345678", prescripteur_telephone="+33 1 45 67 89 01"),
+            good(nom="D'ARC", prenom="Jean-Pierre", adresse="12-14 rue de la Paix", commune="SAINT-DENIS"),
+            good(email="a=b@example.fr", prescripteur_nom="Dr +"),
+            good(code_postal="-7501", prescripteur_rpps="+1000408735"),
+        ),
+        TODAY,
+        None,
+    )
+    yield (
+        "formula: after trimming, and behind a tab (a control character first)",
+        csv_file(
+            good(nom="  =1+1"),
+            good(prenom=" @cmd "),
+            good(adresse="\t=1+1"),
+            good(commune="-\t1"),
+            good(email=" -x@example.fr"),
+            good(nom="=", prenom="+", resultat="?"),
+        ),
+        TODAY,
+        None,
+    )
+
+
 def routing_cases() -> Iterator[dict[str, Any]]:
     """Routing vectors: the file, policy, enrolled parties, restriction and key (expected values are added)."""
     mixed = csv_file(
@@ -796,6 +1064,84 @@ fields = ["nir", "email", "telephone", "prescripteur_nom"]
         "block_bytes": 1024,
     }
 
+    # ---- held shares: only the share of a recipient that cannot take a record is held
+    paris = [
+        good(nom=f"NOM{i}", resultat="POSITIF" if i % 3 == 0 else "NEGATIF", email="" if i == 4 else "a@example.fr")
+        for i in range(7)
+    ]
+    held = csv_file(
+        *paris,
+        good(code_commune_insee="33063", code_postal="33200"),
+        good(code_commune_insee="97501", code_postal="97500", resultat="NEGATIF"),
+        good(code_commune_insee="98611", code_postal="98610"),
+        good(nom="=CMD", prenom="x"),
+        good(code_commune_insee="75999"),
+    )
+    not_ile_de_france = [n for n in everyone if n != "ars-11"]
+    yield {
+        "name": "held: an ARS not enrolled, and territories no ARS covers",
+        "csv": held,
+        "policy": DEFAULT_POLICY,
+        "enrolled": not_ile_de_france,
+    }
+    yield {
+        "name": "held: restricted to cnam and an ARS not enrolled (territories not addressed)",
+        "csv": held,
+        "policy": DEFAULT_POLICY,
+        "enrolled": not_ile_de_france,
+        "restrict": ["cnam", "ars-11"],
+    }
+    yield {
+        "name": "held: every record's regional share (nothing for any ARS)",
+        "csv": csv_file(*paris),
+        "policy": DEFAULT_POLICY,
+        "enrolled": ["cnam", "spf", "ars-75"],
+    }
+    yield {
+        "name": "held: every record rejected",
+        "csv": csv_file(good(nir="1"), good(code_loinc="1-1"), "short,row"),
+        "policy": DEFAULT_POLICY,
+        "enrolled": everyone,
+    }
+    two_regional = """version = "t-3.0"
+loinc = ["94500-6"]
+
+[[recipients]]
+name = "ars-{region}"
+by_region = true
+fields = ["nom", "prenom", "resultat", "code_commune_insee"]
+
+[[recipients]]
+name = "cire-{region}"
+by_region = true
+select = "positive"
+fields = ["age", "resultat", "code_postal"]
+
+[[recipients]]
+name = "registry"
+select = "positive"
+fields = ["nir", "resultat"]
+unparsed = true
+"""
+    yield {
+        "name": "held: two regional rules, each missing somewhere",
+        "csv": held,
+        "policy": two_regional,
+        "enrolled": ["registry", "ars-75", "cire-11", "cire-75"],
+    }
+    short_columns = tuple(f for f in FIELDS if f not in ("email", "telephone", "prescripteur_rpps"))
+    yield {
+        "name": "optional columns left out, upper case, Windows-1252: what each recipient receives",
+        "csv": (",".join(short_columns).upper() + "\n").encode()
+        + "\n".join(
+            line(r, ",", short_columns)
+            for r in (good(adresse=f"l{APOSTROPHE}Œuvre"), good(nom="CŒUR", resultat="NEGATIF"))
+        ).encode("cp1252")
+        + b"\n",
+        "policy": DEFAULT_POLICY,
+        "enrolled": everyone,
+    }
+
 
 PEOPLE = [
     ("DUPONT", "Céline", "1979-03-15"),
@@ -871,6 +1217,20 @@ def policy_texts() -> Iterator[tuple[str, str]]:
     yield "a bad version", 'version = "-x"\nloinc = ["94500-6"]\n[[recipients]]\nname = "cnam"\nfields = ["nom"]\n'
     yield "unknown keys", 'version = "x"\nloinc = ["94500-6"]\nsurprise = 1\nalso = 2\n'
     yield "description not text", POLICY_HEAD + 'description = 3\n[[recipients]]\nname = "cnam"\nfields = ["nom"]\n'
+    yield (
+        "unparsed documents for one recipient",
+        POLICY_HEAD + '[[recipients]]\nname = "cnam"\nfields = ["nom"]\nunparsed = true\n'
+        '[[recipients]]\nname = "ars-{region}"\nby_region = true\nfields = ["nom"]\nunparsed = false\n',
+    )
+    yield "unparsed not a boolean", POLICY_HEAD + '[[recipients]]\nname = "cnam"\nfields = ["nom"]\nunparsed = "yes"\n'
+    yield (
+        "unparsed documents for a pseudonymised recipient",
+        POLICY_HEAD + '[[recipients]]\nname = "spf"\npseudonymise = true\nfields = ["pseudonyme"]\nunparsed = true\n',
+    )
+    yield (
+        "unparsed and another unknown key",
+        POLICY_HEAD + '[[recipients]]\nname = "cnam"\nfields = ["nom"]\nunparsed = true\nverbatim = true\n',
+    )
 
 
 # ------------------------------------------------------------------ the document
@@ -898,7 +1258,14 @@ def constants() -> dict[str, Any]:
         "DEFAULT_LOINC": list(records.DEFAULT_LOINC),
         "Reason": {r.name: r.value for r in records.Reason},
         "REVIEW_REASONS": sorted(r.value for r in records.REVIEW_REASONS),
+        "OPTIONAL": list(records.OPTIONAL),
+        "FORMULA_FIELDS": list(records.FORMULA_FIELDS),
     }
+
+
+def build_windows_1252() -> str:
+    """Bytes 0x80-0xFF as the CLI decodes a line that is not UTF-8."""
+    return _decode_line(bytes(range(0x80, 0x100)))
 
 
 def build() -> dict[str, Any]:
@@ -944,6 +1311,7 @@ def build() -> dict[str, Any]:
         "file_name": FILE_NAME,
         "loinc": sorted(parse_policy(DEFAULT_POLICY).loinc),
         "pseudonym_key": KEY,
+        "windows_1252": build_windows_1252(),
         "validation": validation,
         "routing": routing,
         "pseudonyms": pseudonyms,

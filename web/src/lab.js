@@ -84,7 +84,7 @@ export async function labPage(main) {
       });
       const { summary } = batch;
       showReport(batch);
-      if (summary.read !== summary.accepted + summary.rejected + summary.held) throw new Refused(t("lab.unreconciled"));
+      if (!summary.reconciled) throw new Refused(t("lab.unreconciled"));
 
       const now = new Date(Math.floor(Date.now() / 1000) * 1000);
       const deadline = new Date(now.getTime() + Number(ttl.value) * 86400_000);
@@ -136,7 +136,7 @@ export async function labPage(main) {
     const { summary } = batch;
     const tally = new Map();
     for (const r of batch.rejections) tally.set(`rejected\u0000${r.reason}`, (tally.get(`rejected\u0000${r.reason}`) ?? 0) + 1);
-    for (const r of batch.review) tally.set(`held\u0000${r._reason}`, (tally.get(`held\u0000${r._reason}`) ?? 0) + 1);
+    for (const r of batch.held) tally.set(`held\u0000${r._reason}`, (tally.get(`held\u0000${r._reason}`) ?? 0) + 1);
     const reasons = [...tally].sort((a, b) => b[1] - a[1]).map(([key, n]) => {
       const [kind, reason] = key.split("\u0000");
       return [t(kind === "held" ? "lab.review" : "lab.rejected"), t(`reason.${reason}`), String(n)];
@@ -148,7 +148,7 @@ export async function labPage(main) {
         el("dt", {}, t("lab.read")), el("dd", { id: "count-read" }, String(summary.read)),
         el("dt", {}, t("lab.accepted")), el("dd", { id: "count-accepted" }, String(summary.accepted)),
         el("dt", {}, t("lab.rejected")), el("dd", { id: "count-rejected" }, String(summary.rejected)),
-        el("dt", {}, t("lab.review")), el("dd", { id: "count-review" }, String(summary.held))),
+        el("dt", {}, t("lab.review")), el("dd", { id: "count-review" }, String(summary.held_for_review))),
       batch.ignored.length ? el("p", { class: "hint" }, t("lab.ignored", { columns: batch.ignored.join(", ") })) : "",
       table("reasons", [t("col.outcome"), t("col.reason"), t("col.fields")], reasons, t("lab.noRejections")),
       first.length

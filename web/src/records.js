@@ -49,6 +49,12 @@ export const REQUIRED = new Set([
   "resultat",
 ]);
 
+/** Template columns a file may leave out: read as empty on every record. Mirrors OPTIONAL (FIELDS order). */
+export const OPTIONAL = Object.freeze(FIELDS.filter((f) => !REQUIRED.has(f)));
+
+/** Identity and address text refused when it begins like a spreadsheet formula (= + - @). Mirrors FORMULA_FIELDS. */
+export const FORMULA_FIELDS = Object.freeze(["nom", "prenom", "adresse", "commune", "prescripteur_nom", "email"]);
+
 /** Upper bounds, in UTF-8 bytes, after trimming. Mirrors MAX_LENGTH. */
 export const MAX_LENGTH = Object.freeze({
   nir: 15,
@@ -101,6 +107,7 @@ export const Reason = Object.freeze({
   EXTRA_FIELDS: "record has more fields than the header",
   MALFORMED: "record is not well-formed",
   CONTROL: "control character in field",
+  FORMULA: "formula-like value",
   TOO_LONG: "field too long",
   REQUIRED: "required field is empty",
   NIR_FORMAT: "NIR: not 15 characters in the NIR layout",

@@ -33,7 +33,7 @@ const VERSION = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const LOINC = /^[0-9]{1,7}-[0-9]$/;
 const PARTY = /^[a-z][a-z0-9-]{1,62}[a-z0-9]$/; // names.check_party_name
 const KEY = /^[0-9a-f]{64}$/; // pseudonym._KEY
-const RULE_KEYS = new Set(["name", "select", "fields", "format", "by_region", "pseudonymise"]);
+const RULE_KEYS = new Set(["name", "select", "fields", "format", "by_region", "pseudonymise", "unparsed"]);
 const POLICY_KEYS = new Set(["version", "description", "loinc", "recipients"]);
 
 // ------------------------------------------------------------------ Python's sorted() and repr(), for messages
@@ -80,13 +80,14 @@ function pyRepr(value, tuple = false) {
 
 /** policy.RecipientRule: one rule of the policy. */
 export class RecipientRule {
-  constructor({ name, select, fields, format = "csv", byRegion = false, pseudonymise = false }) {
+  constructor({ name, select, fields, format = "csv", byRegion = false, pseudonymise = false, unparsed = false }) {
     this.name = name; // a party name, or a template containing "{region}"
     this.select = select;
     this.fields = Object.freeze([...fields]);
     this.format = format;
     this.byRegion = byRegion;
     this.pseudonymise = pseudonymise;
+    this.unparsed = unparsed; // may receive documents sent unparsed (send --as-is), which carry every field
     Object.freeze(this);
   }
 
@@ -119,8 +120,9 @@ function rule(raw, index) {
   if (typeof name !== "string") throw new PolicyError(`${where}: a name is required`);
   const byRegion = "by_region" in raw ? raw.by_region : false;
   const pseudonymise = "pseudonymise" in raw ? raw.pseudonymise : false;
-  if (typeof byRegion !== "boolean" || typeof pseudonymise !== "boolean") {
-    throw new PolicyError(`${where}: by_region and pseudonymise are true or false`);
+  const unparsed = "unparsed" in raw ? raw.unparsed : false;
+  if (![byRegion, pseudonymise, unparsed].every((flag) => typeof flag === "boolean")) {
+    throw new PolicyError(`${where}: by_region, pseudonymise and unparsed are true or false`);
   }
   if (byRegion !== name.includes(REGION_SLOT)) {
     throw new PolicyError(`${where}: a by_region recipient's name contains ${REGION_SLOT}, and only such a name`);
@@ -147,10 +149,14 @@ function rule(raw, index) {
     if (!fields.includes("pseudonyme")) {
       throw new PolicyError(`${where} (${name}) is pseudonymised: it must receive the pseudonyme`);
     }
+    if (unparsed) {
+      // an unparsed document carries every field it holds: it cannot be pseudonymised
+      throw new PolicyError(`${where} (${name}) is pseudonymised: it cannot receive unparsed documents`);
+    }
   } else if (fields.includes("pseudonyme")) {
     throw new PolicyError(`${where} (${name}) receives a pseudonyme only when pseudonymise = true`);
   }
-  return new RecipientRule({ name, select, fields, format, byRegion, pseudonymise });
+  return new RecipientRule({ name, select, fields, format, byRegion, pseudonymise, unparsed });
 }
 
 /**
@@ -261,11 +267,15 @@ export function destinations(policy, regions) {
   return policy.recipients.flatMap((r) => r.namesFor(all).map(([name, region]) => ({ name, rule: r, region })));
 }
 
+/** In a held row: the recipient whose share of the record is held ("" when no ARS covers the residence). */
+export const HELD_RECIPIENT = "_recipient"; // route.HELD_RECIPIENT
+
 export class Router {
   /**
    * policy: from parsePolicy; allRegions: every INSEE region code (the values of the department → region
    * table); enrolled: the names of the recipients in force in the directory. Options: restrict (the names of
    * `--to`), pseudonymKey (the lab's 64-hex-character key). Throws UsageError as route.Router does.
+   * `missing` names the recipients this send addresses that are not enrolled: their shares are held.
    */
   constructor(policy, allRegions, enrolled, { restrict = null, pseudonymKey = null } = {}) {
     this.policy = policy;
@@ -292,7 +302,12 @@ export class Router {
       );
     }
     this.missingRegions = sorted(new Set(missing.filter((d) => d.region !== null).map((d) => d.region)));
+    this.missing = sorted(missing.map((d) => d.name));
     this.destinations = wanted.filter((d) => inForce.has(d.name));
+    // Regional rules this send addresses, and whether it addresses the policy whole (no --to): only then is a
+    // residence no ARS covers a held regional share.
+    this._regionalRules = policy.recipients.filter((r) => r.byRegion && wanted.some((d) => d.rule === r));
+    this._whole = wantedNames === null;
     if (!this.destinations.length) throw new UsageError("no enrolled recipient to send to under this policy");
     if (this.destinations.some((d) => d.rule.pseudonymise) && !pseudonymKey) {
       throw new UsageError(
@@ -304,27 +319,26 @@ export class Router {
   }
 
   /**
-   * Router.route: {out: {recipient: records with only its fields}, review: records held (their region's ARS is
-   * not enrolled), with _reason}. accepted are Validator.validate's accepted records.
+   * Router.route: {out: {recipient: records with only its fields}, held: one row per record and recipient whose
+   * share cannot be delivered (its ARS not enrolled; or, in a send not restricted with --to, a residence no ARS
+   * table covers), the record whole with _reason and _recipient}. Each record still goes to every enrolled
+   * recipient the policy gives it. accepted are Validator.validate's accepted records.
    */
   async route(accepted) {
-    const missing = new Set(this.missingRegions);
-    const held = missing.size ? accepted.filter((r) => missing.has(r._region)) : null;
-    let routable = held !== null ? accepted.filter((r) => !missing.has(r._region)) : accepted;
     if (this.destinations.some((d) => d.rule.pseudonymise) && this._key != null) {
-      routable = await withPseudonyms(routable, this._key);
+      accepted = await withPseudonyms(accepted, this._key);
     }
     const positive = (r) => r.resultat === Result.POSITIVE;
-    const positives = routable.filter(positive);
+    const positives = accepted.filter(positive);
     const byRegion = new Map();
-    for (const r of routable) {
+    for (const r of accepted) {
       let part = byRegion.get(r._region);
       if (part === undefined) byRegion.set(r._region, (part = []));
       part.push(r);
     }
     const out = {};
     for (const dest of this.destinations) {
-      let chosen = dest.rule.select === "positive" ? positives : routable;
+      let chosen = dest.rule.select === "positive" ? positives : accepted;
       if (dest.region !== null) {
         chosen = byRegion.get(dest.region) ?? [];
         if (dest.rule.select === "positive") chosen = chosen.filter(positive);
@@ -333,8 +347,30 @@ export class Router {
       if (chosen.some((r) => ROW_ID in r)) keep.push(ROW_ID);
       out[dest.name] = chosen.map((r) => Object.fromEntries(keep.map((f) => [f, r[f] ?? null])));
     }
-    const review = (held ?? []).map((r) => ({ ...r, _reason: Reason.NO_RECIPIENT }));
-    return { out, review };
+    return { out, held: this._held(accepted, positives) };
+  }
+
+  /** Router._held: per regional rule, the shares of its missing recipients, then those no ARS covers. */
+  _held(accepted, positives) {
+    const missing = new Set(this.missingRegions);
+    const held = [];
+    for (const rule of this._regionalRules) {
+      const addressed = rule.select === "all" ? accepted : positives;
+      if (missing.size) {
+        for (const r of addressed) {
+          if (r._region === null || !missing.has(r._region)) continue;
+          // the rule's name, its first {region} replaced (polars str.replace, literal, once)
+          const name = rule.name.replace(REGION_SLOT, () => r._region);
+          held.push({ ...r, _reason: Reason.NO_RECIPIENT, [HELD_RECIPIENT]: name });
+        }
+      }
+      if (this._whole) {
+        for (const r of addressed) {
+          if (r._region === null) held.push({ ...r, _reason: Reason.NO_REGION, [HELD_RECIPIENT]: "" });
+        }
+      }
+    }
+    return held;
   }
 }
 

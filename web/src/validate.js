@@ -1,6 +1,7 @@
 // Reading and validating a lab-results CSV in the browser, with the same outcome per record as the Python CLI.
 //
-// Mirrors src/labrelay/batch/csv_reader.py (CsvReader: header sniffing, blocks, the polars fast path and the csv
+// Mirrors src/labrelay/batch/pipeline.py (check_kind, detect_format: what a file is, from its first bytes),
+// src/labrelay/batch/csv_reader.py (CsvReader: header sniffing, blocks, the polars fast path and the csv
 // module slow path) and src/labrelay/batch/validate.py (Validator: the rules, first broken rule per field, the
 // normalisations). The CLI's reader takes a different path for a block depending on what polars accepts, and the
 // two paths do not always agree on hostile input (quotes, carriage returns, over-long values); this module models
@@ -8,7 +9,7 @@
 // tests/vectors/web_validation.json holds the CLI's own answers; web/test/vectors.test.mjs checks this module
 // against them.
 
-import { FIELDS, MAX_LENGTH, RAW_MAX, REQUIRED, Reason, Result, SNOMED_RESULTS } from "./records.js";
+import { FIELDS, FORMULA_FIELDS, MAX_LENGTH, OPTIONAL, RAW_MAX, REQUIRED, Reason, Result, SNOMED_RESULTS } from "./records.js";
 
 export const BLOCK_BYTES = 8 * 1024 * 1024; // csv_reader.BLOCK_BYTES
 const MAX_CARRY = 4 * BLOCK_BYTES; // csv_reader.MAX_CARRY (fixed, whatever the block size)
@@ -19,19 +20,48 @@ const LF = 0x0a;
 const CR = 0x0d;
 const QUOTE = 0x22;
 
-/** An input that cannot be read at all (labrelay.errors.Unreadable): not one bad record, the whole file. */
-export class UnreadableError extends Error {
-  constructor(message, hint = null) {
+/**
+ * A file that is not a lab-results batch at all (labrelay.errors.NotResults, a usage error): a workbook, UTF-16
+ * text, a PDF, an archive, a binary file (`kind`, in the CLI's words), or a CSV whose header does not carry the
+ * template (`found`: the columns as written, `missing`: the required ones it lacks; `twice`: names given twice).
+ * The message is the CLI's, word for word; the page says it in its own words from these fields.
+ */
+export class NotResultsError extends Error {
+  constructor(message, details = {}) {
     super(message);
-    this.name = "Unreadable";
-    this.code = "operational";
-    this.hint = hint;
+    this.name = "NotResults";
+    this.code = "not-results";
+    Object.assign(this, { kind: null, format: null, found: null, missing: null, twice: null }, details);
   }
 }
 
 // ------------------------------------------------------------------ text helpers
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+// Windows-1252 as the WHATWG Encoding standard defines it (what TextDecoder("windows-1252") gives in a browser):
+// 0x80-0x9F from this table, the five bytes it leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) as the code point of
+// the same value, every other byte as ISO-8859-1 does; csv_reader._decode_line reads them the same way (its
+// "labrelay-whatwg-1252" error handler). Written out rather than asked of TextDecoder: Node.js 20's decodes
+// windows-1252 as ISO-8859-1. The vectors hold the CLI's decoding of every byte (windows_1252) to check this table.
+const CP1252_HIGH =
+  "\u20ac\x81\u201a\u0192\u201e\u2026\u2020\u2021\u02c6\u2030\u0160\u2039\u0152\x8d\u017d\x8f" +
+  "\x90\u2018\u2019\u201c\u201d\u2022\u2013\u2014\u02dc\u2122\u0161\u203a\u0153\x9d\u017e\u0178";
+
+/** Bytes decoded as Windows-1252 (WHATWG). */
+export function decodeWindows1252(bytes) {
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 8192) {
+    const chunk = bytes.subarray(i, i + 8192);
+    const units = new Array(chunk.length);
+    for (let k = 0; k < chunk.length; k++) {
+      const b = chunk[k];
+      units[k] = b >= 0x80 && b < 0xa0 ? CP1252_HIGH.charCodeAt(b - 0x80) : b;
+    }
+    out += String.fromCharCode.apply(null, units);
+  }
+  return out;
+}
 
 function decodeUtf8(bytes) {
   try {
@@ -41,16 +71,7 @@ function decodeUtf8(bytes) {
   }
 }
 
-function decodeLatin1(bytes) {
-  // ISO-8859-1 by hand: TextDecoder("latin1") is windows-1252 under the WHATWG Encoding standard.
-  let out = "";
-  for (let i = 0; i < bytes.length; i += 8192) {
-    out += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
-  }
-  return out;
-}
-
-/** csv_reader.to_utf8, as text: the block decoded as UTF-8, else line by line (UTF-8, else ISO-8859-1). */
+/** csv_reader.to_utf8, as text: the block decoded as UTF-8, else line by line (UTF-8, else Windows-1252). */
 function toText(block) {
   const whole = decodeUtf8(block);
   if (whole !== null) return whole;
@@ -59,7 +80,7 @@ function toText(block) {
   for (;;) {
     const nl = block.indexOf(LF, start);
     const line = block.subarray(start, nl === -1 ? block.length : nl);
-    parts.push(decodeUtf8(line) ?? decodeLatin1(line));
+    parts.push(decodeUtf8(line) ?? decodeWindows1252(line));
     if (nl === -1) break;
     start = nl + 1;
   }
@@ -265,7 +286,98 @@ function* pyLines(text) {
   }
 }
 
+// ------------------------------------------------------------------ what the file is: pipeline.check_kind
+
+const HEAD_BYTES = 4096; // pipeline._head
+const startsWith = (bytes, prefix) => prefix.length <= bytes.length && prefix.every((b, i) => bytes[i] === b);
+const ascii = (text) => Array.from(text, (c) => c.charCodeAt(0));
+const contains = (bytes, text) => {
+  const needle = ascii(text);
+  outer: for (let i = 0; i + needle.length <= bytes.length; i++) {
+    for (let k = 0; k < needle.length; k++) if (bytes[i + k] !== needle[k]) continue outer;
+    return true;
+  }
+  return false;
+};
+const SIGNATURES = [
+  // pipeline._SIGNATURES: [first bytes, what the file is]
+  [[0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1], "an Excel 97-2003 workbook (.xls) or an old Office document"],
+  [[0xff, 0xfe], "UTF-16 text"],
+  [[0xfe, 0xff], "UTF-16 text"],
+  [ascii("%PDF"), "a PDF document"],
+  [[0x1f, 0x8b], "a gzip-compressed file"],
+  [ascii("age-encryption.org/"), "an age-encrypted file"],
+];
+
+/** pipeline._kind_of: what a file certainly not of results is (the CLI's words), from its first bytes; or null. */
+export function kindOf(head) {
+  if (startsWith(head, [0x50, 0x4b, 0x03, 0x04])) {
+    if (contains(head, "opendocument.spreadsheet")) return "an OpenDocument spreadsheet (.ods)";
+    if (contains(head, "xl/") || (contains(head, "[Content_Types].xml") && !contains(head, "word/"))) {
+      return "an Excel workbook (.xlsx)";
+    }
+    return "a ZIP archive (or an Office document)";
+  }
+  for (const [prefix, kind] of SIGNATURES) if (startsWith(head, prefix)) return kind;
+  if (head.length >= 8) {
+    let even = 0;
+    let odd = 0;
+    for (let i = 0; i < head.length; i++) if (head[i] === 0) i % 2 ? odd++ : even++;
+    if (Math.max(even, odd) > Math.floor(head.length / 4)) return "UTF-16 text";
+  }
+  if (head.includes(0)) return "a binary file";
+  return null;
+}
+
+/** pipeline.check_kind: refuses a workbook, UTF-16 text, a PDF, an archive or any binary file, saying what it is. */
+export function checkKind(bytes, name = "file") {
+  const kind = kindOf(bytes.subarray(0, HEAD_BYTES));
+  if (kind !== null) throw new NotResultsError(`${name} is ${kind}, not a lab-results file`, { kind });
+}
+
+const BOM_BYTES = new Set([0xef, 0xbb, 0xbf]);
+const ASCII_SPACE = new Set([0x20, 0x09, 0x0a, 0x0d, 0x0b, 0x0c]);
+
+/** pipeline.detect_format: "csv", "hl7" or "fhir" from the first bytes, after check_kind. */
+export function detectFormat(bytes, name = "file") {
+  checkKind(bytes, name);
+  const head = bytes.subarray(0, HEAD_BYTES);
+  let i = 0;
+  while (i < head.length && BOM_BYTES.has(head[i])) i++; // bytes.lstrip(b"\xef\xbb\xbf"): any of the three
+  while (i < head.length && ASCII_SPACE.has(head[i])) i++;
+  const rest = head.subarray(i);
+  if (["MSH", "FHS", "BHS"].some((tag) => startsWith(rest, ascii(tag)))) return "hl7";
+  if (rest[0] === 0x7b) return "fhir";
+  return "csv";
+}
+
 // ------------------------------------------------------------------ header: csv_reader.sniff
+
+/** Python's order for strings: by code point (JavaScript's default sort compares UTF-16 units). */
+function byCodePoint(a, b) {
+  const x = Array.from(a, (c) => c.codePointAt(0));
+  const y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
+
+const SPACE_OR_TAB = /^[ \t]+|[ \t]+$/g;
+
+/** csv_reader.header_name: a header cell as matched against the template (BOM, spaces, tabs, one pair of quotes
+ * around it and case do not count). */
+export function headerName(text) {
+  let name = (text.startsWith("\ufeff") ? text.slice(1) : text).replace(SPACE_OR_TAB, "");
+  if (name.length >= 2 && name[0] === '"' && name[name.length - 1] === '"') {
+    name = name.slice(1, -1).replace(SPACE_OR_TAB, "");
+  }
+  return name.toLowerCase();
+}
+
+/** csv_reader._shown: names for a message, "" for an empty one, the first 30 and how many in all. */
+function shown(names, limit = 30) {
+  const text = names.slice(0, limit).map((n) => (n ? n : '""')).join(", ");
+  return text + (names.length > limit ? `, … (${names.length} in all)` : "");
+}
 
 function sniff(bytes, name) {
   const nl = bytes.indexOf(LF);
@@ -273,27 +385,39 @@ function sniff(bytes, name) {
   const head = bytes.subarray(0, headLength);
   const bom = head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf;
   const text = toText(bom ? head.subarray(3) : head).replace(/[\r\n]+$/, "");
-  if (!text) throw new UnreadableError(`${name} is empty or has no header line`);
+  if (!text.replace(PY_STRIP, "")) throw new NotResultsError(`${name} is empty or has no header line`);
   const count = (ch) => text.split(ch).length - 1;
   const separator = count(";") > count(",") ? ";" : ",";
   const first = pyCsvRows([text], separator, false).next();
   if (first.done || first.value.error) {
     const why = first.done ? "" : first.value.error;
-    throw new UnreadableError(`${name} has no readable CSV header (${why})`);
+    throw new NotResultsError(`${name} has no readable CSV header (${why})`);
   }
-  const columns = first.value.row.map((c) => c.replace(PY_STRIP, ""));
-  if (new Set(columns).size !== columns.length) {
-    throw new UnreadableError(`${name}: the header names a column twice`);
+  const written = first.value.row;
+  // An empty header cell (a trailing separator) names no template field: an ignored column of its own.
+  const columns = written.map((c, i) => headerName(c) || `(column ${i + 1})`);
+  const twice = [...new Set(columns.filter((c, i) => columns.indexOf(c) !== i))].sort(byCodePoint);
+  if (twice.length) {
+    throw new NotResultsError(`${name}: the header names a column twice (${shown(twice)})`, { twice });
   }
-  const missing = FIELDS.filter((f) => !columns.includes(f));
+  const missing = FIELDS.filter((f) => REQUIRED.has(f) && !columns.includes(f));
+  const asWritten = written.map((c) => c.replace(PY_STRIP, ""));
   if (missing.length) {
-    throw new UnreadableError(
-      `${name} is not in the lab-results template: missing columns ${missing.join(", ")}`,
-      "the header must name: " + FIELDS.join(", "),
+    throw new NotResultsError(
+      `${name} is not in the lab-results template: columns found: ${shown(asWritten)}; ` +
+        `expected: ${FIELDS.join(", ")}; missing: ${missing.join(", ")}`,
+      { found: asWritten, missing },
     );
   }
   const known = new Set(FIELDS);
-  return { separator, columns, ignored: columns.filter((c) => !known.has(c)), bom, headLength };
+  return {
+    separator,
+    columns,
+    ignored: asWritten.filter((_, i) => !known.has(columns[i])),
+    missing: OPTIONAL.filter((f) => !columns.includes(f)),
+    bom,
+    headLength,
+  };
 }
 
 // ------------------------------------------------------------------ blocks: csv_reader._blocks
@@ -613,8 +737,8 @@ function fastBatch(text, layout, offset) {
     }
     const values = quoted ? rows[i] : fields;
     for (let k = 0; k < FIELDS.length; k++) {
-      const c = index[k];
-      const f = c < values.length ? values[c] : "";
+      const c = index[k]; // -1: an optional column the file leaves out, read as empty
+      const f = c !== -1 && c < values.length ? values[c] : "";
       scratch[k] = !quoted && f.charCodeAt(f.length - 1) === CR ? f.slice(0, -1) : f; // polars drops one \r
     }
     records.push(recordOf(scratch, record, control && LINE_CONTROL.test(line)));
@@ -655,7 +779,7 @@ function slowBatch(text, layout, offset) {
     } else if (row.some((v) => v.length > RAW_MAX && codePoints(v) > RAW_MAX)) {
       rejected.push({ record, field: "*", reason: Reason.TOO_LONG });
     } else {
-      for (let k = 0; k < FIELDS.length; k++) scratch[k] = row[index[k]];
+      for (let k = 0; k < FIELDS.length; k++) scratch[k] = index[k] === -1 ? "" : row[index[k]];
       records.push(recordOf(scratch, record)); // no _control: the validator computes it
     }
   }
@@ -700,11 +824,12 @@ if (Object.keys(recordOf(FIELDS, 0)).slice(1).join() !== FIELDS.join()) throw ne
 /**
  * Read a lab-results CSV file (its bytes) as the CLI's CsvReader does.
  *
- * Returns {records, rejected, read, ignored, separator, columns, bom, batches}: records carry the template fields
- * as strings, "_record" (1-based, header excluded) and, when the CLI knows it from the line, "_control";
+ * Returns {records, rejected, read, ignored, missing, separator, columns, bom, batches}: records carry the
+ * template fields as strings (an optional column the file leaves out, named in `missing`, is empty), "_record" (1-based, header excluded) and, when the CLI knows it from the line, "_control";
  * rejected lists the structural rejections {record, field: "*", reason}. batches are the CLI's blocks
  * ({records, rejected, read, padded}), for callers that validate block by block as the CLI does.
- * Throws UnreadableError for a file that has no usable header. Options: name (used in messages), blockBytes.
+ * Throws NotResultsError for a file whose header does not carry the template. It does not look at what the file
+ * is: call detectFormat first, as pipeline.open_reader does. Options: name (used in messages), blockBytes.
  */
 export function readCsv(bytes, { name = "file", blockBytes = BLOCK_BYTES } = {}) {
   const layout = sniff(bytes, name);
@@ -722,6 +847,7 @@ export function readCsv(bytes, { name = "file", blockBytes = BLOCK_BYTES } = {})
     rejected: batches.flatMap((b) => b.rejected),
     read: seen,
     ignored: layout.ignored,
+    missing: layout.missing,
     separator: layout.separator,
     columns: layout.columns,
     bom: layout.bom,
@@ -747,6 +873,8 @@ const LOWER_ASCII = /[a-z]/;
 const PHONE_SEPARATORS = /[ .-]/g;
 const LEADING_SPACE = new RegExp(`^[${RUST_SPACE}]+`);
 const MIN_DATE = 19000101;
+const FORMULA = new Set(FORMULA_FIELDS);
+const FORMULA_START = /^[=+\-@\t\r]/; // validate._FORMULA, on the trimmed value
 
 const DATE_FIELDS = ["date_naissance", "date_prelevement", "date_validation"];
 const PHONE_FIELDS = new Set(["telephone", "prescripteur_telephone"]);
@@ -928,6 +1056,7 @@ export class Validator {
       const max = MAX_LENGTH[name];
       add(name, Reason.TOO_LONG, (r) => r.len[i] > max);
       if (REQUIRED.has(name)) add(name, Reason.REQUIRED, (r) => r.len[i] === 0);
+      if (FORMULA.has(name)) add(name, Reason.FORMULA, (r) => FORMULA_START.test(r.v[i]));
     };
     const pattern = (name, regex, reason, optional) => {
       const i = F[name];
@@ -980,10 +1109,10 @@ export class Validator {
   }
 
   /**
-   * Split records into accepted (normalised, with _department, _region and age), rejections (one per record and
-   * field: its first broken rule; "*" when no rule explains a refused record) and review (valid records of a
-   * territory no ARS table covers, with _reason). Mirrors Validator.validate on one batch; padded=false is the
-   * reader's word that no value has spaces around it (then nothing is trimmed, as in the CLI).
+   * Split records into accepted (normalised, with _department, _region and age; _region is null for a territory
+   * no ARS table covers, whose regional share the router holds) and rejections (one per record and field: its
+   * first broken rule; "*" when no rule explains a refused record). Mirrors Validator.validate on one batch;
+   * padded=false is the reader's word that no value has spaces around it (then nothing is trimmed, as in the CLI).
    */
   validate(records, { padded = true } = {}) {
     const n = FIELDS.length;
@@ -994,7 +1123,6 @@ export class Validator {
     for (const name of DATE_FIELDS) french[F[name]] = records.some((rec) => (rec[name] ?? "").includes("/"));
 
     const accepted = [];
-    const review = [];
     const rejections = [];
     let rejectedRecords = 0;
     // per-record scratch, reused: raw values, prepared values, their lengths in bytes, parsed dates
@@ -1048,11 +1176,9 @@ export class Validator {
       const sample = d[SAMPLE];
       const age = Math.floor(sample / 10000) - Math.floor(birth / 10000) - (sample % 10000 < birth % 10000 ? 1 : 0);
       const region = this.regionOf.get(department) ?? null;
-      const out = normalised(rec._record, v, d, SEX_CODES.get(v[SEX]), r.result, department, age, region);
-      if (region === null) review.push({ ...out, _reason: Reason.NO_REGION });
-      else accepted.push(out);
+      accepted.push(normalised(rec._record, v, d, SEX_CODES.get(v[SEX]), r.result, department, age, region));
     }
-    return { accepted, rejections, review, rejectedRecords };
+    return { accepted, rejections, rejectedRecords };
   }
 }
 

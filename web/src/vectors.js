@@ -4,7 +4,7 @@ import { parse as parseToml } from "smol-toml";
 import * as records from "./records.js";
 import { runPipeline } from "./pipeline.js";
 import { parsePolicy, pseudonym, Router, UsageError } from "./route.js";
-import { readCsv, UnreadableError, Validator } from "./validate.js";
+import { decodeWindows1252, detectFormat, NotResultsError, readCsv, Validator } from "./validate.js";
 
 function equal(a, b) {
   if (a === b) return true;
@@ -49,29 +49,40 @@ function constants() {
     DEFAULT_LOINC: [...r.DEFAULT_LOINC],
     Reason: { ...r.Reason },
     REVIEW_REASONS: [...r.REVIEW_REASONS].sort(),
+    OPTIONAL: [...r.OPTIONAL],
+    FORMULA_FIELDS: [...r.FORMULA_FIELDS],
   };
 }
 
-/** Read and validate one file as pipeline.run does: block by block. */
+/** A file refused whole, as the vectors give it: the message, the code, and what the file is when it is certain. */
+function refusal(e) {
+  if (!(e instanceof NotResultsError)) throw e;
+  return { error: e.message, code: e.code, ...(e.kind ? { kind: e.kind } : {}) };
+}
+
+/** Read and validate one file as pipeline.run does: its kind and format first, then block by block. */
 function validation(vectors, c, ref) {
+  const bytes = bytesOf(c);
   let read;
   try {
-    read = readCsv(bytesOf(c), { name: vectors.file_name, blockBytes: c.block_bytes });
+    const format = detectFormat(bytes, vectors.file_name);
+    if (format !== "csv") return { format };
+    read = readCsv(bytes, { name: vectors.file_name, blockBytes: c.block_bytes });
   } catch (e) {
-    if (e instanceof UnreadableError) return { error: e.message };
-    throw e;
+    return refusal(e);
   }
   const validator = new Validator({ today: c.today, loinc: vectors.loinc, ...ref });
-  const out = { read: read.read, ignored: read.ignored, rejected: read.rejected, rejections: [], accepted: [], review: [] };
+  const out = {
+    read: read.read, ignored: read.ignored, missing: read.missing, rejected: read.rejected, rejections: [], accepted: [],
+  };
   let rejected = 0;
   for (const batch of read.batches) {
     const result = validator.validate(batch.records, { padded: batch.padded });
     out.rejections.push(...result.rejections);
     out.accepted.push(...result.accepted);
-    out.review.push(...result.review);
     rejected += distinct(batch.rejected) + result.rejectedRecords;
   }
-  out.summary = { read: read.read, accepted: out.accepted.length, rejected, held: out.review.length };
+  out.summary = { read: read.read, accepted: out.accepted.length, rejected };
   return out;
 }
 
@@ -91,7 +102,9 @@ async function routing(vectors, c, ref) {
   const run = await runPipeline(bytesOf(c), {
     policy, router, ...ref, today: c.today, name: vectors.file_name, blockBytes: c.block_bytes,
   });
-  return { outputs: run.outputs, review: run.review, summary: run.summary };
+  return {
+    outputs: run.outputs, missing: run.absent, rejections: run.rejectionsCsv, review: run.review, summary: run.summary,
+  };
 }
 
 function policyOf(text) {
@@ -108,7 +121,7 @@ function policyOf(text) {
     description: policy.description,
     recipients: policy.recipients.map((r) => ({
       name: r.name, select: r.select, fields: [...r.fields], format: r.format, by_region: r.byRegion,
-      pseudonymise: r.pseudonymise,
+      pseudonymise: r.pseudonymise, unparsed: r.unparsed,
     })),
   };
 }
@@ -124,6 +137,8 @@ export async function runAll(vectors, ref) {
     if (d !== null) failures.push(`${kind}: ${name}: ${d}`);
   };
   check("records", "constants match labrelay.domain.records", constants(), vectors.records);
+  const high = Uint8Array.from({ length: 128 }, (_, i) => 0x80 + i);
+  check("records", "Windows-1252 decoded as the CLI decodes it", decodeWindows1252(high), vectors.windows_1252);
   for (const c of vectors.validation) check("validation", c.name, validation(vectors, c, refdata), c.expected);
   for (const c of vectors.routing) check("routing", c.name, await routing(vectors, c, refdata), c.expected);
   for (const p of vectors.pseudonyms) {
