@@ -224,6 +224,8 @@ def test_a_refusal_that_is_not_the_recipients_own_changes_nothing(setup: Setup) 
         (cnam, sign_envelope(payload, ars.signing, ars.name), IntegrityError),
         (cnam, sign_envelope(payload, lab.signing, lab.name), IntegrityError),
         (cnam, sign_envelope(payload, SigningKey.generate(), cnam.name), IntegrityError),
+        # cnam's signature, but naming another signer (the signature does not cover the name)
+        (cnam, {**good, "signer": ars.name}, IntegrityError),
         # sent by another party, or by the sender, each signing it itself: not theirs to refuse
         (ars, sign_envelope(payload, ars.signing, ars.name), NotFound),
         (lab, sign_envelope(payload, lab.signing, lab.name), NotFound),
