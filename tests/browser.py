@@ -103,17 +103,26 @@ class Tab:
         return str(self.page.locator("#status").inner_text())
 
     def wait_status(self, kind: str, timeout: float = 60_000) -> str:
-        """Wait for the live status line to turn ``ok`` or ``error``; fail with its text on the other one."""
-        self.page.wait_for_selector("#status.ok, #status.error", timeout=timeout)
+        """Wait for the live status line to turn ``ok``, ``warn`` (nothing went wrong, and nothing was done) or
+        ``error``; fail with its text on another one."""
+        self.page.wait_for_selector("#status.ok, #status.warn, #status.error", timeout=timeout)
         classes = self.page.locator("#status").get_attribute("class") or ""
         text = self.status()
         assert kind in classes.split(), f"status is {classes!r}: {text}"
         return text
 
+    def submit(self, selector: str, kind: str, timeout: float = 60_000) -> str:
+        """Clear the status line, click ``selector`` and wait for the status ``kind`` (``wait_status``): a status
+        left by an earlier click is never taken for this one's."""
+        self.page.evaluate("() => { const s = document.getElementById('status'); s.className = 'status'; }")
+        self.page.locator(selector).click()
+        return self.wait_status(kind, timeout)
+
     def shot(self, name: str) -> None:
         target = os.environ.get("LABRELAY_SCREENSHOTS")
         if target:
             Path(target).mkdir(parents=True, exist_ok=True)
+            self.page.evaluate("() => window.scrollTo(0, 0)")  # the status line is sticky: show it at the top
             self.page.screenshot(path=str(Path(target) / f"{name}.png"), full_page=True)
 
 

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
+import io
 import json
+import re
 import uuid
+import zipfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -27,18 +31,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from labrelay.client.policy import default_policy_text
 from labrelay.crypto import httpsig
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.domain.detection import RULES
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import CONSOLE_ROLES, Revocation, Role
-from labrelay.domain.records import Reason
+from labrelay.domain.records import FIELDS, Reason
 from labrelay.domain.transfers import TransferState
 from labrelay.errors import RelayFrozen
 from labrelay.synthetic.generator import write_csv_file
 from tests.browser import Tab, localhost
 from tests.conftest import REPO, World, make_world, sent_ids
 from tests.integration.test_no_plaintext import needles_of, plaintext_hits
+from tests.unit.test_csv_reader import good, line
+from tests.vectors import make_web_vectors
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +147,220 @@ def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
     assert hits == [], hits
 
 
+# ------------------------------------------------------------------ the lab page: what it refuses, warns and offers
+
+
+def csv_bytes(
+    *records: dict[str, str], columns: tuple[str, ...] = FIELDS, sep: str = ",", header: str | None = None
+) -> bytes:
+    head = header if header is not None else sep.join(columns)
+    return (head + "\n" + "".join(line(r, sep, columns) + "\n" for r in records)).encode("utf-8")
+
+
+def lab_tab(world: World, open_tab, lang: str = "fr") -> Tab:
+    tab: Tab = open_tab(world.url, locale="fr-FR" if lang == "fr" else "en-GB")
+    tab.goto(f"/lab?lang={lang}")
+    tab.page.set_input_files("#party-files", files_of(world, "lab-paris-01", "pseudonym.key"))
+    return tab
+
+
+def saved(tab: Tab, selector: str, target: Path) -> bytes:
+    """Click a download link of the page; the bytes the browser saved."""
+    with tab.page.expect_download() as download:
+        tab.page.locator(selector).click()
+    download.value.save_as(target)
+    return target.read_bytes()
+
+
+def test_the_lab_page_warns_when_nothing_is_sent_and_offers_the_clis_rejection_report(
+    web_world: World, open_tab, cli, tmp_path: Path
+) -> None:
+    """Every record rejected: no success banner but a warning that says why, nothing sent, and the rejection report
+    made in the browser is byte for byte what ``labrelay validate --report`` writes for the same file."""
+    world = web_world
+    source = tmp_path / "all-bad.csv"
+    source.write_bytes(
+        csv_bytes(
+            good(nir="179037511104200"),
+            good(code_loinc="12345-6", sexe="X"),
+            good(nom="=HYPERLINK(1)"),
+            good(date_prelevement="2099-01-01"),
+        )
+        + b"short,row\n"
+    )
+    tab = lab_tab(world, open_tab)
+    tab.page.set_input_files("#results-file", str(source))
+    warning = tab.submit("#send", "warn")
+    assert "Rien n'a été envoyé" in warning
+    assert "les 5 enregistrements du fichier ont tous été rejetés" in warning
+    assert int(tab.page.locator("#count-rejected").inner_text()) == 5
+    assert world.db("SELECT count(*) FROM transfers") == [(0,)]
+    assert tab.page.locator("#sent-table").count() == 0
+
+    report = tmp_path / "cli-report.csv"
+    validated = cli("validate", source, "--report", report)
+    assert validated.code == 0, str(validated)
+    from_page = saved(tab, "#download-rejections", tmp_path / "page-report.csv")
+    assert from_page.replace(b"\r\n", b"\n") == report.read_bytes().replace(b"\r\n", b"\n")
+    assert b"formula-like value" in from_page
+    assert tab.page.locator("#download-held").count() == 0
+    tab.shot("lab-nothing-sent-fr")
+    same_origin_only(tab)
+    assert tab.errors == [], tab.errors
+
+
+def _zip(*members: tuple[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, text in members:
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+def test_the_lab_page_says_in_french_what_is_wrong_with_a_file_before_asking_the_relay_anything(
+    web_world: World, open_tab, tmp_path: Path
+) -> None:
+    """A workbook, UTF-16 text, a file whose required columns are missing, no file, another party's keys: each gets
+    a message in French that says what to do, and the page asked the relay nothing for a file that is not results
+    (the same in English under ?lang=en)."""
+    world = web_world
+    files = {
+        "resultats.xlsx": _zip(("[Content_Types].xml", "<Types/>"), ("xl/workbook.xml", "<workbook/>")),
+        "unicode.csv": b"\xff\xfe" + csv_bytes(good()).decode().encode("utf-16-le"),
+        "colonnes.csv": csv_bytes(good(), columns=tuple(f for f in FIELDS if f not in ("nir", "resultat"))),
+        "hl7.txt": b"MSH|^~\\&|LAB\rPID|1\r",
+    }
+    expected = {
+        "resultats.xlsx": ["classeur Excel (.xlsx)", "CSV UTF-8"],
+        "unicode.csv": ["UTF-16", "CSV UTF-8"],
+        "colonnes.csv": ["colonne(s) obligatoire(s) absente(s) : nir, resultat", "Colonnes trouvées : nom, prenom"],
+        "hl7.txt": ["HL7 v2", "labrelay send"],
+    }
+    tab = lab_tab(world, open_tab)
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        tab.page.set_input_files("#results-file", str(path))
+        before = len(tab.requests)
+        message = tab.submit("#send", "error")
+        for words in expected[name]:
+            assert words in message, (name, message)
+        assert name in message
+        assert [u for u in tab.requests[before:] if "/v1/" in u] == [], f"{name}: the page asked the relay"
+    tab.shot("lab-wrong-file-fr")
+
+    tab.page.set_input_files("#results-file", [])
+    assert "Choisissez un fichier de résultats" in tab.submit("#send", "error")
+    tab.page.set_input_files("#results-file", str(tmp_path / "colonnes.csv"))
+    tab.page.set_input_files("#party-files", files_of(world, "cnam"))
+    assert "cnam n'est pas un laboratoire" in tab.submit("#send", "error")
+
+    english = lab_tab(world, open_tab, "en")
+    english.page.set_input_files("#results-file", str(tmp_path / "unicode.csv"))
+    assert "is UTF-16 text" in english.submit("#send", "error")
+    english.page.set_input_files("#results-file", str(tmp_path / "colonnes.csv"))
+    assert "required column(s) missing: nir, resultat" in english.submit("#send", "error")
+    assert world.db("SELECT count(*) FROM transfers") == [(0,)]
+    same_origin_only(tab)
+
+
+def test_a_file_as_excel_exports_it_is_accepted_by_the_page_as_the_cli_accepts_it(
+    web_world: World, open_tab, cli, tmp_path: Path
+) -> None:
+    """An upper-case, quoted, ;-separated header in Windows-1252 with optional columns left out: the CLI reads it,
+    and so does the page, with the same counts, and what it sends CNAM is the records with those columns empty."""
+    world = web_world
+    columns = tuple(f for f in FIELDS if f not in ("email", "telephone"))
+    header = ";".join(f'"{c.upper()}"' if i % 2 else f" {c.upper()} " for i, c in enumerate(columns))
+    records = [
+        good(adresse="3 rue de l\u2019\u0152uvre", prenom="H\u00e9l\u00e8ne"),
+        good(nom="C\u0152UR", resultat="NEGATIF"),
+        good(nom="MARTIN", nir="179037511104200"),
+    ]
+    body = header + "\r\n" + "".join(line(r, ";", columns) + "\r\n" for r in records)
+    source = tmp_path / "excel.csv"
+    source.write_bytes(body.encode("cp1252"))
+    summary = tmp_path / "summary.json"
+    validated = cli("validate", source, "--summary", summary)
+    assert validated.code == 0, str(validated)
+    expected = json.loads(summary.read_text())
+
+    tab = lab_tab(world, open_tab)
+    tab.page.set_input_files("#results-file", str(source))
+    done = tab.submit("#send", "ok")
+    assert "transfert" in done
+    counts = {k: int(tab.page.locator(f"#count-{k}").inner_text()) for k in ("read", "accepted", "rejected", "review")}
+    assert counts["read"] == expected["read"] == 3
+    assert counts["rejected"] == expected["rejected"] == 1
+    assert counts["accepted"] + counts["review"] == 2
+    assert "email" in tab.page.locator("#optional").inner_text()
+    same_origin_only(tab)
+
+    with world.client("cnam") as cnam:
+        listing = cnam.transfers("inbox")
+    assert len(listing) == 1  # one positive, valid record
+    payload = listing[0]["manifest"]["payload"]
+    assert payload["record_count"] == 1
+    assert payload["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_the_lab_page_holds_only_the_share_of_an_ars_not_enrolled_and_offers_the_held_file(
+    web_world: World, open_tab, cli, tmp_path: Path
+) -> None:
+    """Residents of Centre-Val de Loire (region 24), whose ARS is not enrolled: CNAM and SpF get them, their ARS
+    share is held, the page says so per recipient ("ars-24 non inscrite : 3 enregistrements retenus, dont 2
+    positifs") and offers the review file, equal to the one the CLI's pipeline writes for the same file."""
+    world = web_world
+    tours = {"code_commune_insee": "37261", "code_postal": "37000", "commune": "TOURS"}
+    records = [
+        good(**tours),
+        good(**tours, nom="MARTIN"),
+        good(**tours, nom="DURAND", resultat="NEGATIF"),
+        good(),
+        good(resultat="NEGATIF", nom="PETIT"),
+        good(code_loinc="1-1"),
+    ]
+    data = csv_bytes(*records)
+    source = tmp_path / "tours.csv"
+    source.write_bytes(data)
+    tab = lab_tab(world, open_tab)
+    tab.page.set_input_files("#results-file", str(source))
+    done = tab.submit("#send", "ok", timeout=120_000)
+    assert "3 transfert(s)" in done
+    assert "3 enregistrements sont retenus" in done
+    held = tab.page.locator("#held").inner_text()
+    assert "ars-24 non inscrite : 3 enregistrements retenus, dont 2 positifs" in held
+    recipients = tab.page.locator("#recipients").inner_text()
+    for name, n in (("cnam", "3"), ("spf", "5"), ("ars-11", "2")):
+        assert re.search(rf"{name}\s+{n}\b", recipients), recipients
+    assert {k: tab.page.locator(f"#count-{k}").inner_text() for k in ("accepted", "rejected", "review")} == {
+        "accepted": "2",
+        "rejected": "1",
+        "review": "3",
+    }
+    tab.shot("lab-held-fr")
+
+    enrolled = [name for (name,) in world.db("SELECT DISTINCT name FROM parties WHERE role = 'recipient'")]
+    assert "ars-24" not in enrolled
+    expected = make_web_vectors.derive_routing(
+        data,
+        today=date.today(),  # noqa: DTZ011 - a calendar day, as the page's
+        policy=default_policy_text(),
+        enrolled=enrolled,
+        restrict=None,
+        pseudonym_key=hashlib.sha256(b"any key").hexdigest(),
+    )
+    assert expected["summary"]["held_for"] == {"ars-24": {"records": 3, "positives": 2}}
+    assert saved(tab, "#download-held", tmp_path / "held.csv").decode() == expected["review"]
+    assert saved(tab, "#download-rejections", tmp_path / "rejections.csv").decode() == expected["rejections"]
+    sent = {
+        r: json.loads(m)["payload"]["record_count"] for r, m in world.db("SELECT recipient, manifest FROM transfers")
+    }
+    assert sent == {"cnam": 3, "spf": 5, "ars-11": 2}
+    same_origin_only(tab)
+    assert tab.errors == [], tab.errors
+
+
 @pytest.mark.threat("T23")
 def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
     web_world: World, open_tab, batch: Path, cli, tmp_path: Path
@@ -155,9 +376,11 @@ def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
     tab.page.keyboard.press("Tab")
     tab.page.locator("#list").press("Enter")  # the page works from the keyboard
     tab.wait_status("ok")
+    assert "hors politique" in tab.page.locator("#inbox-table").inner_text()  # sent as it was: marked as such
     tab.page.locator(f"button[data-transfer='{transfer}']").click()
     tab.page.wait_for_selector("#verified")
     assert "300" in tab.page.locator("#verified").inner_text()  # records counted in what was decrypted
+    assert "hors de la politique de routage" in tab.page.locator("#unparsed").inner_text()
     assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("available",)]  # not yet saved
     with tab.page.expect_download() as download:
         tab.page.locator("#save").click()

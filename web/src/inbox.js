@@ -38,7 +38,7 @@ const INFLATE_MIN = 256 * 1024 * 1024;
 
 /** Records in what was decrypted, counted as `labrelay fetch` counts them for the receipt. */
 export function countRecords(manifest, plaintext) {
-  if (manifest.policy_version !== null && manifest.policy_version !== undefined) {
+  if (!isUnparsed(manifest)) {
     let newlines = 0;
     for (const b of plaintext) if (b === 10) newlines++;
     return Math.max(newlines - (manifest.media_type === "text/csv" ? 1 : 0), 0);
@@ -151,6 +151,19 @@ export function* csvRows(text) {
   if (open) yield [...row, field];
 }
 
+/** Sent as it was (`send --as-is`), outside the routing policy: no policy_version (Manifest.unparsed). */
+export function isUnparsed(manifest) {
+  return manifest.policy_version === null || manifest.policy_version === undefined;
+}
+
+/** The routing a listed payload says it went through: its policy version, or a mark for an unparsed document. */
+function routing(manifest) {
+  if (isUnparsed(manifest)) {
+    return el("span", { class: "badge unparsed", title: t("inbox.unparsedNotice") }, t("inbox.unparsed"));
+  }
+  return el("code", {}, String(manifest.policy_version));
+}
+
 function preview(plaintext, mediaType) {
   const text = new TextDecoder().decode(plaintext.subarray(0, 64 * 1024));
   if (mediaType === "text/csv") {
@@ -178,10 +191,11 @@ export async function inboxPage(main) {
     const { transfers } = await (await signed("/v1/transfers?box=inbox")).json();
     list.replaceChildren(table(
       "inbox-table",
-      [t("col.transfer"), t("col.sender"), t("col.records"), t("col.size"), t("col.deadline"), ""],
+      [t("col.transfer"), t("col.sender"), t("col.policy"), t("col.records"), t("col.size"), t("col.deadline"), ""],
       transfers.map((x) => [
         el("code", { title: x.transfer_id }, x.transfer_id.slice(0, 8)),
         x.sender,
+        routing(x.manifest.payload),
         x.manifest.payload.record_count ?? "—",
         bytes(x.size),
         when(x.deadline),
@@ -222,6 +236,7 @@ export async function inboxPage(main) {
       const receipt = el("p", { class: "hint", id: "receipt" }, t("inbox.receiptPending"));
       opened.replaceChildren(
         el("h2", {}, t("inbox.opened", { sender: manifest.sender })),
+        isUnparsed(manifest) ? el("p", { class: "notice", id: "unparsed" }, t("inbox.unparsedNotice")) : "",
         el("p", { class: "badge open", id: "verified" }, records === null
           ? t("inbox.verifiedBytes", { size: bytes(plaintext.length) })
           : t("inbox.verified", { n: records })),

@@ -48,11 +48,11 @@ export function openResults(bytes, { name = "file", blockBytes } = {}) {
 /**
  * Run the pipeline over a file's bytes. Returns {sent: {recipient: records}, outputs: {recipient: CSV text},
  * held: the held rows, review: the review file's text, rejections: the report's rows, rejectionsCsv: its text,
- * summary: Summary.as_dict() (what `--summary` writes), ignored, missing (optional columns left out), recipients
- * (every destination with its record count) and absent (the recipients addressed but not enrolled)}.
+ * summary: Summary.as_dict() (what `--summary` writes), ignored, missing (optional columns left out)
+ * and absent (the recipients addressed but not enrolled)}.
  */
-export async function runPipeline(bytes, { policy, router, communes, departmentRegions, today, name, blockBytes }) {
-  const read = openResults(bytes, { name, blockBytes });
+export async function runPipeline(bytes, { policy, router, communes, departmentRegions, today, name, blockBytes, read }) {
+  read ??= openResults(bytes, { name, blockBytes }); // or what openResults already read from these bytes
   const validator = new Validator({ today, loinc: policy.loinc, communes, departmentRegions });
   const sent = Object.fromEntries(router.destinations.map((d) => [d.name, []]));
   const held = [];

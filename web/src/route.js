@@ -7,13 +7,16 @@
 
 import { ALL_OUTPUT_FIELDS, DIRECT_IDENTIFIERS, FIELDS, Reason, Result, normaliseTrait } from "./records.js";
 
-/** The caller asked for something malformed or impossible (labrelay.errors.UsageError). */
+/** The caller asked for something malformed or impossible (labrelay.errors.UsageError). `reason` and `names`
+ * say which refusal it is, for the page's own words (the message is the CLI's). */
 export class UsageError extends Error {
-  constructor(message, hint = null) {
+  constructor(message, hint = null, { reason = null, names = [] } = {}) {
     super(message);
     this.name = "UsageError";
     this.code = "usage";
     this.hint = hint;
+    this.reason = reason;
+    this.names = names;
   }
 }
 
@@ -288,6 +291,7 @@ export class Router {
         throw new UsageError(
           `${unknown.join(", ")}: not a recipient under policy ${policy.version}`,
           "labrelay send --as-is --to NAME sends a document without routing",
+          { reason: "not-a-recipient", names: unknown },
         );
       }
     }
@@ -299,6 +303,7 @@ export class Router {
       throw new UsageError(
         `policy ${policy.version} sends to ${nationalMissing.join(", ")}, which is not enrolled`,
         "enrol it, or restrict the send with --to",
+        { reason: "not-enrolled", names: nationalMissing },
       );
     }
     this.missingRegions = sorted(new Set(missing.filter((d) => d.region !== null).map((d) => d.region)));
@@ -308,11 +313,14 @@ export class Router {
     // residence no ARS covers a held regional share.
     this._regionalRules = policy.recipients.filter((r) => r.byRegion && wanted.some((d) => d.rule === r));
     this._whole = wantedNames === null;
-    if (!this.destinations.length) throw new UsageError("no enrolled recipient to send to under this policy");
+    if (!this.destinations.length) {
+      throw new UsageError("no enrolled recipient to send to under this policy", null, { reason: "no-recipient" });
+    }
     if (this.destinations.some((d) => d.rule.pseudonymise) && !pseudonymKey) {
       throw new UsageError(
         "the policy pseudonymises records for some recipients, and this lab has no pseudonym key",
         "enrol the lab with the authority that holds the key (labrelay party enroll)",
+        { reason: "no-pseudonym-key" },
       );
     }
     this._key = pseudonymKey;
