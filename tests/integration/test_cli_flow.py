@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -54,19 +55,25 @@ def test_cli_contract_send_fetch_raw_decrypts_with_age_byte_for_byte(cli, tmp_pa
             ok(cli("party", "enroll", parties / name, "--authority", auth, "--server", url))
             assert oct((parties / name / "signing.key").stat().st_mode & 0o777) == "0o600"
             assert oct((parties / name / "identity.txt").stat().st_mode & 0o777) == "0o600"
+        ok(cli("authority", "publish-policy", "--authority", auth, "--server", url))
         payload = tmp_path / "results.bin"
         payload.write_bytes(os.urandom(3_000_000) + b"the end\n")
-        sent = ok(
-            cli("send", payload, "--as", parties / "lab-paris-01", "--server", url, "--to", "cnam", "--ttl", "12h")
-        )
+        lab = parties / "lab-paris-01"
+        refused = cli("send", payload, "--as", lab, "--server", url, "--to", "cnam", "--ttl", "12h")
+        assert refused.code == 2, str(refused)  # not lab results, and --as-is was not asked for
+        assert "binary file" in refused.err
+        sent = ok(cli("send", payload, "--as", lab, "--server", url, "--to", "cnam", "--ttl", "12h", "--as-is"))
         [transfer_id] = transfer_ids(sent.out)
         assert any(p.name.endswith(".payload") for p in (data / "payloads").iterdir())
 
         out = tmp_path / "inbox"
         fetched = ok(cli("fetch", "--as", parties / "cnam", "--server", url, "--out", out, "--raw"))
         assert "not acknowledged" in fetched.out
-        raw = out / f"{transfer_id}.age"
-        manifest = json.loads((out / f"{transfer_id}.manifest.json").read_text())["manifest"]
+        assert "UNPARSED" in fetched.out
+        [raw] = list(out.glob("*.age"))
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}_lab-paris-01_[0-9a-f]{8}_cnam\.age", raw.name), raw.name
+        manifest = json.loads(raw.with_name(raw.name.replace(".age", ".manifest.json")).read_text())["manifest"]
+        assert manifest["payload"]["transfer_id"] == transfer_id
         assert manifest["payload"]["recipient"] == "cnam"
         assert manifest["payload"]["deadline"] > manifest["payload"]["created"]
 
@@ -105,21 +112,31 @@ def test_file_sealed_by_the_age_tool_decrypts_with_our_identity(tmp_path: Path, 
 
 
 def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None:
-    """A results file sent --as-is arrives whole; fetch decrypts, counts its records and acknowledges."""
+    """A results file sent --as-is arrives whole, marked as sent outside the policy; fetch decrypts, counts its
+    records and acknowledges."""
     lab, cnam = world.party_dir("lab-paris-01"), world.party_dir("cnam")
-    sent = ok(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--to", "ars-11", "--as-is"))
-    assert len(transfer_ids(sent.out)) == 2
+    sent = ok(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--as-is"))
+    [transfer_id] = transfer_ids(sent.out)
+    routed = ok(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--again"))  # routed this time
+    assert len(world.stored()) == 2
     out = world.root / "out-cnam"
-    fetched = ok(cli("fetch", "--as", cnam, "--server", world.url, "--out", out))
-    assert "300 records" in fetched.out
-    assert "acknowledged" in fetched.out
-    [csv_file] = list(out.glob("*.csv"))
-    assert csv_file.read_bytes() == batch.read_bytes()
+    fetched = ok(cli("fetch", "--as", cnam, "--server", world.url, "--out", out, "--json"))
+    doc = json.loads(fetched.out)
+    [unparsed] = [f for f in doc["fetched"] if f["transfer_id"] == transfer_id]
+    assert unparsed["records"] == 300
+    assert unparsed["unparsed"] is True
+    assert unparsed["acknowledged"] is True
+    assert doc["unparsed"] == 1
+    csv_file = Path(unparsed["file"])
+    assert csv_file.read_bytes() == batch.read_bytes()  # unparsed: written as it came, nothing added
     assert oct(csv_file.stat().st_mode & 0o777) == "0o600"
     assert not list((out / ".labrelay").iterdir())  # no partial or temporary file left behind
-    # cnam's receipt deleted cnam's payload only; ars-11's waits
-    assert len(world.stored()) == 1
-    sidecar = json.loads(next(out.glob("*.manifest.json")).read_text())
+    [tagged] = [f for f in doc["fetched"] if f["transfer_id"] != transfer_id]
+    assert tagged["unparsed"] is False
+    assert tagged["sent_again"] is True
+    assert tagged["transfer_id"] in routed.out
+    assert world.stored() == []
+    sidecar = json.loads(Path(unparsed["manifest_file"]).read_text())
     assert sidecar["receipt"]["payload"]["status"] == "decrypted"
     assert sidecar["receipt"]["payload"]["record_count"] == 300
 

@@ -237,10 +237,10 @@ def test_a_request_signed_by_a_revoked_party(world, cli, batch: Path) -> None:
     nothing_written(out)
     assert state_of(world, transfer_id) == "available"
     # A lab no longer sends to a revoked recipient (its own directory check, before sealing).
-    refused(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam"), "revoked")
+    refused(cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--again"), "revoked")
 
     assert cli("authority", "revoke", "lab-paris-01", "--authority", world.auth_dir, "--server", world.url).code == 0
-    refused(cli("send", batch, "--as", lab, "--server", world.url, "--to", "ars-11"), "revoked")
+    refused(cli("send", batch, "--as", lab, "--server", world.url, "--to", "ars-11", "--again"), "revoked")
     assert world.db("SELECT count(*) FROM transfers")[0][0] == 1
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from labrelay.client.api import RelayClient
-from labrelay.client.fetch import fetch_one
+from labrelay.client.fetch import fetch_all
 from labrelay.client.send import seal
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
@@ -20,6 +20,12 @@ from labrelay.domain.parties import Role
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import Unavailable
 from tests.conftest import RelayServer, sent_ids
+
+
+def transfer_id_batch(world, transfer_id: str) -> str:
+    """The first 8 characters of a transfer's batch id, as fetch names its output file."""
+    [(manifest,)] = world.db("SELECT manifest FROM transfers WHERE id = :id", id=transfer_id)
+    return json.loads(manifest)["payload"]["batch_id"][:8]
 
 
 def audit_details(world, event: str) -> list[str]:
@@ -64,7 +70,7 @@ def test_upload_resumes_after_the_relay_is_killed(world, cli, tmp_path: Path) ->
 def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> None:
     plain = tmp_path / "data.bin"
     plain.write_bytes(os.urandom(2 * 1024 * 1024))
-    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
     assert sent.code == 0, str(sent)
     transfer_id = sent_ids(sent.out)["cnam"]
     out = tmp_path / "out"
@@ -75,7 +81,8 @@ def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> Non
     (work / f"{transfer_id}.age.part").write_bytes(partial)
     fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert fetched.code == 0, str(fetched)
-    assert (out / f"{transfer_id}.bin").read_bytes() == plain.read_bytes()
+    [written] = list(out.glob(f"*_{transfer_id_batch(world, transfer_id)}_cnam.bin"))
+    assert written.read_bytes() == plain.read_bytes()
     assert any('"start":700000' in d for d in audit_details(world, "download:serve"))
 
 
@@ -101,17 +108,17 @@ class CutOnce(RelayClient):
 def test_an_interrupted_download_resumes_within_the_same_fetch(world, cli, tmp_path: Path) -> None:
     plain = tmp_path / "data.bin"
     plain.write_bytes(os.urandom(2 * 1024 * 1024))
-    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
     transfer_id = sent_ids(sent.out)["cnam"]
     cnam = world.parties["cnam"]
     out = tmp_path / "out"
     with CutOnce(world.url, cnam.name, cnam.signing_key, SystemClock(), retries=2, backoff=0.01) as client:
-        directory = TrustedDirectory(cnam.authority, client.directory(), SystemClock().now())
-        [listing] = client.transfers("inbox")
-        fetched = fetch_one(cnam, client, directory, listing, out, SystemClock())
+        report = fetch_all(cnam, client, out, SystemClock())
         assert not client.cut  # the cut happened
+    [fetched] = report.fetched
+    assert fetched.transfer_id == transfer_id
     assert fetched.acknowledged
-    assert (out / f"{transfer_id}.bin").read_bytes() == plain.read_bytes()
+    assert fetched.path.read_bytes() == plain.read_bytes()
     starts = [d for d in audit_details(world, "download:serve") if '"start":0' not in d]
     assert starts, "the second request resumed from the bytes already received, not from zero"
 
@@ -121,7 +128,7 @@ def test_a_publication_interrupted_by_a_crash_is_completed_at_restart(world, cli
     """Crash after the atomic rename, before the database said so: the restarted relay finishes the job."""
     plain = tmp_path / "x.bin"
     plain.write_bytes(os.urandom(100_000))
-    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
     transfer_id = sent_ids(sent.out)["cnam"]
     world.relay.stop()
     world.db("UPDATE transfers SET state = 'uploading' WHERE id = :id", id=transfer_id)
@@ -139,9 +146,8 @@ def test_a_publication_interrupted_by_a_crash_is_completed_at_restart(world, cli
 def test_nothing_is_served_past_its_deadline(world, cli, tmp_path: Path) -> None:
     plain = tmp_path / "short.bin"
     plain.write_bytes(b"short-lived\n" * 100)
-    sent = cli(
-        "send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "2s"
-    )
+    lab = world.party_dir("lab-paris-01")
+    sent = cli("send", plain, "--as", lab, "--server", world.url, "--to", "cnam", "--ttl", "2s", "--as-is")
     assert sent.code == 0, str(sent)
     transfer_id = sent_ids(sent.out)["cnam"]
     time.sleep(3)
@@ -154,7 +160,8 @@ def test_nothing_is_served_past_its_deadline(world, cli, tmp_path: Path) -> None
     ):
         list(client.download(transfer_id))
     too_long = cli(
-        "send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "31d"
+        "send", plain, "--as", lab, "--server", world.url, "--to", "cnam", "--ttl", "31d", "--as-is", "--again"
     )
     assert too_long.code == 2, str(too_long)
-    assert "maximum of 30d" in too_long.err
+    assert "longer than the relay keeps payloads (30d)" in too_long.err
+    assert not list(world.parties["lab-paris-01"].outbox.iterdir())

@@ -69,7 +69,9 @@ def test_each_recipient_receives_only_what_the_policy_gives_it(national: World, 
     outputs = {name: received(national, name) for name in ["cnam", "spf", *(f"ars-{r}" for r in REGIONS)]}
     frames = {n: pl.read_csv(p, infer_schema=False) for n, p in outputs.items() if p is not None}
     valid = inputs.filter(~pl.col("record").is_in(report["record"].implode()))
+    # Held: only the regional share of residents of a territory no ARS covers; they still reach CNAM and SpF.
     routed = valid.filter(~pl.col("record").cast(pl.String).is_in(held["record"].implode()))
+    assert set(held["recipient"].fill_null("").to_list()) <= {""}
 
     # spf: pseudonymised, no identifier as a column or as a value anywhere in the file.
     assert not set(frames["spf"].columns) & {*IDENTIFIERS, "date_naissance", "code_postal", "commune"}
@@ -78,15 +80,18 @@ def test_each_recipient_receives_only_what_the_policy_gives_it(national: World, 
         for value in valid[column].drop_nulls().unique().to_list():
             if len(value) >= 6:
                 assert value.encode() not in spf_bytes, (column, value)
-    assert frames["spf"].height == routed.height
+    assert frames["spf"].height == valid.height
     assert frames["spf"]["pseudonyme"].str.len_chars().unique().to_list() == [64]
 
-    # cnam: positives only, all of them, with the NIR.
+    # cnam: positives only, all of them (held regional shares included), with the NIR.
     assert set(frames["cnam"]["resultat"].to_list()) == {"POSITIF"}
-    assert frames["cnam"].height == routed.filter(pl.col("resultat") == "POSITIF").height
+    assert frames["cnam"].height == valid.filter(pl.col("resultat") == "POSITIF").height
     assert sorted(frames["cnam"]["nir"].to_list()) == sorted(
-        routed.filter(pl.col("resultat") == "POSITIF")["nir"].to_list()
+        valid.filter(pl.col("resultat") == "POSITIF")["nir"].to_list()
     )
+    # every row carries its batch and its sender
+    assert set(frames["cnam"]["sender"].to_list()) == {"lab-paris-01"}
+    assert frames["cnam"]["batch_id"].n_unique() == 1
 
     # each ARS: the residents of its region, all of them, without the NIR.
     region_of = department_regions()
@@ -159,8 +164,11 @@ def test_validate_reports_without_sending(tmp_path: Path) -> None:
     assert counts["reconciled"] is True
     assert counts["rejected"] == len({r["record"] for r in rows}) > 0
     unreadable = tmp_path / "x.bin"
-    unreadable.write_bytes(b"\x00\xff" * 100)
-    assert run_cli("validate", unreadable, cwd=tmp_path).code == 1
+    unreadable.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    refused = run_cli("validate", unreadable, cwd=tmp_path)
+    assert refused.code == 2, str(refused)  # not a results file: a usage error, named
+    assert "binary file" in refused.err
+    assert "would go to cnam" in result.out
 
 
 @pytest.mark.parametrize("fmt", ["hl7", "fhir"])
@@ -182,7 +190,8 @@ def test_documents_that_are_not_results_need_as_is(world: World, tmp_path: Path)
     document.write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 10)
     lab = world.party_dir("lab-paris-01")
     refused = run_cli("send", document, "--as", lab, "--server", world.url)
-    assert refused.code == 1
+    assert refused.code == 2, str(refused)
+    assert "PDF document" in refused.err
     assert "--as-is" in refused.err
     sent = run_cli("send", document, "--as", lab, "--server", world.url, "--to", "cnam", "--as-is")
     assert sent.code == 0, str(sent)

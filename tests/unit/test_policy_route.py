@@ -218,9 +218,7 @@ def test_unparsed_documents_only_where_the_policy_says() -> None:
     assert "not a recipient" in (DEFAULT.unparsed_refusal("ars-x1") or "")
     with pytest.raises(PolicyError, match="cannot receive unparsed"):
         parse_policy(
-            policy_with(
-                '[[recipients]]\nname = "spf"\npseudonymise = true\nunparsed = true\nfields = ["pseudonyme"]\n'
-            )
+            policy_with('[[recipients]]\nname = "spf"\npseudonymise = true\nunparsed = true\nfields = ["pseudonyme"]\n')
         )
     with pytest.raises(PolicyError, match="true or false"):
         parse_policy(policy_with('[[recipients]]\nname = "cnam"\nunparsed = "yes"\nfields = ["nom"]\n'))

@@ -130,7 +130,7 @@ def test_territories_without_an_ars_table_are_accepted_without_a_region() -> Non
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", " =", "\t", "\r"])
 def test_formula_like_values_are_refused(field: str, start: str) -> None:
     """Identity and address text beginning like a spreadsheet formula never reaches a recipient's spreadsheet."""
-    value = f"{start}HYPERLINK(\"http://x.example\",\"a\")" if field != "email" else f"{start}cmd@example.fr"
+    value = f'{start}HYPERLINK("http://x.example","a")' if field != "email" else f"{start}cmd@example.fr"
     result = V.validate(frame(good(**{field: value})))
     assert result.accepted.height == 0
     [reason] = result.rejections.filter(pl.col("field") == field)["reason"].to_list()

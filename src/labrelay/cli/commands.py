@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,23 +15,32 @@ import typer
 from labrelay.cli import ui
 from labrelay.client.api import RelayClient
 from labrelay.client.checkpoints import CHECKPOINTS_FILE, CheckpointBook
-from labrelay.client.fetch import acknowledge, fetch_all
+from labrelay.client.fetch import FetchReport, acknowledge, fetch_all
+from labrelay.client.files import SafeDir
 from labrelay.client.keystore import Authority, Party
+from labrelay.client.lock import party_lock
+from labrelay.client.progress import ProgressTask, Stopwatch
 from labrelay.client.receipts import verified_outbox
-from labrelay.client.send import pending, send_file, upload
+from labrelay.client.send import SendOutcome, pending, send_file
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
 from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
-from labrelay.errors import IntegrityError, OperationalError, SecurityError, Unreadable, UsageError
+from labrelay.errors import IntegrityError, OperationalError, SecurityError, UsageError
 
 if TYPE_CHECKING:  # polars loads only for the commands that read lab results
+    from labrelay.batch.csv_reader import Batch
     from labrelay.batch.pipeline import Summary
-    from labrelay.client.routed import RoutedSend
+    from labrelay.client.routed import HeldSend, RoutedSend
 
 AsOpt = Annotated[Path, typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (also on failure).")]
+WaitOpt = Annotated[
+    str | None,
+    typer.Option("--wait", metavar="DURATION", help="If another run for this party holds its lock, wait this long."),
+]
 ServerOpt = Annotated[str, typer.Option("--server", envvar="LABRELAY_SERVER", help="The relay's URL.")]
 CaOpt = Annotated[
     Path | None,
@@ -65,27 +77,147 @@ def _party_client(server: str, party: Party, cacert: Path | None) -> RelayClient
 
 def _print_summary(summary: Summary) -> None:
     state = "reconciled" if summary.reconciled else "NOT RECONCILED"
-    ui.out.print(
+    ui.json_output.say(
         f"{summary.input_format}: read {summary.read}, accepted {summary.accepted}, rejected "
-        f"{summary.rejected}, held for review {summary.held} ({state})",
-        markup=False,
+        f"{summary.rejected}, held for review {summary.held} ({state})"
     )
     if summary.ignored_columns:
-        ui.out.print("ignored columns (never sent): " + ", ".join(summary.ignored_columns), markup=False)
+        ui.json_output.say("ignored columns (never sent): " + ", ".join(summary.ignored_columns))
+    if summary.missing_columns:
+        ui.json_output.say("optional columns left out (read as empty): " + ", ".join(summary.missing_columns))
 
 
-def _print_routed(routed: RoutedSend) -> None:
-    _print_summary(routed.summary)
+def _print_held(summary: Summary, hypothetical: bool = False) -> None:
+    from labrelay.client.routed import held_line  # noqa: PLC0415
+
+    for name, count in sorted(summary.held_for.items()):
+        line = held_line(name, count.records, count.positives)
+        if hypothetical:
+            line = line.replace(" not enrolled", "")
+        ui.json_output.say(line)
+
+
+def _print_outcome(outcome: SendOutcome, *, unparsed: bool = False) -> None:
+    for item in outcome.sent:
+        ui.json_output.say(f"sent {item.transfer_id} ({item.size} bytes) to {item.recipient}")
+    if outcome.already:
+        total = len(outcome.transfers)
+        ui.json_output.say(
+            f"already sent as batch {outcome.batch_id} ({outcome.delivered} of {total} delivered)"
+            + (f"; finished {len(outcome.sent)} interrupted upload(s)" if outcome.sent else "")
+        )
+    elif unparsed:
+        ui.json_output.say(
+            f"batch {outcome.batch_id}: sent unparsed (not validated, not minimised), as the policy allows"
+        )
+
+
+def _print_routed(routed: RoutedSend, as_: Path, server: str) -> None:
+    if routed.already or routed.summary is None:
+        _print_outcome(routed)
+        return
+    summary = routed.summary
+    _print_summary(summary)
     by_name = {item.recipient: item for item in routed.sent}
-    for name, count in sorted(routed.summary.per_recipient.items()):
+    for name, count in sorted(summary.per_recipient.items()):
         item = by_name.get(name)
-        where = f"{item.transfer_id} ({item.size} bytes)" if item else "nothing to send"
-        ui.out.print(f"sent {where} to {name}: {count} records", markup=False)
-    ui.out.print(
-        f"policy {routed.summary.policy_version}; rejection report {routed.rejections}; "
-        f"held for review {routed.review}",
-        markup=False,
+        where = f"{item.transfer_id} ({item.size} bytes)" if item else "nothing"
+        ui.json_output.say(f"sent {where} to {name}: {count} records")
+    _print_held(summary)
+    if any(name for name in summary.held_for):
+        ui.json_output.say(
+            "held shares went to every other recipient the policy gives them; once the missing ones are enrolled: "
+            f"labrelay send --held {routed.batch_id[:8]} --as {as_} --server {server}"
+        )
+    ui.json_output.say(
+        f"batch {routed.batch_id}; policy {summary.policy_version}; rejection report {routed.rejections}; "
+        f"held for review {routed.review}"
     )
+
+
+def _print_held_send(result: HeldSend) -> None:
+    if result.delivered is not None:
+        ui.json_output.say(f"held shares of batch {result.original}:")
+        _print_routed(result.delivered, Path(), "")
+    for name, count in sorted(result.remaining.items()):
+        ui.json_output.say(f"still held: {name or 'residence no ARS covers'}: {count} records")
+
+
+def _print_fetch(report: FetchReport) -> None:
+    for item in report.fetched:
+        if item.again:
+            ui.json_output.say(
+                f"{item.transfer_id} was already received ({item.path}); acknowledged again, not decrypted again"
+            )
+        elif item.duplicate_of is not None:
+            ui.json_output.say(
+                f"declined {item.transfer_id} from {item.sender}: a second copy of a source already received by "
+                f"{item.duplicate_of} ({item.path}); acknowledged as a duplicate, not written"
+            )
+        else:
+            count = f", {item.records} records" if item.records is not None else ""
+            ack = "acknowledged" if item.acknowledged else "not acknowledged (--raw)"
+            flags = ""
+            if item.unparsed:
+                flags += " [UNPARSED: sent outside the routing policy, not validated, not minimised]"
+            if item.sent_again:
+                flags += " [sent again on purpose by its sender]"
+            ui.json_output.say(
+                f"fetched {item.transfer_id} from {item.sender} (batch {item.batch_id[:8]}) → {item.path}{count}; "
+                f"{ack}{flags}"
+            )
+    for transfer_id, exc in report.refused:
+        ui.err.print(
+            f"labrelay: {ui.kind_of(exc)}: {transfer_id}: {exc.diagnostics()} (refused: it will not be offered or "
+            "downloaded again, and its sender is told)",
+            markup=False,
+        )
+    for transfer_id, exc in report.failed:
+        ui.err.print(f"labrelay: error: {transfer_id}: {exc.diagnostics()} (retried next run)", markup=False)
+    if report.skipped:
+        ui.err.print(f"{len(report.skipped)} payload(s) refused earlier: not downloaded again", markup=False)
+    written = [f for f in report.fetched if not f.again and f.duplicate_of is None]
+    if not report.fetched and not report.refused and not report.failed:
+        ui.json_output.say("nothing waiting")
+    elif written:
+        unparsed = sum(1 for f in written if f.unparsed)
+        ui.json_output.say(
+            f"wrote {len(written)} payload(s), {report.records} records"
+            + (f"; {unparsed} UNPARSED (outside the routing policy)" if unparsed else "")
+        )
+
+
+def _seconds(wait: str | None) -> float:
+    return parse_duration(wait).total_seconds() if wait else 0.0
+
+
+def _advance(task: ProgressTask) -> Callable[[Batch], None]:
+    return lambda batch: task.advance(batch.read)
+
+
+class _OutputFile:
+    """A report the user asked for, written unnamed beside its final name and named once complete: a killed run
+    leaves no partial file behind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dir = SafeDir.open(path.parent if str(path.parent) else Path(), create=False, check=False)
+        self.file = self.dir.temp(0o600)
+        self.text = io.TextIOWrapper(self.file.handle, encoding="utf-8", newline="", write_through=True)
+
+    def __enter__(self) -> _OutputFile:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        with contextlib.suppress(ValueError):
+            self.text.detach()
+        try:
+            if exc_type is None:
+                self.file.replace(self.path.name)
+            else:
+                self.file.discard()
+        finally:
+            self.dir.close()
 
 
 def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command table, in one place
@@ -344,22 +476,42 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
 
     @app.command("send")
     def send(
-        file: Annotated[
-            Path,
-            typer.Argument(help="The file to send: lab results (CSV, HL7 v2, FHIR), or any document with --as-is."),
-        ],
         as_: AsOpt,
         server: ServerOpt,
+        file: Annotated[
+            Path | None,
+            typer.Argument(help="The file to send: lab results (CSV, HL7 v2, FHIR), or any document with --as-is."),
+        ] = None,
         to: Annotated[
             list[str] | None,
             typer.Option(
                 "--to", help="Send only to these recipients (repeatable). Without it, to every recipient of the policy."
             ),
         ] = None,
-        ttl: Annotated[str, typer.Option(help="Deadline: 30s, 15m, 12h, 7d. The relay caps it.")] = "7d",
+        ttl: Annotated[str, typer.Option(help="Deadline: 30s, 15m, 12h, 7d; at most the relay's maximum.")] = "7d",
         as_is: Annotated[
             bool,
-            typer.Option("--as-is", help="Send the file unparsed (no validation, no routing) to the --to recipients."),
+            typer.Option(
+                "--as-is",
+                help="Send the file unparsed (no validation, no routing) to the --to recipients, if the policy lets "
+                "them receive unparsed documents.",
+            ),
+        ] = False,
+        again: Annotated[
+            bool, typer.Option("--again", help="Send a file that was sent before again, as a new batch, on purpose.")
+        ] = False,
+        held: Annotated[
+            str | None,
+            typer.Option(
+                "--held", metavar="BATCH", help="Deliver a batch's held shares to the recipients enrolled since."
+            ),
+        ] = None,
+        max_rejected: Annotated[
+            str | None,
+            typer.Option("--max-rejected", metavar="N|P%", help="Send nothing (exit 1) if more records are rejected."),
+        ] = None,
+        fail_on_held: Annotated[
+            bool, typer.Option("--fail-on-held", help="Send nothing (exit 1) if any record would be held for review.")
         ] = False,
         input_format: Annotated[str, typer.Option("--format", help="auto, csv, hl7 or fhir.")] = "auto",
         dpo: Annotated[
@@ -369,63 +521,82 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ledger_retention: Annotated[
             str, typer.Option(help="How long the breach ledger of this batch is kept (default 365d, like the audit).")
         ] = "365d",
+        json_out: JsonOpt = False,
+        wait: WaitOpt = None,
         cacert: CaOpt = None,
     ) -> None:
         """Validate, route and minimise lab results under the signed policy, seal one payload per recipient, upload.
 
-        Records that fail validation go to a rejection report and records nobody can take yet to a review file,
-        both in the lab's directory; the counts always add up. With --as-is, FILE is sealed and sent as it is.
+        Records that fail validation go to a rejection report and shares nobody can take yet to a review file, both
+        in the lab's directory; the counts always add up. A file sent before is not sent again: its batch is
+        finished instead (--again makes a new one). A file that is not lab results is refused unless --as-is.
+        Exit 0: sent (or already sent); 1: nothing sent (every record rejected, a threshold crossed, relay down);
+        2: usage (not a results file, bad option); 3: refused by a security check.
         """
+        from labrelay.client.send import RejectLimit, tidy  # noqa: PLC0415
+
+        ui.json_output.enabled = json_out
+        watch = Stopwatch()
         party = Party.load(as_)
         lifetime = parse_duration(ttl)
-        if not file.is_file():
+        limit = RejectLimit.parse(max_rejected) if max_rejected is not None else None
+        if held is not None:
+            if file is not None or as_is:
+                raise UsageError("--held BATCH delivers a batch's held shares: give no FILE and no --as-is")
+        elif file is None:
+            raise UsageError("no file to send", hint="labrelay send FILE --as PARTY --server URL")
+        elif not file.is_file():
             raise UsageError(f"{file} is not a readable file")
         if as_is and not to:
             raise UsageError("--as-is needs at least one --to recipient")
-        try:
-            with (
-                _party_client(server, party, cacert) as client,
-                ui.TerminalProgress(_quiet()) as progress,
-            ):
-                if not as_is:
-                    from labrelay.client.routed import send_results  # noqa: PLC0415 - loads polars
+        with (
+            party_lock(party.path, party.name, "send", wait=_seconds(wait)),
+            _party_client(server, party, cacert) as client,
+            ui.TerminalProgress(_quiet() or json_out) as progress,
+        ):
+            tidy(party)
+            try:
+                if held is not None or not as_is:
+                    from labrelay.client.routed import SendOptions, send_held, send_results  # noqa: PLC0415
 
-                    try:
-                        routed = send_results(
-                            party,
-                            client,
-                            file,
-                            lifetime,
-                            SystemClock(),
-                            restrict=to,
-                            input_format=input_format,
-                            progress=progress,
-                            dpo=dpo,
-                            ledger_retention=parse_duration(ledger_retention),
-                        )
-                    except Unreadable as exc:
-                        if not to:
-                            raise Unreadable(
-                                exc.message, hint="to send another kind of document unparsed, use --as-is --to NAME"
-                            ) from exc
-                        ui.err.print(
-                            f"labrelay: {file} is not a lab-results file ({exc.message}); sending it unparsed "
-                            "to the --to recipients, as --as-is would",
-                            markup=False,
-                        )
+                    options = SendOptions(
+                        ttl=lifetime,
+                        restrict=to,
+                        input_format=input_format,
+                        dpo=dpo,
+                        ledger_retention=parse_duration(ledger_retention),
+                        again=again,
+                        max_rejected=limit,
+                        fail_on_held=fail_on_held,
+                    )
+                    if held is not None:
+                        result = send_held(party, client, held, SystemClock(), options, progress=progress)
+                        _print_held_send(result)
+                        records = result.delivered.records if result.delivered else 0
+                        ui.json_output.emit({"command": "send", **result.as_dict()})
                     else:
-                        _print_routed(routed)
-                        return
-                sent = send_file(party, client, file, to or [], lifetime, SystemClock(), progress=progress)
-        except OperationalError as exc:
-            if exc.hint is None and pending(party):  # sealed, not (all) uploaded: nothing to redo but the upload
-                raise type(exc)(
-                    exc.message,
-                    hint=f"the sealed payloads are kept; finish with: labrelay resume --as {as_} --server {server}",
-                ) from exc
-            raise
-        for item in sent:
-            ui.out.print(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)", markup=False)
+                        assert file is not None  # noqa: S101 - checked above
+                        routed = send_results(party, client, file, SystemClock(), options, progress=progress)
+                        _print_routed(routed, as_, server)
+                        records = routed.records
+                        ui.json_output.emit({"command": "send", **routed.as_dict()})
+                else:
+                    assert file is not None  # noqa: S101 - checked above
+                    outcome = send_file(
+                        party, client, file, to or [], lifetime, SystemClock(), progress=progress, again=again
+                    )
+                    _print_outcome(outcome, unparsed=True)
+                    records = 0
+                    ui.json_output.emit({"command": "send", "unparsed": True, **outcome.as_dict()})
+            except OperationalError as exc:
+                if exc.hint is None and pending(party):  # sealed, not (all) uploaded: nothing to redo but the upload
+                    raise type(exc)(
+                        exc.message,
+                        hint=f"the sealed payloads are kept; finish with: labrelay resume --as {as_} --server {server}",
+                    ) from exc
+                raise
+        if not json_out and not _quiet():
+            ui.err.print(watch.line(records), markup=False)
 
     @app.command("validate")
     def validate(
@@ -435,90 +606,180 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ] = None,
         policy: Annotated[
             Path | None,
-            typer.Option("--policy", help="Policy whose LOINC set applies (default: the shipped default policy)."),
+            typer.Option("--policy", help="Policy to check against (default: the shipped default policy)."),
         ] = None,
         input_format: Annotated[str, typer.Option("--format", help="auto, csv, hl7 or fhir.")] = "auto",
         summary_json: Annotated[Path | None, typer.Option("--summary", help="Write the counts as JSON here.")] = None,
+        as_: Annotated[
+            Path | None,
+            typer.Option("--as", help="With --server: preview under the policy and directory in force for this lab."),
+        ] = None,
+        server: Annotated[str | None, typer.Option("--server", help="The relay's URL (with --as: a preview).")] = None,
+        json_out: JsonOpt = False,
+        cacert: CaOpt = None,
     ) -> None:
-        """Check every record with the same rules as send, and send nothing. Rejections are findings: exit 0 when
-        the file was read, 1 when it could not be read at all."""
+        """Check every record with the same rules as send, count where each would go, and send nothing.
+        Rejections are findings: exit 0 when the file was read, 2 when it is not a lab-results file."""
         from labrelay.client.validate import validate_file  # noqa: PLC0415 - polars loads only when needed
-
-        from labrelay.client.policy import default_policy_text  # noqa: PLC0415
         from labrelay.domain.policy import parse_policy  # noqa: PLC0415
 
-        rules = parse_policy(policy.read_text(encoding="utf-8") if policy else default_policy_text())
-        today = SystemClock().now().date()
-        if report is None:
-            summary = validate_file(file, rules, today=today, input_format=input_format)
+        ui.json_output.enabled = json_out
+        watch = Stopwatch()
+        if (as_ is None) != (server is None):
+            raise UsageError("a preview against a relay needs both --as LAB and --server URL")
+        enrolled = None
+        if as_ is not None and server is not None:
+            from labrelay.client.policy import current_policy  # noqa: PLC0415
+
+            party = Party.load(as_)
+            with _party_client(server, party, cacert) as client:
+                trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
+                rules = current_policy(client, party.authority)
+            enrolled = {e.name for e in trusted.in_force() if e.role is Role.RECIPIENT}
         else:
-            with report.open("w", encoding="utf-8", newline="") as out:
-                summary = validate_file(file, rules, today=today, report=out, input_format=input_format)
+            from labrelay.client.policy import default_policy_text  # noqa: PLC0415
+
+            rules = parse_policy(policy.read_text(encoding="utf-8") if policy else default_policy_text())
+        today = SystemClock().now().date()
+        with ui.TerminalProgress(_quiet() or json_out) as progress:
+            task = progress.task(f"validating {file.name}", None, "records")
+            if report is None:
+                summary = validate_file(
+                    file, rules, today=today, input_format=input_format, enrolled=enrolled, on_batch=_advance(task)
+                )
+            else:
+                with _OutputFile(report) as out:
+                    summary = validate_file(
+                        file,
+                        rules,
+                        today=today,
+                        report=out.text,
+                        input_format=input_format,
+                        enrolled=enrolled,
+                        on_batch=_advance(task),
+                    )
+            task.done()
         _print_summary(summary)
+        verb = "would send" if enrolled is not None else "under this policy, would go"
+        for name, count in sorted(summary.per_recipient.items()):
+            ui.json_output.say(f"{verb} to {name}: {count} records")
+        _print_held(summary, enrolled is None)
         if report is not None:
-            ui.out.print(f"rejection report: {report}", markup=False)
+            ui.json_output.say(f"rejection report: {report}")
         if summary_json is not None:
-            summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")
+            with _OutputFile(summary_json) as out:
+                out.text.write(json.dumps(summary.as_dict(), indent=2) + "\n")
+        ui.json_output.emit({"command": "validate", "preview": enrolled is not None, "summary": summary.as_dict()})
+        if not json_out and not _quiet():
+            ui.err.print(watch.line(summary.read), markup=False)
 
     @app.command("resume")
-    def resume(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
-        """Finish uploads that an earlier send could not complete."""
+    def resume(
+        as_: AsOpt,
+        server: ServerOpt,
+        discard_id: Annotated[
+            str | None,
+            typer.Option("--discard", metavar="ID", help="Remove one pending upload (it will never be sent)."),
+        ] = None,
+        json_out: JsonOpt = False,
+        wait: WaitOpt = None,
+        cacert: CaOpt = None,
+    ) -> None:
+        """Finish uploads that an earlier send could not complete. One the relay refuses for good (a deadline over
+        its maximum…) is reported and kept, the others go on; one past its deadline is removed."""
+        from labrelay.client.send import discard, resume_all, tidy  # noqa: PLC0415
 
+        ui.json_output.enabled = json_out
+        watch = Stopwatch()
         party = Party.load(as_)
-        todo = pending(party)
-        if not todo:
-            ui.out.print("nothing to resume", markup=False)
-            return
-        with (
-            _party_client(server, party, cacert) as client,
-            ui.TerminalProgress(_quiet()) as progress,
-        ):
-            for state in todo:
-                item = upload(party, client, state, progress)
-                ui.out.print(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)", markup=False)
+        with party_lock(party.path, party.name, "resume", wait=_seconds(wait)):
+            tidy(party)
+            if discard_id is not None:
+                with _party_client(server, party, cacert) as client:
+                    gone = discard(party, client, discard_id)
+                ui.json_output.say(f"discarded {gone}: removed from the outbox, cancelled on the relay")
+                ui.json_output.emit({"command": "resume", "discarded": gone})
+                return
+            if not pending(party):
+                ui.json_output.say("nothing to resume")
+                ui.json_output.emit({"command": "resume", "uploaded": [], "expired": [], "stuck": []})
+                return
+            with (
+                _party_client(server, party, cacert) as client,
+                ui.TerminalProgress(_quiet() or json_out) as progress,
+            ):
+                result = resume_all(party, client, SystemClock(), progress)
+        for item in result.sent:
+            ui.json_output.say(f"sent {item.transfer_id} to {item.recipient} ({item.size} bytes)")
+        for transfer_id in result.expired:
+            ui.json_output.say(f"removed {transfer_id}: its deadline passed before it could be uploaded")
+        for transfer_id, exc in result.stuck:
+            ui.err.print(
+                f"labrelay: {ui.kind_of(exc)}: {transfer_id} cannot be uploaded: {exc.diagnostics()}; kept — remove "
+                f"it with: labrelay resume --discard {transfer_id[:8]} --as {as_} --server {server}",
+                markup=False,
+            )
+        code = max((ui.exit_code_for(e) for _, e in result.stuck), default=ui.EXIT_OK)
+        ui.json_output.emit({"command": "resume", **result.as_dict()}, code)
+        if not json_out and not _quiet():
+            ui.err.print(watch.line(len(result.sent), "uploads"), markup=False)
+        if code:
+            raise typer.Exit(code)
 
     @app.command("fetch")
     def fetch(
         as_: AsOpt,
         server: ServerOpt,
-        out: Annotated[Path, typer.Option("--out", help="Directory to write payloads into.")],
+        out: Annotated[Path, typer.Option("--out", help="Directory to write into (yours alone: refused otherwise).")],
         raw: Annotated[
             bool,
             typer.Option(
                 "--raw",
-                help="Write each payload as received (OUT/<id>.age, a "
-                "standard age file) with its manifest; no receipt.",
+                help="Write each payload as received (a standard age file) with its manifest; no receipt.",
             ),
         ] = False,
+        output_format: Annotated[
+            str,
+            typer.Option(
+                "--format",
+                help="csv (as sent, plus batch_id and sender), excel (French spreadsheets: ';', BOM, formulas "
+                "escaped) or parquet (typed).",
+            ),
+        ] = "csv",
+        json_out: JsonOpt = False,
+        wait: WaitOpt = None,
         cacert: CaOpt = None,
     ) -> None:
-        """Fetch what waits for this party: verify, download, check, decrypt, write, acknowledge."""
+        """Fetch what waits for this party: verify, download, check, decrypt, write, acknowledge. A payload that
+        fails a check is refused once (exit 3), never downloaded again, and the others go on; a second copy of a
+        source already received is declined. Exit 1 if some payload could not be finished now (retried next run)."""
+        from labrelay.client.formats import OUTPUT_FORMATS  # noqa: PLC0415
 
+        ui.json_output.enabled = json_out
+        if output_format not in OUTPUT_FORMATS:
+            raise UsageError(f"unknown --format {output_format!r}", hint=f"one of {', '.join(OUTPUT_FORMATS)}")
+        watch = Stopwatch()
         party = Party.load(as_)
         with (
+            party_lock(party.path, party.name, "fetch", wait=_seconds(wait)),
             _party_client(server, party, cacert) as client,
-            ui.TerminalProgress(_quiet()) as progress,
+            ui.TerminalProgress(_quiet() or json_out) as progress,
         ):
-            report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress)
+            report = fetch_all(
+                party, client, out, SystemClock(), raw=raw, progress=progress, output_format=output_format
+            )
             destroyed = [] if raw else _retire_after_fetch(party, client)
         for recipient in destroyed:
-            ui.out.print(f"destroyed retired identity {recipient}: no payload sealed to it remains", markup=False)
-        for item in report.fetched:
-            count = f", {item.records} records" if item.records is not None else ""
-            if item.again:
-                ui.out.print(
-                    f"{item.transfer_id} was already received ({item.path}); acknowledged again, not decrypted again",
-                    markup=False,
-                )
-                continue
-            ack = "acknowledged" if item.acknowledged else "not acknowledged (--raw)"
-            ui.out.print(f"fetched {item.transfer_id} from {item.sender} → {item.path}{count}; {ack}", markup=False)
-        for transfer_id, exc in report.refused:
-            ui.err.print(f"labrelay: {ui.kind_of(exc)}: {transfer_id}: {exc.diagnostics()}", markup=False)
-        if not report.fetched and not report.refused:
-            ui.out.print("nothing waiting", markup=False)
-        if report.refused:
-            raise typer.Exit(max(ui.exit_code_for(e) for _, e in report.refused))
+            ui.json_output.say(f"destroyed retired identity {recipient}: no payload sealed to it remains")
+        _print_fetch(report)
+        code = max((ui.exit_code_for(e) for _, e in report.refused), default=ui.EXIT_OK)
+        if report.failed:
+            code = max(code, ui.EXIT_OPERATIONAL)
+        ui.json_output.emit({"command": "fetch", "recipient": party.name, **report.as_dict()}, code)
+        if not json_out and not _quiet():
+            ui.err.print(watch.line(report.records), markup=False)
+        if code:
+            raise typer.Exit(code)
 
     @app.command("receipt")
     def receipt(

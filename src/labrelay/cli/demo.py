@@ -35,7 +35,7 @@ from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.records import DIRECT_IDENTIFIERS
-from labrelay.errors import IntegrityError, UsageError
+from labrelay.errors import IntegrityError, OperationalError, UsageError
 from labrelay.refdata import department_of, department_regions
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def check_minimisation(outputs: dict[str, Path]) -> dict[str, Any]:
 def run_demo(
     workdir: Path, source: Path | None, records: int | None, keep_running: bool, progress: ui.TerminalProgress
 ) -> dict[str, Any]:
-    from labrelay.client.routed import send_results  # noqa: PLC0415 - heavy, demo only
+    from labrelay.client.routed import SendOptions, send_results  # noqa: PLC0415 - heavy, demo only
     from labrelay.runtime import audit_summary, init_data_dir  # noqa: PLC0415
 
     clock = SystemClock()
@@ -202,7 +202,7 @@ def run_demo(
         needles = _needles(source)
         lab = parties[LAB]
         with timings.phase("validate_route_seal_send"), RelayClient(url, lab.name, lab.signing_key, clock) as client:
-            routed = send_results(lab, client, source, timedelta(days=7), clock, progress=progress)
+            routed = send_results(lab, client, source, clock, SendOptions(ttl=timedelta(days=7)), progress=progress)
         stored_while_waiting = _scan(relay_dir, needles)
         with timings.phase("fetch"):
             fetched = _fetch_everyone(parties, routed, url, out_dir, clock, progress)
@@ -214,6 +214,8 @@ def run_demo(
             relay.stop()
 
     minimisation = check_minimisation({name: f.path for name, f in fetched.items()})
+    if routed.summary is None:  # a fresh work directory: the batch cannot have been sent before
+        raise OperationalError("the demo's batch was found already sent")
     summary = routed.summary.as_dict()
     sent_records = routed.summary.per_recipient
     ars_total = sum(n for name, n in sent_records.items() if name.startswith("ars-"))

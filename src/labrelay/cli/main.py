@@ -8,9 +8,11 @@ Each failure prints one line saying what and why; tracebacks only with ``--verbo
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from datetime import date
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, NoReturn
 
 import typer
@@ -77,22 +79,43 @@ def synth(
     ui.out.print(f"wrote {written} synthetic records to {out} ({fmt}){extra}", markup=False)
 
 
+class Terminated(BaseException):
+    """SIGTERM (a service manager stopping us, a cron timeout): unwind like Ctrl-C, so that nothing half-written
+    stays behind."""
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Run the CLI. Typer (standalone) reports usage errors itself, with exit code 2; ours are mapped here."""
+    """Run the CLI. Usage errors exit 2 (Typer's own and ours); every other error is mapped here, once."""
     command = typer.main.get_command(app)
+    signal.signal(signal.SIGTERM, _terminate)
+    args = sys.argv[1:] if argv is None else argv
     try:
-        command.main(args=argv, prog_name="labrelay", standalone_mode=True)
+        code = command.main(args=args, prog_name="labrelay", standalone_mode=False)
+    except typer.exceptions.TyperException as exc:  # a usage error found while parsing: --json is not parsed yet
+        exc.show()  # type: ignore[attr-defined]  # every TyperException typer raises is a ClickException
+        exit_code = int(getattr(exc, "exit_code", ui.EXIT_USAGE))
+        ui.json_output.enabled = "--json" in args
+        ui.json_output.fail(errors.UsageError(str(exc)), exit_code)
+        sys.exit(exit_code)
     except errors.LabrelayError as exc:
         if os.environ.get("LABRELAY_DEBUG"):
             raise
         ui.report(exc)
         sys.exit(ui.exit_code_for(exc))
-    except KeyboardInterrupt:
-        ui.err.print("labrelay: interrupted")
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt, Terminated) as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        code = 143 if isinstance(exc, Terminated) else 130
+        ui.err.print(f"labrelay: {what}")
+        ui.json_output.fail(errors.OperationalError(f"{what} before the end"), code)
+        sys.exit(code)
     except Exception as exc:
         if os.environ.get("LABRELAY_DEBUG"):
             raise
         ui.err.print(f"labrelay: internal error ({type(exc).__name__}); rerun with --verbose for details", markup=False)
+        ui.json_output.fail(errors.OperationalError(f"internal error ({type(exc).__name__})"))
         sys.exit(ui.EXIT_OPERATIONAL)
-    sys.exit(0)  # pragma: no cover - standalone mode always exits above
+    sys.exit(code if isinstance(code, int) else 0)

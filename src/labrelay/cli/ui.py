@@ -1,21 +1,31 @@
-"""Terminal output: results on stdout, messages and progress bars on stderr, exit codes for scripts."""
+"""Terminal output: results on stdout, messages and progress bars on stderr, exit codes for scripts.
+
+With ``--json`` (``send``, ``validate``, ``fetch``, ``receipts``, ``resume``) a command prints exactly one JSON
+document on stdout, also when it fails (``{"ok": false, "error": {...}, "exit_code": N}``); the one-line message
+still goes to stderr.
+"""
 
 from __future__ import annotations
 
+import json
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
+from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
+from rich.text import Text
 
 from labrelay import errors
+from labrelay.client.progress import Unit
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -41,6 +51,48 @@ def kind_of(exc: errors.LabrelayError) -> str:
 
 def report(exc: errors.LabrelayError) -> None:
     err.print(f"labrelay: {kind_of(exc)}: {exc.diagnostics()}", markup=False)
+    if json_output.enabled:
+        json_output.fail(exc)
+
+
+class JsonOutput:
+    """The command's one JSON document, when --json was given."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.done = False
+
+    def say(self, text: str) -> None:
+        """A line for people: printed on stdout unless the command answers in JSON."""
+        if not self.enabled:
+            out.print(text, markup=False)
+
+    def emit(self, doc: dict[str, Any], exit_code: int = EXIT_OK) -> None:
+        if self.enabled and not self.done:
+            self.done = True
+            print(json.dumps({"ok": exit_code == EXIT_OK, **doc, "exit_code": exit_code}, ensure_ascii=False))
+
+    def fail(self, exc: errors.LabrelayError, exit_code: int | None = None) -> None:
+        doc = {"error": {"code": exc.code, "message": exc.message, "hint": exc.hint, "kind": kind_of(exc)}}
+        self.emit(doc, exit_code_for(exc) if exit_code is None else exit_code)
+
+
+json_output = JsonOutput()
+
+
+class _CountColumn(ProgressColumn):
+    """``1,200/10,000 records 800/s`` for records, ``12.0/40.0 MB 5.1 MB/s`` for bytes: each task in its unit."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "bytes")
+        speed = task.finished_speed or task.speed
+        if unit == "bytes":
+            total = f"/{decimal(int(task.total))}" if task.total is not None else ""
+            rate = f" {decimal(int(speed))}/s" if speed else ""
+            return Text(f"{decimal(int(task.completed))}{total}{rate}")
+        total = f"/{int(task.total):,}" if task.total is not None else ""
+        rate = f" {speed:,.0f}/s" if speed else ""
+        return Text(f"{int(task.completed):,}{total} {unit}{rate}")
 
 
 class _Task:
@@ -67,8 +119,7 @@ class TerminalProgress:
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                _CountColumn(),
                 TimeRemainingColumn(),
                 console=err,
                 transient=True,
@@ -85,12 +136,12 @@ class TerminalProgress:
         if self._bar is not None:
             self._bar.stop()
 
-    def task(self, label: str, total: int | None) -> _Task:
+    def task(self, label: str, total: int | None, unit: Unit = "bytes") -> _Task:
         if self._bar is None:
             if not self.quiet:
                 err.print(f"… {label}", markup=False)
             return _Task(None, None)
-        return _Task(self._bar, self._bar.add_task(label, total=total))
+        return _Task(self._bar, self._bar.add_task(label, total=total, unit=unit))
 
     def note(self, message: str) -> None:
         if not self.quiet:

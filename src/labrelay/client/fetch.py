@@ -6,19 +6,29 @@ Nothing is written under its final name and nothing is acknowledged until every 
 - the manifest names this party and a key this party holds;
 - the downloaded ciphertext has the manifest's size and SHA-256;
 - age decryption succeeds (it authenticates every chunk and the end of the stream).
-Downloads resume from a partial file; decrypted output goes to a temporary name in the output directory and is
-renamed into place.
+
+No sender can block a recipient's inbox: a payload that fails one of those checks is refused once, with a signed
+refusal the relay acts on (it never offers the payload again, and tells its sender), and never downloaded again;
+the other transfers go on. A second copy of a source this recipient already received from the same sender (a lab
+that sent a file twice) is declined with a signed "duplicate" receipt, without being downloaded, unless its sender
+marked it as sent again on purpose.
+
+Outputs cannot be redirected: the output directory is opened once and refused if it is a symbolic link or others
+may write to it; every file is created under it with O_NOFOLLOW and O_EXCL (``labrelay.client.files``), unnamed
+until complete, and a name that exists already is refused, never replaced. Output files are named
+``DATE_SENDER_BATCH8_RECIPIENT.ext`` beside their ``.manifest.json``; routed CSV rows carry the batch id and the
+sender as two more columns; ``--format`` chooses CSV, a CSV for French spreadsheets, or typed Parquet.
 
 Each party keeps a ledger of what it received (``DIR/NAME/received/<id>.json``: the manifest, where the data
-went, the signed receipt and whether the relay took it). A receipt that could not be sent is sent on the next
-fetch; a transfer the relay offers again after it was received is acknowledged again, never decrypted twice.
+went, the signed receipt or refusal and whether the relay took it). A receipt or refusal that could not be sent
+is sent on the next fetch; a transfer the relay offers again after it was received is acknowledged again, never
+decrypted twice.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import hashlib
-import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,19 +39,33 @@ from typing import Any, BinaryIO
 from isal import isal_zlib
 
 from labrelay.client.api import RelayClient
-from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.client.files import SafeDir, TempFile, private_dir, read_json, sweep_temporaries, write_json_atomic
+from labrelay.client.formats import EXTENSIONS as FORMAT_EXTENSIONS
+from labrelay.client.formats import OUTPUT_FORMATS, RowTagger
 from labrelay.client.keystore import Party
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
-from labrelay.crypto.envelopes import envelope_signer, verify_envelope
+from labrelay.crypto.envelopes import envelope_payload, envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
-from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus
-from labrelay.errors import Conflict, IntegrityError, LabrelayError, NotFound, Unavailable, UsageError
+from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus, TransferRefusal
+from labrelay.errors import (
+    Conflict,
+    IntegrityError,
+    LabrelayError,
+    NotFound,
+    OperationalError,
+    PartyRevoked,
+    PermissionDenied,
+    Unavailable,
+    UntrustedEntry,
+    UsageError,
+)
 from labrelay.ports import Clock
 
 WORK_DIR = ".labrelay"
+SOURCES_FILE = "sources.json"  # in received/: (sender, source SHA-256) → the transfer that brought it
 INFLATE_STEP = 1 << 20  # bytes of plaintext per decompression step
 INFLATE_RATIO = 200  # a payload may decompress to at most 200 times its ciphertext size …
 INFLATE_MIN = 256 * 1024 * 1024  # … or 256 MiB, whichever is larger
@@ -53,6 +77,18 @@ EXTENSIONS = {
     "text/plain": ".txt",
     "application/fhir+ndjson": ".ndjson",
 }
+PAYLOAD_REFUSALS = (IntegrityError, UntrustedEntry, PartyRevoked, PermissionDenied)
+"""What a payload's own checks raise (its manifest, its sender's standing, its hash, its decryption): refused to the
+relay once. Every other security error (an unsafe output directory, a relay whose audit head goes back…) stops the
+run instead: it is not the payload's fault, and refusing it would let a local attacker discard a lab's results."""
+
+
+class _Refused(Exception):
+    """A payload check failed: the wrapped error is reported, and the payload refused to the relay."""
+
+    def __init__(self, error: LabrelayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +100,63 @@ class Fetched:
     records: int | None
     acknowledged: bool
     again: bool = False  # offered again after it was received: acknowledged again, not decrypted again
+    batch_id: str = ""
+    unparsed: bool = False  # sent outside the routing policy (send --as-is): not validated, not minimised
+    sent_again: bool = False  # its sender sent this source again on purpose (send --again)
+    duplicate_of: str | None = None  # declined: a second copy of a source already received by this transfer
+    output_format: str = "csv"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "transfer_id": self.transfer_id,
+            "batch_id": self.batch_id,
+            "sender": self.sender,
+            "file": str(self.path),
+            "manifest_file": str(_sidecar_of(self.path)) if self.duplicate_of is None else None,
+            "records": self.records,
+            "size": self.size,
+            "format": self.output_format,
+            "unparsed": self.unparsed,
+            "sent_again": self.sent_again,
+            "acknowledged": self.acknowledged,
+            "already_received": self.again,
+            "duplicate_of": self.duplicate_of,
+        }
 
 
 @dataclass
 class FetchReport:
     fetched: list[Fetched] = field(default_factory=list)
-    refused: list[tuple[str, LabrelayError]] = field(default_factory=list)
+    refused: list[tuple[str, LabrelayError]] = field(default_factory=list)  # refused now (signed refusal sent)
+    failed: list[tuple[str, LabrelayError]] = field(default_factory=list)  # could not finish now: next run
+    skipped: list[str] = field(default_factory=list)  # refused before: not downloaded again
+
+    @property
+    def records(self) -> int:
+        return sum(f.records or 0 for f in self.fetched if not f.again and f.duplicate_of is None)
+
+    def as_dict(self) -> dict[str, Any]:
+        written = [f for f in self.fetched if not f.again and f.duplicate_of is None]
+        return {
+            "fetched": [f.as_dict() for f in written],
+            "already_received": [f.as_dict() for f in self.fetched if f.again],
+            "duplicates": [f.as_dict() for f in self.fetched if f.duplicate_of is not None],
+            "refused": [{"transfer_id": t, "code": e.code, "message": e.diagnostics()} for t, e in self.refused],
+            "failed": [{"transfer_id": t, "code": e.code, "message": e.diagnostics()} for t, e in self.failed],
+            "skipped_refused_before": self.skipped,
+            "files": [str(f.path) for f in written],
+            "records": self.records,
+            "unparsed": sum(1 for f in written if f.unparsed),
+        }
+
+
+def _sidecar_of(path: Path) -> Path:
+    return path.with_name(f"{path.name.rsplit('.', 1)[0]}.manifest.json")
+
+
+def output_stem(manifest: Manifest) -> str:
+    """``DATE_SENDER_BATCH8_RECIPIENT``: sorts by day, says who sent it, and is unique per batch and recipient."""
+    return f"{manifest.created:%Y-%m-%d}_{manifest.sender}_{manifest.batch_id[:8]}_{manifest.recipient}"
 
 
 def verify_manifest(
@@ -113,6 +200,33 @@ def _record(party: Party, transfer_id: str, **fields: Any) -> dict[str, Any]:
     return entry
 
 
+class _Sources:
+    """(sender, source SHA-256) → the transfer by which this recipient received that source: what tells a second
+    copy. One small file, read once per run."""
+
+    def __init__(self, party: Party) -> None:
+        self.path = private_dir(party.path / "received") / SOURCES_FILE
+        self.known: dict[str, str] = {}
+        if self.path.exists():
+            with contextlib.suppress(OSError, ValueError):
+                self.known = {k: str(v) for k, v in read_json(self.path).items()}
+
+    @staticmethod
+    def key(manifest: Manifest) -> str | None:
+        return f"{manifest.sender}:{manifest.source_sha256}" if manifest.source_sha256 else None
+
+    def first(self, manifest: Manifest) -> str | None:
+        key = self.key(manifest)
+        found = self.known.get(key) if key else None
+        return found if found != manifest.transfer_id else None
+
+    def add(self, manifest: Manifest) -> None:
+        key = self.key(manifest)
+        if key and key not in self.known:
+            self.known[key] = manifest.transfer_id
+            write_json_atomic(self.path, self.known)
+
+
 def _acknowledge(party: Party, client: RelayClient, transfer_id: str, receipt: Mapping[str, Any]) -> None:
     """Send a signed receipt and note that the relay took it. A relay that no longer knows the transfer
     (delivered under this receipt already, or expired) closes it too."""
@@ -124,41 +238,89 @@ def _acknowledge(party: Party, client: RelayClient, transfer_id: str, receipt: M
     _record(party, transfer_id, acknowledged=True)
 
 
+def _report_refusal(party: Party, client: RelayClient, transfer_id: str, refusal: Mapping[str, Any]) -> bool:
+    """Send a signed refusal; True once the relay took it (or no longer offers the transfer)."""
+    try:
+        client.send_refusal(transfer_id, refusal)
+    except (NotFound, Conflict) as exc:
+        _record(party, transfer_id, refusal_sent=True, relay_said=exc.code)
+        return True
+    except (Unavailable, OperationalError):
+        return False
+    _record(party, transfer_id, refusal_sent=True)
+    return True
+
+
 def _send_unacknowledged(party: Party, client: RelayClient) -> None:
     for path in sorted(private_dir(party.path / "received").glob("*.json")):
+        if path.name == SOURCES_FILE:
+            continue
         entry = read_json(path)
         if entry.get("receipt") and not entry.get("acknowledged"):
             _acknowledge(party, client, path.stem, entry["receipt"])
+        elif entry.get("refusal") and not entry.get("refusal_sent"):
+            _report_refusal(party, client, path.stem, entry["refusal"])
+
+
+# ------------------------------------------------------------------ counting records
+
+
+class CsvRows:
+    """Counts the rows of a CSV stream fed in chunks (quoted newlines are not row ends; any field size)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._quoted = False
+        self._last = b"\n"
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._quoted and b'"' not in data:
+            self.rows += data.count(b"\n")
+        else:
+            for i, part in enumerate(data.split(b'"')):
+                if i:
+                    self._quoted = not self._quoted
+                if not self._quoted:
+                    self.rows += part.count(b"\n")
+        self._last = data[-1:]
+
+    @property
+    def records(self) -> int:
+        """Data records: rows less the header, a last row without a newline counted."""
+        rows = self.rows + (0 if self._last == b"\n" else 1)
+        return max(rows - 1, 0)
 
 
 def count_csv_records(path: Path) -> int:
-    """Data records in a CSV file (header excluded), quoted newlines handled."""
-    with path.open("rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        sample = text.read(4096)
-        text.seek(0)
-        delimiter = ";" if sample.count(";") > sample.count(",") else ","
-        rows = sum(1 for _ in csv.reader(text, delimiter=delimiter))
-    return max(rows - 1, 0)
+    """Data records in a CSV file (header excluded), quoted newlines handled, whatever the size of its fields."""
+    counter = CsvRows()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            counter.feed(block)
+    return counter.records
 
 
-def _download(client: RelayClient, manifest: Manifest, partial: Path, progress: Progress) -> None:
+# ------------------------------------------------------------------ download, decrypt, write
+
+
+def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: str, progress: Progress) -> None:
     """Download into ``partial`` (resuming it), then check size and SHA-256 against the signed manifest."""
-    start = partial.stat().st_size if partial.exists() else 0
+    start = work.size(partial) or 0
     if start > manifest.size:
-        partial.unlink()
+        work.unlink(partial)
         start = 0
     digest = hashlib.sha256()
     if start:
-        with partial.open("rb") as fh:
+        with work.open_read(partial) as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
     task = progress.task(f"downloading {manifest.transfer_id[:8]}", manifest.size)
     task.advance(start)
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     size = start
     try:
-        with os.fdopen(fd, "ab") as out:
+        with work.open_append(partial) as out:
             failures = 0
             while size < manifest.size:
                 try:
@@ -181,22 +343,25 @@ def _download(client: RelayClient, manifest: Manifest, partial: Path, progress: 
     finally:
         task.done()
     if size != manifest.size or digest.hexdigest() != manifest.sha256:
-        partial.unlink(missing_ok=True)
-        raise IntegrityError(
-            f"payload {manifest.transfer_id} does not match its signed manifest (size or SHA-256): "
-            "altered in storage or in transit; nothing written, no receipt sent"
+        work.unlink(partial)
+        raise _Refused(
+            IntegrityError(
+                f"payload {manifest.transfer_id} does not match its signed manifest (size or SHA-256): "
+                "altered in storage or in transit; nothing written, no receipt sent"
+            )
         )
 
 
 class _Plaintext:
     """Where decrypted bytes go: gunzipped when the manifest says so (in bounded steps, with a ceiling against a
-    decompression bomb; every member of the stream, bytes after the last one refused), written to the output
-    file, lines counted on the way."""
+    decompression bomb; every member of the stream, bytes after the last one refused), counted, then written to
+    the output (through a ``RowTagger`` for routed CSV)."""
 
-    def __init__(self, out: BinaryIO, gzipped: bool, ceiling: int) -> None:
+    def __init__(self, out: Any, gzipped: bool, ceiling: int, rows: CsvRows | None = None) -> None:
         self._out = out
         self._inflate = isal_zlib.decompressobj(wbits=31) if gzipped else None
         self._ceiling = ceiling
+        self._rows = rows
         self.written = 0
         self.newlines = 0
 
@@ -205,6 +370,8 @@ class _Plaintext:
         if self.written > self._ceiling:
             raise IntegrityError(f"payload decompresses to more than {self._ceiling} bytes; refusing it")
         self.newlines += data.count(b"\n")
+        if self._rows is not None:
+            self._rows.feed(data)
         self._out.write(data)
 
     def write(self, data: bytes) -> int:
@@ -227,6 +394,9 @@ class _Plaintext:
             self._emit(self._inflate.flush())
             if not self._inflate.eof:
                 raise IntegrityError("payload's gzip stream is truncated")
+        finish = getattr(self._out, "finish", None)
+        if finish is not None:
+            finish()
 
     def flush(self) -> None:
         self._out.flush()
@@ -235,63 +405,157 @@ class _Plaintext:
         return True
 
 
-def _decrypt(party: Party, manifest: Manifest, partial: Path, work: Path, out_dir: Path) -> tuple[Path, int | None]:
+def _routed_csv(manifest: Manifest) -> bool:
+    return not manifest.unparsed and manifest.media_type == "text/csv"
+
+
+def _decrypt_into(party: Party, manifest: Manifest, cipher: BinaryIO, out: Any) -> int | None:
+    """Decrypt ``cipher`` into ``out`` (its plaintext, gunzipped); the records counted. Payload failures raise
+    ``_Refused``."""
     identities = [i for i in party.identities if i.recipient == manifest.recipient_key]
-    tmp = work / f"{manifest.transfer_id}.plain.tmp"
-    final = out_dir / f"{manifest.transfer_id}{EXTENSIONS.get(manifest.media_type, '.bin')}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    rows = CsvRows() if manifest.unparsed and manifest.media_type == "text/csv" else None
     try:
-        with partial.open("rb") as cipher, os.fdopen(fd, "wb") as plain:
-            sink = _Plaintext(plain, manifest.compression == "gzip", max(INFLATE_RATIO * manifest.size, INFLATE_MIN))
-            size, sha = age_stream.decrypt(cipher, sink, identities)  # type: ignore[arg-type]
-            sink.finish()
-            plain.flush()
-            os.fsync(plain.fileno())
-        if size != manifest.size or sha != manifest.sha256:
-            raise IntegrityError(f"payload {manifest.transfer_id} changed on disk before decryption")
-        records: int | None = None
-        if manifest.policy_version is not None:  # labrelay wrote it: one record per line (no embedded newline)
-            header = 1 if manifest.media_type == "text/csv" else 0
-            records = max(sink.newlines - header, 0)
-        elif manifest.media_type == "text/csv":
-            records = count_csv_records(tmp)
-        os.replace(tmp, final)
+        sink = _Plaintext(out, manifest.compression == "gzip", max(INFLATE_RATIO * manifest.size, INFLATE_MIN), rows)
+        size, sha = age_stream.decrypt(cipher, sink, identities)  # type: ignore[arg-type]
+        sink.finish()
+    except PAYLOAD_REFUSALS as exc:
+        raise _Refused(exc) from exc
+    if size != manifest.size or sha != manifest.sha256:
+        raise _Refused(IntegrityError(f"payload {manifest.transfer_id} changed on disk before decryption"))
+    if not manifest.unparsed:  # labrelay wrote it: one record per line (no embedded newline)
+        return max(sink.newlines - (1 if manifest.media_type == "text/csv" else 0), 0)
+    return rows.records if rows is not None else None
+
+
+def _write_output(
+    party: Party, manifest: Manifest, out_dir: SafeDir, work: SafeDir, partial: str, fmt: str
+) -> tuple[str, int | None, str]:
+    """Decrypt the verified download into its final file (``DATE_SENDER_BATCH8_RECIPIENT.ext``), in ``fmt`` when
+    it is routed CSV. Returns (file name, records, the format written)."""
+    stem = output_stem(manifest)
+    target = out_dir.temp()
+    try:
+        if not _routed_csv(manifest):  # unparsed documents and FHIR NDJSON are written as they came
+            with work.open_read(partial) as cipher:
+                records = _decrypt_into(party, manifest, cipher, target.handle)
+            name = stem + EXTENSIONS.get(manifest.media_type, ".bin")
+            target.publish(name)
+            return name, records, "as-sent"
+        if fmt == "csv":
+            with work.open_read(partial) as cipher:
+                tagger = RowTagger(target.handle, manifest.batch_id, manifest.sender)
+                records = _decrypt_into(party, manifest, cipher, tagger)
+            name = stem + FORMAT_EXTENSIONS[fmt]
+            target.publish(name)
+            return name, records, fmt
+        return _converted(party, manifest, work, partial, target, stem, fmt)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        target.discard()
         raise
-    return final, records
 
 
-def fetch_one(
-    party: Party,
-    client: RelayClient,
-    directory: TrustedDirectory,
-    listing: Mapping[str, Any],
-    out_dir: Path,
-    clock: Clock,
-    *,
-    raw: bool = False,
-    progress: Progress | None = None,
-) -> Fetched:
-    progress = progress or NoProgress()
+def _converted(
+    party: Party, manifest: Manifest, work: SafeDir, partial: str, target: TempFile, stem: str, fmt: str
+) -> tuple[str, int | None, str]:
+    """Excel or Parquet: the tagged CSV is written in the private work directory, converted, then removed."""
+    from labrelay.client.formats import write_excel, write_parquet  # noqa: PLC0415 - loads polars
+
+    tagged_name = f"{manifest.transfer_id}.tagged.csv"
+    work.unlink(tagged_name)
+    tagged = work.temp()
+    try:
+        with work.open_read(partial) as cipher:
+            records = _decrypt_into(
+                party, manifest, cipher, RowTagger(tagged.handle, manifest.batch_id, manifest.sender)
+            )
+        tagged.publish(tagged_name)
+        if fmt == "excel":
+            write_excel(work.path / tagged_name, target.handle)
+        else:
+            write_parquet(work.path / tagged_name, target.handle)
+        name = stem + FORMAT_EXTENSIONS[fmt]
+        target.publish(name)
+    finally:
+        tagged.discard()
+        work.unlink(tagged_name)
+    return name, records, fmt
+
+
+def _write_sidecar(out_dir: SafeDir, name: str, doc: Mapping[str, Any]) -> None:
+    import json  # noqa: PLC0415
+
+    sidecar = out_dir.temp(0o644)
+    try:
+        sidecar.handle.write((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        sidecar.publish(name)
+    except BaseException:
+        sidecar.discard()
+        raise
+
+
+def _refusal(party: Party, listing: Mapping[str, Any], transfer_id: str, error: LabrelayError, now: datetime) -> Any:
+    """The signed refusal of a payload, built from the manifest the relay holds (the relay checks it matches)."""
+    try:
+        manifest = Manifest.from_payload(envelope_payload(listing["manifest"]))
+    except (LabrelayError, KeyError, TypeError):
+        return None
+    detail = " ".join(error.message.split())[:300]
+    refusal = TransferRefusal(
+        transfer_id=transfer_id,
+        sender=manifest.sender,
+        recipient=party.name,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        reason=error.code,
+        detail=detail,
+        refused_at=now,
+    )
+    return party.sign(refusal.to_payload())
+
+
+# ------------------------------------------------------------------ one transfer, all of them
+
+
+@dataclass
+class _Run:
+    party: Party
+    client: RelayClient
+    directory: TrustedDirectory
+    out_dir: SafeDir
+    work: SafeDir
+    clock: Clock
+    sources: _Sources
+    raw: bool = False
+    fmt: str = "csv"
+    progress: Progress = field(default_factory=NoProgress)
+
+
+def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
+    party, client = run.party, run.client
     transfer_id = str(listing.get("transfer_id"))
-    manifest = verify_manifest(party, directory, listing["manifest"], transfer_id, now=clock.now())
+    try:
+        manifest = verify_manifest(party, run.directory, listing["manifest"], transfer_id, now=run.clock.now())
+    except PAYLOAD_REFUSALS as exc:
+        raise _Refused(exc) from exc
     known = ledger_entry(party, transfer_id)
     if known is not None and known.get("receipt"):
         # Already received and decrypted: the relay did not get (or is replaying) the receipt. Never decrypt twice.
         _acknowledge(party, client, transfer_id, known["receipt"])
-        output = Path(known.get("output") or out_dir)
+        output = Path(known.get("output") or run.out_dir.path)
         return Fetched(
             transfer_id, manifest.sender, output, manifest.size, known.get("records"), acknowledged=True, again=True
         )
-    work = private_dir(out_dir / WORK_DIR)
-    partial = work / f"{transfer_id}.age.part"
-    _download(client, manifest, partial, progress)
-    sidecar = {"manifest": listing["manifest"]}
-    if raw:
-        final = out_dir / f"{transfer_id}.age"
-        os.replace(partial, final)
-        write_json_atomic(out_dir / f"{transfer_id}.manifest.json", sidecar, mode=0o644)
+    first = None if manifest.again else run.sources.first(manifest)
+    if first is not None:
+        return _decline_duplicate(run, listing, manifest, first)
+    partial = f"{transfer_id}.age.part"
+    _download(client, manifest, run.work, partial, run.progress)
+    sidecar = {"manifest": listing["manifest"], "transfer_id": transfer_id, "unparsed": manifest.unparsed}
+    stem = output_stem(manifest)
+    if run.raw:
+        run.work.rename(partial, f"{stem}.age", into=run.out_dir)
+        final = run.out_dir.path / f"{stem}.age"
+        _write_sidecar(run.out_dir, f"{stem}.manifest.json", sidecar)
         _record(
             party,
             transfer_id,
@@ -300,13 +564,13 @@ def fetch_one(
             sha256=manifest.sha256,
             size=manifest.size,
         )
-        return Fetched(transfer_id, manifest.sender, final, manifest.size, None, acknowledged=False)
+        run.sources.add(manifest)
+        return _fetched(manifest, final, None, acknowledged=False, fmt="age")
     try:
-        final, records = _decrypt(party, manifest, partial, work, out_dir)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.unlink()
+        name, records, written = _write_output(party, manifest, run.out_dir, run.work, partial, run.fmt)
+    finally:
+        run.work.unlink(partial)
+    final = run.out_dir.path / name
     receipt = Receipt(
         transfer_id=transfer_id,
         sender=manifest.sender,
@@ -315,10 +579,10 @@ def fetch_one(
         size=manifest.size,
         record_count=records,
         status=ReceiptStatus.DECRYPTED,
-        received_at=clock.now(),
+        received_at=run.clock.now(),
     )
     envelope = party.sign(receipt.to_payload())
-    write_json_atomic(out_dir / f"{transfer_id}.manifest.json", {**sidecar, "receipt": envelope}, mode=0o644)
+    _write_sidecar(run.out_dir, f"{stem}.manifest.json", {**sidecar, "file": name, "receipt": envelope})
     _record(
         party,
         transfer_id,
@@ -330,8 +594,65 @@ def fetch_one(
         receipt=envelope,
         acknowledged=False,
     )
+    run.sources.add(manifest)
     _acknowledge(party, client, transfer_id, envelope)
-    return Fetched(transfer_id, manifest.sender, final, manifest.size, records, acknowledged=True)
+    return _fetched(manifest, final, records, acknowledged=True, fmt=written)
+
+
+def _fetched(manifest: Manifest, path: Path, records: int | None, *, acknowledged: bool, fmt: str) -> Fetched:
+    return Fetched(
+        manifest.transfer_id,
+        manifest.sender,
+        path,
+        manifest.size,
+        records,
+        acknowledged=acknowledged,
+        batch_id=manifest.batch_id,
+        unparsed=manifest.unparsed,
+        sent_again=manifest.again,
+        output_format=fmt,
+    )
+
+
+def _decline_duplicate(run: _Run, listing: Mapping[str, Any], manifest: Manifest, first: str) -> Fetched:
+    """A second copy of a source this recipient already has from this sender: not downloaded, not written;
+    acknowledged with a signed "duplicate" receipt so that the relay deletes it and the sender sees why."""
+    receipt = Receipt(
+        transfer_id=manifest.transfer_id,
+        sender=manifest.sender,
+        recipient=run.party.name,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        record_count=None,
+        status=ReceiptStatus.DUPLICATE,
+        received_at=run.clock.now(),
+        duplicate_of=first,
+    )
+    envelope = run.party.sign(receipt.to_payload())
+    earlier = ledger_entry(run.party, first) or {}
+    output = Path(str(earlier.get("output") or earlier.get("raw") or run.out_dir.path))
+    _record(
+        run.party,
+        manifest.transfer_id,
+        manifest=dict(listing["manifest"]),
+        duplicate_of=first,
+        sha256=manifest.sha256,
+        size=manifest.size,
+        receipt=envelope,
+        acknowledged=False,
+    )
+    _acknowledge(run.party, run.client, manifest.transfer_id, envelope)
+    return Fetched(
+        manifest.transfer_id,
+        manifest.sender,
+        output,
+        manifest.size,
+        None,
+        acknowledged=True,
+        batch_id=manifest.batch_id,
+        unparsed=manifest.unparsed,
+        duplicate_of=first,
+    )
 
 
 def fetch_all(
@@ -342,21 +663,69 @@ def fetch_all(
     *,
     raw: bool = False,
     progress: Progress | None = None,
+    output_format: str = "csv",
 ) -> FetchReport:
-    """Fetch everything waiting. A transfer that fails a check is reported and skipped; the others go on."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _send_unacknowledged(party, client)
-    directory = TrustedDirectory(party.authority, client.directory(), clock.now())
+    """Fetch everything waiting. A payload that fails a check is refused (once, to the relay too) and the others
+    go on; one that cannot be finished now (the relay unreachable…) is retried next time."""
+    if output_format not in OUTPUT_FORMATS:
+        raise UsageError(f"unknown output format {output_format!r}", hint=f"one of {', '.join(OUTPUT_FORMATS)}")
     report = FetchReport()
-    for listing in client.transfers("inbox"):
-        transfer_id = str(listing.get("transfer_id"))
-        try:
-            report.fetched.append(
-                fetch_one(party, client, directory, listing, out_dir, clock, raw=raw, progress=progress)
-            )
-        except LabrelayError as exc:
-            report.refused.append((transfer_id, exc))
+    with SafeDir.open(out_dir) as out, out.subdir(WORK_DIR) as work:
+        sweep_temporaries(work.path)
+        for name in list(work.names()):
+            if name.endswith(".tagged.csv"):  # a plaintext a killed conversion left
+                work.unlink(name)
+        _send_unacknowledged(party, client)
+        run = _Run(
+            party,
+            client,
+            TrustedDirectory(party.authority, client.directory(), clock.now()),
+            out,
+            work,
+            clock,
+            _Sources(party),
+            raw,
+            output_format,
+            progress or NoProgress(),
+        )
+        for listing in client.transfers("inbox"):
+            transfer_id = str(listing.get("transfer_id"))
+            known = ledger_entry(party, transfer_id)
+            if known is not None and known.get("refusal"):
+                if not known.get("refusal_sent"):
+                    _report_refusal(party, client, transfer_id, known["refusal"])
+                report.skipped.append(transfer_id)  # refused before: never downloaded again
+                continue
+            try:
+                report.fetched.append(_fetch_one(run, listing))
+            except _Refused as refused:
+                report.refused.append((transfer_id, refused.error))
+                _refuse(run, listing, transfer_id, refused.error)
+            except (OperationalError, UsageError) as exc:
+                report.failed.append((transfer_id, exc))
+                if isinstance(exc, Unavailable):
+                    break  # the relay is gone for now: the rest waits for the next run
+            except LabrelayError:
+                raise  # a security error that is not the payload's: stop here, nothing more is written
+            except Exception as exc:  # noqa: BLE001 - one payload's surprise must not block every later one
+                failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
+                failure.__cause__ = exc
+                report.failed.append((transfer_id, failure))
     return report
+
+
+def _refuse(run: _Run, listing: Mapping[str, Any], transfer_id: str, error: LabrelayError) -> None:
+    envelope = _refusal(run.party, listing, transfer_id, error, run.clock.now())
+    _record(
+        run.party,
+        transfer_id,
+        manifest=dict(listing.get("manifest") or {}),
+        refused={"code": error.code, "message": error.message, "at": run.clock.now().isoformat()},
+        refusal=envelope,
+        refusal_sent=False,
+    )
+    if envelope is not None:
+        _report_refusal(run.party, run.client, transfer_id, envelope)
 
 
 def acknowledge(

@@ -166,9 +166,10 @@ class SafeDir:
         self.fd = fd
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True, private: bool = False) -> SafeDir:
+    def open(cls, path: Path, *, create: bool = True, private: bool = False, check: bool = True) -> SafeDir:
         """Open ``path`` (creating it, 0700 when ``private`` else 0755, if missing). Refuses a symbolic link, a
-        directory another user owns, or one that the group or others may write to."""
+        directory another user owns, or one that the group or others may write to (``check=False``: a place the
+        user chose for a file of their own, like ``validate --report``; still never a link)."""
         if create:
             with contextlib.suppress(FileExistsError):
                 path.mkdir(mode=0o700 if private else 0o755, parents=True)
@@ -184,7 +185,8 @@ class SafeDir:
                 raise UnsafeOutput(f"{path} is not a directory") from None
             raise
         try:
-            _check_dir(path, os.fstat(fd))
+            if check:
+                _check_dir(path, os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise

@@ -21,7 +21,7 @@ LOCK_FILE = ".lock"
 
 
 def _holder(fd: int, name: str) -> str:
-    """"another fetch for cnam is running (pid 123)", from what the holder wrote in the lock file."""
+    """ "another fetch for cnam is running (pid 123)", from what the holder wrote in the lock file."""
     words: list[str] = []
     with contextlib.suppress(OSError):
         words = os.pread(fd, 200, 0).decode("utf-8", "replace").split()

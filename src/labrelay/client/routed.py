@@ -2,36 +2,55 @@
 recipient, each holding only that recipient's records and fields (gzip, then age, streaming).
 
 The security order of ``labrelay.client.send`` holds here too: the policy is verified against the pinned authority
-key, and every recipient resolved and verified in the directory, before a single record is encrypted.
+key, and every recipient resolved and verified in the directory, before a single record is encrypted. A send that
+would send nothing (every record rejected, a stricter job's threshold crossed) seals nothing that survives: it is
+refused with exit 1 and its reports kept for the lab to read. Held shares (an ARS not enrolled yet) stay in the
+batch's review file until ``send_held`` delivers them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any
 
+import polars as pl
 from isal import igzip
 
 from labrelay.batch.outputs import RecordSink
-from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
+from labrelay.batch.pipeline import NO_ARS, RejectionReport, ReviewFile, Summary, open_reader, run
 from labrelay.batch.route import Destination, Router, destinations
 from labrelay.batch.validate import Validator
 from labrelay.client.api import RelayClient
-from labrelay.client.files import private_dir, write_json_atomic
+from labrelay.client.batches import HELD, ROUTED, SEALING, BatchIndex, BatchRecord, digest
+from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir
 from labrelay.client.keystore import Party
 from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
 from labrelay.client.policy import current_policy
 from labrelay.client.progress import NoProgress, Progress
-from labrelay.client.send import GZIP_LEVEL, Sent, upload
+from labrelay.client.send import (
+    GZIP_LEVEL,
+    NothingSent,
+    RejectLimit,
+    SendOutcome,
+    check_ttl,
+    drop_pending,
+    find_sent,
+    finish_sent,
+    keep_manifest,
+    pending_of,
+    upload_batch,
+)
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
+from labrelay.domain.records import FIELDS
+from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import OperationalError, PermissionDenied, UsageError
 from labrelay.ports import Clock
@@ -39,162 +58,341 @@ from labrelay.refdata import communes, department_regions
 
 
 @dataclass
-class RoutedSend:
-    summary: Summary
-    sent: list[Sent]
-    rejections: Path
-    review: Path
-    skipped: list[str]  # destinations with no record in this batch
+class SendOptions:
+    ttl: timedelta = timedelta(days=7)
+    restrict: Sequence[str] | None = None
+    input_format: str = "auto"
+    dpo: str | None = None
+    ledger_retention: timedelta = DEFAULT_RETENTION
+    again: bool = False
+    max_rejected: RejectLimit | None = None
+    fail_on_held: bool = False
+
+
+@dataclass
+class RoutedSend(SendOutcome):
+    summary: Summary | None = None
+    rejections: Path | None = None
+    review: Path | None = None
+    skipped: list[str] = field(default_factory=list)  # destinations with no record in this batch
+    missing: list[str] = field(default_factory=list)  # recipients the policy addresses, not enrolled
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **super().as_dict(),
+            "summary": self.summary.as_dict() if self.summary else None,
+            "reports": {"rejections": str(self.rejections or ""), "review": str(self.review or "")},
+            "not_enrolled": self.missing,
+            "nothing_for": self.skipped,
+        }
 
 
 @dataclass
 class _Output:
     dest: Destination
     transfer_id: str
-    spool: Path
-    handle: BinaryIO
+    spool: TempFile
     sealer: age_stream.StreamingSealer
     gzip: igzip.IGzipFile
     sink: RecordSink
     entry: PartyEntry
 
 
-def _open_output(party: Party, dest: Destination, entry: PartyEntry) -> _Output:
-    transfer_id = new_id()
-    spool = party.outbox / f"{transfer_id}.age"
-    handle = os.fdopen(os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-    sealer = age_stream.StreamingSealer(handle, entry.age_recipient)
+def _open_output(outbox: SafeDir, dest: Destination, entry: PartyEntry) -> _Output:
+    spool = outbox.temp()
+    sealer = age_stream.StreamingSealer(spool.handle, entry.age_recipient)
     compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
     sink = RecordSink(compressed, dest.rule.fields, dest.rule.format)
-    return _Output(dest, transfer_id, spool, handle, sealer, compressed, sink, entry)
+    return _Output(dest, new_id(), spool, sealer, compressed, sink, entry)
 
 
-def _private_text(path: Path) -> TextIO:
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8", newline="")
+class _Reports:
+    """The batch's rejection report and review file, written unnamed and named once the run is over."""
+
+    def __init__(self, party: Party, batch_id: str) -> None:
+        self.dir = SafeDir.open(private_dir(party.path / "reports"), create=False)
+        self.rejections_name = f"{batch_id}.rejections.csv"
+        self.review_name = f"{batch_id}.review.csv"
+        self._rej = self.dir.temp()
+        self._rev = self.dir.temp()
+        self.rejections = _text(self._rej)
+        self.review = _text(self._rev)
+
+    def publish(self) -> tuple[Path, Path]:
+        self.rejections.detach()  # flushed into the file, which stays open for publishing
+        self.review.detach()
+        self._rej.publish(self.rejections_name)
+        self._rev.publish(self.review_name)
+        self.dir.close()
+        self.published = True
+        return self.dir.path / self.rejections_name, self.dir.path / self.review_name
+
+    def discard(self) -> None:
+        """Drop the reports unless they were published (a refused batch keeps them)."""
+        if getattr(self, "published", False):
+            return
+        for text in (self.rejections, self.review):
+            with contextlib.suppress(ValueError):
+                text.detach()
+        self._rej.discard()
+        self._rev.discard()
+        self.dir.close()
 
 
-def send_results(
-    party: Party,
-    client: RelayClient,
-    source: Path,
-    ttl: timedelta,
-    clock: Clock,
-    *,
-    restrict: Sequence[str] | None = None,
-    input_format: str = "auto",
-    progress: Progress | None = None,
-    dpo: str | None = None,
-    ledger_retention: timedelta = DEFAULT_RETENTION,
-) -> RoutedSend:
-    """Validate, route and minimise a results file under the signed policy; seal and send one payload per
-    recipient. Records are read once, streaming; plaintext goes only through memory and pipes."""
-    progress = progress or NoProgress()
-    if party.role not in SENDING_ROLES:
-        raise PermissionDenied(f"{party.name} is a {party.role.value}; only lab parties send")
-    fmt, reader = open_reader(source, input_format)  # local first: is this a results file at all?
+def _text(file: TempFile) -> io.TextIOWrapper:
+    return io.TextIOWrapper(file.handle, encoding="utf-8", newline="", write_through=True)
+
+
+@dataclass
+class _Plan:
+    """Everything decided before a record is read: the verified policy and recipients, the router, the DPO."""
+
+    directory: TrustedDirectory
+    policy_version: str
+    router: Router
+    validator: Validator
+    dpo: PartyEntry
+
+
+def _plan(party: Party, client: RelayClient, clock: Clock, options: SendOptions) -> _Plan:
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
     policy = current_policy(client, party.authority)
     regions = set(department_regions().values())
     addressed = {d.name for d in destinations(policy, regions)}
     # A recipient this send names, or one the relay served a forged record for, gets the full check first: a
     # forged, revoked or unknown recipient is refused as such, not routed around.
-    for name in sorted((set(restrict or ()) | set(directory.untrusted)) & addressed):
+    for name in sorted((set(options.restrict or ()) | set(directory.untrusted)) & addressed):
         directory.require(name, RECEIVING_ROLES)
-    dpo_entry = choose_dpo(directory, dpo)  # no ledger, no send: the breach response depends on it
+    dpo_entry = choose_dpo(directory, options.dpo)  # no ledger, no send: the breach response depends on it
+    if options.ledger_retention < options.ttl:
+        raise UsageError("the ledger must be kept at least as long as the payloads it describes (--ttl)")
+    check_ttl(client, options.ttl)
     purge(party.path, clock.now())
     enrolled = {e.name for e in directory.in_force() if e.role in RECEIVING_ROLES}
-    router = Router(policy, regions, enrolled, restrict=restrict, pseudonym_key=party.pseudonym_key())
+    router = Router(policy, regions, enrolled, restrict=options.restrict, pseudonym_key=party.pseudonym_key())
     validator = Validator(
         today=clock.now().date(),
         loinc=policy.loinc,
         communes=[c.insee for c in communes()],
         department_regions=department_regions(),
     )
-    batch_id = new_id()
+    return _Plan(directory, policy.version, router, validator, dpo_entry)
+
+
+def send_results(
+    party: Party,
+    client: RelayClient,
+    source: Path,
+    clock: Clock,
+    options: SendOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    held_from: str | None = None,
+) -> RoutedSend:
+    """Validate, route and minimise a results file under the signed policy; seal and send one payload per
+    recipient. Records are read once, streaming; plaintext goes only through memory and pipes. Once per source:
+    a source sent before is finished, not sent again (unless ``options.again``)."""
+    options = options or SendOptions()
+    progress = progress or NoProgress()
+    if party.role not in SENDING_ROLES:
+        raise PermissionDenied(f"{party.name} is a {party.role.value}; only lab parties send")
+    fmt, reader = open_reader(source, options.input_format)  # local first: is this a results file at all?
+    source_digest = digest(source)
+    known = find_sent(party, source_digest, again=options.again, requested=options.restrict or ())
+    if known is not None:
+        outcome = finish_sent(party, client, known, progress)
+        return RoutedSend(**vars(outcome), review=_review_path(party, known))
+    plan = _plan(party, client, clock, options)
     created = clock.now()
-    reports = private_dir(party.path / "reports")
-    rejections_path = reports / f"{batch_id}.rejections.csv"
-    review_path = reports / f"{batch_id}.review.csv"
-    if ledger_retention < ttl:
-        raise UsageError("the ledger must be kept at least as long as the payloads it describes (--ttl)")
-    outputs = [_open_output(party, d, directory.require(d.name, RECEIVING_ROLES)) for d in router.destinations]
-    try:
-        ledger = LedgerWriter.open(
-            party.path, batch_id, dpo_entry, {o.dest.name: o.transfer_id for o in outputs}, party.pseudonym_key()
-        )
-    except BaseException:
-        for out in outputs:
-            _discard(out)
-        raise
-    summary = Summary(
-        fmt, ignored_columns=getattr(getattr(reader, "layout", None), "ignored", ()), policy_version=policy.version
+    record = BatchRecord(
+        batch_id=new_id(),
+        source_sha256=source_digest.sha256,
+        source=source.name,
+        mode=HELD if held_from else ROUTED,
+        created=to_rfc3339(created),
+        state=SEALING,
+        recipients=sorted(options.restrict or ()),
+        again=options.again,
+        held_from=held_from,
     )
-    task = progress.task(f"validating and routing {source.name}", None)
+    index = BatchIndex(party.path)
+    index.save(record)
+    layout = getattr(reader, "layout", None)
+    summary = Summary(
+        fmt,
+        ignored_columns=getattr(layout, "ignored", ()),
+        missing_columns=getattr(layout, "missing", ()),
+        policy_version=plan.policy_version,
+    )
+    expected = max(source_digest.lines - 1, 0) if fmt == "csv" else None  # CSV: one record a line, less the header
+    task = progress.task(f"validating and routing {source.name}", expected, "records")
     try:
-        with _private_text(rejections_path) as rej, _private_text(review_path) as rev:
+        with _Batch(party, plan, record) as work:
             run(
                 reader,
-                validator,
+                plan.validator,
                 summary=summary,
-                report=RejectionReport(rej),
-                review=ReviewFile(rev),
-                router=router,
-                sinks={o.dest.name: o.sink for o in outputs},
+                report=RejectionReport(work.reports.rejections),
+                review=ReviewFile(work.reports.review),
+                router=plan.router,
+                sinks={o.dest.name: o.sink for o in work.outputs},
                 on_batch=lambda b: task.advance(b.read),
-                ledger=ledger.sink,
+                ledger=work.ledger.sink,
             )
-        if not summary.reconciled:  # fail closed: never send a batch whose counts do not add up
-            raise OperationalError(
-                f"internal error: {summary.read} records read, {summary.accepted} accepted, "
-                f"{summary.rejected} rejected, {summary.held} held; nothing sent"
-            )
-        states, skipped = _seal_all(party, outputs, batch_id, created, ttl, policy.version)
-        facts = [
-            transfer_fact(
-                o.transfer_id, o.dest.name, o.entry.age_recipient, o.sink.records, created + ttl, o.dest.rule.fields
-            )
-            for o in outputs
-            if o.sink.records
-        ]
-        ledger.finish(party.name, created, policy.version, facts, ledger_retention)
+            if not summary.reconciled:  # fail closed: never send a batch whose counts do not add up
+                raise OperationalError(
+                    f"internal error: {summary.read} records read, {summary.accepted} accepted, "
+                    f"{summary.rejected} rejected, {summary.held} held; nothing sent"
+                )
+            rejections, review = work.reports.publish()
+            _refuse_to_send_nothing(summary, options, plan.router, rejections, review)
+            states, skipped = work.seal(created, options, source_digest.sha256)
     except BaseException:
-        for out in outputs:
-            _discard(out)
-        ledger.discard()
+        for state in pending_of(party, record.batch_id):
+            drop_pending(state)
+        index.drop(record)
         raise
     finally:
         task.done()
-    sent = [upload(party, client, state, progress) for state in states]
-    return RoutedSend(summary, sent, rejections_path, review_path, skipped)
+    record.transfers = {o.dest.name: o.transfer_id for o in work.outputs if o.sink.records}
+    record.summary = summary.as_dict()
+    record.reports = {"rejections": str(rejections), "review": str(review)}
+    sent = upload_batch(party, client, record, states, progress)
+    return RoutedSend(
+        record.batch_id,
+        dict(record.transfers),
+        sent,
+        source_sha256=source_digest.sha256,
+        records=summary.read,
+        summary=summary,
+        rejections=rejections,
+        review=review,
+        skipped=skipped,
+        missing=plan.router.missing,
+    )
+
+
+class _Batch:
+    """The outputs of one routed send while it runs: a spool per destination, the ledger, the reports. On any
+    failure, all of it is discarded (the spools and the ledger were never named); the reports survive only once
+    published (a refused batch keeps them for the lab to read)."""
+
+    def __init__(self, party: Party, plan: _Plan, record: BatchRecord) -> None:
+        self.party = party
+        self.plan = plan
+        self.record = record
+        self.outbox = SafeDir.open(party.outbox, create=False)
+        self.outputs: list[_Output] = []
+        self.ledger: LedgerWriter
+        self.reports: _Reports
+
+    def __enter__(self) -> _Batch:
+        try:
+            for dest in self.plan.router.destinations:
+                entry = self.plan.directory.require(dest.name, RECEIVING_ROLES)
+                self.outputs.append(_open_output(self.outbox, dest, entry))
+            self.ledger = LedgerWriter.open(
+                self.party.path,
+                self.record.batch_id,
+                self.plan.dpo,
+                {o.dest.name: o.transfer_id for o in self.outputs},
+                self.party.pseudonym_key(),
+            )
+            self.reports = _Reports(self.party, self.record.batch_id)
+        except BaseException:
+            self.__exit__(RuntimeError, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            for out in self.outputs:
+                _discard(out)
+            if hasattr(self, "ledger"):
+                self.ledger.discard()
+            if hasattr(self, "reports"):
+                self.reports.discard()
+        self.outbox.close()
+
+    def seal(self, created: datetime, options: SendOptions, source_sha256: str) -> tuple[list[Path], list[str]]:
+        states, skipped = _seal_all(
+            self.party, self.outputs, self.record, created, options, self.plan.policy_version, source_sha256
+        )
+        facts = [
+            transfer_fact(
+                o.transfer_id,
+                o.dest.name,
+                o.entry.age_recipient,
+                o.sink.records,
+                created + options.ttl,
+                o.dest.rule.fields,
+            )
+            for o in self.outputs
+            if o.sink.records
+        ]
+        self.ledger.finish(self.party.name, created, self.plan.policy_version, facts, options.ledger_retention)
+        return states, skipped
+
+
+def held_line(name: str, records: int, positives: int) -> str:
+    """``ars-24 not enrolled: 312 records held, 27 positives``."""
+    who = f"{name} not enrolled" if name != NO_ARS else "residence in a territory no ARS covers"
+    return f"{who}: {records} records held, {positives} positives"
+
+
+def _refuse_to_send_nothing(
+    summary: Summary, options: SendOptions, router: Router, rejections: Path, review: Path
+) -> None:
+    """Exit 1 with one line, nothing sent, when the batch must not (or cannot) go: its reports stay for the lab."""
+    sent = sum(summary.per_recipient.values())
+    why = None
+    if summary.read == 0:
+        why = "the file holds no record"
+    elif summary.rejected == summary.read:
+        why = f"every one of the {summary.read} records was rejected (reasons in {rejections})"
+    elif options.max_rejected is not None and options.max_rejected.crossed(summary.rejected, summary.read):
+        why = (
+            f"{summary.rejected} of {summary.read} records were rejected, more than --max-rejected "
+            f"{options.max_rejected} (reasons in {rejections})"
+        )
+    elif options.fail_on_held and summary.held:
+        held = "; ".join(held_line(n, c.records, c.positives) for n, c in sorted(summary.held_for.items()))
+        why = f"{summary.held} records would be held for review and --fail-on-held is set ({held}; see {review})"
+    elif sent == 0:
+        names = ", ".join(d.name for d in router.destinations)
+        why = f"no record of this batch is for {names}" + (f" (held: see {review})" if summary.held else "")
+    if why is not None:
+        raise NothingSent(f"nothing sent: {why}")
 
 
 def _discard(out: _Output) -> None:
-    """Leave nothing of a send that failed: not the spool, not the upload state that ``resume`` would pick up."""
+    """Leave nothing of a send that failed: the spool was never named, so closing it is enough."""
     with contextlib.suppress(Exception):
         out.sealer.abort()
-    with contextlib.suppress(OSError):
-        out.handle.close()
-    out.spool.unlink(missing_ok=True)
-    (out.spool.parent / f"{out.transfer_id}.json").unlink(missing_ok=True)
+    out.spool.discard()
 
 
 def _seal_all(
-    party: Party, outputs: list[_Output], batch_id: str, created: datetime, ttl: timedelta, policy_version: str
+    party: Party,
+    outputs: list[_Output],
+    record: BatchRecord,
+    created: datetime,
+    options: SendOptions,
+    policy_version: str,
+    source_sha256: str,
 ) -> tuple[list[Path], list[str]]:
     states, skipped = [], []
     for out in outputs:
         out.gzip.close()
         size, sha256 = out.sealer.close()
-        out.handle.flush()
-        os.fsync(out.handle.fileno())
-        out.handle.close()
         if out.sink.records == 0:
-            out.spool.unlink()
+            out.spool.discard()
             skipped.append(out.dest.name)
             continue
+        out.spool.publish(f"{out.transfer_id}.age")
         manifest = Manifest(
             transfer_id=out.transfer_id,
-            batch_id=batch_id,
+            batch_id=record.batch_id,
             sender=party.name,
             recipient=out.dest.name,
             recipient_key=out.entry.age_recipient,
@@ -203,11 +401,102 @@ def _seal_all(
             record_count=out.sink.records,
             media_type=out.sink.media_type,
             created=created,
-            deadline=created + ttl,
+            deadline=created + options.ttl,
             policy_version=policy_version,
             compression="gzip",
+            source_sha256=source_sha256,
+            again=options.again,
         )
-        state = party.outbox / f"{out.transfer_id}.json"
-        write_json_atomic(state, {"manifest": party.sign(manifest.to_payload()), "batch_id": batch_id})
-        states.append(state)
+        states.append(keep_manifest(party, manifest))
     return states, skipped
+
+
+def _review_path(party: Party, record: BatchRecord) -> Path | None:
+    path = record.reports.get("review")
+    return Path(path) if path else None
+
+
+# ------------------------------------------------------------------ held shares, delivered later
+
+
+@dataclass
+class HeldSend:
+    """``send --held BATCH``: what was delivered from a batch's held shares, and what stays held."""
+
+    original: str
+    delivered: RoutedSend | None
+    remaining: dict[str, int]  # recipient (or NO_ARS) → records still held
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "held_from": self.original,
+            "send": self.delivered.as_dict() if self.delivered else None,
+            "still_held": {k or "no-ars": v for k, v in sorted(self.remaining.items())},
+        }
+
+
+def send_held(
+    party: Party,
+    client: RelayClient,
+    batch: str,
+    clock: Clock,
+    options: SendOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> HeldSend:
+    """Deliver the shares a batch held for recipients that were not enrolled and are now: to each, only its own
+    share, routed and minimised under the policy in force. Idempotent like any send; the review file then keeps
+    only what is still held."""
+    options = options or SendOptions()
+    index = BatchIndex(party.path)
+    original = index.by_id(batch)
+    review_path = _review_path(party, original) or party.path / "reports" / f"{original.batch_id}.review.csv"
+    if not review_path.is_file():
+        raise UsageError(f"batch {original.batch_id} has no review file ({review_path})", hint="nothing was held")
+    held = pl.read_csv(review_path, infer_schema=False).with_columns(pl.all().fill_null(""))
+    directory = TrustedDirectory(party.authority, client.directory(), clock.now())
+    enrolled = {e.name for e in directory.in_force() if e.role in RECEIVING_ROLES}
+    ready = sorted(set(held["recipient"].to_list()) & enrolled)
+    if not ready:
+        waiting = _counts(held)
+        raise NothingSent(
+            f"nothing to deliver from batch {original.batch_id}: "
+            + ("; ".join(f"{n or 'no ARS'}: {c} records still held" for n, c in sorted(waiting.items())) or "")
+            + (" (none of these recipients is enrolled yet)" if waiting else "nothing is held")
+        )
+    chosen = held.filter(pl.col("recipient").is_in(ready))
+    reports = SafeDir.open(private_dir(party.path / "reports"), create=False)
+    extract = reports.path / f"{TEMP_PREFIX}held-{original.batch_id}.csv"  # swept if a killed run leaves it
+    try:
+        chosen.select(FIELDS).write_csv(extract)
+        delivered = send_results(
+            party,
+            client,
+            extract,
+            clock,
+            SendOptions(**{**vars(options), "restrict": ready, "input_format": "csv"}),
+            progress=progress,
+            held_from=original.batch_id,
+        )
+        rest = held.filter(~pl.col("recipient").is_in(ready))
+        out = reports.temp()
+        try:
+            rest.write_csv(out.handle)
+            out.replace(review_path.name)
+        except BaseException:
+            out.discard()
+            raise
+    finally:
+        extract.unlink(missing_ok=True)
+        reports.close()
+    for name in ready:
+        original.held_sent[name] = delivered.batch_id
+    index.save(original)
+    return HeldSend(original.batch_id, delivered, _counts(rest))
+
+
+def _counts(held: pl.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in held.group_by("recipient").len().iter_rows()}
+
+
+__all__ = ["SEALING", "HeldSend", "RejectLimit", "RoutedSend", "SendOptions", "held_line", "send_held", "send_results"]

@@ -1,39 +1,55 @@
-"""Send: seal to each recipient's verified key, sign a manifest per recipient, upload resumably.
+"""Send: seal to each recipient's verified key, sign a manifest per recipient, upload resumably; once per source.
 
-Two ways in: ``send_file`` sends any document as it is (``--as-is``); ``labrelay.client.routed.send_results``
-validates, routes and minimises a lab-results file under the signed policy and seals one payload per recipient
-with the same steps (kept apart so that commands that do not route never load polars).
+Two ways in: ``send_file`` sends any document as it is (``--as-is``, only to recipients the policy lets receive
+unparsed documents); ``labrelay.client.routed.send_results`` validates, routes and minimises a lab-results file
+under the signed policy and seals one payload per recipient with the same steps (kept apart so that commands that
+do not route never load polars).
 
 Order matters, and it is the security argument:
 1. every recipient is resolved in the directory and verified against the pinned authority key *before*
-   anything is encrypted (a relay that substitutes a key is caught here);
+   anything is encrypted (a relay that substitutes a key is caught here), and the deadline is checked against the
+   relay's maximum;
 2. the file is age-encrypted once per recipient, streaming, into the party's outbox (ciphertext only; the
-   plaintext is read, never copied), hashing the ciphertext as it is written;
+   plaintext is read, never copied), hashing the ciphertext as it is written, unnamed until complete;
 3. a manifest per transfer is signed and kept with the ciphertext, so an interrupted upload resumes later
    (``labrelay resume``) without re-encrypting;
 4. each upload starts from the relay's offset and is verified by the relay against the signed hash.
+
+Idempotence: a batch is the lab's and its source file's (``labrelay.client.batches``). Sending a source again finds
+its batch, finishes what is unfinished and seals nothing anew; ``again=True`` makes a new batch on purpose.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
-from labrelay.client.files import read_json, write_json_atomic
+from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchIndex, BatchRecord, SourceDigest, digest
+from labrelay.client.files import SafeDir, read_json, sweep_temporaries, write_json_atomic
 from labrelay.client.keystore import Party
+from labrelay.client.policy import current_policy
 from labrelay.client.progress import NoProgress, Progress, ProgressTask
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
 from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
+from labrelay.domain.timeutil import format_duration, to_rfc3339
 from labrelay.domain.transfers import Manifest
-from labrelay.errors import PermissionDenied, UsageError
+from labrelay.errors import (
+    LabrelayError,
+    NotFound,
+    OperationalError,
+    PermissionDenied,
+    SecurityError,
+    TooLarge,
+    UsageError,
+)
 from labrelay.ports import Clock
 
 # gzip (RFC 1952) written by ISA-L (python-isal): level 2 compresses synthetic batches about as well as zlib's
@@ -49,12 +65,74 @@ MEDIA_TYPES = {
 }
 
 
+class NothingSent(OperationalError):
+    """A send that sends nothing (every record rejected, a stricter job's threshold crossed, nothing addressed to
+    an enrolled recipient): a failure for the script that runs it, exit 1."""
+
+    code = "nothing-sent"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectLimit:
+    """``--max-rejected``: a count (``N``) or a share of the records read (``P%``) above which nothing is sent."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RejectLimit:
+        value = text.strip()
+        try:
+            if value.endswith("%"):
+                percent = float(value[:-1])
+                if not 0 <= percent <= 100:
+                    raise ValueError(value)
+                return cls(percent=percent)
+            count = int(value)
+            if count < 0:
+                raise ValueError(value)
+            return cls(count=count)
+        except ValueError:
+            raise UsageError(f"--max-rejected {text!r}: give a number of records (50) or a share (2%)") from None
+
+    def crossed(self, rejected: int, read: int) -> bool:
+        if self.count is not None:
+            return rejected > self.count
+        return read > 0 and self.percent is not None and rejected * 100 > self.percent * read
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent is not None else str(self.count)
+
+
 @dataclass(frozen=True, slots=True)
 class Sent:
     transfer_id: str
     recipient: str
     size: int
     sha256: str
+
+
+@dataclass
+class SendOutcome:
+    """What a send did. ``already``: the source had been sent as ``batch_id`` before; nothing was sealed now."""
+
+    batch_id: str
+    transfers: dict[str, str]  # recipient → transfer id, for the whole batch
+    sent: list[Sent] = field(default_factory=list)  # uploaded by this run
+    already: bool = False
+    delivered: int | None = None  # for a batch sent before: how many of its transfers the recipients acknowledged
+    source_sha256: str = ""
+    records: int = 0  # records read (routed), for the closing line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "source_sha256": self.source_sha256,
+            "already_sent": self.already,
+            "transfers": dict(sorted(self.transfers.items())),
+            "uploaded": [{"transfer_id": s.transfer_id, "recipient": s.recipient, "size": s.size} for s in self.sent],
+            "delivered": self.delivered,
+        }
 
 
 class _CountingReader:
@@ -86,6 +164,20 @@ def verified_recipients(party: Party, client: RelayClient, names: Sequence[str],
     return [directory.require(name, RECEIVING_ROLES) for name in dict.fromkeys(names)]
 
 
+def check_ttl(client: RelayClient, ttl: timedelta) -> None:
+    """Refuse, before anything is sealed, a deadline the relay would refuse at upload (``--ttl`` over its maximum):
+    a payload sealed with it could never be uploaded."""
+    limits = client.limits()
+    longest = timedelta(seconds=int(limits.get("max_ttl_seconds", 0)))
+    if longest <= timedelta(0):
+        raise OperationalError("the relay did not say how long it keeps payloads")
+    if ttl > longest:
+        raise UsageError(
+            f"--ttl {format_duration(ttl)} is longer than the relay keeps payloads ({format_duration(longest)})",
+            hint=f"use --ttl {format_duration(longest)} or less",
+        )
+
+
 def seal(
     party: Party,
     source: Path,
@@ -95,46 +187,55 @@ def seal(
     *,
     record_count: int | None = None,
     progress: Progress | None = None,
+    batch_id: str | None = None,
+    source_sha256: str | None = None,
+    again: bool = False,
 ) -> list[Path]:
     """Encrypt ``source`` to each recipient into the outbox and sign a manifest each. Returns the state files."""
     progress = progress or NoProgress()
     if not source.is_file():
         raise UsageError(f"{source} is not a readable file")
-    batch_id = new_id()
+    batch_id = batch_id or new_id()
     created = clock.now()
     states = []
-    for entry in recipients:
-        transfer_id = new_id()
-        spool = party.outbox / f"{transfer_id}.age"
-        fd = os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        task = progress.task(f"sealing for {entry.name}", source.stat().st_size)
-        try:
-            with source.open("rb") as plain, os.fdopen(fd, "wb") as sink:
-                size, sha256 = age_stream.encrypt(_CountingReader(plain, task), sink, [entry.age_recipient])
-                sink.flush()
-                os.fsync(sink.fileno())
-        except BaseException:
-            spool.unlink(missing_ok=True)
-            raise
-        finally:
-            task.done()
-        manifest = Manifest(
-            transfer_id=transfer_id,
-            batch_id=batch_id,
-            sender=party.name,
-            recipient=entry.name,
-            recipient_key=entry.age_recipient,
-            size=size,
-            sha256=sha256,
-            record_count=record_count,
-            media_type=media_type_for(source),
-            created=created,
-            deadline=created + ttl,
-        )
-        state = party.outbox / f"{transfer_id}.json"
-        write_json_atomic(state, {"manifest": party.sign(manifest.to_payload()), "source": source.name})
-        states.append(state)
+    with SafeDir.open(party.outbox, create=False) as outbox:
+        for entry in recipients:
+            transfer_id = new_id()
+            spool = outbox.temp()
+            task = progress.task(f"sealing for {entry.name}", source.stat().st_size)
+            try:
+                with source.open("rb") as plain:
+                    size, sha256 = age_stream.encrypt(_CountingReader(plain, task), spool.handle, [entry.age_recipient])
+                spool.publish(f"{transfer_id}.age")
+            except BaseException:
+                spool.discard()
+                raise
+            finally:
+                task.done()
+            manifest = Manifest(
+                transfer_id=transfer_id,
+                batch_id=batch_id,
+                sender=party.name,
+                recipient=entry.name,
+                recipient_key=entry.age_recipient,
+                size=size,
+                sha256=sha256,
+                record_count=record_count,
+                media_type=media_type_for(source),
+                created=created,
+                deadline=created + ttl,
+                source_sha256=source_sha256,
+                again=again,
+            )
+            states.append(keep_manifest(party, manifest, source=source.name))
     return states
+
+
+def keep_manifest(party: Party, manifest: Manifest, **extra: str) -> Path:
+    """Sign ``manifest`` and keep it beside its sealed payload in the outbox, for ``upload`` (and ``resume``)."""
+    state = party.outbox / f"{manifest.transfer_id}.json"
+    write_json_atomic(state, {"manifest": party.sign(manifest.to_payload()), "batch_id": manifest.batch_id, **extra})
+    return state
 
 
 def upload(party: Party, client: RelayClient, state_file: Path, progress: Progress | None = None) -> Sent:
@@ -161,6 +262,105 @@ def pending(party: Party) -> list[Path]:
     return sorted(p for p in party.outbox.glob("*.json") if not p.name.startswith("."))
 
 
+def pending_of(party: Party, batch_id: str) -> list[Path]:
+    found = []
+    for state in pending(party):
+        with contextlib.suppress(OSError, ValueError):
+            if read_json(state).get("batch_id") == batch_id:
+                found.append(state)
+    return found
+
+
+def drop_pending(state: Path) -> None:
+    """Remove one sealed payload and its manifest from the outbox (it will not be uploaded)."""
+    state.with_suffix(".age").unlink(missing_ok=True)
+    state.unlink(missing_ok=True)
+
+
+def tidy(party: Party) -> list[str]:
+    """What killed runs left, removed (call while holding the party's lock): temporary files, sealed payloads whose
+    manifest was never written, and the partly sealed payloads of batches whose sealing never finished. Returns the
+    batch ids of those abandoned batches (started again by the next send of their source)."""
+    for folder in (party.outbox, party.path / "reports", party.path / "ledger", party.path / "batches"):
+        sweep_temporaries(folder)
+    for spool in party.outbox.glob("*.age"):
+        if not spool.with_suffix(".json").exists():
+            spool.unlink(missing_ok=True)
+    abandoned = []
+    index = BatchIndex(party.path)
+    for record in list(index.all()):
+        if record.state == SEALING:
+            for state in pending_of(party, record.batch_id):
+                drop_pending(state)
+            index.drop(record)
+            abandoned.append(record.batch_id)
+    return abandoned
+
+
+# ------------------------------------------------------------------ once per source
+
+
+def find_sent(
+    party: Party, source_digest: SourceDigest, *, again: bool, requested: Sequence[str] = ()
+) -> BatchRecord | None:
+    """The batch this source was already sent as (when it must not be sent again), or None."""
+    if again:
+        return None
+    batches = [b for b in BatchIndex(party.path).of_source(source_digest.sha256) if b.state != SEALING]
+    if not batches:
+        return None
+    latest = batches[-1]
+    asked = set(requested) - set(latest.transfers) - set(latest.recipients)
+    if asked and latest.recipients:
+        raise UsageError(
+            f"this file was already sent as batch {latest.batch_id} to {', '.join(sorted(latest.transfers))}, "
+            f"not to {', '.join(sorted(asked))}",
+            hint="to send it again as a new batch, add --again",
+        )
+    return latest
+
+
+def finish_sent(
+    party: Party, client: RelayClient, record: BatchRecord, progress: Progress | None = None
+) -> SendOutcome:
+    """A source sent before: upload whatever of its batch is still pending, and say how far delivery got."""
+    sent = [upload(party, client, state, progress) for state in pending_of(party, record.batch_id)]
+    if record.state != SENT:
+        record.state = SENT
+        BatchIndex(party.path).save(record)
+    return SendOutcome(
+        record.batch_id,
+        dict(record.transfers),
+        sent,
+        already=True,
+        delivered=delivered_count(client, record.transfers.values()),
+        source_sha256=record.source_sha256,
+    )
+
+
+def delivered_count(client: RelayClient, transfer_ids: Any) -> int:
+    """How many of these transfers their recipients acknowledged (a signed receipt the relay accepted)."""
+    count = 0
+    for transfer_id in transfer_ids:
+        with contextlib.suppress(NotFound):
+            if client.transfer(transfer_id).get("state") == "delivered":
+                count += 1
+    return count
+
+
+def upload_batch(
+    party: Party, client: RelayClient, record: BatchRecord, states: list[Path], progress: Progress | None = None
+) -> list[Sent]:
+    """The batch is sealed (its manifests kept): say so, then upload every payload and say that too."""
+    index = BatchIndex(party.path)
+    record.state = SEALED
+    index.save(record)
+    sent = [upload(party, client, state, progress) for state in states]
+    record.state = SENT
+    index.save(record)
+    return sent
+
+
 def send_file(
     party: Party,
     client: RelayClient,
@@ -171,7 +371,135 @@ def send_file(
     *,
     record_count: int | None = None,
     progress: Progress | None = None,
-) -> list[Sent]:
+    again: bool = False,
+) -> SendOutcome:
+    """Send ``source`` unparsed (``--as-is``) to ``recipients``, each of whom the policy in force must let receive
+    unparsed documents (a document sent as it is carries every field it holds: never to a pseudonymised or
+    minimised recipient). Once per source, unless ``again``."""
+    if party.role not in SENDING_ROLES:
+        raise PermissionDenied(f"{party.name} is a {party.role.value}; only lab parties send")
+    if not source.is_file():
+        raise UsageError(f"{source} is not a readable file")
+    source_digest = digest(source)
+    known = find_sent(party, source_digest, again=again, requested=recipients)
+    if known is not None:
+        return finish_sent(party, client, known, progress)
     entries = verified_recipients(party, client, recipients, clock)
-    states = seal(party, source, entries, ttl, clock, record_count=record_count, progress=progress)
-    return [upload(party, client, state, progress) for state in states]
+    policy = current_policy(client, party.authority)
+    for entry in entries:
+        refusal = policy.unparsed_refusal(entry.name)
+        if refusal is not None:
+            raise PermissionDenied(
+                f"refusing to send {source.name} unparsed: {refusal}",
+                hint="send lab results without --as-is: they are validated and minimised for each recipient",
+            )
+    check_ttl(client, ttl)
+    record = BatchRecord(
+        batch_id=new_id(),
+        source_sha256=source_digest.sha256,
+        source=source.name,
+        mode=AS_IS,
+        created=to_rfc3339(clock.now()),
+        recipients=sorted(e.name for e in entries),
+        again=again,
+    )
+    index = BatchIndex(party.path)
+    index.save(record)
+    try:
+        states = seal(
+            party,
+            source,
+            entries,
+            ttl,
+            clock,
+            record_count=record_count,
+            progress=progress,
+            batch_id=record.batch_id,
+            source_sha256=source_digest.sha256,
+            again=again,
+        )
+    except BaseException:
+        for state in pending_of(party, record.batch_id):
+            drop_pending(state)
+        index.drop(record)
+        raise
+    record.transfers = {_recipient_of(s): s.stem for s in states}
+    sent = upload_batch(party, client, record, states, progress)
+    return SendOutcome(record.batch_id, dict(record.transfers), sent, source_sha256=source_digest.sha256)
+
+
+def _recipient_of(state: Path) -> str:
+    manifest = Manifest.from_payload(envelope_payload(read_json(state)["manifest"]))
+    return manifest.recipient
+
+
+# ------------------------------------------------------------------ resume
+
+
+PERMANENT = (SecurityError, UsageError, TooLarge, NotFound)
+"""Refusals an upload meets again however often it is retried: the manifest's terms, the parties' standing."""
+
+
+@dataclass
+class ResumeReport:
+    sent: list[Sent] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # past their deadline before they could be uploaded: removed
+    stuck: list[tuple[str, LabrelayError]] = field(default_factory=list)  # refused by the relay: kept, reported
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "uploaded": [{"transfer_id": s.transfer_id, "recipient": s.recipient, "size": s.size} for s in self.sent],
+            "expired": self.expired,
+            "stuck": [{"transfer_id": t, "code": e.code, "message": e.diagnostics()} for t, e in self.stuck],
+        }
+
+
+def resume_all(party: Party, client: RelayClient, clock: Clock, progress: Progress | None = None) -> ResumeReport:
+    """Upload every sealed payload still in the outbox. One that can never be uploaded (the relay refuses its
+    manifest: a deadline over its maximum, a recipient revoked…) is reported and kept for ``resume --discard``;
+    the others go on. One past its deadline is removed: nobody may receive it any more. A relay that cannot be
+    reached (or is frozen) stops the run: everything is retried next time."""
+    report = ResumeReport()
+    batches: set[str] = set()
+    for state in pending(party):
+        doc = read_json(state)
+        manifest = Manifest.from_payload(envelope_payload(doc["manifest"]))
+        batches.add(str(doc.get("batch_id", manifest.batch_id)))
+        if manifest.deadline <= clock.now():
+            drop_pending(state)
+            report.expired.append(manifest.transfer_id)
+            continue
+        try:
+            report.sent.append(upload(party, client, state, progress))
+        except PERMANENT as exc:
+            report.stuck.append((manifest.transfer_id, exc))
+    _mark_finished(party, batches)
+    return report
+
+
+def discard(party: Party, client: RelayClient | None, transfer_prefix: str) -> str:
+    """Remove one pending upload from the outbox (``resume --discard ID``), and cancel its upload on the relay if it
+    began there. Returns the transfer id."""
+    matches = [s for s in pending(party) if s.stem.startswith(transfer_prefix)]
+    if len(transfer_prefix) < 8 or not matches:
+        raise UsageError(f"no pending upload {transfer_prefix!r}", hint="labrelay resume --json lists them")
+    if len(matches) > 1:
+        raise UsageError(f"several pending uploads start with {transfer_prefix}", hint="give more of the id")
+    state = matches[0]
+    batch_id = str(read_json(state).get("batch_id", ""))
+    if client is not None:
+        with contextlib.suppress(LabrelayError):
+            client.cancel_upload(state.stem)
+    drop_pending(state)
+    _mark_finished(party, {batch_id})
+    return state.stem
+
+
+def _mark_finished(party: Party, batch_ids: set[str]) -> None:
+    """Batches with nothing left in the outbox are sent (or finished with what could be)."""
+    index = BatchIndex(party.path)
+    left = {str(read_json(s).get("batch_id", "")) for s in pending(party)}
+    for record in index.all():
+        if record.batch_id in batch_ids and record.batch_id not in left and record.state == SEALED:
+            record.state = SENT
+            index.save(record)
