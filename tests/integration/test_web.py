@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import csv
 import hashlib
 import io
 import json
@@ -71,11 +72,21 @@ def same_origin_only(tab: Tab) -> None:
     assert foreign == [], f"the page reached another origin: {foreign[:3]}"
 
 
-def fetch_all(cli, world: World, name: str, out: Path) -> dict[str, bytes]:
-    """CLI fetch of everything waiting for ``name``: transfer id → decrypted bytes."""
-    result = cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", out)
+def fetch_all(cli, world: World, name: str, out: Path) -> dict[str, list[list[str]]]:
+    """CLI fetch of everything waiting for ``name`` (``fetch --json``: each transfer id with the file it wrote):
+    transfer id → the CSV's rows without the two columns fetch appends to each (batch_id, sender)."""
+    result = cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", out, "--json")
     assert result.code == 0, str(result)
-    return {p.name.split(".")[0]: p.read_bytes() for p in out.glob("*.csv")}
+    report = json.loads(result.out)
+    assert report["duplicates"] == [], report["duplicates"]
+    rows = {}
+    for fetched in report["fetched"]:
+        with Path(fetched["file"]).open(encoding="utf-8", newline="") as fh:
+            table = list(csv.reader(fh))
+        assert table[0][-2:] == ["batch_id", "sender"]
+        assert {tuple(row[-2:]) for row in table[1:]} == {(fetched["batch_id"], fetched["sender"])}
+        rows[fetched["transfer_id"]] = [row[:-2] for row in table]
+    return rows
 
 
 @pytest.mark.threat("T23")
@@ -122,15 +133,16 @@ def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
     hits = plaintext_hits(world.copy_relay(tmp_path / "copy"), needles_of(batch))
     assert hits == [], hits
 
-    # The same batch through the CLI: each recipient must receive the same bytes from both.
-    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url)
+    # The same batch through the CLI: each recipient must receive the same records from both. The CLI's copy is
+    # sent again on purpose (--again): a recipient declines a second copy of a source from the same sender.
+    sent = cli("send", batch, "--again", "--as", world.party_dir("lab-paris-01"), "--server", world.url)
     assert sent.code == 0, str(sent)
     sent_by_cli = sent_ids(sent.out)
     for name in ("cnam", "ars-11", "spf"):
         got = fetch_all(cli, world, name, tmp_path / f"out-{name}")
         from_page, from_cli = got[sent_by_page[name]], got[sent_by_cli[name]]
         assert from_page == from_cli, f"{name}: the page's payload differs from the CLI's"
-        assert from_page.count(b"\n") > 1
+        assert len(from_page) > 1
     page_manifests = world.db(
         "SELECT recipient, manifest FROM transfers WHERE id IN (:a, :b, :c)",
         a=sent_by_page["cnam"],
@@ -143,6 +155,8 @@ def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
         assert payload["recipient"] == recipient
         assert payload["compression"] == "gzip"
         assert payload["policy_version"] == "fr-covid-2026.2"
+        assert payload["source_sha256"] == hashlib.sha256(batch.read_bytes()).hexdigest()
+        assert "again" not in payload
     hits = plaintext_hits(world.copy_relay(tmp_path / "copy-after"), needles_of(batch))
     assert hits == [], hits
 
@@ -499,7 +513,9 @@ def test_the_console_shows_an_enumeration_alert_and_a_freeze_taking_effect(
     web_world: World, open_tab, batch: Path, cli
 ) -> None:
     world = web_world
-    cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--as-is", "--to", "ars-11")
+    # A routed send restricted to ars-11 (the policy gives unparsed documents to cnam only).
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "ars-11")
+    assert sent.code == 0, str(sent)
     tab: Tab = open_tab(world.url, locale="en-GB")
     tab.add_passkey_device()
     tab.goto("/enrol?lang=en")
