@@ -173,15 +173,21 @@ def test_pseudonym_input_is_name_first_name_and_birth_date() -> None:
 def test_only_the_share_of_an_ars_not_enrolled_is_held() -> None:
     """A resident of a region whose ARS is not enrolled still reaches CNAM (a positive) and SpF; only the ARS's
     share is held, naming the missing recipient."""
-    rows = accepted(good(), good(code_commune_insee="69381", code_postal="69001"))  # Paris, then Lyon (84)
+    rows = accepted(
+        good(),  # Paris (11)
+        good(code_commune_insee="69381", code_postal="69001"),  # Lyon (84)
+        good(code_commune_insee="2A004", code_postal="20000", resultat="NEGATIF"),  # Ajaccio (94)
+        good(code_commune_insee="69381", code_postal="69001", resultat="NEGATIF"),
+    )
     router = Router(DEFAULT, REGIONS, {"cnam", "spf", "ars-11"}, pseudonym_key=new_key())
     assert router.missing == ["ars-84", "ars-94"]
     out, held = router.route(rows)
-    assert held.height == 1
-    assert held["_reason"][0] == Reason.NO_RECIPIENT.value
-    assert held[HELD_RECIPIENT][0] == "ars-84"
-    assert held["_record"][0] == 2
-    assert out["spf"].height == 2
+    assert sorted(held.select("_record", HELD_RECIPIENT, "_reason").rows()) == [
+        (2, "ars-84", Reason.NO_RECIPIENT.value),
+        (3, "ars-94", Reason.NO_RECIPIENT.value),
+        (4, "ars-84", Reason.NO_RECIPIENT.value),
+    ]
+    assert out["spf"].height == 4
     assert out["cnam"].height == 2
     assert out["ars-11"].height == 1
 

@@ -186,7 +186,8 @@ class Router:
             if self.missing_regions:
                 missing = addressed.filter(pl.col("_region").is_in(self.missing_regions))
                 if missing.height:
-                    name = pl.lit(rule.name).str.replace(REGION_SLOT, pl.col("_region"), literal=True)
+                    before, _, after = rule.name.partition(REGION_SLOT)
+                    name = pl.concat_str([pl.lit(before), pl.col("_region"), pl.lit(after)])
                     parts.append(
                         missing.with_columns(
                             pl.lit(Reason.NO_RECIPIENT.value).alias("_reason"), name.alias(HELD_RECIPIENT)
