@@ -66,12 +66,12 @@ from labrelay.batch.pipeline import (  # noqa: E402
     detect_format,
     run,
 )
-from labrelay.batch.route import HELD_RECIPIENT, Router, with_pseudonyms  # noqa: E402
+from labrelay.batch.route import Router, with_pseudonyms  # noqa: E402
 from labrelay.batch.validate import Validator  # noqa: E402
 from labrelay.client.policy import default_policy_text  # noqa: E402
 from labrelay.domain import records  # noqa: E402
-from labrelay.domain.policy import REGION_SLOT, parse_policy  # noqa: E402
-from labrelay.domain.records import FIELDS, FORMULA_FIELDS, OPTIONAL, REQUIRED, Reason, Result  # noqa: E402
+from labrelay.domain.policy import parse_policy  # noqa: E402
+from labrelay.domain.records import FIELDS, FORMULA_FIELDS, OPTIONAL, REQUIRED  # noqa: E402
 from labrelay.errors import LabrelayError, NotResults, Unreadable  # noqa: E402
 from labrelay.refdata import communes, department_regions  # noqa: E402
 from labrelay.synthetic.generator import nir_key  # noqa: E402
@@ -168,41 +168,6 @@ def derive_validation(data: bytes, *, today: date, block_bytes: int | None = Non
     return out
 
 
-class _Router(Router):
-    """``route.Router`` as ``labrelay send`` uses it, except where ``Router._held`` fails: in polars 2.1,
-    ``pl.lit(rule.name).str.replace(REGION_SLOT, pl.col("_region"))`` refuses a replacement column longer than one
-    row, so a block holding two or more records for one missing ARS raises ComputeError instead of holding them.
-    Here, and only when that happens, the held frame is built as ``_held`` means to build it (the recipient's name
-    from the rule's name, its first ``{region}`` replaced by the record's region). Remove once route.py is fixed."""
-
-    def _held(self, accepted: pl.DataFrame) -> pl.DataFrame:
-        try:
-            return super()._held(accepted)
-        except pl.exceptions.ComputeError:
-            return self._held_as_meant(accepted)
-
-    def _held_as_meant(self, accepted: pl.DataFrame) -> pl.DataFrame:
-        parts = []
-        for rule in self._regional_rules:
-            positive = pl.col("resultat") == Result.POSITIVE.value
-            addressed = accepted if rule.select == "all" else accepted.filter(positive)
-            if self.missing_regions:
-                missing = addressed.filter(pl.col("_region").is_in(self.missing_regions))
-                if missing.height:
-                    before, _, after = rule.name.partition(REGION_SLOT)
-                    name = pl.concat_str([pl.lit(before), pl.col("_region"), pl.lit(after)])
-                    reason = pl.lit(Reason.NO_RECIPIENT.value).alias("_reason")
-                    parts.append(missing.with_columns(reason, name.alias(HELD_RECIPIENT)))
-            if self._whole:
-                nowhere = addressed.filter(pl.col("_region").is_null())
-                if nowhere.height:
-                    reason = pl.lit(Reason.NO_REGION.value).alias("_reason")
-                    parts.append(nowhere.with_columns(reason, pl.lit("").alias(HELD_RECIPIENT)))
-        if not parts:
-            return super()._held(accepted.clear())
-        return pl.concat(parts, how="vertical_relaxed")
-
-
 def derive_routing(
     data: bytes,
     *,
@@ -218,7 +183,7 @@ def derive_routing(
     review file as the CLI writes them, and the summary (``Summary.as_dict``, as ``--summary`` writes it)."""
     parsed = parse_policy(policy)
     try:
-        router = _Router(
+        router = Router(
             parsed,
             set(department_regions().values()),
             set(enrolled),
@@ -1196,6 +1161,10 @@ def policy_texts() -> Iterator[tuple[str, str]]:
         POLICY_HEAD + '[[recipients]]\nname = "ars"\nby_region = true\nfields = ["nom"]\n',
     )
     yield "{region} without by_region", POLICY_HEAD + '[[recipients]]\nname = "ars-{region}"\nfields = ["nom"]\n'
+    yield (
+        "{region} twice",
+        POLICY_HEAD + '[[recipients]]\nname = "ars-{region}-{region}"\nby_region = true\nfields = ["nom"]\n',
+    )
     yield "by_region not a boolean", POLICY_HEAD + '[[recipients]]\nname = "ars"\nby_region = 1\nfields = ["nom"]\n'
     yield "an invalid party name", POLICY_HEAD + '[[recipients]]\nname = "CNAM"\nfields = ["nom"]\n'
     yield (

@@ -72,11 +72,17 @@ export async function runPipeline(bytes, { policy, router, communes, departmentR
       sent[dest].push(...recs);
       perRecipient[dest] = (perRecipient[dest] ?? 0) + recs.length;
     }
+    // pipeline._count_held: records, not shares (under two regional rules a record no ARS covers is held twice)
+    const seen = new Map();
     for (const share of shares) {
-      const count = heldFor.get(share[HELD_RECIPIENT]) ?? { records: 0, positives: 0 };
+      const who = share[HELD_RECIPIENT];
+      if (!seen.has(who)) seen.set(who, new Set());
+      if (seen.get(who).has(share._record)) continue;
+      seen.get(who).add(share._record);
+      const count = heldFor.get(who) ?? { records: 0, positives: 0 };
       count.records += 1;
       if (share.resultat === Result.POSITIVE) count.positives += 1;
-      heldFor.set(share[HELD_RECIPIENT], count);
+      heldFor.set(who, count);
     }
     held.push(...shares);
     const heldHere = new Set(shares.map((s) => s._record)).size;

@@ -127,8 +127,8 @@ function rule(raw, index) {
   if (![byRegion, pseudonymise, unparsed].every((flag) => typeof flag === "boolean")) {
     throw new PolicyError(`${where}: by_region, pseudonymise and unparsed are true or false`);
   }
-  if (byRegion !== name.includes(REGION_SLOT)) {
-    throw new PolicyError(`${where}: a by_region recipient's name contains ${REGION_SLOT}, and only such a name`);
+  if (byRegion !== name.includes(REGION_SLOT) || name.split(REGION_SLOT).length > 2) {
+    throw new PolicyError(`${where}: a by_region recipient's name contains ${REGION_SLOT} once, and only such a name`);
   }
   const party = name.replaceAll(REGION_SLOT, "00");
   if (!PARTY.test(party)) {
@@ -367,7 +367,7 @@ export class Router {
       if (missing.size) {
         for (const r of addressed) {
           if (r._region === null || !missing.has(r._region)) continue;
-          // the rule's name, its first {region} replaced (polars str.replace, literal, once)
+          // the rule's name with its {region} (only one: parsePolicy refuses more) replaced
           const name = rule.name.replace(REGION_SLOT, () => r._region);
           held.push({ ...r, _reason: Reason.NO_RECIPIENT, [HELD_RECIPIENT]: name });
         }

@@ -66,7 +66,7 @@ def _kind_of(head: bytes) -> tuple[str, str] | None:
             return kind, hint
     if len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4:
         return "UTF-16 text", "save it as CSV UTF-8 (or Windows-1252) instead of Unicode text"
-    if b"\x00" in head:
+    if head.count(b"\x00") * 64 > len(head):  # text has none; one bad record's NUL is that record's problem
         return "a binary file", _AS_IS
     return None
 
@@ -253,8 +253,10 @@ def run(
 
 
 def _count_held(summary: Summary, held: pl.DataFrame) -> None:
+    """Records (not shares: under two regional rules a record no ARS covers is held twice) per held recipient."""
+    positive = pl.col("resultat") == Result.POSITIVE.value
     counts = held.group_by(HELD_RECIPIENT).agg(
-        pl.len().alias("records"), (pl.col("resultat") == Result.POSITIVE.value).sum().alias("positives")
+        pl.col("_record").n_unique().alias("records"), pl.col("_record").filter(positive).n_unique().alias("positives")
     )
     for name, records, positives in counts.iter_rows():
         count = summary.held_for.setdefault(name, HeldCount())

@@ -126,8 +126,8 @@ def _rule(raw: Mapping[str, Any], index: int) -> RecipientRule:  # noqa: PLR0912
     unparsed = raw.get("unparsed", False)
     if not all(isinstance(flag, bool) for flag in (by_region, pseudonymise, unparsed)):
         raise PolicyError(f"{where}: by_region, pseudonymise and unparsed are true or false")
-    if by_region != (REGION_SLOT in name):
-        raise PolicyError(f"{where}: a by_region recipient's name contains {REGION_SLOT}, and only such a name")
+    if by_region != (REGION_SLOT in name) or name.count(REGION_SLOT) > 1:
+        raise PolicyError(f"{where}: a by_region recipient's name contains {REGION_SLOT} once, and only such a name")
     check_party_name(name.replace(REGION_SLOT, "00"))
     select = raw.get("select", "all")
     if select not in SELECTIONS:
