@@ -14,7 +14,7 @@ import os
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.header import Header
@@ -252,14 +252,23 @@ def art34(
     *,
     batch_size: int = 1000,
     pdf: bool = True,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Letters:
     """Letters (PDF, ``batch_size`` per file) for persons with a postal address, e-mails (mbox, ``batch_size``
-    per file) for those with an e-mail address, and a call list (``a-appeler.csv``) for the others."""
+    per file) for those with an e-mail address, and a call list (``a-appeler.csv``) for the others.
+    ``on_progress(n)`` is told of every ``n`` persons handled (for a progress bar)."""
     common = {"c": controller.doc, "nature": nature, "measures": measures, "today": f"{now:%d/%m/%Y}"}
     writer = _Art34Writer(controller, common, out, batch_size, pdf)
+    done = 0
     for person in _people(affected):
         writer.add(person)
-    return writer.finish()
+        done += 1
+        if on_progress is not None and done % 100 == 0:
+            on_progress(100)
+    result = writer.finish()
+    if on_progress is not None and done % 100:
+        on_progress(done % 100)
+    return result
 
 
 def nature_text(scope: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -172,9 +173,20 @@ def register_breach(app: typer.Typer) -> None:  # noqa: PLR0915 - the command ta
             )
         affected = pl.read_csv(affected_path, infer_schema=False)
         started = time.perf_counter()
-        letters = art34(
-            affected, who, nature_text(scope), measures_text(who), target, now, batch_size=batch_size, pdf=pdf
-        )
+        with ui.TerminalProgress(bool(os.environ.get("LABRELAY_QUIET"))) as progress:
+            task = progress.task("art. 34 letters and e-mails", affected.height, "persons")
+            letters = art34(
+                affected,
+                who,
+                nature_text(scope),
+                measures_text(who),
+                target,
+                now,
+                batch_size=batch_size,
+                pdf=pdf,
+                on_progress=task.advance,
+            )
+            task.done()
         elapsed = time.perf_counter() - started
         ui.out.print(
             f"art. 34: {letters.letters} letters in {letters.files} file(s), {letters.emails} e-mails, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Literal, Protocol
 
-Unit = Literal["records", "bytes", "items"]
+Unit = Literal["records", "bytes", "persons"]
 
 
 class ProgressTask(Protocol):

@@ -250,6 +250,11 @@ DEFECTS: dict[str, tuple[str, Reason, Callable[[dict[str, str], random.Random], 
     "bad-email": ("email", Reason.EMAIL, lambda r, g: r.__setitem__("email", "at-nowhere")),
     "bad-phone": ("telephone", Reason.PHONE, lambda r, g: r.__setitem__("telephone", "06123")),
     "missing-name": ("nom", Reason.REQUIRED, lambda r, g: r.__setitem__("nom", "")),
+    "formula-name": (
+        "prenom",
+        Reason.FORMULA,
+        lambda r, g: r.__setitem__("prenom", g.choice("=+-@") + 'HYPERLINK("http://x.example")'),
+    ),
 }
 
 
