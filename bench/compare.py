@@ -220,8 +220,8 @@ def labrelay(source: Path, run_dir: Path, repeat: int) -> dict[str, Any]:
             shutil.rmtree(out)
         # The same batch again, then every recipient fetching at once, as separate organisations would: twenty
         # processes sharing this machine's cores, against one relay (whose peak memory this phase includes).
-        resend = timed(
-            [*cli, "send", str(source), "--as", str(parties["lab-bench"].path), "--server", url],
+        resend = timed(  # --again: a new batch on purpose (the same file is otherwise recognised as sent)
+            [*cli, "send", str(source), "--as", str(parties["lab-bench"].path), "--server", url, "--again"],
             run_dir / "send-again.log",
         )
         together = _fetch_together(cli, url, {n: p.path for n, p in parties.items() if n in fetches}, run_dir)

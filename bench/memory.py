@@ -24,7 +24,9 @@ from typing import Any
 
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
+from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
+from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.runtime import init_data_dir
 from labrelay.synthetic.generator import write_csv_file
@@ -102,6 +104,8 @@ def run(records: int) -> dict[str, Any]:
     relay = TimedRelay(run_dir)
     url, server_pid = relay.url, relay.pid
     idle_mb = _rss_mb(server_pid)
+    with RelayClient(url, AUTHORITY_KEYID, authority.key, clock) as client:  # CNAM may receive unparsed files
+        client.register_policy(authority.sign_policy(default_policy_text(), clock.now()))
     parties = {}
     for name, role in (("lab-bench", Role.LAB), ("cnam", Role.RECIPIENT)):
         party = Party.create(run_dir / "parties", name, role, None, authority.path / "authority.pub", clock.now())

@@ -126,6 +126,7 @@ def test_territories_without_an_ars_table_are_accepted_without_a_region() -> Non
     assert result.accepted["_region"][0] is None
 
 
+@pytest.mark.threat("T27")
 @pytest.mark.parametrize("field", ["nom", "prenom", "adresse", "commune", "prescripteur_nom", "email"])
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", " =", "\t", "\r"])
 def test_formula_like_values_are_refused(field: str, start: str) -> None:

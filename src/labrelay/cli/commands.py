@@ -797,18 +797,25 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ui.out.print(f"receipt sent for {transfer_id}", markup=False)
 
     @app.command("receipts")
-    def receipts(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
-        """The sender's transfers and their recipients' signed receipts, verified."""
+    def receipts(as_: AsOpt, server: ServerOpt, json_out: JsonOpt = False, cacert: CaOpt = None) -> None:
+        """The sender's transfers and their recipients' signed receipts or refusals, verified."""
 
+        ui.json_output.enabled = json_out
         party = Party.load(as_)
         with _party_client(server, party, cacert) as client:
             items, problems = verified_outbox(party, client, SystemClock())
         for item in items:
-            ui.out.print(item.line(), markup=False)
+            ui.json_output.say(item.line())
         for problem in problems:
             ui.err.print(f"labrelay: refused: {problem}", markup=False)
         if problems:
-            raise IntegrityError(f"{len(problems)} receipt(s) or refusal(s) failed verification")
+            error = IntegrityError(f"{len(problems)} receipt(s) or refusal(s) failed verification")
+            ui.json_output.emit(
+                {"command": "receipts", "transfers": [i.as_dict() for i in items], "problems": problems},
+                ui.exit_code_for(error),
+            )
+            raise error
+        ui.json_output.emit({"command": "receipts", "transfers": [i.as_dict() for i in items], "problems": []})
 
     from labrelay.cli.admin import register_admin  # noqa: PLC0415
     from labrelay.cli.breach import register_breach  # noqa: PLC0415

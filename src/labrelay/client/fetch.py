@@ -49,7 +49,14 @@ from labrelay.crypto import age_stream
 from labrelay.crypto.envelopes import envelope_payload, envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
-from labrelay.domain.transfers import MANIFEST_TYPE, Manifest, Receipt, ReceiptStatus, TransferRefusal
+from labrelay.domain.transfers import (
+    MANIFEST_TYPE,
+    Manifest,
+    Receipt,
+    ReceiptStatus,
+    TransferRefusal,
+    refusal_detail,
+)
 from labrelay.errors import (
     Conflict,
     IntegrityError,
@@ -81,6 +88,11 @@ PAYLOAD_REFUSALS = (IntegrityError, UntrustedEntry, PartyRevoked, PermissionDeni
 """What a payload's own checks raise (its manifest, its sender's standing, its hash, its decryption): refused to the
 relay once. Every other security error (an unsafe output directory, a relay whose audit head goes back…) stops the
 run instead: it is not the payload's fault, and refusing it would let a local attacker discard a lab's results."""
+
+
+class DownloadBroken(Unavailable):
+    """One payload's download kept breaking (a replica restarting, or its stored bytes failing the relay's own
+    integrity check): retried next run, and the other transfers go on meanwhile."""
 
 
 class _Refused(Exception):
@@ -332,12 +344,14 @@ def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: s
                         if size > manifest.size:
                             break
                     break
-                except Unavailable:
+                except Unavailable as exc:
                     # An interrupted download (a relay replica restarted, storage briefly unreachable): resume
                     # from what arrived, like an upload does, before giving up.
                     failures += 1
                     if not client.pause_before_retry(failures):
-                        raise
+                        raise DownloadBroken(
+                            f"download of {manifest.transfer_id} kept breaking: {exc.message}"
+                        ) from exc
             out.flush()
             os.fsync(out.fileno())
     finally:
@@ -499,7 +513,7 @@ def _refusal(party: Party, listing: Mapping[str, Any], transfer_id: str, error: 
         manifest = Manifest.from_payload(envelope_payload(listing["manifest"]))
     except (LabrelayError, KeyError, TypeError):
         return None
-    detail = " ".join(error.message.split())[:300]
+    detail = refusal_detail(error.message)
     refusal = TransferRefusal(
         transfer_id=transfer_id,
         sender=manifest.sender,
@@ -703,7 +717,7 @@ def fetch_all(
                 _refuse(run, listing, transfer_id, refused.error)
             except (OperationalError, UsageError) as exc:
                 report.failed.append((transfer_id, exc))
-                if isinstance(exc, Unavailable):
+                if isinstance(exc, Unavailable) and not isinstance(exc, DownloadBroken):
                     break  # the relay is gone for now: the rest waits for the next run
             except LabrelayError:
                 raise  # a security error that is not the payload's: stop here, nothing more is written

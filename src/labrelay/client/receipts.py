@@ -34,7 +34,8 @@ class OutboxItem:
         parts = []
         if self.receipt is not None:
             count = f", {self.receipt.record_count} records" if self.receipt.record_count is not None else ""
-            parts.append(f"{self.receipt.status.value} at {to_rfc3339(self.receipt.received_at)}{count}")
+            copy = f", a copy of {self.receipt.duplicate_of} (declined)" if self.receipt.duplicate_of else ""
+            parts.append(f"{self.receipt.status.value} at {to_rfc3339(self.receipt.received_at)}{count}{copy}")
         if self.refusal is not None:
             detail = f" ({self.refusal.detail})" if self.refusal.detail else ""
             parts.append(
@@ -44,6 +45,29 @@ class OutboxItem:
         if not parts:
             return base + f" deadline {to_rfc3339(self.manifest.deadline)}"
         return base + " " + "; ".join(parts)
+
+    def as_dict(self) -> dict[str, Any]:
+        receipt, refusal = self.receipt, self.refusal
+        return {
+            "transfer_id": self.manifest.transfer_id,
+            "batch_id": self.manifest.batch_id,
+            "recipient": self.manifest.recipient,
+            "state": self.state,
+            "deadline": to_rfc3339(self.manifest.deadline),
+            "records": self.manifest.record_count,
+            "unparsed": self.manifest.unparsed,
+            "receipt": None
+            if receipt is None
+            else {
+                "status": receipt.status.value,
+                "at": to_rfc3339(receipt.received_at),
+                "records": receipt.record_count,
+                "duplicate_of": receipt.duplicate_of,
+            },
+            "refusal": None
+            if refusal is None
+            else {"reason": refusal.reason, "detail": refusal.detail, "at": to_rfc3339(refusal.refused_at)},
+        }
 
 
 def _recipients_key(

@@ -216,7 +216,6 @@ def send_results(
         held_from=held_from,
     )
     index = BatchIndex(party.path)
-    index.save(record)
     layout = getattr(reader, "layout", None)
     summary = Summary(
         fmt,
@@ -315,6 +314,9 @@ class _Batch:
         self.outbox.close()
 
     def seal(self, created: datetime, options: SendOptions, source_sha256: str) -> tuple[list[Path], list[str]]:
+        """Name every sealed payload and keep its signed manifest; the batch is on record (sealing) from here: a
+        run killed before leaves nothing named, one killed during this step is cleaned by the next (``tidy``)."""
+        BatchIndex(self.party.path).save(self.record)
         states, skipped = _seal_all(
             self.party, self.outputs, self.record, created, options, self.plan.policy_version, source_sha256
         )

@@ -22,7 +22,7 @@ its batch, finishes what is unfinished and seals nothing anew; ``again=True`` ma
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
 from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchIndex, BatchRecord, SourceDigest, digest
-from labrelay.client.files import SafeDir, read_json, sweep_temporaries, write_json_atomic
+from labrelay.client.files import SafeDir, TempFile, read_json, sweep_temporaries, write_json_atomic
 from labrelay.client.keystore import Party
 from labrelay.client.policy import current_policy
 from labrelay.client.progress import NoProgress, Progress, ProgressTask
@@ -190,44 +190,57 @@ def seal(
     batch_id: str | None = None,
     source_sha256: str | None = None,
     again: bool = False,
+    before_naming: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """Encrypt ``source`` to each recipient into the outbox and sign a manifest each. Returns the state files."""
+    """Encrypt ``source`` to each recipient into the outbox and sign a manifest each. Returns the state files.
+
+    Every payload is sealed unnamed first; ``before_naming`` runs once all are complete, just before any is given
+    its name in the outbox (a killed run leaves nothing before that point)."""
     progress = progress or NoProgress()
     if not source.is_file():
         raise UsageError(f"{source} is not a readable file")
     batch_id = batch_id or new_id()
     created = clock.now()
-    states = []
+    spools: list[TempFile] = []
+    manifests: list[Manifest] = []
     with SafeDir.open(party.outbox, create=False) as outbox:
-        for entry in recipients:
-            transfer_id = new_id()
-            spool = outbox.temp()
-            task = progress.task(f"sealing for {entry.name}", source.stat().st_size)
-            try:
-                with source.open("rb") as plain:
-                    size, sha256 = age_stream.encrypt(_CountingReader(plain, task), spool.handle, [entry.age_recipient])
-                spool.publish(f"{transfer_id}.age")
-            except BaseException:
+        try:
+            for entry in recipients:
+                spools.append(outbox.temp())
+                task = progress.task(f"sealing for {entry.name}", source.stat().st_size)
+                try:
+                    with source.open("rb") as plain:
+                        reader = _CountingReader(plain, task)
+                        size, sha256 = age_stream.encrypt(reader, spools[-1].handle, [entry.age_recipient])
+                finally:
+                    task.done()
+                manifests.append(
+                    Manifest(
+                        transfer_id=new_id(),
+                        batch_id=batch_id,
+                        sender=party.name,
+                        recipient=entry.name,
+                        recipient_key=entry.age_recipient,
+                        size=size,
+                        sha256=sha256,
+                        record_count=record_count,
+                        media_type=media_type_for(source),
+                        created=created,
+                        deadline=created + ttl,
+                        source_sha256=source_sha256,
+                        again=again,
+                    )
+                )
+            if before_naming is not None:
+                before_naming()
+            states = []
+            for spool, manifest in zip(spools, manifests, strict=True):
+                spool.publish(f"{manifest.transfer_id}.age")
+                states.append(keep_manifest(party, manifest, source=source.name))
+        except BaseException:
+            for spool in spools:
                 spool.discard()
-                raise
-            finally:
-                task.done()
-            manifest = Manifest(
-                transfer_id=transfer_id,
-                batch_id=batch_id,
-                sender=party.name,
-                recipient=entry.name,
-                recipient_key=entry.age_recipient,
-                size=size,
-                sha256=sha256,
-                record_count=record_count,
-                media_type=media_type_for(source),
-                created=created,
-                deadline=created + ttl,
-                source_sha256=source_sha256,
-                again=again,
-            )
-            states.append(keep_manifest(party, manifest, source=source.name))
+            raise
     return states
 
 
@@ -404,7 +417,6 @@ def send_file(
         again=again,
     )
     index = BatchIndex(party.path)
-    index.save(record)
     try:
         states = seal(
             party,
@@ -417,6 +429,7 @@ def send_file(
             batch_id=record.batch_id,
             source_sha256=source_digest.sha256,
             again=again,
+            before_naming=lambda: index.save(record),
         )
     except BaseException:
         for state in pending_of(party, record.batch_id):
