@@ -230,7 +230,12 @@ def labrelay(source: Path, run_dir: Path, repeat: int) -> dict[str, Any]:
     summary = json.loads((run_dir / "validate.json").read_text())
     fetch_s = round(sum(f["wall_s"] for f in fetches.values()), 2)
     return {
-        "validate": {**validate, "read": summary.get("read"), "accepted": summary.get("accepted")},
+        "validate": {
+            **validate,
+            "read": summary.get("read"),
+            "accepted": summary.get("accepted"),
+            "held": summary.get("held_for_review"),
+        },
         "validate_route": {
             "wall_s": round(_median(routes, "seconds"), 3),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in routes),

@@ -165,7 +165,7 @@ def known(fuzz_world: World) -> dict[str, list[str]]:
     letter.write_text("synthetic letter, no health data\n" * 4)
     clock = SystemClock()
     with fuzz_world.client(LAB) as client:
-        available = send_file(lab, client, letter, [RECIPIENT], timedelta(days=1), clock)[0].transfer_id
+        available = send_file(lab, client, letter, [RECIPIENT], timedelta(days=1), clock).sent[0].transfer_id
         recipients = verified_recipients(lab, client, [RECIPIENT], clock)
         (state,) = seal_for(lab, letter, recipients, timedelta(days=1), clock)
         envelope = json.loads(state.read_text())["manifest"]

@@ -218,6 +218,17 @@ def test_workbooks_utf16_and_documents_are_named_and_refused(
     assert fix in caught.value.diagnostics()
 
 
+def test_one_bad_records_nul_is_that_records_problem_random_bytes_are_binary(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text(HEADER_LINE + line(good()) + "\n" + line(good(nom="DU\x00PONT")) + "\n", encoding="utf-8")
+    fmt, reader = open_reader(path)
+    summary = run(reader, validator(), summary=Summary(fmt), report=RejectionReport(None), review=ReviewFile(None))
+    assert (summary.accepted, summary.rejected) == (1, 1)
+    path.write_bytes(bytes((i * 7919 + 13) % 256 for i in range(5000)))  # every byte value, evenly: not text
+    with pytest.raises(NotResults, match="a binary file"):
+        open_reader(path)
+
+
 def test_header_names_ignore_case_spaces_and_a_bom(tmp_path: Path) -> None:
     header = ";".join(f'  "{f.upper()}" ' if i % 2 else f" {f.title()}\t" for i, f in enumerate(FIELDS))
     path = tmp_path / "upper.csv"

@@ -325,9 +325,11 @@ export function kindOf(head) {
     for (let i = 0; i < head.length; i++) if (head[i] === 0) i % 2 ? odd++ : even++;
     if (Math.max(even, odd) > Math.floor(head.length / 4)) return "UTF-16 text";
   }
-  let nul = 0;
-  for (const byte of head) if (byte === 0) nul++;
-  if (nul * 64 > head.length) return "a binary file"; // text has none; one bad record's NUL is that record's problem
+  // pipeline._TEXT_BYTES: more than one byte in 16 a control character text never holds (all but tab, LF, VT, FF,
+  // CR); one bad record's NUL is that record's problem
+  let controls = 0;
+  for (const byte of head) if (byte < 0x09 || (byte >= 0x0e && byte < 0x20) || byte === 0x7f) controls++;
+  if (controls * 16 > head.length) return "a binary file";
   return null;
 }
 

@@ -51,6 +51,11 @@ _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
 )
 
 
+_TEXT_BYTES = bytes(b for b in range(256) if b not in (*range(0x09), *range(0x0E, 0x20), 0x7F))
+"""Every byte but the control characters text never holds (tab, LF, VT, FF and CR are text). A head in which more
+than one byte in 16 is such a control is binary (random bytes: about one in nine)."""
+
+
 def _kind_of(head: bytes) -> tuple[str, str] | None:
     """(what the file is, what to do) for a file that is certainly not a results file, from its first bytes."""
     if head.startswith(b"PK\x03\x04"):
@@ -66,7 +71,7 @@ def _kind_of(head: bytes) -> tuple[str, str] | None:
             return kind, hint
     if len(head) >= 8 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4:
         return "UTF-16 text", "save it as CSV UTF-8 (or Windows-1252) instead of Unicode text"
-    if head.count(b"\x00") * 64 > len(head):  # text has none; one bad record's NUL is that record's problem
+    if len(head.translate(None, _TEXT_BYTES)) * 16 > len(head):  # one bad record's NUL is that record's problem
         return "a binary file", _AS_IS
     return None
 
