@@ -130,7 +130,7 @@ def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None
     csv_file = Path(unparsed["file"])
     assert csv_file.read_bytes() == batch.read_bytes()  # unparsed: written as it came, nothing added
     assert oct(csv_file.stat().st_mode & 0o777) == "0o600"
-    assert not list((out / ".labrelay").iterdir())  # no partial or temporary file left behind
+    assert not (out / ".labrelay").exists()  # no partial or temporary file left behind, nor the work directory
     [tagged] = [f for f in doc["fetched"] if f["transfer_id"] != transfer_id]
     assert tagged["unparsed"] is False
     assert tagged["sent_again"] is True

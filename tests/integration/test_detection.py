@@ -35,7 +35,8 @@ def events(world: World) -> list[tuple[str, str | None, str | None]]:
 
 
 def send_one(world: World, cli, batch: Path, to: str = "cnam") -> str:
-    result = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", to)
+    """One new transfer of ``batch`` to ``to`` (--again: the same file sent once more is a new batch, on purpose)."""
+    result = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", to, "--again")
     assert result.code == 0, str(result)
     return sent_ids(result.out)[to]
 
@@ -123,7 +124,8 @@ def test_freeze_stops_the_next_upload_and_download_and_unfreeze_from_the_data_di
     frozen = cli("admin", "freeze", "--as", admin.path, "--server", world.url, "--reason", "incident-1")
     assert frozen.code == 0, str(frozen)
     # The very next upload and download are refused; nothing was written.
-    upload = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    lab = world.party_dir("lab-paris-01")
+    upload = cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--again")
     assert upload.code == 1
     assert "frozen" in upload.err
     out = world.root / "out"

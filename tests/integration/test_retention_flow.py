@@ -196,9 +196,10 @@ def test_a_rotated_key_is_kept_until_its_last_payload_expires_then_destroyed(wor
             upload(world.parties["lab-paris-01"], client, state)
 
     out = tmp_path / "raw"
-    fetched = cli("fetch", "--as", cnam, "--server", world.url, "--out", out, "--raw")
+    fetched = cli("fetch", "--as", cnam, "--server", world.url, "--out", out, "--raw", "--json")
     assert fetched.code == 0, str(fetched)
-    old_copy, new_copy = out / f"{old_id}.age", out / f"{new_id}.age"
+    files = {f["transfer_id"]: Path(f["file"]) for f in json.loads(fetched.out)["fetched"]}
+    old_copy, new_copy = files[old_id], files[new_id]
     assert age_decrypts(cnam / "identity.txt", old_copy)
     assert age_decrypts(cnam / "identity.txt", new_copy)
 

@@ -246,7 +246,7 @@ def run_demo(
         "checks": {
             # SpF gets every valid record, those held for a regional share no ARS covers included
             "every_valid_record_reached_spf": sent_records.get("spf", 0)
-            == summary["accepted"] + summary["held_for_review"],
+            == routed.summary.accepted + routed.summary.held,
             "every_accepted_record_reached_its_ars": ars_total == summary["accepted"],
             "received_equals_sent": all(
                 (fetched[n].records if n in fetched else 0) == sent_records.get(n, 0) for n, _ in recipients()

@@ -685,46 +685,50 @@ def fetch_all(
         raise UsageError(f"unknown output format {output_format!r}", hint=f"one of {', '.join(OUTPUT_FORMATS)}")
     report = FetchReport()
     with SafeDir.open(out_dir) as out, out.subdir(WORK_DIR) as work:
-        sweep_temporaries(work.path)
-        for name in list(work.names()):
-            if name.endswith(".tagged.csv"):  # a plaintext a killed conversion left
-                work.unlink(name)
-        _send_unacknowledged(party, client)
-        run = _Run(
-            party,
-            client,
-            TrustedDirectory(party.authority, client.directory(), clock.now()),
-            out,
-            work,
-            clock,
-            _Sources(party),
-            raw,
-            output_format,
-            progress or NoProgress(),
-        )
-        for listing in client.transfers("inbox"):
-            transfer_id = str(listing.get("transfer_id"))
-            known = ledger_entry(party, transfer_id)
-            if known is not None and known.get("refusal"):
-                if not known.get("refusal_sent"):
-                    _report_refusal(party, client, transfer_id, known["refusal"])
-                report.skipped.append(transfer_id)  # refused before: never downloaded again
-                continue
-            try:
-                report.fetched.append(_fetch_one(run, listing))
-            except _Refused as refused:
-                report.refused.append((transfer_id, refused.error))
-                _refuse(run, listing, transfer_id, refused.error)
-            except (OperationalError, UsageError) as exc:
-                report.failed.append((transfer_id, exc))
-                if isinstance(exc, Unavailable) and not isinstance(exc, DownloadBroken):
-                    break  # the relay is gone for now: the rest waits for the next run
-            except LabrelayError:
-                raise  # a security error that is not the payload's: stop here, nothing more is written
-            except Exception as exc:  # noqa: BLE001 - one payload's surprise must not block every later one
-                failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
-                failure.__cause__ = exc
-                report.failed.append((transfer_id, failure))
+        try:
+            sweep_temporaries(work.path)
+            for name in list(work.names()):
+                if name.endswith(".tagged.csv"):  # a plaintext a killed conversion left
+                    work.unlink(name)
+            _send_unacknowledged(party, client)
+            run = _Run(
+                party,
+                client,
+                TrustedDirectory(party.authority, client.directory(), clock.now()),
+                out,
+                work,
+                clock,
+                _Sources(party),
+                raw,
+                output_format,
+                progress or NoProgress(),
+            )
+            for listing in client.transfers("inbox"):
+                transfer_id = str(listing.get("transfer_id"))
+                known = ledger_entry(party, transfer_id)
+                if known is not None and known.get("refusal"):
+                    if not known.get("refusal_sent"):
+                        _report_refusal(party, client, transfer_id, known["refusal"])
+                    report.skipped.append(transfer_id)  # refused before: never downloaded again
+                    continue
+                try:
+                    report.fetched.append(_fetch_one(run, listing))
+                except _Refused as refused:
+                    report.refused.append((transfer_id, refused.error))
+                    _refuse(run, listing, transfer_id, refused.error)
+                except (OperationalError, UsageError) as exc:
+                    report.failed.append((transfer_id, exc))
+                    if isinstance(exc, Unavailable) and not isinstance(exc, DownloadBroken):
+                        break  # the relay is gone for now: the rest waits for the next run
+                except LabrelayError:
+                    raise  # a security error that is not the payload's: stop here, nothing more is written
+                except Exception as exc:  # noqa: BLE001 - one payload's surprise must not block every later one
+                    failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
+                    failure.__cause__ = exc
+                    report.failed.append((transfer_id, failure))
+        finally:
+            with contextlib.suppress(OSError):  # the work directory goes, unless a partial download waits in it
+                os.rmdir(WORK_DIR, dir_fd=out.fd)
     return report
 
 
