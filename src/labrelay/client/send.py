@@ -299,14 +299,22 @@ def tidy(party: Party) -> list[str]:
     for spool in party.outbox.glob("*.age"):
         if not spool.with_suffix(".json").exists():
             spool.unlink(missing_ok=True)
+    # A batch on record as "sealing" was killed while its payloads were being named (its record is written just
+    # before): its payloads in the outbox are dropped, and so is the record. Found from the outbox (usually empty),
+    # not by reading every batch the lab ever sent.
     abandoned = []
     index = BatchIndex(party.path)
-    for record in list(index.all()):
-        if record.state == SEALING:
-            for state in pending_of(party, record.batch_id):
-                drop_pending(state)
-            index.drop(record)
-            abandoned.append(record.batch_id)
+    for state in pending(party):
+        with contextlib.suppress(OSError, ValueError, LabrelayError):
+            manifest = Manifest.from_payload(envelope_payload(read_json(state)["manifest"]))
+            if manifest.source_sha256 is None or manifest.batch_id in abandoned:
+                continue
+            for record in index.of_source(manifest.source_sha256):
+                if record.batch_id == manifest.batch_id and record.state == SEALING:
+                    for leftover in pending_of(party, record.batch_id):
+                        drop_pending(leftover)
+                    index.drop(record)
+                    abandoned.append(record.batch_id)
     return abandoned
 
 
