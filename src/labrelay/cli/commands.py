@@ -620,7 +620,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
     ) -> None:
         """Check every record with the same rules as send, count where each would go, and send nothing.
         Rejections are findings: exit 0 when the file was read, 2 when it is not a lab-results file."""
-        from labrelay.client.validate import validate_file  # noqa: PLC0415 - polars loads only when needed
+        from labrelay.client.validate import expected_records, validate_file  # noqa: PLC0415 - loads polars
         from labrelay.domain.policy import parse_policy  # noqa: PLC0415
 
         ui.json_output.enabled = json_out
@@ -642,7 +642,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             rules = parse_policy(policy.read_text(encoding="utf-8") if policy else default_policy_text())
         today = SystemClock().now().date()
         with ui.TerminalProgress(_quiet() or json_out) as progress:
-            task = progress.task(f"validating {file.name}", None, "records")
+            task = progress.task(f"validating {file.name}", expected_records(file), "records")
             if report is None:
                 summary = validate_file(
                     file, rules, today=today, input_format=input_format, enrolled=enrolled, on_batch=_advance(task)

@@ -15,6 +15,23 @@ from labrelay.domain.policy import Policy
 from labrelay.refdata import communes, department_regions
 
 
+def expected_records(path: Path, sample: int = 1 << 20) -> int | None:
+    """About how many records a CSV file holds, for a progress bar's total, from its size and its first MiB's
+    lines (no second pass over the file); None when it is not one record per line (HL7, FHIR)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(sample)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    start = head.lstrip(b"\xef\xbb\xbf").lstrip()
+    if not head or start.startswith(b"{") or start[:3] in (b"MSH", b"FHS", b"BHS"):
+        return None
+    lines = head.count(b"\n") + (0 if head.endswith(b"\n") else 1)
+    total = lines if len(head) == size else round(size * lines / len(head))
+    return max(total - 1, 0)
+
+
 def validate_file(
     path: Path,
     policy: Policy,
