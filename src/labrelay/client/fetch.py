@@ -669,6 +669,30 @@ def _decline_duplicate(run: _Run, listing: Mapping[str, Any], manifest: Manifest
     )
 
 
+def fetch_one(
+    party: Party,
+    client: RelayClient,
+    directory: TrustedDirectory,
+    listing: Mapping[str, Any],
+    out_dir: Path,
+    clock: Clock,
+    *,
+    raw: bool = False,
+    output_format: str = "csv",
+    progress: Progress | None = None,
+) -> Fetched:
+    """One transfer, with every check of ``fetch_all``; a payload check that fails raises its error (nothing is
+    written or acknowledged, and no refusal is sent: ``fetch_all`` does that). For callers that fetch transfers
+    themselves, concurrently (the load benchmark): unlike ``fetch_all`` it takes no lock and tidies nothing."""
+    with SafeDir.open(out_dir) as out, out.subdir(WORK_DIR) as work:
+        run = _Run(party, client, directory, out, work, clock, _Sources(party), raw, output_format)
+        run.progress = progress or NoProgress()
+        try:
+            return _fetch_one(run, listing)
+        except _Refused as refused:
+            raise refused.error from refused
+
+
 def fetch_all(
     party: Party,
     client: RelayClient,
