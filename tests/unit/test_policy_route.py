@@ -146,7 +146,10 @@ def test_vectorised_normalisation_matches_the_reference(text: str) -> None:
 NAME_TEXT = st.text(
     st.one_of(
         st.characters(min_codepoint=0x20, max_codepoint=0x24F, exclude_characters="\x7f"),  # the Latin table
-        st.characters(blacklist_categories=("Cs", "Cc")),  # anything else: the general path
+        # anything else: the general path. Not characters this Python's Unicode database does not know yet (Cn):
+        # polars' newer tables decompose some (U+1CCD6, an outlined A, is "A" to polars, unassigned to Python 3.11),
+        # so the reference and the vectorised path cannot agree on them (docs/notes.md).
+        st.characters(blacklist_categories=("Cs", "Cc", "Cn")),
     ),
     max_size=12,
 )
