@@ -281,5 +281,5 @@ def _check_dir(path: Path, st: os.stat_result) -> None:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UnsafeOutput(
             f"{path} may be written by other users (mode {stat.S_IMODE(st.st_mode):o}): refusing to write there",
-            hint=f"chmod go-w {path}",
+            hint=f"write into a directory of your own that only you may write to (chmod go-w {path}, if it is yours)",
         )
