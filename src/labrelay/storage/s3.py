@@ -106,7 +106,7 @@ def s3_client(
     config = Config(
         connect_timeout=min(timeout, 2.0),
         read_timeout=timeout,
-        retries={"max_attempts": 2, "mode": "standard"},
+        retries={"total_max_attempts": 2, "mode": "standard"},  # botocore: max_attempts counts retries only
         s3={"addressing_style": "path"},
         signature_version="s3v4",
         request_checksum_calculation="when_required",
