@@ -219,9 +219,16 @@ class Authority:
             fh.write(json.dumps(envelope, sort_keys=True) + "\n")
 
     def sign_entry(
-        self, party: Party, now: datetime, valid_for: timedelta, *, age_recipient: str | None = None
+        self,
+        party: Party,
+        now: datetime,
+        valid_for: timedelta,
+        *,
+        age_recipient: str | None = None,
+        issued_at: datetime | None = None,
     ) -> dict[str, Any]:
-        """Sign ``party``'s entry (with ``age_recipient`` instead of its current key, for a rotation)."""
+        """Sign ``party``'s entry (with ``age_recipient`` instead of its current key, for a rotation, and an
+        ``issued_at`` that orders it after the entry it replaces)."""
         if party.authority != self.public:
             raise UntrustedEntry(
                 f"{party.name} pinned a different authority key than {self.path / AUTHORITY_PUB}",
@@ -235,7 +242,7 @@ class Authority:
             signing_key=party.signing_public,
             not_before=now,
             not_after=now + valid_for,
-            issued_at=now,
+            issued_at=issued_at or now,
             serial=new_id(),
         )
         envelope = sign_envelope(entry.to_payload(), self.key, AUTHORITY_KEYID)

@@ -107,7 +107,13 @@ def rotate(party: Party, authority: Authority, client: RelayClient, now: datetim
     # 1. the new identity is on disk before anyone can seal to it
     _write_identities(identity_file, [new, *held], {new.recipient: f"created: {to_rfc3339(now)}"})
     # 2. the authority signs the entry; 3. the relay registers it (signed with the party's own key)
-    envelope = authority.sign_entry(party, now, valid_for, age_recipient=new.recipient)
+    # Entries carry whole seconds and the latest-issued valid one is in force: a rotation in the same second as
+    # the entry it replaces is ordered after it, or senders would go on sealing to the old key.
+    current = party.entry()
+    issued = now
+    if current is not None and now.replace(microsecond=0) <= current.issued_at:
+        issued = current.issued_at + timedelta(seconds=1)
+    envelope = authority.sign_entry(party, now, valid_for, age_recipient=new.recipient, issued_at=issued)
     client.register_entry(envelope)
     # 4. every other identity held is retired until its payloads are past their deadline
     keys = _retired(party)
