@@ -56,6 +56,14 @@ class AlertSink(Protocol):
         ...
 
 
+class AlertQueue(Protocol):
+    """Where a detector hands its alerts (``AlertDispatcher``; a test's recorder)."""
+
+    def submit(self, alert: Alert) -> None:
+        """Take one alert for delivery; never raise for a sink's failure."""
+        ...
+
+
 class AlertDispatcher:
     """A queue and one daemon thread that delivers each alert to every sink."""
 

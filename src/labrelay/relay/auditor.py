@@ -35,6 +35,10 @@ class Auditor:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop telling ``listener`` (a detector replaced by one with other rules; gone if it was never there)."""
+        self._listeners = [x for x in self._listeners if x is not listener]
+
     def seal(self, seq: int, digest: str, at: datetime) -> Checkpoint:
         return sign_checkpoint(self._key, self.relay_public, seq, digest, at)
 

@@ -35,7 +35,7 @@ from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.timeutil import format_duration
 from labrelay.ports import AuditLog
-from labrelay.relay.alerts import Alert, AlertDispatcher
+from labrelay.relay.alerts import Alert, AlertQueue
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import ControlService
 
@@ -72,9 +72,7 @@ class DetectionRules:
 
 
 class Detector:
-    def __init__(
-        self, rules: DetectionRules, auditor: Auditor, control: ControlService, alerts: AlertDispatcher
-    ) -> None:
+    def __init__(self, rules: DetectionRules, auditor: Auditor, control: ControlService, alerts: AlertQueue) -> None:
         self.rules = rules
         self._audit = auditor
         self._control = control

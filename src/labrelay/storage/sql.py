@@ -75,15 +75,16 @@ def sqlite_engine(path: Path) -> Engine:
     return engine
 
 
-def postgres_engine(url: str, max_connections: int) -> Engine:
+def postgres_engine(url: str, max_connections: int, pool_timeout: float = 30) -> Engine:
     """A PostgreSQL engine whose pool checks a connection before using it, so that after a database restart the
-    next request reconnects instead of failing; at most ``max_connections`` from this process."""
+    next request reconnects instead of failing; at most ``max_connections`` from this process, a caller waiting at
+    most ``pool_timeout`` seconds for one to be free."""
     return create_engine(
         url,
         pool_pre_ping=True,
         pool_size=min(10, max_connections),
         max_overflow=max(0, max_connections - 10),
-        pool_timeout=30,
+        pool_timeout=pool_timeout,
         connect_args={"connect_timeout": 5},
     )
 
