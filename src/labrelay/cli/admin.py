@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from labrelay.cli import ui
+from labrelay.cli import options, ui
 from labrelay.clock import SystemClock
 from labrelay.domain.audit import Checkpoint
 from labrelay.errors import AuditTampered, RetentionViolation, UsageError
@@ -59,7 +59,9 @@ def _command(
         from labrelay.client.api import RelayClient  # noqa: PLC0415
 
         assert server is not None  # noqa: S101 - checked above
-        with RelayClient(server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert) as client:
+        with RelayClient(
+            server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, retries=options.client_retries()
+        ) as client:
             relay = client.audit_checkpoint().relay_key  # the command is bound to this relay
             command = AdminCommand.new(AdminAction(action), target, reason, now, relay)
             result = client.admin_command(sign_envelope(command.payload(), party.signing_key, party.name))
@@ -147,7 +149,9 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
         from labrelay.client.keystore import Party  # noqa: PLC0415
 
         party = Party.load(as_)
-        with RelayClient(server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert) as client:
+        with RelayClient(
+            server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, retries=options.client_retries()
+        ) as client:
             ui.out.print(json.dumps(client.admin_status(), indent=2), markup=False)
 
     # ------------------------------------------------------------ audit
@@ -213,7 +217,14 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
                 from labrelay.client.keystore import Party  # noqa: PLC0415
 
                 party = Party.load(as_)
-                with RelayClient(server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert) as client:
+                with RelayClient(
+                    server,
+                    party.name,
+                    party.signing_key,
+                    SystemClock(),
+                    ca_bundle=cacert,
+                    retries=options.client_retries(),
+                ) as client:
                     # Up to the head as of now: each export request is itself audited, so the log keeps growing.
                     until = client.audit_checkpoint().seq
                     while after < until and (chunk := client.audit_export(after)):
@@ -245,7 +256,13 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
         party = Party.load(as_)
         book = CheckpointBook(party.path / CHECKPOINTS_FILE)
         with RelayClient(
-            server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, checkpoints=book
+            server,
+            party.name,
+            party.signing_key,
+            SystemClock(),
+            ca_bundle=cacert,
+            checkpoints=book,
+            retries=options.client_retries(),
         ) as client:
             result = check_history(client, book, SystemClock())
         ui.out.print(

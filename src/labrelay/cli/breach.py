@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from labrelay.cli import ui
+from labrelay.cli import options, ui
 from labrelay.clock import SystemClock
 from labrelay.domain.timeutil import from_rfc3339
 from labrelay.errors import IntegrityError, UsageError
@@ -173,7 +172,7 @@ def register_breach(app: typer.Typer) -> None:  # noqa: PLR0915 - the command ta
             )
         affected = pl.read_csv(affected_path, infer_schema=False)
         started = time.perf_counter()
-        with ui.TerminalProgress(bool(os.environ.get("LABRELAY_QUIET"))) as progress:
+        with ui.TerminalProgress(options.quiet()) as progress:
             task = progress.task("art. 34 letters and e-mails", affected.height, "persons")
             letters = art34(
                 affected,

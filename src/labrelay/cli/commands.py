@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from labrelay.cli import ui
+from labrelay.cli import options, ui
 from labrelay.client.api import RelayClient
 from labrelay.client.checkpoints import CHECKPOINTS_FILE, CheckpointBook
 from labrelay.client.fetch import FetchReport, acknowledge, fetch_all
@@ -53,7 +52,7 @@ CaOpt = Annotated[
 
 
 def _quiet() -> bool:
-    return bool(os.environ.get("LABRELAY_QUIET"))
+    return options.quiet()
 
 
 def _retire_after_fetch(party: Party, client: RelayClient) -> list[str]:
@@ -66,13 +65,21 @@ def _retire_after_fetch(party: Party, client: RelayClient) -> list[str]:
 
 
 def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
-    return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert)
+    return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert, retries=options.client_retries())
 
 
 def _party_client(server: str, party: Party, cacert: Path | None) -> RelayClient:
     """A party's client keeps the relay's signed audit checkpoints in the party's directory."""
     book = CheckpointBook(party.path / CHECKPOINTS_FILE)
-    return RelayClient(server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, checkpoints=book)
+    return RelayClient(
+        server,
+        party.name,
+        party.signing_key,
+        SystemClock(),
+        ca_bundle=cacert,
+        checkpoints=book,
+        retries=options.client_retries(),
+    )
 
 
 def _print_summary(summary: Summary) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from labrelay.cli import ui
+from labrelay.cli import options, ui
 from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import Fetched, fetch_all
@@ -339,7 +339,7 @@ def demo_command(
         raise UsageError("--input and --records are exclusive")
     if input_file is not None and not input_file.is_file():
         raise UsageError(f"{input_file} is not a readable file")
-    quiet = bool(os.environ.get("LABRELAY_QUIET"))
+    quiet = options.quiet()
     with ui.TerminalProgress(quiet) as progress:
         summary = run_demo(
             workdir.resolve(), input_file.resolve() if input_file else None, records, keep_running, progress

@@ -18,8 +18,9 @@ from typing import Annotated, NoReturn
 import typer
 
 from labrelay import __version__, errors
-from labrelay.cli import ui
+from labrelay.cli import options, ui
 from labrelay.cli.commands import register_commands
+from labrelay.cli.options import DEFAULT_RETRIES
 
 app = typer.Typer(
     name="labrelay",
@@ -39,16 +40,25 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", envvar="LABRELAY_DEBUG", help="Show tracebacks on errors.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar="LABRELAY_QUIET", help="No progress output.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries",
+            envvar="LABRELAY_RETRIES",
+            min=0,
+            help="Retries when the relay is unreachable or busy, with exponential back-off (4: about 8 s in all; "
+            "0: fail at once).",
+        ),
+    ] = DEFAULT_RETRIES,
 ) -> None:
-    if verbose:
-        os.environ["LABRELAY_DEBUG"] = "1"
-    if quiet:
-        os.environ["LABRELAY_QUIET"] = "1"
+    options.set_options(debug=verbose, quiet=quiet, retries=retries)
 
 
 register_commands(app)
@@ -89,10 +99,20 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Run the CLI. Usage errors exit 2 (Typer's own and ours); every other error is mapped here, once."""
+    """Run the CLI. Usage errors exit 2 (Typer's own and ours); every other error is mapped here, once. Each call
+    starts from the default options and output state, so that it can be called more than once in one process."""
+    options.reset()
+    ui.json_output.reset()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = _run(sys.argv[1:] if argv is None else argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
     command = typer.main.get_command(app)
-    signal.signal(signal.SIGTERM, _terminate)
-    args = sys.argv[1:] if argv is None else argv
     try:
         code = command.main(args=args, prog_name="labrelay", standalone_mode=False)
     except typer.exceptions.TyperException as exc:  # a usage error found while parsing: --json is not parsed yet
@@ -100,22 +120,26 @@ def main(argv: list[str] | None = None) -> NoReturn:
         exit_code = int(getattr(exc, "exit_code", ui.EXIT_USAGE))
         ui.json_output.enabled = "--json" in args
         ui.json_output.fail(errors.UsageError(str(exc)), exit_code)
-        sys.exit(exit_code)
+        return exit_code
     except errors.LabrelayError as exc:
-        if os.environ.get("LABRELAY_DEBUG"):
+        if _debug():
             raise
         ui.report(exc)
-        sys.exit(ui.exit_code_for(exc))
+        return ui.exit_code_for(exc)
     except (typer.Abort, KeyboardInterrupt, Terminated) as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        code = 143 if isinstance(exc, Terminated) else 130
         ui.err.print(f"labrelay: {what}")
-        ui.json_output.fail(errors.OperationalError(f"{what} before the end"), code)
-        sys.exit(code)
+        ui.json_output.fail(errors.OperationalError(f"{what} before the end"), 143 if what == "terminated" else 130)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
-        if os.environ.get("LABRELAY_DEBUG"):
+        if _debug():
             raise
         ui.err.print(f"labrelay: internal error ({type(exc).__name__}); rerun with --verbose for details", markup=False)
         ui.json_output.fail(errors.OperationalError(f"internal error ({type(exc).__name__})"))
-        sys.exit(ui.EXIT_OPERATIONAL)
-    sys.exit(code if isinstance(code, int) else 0)
+        return ui.EXIT_OPERATIONAL
+    return code if isinstance(code, int) else 0
+
+
+def _debug() -> bool:
+    """--verbose, or LABRELAY_DEBUG set when the error came before the root command read its options."""
+    return options.debug() or bool(os.environ.get("LABRELAY_DEBUG"))

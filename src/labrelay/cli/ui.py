@@ -62,6 +62,11 @@ class JsonOutput:
         self.enabled = False
         self.done = False
 
+    def reset(self) -> None:
+        """A new run of the CLI (``main`` called again in one process): no document emitted yet."""
+        self.enabled = False
+        self.done = False
+
     def say(self, text: str) -> None:
         """A line for people: printed on stdout unless the command answers in JSON."""
         if not self.enabled:

@@ -1,0 +1,43 @@
+"""The root command's options, which every command follows: ``labrelay [--verbose] [--quiet] [--retries N] COMMAND``
+(or LABRELAY_DEBUG, LABRELAY_QUIET, LABRELAY_RETRIES). Set once per run by the root command and reset by ``main``,
+so that the CLI called in-process (``main(argv)``, as the tests do) starts each run from the defaults; never kept
+in ``os.environ``, where they would leak into the caller and its children."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_RETRIES = 4
+
+
+@dataclass
+class CliOptions:
+    debug: bool = False  # tracebacks instead of one-line errors
+    quiet: bool = False  # no progress bars
+    retries: int = DEFAULT_RETRIES  # client retries when the relay is unreachable or busy (exponential back-off)
+
+
+current = CliOptions()
+
+
+def reset() -> None:
+    global current  # noqa: PLW0603 - one set of options per run of the CLI
+    current = CliOptions()
+
+
+def set_options(*, debug: bool, quiet: bool, retries: int) -> None:
+    global current  # noqa: PLW0603 - one set of options per run of the CLI
+    current = CliOptions(debug=debug, quiet=quiet, retries=retries)
+
+
+def client_retries() -> int:
+    """How often each client request is retried when the relay is unreachable or busy."""
+    return current.retries
+
+
+def quiet() -> bool:
+    return current.quiet
+
+
+def debug() -> bool:
+    return current.debug
