@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import breach, compare, load, memory, validate
+from bench import breach, compare, crash, load, memory, validate
 
 BENCHES = {
     "breach": breach.main,
     "compare": compare.main,
+    "crash": crash.main,
     "load": load.main,
     "memory": memory.main,
     "validate": validate.main,

@@ -49,9 +49,9 @@ from labrelay.runtime import init_data_dir
 from labrelay.synthetic.generator import write_csv_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.pgserver import PostgresServer, _bindir
-from tests.s3server import running_s3
-from tests.scaled import ReplicaSet
+from tests.support.pgserver import PostgresServer, _bindir
+from tests.support.s3server import running_s3
+from tests.support.scaled import ReplicaSet
 
 CLOCK = SystemClock()
 

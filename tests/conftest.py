@@ -1,126 +1,42 @@
-"""Shared fixtures: real relay processes on port 0, enrolled parties, the CLI as a subprocess, synthetic batches."""
+"""Fixtures: real relay processes on port 0, enrolled parties on each deployment, the CLI as a child process,
+synthetic batches. The machinery lives in tests/support/; the services (PostgreSQL, S3, a browser) are plugins, one
+of each per xdist worker."""
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import text
 
-from labrelay.cli.process import RelayProcess
-from labrelay.client.api import RelayClient
-from labrelay.client.keystore import Authority, Party
-from labrelay.client.policy import default_policy_text
-from labrelay.clock import SystemClock
-from labrelay.config import load_settings
-from labrelay.domain.names import AUTHORITY_KEYID
-from labrelay.domain.parties import Role
-from labrelay.runtime import engine_for, init_data_dir, payload_store_for
-from labrelay.storage.keystore import FileKeyStore
-from labrelay.synthetic.generator import write_csv_file
-from tests.scaled import ReplicaSet
+pytest.register_assert_rewrite("tests.support")
 
-if TYPE_CHECKING:  # imported by pytest as plugins (below); importing them here first would skip assert rewriting
-    from tests.pgserver import PostgresServer
-    from tests.s3server import S3Server
+from labrelay.synthetic.generator import write_csv_file  # noqa: E402
+from tests.support.world import (  # noqa: E402
+    CliResult,
+    RelayFactory,
+    Scaled,
+    World,
+    call_cli,
+    make_world,
+    scaled_backing,
+)
 
-pytest_plugins = ["tests.pgserver", "tests.s3server", "tests.browser"]
-
-VECTORS = Path(__file__).parent / "vectors"
-CI = os.environ.get("LABRELAY_CI") == "1"
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_vector(name: str) -> dict:
-    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
-
-
-# ------------------------------------------------------------------ CLI
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    def __str__(self) -> str:
-        return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
-
-
-def run_cli(
-    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180
-) -> CliResult:
-    """``labrelay ARGS`` in a child process, as an operator or a script would run it."""
-    full_env = {**os.environ, "LABRELAY_QUIET": "1", **(env or {})}
-    full_env.pop("LABRELAY_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "labrelay", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=timeout,
-        check=False,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+pytest_plugins = ["tests.support.pgserver", "tests.support.s3server", "tests.support.browser", "tests.support.order"]
 
 
 @pytest.fixture
 def cli(tmp_path: Path):
+    """``labrelay ARGS`` in this process (``call_cli``), from ``tmp_path``; tests of the process boundary (exit codes
+    and output of a real process: tests/integration/test_cli_flow.py) take ``run_cli`` instead."""
+
     def go(*args: str | Path, **kwargs) -> CliResult:
         kwargs.setdefault("cwd", tmp_path)
-        return run_cli(*args, **kwargs)
+        kwargs.pop("timeout", None)
+        return call_cli(*args, **kwargs)
 
     return go
-
-
-# ------------------------------------------------------------------ relay processes
-
-
-class RelayServer(RelayProcess):
-    """``labrelay serve`` on a free port (labrelay.cli.process), with its log beside its data directory."""
-
-    def __init__(self, data: Path, extra: tuple[str, ...] = ()) -> None:
-        super().__init__(data, data.parent / f"{data.name}.log", extra)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-class RelayFactory:
-    """Starts relays for one test and stops them after it: one process on the embedded default, or a replica set
-    (two replicas and a worker behind a balancer) when the data directory is configured for the scaled setup."""
-
-    def __init__(self) -> None:
-        self.started: list[RelayServer | ReplicaSet] = []
-
-    def __call__(self, data: Path, *extra: str) -> RelayServer | ReplicaSet:
-        server: RelayServer | ReplicaSet
-        if 'background = "worker"' in (data / "relay.toml").read_text():
-            server = ReplicaSet(data)
-        else:
-            server = RelayServer(data, tuple(extra))
-        server.start()
-        self.started.append(server)
-        return server
-
-    def close(self) -> None:
-        for server in self.started:
-            if isinstance(server, ReplicaSet):
-                server.close()
-            else:
-                server.stop()
 
 
 @pytest.fixture
@@ -130,197 +46,26 @@ def relay_factory(tmp_path: Path) -> Iterator[RelayFactory]:
     factory.close()
 
 
-@dataclass(frozen=True)
-class Scaled:
-    """Where a scaled relay keeps its metadata and payloads."""
-
-    database_url: str
-    s3_endpoint: str
-    s3_bucket: str
-    postgres: PostgresServer
-    s3: S3Server
-
-    def copy_to(self, dest: Path) -> None:
-        """Everything the relay keeps outside its data directory: a pg_dump and every object of the bucket."""
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / "database.sql").write_bytes(self.postgres.dump(self.database_url))
-        client = self.s3.client()
-        try:
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.s3_bucket):
-                for obj in page.get("Contents", []):
-                    body = client.get_object(Bucket=self.s3_bucket, Key=obj["Key"])["Body"].read()
-                    (dest / obj["Key"].replace("/", "__")).write_bytes(body)
-        finally:
-            client.close()
-
-    def settings(self) -> dict[str, str]:
-        return {
-            "database_url": f'"{self.database_url}"',
-            "payload_store": '"s3"',
-            "s3_endpoint": f'"{self.s3_endpoint}"',
-            "s3_bucket": f'"{self.s3_bucket}"',
-            "background": '"worker"',
-            "reaper_interval": '"2s"',
-            "checkpoint_interval": '"2s"',
-        }
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes a ``world`` (or the ``deployment`` fixture) runs on the embedded default (SQLite, a local
+    directory, one process). It runs on the scaled configuration too (PostgreSQL, S3, two replicas behind a balancer,
+    one worker) only when it is marked ``@pytest.mark.scaled("what it proves there")``: most tests exercise the
+    client or the HTTP edge, which are the same on both storages."""
+    if "deployment" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("scaled")
+    if marker is not None and not (marker.args and isinstance(marker.args[0], str) and marker.args[0].strip()):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.scaled needs a reason (what it proves)")
+    metafunc.parametrize("deployment", ["embedded", "scaled"] if marker else ["embedded"], indirect=True)
 
 
-@pytest.fixture(
-    params=["embedded", pytest.param("scaled", marks=pytest.mark.scaled)],
-)
+@pytest.fixture
 def deployment(request: pytest.FixtureRequest) -> Scaled | None:
-    """Each test that takes a ``world`` runs on the embedded default (SQLite, a local directory, one process) and
-    on the scaled configuration (PostgreSQL, S3, two replicas behind a balancer, one worker). Tests marked
-    ``embedded_only`` look inside SQLite or the payload directory, or kill the one relay process; they run once."""
+    """The relay's storage for one test: None on the embedded default, or a fresh database and bucket on the
+    worker's PostgreSQL cluster and S3 server (parametrized by ``pytest_generate_tests``)."""
     if request.param == "embedded":
         return None
-    if request.node.get_closest_marker("embedded_only"):
-        pytest.skip("embedded_only: " + str(request.node.get_closest_marker("embedded_only").args[0]))
     return scaled_backing(request)
-
-
-def scaled_backing(request: pytest.FixtureRequest) -> Scaled:
-    postgres = request.getfixturevalue("postgres")
-    s3 = request.getfixturevalue("s3_server")
-    s3.start()  # a fault test may have left the session's server stopped
-    return Scaled(postgres.create_database(), s3.endpoint, s3.create_bucket(), postgres, s3)
-
-
-# ------------------------------------------------------------------ a world of parties
-
-
-@dataclass
-class World:
-    root: Path
-    authority: Authority
-    relay: RelayServer | ReplicaSet
-    parties: dict[str, Party] = field(default_factory=dict)
-    scaled: Scaled | None = None
-
-    def db(self, query: str, **params: object) -> list[tuple]:
-        """Run SQL on the relay's database, whichever it is (SQLite or PostgreSQL): what a test reads behind the
-        relay's back, or what an attacker with database access changes. Named parameters (``:name``)."""
-        engine = engine_for(load_settings(self.relay.data))
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(text(query), params)
-                return [tuple(r) for r in result] if result.returns_rows else []
-        finally:
-            engine.dispose()
-
-    def flip_stored_byte(self, transfer_id: str) -> None:
-        """Change one byte of a stored payload behind the relay's back (in the file, or in an S3 chunk object)."""
-        if self.scaled is None:
-            stored = self.relay.data / "payloads" / f"{transfer_id}.payload"
-            raw = bytearray(stored.read_bytes())
-            raw[len(raw) // 2] ^= 0x01
-            stored.write_bytes(bytes(raw))
-            return
-        client = self.scaled.s3.client()
-        try:
-            listed = client.list_objects_v2(Bucket=self.scaled.s3_bucket, Prefix=f"parts/{transfer_id}/")
-            key = next(o["Key"] for o in listed["Contents"] if not o["Key"].endswith("/header"))
-            raw = bytearray(client.get_object(Bucket=self.scaled.s3_bucket, Key=key)["Body"].read())
-            raw[len(raw) // 2] ^= 0x01
-            client.put_object(Bucket=self.scaled.s3_bucket, Key=key, Body=bytes(raw))
-        finally:
-            client.close()
-
-    def stored(self) -> list[str]:
-        """Transfer ids with bytes in the relay's payload store (a directory, or the S3 bucket)."""
-        settings = load_settings(self.relay.data)
-        return list(payload_store_for(settings, FileKeyStore(settings.key_dir, create=False)).ids())
-
-    def copy_relay(self, dest: Path) -> Path:
-        """A complete copy of the relay, as a thief would take it: its data directory, its logs, and at scale the
-        database dump and every object of the bucket."""
-        shutil.copytree(self.relay.data, dest / "data")
-        for i, log in enumerate(p for p in self.root.glob("*.log")):
-            shutil.copy(log, dest / f"{i}-{log.name}")
-        if self.scaled is not None:
-            self.scaled.copy_to(dest / "outside")
-        return dest
-
-    @property
-    def url(self) -> str:
-        return self.relay.url
-
-    @property
-    def pub(self) -> Path:
-        return self.authority.path / "authority.pub"
-
-    @property
-    def auth_dir(self) -> Path:
-        return self.authority.path
-
-    @property
-    def parties_dir(self) -> Path:
-        return self.root / "parties"
-
-    @property
-    def payload_dir(self) -> Path:
-        return self.relay.data / "payloads"
-
-    def party_dir(self, name: str) -> Path:
-        return self.parties[name].path
-
-    def client(self, name: str) -> RelayClient:
-        party = self.parties[name]
-        return RelayClient(self.url, party.name, party.signing_key, SystemClock(), retries=0)
-
-    def add(
-        self,
-        name: str,
-        role: Role,
-        region: str | None = None,
-        *,
-        enroll: bool = True,
-        valid_for: timedelta = timedelta(days=365),
-    ) -> Party:
-        party = Party.create(self.parties_dir, name, role, region, self.pub, datetime.now(UTC))
-        if enroll:
-            envelope = self.authority.sign_entry(party, datetime.now(UTC), valid_for)
-            party.save_entry(envelope)
-            if role is Role.LAB:
-                party.save_pseudonym_key(self.authority.pseudonym_key())
-            with RelayClient(self.url, party.name, party.signing_key, SystemClock(), retries=0) as client:
-                client.register_entry(envelope)
-        self.parties[name] = party
-        return party
-
-
-def make_world(
-    root: Path,
-    relay_factory,
-    *relay_args: str,
-    settings: dict[str, str] | None = None,
-    scaled: Scaled | None = None,
-    existing: tuple[Path, Authority] | None = None,
-) -> World:
-    """An authority, a running relay (``settings`` overriding relay.toml lines), a lab, cnam, ars-11 and a DPO.
-    With ``scaled``: PostgreSQL, S3, two replicas and a worker instead of the embedded default. With ``existing``:
-    a data directory and authority already made (ROOT/relay)."""
-    authority = existing[1] if existing is not None else Authority.init(root / "authority")
-    if scaled is not None:
-        settings = {**scaled.settings(), **(settings or {})}
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "labrelay-test")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "labrelay-test")
-    if existing is None:
-        database_url = scaled.database_url if scaled else ""
-        init_data_dir(root / "relay", authority.path / "authority.pub", database_url=database_url)
-    if settings:
-        config = root / "relay" / "relay.toml"
-        lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in settings]
-        config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
-    relay = relay_factory(root / "relay", *relay_args)
-    world = World(root=root, authority=authority, relay=relay, scaled=scaled)
-    with RelayClient(relay.url, AUTHORITY_KEYID, authority.key, SystemClock(), retries=0) as client:
-        client.register_policy(authority.sign_policy(default_policy_text(), datetime.now(UTC)))
-    world.add("lab-paris-01", Role.LAB)
-    world.add("cnam", Role.RECIPIENT)
-    world.add("ars-11", Role.RECIPIENT, "11")
-    world.add("dpo", Role.DPO)  # the lab's DPO: the breach ledger of every routed send is sealed to it
-    return world
 
 
 @pytest.fixture
@@ -335,24 +80,3 @@ def batch(tmp_path: Path) -> Path:
     path = tmp_path / "results.csv"
     write_csv_file(path, 300, seed=7, today=date.today())  # noqa: DTZ011 - a calendar day
     return path
-
-
-def sent_ids(out: str) -> dict[str, str]:
-    """recipient → transfer id, from ``labrelay send`` output (routed or --as-is)."""
-    found = {}
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 4 and words[0] == "sent" and len(words[1]) == 36:
-            name = words[words.index("to") + 1].rstrip(":")
-            found[name] = words[1]
-    return found
-
-
-def positives_in(batch: Path) -> int:
-    with batch.open(encoding="utf-8", newline="") as fh:
-        return sum(1 for row in csv.DictReader(fh) if row["resultat"] == "POSITIF")
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import re
 
-from tests.conftest import REPO
+from tests.support.world import REPO
 
 ROW = re.compile(r"^\| (T\d+) \|(.*)\|$")
 

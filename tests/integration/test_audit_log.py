@@ -24,7 +24,7 @@ from labrelay.domain.timeutil import from_rfc3339
 from labrelay.errors import AuditTampered, OperationalError
 from labrelay.runtime import audit_verify, engine_for, open_relay
 from labrelay.storage.sql import SqlStore
-from tests.conftest import World, sent_ids
+from tests.support.world import World, sent_ids
 
 COLUMNS = ("at", "event", "outcome", "actor", "transfer_id", "reason", "details", "prev_hash", "hash", "seq")
 
@@ -54,7 +54,6 @@ def mutated(value: object, column: str) -> object:  # noqa: PLR0911 - one way to
 
 
 @pytest.mark.threat("T11")
-@pytest.mark.embedded_only("edits copies of the SQLite file; the scaled chain is checked by the other tests here")
 def test_verify_finds_every_single_row_change(world: World, cli, batch: Path, tmp_path: Path) -> None:
     busy_world(world, cli, batch)
     world.relay.stop()
@@ -223,6 +222,7 @@ def test_replacing_the_relay_key_does_not_launder_a_rewritten_history(world: Wor
     assert "another relay key" in with_book.out
 
 
+@pytest.mark.scaled("the audit chain that two replicas and the worker append to in PostgreSQL")
 def test_export_is_ndjson_that_re_verifies(world: World, cli, batch: Path) -> None:
     busy_world(world, cli, batch)
     out = world.root / "audit.ndjson"

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from labrelay.domain.parties import Role
-from tests.conftest import World, sent_ids
+from tests.support.world import World, sent_ids
 
 CONTROLLER = """
 organisme = "Laboratoire de biologie médicale Exemple"
@@ -50,6 +50,7 @@ def controller_file(root: Path) -> Path:
     return path
 
 
+@pytest.mark.scaled("a copy of the database and the bucket exposes ciphertext only")
 @pytest.mark.threat("T20")
 def test_scenario_a_a_copy_of_the_whole_relay_exposes_ciphertext_only(world: World, cli, batch: Path) -> None:
     ids = send(world, cli, batch)

@@ -7,13 +7,28 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from labrelay.client.keystore import Authority, Party
 from labrelay.crypto import age_stream
 from labrelay.crypto.keys import AgeIdentity
-from tests.conftest import CliResult, RelayServer
+from labrelay.domain.parties import Role
+from tests.support.world import CliResult, RelayServer, run_cli
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    """The CLI as a real child process: this module is its contract (exit codes, stdout and stderr as a script
+    sees them); elsewhere the ``cli`` fixture calls it in-process."""
+
+    def go(*args: str | Path, **kwargs) -> CliResult:
+        kwargs.setdefault("cwd", tmp_path)
+        return run_cli(*args, **kwargs)
+
+    return go
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +126,7 @@ def test_file_sealed_by_the_age_tool_decrypts_with_our_identity(tmp_path: Path, 
     assert (tmp_path / "out").read_bytes() == plain.read_bytes()
 
 
+@pytest.mark.scaled("send, fetch and receipt through S3 chunks and two replicas behind the balancer")
 def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None:
     """A results file sent --as-is arrives whole, marked as sent outside the policy; fetch decrypts, counts its
     records and acknowledges."""
@@ -142,27 +158,49 @@ def test_fetch_decrypts_counts_and_acknowledges(world, cli, batch: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("args", "code", "needle"),
+    ("args", "needle"),
     [
-        (["send", "missing.csv", "--as", "nowhere", "--server", "http://127.0.0.1:1", "--to", "cnam"], 2, ""),
-        (["send", "--ttl", "7w", "x"], 2, ""),
-        (["frobnicate"], 2, "No such command"),
-        (["party", "new", "Bad Name", "--role", "lab", "--authority", "a.pub", "--out", "p"], 2, "invalid party"),
-        (["party", "new", "lab-x", "--role", "boss", "--authority", "a.pub", "--out", "p"], 2, "invalid role"),
-        (["serve", "--data", "nowhere"], 2, "not a relay data directory"),
+        (["send", "missing.csv", "--as", "nowhere", "--server", "http://127.0.0.1:1", "--to", "cnam"], "not a party"),
+        (["party", "new", "Bad Name", "--role", "lab", "--authority", "a.pub", "--out", "p"], "invalid party name"),
+        (["party", "new", "lab-x", "--role", "boss", "--authority", "a.pub", "--out", "p"], "invalid role"),
+        (["serve", "--data", "nowhere"], "not a relay data directory"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(cli, args: list[str], code: int, needle: str) -> None:
+def test_usage_errors_exit_2_with_one_line(cli, args: list[str], needle: str) -> None:
+    """labrelay's own usage errors: one line on stderr saying what is wrong (and what to do), exit 2."""
     result = cli(*args)
-    assert result.code == code, str(result)
-    assert needle in result.err
+    assert result.code == 2, str(result)
+    [line] = result.err.splitlines()
+    assert line.startswith("labrelay: usage error: "), line
+    assert needle in line
+    assert result.out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["send", "--ttl", "7w", "x"], "Error: Missing option '--as'."),
+        (["frobnicate"], "Error: No such command 'frobnicate'."),
+    ],
+)
+def test_command_line_parse_errors_exit_2_naming_the_problem(cli, args: list[str], needle: str) -> None:
+    """Errors found while parsing the command line keep click's usual shape (usage, where to find help, the
+    error), ending with the line that names the problem; never a traceback."""
+    result = cli(*args)
+    assert result.code == 2, str(result)
+    assert result.err.rstrip().splitlines()[-1] == needle
+    assert result.err.startswith("Usage: labrelay")
     assert "Traceback" not in result.err
 
 
-def test_relay_unreachable_is_exit_1(world, cli, batch: Path) -> None:
-    result = cli(
-        "send", batch, "--as", world.party_dir("lab-paris-01"), "--server", "http://127.0.0.1:9", "--to", "cnam"
-    )
+def test_relay_unreachable_is_exit_1(tmp_path: Path, cli, batch: Path) -> None:
+    """A lab enrolled by its authority, and no relay where it sends (port 9, discard: nothing listens)."""
+    authority = Authority.init(tmp_path / "authority")
+    now = datetime.now(UTC)
+    lab = Party.create(tmp_path / "parties", "lab-paris-01", Role.LAB, None, authority.path / "authority.pub", now)
+    lab.save_entry(authority.sign_entry(lab, now, timedelta(days=1)))
+    lab.save_pseudonym_key(authority.pseudonym_key())
+    result = cli("--retries", "0", "send", batch, "--as", lab.path, "--server", "http://127.0.0.1:9", "--to", "cnam")
     assert result.code == 1, str(result)
     assert "unreachable" in result.err
     assert "Traceback" not in result.err

@@ -19,9 +19,9 @@ from labrelay.clock import SystemClock
 from labrelay.crypto import httpsig
 from labrelay.domain.parties import Role
 from labrelay.errors import AuthenticationFailed, PermissionDenied, RelayFrozen, UsageError
-from tests.browser import localhost
-from tests.conftest import World, make_world
-from tests.passkeys import SoftPasskey
+from tests.support.browser import localhost
+from tests.support.passkeys import SoftPasskey
+from tests.support.world import World, make_world
 
 
 class Console:
@@ -85,6 +85,7 @@ def passkey(console: Console) -> SoftPasskey:
     return SoftPasskey(origin=console.base)
 
 
+@pytest.mark.scaled("console sessions and passkey challenges across replicas")
 def test_admin_enrols_signs_in_freezes_and_unfreezes(world: World, relay_factory) -> None:
     """The whole path, on both deployments (at scale, the balancer sends each request to another replica)."""
     world.add("ops-01", Role.ADMIN)

@@ -16,8 +16,8 @@ import pytest
 from labrelay.client.keystore import Authority
 from labrelay.clock import SystemClock
 from labrelay.runtime import audit_summary, audit_verify, init_data_dir
-from tests.conftest import CI, Scaled, World, make_world, sent_ids
-from tests.scaled import Balancer
+from tests.support.scaled import Balancer
+from tests.support.world import CI, Scaled, World, make_world, sent_ids
 
 
 def ok(result):
@@ -67,7 +67,7 @@ def s3_behind_a_cable(postgres, s3_server) -> Iterator[tuple[Scaled, Balancer]]:
     try:
         yield (
             Scaled(
-                postgres.create_database(),
+                postgres.create_database(migrated=True),
                 f"http://127.0.0.1:{cable.port}",
                 s3_server.create_bucket(),
                 postgres,
@@ -79,7 +79,7 @@ def s3_behind_a_cable(postgres, s3_server) -> Iterator[tuple[Scaled, Balancer]]:
         cable.stop()
 
 
-@pytest.mark.scaled
+@pytest.mark.scaled("S3 cut off and back, with metadata still in PostgreSQL")
 @pytest.mark.threat("T21")
 def test_s3_unreachable_then_back(tmp_path: Path, relay_factory, cli, batch: Path, s3_behind_a_cable) -> None:
     scaled, cable = s3_behind_a_cable
@@ -112,11 +112,13 @@ def test_s3_unreachable_then_back(tmp_path: Path, relay_factory, cli, batch: Pat
 # ------------------------------------------------------------------ PostgreSQL restarted
 
 
-@pytest.mark.scaled
+@pytest.mark.scaled("a PostgreSQL restart under replicas and the worker")
 @pytest.mark.threat("T21")
 def test_postgres_restart_is_ridden_out(tmp_path: Path, relay_factory, cli, batch: Path, postgres, s3_server) -> None:
     s3_server.start()
-    scaled = Scaled(postgres.create_database(), s3_server.endpoint, s3_server.create_bucket(), postgres, s3_server)
+    scaled = Scaled(
+        postgres.create_database(migrated=True), s3_server.endpoint, s3_server.create_bucket(), postgres, s3_server
+    )
     world = make_world(tmp_path / "world", relay_factory, scaled=scaled)
     lab = world.party_dir("lab-paris-01")
     wait_for_leads(world, 1)
@@ -181,7 +183,6 @@ def fill(path: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.embedded_only("fills the local payload directory's file system")
 @pytest.mark.threat("T21")
 def test_disk_full_then_freed(tmp_path: Path, relay_factory, cli, batch: Path) -> None:
     root = tmp_path / "world"

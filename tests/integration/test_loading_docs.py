@@ -34,7 +34,7 @@ from labrelay.client.policy import default_policy_text
 from labrelay.domain.policy import parse_policy
 from labrelay.refdata import communes, department_regions
 from labrelay.synthetic.generator import write_csv_file
-from tests.pgserver import PostgresServer
+from tests.support.pgserver import PostgresServer
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "loading.md"
 TODAY = date(2026, 1, 15)

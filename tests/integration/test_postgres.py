@@ -20,7 +20,7 @@ from labrelay.relay.auditor import Auditor
 from labrelay.storage import migrate
 from labrelay.storage.schema import metadata
 from labrelay.storage.sql import SqlLeader, SqlStore, SqlTransferLocks, postgres_engine
-from tests.pgserver import PostgresServer
+from tests.support.pgserver import PostgresServer
 
 T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 
@@ -167,8 +167,7 @@ def test_restart_gives_unavailable_then_service_resumes(postgres: PostgresServer
 
 def test_an_exhausted_pool_is_a_retryable_refusal(pg_url: str) -> None:
     """Every connection held (uploads in progress): the next caller gets Unavailable, never an internal error."""
-    engine = postgres_engine(pg_url, 1)
-    engine.pool._timeout = 0.5  # type: ignore[attr-defined] # do not wait 30 s in a test
+    engine = postgres_engine(pg_url, 1, pool_timeout=0.5)  # do not wait 30 s in a test
     sql, locks = SqlStore(engine), SqlTransferLocks(engine)
     try:
         with locks.hold("t-busy"):

@@ -25,8 +25,8 @@ from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import new_id
 from labrelay.domain.transfers import Manifest, TransferRefusal
 from labrelay.errors import IntegrityError, NotFound, PermissionDenied
-from tests.alerting import Received, webhook
-from tests.conftest import Scaled, World, make_world
+from tests.support.alerting import Received, webhook
+from tests.support.world import Scaled, World, make_world
 
 MAX_TTL = timedelta(days=3)
 DETAIL = "the payload's SHA-256 does not match the signed manifest of lab-paris-01"
@@ -96,6 +96,7 @@ def inbox(world: World, name: str) -> list[str]:
         return [t["transfer_id"] for t in client.transfers("inbox")]
 
 
+@pytest.mark.scaled("a refusal quarantines the S3 payload; the worker never serves it again")
 @pytest.mark.threat("T24")
 def test_a_refused_payload_is_never_offered_again_and_its_sender_sees_why(hooked, cli) -> None:
     world, alerts = hooked

@@ -14,17 +14,13 @@ import pytest
 from labrelay.cli.main import main
 from labrelay.client.api import RelayClient
 from labrelay.clock import SystemClock
-from labrelay.config import load_settings
 from labrelay.crypto import httpsig
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Role
-from labrelay.errors import AuthenticationFailed, IntegrityError, ReplayDetected
-from labrelay.ports import PayloadStore
-from labrelay.runtime import payload_store_for
-from labrelay.storage.keystore import FileKeyStore
-from tests.conftest import CliResult, sent_ids
+from labrelay.errors import AuthenticationFailed, IntegrityError, PartyRevoked, PermissionDenied, ReplayDetected
+from tests.support.world import CliResult, relay_store, sent_ids
 
 
 def refused(result: CliResult, needle: str) -> None:
@@ -49,12 +45,7 @@ def send_one(world, cli, batch: Path, to: str = "cnam") -> str:
     return sent_ids(result.out)[to]
 
 
-def relay_store(world) -> PayloadStore:
-    """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
-    settings = load_settings(world.relay.data)
-    return payload_store_for(settings, FileKeyStore(settings.key_dir))
-
-
+@pytest.mark.scaled("a byte flipped in an S3 chunk object is caught as on disk")
 @pytest.mark.threat("T7")
 def test_one_flipped_byte_in_a_stored_payload(world, cli, batch: Path) -> None:
     """An attacker who owns the relay, keys included, swaps a payload for one with a byte changed and wraps it
@@ -198,6 +189,7 @@ def test_a_replayed_request(
     assert not list(out.glob("*.csv"))
 
 
+@pytest.mark.scaled("a request replayed to the other replica is refused (nonces shared in PostgreSQL)")
 @pytest.mark.threat("T8")
 def test_a_replayed_request_on_the_wire(world, cli, batch: Path) -> None:
     """The exact bytes of a signed receipt, sent twice: the second is refused and changes nothing."""
@@ -224,6 +216,7 @@ def test_a_replayed_request_on_the_wire(world, cli, batch: Path) -> None:
     assert "auth:replay" in events
 
 
+@pytest.mark.scaled("a revocation registered through one replica holds on the other")
 @pytest.mark.threat("T4")
 def test_a_request_signed_by_a_revoked_party(world, cli, batch: Path) -> None:
     lab, cnam = world.party_dir("lab-paris-01"), world.party_dir("cnam")
@@ -247,15 +240,19 @@ def test_a_request_signed_by_a_revoked_party(world, cli, batch: Path) -> None:
 def test_only_the_authority_can_revoke(world) -> None:
     auth_key = world.authority.key
     envelope = world.authority.sign_revocation("cnam", "test", datetime.now(UTC))
-    with world.client("lab-paris-01") as client, pytest.raises(Exception, match="only the directory authority"):
+    with world.client("lab-paris-01") as client, pytest.raises(PermissionDenied, match="only the directory authority"):
         client.register_revocation(envelope)
     with (
         RelayClient(world.url, AUTHORITY_KEYID, SigningKey.generate(), SystemClock(), retries=0) as client,
         pytest.raises(AuthenticationFailed),
     ):
         client.register_revocation(envelope)
+    with world.client("cnam") as cnam:  # neither attempt revoked anyone
+        assert cnam.transfers("inbox") == []
     with RelayClient(world.url, AUTHORITY_KEYID, auth_key, SystemClock(), retries=0) as client:
         client.register_revocation(envelope)
+    with world.client("cnam") as cnam, pytest.raises(PartyRevoked, match="cnam is revoked"):
+        cnam.transfers("inbox")
 
 
 @pytest.mark.threat("T9")

@@ -11,11 +11,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from labrelay.client.keystore import Party
+from labrelay.client.rotation import rotate
 from labrelay.client.send import seal, upload
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
@@ -23,7 +25,7 @@ from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.errors import IntegrityError, NotFound
 from labrelay.runtime import audit_summary
-from tests.conftest import RelayServer, World, make_world, sent_ids
+from tests.support.world import RelayServer, World, make_world, sent_ids
 
 FAST_REAPER = {"reaper_interval": '"1s"'}
 
@@ -124,6 +126,7 @@ def test_killing_the_relay_in_the_middle_of_a_reaper_pass_leaves_nothing_behind(
             seen = count
             deadline = time.monotonic() + 60
             while seen == count and time.monotonic() < deadline:  # the start-up pass has begun once one is gone
+                time.sleep(0.002)  # a pass over 150 payloads takes far longer; the relay keeps the cores
                 seen = len(os.listdir(world.payload_dir))
             os.kill(relay.pid, signal.SIGKILL)
         finally:
@@ -158,6 +161,19 @@ def age_tool() -> str:
 def age_decrypts(identity: Path, payload: Path) -> bool:
     result = subprocess.run([age_tool(), "-d", "-i", str(identity), str(payload)], capture_output=True, check=False)
     return result.returncode == 0
+
+
+def test_a_rotation_in_the_same_second_as_the_entry_it_replaces_is_in_force_at_once(world: World) -> None:
+    """Entries carry whole seconds and the latest-issued valid one is in force: two rotations within one second
+    (here, at the very same instant) must still leave the newest key the one senders seal to."""
+    cnam = world.parties["cnam"]
+    now = datetime.now(UTC)
+    with world.client("cnam") as client:
+        first = rotate(cnam, world.authority, client, now, timedelta(days=30))
+        second = rotate(Party.load(cnam.path), world.authority, client, now, timedelta(days=30))
+        directory = TrustedDirectory(cnam.authority, client.directory(), datetime.now(UTC))
+    assert first.new_recipient != second.new_recipient
+    assert directory.require("cnam", {Role.RECIPIENT}).age_recipient == second.new_recipient
 
 
 @pytest.mark.threat("T17")

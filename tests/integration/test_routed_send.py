@@ -22,7 +22,7 @@ from labrelay.domain.policy import policy_payload
 from labrelay.errors import IntegrityError, PermissionDenied, UntrustedEntry
 from labrelay.refdata import department_of, department_regions
 from labrelay.synthetic.generator import write_file
-from tests.conftest import World, run_cli
+from tests.support.world import World, call_cli
 
 REGIONS = sorted(set(department_regions().values()))
 IDENTIFIERS = ("nir", "nom", "prenom", "adresse", "telephone", "email")
@@ -40,17 +40,18 @@ def national(world: World) -> World:
 
 def received(world: World, name: str) -> Path | None:
     out = world.root / "out" / name
-    result = run_cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", out)
+    result = call_cli("fetch", "--as", world.party_dir(name), "--server", world.url, "--out", out)
     assert result.code == 0, str(result)
     files = list(out.glob("*.csv"))
     return files[0] if files else None
 
 
 @pytest.mark.threat("T14")
+@pytest.mark.scaled("a routed send to twenty recipients sealed, stored in S3 and served by two replicas")
 def test_each_recipient_receives_only_what_the_policy_gives_it(national: World, tmp_path: Path) -> None:
     source = tmp_path / "results.csv"
     write_file(source, 3000, seed=3, today=datetime.now(UTC).date(), defects=0.03)
-    sent = run_cli("send", source, "--as", national.party_dir("lab-paris-01"), "--server", national.url)
+    sent = call_cli("send", source, "--as", national.party_dir("lab-paris-01"), "--server", national.url)
     assert sent.code == 0, str(sent)
     lab_reports = national.party_dir("lab-paris-01") / "reports"
     [rejections] = list(lab_reports.glob("*.rejections.csv"))
@@ -154,7 +155,7 @@ def test_validate_reports_without_sending(tmp_path: Path) -> None:
     source = tmp_path / "r.csv"
     write_file(source, 500, seed=9, today=datetime.now(UTC).date(), defects=0.1)
     report, summary = tmp_path / "report.csv", tmp_path / "summary.json"
-    result = run_cli("validate", source, "--report", report, "--summary", summary, cwd=tmp_path)
+    result = call_cli("validate", source, "--report", report, "--summary", summary, cwd=tmp_path)
     assert result.code == 0, str(result)
     with report.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -165,7 +166,7 @@ def test_validate_reports_without_sending(tmp_path: Path) -> None:
     assert counts["rejected"] == len({r["record"] for r in rows}) > 0
     unreadable = tmp_path / "x.bin"
     unreadable.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    refused = run_cli("validate", unreadable, cwd=tmp_path)
+    refused = call_cli("validate", unreadable, cwd=tmp_path)
     assert refused.code == 2, str(refused)  # not a results file: a usage error, named
     assert "binary file" in refused.err
     assert "would go to cnam" in result.out
@@ -175,7 +176,7 @@ def test_validate_reports_without_sending(tmp_path: Path) -> None:
 def test_hl7_and_fhir_inputs_are_routed_too(world: World, tmp_path: Path, fmt: str) -> None:
     source = tmp_path / f"results.{fmt}"
     write_file(source, 300, fmt=fmt, seed=4, today=datetime.now(UTC).date())
-    result = run_cli(
+    result = call_cli(
         "send", source, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--to", "ars-11"
     )
     assert result.code == 0, str(result)
@@ -189,9 +190,9 @@ def test_documents_that_are_not_results_need_as_is(world: World, tmp_path: Path)
     document = tmp_path / "report.pdf"
     document.write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 10)
     lab = world.party_dir("lab-paris-01")
-    refused = run_cli("send", document, "--as", lab, "--server", world.url)
+    refused = call_cli("send", document, "--as", lab, "--server", world.url)
     assert refused.code == 2, str(refused)
     assert "PDF document" in refused.err
     assert "--as-is" in refused.err
-    sent = run_cli("send", document, "--as", lab, "--server", world.url, "--to", "cnam", "--as-is")
+    sent = call_cli("send", document, "--as", lab, "--server", world.url, "--to", "cnam", "--as-is")
     assert sent.code == 0, str(sent)

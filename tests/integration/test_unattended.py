@@ -38,8 +38,7 @@ from labrelay.domain.parties import Role
 from labrelay.domain.records import FIELDS
 from labrelay.errors import Unavailable
 from labrelay.synthetic.generator import write_csv_file, write_file
-from tests.conftest import CliResult, World, make_world, run_cli
-from tests.integration.test_refusals import relay_store
+from tests.support.world import CliResult, World, call_cli, make_world, relay_store, run_cli
 
 TODAY = date.today()  # noqa: DTZ011 - a calendar day for the generator
 
@@ -53,7 +52,7 @@ def world(tmp_path: Path, relay_factory) -> World:
 
 
 def cli(world: World, *args: str | Path) -> CliResult:
-    return run_cli(*args, cwd=world.root)
+    return call_cli(*args, cwd=world.root)
 
 
 def send(world: World, source: Path, *args: str) -> CliResult:

@@ -42,10 +42,10 @@ from labrelay.domain.records import FIELDS, Reason
 from labrelay.domain.transfers import TransferState
 from labrelay.errors import RelayFrozen
 from labrelay.synthetic.generator import write_csv_file
-from tests.browser import Tab, localhost
-from tests.conftest import REPO, World, make_world, sent_ids
-from tests.integration.test_no_plaintext import needles_of, plaintext_hits
-from tests.unit.test_csv_reader import good, line
+from tests.support.browser import Tab, localhost
+from tests.support.plaintext import needles_of, plaintext_hits
+from tests.support.records import good, line
+from tests.support.world import REPO, World, make_world, sent_ids
 from tests.vectors import make_web_vectors
 
 pytestmark = pytest.mark.slow

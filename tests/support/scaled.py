@@ -128,8 +128,10 @@ class ReplicaSet:
     def start(self) -> None:
         for worker in self.workers:
             worker.start()
+        for replica in self.replicas:  # all at once: each takes a second or more to import and open its stores
+            replica.launch()
         for replica in self.replicas:
-            replica.start()
+            replica.wait_ready()
         if self.balancer is None:
             self.balancer = Balancer([_hostport(r.url) for r in self.replicas])
             self.balancer.start()

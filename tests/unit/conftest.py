@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_relay_services import Setup, make_setup
+from tests.support.relay_setup import Setup, make_setup
 
 
 @pytest.fixture

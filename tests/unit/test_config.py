@@ -9,7 +9,7 @@ import pytest
 
 from labrelay.config import SETTING_NAMES, RelaySettings, load_settings, render_config
 from labrelay.errors import UsageError
-from tests.conftest import REPO
+from tests.support.world import REPO
 
 
 def write(tmp_path: Path, settings: RelaySettings | None = None, extra: str = "") -> Path:

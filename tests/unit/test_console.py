@@ -13,8 +13,8 @@ from labrelay.domain.parties import Role
 from labrelay.errors import AuthenticationFailed, Unavailable
 from labrelay.relay import console as console_module
 from labrelay.relay.console import ConsoleService
-from tests.passkeys import SoftPasskey
-from tests.unit.test_relay_services import Setup
+from tests.support.passkeys import SoftPasskey
+from tests.support.relay_setup import Setup
 
 RP = Relying(rp_id="localhost", origin="http://localhost:8000")
 

@@ -17,7 +17,7 @@ from labrelay.crypto.keys import SigningKey, VerifyKey, unb64u
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import IntegrityError
 from labrelay.synthetic.generator import nir_key
-from tests.conftest import load_vector
+from tests.support.world import load_vector
 
 
 @pytest.mark.parametrize("vector", load_vector("rfc8032_ed25519.json")["vectors"], ids=lambda v: v["name"])

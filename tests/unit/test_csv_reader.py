@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -10,53 +9,10 @@ import pytest
 
 from labrelay.batch.csv_reader import CsvReader
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
-from labrelay.batch.validate import Validator
-from labrelay.domain.records import DEFAULT_LOINC, FIELDS, OPTIONAL, Reason
+from labrelay.domain.records import FIELDS, OPTIONAL, Reason
 from labrelay.errors import NotResults
-from labrelay.refdata import communes, department_regions
 from labrelay.synthetic.generator import nir_key
-
-TODAY = date(2026, 1, 15)
-
-
-def validator() -> Validator:
-    return Validator(
-        today=TODAY,
-        loinc=DEFAULT_LOINC,
-        communes=[c.insee for c in communes()],
-        department_regions=department_regions(),
-    )
-
-
-def good(**over: str) -> dict[str, str]:
-    first13 = "1790375111042"
-    rec = {
-        "nir": first13 + nir_key(first13),
-        "nom": "DUPONT",
-        "prenom": "Céline",
-        "date_naissance": "1979-03-15",
-        "sexe": "F",
-        "adresse": "12 rue de la Paix",
-        "code_postal": "75011",
-        "code_commune_insee": "75111",
-        "commune": "PARIS 11",
-        "telephone": "0612345678",
-        "email": "celine.dupont@example.fr",
-        "prescripteur_rpps": "10004087358",
-        "prescripteur_nom": "Paul DURAND",
-        "prescripteur_telephone": "0145678901",
-        "laboratoire_finess": "750712184",
-        "date_prelevement": "2026-01-10",
-        "date_validation": "2026-01-11",
-        "code_loinc": "94500-6",
-        "resultat": "POSITIF",
-    }
-    rec.update(over)
-    return rec
-
-
-def line(rec: dict[str, str], sep: str = ",", columns: tuple[str, ...] = FIELDS) -> str:
-    return sep.join(rec[c] for c in columns)
+from tests.support.records import PADDED, good, line, validator
 
 
 def process(path: Path) -> tuple[Summary, dict[int, list[tuple[str, str]]]]:
@@ -294,15 +250,6 @@ def test_unknown_columns_are_ignored_and_reported(tmp_path: Path) -> None:
     assert reader.layout.ignored == ("commentaire_interne",)
     [batch] = list(reader.batches())
     assert "commentaire_interne" not in batch.frame.columns
-
-
-PADDED = {  # where a value can carry spaces (the browser's reader is checked on the same places)
-    "first field": ("nir", " " + good()["nir"]),
-    "middle field": ("code_loinc", " 94500-6 "),
-    "last field": ("resultat", "POSITIF  "),
-    "space after separator": ("sexe", " F"),
-    "space before separator": ("code_commune_insee", "75111 "),
-}
 
 
 @pytest.mark.parametrize("eol", [b"\n", b"\r\n"])

@@ -19,18 +19,33 @@ from labrelay.domain.parties import Role
 from labrelay.errors import NotFound, PartyLocked, PartyRevoked, PermissionDenied, ReplayDetected, UsageError
 from labrelay.notify import WebhookSink
 from labrelay.relay import detector as detector_module
-from labrelay.relay.alerts import AlertDispatcher
+from labrelay.relay.alerts import Alert, AlertDispatcher, AlertQueue
 from labrelay.relay.auth import Caller
 from labrelay.relay.detector import DetectionRules, Detector
-from tests.alerting import webhook
-from tests.unit.test_relay_services import Setup, read_all, request
+from tests.support.alerting import webhook
+from tests.support.relay_setup import Setup, read_all, request
 
 
-def fresh_detector(setup: Setup, rules: DetectionRules, sinks: list | None = None) -> Detector:
+class RecordedAlerts:
+    """An alert queue that keeps what it is given (the detector's ``AlertQueue`` port)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[Alert] = []
+
+    def submit(self, alert: Alert) -> None:
+        self.submitted.append(alert)
+
+
+def fresh_detector(setup: Setup, rules: DetectionRules, alerts: AlertQueue | None = None) -> Detector:
     """A detector with test thresholds, in place of the one the runtime wired."""
     services = setup.relay.services
-    det = Detector(rules, services.auditor, services.control, AlertDispatcher(sinks or []))
-    services.auditor._listeners = [det]
+    det = Detector(rules, services.auditor, services.control, alerts or RecordedAlerts())
+    if setup.relay.detector is not None:
+        services.auditor.unsubscribe(setup.relay.detector)
+    for previous in setup.detectors:
+        services.auditor.unsubscribe(previous)
+    setup.detectors.append(det)
+    services.auditor.subscribe(det)
     return det
 
 
@@ -55,7 +70,8 @@ def test_volume_ten_times_the_usual_raises_an_alert_at_the_webhook(setup: Setup)
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     rules = DetectionRules(volume_floor=5000, volume_factor=10, volume_history=7, volume_window=timedelta(days=1))
     with webhook() as (hook, posts):
-        det = fresh_detector(setup, rules, [WebhookSink(hook)])
+        dispatcher = AlertDispatcher([WebhookSink(hook)])
+        det = fresh_detector(setup, rules, dispatcher)
 
         def pull(n: int) -> None:
             for _ in range(n):
@@ -76,7 +92,7 @@ def test_volume_ten_times_the_usual_raises_an_alert_at_the_webhook(setup: Setup)
         found = posts.wait_for(lambda a: a["rule"] == "volume", timeout=5)
         assert found is not None
         assert found[1]["subject"] == "cnam"
-        det._alerts.close()
+        dispatcher.close()
 
 
 def test_volume_rule_can_lock_and_the_lock_holds(setup: Setup) -> None:
@@ -225,11 +241,9 @@ def test_the_authority_is_never_locked_and_detection_never_breaks_a_request(setu
     assert det.raised[0].locked is False
     # A control store that fails: the alert still reaches the sinks, the request still gets its answer.
     cnam = setup.member("cnam", Role.RECIPIENT)
-    det2 = fresh_detector(setup, DetectionRules(probes=2))
-    failing = AlertDispatcher([])
-    det2._alerts = failing
-    sent: list = []
-    failing.submit = sent.append  # type: ignore[method-assign]
+    recorded = RecordedAlerts()
+    fresh_detector(setup, DetectionRules(probes=2), recorded)
+    sent = recorded.submitted
 
     def broken(*_a: object, **_k: object) -> bool:
         raise RuntimeError("database is locked")

@@ -12,8 +12,7 @@ from labrelay.batch.fhir import FhirReader, bundle_for, records_of_bundle
 from labrelay.batch.hl7 import Hl7Reader, message_to_record, record_to_message
 from labrelay.batch.pipeline import open_reader
 from labrelay.synthetic.generator import write_file
-from tests.unit.test_csv_reader import TODAY, good
-from tests.unit.test_validate import V
+from tests.support.records import TODAY, V, good
 
 
 def validated(path: Path) -> tuple[pl.DataFrame, int]:

@@ -15,8 +15,7 @@ from labrelay.batch.hl7 import record_to_message
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
 from labrelay.domain.records import FIELDS
 from labrelay.errors import NotResults, Unreadable
-from tests.unit.test_csv_reader import good
-from tests.unit.test_validate import V
+from tests.support.records import V, good
 
 SETTINGS = settings(max_examples=120, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 CSV_SEED = (",".join(FIELDS) + "\n" + ",".join(good().values()) + "\n").encode()

@@ -21,7 +21,7 @@ from labrelay.domain.policy import parse_policy
 from labrelay.domain.records import FIELDS
 from labrelay.errors import StorageFull
 from labrelay.refdata import department_regions
-from tests.unit.test_csv_reader import good, line, validator
+from tests.support.records import good, line, validator
 
 RECORDS = 600
 PHONES = [f"06{i:08d}" for i in range(RECORDS)]

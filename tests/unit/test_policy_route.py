@@ -18,8 +18,7 @@ from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.policy import PolicyError, parse_policy, policy_payload
 from labrelay.domain.records import DIRECT_IDENTIFIERS, FIELDS, Reason, normalise_trait
 from labrelay.errors import UntrustedEntry, UsageError
-from tests.unit.test_csv_reader import good
-from tests.unit.test_validate import V, frame
+from tests.support.records import V, frame, good
 
 DEFAULT = parse_policy(default_policy_text())
 REGIONS = ["11", "84", "94"]

@@ -31,7 +31,7 @@ from labrelay.errors import Conflict, IntegrityError, NotFound, PermissionDenied
 from labrelay.http.models import TransferOut
 from labrelay.relay.detector import REFUSED_PAYLOAD
 from labrelay.runtime import init_data_dir, open_relay
-from tests.unit.test_relay_services import T0, Member, Setup, read_all
+from tests.support.relay_setup import T0, Member, Setup, read_all
 
 POLICY = "fr-covid-2026.2"
 

@@ -14,15 +14,7 @@ from stdnum.fr import nir as stdnum_nir
 from labrelay.batch.validate import Validator
 from labrelay.domain.records import FIELDS, Reason
 from labrelay.synthetic.generator import nir_key
-from tests.unit.test_csv_reader import TODAY, good, validator
-
-V = validator()
-
-
-def frame(*records: dict[str, str]) -> pl.DataFrame:
-    return pl.DataFrame(list(records), schema=dict.fromkeys(FIELDS, pl.String)).with_columns(
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("_record")
-    )
+from tests.support.records import CASES, NEEDS_NORMALISING, TODAY, VALID, V, frame, good
 
 
 def reasons_of(rec: dict[str, str]) -> set[tuple[str, str]]:
@@ -30,61 +22,9 @@ def reasons_of(rec: dict[str, str]) -> set[tuple[str, str]]:
     return {(r["field"], r["reason"]) for r in result.rejections.iter_rows(named=True)}
 
 
-CASES = [
-    ({"nir": ""}, "nir", Reason.REQUIRED),
-    ({"nir": "12345"}, "nir", Reason.NIR_FORMAT),
-    ({"nir": "179137511104242"}, "nir", Reason.NIR_FORMAT),  # month 13
-    ({"nir": "179039611104242"}, "nir", Reason.NIR_FORMAT),  # department 96
-    ({"nir": "179037511104200"}, "nir", Reason.NIR_KEY),
-    ({"nom": " "}, "nom", Reason.REQUIRED),
-    ({"nom": "A" * 201}, "nom", Reason.TOO_LONG),
-    ({"prenom": "Cé\tline"}, "prenom", Reason.CONTROL),
-    ({"date_naissance": "1979-3-15"}, "date_naissance", Reason.DATE_FORMAT),
-    ({"date_naissance": "1979/03/15"}, "date_naissance", Reason.DATE_FORMAT),
-    ({"date_naissance": "1979-02-29"}, "date_naissance", Reason.DATE_UNREAL),
-    ({"date_naissance": "31/04/1979"}, "date_naissance", Reason.DATE_UNREAL),
-    ({"date_naissance": "1899-12-31"}, "date_naissance", Reason.DATE_RANGE),
-    ({"date_validation": "2026-01-16"}, "date_validation", Reason.DATE_FUTURE),
-    ({"date_naissance": "2026-01-12"}, "date_prelevement", Reason.DATE_ORDER_BIRTH),
-    ({"date_validation": "2026-01-09"}, "date_validation", Reason.DATE_ORDER_VALIDATION),
-    ({"sexe": "X"}, "sexe", Reason.SEX),
-    ({"code_postal": "7501"}, "code_postal", Reason.POSTAL_CODE),
-    ({"code_commune_insee": "7511"}, "code_commune_insee", Reason.COMMUNE_FORMAT),
-    ({"code_commune_insee": "75999"}, "code_commune_insee", Reason.COMMUNE_UNKNOWN),
-    ({"telephone": "06 12 34"}, "telephone", Reason.PHONE),
-    ({"telephone": "0012345678"}, "telephone", Reason.PHONE),
-    ({"email": "no-at-sign"}, "email", Reason.EMAIL),
-    ({"prescripteur_rpps": "1234"}, "prescripteur_rpps", Reason.RPPS),
-    ({"laboratoire_finess": "75071218"}, "laboratoire_finess", Reason.FINESS),
-    ({"code_loinc": "1234-5"}, "code_loinc", Reason.LOINC),
-    ({"resultat": "PEUT-ETRE"}, "resultat", Reason.RESULT),
-    ({"resultat": "10828004"}, "resultat", Reason.RESULT),  # a SNOMED code the template does not list
-]
-
-
 @pytest.mark.parametrize(("change", "field", "reason"), CASES, ids=[f"{c[1]}-{c[2].name}" for c in CASES])
 def test_each_rule_names_its_field_and_reason(change: dict[str, str], field: str, reason: Reason) -> None:
     assert (field, reason.value) in reasons_of(good(**change))
-
-
-VALID = [
-    {},
-    {"date_naissance": "29/02/1980"},  # leap day, French format
-    {"resultat": "négatif"},
-    {"resultat": "INDÉTERMINÉ"},
-    {"resultat": "260373001"},
-    {"sexe": "h"},
-    {"sexe": "2"},
-    {"telephone": "06.12.34.56.78"},
-    {"telephone": "+41791234567"},
-    {"telephone": ""},
-    {"email": ""},
-    {"nom": "  DUPONT  "},
-    {"code_commune_insee": "2a004"},
-    {"laboratoire_finess": "2A0000123"},
-    {"prescripteur_rpps": "", "prescripteur_nom": "", "prescripteur_telephone": ""},
-    {"date_prelevement": "2026-01-11", "date_validation": "2026-01-11"},
-]
 
 
 @pytest.mark.parametrize("change", VALID, ids=lambda c: ",".join(c) or "baseline")
@@ -92,17 +32,6 @@ def test_valid_variants_are_accepted(change: dict[str, str]) -> None:
     result = V.validate(frame(good(**change)))
     assert result.rejections.height == 0, result.rejections.to_dicts()
     assert result.accepted.height == 1
-
-
-NEEDS_NORMALISING = {  # every normalisation at once (the browser's validator is checked on it too)
-    "sexe": "h",
-    "email": "Celine@Example.FR",
-    "telephone": "06 12-34.56 78",
-    "date_naissance": "15/03/1979",
-    "resultat": "260415000",
-    "code_commune_insee": "2a004",
-    "nom": "  DUPONT ",
-}
 
 
 def test_normalisation() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from labrelay.batch.pipeline import _SIGNATURES
-from tests.unit.test_validate import CASES
+from tests.support.records import CASES
 from tests.vectors import make_web_vectors as make
 
 VECTORS = json.loads(make.OUTPUT.read_text(encoding="utf-8"))

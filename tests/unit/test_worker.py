@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -13,7 +14,7 @@ from labrelay.domain.audit import AuditEvent
 from labrelay.relay.alerts import Alert, AlertDispatcher
 from labrelay.relay.worker import Checkpointer, Job, Worker
 from labrelay.storage.fs import FileLeader
-from tests.unit.test_relay_services import Setup
+from tests.support.relay_setup import Setup
 
 
 class Sink:
@@ -37,39 +38,50 @@ def test_file_leader_is_exclusive_and_released(tmp_path: Path) -> None:
     b.release()
 
 
+class CountingLeader(FileLeader):
+    """The file leader, counting the campaigns it answered: a test waits for them instead of sleeping."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.campaigns = 0
+
+    def try_acquire(self) -> bool:
+        self.campaigns += 1
+        return super().try_acquire()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 def test_one_worker_runs_the_jobs_and_another_takes_over(setup: Setup, tmp_path: Path) -> None:
     runs: dict[str, int] = {"a": 0, "b": 0}
+    leaders = {name: CountingLeader(tmp_path / "worker.lock") for name in runs}
 
     def worker(name: str) -> Worker:
         job = Job("count", 0.01, lambda: runs.__setitem__(name, runs[name] + 1))
-        return Worker(
-            FileLeader(tmp_path / "worker.lock"), [job], setup.relay.services.auditor, tick=0.01, campaign=0.02
-        )
+        return Worker(leaders[name], [job], setup.relay.services.auditor, tick=0.01, campaign=0.02)
 
     stop_a, stop_b = threading.Event(), threading.Event()
     a, b = worker("a"), worker("b")
     ta = threading.Thread(target=a.run, args=(stop_a,))
     ta.start()
-    deadline = time.monotonic() + 5
-    while not a.leading and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: a.leading, "a leads")
     tb = threading.Thread(target=b.run, args=(stop_b,))
     tb.start()
-    time.sleep(0.3)
+    # b campaigned several times while a led and ran its job: it never led, never ran a job.
+    wait_until(lambda: leaders["b"].campaigns >= 5 and runs["a"] > 5, "b campaigned while a ran its job")
     assert a.leading
     assert not b.leading
-    assert runs["a"] > 5
     assert runs["b"] == 0
     stop_a.set()  # the leader stops: the other takes over within a campaign period
     ta.join(5)
-    deadline = time.monotonic() + 5
-    while not b.leading and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert b.leading
-    time.sleep(0.1)
+    wait_until(lambda: b.leading and runs["b"] > 0, "b leads and runs the job")
     stop_b.set()
     tb.join(5)
-    assert runs["b"] > 0
     counts = setup.relay.sql.count_events()
     assert counts["worker:lead"] == 2
     assert counts["worker:standby"] == 2

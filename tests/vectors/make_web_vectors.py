@@ -53,8 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
-from tests.unit.test_csv_reader import PADDED, TODAY, good, line  # noqa: E402
-from tests.unit.test_validate import CASES, NEEDS_NORMALISING, VALID  # noqa: E402
+from tests.support.records import CASES, NEEDS_NORMALISING, PADDED, TODAY, VALID, good, line  # noqa: E402  # noqa: E402
 
 from labrelay.batch.csv_reader import BLOCK_BYTES, CsvReader, _decode_line  # noqa: E402
 from labrelay.batch.outputs import RecordSink  # noqa: E402

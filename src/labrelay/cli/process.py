@@ -70,10 +70,19 @@ class RelayProcess(_Child):
         self.url = ""
 
     def start(self, timeout: float = READY_TIMEOUT) -> str:
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to listen (several replicas start at once this way)."""
         self.ready.unlink(missing_ok=True)
-        proc = self._spawn(
-            ["serve", "--data", str(self.data), "--port", "0", "--ready-file", str(self.ready), *self.extra]
-        )
+        self._spawn(["serve", "--data", str(self.data), "--port", "0", "--ready-file", str(self.ready), *self.extra])
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> str:
+        """Wait until the launched relay listens; its URL."""
+        proc = self.proc
+        if proc is None:
+            raise OperationalError("the relay was not launched")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready.exists():
