@@ -67,21 +67,26 @@ def test_one_worker_runs_the_jobs_and_another_takes_over(setup: Setup, tmp_path:
 
     stop_a, stop_b = threading.Event(), threading.Event()
     a, b = worker("a"), worker("b")
-    ta = threading.Thread(target=a.run, args=(stop_a,))
-    ta.start()
-    wait_until(lambda: a.leading, "a leads")
-    tb = threading.Thread(target=b.run, args=(stop_b,))
-    tb.start()
-    # b campaigned several times while a led and ran its job: it never led, never ran a job.
-    wait_until(lambda: leaders["b"].campaigns >= 5 and runs["a"] > 5, "b campaigned while a ran its job")
-    assert a.leading
-    assert not b.leading
-    assert runs["b"] == 0
-    stop_a.set()  # the leader stops: the other takes over within a campaign period
-    ta.join(5)
-    wait_until(lambda: b.leading and runs["b"] > 0, "b leads and runs the job")
-    stop_b.set()
-    tb.join(5)
+    ta = threading.Thread(target=a.run, args=(stop_a,), daemon=True)
+    tb = threading.Thread(target=b.run, args=(stop_b,), daemon=True)
+    try:
+        ta.start()
+        wait_until(lambda: a.leading, "a leads")
+        tb.start()
+        # b campaigned several times while a led and ran its job: it never led, never ran a job.
+        wait_until(lambda: leaders["b"].campaigns >= 5 and runs["a"] > 5, "b campaigned while a ran its job")
+        assert a.leading
+        assert not b.leading
+        assert runs["b"] == 0
+        stop_a.set()  # the leader stops: the other takes over within a campaign period
+        ta.join(5)
+        wait_until(lambda: b.leading and runs["b"] > 0, "b leads and runs the job")
+    finally:  # a failed check must fail the test, not leave two workers running under it
+        stop_a.set()
+        stop_b.set()
+        ta.join(5)
+        if tb.is_alive():
+            tb.join(5)
     counts = setup.relay.sql.count_events()
     assert counts["worker:lead"] == 2
     assert counts["worker:standby"] == 2
