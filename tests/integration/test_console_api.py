@@ -1,5 +1,5 @@
 """The console's passkeys, sessions and commands on a real relay process, answered by a software passkey
-(tests/passkeys.py), including the answers an attacker would give. Every refusal here is a security decision
+(tests/support/passkeys.py), including the answers an attacker would give. Every refusal here is a security decision
 that must fail closed (docs/threat-model.md, T22)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The S3 payload store against a real S3-compatible server (moto_server in a child process, tests/s3server.py).
+"""The S3 payload store against a real S3-compatible server (moto_server in a child process, tests/support/s3server.py).
 
 The same promises as the local store (tests/unit/test_retention.py): sealed at rest under epoch keys, resumable
 at any chunk boundary, visible only once published, deleted verifiably; plus what an object store adds: several
