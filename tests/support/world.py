@@ -1,5 +1,5 @@
-"""Relay processes on port 0, a world of enrolled parties on either deployment, the CLI as a child process, and
-the small readers of their output that many tests share."""
+"""Relay processes on port 0, a world of enrolled parties on either deployment, the CLI in-process (``call_cli``) or
+as a child process (``run_cli``), and the small readers of their output that many tests share."""
 
 from __future__ import annotations
 
