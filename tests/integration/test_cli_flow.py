@@ -181,6 +181,11 @@ def test_usage_errors_exit_2_with_one_line(cli, args: list[str], needle: str) ->
     [
         (["send", "--ttl", "7w", "x"], "Error: Missing option '--as'."),
         (["frobnicate"], "Error: No such command 'frobnicate'."),
+        (
+            ["directory", "--retries", "0"],
+            "Error: --retries is an option of labrelay itself: put it before the command "
+            "(labrelay --retries N directory …)",
+        ),
     ],
 )
 def test_command_line_parse_errors_exit_2_naming_the_problem(cli, args: list[str], needle: str) -> None:

@@ -32,6 +32,9 @@ app = typer.Typer(
 )
 
 
+ROOT_OPTIONS = frozenset({"--retries", "--quiet", "-q", "--verbose", "-v"})
+
+
 def _version(value: bool) -> None:
     if value:
         ui.out.print(f"labrelay {__version__}")
@@ -116,6 +119,11 @@ def _run(args: list[str]) -> int:
     try:
         code = command.main(args=args, prog_name="labrelay", standalone_mode=False)
     except typer.exceptions.TyperException as exc:  # a usage error found while parsing: --json is not parsed yet
+        name = getattr(exc, "option_name", None)
+        if name in ROOT_OPTIONS:  # ``labrelay send … --retries 0``: a common slip
+            ctx = getattr(exc, "ctx", None)
+            where = f"labrelay {name}{' N' if name == '--retries' else ''} {getattr(ctx, 'info_name', 'COMMAND')} …"
+            exc.message = f"{name} is an option of labrelay itself: put it before the command ({where})"
         exc.show()  # type: ignore[attr-defined]  # every TyperException typer raises is a ClickException
         exit_code = int(getattr(exc, "exit_code", ui.EXIT_USAGE))
         ui.json_output.enabled = "--json" in args
