@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from bench.memory import OUT, TIME, WORK, batch, timed
+from bench.memory import OUT, TIME, WORK, batch, machine, timed
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
@@ -132,7 +130,7 @@ def run(records: int, pdf_sample: int) -> dict[str, Any]:
     )
     return {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": machine(),
         "batch": {"records": records, "bytes": source.stat().st_size},
         "baseline_read_csv_s": baseline,
         "send": send,

@@ -33,7 +33,6 @@ import argparse
 import getpass
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.breach import _enrol
-from bench.memory import OUT, TIME, WORK, TimedRelay, _same, batch, parse_time, timed
+from bench.memory import OUT, TIME, WORK, TimedRelay, _same, batch, machine, parse_time, timed
 from bench.validate import doubled, measure
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority
@@ -482,7 +481,7 @@ def main(argv: list[str]) -> None:
         sources["double"] = doubled(args.records, args.work)
     report: dict[str, Any] = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": machine(),
         "goals": GOALS,
     }
     for label, source in sources.items():

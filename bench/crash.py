@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random  # noqa: TID251 - seeded, reproducible kill moments; nothing secret
 import shutil
 import sys
@@ -23,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.memory import OUT, WORK
+from bench.memory import OUT, WORK, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.crash import REAPER_INTERVAL, Crasher
@@ -100,7 +99,7 @@ def main(argv: list[str]) -> None:
         )
     doc = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -34,7 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.memory import OUT, WORK
+from bench.memory import OUT, WORK, machine
 from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import fetch_one
@@ -285,7 +284,7 @@ def main(argv: list[str]) -> None:
         results.append(result)
     doc = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,11 @@ TIME = "/usr/bin/time"
 GOAL_MB = 300
 
 
+def machine() -> dict[str, object]:
+    """What a benchmark's figures were measured on, recorded beside them."""
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
+
+
 def parse_time(text: str) -> dict[str, float]:
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
@@ -131,7 +136,7 @@ def run(records: int) -> dict[str, Any]:
     identical = output.stat().st_size == source.stat().st_size and _same(output, source)
     result = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": machine(),
         "batch": {"records": records, "bytes": source.stat().st_size},
         "relay": {**relay_stats, "idle_rss_mb": idle_mb},
         "send": send,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,7 +21,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.memory import OUT, TIME, WORK, batch, parse_time
+from bench.memory import OUT, TIME, WORK, batch, machine, parse_time
 
 GOAL_RATIO = 3.0
 GOAL_MB = 500
@@ -134,7 +132,7 @@ def main(argv: list[str]) -> None:
     growth = results["double"]["labrelay_peak_rss_mb"] / results["single"]["labrelay_peak_rss_mb"] - 1
     report = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "machine": machine(),
         "goals": {"ratio_at_most": GOAL_RATIO, "peak_rss_mb_below": GOAL_MB, "memory_growth_below": 0.10},
         **results,
         "memory_growth_when_doubled": round(growth, 3),

@@ -313,11 +313,6 @@ def positives_in(batch: Path) -> int:
         return sum(1 for row in csv.DictReader(fh) if row["resultat"] == "POSITIF")
 
 
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
 def relay_store(world: World) -> PayloadStore:
     """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
     settings = load_settings(world.relay.data)

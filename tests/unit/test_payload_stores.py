@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,7 @@ from labrelay.ports import PayloadStore
 from labrelay.storage.files import LocalPayloadStore
 from labrelay.storage.keystore import FileKeyStore
 from labrelay.storage.s3 import S3PayloadStore
-
-HOUR = timedelta(hours=1)
-DEADLINE = datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
-
-
-def plaintext(size: int, seed: bytes = b"labrelay") -> bytes:
-    """Deterministic bytes that look random (payloads are age ciphertext: incompressible)."""
-    return hashlib.shake_256(seed).digest(size)
+from tests.support.payloads import DEADLINE, HOUR, plaintext, upload
 
 
 @pytest.fixture
@@ -48,19 +40,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, keys: FileKeyStore) ->
         yield S3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR)
     finally:
         client.close()
-
-
-def upload(store: PayloadStore, plain: bytes, chunks: list[int], *, publish: bool = True) -> str:
-    transfer_id = new_id()
-    store.begin(transfer_id, DEADLINE)
-    offset = 0
-    for size in chunks:
-        writer = store.writer(transfer_id, offset)
-        writer.write(plain[offset : offset + size])
-        offset = writer.commit()
-    if publish:
-        store.publish(transfer_id)
-    return transfer_id
 
 
 def test_sealed_payloads_round_trip_and_resume_at_any_chunk_boundary(store: PayloadStore) -> None:

@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,18 +25,10 @@ from labrelay.domain.names import new_id
 from labrelay.errors import Conflict, IntegrityError, NotFound, Unavailable
 from labrelay.storage.keystore import FileKeyStore
 from labrelay.storage.s3 import S3PayloadStore
+from tests.support.payloads import DEADLINE, HOUR, plaintext, upload
 
 if TYPE_CHECKING:
     from tests.support.s3server import S3Server
-
-
-HOUR = timedelta(hours=1)
-DEADLINE = datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
-
-
-def plaintext(size: int, seed: bytes = b"labrelay") -> bytes:
-    """Deterministic bytes that look random (payloads are age ciphertext: incompressible)."""
-    return hashlib.shake_256(seed).digest(size)
 
 
 @pytest.fixture
@@ -55,19 +46,6 @@ def client(s3_server: S3Server) -> Iterator[Any]:
 @pytest.fixture
 def store(client: Any, s3_bucket: str, keys: FileKeyStore) -> S3PayloadStore:
     return S3PayloadStore(client, s3_bucket, keys, HOUR)
-
-
-def upload(store: S3PayloadStore, plain: bytes, chunks: list[int], *, publish: bool = True) -> str:
-    transfer_id = new_id()
-    store.begin(transfer_id, DEADLINE)
-    offset = 0
-    for size in chunks:
-        writer = store.writer(transfer_id, offset)
-        writer.write(plain[offset : offset + size])
-        offset = writer.commit()
-    if publish:
-        store.publish(transfer_id)
-    return transfer_id
 
 
 def objects(store: S3PayloadStore, prefix: str = "") -> dict[str, bytes]:

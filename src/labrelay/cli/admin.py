@@ -56,12 +56,8 @@ def _command(
         envelope = sign_envelope(command.payload(), party.signing_key, party.name)
         result = admin_direct(data, envelope, SystemClock()).as_dict()
     else:
-        from labrelay.client.api import RelayClient  # noqa: PLC0415
-
         assert server is not None  # noqa: S101 - checked above
-        with RelayClient(
-            server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, retries=options.client_retries()
-        ) as client:
+        with options.relay_client(server, party.name, party.signing_key, cacert) as client:
             relay = client.audit_checkpoint().relay_key  # the command is bound to this relay
             command = AdminCommand.new(AdminAction(action), target, reason, now, relay)
             result = client.admin_command(sign_envelope(command.payload(), party.signing_key, party.name))
@@ -145,13 +141,10 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
         cacert: CaOpt = None,
     ) -> None:
         """Frozen or not, locked and revoked parties, quarantined transfers, recent alerts (JSON)."""
-        from labrelay.client.api import RelayClient  # noqa: PLC0415
         from labrelay.client.keystore import Party  # noqa: PLC0415
 
         party = Party.load(as_)
-        with RelayClient(
-            server, party.name, party.signing_key, SystemClock(), ca_bundle=cacert, retries=options.client_retries()
-        ) as client:
+        with options.relay_client(server, party.name, party.signing_key, cacert) as client:
             ui.out.print(json.dumps(client.admin_status(), indent=2), markup=False)
 
     # ------------------------------------------------------------ audit
@@ -213,18 +206,10 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
                 for doc in run_export(data, after):
                     sink.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
             elif as_ is not None and server is not None:
-                from labrelay.client.api import RelayClient  # noqa: PLC0415
                 from labrelay.client.keystore import Party  # noqa: PLC0415
 
                 party = Party.load(as_)
-                with RelayClient(
-                    server,
-                    party.name,
-                    party.signing_key,
-                    SystemClock(),
-                    ca_bundle=cacert,
-                    retries=options.client_retries(),
-                ) as client:
+                with options.relay_client(server, party.name, party.signing_key, cacert) as client:
                     # Up to the head as of now: each export request is itself audited, so the log keeps growing.
                     until = client.audit_checkpoint().seq
                     while after < until and (chunk := client.audit_export(after)):
@@ -248,22 +233,13 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
     ) -> None:
         """Check that the relay's audit log still holds every record it signed to this party. Exit 3 if the
         relay rewrote its history."""
-        from labrelay.client.api import RelayClient  # noqa: PLC0415
         from labrelay.client.checkpoints import CHECKPOINTS_FILE, CheckpointBook  # noqa: PLC0415
         from labrelay.client.history import check_history  # noqa: PLC0415
         from labrelay.client.keystore import Party  # noqa: PLC0415
 
         party = Party.load(as_)
         book = CheckpointBook(party.path / CHECKPOINTS_FILE)
-        with RelayClient(
-            server,
-            party.name,
-            party.signing_key,
-            SystemClock(),
-            ca_bundle=cacert,
-            checkpoints=book,
-            retries=options.client_retries(),
-        ) as client:
+        with options.relay_client(server, party.name, party.signing_key, cacert, book) as client:
             result = check_history(client, book, SystemClock())
         ui.out.print(
             f"checked {result.checked} checkpoint(s), {result.pruned} pruned by retention; the relay's log holds them",

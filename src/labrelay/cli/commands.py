@@ -65,21 +65,13 @@ def _retire_after_fetch(party: Party, client: RelayClient) -> list[str]:
 
 
 def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
-    return RelayClient(server, keyid, key, SystemClock(), ca_bundle=cacert, retries=options.client_retries())
+    return options.relay_client(server, keyid, key, cacert)
 
 
 def _party_client(server: str, party: Party, cacert: Path | None) -> RelayClient:
     """A party's client keeps the relay's signed audit checkpoints in the party's directory."""
     book = CheckpointBook(party.path / CHECKPOINTS_FILE)
-    return RelayClient(
-        server,
-        party.name,
-        party.signing_key,
-        SystemClock(),
-        ca_bundle=cacert,
-        checkpoints=book,
-        retries=options.client_retries(),
-    )
+    return options.relay_client(server, party.name, party.signing_key, cacert, book)
 
 
 def _print_summary(summary: Summary) -> None:

@@ -6,6 +6,13 @@ in ``os.environ``, where they would leak into the caller and its children."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from labrelay.client.api import RelayClient
+    from labrelay.client.checkpoints import CheckpointBook
+    from labrelay.crypto.keys import SigningKey
 
 DEFAULT_RETRIES = 4
 
@@ -30,14 +37,21 @@ def set_options(*, debug: bool, quiet: bool, retries: int) -> None:
     current = CliOptions(debug=debug, quiet=quiet, retries=retries)
 
 
-def client_retries() -> int:
-    """How often each client request is retried when the relay is unreachable or busy."""
-    return current.retries
-
-
 def quiet() -> bool:
     return current.quiet
 
 
 def debug() -> bool:
     return current.debug
+
+
+def relay_client(
+    server: str, keyid: str, key: SigningKey, cacert: Path | None, checkpoints: CheckpointBook | None = None
+) -> RelayClient:
+    """The relay client of a command: the root command's retries, the given CA bundle, the wall clock."""
+    from labrelay.client.api import RelayClient  # noqa: PLC0415 - the CLI imports the client only when it is used
+    from labrelay.clock import SystemClock  # noqa: PLC0415
+
+    return RelayClient(
+        server, keyid, key, SystemClock(), ca_bundle=cacert, checkpoints=checkpoints, retries=current.retries
+    )
