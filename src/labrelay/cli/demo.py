@@ -112,11 +112,29 @@ def _needles(source: Path) -> set[bytes]:
     return {p.encode("utf-8") for p in parts}
 
 
+def holds_value(data: bytes, value: bytes) -> bool:
+    """Whether ``value`` stands in ``data`` as a value: not run into letters or digits on either side. Plaintext
+    leaks as text (CSV, JSON, a log line), where a value is delimited; the relay's files also hold megabytes of
+    random base64 and hex (nonces, signatures, keys, digests, rewritten many times over in SQLite's WAL), in which a
+    six-letter name turns up by chance now and then, inside a longer token."""
+    start = data.find(value)
+    while start >= 0:
+        end = start + len(value)
+        if not (data[start - 1 : start].isalnum() or data[end : end + 1].isalnum()):
+            return True
+        start = data.find(value, start + 1)
+    return False
+
+
 def _scan(root: Path, needles: set[bytes], limit: int = 20000) -> list[str]:
+    """The files under ``root`` that hold one of ``needles`` (up to ``limit`` of them) as a value."""
     sample = sorted(needles)[:limit]
-    return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and any(n in p.read_bytes() for n in sample)
-    )
+
+    def holds_any(path: Path) -> bool:
+        data = path.read_bytes()  # once per file, not once per needle
+        return any(holds_value(data, n) for n in sample)
+
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and holds_any(p))
 
 
 def _fetch_everyone(
