@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import breach, compare, crash, load, memory, validate
+from bench import abuse, breach, compare, crash, load, memory, validate
 
 BENCHES = {
+    "abuse": abuse.main,
     "breach": breach.main,
     "compare": compare.main,
     "crash": crash.main,

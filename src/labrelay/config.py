@@ -13,12 +13,13 @@ from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from labrelay.domain.audit import MIN_AUDIT_RETENTION
 from labrelay.domain.detection import parse_lock_on
-from labrelay.domain.names import is_loopback_host
+from labrelay.domain.names import is_loopback_host, parse_networks
 from labrelay.domain.timeutil import format_duration, parse_duration
+from labrelay.domain.transfers import HARD_MAX_TTL
 from labrelay.errors import UsageError
 
 CONFIG_FILE = "relay.toml"
@@ -75,6 +76,9 @@ class RelaySettings:
     the web console's origin for passkeys; without it, the console answers only on http(s)://localhost."""
     console_session_ttl: timedelta = timedelta(minutes=30)
     """How long a console sign-in lasts. A session only reads metadata; every command needs a fresh passkey."""
+    console_signin_limit: int = 30
+    """Console sign-in requests (starts and answers) one address may make per minute (a burst of as many, then one
+    every 60/N seconds); beyond, 429 with Retry-After, ``limit:hit`` in the audit trail and a ``limits`` alert."""
     key_store: str = ""
     """Directory of the epoch keys; empty means DATA_DIR/keys. Put it on another volume, outside backups."""
     epoch_length: timedelta = timedelta(hours=1)
@@ -116,6 +120,29 @@ class RelaySettings:
     signatures and replays never lock: they prove nobody's identity); ``none`` for alerts only."""
     metrics: str = "loopback"
     """Who may read /metrics (Prometheus): ``loopback`` (requests from the relay's own host), ``open``, or ``off``."""
+    header_timeout: timedelta = timedelta(seconds=10)
+    """A connection must send a request's whole header section within this long, counted from connecting or from the
+    request's first byte; an idle or half-sent connection is closed."""
+    keep_alive_timeout: timedelta = timedelta(seconds=5)
+    """An idle keep-alive connection (between two requests) is closed after this long."""
+    body_timeout: timedelta = timedelta(seconds=30)
+    """Longest wait for the next piece of a request body; a stalled request is cut (408) and its client resumes."""
+    upload_deadline: timedelta = timedelta(minutes=15)
+    """Longest one upload request (tus PATCH) may take, however it trickles in; its client resumes at the offset."""
+    max_connections: int = 1000
+    """Open connections one relay process keeps (never more than its open-file limit allows); beyond, a new
+    connection is closed at once."""
+    max_connections_per_address: int = 64
+    """Open connections from one address, when the relay listens on a public address (TLS, no proxy in front);
+    behind a proxy the proxy's own limits apply (docs/deployment.md)."""
+    max_uploads: int = 32
+    """Upload requests one relay process streams at once; beyond, 429 with Retry-After. Keep it under
+    ``database_max_connections``: an upload in progress holds a connection for its lock."""
+    max_uploads_per_party: int = 4
+    """Upload requests one party streams at once on one relay process; beyond, 429 with Retry-After."""
+    trusted_proxies: str = ""
+    """Comma-separated addresses or networks (CIDR) of the proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` the relay believes; from anyone else those headers are ignored. Empty: none."""
 
     @property
     def authority_key_file(self) -> Path:
@@ -208,8 +235,26 @@ def load_settings(data_dir: Path, environ: Mapping[str, str] | None = None) -> R
     return settings
 
 
+def check_database_url(url: str) -> None:
+    """Refuse a database URL that carries a password: it would sit in relay.toml (or a command line) for anyone
+    who reads them. The URL is never echoed back, since it holds the secret."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise UsageError("setting database_url: not a URL") from None
+    query = {name.strip().lower() for name in parse_qs(parts.query, keep_blank_values=True)}
+    if parts.password is not None or "password" in query:
+        raise UsageError(
+            "setting database_url: refusing a database URL that carries a password",
+            hint="leave it out (postgresql+psycopg://USER@HOST:PORT/DB) and give it in PGPASSWORD or ~/.pgpass",
+        )
+
+
 def _check(settings: RelaySettings) -> None:
     """Settings whose values are words from a list."""
+    check_database_url(settings.database_url)
+    if settings.max_ttl > HARD_MAX_TTL:  # clients destroy a rotated key this long after the rotation at most
+        raise UsageError(f"setting max_ttl: at most {format_duration(HARD_MAX_TTL)}")
     try:
         parse_lock_on(settings.detect_lock_on)
     except ValueError as exc:
@@ -229,3 +274,13 @@ def _check(settings: RelaySettings) -> None:
         raise UsageError("setting s3_endpoint: https, or http to a loopback address only")
     if settings.background not in ("in-process", "worker"):
         raise UsageError("setting background: one of in-process, worker")
+    try:
+        parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise UsageError(f"setting trusted_proxies: {exc}") from None
+    if settings.max_uploads_per_party > settings.max_uploads:
+        raise UsageError("setting max_uploads_per_party: at most max_uploads")
+    if settings.database_url and settings.max_uploads >= settings.database_max_connections:
+        raise UsageError(
+            "setting max_uploads: below database_max_connections (an upload in progress holds a connection)"
+        )

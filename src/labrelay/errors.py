@@ -7,6 +7,8 @@ The tree::
     │   └── NotResults                an input that is not a lab-results batch (a workbook, UTF-16, other columns…)
     ├── OperationalError              the request was fine, the world was not
     │   ├── Unavailable               relay unreachable, 5xx, storage down: retry later
+    │   │   ├── TooManyRequests       over a relay limit (uploads in progress, sign-ins per address): retry after
+    │   │   └── RequestTimeout        a request body that stalled or took longer than the relay allows: resume
     │   ├── Unreadable                an input file that cannot be read at all (not one bad record: those are findings)
     │   ├── StorageFull               no space left where the relay or client writes
     │   ├── RelayFrozen               an administrator froze the relay (kill switch)
@@ -14,6 +16,7 @@ The tree::
     │   ├── Conflict                  the request clashes with the current state (e.g. upload offset)
     │   ├── PartyBusy                 another send, fetch or resume for the same party is running
     │   └── TooLarge                  a body or payload over the configured limit
+    │       └── HeadersTooLarge       a header section, or a signature header, longer than any request needs
     └── SecurityError                 refused by a security check; nothing was written or acknowledged
         ├── AuthenticationFailed      bad, missing, stale or unknown signature on a request
         │   └── ReplayDetected        a nonce seen before within the replay window
@@ -22,6 +25,7 @@ The tree::
         ├── PermissionDenied          the signer's role may not do this
         ├── UntrustedEntry            a directory entry not signed by the pinned authority, or outside its validity
         ├── IntegrityError            a payload, manifest or receipt that does not match its signature or hash
+        │   └── PayloadCorrupt        the relay's stored copy of a payload failed its at-rest check: held, never served
         ├── InsecureKeyFile           a private key file others can read (as ssh refuses)
         ├── UnsafeOutput              an output place others could redirect: a planted link, a directory others write
         ├── AuditTampered             the audit log or a client's checkpoint does not verify
@@ -72,6 +76,24 @@ class Unavailable(OperationalError):
     code = "unavailable"
 
 
+class TooManyRequests(Unavailable):
+    """Over one of the relay's limits (concurrent uploads of a party or of the relay, sign-ins from one address):
+    answered 429 with ``Retry-After``; clients wait that long and try again."""
+
+    code = "rate-limited"
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: int = 5) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(Unavailable):
+    """A request body stalled (no byte within ``body_timeout``) or took longer than its deadline; the upload's client
+    resumes from the offset the relay holds."""
+
+    code = "request-timeout"
+
+
 class Unreadable(OperationalError):
     code = "unreadable"
 
@@ -110,6 +132,12 @@ class TooLarge(OperationalError):
     code = "too-large"
 
 
+class HeadersTooLarge(TooLarge):
+    """A header section, or a signature header, longer than any labrelay request needs: refused unparsed."""
+
+    code = "headers-too-large"
+
+
 class SecurityError(LabrelayError):
     code = "security"
 
@@ -142,6 +170,14 @@ class UntrustedEntry(SecurityError):
 
 class IntegrityError(SecurityError):
     code = "integrity"
+
+
+class PayloadCorrupt(IntegrityError):
+    """The relay's stored copy of a payload failed its at-rest integrity check (someone altered the relay's storage,
+    or it is damaged): the relay quarantined the transfer at the first failure and answers this for it from then on
+    (410); the recipient's client reports it, exit 3, and its sender sees it in ``labrelay receipts``."""
+
+    code = "payload-corrupt"
 
 
 class InsecureKeyFile(SecurityError):

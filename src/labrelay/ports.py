@@ -14,7 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from labrelay.domain.audit import AuditEntry, AuditEvent, AuditRecord, Checkpoint
 from labrelay.domain.parties import PartyEntry, Revocation
-from labrelay.domain.transfers import TransferRecord, TransferState
+from labrelay.domain.policy import PolicyWithdrawal
+from labrelay.domain.transfers import QuarantineReason, TransferRecord, TransferState
 
 
 @runtime_checkable
@@ -47,14 +48,26 @@ class DirectoryRepository(Protocol):
 
 
 class PolicyRepository(Protocol):
-    """Routing policies, as the authority signed them."""
+    """Routing policies and their withdrawals, as the authority signed them."""
 
-    def add_policy(self, version: str, envelope: Mapping[str, Any], at: datetime) -> bool:
-        """Store a verified policy; False if this version is already stored (same content), ``Conflict`` if other."""
+    def add_policy(
+        self, version: str, envelope: Mapping[str, Any], at: datetime, *, issue: int, not_after: datetime
+    ) -> bool:
+        """Store a verified policy issue: a new version, or a later issue of a version held (which replaces it).
+        False if nothing was stored: this envelope, or a later issue of its version, is held already. ``Conflict``
+        if another policy holds this issue number."""
         ...
 
     def policy(self, version: str | None = None) -> Mapping[str, Any] | None:
-        """The envelope of ``version``, or of the latest registered policy."""
+        """The envelope of ``version``, or, without one, of the policy with the highest issue number."""
+        ...
+
+    def add_policy_withdrawal(self, withdrawal: PolicyWithdrawal, envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Store a verified withdrawal. False if this serial is already stored."""
+        ...
+
+    def policy_withdrawals(self) -> list[tuple[PolicyWithdrawal, Mapping[str, Any]]]:
+        """Every withdrawal held, with its envelope as the authority signed it, oldest first."""
         ...
 
 
@@ -200,6 +213,11 @@ class ConsoleStore(Protocol):
         """Consume a challenge of ``purpose`` not yet expired: (party, payload), or None. A challenge is used once."""
         ...
 
+    def spend_challenge(self, challenge: str, purpose: str, expires: datetime) -> bool:
+        """Record a challenge held by nobody but its client (a sign-in's) as used, until ``expires``: False if it
+        was recorded already (a replay). Called only once an answer to it verified."""
+        ...
+
     def add_session(self, token_hash: str, party: str, credential_id: str, at: datetime, expires: datetime) -> None: ...
 
     def session(self, token_hash: str, now: datetime) -> tuple[str, str] | None:
@@ -213,8 +231,6 @@ class ConsoleStore(Protocol):
     def prune_console(self, now: datetime) -> int:
         """Forget expired sessions and challenges."""
         ...
-
-    def live_challenges(self, purpose: str) -> int: ...
 
 
 class ControlStore(Protocol):
@@ -232,7 +248,11 @@ class ControlStore(Protocol):
 
     def flag(self, name: str) -> bool: ...
 
-    def quarantine(self, transfer_ids: Sequence[str], at: datetime) -> list[str]: ...
+    def quarantine(
+        self, transfer_ids: Sequence[str], at: datetime, reason: QuarantineReason = QuarantineReason.ADMIN
+    ) -> list[str]:
+        """Hold the open transfers among ``transfer_ids`` not held yet, for ``reason``; the ids newly held."""
+        ...
 
     def pending_of(self, name: str) -> list[str]: ...
 

@@ -7,7 +7,6 @@ for a relay; everything below it receives what it needs as arguments.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,13 +17,15 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, create_engine
 
 from labrelay.client.checkpoints import CheckpointBook
-from labrelay.config import RelaySettings, load_settings, render_config
+from labrelay.config import RelaySettings, check_database_url, load_settings, render_config
 from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
 from labrelay.domain.audit import Checkpoint, verify_chain
 from labrelay.domain.detection import parse_lock_on
+from labrelay.domain.names import parse_networks
 from labrelay.domain.transfers import TransferLimits
 from labrelay.errors import OperationalError, UsageError
 from labrelay.http.app import RelayServices, create_app, record_doc
+from labrelay.http.edge import EdgeLimits
 from labrelay.http.metrics import RelayMetrics
 from labrelay.notify import sinks_from
 from labrelay.ports import Clock, KeyStore, Leader, PayloadStore, TransferLocks
@@ -32,7 +33,7 @@ from labrelay.relay.alerts import AlertDispatcher
 from labrelay.relay.audit_check import AuditReport, verify_audit
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
-from labrelay.relay.console import ConsoleService
+from labrelay.relay.console import SIGNIN_KEY_LABEL, ConsoleService
 from labrelay.relay.control import CommandResult, ControlService
 from labrelay.relay.detector import DetectionRules, Detector
 from labrelay.relay.directory import DirectoryService
@@ -114,19 +115,29 @@ class Relay:
         self.sql.engine.dispose()
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """A new file readable by its owner only (0600, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def init_data_dir(data_dir: Path, authority_pub: Path, *, database_url: str = "") -> RelaySettings:
-    """Create a relay data directory (mode 0700): settings, pinned authority key, database, payload directory.
-    With ``database_url`` (PostgreSQL), the schema is created there; the other scaled settings (S3, background
-    worker) are edited in relay.toml afterwards (docs/deployment.md)."""
+    """Create a relay data directory (mode 0700): settings (relay.toml, 0600), pinned authority key, database,
+    payload directory. With ``database_url`` (PostgreSQL, never with a password), the schema is created there; the
+    other scaled settings (S3, background worker) are edited in relay.toml afterwards (docs/deployment.md)."""
+    check_database_url(database_url)  # before anything is written: a password never reaches relay.toml
     authority = load_verify_key_file(authority_pub)  # refuse anything that is not an Ed25519 public key
     if data_dir.exists() and any(data_dir.iterdir()):
         raise UsageError(f"{data_dir} exists and is not empty; refusing to initialise over it")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     settings = RelaySettings(data_dir.resolve(), database_url=database_url)
-    settings.config_file.write_text(render_config(settings), encoding="utf-8")
+    _write_private(settings.config_file, render_config(settings).encode("utf-8"))
     settings.authority_key_file.write_bytes(authority.to_pem())
-    shutil.copymode(settings.config_file, settings.authority_key_file)
     settings.payload_dir.mkdir(mode=0o700)
     settings.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     relay_signing_key(settings)
@@ -210,7 +221,8 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     sql = SqlStore(engine)
     keys = FileKeyStore(settings.key_dir)
     payloads = payload_store_for(settings, keys)
-    auditor = Auditor(sql, clock, relay_signing_key(settings, signed_before=sql.checkpoint("head") is not None))
+    relay_key = relay_signing_key(settings, signed_before=sql.checkpoint("head") is not None)
+    auditor = Auditor(sql, clock, relay_key)
     directory = DirectoryService(sql, authority, clock, auditor)
     window = settings.replay_window
     control = ControlService(sql, directory, auditor, clock, authority, window)
@@ -250,6 +262,9 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         ).as_dict(),
         verify_audit=lambda: verify_audit(sql, relay_public, now=clock.now(), activity=sql.activity()).as_dict(),
         session_ttl=settings.console_session_ttl,
+        # Every replica holds the relay's key, so every replica opens the sign-in challenges any other sealed.
+        signin_key=relay_key.derive_secret(SIGNIN_KEY_LABEL),
+        signin_limit=settings.console_signin_limit,
     )
     services = RelayServices(
         console=console,
@@ -270,8 +285,24 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         reaper_interval=settings.reaper_interval.total_seconds(),
         max_chunk_bytes=settings.max_chunk_bytes,
         public_url=settings.public_url or None,
+        edge=edge_limits(settings),
     )
     return Relay(settings, sql, payloads, keys, services, detector, alerts)
+
+
+def edge_limits(settings: RelaySettings) -> EdgeLimits:
+    """The HTTP edge's limits from the relay's settings (docs/configuration.md, Limits)."""
+    return EdgeLimits(
+        header_timeout=settings.header_timeout.total_seconds(),
+        keep_alive_timeout=settings.keep_alive_timeout.total_seconds(),
+        body_timeout=settings.body_timeout.total_seconds(),
+        upload_deadline=settings.upload_deadline.total_seconds(),
+        max_connections=settings.max_connections,
+        max_connections_per_address=settings.max_connections_per_address,
+        max_uploads=settings.max_uploads,
+        max_uploads_per_party=settings.max_uploads_per_party,
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+    )
 
 
 def run_worker(data_dir: Path, clock: Clock, stop: threading.Event, *, tick: float = 0.5) -> None:

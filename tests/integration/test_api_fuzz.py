@@ -69,6 +69,7 @@ RECIPIENT_OPERATIONS = {
 AUTHORITY_OPERATIONS = {
     "POST /v1/directory/revocations",
     "POST /v1/policies",
+    "POST /v1/policies/withdrawals",
     "GET /v1/audit/export",
     "POST /v1/admin/commands",
     "GET /v1/admin/status",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,21 @@ from labrelay.clock import SystemClock
 from labrelay.crypto import httpsig
 from labrelay.domain.parties import Role
 from labrelay.errors import AuthenticationFailed, PermissionDenied, RelayFrozen, UsageError
+from tests.support.alerting import webhook
 from tests.support.browser import localhost
 from tests.support.passkeys import SoftPasskey
 from tests.support.world import World, make_world
 
 
 class Console:
-    """A browser's view of the console API: same origin, a cookie jar, JSON."""
+    """A browser's view of the console API: same origin, a cookie jar, JSON; ``source``: the client's address
+    (another loopback address than 127.0.0.1, for the relay to see several clients)."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, source: str | None = None) -> None:
         self.world = world
         self.base = localhost(world.url)
-        self.http = httpx.Client(base_url=self.base, headers={"Origin": self.base}, timeout=30)
+        transport = httpx.HTTPTransport(local_address=source) if source else None
+        self.http = httpx.Client(base_url=self.base, headers={"Origin": self.base}, timeout=30, transport=transport)
 
     def close(self) -> None:
         self.http.close()
@@ -400,16 +404,140 @@ def test_behind_https_the_session_cookie_is_host_only_and_secure(tmp_path: Path,
         options = signed("/v1/console/passkeys/options", {})
         assert options["rp"]["id"] == "localhost"
         signed("/v1/console/passkeys", {"credential": key.create(options)})
+
+        def start() -> tuple[dict[str, Any], dict[str, str]]:
+            """Sign-in options, and the sealed challenge's cookie as a browser on https sends it back (Secure: this
+            client, on plain http to the proxy's back end, would not)."""
+            response = http.post("/console/api/signin/options", json={})
+            [cookie] = response.headers.get_list("set-cookie")
+            assert cookie.startswith("__Host-labrelay_signin=")
+            attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+            assert {"secure", "httponly", "path=/", "samesite=strict", "max-age=300"} <= attributes
+            assert not any(a.startswith("domain=") for a in attributes)
+            return response.json(), {"Cookie": cookie.split(";")[0]}
+
         plain = SoftPasskey(origin=localhost(relay.url), key=key.key, credential_id=key.credential_id)
-        start = http.post("/console/api/signin/options", json={}).json()
-        assert http.post("/console/api/signin", json={"credential": plain.get(start)}).status_code == 401
-        start = http.post("/console/api/signin/options", json={}).json()
-        response = http.post("/console/api/signin", json={"credential": key.get(start)})
+        options, sealed = start()
+        assert (
+            http.post("/console/api/signin", json={"credential": plain.get(options)}, headers=sealed).status_code == 401
+        )
+        options, sealed = start()
+        response = http.post("/console/api/signin", json={"credential": key.get(options)}, headers=sealed)
         assert response.status_code == 200, response.text
-        cookie = response.headers["set-cookie"]
-        assert cookie.startswith("__Host-labrelay_console=")
+        [cookie] = [c for c in response.headers.get_list("set-cookie") if c.startswith("__Host-labrelay_console=")]
         attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
         assert {"secure", "httponly", "path=/", "samesite=strict"} <= attributes
         assert not any(a.startswith("domain=") for a in attributes)
     finally:
         http.close()
+
+
+# ------------------------------------------------------------------ T32: sign-in costs the relay nothing to hold
+
+
+def sign_in_rows(world: World) -> dict[str, int]:
+    """What the relay holds or records for console sign-ins: pending or used challenges, console and limit events."""
+    [(challenges,)] = world.db("SELECT count(*) FROM console_challenges")
+    [(events,)] = world.db("SELECT count(*) FROM audit_events WHERE event LIKE 'console:%' OR event = 'limit:hit'")
+    return {"challenges": challenges, "events": events}
+
+
+@pytest.mark.threat("T32")
+def test_an_anonymous_sign_in_flood_leaves_the_relay_nothing_and_an_admin_signs_in_at_once(console: Console) -> None:
+    """300 sign-ins started from 30 addresses and never answered (the old relay kept each one, up to 10,000, then
+    answered 503 to everyone): the relay holds and records nothing, and an administrator signs in at once."""
+    key = passkey(console)
+    console.enrol("ops-01", key)
+    before = sign_in_rows(console.world)
+    for n in range(30):
+        client = Console(console.world, source=f"127.0.0.{n + 2}")
+        try:
+            for _ in range(10):
+                response = client.post("/console/api/signin/options")
+                assert response.status_code == 200, response.text
+        finally:
+            client.close()
+    assert sign_in_rows(console.world) == before
+    started = time.monotonic()
+    assert console.signin(key).status_code == 200
+    assert time.monotonic() - started < 2
+    assert console.http.get("/console/api/me").json()["party"] == "ops-01"
+    assert sign_in_rows(console.world)["challenges"] == 1  # the one that signed in, kept until it expires
+
+
+@pytest.mark.threat("T32")
+def test_one_address_over_its_sign_in_limit_gets_429_and_the_operator_one_alert(
+    tmp_path: Path, relay_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LABRELAY_CONSOLE_SIGNIN_LIMIT", "5")  # the relay's environment: 5 a minute per address
+    with webhook() as (hook, posts):
+        world = make_world(tmp_path / "w", relay_factory, "--alert-webhook", hook)
+        world.add("ops-01", Role.ADMIN)
+        flood, admin = Console(world), Console(world, source="127.0.0.2")
+        try:
+            key = SoftPasskey(origin=admin.base)
+            admin.enrol("ops-01", key)
+            statuses = [flood.post("/console/api/signin/options").status_code for _ in range(5)]
+            assert statuses == [200] * 5
+            refused = [flood.post("/console/api/signin/options") for _ in range(30)]
+            refused.append(flood.post("/console/api/signin", {"credential": {}}))
+            for response in refused:
+                assert response.status_code == 429
+                assert response.headers["content-type"] == "application/problem+json"
+                assert response.json()["code"] == "rate-limited"
+                assert 1 <= int(response.headers["retry-after"]) <= 12
+            # Another address is not held back by this one.
+            assert admin.signin(key).status_code == 200
+            found = posts.wait_for(lambda a: a["rule"] == "limits", timeout=10)
+            assert found is not None
+            assert found[1]["subject"] == "console-signin:127.0.0.1"
+            time.sleep(1)  # whatever else would come, from the same flood
+            assert [a["subject"] for _, a in posts.items if a["rule"] == "limits"] == ["console-signin:127.0.0.1"]
+            hits = world.db("SELECT details FROM audit_events WHERE event = 'limit:hit'")
+            assert len(hits) == 1  # one record for 31 refusals: the flood does not flood the audit trail
+            assert json.loads(hits[0][0])["remote"] == "127.0.0.1"
+        finally:
+            flood.close()
+            admin.close()
+
+
+@pytest.mark.threat("T32")
+def test_a_sign_in_answer_counts_only_with_its_own_cookie_and_only_once(console: Console) -> None:
+    """The challenge is bound to the browser that asked for it: an answer to it is refused with another browser's
+    cookie, with none, with an altered one; and with its own, once (a passkey without a signature counter, so
+    that only the relay's record of a used challenge stops the replay)."""
+    key = passkey(console)
+    key.counts = False
+    console.enrol("ops-01", key)
+    other = Console(console.world)
+    try:
+        start = console.post("/console/api/signin/options")
+        answer = key.get(start.json())
+        other.post("/console/api/signin/options")  # another browser's sign-in, its own cookie
+        assert other.post("/console/api/signin", {"credential": answer}).status_code == 401
+        other.http.cookies.clear()
+        assert other.post("/console/api/signin", {"credential": answer}).status_code == 401
+        mine = start.cookies["labrelay_signin"]
+        [cookie] = start.headers.get_list("set-cookie")
+        attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"httponly", "path=/", "samesite=strict", "max-age=300"} <= attributes
+        version, expires, challenge, mac = mine.split(".")
+        for forged in (
+            f"{version}.{int(expires) + 600}.{challenge}.{mac}",
+            f"{version}.{expires}.{challenge}.{mac[::-1]}",
+        ):
+            other.http.cookies.set("labrelay_signin", forged)
+            assert other.post("/console/api/signin", {"credential": answer}).status_code == 401
+        assert console.post("/console/api/signin", {"credential": answer}).status_code == 200
+        other.http.cookies.set("labrelay_signin", mine)  # the same answer and cookie, captured and replayed
+        replayed = other.post("/console/api/signin", {"credential": answer})
+        assert replayed.status_code == 401
+        assert replayed.json()["code"] == "replay"
+        assert other.http.get("/console/api/me").status_code == 401
+        refusals = console.world.db(
+            "SELECT reason FROM audit_events WHERE event = 'console:refuse' AND details LIKE '%signin%'"
+        )
+        assert [r for (r,) in refusals].count("replay") == 1
+        assert len(refusals) == 5
+    finally:
+        other.close()

@@ -130,7 +130,7 @@ def test_the_relay_refuses_unknown_or_unsigned_policies(world: World) -> None:
         "sender": lab.name,
         "recipient": "cnam",
         "recipient_key": cnam.age_recipient,
-        "size": 10,
+        "size": 1000,
         "sha256": "0" * 64,
         "record_count": 1,
         "media_type": "text/csv",
@@ -140,7 +140,8 @@ def test_the_relay_refuses_unknown_or_unsigned_policies(world: World) -> None:
     }
     with world.client(lab.name) as client, pytest.raises(IntegrityError, match="does not hold"):
         client.create_transfer(lab.sign(manifest))
-    payload = policy_payload(default_policy_text().replace("fr-covid-2026.2", "rogue-1"), "2026-01-01T00:00:00Z")
+    rogue = default_policy_text().replace("fr-covid-2026.2", "rogue-1")
+    payload = policy_payload(rogue, now, issue=99, not_after=now + timedelta(days=365))
     with world.client(lab.name) as client, pytest.raises(PermissionDenied):
         client.register_policy(sign_envelope(payload, lab.signing_key, AUTHORITY_KEYID))
 

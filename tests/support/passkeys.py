@@ -34,6 +34,7 @@ class SoftPasskey:
     user_handle: bytes = b""
     counter: int = 0
     verified: bool = True  # the authenticator checked the user (PIN, biometric): the UV flag
+    counts: bool = True  # keeps a signature counter; False: always 0, as many synced passkeys report
 
     def _client_data(self, kind: str, challenge: str, origin: str | None) -> bytes:
         doc = {"type": kind, "challenge": challenge, "origin": origin or self.origin, "crossOrigin": False}
@@ -67,7 +68,7 @@ class SoftPasskey:
 
     def get(self, options: dict[str, Any], *, origin: str | None = None, rp_id: str | None = None) -> dict[str, Any]:
         """Answer ``navigator.credentials.get`` options: sign the challenge."""
-        self.counter += 1
+        self.counter += 1 if self.counts else 0
         client = self._client_data("webauthn.get", options["challenge"], origin)
         auth_data = (
             hashlib.sha256((rp_id or options.get("rpId") or self.rp_id).encode()).digest()

@@ -103,6 +103,7 @@ CASES = [
     ({"code_loinc": "1234-5"}, "code_loinc", Reason.LOINC),
     ({"resultat": "PEUT-ETRE"}, "resultat", Reason.RESULT),
     ({"resultat": "10828004"}, "resultat", Reason.RESULT),  # a SNOMED code the template does not list
+    ({"nom": "DUP\u202eTNO"}, "nom", Reason.INVISIBLE),  # a right-to-left override: shows as DUPONT
 ]
 
 

@@ -20,8 +20,7 @@ from labrelay.crypto.httpsig import HeaderLines, RequestView, sign_request
 from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Revocation, Role
-from labrelay.domain.policy import policy_payload
-from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, policy_payload
 from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus, TransferState
 from labrelay.relay.auth import Caller
 from labrelay.runtime import Relay, init_data_dir, open_relay
@@ -53,6 +52,14 @@ class Setup:
     clock: ManualClock
     authority: SigningKey
     detectors: list[Any] = field(default_factory=list)  # detectors a test put in place of the runtime's
+
+    def publish_policy(self, issue: int) -> datetime:
+        """The authority publishes the shipped routing policy again under ``issue``, as it does before each one ends
+        (``labrelay authority publish-policy``); the new one's end."""
+        now = self.clock.now()
+        payload = policy_payload(default_policy_text(), now, issue=issue, not_after=now + DEFAULT_POLICY_VALIDITY)
+        self.relay.services.policies.register(sign_envelope(payload, self.authority, AUTHORITY_KEYID), AUTHORITY_KEYID)
+        return now + DEFAULT_POLICY_VALIDITY
 
     def member(self, name: str, role: Role, *, register: bool = True, days: int = 365) -> Member:
         signing, identity = SigningKey.generate(), AgeIdentity.generate()
@@ -135,7 +142,8 @@ def make_setup(tmp_path: Path) -> Setup:
     relay = open_relay(RelaySettings(data_dir=(tmp_path / "relay").resolve()), clock)
     # The shipped routing policy is in force, as in every deployment (the authority publishes it first): without
     # one, the relay refuses documents sent unparsed to anyone.
-    policy = sign_envelope(policy_payload(default_policy_text(), to_rfc3339(T0)), authority, AUTHORITY_KEYID)
+    payload = policy_payload(default_policy_text(), T0, issue=1, not_after=T0 + DEFAULT_POLICY_VALIDITY)
+    policy = sign_envelope(payload, authority, AUTHORITY_KEYID)
     relay.services.policies.register(policy, AUTHORITY_KEYID)
     return Setup(relay, clock, authority)
 

@@ -161,7 +161,7 @@ def manifest(**over: object) -> Manifest:
         "sender": "lab-a",
         "recipient": "cnam",
         "recipient_key": AGE,
-        "size": 100,
+        "size": 500,
         "sha256": "a" * 64,
         "record_count": 3,
         "media_type": "text/csv",

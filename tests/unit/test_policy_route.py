@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -22,6 +22,7 @@ from tests.support.records import V, frame, good
 
 DEFAULT = parse_policy(default_policy_text())
 REGIONS = ["11", "84", "94"]
+T = datetime(2026, 11, 28, tzinfo=UTC)
 
 
 def policy_with(recipients: str, loinc: str = '["94500-6"]') -> str:
@@ -76,7 +77,7 @@ def test_the_default_policy() -> None:
 @pytest.mark.threat("T13")
 def test_an_unsigned_or_foreign_signed_policy_is_refused() -> None:
     authority, rogue = SigningKey.generate(), SigningKey.generate()
-    payload = policy_payload(default_policy_text(), "2026-11-28T00:00:00Z")
+    payload = policy_payload(default_policy_text(), T, issue=1, not_after=T + timedelta(days=365))
     good_envelope = sign_envelope(payload, authority, AUTHORITY_KEYID)
     assert verified_policy(good_envelope, authority.public).version == DEFAULT.version
     with pytest.raises(UntrustedEntry):
@@ -233,5 +234,5 @@ def test_unparsed_documents_only_where_the_policy_says() -> None:
 
 
 def test_policy_payload_carries_its_version() -> None:
-    payload = policy_payload(default_policy_text(), datetime(2026, 1, 1, tzinfo=UTC).isoformat())
+    payload = policy_payload(default_policy_text(), T, issue=3, not_after=T + timedelta(days=365))
     assert payload["version"] == DEFAULT.version

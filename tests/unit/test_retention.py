@@ -21,6 +21,7 @@ from labrelay.crypto import age_stream, at_rest
 from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import Role
+from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY
 from labrelay.domain.retention import epoch_end
 from labrelay.domain.timeutil import to_epoch
 from labrelay.domain.transfers import TransferState
@@ -218,7 +219,11 @@ def test_years_of_deadlines_leave_nothing_past_its_time(setup: Setup) -> None:
     transfers = setup.relay.services.transfers
     delivered = expired = 0
     end = setup.clock.now() + timedelta(days=730)
+    issue, policy_end = 1, setup.clock.now() + DEFAULT_POLICY_VALIDITY
     while setup.clock.now() < end:
+        if setup.clock.now() > policy_end - timedelta(days=30):  # the authority renews the policy before it ends
+            issue += 1
+            policy_end = setup.publish_policy(issue)
         for _ in range(rng.randint(0, 3)):
             ttl = timedelta(seconds=rng.randint(60, 30 * 86400))
             envelope, data = setup.seal(lab, cnam, os.urandom(rng.randint(1, 3000)), ttl=ttl)

@@ -19,7 +19,6 @@ from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import Role
 from labrelay.domain.policy import policy_payload
-from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import (
     MAX_REFUSAL_DETAIL,
     Manifest,
@@ -322,7 +321,8 @@ def test_the_policy_in_force_decides_and_none_means_nobody(setup: Setup, tmp_pat
         '[[recipients]]\nname = "cnam"\nselect = "positive"\nfields = ["nir", "nom", "resultat"]\n'
         '[[recipients]]\nname = "ars-{region}"\nby_region = true\nfields = ["nom", "resultat"]\nunparsed = true\n'
     )
-    signed = sign_envelope(policy_payload(text, to_rfc3339(T0)), setup.authority, AUTHORITY_KEYID)
+    payload = policy_payload(text, T0, issue=2, not_after=T0 + timedelta(days=365))
+    signed = sign_envelope(payload, setup.authority, AUTHORITY_KEYID)
     setup.relay.services.policies.register(signed, AUTHORITY_KEYID)
     to_cnam, _ = setup.seal(lab, cnam, b"x")
     with pytest.raises(PermissionDenied, match="policy test-2 gives cnam"):

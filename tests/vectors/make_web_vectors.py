@@ -467,6 +467,7 @@ def validation_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     yield from header_cases()
     yield from kind_cases()
     yield from formula_cases()
+    yield from invisible_cases()
 
     # ---- structure
     short = ",".join(line(good()).split(",")[:10])
@@ -892,6 +893,49 @@ def kind_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     yield "kinds: CSV that looks like nothing else", b"MS,x\n", TODAY, None
 
 
+INVISIBLE_SAMPLES = (
+    "\u202e",  # right-to-left override
+    "\u202a",
+    "\u2066",  # left-to-right isolate
+    "\u2069",
+    "\u200e",  # left-to-right mark
+    "\u200f",
+    "\u061c",  # Arabic letter mark
+    "\u200b",  # zero-width space
+    "\u200d",
+    "\u2060",  # word joiner
+    "\ufeff",  # zero-width no-break space (a BOM inside a field)
+    "\u00ad",  # soft hyphen
+    "\u0085",  # a C1 control
+    "\u009b",  # the 8-bit CSI
+    "\u2028",  # line separator
+    "\U000e0041",  # a tag character (invisible "A")
+)
+
+
+def invisible_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
+    """records.FORMULA_FIELDS holding a bidi control or an invisible character are rejected, wherever it stands;
+    visible non-ASCII text is not (T40)."""
+    records = [
+        good(**{name: ("ab" + char + "c@example.fr") if name == "email" else f"DUP{char}ONT"})
+        for name in FORMULA_FIELDS
+        for char in INVISIBLE_SAMPLES
+    ]
+    yield "invisible: bidi controls and invisible characters in each text field", csv_file(*records), TODAY, None
+    yield (
+        "invisible: leading, trailing, alone; and visible text that is fine",
+        csv_file(
+            good(nom="\u202eDUPONT"),
+            good(prenom="Céline\u200f"),
+            good(commune="\u2066"),
+            good(nom="ŒUVRAY", prenom="Zoë", adresse="3 rue de l\u2019Église", commune="L'HAŸ-LES-ROSES"),
+            good(prescripteur_nom="Dr N\u2019Guessan « Jr »", adresse="12\u00a0bis rue X"),
+        ),
+        TODAY,
+        None,
+    )
+
+
 def formula_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     """records.FORMULA_FIELDS beginning like a spreadsheet formula are rejected; phone numbers' + is not."""
     records = [
@@ -1228,6 +1272,7 @@ def constants() -> dict[str, Any]:
         "REVIEW_REASONS": sorted(r.value for r in records.REVIEW_REASONS),
         "OPTIONAL": list(records.OPTIONAL),
         "FORMULA_FIELDS": list(records.FORMULA_FIELDS),
+        "INVISIBLE_RANGES": [list(r) for r in records.INVISIBLE_RANGES],
     }
 
 

@@ -52,6 +52,13 @@ export async function importAuthorityKey(pem) {
   return crypto.subtle.importKey("spki", pemBody(pem, "PUBLIC KEY"), { name: "Ed25519" }, false, ["verify"]);
 }
 
+/** authority.pub's raw key, base64url: how policies.json names the authority it kept a policy for. */
+export function authorityKeyId(pem) {
+  const der = pemBody(pem, "PUBLIC KEY");
+  if (der.length !== 44) throw new Error("not an Ed25519 public key");
+  return b64u(der.subarray(12));
+}
+
 /** A party's signing key as the directory carries it: 32 raw bytes, base64url. */
 export async function importVerifyKey(raw) {
   return crypto.subtle.importKey("raw", unb64u(raw), { name: "Ed25519" }, false, ["verify"]);

@@ -10,6 +10,10 @@ import { signedFetcher } from "./httpsig.js";
 import { loadParty } from "./party.js";
 import { bytes, el, fail, say, table, when } from "./ui.js";
 
+// The smallest age file sealed to one recipient (labrelay.domain.transfers.MIN_PAYLOAD_BYTES): a manifest declaring
+// less names no payload this page could open.
+const MIN_PAYLOAD_BYTES = 200;
+
 class Refused extends Error {
   translated = true;
 }
@@ -27,7 +31,9 @@ export async function verifyManifest(party, directory, envelope, transferId, now
   } catch {
     throw new Refused(t("inbox.mismatch"));
   }
-  if (!Number.isSafeInteger(m.size) || m.size < 0 || !/^[0-9a-f]{64}$/.test(m.sha256)) throw new Refused(t("inbox.mismatch"));
+  if (!Number.isSafeInteger(m.size) || m.size < MIN_PAYLOAD_BYTES || !/^[0-9a-f]{64}$/.test(m.sha256)) {
+    throw new Refused(t("inbox.mismatch"));
+  }
   if (deadline <= now) throw new Refused(t("inbox.late"));
   return m;
 }

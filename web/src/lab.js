@@ -1,21 +1,22 @@
 // The lab upload page: the same steps as `labrelay send` (labrelay/client/routed.py), in the browser.
 // 1. the results file is read and validated here, with the CLI's rules (validate.js, tested on the same vectors);
-// 2. the routing policy and every recipient's entry are verified against the authority key the lab pinned;
+// 2. the routing policy and every recipient's entry are verified against the authority key the lab pinned (the
+//    policy also for its validity, the withdrawals, and, with the lab's policies.json, a rollback: policy.js);
 // 3. each recipient's records (only its fields) are gzip'd and age-encrypted here, to its verified key;
 // 4. a manifest per transfer is signed with the lab's key, and the ciphertext is uploaded resumably (tus).
 // The relay receives ciphertext and signed metadata only. Every record read is accounted for on screen: sent,
 // rejected (the rejection report, downloadable) or held for a recipient that cannot take it yet (the review file,
 // downloadable); both files are made in this browser and never leave it.
 import { Encrypter } from "age-encryption";
-import { parse as parseToml } from "smol-toml";
 import { t, tn } from "./i18n.js";
-import { hex, rfc3339, sha256, signEnvelope, verifyEnvelope } from "./crypto.js";
+import { hex, rfc3339, sha256, signEnvelope } from "./crypto.js";
 import { trustedDirectory } from "./directory.js";
 import { signedFetcher } from "./httpsig.js";
 import { loadParty } from "./party.js";
 import { NO_ARS, openResults, runPipeline } from "./pipeline.js";
 import { FIELDS, REQUIRED } from "./records.js";
-import { destinations, parsePolicy, Router, UsageError } from "./route.js";
+import { verifiedPolicy } from "./policy.js";
+import { destinations, Router, UsageError } from "./route.js";
 import { uploadResumable } from "./upload.js";
 import { NotResultsError } from "./validate.js";
 import { bytes, el, fail, say, table } from "./ui.js";
@@ -121,11 +122,12 @@ export async function labPage(main) {
       document.getElementById("who").textContent = party.name;
       say(t("lab.verifying"));
       const directory = await trustedDirectory(await (await signed("/v1/directory")).json(), party.authority);
-      const policyEnvelope = await (await signed("/v1/policies/current")).json();
-      const signedPolicy = await verifyEnvelope(policyEnvelope, "routing-policy", party.authority);
-      if (signedPolicy.v !== 1 || typeof signedPolicy.toml !== "string") throw new Refused(t("lab.policy"));
-      const policy = parsePolicy(parseToml(signedPolicy.toml));
-      if (signedPolicy.version !== policy.version) throw new Refused(t("lab.policy"));
+      const policy = await verifiedPolicy(
+        await (await signed("/v1/policies/current")).json(),
+        await (await signed("/v1/policies/withdrawals")).json(),
+        party.authority,
+        party.keptPolicy,
+      );
 
       say(t("lab.validating"));
       const ref = await refdata();

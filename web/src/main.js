@@ -4,7 +4,7 @@ import { enrolPage } from "./enrol.js";
 import { inboxPage } from "./inbox.js";
 import { labPage } from "./lab.js";
 import { catalogue, lang, setLang, t } from "./i18n.js";
-import { checkEnvelopeVector, checkManifest, requireParty, runVectors } from "./selftest.js";
+import { checkEnvelopeVector, checkManifest, checkPolicy, requireParty, runVectors } from "./selftest.js";
 import { el, fail } from "./ui.js";
 
 const PAGES = { console: consolePage, enrol: enrolPage, lab: labPage, inbox: inboxPage };
@@ -38,6 +38,8 @@ async function start() {
 }
 
 // For scripts and the tests (tests/integration/test_web.py): the page's own checks, on given vectors.
-globalThis.labrelay = Object.freeze({ catalogue, checkEnvelopeVector, checkManifest, requireParty, runVectors });
+globalThis.labrelay = Object.freeze({
+  catalogue, checkEnvelopeVector, checkManifest, checkPolicy, requireParty, runVectors,
+});
 
 start();

@@ -1,9 +1,9 @@
 // A party's directory (DIR/NAME/, labrelay/client/keystore.py), read from files the user picks. Private keys are
 // imported into WebCrypto (not extractable) or kept in this page's memory; nothing is uploaded or stored.
 import { identityToRecipient } from "age-encryption";
-import { importAuthorityKey, importSigningKey } from "./crypto.js";
+import { authorityKeyId, importAuthorityKey, importSigningKey } from "./crypto.js";
 
-const KNOWN = ["party.json", "signing.key", "authority.pub", "identity.txt", "pseudonym.key"];
+const KNOWN = ["party.json", "signing.key", "authority.pub", "identity.txt", "pseudonym.key", "policies.json"];
 
 export async function loadParty(files) {
   const byName = {};
@@ -32,12 +32,22 @@ export async function loadParty(files) {
     }),
     identities: [],
     pseudonymKey: null,
+    keptPolicy: null, // policies.json: the newest routing policy this lab verified (policy.js refuses older ones)
   };
   if (byName["identity.txt"]) {
     for (const line of byName["identity.txt"].split(/\r?\n/)) {
       const id = line.trim();
       if (id.startsWith("AGE-SECRET-KEY-1")) party.identities.push({ identity: id, recipient: await identityToRecipient(id) });
     }
+  }
+  if (byName["policies.json"]) {
+    let kept;
+    try {
+      kept = JSON.parse(byName["policies.json"]).authorities[authorityKeyId(byName["authority.pub"])];
+    } catch {
+      throw new PartyFileError("malformed", "policies.json");
+    }
+    party.keptPolicy = kept || null;
   }
   if (byName["pseudonym.key"]) {
     const key = byName["pseudonym.key"].trim();

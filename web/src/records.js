@@ -55,6 +55,37 @@ export const OPTIONAL = Object.freeze(FIELDS.filter((f) => !REQUIRED.has(f)));
 /** Identity and address text refused when it begins like a spreadsheet formula (= + - @). Mirrors FORMULA_FIELDS. */
 export const FORMULA_FIELDS = Object.freeze(["nom", "prenom", "adresse", "commune", "prescripteur_nom", "email"]);
 
+/**
+ * Characters refused in FORMULA_FIELDS (Reason.INVISIBLE): every format character of Unicode 14 (bidi marks,
+ * embeddings, overrides, isolates, zero-width characters, the BOM, tags…), the C1 controls, the line and paragraph
+ * separators. Listed, not looked up with \p{Cf}, so that every browser refuses what the CLI refuses. Mirrors
+ * INVISIBLE_RANGES.
+ */
+export const INVISIBLE_RANGES = Object.freeze([
+  [0x0080, 0x009f],
+  [0x00ad, 0x00ad],
+  [0x0600, 0x0605],
+  [0x061c, 0x061c],
+  [0x06dd, 0x06dd],
+  [0x070f, 0x070f],
+  [0x0890, 0x0891],
+  [0x08e2, 0x08e2],
+  [0x180e, 0x180e],
+  [0x200b, 0x200f],
+  [0x2028, 0x202e],
+  [0x2060, 0x2064],
+  [0x2066, 0x206f],
+  [0xfeff, 0xfeff],
+  [0xfff9, 0xfffb],
+  [0x110bd, 0x110bd],
+  [0x110cd, 0x110cd],
+  [0x13430, 0x13438],
+  [0x1bca0, 0x1bca3],
+  [0x1d173, 0x1d17a],
+  [0xe0001, 0xe0001],
+  [0xe0020, 0xe007f],
+]);
+
 /** Upper bounds, in UTF-8 bytes, after trimming. Mirrors MAX_LENGTH. */
 export const MAX_LENGTH = Object.freeze({
   nir: 15,
@@ -108,6 +139,7 @@ export const Reason = Object.freeze({
   MALFORMED: "record is not well-formed",
   CONTROL: "control character in field",
   FORMULA: "formula-like value",
+  INVISIBLE: "invisible or direction-changing character",
   TOO_LONG: "field too long",
   REQUIRED: "required field is empty",
   NIR_FORMAT: "NIR: not 15 characters in the NIR layout",

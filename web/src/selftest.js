@@ -3,6 +3,7 @@
 import { importAuthorityKey, importVerifyKey, verifyEnvelope } from "./crypto.js";
 import { trustedDirectory } from "./directory.js";
 import { verifyManifest } from "./inbox.js";
+import { verifiedPolicy } from "./policy.js";
 import { runAll } from "./vectors.js";
 
 export async function checkEnvelopeVector(vector) {
@@ -38,6 +39,16 @@ export async function checkManifest(doc, authorityPem, party, envelope, transfer
   try {
     await verifyManifest(holder, directory, envelope, transferId, now);
     return "ok";
+  } catch (err) {
+    return err.message || String(err);
+  }
+}
+
+/** The lab page's policy check: "ok <version>", or the refusal's message. `kept`: a policies.json record, or null. */
+export async function checkPolicy(envelope, withdrawals, authorityPem, kept, now = Date.now()) {
+  try {
+    const policy = await verifiedPolicy(envelope, { withdrawals }, await importAuthorityKey(authorityPem), kept, now);
+    return `ok ${policy.version}`;
   } catch (err) {
     return err.message || String(err);
   }

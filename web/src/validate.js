@@ -9,7 +9,18 @@
 // tests/vectors/web_validation.json holds the CLI's own answers; web/test/vectors.test.mjs checks this module
 // against them.
 
-import { FIELDS, FORMULA_FIELDS, MAX_LENGTH, OPTIONAL, RAW_MAX, REQUIRED, Reason, Result, SNOMED_RESULTS } from "./records.js";
+import {
+  FIELDS,
+  FORMULA_FIELDS,
+  INVISIBLE_RANGES,
+  MAX_LENGTH,
+  OPTIONAL,
+  RAW_MAX,
+  REQUIRED,
+  Reason,
+  Result,
+  SNOMED_RESULTS,
+} from "./records.js";
 
 export const BLOCK_BYTES = 8 * 1024 * 1024; // csv_reader.BLOCK_BYTES
 const MAX_CARRY = 4 * BLOCK_BYTES; // csv_reader.MAX_CARRY (fixed, whatever the block size)
@@ -879,6 +890,11 @@ const LEADING_SPACE = new RegExp(`^[${RUST_SPACE}]+`);
 const MIN_DATE = 19000101;
 const FORMULA = new Set(FORMULA_FIELDS);
 const FORMULA_START = /^[=+\-@\t\r]/; // validate._FORMULA, on the trimmed value
+// validate._INVISIBLE: a bidi override, a zero-width character, a C1 control… anywhere in the value
+const INVISIBLE = new RegExp(
+  `[${INVISIBLE_RANGES.map(([lo, hi]) => `\\u{${lo.toString(16)}}-\\u{${hi.toString(16)}}`).join("")}]`,
+  "u",
+);
 
 const DATE_FIELDS = ["date_naissance", "date_prelevement", "date_validation"];
 const PHONE_FIELDS = new Set(["telephone", "prescripteur_telephone"]);
@@ -1060,7 +1076,10 @@ export class Validator {
       const max = MAX_LENGTH[name];
       add(name, Reason.TOO_LONG, (r) => r.len[i] > max);
       if (REQUIRED.has(name)) add(name, Reason.REQUIRED, (r) => r.len[i] === 0);
-      if (FORMULA.has(name)) add(name, Reason.FORMULA, (r) => FORMULA_START.test(r.v[i]));
+      if (FORMULA.has(name)) {
+        add(name, Reason.FORMULA, (r) => FORMULA_START.test(r.v[i]));
+        add(name, Reason.INVISIBLE, (r) => INVISIBLE.test(r.v[i]));
+      }
     };
     const pattern = (name, regex, reason, optional) => {
       const i = F[name];

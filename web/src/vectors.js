@@ -51,6 +51,7 @@ function constants() {
     REVIEW_REASONS: [...r.REVIEW_REASONS].sort(),
     OPTIONAL: [...r.OPTIONAL],
     FORMULA_FIELDS: [...r.FORMULA_FIELDS],
+    INVISIBLE_RANGES: r.INVISIBLE_RANGES.map((range) => [...range]),
   };
 }
 

@@ -15,7 +15,8 @@ Rules (../shared/context/domain-spec.md): NIR layout, sex digit 1 or 2, key (97 
 2B→18), born abroad (99); dates real, in YYYY-MM-DD or DD/MM/YYYY, and birth ≤ sample ≤ validation ≤ today; LOINC
 in the policy's set; result coded; RPPS 11 digits and FINESS 9 characters (their check digits are unverified in
 the reference, so not enforced); INSEE commune code known to La Poste's base; no control characters; bounded
-lengths; no identity or address text beginning like a spreadsheet formula (``=``, ``+``, ``-``, ``@``).
+lengths; no identity or address text beginning like a spreadsheet formula (``=``, ``+``, ``-``, ``@``), nor holding
+an invisible or direction-changing character (a right-to-left override, a zero-width space: ``INVISIBLE_RANGES``).
 
 Speed: phase one runs a *screen*, a few cheap boolean expressions that together hold exactly when some rule is
 broken (lengths in bytes, set lookups that imply the format, one pattern per date), on every record. Phase two
@@ -33,7 +34,16 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from labrelay.domain.records import FIELDS, FORMULA_FIELDS, MAX_LENGTH, REQUIRED, SNOMED_RESULTS, Reason, Result
+from labrelay.domain.records import (
+    FIELDS,
+    FORMULA_FIELDS,
+    INVISIBLE_RANGES,
+    MAX_LENGTH,
+    REQUIRED,
+    SNOMED_RESULTS,
+    Reason,
+    Result,
+)
 
 CONTROL = r"[\x00-\x1f\x7f]"
 _NIR_SHAPE = r"[0-9]{5}(?:[0-9]{2}|2[AB])[0-9]{8}"
@@ -46,6 +56,7 @@ _EMAIL = r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+"
 _COMMUNE = r"[0-9]{5}|2[AB][0-9]{3}"
 _FINESS = r"[0-9]{9}|2[AB][0-9]{7}"
 _FORMULA = r"^[=+\-@\t\r]"
+_INVISIBLE = "[" + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in INVISIBLE_RANGES) + "]"
 _MIN_DATE = date(1900, 1, 1)
 
 DATE_FIELDS = ("date_naissance", "date_prelevement", "date_validation")
@@ -192,6 +203,7 @@ class Validator:
                 checks.append(Check(name, Reason.REQUIRED, _v(name).str.len_bytes() == 0))
             if name in FORMULA_FIELDS:
                 checks.append(Check(name, Reason.FORMULA, _v(name).str.contains(_FORMULA)))
+                checks.append(Check(name, Reason.INVISIBLE, _v(name).str.contains(_INVISIBLE)))
 
         def pattern(name: str, regex: str, reason: Reason, optional: bool) -> None:
             mismatch = ~_v(name).str.contains(_anchored(regex))
@@ -263,6 +275,7 @@ class Validator:
             *too_long,
             *missing,
             *(_v(n).str.contains(_FORMULA) for n in FORMULA_FIELDS),
+            pl.concat_str([_v(n) for n in FORMULA_FIELDS]).str.contains(_INVISIBLE),
             *dates,
             ~nir.str.contains(_anchored(_NIR)),
             ~key_ok,

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from labrelay.cli import options, ui
+from labrelay.cli.printable import printable_json
 from labrelay.clock import SystemClock
 from labrelay.domain.audit import Checkpoint
 from labrelay.errors import AuditTampered, RetentionViolation, UsageError
@@ -145,7 +146,7 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
 
         party = Party.load(as_)
         with options.relay_client(server, party.name, party.signing_key, cacert) as client:
-            ui.out.print(json.dumps(client.admin_status(), indent=2), markup=False)
+            ui.print_lines(ui.out, json.dumps(client.admin_status(), indent=2))
 
     # ------------------------------------------------------------ audit
 
@@ -170,7 +171,7 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
         pinned = load_verify_key_file(relay_key) if relay_key else None
         report = run_verify(data, SystemClock(), _load_checkpoints(checkpoints or []), pinned)
         if as_json:
-            ui.out.print(json.dumps(report.as_dict(), indent=2), markup=False)
+            ui.print_lines(ui.out, json.dumps(report.as_dict(), indent=2))
         else:
             ui.out.print(
                 f"records {report.first_seq or '-'}..{report.last_seq or '-'} ({report.records} verified), "
@@ -217,7 +218,7 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
                             seq = json.loads(line)["seq"]
                             if seq > until:
                                 break
-                            sink.write(line + "\n")
+                            sink.write((line if out else printable_json(line)) + "\n")  # stdout may be a terminal
                             after = seq
             else:
                 raise UsageError("give --data DATA_DIR, or --as ADMIN_DIR with --server URL")
@@ -257,7 +258,7 @@ def register_admin(app: typer.Typer) -> None:  # noqa: PLR0915 - the command tab
 
         report = retention_report(data, SystemClock())
         if as_json:
-            ui.out.print(json.dumps(report.as_dict(), indent=2), markup=False)
+            ui.print_lines(ui.out, json.dumps(report.as_dict(), indent=2))
         else:
             for finding in report.findings:
                 mark = "ok  " if finding.ok else "FAIL"

@@ -32,6 +32,7 @@ from labrelay.errors import IntegrityError, OperationalError, SecurityError, Usa
 if TYPE_CHECKING:  # polars loads only for the commands that read lab results
     from labrelay.batch.csv_reader import Batch
     from labrelay.batch.pipeline import Summary
+    from labrelay.client.rotation import Destroyed
     from labrelay.client.routed import HeldSend, RoutedSend
 
 AsOpt = Annotated[Path, typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys.")]
@@ -55,13 +56,21 @@ def _quiet() -> bool:
     return options.quiet()
 
 
-def _retire_after_fetch(party: Party, client: RelayClient) -> list[str]:
+def _retire_after_fetch(party: Party, client: RelayClient) -> list[Destroyed]:
     """After a (decrypting) fetch, destroy retired identities nothing needs any more."""
     from labrelay.client.rotation import RETIRED_FILE, retire_due  # noqa: PLC0415
 
     if not (party.path / RETIRED_FILE).exists():
         return []
     return retire_due(party, client, SystemClock().now())
+
+
+def _warn_overruled(destroyed: list[Destroyed]) -> None:
+    """Say, once (the run that destroys it), that a retired identity was destroyed against the relay's word."""
+    for gone in destroyed:
+        note = gone.note()
+        if note is not None:
+            ui.err.print(f"labrelay: warning: {note}", markup=False)
 
 
 def _client(server: str, keyid: str, key: SigningKey, cacert: Path | None) -> RelayClient:
@@ -265,17 +274,44 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ] = None,
         authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")] = Path(),
         server: ServerOpt = "",
+        valid_for: Annotated[
+            str, typer.Option(help="Validity of the signed policy (e.g. 365d); labs refuse it afterwards.")
+        ] = "365d",
         cacert: CaOpt = None,
     ) -> None:
-        """Sign a routing policy and register it with the relay; labs route under the latest one."""
-        from labrelay.client.policy import default_policy_text  # noqa: PLC0415
+        """Sign a routing policy and register it with the relay; labs route under the newest one (highest issue)
+        and refuse any older one from then on."""
+        from labrelay.client.policy import default_policy_text, relay_policy_issue  # noqa: PLC0415
 
         auth = Authority.load(authority)
         text = policy.read_text(encoding="utf-8") if policy else default_policy_text()
-        envelope = auth.sign_policy(text, SystemClock().now())
+        validity = parse_duration(valid_for)
         with _client(server, AUTHORITY_KEYID, auth.key, cacert) as client:
+            envelope = auth.sign_policy(
+                text, SystemClock().now(), validity, after_issue=relay_policy_issue(client, auth.public)
+            )
             result = client.register_policy(envelope)
-        ui.out.print(f"policy {result.get('version')} published", markup=False)
+        issue = envelope["payload"]["issue"]
+        ui.out.print(f"policy {result.get('version')} (issue {issue}) published", markup=False)
+
+    @authority_app.command("withdraw-policy")
+    def authority_withdraw_policy(
+        version: Annotated[str, typer.Argument(help="Policy version to withdraw (every issue of it).")],
+        authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
+        server: ServerOpt,
+        reason: Annotated[
+            str, typer.Option(help="Why (kept in the signed withdrawal).")
+        ] = "withdrawn by the authority",
+        cacert: CaOpt = None,
+    ) -> None:
+        """Sign a withdrawal of policy VERSION and register it: the relay refuses new transfers routed under it, and
+        labs refuse to route under it (publish the policy in force after it)."""
+
+        auth = Authority.load(authority)
+        envelope = auth.sign_policy_withdrawal(version, reason, SystemClock().now())
+        with _client(server, AUTHORITY_KEYID, auth.key, cacert) as client:
+            client.register_policy_withdrawal(envelope)
+        ui.out.print(f"policy {version} withdrawn", markup=False)
 
     # ------------------------------------------------------------ server
 
@@ -391,6 +427,12 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ui.out.print(f"{party.name} now receives at {result.new_recipient}", markup=False)
         for old in result.retired:
             ui.out.print(f"  retired {old}: kept until {result.destroy_after}", markup=False)
+        for old, claimed in result.overclaimed.items():
+            ui.err.print(
+                f"labrelay: warning: the relay claims payloads sealed to {old} until {claimed}, longer than any "
+                "relay may keep one: it is kept until the date above only",
+                markup=False,
+            )
 
     @party_app.command("retire")
     def party_retire(
@@ -404,8 +446,9 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         party = Party.load(party_dir)
         with _party_client(server, party, cacert) as client:
             destroyed = retire_due(party, client, SystemClock().now())
-        for recipient in destroyed:
-            ui.out.print(f"destroyed retired identity {recipient}", markup=False)
+        for gone in destroyed:
+            ui.out.print(f"destroyed retired identity {gone.recipient}", markup=False)
+        _warn_overruled(destroyed)
         for key in retired_status(party):
             if not key.get("destroyed_at"):
                 ui.out.print(f"kept {key['age_recipient']} until {key['destroy_after']}", markup=False)
@@ -439,12 +482,11 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         """Print a party's public keys and its signed entry's validity."""
 
         party = Party.load(party_dir)
-        ui.out.print(
-            f"name:          {party.name}\nrole:          {party.role.value}\n"
-            f"region:        {party.region or '-'}\nage recipient: {party.age_recipient}\n"
-            f"signing key:   {party.signing_public}",
-            markup=False,
-        )
+        ui.out.print(f"name:          {party.name}", markup=False)
+        ui.out.print(f"role:          {party.role.value}", markup=False)
+        ui.out.print(f"region:        {party.region or '-'}", markup=False)
+        ui.out.print(f"age recipient: {party.age_recipient}", markup=False)
+        ui.out.print(f"signing key:   {party.signing_public}", markup=False)
         entry = party.entry()
         if entry is None:
             ui.out.print("entry:         not enrolled", markup=False)
@@ -633,7 +675,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
             party = Party.load(as_)
             with _party_client(server, party, cacert) as client:
                 trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
-                rules = current_policy(client, party.authority)
+                rules = current_policy(client, party.authority, party.path, SystemClock().now())
             enrolled = {e.name for e in trusted.in_force() if e.role is Role.RECIPIENT}
         else:
             from labrelay.client.policy import default_policy_text  # noqa: PLC0415
@@ -768,8 +810,9 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
                 party, client, out, SystemClock(), raw=raw, progress=progress, output_format=output_format
             )
             destroyed = [] if raw else _retire_after_fetch(party, client)
-        for recipient in destroyed:
-            ui.json_output.say(f"destroyed retired identity {recipient}: no payload sealed to it remains")
+        for gone in destroyed:
+            ui.json_output.say(f"destroyed retired identity {gone.recipient}: no payload sealed to it remains")
+        _warn_overruled(destroyed)
         _print_fetch(report)
         code = max((ui.exit_code_for(e) for _, e in report.refused), default=ui.EXIT_OK)
         if report.failed:

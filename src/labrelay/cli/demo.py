@@ -336,7 +336,7 @@ def _print(summary: dict[str, Any]) -> None:
         lines.append(
             f"the relay keeps running (pid {summary['relay']['pid']}); stop it with: kill {summary['relay']['pid']}"
         )
-    ui.out.print("\n".join(lines), markup=False)
+    ui.print_lines(ui.out, "\n".join(lines))
 
 
 def demo_command(

@@ -3,11 +3,17 @@
 With ``--json`` (``send``, ``validate``, ``fetch``, ``receipts``, ``resume``) a command prints exactly one JSON
 document on stdout, also when it fails (``{"ok": false, "error": {...}, "exit_code": N}``); the one-line message
 still goes to stderr.
+
+Everything printed goes through ``printable`` (labrelay.cli.printable): what a relay sends (error text, hints,
+alerts), and every name or file name, reaches the terminal with its control and invisible characters shown as
+escapes, never obeyed. One ``print`` is one or more *lines*: a newline inside a string is shown as ``\\n``, so a
+field cannot forge a line of its own; print several lines one by one (``print_lines``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -22,13 +28,40 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.segment import Segment
 from rich.text import Text
 
 from labrelay import errors
+from labrelay.cli.printable import printable, printable_json
 from labrelay.client.progress import Unit
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class SafeConsole(Console):
+    """A rich console that shows, never obeys, control and invisible characters (``printable``): every string
+    given to ``print`` is neutralised whole, newlines included, and markup is off unless asked for; every piece
+    of text rendered (progress labels, any renderable) is neutralised again, keeping only the line breaks rich
+    itself lays out. The console's own control sequences (progress bars) are not text and pass."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("markup", False)
+        kwargs.setdefault("emoji", False)
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            segment if segment.control else segment._replace(text=printable(segment.text, newlines=True))
+            for segment in buffer
+        )
+
+
+def print_lines(console: Console, text: str) -> None:
+    """Several lines the CLI composed itself, each printed (and neutralised) on its own."""
+    for line in text.split("\n"):
+        console.print(line, markup=False)
+
+
+out = SafeConsole(highlight=False, soft_wrap=True)
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_OK = 0
 EXIT_OPERATIONAL = 1
@@ -75,7 +108,8 @@ class JsonOutput:
     def emit(self, doc: dict[str, Any], exit_code: int = EXIT_OK) -> None:
         if self.enabled and not self.done:
             self.done = True
-            print(json.dumps({"ok": exit_code == EXIT_OK, **doc, "exit_code": exit_code}, ensure_ascii=False))
+            document = json.dumps({"ok": exit_code == EXIT_OK, **doc, "exit_code": exit_code}, ensure_ascii=False)
+            print(printable_json(document))
 
     def fail(self, exc: errors.LabrelayError, exit_code: int | None = None) -> None:
         doc = {"error": {"code": exc.code, "message": exc.message, "hint": exc.hint, "kind": kind_of(exc)}}

@@ -29,6 +29,7 @@ from labrelay.errors import (
     LabrelayError,
     OperationalError,
     StorageFull,
+    TooManyRequests,
     Unavailable,
     UsageError,
     error_from_code,
@@ -180,7 +181,10 @@ class RelayClient:
             return Unavailable(f"relay error {response.status_code}: {detail}")
         if not code:
             return OperationalError(f"relay answered {response.status_code}: {detail}")
-        return error_from_code(code, f"relay refused: {detail}", hint)
+        error = error_from_code(code, f"relay refused: {detail}", hint)
+        if isinstance(error, TooManyRequests):
+            error.retry_after = _retry_after(response.headers.get("retry-after"))
+        return error
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Retry an idempotent operation on transport errors, with exponential backoff."""
@@ -188,10 +192,10 @@ class RelayClient:
         for attempt in range(self._retries + 1):
             try:
                 return operation()
-            except Unavailable:
+            except Unavailable as exc:
                 if attempt == self._retries:
                     raise
-                time.sleep(delay)
+                time.sleep(max(delay, getattr(exc, "retry_after", 0)))
                 delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -233,6 +237,18 @@ class RelayClient:
     def policy(self, version: str | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", f"/v1/policies/{version or 'current'}")
         return result
+
+    def register_policy_withdrawal(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/policies/withdrawals", envelope)
+        return result
+
+    def policy_withdrawals(self) -> list[dict[str, Any]]:
+        """The authority-signed policy withdrawals the relay holds, unverified (``client.policy`` verifies them)."""
+        result = self._json("GET", "/v1/policies/withdrawals")
+        withdrawals = result.get("withdrawals") if isinstance(result, dict) else None
+        if not isinstance(withdrawals, list):
+            raise OperationalError("relay sent a malformed list of policy withdrawals")
+        return withdrawals
 
     def create_transfer(self, manifest_envelope: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/transfers", manifest_envelope)
@@ -308,11 +324,11 @@ class RelayClient:
         while offset < size:
             try:
                 new_offset = self.upload_region(transfer_id, source, offset, min(chunk_size, size - offset))
-            except (Unavailable, Conflict):
+            except (Unavailable, Conflict) as exc:
                 failures += 1
                 if failures > self._retries:
                     raise
-                time.sleep(self._backoff * 2 ** (failures - 1))
+                time.sleep(max(self._backoff * 2 ** (failures - 1), getattr(exc, "retry_after", 0)))
                 new_offset = self.upload_offset(transfer_id)
             else:
                 failures = 0
@@ -413,3 +429,14 @@ def _iterate(response: httpx.Response) -> Iterator[bytes]:
         raise Unavailable(f"download interrupted: {exc}") from exc
     finally:
         response.close()
+
+
+MAX_RETRY_AFTER = 60
+"""The longest a client waits on one ``Retry-After``, whatever the relay asks (a relay cannot stall a nightly job)."""
+
+
+def _retry_after(value: str | None) -> int:
+    """Seconds to wait from a ``Retry-After`` in seconds (RFC 9110); anything else, or nothing: 1 s."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return 1
+    return min(int(value), MAX_RETRY_AFTER)

@@ -51,6 +51,7 @@ from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
+    MIN_PAYLOAD_BYTES,
     Manifest,
     Receipt,
     ReceiptStatus,
@@ -64,6 +65,7 @@ from labrelay.errors import (
     NotFound,
     OperationalError,
     PartyRevoked,
+    PayloadCorrupt,
     PermissionDenied,
     Unavailable,
     UntrustedEntry,
@@ -91,12 +93,14 @@ run instead: it is not the payload's fault, and refusing it would let a local at
 
 
 class DownloadBroken(Unavailable):
-    """One payload's download kept breaking (a replica restarting, or its stored bytes failing the relay's own
-    integrity check): retried next run, and the other transfers go on meanwhile."""
+    """One payload's download kept breaking (a replica restarting, storage briefly unreachable): retried next run,
+    and the other transfers go on meanwhile. A payload whose stored copy failed the relay's own integrity check is
+    not this: the relay holds it from the first failure and says so (``PayloadCorrupt``), and it is not retried."""
 
 
 class _Refused(Exception):
-    """A payload check failed: the wrapped error is reported, and the payload refused to the relay."""
+    """A payload check failed: the wrapped error is reported, and the payload refused to the relay (unless the relay
+    holds it already: ``PayloadCorrupt``)."""
 
     def __init__(self, error: LabrelayError) -> None:
         super().__init__(error.message)
@@ -191,6 +195,11 @@ def verify_manifest(
         raise IntegrityError(f"transfer {transfer_id} was sealed to a key {party.name} does not hold")
     if now is not None and manifest.deadline <= now:
         raise IntegrityError(f"the relay offered {transfer_id} after its deadline; refusing it")
+    if manifest.size < MIN_PAYLOAD_BYTES:  # no relay should have taken it (check_manifest_terms); nothing to open
+        raise IntegrityError(
+            f"transfer {transfer_id} declares {manifest.size} bytes, less than any age file sealed to this party "
+            f"({MIN_PAYLOAD_BYTES}); refusing it"
+        )
     return manifest
 
 
@@ -354,6 +363,16 @@ def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: s
                         ) from exc
             out.flush()
             os.fsync(out.fileno())
+    except PayloadCorrupt as exc:
+        # The relay's copy failed its own at-rest check (the stream was cut there, or refused at once): it holds the
+        # transfer and will never serve it again. What arrived is a prefix of ciphertext nobody can use: dropped.
+        work.unlink(partial)
+        error = PayloadCorrupt(
+            f"transfer {manifest.transfer_id} from {manifest.sender} failed the relay's integrity check: its stored "
+            "copy was altered or damaged in the relay's storage; the relay holds it and will not serve it again, "
+            "and its sender sees why; nothing written, no receipt sent"
+        )
+        raise _Refused(error) from exc
     finally:
         task.done()
     if size != manifest.size or digest.hexdigest() != manifest.sha256:
@@ -757,6 +776,14 @@ def fetch_all(
 
 
 def _refuse(run: _Run, listing: Mapping[str, Any], transfer_id: str, error: LabrelayError) -> None:
+    if isinstance(error, PayloadCorrupt):  # the relay's own check failed and it holds the transfer: nothing to sign
+        _record(
+            run.party,
+            transfer_id,
+            manifest=dict(listing.get("manifest") or {}),
+            relay_held={"code": error.code, "message": error.message, "at": run.clock.now().isoformat()},
+        )
+        return
     envelope = _refusal(run.party, listing, transfer_id, error, run.clock.now())
     _record(
         run.party,

@@ -14,17 +14,20 @@ Party directory ``DIR/NAME/`` (mode 0700)::
     sent/           manifests of completed uploads (the sender's record of what it sent)
     ledger/         labs: the breach ledger of each routed send (docs/breach.md); persons sealed to the DPO
     checkpoints.json  the relay's signed audit heads this party received (docs/audit.md)
+    policies.json   labs: the newest routing policy issue verified, and the withdrawn versions seen (0600)
 
 Authority directory ``AUTH_DIR/`` (mode 0700)::
 
     authority.key   Ed25519 private key (0600); keep this directory offline
     authority.pub   the public key every party and the relay pin
     pseudonym.key   the key of the keyed pseudonyms (0600): given to labs when they enrol, never to recipients
-    issued.jsonl    every entry, revocation and policy this authority signed, one per line
+    issued.jsonl    every entry, revocation, policy and policy withdrawal this authority signed, one per line
+                    (policies' issue numbers follow on from the highest found here)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -45,7 +48,7 @@ from labrelay.crypto.keys import (
 )
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
 from labrelay.domain.parties import ENTRY_TYPE, PartyEntry, Revocation, Role
-from labrelay.domain.policy import policy_payload
+from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, POLICY_TYPE, PolicyWithdrawal, policy_payload
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
 
@@ -256,9 +259,37 @@ class Authority:
             pseudonym.save_key(path, pseudonym.new_key())
         return pseudonym.load_key(path)
 
-    def sign_policy(self, text: str, now: datetime) -> dict[str, Any]:
-        """Sign a routing policy; refuses one ``parse_policy`` refuses (malformed, gives nothing or everything)."""
-        envelope = sign_envelope(policy_payload(text, to_rfc3339(now)), self.key, AUTHORITY_KEYID)
+    def sign_policy(
+        self, text: str, now: datetime, valid_for: timedelta = DEFAULT_POLICY_VALIDITY, *, after_issue: int = 0
+    ) -> dict[str, Any]:
+        """Sign a routing policy, valid from ``now`` for ``valid_for``, with the next issue number: one more than
+        any this authority signed (``issued.jsonl``) and than ``after_issue`` (the relay's newest, verified). Refuses
+        a policy ``parse_policy`` refuses (malformed, gives nothing or everything)."""
+        issue = max(self.last_policy_issue(), after_issue) + 1
+        payload = policy_payload(text, now, issue=issue, not_after=now + valid_for)
+        envelope = sign_envelope(payload, self.key, AUTHORITY_KEYID)
+        self._log(envelope)
+        return envelope
+
+    def last_policy_issue(self) -> int:
+        """The highest issue number among the routing policies this authority signed (0: none yet)."""
+        path = self.path / "issued.jsonl"
+        if not path.exists():
+            return 0
+        highest = 0
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError, AttributeError):
+                    payload = json.loads(line).get("payload") or {}
+                    issue = payload.get("issue") if payload.get("type") == POLICY_TYPE else None
+                    if isinstance(issue, int) and not isinstance(issue, bool):
+                        highest = max(highest, issue)
+        return highest
+
+    def sign_policy_withdrawal(self, version: str, reason: str, now: datetime) -> dict[str, Any]:
+        """Withdraw routing policy ``version``: nobody routes under it again, whichever issue."""
+        withdrawal = PolicyWithdrawal(version=version, withdrawn_at=now, reason=reason, serial=new_id())
+        envelope = sign_envelope(withdrawal.to_payload(), self.key, AUTHORITY_KEYID)
         self._log(envelope)
         return envelope
 

@@ -1,5 +1,7 @@
 """The sender's view of what it sent: each transfer's state, and its recipient's signed receipt or signed refusal,
-each verified against the recipient's entry in the directory the sender trusts."""
+each verified against the recipient's entry in the directory the sender trusts; and, on the relay's word alone (it
+is trusted for availability, nothing more), a transfer the relay holds and why: one whose stored copy failed the
+relay's integrity check is not deliverable, and its sender sends it again."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto.envelopes import envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import RECEIVING_ROLES
-from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 from labrelay.domain.transfers import MANIFEST_TYPE, RECEIPT_TYPE, REFUSAL_TYPE, Manifest, Receipt, TransferRefusal
 from labrelay.errors import IntegrityError, LabrelayError
 from labrelay.ports import Clock
@@ -28,10 +30,20 @@ class OutboxItem:
     state: str
     receipt: Receipt | None = None
     refusal: TransferRefusal | None = None
+    held: str | None = None  # the relay's word: why it holds the transfer (admin, revoked, refused, corrupt)
+    held_at: str | None = None
 
     def line(self) -> str:
-        base = f"{self.manifest.transfer_id} → {self.manifest.recipient:12} {self.state:10}"
+        state = "held" if self.held is not None and self.receipt is None else self.state
+        base = f"{self.manifest.transfer_id} → {self.manifest.recipient:12} {state:10}"
         parts = []
+        if self.held == "corrupt":
+            parts.append(
+                f"NOT DELIVERABLE: the relay's stored copy failed its integrity check at {self.held_at} (altered or "
+                "damaged in the relay's storage); the relay holds it and never serves it: send it again"
+            )
+        elif self.held is not None and self.refusal is None:
+            parts.append(f"held by the relay since {self.held_at} ({HELD_WORDS.get(self.held, self.held)})")
         if self.receipt is not None:
             count = f", {self.receipt.record_count} records" if self.receipt.record_count is not None else ""
             copy = f", a copy of {self.receipt.duplicate_of} (declined)" if self.receipt.duplicate_of else ""
@@ -67,7 +79,31 @@ class OutboxItem:
             "refusal": None
             if refusal is None
             else {"reason": refusal.reason, "detail": refusal.detail, "at": to_rfc3339(refusal.refused_at)},
+            "held": None if self.held is None else {"reason": self.held, "at": self.held_at},
         }
+
+
+HELD_WORDS = {
+    "admin": "quarantined by its administrator",
+    "revoked": "its sender or recipient was revoked on the relay",
+    "refused": "refused by its recipient",
+    "corrupt": "its stored copy failed the relay's integrity check",
+}
+
+
+def _held(listing: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(reason, since) of the relay's hold on a transfer, as the relay says: a reason it does not document, or a
+    malformed time, is shown as "unknown" (never the relay's own text, which reaches the sender's terminal)."""
+    hold = listing.get("quarantine")
+    if not isinstance(hold, Mapping):
+        return None, None
+    reason = hold.get("reason")
+    reason = reason if isinstance(reason, str) and reason in HELD_WORDS else "unknown"
+    try:
+        at = to_rfc3339(from_rfc3339(str(hold.get("at"))))
+    except ValueError:
+        at = "an unknown time"
+    return reason, at
 
 
 def _recipients_key(
@@ -104,7 +140,8 @@ def verified_outbox(party: Party, client: RelayClient, clock: Clock) -> tuple[li
                 refusal = TransferRefusal.from_payload(verify_envelope(envelope, REFUSAL_TYPE, key))
                 if not refusal.matches(manifest):
                     raise IntegrityError(f"refusal for {transfer_id} does not match its manifest")
-            items.append(OutboxItem(manifest, str(listing.get("state")), receipt, refusal))
+            held, held_at = _held(listing)
+            items.append(OutboxItem(manifest, str(listing.get("state")), receipt, refusal, held, held_at))
         except LabrelayError as exc:
             problems.append(f"{transfer_id}: {exc.diagnostics()}")
     return items, problems

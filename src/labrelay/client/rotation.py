@@ -5,6 +5,11 @@ on senders seal to the new key, and the relay refuses any payload sealed to the 
 in ``identity.txt`` (so ``fetch``, and ``age -d -i identity.txt``, can still open what was sealed to it) and is
 listed in ``retired.json`` with the latest deadline of the payloads sealed to it, which the relay reports.
 
+The relay's word is bounded: no payload sealed to the old key can outlive the rotation by more than the longest
+deadline any relay may grant (``HARD_MAX_TTL``, 30 d) plus the clock skew clients allow, since the relay refuses
+payloads sealed to it from the rotation on. Past that, the old identity is destroyed whatever the relay says (a
+relay claiming a later deadline is lying, or broken, and the claim is reported once).
+
 ``retire_due`` destroys every retired identity whose payloads are all past their deadline: it asks the relay
 again first (a payload created during the rotation pushes the date back), rewrites ``identity.txt`` without
 it, and overwrites the old file's bytes. ``fetch`` runs it after every fetch; ``party retire`` runs it alone.
@@ -27,10 +32,14 @@ from labrelay.client.files import read_json, write_json_atomic
 from labrelay.client.keystore import ENTRY_FILE, IDENTITY_FILE, PUBLIC_FILE, Authority, Party
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.parties import RECEIVING_ROLES
-from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
+from labrelay.domain.timeutil import format_duration, from_rfc3339, to_rfc3339
+from labrelay.domain.transfers import CLOCK_SKEW, HARD_MAX_TTL
 from labrelay.errors import UsageError
 
 RETIRED_FILE = "retired.json"
+KEEP_AT_MOST = HARD_MAX_TTL + CLOCK_SKEW + timedelta(seconds=1)
+"""How long after its rotation a retired identity is kept at most: the longest deadline, the clock skew, and the
+second ``retired_at`` is rounded down to. The client's own constants: never a value the relay reports."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,25 @@ class Rotation:
     new_recipient: str
     retired: list[str]
     destroy_after: str
+    overclaimed: dict[str, str]
+    """Retired recipients for which the relay claimed a deadline past ``KEEP_AT_MOST``: what it claimed."""
+
+
+@dataclass(frozen=True)
+class Destroyed:
+    """A retired identity destroyed; ``overclaimed``, what the relay last claimed if it said to keep it longer."""
+
+    recipient: str
+    overclaimed: str | None = None
+
+    def note(self) -> str | None:
+        """One line for the operator when the relay's word was overruled, else None."""
+        if self.overclaimed is None:
+            return None
+        return (
+            f"the relay claimed payloads sealed to {self.recipient} until {self.overclaimed}, longer than any relay "
+            f"may keep one ({format_duration(HARD_MAX_TTL)} after the rotation): destroyed anyway"
+        )
 
 
 def _retired(party: Party) -> list[dict[str, Any]]:
@@ -91,10 +119,24 @@ def _shred(path: Path) -> None:
         path.unlink()
 
 
-def _horizon(client: RelayClient, recipient: str, now: datetime) -> datetime:
+def _keep_until(retired_at: datetime) -> datetime:
+    return retired_at + KEEP_AT_MOST
+
+
+def _horizon(client: RelayClient, recipient: str, now: datetime, cap: datetime) -> tuple[datetime, str | None]:
+    """When the relay says the last payload sealed to ``recipient`` ends, never later than ``cap``; and what it
+    claimed when that was later (or malformed)."""
     doc = client.key_horizon(recipient)
     latest = doc.get("latest_deadline")
-    return max(from_rfc3339(latest), now) if latest else now
+    if not latest:
+        return now, None
+    try:
+        said = from_rfc3339(str(latest))
+    except ValueError:
+        return cap, "an unreadable date"
+    if said > cap:
+        return cap, to_rfc3339(said)
+    return max(said, now), None
 
 
 def rotate(party: Party, authority: Authority, client: RelayClient, now: datetime, valid_for: timedelta) -> Rotation:
@@ -119,31 +161,45 @@ def rotate(party: Party, authority: Authority, client: RelayClient, now: datetim
     keys = _retired(party)
     retiring = [i.recipient for i in held if i.recipient not in known]
     latest = now
+    overclaimed: dict[str, str] = {}
+    retired_at = to_rfc3339(now)
     for recipient in retiring:
-        until = _horizon(client, recipient, now)
+        until, claimed = _horizon(client, recipient, now, _keep_until(from_rfc3339(retired_at)))
         latest = max(latest, until)
-        keys.append({"age_recipient": recipient, "retired_at": to_rfc3339(now), "destroy_after": to_rfc3339(until)})
+        key = {"age_recipient": recipient, "retired_at": retired_at, "destroy_after": to_rfc3339(until)}
+        if claimed is not None:
+            key["relay_claimed"] = overclaimed[recipient] = claimed
+        keys.append(key)
     _save_retired(party, keys)
     public = read_json(party.path / PUBLIC_FILE)
     public["age_recipient"] = new.recipient
     write_json_atomic(party.path / PUBLIC_FILE, public, mode=0o644)
     write_json_atomic(party.path / ENTRY_FILE, envelope, mode=0o644)
-    return Rotation(new.recipient, retiring, to_rfc3339(latest))
+    return Rotation(new.recipient, retiring, to_rfc3339(latest), overclaimed)
 
 
-def retire_due(party: Party, client: RelayClient | None, now: datetime) -> list[str]:
-    """Destroy retired identities whose payloads are all past their deadline. Returns their recipients.
+def retire_due(party: Party, client: RelayClient | None, now: datetime) -> list[Destroyed]:
+    """Destroy retired identities whose payloads are all past their deadline. Returns what was destroyed.
 
     Without a relay to ask (``client`` None), only identities whose recorded date has passed are destroyed; the
     relay refuses new payloads sealed to a retired key, so that date only moves if a payload was created during
-    the rotation itself."""
+    the rotation itself. Whatever the relay says, an identity is destroyed ``KEEP_AT_MOST`` after its rotation,
+    without asking: no payload sealed to it can be served any more."""
     keys = _retired(party)
     due: list[str] = []
     for key in keys:
-        if key.get("destroyed_at") or from_rfc3339(key["destroy_after"]) > now:
+        if key.get("destroyed_at"):
+            continue
+        cap = _keep_until(from_rfc3339(key["retired_at"]))
+        if cap <= now:
+            due.append(key["age_recipient"])
+            continue
+        if from_rfc3339(key["destroy_after"]) > now:
             continue
         if client is not None:
-            until = _horizon(client, key["age_recipient"], now)
+            until, claimed = _horizon(client, key["age_recipient"], now, cap)
+            if claimed is not None:
+                key["relay_claimed"] = claimed
             if until > now:
                 key["destroy_after"] = to_rfc3339(until)
                 continue
@@ -157,11 +213,13 @@ def retire_due(party: Party, client: RelayClient | None, now: datetime) -> list[
     if not keep or party.age_recipient not in {i.recipient for i in keep}:
         raise UsageError(f"{identity_file}: refusing to destroy the identity in force")
     _write_identities(identity_file, keep, {})
+    destroyed: list[Destroyed] = []
     for key in keys:
         if key["age_recipient"] in due:
             key["destroyed_at"] = to_rfc3339(now)
+            destroyed.append(Destroyed(key["age_recipient"], key.get("relay_claimed")))
     _save_retired(party, keys)
-    return due
+    return destroyed
 
 
 def retired_status(party: Party) -> list[dict[str, Any]]:

@@ -26,11 +26,11 @@ from labrelay.batch.pipeline import NO_ARS, RejectionReport, ReviewFile, Summary
 from labrelay.batch.route import Destination, Router, destinations
 from labrelay.batch.validate import Validator
 from labrelay.client.api import RelayClient
-from labrelay.client.batches import HELD, ROUTED, SEALING, BatchIndex, BatchRecord, digest
-from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir
+from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchIndex, BatchRecord, digest
+from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir, read_json
 from labrelay.client.keystore import Party
 from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
-from labrelay.client.policy import current_policy
+from labrelay.client.policy import current_policy, no_longer_in_force
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.send import (
     GZIP_LEVEL,
@@ -47,12 +47,13 @@ from labrelay.client.send import (
 )
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
+from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
 from labrelay.domain.records import FIELDS
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import Manifest
-from labrelay.errors import OperationalError, PermissionDenied, UsageError
+from labrelay.errors import OperationalError, PermissionDenied, SecurityError, UsageError
 from labrelay.ports import Clock
 from labrelay.refdata import communes, department_regions
 
@@ -156,7 +157,7 @@ class _Plan:
 
 def _plan(party: Party, client: RelayClient, clock: Clock, options: SendOptions) -> _Plan:
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
-    policy = current_policy(client, party.authority)
+    policy = current_policy(client, party.authority, party.path, clock.now())
     regions = set(department_regions().values())
     addressed = {d.name for d in destinations(policy, regions)}
     # A recipient this send names, or one the relay served a forged record for, gets the full check first: a
@@ -188,10 +189,15 @@ def send_results(
     *,
     progress: Progress | None = None,
     held_from: str | None = None,
+    rerouted: bool = False,
 ) -> RoutedSend:
     """Validate, route and minimise a results file under the signed policy; seal and send one payload per
     recipient. Records are read once, streaming; plaintext goes only through memory and pipes. Once per source:
-    a source sent before is finished, not sent again (unless ``options.again``)."""
+    a source sent before is finished, not sent again (unless ``options.again``).
+
+    A batch the relay refuses because the policy it was routed under routes nothing any more (a newer one was
+    registered while it was sent, or it was withdrawn or expired: ``_forget_stale``) is discarded and, when none of
+    it had been sent, routed again once under the policy in force."""
     options = options or SendOptions()
     progress = progress or NoProgress()
     if party.role not in SENDING_ROLES:
@@ -200,8 +206,13 @@ def send_results(
     source_digest = digest(source)
     known = find_sent(party, source_digest, again=options.again, requested=options.restrict or ())
     if known is not None:
-        outcome = finish_sent(party, client, known, progress)
-        return RoutedSend(**vars(outcome), review=_review_path(party, known))
+        try:
+            outcome = finish_sent(party, client, known, progress)
+            return RoutedSend(**vars(outcome), review=_review_path(party, known))
+        except SecurityError:
+            if rerouted or not _forget_stale(party, client, clock, known):
+                raise
+        rerouted = True  # forgotten: routed again below, under the policy in force
     plan = _plan(party, client, clock, options)
     created = clock.now()
     record = BatchRecord(
@@ -256,7 +267,14 @@ def send_results(
     record.transfers = {o.dest.name: o.transfer_id for o in work.outputs if o.sink.records}
     record.summary = summary.as_dict()
     record.reports = {"rejections": str(rejections), "review": str(review)}
-    sent = upload_batch(party, client, record, states, progress)
+    try:
+        sent = upload_batch(party, client, record, states, progress)
+    except SecurityError:
+        if rerouted or not _forget_stale(party, client, clock, record):
+            raise
+        return send_results(
+            party, client, source, clock, options, progress=progress, held_from=held_from, rerouted=True
+        )
     return RoutedSend(
         record.batch_id,
         dict(record.transfers),
@@ -334,6 +352,38 @@ class _Batch:
         ]
         self.ledger.finish(self.party.name, created, self.plan.policy_version, facts, options.ledger_retention)
         return states, skipped
+
+
+def _forget_stale(party: Party, client: RelayClient, clock: Clock, record: BatchRecord) -> bool:
+    """The relay refused a payload of ``record``'s batch. If the batch was routed under a policy that routes nothing
+    any more, as this lab verifies itself (superseded by a newer issue, withdrawn, expired: T30), its payloads not
+    sent yet are discarded: each holds what that policy gave its recipient, and must not go under another. When none
+    had been sent, the batch is forgotten: True, its source is routed again under the policy in force. When some had,
+    the rest is refused, naming what to send again. False: the refusal was about something else; nothing changes."""
+    pending = pending_of(party, record.batch_id)
+    manifests = [Manifest.from_payload(envelope_payload(read_json(state)["manifest"])) for state in pending]
+    version = next((m.policy_version for m in manifests if m.policy_version is not None), None)
+    if version is None:
+        return False
+    why = no_longer_in_force(client, party.authority, party.path, clock.now(), version)
+    if why is None:
+        return False
+    for state in pending:  # never created on the relay: it refused the first of them, and the rest were not tried
+        drop_pending(state)
+    dropped = sorted(m.recipient for m in manifests)
+    index = BatchIndex(party.path)
+    if set(dropped) >= set(record.transfers):
+        index.drop(record)
+        return True
+    record.transfers = {name: tid for name, tid in record.transfers.items() if name not in dropped}
+    record.state = SENT
+    index.save(record)
+    raise PermissionDenied(
+        f"batch {record.batch_id}: {why} while it was being sent; its payloads for {', '.join(dropped)} were not "
+        "sent, and are discarded",
+        hint=f"route them under the policy in force: labrelay send {record.source} --again --to "
+        + " --to ".join(dropped),
+    )
 
 
 def held_line(name: str, records: int, positives: int) -> str:

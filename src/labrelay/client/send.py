@@ -406,7 +406,7 @@ def send_file(
     if known is not None:
         return finish_sent(party, client, known, progress)
     entries = verified_recipients(party, client, recipients, clock)
-    policy = current_policy(client, party.authority)
+    policy = current_policy(client, party.authority, party.path, clock.now())
     for entry in entries:
         refusal = policy.unparsed_refusal(entry.name)
         if refusal is not None:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pyrage
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from labrelay.errors import InsecureKeyFile, IntegrityError, UsageError
 
@@ -147,6 +148,14 @@ class SigningKey:
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
+
+    def derive_secret(self, label: bytes) -> bytes:
+        """A 32-byte secret for another use of whoever holds this key (HKDF-SHA-256 of the private key, with
+        ``label`` as its info): every process that holds the key derives the same one; the key's bytes stay here."""
+        raw = self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"labrelay-derived-v1\n" + label).derive(raw)
 
     @property
     def public(self) -> VerifyKey:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,8 @@ from labrelay.errors import AuthenticationFailed
 CHALLENGE_BYTES = 32
 TIMEOUT_MS = 120_000
 COMMAND_DOMAIN = b"labrelay-console-command-v1\n"
+SIGNIN_DOMAIN = b"labrelay-console-signin-v1\n"
+_SEALED = re.compile(r"v1\.([0-9]{1,15})\.([A-Za-z0-9_-]{43})\.([A-Za-z0-9_-]{43})")
 
 
 def b64url(data: bytes) -> str:
@@ -149,3 +153,36 @@ def command_challenge(payload: dict[str, Any]) -> bytes:
     covers exactly what runs (compact, key-sorted JSON, like the audit checkpoints)."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(COMMAND_DOMAIN + text.encode("utf-8")).digest()
+
+
+# ------------------------------------------------------------------ sign-in challenges the relay keeps nothing of
+
+
+def _signin_mac(key: bytes, rp: Relying, body: str) -> bytes:
+    message = SIGNIN_DOMAIN + f"{rp.rp_id}\n{rp.origin}\n{body}".encode()
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def seal_challenge(key: bytes, rp: Relying, challenge: bytes, expires: int) -> str:
+    """A sign-in challenge as the browser holds it (in a cookie), so that the relay holds nothing for a sign-in
+    anyone may start: ``v1.EXPIRES.CHALLENGE.MAC``, the expiry in Unix seconds, the challenge in base64url, and an
+    HMAC-SHA-256 over both and the relying party under ``key``, a secret only the relay's processes hold."""
+    body = f"v1.{expires}.{b64url(challenge)}"
+    return f"{body}.{b64url(_signin_mac(key, rp, body))}"
+
+
+def open_challenge(key: bytes, rp: Relying, sealed: str | None, now: int) -> tuple[bytes, int]:
+    """(challenge, expiry) of a sign-in challenge ``seal_challenge`` sealed with ``key`` for ``rp``, not expired at
+    ``now`` (Unix seconds); anything else is refused."""
+    if not sealed:
+        raise AuthenticationFailed("no passkey sign-in in progress (the sign-in cookie is missing); start again")
+    match = _SEALED.fullmatch(sealed)
+    if match is None:
+        raise AuthenticationFailed("malformed sign-in challenge; start again")
+    body, mac = sealed.rsplit(".", 1)
+    if not hmac.compare_digest(unb64url(mac), _signin_mac(key, rp, body)):
+        raise AuthenticationFailed("this sign-in challenge was not issued by this relay; start again")
+    expires = int(match.group(1))
+    if expires <= now:
+        raise AuthenticationFailed("passkey sign-in challenge expired; start again")
+    return unb64url(match.group(2)), expires

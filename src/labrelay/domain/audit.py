@@ -36,6 +36,8 @@ class AuditEvent(StrEnum):
     DIRECTORY_READ = "directory:read"
     POLICY_REGISTER = "policy:register"
     POLICY_READ = "policy:read"
+    POLICY_REFUSE = "policy:refuse"  # a policy the relay would not register: older than its newest, expired, withdrawn
+    POLICY_WITHDRAW = "policy:withdraw"  # the authority's signed withdrawal of a policy version
     TRANSFER_CREATE = "transfer:create"
     TRANSFER_REFUSE = "transfer:refuse"
     TRANSFER_LIST = "transfer:list"
@@ -77,6 +79,7 @@ class AuditEvent(StrEnum):
     CONSOLE_PASSKEY_REMOVE = "console:passkey-remove"
     REFUSAL_ACCEPT = "refusal:accept"  # a recipient's signed refusal of a payload: the transfer is quarantined
     REFUSAL_REFUSE = "refusal:refuse"  # a refusal the relay did not accept (foreign, forged, not matching …)
+    LIMIT_HIT = "limit:hit"  # a request or connection over one of the relay's limits (uploads, connections, …)
 
 
 class Outcome(StrEnum):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-RULES = ("enumeration", "bad-signatures", "replay", "revoked-key", "volume")
-# A bad signature proves nobody's identity; a replay is sent by whoever captured the request, not its signer.
-LOCKABLE = frozenset(RULES) - {"bad-signatures", "replay"}
+RULES = ("enumeration", "bad-signatures", "replay", "revoked-key", "volume", "limits")
+# A bad signature proves nobody's identity; a replay is sent by whoever captured the request, not its signer; a
+# limit hit (too many connections or uploads at once) is pressure, not proof of bad faith.
+LOCKABLE = frozenset(RULES) - {"bad-signatures", "replay", "limits"}
 
 
 def parse_lock_on(text: str) -> frozenset[str]:
@@ -15,7 +16,7 @@ def parse_lock_on(text: str) -> frozenset[str]:
         raise ValueError(f"unknown rules {sorted(unknown)}; rules are {', '.join(RULES)}")
     if names - {"none"} - LOCKABLE:
         raise ValueError(
-            "bad-signatures and replay cannot lock: a bad signature proves nobody's identity, and a replay is sent "
-            "by whoever captured the request, not by its signer"
+            "bad-signatures, replay and limits cannot lock: a bad signature proves nobody's identity, a replay is "
+            "sent by whoever captured the request, not by its signer, and a limit hit is pressure, not bad faith"
         )
     return names - {"none"}

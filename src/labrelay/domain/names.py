@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 import uuid
 
 from labrelay.errors import UsageError
@@ -60,3 +61,64 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR networks (``10.0.0.5, 10.1.0.0/16, ::1``); ValueError names a bad one."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def parse_address(text: str) -> str | None:
+    """``text`` as a canonical IP address, or None when it is not one (a forwarded header's value is untrusted)."""
+    candidate = text.strip()
+    if candidate.startswith("[") and "]" in candidate:  # [v6]:port
+        candidate = candidate[1 : candidate.index("]")]
+    elif candidate.count(":") == 1:  # v4:port
+        candidate = candidate.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return None
+
+
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""What a reader cannot see, or what changes how the text around it reads: C0 and C1 controls and DEL, format
+characters (bidi marks, embeddings, overrides and isolates, zero-width characters, the byte-order mark, tags), lone
+surrogates, line and paragraph separators."""
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def is_hidden(char: str) -> bool:
+    """``char`` is one a reader cannot see, or one that changes how the text around it reads (``visible``)."""
+    return unicodedata.category(char) in _HIDDEN_CATEGORIES
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def visible(text: str) -> str:
+    """``text`` as an operator may be shown it: every character ``is_hidden`` (a right-to-left override, a
+    zero-width space, an escape, a newline…) replaced by its escape, ``\\u202e``, ``\\x1b``, ``\\n``, so that what is
+    shown is what is held, in the order it is held, on one line. Nothing is dropped; other text is left as it is.
+    For free text shown in the console, alerts and reports (names and identifiers are refused such characters on
+    input; text that came from elsewhere is shown this way)."""
+    if text.isascii() and text.isprintable():  # the usual case, at C speed
+        return text
+    return "".join(_escape(char) if is_hidden(char) else char for char in text)

@@ -5,6 +5,11 @@ registered with the relay. Labs route every batch under the policy in force and 
 manifest; the relay refuses a manifest that names a policy it does not know. ``parse_policy`` refuses, at load,
 a policy that gives nothing to anyone or everything to everyone.
 
+The signed object orders and bounds the text (docs/threat-model.md, T30): ``issue``, a number the authority raises
+with every policy it signs, says which of two policies is the newer whatever their version strings, so that a lab
+refuses an older one once it has seen a newer (a relay cannot roll it back to a looser policy); ``not_after`` ends
+its validity. A ``policy-withdrawal`` the authority signs voids a version for good.
+
 Example (the default policy ships as ``labrelay/data/default-policy.toml``)::
 
     version = "fr-covid-2026.2"
@@ -32,22 +37,32 @@ Example (the default policy ships as ``labrelay/data/default-policy.toml``)::
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from labrelay.domain.fields import instant, require
 from labrelay.domain.names import check_party_name, check_region
 from labrelay.domain.records import ALL_OUTPUT_FIELDS, DIRECT_IDENTIFIERS, FIELDS
-from labrelay.errors import UsageError
+from labrelay.domain.timeutil import to_rfc3339
+from labrelay.errors import UntrustedEntry, UsageError
 
 POLICY_TYPE = "routing-policy"
+POLICY_V = 2  # version 1 (before T30) carried neither an issue number nor a validity end: refused
+WITHDRAWAL_TYPE = "policy-withdrawal"
+DEFAULT_POLICY_VALIDITY = timedelta(days=365)  # as directory entries: `publish-policy --valid-for`
+MAX_ISSUE = 2**53 - 1  # an integer every JSON reader (JavaScript's included) reads exactly
+RESERVED_VERSIONS = frozenset({"current", "withdrawals"})  # names of routes under /v1/policies/
 SELECTIONS = ("all", "positive")
 FORMATS = ("csv", "fhir-ndjson")
 REGION_SLOT = "{region}"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LOINC = re.compile(r"[0-9]{1,7}-[0-9]")
+_SERIAL = re.compile(r"[0-9a-f-]{36}")
 
 
 class PolicyError(UsageError):
@@ -194,19 +209,124 @@ def parse_policy(text: str) -> Policy:
     return Policy(version=version, loinc=frozenset(loinc), recipients=rules, description=description)
 
 
-def policy_payload(text: str, issued_at: str) -> dict[str, Any]:
-    """The payload the authority signs: the policy's own text, with its version repeated for lookups."""
-    return {"type": POLICY_TYPE, "v": 1, "version": parse_policy(text).version, "toml": text, "issued_at": issued_at}
+@dataclass(frozen=True, slots=True)
+class SignedPolicy:
+    """A routing policy as the authority signed it: the policy, and what orders and bounds it."""
+
+    policy: Policy
+    issue: int  # raised by the authority with every policy it signs: the order of policies, not their version strings
+    issued_at: datetime
+    not_after: datetime  # the end of its validity: nobody routes under it from then on
+    text: str  # its TOML text, as signed
+
+    @property
+    def version(self) -> str:
+        return self.policy.version
+
+    @property
+    def text_sha256(self) -> str:
+        """The SHA-256 of its text: one issue, one text."""
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """``fr-covid-2026.2 (issue 4)``: how messages name a policy."""
+        return f"{self.policy.version} (issue {self.issue})"
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.not_after
 
 
-def policy_from_payload(payload: Mapping[str, Any]) -> Policy:
-    """The policy a verified payload carries; refused if malformed or if its version field disagrees."""
-    if payload.get("type") != POLICY_TYPE or payload.get("v") != 1 or not isinstance(payload.get("toml"), str):
-        raise PolicyError("not a version-1 routing policy")
+def policy_payload(text: str, issued_at: datetime, *, issue: int, not_after: datetime) -> dict[str, Any]:
+    """The payload the authority signs: the policy's own text, with its version repeated for lookups, the issue
+    number that orders it after every policy signed before, and the end of its validity."""
+    version = parse_policy(text).version
+    if version in RESERVED_VERSIONS:
+        raise PolicyError(f"policy: {version!r} cannot be a version (it names a route of the relay)")
+    if isinstance(issue, bool) or not 0 < issue <= MAX_ISSUE:
+        raise PolicyError("policy: the issue number is a positive integer")
+    if not issued_at < not_after:
+        raise PolicyError("policy: its validity must end after it is issued")
+    return {
+        "type": POLICY_TYPE,
+        "v": POLICY_V,
+        "version": version,
+        "toml": text,
+        "issue": issue,
+        "issued_at": to_rfc3339(issued_at),
+        "not_after": to_rfc3339(not_after),
+    }
+
+
+def signed_policy_from_payload(payload: Mapping[str, Any]) -> SignedPolicy:
+    """The policy a verified payload carries, with its issue and validity; refused if malformed, if its version
+    field disagrees with the text, or if it was signed before policies carried an issue and a validity end."""
+    if payload.get("type") != POLICY_TYPE:
+        raise PolicyError("not a routing policy")
+    if payload.get("v") == 1:
+        raise UntrustedEntry(
+            f"routing policy {str(payload.get('version'))[:64]!r} was signed with no issue number and no end of "
+            "validity (before labrelay refused policy rollbacks): refusing it",
+            hint="the authority signs it again: labrelay authority publish-policy",
+        )
+    if payload.get("v") != POLICY_V or not isinstance(payload.get("toml"), str):
+        raise PolicyError(f"not a version-{POLICY_V} routing policy")
     policy = parse_policy(payload["toml"])
     if payload.get("version") != policy.version:
         raise PolicyError("the signed version does not match the policy's own")
-    return policy
+    issue = require(payload, "issue", int, PolicyError)
+    if not 0 < issue <= MAX_ISSUE:
+        raise PolicyError(f"routing policy {policy.version}: malformed issue number")
+    issued_at = instant(payload, "issued_at", PolicyError)
+    not_after = instant(payload, "not_after", PolicyError)
+    if not issued_at < not_after:
+        raise PolicyError(f"routing policy {policy.version}: empty validity period")
+    return SignedPolicy(policy, issue, issued_at, not_after, payload["toml"])
+
+
+def policy_from_payload(payload: Mapping[str, Any]) -> Policy:
+    """The policy a verified payload carries (``signed_policy_from_payload`` without what orders it)."""
+    return signed_policy_from_payload(payload).policy
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyWithdrawal:
+    """A signed withdrawal: the authority voids every issue of ``version``, for good. Nobody routes under it again
+    (to route under the same rules, the authority publishes them under a new version)."""
+
+    version: str
+    withdrawn_at: datetime
+    reason: str
+    serial: str
+
+    def __post_init__(self) -> None:
+        if not _VERSION.fullmatch(self.version):
+            raise UntrustedEntry("policy withdrawal: malformed version")
+        if not (0 < len(self.reason) <= 200) or not self.reason.isprintable():
+            raise UntrustedEntry("policy withdrawal: the reason must be 1-200 printable characters")
+        if not _SERIAL.fullmatch(self.serial):
+            raise UntrustedEntry("policy withdrawal: malformed serial")
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "type": WITHDRAWAL_TYPE,
+            "v": 1,
+            "version": self.version,
+            "withdrawn_at": to_rfc3339(self.withdrawn_at),
+            "reason": self.reason,
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> PolicyWithdrawal:
+        if payload.get("type") != WITHDRAWAL_TYPE or payload.get("v") != 1:
+            raise UntrustedEntry("not a version-1 policy withdrawal")
+        return cls(
+            version=require(payload, "version", str),
+            withdrawn_at=instant(payload, "withdrawn_at"),
+            reason=require(payload, "reason", str),
+            serial=require(payload, "serial", str),
+        )
 
 
 def _bad(index: int) -> RecipientRule:

@@ -127,6 +127,7 @@ class Reason(StrEnum):
     MALFORMED = "record is not well-formed"
     CONTROL = "control character in field"
     FORMULA = "formula-like value"
+    INVISIBLE = "invisible or direction-changing character"
     TOO_LONG = "field too long"
     REQUIRED = "required field is empty"
     NIR_FORMAT = "NIR: not 15 characters in the NIR layout"
@@ -156,8 +157,40 @@ class Reason(StrEnum):
 FORMULA_FIELDS: tuple[str, ...] = ("nom", "prenom", "adresse", "commune", "prescripteur_nom", "email")
 """Text fields of identity and address that recipients open in spreadsheets: a value beginning with ``=``, ``+``,
 ``-``, ``@``, a tab or a carriage return is refused (``Reason.FORMULA``; tab and CR are control characters, refused
-as such first), so that no record can carry a formula into CNAM's or an ARS's spreadsheet. Phone numbers are not
+as such first), so that no record can carry a formula into CNAM's or an ARS's spreadsheet; so is one holding an
+invisible or direction-changing character (``INVISIBLE_RANGES``, ``Reason.INVISIBLE``). Phone numbers are not
 among them: their leading ``+`` is the international prefix, and the phone rule admits nothing else."""
+
+INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
+    (0x0080, 0x009F),  # C1 controls (the 8-bit CSI U+009B among them)
+    (0x00AD, 0x00AD),  # soft hyphen
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),  # Arabic letter mark
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),  # zero-width space, non-joiner, joiner; left-to-right and right-to-left marks
+    (0x2028, 0x202E),  # line and paragraph separators; bidi embeddings, pop, overrides (U+202E: right-to-left)
+    (0x2060, 0x2064),  # word joiner, invisible operators
+    (0x2066, 0x206F),  # bidi isolates and their pop; deprecated format characters
+    (0xFEFF, 0xFEFF),  # zero-width no-break space (the byte-order mark)
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),  # language tag
+    (0xE0020, 0xE007F),  # tag characters (invisible ASCII)
+)
+"""Characters refused in the text fields of identity and address (``FORMULA_FIELDS``: ``Reason.INVISIBLE``): every
+format character (Unicode category Cf, as of Unicode 14: bidi marks, embeddings, overrides and isolates, zero-width
+characters, the byte-order mark, tags…), the C1 controls and the line and paragraph separators. Either they cannot
+be seen, or they change how the text around them reads: a name with a right-to-left override shows in CNAM's
+spreadsheet as something else than it holds. Listed, not looked up, so that the browser's validator refuses exactly
+the same characters whatever its Unicode version (C0 controls are ``Reason.CONTROL``, in every field)."""
 
 REVIEW_REASONS = frozenset({Reason.NO_REGION, Reason.NO_RECIPIENT})
 """Reasons that hold a valid record for human review instead of rejecting it."""

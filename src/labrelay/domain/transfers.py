@@ -29,7 +29,23 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9.+-]{1,64}")
 _AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 _REFUSAL_REASON = re.compile(r"[a-z-]{1,40}")
+_POLICY_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as a policy's own (labrelay.domain.policy)
+MIN_PAYLOAD_BYTES = 200
+"""The smallest age file a payload sealed to one X25519 recipient can be, so the smallest size a manifest may
+declare. Every line of an age header ends with a newline: the version line ``age-encryption.org/v1`` (22 bytes); the
+recipient's stanza, ``-> X25519`` and the ephemeral share in 43 base64 characters (54), then its body, the wrapped
+file key (32 bytes: 43 characters, 44); the MAC line, ``---`` and 43 characters (48). Then the 16-byte payload nonce
+and one final STREAM chunk holding no plaintext, its 16-byte Poly1305 tag alone: 22 + 54 + 44 + 48 + 16 + 16 = 200.
+``age -r age1… < /dev/null`` writes exactly 200 bytes (age 1.1.1); labrelay's own encryption of nothing writes more.
+A manifest that declares less can never be a payload its recipient opens (size 0 cannot even be uploaded): the
+relay refuses it at creation, and a recipient refuses one offered."""
 MAX_REFUSAL_DETAIL = 300
+
+HARD_MAX_TTL = timedelta(days=30)
+"""The longest any relay may keep a payload: its ``max_ttl`` may be lower, never higher. Clients rely on this
+constant, never on what a relay says (a rotated key is destroyed at most this long after the rotation)."""
+CLOCK_SKEW = timedelta(seconds=30)
+"""The clock difference between a client and a relay that clients allow for."""
 
 
 class TransferState(StrEnum):
@@ -41,6 +57,15 @@ class TransferState(StrEnum):
     EXPIRED = "expired"  # deadline passed before delivery; payload deleted
     CANCELLED = "cancelled"  # the sender abandoned the upload; partial data deleted
     REJECTED = "rejected"  # the uploaded bytes did not match the signed manifest; deleted
+
+
+class QuarantineReason(StrEnum):
+    """Why the relay holds a transfer (never listed, served or acknowledged again; deleted at its deadline)."""
+
+    ADMIN = "admin"  # an administrator's quarantine command
+    REVOKED = "revoked"  # an administrator revoked its sender or recipient on this relay
+    REFUSED = "refused"  # its recipient's signed refusal
+    CORRUPT = "corrupt"  # the relay's stored copy failed its at-rest integrity check
 
 
 TERMINAL_STATES = frozenset(
@@ -94,8 +119,8 @@ class Manifest:
             raise UsageError(f"manifest media type {self.media_type!r} malformed")
         if not self.created < self.deadline:
             raise UsageError("manifest deadline is not after its creation")
-        if self.policy_version is not None and not (0 < len(self.policy_version) <= 64):
-            raise UsageError("manifest policy_version malformed")
+        if self.policy_version is not None and not _POLICY_VERSION.fullmatch(self.policy_version):
+            raise UsageError("manifest policy_version malformed")  # an identifier: nothing invisible or bidirectional
         if self.source_sha256 is not None and not _SHA256_HEX.fullmatch(self.source_sha256):
             raise UsageError("manifest source_sha256 malformed")
 
@@ -169,6 +194,12 @@ def check_manifest_terms(manifest: Manifest, now: datetime, limits: TransferLimi
     """Refuse a manifest whose deadline or size falls outside the relay's limits. Pure; raises."""
     if manifest.size > limits.max_payload_bytes:
         raise TooLarge(f"payload of {manifest.size} bytes exceeds the relay's limit of {limits.max_payload_bytes}")
+    if manifest.size < MIN_PAYLOAD_BYTES:
+        raise UsageError(
+            f"manifest declares a payload of {manifest.size} bytes, less than the smallest age file sealed to one "
+            f"recipient ({MIN_PAYLOAD_BYTES} bytes): it could never be uploaded and opened",
+            hint="the manifest's size is that of the age ciphertext",
+        )
     if manifest.created > now + limits.clock_skew:
         raise UsageError("manifest created in the future", hint="check the sender's clock")
     if manifest.deadline <= now:
@@ -360,6 +391,7 @@ class TransferRecord:
     receipt_envelope: Mapping[str, Any] | None = None
     quarantined_at: datetime | None = None  # an admin, a detection rule or its recipient held it: never served again
     refusal_envelope: Mapping[str, Any] | None = None  # the recipient's signed refusal (it is quarantined too)
+    quarantine_reason: QuarantineReason | None = None  # why it is held (None for holds recorded before migration 0007)
 
     @property
     def transfer_id(self) -> str:
@@ -376,6 +408,16 @@ class TransferRecord:
     @property
     def deadline(self) -> datetime:
         return self.manifest.deadline
+
+    @property
+    def held_because(self) -> QuarantineReason | None:
+        """Why the relay holds this transfer, or None if it does not (holds recorded without a reason: a refusal's
+        is "refused", any other an administrator's)."""
+        if self.quarantined_at is None:
+            return None
+        if self.quarantine_reason is not None:
+            return self.quarantine_reason
+        return QuarantineReason.REFUSED if self.refusal_envelope is not None else QuarantineReason.ADMIN
 
     def servable_at(self, now: datetime) -> bool:
         """Only whole, verified, undelivered, unquarantined payloads before their deadline are ever served."""

@@ -12,8 +12,8 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -23,26 +23,32 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from labrelay import __version__
 from labrelay.crypto.checkpoints import encode_header
 from labrelay.crypto.envelopes import MAX_ENVELOPE_BYTES
-from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView
+from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView, claimed_keyid
 from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
 from labrelay.domain.names import is_loopback_host
-from labrelay.domain.parties import PartyEntry, Role
+from labrelay.domain.parties import EntryStatus, PartyEntry, Role
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import (
     AuthenticationFailed,
     LabrelayError,
     NotFound,
+    PartyLocked,
+    PartyRevoked,
     PermissionDenied,
+    RelayFrozen,
     TooLarge,
+    TooManyRequests,
     UntrustedEntry,
     UsageError,
 )
+from labrelay.http.edge import PEER, EdgeGuard, EdgeLimits, EdgeState, Peer, disconnect_error
 from labrelay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from labrelay.http.metrics import RelayMetrics
 from labrelay.http.models import (
@@ -52,6 +58,8 @@ from labrelay.http.models import (
     KeyHorizon,
     LimitsOut,
     PolicyRegistered,
+    PolicyWithdrawals,
+    PolicyWithdrawn,
     Problem,
     Registered,
     TransferList,
@@ -78,6 +86,7 @@ TUS_VERSION = "1.0.0"
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 NONCE_PRUNE_SECONDS = 60
+CUT_SWEEP_SECONDS = 1.0
 CHECKPOINT_HEADER = "Labrelay-Checkpoint"
 MAX_SEQ = 2**62
 
@@ -107,6 +116,8 @@ class RelayServices:
     public_url: str | None = None
     background: bool = True
     """Run the reaper in this process (the embedded default); False when ``labrelay worker`` runs it."""
+    edge: EdgeLimits = field(default_factory=EdgeLimits)
+    """Connection, header, body and upload limits (labrelay.http.edge)."""
 
 
 def _problem_response(
@@ -115,6 +126,8 @@ def _problem_response(
     """The problem document of ``exc``, with ``status`` when the HTTP status is not the error's own (tus answers
     412 and 415, routing 405): the document's ``status`` is always the response's (RFC 9457)."""
     status = status or status_for(exc)
+    if isinstance(exc, TooManyRequests):
+        headers = {**(headers or {}), "Retry-After": str(exc.retry_after)}
     return JSONResponse(problem(exc, status), status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
@@ -163,7 +176,9 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         services.metrics.frozen.set(1 if await run_in_threadpool(services.control.frozen) else 0)
-        tasks = [asyncio.create_task(_prune_nonces(services))]
+        uploads.append(anyio.CapacityLimiter(services.edge.max_uploads))
+        edge.on_limit = report_limit
+        tasks = [asyncio.create_task(_prune_nonces(services)), asyncio.create_task(_cut_sweep(services, edge))]
         if services.background:
             reaped = await run_in_threadpool(services.reaper.run_once)  # before the first request is served
             await run_in_threadpool(
@@ -194,7 +209,29 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         docs_url=None,  # Swagger UI would load scripts from a CDN; the console (issue 8) ships its own
         redoc_url=None,
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the Host header; clients use the exact paths
     )
+    edge = EdgeState(services.edge)
+    app.state.edge = edge
+    uploads: list[anyio.CapacityLimiter] = []
+    """The threads upload bodies stream on: their own, so stalled uploads never hold the default pool's."""
+    reports: set[asyncio.Task[Any]] = set()
+
+    def report_limit(limit: str, party: str | None, remote_address: str | None) -> None:
+        """A limit was reached (on the event loop): a ``limit:hit`` audit event, written on a worker thread."""
+        task = asyncio.get_running_loop().create_task(
+            run_in_threadpool(
+                services.auditor.record,
+                AuditEvent.LIMIT_HIT,
+                outcome=Outcome.REFUSED,
+                actor=party,
+                reason=TooManyRequests.code,
+                limit=limit,
+                remote=remote_address,
+            )
+        )
+        reports.add(task)
+        task.add_done_callback(reports.discard)
 
     # ------------------------------------------------------------ edges
 
@@ -276,17 +313,25 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         return RequestView(request.method, url, HeaderLines(lines))
 
     def remote(request: Request) -> str | None:
+        """The client's address: the peer's, or what a trusted proxy forwarded (validated; labrelay.http.edge)."""
         return request.client.host if request.client else None
+
+    def peer_of(request: Request) -> Peer | None:
+        peer: Peer | None = request.scope.get(PEER)
+        return peer
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
         if declared is not None and (not _is_uint(declared) or int(declared) > services.max_json_bytes):
             raise TooLarge(f"request body over {services.max_json_bytes} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > services.max_json_bytes:
-                raise TooLarge(f"request body over {services.max_json_bytes} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > services.max_json_bytes:
+                    raise TooLarge(f"request body over {services.max_json_bytes} bytes")
+        except ClientDisconnect:
+            raise disconnect_error(request.scope, edge) from None
         return bytes(body)
 
     def parse_json(body: bytes) -> dict[str, Any]:
@@ -423,6 +468,8 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         if not caller.is_authority:
             raise PermissionDenied("only the directory authority registers revocations")
         revocation, new = await call(services.directory.revoke, parse_json(body), caller.name)
+        if (await call(services.directory.resolve, revocation.name)).status is EntryStatus.REVOKED:
+            edge.cut(revocation.name, PartyRevoked(f"{revocation.name} is revoked in the directory"))
         return Registered(name=revocation.name, serial=revocation.serial, new=new)
 
     # ------------------------------------------------------------ routing policies
@@ -446,9 +493,33 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
 
     @app.get("/v1/policies/current", response_model=Envelope, responses=_PROBLEMS, tags=["policies"])
     async def current_policy(request: Request) -> dict[str, Any]:
-        """The latest routing policy, as the authority signed it: clients verify it against their pin."""
+        """The routing policy with the highest issue, as the authority signed it: clients verify it against their
+        pin, its validity and the withdrawals, and refuse one older than any they verified before."""
         caller = await authenticate(request)
         return dict(await call(services.policies.envelope, caller.name))
+
+    @app.post(
+        "/v1/policies/withdrawals",
+        response_model=PolicyWithdrawn,
+        status_code=201,
+        responses=_PROBLEMS,
+        tags=["policies"],
+        openapi_extra=_ENVELOPE_BODY,
+    )
+    async def withdraw_policy(request: Request) -> PolicyWithdrawn:
+        """Register the authority's signed withdrawal of a policy version: no new transfer is routed under it."""
+        body = await read_body(request)
+        caller = await authenticate(request, body=body, while_frozen=True)
+        if not caller.is_authority:
+            raise PermissionDenied("only the directory authority withdraws routing policies")
+        withdrawal, new = await call(services.policies.withdraw, parse_json(body), caller.name)
+        return PolicyWithdrawn(version=withdrawal.version, serial=withdrawal.serial, new=new)
+
+    @app.get("/v1/policies/withdrawals", response_model=PolicyWithdrawals, responses=_PROBLEMS, tags=["policies"])
+    async def policy_withdrawals(request: Request) -> PolicyWithdrawals:
+        """Every policy withdrawal the authority signed, verbatim: clients verify them against their pin."""
+        caller = await authenticate(request)
+        return PolicyWithdrawals(withdrawals=[dict(w) for w in await call(services.policies.withdrawals, caller.name)])
 
     @app.get("/v1/policies/{version}", response_model=Envelope, responses=_PROBLEMS, tags=["policies"])
     async def policy_version(request: Request, version: str) -> dict[str, Any]:
@@ -550,8 +621,19 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
             headers["Content-Range"] = (
                 f"bytes {start}-{stream.size - 1}/{stream.size}" if stream.size else f"bytes */{stream.size}"
             )
+        peer = peer_of(request)
+
+        async def streamed() -> AsyncIterator[bytes]:
+            chunks = _closing(stream.chunks)
+            try:
+                with edge.in_flight(caller.name, peer):
+                    async for chunk in iterate_in_threadpool(chunks):
+                        yield chunk
+            finally:
+                chunks.close()
+
         return StreamingResponse(
-            _closing(stream.chunks),
+            streamed(),
             status_code=status,
             headers=headers,
             media_type="application/octet-stream",
@@ -635,6 +717,10 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     )
     async def patch_upload(request: Request, transfer_id: str) -> Response:
         """tus: append a chunk at Upload-Offset. The body is streamed to storage, checked against its digest."""
+        with contextlib.suppress(AuthenticationFailed):  # unsigned or malformed: authentication says so below
+            claimed = claimed_keyid(HeaderLines((k, v) for k, v in request.headers.items()))
+            if (busy := edge.upload_refusal(claimed)) is not None:
+                raise busy  # before verifying anything: its slots are taken whoever sent this
         caller = await authenticate(request, streamed=True, extra=("upload-offset", "content-type"))
         headers = request.headers
         if headers.get("tus-resumable") != TUS_VERSION:
@@ -647,27 +733,32 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         if length > services.max_chunk_bytes:
             raise TooLarge(f"chunk over {services.max_chunk_bytes} bytes")
         body = request.stream().__aiter__()
+        peer = peer_of(request)
 
         async def next_chunk() -> bytes | None:
             try:
                 return await body.__anext__()
             except StopAsyncIteration:
                 return None
+            except ClientDisconnect:
+                raise disconnect_error(request.scope, edge) from None
 
         def chunks() -> Iterator[bytes]:
             while (chunk := anyio.from_thread.run(next_chunk)) is not None:
                 if chunk:
                     yield chunk
 
-        status = await anyio.to_thread.run_sync(
-            services.transfers.append,
-            caller,
-            transfer_id,
-            offset,
-            length,
-            headers.get("content-digest"),
-            chunks(),
-        )
+        with edge.upload_slot(caller.name), edge.in_flight(caller.name, peer):
+            status = await anyio.to_thread.run_sync(
+                services.transfers.append,
+                caller,
+                transfer_id,
+                offset,
+                length,
+                headers.get("content-digest"),
+                chunks(),
+                limiter=uploads[0],
+            )
         return Response(status_code=204, headers=tus_headers(**{"Upload-Offset": str(status.uploaded)}))
 
     @app.delete("/v1/uploads/{transfer_id}", status_code=204, responses=_PROBLEMS, tags=["uploads"])
@@ -737,6 +828,12 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         result = await call(services.control.execute, parse_json(body), caller=caller.name, via="api")
         if result.action in ("freeze", "unfreeze"):
             services.metrics.frozen.set(1 if result.action == "freeze" else 0)
+        if result.action == "freeze":
+            edge.cut(None, RelayFrozen("the relay was frozen by its administrator"))
+        elif result.action in ("lock", "revoke") and result.target is not None:
+            why = await call(services.control.refusal, result.target)
+            if why is not None:
+                edge.cut(result.target, why)
         return result.as_dict()
 
     @app.get("/v1/admin/status", responses=_PROBLEMS, tags=["admin"])
@@ -804,6 +901,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
             raise NotFound("no such resource")
         return Response(services.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
+    app.add_middleware(EdgeGuard, state=edge)  # added last: outermost, before anything parses the request
     return app
 
 
@@ -848,7 +946,7 @@ def _range_start(value: str | None) -> int:
     return int(value[6:-1])
 
 
-def _closing(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _closing(chunks: Iterator[bytes]) -> Generator[bytes, None, None]:
     try:
         yield from chunks
     finally:
@@ -868,6 +966,38 @@ async def _reap(services: RelayServices) -> None:
                 await run_in_threadpool(
                     services.auditor.record, AuditEvent.REAPER_RUN, outcome=Outcome.ERROR, reason=type(exc).__name__
                 )
+
+
+async def _cut_sweep(services: RelayServices, edge: EdgeState) -> None:
+    """Every second, close the uploads and downloads of parties that may no longer act: locked or revoked by any
+    replica, the worker's detection, the console or ``admin`` on the data directory; all of them when frozen."""
+    while True:
+        await asyncio.sleep(CUT_SWEEP_SECONDS)
+        parties = edge.parties_in_flight()
+        if not parties:
+            continue
+        try:
+            if await run_in_threadpool(services.control.frozen):
+                edge.cut(None, RelayFrozen("the relay was frozen by its administrator"))
+                continue
+            for party in parties:
+                why = await run_in_threadpool(_refusal, services, party)
+                if why is not None:
+                    edge.cut(party, why)
+        except LabrelayError as exc:  # the database is away: the next sweep tries again
+            log.warning("cut sweep failed", error=exc.code)
+
+
+def _refusal(services: RelayServices, party: str) -> LabrelayError | None:
+    held = services.control.refusal(party)
+    if held is not None:
+        return held
+    status = services.directory.resolve(party).status
+    if status is EntryStatus.REVOKED:
+        return PartyRevoked(f"{party} is revoked in the directory")
+    if status is not EntryStatus.ACTIVE:
+        return PartyLocked(f"{party} has no directory entry in force ({status.value})")
+    return None
 
 
 async def _prune_nonces(services: RelayServices) -> None:

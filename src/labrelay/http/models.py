@@ -30,6 +30,16 @@ class Problem(BaseModel):
     hint: str | None = None
 
 
+class HoldOut(BaseModel):
+    """Why and since when the relay holds a transfer: never listed, served or acknowledged again, deleted at its
+    deadline. ``reason``: ``admin`` (an administrator's quarantine), ``revoked`` (its sender or recipient revoked on
+    this relay), ``refused`` (its recipient's signed refusal), ``corrupt`` (the relay's stored copy failed its
+    integrity check: its sender can send it again)."""
+
+    reason: str
+    at: str
+
+
 class TransferOut(BaseModel):
     transfer_id: str
     batch_id: str
@@ -43,6 +53,7 @@ class TransferOut(BaseModel):
     manifest: dict[str, Any]
     receipt: dict[str, Any] | None
     refusal: dict[str, Any] | None  # the recipient's signed refusal: the transfer is held, never served again
+    quarantine: HoldOut | None = None  # held by the relay, and why
 
     @classmethod
     def of(cls, record: TransferRecord) -> TransferOut:
@@ -59,6 +70,11 @@ class TransferOut(BaseModel):
             manifest=dict(record.manifest_envelope),
             receipt=dict(record.receipt_envelope) if record.receipt_envelope else None,
             refusal=dict(record.refusal_envelope) if record.refusal_envelope else None,
+            quarantine=(
+                HoldOut(reason=record.held_because.value, at=to_rfc3339(record.quarantined_at))
+                if record.held_because is not None and record.quarantined_at is not None
+                else None
+            ),
         )
 
 
@@ -104,6 +120,18 @@ class Registered(BaseModel):
 class PolicyRegistered(BaseModel):
     version: str
     new: bool
+
+
+class PolicyWithdrawn(BaseModel):
+    version: str
+    serial: str
+    new: bool
+
+
+class PolicyWithdrawals(BaseModel):
+    """Every policy withdrawal the authority signed, verbatim: clients verify them against their pin."""
+
+    withdrawals: list[dict[str, Any]]
 
 
 class Health(BaseModel):

@@ -1,6 +1,7 @@
 """Run the relay with uvicorn on a socket we bind ourselves (so port 0 works and the real port is known).
 
-Fail closed: the relay refuses to listen on anything but a loopback address without TLS.
+Fail closed: the relay refuses to listen on anything but a loopback address without TLS. Connections go through
+``labrelay.http.edge``'s protocol: caps, header and keep-alive timeouts; forwarded headers only from trusted proxies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from labrelay.domain.names import is_loopback_host
 from labrelay.errors import InsecureTransport, OperationalError, UsageError
+from labrelay.http.edge import EdgeLimits, EdgeState, guarded_protocol
 
 
 def check_listen(host: str, tls_cert: Path | None, tls_key: Path | None) -> None:
@@ -65,8 +67,17 @@ def run(
     scheme = "https" if tls_cert else "http"
     shown_host = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{shown_host}:{bound_port}"
+    edge: EdgeState = getattr(app.state, "edge", None) or EdgeState(EdgeLimits())
+    # Listening on a public address means no proxy in front: the relay bounds connections per address itself.
+    edge.per_address = not is_loopback_host(host)
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(edge),
+        # Forwarded headers are believed only from ``trusted_proxies``, and validated (labrelay.http.edge);
+        # uvicorn's own handling would believe any loopback peer and copy whatever text it sends.
+        proxy_headers=False,
+        timeout_keep_alive=max(1, round(edge.limits.keep_alive_timeout)),
+        h11_max_incomplete_event_size=edge.limits.max_header_bytes,
         log_config=None,
         access_log=False,
         lifespan="on",

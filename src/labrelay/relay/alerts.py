@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from labrelay.domain.names import visible
 from labrelay.domain.timeutil import to_rfc3339
 
 log = structlog.get_logger("labrelay.alerts")
@@ -32,6 +33,12 @@ class Alert:
     locked: bool  # the rule locked the party
     audit_seq: int  # the alert's own audit record
     summary: str
+
+    def __post_init__(self) -> None:
+        # Read by operators (webhook, e-mail subject and body, syslog, the console): a subject or summary holding a
+        # right-to-left override or a zero-width character (a claimed name, a forwarded address) is shown escaped.
+        object.__setattr__(self, "subject", visible(self.subject))
+        object.__setattr__(self, "summary", visible(self.summary))
 
     def as_doc(self) -> dict[str, Any]:
         return {

@@ -132,6 +132,11 @@ class Authenticator:
             except AuthenticationFailed as exc:
                 why = _why(exc.message)
                 raise AuthenticationFailed(REFUSED, hint=REFUSED_HINT) from exc
+            # The signature verifies: its nonce is spent now, whatever is decided next, so that a copy of a request
+            # refused while its signer was locked cannot be replayed once the lock is lifted.
+            if not self._nonces.remember(verified.keyid, verified.nonce, verified.created):
+                why = "replay"
+                raise ReplayDetected("replayed request: this signature's nonce was already used")
             # The caller holds the key: it may learn its own entry's status.
             if status is EntryStatus.REVOKED:
                 why = "revoked"
@@ -143,9 +148,6 @@ class Authenticator:
             if held is not None:
                 why = "admin-revoked" if isinstance(held, PartyRevoked) else "locked"
                 raise held
-            if not self._nonces.remember(verified.keyid, verified.nonce, verified.created):
-                why = "replay"
-                raise ReplayDetected("replayed request: this signature's nonce was already used")
         except LabrelayError as exc:
             event = AuditEvent.AUTH_REPLAY if isinstance(exc, ReplayDetected) else AuditEvent.AUTH_FAILURE
             self._audit.record(
@@ -167,7 +169,10 @@ class Authenticator:
         if keyid == AUTHORITY_KEYID:
             return Caller(AUTHORITY_KEYID, None), self._authority, EntryStatus.ACTIVE
         if enrolling is not None and keyid == enrolling.name:
-            return Caller(enrolling.name, enrolling), VerifyKey.from_b64(enrolling.signing_key), EntryStatus.ACTIVE
+            # The presented entry names the key, but the directory's own records decide whether it is in force: a
+            # stored revocation, or the relay's clock, refuses it here as on every other route.
+            status = self._directory.standing(enrolling)
+            return Caller(enrolling.name, enrolling), VerifyKey.from_b64(enrolling.signing_key), status
         resolution = self._directory.resolve(keyid)
         if resolution.entry is None:
             return Caller(keyid, None), None, resolution.status

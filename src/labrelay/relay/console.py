@@ -3,7 +3,10 @@ metadata the console shows.
 
 Who may sign in is decided by the directory, never by the console: a passkey is registered by a request signed
 with the party's own key (RFC 9421, like every /v1 request), for a party in force whose role is admin, dpo or
-auditor. Sign-in then needs only the passkey. Every session is checked again on each request against the
+auditor. Sign-in then needs only the passkey. Anyone may start a sign-in, so the relay keeps nothing for it: the
+challenge goes to the browser sealed under a key of the relay (``passkeys.seal_challenge``, a cookie), comes back
+with the answer, and is recorded only once an answer verified (so that it is used once); sign-in requests are
+limited per address (``throttle``). Every session is checked again on each request against the
 directory and the relay's locks, so a revoked or locked party is out at once. A session cookie lets its holder
 *read* metadata; it cannot act: freeze, unfreeze and revoke need a fresh passkey assertion over the command itself
 (``labrelay.crypto.passkeys.command_challenge``), kept like a signed admin command.
@@ -21,23 +24,33 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from labrelay.crypto import passkeys
 from labrelay.crypto.passkeys import Relying
 from labrelay.domain.admin import AdminAction, AdminCommand
 from labrelay.domain.audit import AuditEvent, Outcome
+from labrelay.domain.names import visible
 from labrelay.domain.parties import CONSOLE_ROLES, PartyEntry, Role
-from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.timeutil import from_epoch, to_epoch, to_rfc3339
 from labrelay.domain.transfers import TransferRecord, TransferState
-from labrelay.errors import AuthenticationFailed, LabrelayError, PermissionDenied, Unavailable, UsageError
+from labrelay.errors import (
+    AuthenticationFailed,
+    LabrelayError,
+    PermissionDenied,
+    ReplayDetected,
+    TooManyRequests,
+    UsageError,
+)
 from labrelay.ports import AuditLog, Clock, ConsoleStore, TransferRepository
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import CommandResult, ControlService
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.throttle import AddressLimiter, LimitReport, Throttled
 
 CHALLENGE_TTL = timedelta(minutes=5)
-MAX_PENDING_SIGNINS = 10_000
+SIGNIN_LIMIT = 30  # sign-in requests (starts and answers) per address and minute: console_signin_limit
+SIGNIN_KEY_LABEL = b"console-signin-challenges"  # the relay key's derived secret that seals sign-in challenges
 SESSION_TTL = timedelta(minutes=30)
 TRANSFERS_SHOWN = 200
 ALERTS_SINCE = timedelta(days=8)
@@ -53,6 +66,13 @@ class ConsoleUser:
     @property
     def may_command(self) -> bool:
         return self.role is Role.ADMIN
+
+
+@dataclass(frozen=True, slots=True)
+class SigninStart:
+    options: str  # for navigator.credentials.get (JSON)
+    sealed: str  # the challenge, sealed: the sign-in cookie's value, returned with the answer
+    max_age: int  # seconds the sealed challenge is good for
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +115,8 @@ class ConsoleService:
         *,
         retention: Callable[[], Mapping[str, Any]] | None = None,
         verify_audit: Callable[[], Mapping[str, Any]] | None = None,
+        signin_key: bytes,
+        signin_limit: int = SIGNIN_LIMIT,
         session_ttl: timedelta = SESSION_TTL,
     ) -> None:
         self._store = store
@@ -107,6 +129,8 @@ class ConsoleService:
         self._retention = retention
         self._verify_audit = verify_audit
         self.session_ttl = session_ttl
+        self._signin_key = signin_key
+        self.signin_limiter = AddressLimiter(signin_limit)
 
     # ------------------------------------------------------------ who may use the console
 
@@ -139,9 +163,11 @@ class ConsoleService:
     def _challenge(
         self, purpose: str, party: str | None, payload: str | None = None, raw: bytes | None = None
     ) -> bytes:
+        """A challenge for a signed-in or signed party (a registration, a command), kept until it is taken."""
         challenge = raw if raw is not None else secrets.token_bytes(passkeys.CHALLENGE_BYTES)
-        expires = self._clock.now() + CHALLENGE_TTL
-        self._store.add_challenge(passkeys.b64url(challenge), purpose, party, payload, expires)
+        now = self._clock.now()
+        self._store.prune_console(now)
+        self._store.add_challenge(passkeys.b64url(challenge), purpose, party, payload, now + CHALLENGE_TTL)
         return challenge
 
     def _take(self, credential: Mapping[str, Any], purpose: str) -> tuple[bytes, str | None, str | None]:
@@ -200,13 +226,33 @@ class ConsoleService:
 
     # ------------------------------------------------------------ sign-in, sessions
 
-    def signin_options(self, rp: Relying) -> str:
-        """Anyone may ask (sign-in starts without a name), so the challenges waiting for an answer are bounded:
-        expired ones are forgotten first, and past ``MAX_PENDING_SIGNINS`` the relay asks to retry later."""
-        self._store.prune_console(self._clock.now())
-        if self._store.live_challenges("signin") >= MAX_PENDING_SIGNINS:
-            raise Unavailable("too many console sign-ins in progress; retry in a few minutes")
-        return passkeys.authentication_options(rp, self._challenge("signin", None), [])
+    def throttle(self, remote: str | None) -> Throttled | None:
+        """Count one sign-in request (a start or an answer) against its address's limit: None if it may go on.
+        In memory, no I/O: refusing a flood costs a dictionary look-up."""
+        return self.signin_limiter.hit(remote, self._clock.now())
+
+    def report_limit(self, report: LimitReport, op: str) -> None:
+        """An address over its sign-in limit, as the throttle reports it (once per address and minute, a few per
+        minute in all): ``limit:hit``, which the detector's ``limits`` rule raises as an alert."""
+        self._audit.record(
+            AuditEvent.LIMIT_HIT,
+            outcome=Outcome.REFUSED,
+            reason=TooManyRequests.code,
+            limit="console-signin",
+            remote=report.subject,
+            op=op,
+            refused=report.refused,
+            per_minute=self.signin_limiter.per_minute,
+            others=report.suppressed,
+        )
+
+    def signin_options(self, rp: Relying) -> SigninStart:
+        """Anyone may ask (sign-in starts without a name), so the relay keeps nothing: the challenge goes back
+        sealed, for the browser to keep (a cookie) and return with its answer. No I/O."""
+        challenge = secrets.token_bytes(passkeys.CHALLENGE_BYTES)
+        ttl = int(CHALLENGE_TTL.total_seconds())
+        sealed = passkeys.seal_challenge(self._signin_key, rp, challenge, to_epoch(self._clock.now()) + ttl)
+        return SigninStart(passkeys.authentication_options(rp, challenge, []), sealed, ttl)
 
     def _assert(self, credential: dict[str, Any], challenge: bytes, rp: Relying) -> tuple[str, str, PartyEntry]:
         """Verify an assertion; (party, credential id, the party's entry in force, which bound this passkey)."""
@@ -220,15 +266,24 @@ class ConsoleService:
         self._store.use_passkey(credential_id, new_count, self._clock.now())
         return party, credential_id, entry
 
-    def signin(self, credential: dict[str, Any], rp: Relying, remote: str | None) -> NewSession:
+    def signin(self, credential: dict[str, Any], sealed: str | None, rp: Relying, remote: str | None) -> NewSession:
+        """Open a session for an answer to the challenge ``sealed`` (the sign-in cookie of the browser that sent the
+        answer). The challenge is recorded as used only now that the answer verified: what the relay stores for
+        sign-ins grows with successful sign-ins, never with anonymous requests."""
         party: str | None = None
         try:
-            challenge, _, _ = self._take(credential, "signin")
+            now = self._clock.now()
+            challenge, until = passkeys.open_challenge(self._signin_key, rp, sealed, to_epoch(now))
+            claimed = _claimed_challenge(credential)
+            if claimed != passkeys.b64url(challenge):
+                raise AuthenticationFailed("this passkey answer is not for this browser's sign-in; start again")
             party, credential_id, entry = self._assert(credential, challenge, rp)
+            self._store.prune_console(now)
+            if not self._store.spend_challenge(claimed, "signin", from_epoch(until)):
+                raise ReplayDetected("this passkey sign-in was used already; start again")
         except LabrelayError as exc:
             self.refuse(exc, party, "signin", remote)
             raise
-        now = self._clock.now()
         token = secrets.token_urlsafe(32)
         expires = now + self.session_ttl
         self._store.add_session(token_hash(token), party, credential_id, now, expires)
@@ -333,7 +388,7 @@ class ConsoleService:
             for rec in self._log.records_since(now - ALERTS_SINCE, AuditEvent.ALERT_RAISE)
         ]
         open_ = [r for r in records if r.state in (TransferState.UPLOADING, TransferState.AVAILABLE)]
-        return {
+        doc = {
             "now": to_rfc3339(now),
             "frozen": status["frozen"],
             "locks": status["locks"],
@@ -347,16 +402,17 @@ class ConsoleService:
             },
             "audit_head": {"seq": head.seq, "hash": head.hash, "at": to_rfc3339(head.at)} if head else None,
         }
+        return shown(doc)
 
     def retention_check(self) -> Mapping[str, Any]:
         if self._retention is None:
             raise UsageError("the retention check runs where the payload store is: labrelay admin retention-check")
-        return self._retention()
+        return shown(self._retention())
 
     def audit_verification(self) -> Mapping[str, Any]:
         if self._verify_audit is None:
             raise UsageError("audit verification is not available here: labrelay audit verify")
-        return self._verify_audit()
+        return shown(self._verify_audit())
 
 
 def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:
@@ -377,6 +433,7 @@ def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:
             else None
         ),
         "quarantined": rec.quarantined_at is not None,
+        "held": rec.held_because.value if rec.held_because is not None else None,  # admin, revoked, refused, corrupt
         "refused": _refusal_code(rec),
     }
 
@@ -386,3 +443,18 @@ def _refusal_code(rec: TransferRecord) -> str | None:
     payload = rec.refusal_envelope.get("payload") if rec.refusal_envelope else None
     code = payload.get("reason") if isinstance(payload, Mapping) else None
     return code if isinstance(code, str) else None
+
+
+T = TypeVar("T")
+
+
+def shown(doc: T) -> T:
+    """What the console's pages render, every string in it ``visible``: a right-to-left override or a zero-width
+    character in anything the relay holds (a subject, a reason, a finding) is shown as its escape, never obeyed."""
+    if isinstance(doc, str):
+        return cast(T, visible(doc))
+    if isinstance(doc, Mapping):
+        return cast(T, {shown(key): shown(value) for key, value in doc.items()})
+    if isinstance(doc, list | tuple):
+        return cast(T, [shown(item) for item in doc])
+    return doc

@@ -20,6 +20,7 @@ from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.transfers import QuarantineReason
 from labrelay.errors import (
     LabrelayError,
     PartyLocked,
@@ -191,7 +192,7 @@ class ControlService:
         self._audit.record(event, target=target, changed=changed, **common)
         held = []
         if kind == REVOKE:
-            held = self._store.quarantine(self._store.pending_of(target), now)
+            held = self._store.quarantine(self._store.pending_of(target), now, QuarantineReason.REVOKED)
             for tid in held:
                 self._audit.record(AuditEvent.TRANSFER_QUARANTINE, transfer_id=tid, cause="revoke", **common)
         return CommandResult(action.value, target, changed, held)

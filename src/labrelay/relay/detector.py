@@ -7,13 +7,20 @@ Rules (thresholds in relay.toml, docs/configuration.md):
   one address): what exploiting a link-bypass flaw looks like.
 - ``bad-signatures``: a burst of failed authentications from one address (or claimed key id).
 - ``replay``: any replayed request signature.
-- ``revoked-key``: any request that a revoked, locked or admin-revoked key signed correctly.
+- ``revoked-key``: any request that a revoked, expired, locked or admin-revoked key signed correctly, on any
+  route (enrolment included).
+- ``limits``: a limit of the relay reached (a party's concurrent uploads, the relay's, connections from one
+  address): one alert per limit and subject per cooldown; it never locks.
 - ``volume``: a party downloading far more than its usual volume (a multiple of its mean over past windows).
 
 And, without threshold or lock, ``refused-payload``: every payload its recipient refused, signed (its hash, its
 decryption, its manifest or its sender failed a client check). Either the relay's storage was tampered with or
 the sender misbehaves: an operator must look now. The alert names the parties, the transfer and the refusal's
 reason code, never its detail.
+
+And, likewise, ``corrupt-payload``: every payload whose stored copy failed the relay's own at-rest integrity check
+while being served (``payload:corrupt``): someone altered the relay's storage, or it is damaged. The relay held the
+transfer at that first failure; the alert names the transfer and its parties, with the relay's storage as subject.
 
 Only a proven signer is ever locked: an unsigned request or a bad signature names nobody (anyone can claim a key
 id), so locking on it would let an attacker lock out a real recipient.
@@ -55,6 +62,8 @@ _PROBE_EVENTS = frozenset(
     }
 )
 REFUSED_PAYLOAD = "refused-payload"  # an alert on each accepted refusal; not a tunable rule (no threshold, no lock)
+CORRUPT_PAYLOAD = "corrupt-payload"  # an alert on each stored payload failing its at-rest check; not tunable either
+STORAGE_SUBJECT = "relay-storage"  # what a corrupt-payload alert is about: no party did it
 _IGNORED = frozenset({AuditEvent.ALERT_RAISE, AuditEvent.PARTY_LOCK})
 
 
@@ -117,7 +126,7 @@ class Detector:
                 trips += self._count("enumeration", entry.actor, entry.at, self.rules.probes, signed=True)
             if entry.event is AuditEvent.AUTH_FAILURE:
                 why = details.get("why")
-                if why in ("revoked", "admin-revoked"):
+                if why in ("revoked", "admin-revoked", "expired"):
                     trips += self._count("revoked-key", str(entry.actor), entry.at, 1, signed=True)
                 elif why != "locked":  # a locked party's retries: it is already stopped, and already alerted on
                     who = f"remote:{remote}" if remote else f"claimed:{entry.actor}"
@@ -125,6 +134,9 @@ class Detector:
                     if "{transfer_id}" in route:
                         trips += self._count("enumeration", who, entry.at, self.rules.probes, signed=False)
                     trips += self._count("bad-signatures", who, entry.at, self.rules.auth_failures, signed=False)
+            if entry.event is AuditEvent.LIMIT_HIT:
+                subject = f"{details.get('limit')}:{entry.actor or details.get('remote') or '?'}"
+                trips += self._count("limits", subject, entry.at, 1, signed=False)
             if entry.event is AuditEvent.AUTH_REPLAY and entry.actor:
                 trips += self._count("replay", entry.actor, entry.at, 1, signed=True)
             if entry.event is AuditEvent.DOWNLOAD_SERVE and entry.actor:
@@ -215,14 +227,38 @@ class Detector:
         self._emit(alert, actor=subject if signed else None)
 
     def _noticed(self, rec: AuditRecord) -> bool:
-        """Events that raise an alert each, with no threshold (a recipient's refusal); True if ``rec`` is one."""
-        if rec.entry.event is not AuditEvent.REFUSAL_ACCEPT or rec.entry.outcome is not Outcome.OK:
+        """Events that raise an alert each, with no threshold (a recipient's refusal, a stored payload failing its
+        at-rest check); True if ``rec`` is one."""
+        entry = rec.entry
+        if entry.event is AuditEvent.REFUSAL_ACCEPT and entry.outcome is Outcome.OK:
+            rule, alert = REFUSED_PAYLOAD, self._refused
+        elif entry.event is AuditEvent.PAYLOAD_CORRUPT:
+            rule, alert = CORRUPT_PAYLOAD, self._corrupt
+        else:
             return False
         try:
-            self._refused(rec)
+            alert(rec)
         except Exception as exc:  # noqa: BLE001 - never let detection break the request that fed it
-            log.error("alert could not be raised", rule=REFUSED_PAYLOAD, error=type(exc).__name__)
+            log.error("alert could not be raised", rule=rule, error=type(exc).__name__)
         return True
+
+    def _corrupt(self, rec: AuditRecord) -> None:
+        """The relay's stored copy of a payload failed its at-rest check: one alert, at once, about its storage."""
+        entry = rec.entry
+        sender = entry.details.get("sender")
+        sender = sender if isinstance(sender, str) else "unknown-sender"
+        alert = Alert(
+            rule=CORRUPT_PAYLOAD,
+            subject=STORAGE_SUBJECT,
+            at=entry.at,
+            count=1,
+            threshold=1,
+            window_seconds=0,
+            locked=False,
+            audit_seq=0,
+            summary=_CORRUPT_SUMMARY.format(transfer=entry.transfer_id, sender=sender, recipient=entry.actor),
+        )
+        self._emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, sender=sender)
 
     def _refused(self, rec: AuditRecord) -> None:
         """A recipient refused a payload, signed: one alert, at once, naming the sender as its subject."""
@@ -268,6 +304,11 @@ class Detector:
         self._alerts.submit(alert)
 
 
+_CORRUPT_SUMMARY = (
+    "the relay's stored copy of transfer {transfer} (from {sender} to {recipient}) failed its at-rest integrity "
+    "check while being served: someone altered the relay's storage, or it is damaged; the transfer is held and its "
+    "sender can send it again"
+)
 _REFUSED_SUMMARY = (
     "{recipient} refused the payload of transfer {transfer} from {sender} ({code}): the relay's storage was "
     "tampered with, or the sender sent what its recipient's checks refuse"
@@ -286,7 +327,8 @@ _SUMMARIES = {  # one per rule in labrelay.domain.detection.RULES (a test checks
     "(threshold {threshold})",
     "bad-signatures": "{count} failed authentications from {subject} within {window} (threshold {threshold})",
     "replay": "a replayed request signature from {subject}",
-    "revoked-key": "a request correctly signed with the revoked or locked key of {subject}",
+    "revoked-key": "a request correctly signed with the revoked, expired or locked key of {subject}",
     "volume": "{subject} downloaded {count} bytes within {window}, over its threshold of {threshold} "
     "(its usual volume times the configured factor)",
+    "limits": "the relay's limit {subject} was reached (requests or connections refused; docs/deployment.md, Limits)",
 }

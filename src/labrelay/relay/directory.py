@@ -74,6 +74,11 @@ class DirectoryService:
     def resolve(self, name: str) -> Resolution:
         return resolve(name, self._repo.entries(name), self._repo.revocations(name), self._clock.now())
 
+    def standing(self, entry: PartyEntry) -> EntryStatus:
+        """What the stored revocations and the relay's clock make of a presented entry (an enrolment's): REVOKED,
+        EXPIRED, NOT_YET_VALID or ACTIVE."""
+        return resolve(entry.name, [entry], self._repo.revocations(entry.name), self._clock.now()).status
+
     def active(self, name: str) -> PartyEntry | None:
         res = self.resolve(name)
         return res.entry if res.status is EntryStatus.ACTIVE else None

@@ -10,13 +10,15 @@ all answer "not found", so probing ids teaches nothing (the audit trail records 
 
 A recipient whose client refuses a payload (its hash, its decryption, its sender…) says so once, signed: the relay
 keeps the refusal, quarantines the transfer (never listed, served or acknowledged again; deleted at its deadline)
-and its sender reads the refusal in its outbox. A document sent unparsed (no policy version) is accepted only for
-a recipient the routing policy in force allows to receive one.
+and its sender reads the refusal in its outbox. A stored copy that fails the relay's own at-rest check is held at
+that first failure, alerted on, and answered ``payload-corrupt`` to its recipient from then on; its sender reads the
+hold in its outbox. A document sent unparsed (no policy version) is accepted only for a recipient the routing policy
+in force allows to receive one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +36,7 @@ from labrelay.domain.transfers import (
     REFUSAL_TYPE,
     TERMINAL_STATES,
     Manifest,
+    QuarantineReason,
     Receipt,
     TransferLimits,
     TransferRecord,
@@ -47,6 +50,7 @@ from labrelay.errors import (
     LabrelayError,
     NotFound,
     PartyRevoked,
+    PayloadCorrupt,
     PermissionDenied,
     TooLarge,
     UsageError,
@@ -68,12 +72,25 @@ class RefusableTransfers(TransferRepository, Protocol):
         yet; False otherwise."""
         ...
 
+    def quarantine(self, transfer_ids: Sequence[str], at: datetime, reason: QuarantineReason) -> list[str]:
+        """Hold the open transfers among ``transfer_ids`` not held yet, for ``reason``; the ids newly held."""
+        ...
+
 
 def _held(record: TransferRecord) -> str:
     """Why a quarantined transfer is held, in words for its sender or recipient."""
+    if record.held_because is QuarantineReason.CORRUPT:
+        return _corrupt_words(record.transfer_id)
     if record.refusal_envelope is not None:
         return f"transfer {record.transfer_id} was refused by its recipient"
     return f"transfer {record.transfer_id} is quarantined by the relay's administrator"
+
+
+def _corrupt_words(transfer_id: str) -> str:
+    return (
+        f"transfer {transfer_id}: the relay's stored copy failed its integrity check (altered or damaged in the "
+        "relay's storage); it is held, never served again, and its sender can send it again"
+    )
 
 
 def _audited_id(transfer_id: str) -> str | None:
@@ -151,11 +168,12 @@ class TransferService:
             raise IntegrityError("the manifest names another sender")
         now = self._clock.now()
         check_manifest_terms(manifest, now, self.limits)
-        if manifest.policy_version is not None and (not self._policies.known(manifest.policy_version)):
-            raise IntegrityError(
-                f"the manifest names routing policy {manifest.policy_version!r}, which this relay "
-                "does not hold (unsigned or unknown)"
-            )
+        if manifest.policy_version is not None:
+            # Only the policy in force routes a new transfer (T13, T30); one accepted before keeps going: the sender's
+            # retry of its create (after a lost response, or from `resume`) is not judged again.
+            held = self._repo.get(manifest.transfer_id)
+            if held is None or (held.sender, dict(held.manifest_envelope)) != (caller.name, signed_parts(envelope)):
+                self._policies.check_manifest(manifest.policy_version)
         recipient = self._directory.resolve(manifest.recipient)
         if recipient.status is EntryStatus.REVOKED:
             raise PartyRevoked(f"recipient {manifest.recipient} is revoked")
@@ -433,6 +451,8 @@ class TransferService:
             reason = "unknown"
         elif record.recipient != caller.name:
             reason = "foreign"
+        elif record.held_because is QuarantineReason.CORRUPT:
+            reason = "corrupt"
         elif record.refusal_envelope is not None:
             reason = "refused"
         elif record.quarantined_at is not None:
@@ -449,30 +469,57 @@ class TransferService:
                 transfer_id=transfer_id,
                 reason=reason,
             )
+            if record is not None and reason == "corrupt":  # its recipient learns why, and stops asking
+                raise PayloadCorrupt(_held(record))
             raise NotFound(f"no transfer {transfer_id} waiting for {caller.name}")
-        size = self._store.size(transfer_id)
-        if not 0 <= start <= size:
-            raise UsageError(f"range start {start} outside the payload's {size} bytes")
-        chunks = self._store.open(transfer_id, start)
+        try:
+            size = self._store.size(transfer_id)
+            if not 0 <= start <= size:
+                raise UsageError(f"range start {start} outside the payload's {size} bytes")
+            chunks = self._store.open(transfer_id, start)
+            first = next(chunks, b"")  # read and checked before anything is sent: a bad first record is answered
+        except IntegrityError as exc:
+            raise self._corrupt(caller, record, start) from exc
         self._audit.record(
             AuditEvent.DOWNLOAD_SERVE, actor=caller.name, transfer_id=transfer_id, start=start, size=size
         )
-        return PayloadStream(record, size, start, self._watched(caller, transfer_id, chunks))
+        return PayloadStream(record, size, start, self._watched(caller, record, start, first, chunks))
 
-    def _watched(self, caller: Caller, transfer_id: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """The stored bytes failing their at-rest integrity check mid-stream is tampering or corruption on the
-        relay's own disk: the stream stops there (the recipient sees a cut download) and the trail says why."""
+    def _watched(
+        self, caller: Caller, record: TransferRecord, start: int, first: bytes, chunks: Iterator[bytes]
+    ) -> Iterator[bytes]:
+        """The stored bytes failing their at-rest integrity check mid-stream, after the response's headers went out,
+        is tampering or corruption in the relay's own storage: the stream stops there (the recipient sees a cut
+        download), and the transfer is held at once, so the recipient's retry is told why instead of being served
+        the same bytes again."""
+        offset = start
         try:
-            yield from chunks
-        except IntegrityError:
-            self._audit.record(
-                AuditEvent.PAYLOAD_CORRUPT,
-                outcome=Outcome.ERROR,
-                actor=caller.name,
-                transfer_id=transfer_id,
-                reason=IntegrityError.code,
-            )
-            raise
+            if first:
+                offset += len(first)
+                yield first
+            for chunk in chunks:
+                offset += len(chunk)
+                yield chunk
+        except IntegrityError as exc:
+            raise self._corrupt(caller, record, offset) from exc
+
+    def _corrupt(self, caller: Caller, record: TransferRecord, offset: int) -> PayloadCorrupt:
+        """The relay's stored copy of ``record``'s payload failed its at-rest check near ``offset``: hold the
+        transfer at the first failure (in the database: every replica agrees at once), record ``payload:corrupt``
+        (the detector raises a ``corrupt-payload`` alert: someone altered the relay's storage, or it is damaged),
+        and the error its recipient is answered with. Its sender reads the hold in its outbox."""
+        held = self._repo.quarantine([record.transfer_id], self._clock.now(), QuarantineReason.CORRUPT)
+        self._audit.record(
+            AuditEvent.PAYLOAD_CORRUPT,
+            outcome=Outcome.ERROR,
+            actor=caller.name,
+            transfer_id=record.transfer_id,
+            reason=IntegrityError.code,
+            sender=record.sender,
+            offset=offset,
+            quarantined=bool(held),
+        )
+        return PayloadCorrupt(_corrupt_words(record.transfer_id))
 
     # ------------------------------------------------------------ receipt
 

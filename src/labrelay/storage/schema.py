@@ -63,6 +63,7 @@ transfers = Table(
     Column("receipt", Text, nullable=True),
     Column("quarantined_at", BigInteger, nullable=True),
     Column("refusal_envelope", Text, nullable=True),  # the recipient's signed refusal (migration 0005)
+    Column("quarantine_reason", String(16), nullable=True),  # why it is held: admin, revoked, refused, corrupt (0007)
     Index("ix_transfers_recipient_state", "recipient", "state"),
 )
 
@@ -70,6 +71,21 @@ policies = Table(
     "policies",
     metadata,
     Column("version", String(64), primary_key=True),
+    Column("envelope", Text, nullable=False),  # the latest issue of this version (a renewal replaces it)
+    Column("registered_at", BigInteger, nullable=False),
+    # What orders and bounds a policy (migration 0006); NULL for a policy signed before: never in force again.
+    Column("issue", BigInteger, nullable=True),
+    Column("not_after", BigInteger, nullable=True),
+    Index("ix_policies_issue", "issue", unique=True),
+)
+
+policy_withdrawals = Table(
+    "policy_withdrawals",
+    metadata,
+    Column("serial", String(36), primary_key=True),
+    Column("version", String(64), nullable=False, index=True),
+    Column("withdrawn_at", BigInteger, nullable=False),
+    Column("reason", String(200), nullable=False),
     Column("envelope", Text, nullable=False),
     Column("registered_at", BigInteger, nullable=False),
 )

@@ -38,8 +38,9 @@ from labrelay.domain.audit import (
     chain_hash,
 )
 from labrelay.domain.parties import PartyEntry, Revocation, Role
+from labrelay.domain.policy import PolicyWithdrawal
 from labrelay.domain.timeutil import from_epoch, to_epoch
-from labrelay.domain.transfers import Manifest, TransferRecord, TransferState
+from labrelay.domain.transfers import Manifest, QuarantineReason, TransferRecord, TransferState
 from labrelay.errors import AuditTampered, Conflict, StorageFull, Unavailable
 from labrelay.ports import Sealer
 from labrelay.storage import schema
@@ -47,6 +48,16 @@ from labrelay.storage import schema
 
 def _dumps(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _quarantine_reason(value: str | None) -> QuarantineReason | None:
+    """The stored reason of a hold; one this version does not know reads as an administrator's."""
+    if value is None:
+        return None
+    try:
+        return QuarantineReason(value)
+    except ValueError:
+        return QuarantineReason.ADMIN
 
 
 def sqlite_engine(path: Path) -> Engine:
@@ -261,32 +272,72 @@ class SqlStore:
 
     # ------------------------------------------------------------ policies
 
-    def add_policy(self, version: str, envelope: Mapping[str, Any], at: datetime) -> bool:
+    def add_policy(
+        self, version: str, envelope: Mapping[str, Any], at: datetime, *, issue: int, not_after: datetime
+    ) -> bool:
         t = schema.policies
+        values = {"envelope": _dumps(envelope), "registered_at": to_epoch(at), "issue": issue}
+        values["not_after"] = to_epoch(not_after)
         try:
             with self.engine.begin() as conn:
-                existing = conn.execute(select(t.c.envelope).where(t.c.version == version)).first()
-                if existing is not None:
-                    if json.loads(existing.envelope) != dict(envelope):
-                        raise Conflict(f"policy version {version} is already registered with other content")
-                    return False
-                conn.execute(insert(t).values(version=version, envelope=_dumps(envelope), registered_at=to_epoch(at)))
+                if conn.execute(select(t.c.version).where(t.c.version == version)).first() is None:
+                    conn.execute(insert(t).values(version=version, **values))
+                    return True
+                # A later issue of a version held replaces it (a renewal); never an earlier one, even in a race.
+                replaced = conn.execute(
+                    update(t)
+                    .where(t.c.version == version, (t.c.issue.is_(None)) | (t.c.issue < issue))
+                    .values(**values)
+                )
+                return replaced.rowcount == 1
         except SqlIntegrityError:
-            return self.add_policy(version, envelope, at)  # stored concurrently: compare with what was stored
-        return True
+            held = self.policy(version)
+            if held is not None and dict(held) == dict(envelope):
+                return False  # stored concurrently
+            raise Conflict(f"routing policy issue {issue} is already registered for another policy") from None
 
     def policy(self, version: str | None = None) -> Mapping[str, Any] | None:
-        """The envelope of ``version``, or of the latest registered policy."""
+        """The envelope of ``version``, or, without one, of the policy with the highest issue number (a policy
+        signed before issue numbers has none, and is never the policy in force)."""
         t = schema.policies
         q = select(t.c.envelope)
-        q = (
-            q.where(t.c.version == version)
-            if version is not None
-            else q.order_by(t.c.registered_at.desc(), t.c.version.desc())
-        )
+        q = q.where(t.c.version == version) if version is not None else q.where(t.c.issue.is_not(None))
         with self.engine.connect() as conn:
-            row = conn.execute(q.limit(1)).first()
+            row = conn.execute(q.order_by(t.c.issue.desc()).limit(1)).first()
         return json.loads(row.envelope) if row else None
+
+    def add_policy_withdrawal(self, withdrawal: PolicyWithdrawal, envelope: Mapping[str, Any], at: datetime) -> bool:
+        t = schema.policy_withdrawals
+        row = {
+            "serial": withdrawal.serial,
+            "version": withdrawal.version,
+            "withdrawn_at": to_epoch(withdrawal.withdrawn_at),
+            "reason": withdrawal.reason,
+            "envelope": _dumps(envelope),
+            "registered_at": to_epoch(at),
+        }
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(t.c.serial).where(t.c.serial == withdrawal.serial)).first():
+                    return False
+                conn.execute(insert(t).values(**row))
+        except SqlIntegrityError:
+            return False
+        return True
+
+    def policy_withdrawals(self) -> list[tuple[PolicyWithdrawal, Mapping[str, Any]]]:
+        t = schema.policy_withdrawals
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).order_by(t.c.withdrawn_at, t.c.serial)).all()
+        return [
+            (
+                PolicyWithdrawal(
+                    version=r.version, withdrawn_at=from_epoch(r.withdrawn_at), reason=r.reason, serial=r.serial
+                ),
+                json.loads(r.envelope),
+            )
+            for r in rows
+        ]
 
     # ------------------------------------------------------------ nonces
 
@@ -318,6 +369,7 @@ class SqlStore:
             receipt_envelope=json.loads(row.receipt) if row.receipt else None,
             quarantined_at=from_epoch(row.quarantined_at) if row.quarantined_at is not None else None,
             refusal_envelope=json.loads(row.refusal_envelope) if row.refusal_envelope else None,
+            quarantine_reason=_quarantine_reason(row.quarantine_reason),
         )
 
     def create(self, record: TransferRecord) -> None:
@@ -389,6 +441,7 @@ class SqlStore:
                 .values(
                     refusal_envelope=_dumps(refusal_envelope),
                     quarantined_at=func.coalesce(t.c.quarantined_at, to_epoch(at)),
+                    quarantine_reason=func.coalesce(t.c.quarantine_reason, QuarantineReason.REFUSED.value),
                     updated_at=to_epoch(at),
                 )
             )
@@ -639,8 +692,11 @@ class SqlStore:
         with self.engine.connect() as conn:
             return conn.execute(select(t.c.name).where(t.c.name == name)).first() is not None
 
-    def quarantine(self, transfer_ids: Sequence[str], at: datetime) -> list[str]:
-        """Hold these transfers (those not already held and still open); returns the ids newly held."""
+    def quarantine(
+        self, transfer_ids: Sequence[str], at: datetime, reason: QuarantineReason = QuarantineReason.ADMIN
+    ) -> list[str]:
+        """Hold these transfers (those not already held and still open) for ``reason``; returns the ids newly held.
+        One statement per transfer: when two replicas hold the same transfer at once, one of them holds it."""
         t = schema.transfers
         held: list[str] = []
         with self.engine.begin() as conn:
@@ -648,7 +704,7 @@ class SqlStore:
                 result = conn.execute(
                     update(t)
                     .where(t.c.id == tid, t.c.quarantined_at.is_(None), t.c.state.in_(self._OPEN))
-                    .values(quarantined_at=to_epoch(at))
+                    .values(quarantined_at=to_epoch(at), quarantine_reason=reason.value)
                 )
                 if result.rowcount:
                     held.append(tid)
@@ -735,6 +791,19 @@ class SqlStore:
                 return None
             return (row.party, row.payload)
 
+    def spend_challenge(self, challenge: str, purpose: str, expires: datetime) -> bool:
+        # The primary key makes it once only, across replicas: of two concurrent spenders, one inserts.
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(schema.console_challenges).values(
+                        challenge=challenge, purpose=purpose, party=None, payload=None, expires_at=to_epoch(expires)
+                    )
+                )
+        except SqlIntegrityError:
+            return False
+        return True
+
     def add_session(self, token_hash: str, party: str, credential_id: str, at: datetime, expires: datetime) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -775,11 +844,6 @@ class SqlStore:
                 schema.console_challenges.delete().where(schema.console_challenges.c.expires_at <= cutoff)
             ).rowcount
         return int(sessions) + int(challenges)
-
-    def live_challenges(self, purpose: str) -> int:
-        t = schema.console_challenges
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(t).where(t.c.purpose == purpose)).scalar() or 0)
 
     def record_command(
         self, command_id: str, at: datetime, signer: str, action: str, target: str | None, envelope: Mapping[str, Any]

@@ -8,6 +8,10 @@
 The console's JSON routes take no request the browser's same-origin rules would not stop: a POST must carry this
 origin's ``Origin`` header, the session cookie is ``SameSite=Strict`` and ``HttpOnly``, and every response carries
 a Content-Security-Policy that allows scripts, styles and connections from this origin only.
+
+Sign-in is open to anyone, so it costs the relay nothing to hold: the challenge travels sealed in a cookie of the
+same kind (``HttpOnly``, ``SameSite=Strict``, ``__Host-`` on https) and comes back with the answer; each address
+may start and answer ``console_signin_limit`` sign-ins per minute, checked before anything else is read.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -26,14 +31,17 @@ from starlette.staticfiles import StaticFiles
 
 from labrelay import __version__, refdata
 from labrelay.crypto.passkeys import Relying
-from labrelay.errors import NotFound, PermissionDenied, UsageError
+from labrelay.errors import NotFound, PermissionDenied, TooManyRequests, UsageError
 from labrelay.relay.console import ConsoleService, ConsoleUser
 
 T = TypeVar("T")
+log = structlog.get_logger("labrelay.http")
 Call = Callable[..., Awaitable[Any]]
 
 SESSION_COOKIE = "labrelay_console"
 SECURE_SESSION_COOKIE = "__Host-labrelay_console"  # on https: host-only, Secure, Path=/; no sibling can plant it
+SIGNIN_COOKIE = "labrelay_signin"  # the sealed challenge of a sign-in in progress
+SECURE_SIGNIN_COOKIE = "__Host-labrelay_signin"
 SAME_SITE = frozenset({"same-origin", "none"})
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -78,6 +86,10 @@ def _same_origin(request: Request, rp: Relying) -> None:
 
 def _cookie_name(rp: Relying) -> str:
     return SECURE_SESSION_COOKIE if rp.origin.startswith("https://") else SESSION_COOKIE
+
+
+def _signin_cookie_name(rp: Relying) -> str:
+    return SECURE_SIGNIN_COOKIE if rp.origin.startswith("https://") else SIGNIN_COOKIE
 
 
 @cache
@@ -172,15 +184,46 @@ def add_web(  # noqa: PLR0915 - one function, the console's route table
         user = await user_of(request, await checked(request, post=False))
         return {"party": user.party, "role": user.role.value, "may_command": user.may_command}
 
+    async def limited(request: Request, op: str) -> None:
+        """Refuse a sign-in request over its address's limit (429 with Retry-After), before anything else is read
+        or written; the throttle's reports are recorded as ``limit:hit``."""
+        throttled = console.throttle(remote(request))
+        if throttled is None:
+            return
+        if throttled.report is not None:
+            try:
+                await call(console.report_limit, throttled.report, op)
+            except Exception as exc:  # noqa: BLE001 - the refusal stands even if the audit trail is unreachable
+                log.error("sign-in limit not recorded", error=type(exc).__name__)
+        raise TooManyRequests(
+            "too many console sign-in requests from this address",
+            hint=f"retry in {throttled.retry_after} s",
+            retry_after=throttled.retry_after,
+        )
+
     @app.post("/console/api/signin/options", include_in_schema=False)
     async def signin_options(request: Request) -> Response:
+        await limited(request, "signin-options")
         rp = await checked(request, post=True)
-        return Response(await call(console.signin_options, rp), media_type="application/json")
+        start = console.signin_options(rp)  # no I/O: the relay keeps nothing of a sign-in that starts
+        response = Response(start.options, media_type="application/json")
+        response.set_cookie(
+            _signin_cookie_name(rp),
+            start.sealed,
+            max_age=start.max_age,
+            httponly=True,
+            samesite="strict",
+            secure=rp.origin.startswith("https://"),
+            path="/",
+        )
+        return response
 
     @app.post("/console/api/signin", include_in_schema=False)
     async def signin(request: Request) -> JSONResponse:
+        await limited(request, "signin")
         rp, doc = await json_body(request)
-        new = await call(console.signin, credential_of(doc), rp, remote(request))
+        sealed = request.cookies.get(_signin_cookie_name(rp))
+        new = await call(console.signin, credential_of(doc), sealed, rp, remote(request))
         response = JSONResponse({"party": new.user.party, "role": new.user.role.value})
         response.set_cookie(
             _cookie_name(rp),
@@ -190,6 +233,9 @@ def add_web(  # noqa: PLR0915 - one function, the console's route table
             samesite="strict",
             secure=rp.origin.startswith("https://"),
             path="/",
+        )
+        response.delete_cookie(
+            _signin_cookie_name(rp), path="/", secure=rp.origin.startswith("https://"), httponly=True, samesite="strict"
         )
         return response
 

@@ -1,0 +1,79 @@
+"""What the CLI prints shows control and invisible characters as escapes, never passes them to the terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.text import Text
+
+from labrelay.cli.printable import is_unsafe, printable, printable_json
+from labrelay.cli.ui import SafeConsole
+
+# What a terminal obeys or hides: erase, move, recolour, retitle, bell, CR, newline, the 8-bit CSI, DEL, bidi
+# embeddings, overrides and isolates, zero-width characters, the BOM, a tag character, a line separator, a lone
+# surrogate (which would also crash the write).
+OBEYED = [
+    "\x1b", "\r", "\n", "\t", "\x07", "\x08", "\x00", "\x7f", "\x85", "\x9b", "\x9d",
+    "\u200b", "\u200d", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
+    "\u2066", "\u2067", "\u2068", "\u2069", "\u061c", "\ufeff", "\U000e0041", "\u2028", "\u2029", "\ud800",
+]  # fmt: skip
+KEPT = ["é", "É", "œ", "«\u00a0", "\u202f»", "—", "…", "ñ", "日本", "age1qqq", "[red]", ":smile:", "\\x1b", " "]
+
+
+@pytest.mark.threat("T37")
+@pytest.mark.parametrize("char", OBEYED)
+def test_every_control_or_invisible_character_is_shown_not_obeyed(char: str) -> None:
+    assert is_unsafe(char)
+    shown = printable(f"before{char}after")
+    assert char not in shown
+    assert shown.startswith("before")
+    assert shown.endswith("after")
+    assert shown.isprintable()  # nothing left that Python itself would not show
+    assert "\\" in shown  # visibly replaced, not dropped
+
+
+def test_text_that_needs_nothing_is_left_alone() -> None:
+    for text in KEPT:
+        assert printable(text) == text
+        assert printable_json(json.dumps(text, ensure_ascii=False)) == json.dumps(text, ensure_ascii=False)
+
+
+def test_newlines_are_kept_only_when_the_cli_composed_them() -> None:
+    assert printable("one\ntwo") == "one\\ntwo"
+    assert printable("one\ntwo\r\x1b[2K", newlines=True) == "one\ntwo\\r\\x1b[2K"
+    assert printable("\x1b[31mred\x1b[0m") == "\\x1b[31mred\\x1b[0m"
+    assert printable("\u202eevil") == "\\u202eevil"
+    assert printable("\U000e0041") == "\\U000e0041"
+
+
+@pytest.mark.threat("T37")
+def test_json_keeps_the_value_and_loses_the_control_characters() -> None:
+    value = {"detail": "".join(OBEYED) + " still readable", "names": ["cnam", "ars-\u202e11"]}
+    document = json.dumps(value, ensure_ascii=False, indent=2)
+    safe = printable_json(document)
+    assert json.loads(safe) == value  # the same JSON value …
+    assert not any(char in safe for char in OBEYED if char != "\n")  # … with nothing a terminal obeys
+    assert safe.count("\n") == document.count("\n")  # indentation kept
+    assert printable_json('{"a":\r1,\t"b": 2}') == '{"a": 1, "b": 2}'  # raw tab and CR: whitespace between tokens
+
+
+@pytest.mark.threat("T37")
+def test_the_cli_console_shows_escapes_whatever_it_is_given() -> None:
+    """Strings and any renderable alike (a rich Text: progress labels render so): the console is the one place
+    everything printed passes."""
+    sink = io.StringIO()
+    console = SafeConsole(file=sink, highlight=False, soft_wrap=True, force_terminal=True, color_system="truecolor")
+    console.print("relay says: \x1b[2K\x1b[1Aok\rfine [bold red]fake[/] \u202eevil")
+    console.print(Text("label \x1b]0;title\x07 \x9b31m"))
+    console.print(Text("styled", style="bold"))  # the console's own styling still works
+    written = sink.getvalue()
+    ansi_of_its_own = written.count("\x1b[1m")  # the bold above
+    assert ansi_of_its_own == 1
+    assert written.replace("\x1b[1m", "").replace("\x1b[0m", "").count("\x1b") == 0
+    for char in ("\r", "\x07", "\x9b", "\u202e"):
+        assert char not in written
+    assert "\\x1b[2K\\x1b[1Aok\\rfine [bold red]fake[/] \\u202eevil" in written  # markup off: shown as typed
+    assert "label \\x1b]0;title" in written
+    assert "\\x9b31m" in written
