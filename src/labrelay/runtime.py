@@ -17,13 +17,14 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, create_engine
 
 from labrelay.client.checkpoints import CheckpointBook
+from labrelay.clock import SystemClock
 from labrelay.config import RelaySettings, check_database_url, load_settings, render_config
 from labrelay.crypto.keys import SigningKey, VerifyKey, load_verify_key_file
 from labrelay.domain.audit import Checkpoint, verify_chain
 from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.names import parse_networks
 from labrelay.domain.transfers import TransferLimits
-from labrelay.errors import OperationalError, UsageError
+from labrelay.errors import LabrelayError, OperationalError, UsageError
 from labrelay.http.app import RelayServices, create_app, record_doc
 from labrelay.http.edge import EdgeLimits
 from labrelay.http.metrics import RelayMetrics
@@ -156,6 +157,20 @@ def upgrade_data_dir(data_dir: Path) -> str:
         return migrate.upgrade(engine)
     finally:
         engine.dispose()
+
+
+def policy_refusal(data_dir: Path) -> str | None:
+    """Why no routing policy is in force on this relay (none registered, the latest one withdrawn, expired, or
+    signed before policies carried an issue), or None."""
+    relay = open_relay(load_settings(data_dir), SystemClock())
+    try:
+        policies = relay.services.policies
+        try:
+            return policies.in_force_refusal(policies.latest())
+        except LabrelayError as exc:
+            return exc.message
+    finally:
+        relay.close()
 
 
 def relay_signing_key(settings: RelaySettings, signed_before: bool = False) -> SigningKey:

@@ -80,3 +80,15 @@ def test_a_relay_toml_carrying_a_database_password_is_refused_at_load(tmp_path: 
         load_settings(data, environ={"LABRELAY_DATABASE_URL": WITH_PASSWORD[0]})
     refused_for_its_password("", raised.value.diagnostics())
     assert load_settings(data, environ={}).database_url == ""
+
+
+def test_server_upgrade_says_when_no_routing_policy_is_in_force(tmp_path: Path, cli) -> None:
+    """After an upgrade that leaves no policy in force (policies signed before they carried an issue, or none yet),
+    the operator learns it from the upgrade, not from tonight's failed sends."""
+    authority = Authority.init(tmp_path / "auth")
+    assert cli("server", "init", tmp_path / "relay", "--authority", authority.path / "authority.pub").code == 0
+    upgraded = cli("server", "upgrade", "--data", tmp_path / "relay")
+    assert upgraded.code == 0, str(upgraded)
+    assert "schema at" in upgraded.out
+    assert "no routing policy is registered" in upgraded.err
+    assert "labrelay authority publish-policy" in upgraded.err

@@ -337,9 +337,16 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         data: Annotated[Path, typer.Option("--data", help="The relay's data directory.")],
     ) -> None:
         """Bring the relay's database schema up to this version's."""
-        from labrelay.runtime import upgrade_data_dir  # noqa: PLC0415
+        from labrelay.runtime import policy_refusal, upgrade_data_dir  # noqa: PLC0415
 
         ui.out.print(f"schema at {upgrade_data_dir(data)}", markup=False)
+        refusal = policy_refusal(data)
+        if refusal is not None:  # say it now, not in tonight's failed sends (policies signed before issue 18)
+            ui.err.print(
+                f"warning: {refusal}: labs route nothing until the authority publishes the policy in force "
+                "(labrelay authority publish-policy)",
+                markup=False,
+            )
 
     @app.command("serve")
     def serve(
