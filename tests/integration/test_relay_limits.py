@@ -275,6 +275,21 @@ def test_connections_over_the_caps_are_closed_at_once(
     assert closed[:5] == [False] * 5
 
 
+@pytest.mark.threat("T29")
+def test_a_body_cannot_hide_behind_content_length_zero(limited: World, sockets: list[socket.socket]) -> None:
+    """``Content-Length: 0`` with ``Transfer-Encoding: chunked``, then a chunk that never ends: h11 reads the chunked
+    body, and the edge once believed there was none, so the stall was never timed. Now the mix is refused at once."""
+    sock = connect(limited.url)
+    sockets.append(sock)
+    sock.sendall(
+        b"POST /v1/directory/entries HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{"
+    )
+    closed, answer = closed_within(sock, 8)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert closed
+
+
 # ------------------------------------------------------------------ T31: header sizes
 
 

@@ -82,6 +82,8 @@ def parse_networks(text: str) -> tuple[Network, ...]:
 def parse_address(text: str) -> str | None:
     """``text`` as a canonical IP address, or None when it is not one (a forwarded header's value is untrusted)."""
     candidate = text.strip()
+    if "%" in candidate:  # an IPv6 zone id: free text after the address
+        return None
     if candidate.startswith("[") and "]" in candidate:  # [v6]:port
         candidate = candidate[1 : candidate.index("]")]
     elif candidate.count(":") == 1:  # v4:port

@@ -37,8 +37,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from labrelay.domain.names import Network, parse_address
-from labrelay.errors import HeadersTooLarge, LabrelayError, RequestTimeout, TooManyRequests, Unavailable
+from labrelay.errors import HeadersTooLarge, LabrelayError, RequestTimeout, TooManyRequests, Unavailable, UsageError
 from labrelay.http.problems import problem, status_for
+from labrelay.relay.throttle import address_key
 
 log = structlog.get_logger("labrelay.http.edge")
 
@@ -53,6 +54,8 @@ FD_MARGIN = 64
 """File descriptors kept for the database, storage, logs and the key store beyond the connection cap."""
 REPORT_EVERY = 60.0
 """One report per limit and subject per this many seconds: a flood must not become a flood of audit writes."""
+MAX_REPORTS = 20
+"""At most this many reports (audit writes, alerts) per ``REPORT_EVERY``, whatever the number of subjects."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class EdgeState:
         self._in_flight: defaultdict[str, set[Peer]] = defaultdict(set)
         self._cut: dict[Peer, LabrelayError] = {}
         self._reported: dict[tuple[str, str], float] = {}
+        self._window_start = 0.0
+        self._in_window = 0
+        self.suppressed = 0
+        """Limit reports left out because ``MAX_REPORTS`` were made within ``REPORT_EVERY``."""
         self._cap = limits.connection_cap()
         self.refused_connections = 0
         self.closed_slow = 0
@@ -119,12 +126,12 @@ class EdgeState:
         """Whether a new connection may stay open; counts it if so."""
         if peer is None:
             return True
-        host = peer[0]
+        host = address_key(peer[0])  # an IPv6 client is counted by its /64: one host holds many addresses
         if len(self._connections) >= self._cap:
             self.refused_connections += 1
             self.report("connections", None, host)
             return False
-        capped = self.per_address and not self.is_trusted_proxy(host)
+        capped = self.per_address and not self.is_trusted_proxy(peer[0])
         if capped and self._by_address[host] >= self.limits.max_connections_per_address:
             self.refused_connections += 1
             self.report("connections-per-address", None, host)
@@ -136,9 +143,10 @@ class EdgeState:
     def release(self, peer: Peer | None) -> None:
         if peer is None or self._connections.pop(peer, None) is None:
             return
-        self._by_address[peer[0]] -= 1
-        if self._by_address[peer[0]] <= 0:
-            del self._by_address[peer[0]]
+        host = address_key(peer[0])
+        self._by_address[host] -= 1
+        if self._by_address[host] <= 0:
+            del self._by_address[host]
         self._cut.pop(peer, None)
 
     @property
@@ -164,7 +172,9 @@ class EdgeState:
             )
         total = sum(self._uploads.values())
         if total >= self.limits.max_uploads:
-            self.report("uploads", party, None)
+            self.report(
+                "uploads", None, None
+            )  # the relay's limit: naming the (perhaps only claimed) caller says nothing
             return TooManyRequests(
                 f"the relay has {total} uploads in progress (at most {self.limits.max_uploads})",
                 retry_after=retry_after,
@@ -236,8 +246,13 @@ class EdgeState:
         last = self._reported.get(key)
         if last is not None and now - last < REPORT_EVERY:
             return
-        if len(self._reported) > 10_000:  # an address flood: forget the oldest reports
+        if now - self._window_start >= REPORT_EVERY:
+            self._window_start, self._in_window = now, 0
             self._reported = {k: t for k, t in self._reported.items() if now - t < REPORT_EVERY}
+        if self._in_window >= MAX_REPORTS:  # many subjects at once (a flood from many addresses): the first ones
+            self.suppressed += 1  # are reported and alerted on; the rest are counted here and in the log
+            return
+        self._in_window += 1
         self._reported[key] = now
         log.warning("limit reached", limit=limit, party=party, remote=remote)
         if self.on_limit is not None:
@@ -340,6 +355,10 @@ class EdgeGuard:
             self.state.report("headers", None, peer[0] if peer else None)
             await problem_response(refusal, {"Connection": "close"})(scope, receive, send)
             return
+        framing = _framing_refusal(scope["headers"])
+        if framing is not None:
+            await problem_response(framing, {"Connection": "close"})(scope, receive, send)
+            return
         if peer is not None and self.state.is_trusted_proxy(peer[0]):
             _apply_forwarded(scope, self.state)
         has_body = _declares_body(scope["headers"])
@@ -399,12 +418,19 @@ def _header_refusal(headers: list[tuple[bytes, bytes]], limits: EdgeLimits) -> L
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"content-length":
-            return value.strip() not in (b"0", b"")
-        if name == b"transfer-encoding":
-            return True
-    return False
+    """Whether the request has a body: any ``Transfer-Encoding``, or any ``Content-Length`` but 0."""
+    return any(
+        name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b""))
+        for name, value in headers
+    )
+
+
+def _framing_refusal(headers: list[tuple[bytes, bytes]]) -> LabrelayError | None:
+    """``Content-Length`` with ``Transfer-Encoding`` (RFC 9112 6.3: a request smuggling sign): refused."""
+    names = {name for name, _ in headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return UsageError("Content-Length and Transfer-Encoding together")
+    return None
 
 
 def _apply_forwarded(scope: Scope, state: EdgeState) -> None:

@@ -76,6 +76,7 @@ def run(
         # Forwarded headers are believed only from ``trusted_proxies``, and validated (labrelay.http.edge);
         # uvicorn's own handling would believe any loopback peer and copy whatever text it sends.
         proxy_headers=False,
+        ws="none",  # no WebSocket: an upgrade would swap the protocol and escape the connection accounting
         timeout_keep_alive=max(1, round(edge.limits.keep_alive_timeout)),
         h11_max_incomplete_event_size=edge.limits.max_header_bytes,
         log_config=None,

@@ -171,7 +171,7 @@ class Authenticator:
         if enrolling is not None and keyid == enrolling.name:
             # The presented entry names the key, but the directory's own records decide whether it is in force: a
             # stored revocation, or the relay's clock, refuses it here as on every other route.
-            status = self._directory.standing(enrolling)
+            status = self._directory.standing(enrolling, self._skew)
             return Caller(enrolling.name, enrolling), VerifyKey.from_b64(enrolling.signing_key), status
         resolution = self._directory.resolve(keyid)
         if resolution.entry is None:

@@ -8,6 +8,7 @@ a relay that substitutes a key is caught before anything is encrypted to it (doc
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from labrelay.crypto.envelopes import signed_parts, verify_envelope
@@ -74,10 +75,15 @@ class DirectoryService:
     def resolve(self, name: str) -> Resolution:
         return resolve(name, self._repo.entries(name), self._repo.revocations(name), self._clock.now())
 
-    def standing(self, entry: PartyEntry) -> EntryStatus:
+    def standing(self, entry: PartyEntry, skew: timedelta = timedelta(0)) -> EntryStatus:
         """What the stored revocations and the relay's clock make of a presented entry (an enrolment's): REVOKED,
-        EXPIRED, NOT_YET_VALID or ACTIVE."""
-        return resolve(entry.name, [entry], self._repo.revocations(entry.name), self._clock.now()).status
+        EXPIRED, NOT_YET_VALID or ACTIVE. An entry the authority issued up to ``skew`` ahead of the relay's clock
+        is in force (the authority's clock set its start)."""
+        now = self._clock.now()
+        status = resolve(entry.name, [entry], self._repo.revocations(entry.name), now).status
+        if status is EntryStatus.NOT_YET_VALID and entry.valid_at(now + skew):
+            return EntryStatus.ACTIVE
+        return status
 
     def active(self, name: str) -> PartyEntry | None:
         res = self.resolve(name)
