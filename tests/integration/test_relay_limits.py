@@ -235,6 +235,10 @@ def test_300_idle_or_half_sent_connections_are_closed_and_stop_nothing(
     while still_open and time.monotonic() < deadline:
         still_open = [s for s in still_open if not closed_within(s, 0.01)[0]]
     assert not still_open, f"{len(still_open)} of 300 connections still open"
+    # An operator sees it on /metrics (the relay's own host may read it by default).
+    metrics = httpx.get(f"{world.url}/metrics").text
+    closed_slow = next(line for line in metrics.splitlines() if line.startswith("labrelay_connections_closed_slow "))
+    assert float(closed_slow.split()[1]) >= 300
     # A keep-alive connection idle after its answer is closed too.
     sock = connect(world.url)
     sockets.append(sock)

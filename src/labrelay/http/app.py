@@ -213,6 +213,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     )
     edge = EdgeState(services.edge)
     app.state.edge = edge
+    services.metrics.watch_edge(edge)
     uploads: list[anyio.CapacityLimiter] = []
     """The threads upload bodies stream on: their own, so stalled uploads never hold the default pool's."""
     reports: set[asyncio.Task[Any]] = set()

@@ -6,12 +6,27 @@ the method, the status code, the audit event name and outcome, the detection rul
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from labrelay.domain.audit import AuditEvent, AuditRecord
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class EdgeCounts(Protocol):
+    """What the metrics read of ``labrelay.http.edge.EdgeState``."""
+
+    @property
+    def open_connections(self) -> int: ...
+    @property
+    def uploads_in_progress(self) -> int: ...
+
+    refused_connections: int
+    closed_slow: int
+    suppressed: int
 
 
 class RelayMetrics:
@@ -36,6 +51,26 @@ class RelayMetrics:
         )
         self.audit_seq = Gauge("labrelay_audit_head_seq", "Sequence number of the audit head", registry=self.registry)
         self.frozen = Gauge("labrelay_frozen", "1 while the relay is frozen", registry=self.registry)
+        # The edge's limits at work (labrelay.http.edge), read from its state when scraped.
+        self.edge_gauges = {
+            name: Gauge(f"labrelay_{name}", doc, registry=self.registry)
+            for name, doc in (
+                ("connections_open", "Connections this process holds open"),
+                ("connections_refused", "Connections closed at once since start: over a connection cap"),
+                ("connections_closed_slow", "Connections closed since start for an idle or half-sent header section"),
+                ("uploads_in_progress", "Upload requests streaming now"),
+                ("limit_reports_suppressed", "Limit reports left out since start (over 20 a minute)"),
+            )
+        }
+
+    def watch_edge(self, edge: EdgeCounts) -> None:
+        """Read the edge's counts at each scrape."""
+        gauges = self.edge_gauges
+        gauges["connections_open"].set_function(lambda: edge.open_connections)
+        gauges["connections_refused"].set_function(lambda: edge.refused_connections)
+        gauges["connections_closed_slow"].set_function(lambda: edge.closed_slow)
+        gauges["uploads_in_progress"].set_function(lambda: edge.uploads_in_progress)
+        gauges["limit_reports_suppressed"].set_function(lambda: edge.suppressed)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
