@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.integration.test_relay_limits import admin_command, uploading_transfer
-from tests.support.abuse import Abuse, connect
+from tests.support.abuse import Abuse, admin_command, connect, uploading_transfer
 from tests.support.world import RelayFactory, World, make_world
 
 from bench.memory import OUT, WORK, machine

@@ -13,8 +13,8 @@ import pytest
 
 from labrelay.domain.admin import AdminAction
 from labrelay.domain.parties import Role
-from tests.integration.test_relay_limits import FAST, admin_command, audit, uploading_transfer
-from tests.support.abuse import Abuse
+from tests.integration.test_relay_limits import FAST, audit
+from tests.support.abuse import Abuse, admin_command, uploading_transfer
 from tests.support.world import make_world, positives_in, sent_ids
 
 ABUSE_SECONDS = 20.0

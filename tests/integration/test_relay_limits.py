@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import ssl
 import time
@@ -20,21 +19,16 @@ import pytest
 
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority
-from labrelay.client.send import seal
-from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
-from labrelay.crypto.envelopes import envelope_payload, sign_envelope
-from labrelay.crypto.httpsig import sign_request
-from labrelay.domain.admin import AdminAction, AdminCommand
+from labrelay.domain.admin import AdminAction
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
-from labrelay.domain.transfers import Manifest
 from labrelay.errors import AuthenticationFailed, PartyRevoked, UntrustedEntry
 from labrelay.runtime import init_data_dir
-from tests.integration.test_transport import self_signed
+from tests.integration.test_transport import self_signed, signed_headers
 from tests.support import abuse
-from tests.support.abuse import connect
-from tests.support.world import World, make_world
+from tests.support.abuse import admin_command, connect, uploading_transfer
+from tests.support.world import World, make_world, write_settings
 
 FAST = {  # short limits, so that a test sees them act within seconds
     "header_timeout": '"2s"',
@@ -50,35 +44,6 @@ def limited(tmp_path: Path, relay_factory) -> World:
     world = make_world(tmp_path, relay_factory, settings=FAST)
     world.add("ops-admin", Role.ADMIN)
     return world
-
-
-def signed_headers(world: World, party: str, method: str, url: str, body: bytes | None = None, **extra: str) -> dict:
-    headers = dict(extra)
-    key = world.parties[party].signing_key
-    components = tuple(k.lower() for k in extra)
-    sign_request(method, url, headers, body, keyid=party, key=key, now=datetime.now(UTC), extra_components=components)
-    return headers
-
-
-def uploading_transfer(world: World, tmp_path: Path, size: int = 256 * 1024) -> tuple[str, bytes]:
-    """A transfer from the lab to cnam, created and waiting for its bytes: its id and its ciphertext."""
-    plain = tmp_path / f"plain-{os.urandom(4).hex()}.bin"
-    plain.write_bytes(os.urandom(size))
-    lab = world.parties["lab-paris-01"]
-    with world.client("lab-paris-01") as client:
-        directory = TrustedDirectory(lab.authority, client.directory(), SystemClock().now())
-        [state] = seal(lab, plain, [directory.require("cnam", {Role.RECIPIENT})], timedelta(days=1), SystemClock())
-        envelope = json.loads(state.read_text())["manifest"]
-        client.create_transfer(envelope)
-    manifest = Manifest.from_payload(envelope_payload(envelope))
-    return manifest.transfer_id, state.with_suffix(".age").read_bytes()
-
-
-def set_settings(data: Path, **values: str) -> None:
-    """Replace lines of a relay's relay.toml (TOML values, quoted as TOML wants them)."""
-    config = data / "relay.toml"
-    lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in values]
-    config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in values.items())]) + "\n")
 
 
 def stalled_patch(world: World, transfer_id: str, body: bytes) -> socket.socket:
@@ -103,17 +68,6 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
             return True, got
         got += chunk
     return False, got
-
-
-def admin_command(world: World, action: AdminAction, target: str | None = None) -> tuple[dict, float]:
-    """Run an admin command through the API; its result and how long the relay took to answer it."""
-    admin = world.parties["ops-admin"]
-    with RelayClient(world.url, admin.name, admin.signing_key, SystemClock(), retries=0, timeout=30) as client:
-        relay_key = client.audit_checkpoint().relay_key
-        command = AdminCommand.new(action, target, "issue-18-test", SystemClock().now(), relay_key)
-        started = time.monotonic()
-        result = client.admin_command(sign_envelope(command.payload(), admin.signing_key, admin.name))
-        return result, time.monotonic() - started
 
 
 def timed_inbox(world: World, party: str) -> float:
@@ -257,7 +211,7 @@ def test_connections_over_the_caps_are_closed_at_once(
     cert, key = self_signed(tmp_path)
     authority = Authority.init(tmp_path / "auth")
     init_data_dir(tmp_path / "relay", authority.path / "authority.pub")
-    set_settings(tmp_path / "relay", max_connections_per_address="5", header_timeout='"30s"')
+    write_settings(tmp_path / "relay", {"max_connections_per_address": "5", "header_timeout": '"30s"'})
     relay = relay_factory(
         tmp_path / "relay",
         "--host",
@@ -303,7 +257,7 @@ def test_oversized_signature_headers_are_refused_before_parsing(limited: World) 
     431, and the signature parser never runs (no ``auth:failure`` for them)."""
     world = limited
     url = f"{world.url}/v1/transfers?box=inbox"
-    good = signed_headers(world, "cnam", "GET", url)
+    good = signed_headers(world, "GET", url, name="cnam")
     params = good["Signature-Input"]
     before = len(audit(world, "auth:failure"))
     padded = params[:-1] + ';x="' + "a" * 8000 + '"' if params.endswith('"') else params + ";x=" + "1" * 8000
@@ -339,7 +293,7 @@ def test_forwarded_headers_count_only_from_a_trusted_proxy_and_only_as_addresses
     assert remote_of_failure("<script>x</script>") == "127.0.0.1"
 
     world.relay.stop()
-    set_settings(world.relay.data, trusted_proxies='"127.0.0.1"')
+    write_settings(world.relay.data, {"trusted_proxies": '"127.0.0.1"'})
     world.relay.start()
     url = f"{world.url}/v1/transfers?box=inbox"
     assert remote_of_failure("203.0.113.9") == "203.0.113.9"
@@ -356,7 +310,7 @@ def test_a_request_refused_while_locked_cannot_be_replayed_after_the_unlock(limi
     world = limited
     admin_command(world, AdminAction.LOCK, "cnam")
     url = f"{world.url}/v1/transfers?box=inbox"
-    captured = signed_headers(world, "cnam", "GET", url)
+    captured = signed_headers(world, "GET", url, name="cnam")
     refused = httpx.get(url, headers=captured)
     assert refused.status_code == 403
     assert refused.json()["code"] == "locked"

@@ -7,23 +7,36 @@ test (tests/integration/test_abuse.py) and ``./dev bench abuse`` run against a r
 - **oversized headers**: requests whose ``Signature-Input`` is 100 KB (what cost 0.3 to 1 s of CPU each);
 - **anonymous sign-in floods**: console sign-in starts as fast as one thread sends them.
 
-Each kind counts what the relay answered (status lines, or closed connections).
+Each kind counts what the relay answered (status lines, or closed connections). Below the attack, what the tests
+and the bench do as legitimate parties: an upload waiting for its bytes, a timed admin command.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
 import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from labrelay.client.api import RelayClient
+from labrelay.client.send import seal
+from labrelay.client.trust import TrustedDirectory
+from labrelay.clock import SystemClock
+from labrelay.crypto.envelopes import envelope_payload, sign_envelope
 from labrelay.crypto.httpsig import sign_request
 from labrelay.crypto.keys import SigningKey
+from labrelay.domain.admin import AdminAction, AdminCommand
+from labrelay.domain.parties import Role
+from labrelay.domain.transfers import Manifest
+from tests.support.world import World
 
 SLOW_SENDERS = 45
 IDLE = 150
@@ -209,3 +222,31 @@ def _status_line(sock: socket.socket) -> str:
     except OSError:
         return "closed"
     return data[9:12].decode("ascii", "replace") if data.startswith(b"HTTP/1.1 ") else "closed"
+
+
+# ------------------------------------------------------------------ the parties' side, for the tests and the bench
+
+
+def uploading_transfer(world: World, tmp_path: Path, size: int = 256 * 1024) -> tuple[str, bytes]:
+    """A transfer from the lab to cnam, created and waiting for its bytes: its id and its ciphertext."""
+    plain = tmp_path / f"plain-{os.urandom(4).hex()}.bin"
+    plain.write_bytes(os.urandom(size))
+    lab = world.parties["lab-paris-01"]
+    with world.client("lab-paris-01") as client:
+        directory = TrustedDirectory(lab.authority, client.directory(), SystemClock().now())
+        [state] = seal(lab, plain, [directory.require("cnam", {Role.RECIPIENT})], timedelta(days=1), SystemClock())
+        envelope = json.loads(state.read_text())["manifest"]
+        client.create_transfer(envelope)
+    manifest = Manifest.from_payload(envelope_payload(envelope))
+    return manifest.transfer_id, state.with_suffix(".age").read_bytes()
+
+
+def admin_command(world: World, action: AdminAction, target: str | None = None) -> tuple[dict, float]:
+    """Run an admin command through the API; its result and how long the relay took to answer it."""
+    admin = world.parties["ops-admin"]
+    with RelayClient(world.url, admin.name, admin.signing_key, SystemClock(), retries=0, timeout=30) as client:
+        relay_key = client.audit_checkpoint().relay_key
+        command = AdminCommand.new(action, target, "issue-18-test", SystemClock().now(), relay_key)
+        started = time.monotonic()
+        result = client.admin_command(sign_envelope(command.payload(), admin.signing_key, admin.name))
+        return result, time.monotonic() - started

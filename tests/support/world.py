@@ -263,6 +263,13 @@ class World:
         return party
 
 
+def write_settings(data: Path, settings: dict[str, str]) -> None:
+    """Replace lines of a relay's relay.toml (values written as TOML wants them: ``'"30s"'``, ``"5"``)."""
+    config = data / "relay.toml"
+    lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in settings]
+    config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
+
+
 def make_world(
     root: Path,
     relay_factory,
@@ -283,9 +290,7 @@ def make_world(
         database_url = scaled.database_url if scaled else ""
         init_data_dir(root / "relay", authority.path / "authority.pub", database_url=database_url)
     if settings:
-        config = root / "relay" / "relay.toml"
-        lines = [line for line in config.read_text().splitlines() if line.split(" = ")[0] not in settings]
-        config.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in settings.items())]) + "\n")
+        write_settings(root / "relay", settings)
     relay = relay_factory(root / "relay", *relay_args)
     world = World(root=root, authority=authority, relay=relay, scaled=scaled)
     with RelayClient(relay.url, AUTHORITY_KEYID, authority.key, SystemClock(), retries=0) as client:

@@ -39,7 +39,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from labrelay.domain.names import Network, parse_address
 from labrelay.errors import HeadersTooLarge, LabrelayError, RequestTimeout, TooManyRequests, Unavailable, UsageError
 from labrelay.http.problems import problem, status_for
-from labrelay.relay.throttle import address_key
+from labrelay.relay.throttle import ReportGate, address_key
 
 log = structlog.get_logger("labrelay.http.edge")
 
@@ -104,11 +104,7 @@ class EdgeState:
         self._uploads: Counter[str] = Counter()
         self._in_flight: defaultdict[str, set[Peer]] = defaultdict(set)
         self._cut: dict[Peer, LabrelayError] = {}
-        self._reported: dict[tuple[str, str], float] = {}
-        self._window_start = 0.0
-        self._in_window = 0
-        self.suppressed = 0
-        """Limit reports left out because ``MAX_REPORTS`` were made within ``REPORT_EVERY``."""
+        self._reports = ReportGate(REPORT_EVERY, MAX_REPORTS)
         self._cap = limits.connection_cap()
         self.refused_connections = 0
         self.closed_slow = 0
@@ -116,8 +112,10 @@ class EdgeState:
     # ------------------------------------------------------------ connections
 
     def is_trusted_proxy(self, host: str) -> bool:
+        if not self.limits.trusted_proxies:  # the default: no address to parse on every request
+            return False
         address = parse_address(host)
-        if address is None or not self.limits.trusted_proxies:
+        if address is None:
             return False
         ip = ipaddress.ip_address(address)
         return any(ip in net for net in self.limits.trusted_proxies)
@@ -239,21 +237,16 @@ class EdgeState:
 
     # ------------------------------------------------------------ reports
 
+    @property
+    def suppressed(self) -> int:
+        """Limit reports left out because ``MAX_REPORTS`` were made within ``REPORT_EVERY``."""
+        return self._reports.suppressed
+
     def report(self, limit: str, party: str | None, remote: str | None) -> None:
-        """A limit was reached: tell ``on_limit``, at most once per limit and subject per ``REPORT_EVERY``."""
-        key = (limit, party or remote or "?")
-        now = time.monotonic()
-        last = self._reported.get(key)
-        if last is not None and now - last < REPORT_EVERY:
+        """A limit was reached: tell ``on_limit``, at most once per limit and subject per ``REPORT_EVERY`` and
+        ``MAX_REPORTS`` times in all per ``REPORT_EVERY``."""
+        if self._reports.admit(f"{limit}:{party or remote or '?'}", time.monotonic()) is None:
             return
-        if now - self._window_start >= REPORT_EVERY:
-            self._window_start, self._in_window = now, 0
-            self._reported = {k: t for k, t in self._reported.items() if now - t < REPORT_EVERY}
-        if self._in_window >= MAX_REPORTS:  # many subjects at once (a flood from many addresses): the first ones
-            self.suppressed += 1  # are reported and alerted on; the rest are counted here and in the log
-            return
-        self._in_window += 1
-        self._reported[key] = now
         log.warning("limit reached", limit=limit, party=party, remote=remote)
         if self.on_limit is not None:
             try:

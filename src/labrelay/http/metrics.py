@@ -24,9 +24,11 @@ class EdgeCounts(Protocol):
     @property
     def uploads_in_progress(self) -> int: ...
 
+    @property
+    def suppressed(self) -> int: ...
+
     refused_connections: int
     closed_slow: int
-    suppressed: int
 
 
 class RelayMetrics:

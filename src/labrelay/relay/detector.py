@@ -244,29 +244,23 @@ class Detector:
 
     def _corrupt(self, rec: AuditRecord) -> None:
         """The relay's stored copy of a payload failed its at-rest check: one alert, at once, about its storage."""
-        entry = rec.entry
-        sender = entry.details.get("sender")
-        sender = sender if isinstance(sender, str) else "unknown-sender"
-        alert = Alert(
-            rule=CORRUPT_PAYLOAD,
-            subject=STORAGE_SUBJECT,
-            at=entry.at,
-            count=1,
-            threshold=1,
-            window_seconds=0,
-            locked=False,
-            audit_seq=0,
-            summary=_CORRUPT_SUMMARY.format(transfer=entry.transfer_id, sender=sender, recipient=entry.actor),
-        )
-        self._emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, sender=sender)
+        entry, sender = rec.entry, _sender(rec)
+        summary = _CORRUPT_SUMMARY.format(transfer=entry.transfer_id, sender=sender, recipient=entry.actor)
+        self._at_once(CORRUPT_PAYLOAD, STORAGE_SUBJECT, rec, summary, sender=sender)
 
     def _refused(self, rec: AuditRecord) -> None:
         """A recipient refused a payload, signed: one alert, at once, naming the sender as its subject."""
+        entry, sender = rec.entry, _sender(rec)
+        summary = _REFUSED_SUMMARY.format(
+            recipient=entry.actor, transfer=entry.transfer_id, sender=sender, code=entry.reason
+        )
+        self._at_once(REFUSED_PAYLOAD, sender, rec, summary, code=entry.reason)
+
+    def _at_once(self, rule: str, subject: str, rec: AuditRecord, summary: str, **extra: str | None) -> None:
+        """One alert about one transfer's event, without threshold or lock."""
         entry = rec.entry
-        sender = entry.details.get("sender")
-        subject = sender if isinstance(sender, str) else "unknown-sender"
         alert = Alert(
-            rule=REFUSED_PAYLOAD,
+            rule=rule,
             subject=subject,
             at=entry.at,
             count=1,
@@ -274,11 +268,9 @@ class Detector:
             window_seconds=0,
             locked=False,
             audit_seq=0,
-            summary=_REFUSED_SUMMARY.format(
-                recipient=entry.actor, transfer=entry.transfer_id, sender=subject, code=entry.reason
-            ),
+            summary=summary,
         )
-        self._emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, code=entry.reason)
+        self._emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, **extra)
 
     def _emit(self, alert: Alert, *, actor: str | None, transfer_id: str | None = None, **extra: str | None) -> None:
         """Record the alert as an audit event (its sequence number goes with it), then hand it to the sinks."""
@@ -313,6 +305,11 @@ _REFUSED_SUMMARY = (
     "{recipient} refused the payload of transfer {transfer} from {sender} ({code}): the relay's storage was "
     "tampered with, or the sender sent what its recipient's checks refuse"
 )
+
+
+def _sender(rec: AuditRecord) -> str:
+    sender = rec.entry.details.get("sender")
+    return sender if isinstance(sender, str) else "unknown-sender"
 
 
 def _served(rec: AuditRecord) -> int:

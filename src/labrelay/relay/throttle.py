@@ -41,6 +41,43 @@ def address_key(remote: str | None) -> str:
     return str(ip)
 
 
+class ReportGate:
+    """Which limit hits become reports (audit records, then alerts): one per subject per ``every`` seconds, and at most
+    ``cap`` per ``every`` in all; the subjects left out meanwhile are counted and handed to the next report. Shared
+    by the console's sign-in limiter and the HTTP edge's limits (labrelay.http.edge). Not thread-safe: its owner
+    holds a lock, or keeps it on one thread."""
+
+    def __init__(self, every: float, cap: int, max_subjects: int = MAX_ADDRESSES) -> None:
+        self._every, self._cap, self._max = every, cap, max_subjects
+        self._last: dict[str, float] = {}
+        self._reports: deque[float] = deque()
+        self._left_out: set[str] = set()
+        self.suppressed = 0
+        """Hits left out since the start because ``cap`` reports were made within ``every``."""
+
+    def admit(self, subject: str, t: float) -> int | None:
+        """At ``t`` (seconds): None when ``subject``'s hit makes no report now; else how many other subjects were
+        left out since the last report."""
+        last = self._last.get(subject)
+        if last is not None and t - last < self._every:
+            return None
+        while self._reports and self._reports[0] <= t - self._every:
+            self._reports.popleft()
+        if len(self._reports) >= self._cap:
+            self.suppressed += 1
+            if len(self._left_out) < self._max:
+                self._left_out.add(subject)
+            return None
+        self._reports.append(t)
+        self._left_out.discard(subject)
+        left_out = len(self._left_out)
+        self._left_out.clear()
+        if len(self._last) >= self._max:
+            self._last = {k: v for k, v in self._last.items() if t - v < self._every}
+        self._last[subject] = t
+        return left_out
+
+
 @dataclass(frozen=True, slots=True)
 class LimitReport:
     subject: str  # the address (or IPv6 /64) over its limit
@@ -59,7 +96,6 @@ class _Bucket:
     tokens: float
     at: float  # seconds since the epoch, of the last refill
     refused: int = 0
-    reported: float | None = None
 
 
 class AddressLimiter:
@@ -76,11 +112,8 @@ class AddressLimiter:
         self.per_minute = per_minute
         self.max_addresses = max_addresses
         self._rate = per_minute / 60.0  # tokens per second
-        self._every = report_every.total_seconds()
-        self._max_reports = max_reports
+        self._gate = ReportGate(report_every.total_seconds(), max_reports, max_addresses)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-        self._reports: deque[float] = deque()
-        self._suppressed: set[str] = set()
         self._guard = threading.Lock()
 
     def __len__(self) -> int:
@@ -107,17 +140,9 @@ class AddressLimiter:
             return Throttled(retry_after, self._report(key, bucket, t))
 
     def _report(self, key: str, bucket: _Bucket, t: float) -> LimitReport | None:
-        if bucket.reported is not None and t - bucket.reported < self._every:
+        left_out = self._gate.admit(key, t)
+        if left_out is None:
             return None
-        while self._reports and self._reports[0] <= t - self._every:
-            self._reports.popleft()
-        if len(self._reports) >= self._max_reports:
-            if len(self._suppressed) < self.max_addresses:
-                self._suppressed.add(key)
-            return None
-        self._reports.append(t)
-        self._suppressed.discard(key)
-        report = LimitReport(key, bucket.refused, len(self._suppressed))
-        bucket.refused, bucket.reported = 0, t
-        self._suppressed.clear()
+        report = LimitReport(key, bucket.refused, left_out)
+        bucket.refused = 0
         return report
