@@ -248,6 +248,27 @@ def test_a_body_cannot_hide_behind_content_length_zero(limited: World, sockets: 
     assert closed
 
 
+@pytest.mark.threat("T29")
+def test_a_body_answered_before_it_was_read_cannot_trickle_for_ever(
+    limited: World, sockets: list[socket.socket]
+) -> None:
+    """A request refused before its body is read (here unsigned) is answered, and the rest of its body discarded as
+    it comes; a sender that then trickles is closed at ``body_timeout`` (3 s here), not kept for ever."""
+    sock = connect(limited.url)
+    sockets.append(sock)
+    sock.sendall(
+        b"PATCH /v1/uploads/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: relay\r\n"
+        b"Content-Type: application/offset+octet-stream\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10
+    )
+    sock.settimeout(5)
+    answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    time.sleep(0.5)
+    sock.sendall(b"x")  # one more piece: uvicorn's keep-alive timer stops at it, and nothing else would close this
+    closed, _ = closed_within(sock, 8)
+    assert closed
+
+
 # ------------------------------------------------------------------ T31: header sizes
 
 

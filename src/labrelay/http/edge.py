@@ -6,9 +6,10 @@
   keep-alive connection closes after ``keep_alive_timeout``.
 - **Requests** (an ASGI middleware, ``EdgeGuard``): a header section over ``max_header_bytes``, or a signature header
   longer than the signing profile can produce, is refused (431) before anything parses it; a body that stalls for
-  ``body_timeout``, or is not whole by its deadline (``upload_deadline`` for an upload), is cut (408); a response sent
-  before its request's body was read closes the connection; ``X-Forwarded-For``/``-Proto`` count only from a peer in
-  ``trusted_proxies``, and only when they hold an address and a scheme.
+  ``body_timeout``, or is not whole by its deadline (``upload_deadline`` for an upload), is cut (408); the rest of a
+  body answered before it was read is discarded as it comes, under the same timeouts (the protocol's drain);
+  ``X-Forwarded-For``/``-Proto`` count only from a peer in ``trusted_proxies``, and only when they hold an address
+  and a scheme.
 - **Uploads** (``EdgeState.upload_slot``): at most ``max_uploads_per_party`` per party and ``max_uploads`` per process
   stream at once, on their own threads, so that stalled uploads never hold what authentication, downloads and admin
   commands run on; beyond, 429 with ``Retry-After``.
@@ -260,6 +261,8 @@ def guarded_protocol(state: EdgeState) -> type[H11Protocol]:
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _drain_timer: asyncio.TimerHandle | None = None
+        _drain_ends = 0.0
         _admitted = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -272,6 +275,7 @@ def guarded_protocol(state: EdgeState) -> type[H11Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._stop_drain()
             if self._admitted:
                 state.release(self.client)
                 self._admitted = False
@@ -279,6 +283,8 @@ def guarded_protocol(state: EdgeState) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            if self._drain_timer is not None:
+                self._drain()
             if self.transport.is_closing():
                 self._disarm()
             elif self.conn.their_state is h11.IDLE:
@@ -294,6 +300,32 @@ def guarded_protocol(state: EdgeState) -> type[H11Protocol]:
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                # Answered before its body was read (a refusal): read and discard the rest, as HTTP wants (closing now
+                # would reset the connection under the answer), but only while it keeps coming, and not for ever.
+                self._drain_ends = self.loop.time() + state.limits.upload_deadline
+                self._drain()
+
+        def _drain(self) -> None:
+            """(Re)start the wait for the next piece of a body being discarded; stop once the body is whole."""
+            self._stop_drain()
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                wait = min(state.limits.body_timeout, self._drain_ends - self.loop.time())
+                self._drain_timer = self.loop.call_later(max(wait, 0.0), self._drain_late)
+
+        def _stop_drain(self) -> None:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+
+        def _drain_late(self) -> None:
+            self._drain_timer = None
+            if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+                state.closed_slow += 1
+                self.transport.abort()
 
         def _headers_late(self) -> None:
             self._header_timer = None
@@ -381,8 +413,9 @@ class EdgeGuard:
             return message
 
         async def guarded_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and not body_done:
-                # Answered before its body was read (refused, or cut): the rest of the body would keep the connection.
+            if message["type"] == "http.response.start" and scope.get(TIMED_OUT):
+                # The body stalled or ran out of time: nothing more is read from this connection. (A body answered
+                # before it was read otherwise is discarded as it comes: the protocol's drain, timed the same way.)
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
