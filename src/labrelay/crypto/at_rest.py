@@ -24,7 +24,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -188,7 +188,7 @@ def read_records(
 class RecordWriter:
     """Appends plaintext as sealed records from a record boundary; ``finish`` seals what is buffered."""
 
-    def __init__(self, fh: BinaryIO, dek: bytes, transfer_id: str, offset: int) -> None:
+    def __init__(self, fh: IO[bytes], dek: bytes, transfer_id: str, offset: int) -> None:
         self._fh = fh
         self._dek = dek
         self._id = transfer_id

@@ -177,15 +177,6 @@ def load_verify_key_file(path: Path) -> VerifyKey:
 # ------------------------------------------------------------------ age
 
 
-def check_age_recipient(text: str) -> str:
-    """An age X25519 recipient (``age1…``), parsed by age itself."""
-    try:
-        pyrage.x25519.Recipient.from_str(text)
-    except Exception as exc:
-        raise IntegrityError(f"not an age X25519 recipient: {text[:12]}…") from exc
-    return text
-
-
 @dataclass(frozen=True, slots=True)
 class AgeIdentity:
     """An age X25519 identity, kept as the ``AGE-SECRET-KEY-1…`` string pyrage and the age tool read."""

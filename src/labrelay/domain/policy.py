@@ -95,13 +95,6 @@ class Policy:
     recipients: tuple[RecipientRule, ...]
     description: str = ""
 
-    def rule_for(self, party: str, regions: Iterable[str]) -> tuple[RecipientRule, str | None] | None:
-        for rule in self.recipients:
-            for name, region in rule.names_for(regions):
-                if name == party:
-                    return rule, region
-        return None
-
     def rule_named(self, party: str) -> RecipientRule | None:
         """The rule that addresses ``party`` (a regional rule through the region its name carries), if any."""
         region = region_of_party(party)
@@ -282,11 +275,6 @@ def signed_policy_from_payload(payload: Mapping[str, Any]) -> SignedPolicy:
     if not issued_at < not_after:
         raise PolicyError(f"routing policy {policy.version}: empty validity period")
     return SignedPolicy(policy, issue, issued_at, not_after, payload["toml"])
-
-
-def policy_from_payload(payload: Mapping[str, Any]) -> Policy:
-    """The policy a verified payload carries (``signed_policy_from_payload`` without what orders it)."""
-    return signed_policy_from_payload(payload).policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from labrelay.crypto.at_rest import HEADER_BYTES, RecordSpan, RecordWriter, make_header, open_header, read_plain, scan
 from labrelay.domain.names import check_transfer_id, is_transfer_id
@@ -35,7 +35,6 @@ from labrelay.storage.fs import fsync_dir
 
 _UPLOAD = ".upload"
 _PAYLOAD = ".payload"
-READ_CHUNK = 1 << 20
 
 
 def _io_error(exc: OSError, what: str) -> Exception:
@@ -113,9 +112,9 @@ class LocalPayloadStore:
             raise Unavailable("refusing a payload path outside the store")
         return path
 
-    def _open(self, transfer_id: str, suffix: str, mode: str = "rb") -> BinaryIO:
+    def _open(self, transfer_id: str, suffix: str, mode: Literal["rb", "r+b"] = "rb") -> BinaryIO:
         try:
-            handle: BinaryIO = self._path(transfer_id, suffix).open(mode)  # type: ignore[assignment]
+            handle: BinaryIO = self._path(transfer_id, suffix).open(mode)
         except FileNotFoundError:
             what = "upload in progress" if suffix == _UPLOAD else "stored payload"
             raise NotFound(f"no {what} for {transfer_id}") from None

@@ -225,8 +225,8 @@ class _S3Writer:
         self._store = store
         self._id = transfer_id
         self._offset = offset
-        self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115
-        self._records = RecordWriter(self._spool, dek, transfer_id, offset)  # type: ignore[arg-type]
+        self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115 - closed by commit or abort
+        self._records = RecordWriter(self._spool, dek, transfer_id, offset)
         self._closed = False
 
     def write(self, data: bytes) -> None:

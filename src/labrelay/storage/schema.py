@@ -145,7 +145,7 @@ admin_commands = Table(
     Column("envelope", Text, nullable=False),
 )
 
-# The console (issue 8): passkeys bound to directory parties, sign-in sessions, and one-use WebAuthn challenges.
+# The web console (docs/web.md): passkeys bound to directory parties, sign-in sessions, one-use WebAuthn challenges.
 # Sessions are kept by the SHA-256 of their token (a copy of the database yields no usable session).
 passkeys = Table(
     "passkeys",

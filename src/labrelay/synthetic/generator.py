@@ -36,7 +36,7 @@ from labrelay.domain.records import FIELDS, Reason
 from labrelay.refdata import Commune, communes, department_of, department_regions
 
 COLUMNS = FIELDS  # the CSV template's columns, in order
-"""The lab-results CSV template (issue 3), header names exact."""
+"""The lab-results CSV template's columns (docs/lab-results.md, "CSV template"), header names exact."""
 
 MIN_NAME_LETTERS = 6
 LOINC_WEIGHTS = {"94500-6": 60, "94309-2": 10, "94558-4": 15, "94845-5": 5, "94563-4": 5, "94762-2": 5}
@@ -310,7 +310,7 @@ def write_file(
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}")
     from labrelay.batch.fhir import bundle_for  # noqa: PLC0415 - the writers live with their readers
-    from labrelay.batch.hl7 import record_to_message  # noqa: PLC0415
+    from labrelay.batch.hl7 import record_to_message  # noqa: PLC0415 - the writers live with their readers
 
     sidecar: list[tuple[int, str, str, str]] = []
     stamp = (today or date(2026, 1, 15)).strftime("%Y%m%d") + "120000"
