@@ -3,15 +3,19 @@ alert (an audit event, then the sinks) and may lock the offending party at once.
 
 Rules (thresholds in relay.toml, docs/configuration.md):
 
-- ``enumeration``: requests for unknown, foreign, expired or quarantined transfer ids, by one party (or, unsigned,
-  one address): what exploiting a link-bypass flaw looks like.
-- ``bad-signatures``: a burst of failed authentications from one address (or claimed key id).
+- ``enumeration``: what exploiting a link-bypass flaw looks like. Signed: requests one party makes for transfer
+  ids that do not exist or are someone else's (refused ``unknown``, ``foreign`` or ``not-found``); a party asking
+  again for its own expired or quarantined transfer is not counted. Unproven: failed authentications on a route
+  that names a transfer id, from one address (or, without one, one claimed key id).
+- ``bad-signatures``: a burst of failed authentications from one address (or claimed key id), on any route: no
+  signature, an unknown signer, a signature that does not verify, a key not yet in force.
 - ``replay``: any replayed request signature.
-- ``revoked-key``: any request that a revoked, expired, locked or admin-revoked key signed correctly, on any
-  route (enrolment included).
+- ``revoked-key``: any request that a revoked, admin-revoked or expired key signed correctly, on any route
+  (enrolment included). A locked party's requests are not counted: it is already stopped, and was alerted on.
 - ``limits``: a limit of the relay reached (a party's concurrent uploads, the relay's, connections from one
   address): one alert per limit and subject per cooldown; it never locks.
-- ``volume``: a party downloading far more than its usual volume (a multiple of its mean over past windows).
+- ``volume``: a party downloading far more than its usual volume within one window: over ``volume_factor`` times
+  its mean over the past ``volume_history`` windows, and over ``volume_floor`` bytes.
 
 And, without threshold or lock, ``refused-payload``: every payload its recipient refused, signed (its hash, its
 decryption, its manifest or its sender failed a client check). Either the relay's storage was tampered with or
@@ -22,10 +26,12 @@ And, likewise, ``corrupt-payload``: every payload whose stored copy failed the r
 while being served (``payload:corrupt``): someone altered the relay's storage, or it is damaged. The relay held the
 transfer at that first failure; the alert names the transfer and its parties, with the relay's storage as subject.
 
-Only a proven signer is ever locked: an unsigned request or a bad signature names nobody (anyone can claim a key
-id), so locking on it would let an attacker lock out a real recipient.
+Only a proven signer is ever locked, and only by a rule in ``lock_on``: an unsigned request or a bad signature
+names nobody (anyone can claim a key id), so locking on it would let an attacker lock out a real recipient. The
+authority is never locked. A rule with a threshold raises at most one alert per subject within ``cooldown``.
 
-State is in memory, per process; ``prime`` rebuilds the volume history from the audit log at start.
+State is in memory, per process; ``load_history`` rebuilds the volume history from the audit log at start-up and
+when a worker becomes the leader.
 """
 
 from __future__ import annotations
@@ -65,6 +71,19 @@ REFUSED_PAYLOAD = "refused-payload"  # an alert on each accepted refusal; not a 
 CORRUPT_PAYLOAD = "corrupt-payload"  # an alert on each stored payload failing its at-rest check; not tunable either
 STORAGE_SUBJECT = "relay-storage"  # what a corrupt-payload alert is about: no party did it
 _IGNORED = frozenset({AuditEvent.ALERT_RAISE, AuditEvent.PARTY_LOCK})
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A rule that tripped: ``count`` (events, or bytes for ``volume``) about ``subject`` within ``window`` reached
+    ``threshold``. What an alert is raised from."""
+
+    rule: str
+    subject: str
+    count: int
+    threshold: int
+    window: timedelta
+    signed: bool  # the subject proved its identity: only then may the rule lock it
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +133,7 @@ class Detector:
         entry = rec.entry
         if entry.event in _IGNORED or self._noticed(rec):
             return
-        trips: list[tuple[str, str, int, int, timedelta, bool]] = []
+        trips: list[Trip] = []
         with self._guard:
             self._seen += 1
             if self._seen % _SWEEP_EVERY == 0:
@@ -141,11 +160,11 @@ class Detector:
                 trips += self._count("replay", entry.actor, entry.at, 1, signed=True)
             if entry.event is AuditEvent.DOWNLOAD_SERVE and entry.actor:
                 trips += self._volume(entry.actor, entry.at, _served(rec))
-        for rule, subject, count, threshold, window, signed in trips:
+        for trip in trips:
             try:
-                self._raise(rule, subject, entry.at, count, threshold, window, signed)
+                self._raise(trip, entry.at)
             except Exception as exc:  # noqa: BLE001 - never let detection break the request that fed it
-                log.error("alert could not be raised", rule=rule, error=type(exc).__name__)
+                log.error("alert could not be raised", rule=trip.rule, error=type(exc).__name__)
 
     def _sweep(self, now: datetime) -> None:
         """Forget subjects with no event in the window (unsigned traffic from many addresses must not grow the
@@ -162,9 +181,7 @@ class Detector:
 
     # ------------------------------------------------------------ rules
 
-    def _count(
-        self, rule: str, subject: str, at: datetime, threshold: int, *, signed: bool
-    ) -> list[tuple[str, str, int, int, timedelta, bool]]:
+    def _count(self, rule: str, subject: str, at: datetime, threshold: int, *, signed: bool) -> list[Trip]:
         window = self.rules.window
         hits = self._hits[(rule, subject)]
         hits.append(at)
@@ -172,9 +189,9 @@ class Detector:
             hits.popleft()
         if len(hits) < threshold or not self._cooled(rule, subject, at):
             return []
-        return [(rule, subject, len(hits), threshold, window, signed)]
+        return [Trip(rule, subject, len(hits), threshold, window, signed=signed)]
 
-    def _volume(self, actor: str, at: datetime, size: int) -> list[tuple[str, str, int, int, timedelta, bool]]:
+    def _volume(self, actor: str, at: datetime, size: int) -> list[Trip]:
         r = self.rules
         history = self._downloads[actor]
         history.append((at, size))
@@ -188,7 +205,7 @@ class Detector:
         threshold = max(r.volume_factor * baseline, r.volume_floor)
         if current <= threshold or not self._cooled("volume", actor, at):
             return []
-        return [("volume", actor, current, threshold, r.volume_window, True)]
+        return [Trip("volume", actor, current, threshold, r.volume_window, signed=True)]
 
     def _cooled(self, rule: str, subject: str, at: datetime) -> bool:
         """No alert for this rule and subject within the cooldown; takes it (under the guard, so two threads never
@@ -201,30 +218,28 @@ class Detector:
 
     # ------------------------------------------------------------ output
 
-    def _raise(
-        self, rule: str, subject: str, at: datetime, count: int, threshold: int, window: timedelta, signed: bool
-    ) -> None:
-        lockable = signed and rule in self.rules.lock_on and subject != AUTHORITY_KEYID
+    def _raise(self, trip: Trip, at: datetime) -> None:
+        lockable = trip.signed and trip.rule in self.rules.lock_on and trip.subject != AUTHORITY_KEYID
         locked = False
         try:
-            locked = self._control.lock_by_rule(subject, rule) if lockable else False
+            locked = self._control.lock_by_rule(trip.subject, trip.rule) if lockable else False
         except Exception as exc:  # noqa: BLE001 - the alert still goes out, saying the lock failed
-            log.error("lock failed", rule=rule, error=type(exc).__name__)
-        summary = _SUMMARIES[rule].format(
-            subject=subject, count=count, threshold=threshold, window=format_duration(window)
+            log.error("lock failed", rule=trip.rule, error=type(exc).__name__)
+        summary = _SUMMARIES[trip.rule].format(
+            subject=trip.subject, count=trip.count, threshold=trip.threshold, window=format_duration(trip.window)
         )
         alert = Alert(
-            rule=rule,
-            subject=subject,
+            rule=trip.rule,
+            subject=trip.subject,
             at=at,
-            count=count,
-            threshold=threshold,
-            window_seconds=int(window.total_seconds()),
+            count=trip.count,
+            threshold=trip.threshold,
+            window_seconds=int(trip.window.total_seconds()),
             locked=locked,
             audit_seq=0,
-            summary=summary + (f"; {subject} is locked" if locked else ""),
+            summary=summary + (f"; {trip.subject} is locked" if locked else ""),
         )
-        self._emit(alert, actor=subject if signed else None)
+        self._emit(alert, actor=trip.subject if trip.signed else None)
 
     def _noticed(self, rec: AuditRecord) -> bool:
         """Events that raise an alert each, with no threshold (a recipient's refusal, a stored payload failing its
