@@ -1,41 +1,43 @@
 """Every error labrelay raises on purpose.
 
-The tree::
+The tree, with each class's ``code`` (in the relay's problem documents), the CLI's exit code and the relay's HTTP
+status (a test keeps it exact)::
 
-    LabrelayError                     base: one line for an operator, a stable ``code``
-    ├── UsageError                    the caller asked for something malformed or impossible
-    │   └── NotResults                an input that is not a lab-results batch (a workbook, UTF-16, other columns…)
-    ├── OperationalError              the request was fine, the world was not
-    │   ├── Unavailable               relay unreachable, 5xx, storage down: retry later
-    │   │   ├── TooManyRequests       over a relay limit (uploads in progress, sign-ins per address): retry after
-    │   │   └── RequestTimeout        a request body that stalled or took longer than the relay allows: resume
-    │   ├── Unreadable                an input file that cannot be read at all (not one bad record: those are findings)
-    │   ├── StorageFull               no space left where the relay or client writes
-    │   ├── RelayFrozen               an administrator froze the relay (kill switch)
-    │   ├── NotFound                  no such transfer / party visible to the caller
-    │   ├── Conflict                  the request clashes with the current state (e.g. upload offset)
-    │   ├── PartyBusy                 another send, fetch or resume for the same party is running
-    │   └── TooLarge                  a body or payload over the configured limit
-    │       └── HeadersTooLarge       a header section, or a signature header, longer than any request needs
-    └── SecurityError                 refused by a security check; nothing was written or acknowledged
-        ├── AuthenticationFailed      bad, missing, stale or unknown signature on a request
-        │   └── ReplayDetected        a nonce seen before within the replay window
-        ├── PartyRevoked              the signer (or a named party) is revoked
-        ├── PartyLocked               a detection rule or an administrator locked the signer
-        ├── PermissionDenied          the signer's role may not do this
-        ├── UntrustedEntry            a directory entry not signed by the pinned authority, or outside its validity
-        ├── IntegrityError            a payload, manifest or receipt that does not match its signature or hash
-        │   └── PayloadCorrupt        the relay's stored copy of a payload failed its at-rest check: held, never served
-        ├── InsecureKeyFile           a private key file others can read (as ssh refuses)
-        ├── UnsafeOutput              an output place others could redirect: a planted link, a directory others write
-        ├── AuditTampered             the audit log or a client's checkpoint does not verify
-        ├── RetentionViolation        something outlived its deadline (admin retention-check)
-        └── InsecureTransport         plain HTTP off loopback, or a relay without TLS on a public address
+    class                         code                   exit HTTP  raised when
+    LabrelayError                 error                  1    500   base: one line for an operator, a stable code
+    ├── UsageError                usage                  2    400   the caller asked for something malformed
+    │   └── NotResults            not-results            2    400   an input that is not a lab-results batch
+    ├── OperationalError          operational            1    500   the request was fine, the world was not
+    │   ├── Unavailable           unavailable            1    503   relay unreachable, 5xx, storage down: retry
+    │   │   ├── TooManyRequests   rate-limited           1    429   over a relay limit: retry after a while
+    │   │   └── RequestTimeout    request-timeout        1    408   a request body stalled or ran too long
+    │   ├── Unreadable            unreadable             1    500   an input file that cannot be read at all
+    │   ├── StorageFull           storage-full           1    507   no space left where the relay or client writes
+    │   ├── NotFound              not-found              1    404   no such transfer or party visible to the caller
+    │   │   └── EpochKeyGone      key-destroyed          1    404   a payload whose epoch key was destroyed
+    │   ├── RelayFrozen           frozen                 1    503   an administrator froze the relay (kill switch)
+    │   ├── Conflict              conflict               1    409   the request clashes with the current state
+    │   ├── PartyBusy             busy                   1    500   another run for the same party is going on
+    │   └── TooLarge              too-large              1    413   a body or payload over the configured limit
+    │       └── HeadersTooLarge   headers-too-large      1    431   headers longer than any request needs
+    └── SecurityError             security               3    403   refused by a security check; nothing written
+        ├── AuthenticationFailed  authentication-failed  3    401   bad, missing, stale or unknown signature
+        │   └── ReplayDetected    replay                 3    401   a nonce seen before within the replay window
+        ├── PartyRevoked          revoked                3    403   the signer (or a named party) is revoked
+        ├── PartyLocked           locked                 3    403   a detection rule or an administrator locked it
+        ├── PermissionDenied      permission-denied      3    403   the signer's role may not do this
+        ├── UntrustedEntry        untrusted-entry        3    422   a directory entry the authority did not sign
+        ├── IntegrityError        integrity              3    422   a payload, manifest or receipt does not verify
+        │   └── PayloadCorrupt    payload-corrupt        3    410   the relay's stored copy failed its at-rest check
+        ├── InsecureKeyFile       insecure-key-file      3    400   a private key others can reach (file, key store)
+        ├── UnsafeOutput          unsafe-output          3    403   an output place others could redirect
+        ├── InsecureTransport     insecure-transport     3    400   plain HTTP off loopback, or no TLS in public
+        ├── RetentionViolation    retention-violation    3    403   something outlived its deadline
+        └── AuditTampered         audit-tampered         3    403   the audit log or a checkpoint does not verify
 
-Only the edges map this tree: ``labrelay.http.problems`` to HTTP statuses and ``labrelay.cli.main`` to exit
-codes (0 success, 1 operational, 2 usage, 3 security). Messages never contain payload data: the code that
-raises them never holds plaintext on the relay side, and client-side messages name files, parties and
-transfer ids only.
+Only the edges map this tree: ``labrelay.http.problems`` to HTTP statuses and ``labrelay.cli.ui`` to exit codes
+(0 success, 1 operational, 2 usage, 3 security). Messages never contain payload data: the code that raises them
+never holds plaintext on the relay side, and client-side messages name files, parties and transfer ids only.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class LabrelayError(Exception):
 
 
 class UsageError(LabrelayError):
+    """The caller asked for something malformed or impossible."""
+
     code = "usage"
 
 
@@ -69,10 +73,14 @@ class NotResults(UsageError):
 
 
 class OperationalError(LabrelayError):
+    """The request was fine, the world was not."""
+
     code = "operational"
 
 
 class Unavailable(OperationalError):
+    """The relay is unreachable or answered 5xx, or storage is down: retry later."""
+
     code = "unavailable"
 
 
@@ -95,14 +103,20 @@ class RequestTimeout(Unavailable):
 
 
 class Unreadable(OperationalError):
+    """An input file that cannot be read at all (not one bad record: those are findings)."""
+
     code = "unreadable"
 
 
 class StorageFull(OperationalError):
+    """No space left where the relay or the client writes."""
+
     code = "storage-full"
 
 
 class NotFound(OperationalError):
+    """No such transfer or party visible to the caller."""
+
     code = "not-found"
 
 
@@ -119,6 +133,8 @@ class RelayFrozen(OperationalError):
 
 
 class Conflict(OperationalError):
+    """The request clashes with the current state (an upload's offset, for one)."""
+
     code = "conflict"
 
 
@@ -129,6 +145,8 @@ class PartyBusy(OperationalError):
 
 
 class TooLarge(OperationalError):
+    """A body or payload over the configured limit."""
+
     code = "too-large"
 
 
@@ -139,18 +157,26 @@ class HeadersTooLarge(TooLarge):
 
 
 class SecurityError(LabrelayError):
+    """Refused by a security check; nothing was written or acknowledged."""
+
     code = "security"
 
 
 class AuthenticationFailed(SecurityError):
+    """A bad, missing, stale or unknown signature on a request."""
+
     code = "authentication-failed"
 
 
 class ReplayDetected(AuthenticationFailed):
+    """A nonce seen before within the replay window."""
+
     code = "replay"
 
 
 class PartyRevoked(SecurityError):
+    """The signer (or a named party) is revoked."""
+
     code = "revoked"
 
 
@@ -161,14 +187,20 @@ class PartyLocked(SecurityError):
 
 
 class PermissionDenied(SecurityError):
+    """The signer's role may not do this."""
+
     code = "permission-denied"
 
 
 class UntrustedEntry(SecurityError):
+    """A directory entry not signed by the pinned authority, or outside its validity."""
+
     code = "untrusted-entry"
 
 
 class IntegrityError(SecurityError):
+    """A payload, manifest or receipt that does not match its signature or hash."""
+
     code = "integrity"
 
 
@@ -181,6 +213,9 @@ class PayloadCorrupt(IntegrityError):
 
 
 class InsecureKeyFile(SecurityError):
+    """A private key (a key file, the epoch key store) that others can reach: open permissions, not a regular file,
+    another user's. Refused, as ssh refuses it."""
+
     code = "insecure-key-file"
 
 
@@ -192,6 +227,8 @@ class UnsafeOutput(SecurityError):
 
 
 class InsecureTransport(SecurityError):
+    """Plain HTTP off loopback, or a relay without TLS on a public address."""
+
     code = "insecure-transport"
 
 
