@@ -25,7 +25,8 @@ The tree::
         ├── PermissionDenied          the signer's role may not do this
         ├── UntrustedEntry            a directory entry not signed by the pinned authority, or outside its validity
         ├── IntegrityError            a payload, manifest or receipt that does not match its signature or hash
-        │   └── PayloadCorrupt        the relay's stored copy of a payload failed its at-rest check: held, never served
+        │   ├── PayloadCorrupt        the relay's stored copy of a payload failed its at-rest check: held, never served
+        │   └── NotCiphertext         an upload that does not begin as an age file does: refused, nothing kept
         ├── InsecureKeyFile           a private key file others can read (as ssh refuses)
         ├── UnsafeOutput              an output place others could redirect: a planted link, a directory others write
         ├── AuditTampered             the audit log or a client's checkpoint does not verify
@@ -178,6 +179,14 @@ class PayloadCorrupt(IntegrityError):
     (410); the recipient's client reports it, exit 3, and its sender sees it in ``labrelay receipts``."""
 
     code = "payload-corrupt"
+
+
+class NotCiphertext(IntegrityError):
+    """An upload whose first bytes are not the age header (``age-encryption.org/v1``): the relay keeps age ciphertext
+    and nothing else, so a plaintext sent by mistake (or by a client that skipped encryption) is refused at its first
+    chunk and no byte of it is kept (SecureDrop's "refuse what is not ciphertext")."""
+
+    code = "not-ciphertext"
 
 
 class InsecureKeyFile(SecurityError):
