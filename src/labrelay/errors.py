@@ -28,7 +28,8 @@ status (a test keeps it exact)::
         ├── PermissionDenied      permission-denied      3    403   the signer's role may not do this
         ├── UntrustedEntry        untrusted-entry        3    422   a directory entry the authority did not sign
         ├── IntegrityError        integrity              3    422   a payload, manifest or receipt does not verify
-        │   └── PayloadCorrupt    payload-corrupt        3    410   the relay's stored copy failed its at-rest check
+        │   ├── PayloadCorrupt    payload-corrupt        3    410   the relay's stored copy failed its at-rest check
+        │   └── NotCiphertext     not-ciphertext         3    422   an upload whose first bytes are not an age header
         ├── InsecureKeyFile       insecure-key-file      3    400   a private key others can reach (file, key store)
         ├── UnsafeOutput          unsafe-output          3    403   an output place others could redirect
         ├── InsecureTransport     insecure-transport     3    400   plain HTTP off loopback, or no TLS in public
@@ -210,6 +211,14 @@ class PayloadCorrupt(IntegrityError):
     (410); the recipient's client reports it, exit 3, and its sender sees it in ``labrelay receipts``."""
 
     code = "payload-corrupt"
+
+
+class NotCiphertext(IntegrityError):
+    """An upload whose first bytes are not the age header (``age-encryption.org/v1``): the relay keeps age ciphertext
+    and nothing else, so a plaintext sent by mistake (or by a client that skipped encryption) is refused at its first
+    chunk and no byte of it is kept (SecureDrop's "refuse what is not ciphertext")."""
+
+    code = "not-ciphertext"
 
 
 class InsecureKeyFile(SecurityError):

@@ -84,7 +84,7 @@ class NonceStore(Protocol):
 
 
 class TransferRepository(Protocol):
-    """Transfer metadata: manifests, states, upload offsets and receipts. Never payload bytes."""
+    """Transfer metadata: manifests, states, upload offsets, receipts, refusals and holds. Never payload bytes."""
 
     def create(self, record: TransferRecord) -> None:
         """Insert a new transfer; raises ``Conflict`` if the id exists."""
@@ -105,7 +105,16 @@ class TransferRepository(Protocol):
         unless_quarantined: bool = False,
     ) -> bool:
         """Move a transfer to ``to_state`` if it is in one of ``from_states`` (and, with ``unless_quarantined``,
-        not quarantined); False otherwise. Atomic."""
+        not quarantined); False otherwise. Atomic. The relay passes a row of ``labrelay.domain.transfers.LIFECYCLE``."""
+        ...
+
+    def refuse(self, transfer_id: str, refusal_envelope: Mapping[str, Any], at: datetime) -> bool:
+        """Keep the recipient's signed refusal and quarantine the transfer, atomically, if it is available and not
+        refused yet; False otherwise."""
+        ...
+
+    def quarantine(self, transfer_ids: Sequence[str], at: datetime, reason: QuarantineReason) -> list[str]:
+        """Hold the open transfers among ``transfer_ids`` not held yet, for ``reason``; the ids newly held."""
         ...
 
     def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]: ...

@@ -36,12 +36,15 @@ from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
 from labrelay.relay.console import SIGNIN_KEY_LABEL, ConsoleService
 from labrelay.relay.control import CommandResult, ControlService
+from labrelay.relay.delivery import DeliveryService
 from labrelay.relay.detector import DetectionRules, Detector
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
+from labrelay.relay.recovery import RecoveryService
 from labrelay.relay.retention import RetentionReport, check_retention
-from labrelay.relay.transfers import TransferService
+from labrelay.relay.transfer_access import TransferAccess
+from labrelay.relay.uploads import UploadService
 from labrelay.relay.worker import AuditTail, Checkpointer, Job, Worker
 from labrelay.storage import migrate
 from labrelay.storage.files import LocalPayloadStore
@@ -243,9 +246,9 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     control = ControlService(sql, directory, auditor, clock, authority, window)
     auth = Authenticator(directory, sql, auditor, clock, authority, window, settings.clock_skew, control)
     policies = PolicyService(sql, authority, clock, auditor)
-    transfers = TransferService(
-        sql, payloads, directory, auditor, clock, limits_for(settings), policies, locks_for(sql)
-    )
+    access = TransferAccess(repo=sql, store=payloads, auditor=auditor, clock=clock, locks=locks_for(sql))
+    uploads = UploadService(access, directory=directory, policies=policies, limits=limits_for(settings))
+    recovery = RecoveryService(access)
     metrics = RelayMetrics()
     auditor.subscribe(metrics.on_audit)
     alerts = AlertDispatcher(
@@ -285,11 +288,13 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         console=console,
         auth=auth,
         directory=directory,
-        transfers=transfers,
+        uploads=uploads,
+        delivery=DeliveryService(access),
+        recovery=recovery,
         policies=policies,
         auditor=auditor,
         clock=clock,
-        reaper=Reaper(transfers, keys, auditor, clock, settings.audit_retention),
+        reaper=Reaper(recovery, keys, auditor, clock, settings.audit_retention),
         control=control,
         audit_log=sql,
         metrics=metrics,

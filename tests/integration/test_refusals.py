@@ -4,6 +4,8 @@ database, the wire)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +21,15 @@ from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Role
-from labrelay.errors import AuthenticationFailed, IntegrityError, PartyRevoked, PermissionDenied, ReplayDetected
+from labrelay.domain.transfers import Manifest
+from labrelay.errors import (
+    AuthenticationFailed,
+    IntegrityError,
+    NotCiphertext,
+    PartyRevoked,
+    PermissionDenied,
+    ReplayDetected,
+)
 from tests.support.world import CliResult, relay_store, sent_ids
 
 
@@ -89,6 +99,41 @@ def test_one_flipped_byte_on_the_relays_disk(world, cli, batch: Path) -> None:
         "SELECT count(*) FROM audit_events WHERE event = 'payload:corrupt' AND transfer_id = :id", id=transfer_id
     )[0][0]
     assert corrupt >= 1
+
+
+@pytest.mark.threat("T41")
+def test_an_upload_that_is_not_age_ciphertext(world, batch: Path) -> None:
+    """A lab's client that skipped encryption sends the batch in the clear, under a manifest that matches it (its size,
+    its SHA-256): the relay refuses its first chunk (422 ``not-ciphertext``, rebuilt as such by the client), keeps
+    no byte of it, and audits the refusal."""
+    lab, cnam = world.parties["lab-paris-01"], world.parties["cnam"]
+    plain = batch.read_bytes()
+    now = datetime.now(UTC).replace(microsecond=0)
+    manifest = Manifest(
+        transfer_id=new_id(),
+        batch_id=new_id(),
+        sender=lab.name,
+        recipient="cnam",
+        recipient_key=cnam.age_recipient,
+        size=len(plain),
+        sha256=hashlib.sha256(plain).hexdigest(),
+        record_count=None,
+        media_type="text/csv",
+        created=now,
+        deadline=now + timedelta(days=1),
+    )
+    with world.client(lab.name) as client:
+        client.create_transfer(sign_envelope(manifest.to_payload(), lab.signing_key, lab.name))
+        with pytest.raises(NotCiphertext, match="age header"):
+            client.upload_region(manifest.transfer_id, io.BytesIO(plain), 0, len(plain))
+    tid = manifest.transfer_id
+    assert world.db("SELECT state, uploaded FROM transfers WHERE id = :id", id=tid) == [("uploading", 0)]
+    assert relay_store(world).uploaded(tid) == 0
+    refusals = world.db(
+        "SELECT reason FROM audit_events WHERE event = 'upload:chunk' AND outcome = 'refused' AND transfer_id = :id",
+        id=tid,
+    )
+    assert refusals == [("not-ciphertext",)]
 
 
 @pytest.mark.threat("T2")

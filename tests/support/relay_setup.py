@@ -109,12 +109,12 @@ class Setup:
         return sign_envelope(manifest.to_payload(), sender.signing, sender.name), out.getvalue()
 
     def upload(self, sender: Member, envelope: dict, data: bytes, chunk: int = 7000) -> TransferState:
-        transfers = self.relay.services.transfers
-        record, _ = transfers.create(sender.caller, envelope)
+        uploads = self.relay.services.uploads
+        record, _ = uploads.create(sender.caller, envelope)
         offset, state = 0, TransferState.UPLOADING
         while offset < len(data):
             part = data[offset : offset + chunk]
-            status = transfers.append(sender.caller, record.transfer_id, offset, len(part), digest_of(part), [part])
+            status = uploads.append(sender.caller, record.transfer_id, offset, len(part), digest_of(part), [part])
             offset, state = status.uploaded, status.state
         return state
 
@@ -149,7 +149,7 @@ def make_setup(tmp_path: Path) -> Setup:
 
 
 def read_all(setup: Setup, member: Member, transfer_id: str) -> bytes:
-    return b"".join(setup.relay.services.transfers.open_payload(member.caller, transfer_id).chunks)
+    return b"".join(setup.relay.services.delivery.open_payload(member.caller, transfer_id).chunks)
 
 
 def request(

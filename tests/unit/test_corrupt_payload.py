@@ -66,9 +66,10 @@ def test_a_record_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(
     good = available(setup, lab, cnam, b"synthetic, no health data\n" * 40)
     path = stored(setup, transfer_id)
     flip(path, path.stat().st_size - 100)  # inside the last record: the headers and most bytes went out
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
+    recovery = setup.relay.services.recovery
 
-    stream = transfers.open_payload(cnam.caller, transfer_id)
+    stream = delivery.open_payload(cnam.caller, transfer_id)
     received = bytearray()
 
     def read() -> None:
@@ -99,31 +100,31 @@ def test_a_record_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(
     # Never served again: its recipient is told why (410 payload-corrupt), from any offset; nothing else read.
     for start in (0, len(received)):
         with pytest.raises(PayloadCorrupt) as refused:
-            transfers.open_payload(cnam.caller, transfer_id, start)
+            delivery.open_payload(cnam.caller, transfer_id, start)
         assert status_for(refused.value) == 410
         assert refused.value.code == "payload-corrupt"
     assert len(events(setup, AuditEvent.DOWNLOAD_SERVE, transfer_id)) == 1
     assert len(events(setup, AuditEvent.PAYLOAD_CORRUPT)) == 1
     assert [r.reason for r in events(setup, AuditEvent.DOWNLOAD_REFUSE, transfer_id)] == ["corrupt", "corrupt"]
     with pytest.raises(NotFound):  # to anyone else it does not exist, as before
-        transfers.open_payload(lab.caller, transfer_id)
+        delivery.open_payload(lab.caller, transfer_id)
     with pytest.raises(Conflict, match="integrity check"):
-        transfers.accept_receipt(
+        delivery.accept_receipt(
             cnam.caller, transfer_id, setup.receipt(cnam, {"payload": record.manifest.to_payload()})
         )
 
     # Not listed any more; its sender and recipient read the hold and its reason; the rest of the inbox is served.
-    assert [r.transfer_id for r in transfers.inbox(cnam.caller)] == [good]
+    assert [r.transfer_id for r in delivery.inbox(cnam.caller)] == [good]
     for member in (lab, cnam):
-        hold = TransferOut.of(transfers.describe(member.caller, transfer_id)).quarantine
+        hold = TransferOut.of(delivery.describe(member.caller, transfer_id)).quarantine
         assert hold is not None
         assert (hold.reason, hold.at) == ("corrupt", "2026-11-28T09:00:00Z")
-    assert TransferOut.of(transfers.describe(cnam.caller, good)).quarantine is None
+    assert TransferOut.of(delivery.describe(cnam.caller, good)).quarantine is None
     assert read_all(setup, cnam, good) == age_ciphertext_of(setup, good)
 
     # Held, it is still deleted at its deadline, as anything else.
     setup.clock.advance(timedelta(days=7))
-    assert transfers.expire_due() == 2
+    assert recovery.expire_due() == 2
     assert list(setup.relay.payloads.ids()) == []
 
 
@@ -137,10 +138,10 @@ def test_a_first_record_that_fails_is_never_served_at_all(setup: Setup) -> None:
     lab, cnam = parties(setup)
     transfer_id = available(setup, lab, cnam, b"synthetic, no health data\n" * 1000)
     flip(stored(setup, transfer_id), HEADER_BYTES + RECORD_HEAD + 10)
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     for _ in range(2):
         with pytest.raises(PayloadCorrupt, match=transfer_id):
-            transfers.open_payload(cnam.caller, transfer_id)
+            delivery.open_payload(cnam.caller, transfer_id)
     assert events(setup, AuditEvent.DOWNLOAD_SERVE, transfer_id) == []  # no byte left the relay
     [corrupt] = events(setup, AuditEvent.PAYLOAD_CORRUPT)
     assert corrupt.details["quarantined"] is True
@@ -158,7 +159,7 @@ def test_other_holds_keep_their_reason_and_read_as_before(setup: Setup) -> None:
     assert record is not None
     assert record.held_because is QuarantineReason.ADMIN
     with pytest.raises(NotFound):
-        setup.relay.services.transfers.open_payload(cnam.caller, transfer_id)
+        setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
     with setup.relay.sql.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE transfers SET quarantine_reason = NULL")
     assert setup.relay.sql.get(transfer_id).held_because is QuarantineReason.ADMIN  # type: ignore[union-attr]
@@ -183,16 +184,16 @@ def test_the_smallest_age_file_is_what_the_real_age_tool_writes(tmp_path: Path) 
 @pytest.mark.threat("T40")
 def test_a_manifest_smaller_than_any_age_file_is_refused_at_creation(setup: Setup) -> None:
     lab, cnam = parties(setup)
-    transfers = setup.relay.services.transfers
+    uploads = setup.relay.services.uploads
     for size in (0, 1, MIN_PAYLOAD_BYTES - 1):
         envelope, _ = setup.seal(lab, cnam, b"x", size=size)
         with pytest.raises(UsageError, match="smallest age file"):
-            transfers.create(lab.caller, envelope)
+            uploads.create(lab.caller, envelope)
     assert setup.relay.sql.get(envelope["payload"]["transfer_id"]) is None
     refusals = events(setup, AuditEvent.TRANSFER_REFUSE)
     assert [(e.actor, e.reason) for e in refusals] == [("lab-a", "usage")] * 3
     envelope, _ = setup.seal(lab, cnam, b"x", size=MIN_PAYLOAD_BYTES)
-    record, new = transfers.create(lab.caller, envelope)
+    record, new = uploads.create(lab.caller, envelope)
     assert new
     assert record.state is TransferState.UPLOADING
 

@@ -111,23 +111,23 @@ def test_volume_rule_can_lock_and_the_lock_holds(setup: Setup) -> None:
 def test_enumeration_counts_within_the_window_only(setup: Setup) -> None:
     cnam = setup.member("cnam", Role.RECIPIENT)
     det = fresh_detector(setup, DetectionRules(probes=5, window=timedelta(minutes=1)))
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     for _ in range(20):  # 4 probes a minute: never 5 in one window
         for _ in range(4):
             with pytest.raises(NotFound):
-                transfers.open_payload(cnam.caller, new_id())
+                delivery.open_payload(cnam.caller, new_id())
         setup.clock.advance(timedelta(seconds=61))
     assert det.raised == []
     for _ in range(5):
         with pytest.raises(NotFound):
-            transfers.open_payload(cnam.caller, new_id())
+            delivery.open_payload(cnam.caller, new_id())
     assert rule_names(det) == ["enumeration"]
     assert det.raised[0].locked is True
     # Cooldown: more probes do not raise another alert for the same subject.
     setup.relay.services.control._store.clear_lock("cnam")
     for _ in range(10):
         with pytest.raises(NotFound):
-            transfers.open_payload(cnam.caller, new_id())
+            delivery.open_payload(cnam.caller, new_id())
     assert rule_names(det) == ["enumeration"]
 
 
@@ -217,7 +217,7 @@ def test_a_sender_cannot_get_a_recipient_locked_with_short_lived_transfers(setup
     """A recipient asking for its own transfers that expired (or were quarantined) is not probing."""
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     det = fresh_detector(setup, DetectionRules(probes=5))
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     ids = []
     for _ in range(10):
         envelope, data = setup.seal(lab, cnam, b"x" * 100, ttl=timedelta(seconds=30))
@@ -226,7 +226,7 @@ def test_a_sender_cannot_get_a_recipient_locked_with_short_lived_transfers(setup
     setup.clock.advance(timedelta(seconds=31))
     for tid in ids:
         with pytest.raises(NotFound):
-            transfers.open_payload(cnam.caller, tid)
+            delivery.open_payload(cnam.caller, tid)
     assert det.raised == []
     assert setup.relay.services.control.refusal("cnam") is None
 
@@ -236,7 +236,7 @@ def test_the_authority_is_never_locked_and_detection_never_breaks_a_request(setu
     authority = Caller(AUTHORITY_KEYID, None)
     for _ in range(3):
         with pytest.raises(NotFound):
-            setup.relay.services.transfers.open_payload(authority, new_id())
+            setup.relay.services.delivery.open_payload(authority, new_id())
     assert rule_names(det) == ["enumeration"]
     assert det.raised[0].locked is False
     # A control store that fails: the alert still reaches the sinks, the request still gets its answer.
@@ -251,6 +251,6 @@ def test_the_authority_is_never_locked_and_detection_never_breaks_a_request(setu
     setup.relay.services.control.lock_by_rule = broken  # type: ignore[method-assign]
     for _ in range(2):
         with pytest.raises(NotFound):
-            setup.relay.services.transfers.open_payload(cnam.caller, new_id())
+            setup.relay.services.delivery.open_payload(cnam.caller, new_id())
     assert [a.rule for a in sent] == ["enumeration"]
     assert sent[0].locked is False

@@ -218,9 +218,11 @@ def test_receipt_matches_only_its_manifest() -> None:
         received_at=T0,
     )
     assert Receipt.from_payload(r.to_payload()) == r
-    assert r.matches(m)
-    assert not r.matches(manifest())
-    assert not r.matches(manifest(transfer_id=m.transfer_id, sha256="b" * 64))
+    r.check_against(m)  # its own manifest: no error
+    with pytest.raises(IntegrityError, match="does not match"):
+        r.check_against(manifest())
+    with pytest.raises(IntegrityError, match="different sha256"):
+        r.check_against(manifest(transfer_id=m.transfer_id, sha256="b" * 64))
 
 
 @pytest.mark.parametrize(

@@ -157,36 +157,36 @@ def test_the_relay_refuses_new_transfers_under_a_superseded_withdrawn_or_expired
     ``transfer:refuse``. A transfer accepted just before a new policy registered keeps going (its sender's retry of
     the same manifest is answered as before), and nothing is stored for one refused."""
     lab, ars = setup.member("lab-a", Role.LAB), setup.member("ars-11", Role.RECIPIENT)
-    transfers, policies, key = setup.relay.services.transfers, setup.relay.services.policies, setup.authority
+    uploads, policies, key = setup.relay.services.uploads, setup.relay.services.policies, setup.authority
     in_flight, data = setup.seal(lab, ars, b"x" * 300, policy_version=DEFAULT, record_count=1)
-    transfers.create(lab.caller, in_flight)  # accepted under the policy then in force
+    uploads.create(lab.caller, in_flight)  # accepted under the policy then in force
     policies.register(signed(key, STRICT, 2), AUTHORITY_KEYID)
 
     late, _ = setup.seal(lab, ars, b"y" * 300, policy_version=DEFAULT, record_count=1)
     with pytest.raises(PermissionDenied, match=rf"{DEFAULT}: it was superseded by t-strict \(issue 2\)") as info:
-        transfers.create(lab.caller, late)
+        uploads.create(lab.caller, late)
     assert "routes the batch again" in (info.value.hint or "")
     assert setup.upload(lab, in_flight, data) is TransferState.AVAILABLE  # created again (a retry): goes on
 
     under_strict, _ = setup.seal(lab, ars, b"z" * 300, policy_version="t-strict", record_count=1)
-    transfers.create(lab.caller, under_strict)
+    uploads.create(lab.caller, under_strict)
     policies.withdraw(withdrawal(key, "t-strict", "gives the ARS too much"), AUTHORITY_KEYID)
     again, _ = setup.seal(lab, ars, b"z" * 300, policy_version="t-strict", record_count=1)
     with pytest.raises(PermissionDenied, match=r"withdrawn by the authority \(gives the ARS too much\)"):
-        transfers.create(lab.caller, again)
+        uploads.create(lab.caller, again)
     for version in (DEFAULT, "t-strict"):  # nothing is in force now: not the older one either
         refused, _ = setup.seal(lab, ars, b"w" * 300, policy_version=version, record_count=1)
         with pytest.raises(PermissionDenied):
-            transfers.create(lab.caller, refused)
+            uploads.create(lab.caller, refused)
 
     policies.register(signed(key, LOOSE, 3, valid=timedelta(days=2)), AUTHORITY_KEYID)
     setup.clock.advance(timedelta(days=2))
     expired, _ = setup.seal(lab, ars, b"v" * 300, policy_version="t-loose", record_count=1)
     with pytest.raises(PermissionDenied, match=r"t-loose \(issue 3\) expired"):
-        transfers.create(lab.caller, expired)
+        uploads.create(lab.caller, expired)
     unknown, _ = setup.seal(lab, ars, b"u" * 300, policy_version="made-up-1", record_count=1)
     with pytest.raises(IntegrityError, match="does not hold"):  # T13 as before
-        transfers.create(lab.caller, unknown)
+        uploads.create(lab.caller, unknown)
 
     refusals = [e for e in events(setup, AuditEvent.TRANSFER_REFUSE) if e.reason == "permission-denied"]
     assert len(refusals) == 5

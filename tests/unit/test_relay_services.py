@@ -5,6 +5,7 @@ Each security decision the relay takes is tried here with an input that must be 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from datetime import timedelta
@@ -14,7 +15,7 @@ import pytest
 
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import AgeIdentity, SigningKey
-from labrelay.domain.audit import AuditEvent, verify_chain
+from labrelay.domain.audit import AuditEvent, Outcome, verify_chain
 from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import Revocation, Role
 from labrelay.domain.transfers import TransferState
@@ -22,6 +23,7 @@ from labrelay.errors import (
     AuthenticationFailed,
     Conflict,
     IntegrityError,
+    NotCiphertext,
     NotFound,
     PartyRevoked,
     PermissionDenied,
@@ -40,14 +42,14 @@ def test_upload_serve_receipt_delete(setup: Setup) -> None:
     envelope, data = setup.seal(lab, cnam, b"nir,nom\n1,X\n" * 1000)
     assert setup.upload(lab, envelope, data) is TransferState.AVAILABLE
     transfer_id = envelope["payload"]["transfer_id"]
-    assert [r.transfer_id for r in setup.relay.services.transfers.inbox(cnam.caller)] == [transfer_id]
+    assert [r.transfer_id for r in setup.relay.services.delivery.inbox(cnam.caller)] == [transfer_id]
     assert read_all(setup, cnam, transfer_id) == data
-    setup.relay.services.transfers.accept_receipt(cnam.caller, transfer_id, setup.receipt(cnam, envelope))
+    setup.relay.services.delivery.accept_receipt(cnam.caller, transfer_id, setup.receipt(cnam, envelope))
     assert list(setup.relay.payloads.ids()) == []
-    assert setup.relay.services.transfers.inbox(cnam.caller) == []
+    assert setup.relay.services.delivery.inbox(cnam.caller) == []
     with pytest.raises(NotFound):
-        setup.relay.services.transfers.open_payload(cnam.caller, transfer_id)
-    outbox = setup.relay.services.transfers.outbox(lab.caller)
+        setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
+    outbox = setup.relay.services.delivery.outbox(lab.caller)
     assert outbox[0].state is TransferState.DELIVERED
     assert outbox[0].receipt_envelope is not None
     assert verify_chain(setup.relay.sql.records()).ok
@@ -62,9 +64,9 @@ def test_nothing_served_past_the_deadline_even_without_cleanup(setup: Setup) -> 
     setup.clock.advance(timedelta(minutes=59, seconds=59))
     assert read_all(setup, cnam, transfer_id) == data
     setup.clock.advance(timedelta(seconds=1))
-    assert setup.relay.services.transfers.inbox(cnam.caller) == []
+    assert setup.relay.services.delivery.inbox(cnam.caller) == []
     with pytest.raises(NotFound):
-        setup.relay.services.transfers.open_payload(cnam.caller, transfer_id)
+        setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
     refusals = [r for r in setup.relay.sql.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
     assert refusals[-1].entry.reason == "expired"
 
@@ -74,7 +76,7 @@ def test_deadline_beyond_the_relays_maximum_refused(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, _ = setup.seal(lab, cnam, b"x", ttl=timedelta(days=31))
     with pytest.raises(UsageError, match="maximum of 30d"):
-        setup.relay.services.transfers.create(lab.caller, envelope)
+        setup.relay.services.uploads.create(lab.caller, envelope)
 
 
 @pytest.mark.threat("T6")
@@ -87,17 +89,17 @@ def test_foreign_and_unknown_transfers_look_the_same(setup: Setup) -> None:
     envelope, data = setup.seal(lab, cnam, b"x" * 100)
     setup.upload(lab, envelope, data)
     transfer_id = envelope["payload"]["transfer_id"]
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     errors = []
     for caller, tid in ((ars.caller, transfer_id), (ars.caller, new_id()), (lab.caller, transfer_id)):
         with pytest.raises(NotFound) as info:
-            transfers.open_payload(caller, tid)
+            delivery.open_payload(caller, tid)
         errors.append(info.value.message.replace(tid, "ID").replace(caller.name, "WHO"))
     assert len(set(errors)) == 1  # no oracle: foreign, unknown and sender's own all read the same
     with pytest.raises(NotFound):
-        transfers.describe(ars.caller, transfer_id)
+        delivery.describe(ars.caller, transfer_id)
     with pytest.raises(NotFound):
-        transfers.accept_receipt(ars.caller, transfer_id, setup.receipt(ars, envelope))
+        delivery.accept_receipt(ars.caller, transfer_id, setup.receipt(ars, envelope))
 
 
 @pytest.mark.threat("T7")
@@ -111,55 +113,91 @@ def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> Non
     transfer_id = envelope["payload"]["transfer_id"]
     assert setup.relay.sql.get(transfer_id).state is TransferState.REJECTED
     assert list(setup.relay.payloads.ids()) == []
-    assert setup.relay.services.transfers.inbox(cnam.caller) == []
+    assert setup.relay.services.delivery.inbox(cnam.caller) == []
 
 
 @pytest.mark.threat("T7")
 def test_chunk_that_does_not_match_its_digest_is_not_kept(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, data = setup.seal(lab, cnam, b"x" * 20000)
-    record, _ = setup.relay.services.transfers.create(lab.caller, envelope)
+    record, _ = setup.relay.services.uploads.create(lab.caller, envelope)
     with pytest.raises(IntegrityError):
-        setup.relay.services.transfers.append(
+        setup.relay.services.uploads.append(
             lab.caller, record.transfer_id, 0, 100, digest_of(data[:100]), [data[100:200]]
         )
-    assert setup.relay.services.transfers.upload_status(lab.caller, record.transfer_id).uploaded == 0
+    assert setup.relay.services.uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0
     assert setup.relay.payloads.uploaded(record.transfer_id) == 0
+
+
+@pytest.mark.threat("T41")
+def test_an_upload_that_is_not_age_ciphertext_is_refused_at_its_first_chunk(setup: Setup) -> None:
+    """The relay keeps age ciphertext and nothing else: a payload sent in the clear, under a manifest that matches it
+    (its size, its SHA-256), is refused at its first chunk, no byte of it kept, and the refusal is audited. A chunk
+    that covers only part of the age header is held to that part; ciphertext in small chunks goes through."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    uploads = setup.relay.services.uploads
+    plain = b"nir,nom\n1850175123456,DUPONT\n" * 20
+    in_clear, _ = setup.seal(lab, cnam, b"", size=len(plain), sha256=hashlib.sha256(plain).hexdigest())
+    record, _ = uploads.create(lab.caller, in_clear)
+    for offset, chunk in ((0, plain), (0, b"age-encryption.org/v2\n" + plain[22:]), (0, plain[:5])):
+        with pytest.raises(NotCiphertext, match="age header"):
+            uploads.append(lab.caller, record.transfer_id, offset, len(chunk), digest_of(chunk), [chunk])
+        assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0
+        assert setup.relay.payloads.uploaded(record.transfer_id) == 0
+    refused = [
+        r.entry
+        for r in setup.relay.sql.records()
+        if r.entry.event is AuditEvent.UPLOAD_CHUNK and r.entry.transfer_id == record.transfer_id
+    ]
+    assert [(e.outcome, e.reason, e.actor) for e in refused] == [(Outcome.REFUSED, "not-ciphertext", "lab-a")] * 3
+
+    envelope, data = setup.seal(lab, cnam, b"nir,nom\n1850175123456,DUPONT\n" * 20)
+    record, _ = uploads.create(lab.caller, envelope)
+    uploads.append(lab.caller, record.transfer_id, 0, 10, digest_of(data[:10]), [data[:10]])
+    forged = b"X" + data[11:40]
+    with pytest.raises(NotCiphertext):  # the rest of the header, rewritten
+        uploads.append(lab.caller, record.transfer_id, 10, len(forged), digest_of(forged), [forged])
+    for start, end in ((10, 21), (21, 40), (40, len(data))):
+        uploads.append(
+            lab.caller, record.transfer_id, start, end - start, digest_of(data[start:end]), [data[start:end]]
+        )
+    assert setup.relay.sql.get(record.transfer_id).state is TransferState.AVAILABLE
+    assert read_all(setup, cnam, record.transfer_id) == data
 
 
 @pytest.mark.threat("T3")
 def test_manifest_checks_fail_closed(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     other_lab = setup.member("lab-b", Role.LAB)
-    transfers = setup.relay.services.transfers
+    uploads = setup.relay.services.uploads
     # signed by a key that is not the sender's registered key
     envelope, _ = setup.seal(lab, cnam, b"x")
     forged = sign_envelope(envelope["payload"], SigningKey.generate(), lab.name)
     with pytest.raises(IntegrityError):
-        transfers.create(lab.caller, forged)
+        uploads.create(lab.caller, forged)
     # signed by another (registered) lab, presented by this one
     envelope_b, _ = setup.seal(other_lab, cnam, b"x")
     with pytest.raises(IntegrityError):
-        transfers.create(lab.caller, envelope_b)
+        uploads.create(lab.caller, envelope_b)
     # sealed to a key that is not the recipient's directory key
     env_wrong_key, _ = setup.seal(lab, cnam, b"x", recipient_key=AgeIdentity.generate().recipient)
     with pytest.raises(IntegrityError, match="not cnam's key"):
-        transfers.create(lab.caller, env_wrong_key)
+        uploads.create(lab.caller, env_wrong_key)
     # a recipient may not send; a lab may not receive
     with pytest.raises(PermissionDenied):
-        transfers.create(cnam.caller, sign_envelope(envelope["payload"], cnam.signing, cnam.name))
+        uploads.create(cnam.caller, sign_envelope(envelope["payload"], cnam.signing, cnam.name))
     env_to_lab, _ = setup.seal(lab, other_lab, b"x")
     with pytest.raises(PermissionDenied):
-        transfers.create(lab.caller, env_to_lab)
+        uploads.create(lab.caller, env_to_lab)
     # unknown recipient
     ghost = setup.member("ghost", Role.RECIPIENT, register=False)
     env_ghost, _ = setup.seal(lab, ghost, b"x")
     with pytest.raises(NotFound):
-        transfers.create(lab.caller, env_ghost)
+        uploads.create(lab.caller, env_ghost)
     # too large
     env_big, _ = setup.seal(lab, cnam, b"x", size=setup.relay.settings.max_payload_bytes + 1)
     with pytest.raises(TooLarge):
-        transfers.create(lab.caller, env_big)
+        uploads.create(lab.caller, env_big)
     assert setup.relay.sql.for_sender("lab-a") == setup.relay.sql.for_sender("lab-b") == []
 
 
@@ -170,33 +208,34 @@ def test_revoked_recipient_gets_nothing_new(setup: Setup) -> None:
     setup.revoke("cnam")
     envelope, _ = setup.seal(lab, cnam, b"x")
     with pytest.raises(PartyRevoked):
-        setup.relay.services.transfers.create(lab.caller, envelope)
+        setup.relay.services.uploads.create(lab.caller, envelope)
 
 
 def test_upload_offsets_and_resume(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, data = setup.seal(lab, cnam, b"y" * 30000)
-    transfers = setup.relay.services.transfers
-    record, new = transfers.create(lab.caller, envelope)
+    uploads = setup.relay.services.uploads
+    delivery = setup.relay.services.delivery
+    record, new = uploads.create(lab.caller, envelope)
     assert new
-    again, new_again = transfers.create(lab.caller, envelope)  # a retried creation is idempotent
+    again, new_again = uploads.create(lab.caller, envelope)  # a retried creation is idempotent
     assert not new_again
     assert again.transfer_id == record.transfer_id
 
-    transfers.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+    uploads.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
     with pytest.raises(Conflict, match="offset is 1000"):
-        transfers.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+        uploads.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
     with pytest.raises(UsageError, match="ended after"):  # a body cut short is discarded
-        transfers.append(lab.caller, record.transfer_id, 1000, 2000, digest_of(data[1000:3000]), [data[1000:2000]])
-    assert transfers.upload_status(lab.caller, record.transfer_id).uploaded == 1000
+        uploads.append(lab.caller, record.transfer_id, 1000, 2000, digest_of(data[1000:3000]), [data[1000:2000]])
+    assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 1000
     with pytest.raises(TooLarge):
-        transfers.append(lab.caller, record.transfer_id, 1000, len(data), digest_of(b""), [b""])
-    status = transfers.append(
+        uploads.append(lab.caller, record.transfer_id, 1000, len(data), digest_of(b""), [b""])
+    status = uploads.append(
         lab.caller, record.transfer_id, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]]
     )
     assert status.state is TransferState.AVAILABLE
     assert read_all(setup, cnam, record.transfer_id) == data
-    assert b"".join(transfers.open_payload(cnam.caller, record.transfer_id, 29000).chunks) == data[29000:]
+    assert b"".join(delivery.open_payload(cnam.caller, record.transfer_id, 29000).chunks) == data[29000:]
 
 
 def test_receipt_checks(setup: Setup) -> None:
@@ -204,18 +243,18 @@ def test_receipt_checks(setup: Setup) -> None:
     envelope, data = setup.seal(lab, cnam, b"z" * 3000)
     setup.upload(lab, envelope, data)
     transfer_id = envelope["payload"]["transfer_id"]
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     good = setup.receipt(cnam, envelope)
     with pytest.raises(IntegrityError):  # signed by another key
-        transfers.accept_receipt(
+        delivery.accept_receipt(
             cnam.caller, transfer_id, sign_envelope(good["payload"], SigningKey.generate(), cnam.name)
         )
     wrong_hash = sign_envelope({**good["payload"], "sha256": "0" * 64}, cnam.signing, cnam.name)
     with pytest.raises(IntegrityError):
-        transfers.accept_receipt(cnam.caller, transfer_id, wrong_hash)
+        delivery.accept_receipt(cnam.caller, transfer_id, wrong_hash)
     assert setup.relay.sql.get(transfer_id).state is TransferState.AVAILABLE
-    transfers.accept_receipt(cnam.caller, transfer_id, good)
-    transfers.accept_receipt(cnam.caller, transfer_id, good)  # a retried receipt is harmless
+    delivery.accept_receipt(cnam.caller, transfer_id, good)
+    delivery.accept_receipt(cnam.caller, transfer_id, good)  # a retried receipt is harmless
     assert setup.relay.sql.get(transfer_id).state is TransferState.DELIVERED
 
 
@@ -307,10 +346,10 @@ def test_another_senders_transfer_id_is_refused_without_saying_it_exists(setup: 
     taken = envelope["payload"]["transfer_id"]
     squat, _ = setup.seal(other, cnam, b"y", transfer_id=taken)
     with pytest.raises(Conflict) as foreign:
-        setup.relay.services.transfers.create(other.caller, squat)
+        setup.relay.services.uploads.create(other.caller, squat)
     own_again, _ = setup.seal(lab, cnam, b"z", transfer_id=taken)
     with pytest.raises(Conflict) as own:
-        setup.relay.services.transfers.create(lab.caller, own_again)
+        setup.relay.services.uploads.create(lab.caller, own_again)
     assert foreign.value.message == own.value.message
     assert "exist" not in foreign.value.message
     flagged = [r.entry for r in setup.relay.sql.records() if r.entry.reason == "id-collision"]
@@ -322,7 +361,7 @@ def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, _ = setup.seal(lab, cnam, b"x" * 100)
     padded = {**envelope, "smuggled": "A" * 10_000}
-    record, _ = setup.relay.services.transfers.create(lab.caller, padded)
+    record, _ = setup.relay.services.uploads.create(lab.caller, padded)
     assert set(record.manifest_envelope) == {"payload", "signer", "alg", "sig"}
     assert "smuggled" not in json.dumps(setup.relay.sql.get(record.transfer_id).manifest_envelope)
 
@@ -340,7 +379,7 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
     (setup.relay.payloads.root / f"{orphan}.payload").write_bytes(b"age-encryption.org/v1\n...")
     waiting_env, waiting_data = setup.seal(lab, cnam, b"keep me" * 100)
     setup.upload(lab, waiting_env, waiting_data)
-    repaired = setup.relay.services.transfers.recover()
+    repaired = setup.relay.services.recovery.recover()
     assert repaired == 2
     assert sorted(setup.relay.payloads.ids()) == [waiting_env["payload"]["transfer_id"]]
     causes = {
@@ -357,17 +396,19 @@ def test_an_upload_cut_after_its_last_chunk_is_finished_not_stranded(setup: Setu
     would stop, and the payload would never be delivered."""
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, data = setup.seal(lab, cnam, b"whole" * 2000)
-    transfers = setup.relay.services.transfers
-    record, _ = transfers.create(lab.caller, envelope)
+    uploads = setup.relay.services.uploads
+    delivery = setup.relay.services.delivery
+    recovery = setup.relay.services.recovery
+    record, _ = uploads.create(lab.caller, envelope)
     writer = setup.relay.payloads.writer(record.transfer_id, 0)  # what _append does, up to the crash
     writer.write(data)
     setup.relay.sql.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
     assert setup.relay.sql.get(record.transfer_id).state is TransferState.UPLOADING
-    assert record.transfer_id not in [r.transfer_id for r in transfers.inbox(cnam.caller)]
+    assert record.transfer_id not in [r.transfer_id for r in delivery.inbox(cnam.caller)]
     if finisher == "sender-asks":
-        status = transfers.upload_status(lab.caller, record.transfer_id)
+        status = uploads.upload_status(lab.caller, record.transfer_id)
         assert status.state is TransferState.AVAILABLE
     else:
-        assert transfers.recover() >= 1
+        assert recovery.recover() >= 1
     assert setup.relay.sql.get(record.transfer_id).state is TransferState.AVAILABLE
     assert b"".join(setup.relay.payloads.open(record.transfer_id)) == data

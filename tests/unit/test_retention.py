@@ -151,7 +151,7 @@ def test_no_request_can_exceed_the_maximum_even_with_a_future_creation_time(setu
     skew = setup.clock.now() + timedelta(seconds=20)  # within the tolerated clock skew
     envelope, _ = setup.seal(lab, cnam, b"x", created=skew, deadline=skew + timedelta(days=30))
     with pytest.raises(UsageError, match="longer than the relay's maximum"):
-        setup.relay.services.transfers.create(lab.caller, envelope)
+        setup.relay.services.uploads.create(lab.caller, envelope)
 
 
 # ------------------------------------------------------------------ the backup scenario
@@ -216,7 +216,7 @@ def test_years_of_deadlines_leave_nothing_past_its_time(setup: Setup) -> None:
     every pass, nothing is on the relay past its deadline, no key outlives its epoch, the check holds."""
     rng = random.Random(2021)
     lab, cnam = setup.member("lab-a", Role.LAB, days=1000), setup.member("cnam", Role.RECIPIENT, days=1000)
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     delivered = expired = 0
     end = setup.clock.now() + timedelta(days=730)
     issue, policy_end = 1, setup.clock.now() + DEFAULT_POLICY_VALIDITY
@@ -229,7 +229,7 @@ def test_years_of_deadlines_leave_nothing_past_its_time(setup: Setup) -> None:
             envelope, data = setup.seal(lab, cnam, os.urandom(rng.randint(1, 3000)), ttl=ttl)
             setup.upload(lab, envelope, data, chunk=rng.choice([500, 4096, 100_000]))
             if rng.random() < 0.5:
-                transfers.accept_receipt(cnam.caller, envelope["payload"]["transfer_id"], setup.receipt(cnam, envelope))
+                delivery.accept_receipt(cnam.caller, envelope["payload"]["transfer_id"], setup.receipt(cnam, envelope))
                 delivered += 1
         setup.clock.advance(timedelta(seconds=rng.randint(600, 6 * 86400)))
         expired += setup.relay.services.reaper.run_once().expired
@@ -302,20 +302,21 @@ def test_a_reaper_pass_cut_short_is_finished_by_the_next_one(setup: Setup, tmp_p
 
 def test_an_upload_whose_bytes_vanished_restarts_and_a_lost_payload_is_closed(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
-    transfers = setup.relay.services.transfers
+    uploads = setup.relay.services.uploads
+    recovery = setup.relay.services.recovery
     up_env, up_data = setup.seal(lab, cnam, os.urandom(9000))
-    record, _ = transfers.create(lab.caller, up_env)
-    transfers.append(lab.caller, record.transfer_id, 0, 4000, digest_of(up_data[:4000]), [up_data[:4000]])
+    record, _ = uploads.create(lab.caller, up_env)
+    uploads.append(lab.caller, record.transfer_id, 0, 4000, digest_of(up_data[:4000]), [up_data[:4000]])
     done_env, done_data = setup.seal(lab, cnam, os.urandom(3000))
     setup.upload(lab, done_env, done_data)
     for tid in (record.transfer_id, done_env["payload"]["transfer_id"]):
         setup.relay.payloads.delete(tid)  # a disk lost them
-    transfers.recover()
-    assert transfers.upload_status(lab.caller, record.transfer_id).uploaded == 4000  # too recent to touch yet
+    recovery.recover()
+    assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 4000  # too recent to touch yet
     setup.clock.advance(timedelta(minutes=2))
-    transfers.recover()
-    assert transfers.upload_status(lab.caller, record.transfer_id).uploaded == 0  # the sender starts again
-    status = transfers.append(lab.caller, record.transfer_id, 0, len(up_data), digest_of(up_data), [up_data])
+    recovery.recover()
+    assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0  # the sender starts again
+    status = uploads.append(lab.caller, record.transfer_id, 0, len(up_data), digest_of(up_data), [up_data])
     assert status.state is TransferState.AVAILABLE
     assert setup.relay.sql.get(done_env["payload"]["transfer_id"]).state is TransferState.EXPIRED  # type: ignore[union-attr]
     assert check(setup).ok

@@ -100,7 +100,7 @@ def test_a_refusal_round_trips_and_matches_only_its_manifest() -> None:
         created=T0,
         deadline=T0 + timedelta(days=1),
     )
-    assert refusal.matches(manifest)
+    refusal.check_against(manifest)  # its own manifest: no error
     for field, value in (
         ("transfer_id", new_id()),
         ("sender", "lab-b"),
@@ -108,7 +108,8 @@ def test_a_refusal_round_trips_and_matches_only_its_manifest() -> None:
         ("sha256", "b" * 64),
         ("size", 11),
     ):
-        assert not a_refusal(**{"transfer_id": refusal.transfer_id, field: value}).matches(manifest), field
+        with pytest.raises(IntegrityError, match=f"different {field}"):
+            a_refusal(**{"transfer_id": refusal.transfer_id, field: value}).check_against(manifest)
 
 
 @pytest.mark.threat("T24")
@@ -158,28 +159,29 @@ def test_refusal_detail_makes_any_message_one_short_line() -> None:
 @pytest.mark.threat("T24")
 def test_a_recipients_refusal_holds_the_transfer_and_tells_its_sender(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
+    recovery = setup.relay.services.recovery
     envelope, transfer_id = sent(setup, lab, cnam)
     _, other_id = sent(setup, lab, cnam)
     read_all(setup, cnam, transfer_id)  # downloaded; the client's checks refuse it
     refusal = refusal_of(setup, cnam, envelope, reason="integrity")
 
-    record = transfers.refuse(cnam.caller, transfer_id, refusal)
+    record = delivery.refuse(cnam.caller, transfer_id, refusal)
     assert record.refusal_envelope == refusal
     assert record.quarantined_at == setup.clock.now()
     assert record.state is TransferState.AVAILABLE
     # Never offered again: not listed, not served, not acknowledged; other transfers are untouched.
-    assert [r.transfer_id for r in transfers.inbox(cnam.caller)] == [other_id]
+    assert [r.transfer_id for r in delivery.inbox(cnam.caller)] == [other_id]
     with pytest.raises(NotFound):
-        transfers.open_payload(cnam.caller, transfer_id)
+        delivery.open_payload(cnam.caller, transfer_id)
     assert events(setup, AuditEvent.DOWNLOAD_REFUSE)[-1].reason == "refused"
     with pytest.raises(Conflict, match="refused by its recipient"):
-        transfers.accept_receipt(cnam.caller, transfer_id, setup.receipt(cnam, envelope))
+        delivery.accept_receipt(cnam.caller, transfer_id, setup.receipt(cnam, envelope))
     # The sender reads it, verbatim as signed.
-    [mine] = [r for r in transfers.outbox(lab.caller) if r.transfer_id == transfer_id]
+    [mine] = [r for r in delivery.outbox(lab.caller) if r.transfer_id == transfer_id]
     assert mine.refusal_envelope == refusal
     assert TransferOut.of(mine).refusal == refusal
-    assert TransferOut.of(transfers.describe(lab.caller, transfer_id)).refusal == refusal
+    assert TransferOut.of(delivery.describe(lab.caller, transfer_id)).refusal == refusal
     # Audited with the reason code, never the detail; an operator is alerted.
     [accepted] = events(setup, AuditEvent.REFUSAL_ACCEPT)
     assert (accepted.actor, accepted.transfer_id, accepted.reason) == ("cnam", transfer_id, "integrity")
@@ -196,14 +198,14 @@ def test_a_recipients_refusal_holds_the_transfer_and_tells_its_sender(setup: Set
     assert "manifest" not in str(raised.details)
 
     # A retried refusal (its answer was lost) changes nothing and alerts no one again; another one is refused.
-    assert transfers.refuse(cnam.caller, transfer_id, refusal).refusal_envelope == refusal
+    assert delivery.refuse(cnam.caller, transfer_id, refusal).refusal_envelope == refusal
     assert len(events(setup, AuditEvent.REFUSAL_ACCEPT)) == 1
     assert len([a for a in setup.relay.detector.raised if a.rule == REFUSED_PAYLOAD]) == 1
     with pytest.raises(Conflict, match="already refused"):
-        transfers.refuse(cnam.caller, transfer_id, refusal_of(setup, cnam, envelope, reason="revoked"))
+        delivery.refuse(cnam.caller, transfer_id, refusal_of(setup, cnam, envelope, reason="revoked"))
     # Quarantine never extends retention: deleted at its deadline.
     setup.clock.advance(timedelta(days=7))
-    assert transfers.expire_due() == 2
+    assert recovery.expire_due() == 2
     assert list(setup.relay.payloads.ids()) == []
     assert setup.relay.sql.get(transfer_id).refusal_envelope == refusal
 
@@ -214,7 +216,7 @@ def test_a_refusal_that_is_not_the_recipients_own_changes_nothing(setup: Setup) 
     someone other than the recipient, or not matching the manifest, are refused; the payload stays served."""
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     ars = setup.member("ars-11", Role.RECIPIENT)
-    transfers = setup.relay.services.transfers
+    delivery = setup.relay.services.delivery
     envelope, transfer_id = sent(setup, lab, cnam)
     good = refusal_of(setup, cnam, envelope)
     payload = good["payload"]
@@ -239,12 +241,12 @@ def test_a_refusal_that_is_not_the_recipients_own_changes_nothing(setup: Setup) 
     ]
     for caller, refusal, error in attempts:
         with pytest.raises(error):
-            transfers.refuse(caller.caller, transfer_id, refusal)
+            delivery.refuse(caller.caller, transfer_id, refusal)
     with pytest.raises(UsageError):
-        transfers.refuse(cnam.caller, "../" + transfer_id, good)
+        delivery.refuse(cnam.caller, "../" + transfer_id, good)
     record = setup.relay.sql.get(transfer_id)
     assert (record.state, record.quarantined_at, record.refusal_envelope) == (TransferState.AVAILABLE, None, None)
-    assert [r.transfer_id for r in transfers.inbox(cnam.caller)] == [transfer_id]
+    assert [r.transfer_id for r in delivery.inbox(cnam.caller)] == [transfer_id]
     refused = events(setup, AuditEvent.REFUSAL_REFUSE)
     assert len(refused) == len(attempts) + 1
     assert all(e.outcome is Outcome.REFUSED for e in refused)
@@ -257,29 +259,30 @@ def test_a_refusal_that_is_not_the_recipients_own_changes_nothing(setup: Setup) 
 @pytest.mark.threat("T24")
 def test_only_an_available_transfer_can_be_refused(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
-    transfers = setup.relay.services.transfers
+    uploads = setup.relay.services.uploads
+    delivery = setup.relay.services.delivery
     # acknowledged already: the recipient said it had it
     delivered, delivered_id = sent(setup, lab, cnam)
-    transfers.accept_receipt(cnam.caller, delivered_id, setup.receipt(cnam, delivered))
+    delivery.accept_receipt(cnam.caller, delivered_id, setup.receipt(cnam, delivered))
     with pytest.raises(Conflict, match="acknowledged"):
-        transfers.refuse(cnam.caller, delivered_id, refusal_of(setup, cnam, delivered))
+        delivery.refuse(cnam.caller, delivered_id, refusal_of(setup, cnam, delivered))
     # still uploading: the recipient cannot have had it
     uploading, _ = setup.seal(lab, cnam, b"u" * 100)
-    transfers.create(lab.caller, uploading)
+    uploads.create(lab.caller, uploading)
     with pytest.raises(NotFound):
-        transfers.refuse(cnam.caller, uploading["payload"]["transfer_id"], refusal_of(setup, cnam, uploading))
+        delivery.refuse(cnam.caller, uploading["payload"]["transfer_id"], refusal_of(setup, cnam, uploading))
     # past its deadline (even before the reaper closed it)
     late, late_id = sent(setup, lab, cnam, ttl=timedelta(hours=1))
     setup.clock.advance(timedelta(hours=1))
     with pytest.raises(NotFound):
-        transfers.refuse(cnam.caller, late_id, refusal_of(setup, cnam, late))
+        delivery.refuse(cnam.caller, late_id, refusal_of(setup, cnam, late))
     assert all(setup.relay.sql.get(t).refusal_envelope is None for t in (delivered_id, late_id))
     # quarantined by an administrator before the recipient refused it: the refusal is still kept for the sender
     held, held_id = sent(setup, lab, cnam)
     setup.relay.sql.quarantine([held_id], setup.clock.now())
     quarantined_at = setup.relay.sql.get(held_id).quarantined_at
     setup.clock.advance(timedelta(minutes=1))
-    record = transfers.refuse(cnam.caller, held_id, refusal_of(setup, cnam, held))
+    record = delivery.refuse(cnam.caller, held_id, refusal_of(setup, cnam, held))
     assert record.refusal_envelope is not None
     assert record.quarantined_at == quarantined_at
 
@@ -294,11 +297,12 @@ def test_unparsed_documents_go_only_to_recipients_the_policy_allows(setup: Setup
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     ars, spf = setup.member("ars-11", Role.RECIPIENT), setup.member("spf", Role.RECIPIENT)
     other = setup.member("labo-municipal", Role.RECIPIENT)
-    transfers = setup.relay.services.transfers
+    uploads = setup.relay.services.uploads
+    delivery = setup.relay.services.delivery
     for recipient, words in ((ars, "only the records and fields"), (spf, "pseudonymised"), (other, "not a recipient")):
         envelope, _ = setup.seal(lab, recipient, b"x")
         with pytest.raises(PermissionDenied, match=words) as info:
-            transfers.create(lab.caller, envelope)
+            uploads.create(lab.caller, envelope)
         assert POLICY in info.value.message
         assert "\n" not in info.value.message
     refused = [e for e in events(setup, AuditEvent.TRANSFER_REFUSE) if e.reason == "permission-denied"]
@@ -307,14 +311,14 @@ def test_unparsed_documents_go_only_to_recipients_the_policy_allows(setup: Setup
     # To cnam, unparsed: accepted. To the ARS, routed under the policy: accepted.
     _, to_cnam = sent(setup, lab, cnam)
     _, routed = sent(setup, lab, ars, policy_version=POLICY, record_count=3)
-    assert {r.transfer_id for r in transfers.outbox(lab.caller)} == {to_cnam, routed}
+    assert {r.transfer_id for r in delivery.outbox(lab.caller)} == {to_cnam, routed}
 
 
 @pytest.mark.threat("T25")
 def test_the_policy_in_force_decides_and_none_means_nobody(setup: Setup, tmp_path: Path) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     ars = setup.member("ars-11", Role.RECIPIENT)
-    transfers = setup.relay.services.transfers
+    uploads = setup.relay.services.uploads
     # A newer policy that takes unparsed documents away from cnam and gives them to every ARS.
     text = (
         'version = "test-2"\nloinc = ["94500-6"]\n'
@@ -326,7 +330,7 @@ def test_the_policy_in_force_decides_and_none_means_nobody(setup: Setup, tmp_pat
     setup.relay.services.policies.register(signed, AUTHORITY_KEYID)
     to_cnam, _ = setup.seal(lab, cnam, b"x")
     with pytest.raises(PermissionDenied, match="policy test-2 gives cnam"):
-        transfers.create(lab.caller, to_cnam)
+        uploads.create(lab.caller, to_cnam)
     to_ars, data = setup.seal(lab, ars, b"x")
     assert setup.upload(lab, to_ars, data) is TransferState.AVAILABLE
 
@@ -341,7 +345,7 @@ def test_the_policy_in_force_decides_and_none_means_nobody(setup: Setup, tmp_pat
         lab_b, cnam_b = bare_setup.member("lab-a", Role.LAB), bare_setup.member("cnam", Role.RECIPIENT)
         envelope, _ = bare_setup.seal(lab_b, cnam_b, b"x")
         with pytest.raises(PermissionDenied, match="no routing policy is registered"):
-            bare.services.transfers.create(lab_b.caller, envelope)
+            bare.services.uploads.create(lab_b.caller, envelope)
         assert bare.sql.for_sender("lab-a") == []
     finally:
         bare.close()

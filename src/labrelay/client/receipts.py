@@ -132,14 +132,12 @@ def verified_outbox(party: Party, client: RelayClient, clock: Clock) -> tuple[li
                 envelope = listing["receipt"]
                 key = _recipients_key(directory, envelope, manifest, "receipt")
                 receipt = Receipt.from_payload(verify_envelope(envelope, RECEIPT_TYPE, key))
-                if not receipt.matches(manifest):
-                    raise IntegrityError(f"receipt for {transfer_id} does not match its manifest")
+                receipt.check_against(manifest)
             if listing.get("refusal"):
                 envelope = listing["refusal"]
                 key = _recipients_key(directory, envelope, manifest, "refusal")
                 refusal = TransferRefusal.from_payload(verify_envelope(envelope, REFUSAL_TYPE, key))
-                if not refusal.matches(manifest):
-                    raise IntegrityError(f"refusal for {transfer_id} does not match its manifest")
+                refusal.check_against(manifest)
             held, held_at = _held(listing)
             items.append(OutboxItem(manifest, str(listing.get("state")), receipt, refusal, held, held_at))
         except LabrelayError as exc:

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from labrelay.domain.fields import instant, optional, require
 from labrelay.domain.names import check_party_name, check_transfer_id
 from labrelay.domain.timeutil import format_duration, to_rfc3339
-from labrelay.errors import IntegrityError, TooLarge, UntrustedEntry, UsageError
+from labrelay.errors import Conflict, IntegrityError, NotCiphertext, TooLarge, UntrustedEntry, UsageError
 
 MANIFEST_TYPE = "transfer-manifest"
 RECEIPT_TYPE = "transfer-receipt"
@@ -39,6 +40,8 @@ and one final STREAM chunk holding no plaintext, its 16-byte Poly1305 tag alone:
 ``age -r age1… < /dev/null`` writes exactly 200 bytes (age 1.1.1); labrelay's own encryption of nothing writes more.
 A manifest that declares less can never be a payload its recipient opens (size 0 cannot even be uploaded): the
 relay refuses it at creation, and a recipient refuses one offered."""
+AGE_VERSION_LINE = b"age-encryption.org/v1\n"
+"""How every age file begins (its header's first line): the first bytes of every payload the relay accepts."""
 MAX_REFUSAL_DETAIL = 300
 
 HARD_MAX_TTL = timedelta(days=30)
@@ -71,6 +74,78 @@ class QuarantineReason(StrEnum):
 TERMINAL_STATES = frozenset(
     {TransferState.DELIVERED, TransferState.EXPIRED, TransferState.CANCELLED, TransferState.REJECTED}
 )
+
+
+class TransferEvent(StrEnum):
+    """What happens to a transfer. ``LIFECYCLE`` says in which states each may happen and where it leads."""
+
+    VERIFIED = "verified"  # every byte stored, and their SHA-256 is the signed manifest's: published
+    MISMATCHED = "mismatched"  # every byte stored, and their SHA-256 is not the manifest's: discarded
+    CANCEL = "cancel"  # its sender abandons the upload
+    RECEIPT = "receipt"  # its recipient's signed receipt
+    EXPIRE = "expire"  # its deadline passed before delivery
+    BYTES_LOST = "bytes-lost"  # its bytes are gone from storage: it can never be delivered
+    RESTART = "restart"  # an upload's bytes are gone before its deadline: it starts again from byte 0
+    REFUSAL = "refusal"  # its recipient's signed refusal: held
+    QUARANTINE = "quarantine"  # an administrator's hold, or a revocation's
+    CORRUPT = "corrupt"  # the relay's stored copy failed its at-rest check: held
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of the lifecycle: the states an event may happen in, the state it leads to (None: the state stays;
+    the event holds the transfer or restarts its upload), and whether a held transfer refuses it."""
+
+    sources: frozenset[TransferState]
+    target: TransferState | None
+    refused_while_held: bool = False
+
+
+_UPLOADING = frozenset({TransferState.UPLOADING})
+_AVAILABLE = frozenset({TransferState.AVAILABLE})
+_OPEN = _UPLOADING | _AVAILABLE
+
+LIFECYCLE: Mapping[TransferEvent, Transition] = MappingProxyType(
+    {
+        TransferEvent.VERIFIED: Transition(_UPLOADING, TransferState.AVAILABLE),
+        TransferEvent.MISMATCHED: Transition(_UPLOADING, TransferState.REJECTED),
+        TransferEvent.CANCEL: Transition(_UPLOADING, TransferState.CANCELLED, refused_while_held=True),
+        TransferEvent.RECEIPT: Transition(_AVAILABLE, TransferState.DELIVERED, refused_while_held=True),
+        TransferEvent.EXPIRE: Transition(_OPEN, TransferState.EXPIRED),
+        TransferEvent.BYTES_LOST: Transition(_OPEN, TransferState.EXPIRED),
+        TransferEvent.RESTART: Transition(_UPLOADING, None),
+        TransferEvent.REFUSAL: Transition(_AVAILABLE, None),
+        TransferEvent.QUARANTINE: Transition(_OPEN, None),
+        TransferEvent.CORRUPT: Transition(_OPEN, None),
+    }
+)
+"""The life of a transfer, whole: it is created ``uploading``; every change of its state is one of these rows (and
+the relay moves a transfer only by them); a state no event leaves is terminal. A hold (refusal, quarantine,
+corruption) is not a state: a held transfer keeps its state, is never listed, served or acknowledged again, and is
+deleted at its deadline."""
+
+
+def next_state(state: TransferState, event: TransferEvent, *, held: bool = False) -> TransferState:
+    """The state ``event`` leads a transfer in ``state`` to (``held``: the transfer is held). Pure; raises
+    ``Conflict`` when the lifecycle does not allow ``event`` there."""
+    row = LIFECYCLE[event]
+    if state not in row.sources:
+        raise Conflict(f"{event.value}: not possible for a transfer that is {state.value}")
+    if held and row.refused_while_held:
+        raise Conflict(f"{event.value}: not possible for a held transfer")
+    return row.target or state
+
+
+def check_ciphertext_start(offset: int, data: bytes) -> None:
+    """Refuse ``data``, written at ``offset`` of a payload, if what of it falls within an age file's first line is
+    not that line: the relay keeps age ciphertext and nothing else. Pure; raises ``NotCiphertext``."""
+    expected = AGE_VERSION_LINE[offset : offset + len(data)]
+    if data[: len(expected)] != expected:
+        raise NotCiphertext(
+            "the upload does not begin with an age header (age-encryption.org/v1): the relay keeps age ciphertext "
+            "only; nothing was kept",
+            hint="send the payload encrypted with age, as labrelay send does",
+        )
 
 
 def _as_payload_error(exc: Exception, what: str) -> IntegrityError:
@@ -277,13 +352,20 @@ class Receipt:
         except (UsageError, UntrustedEntry, ValueError) as exc:
             raise _as_payload_error(exc, "receipt") from exc
 
-    def matches(self, manifest: Manifest) -> bool:
-        return (
-            self.transfer_id == manifest.transfer_id
-            and self.sender == manifest.sender
-            and self.recipient == manifest.recipient
-            and self.sha256 == manifest.sha256
-            and self.size == manifest.size
+    def check_against(self, manifest: Manifest) -> None:
+        """Raise ``IntegrityError`` unless this receipt is for ``manifest``'s transfer, parties, hash and size."""
+        _check_describes("receipt", self, manifest)
+
+
+_DESCRIBED = ("transfer_id", "sender", "recipient", "sha256", "size")
+
+
+def _check_describes(what: str, signed: Receipt | TransferRefusal, manifest: Manifest) -> None:
+    """A receipt or a refusal names the manifest it answers by these fields; any that differs refuses it."""
+    differ = [name for name in _DESCRIBED if getattr(signed, name) != getattr(manifest, name)]
+    if differ:
+        raise IntegrityError(
+            f"the {what} does not match the manifest of transfer {manifest.transfer_id} (different {', '.join(differ)})"
         )
 
 
@@ -368,14 +450,9 @@ class TransferRefusal:
         except (UsageError, UntrustedEntry) as exc:
             raise _as_payload_error(exc, "refusal") from exc
 
-    def matches(self, manifest: Manifest) -> bool:
-        return (
-            self.transfer_id == manifest.transfer_id
-            and self.sender == manifest.sender
-            and self.recipient == manifest.recipient
-            and self.sha256 == manifest.sha256
-            and self.size == manifest.size
-        )
+    def check_against(self, manifest: Manifest) -> None:
+        """Raise ``IntegrityError`` unless this refusal is for ``manifest``'s transfer, parties, hash and size."""
+        _check_describes("refusal", self, manifest)
 
 
 @dataclass(frozen=True, slots=True)

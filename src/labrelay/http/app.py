@@ -73,11 +73,13 @@ from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator, Caller
 from labrelay.relay.console import ConsoleService
 from labrelay.relay.control import ControlService
+from labrelay.relay.delivery import DeliveryService
 from labrelay.relay.detector import Detector
 from labrelay.relay.directory import DirectoryService
 from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
-from labrelay.relay.transfers import TransferService
+from labrelay.relay.recovery import RecoveryService
+from labrelay.relay.uploads import UploadService
 
 log = structlog.get_logger("labrelay.http")
 T = TypeVar("T")
@@ -97,7 +99,10 @@ class RelayServices:
 
     auth: Authenticator
     directory: DirectoryService
-    transfers: TransferService
+    uploads: UploadService
+    delivery: DeliveryService
+    recovery: RecoveryService
+    """Expiry and repair: the reaper's work on transfers (the reaper holds it; tests call it directly)."""
     policies: PolicyService
     auditor: Auditor
     clock: Clock
@@ -539,7 +544,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     async def get_limits(request: Request) -> LimitsOut:
         """The relay's terms: the longest time to live, the largest payload, the clock skew it tolerates."""
         await authenticate(request)
-        return LimitsOut.of(services.transfers.limits)
+        return LimitsOut.of(services.uploads.limits)
 
     @app.post(
         "/v1/transfers",
@@ -562,7 +567,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """Create a transfer from the sender's signed manifest; upload its bytes at the returned Location."""
         body = await read_body(request)
         caller = await authenticate(request, body=body)
-        record, _new = await call(services.transfers.create, caller, parse_json(body))
+        record, _new = await call(services.uploads.create, caller, parse_json(body))
         response.headers.update(tus_headers(Location=f"/v1/uploads/{record.transfer_id}"))
         return TransferOut.of(record)
 
@@ -571,9 +576,9 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """``inbox``: payloads waiting for the caller. ``outbox``: what the caller sent, with receipts."""
         caller = await authenticate(request)
         if box == "inbox":
-            records = await call(services.transfers.inbox, caller)
+            records = await call(services.delivery.inbox, caller)
         elif box == "outbox":
-            records = await call(services.transfers.outbox, caller)
+            records = await call(services.delivery.outbox, caller)
         else:
             raise UsageError("box must be inbox or outbox")
         return TransferList(transfers=[TransferOut.of(r) for r in records])
@@ -583,14 +588,14 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """The caller's open transfers sealed to one of its keys, and the latest deadline among them: a
         recipient that rotated its key destroys the old one once that deadline has passed."""
         caller = await authenticate(request)
-        records = await call(services.transfers.horizon, caller, age_recipient)
+        records = await call(services.delivery.horizon, caller, age_recipient)
         latest = max((r.deadline for r in records), default=None)
         return KeyHorizon(key=age_recipient, open=len(records), latest_deadline=to_rfc3339(latest) if latest else None)
 
     @app.get("/v1/transfers/{transfer_id}", response_model=TransferOut, responses=_PROBLEMS, tags=["transfers"])
     async def get_transfer(request: Request, transfer_id: str) -> TransferOut:
         caller = await authenticate(request)
-        return TransferOut.of(await call(services.transfers.describe, caller, transfer_id))
+        return TransferOut.of(await call(services.delivery.describe, caller, transfer_id))
 
     @app.get(
         "/v1/transfers/{transfer_id}/payload",
@@ -610,7 +615,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """The payload's age ciphertext, for its recipient, before its deadline. Resumable with Range."""
         caller = await authenticate(request, extra=("range",))
         start = _range_start(request.headers.get("range"))
-        stream = await call(services.transfers.open_payload, caller, transfer_id, start)
+        stream = await call(services.delivery.open_payload, caller, transfer_id, start)
         headers = {
             "Content-Length": str(stream.size - start),
             "Accept-Ranges": "bytes",
@@ -651,7 +656,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         """The recipient's signed receipt. The relay deletes the payload at once."""
         body = await read_body(request)
         caller = await authenticate(request, body=body)
-        return TransferOut.of(await call(services.transfers.accept_receipt, caller, transfer_id, parse_json(body)))
+        return TransferOut.of(await call(services.delivery.accept_receipt, caller, transfer_id, parse_json(body)))
 
     @app.post(
         "/v1/transfers/{transfer_id}/refusal",
@@ -665,7 +670,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
         sender, holds the transfer (never offered again; deleted at its deadline) and alerts its operators."""
         body = await read_body(request)
         caller = await authenticate(request, body=body)
-        return TransferOut.of(await call(services.transfers.refuse, caller, transfer_id, parse_json(body)))
+        return TransferOut.of(await call(services.delivery.refuse, caller, transfer_id, parse_json(body)))
 
     # ------------------------------------------------------------ tus 1.0 core (+ termination)
 
@@ -688,7 +693,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     async def head_upload(request: Request, transfer_id: str) -> Response:
         """tus: the upload's current offset."""
         caller = await authenticate(request)
-        status = await call(services.transfers.upload_status, caller, transfer_id)
+        status = await call(services.uploads.upload_status, caller, transfer_id)
         return Response(
             status_code=200,
             headers=tus_headers(**{"Upload-Offset": str(status.uploaded), "Upload-Length": str(status.size)}),
@@ -751,7 +756,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
 
         with edge.upload_slot(caller.name), edge.in_flight(caller.name, peer):
             status = await anyio.to_thread.run_sync(
-                services.transfers.append,
+                services.uploads.append,
                 caller,
                 transfer_id,
                 offset,
@@ -766,7 +771,7 @@ def create_app(services: RelayServices) -> FastAPI:  # noqa: PLR0915 - one funct
     async def delete_upload(request: Request, transfer_id: str) -> Response:
         """tus termination: the sender abandons an upload; its bytes are deleted."""
         caller = await authenticate(request)
-        await call(services.transfers.cancel, caller, transfer_id)
+        await call(services.uploads.cancel, caller, transfer_id)
         return Response(status_code=204, headers=tus_headers())
 
     # ------------------------------------------------------------ audit: checkpoints, proofs, export

@@ -20,7 +20,7 @@ from labrelay.domain.audit import AuditEvent
 from labrelay.domain.retention import key_due_for_destruction
 from labrelay.ports import Clock, KeyStore
 from labrelay.relay.auditor import Auditor
-from labrelay.relay.transfers import TransferService
+from labrelay.relay.recovery import RecoveryService
 
 
 @dataclass(frozen=True)
@@ -39,21 +39,21 @@ class ReapResult:
 class Reaper:
     def __init__(
         self,
-        transfers: TransferService,
+        recovery: RecoveryService,
         keys: KeyStore,
         auditor: Auditor,
         clock: Clock,
         audit_retention: timedelta = timedelta(days=365),
     ) -> None:
         self._audit_retention = audit_retention
-        self._transfers = transfers
+        self._recovery = recovery
         self._keys = keys
         self._audit = auditor
         self._clock = clock
 
     def run_once(self) -> ReapResult:
-        expired = self._transfers.expire_due()
-        repaired = self._transfers.recover()
+        expired = self._recovery.expire_due()
+        repaired = self._recovery.recover()
         destroyed = []
         for epoch in self._keys.epochs():
             if key_due_for_destruction(epoch, self._clock.now()):

@@ -1,0 +1,282 @@
+"""Uploads on the relay: a transfer created from its sender's signed manifest, then its ciphertext, resumably.
+
+The relay holds age ciphertext for keys it does not have. What it checks is what it can check without them: the
+sender's signature and status, the manifest's terms, the recipient's directory key, that the bytes begin as an age
+file does, each chunk's digest, and the size and SHA-256 of the whole. A payload becomes visible only when whole and
+verified. A document sent unparsed (no policy version) is accepted only for a recipient the routing policy in force
+allows to receive one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from labrelay.crypto.envelopes import envelope_signer, signed_parts, verify_envelope
+from labrelay.crypto.httpsig import DigestCheck
+from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.audit import AuditEvent, Outcome
+from labrelay.domain.names import check_transfer_id
+from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, EntryStatus
+from labrelay.domain.transfers import (
+    AGE_VERSION_LINE,
+    MANIFEST_TYPE,
+    Manifest,
+    TransferEvent,
+    TransferLimits,
+    TransferRecord,
+    TransferState,
+    check_ciphertext_start,
+    check_manifest_terms,
+)
+from labrelay.errors import Conflict, IntegrityError, NotFound, PartyRevoked, PermissionDenied, TooLarge, UsageError
+from labrelay.ports import PayloadWriter
+from labrelay.relay.auth import Caller
+from labrelay.relay.directory import DirectoryService
+from labrelay.relay.policies import PolicyService
+from labrelay.relay.transfer_access import Decision, TransferAccess, audited_refusal, held_words
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    transfer_id: str
+    uploaded: int
+    size: int
+    state: TransferState
+
+
+class UploadService:
+    """The sender's side: create a transfer, append its chunks, ask how far it got, cancel it."""
+
+    def __init__(
+        self, access: TransferAccess, directory: DirectoryService, policies: PolicyService, limits: TransferLimits
+    ) -> None:
+        self._access = access
+        self._repo = access.repo
+        self._store = access.store
+        self._audit = access.audit
+        self._clock = access.clock
+        self._directory = directory
+        self._policies = policies
+        self.limits = limits
+
+    # ------------------------------------------------------------ create
+
+    def create(self, caller: Caller, envelope: Mapping[str, Any]) -> tuple[TransferRecord, bool]:
+        """Register a transfer from its signed manifest. Returns (record, newly created)."""
+        with audited_refusal(self._audit, AuditEvent.TRANSFER_REFUSE, caller.name):
+            manifest = self._accepted_manifest(caller, envelope)
+            return self._open(caller, manifest, signed_parts(envelope))
+
+    def _accepted_manifest(self, caller: Caller, envelope: Mapping[str, Any]) -> Manifest:
+        """The manifest ``envelope`` carries, if its sender may send it, its terms are the relay's, the routing
+        policy in force allows it and its recipient is in force with the key it was sealed to."""
+        if caller.role not in SENDING_ROLES or caller.entry is None:
+            raise PermissionDenied(f"{caller.name} may not send: only lab parties send payloads")
+        if envelope_signer(envelope) != caller.name:
+            raise IntegrityError("the manifest must be signed by the party sending it")
+        payload = verify_envelope(envelope, MANIFEST_TYPE, VerifyKey.from_b64(caller.entry.signing_key))
+        manifest = Manifest.from_payload(payload)
+        if manifest.sender != caller.name:
+            raise IntegrityError("the manifest names another sender")
+        check_manifest_terms(manifest, self._clock.now(), self.limits)
+        if manifest.policy_version is not None:
+            # Only the policy in force routes a new transfer (T13, T30); one accepted before keeps going: the sender's
+            # retry of its create (after a lost response, or from `resume`) is not judged again.
+            held = self._repo.get(manifest.transfer_id)
+            if held is None or (held.sender, dict(held.manifest_envelope)) != (caller.name, signed_parts(envelope)):
+                self._policies.check_manifest(manifest.policy_version)
+        self._check_recipient(manifest)
+        self._check_unparsed(manifest)
+        return manifest
+
+    def _check_recipient(self, manifest: Manifest) -> None:
+        recipient = self._directory.resolve(manifest.recipient)
+        if recipient.status is EntryStatus.REVOKED:
+            raise PartyRevoked(f"recipient {manifest.recipient} is revoked")
+        if recipient.status is not EntryStatus.ACTIVE or recipient.entry is None:
+            raise NotFound(f"no recipient {manifest.recipient} in force in the directory")
+        if recipient.entry.role not in RECEIVING_ROLES:
+            raise PermissionDenied(f"{manifest.recipient} is not a recipient")
+        if manifest.recipient_key != recipient.entry.age_recipient:
+            raise IntegrityError(f"payload sealed to a key that is not {manifest.recipient}'s key in the directory")
+
+    def _check_unparsed(self, manifest: Manifest) -> None:
+        """A document sent unparsed carries every field it holds, unminimised: it goes only to a recipient the
+        policy in force lets receive one, and nowhere when no policy is registered (fail closed)."""
+        if not manifest.unparsed:
+            return
+        refusal = self._policies.unparsed_refusal(manifest.recipient)
+        if refusal is not None:
+            raise PermissionDenied(
+                refusal, hint="send lab results routed under the policy, or to a recipient it lets receive them"
+            )
+
+    def _open(self, caller: Caller, manifest: Manifest, stored: dict[str, Any]) -> tuple[TransferRecord, bool]:
+        """The transfer of an accepted manifest: the one held already for the sender's retry, or a new one."""
+        existing = self._repo.get(manifest.transfer_id)
+        if existing is not None:
+            if existing.sender == caller.name and dict(existing.manifest_envelope) == stored:
+                self._ensure_upload(existing)
+                return existing, False  # the sender retried after a lost response, or after a storage outage
+            if existing.sender != caller.name:
+                # Another sender's id: refused with the same words as a reuse of one's own, so that nobody
+                # learns which ids exist; flagged in the audit trail (random 122-bit ids do not collide).
+                self._audit.record(
+                    AuditEvent.TRANSFER_REFUSE,
+                    outcome=Outcome.REFUSED,
+                    actor=caller.name,
+                    reason="id-collision",
+                    foreign=True,
+                )
+            raise Conflict("this transfer id is not available; sign a new manifest with a fresh random id")
+        now = self._clock.now()
+        record = TransferRecord(
+            manifest=manifest,
+            manifest_envelope=stored,
+            state=TransferState.UPLOADING,
+            uploaded=0,
+            created_at=now,
+            updated_at=now,
+        )
+        with self._access.lock(manifest.transfer_id):  # recovery must not see the row without its upload
+            self._repo.create(record)
+            # If the payload store fails here (S3 unreachable, disk full), the transfer stays open without bytes:
+            # the sender's retry of this same create makes the upload (``_ensure_upload``), and so would the
+            # reaper's repair pass; cancelling it would strand a payload the sender already sealed.
+            self._store.begin(manifest.transfer_id, manifest.deadline)
+        self._audit.record(
+            AuditEvent.TRANSFER_CREATE,
+            actor=caller.name,
+            transfer_id=manifest.transfer_id,
+            recipient=manifest.recipient,
+            size=manifest.size,
+            records=manifest.record_count,
+            deadline=int(manifest.deadline.timestamp()),
+        )
+        return record, True
+
+    def _ensure_upload(self, record: TransferRecord) -> None:
+        """An open upload whose bytes the store never got (its ``begin`` failed): begin it now."""
+        if record.state is not TransferState.UPLOADING or record.uploaded != 0:
+            return
+        with self._access.lock(record.transfer_id):
+            current = self._repo.get(record.transfer_id)
+            if current is None or current.state is not TransferState.UPLOADING or current.uploaded != 0:
+                return
+            if not self._store.has_bytes(record.transfer_id):
+                self._store.begin(record.transfer_id, record.deadline)
+
+    # ------------------------------------------------------------ upload
+
+    def _own_upload(self, caller: Caller, transfer_id: str) -> TransferRecord:
+        check_transfer_id(transfer_id)
+        record = self._repo.get(transfer_id)
+        if record is None or record.sender != caller.name:
+            self._audit.record(  # probing upload ids is probing too (detection counts it)
+                AuditEvent.TRANSFER_READ,
+                outcome=Outcome.REFUSED,
+                actor=caller.name,
+                transfer_id=transfer_id,
+                reason="unknown" if record is None else "foreign",
+                via="upload",
+            )
+            raise NotFound(f"no transfer {transfer_id}")
+        if record.quarantined_at is not None:
+            raise Conflict(held_words(record))
+        return record
+
+    def upload_status(self, caller: Caller, transfer_id: str) -> UploadStatus:
+        record = self._own_upload(caller, transfer_id)
+        if record.state is TransferState.UPLOADING and record.uploaded == record.manifest.size:
+            # Every byte was stored but the relay stopped before checking and publishing them (a crash between
+            # the last chunk and its answer): finish now, or the sender, told nothing is missing, would stop here.
+            state = self._access.finish_whole(record, caller.name)
+            return UploadStatus(transfer_id, record.uploaded, record.manifest.size, state)
+        return UploadStatus(transfer_id, record.uploaded, record.manifest.size, record.state)
+
+    def append(
+        self,
+        caller: Caller,
+        transfer_id: str,
+        offset: int,
+        length: int,
+        digest_header: str | None,
+        chunks: Iterable[bytes],
+    ) -> UploadStatus:
+        """Append one chunk at ``offset``; when the upload is whole, verify it against the manifest."""
+        with audited_refusal(
+            self._audit, AuditEvent.UPLOAD_CHUNK, caller.name, transfer_id, offset=offset, length=length
+        ):
+            return self._append(caller, transfer_id, offset, length, digest_header, chunks)
+
+    def _append(
+        self,
+        caller: Caller,
+        transfer_id: str,
+        offset: int,
+        length: int,
+        digest_header: str | None,
+        chunks: Iterable[bytes],
+    ) -> UploadStatus:
+        record = self._own_upload(caller, transfer_id)
+        digest = DigestCheck(digest_header)
+        with self._access.lock(transfer_id):
+            record = self._repo.get(transfer_id) or record
+            if record.state is not TransferState.UPLOADING:
+                raise Conflict(f"transfer {transfer_id} is {record.state.value}, not uploading")
+            if self._clock.now() >= record.deadline:
+                raise NotFound(f"transfer {transfer_id} is past its deadline")
+            if offset != record.uploaded:
+                raise Conflict(f"upload offset is {record.uploaded}, not {offset}")
+            if length <= 0 or offset + length > record.manifest.size:
+                raise TooLarge(f"chunk of {length} bytes at {offset} overruns the declared size")
+            writer = self._store.writer(transfer_id, offset)
+            try:
+                _receive(writer, digest, chunks, offset, length)
+            except BaseException:
+                writer.abort()
+                raise
+            uploaded = writer.commit()
+            self._repo.set_uploaded(transfer_id, uploaded, self._clock.now())
+            self._audit.record(
+                AuditEvent.UPLOAD_CHUNK, actor=caller.name, transfer_id=transfer_id, offset=offset, length=length
+            )
+            if uploaded < record.manifest.size:
+                return UploadStatus(transfer_id, uploaded, record.manifest.size, TransferState.UPLOADING)
+            state = self._access.publish(record, caller.name)
+        self._access.release(transfer_id)
+        return UploadStatus(transfer_id, record.manifest.size, record.manifest.size, state)
+
+    def cancel(self, caller: Caller, transfer_id: str) -> None:
+        """The sender abandons its upload: the transfer is cancelled and its bytes deleted."""
+        record = self._own_upload(caller, transfer_id)
+        cancelled = Decision(AuditEvent.UPLOAD_CANCEL, caller.name)
+        with self._access.lock(transfer_id):
+            if not self._access.close(
+                transfer_id, TransferEvent.CANCEL, self._clock.now(), cancelled, deleted_by=caller.name
+            ):
+                raise Conflict(f"transfer {transfer_id} is {record.state.value}; only uploads can be cancelled")
+        self._access.release(transfer_id)
+
+
+def _receive(writer: PayloadWriter, digest: DigestCheck, chunks: Iterable[bytes], offset: int, length: int) -> None:
+    """Write the request body of a chunk of ``length`` bytes at ``offset``: refused if its length or its digest is
+    not what the request said, or if what of it falls within the age header is not that header (nothing counts
+    until the caller commits)."""
+    head = b""
+    within_header = max(0, len(AGE_VERSION_LINE) - offset)
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > length:
+            raise UsageError("request body longer than its Content-Length")
+        digest.update(chunk)
+        if len(head) < within_header:
+            head += chunk[: within_header - len(head)]
+        writer.write(chunk)
+    if received != length:
+        raise UsageError(f"request body ended after {received} of {length} bytes")
+    digest.verify()
+    check_ciphertext_start(offset, head)
