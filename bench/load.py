@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.memory import OUT, WORK, machine
-from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import fetch_one
 from labrelay.client.keystore import Authority, Party
@@ -49,6 +48,7 @@ from labrelay.synthetic.generator import write_csv_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.pgserver import PostgresServer, _bindir
+from tests.support.processes import RelayProcess
 from tests.support.s3server import running_s3
 from tests.support.scaled import ReplicaSet
 

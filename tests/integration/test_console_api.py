@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.clock import SystemClock
 from labrelay.crypto import httpsig
@@ -23,6 +22,7 @@ from labrelay.errors import AuthenticationFailed, PermissionDenied, RelayFrozen,
 from tests.support.alerting import webhook
 from tests.support.browser import localhost
 from tests.support.passkeys import SoftPasskey
+from tests.support.processes import RelayProcess
 from tests.support.world import World, make_world
 
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from labrelay.cli.process import RelayProcess, WorkerProcess
+from tests.support.processes import RelayProcess, WorkerProcess
 
 
 class Balancer:

@@ -22,7 +22,6 @@ import pytest
 from sqlalchemy import text
 
 from labrelay.cli.main import main as cli_main
-from labrelay.cli.process import RelayProcess
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.policy import default_policy_text
@@ -33,6 +32,7 @@ from labrelay.domain.parties import Role
 from labrelay.ports import PayloadStore
 from labrelay.runtime import engine_for, init_data_dir, payload_store_for
 from labrelay.storage.keystore import FileKeyStore
+from tests.support.processes import RelayProcess
 from tests.support.scaled import ReplicaSet
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def run_cli(
 
 
 class RelayServer(RelayProcess):
-    """``labrelay serve`` on a free port (labrelay.cli.process), with its log beside its data directory."""
+    """``labrelay serve`` on a free port (tests.support.processes), with its log beside its data directory."""
 
     def __init__(self, data: Path, extra: tuple[str, ...] = ()) -> None:
         super().__init__(data, data.parent / f"{data.name}.log", extra)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from labrelay.cli import options, ui
-from labrelay.cli.process import RelayProcess
+from labrelay.cli.demo_relay import DemoRelay
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import Fetched, fetch_all
 from labrelay.client.files import private_dir
@@ -185,10 +185,24 @@ def check_minimisation(outputs: dict[str, Path]) -> dict[str, Any]:
     return {"ok": not problems, "problems": problems}
 
 
+@dataclass
+class _Run:
+    """What the demo's run left to check: the batch, what was sent and fetched, what the relay's data held."""
+
+    source: Path
+    generated: bool
+    needles: set[bytes]
+    routed: RoutedSend
+    stored_while_waiting: list[str]
+    fetched: dict[str, Fetched]
+    audit: dict[str, Any]
+    payloads_left: list[str]
+    plaintext_hits: list[str]
+
+
 def run_demo(
     workdir: Path, source: Path | None, records: int | None, keep_running: bool, progress: ui.TerminalProgress
 ) -> dict[str, Any]:
-    from labrelay.client.routed import SendOptions, send_results  # noqa: PLC0415 - heavy, demo only
     from labrelay.runtime import audit_summary, init_data_dir  # noqa: PLC0415
 
     clock = SystemClock()
@@ -200,7 +214,7 @@ def run_demo(
     with timings.phase("setup"):
         authority = Authority.init(parties_dir / "authority")
         init_data_dir(relay_dir, authority.path / "authority.pub")
-        relay = RelayProcess(relay_dir, workdir / "relay.log")
+        relay = DemoRelay(relay_dir, workdir / "relay.log")
         url = relay.start()
         progress.note(f"relay listening on {url} (data in {relay_dir})")
         with RelayClient(url, AUTHORITY_KEYID, authority.key, clock) as client:
@@ -210,17 +224,9 @@ def run_demo(
     try:
         generated = source is None
         if source is None:
-            from labrelay.synthetic.generator import write_file  # noqa: PLC0415 - Faker loads slowly
-
-            source = lab_work / "results.csv"
-            with timings.phase("generate"):
-                write_file(source, records if records is not None else DEFAULT_RECORDS, today=clock.now().date())
-            os.chmod(source, 0o600)
-            progress.note(f"synthetic batch written to {source}")
+            source = _generate(lab_work / "results.csv", records, clock, timings, progress)
         needles = _needles(source)
-        lab = parties[LAB]
-        with timings.phase("validate_route_seal_send"), RelayClient(url, lab.name, lab.signing_key, clock) as client:
-            routed = send_results(lab, client, source, clock, SendOptions(ttl=timedelta(days=7)), progress=progress)
+        routed = _send_batch(parties[LAB], url, source, clock, timings, progress)
         stored_while_waiting = _scan(relay_dir, needles)
         with timings.phase("fetch"):
             fetched = _fetch_everyone(parties, routed, url, out_dir, clock, progress)
@@ -231,65 +237,99 @@ def run_demo(
         if not keep_running:
             relay.stop()
 
+    run = _Run(source, generated, needles, routed, stored_while_waiting, fetched, audit, payloads_left, plaintext_hits)
+    where = {
+        "url": url,
+        "data_dir": str(relay_dir),
+        "running": keep_running,
+        "pid": relay.pid if keep_running else None,
+    }
+    result = _result(workdir, where, policy.get("version"), run, timings)
+    (workdir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _generate(
+    path: Path, records: int | None, clock: SystemClock, timings: Timings, progress: ui.TerminalProgress
+) -> Path:
+    """A synthetic batch in the lab's private directory, readable by its owner only."""
+    from labrelay.synthetic.generator import write_file  # noqa: PLC0415 - Faker loads slowly
+
+    with timings.phase("generate"):
+        write_file(path, records if records is not None else DEFAULT_RECORDS, today=clock.now().date())
+    os.chmod(path, 0o600)
+    progress.note(f"synthetic batch written to {path}")
+    return path
+
+
+def _send_batch(
+    lab: Party, url: str, source: Path, clock: SystemClock, timings: Timings, progress: ui.TerminalProgress
+) -> RoutedSend:
+    """The lab's send of the batch: validated, routed, minimised, sealed, uploaded."""
+    from labrelay.client.routed import SendOptions, send_results  # noqa: PLC0415 - heavy, demo only
+
+    with timings.phase("validate_route_seal_send"), RelayClient(url, lab.name, lab.signing_key, clock) as client:
+        return send_results(lab, client, source, clock, SendOptions(ttl=timedelta(days=7)), progress=progress)
+
+
+def _result(workdir: Path, relay: dict[str, Any], policy_version: Any, run: _Run, timings: Timings) -> dict[str, Any]:
+    """The demo's summary: where everything is, the counts and timings, every check and whether they all hold."""
+    routed, fetched = run.routed, run.fetched
     minimisation = check_minimisation({name: f.path for name, f in fetched.items()})
     if routed.summary is None:  # a fresh work directory: the batch cannot have been sent before
         raise OperationalError("the demo's batch was found already sent")
     summary = routed.summary.as_dict()
     sent_records = routed.summary.per_recipient
     ars_total = sum(n for name, n in sent_records.items() if name.startswith("ars-"))
-    result: dict[str, Any] = {
-        "workdir": str(workdir),
-        "relay": {
-            "url": url,
-            "data_dir": str(relay_dir),
-            "running": keep_running,
-            "pid": relay.pid if keep_running else None,
-        },
-        "policy": policy.get("version"),
-        "input": {"file": str(source), "generated": generated, "format": summary["input_format"]},
-        "records": {k: summary[k] for k in ("read", "accepted", "rejected", "held_for_review", "reconciled")},
-        "reports": {"rejections": str(routed.rejections), "held_for_review": str(routed.review)},
-        "recipients": {
-            name: {
-                "records_sent": sent_records.get(name, 0),
-                "records_received": fetched[name].records if name in fetched else 0,
-                "transfer_id": fetched[name].transfer_id if name in fetched else None,
-                "receipt": "decrypted" if name in fetched and fetched[name].acknowledged else None,
-                "output": str(fetched[name].path.relative_to(workdir)) if name in fetched else None,
-            }
-            for name, _region in recipients()
-        },
-        "timings_s": {**timings.phases, "total": round(sum(timings.phases.values()), 3)},
-        "audit": audit,
-        "checks": {
-            # SpF gets every valid record, those held for a regional share no ARS covers included
-            "every_valid_record_reached_spf": sent_records.get("spf", 0)
-            == routed.summary.accepted + routed.summary.held,
-            "every_accepted_record_reached_its_ars": ars_total == summary["accepted"],
-            "received_equals_sent": all(
-                (fetched[n].records if n in fetched else 0) == sent_records.get(n, 0) for n, _ in recipients()
-            ),
-            "minimisation": minimisation,
-            "payloads_left_on_relay": len(payloads_left),
-            "plaintext_files_on_relay_while_stored": stored_while_waiting,
-            "plaintext_files_on_relay_after": plaintext_hits,
-            "identifying_values_searched": min(len(needles), 20000),
-        },
+    checks: dict[str, Any] = {
+        # SpF gets every valid record, those held for a regional share no ARS covers included
+        "every_valid_record_reached_spf": sent_records.get("spf", 0) == routed.summary.accepted + routed.summary.held,
+        "every_accepted_record_reached_its_ars": ars_total == summary["accepted"],
+        "received_equals_sent": all(
+            (fetched[n].records if n in fetched else 0) == sent_records.get(n, 0) for n, _ in recipients()
+        ),
+        "minimisation": minimisation,
+        "payloads_left_on_relay": len(run.payloads_left),
+        "plaintext_files_on_relay_while_stored": run.stored_while_waiting,
+        "plaintext_files_on_relay_after": run.plaintext_hits,
+        "identifying_values_searched": min(len(run.needles), 20000),
     }
-    checks = result["checks"]
-    result["ok"] = bool(
-        audit["chain_ok"]
+    ok = bool(
+        run.audit["chain_ok"]
         and summary["reconciled"]
-        and not payloads_left
-        and not plaintext_hits
-        and not stored_while_waiting
+        and not run.payloads_left
+        and not run.plaintext_hits
+        and not run.stored_while_waiting
         and minimisation["ok"]
         and checks["every_valid_record_reached_spf"]
         and checks["every_accepted_record_reached_its_ars"]
         and checks["received_equals_sent"]
     )
-    (workdir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return result
+    return {
+        "workdir": str(workdir),
+        "relay": relay,
+        "policy": policy_version,
+        "input": {"file": str(run.source), "generated": run.generated, "format": summary["input_format"]},
+        "records": {k: summary[k] for k in ("read", "accepted", "rejected", "held_for_review", "reconciled")},
+        "reports": {"rejections": str(routed.rejections), "held_for_review": str(routed.review)},
+        "recipients": {name: _received(workdir, name, sent_records, fetched) for name, _region in recipients()},
+        "timings_s": {**timings.phases, "total": round(sum(timings.phases.values()), 3)},
+        "audit": run.audit,
+        "checks": checks,
+        "ok": ok,
+    }
+
+
+def _received(workdir: Path, name: str, sent_records: dict[str, int], fetched: dict[str, Fetched]) -> dict[str, Any]:
+    """What one recipient was sent, and what it received, decrypted and acknowledged."""
+    got = fetched.get(name)
+    return {
+        "records_sent": sent_records.get(name, 0),
+        "records_received": got.records if got is not None else 0,
+        "transfer_id": got.transfer_id if got is not None else None,
+        "receipt": "decrypted" if got is not None and got.acknowledged else None,
+        "output": str(got.path.relative_to(workdir)) if got is not None else None,
+    }
 
 
 def _print(summary: dict[str, Any]) -> None:

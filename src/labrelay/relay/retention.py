@@ -20,7 +20,7 @@ from typing import Any
 
 from labrelay.domain.retention import epoch_end, key_due_for_destruction
 from labrelay.domain.timeutil import format_duration, from_epoch, to_rfc3339
-from labrelay.domain.transfers import TERMINAL_STATES, TransferLimits
+from labrelay.domain.transfers import TERMINAL_STATES, TransferLimits, TransferRecord
 from labrelay.ports import Clock, KeyStore, PayloadStore, TransferRepository
 
 SAMPLE = 10  # ids listed per failed check
@@ -83,24 +83,7 @@ def check_retention(
     ids = list(store.ids())
     report.payloads = len(ids)
     records = {i: repo.get(i) for i in ids}
-
-    unknown = [i for i, r in records.items() if r is None]
-    over = [f"{i} ({r.state.value})" for i, r in records.items() if r is not None and r.state in TERMINAL_STATES]
-    past = [
-        f"{i} (deadline {to_rfc3339(r.deadline)})"
-        for i, r in records.items()
-        if r is not None and r.state not in TERMINAL_STATES and r.deadline <= now
-    ]
-    report.findings.append(
-        _finding("payloads past their deadline", past, "none on the relay", "payload(s) past their deadline")
-    )
-    report.findings.append(
-        _finding("payloads of closed transfers", over, "none", "payload(s) of transfers that are over")
-    )
-    report.findings.append(_finding("orphaned payloads", unknown, "none", "payload(s) of no known transfer"))
-    report.findings.append(
-        _finding("other files in the payload store", store.strays(), "none", "unexpected file(s) in the store")
-    )
+    report.findings.extend(_payload_findings(records, store, now))
 
     open_past = [f"{r.transfer_id} ({r.state.value})" for r in repo.open_past(now)]
     report.findings.append(
@@ -141,14 +124,35 @@ def check_retention(
     report.findings.append(
         _finding("other files in the key store", keys.strays(), "none", "unexpected file(s) in the key store")
     )
-
-    dated = [r for r in records.values() if r is not None]
-    if dated:
-        oldest = min(dated, key=lambda r: r.created_at)
-        report.oldest = {
-            "transfer_id": oldest.transfer_id,
-            "created_at": to_rfc3339(oldest.created_at),
-            "age": format_duration(max(now - oldest.created_at, timedelta(seconds=1))),
-            "deadline": to_rfc3339(oldest.deadline),
-        }
+    report.oldest = _oldest([r for r in records.values() if r is not None], now)
     return report
+
+
+def _payload_findings(records: dict[str, TransferRecord | None], store: PayloadStore, now: datetime) -> list[Finding]:
+    """The payload store against the metadata: no bytes past a deadline, of a closed or unknown transfer, or stray."""
+    unknown = [i for i, r in records.items() if r is None]
+    over = [f"{i} ({r.state.value})" for i, r in records.items() if r is not None and r.state in TERMINAL_STATES]
+    past = [
+        f"{i} (deadline {to_rfc3339(r.deadline)})"
+        for i, r in records.items()
+        if r is not None and r.state not in TERMINAL_STATES and r.deadline <= now
+    ]
+    return [
+        _finding("payloads past their deadline", past, "none on the relay", "payload(s) past their deadline"),
+        _finding("payloads of closed transfers", over, "none", "payload(s) of transfers that are over"),
+        _finding("orphaned payloads", unknown, "none", "payload(s) of no known transfer"),
+        _finding("other files in the payload store", store.strays(), "none", "unexpected file(s) in the store"),
+    ]
+
+
+def _oldest(dated: list[TransferRecord], now: datetime) -> dict[str, Any] | None:
+    """The oldest payload on the relay, for information."""
+    if not dated:
+        return None
+    oldest = min(dated, key=lambda r: r.created_at)
+    return {
+        "transfer_id": oldest.transfer_id,
+        "created_at": to_rfc3339(oldest.created_at),
+        "age": format_duration(max(now - oldest.created_at, timedelta(seconds=1))),
+        "deadline": to_rfc3339(oldest.deadline),
+    }

@@ -1,4 +1,6 @@
-"""``labrelay serve`` and ``labrelay worker`` as child processes: for the demo, the tests and the benchmarks."""
+"""``labrelay serve`` and ``labrelay worker`` as child processes, for the tests and the benchmarks: relays on port 0
+(one, or replicas launched together), workers, stopped gracefully or killed. The demo starts its own relay
+(``labrelay.cli.demo_relay``)."""
 
 from __future__ import annotations
 
