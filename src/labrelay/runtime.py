@@ -25,13 +25,15 @@ from labrelay.domain.detection import parse_lock_on
 from labrelay.domain.names import parse_networks
 from labrelay.domain.transfers import TransferLimits
 from labrelay.errors import LabrelayError, OperationalError, UsageError
-from labrelay.http.app import RelayServices, create_app, record_doc
+from labrelay.http.app import create_app
 from labrelay.http.edge import EdgeLimits
 from labrelay.http.metrics import RelayMetrics
+from labrelay.http.services import RelayServices
 from labrelay.notify import sinks_from
 from labrelay.ports import Clock, KeyStore, Leader, PayloadStore, TransferLocks
 from labrelay.relay.alerts import AlertDispatcher
 from labrelay.relay.audit_check import AuditReport, verify_audit
+from labrelay.relay.audit_export import record_doc
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.auth import Authenticator
 from labrelay.relay.console import SIGNIN_KEY_LABEL, ConsoleService

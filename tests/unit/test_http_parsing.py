@@ -5,24 +5,24 @@ from __future__ import annotations
 import pytest
 
 from labrelay.errors import UsageError
-from labrelay.http.app import _int_header, _is_uint, _range_start
+from labrelay.http.deps import int_header, is_uint, range_start
 
 
 @pytest.mark.parametrize("value", ["0", "15", "123456789012345"])
 def test_uint_accepted(value: str) -> None:
-    assert _is_uint(value)
+    assert is_uint(value)
 
 
 @pytest.mark.parametrize("value", ["", "-1", "²", "١٢", "1e3", " 1", "1 ", "1234567890123456", "0x10"])
 def test_uint_refused(value: str) -> None:
-    assert not _is_uint(value)
+    assert not is_uint(value)
     with pytest.raises(UsageError):
-        _int_header({"upload-offset": value}, "upload-offset")
+        int_header({"upload-offset": value}, "upload-offset")
 
 
 def test_range_forms() -> None:
-    assert _range_start(None) == 0
-    assert _range_start("bytes=1024-") == 1024
+    assert range_start(None) == 0
+    assert range_start("bytes=1024-") == 1024
     for bad in ("bytes=0-10", "bytes=-5", "bytes=²-", "items=1-", "bytes=1-,5-"):
         with pytest.raises(UsageError):
-            _range_start(bad)
+            range_start(bad)

@@ -35,12 +35,9 @@ from labrelay.errors import (
     error_from_code,
 )
 from labrelay.ports import Clock
+from labrelay.wire import CHECKPOINT_HEADER, JSON_CONTENT_TYPE, OFFSET_CONTENT_TYPE, TUS_VERSION
 
 T = TypeVar("T")
-TUS_VERSION = "1.0.0"
-OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
-JSON = "application/json"
-CHECKPOINT_HEADER = "Labrelay-Checkpoint"
 
 
 def check_server_url(url: str) -> str:
@@ -202,7 +199,7 @@ class RelayClient:
     def _json(self, method: str, path: str, doc: Mapping[str, Any] | None = None) -> Any:
         def go() -> Any:
             body = json.dumps(doc, sort_keys=True).encode() if doc is not None else None
-            headers = {"Content-Type": JSON} if doc is not None else {}
+            headers = {"Content-Type": JSON_CONTENT_TYPE} if doc is not None else {}
             response = self._request(method, path, body=body, headers=headers, extra=("content-type",))
             try:
                 return response.json()

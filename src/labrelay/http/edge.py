@@ -41,6 +41,7 @@ from labrelay.domain.names import Network, parse_address
 from labrelay.errors import HeadersTooLarge, LabrelayError, RequestTimeout, TooManyRequests, Unavailable, UsageError
 from labrelay.http.problems import problem, status_for
 from labrelay.relay.throttle import ReportGate, address_key
+from labrelay.wire import PROBLEM_CONTENT_TYPE, SIGNATURE, SIGNATURE_INPUT, UPLOAD_PATH
 
 log = structlog.get_logger("labrelay.http.edge")
 
@@ -48,7 +49,6 @@ Peer = tuple[str, int]
 LimitReport = Callable[[str, "str | None", "str | None"], None]
 """``(limit, party, remote)``: a limit was reached (``party`` when the caller is proven, else ``remote``)."""
 
-UPLOAD_PATH = "/v1/uploads/"
 TIMED_OUT = "labrelay.body_timed_out"
 PEER = "labrelay.peer"
 FD_MARGIN = 64
@@ -57,6 +57,8 @@ REPORT_EVERY = 60.0
 """One report per limit and subject per this many seconds: a flood must not become a flood of audit writes."""
 MAX_REPORTS = 20
 """At most this many reports (audit writes, alerts) per ``REPORT_EVERY``, whatever the number of subjects."""
+_SIGNATURE_INPUT = SIGNATURE_INPUT.lower().encode()
+_SIGNATURE = SIGNATURE.lower().encode()
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,7 @@ def problem_response(exc: LabrelayError, headers: dict[str, str] | None = None) 
         problem(exc, status),
         status_code=status,
         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", **(headers or {})},
-        media_type="application/problem+json",
+        media_type=PROBLEM_CONTENT_TYPE,
     )
 
 
@@ -428,11 +430,11 @@ def _header_refusal(headers: list[tuple[bytes, bytes]], limits: EdgeLimits) -> L
     signature_inputs = signatures = 0
     for name, value in headers:
         total += len(name) + len(value) + 4
-        if name == b"signature-input":
+        if name == _SIGNATURE_INPUT:
             signature_inputs += 1
             if len(value) > limits.max_signature_input:
                 return HeadersTooLarge(f"Signature-Input over {limits.max_signature_input} bytes")
-        elif name == b"signature":
+        elif name == _SIGNATURE:
             signatures += 1
             if len(value) > limits.max_signature:
                 return HeadersTooLarge(f"Signature over {limits.max_signature} bytes")

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from labrelay.domain import horizon
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import TransferLimits, TransferRecord
 
@@ -104,6 +105,11 @@ class KeyHorizon(BaseModel):
     key: str
     open: int
     latest_deadline: str | None
+
+    @classmethod
+    def of(cls, held: horizon.KeyHorizon) -> KeyHorizon:
+        latest = held.latest_deadline
+        return cls(key=held.key, open=held.open, latest_deadline=to_rfc3339(latest) if latest else None)
 
 
 class DirectoryOut(BaseModel):

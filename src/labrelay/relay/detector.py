@@ -41,6 +41,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -111,6 +112,10 @@ class Detector:
         self._last_alert: dict[tuple[str, str], datetime] = {}
         self._seen = 0
         self.raised: list[Alert] = []
+
+    def recent_alerts(self, count: int = 20) -> list[dict[str, Any]]:
+        """The last ``count`` alerts this process raised, oldest first, as the admin status shows them."""
+        return [alert.as_doc() for alert in self.raised[-count:]]
 
     # ------------------------------------------------------------ input
 

@@ -8,6 +8,7 @@ a relay that substitutes a key is caught before anything is encrypted to it (doc
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,14 @@ from labrelay.ports import Clock, DirectoryRepository
 from labrelay.relay.auditor import Auditor
 
 
+@dataclass(frozen=True)
+class Enrolment:
+    """An entry as the authority signed it (``DirectoryService.enrolment`` verified it), with its envelope."""
+
+    envelope: Mapping[str, Any]
+    entry: PartyEntry
+
+
 class DirectoryService:
     def __init__(self, repo: DirectoryRepository, authority: VerifyKey, clock: Clock, auditor: Auditor) -> None:
         self._repo = repo
@@ -35,14 +44,18 @@ class DirectoryService:
         self._clock = clock
         self._audit = auditor
 
-    def verify_entry(self, envelope: Mapping[str, Any]) -> PartyEntry:
-        """The entry, if the pinned authority signed it; ``UntrustedEntry`` otherwise."""
+    def enrolment(self, envelope: Mapping[str, Any]) -> Enrolment:
+        """The entry ``envelope`` carries, if the pinned authority signed it; ``UntrustedEntry`` otherwise."""
         payload = verify_envelope(envelope, ENTRY_TYPE, self._authority, error=UntrustedEntry)
-        return PartyEntry.from_payload(payload)
+        return Enrolment(envelope, PartyEntry.from_payload(payload))
 
     def register(self, envelope: Mapping[str, Any], actor: str) -> tuple[PartyEntry, bool]:
         """Store an authority-signed entry that is in force now. Returns (entry, newly stored)."""
-        entry = self.verify_entry(envelope)
+        return self.enrol(self.enrolment(envelope), actor)
+
+    def enrol(self, enrolment: Enrolment, actor: str) -> tuple[PartyEntry, bool]:
+        """Store a verified entry (``enrolment``) if it is in force now. Returns (entry, newly stored)."""
+        envelope, entry = enrolment.envelope, enrolment.entry
         now = self._clock.now()
         if now >= entry.not_after:
             raise UntrustedEntry(f"the directory entry for {entry.name} expired at {entry.not_after:%Y-%m-%d}")

@@ -12,19 +12,24 @@ a Content-Security-Policy that allows scripts, styles and connections from this 
 Sign-in is open to anyone, so it costs the relay nothing to hold: the challenge travels sealed in a cookie of the
 same kind (``HttpOnly``, ``SameSite=Strict``, ``__Host-`` on https) and comes back with the answer; each address
 may start and answer ``console_signin_limit`` sign-ins per minute, checked before anything else is read.
+
+``add_web`` puts the static files and ``router`` on a relay that has a console. Each JSON route is given a
+``ConsoleRequest`` by a dependency (``Web``): the console service, the relay's public URL, and the request's origin
+checks, body and session, made of the plumbing every route shares (labrelay.http.deps).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.staticfiles import StaticFiles
@@ -32,11 +37,11 @@ from starlette.staticfiles import StaticFiles
 from labrelay import __version__, refdata
 from labrelay.crypto.passkeys import Relying
 from labrelay.errors import NotFound, PermissionDenied, TooManyRequests, UsageError
+from labrelay.http.deps import Console, Services, call, parse_json, read_body, remote
 from labrelay.relay.console import ConsoleService, ConsoleUser
+from labrelay.wire import JSON_CONTENT_TYPE
 
-T = TypeVar("T")
 log = structlog.get_logger("labrelay.http")
-Call = Callable[..., Awaitable[Any]]
 
 SESSION_COOKIE = "labrelay_console"
 SECURE_SESSION_COOKIE = "__Host-labrelay_console"  # on https: host-only, Secure, Path=/; no sibling can plant it
@@ -118,81 +123,48 @@ def reference_data() -> bytes:
     ).encode()
 
 
-def add_web(  # noqa: PLR0915 - one function, the console's route table
-    app: FastAPI,
-    console: ConsoleService,
-    *,
-    public_url: str | None,
-    call: Call,
-    read_body: Callable[[Request], Awaitable[bytes]],
-    parse_json: Callable[[bytes], dict[str, Any]],
-    remote: Callable[[Request], str | None],
-) -> None:
-    static = resources.files("labrelay.http.web").joinpath("static")
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+@dataclass(frozen=True)
+class ConsoleRequest:
+    """What the console's routes need of the relay, for one request: the console, the relay's public URL, and the
+    request's origin checks, body and signed-in user (``console_request`` builds it)."""
 
-    def page(name: str) -> Callable[[Request], Awaitable[HTMLResponse]]:
-        async def render(request: Request) -> HTMLResponse:
-            lang = request.query_params.get("lang", "")
-            html = (
-                _templates()
-                .get_template("page.html")
-                .render(page=name, lang=lang if lang in ("fr", "en") else "fr", asset=_asset_version())
-            )
-            return HTMLResponse(html)
+    request: Request
+    console: ConsoleService
+    public_url: str | None
 
-        return render
+    @property
+    def remote(self) -> str | None:
+        return remote(self.request)
 
-    for path, name in PAGES.items():
-        app.add_api_route(path, page(name), methods=["GET"], include_in_schema=False, response_class=HTMLResponse)
-
-    @app.get("/data/refdata.json", include_in_schema=False)
-    async def refdata_json() -> Response:
-        return Response(reference_data(), media_type="application/json", headers={"Cache-Control": "max-age=3600"})
-
-    # ------------------------------------------------------------ sessions
-
-    async def checked(request: Request, *, post: bool) -> Relying:
+    async def relying(self, *, post: bool) -> Relying:
         """The relying party, after the request's origin checks; a refusal is audited."""
         try:
-            rp = relying_party(request, public_url)
+            rp = relying_party(self.request, self.public_url)
             if post:
-                _same_origin(request, rp)
-            elif request.headers.get("sec-fetch-site", "same-origin") not in SAME_SITE:
+                _same_origin(self.request, rp)
+            elif self.request.headers.get("sec-fetch-site", "same-origin") not in SAME_SITE:
                 raise PermissionDenied("console requests must come from the console's own page")
         except PermissionDenied as exc:
-            await call(console.refuse, exc, None, "origin", remote(request))
+            await call(self.console.refuse, exc, None, "origin", self.remote)
             raise
         return rp
 
-    async def user_of(request: Request, rp: Relying) -> ConsoleUser:
-        user: ConsoleUser = await call(console.user, request.cookies.get(_cookie_name(rp)), remote(request))
-        return user
+    async def user(self, rp: Relying) -> ConsoleUser:
+        return await call(self.console.user, self.request.cookies.get(_cookie_name(rp)), self.remote)
 
-    async def json_body(request: Request) -> tuple[Relying, dict[str, Any]]:
-        rp = await checked(request, post=True)
-        return rp, parse_json(await read_body(request))
+    async def json_body(self) -> tuple[Relying, dict[str, Any]]:
+        rp = await self.relying(post=True)
+        return rp, parse_json(await read_body(self.request))
 
-    def credential_of(doc: dict[str, Any]) -> dict[str, Any]:
-        credential = doc.get("credential")
-        if not isinstance(credential, dict):
-            raise UsageError("request without a passkey credential")
-        return credential
-
-    @app.get("/console/api/me", include_in_schema=False)
-    async def me(request: Request) -> dict[str, Any]:
-        user = await user_of(request, await checked(request, post=False))
-        return {"party": user.party, "role": user.role.value, "may_command": user.may_command}
-
-    async def limited(request: Request, op: str) -> None:
+    async def limited(self, op: str) -> None:
         """Refuse a sign-in request over its address's limit (429 with Retry-After), before anything else is read
         or written; the throttle's reports are recorded as ``limit:hit``."""
-        throttled = console.throttle(remote(request))
+        throttled = self.console.throttle(self.remote)
         if throttled is None:
             return
         if throttled.report is not None:
             try:
-                await call(console.report_limit, throttled.report, op)
+                await call(self.console.report_limit, throttled.report, op)
             except Exception as exc:  # noqa: BLE001 - the refusal stands even if the audit trail is unreachable
                 log.error("sign-in limit not recorded", error=type(exc).__name__)
         raise TooManyRequests(
@@ -201,90 +173,156 @@ def add_web(  # noqa: PLR0915 - one function, the console's route table
             retry_after=throttled.retry_after,
         )
 
-    @app.post("/console/api/signin/options", include_in_schema=False)
-    async def signin_options(request: Request) -> Response:
-        await limited(request, "signin-options")
-        rp = await checked(request, post=True)
-        start = console.signin_options(rp)  # no I/O: the relay keeps nothing of a sign-in that starts
-        response = Response(start.options, media_type="application/json")
-        response.set_cookie(
-            _signin_cookie_name(rp),
-            start.sealed,
-            max_age=start.max_age,
-            httponly=True,
-            samesite="strict",
-            secure=rp.origin.startswith("https://"),
-            path="/",
+
+async def console_request(request: Request, console: Console, services: Services) -> ConsoleRequest:
+    return ConsoleRequest(request, console, services.public_url)
+
+
+Web = Annotated[ConsoleRequest, Depends(console_request)]
+router = APIRouter(include_in_schema=False)
+
+
+def add_web(app: FastAPI) -> None:
+    """The pages, their static files and the console's JSON routes, on ``app`` (a relay with a console)."""
+    static = resources.files("labrelay.http.web").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.include_router(router)
+
+
+def _page(name: str) -> Callable[[Request], Awaitable[HTMLResponse]]:
+    async def render(request: Request) -> HTMLResponse:
+        lang = request.query_params.get("lang", "")
+        html = (
+            _templates()
+            .get_template("page.html")
+            .render(page=name, lang=lang if lang in ("fr", "en") else "fr", asset=_asset_version())
         )
-        return response
+        return HTMLResponse(html)
 
-    @app.post("/console/api/signin", include_in_schema=False)
-    async def signin(request: Request) -> JSONResponse:
-        await limited(request, "signin")
-        rp, doc = await json_body(request)
-        sealed = request.cookies.get(_signin_cookie_name(rp))
-        new = await call(console.signin, credential_of(doc), sealed, rp, remote(request))
-        response = JSONResponse({"party": new.user.party, "role": new.user.role.value})
-        response.set_cookie(
-            _cookie_name(rp),
-            new.token,
-            max_age=int(console.session_ttl.total_seconds()),
-            httponly=True,
-            samesite="strict",
-            secure=rp.origin.startswith("https://"),
-            path="/",
-        )
-        response.delete_cookie(
-            _signin_cookie_name(rp), path="/", secure=rp.origin.startswith("https://"), httponly=True, samesite="strict"
-        )
-        return response
+    return render
 
-    @app.post("/console/api/signout", include_in_schema=False)
-    async def signout(request: Request) -> Response:
-        rp = await checked(request, post=True)
-        await call(console.signout, request.cookies.get(_cookie_name(rp)))
-        response = Response(status_code=204)
-        response.delete_cookie(_cookie_name(rp), path="/", secure=rp.origin.startswith("https://"))
-        return response
 
-    # ------------------------------------------------------------ what a session may read
+for _path, _name in PAGES.items():
+    router.add_api_route(_path, _page(_name), methods=["GET"], response_class=HTMLResponse)
 
-    @app.get("/console/api/overview", include_in_schema=False)
-    async def overview(request: Request) -> dict[str, Any]:
-        await user_of(request, await checked(request, post=False))
-        result: dict[str, Any] = await call(console.overview)
-        return result
 
-    @app.get("/console/api/retention", include_in_schema=False)
-    async def retention(request: Request) -> dict[str, Any]:
-        await user_of(request, await checked(request, post=False))
-        return dict(await call(console.retention_check))
+@router.get("/data/refdata.json")
+async def refdata_json() -> Response:
+    return Response(reference_data(), media_type=JSON_CONTENT_TYPE, headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/console/api/audit", include_in_schema=False)
-    async def audit(request: Request) -> dict[str, Any]:
-        await user_of(request, await checked(request, post=False))
-        return dict(await call(console.audit_verification))
 
-    # ------------------------------------------------------------ commands: each approved by a passkey
+def _credential_of(doc: dict[str, Any]) -> dict[str, Any]:
+    credential = doc.get("credential")
+    if not isinstance(credential, dict):
+        raise UsageError("request without a passkey credential")
+    return credential
 
-    @app.post("/console/api/commands/options", include_in_schema=False)
-    async def command_options(request: Request) -> Response:
-        rp, doc = await json_body(request)
-        user = await user_of(request, rp)
-        action, target, reason = doc.get("action"), doc.get("target"), doc.get("reason")
-        if not isinstance(action, str) or not isinstance(target, str | None) or not isinstance(reason, str | None):
-            raise UsageError("a command names an action, and a target when it needs one")
-        options = await call(console.command_options, user, action, target or None, reason or None, rp, remote(request))
-        return Response(options, media_type="application/json")
 
-    @app.post("/console/api/commands", include_in_schema=False)
-    async def command(request: Request) -> dict[str, Any]:
-        rp, doc = await json_body(request)
-        user = await user_of(request, rp)
-        result = await call(console.command, user, credential_of(doc), rp, remote(request))
-        out: dict[str, Any] = result.as_dict()
-        return out
+def _secure(rp: Relying) -> bool:
+    return rp.origin.startswith("https://")
 
-    @app.get("/console/api/{rest:path}", include_in_schema=False)
-    async def unknown(rest: str) -> None:
-        raise NotFound("no such resource")
+
+# ------------------------------------------------------------ sessions
+
+
+@router.get("/console/api/me")
+async def me(web: Web) -> dict[str, Any]:
+    user = await web.user(await web.relying(post=False))
+    return {"party": user.party, "role": user.role.value, "may_command": user.may_command}
+
+
+@router.post("/console/api/signin/options")
+async def signin_options(web: Web) -> Response:
+    await web.limited("signin-options")
+    rp = await web.relying(post=True)
+    start = web.console.signin_options(rp)  # no I/O: the relay keeps nothing of a sign-in that starts
+    response = Response(start.options, media_type=JSON_CONTENT_TYPE)
+    response.set_cookie(
+        _signin_cookie_name(rp),
+        start.sealed,
+        max_age=start.max_age,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(rp),
+        path="/",
+    )
+    return response
+
+
+@router.post("/console/api/signin")
+async def signin(web: Web) -> JSONResponse:
+    await web.limited("signin")
+    rp, doc = await web.json_body()
+    sealed = web.request.cookies.get(_signin_cookie_name(rp))
+    new = await call(web.console.signin, _credential_of(doc), sealed, rp, web.remote)
+    response = JSONResponse({"party": new.user.party, "role": new.user.role.value})
+    response.set_cookie(
+        _cookie_name(rp),
+        new.token,
+        max_age=int(web.console.session_ttl.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=_secure(rp),
+        path="/",
+    )
+    response.delete_cookie(_signin_cookie_name(rp), path="/", secure=_secure(rp), httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/console/api/signout")
+async def signout(web: Web) -> Response:
+    rp = await web.relying(post=True)
+    await call(web.console.signout, web.request.cookies.get(_cookie_name(rp)))
+    response = Response(status_code=204)
+    response.delete_cookie(_cookie_name(rp), path="/", secure=_secure(rp))
+    return response
+
+
+# ------------------------------------------------------------ what a session may read
+
+
+@router.get("/console/api/overview")
+async def overview(web: Web) -> dict[str, Any]:
+    await web.user(await web.relying(post=False))
+    result: dict[str, Any] = await call(web.console.overview)
+    return result
+
+
+@router.get("/console/api/retention")
+async def retention(web: Web) -> dict[str, Any]:
+    await web.user(await web.relying(post=False))
+    return dict(await call(web.console.retention_check))
+
+
+@router.get("/console/api/audit")
+async def audit(web: Web) -> dict[str, Any]:
+    await web.user(await web.relying(post=False))
+    return dict(await call(web.console.audit_verification))
+
+
+# ------------------------------------------------------------ commands: each approved by a passkey
+
+
+@router.post("/console/api/commands/options")
+async def command_options(web: Web) -> Response:
+    rp, doc = await web.json_body()
+    user = await web.user(rp)
+    action, target, reason = doc.get("action"), doc.get("target"), doc.get("reason")
+    if not isinstance(action, str) or not isinstance(target, str | None) or not isinstance(reason, str | None):
+        raise UsageError("a command names an action, and a target when it needs one")
+    options = await call(web.console.command_options, user, action, target or None, reason or None, rp, web.remote)
+    return Response(options, media_type=JSON_CONTENT_TYPE)
+
+
+@router.post("/console/api/commands")
+async def command(web: Web) -> dict[str, Any]:
+    rp, doc = await web.json_body()
+    user = await web.user(rp)
+    result = await call(web.console.command, user, _credential_of(doc), rp, web.remote)
+    out: dict[str, Any] = result.as_dict()
+    return out
+
+
+@router.get("/console/api/{rest:path}")
+async def unknown(rest: str) -> None:
+    raise NotFound("no such resource")
