@@ -50,7 +50,7 @@ def test_upload_serve_receipt_delete(setup: Setup) -> None:
     outbox = setup.relay.services.transfers.outbox(lab.caller)
     assert outbox[0].state is TransferState.DELIVERED
     assert outbox[0].receipt_envelope is not None
-    assert verify_chain(setup.relay.sql.records()).ok
+    assert verify_chain(setup.relay.sql.audit.records()).ok
 
 
 @pytest.mark.threat("T5")
@@ -65,7 +65,7 @@ def test_nothing_served_past_the_deadline_even_without_cleanup(setup: Setup) -> 
     assert setup.relay.services.transfers.inbox(cnam.caller) == []
     with pytest.raises(NotFound):
         setup.relay.services.transfers.open_payload(cnam.caller, transfer_id)
-    refusals = [r for r in setup.relay.sql.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
+    refusals = [r for r in setup.relay.sql.audit.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
     assert refusals[-1].entry.reason == "expired"
 
 
@@ -109,7 +109,7 @@ def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> Non
     with pytest.raises(IntegrityError, match="do not match the signed manifest"):
         setup.upload(lab, envelope, bytes(tampered))
     transfer_id = envelope["payload"]["transfer_id"]
-    assert setup.relay.sql.get(transfer_id).state is TransferState.REJECTED
+    assert setup.relay.sql.transfers.get(transfer_id).state is TransferState.REJECTED
     assert list(setup.relay.payloads.ids()) == []
     assert setup.relay.services.transfers.inbox(cnam.caller) == []
 
@@ -160,7 +160,7 @@ def test_manifest_checks_fail_closed(setup: Setup) -> None:
     env_big, _ = setup.seal(lab, cnam, b"x", size=setup.relay.settings.max_payload_bytes + 1)
     with pytest.raises(TooLarge):
         transfers.create(lab.caller, env_big)
-    assert setup.relay.sql.for_sender("lab-a") == setup.relay.sql.for_sender("lab-b") == []
+    assert setup.relay.sql.transfers.for_sender("lab-a") == setup.relay.sql.transfers.for_sender("lab-b") == []
 
 
 @pytest.mark.threat("T4")
@@ -213,10 +213,10 @@ def test_receipt_checks(setup: Setup) -> None:
     wrong_hash = sign_envelope({**good["payload"], "sha256": "0" * 64}, cnam.signing, cnam.name)
     with pytest.raises(IntegrityError):
         transfers.accept_receipt(cnam.caller, transfer_id, wrong_hash)
-    assert setup.relay.sql.get(transfer_id).state is TransferState.AVAILABLE
+    assert setup.relay.sql.transfers.get(transfer_id).state is TransferState.AVAILABLE
     transfers.accept_receipt(cnam.caller, transfer_id, good)
     transfers.accept_receipt(cnam.caller, transfer_id, good)  # a retried receipt is harmless
-    assert setup.relay.sql.get(transfer_id).state is TransferState.DELIVERED
+    assert setup.relay.sql.transfers.get(transfer_id).state is TransferState.DELIVERED
 
 
 def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
@@ -229,7 +229,7 @@ def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
         t.start()
     for t in threads:
         t.join()
-    report = verify_chain(setup.relay.sql.records())
+    report = verify_chain(setup.relay.sql.audit.records())
     assert report.ok
     assert report.records >= 300
 
@@ -265,7 +265,7 @@ def test_authentication_fails_closed(setup: Setup) -> None:
     setup.revoke("lab-a")
     with pytest.raises(PartyRevoked):
         auth.authenticate(request(lab, lab.signing, setup.clock.now()), has_body=False)
-    events = [r.entry for r in setup.relay.sql.records()]
+    events = [r.entry for r in setup.relay.sql.audit.records()]
     assert any(e.event is AuditEvent.AUTH_REPLAY for e in events)
     assert sum(e.event is AuditEvent.AUTH_FAILURE for e in events) >= 5
 
@@ -313,9 +313,9 @@ def test_another_senders_transfer_id_is_refused_without_saying_it_exists(setup: 
         setup.relay.services.transfers.create(lab.caller, own_again)
     assert foreign.value.message == own.value.message
     assert "exist" not in foreign.value.message
-    flagged = [r.entry for r in setup.relay.sql.records() if r.entry.reason == "id-collision"]
+    flagged = [r.entry for r in setup.relay.sql.audit.records() if r.entry.reason == "id-collision"]
     assert [e.actor for e in flagged] == ["lab-b"]
-    assert setup.relay.sql.get(taken).sender == "lab-a"
+    assert setup.relay.sql.transfers.get(taken).sender == "lab-a"
 
 
 def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
@@ -324,7 +324,7 @@ def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
     padded = {**envelope, "smuggled": "A" * 10_000}
     record, _ = setup.relay.services.transfers.create(lab.caller, padded)
     assert set(record.manifest_envelope) == {"payload", "signer", "alg", "sig"}
-    assert "smuggled" not in json.dumps(setup.relay.sql.get(record.transfer_id).manifest_envelope)
+    assert "smuggled" not in json.dumps(setup.relay.sql.transfers.get(record.transfer_id).manifest_envelope)
 
 
 @pytest.mark.threat("T5")
@@ -335,7 +335,9 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
     envelope, data = setup.seal(lab, cnam, b"x" * 5000)
     setup.upload(lab, envelope, data)
     delivered = envelope["payload"]["transfer_id"]
-    setup.relay.sql.transition(delivered, [TransferState.AVAILABLE], TransferState.DELIVERED, setup.clock.now())
+    setup.relay.sql.transfers.transition(
+        delivered, [TransferState.AVAILABLE], TransferState.DELIVERED, setup.clock.now()
+    )
     orphan = new_id()
     (setup.relay.payloads.root / f"{orphan}.payload").write_bytes(b"age-encryption.org/v1\n...")
     waiting_env, waiting_data = setup.seal(lab, cnam, b"keep me" * 100)
@@ -344,7 +346,9 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
     assert repaired == 2
     assert sorted(setup.relay.payloads.ids()) == [waiting_env["payload"]["transfer_id"]]
     causes = {
-        r.entry.details.get("cause") for r in setup.relay.sql.records() if r.entry.event is AuditEvent.PAYLOAD_DELETE
+        r.entry.details.get("cause")
+        for r in setup.relay.sql.audit.records()
+        if r.entry.event is AuditEvent.PAYLOAD_DELETE
     }
     assert {"recovery-orphan", "recovery-delivered"} <= causes
 
@@ -361,13 +365,13 @@ def test_an_upload_cut_after_its_last_chunk_is_finished_not_stranded(setup: Setu
     record, _ = transfers.create(lab.caller, envelope)
     writer = setup.relay.payloads.writer(record.transfer_id, 0)  # what _append does, up to the crash
     writer.write(data)
-    setup.relay.sql.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
-    assert setup.relay.sql.get(record.transfer_id).state is TransferState.UPLOADING
+    setup.relay.sql.transfers.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
+    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.UPLOADING
     assert record.transfer_id not in [r.transfer_id for r in transfers.inbox(cnam.caller)]
     if finisher == "sender-asks":
         status = transfers.upload_status(lab.caller, record.transfer_id)
         assert status.state is TransferState.AVAILABLE
     else:
         assert transfers.recover() >= 1
-    assert setup.relay.sql.get(record.transfer_id).state is TransferState.AVAILABLE
+    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.AVAILABLE
     assert b"".join(setup.relay.payloads.open(record.transfer_id)) == data

@@ -324,7 +324,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         ] = "",
     ) -> None:
         """Create a relay data directory: settings, pinned authority key, database, payload directory."""
-        from labrelay.runtime import init_data_dir  # noqa: PLC0415
+        from labrelay.operations import init_data_dir  # noqa: PLC0415
 
         settings = init_data_dir(data_dir, authority, database_url=database_url)
         ui.out.print(
@@ -337,7 +337,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         data: Annotated[Path, typer.Option("--data", help="The relay's data directory.")],
     ) -> None:
         """Bring the relay's database schema up to this version's."""
-        from labrelay.runtime import policy_refusal, upgrade_data_dir  # noqa: PLC0415
+        from labrelay.operations import policy_refusal, upgrade_data_dir  # noqa: PLC0415
 
         ui.out.print(f"schema at {upgrade_data_dir(data)}", markup=False)
         refusal = policy_refusal(data)
@@ -388,7 +388,7 @@ def register_commands(app: typer.Typer) -> None:  # noqa: PLR0915 - the command 
         import threading  # noqa: PLC0415
 
         from labrelay.cli.logging import configure_logging  # noqa: PLC0415
-        from labrelay.runtime import run_worker  # noqa: PLC0415
+        from labrelay.operations import run_worker  # noqa: PLC0415
 
         configure_logging()
         stop = threading.Event()

@@ -189,7 +189,7 @@ def run_demo(
     workdir: Path, source: Path | None, records: int | None, keep_running: bool, progress: ui.TerminalProgress
 ) -> dict[str, Any]:
     from labrelay.client.routed import SendOptions, send_results  # noqa: PLC0415 - heavy, demo only
-    from labrelay.runtime import audit_summary, init_data_dir  # noqa: PLC0415
+    from labrelay.operations import audit_summary, init_data_dir  # noqa: PLC0415
 
     clock = SystemClock()
     timings = Timings()

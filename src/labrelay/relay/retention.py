@@ -152,3 +152,19 @@ def check_retention(
             "deadline": to_rfc3339(oldest.deadline),
         }
     return report
+
+
+@dataclass(frozen=True)
+class RetentionCheck:
+    """``check_retention`` wired to one relay's stores: what the console runs, and ``labrelay admin
+    retention-check``."""
+
+    transfers: TransferRepository
+    payloads: PayloadStore
+    keys: KeyStore
+    clock: Clock
+    limits: TransferLimits
+    epoch_length: timedelta
+
+    def run(self) -> RetentionReport:
+        return check_retention(self.transfers, self.payloads, self.keys, self.clock, self.limits, self.epoch_length)
