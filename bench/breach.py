@@ -31,8 +31,8 @@ from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
 from labrelay.domain.parties import Role
+from labrelay.operations import init_data_dir
 from labrelay.refdata import department_regions
-from labrelay.runtime import init_data_dir
 
 GOAL_S = 120.0
 CONTROLLER = """organisme = "Laboratoire (banc d'essai)"

@@ -50,7 +50,7 @@ from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority
 from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
-from labrelay.runtime import init_data_dir
+from labrelay.operations import init_data_dir
 
 GOALS = {
     "transfer_ratio_at_most": 2.0,

@@ -43,7 +43,7 @@ from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
-from labrelay.runtime import init_data_dir
+from labrelay.operations import init_data_dir
 from labrelay.synthetic.generator import write_csv_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

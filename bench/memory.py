@@ -28,7 +28,7 @@ from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
-from labrelay.runtime import init_data_dir
+from labrelay.operations import init_data_dir
 from labrelay.synthetic.generator import write_csv_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -194,6 +194,21 @@ class AuditLog(Protocol):
         """Delete records older than ``before`` (never the head); sign the last deleted as the new anchor."""
         ...
 
+    def activity(self) -> int:
+        """Parties and transfers the relay holds: a relay that holds any has served requests, which are audited,
+        so its log cannot be empty."""
+        ...
+
+
+class Witness(Protocol):
+    """Keeps the relay's signed audit heads away from its database: whoever later rewrites the log, even with the
+    relay's key, contradicts a head the witness kept (``labrelay audit verify --checkpoints`` compares them)."""
+
+    def observe(self, checkpoint: Checkpoint) -> None:
+        """Keep a signed head the worker verified; ``AuditTampered`` if it contradicts one kept before (another
+        key, an earlier record, or another hash for the same record)."""
+        ...
+
 
 class ConsoleStore(Protocol):
     """The console's passkeys (bound to directory parties), sessions (kept by token hash) and one-use challenges."""

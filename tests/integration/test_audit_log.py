@@ -22,8 +22,10 @@ from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, Outcome, chai
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import from_rfc3339
 from labrelay.errors import AuditTampered, OperationalError
-from labrelay.runtime import audit_verify, engine_for, open_relay
-from labrelay.storage.sql import SqlStore
+from labrelay.operations import audit_verify
+from labrelay.runtime import engine_for, open_relay
+from labrelay.storage.sql.audit import SqlAuditLog
+from labrelay.storage.sql.engine import Database
 from tests.support.world import World, sent_ids
 
 COLUMNS = ("at", "event", "outcome", "actor", "transfer_id", "reason", "details", "prev_hash", "hash", "seq")
@@ -151,7 +153,7 @@ def rewrite_history(data: Path, seq: int, key: SigningKey | None = None) -> None
     """What an operator with full access (database and the relay's key) can do: edit one record, recompute every
     hash after it, and sign a new head. On whichever database the relay uses."""
     engine = engine_for(load_settings(data))
-    store = SqlStore(engine)
+    store = SqlAuditLog(Database(engine))
     records = list(store.records())
     key = key or SigningKey.load(data / "relay-signing.key")
     prev = GENESIS

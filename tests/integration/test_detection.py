@@ -14,7 +14,7 @@ import pytest
 from labrelay.crypto import httpsig
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import Role
-from labrelay.runtime import audit_export
+from labrelay.operations import audit_export
 from tests.support.alerting import smtp_server, syslog_socket, webhook
 from tests.support.scaled import ReplicaSet
 from tests.support.world import World, make_world, scaled_backing, sent_ids

@@ -15,7 +15,7 @@ import pytest
 
 from labrelay.client.keystore import Authority
 from labrelay.clock import SystemClock
-from labrelay.runtime import audit_summary, audit_verify, init_data_dir
+from labrelay.operations import audit_summary, audit_verify, init_data_dir
 from tests.support.scaled import Balancer
 from tests.support.world import CI, Scaled, World, make_world, sent_ids
 

@@ -19,7 +19,11 @@ from labrelay.errors import Unavailable
 from labrelay.relay.auditor import Auditor
 from labrelay.storage import migrate
 from labrelay.storage.schema import metadata
-from labrelay.storage.sql import SqlLeader, SqlStore, SqlTransferLocks, postgres_engine
+from labrelay.storage.sql.audit import SqlAuditLog
+from labrelay.storage.sql.engine import Database, postgres_engine
+from labrelay.storage.sql.leader import SqlLeader
+from labrelay.storage.sql.locks import SqlTransferLocks
+from labrelay.storage.sql.nonces import SqlNonces
 from tests.support.pgserver import PostgresServer
 
 T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
@@ -50,8 +54,7 @@ def test_migrations_reach_the_same_head_and_schema(pg_url: str) -> None:
 
 def _append_many(url: str, key_path: Path, n: int, who: str) -> None:
     engine = postgres_engine(url, 4)
-    sql = SqlStore(engine)
-    auditor = Auditor(sql, ManualClock(T0), SigningKey.load(key_path))
+    auditor = Auditor(SqlAuditLog(Database(engine)), ManualClock(T0), SigningKey.load(key_path))
     for i in range(n):
         auditor.record(AuditEvent.TRANSFER_LIST, actor=who, box="inbox", count=i)
     engine.dispose()
@@ -71,10 +74,10 @@ def test_one_chain_from_many_processes_and_threads(pg_url: str, tmp_path: Path) 
         assert p.exitcode == 0
     engine = create_engine(pg_url)
     try:
-        sql = SqlStore(engine)
-        records = list(sql.records())
+        audit = SqlAuditLog(Database(engine))
+        records = list(audit.records())
         report = verify_chain(records)
-        head = sql.checkpoint("head")
+        head = audit.checkpoint("head")
     finally:
         engine.dispose()
     assert len(records) == 4 * 3 * 25
@@ -145,22 +148,23 @@ def test_one_leader_and_takeover_when_its_session_dies(postgres: PostgresServer,
 
 def test_restart_gives_unavailable_then_service_resumes(postgres: PostgresServer, pg_url: str) -> None:
     engine = postgres_engine(pg_url, 4)
-    sql = SqlStore(engine)
+    db = Database(engine)
+    nonces, audit = SqlNonces(db), SqlAuditLog(db)
     try:
-        assert sql.remember("k", "n1", T0)
+        assert nonces.remember("k", "n1", T0)
         postgres.stop()
         try:
             with pytest.raises(Unavailable, match="retry later"):
-                sql.remember("k", "n2", T0)
+                nonces.remember("k", "n2", T0)
             with pytest.raises(Unavailable):
-                list(sql.records())
+                list(audit.records())
         finally:
             postgres.start()
         postgres.wait()
         # The pool's stale connections are noticed (pre-ping) and replaced: no manual step.
-        assert sql.remember("k", "n3", T0)
-        assert not sql.remember("k", "n1", T0)  # still remembered across the restart: replay still refused
-        assert sql.prune(T0 + timedelta(days=1)) == 2
+        assert nonces.remember("k", "n3", T0)
+        assert not nonces.remember("k", "n1", T0)  # still remembered across the restart: replay still refused
+        assert nonces.prune(T0 + timedelta(days=1)) == 2
     finally:
         engine.dispose()
 
@@ -168,13 +172,13 @@ def test_restart_gives_unavailable_then_service_resumes(postgres: PostgresServer
 def test_an_exhausted_pool_is_a_retryable_refusal(pg_url: str) -> None:
     """Every connection held (uploads in progress): the next caller gets Unavailable, never an internal error."""
     engine = postgres_engine(pg_url, 1, pool_timeout=0.5)  # do not wait 30 s in a test
-    sql, locks = SqlStore(engine), SqlTransferLocks(engine)
+    nonces, locks = SqlNonces(Database(engine)), SqlTransferLocks(engine)
     try:
         with locks.hold("t-busy"):
             with pytest.raises(Unavailable, match="retry later"):
-                sql.remember("k", "busy", T0)
+                nonces.remember("k", "busy", T0)
             with pytest.raises(Unavailable, match="retry later"), locks.hold("t-other"):
                 pass
-        assert sql.remember("k", "free", T0)
+        assert nonces.remember("k", "free", T0)
     finally:
         engine.dispose()

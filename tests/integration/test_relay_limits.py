@@ -24,7 +24,7 @@ from labrelay.domain.admin import AdminAction
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.errors import AuthenticationFailed, PartyRevoked, UntrustedEntry
-from labrelay.runtime import init_data_dir
+from labrelay.operations import init_data_dir
 from tests.integration.test_transport import self_signed, signed_headers
 from tests.support import abuse
 from tests.support.abuse import admin_command, connect, uploading_transfer

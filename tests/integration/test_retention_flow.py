@@ -24,7 +24,7 @@ from labrelay.clock import SystemClock
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.errors import IntegrityError, NotFound
-from labrelay.runtime import audit_summary
+from labrelay.operations import audit_summary
 from tests.support.world import RelayServer, World, make_world, sent_ids
 
 FAST_REAPER = {"reaper_interval": '"1s"'}

@@ -23,7 +23,7 @@ from labrelay.crypto.httpsig import sign_request
 from labrelay.crypto.keys import SigningKey
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import Role
-from labrelay.runtime import init_data_dir
+from labrelay.operations import init_data_dir
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:

@@ -44,7 +44,8 @@ from labrelay.domain.audit import GENESIS, verify_chain
 from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus
 from labrelay.errors import LabrelayError, NotFound
 from labrelay.runtime import engine_for
-from labrelay.storage.sql import SqlStore
+from labrelay.storage.sql.audit import SqlAuditLog
+from labrelay.storage.sql.engine import Database
 from tests.support.scaled import ReplicaSet
 from tests.support.world import World
 
@@ -393,7 +394,7 @@ class Crasher:
         """The audit records appended since the last check link to it and to each other."""
         engine = engine_for(load_settings(self.world.relay.data))
         try:
-            records = SqlStore(engine).records(self.audit_seq)
+            records = SqlAuditLog(Database(engine)).records(self.audit_seq)
             chain = verify_chain(records, start_prev=self.audit_hash, start_seq=self.audit_seq + 1)
         finally:
             engine.dispose()

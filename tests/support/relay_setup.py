@@ -22,8 +22,9 @@ from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Revocation, Role
 from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, policy_payload
 from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus, TransferState
+from labrelay.operations import init_data_dir
 from labrelay.relay.auth import Caller
-from labrelay.runtime import Relay, init_data_dir, open_relay
+from labrelay.runtime import Relay, open_relay
 
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 

@@ -29,8 +29,9 @@ from labrelay.clock import SystemClock
 from labrelay.config import load_settings
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
+from labrelay.operations import init_data_dir
 from labrelay.ports import PayloadStore
-from labrelay.runtime import engine_for, init_data_dir, payload_store_for
+from labrelay.runtime import engine_for, payload_store_for
 from labrelay.storage.keystore import FileKeyStore
 from tests.support.processes import RelayProcess
 from tests.support.scaled import ReplicaSet

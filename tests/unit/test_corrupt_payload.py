@@ -33,7 +33,7 @@ CHUNK = 7000  # upload chunks, hence at-rest records, of 7000 bytes
 def events(setup: Setup, event: AuditEvent, transfer_id: str | None = None) -> list:
     return [
         r.entry
-        for r in setup.relay.sql.records()
+        for r in setup.relay.sql.audit.records()
         if r.entry.event is event and (transfer_id is None or r.entry.transfer_id == transfer_id)
     ]
 
@@ -81,7 +81,7 @@ def test_a_record_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(
     assert 0 < len(received) < stream.size  # cut where the bad record begins, after what was sound
 
     # Held at once, in the database, for its reason; recorded once, with the sender named; an operator alerted.
-    record = setup.relay.sql.get(transfer_id)
+    record = setup.relay.sql.transfers.get(transfer_id)
     assert record is not None
     assert record.state is TransferState.AVAILABLE
     assert record.quarantined_at == setup.clock.now()
@@ -145,7 +145,7 @@ def test_a_first_record_that_fails_is_never_served_at_all(setup: Setup) -> None:
     assert events(setup, AuditEvent.DOWNLOAD_SERVE, transfer_id) == []  # no byte left the relay
     [corrupt] = events(setup, AuditEvent.PAYLOAD_CORRUPT)
     assert corrupt.details["quarantined"] is True
-    assert setup.relay.sql.get(transfer_id).held_because is QuarantineReason.CORRUPT  # type: ignore[union-attr]
+    assert setup.relay.sql.transfers.get(transfer_id).held_because is QuarantineReason.CORRUPT  # type: ignore[union-attr]
     assert len([a for a in setup.relay.detector.raised if a.rule == CORRUPT_PAYLOAD]) == 1
 
 
@@ -154,15 +154,15 @@ def test_other_holds_keep_their_reason_and_read_as_before(setup: Setup) -> None:
     administrator's hold of a sound payload still answers "not found", as before."""
     lab, cnam = parties(setup)
     transfer_id = available(setup, lab, cnam, b"synthetic, no health data\n" * 40)
-    setup.relay.sql.quarantine([transfer_id], setup.clock.now())
-    record = setup.relay.sql.get(transfer_id)
+    setup.relay.sql.transfers.quarantine([transfer_id], setup.clock.now())
+    record = setup.relay.sql.transfers.get(transfer_id)
     assert record is not None
     assert record.held_because is QuarantineReason.ADMIN
     with pytest.raises(NotFound):
         setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
-    with setup.relay.sql.engine.begin() as conn:
+    with setup.relay.sql.db.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE transfers SET quarantine_reason = NULL")
-    assert setup.relay.sql.get(transfer_id).held_because is QuarantineReason.ADMIN  # type: ignore[union-attr]
+    assert setup.relay.sql.transfers.get(transfer_id).held_because is QuarantineReason.ADMIN  # type: ignore[union-attr]
     assert events(setup, AuditEvent.PAYLOAD_CORRUPT) == []
 
 
@@ -189,7 +189,7 @@ def test_a_manifest_smaller_than_any_age_file_is_refused_at_creation(setup: Setu
         envelope, _ = setup.seal(lab, cnam, b"x", size=size)
         with pytest.raises(UsageError, match="smallest age file"):
             uploads.create(lab.caller, envelope)
-    assert setup.relay.sql.get(envelope["payload"]["transfer_id"]) is None
+    assert setup.relay.sql.transfers.get(envelope["payload"]["transfer_id"]) is None
     refusals = events(setup, AuditEvent.TRANSFER_REFUSE)
     assert [(e.actor, e.reason) for e in refusals] == [("lab-a", "usage")] * 3
     envelope, _ = setup.seal(lab, cnam, b"x", size=MIN_PAYLOAD_BYTES)

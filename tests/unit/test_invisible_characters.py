@@ -132,7 +132,7 @@ def test_the_console_shows_hidden_characters_escaped(setup: Setup) -> None:
     setup.relay.services.auditor.record(
         AuditEvent.ALERT_RAISE, reason="bad-signatures", subject=f"claimed:lab{RLO}-paris", count=20, threshold=20
     )
-    setup.relay.sql.set_lock("lab-paris", "lock", f"rule{RLO}x", setup.clock.now(), f"by\u200b{RLO}")
+    setup.relay.sql.control.set_lock("lab-paris", "lock", f"rule{RLO}x", setup.clock.now(), f"by\u200b{RLO}")
     console = setup.relay.services.console
     assert console is not None
     setup.clock.advance(timedelta(seconds=1))

@@ -52,7 +52,7 @@ def withdrawal(key: SigningKey, version: str, reason: str = "too loose") -> dict
 
 
 def events(setup: Setup, event: AuditEvent) -> list:
-    return [r.entry for r in setup.relay.sql.records() if r.entry.event is event]
+    return [r.entry for r in setup.relay.sql.audit.records() if r.entry.event is event]
 
 
 # ------------------------------------------------------------------ the lab's side
@@ -190,5 +190,5 @@ def test_the_relay_refuses_new_transfers_under_a_superseded_withdrawn_or_expired
 
     refusals = [e for e in events(setup, AuditEvent.TRANSFER_REFUSE) if e.reason == "permission-denied"]
     assert len(refusals) == 5
-    stored = {r.transfer_id for r in setup.relay.sql.for_sender("lab-a")}
+    stored = {r.transfer_id for r in setup.relay.sql.transfers.for_sender("lab-a")}
     assert stored == {in_flight["payload"]["transfer_id"], under_strict["payload"]["transfer_id"]}

@@ -52,7 +52,7 @@ def test_upload_serve_receipt_delete(setup: Setup) -> None:
     outbox = setup.relay.services.delivery.outbox(lab.caller)
     assert outbox[0].state is TransferState.DELIVERED
     assert outbox[0].receipt_envelope is not None
-    assert verify_chain(setup.relay.sql.records()).ok
+    assert verify_chain(setup.relay.sql.audit.records()).ok
 
 
 @pytest.mark.threat("T5")
@@ -67,7 +67,7 @@ def test_nothing_served_past_the_deadline_even_without_cleanup(setup: Setup) -> 
     assert setup.relay.services.delivery.inbox(cnam.caller) == []
     with pytest.raises(NotFound):
         setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
-    refusals = [r for r in setup.relay.sql.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
+    refusals = [r for r in setup.relay.sql.audit.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
     assert refusals[-1].entry.reason == "expired"
 
 
@@ -111,7 +111,7 @@ def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> Non
     with pytest.raises(IntegrityError, match="do not match the signed manifest"):
         setup.upload(lab, envelope, bytes(tampered))
     transfer_id = envelope["payload"]["transfer_id"]
-    assert setup.relay.sql.get(transfer_id).state is TransferState.REJECTED
+    assert setup.relay.sql.transfers.get(transfer_id).state is TransferState.REJECTED
     assert list(setup.relay.payloads.ids()) == []
     assert setup.relay.services.delivery.inbox(cnam.caller) == []
 
@@ -146,7 +146,7 @@ def test_an_upload_that_is_not_age_ciphertext_is_refused_at_its_first_chunk(setu
         assert setup.relay.payloads.uploaded(record.transfer_id) == 0
     refused = [
         r.entry
-        for r in setup.relay.sql.records()
+        for r in setup.relay.sql.audit.records()
         if r.entry.event is AuditEvent.UPLOAD_CHUNK and r.entry.transfer_id == record.transfer_id
     ]
     assert [(e.outcome, e.reason, e.actor) for e in refused] == [(Outcome.REFUSED, "not-ciphertext", "lab-a")] * 3
@@ -161,7 +161,7 @@ def test_an_upload_that_is_not_age_ciphertext_is_refused_at_its_first_chunk(setu
         uploads.append(
             lab.caller, record.transfer_id, start, end - start, digest_of(data[start:end]), [data[start:end]]
         )
-    assert setup.relay.sql.get(record.transfer_id).state is TransferState.AVAILABLE
+    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.AVAILABLE
     assert read_all(setup, cnam, record.transfer_id) == data
 
 
@@ -198,7 +198,7 @@ def test_manifest_checks_fail_closed(setup: Setup) -> None:
     env_big, _ = setup.seal(lab, cnam, b"x", size=setup.relay.settings.max_payload_bytes + 1)
     with pytest.raises(TooLarge):
         uploads.create(lab.caller, env_big)
-    assert setup.relay.sql.for_sender("lab-a") == setup.relay.sql.for_sender("lab-b") == []
+    assert setup.relay.sql.transfers.for_sender("lab-a") == setup.relay.sql.transfers.for_sender("lab-b") == []
 
 
 @pytest.mark.threat("T4")
@@ -252,10 +252,10 @@ def test_receipt_checks(setup: Setup) -> None:
     wrong_hash = sign_envelope({**good["payload"], "sha256": "0" * 64}, cnam.signing, cnam.name)
     with pytest.raises(IntegrityError):
         delivery.accept_receipt(cnam.caller, transfer_id, wrong_hash)
-    assert setup.relay.sql.get(transfer_id).state is TransferState.AVAILABLE
+    assert setup.relay.sql.transfers.get(transfer_id).state is TransferState.AVAILABLE
     delivery.accept_receipt(cnam.caller, transfer_id, good)
     delivery.accept_receipt(cnam.caller, transfer_id, good)  # a retried receipt is harmless
-    assert setup.relay.sql.get(transfer_id).state is TransferState.DELIVERED
+    assert setup.relay.sql.transfers.get(transfer_id).state is TransferState.DELIVERED
 
 
 def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
@@ -268,7 +268,7 @@ def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
         t.start()
     for t in threads:
         t.join()
-    report = verify_chain(setup.relay.sql.records())
+    report = verify_chain(setup.relay.sql.audit.records())
     assert report.ok
     assert report.records >= 300
 
@@ -304,7 +304,7 @@ def test_authentication_fails_closed(setup: Setup) -> None:
     setup.revoke("lab-a")
     with pytest.raises(PartyRevoked):
         auth.authenticate(request(lab, lab.signing, setup.clock.now()), has_body=False)
-    events = [r.entry for r in setup.relay.sql.records()]
+    events = [r.entry for r in setup.relay.sql.audit.records()]
     assert any(e.event is AuditEvent.AUTH_REPLAY for e in events)
     assert sum(e.event is AuditEvent.AUTH_FAILURE for e in events) >= 5
 
@@ -352,9 +352,9 @@ def test_another_senders_transfer_id_is_refused_without_saying_it_exists(setup: 
         setup.relay.services.uploads.create(lab.caller, own_again)
     assert foreign.value.message == own.value.message
     assert "exist" not in foreign.value.message
-    flagged = [r.entry for r in setup.relay.sql.records() if r.entry.reason == "id-collision"]
+    flagged = [r.entry for r in setup.relay.sql.audit.records() if r.entry.reason == "id-collision"]
     assert [e.actor for e in flagged] == ["lab-b"]
-    assert setup.relay.sql.get(taken).sender == "lab-a"
+    assert setup.relay.sql.transfers.get(taken).sender == "lab-a"
 
 
 def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
@@ -363,7 +363,7 @@ def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
     padded = {**envelope, "smuggled": "A" * 10_000}
     record, _ = setup.relay.services.uploads.create(lab.caller, padded)
     assert set(record.manifest_envelope) == {"payload", "signer", "alg", "sig"}
-    assert "smuggled" not in json.dumps(setup.relay.sql.get(record.transfer_id).manifest_envelope)
+    assert "smuggled" not in json.dumps(setup.relay.sql.transfers.get(record.transfer_id).manifest_envelope)
 
 
 @pytest.mark.threat("T5")
@@ -374,7 +374,9 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
     envelope, data = setup.seal(lab, cnam, b"x" * 5000)
     setup.upload(lab, envelope, data)
     delivered = envelope["payload"]["transfer_id"]
-    setup.relay.sql.transition(delivered, [TransferState.AVAILABLE], TransferState.DELIVERED, setup.clock.now())
+    setup.relay.sql.transfers.transition(
+        delivered, [TransferState.AVAILABLE], TransferState.DELIVERED, setup.clock.now()
+    )
     orphan = new_id()
     (setup.relay.payloads.root / f"{orphan}.payload").write_bytes(b"age-encryption.org/v1\n...")
     waiting_env, waiting_data = setup.seal(lab, cnam, b"keep me" * 100)
@@ -383,7 +385,9 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
     assert repaired == 2
     assert sorted(setup.relay.payloads.ids()) == [waiting_env["payload"]["transfer_id"]]
     causes = {
-        r.entry.details.get("cause") for r in setup.relay.sql.records() if r.entry.event is AuditEvent.PAYLOAD_DELETE
+        r.entry.details.get("cause")
+        for r in setup.relay.sql.audit.records()
+        if r.entry.event is AuditEvent.PAYLOAD_DELETE
     }
     assert {"recovery-orphan", "recovery-delivered"} <= causes
 
@@ -402,13 +406,13 @@ def test_an_upload_cut_after_its_last_chunk_is_finished_not_stranded(setup: Setu
     record, _ = uploads.create(lab.caller, envelope)
     writer = setup.relay.payloads.writer(record.transfer_id, 0)  # what _append does, up to the crash
     writer.write(data)
-    setup.relay.sql.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
-    assert setup.relay.sql.get(record.transfer_id).state is TransferState.UPLOADING
+    setup.relay.sql.transfers.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
+    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.UPLOADING
     assert record.transfer_id not in [r.transfer_id for r in delivery.inbox(cnam.caller)]
     if finisher == "sender-asks":
         status = uploads.upload_status(lab.caller, record.transfer_id)
         assert status.state is TransferState.AVAILABLE
     else:
         assert recovery.recover() >= 1
-    assert setup.relay.sql.get(record.transfer_id).state is TransferState.AVAILABLE
+    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.AVAILABLE
     assert b"".join(setup.relay.payloads.open(record.transfer_id)) == data

@@ -26,9 +26,10 @@ from labrelay.domain.retention import epoch_end
 from labrelay.domain.timeutil import to_epoch
 from labrelay.domain.transfers import TransferState
 from labrelay.errors import Conflict, EpochKeyGone, InsecureKeyFile, IntegrityError, NotFound, UsageError
+from labrelay.operations import init_data_dir
 from labrelay.relay.audit_check import verify_audit
 from labrelay.relay.retention import RetentionReport, check_retention
-from labrelay.runtime import init_data_dir, limits_for, open_relay
+from labrelay.runtime import limits_for, open_relay
 from labrelay.storage.files import LocalPayloadStore
 from labrelay.storage.keystore import FileKeyStore
 from tests.support.relay_setup import T0, Setup, digest_of, read_all
@@ -39,7 +40,12 @@ HOUR = timedelta(hours=1)
 def check(setup: Setup) -> RetentionReport:
     relay = setup.relay
     return check_retention(
-        relay.sql, relay.payloads, relay.keys, setup.clock, limits_for(relay.settings), relay.settings.epoch_length
+        relay.sql.transfers,
+        relay.payloads,
+        relay.keys,
+        setup.clock,
+        limits_for(relay.settings),
+        relay.settings.epoch_length,
     )
 
 
@@ -237,15 +243,15 @@ def test_years_of_deadlines_leave_nothing_past_its_time(setup: Setup) -> None:
         assert report.ok, report.as_dict()
         now = setup.clock.now()
         assert all(e > to_epoch(now) for e in setup.relay.keys.epochs())
-        assert not setup.relay.sql.open_past(now)
+        assert not setup.relay.sql.transfers.open_past(now)
     assert delivered > 50
     assert expired > 50
     # Two years: the audit log's retention (365 days) pruned the oldest records; what remains still verifies,
     # from the anchor the relay signed.
-    anchor = setup.relay.sql.checkpoint("anchor")
+    anchor = setup.relay.sql.audit.checkpoint("anchor")
     assert anchor is not None
     assert anchor.seq > 1
-    audit = verify_audit(setup.relay.sql, setup.relay.services.auditor.relay_public, now=setup.clock.now())
+    audit = verify_audit(setup.relay.sql.audit, setup.relay.services.auditor.relay_public, now=setup.clock.now())
     assert audit.ok, audit.as_dict()
     assert audit.first_seq == anchor.seq + 1
 
@@ -277,7 +283,7 @@ def test_a_reaper_pass_cut_short_is_finished_by_the_next_one(setup: Setup, tmp_p
     store.delete = dying_delete  # type: ignore[method-assign]
     with pytest.raises(Crash):
         setup.relay.services.reaper.run_once()
-    assert any(setup.relay.sql.get(i).state is TransferState.EXPIRED for i in ids)  # type: ignore[union-attr]
+    assert any(setup.relay.sql.transfers.get(i).state is TransferState.EXPIRED for i in ids)  # type: ignore[union-attr]
     assert len(list(store.ids())) > 0
     for transfer_id in ids:  # nothing is served meanwhile: deadlines are checked at read time
         with pytest.raises(NotFound):
@@ -290,12 +296,17 @@ def test_a_reaper_pass_cut_short_is_finished_by_the_next_one(setup: Setup, tmp_p
     try:
         restarted.services.reaper.run_once()  # what the relay does before serving its first request
         report = check_retention(
-            restarted.sql, restarted.payloads, restarted.keys, setup.clock, limits_for(settings), settings.epoch_length
+            restarted.sql.transfers,
+            restarted.payloads,
+            restarted.keys,
+            setup.clock,
+            limits_for(settings),
+            settings.epoch_length,
         )
         assert report.ok, report.as_dict()
         assert list(restarted.payloads.ids()) == []
-        assert not restarted.sql.open_past(setup.clock.now())
-        assert all(restarted.sql.get(i).state is TransferState.EXPIRED for i in ids)  # type: ignore[union-attr]
+        assert not restarted.sql.transfers.open_past(setup.clock.now())
+        assert all(restarted.sql.transfers.get(i).state is TransferState.EXPIRED for i in ids)  # type: ignore[union-attr]
     finally:
         restarted.close()
 
@@ -318,7 +329,7 @@ def test_an_upload_whose_bytes_vanished_restarts_and_a_lost_payload_is_closed(se
     assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0  # the sender starts again
     status = uploads.append(lab.caller, record.transfer_id, 0, len(up_data), digest_of(up_data), [up_data])
     assert status.state is TransferState.AVAILABLE
-    assert setup.relay.sql.get(done_env["payload"]["transfer_id"]).state is TransferState.EXPIRED  # type: ignore[union-attr]
+    assert setup.relay.sql.transfers.get(done_env["payload"]["transfer_id"]).state is TransferState.EXPIRED  # type: ignore[union-attr]
     assert check(setup).ok
 
 

@@ -28,8 +28,9 @@ from labrelay.domain.transfers import (
 )
 from labrelay.errors import Conflict, IntegrityError, NotFound, PermissionDenied, UsageError
 from labrelay.http.models import TransferOut
+from labrelay.operations import init_data_dir
 from labrelay.relay.detector import REFUSED_PAYLOAD
-from labrelay.runtime import init_data_dir, open_relay
+from labrelay.runtime import open_relay
 from tests.support.relay_setup import T0, Member, Setup, read_all
 
 POLICY = "fr-covid-2026.2"
@@ -53,7 +54,7 @@ def refusal_of(setup: Setup, signer: Member, envelope: dict, *, reason: str = "i
 
 
 def events(setup: Setup, event: AuditEvent) -> list:
-    return [r.entry for r in setup.relay.sql.records() if r.entry.event is event]
+    return [r.entry for r in setup.relay.sql.audit.records() if r.entry.event is event]
 
 
 def sent(setup: Setup, lab: Member, to: Member, plain: bytes = b"x" * 3000, **over: object) -> tuple[dict, str]:
@@ -207,7 +208,7 @@ def test_a_recipients_refusal_holds_the_transfer_and_tells_its_sender(setup: Set
     setup.clock.advance(timedelta(days=7))
     assert recovery.expire_due() == 2
     assert list(setup.relay.payloads.ids()) == []
-    assert setup.relay.sql.get(transfer_id).refusal_envelope == refusal
+    assert setup.relay.sql.transfers.get(transfer_id).refusal_envelope == refusal
 
 
 @pytest.mark.threat("T24")
@@ -244,7 +245,7 @@ def test_a_refusal_that_is_not_the_recipients_own_changes_nothing(setup: Setup) 
             delivery.refuse(caller.caller, transfer_id, refusal)
     with pytest.raises(UsageError):
         delivery.refuse(cnam.caller, "../" + transfer_id, good)
-    record = setup.relay.sql.get(transfer_id)
+    record = setup.relay.sql.transfers.get(transfer_id)
     assert (record.state, record.quarantined_at, record.refusal_envelope) == (TransferState.AVAILABLE, None, None)
     assert [r.transfer_id for r in delivery.inbox(cnam.caller)] == [transfer_id]
     refused = events(setup, AuditEvent.REFUSAL_REFUSE)
@@ -276,11 +277,11 @@ def test_only_an_available_transfer_can_be_refused(setup: Setup) -> None:
     setup.clock.advance(timedelta(hours=1))
     with pytest.raises(NotFound):
         delivery.refuse(cnam.caller, late_id, refusal_of(setup, cnam, late))
-    assert all(setup.relay.sql.get(t).refusal_envelope is None for t in (delivered_id, late_id))
+    assert all(setup.relay.sql.transfers.get(t).refusal_envelope is None for t in (delivered_id, late_id))
     # quarantined by an administrator before the recipient refused it: the refusal is still kept for the sender
     held, held_id = sent(setup, lab, cnam)
-    setup.relay.sql.quarantine([held_id], setup.clock.now())
-    quarantined_at = setup.relay.sql.get(held_id).quarantined_at
+    setup.relay.sql.transfers.quarantine([held_id], setup.clock.now())
+    quarantined_at = setup.relay.sql.transfers.get(held_id).quarantined_at
     setup.clock.advance(timedelta(minutes=1))
     record = delivery.refuse(cnam.caller, held_id, refusal_of(setup, cnam, held))
     assert record.refusal_envelope is not None
@@ -307,7 +308,7 @@ def test_unparsed_documents_go_only_to_recipients_the_policy_allows(setup: Setup
         assert "\n" not in info.value.message
     refused = [e for e in events(setup, AuditEvent.TRANSFER_REFUSE) if e.reason == "permission-denied"]
     assert [e.actor for e in refused] == ["lab-a"] * 3
-    assert setup.relay.sql.for_sender("lab-a") == []
+    assert setup.relay.sql.transfers.for_sender("lab-a") == []
     # To cnam, unparsed: accepted. To the ARS, routed under the policy: accepted.
     _, to_cnam = sent(setup, lab, cnam)
     _, routed = sent(setup, lab, ars, policy_version=POLICY, record_count=3)
@@ -346,6 +347,6 @@ def test_the_policy_in_force_decides_and_none_means_nobody(setup: Setup, tmp_pat
         envelope, _ = bare_setup.seal(lab_b, cnam_b, b"x")
         with pytest.raises(PermissionDenied, match="no routing policy is registered"):
             bare.services.uploads.create(lab_b.caller, envelope)
-        assert bare.sql.for_sender("lab-a") == []
+        assert bare.sql.transfers.for_sender("lab-a") == []
     finally:
         bare.close()

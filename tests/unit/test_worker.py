@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from labrelay.domain.audit import AuditEvent
+from labrelay.domain.audit import AuditEvent, Checkpoint
 from labrelay.relay.alerts import Alert, AlertDispatcher
 from labrelay.relay.worker import Checkpointer, Job, Worker
 from labrelay.storage.fs import FileLeader
@@ -36,6 +36,13 @@ def test_file_leader_is_exclusive_and_released(tmp_path: Path) -> None:
     assert not a.still_leader()
     assert b.try_acquire()
     b.release()
+
+
+class Witnessed(list[Checkpoint]):
+    """A witness keeping the heads it is shown, in memory."""
+
+    def observe(self, checkpoint: Checkpoint) -> None:
+        self.append(checkpoint)
 
 
 class CountingLeader(FileLeader):
@@ -87,7 +94,7 @@ def test_one_worker_runs_the_jobs_and_another_takes_over(setup: Setup, tmp_path:
         ta.join(5)
         if tb.is_alive():
             tb.join(5)
-    counts = setup.relay.sql.count_events()
+    counts = setup.relay.sql.audit.count_events()
     assert counts["worker:lead"] == 2
     assert counts["worker:standby"] == 2
 
@@ -95,9 +102,9 @@ def test_one_worker_runs_the_jobs_and_another_takes_over(setup: Setup, tmp_path:
 def test_checkpointer_verifies_witnesses_and_alerts_on_a_changed_record(setup: Setup) -> None:
     sink = Sink()
     alerts = AlertDispatcher([sink])
-    witnessed = []
+    witnessed = Witnessed()
     auditor = setup.relay.services.auditor
-    checkpointer = Checkpointer(setup.relay.sql, alerts, setup.clock, witnessed.append, full_every=3)
+    checkpointer = Checkpointer(setup.relay.sql.audit, alerts, setup.clock, witnessed, full_every=3)
     checkpointer.start()
     for _ in range(5):
         auditor.record(AuditEvent.TRANSFER_LIST, actor="cnam", box="inbox", count=0)
@@ -108,7 +115,7 @@ def test_checkpointer_verifies_witnesses_and_alerts_on_a_changed_record(setup: S
     auditor.record(AuditEvent.TRANSFER_LIST, actor="cnam", box="inbox", count=1)
     assert checkpointer.run() == witnessed[-1]
     # A record edited in place (no re-hash): not in the new stretch, but the full walk (every third run) finds it.
-    with setup.relay.sql.engine.begin() as conn:
+    with setup.relay.sql.db.engine.begin() as conn:
         conn.execute(text("UPDATE audit_events SET reason = 'edited' WHERE seq = 2"))
     assert checkpointer.run() is not None  # the third run: incremental, nothing new to verify
     assert checkpointer.failures == 0

@@ -50,7 +50,7 @@ def _command(
     now = SystemClock().now()
     if data is not None:
         from labrelay.config import load_settings  # noqa: PLC0415 - only the relay's commands read its settings
-        from labrelay.runtime import admin_direct, relay_verify_key  # noqa: PLC0415
+        from labrelay.operations import admin_direct, relay_verify_key  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
         relay = relay_verify_key(load_settings(data)).b64
         command = AdminCommand.new(AdminAction(action), target, reason, now, relay)
@@ -175,7 +175,7 @@ def audit_verify(
     """Verify the audit log: the hash chain, the signed head and anchor, and checkpoints clients hold. Names
     the first bad record. Reads only; works on a stopped relay. Exit 0 if it holds, 3 otherwise."""
     from labrelay.crypto.keys import load_verify_key_file  # noqa: PLC0415 - only this command needs it
-    from labrelay.runtime import audit_verify as run_verify  # noqa: PLC0415
+    from labrelay.operations import audit_verify as run_verify  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     pinned = load_verify_key_file(relay_key) if relay_key else None
     report = run_verify(data, SystemClock(), _load_checkpoints(checkpoints or []), pinned)
@@ -211,7 +211,7 @@ def audit_export(
     sink = out.open("w", encoding="utf-8") if out else sys.stdout
     try:
         if data is not None:
-            from labrelay.runtime import audit_export as run_export  # noqa: PLC0415
+            from labrelay.operations import audit_export as run_export  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
             for doc in run_export(data, after):
                 sink.write(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
@@ -263,7 +263,7 @@ def retention_check(
 ) -> None:
     """Prove that nothing outlives its deadline: no payload past it, no epoch key past its epoch, no orphan.
     Reads only; works on a stopped relay. Exit 0 when every check holds, 3 otherwise."""
-    from labrelay.runtime import retention_report  # noqa: PLC0415
+    from labrelay.operations import retention_report  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     report = retention_report(data, SystemClock())
     if as_json:
@@ -300,7 +300,7 @@ def passkeys(
     """List a party's console passkeys; --remove unbinds them (a lost or stolen authenticator) and ends its
     console sessions. The party can then register a new one with its signing key (lock or revoke it to keep
     it out). Audited as console:passkey-remove."""
-    from labrelay.runtime import console_passkeys  # noqa: PLC0415
+    from labrelay.operations import console_passkeys  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     held = console_passkeys(data, name, SystemClock(), remove=remove)
     verb = "removed" if remove else "bound"
@@ -312,7 +312,7 @@ def passkeys(
 def reap(data: DataOpt) -> None:
     """Run one reaper pass now: expire transfers past their deadline, delete their bytes and whatever a
     crash left, destroy epoch keys whose epoch has ended. Safe while the relay runs."""
-    from labrelay.runtime import reap_once  # noqa: PLC0415
+    from labrelay.operations import reap_once  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     result = reap_once(data, SystemClock())
     ui.out.print(

@@ -203,7 +203,7 @@ class _Run:
 def run_demo(
     workdir: Path, source: Path | None, records: int | None, keep_running: bool, progress: ui.TerminalProgress
 ) -> dict[str, Any]:
-    from labrelay.runtime import audit_summary, init_data_dir  # noqa: PLC0415
+    from labrelay.operations import audit_summary, init_data_dir  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     clock = SystemClock()
     timings = Timings()

@@ -28,7 +28,7 @@ from labrelay.domain.audit import (
     verify_chain,
 )
 from labrelay.errors import IntegrityError
-from labrelay.ports import AuditLog
+from labrelay.ports import AuditLog, Clock
 
 
 @dataclass
@@ -197,3 +197,16 @@ def _check_held(
             report.problems.append((cp.seq, f"a client holds checkpoint {cp.seq}, which the log no longer has"))
         elif stored != cp.hash:
             report.problems.append((cp.seq, f"record {cp.seq} differs from a checkpoint a client holds: rewritten"))
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """``verify_audit`` wired to one relay's log and key: what the console runs, and ``labrelay audit verify``."""
+
+    log: AuditLog
+    relay_key: VerifyKey
+    clock: Clock
+
+    def run(self, held: Sequence[Checkpoint] = ()) -> AuditReport:
+        """The report on the log now; ``held``: checkpoints clients kept."""
+        return verify_audit(self.log, self.relay_key, held, now=self.clock.now(), activity=self.log.activity())

@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -43,9 +43,11 @@ from labrelay.errors import (
     UsageError,
 )
 from labrelay.ports import AuditLog, Clock, ConsoleStore, TransferRepository
+from labrelay.relay.audit_check import AuditCheck
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import CommandResult, ControlService
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.retention import RetentionCheck
 from labrelay.relay.throttle import AddressLimiter, LimitReport, Throttled
 
 CHALLENGE_TTL = timedelta(minutes=5)
@@ -103,8 +105,12 @@ def _claimed_challenge(credential: Mapping[str, Any]) -> str:
 
 
 class ConsoleService:
+    """The console's use cases: passkeys, sign-in and sessions, passkey-approved commands, and what it shows (the
+    relay's metadata, the retention check and the audit verification, run on request)."""
+
     def __init__(
         self,
+        *,
         store: ConsoleStore,
         transfers: TransferRepository,
         audit_log: AuditLog,
@@ -112,9 +118,8 @@ class ConsoleService:
         control: ControlService,
         auditor: Auditor,
         clock: Clock,
-        *,
-        retention: Callable[[], Mapping[str, Any]] | None = None,
-        verify_audit: Callable[[], Mapping[str, Any]] | None = None,
+        retention: RetentionCheck,
+        audit_check: AuditCheck,
         signin_key: bytes,
         signin_limit: int = SIGNIN_LIMIT,
         session_ttl: timedelta = SESSION_TTL,
@@ -127,7 +132,7 @@ class ConsoleService:
         self._audit = auditor
         self._clock = clock
         self._retention = retention
-        self._verify_audit = verify_audit
+        self._audit_check = audit_check
         self.session_ttl = session_ttl
         self._signin_key = signin_key
         self.signin_limiter = AddressLimiter(signin_limit)
@@ -405,14 +410,10 @@ class ConsoleService:
         return shown(doc)
 
     def retention_check(self) -> Mapping[str, Any]:
-        if self._retention is None:
-            raise UsageError("the retention check runs where the payload store is: labrelay admin retention-check")
-        return shown(self._retention())
+        return shown(self._retention.run().as_dict())
 
     def audit_verification(self) -> Mapping[str, Any]:
-        if self._verify_audit is None:
-            raise UsageError("audit verification is not available here: labrelay audit verify")
-        return shown(self._verify_audit())
+        return shown(self._audit_check.run().as_dict())
 
 
 def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:

@@ -156,3 +156,19 @@ def _oldest(dated: list[TransferRecord], now: datetime) -> dict[str, Any] | None
         "age": format_duration(max(now - oldest.created_at, timedelta(seconds=1))),
         "deadline": to_rfc3339(oldest.deadline),
     }
+
+
+@dataclass(frozen=True)
+class RetentionCheck:
+    """``check_retention`` wired to one relay's stores: what the console runs, and ``labrelay admin
+    retention-check``."""
+
+    transfers: TransferRepository
+    payloads: PayloadStore
+    keys: KeyStore
+    clock: Clock
+    limits: TransferLimits
+    epoch_length: timedelta
+
+    def run(self) -> RetentionReport:
+        return check_retention(self.transfers, self.payloads, self.keys, self.clock, self.limits, self.epoch_length)

@@ -18,7 +18,7 @@ import structlog
 
 from labrelay.domain.audit import GENESIS, AuditEvent, Checkpoint, Outcome, verify_chain
 from labrelay.errors import LabrelayError
-from labrelay.ports import AuditLog, Clock, Leader
+from labrelay.ports import AuditLog, Clock, Leader, Witness
 from labrelay.relay.alerts import Alert, AlertDispatcher
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.detector import Detector
@@ -67,8 +67,8 @@ class AuditTail:
 
 
 class Checkpointer:
-    """Watches the audit chain while it is written, and hands each verified signed head to a witness (a checkpoints
-    file kept away from the database). Each run:
+    """Watches the audit chain while it is written, and hands each verified signed head to a ``Witness`` (a
+    checkpoints file kept away from the database). Each run:
 
     - verifies the new stretch of the chain, up to the signed head;
     - checks that the records at the heads it witnessed before still have the hashes it saw (a history rewritten
@@ -86,7 +86,7 @@ class Checkpointer:
         audit_log: AuditLog,
         alerts: AlertDispatcher,
         clock: Clock,
-        witness: Callable[[Checkpoint], None],
+        witness: Witness,
         *,
         full_every: int = 60,
     ) -> None:
@@ -133,7 +133,7 @@ class Checkpointer:
             return None
         self._seq, self._hash = head.seq, head.hash
         self.witnessed = [*self.witnessed, head][-self.KEPT :]
-        self._witness(head)
+        self._witness.observe(head)
         return head
 
     def _fail(self, seq: int, problem: str) -> None:

@@ -19,7 +19,7 @@ def server_init(
     ] = "",
 ) -> None:
     """Create a relay data directory: settings, pinned authority key, database, payload directory."""
-    from labrelay.runtime import init_data_dir  # noqa: PLC0415
+    from labrelay.operations import init_data_dir  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     settings = init_data_dir(data_dir, authority, database_url=database_url)
     ui.out.print(
@@ -32,7 +32,7 @@ def server_upgrade(
     data: Annotated[Path, typer.Option("--data", help="The relay's data directory.")],
 ) -> None:
     """Bring the relay's database schema up to this version's."""
-    from labrelay.runtime import policy_refusal, upgrade_data_dir  # noqa: PLC0415
+    from labrelay.operations import policy_refusal, upgrade_data_dir  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     ui.out.print(f"schema at {upgrade_data_dir(data)}", markup=False)
     refusal = policy_refusal(data)
@@ -60,7 +60,7 @@ def serve(
     from labrelay.config import load_settings  # noqa: PLC0415 - only the relay's commands read its settings
     from labrelay.crypto.keys import check_private_permissions  # noqa: PLC0415 - only serve needs it
     from labrelay.http.server import check_listen, run  # noqa: PLC0415 - FastAPI and uvicorn load only to serve
-    from labrelay.runtime import open_relay  # noqa: PLC0415
+    from labrelay.runtime import open_relay  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     check_listen(host, tls_cert, tls_key)
     if tls_key is not None:
@@ -83,7 +83,7 @@ def worker(
     import threading  # noqa: PLC0415 - only the worker needs it
 
     from labrelay.cli.logging import configure_logging  # noqa: PLC0415 - structlog, for the relay's processes only
-    from labrelay.runtime import run_worker  # noqa: PLC0415
+    from labrelay.operations import run_worker  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     configure_logging()
     stop = threading.Event()
