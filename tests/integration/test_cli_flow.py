@@ -122,7 +122,7 @@ def test_file_sealed_by_the_age_tool_decrypts_with_our_identity(tmp_path: Path, 
     plain.write_bytes(os.urandom(200_000))
     subprocess.run([age_tool, "-r", ident.recipient, "-o", str(tmp_path / "c.age"), str(plain)], check=True)
     with (tmp_path / "c.age").open("rb") as src, (tmp_path / "out").open("wb") as dst:
-        age_stream.decrypt(src, dst, AgeIdentity.load_all(tmp_path / "identity.txt"))
+        age_stream.decrypt(src, dst, AgeIdentity.load_all(tmp_path / "identity.txt"), expect=None)
     assert (tmp_path / "out").read_bytes() == plain.read_bytes()
 
 

@@ -10,10 +10,18 @@ from typing import Any
 import pytest
 
 from labrelay.client.api import RelayClient
-from labrelay.client.fetch import fetch_all, ledger_entry
+from labrelay.client.fetch import (
+    acknowledge,
+    fetch_all,
+    ledger_entry,
+    verify_manifest,
+    verify_manifest_ignoring_deadline,
+)
+from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import ManualClock, SystemClock
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import SigningKey
+from labrelay.domain.transfers import ReceiptStatus
 from labrelay.errors import IntegrityError, Unavailable
 from tests.support.world import positives_in, sent_ids
 
@@ -51,6 +59,31 @@ def test_an_offer_past_its_deadline_is_refused_by_the_client(world, cli, batch: 
     assert "after its deadline" in error.message
     assert not list(out.glob("*.csv"))
     assert state_of(world, transfer_id) == "available"
+
+
+def test_a_raw_download_made_in_time_is_acknowledged_after_its_deadline_by_the_check_named_for_it(
+    world, cli, batch: Path
+) -> None:
+    """``fetch --raw`` before the deadline, ``receipt`` after it: the receipt attests a download made in time, so the
+    receipt path skips the deadline, by name (``verify_manifest_ignoring_deadline``); ``verify_manifest``, which every
+    fetch calls with the time, refuses the same manifest then."""
+    sent = cli(
+        "send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--ttl", "1h"
+    )
+    transfer_id = sent_ids(sent.out)["cnam"]
+    raw = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", world.root / "raw", "--raw")
+    assert raw.code == 0, str(raw)
+    cnam = world.parties["cnam"]
+    later = ManualClock(datetime.now(UTC) + timedelta(hours=2))
+    with world.client("cnam") as client:
+        envelope = client.transfer(transfer_id)["manifest"]
+        directory = TrustedDirectory(cnam.authority, client.directory(), later.now())
+        with pytest.raises(IntegrityError, match="after its deadline"):
+            verify_manifest(cnam, directory, envelope, transfer_id, now=later.now())
+        assert verify_manifest_ignoring_deadline(cnam, directory, envelope, transfer_id).transfer_id == transfer_id
+        receipt = acknowledge(cnam, client, transfer_id, later)
+    assert receipt.status is ReceiptStatus.RECEIVED
+    assert state_of(world, transfer_id) == "delivered"
 
 
 def test_a_transfer_offered_again_is_acknowledged_again_not_decrypted_again(world, cli, batch: Path) -> None:

@@ -54,7 +54,7 @@ def test_upload_resumes_after_the_relay_is_killed(world, cli, tmp_path: Path) ->
         assert manifest.transfer_id in resumed.out
         offsets = [d for d in audit_details(world, "upload:chunk") if '"offset":1048576' in d]
         assert offsets, "the second run started at the relay's offset, not from zero"
-        assert not list(lab.outbox.iterdir())  # ciphertext spool removed once uploaded
+        assert not list(lab.ensure_outbox().iterdir())  # ciphertext spool removed once uploaded
         out = tmp_path / "out"
         fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", url, "--out", out)
         assert fetched.code == 0, str(fetched)
@@ -161,4 +161,4 @@ def test_nothing_is_served_past_its_deadline(world, cli, tmp_path: Path) -> None
     )
     assert too_long.code == 2, str(too_long)
     assert "longer than the relay keeps payloads (30d)" in too_long.err
-    assert not list(world.parties["lab-paris-01"].outbox.iterdir())
+    assert not list(world.parties["lab-paris-01"].ensure_outbox().iterdir())

@@ -213,7 +213,7 @@ class Crasher:
         with self.client(self.lab.name) as client:
             manifest = self.create(client, source, timedelta(hours=2))
             outcome["transfer_id"] = manifest.transfer_id
-            spool = self.lab.outbox / f"{manifest.transfer_id}.age"
+            spool = self.lab.ensure_outbox() / f"{manifest.transfer_id}.age"
             with spool.open("rb") as fh:
                 offset = self.upload_chunk(client, manifest, fh, 0)
                 outcome["before"] = offset
@@ -226,7 +226,7 @@ class Crasher:
         source = self._new_payload(1)
         with self.client(self.lab.name) as client:
             manifest = self.create(client, source, timedelta(hours=2))
-            with (self.lab.outbox / f"{manifest.transfer_id}.age").open("rb") as fh:
+            with (self.lab.ensure_outbox() / f"{manifest.transfer_id}.age").open("rb") as fh:
                 self.upload_chunk(client, manifest, fh, 0)
         outcome["transfer_id"] = manifest.transfer_id
         with self.client(self.cnam.name) as client:
@@ -237,7 +237,7 @@ class Crasher:
         with self.client(self.lab.name) as client:
             manifest = self.create(client, source, SHORT_TTL)
             self.ledger.short_lived.add(manifest.transfer_id)
-            with (self.lab.outbox / f"{manifest.transfer_id}.age").open("rb") as fh:
+            with (self.lab.ensure_outbox() / f"{manifest.transfer_id}.age").open("rb") as fh:
                 self.upload_chunk(client, manifest, fh, 0)
         outcome["transfer_id"] = manifest.transfer_id
         left = (manifest.deadline - datetime.now(UTC)).total_seconds()
@@ -283,7 +283,7 @@ class Crasher:
                     f"{tid}: {state} after a kill on its last chunk (acknowledged whole: {acked_whole})",
                 )
             if phase in ("mid-chunk", "last-chunk") and state == "uploading":
-                with (self.lab.outbox / f"{tid}.age").open("rb") as fh:
+                with (self.lab.ensure_outbox() / f"{tid}.age").open("rb") as fh:
                     offset = lab.upload_offset(tid)
                     while offset < manifest.size:
                         offset = self.upload_chunk(lab, manifest, fh, offset)
@@ -450,7 +450,7 @@ class RandomDriver(threading.Thread):
             self._upload(client, manifest, 0)
 
     def _upload(self, client: RelayClient, manifest: Manifest, offset: int) -> None:
-        with (self.crasher.lab.outbox / f"{manifest.transfer_id}.age").open("rb") as fh:
+        with (self.crasher.lab.ensure_outbox() / f"{manifest.transfer_id}.age").open("rb") as fh:
             while offset < manifest.size and not self.stop.is_set():
                 self.phase = "last-chunk" if manifest.size - offset <= CHUNK else "mid-upload"
                 offset = self.crasher.upload_chunk(client, manifest, fh, offset)

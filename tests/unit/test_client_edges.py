@@ -60,15 +60,15 @@ def test_tidy_drops_what_a_run_killed_while_naming_left_and_nothing_else(lab: Pa
     half = sealed(lab, killed.batch_id, killed.source_sha256)
     waiting = sealed(lab, fine.batch_id, fine.source_sha256)
     legacy = sealed(lab, new_id(), None)  # sealed by an older client or the API: no batch on record
-    orphan = lab.outbox / f"{new_id()}.age"  # a spool whose manifest was never written
+    orphan = lab.ensure_outbox() / f"{new_id()}.age"  # a spool whose manifest was never written
     orphan.write_bytes(b"x")
-    (lab.outbox / f"{TEMP_PREFIX}1234").write_bytes(b"x")
+    (lab.ensure_outbox() / f"{TEMP_PREFIX}1234").write_bytes(b"x")
     assert tidy(lab) == [killed.batch_id]
     assert pending(lab) == sorted([waiting, legacy])
     assert not half.exists()
     assert not half.with_suffix(".age").exists()
     assert not orphan.exists()
-    assert [p.name for p in lab.outbox.iterdir() if p.name.startswith(TEMP_PREFIX)] == []
+    assert [p.name for p in lab.ensure_outbox().iterdir() if p.name.startswith(TEMP_PREFIX)] == []
     assert index.of_source(killed.source_sha256) == []
     assert [b.batch_id for b in index.of_source(fine.source_sha256)] == [fine.batch_id]
 

@@ -127,8 +127,21 @@ def test_age_round_trip_hashes_agree() -> None:
     assert sealed.getvalue().startswith(b"age-encryption.org/v1\n")
     assert size == len(sealed.getvalue())
     opened = io.BytesIO()
-    assert age_stream.decrypt(io.BytesIO(sealed.getvalue()), opened, [ident]) == (size, sha)
+    age_stream.decrypt(io.BytesIO(sealed.getvalue()), opened, [ident], expect=age_stream.Expected(size, sha))
     assert opened.getvalue() == plain
+
+
+def test_age_decrypt_refuses_a_ciphertext_not_the_one_expected() -> None:
+    """A ciphertext that decrypts, but is not the size and SHA-256 the caller holds (a signed manifest's), is refused:
+    the caller never compares them itself."""
+    ident = AgeIdentity.generate()
+    sealed = io.BytesIO()
+    size, sha = age_stream.encrypt(io.BytesIO(b"x" * 1000), sealed, [ident.recipient])
+    other = io.BytesIO()
+    age_stream.encrypt(io.BytesIO(b"x" * 1000), other, [ident.recipient])  # the same plaintext, sealed again
+    for expected in (age_stream.Expected(size, sha), age_stream.Expected(size + 1, sha)):
+        with pytest.raises(IntegrityError, match="not the one expected"):
+            age_stream.decrypt(io.BytesIO(other.getvalue()), io.BytesIO(), [ident], expect=expected)
 
 
 @pytest.mark.threat("T7")
@@ -141,13 +154,13 @@ def test_age_tampering_and_wrong_key_refused() -> None:
         flipped = bytearray(data)
         flipped[position] ^= 0x01
         with pytest.raises(IntegrityError):
-            age_stream.decrypt(io.BytesIO(bytes(flipped)), io.BytesIO(), [ident])
+            age_stream.decrypt(io.BytesIO(bytes(flipped)), io.BytesIO(), [ident], expect=None)
     with pytest.raises(IntegrityError):  # truncated: STREAM's last-chunk flag
-        age_stream.decrypt(io.BytesIO(bytes(data[:-20000])), io.BytesIO(), [ident])
+        age_stream.decrypt(io.BytesIO(bytes(data[:-20000])), io.BytesIO(), [ident], expect=None)
     with pytest.raises(IntegrityError):  # trailing bytes would be outside the signed hash
-        age_stream.decrypt(io.BytesIO(bytes(data) + b"x"), io.BytesIO(), [ident])
+        age_stream.decrypt(io.BytesIO(bytes(data) + b"x"), io.BytesIO(), [ident], expect=None)
     with pytest.raises(IntegrityError):
-        age_stream.decrypt(io.BytesIO(bytes(data)), io.BytesIO(), [AgeIdentity.generate()])
+        age_stream.decrypt(io.BytesIO(bytes(data)), io.BytesIO(), [AgeIdentity.generate()], expect=None)
 
 
 def test_age_identity_file_is_standard(tmp_path: Path) -> None:
@@ -261,6 +274,6 @@ def test_full_disk_is_operational_not_integrity() -> None:
     sealed = io.BytesIO()
     age_stream.encrypt(io.BytesIO(b"x" * 100_000), sealed, [ident.recipient])
     with pytest.raises(StorageFull):
-        age_stream.decrypt(io.BytesIO(sealed.getvalue()), _FullDisk(), [ident])
+        age_stream.decrypt(io.BytesIO(sealed.getvalue()), _FullDisk(), [ident], expect=None)
     with pytest.raises(StorageFull):
         age_stream.encrypt(io.BytesIO(b"x" * 100_000), _FullDisk(), [ident.recipient])

@@ -12,7 +12,7 @@ import pytest
 from isal import igzip
 
 from labrelay.client.fetch import INFLATE_STEP, _Plaintext
-from labrelay.client.send import GZIP_LEVEL
+from labrelay.client.spool import GZIP_LEVEL
 from labrelay.errors import IntegrityError
 
 CSV = b"nir,nom\n" + b"".join(b"1%014d,NOM%d\n" % (i, i) for i in range(20_000))

@@ -192,7 +192,7 @@ def test_a_backup_taken_before_the_deadline_is_unreadable_after_it(setup: Setup,
     # Control: while the epoch key exists, the copy does open (so the assertions below can fail).
     copy_store = LocalPayloadStore(backup / "payloads", setup.relay.keys, settings.epoch_length)
     decrypted = io.BytesIO()
-    age_stream.decrypt(io.BytesIO(b"".join(copy_store.open(tid))), decrypted, [cnam.identity])
+    age_stream.decrypt(io.BytesIO(b"".join(copy_store.open(tid))), decrypted, [cnam.identity], expect=None)
     assert decrypted.getvalue() == plain
 
     setup.clock.advance(timedelta(days=3))  # past the deadline and the end of its epoch
@@ -206,7 +206,7 @@ def test_a_backup_taken_before_the_deadline_is_unreadable_after_it(setup: Setup,
         b"".join(LocalPayloadStore(backup / "payloads", FileKeyStore(tmp_path / "other-keys"), HOUR).open(tid))
     for start in range(2):
         with pytest.raises(Exception):  # noqa: B017, PT011 - whatever it raises, it must not decrypt
-            age_stream.decrypt(io.BytesIO(stolen.read_bytes()[start:]), io.BytesIO(), [cnam.identity])
+            age_stream.decrypt(io.BytesIO(stolen.read_bytes()[start:]), io.BytesIO(), [cnam.identity], expect=None)
     tool = subprocess.run([age_tool(), "--decrypt", "-i", str(identity), str(stolen)], capture_output=True, check=False)
     assert tool.returncode != 0
     assert plain[:32] not in tool.stdout

@@ -233,26 +233,7 @@ class CsvReader:
             return None
         line = pl.col("line")
         length = line.str.len_bytes()
-        if quoted:
-            fields = line.str.replace_all(_QUOTED, "").str.count_matches(sep, literal=True) + 1
-            padded = True
-        else:
-            # Without quotes, a record has all its fields exactly when its line is as long as its fields plus the
-            # separators between them: a short record (padded with empty fields) or a long one (truncated) is
-            # not. Byte lengths are free in Arrow (offsets), unlike counting separators; the few lines that fail
-            # are counted exactly below, to say whether fields are missing or extra.
-            crlf = line.str.ends_with("\r").cast(pl.Int64)
-            parsed = pl.sum_horizontal([pl.col(c).str.len_bytes().cast(pl.Int64) for c in self.layout.columns])
-            fields = pl.when(length.cast(pl.Int64) == parsed + (expected - 1) + crlf).then(expected).otherwise(-1)
-            # Can a value carry spaces around it? Only next to a separator or at either end of a line.
-            spaced = (
-                line.str.contains(f" {sep}", literal=True)
-                | line.str.contains(f"{sep} ", literal=True)
-                | line.str.starts_with(" ")
-                | line.str.ends_with(" ")
-                | line.str.ends_with(" \r")
-            )
-            padded = bool(lines.select(spaced.any()).item())
+        fields, padded = self._field_counts(lines, quoted)
         # Control characters: one pass over the bytes says whether any line needs the per-line pattern.
         control = len(data.translate(None, _CONTROL_BYTES)) != len(data) or (
             b"\r" in data and data.count(b"\r") != data.count(b"\r\n")
@@ -271,12 +252,43 @@ class CsvReader:
         broken = (pl.col("fields") != expected) | (pl.col("length") > RAW_MAX * expected)
         if not frame.select(broken.any()).item():
             return Batch(frame.select(*FIELDS, "_record", "_control"), [], frame.height, padded)
-        bad = frame.filter(broken).with_columns(
-            (line.str.count_matches(sep, literal=True) + 1).alias("counted")
-            if not quoted
-            else pl.col("fields").alias("counted")
+        rejected = self._rejections(frame.filter(broken), quoted)
+        good = frame.filter(~broken)
+        return Batch(good.select(*FIELDS, "_record", "_control"), rejected, frame.height, padded)
+
+    def _field_counts(self, lines: pl.DataFrame, quoted: bool) -> tuple[pl.Expr, bool]:
+        """(each line's count of fields, or -1 when it does not have them all; whether any value may carry spaces
+        around it)."""
+        expected = len(self.layout.columns)
+        sep = self.layout.separator
+        line = pl.col("line")
+        if quoted:
+            return line.str.replace_all(_QUOTED, "").str.count_matches(sep, literal=True) + 1, True
+        # Without quotes, a record has all its fields exactly when its line is as long as its fields plus the
+        # separators between them: a short record (padded with empty fields) or a long one (truncated) is
+        # not. Byte lengths are free in Arrow (offsets), unlike counting separators; the few lines that fail
+        # are counted exactly below, to say whether fields are missing or extra.
+        crlf = line.str.ends_with("\r").cast(pl.Int64)
+        parsed = pl.sum_horizontal([pl.col(c).str.len_bytes().cast(pl.Int64) for c in self.layout.columns])
+        length = line.str.len_bytes().cast(pl.Int64)
+        fields = pl.when(length == parsed + (expected - 1) + crlf).then(expected).otherwise(-1)
+        # Can a value carry spaces around it? Only next to a separator or at either end of a line.
+        spaced = (
+            line.str.contains(f" {sep}", literal=True)
+            | line.str.contains(f"{sep} ", literal=True)
+            | line.str.starts_with(" ")
+            | line.str.ends_with(" ")
+            | line.str.ends_with(" \r")
         )
-        rejected = [
+        return fields, bool(lines.select(spaced.any()).item())
+
+    def _rejections(self, bad: pl.DataFrame, quoted: bool) -> list[tuple[int, str, str]]:
+        """The broken records' reasons: too long, or fields missing or extra (counted exactly here)."""
+        expected = len(self.layout.columns)
+        counted = (
+            pl.col("fields") if quoted else pl.col("line").str.count_matches(self.layout.separator, literal=True) + 1
+        )
+        return [
             (
                 rec,
                 "*",
@@ -284,10 +296,8 @@ class CsvReader:
                     Reason.TOO_LONG if n == expected else Reason.MISSING_FIELDS if n < expected else Reason.EXTRA_FIELDS
                 ),
             )
-            for rec, n in zip(bad["_record"].to_list(), bad["counted"].to_list(), strict=True)
+            for rec, n in zip(bad["_record"].to_list(), bad.select(counted).to_series().to_list(), strict=True)
         ]
-        good = frame.filter(~broken)
-        return Batch(good.select(*FIELDS, "_record", "_control"), rejected, frame.height, padded)
 
     # ------------------------------------------------------------ slow path: record by record
 

@@ -30,15 +30,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from labrelay.batch.csv_reader import Batch
-from labrelay.domain.records import FIELDS, RESULT_SNOMED, Reason, Result
+from labrelay.batch.items import Overlong, StructureError, bounded_lines, numbered_batches
+from labrelay.domain.records import FIELDS, RESULT_SNOMED, Result
 from labrelay.errors import NotResults
 
 MAX_JSON = 64 * 1024 * 1024
 MAX_LINE = 1024 * 1024
-BATCH_RECORDS = 20_000
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 INS_NIR = "urn:oid:1.2.250.1.213.1.4.8"
@@ -52,60 +50,88 @@ AGE_EXT = "urn:labrelay:fhir:age-at-sampling"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
-class StructureError(ValueError):
-    pass
-
-
 # ------------------------------------------------------------------ writing
 
 
 def bundle_for(rec: Mapping[str, Any], ident: str) -> dict[str, Any]:
     """A collection Bundle for one record (``ident``: a UUID naming it). Fields absent from ``rec`` are left out."""
-
-    def has(name: str) -> bool:
-        return rec.get(name) not in (None, "")
-
     namespace = uuid.UUID(ident)
 
     def ref(kind: str) -> str:
         return f"urn:uuid:{uuid.uuid5(namespace, kind)}"
 
+    patient = ref("pat")
+    entries = [_entry(patient, _patient(rec))]
+    observation = _observation(rec, patient)
+    if _has(rec, "date_prelevement"):
+        observation["effectiveDateTime"] = str(rec["date_prelevement"])
+        entries.append(_entry(ref("spe"), _specimen(rec, patient)))
+        observation["specimen"] = {"reference": ref("spe")}
+    if _has(rec, "laboratoire_finess"):
+        organization = {
+            "resourceType": "Organization",
+            "identifier": [{"system": FINESS, "value": rec["laboratoire_finess"]}],
+        }
+        entries.append(_entry(ref("org"), organization))
+        observation["performer"] = [{"reference": ref("org")}]
+    if _has(rec, "prescripteur_rpps") or _has(rec, "prescripteur_nom"):
+        entries.append(_entry(ref("pra"), _practitioner(rec)))
+        entries.append(_entry(ref("req"), _service_request(rec, patient, ref("pra"))))
+        observation["basedOn"] = [{"reference": ref("req")}]
+    entries.append(_entry(ref("obs"), observation))
+    if _has(rec, "date_validation"):
+        entries.append(_entry(ref("rep"), _report(rec, patient, ref("obs"))))
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def _has(rec: Mapping[str, Any], name: str) -> bool:
+    return rec.get(name) not in (None, "")
+
+
+def _entry(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
+    return {"fullUrl": full_url, "resource": resource}
+
+
+def _patient(rec: Mapping[str, Any]) -> dict[str, Any]:
     patient: dict[str, Any] = {"resourceType": "Patient"}
-    if has("nir"):
+    if _has(rec, "nir"):
         patient["identifier"] = [{"system": INS_NIR_TEST, "value": rec["nir"]}]
-    if has("pseudonyme"):
+    if _has(rec, "pseudonyme"):
         patient["identifier"] = [{"system": PSEUDONYM_SYSTEM, "value": rec["pseudonyme"]}]
-    if has("nom") or has("prenom"):
+    if _has(rec, "nom") or _has(rec, "prenom"):
         name: dict[str, Any] = {"use": "official"}
-        if has("nom"):
+        if _has(rec, "nom"):
             name["family"] = rec["nom"]
-        if has("prenom"):
+        if _has(rec, "prenom"):
             name["given"] = [rec["prenom"]]
         patient["name"] = [name]
-    if has("sexe"):
+    if _has(rec, "sexe"):
         patient["gender"] = {"M": "male", "F": "female"}.get(str(rec["sexe"]), "unknown")
-    if has("date_naissance"):
+    if _has(rec, "date_naissance"):
         patient["birthDate"] = str(rec["date_naissance"])
-    if has("age"):
+    if _has(rec, "age"):
         patient["extension"] = [{"url": AGE_EXT, "valueInteger": int(rec["age"])}]
     address: dict[str, Any] = {}
-    if has("adresse"):
+    if _has(rec, "adresse"):
         address["line"] = [rec["adresse"]]
-    if has("commune"):
+    if _has(rec, "commune"):
         address["city"] = rec["commune"]
-    if has("code_postal"):
+    if _has(rec, "code_postal"):
         address["postalCode"] = rec["code_postal"]
-    if has("code_commune_insee"):
+    if _has(rec, "code_commune_insee"):
         address["extension"] = [
             {"url": INSEE_EXT, "valueCoding": {"system": COMMUNE_SYSTEM, "code": rec["code_commune_insee"]}}
         ]
     if address:
         patient["address"] = [address]
-    telecom = [{"system": "phone", "value": rec["telephone"]}] if has("telephone") else []
-    telecom += [{"system": "email", "value": rec["email"]}] if has("email") else []
+    telecom = [{"system": "phone", "value": rec["telephone"]}] if _has(rec, "telephone") else []
+    telecom += [{"system": "email", "value": rec["email"]}] if _has(rec, "email") else []
     if telecom:
         patient["telecom"] = telecom
-    entries = [{"fullUrl": ref("pat"), "resource": patient}]
+    return patient
+
+
+def _observation(rec: Mapping[str, Any], patient: str) -> dict[str, Any]:
     observation: dict[str, Any] = {
         "resourceType": "Observation",
         "status": "final",
@@ -113,7 +139,7 @@ def bundle_for(rec: Mapping[str, Any], ident: str) -> dict[str, Any]:
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
         ],
         "code": {"coding": [{"system": LOINC, "code": rec.get("code_loinc", "")}]},
-        "subject": {"reference": ref("pat")},
+        "subject": {"reference": patient},
     }
     result = str(rec.get("resultat", ""))
     if result in (Result.POSITIVE, Result.NEGATIVE):
@@ -122,71 +148,50 @@ def bundle_for(rec: Mapping[str, Any], ident: str) -> dict[str, Any]:
     elif result:
         observation["valueCodeableConcept"] = {"text": result}
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "IND"}]}]
-    if has("date_prelevement"):
-        observation["effectiveDateTime"] = str(rec["date_prelevement"])
-        entries.append(
-            {
-                "fullUrl": ref("spe"),
-                "resource": {
-                    "resourceType": "Specimen",
-                    "subject": {"reference": ref("pat")},
-                    "type": {"coding": [{"system": SNOMED, "code": "258500001"}]},
-                    "collection": {"collectedDateTime": str(rec["date_prelevement"])},
-                },
-            }
-        )
-        observation["specimen"] = {"reference": ref("spe")}
-    if has("laboratoire_finess"):
-        entries.append(
-            {
-                "fullUrl": ref("org"),
-                "resource": {
-                    "resourceType": "Organization",
-                    "identifier": [{"system": FINESS, "value": rec["laboratoire_finess"]}],
-                },
-            }
-        )
-        observation["performer"] = [{"reference": ref("org")}]
-    if has("prescripteur_rpps") or has("prescripteur_nom"):
-        practitioner: dict[str, Any] = {"resourceType": "Practitioner"}
-        if has("prescripteur_rpps"):
-            practitioner["identifier"] = [{"system": RPPS, "value": rec["prescripteur_rpps"]}]
-        if has("prescripteur_nom"):
-            given, _, family = str(rec["prescripteur_nom"]).partition(" ")
-            practitioner["name"] = [{"family": family, "given": [given]}]
-        if has("prescripteur_telephone"):
-            practitioner["telecom"] = [{"system": "phone", "value": rec["prescripteur_telephone"]}]
-        entries.append({"fullUrl": ref("pra"), "resource": practitioner})
-        entries.append(
-            {
-                "fullUrl": ref("req"),
-                "resource": {
-                    "resourceType": "ServiceRequest",
-                    "status": "active",
-                    "intent": "order",
-                    "subject": {"reference": ref("pat")},
-                    "requester": {"reference": ref("pra")},
-                    "code": {"coding": [{"system": LOINC, "code": rec.get("code_loinc", "")}]},
-                },
-            }
-        )
-        observation["basedOn"] = [{"reference": ref("req")}]
-    entries.append({"fullUrl": ref("obs"), "resource": observation})
-    if has("date_validation"):
-        entries.append(
-            {
-                "fullUrl": ref("rep"),
-                "resource": {
-                    "resourceType": "DiagnosticReport",
-                    "status": "final",
-                    "code": {"coding": [{"system": LOINC, "code": "11502-2"}]},
-                    "subject": {"reference": ref("pat")},
-                    "issued": f"{rec['date_validation']}T12:00:00+00:00",
-                    "result": [{"reference": ref("obs")}],
-                },
-            }
-        )
-    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    return observation
+
+
+def _specimen(rec: Mapping[str, Any], patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Specimen",
+        "subject": {"reference": patient},
+        "type": {"coding": [{"system": SNOMED, "code": "258500001"}]},
+        "collection": {"collectedDateTime": str(rec["date_prelevement"])},
+    }
+
+
+def _practitioner(rec: Mapping[str, Any]) -> dict[str, Any]:
+    practitioner: dict[str, Any] = {"resourceType": "Practitioner"}
+    if _has(rec, "prescripteur_rpps"):
+        practitioner["identifier"] = [{"system": RPPS, "value": rec["prescripteur_rpps"]}]
+    if _has(rec, "prescripteur_nom"):
+        given, _, family = str(rec["prescripteur_nom"]).partition(" ")
+        practitioner["name"] = [{"family": family, "given": [given]}]
+    if _has(rec, "prescripteur_telephone"):
+        practitioner["telecom"] = [{"system": "phone", "value": rec["prescripteur_telephone"]}]
+    return practitioner
+
+
+def _service_request(rec: Mapping[str, Any], patient: str, practitioner: str) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": patient},
+        "requester": {"reference": practitioner},
+        "code": {"coding": [{"system": LOINC, "code": rec.get("code_loinc", "")}]},
+    }
+
+
+def _report(rec: Mapping[str, Any], patient: str, observation: str) -> dict[str, Any]:
+    return {
+        "resourceType": "DiagnosticReport",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "11502-2"}]},
+        "subject": {"reference": patient},
+        "issued": f"{rec['date_validation']}T12:00:00+00:00",
+        "result": [{"reference": observation}],
+    }
 
 
 # ------------------------------------------------------------------ reading
@@ -316,21 +321,14 @@ def _bundles(path: Path) -> Iterator[Any]:
             yield StructureError(f"not JSON ({type(exc).__name__})")
         return
     with path.open("rb") as fh:
-        while True:
-            line = fh.readline(MAX_LINE + 1)
-            if not line:
-                return
-            if len(line) > MAX_LINE and not line.endswith(b"\n"):
-                while (rest := fh.readline(MAX_LINE)) and not rest.endswith(b"\n"):
-                    pass
+        for line in bounded_lines(fh, MAX_LINE, cr=False):
+            if isinstance(line, Overlong):
                 yield StructureError(f"line longer than {MAX_LINE} bytes")
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line.decode("utf-8-sig"))
-            except (ValueError, RecursionError) as exc:
-                yield StructureError(f"not JSON ({type(exc).__name__})")
+            elif line.strip():
+                try:
+                    yield json.loads(line.decode("utf-8-sig"))
+                except (ValueError, RecursionError) as exc:
+                    yield StructureError(f"not JSON ({type(exc).__name__})")
 
 
 class FhirReader:
@@ -344,34 +342,13 @@ class FhirReader:
             raise NotResults(f"{path} is not FHIR JSON", hint="a FHIR R4 Bundle per line (NDJSON), or one Bundle")
 
     def batches(self) -> Iterator[Batch]:
-        rows: list[dict[str, str]] = []
-        numbers: list[int] = []
-        rejected: list[tuple[int, str, str]] = []
-        read = 0
-        record = 0
-        for bundle in _bundles(self.path):
-            try:
-                if isinstance(bundle, StructureError):
-                    raise bundle
-                found = records_of_bundle(bundle)
-            except StructureError as exc:
-                record += 1
-                read += 1
-                rejected.append((record, "*", f"{Reason.STRUCTURE.value}: {exc}"))
-                found = []
-            for rec in found:
-                record += 1
-                read += 1
-                rows.append(rec)
-                numbers.append(record)
-            if read >= BATCH_RECORDS:
-                yield _batch(rows, numbers, rejected, read)
-                rows, numbers, rejected, read = [], [], [], 0
-        if read:
-            yield _batch(rows, numbers, rejected, read)
+        return numbered_batches(_records(bundle) for bundle in _bundles(self.path))
 
 
-def _batch(rows: list[dict[str, str]], numbers: list[int], rejected: list[tuple[int, str, str]], read: int) -> Batch:
-    frame = pl.DataFrame(rows, schema=dict.fromkeys(FIELDS, pl.String))
-    frame = frame.with_columns(pl.Series("_record", numbers, dtype=pl.Int64))
-    return Batch(frame, rejected, read)
+def _records(bundle: Any) -> list[dict[str, str]] | StructureError:
+    if isinstance(bundle, StructureError):
+        return bundle
+    try:
+        return records_of_bundle(bundle)
+    except StructureError as exc:
+        return exc

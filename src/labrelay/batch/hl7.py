@@ -26,22 +26,17 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import hl7
-import polars as pl
 
 from labrelay.batch.csv_reader import Batch
-from labrelay.domain.records import FIELDS, RESULT_SNOMED, Reason, Result
+from labrelay.batch.items import Overlong, StructureError, bounded_lines, numbered_batches
+from labrelay.domain.records import FIELDS, RESULT_SNOMED, Result
 from labrelay.errors import NotResults
 
 MAX_MESSAGE = 64 * 1024
-BATCH_RECORDS = 20_000
 INS_AUTHORITY = "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO"  # the INS-NIR *test* OID: synthetic identities
 PS_AUTHORITY = "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO"
 ST_AUTHORITY = "ASIP-SANTE-ST&1.2.250.1.71.4.2.2&ISO"
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\"))
-
-
-class StructureError(ValueError):
-    """A message that cannot be turned into one record."""
 
 
 def escape(value: str) -> str:
@@ -179,61 +174,57 @@ def _decode(line: bytes) -> str:
         return line.decode("latin-1")  # MSH-18 8859/1 and 8859/15 decode alike for our fields
 
 
+class _Message:
+    """The segments of the message being read. One that grows past ``MAX_MESSAGE`` bytes keeps only its first
+    segment (its MSH), and is refused whole."""
+
+    def __init__(self) -> None:
+        self.segments: list[str] = []
+        self.size = 0
+        self.oversized = False
+
+    def add(self, segment: str, size: int) -> None:
+        self.size += size
+        if self.size > MAX_MESSAGE:
+            self.oversized = True
+            del self.segments[1:]
+        if not self.oversized or not self.segments:
+            self.segments.append(segment)
+
+    def end(self) -> str | StructureError | None:
+        if not self.segments:
+            return None
+        if self.oversized:
+            return StructureError(f"message longer than {MAX_MESSAGE} bytes")
+        return "\r".join(self.segments)
+
+
 def iter_messages(path: Path) -> Iterator[str | StructureError]:
     """Each message's text (segments joined by CR), or the error that makes it unusable; bounded memory."""
-    current: list[str] = []
-    size = 0
-    oversized = False
-
-    def flush() -> str | StructureError | None:
-        if not current:
-            return None
-        if oversized:
-            return StructureError(f"message longer than {MAX_MESSAGE} bytes")
-        return "\r".join(current)
-
+    message = _Message()
     with path.open("rb") as fh:
-        data = fh.read(1 << 16)
-        pending = b""
-        while data:
-            pending += data
-            *lines, pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-            for raw in lines:
-                line = _decode(raw).strip("\ufeff")
+        for raw in bounded_lines(fh, MAX_MESSAGE, cr=True):
+            if isinstance(raw, Overlong):  # too long to hold: its message is too long (its head says which segment)
+                line, size = _decode(raw.head).strip("\ufeff"), MAX_MESSAGE + 1
+            else:
+                line, size = _decode(raw).strip("\ufeff"), len(raw)
                 if not line.strip():
                     continue
-                kind = line[:3]
-                if kind in ("FHS", "BHS", "BTS", "FTS"):
-                    continue
-                if kind == "MSH":
-                    out = flush()
-                    if out is not None:
-                        yield out
-                    current, size, oversized = [], 0, False
-                elif not current:
-                    yield StructureError("segment outside a message (no MSH before it)")
-                    continue
-                size += len(raw)
-                if size > MAX_MESSAGE:
-                    oversized = True
-                    current = current[:1]
-                    continue
-                current.append(line)
-            data = fh.read(1 << 16)
-            if len(pending) > MAX_MESSAGE:
-                pending, oversized = b"", True
-        if pending.strip():
-            line = _decode(pending)
-            if line[:3] == "MSH":
-                out = flush()
-                if out is not None:
-                    yield out
-                current = [line]
-            elif current:
-                current.append(line)
-    out = flush()
-    if out is not None:
-        yield out
+            kind = line[:3]
+            if kind in ("FHS", "BHS", "BTS", "FTS"):
+                continue
+            if kind == "MSH":
+                done = message.end()
+                if done is not None:
+                    yield done
+                message = _Message()
+            elif not message.segments:
+                yield StructureError("segment outside a message (no MSH before it)")
+                continue
+            message.add(line, size)
+    done = message.end()
+    if done is not None:
+        yield done
 
 
 class Hl7Reader:
@@ -247,28 +238,13 @@ class Hl7Reader:
             raise NotResults(f"{path} does not start with an HL7 v2 message (MSH, FHS or BHS)")
 
     def batches(self) -> Iterator[Batch]:
-        rows: list[dict[str, str]] = []
-        numbers: list[int] = []
-        rejected: list[tuple[int, str, str]] = []
-        read = 0
-        for number, item in enumerate(iter_messages(self.path), start=1):
-            read += 1
-            if isinstance(item, StructureError):
-                rejected.append((number, "*", f"{Reason.STRUCTURE.value}: {item}"))
-            else:
-                try:
-                    rows.append(message_to_record(item))
-                    numbers.append(number)
-                except StructureError as exc:
-                    rejected.append((number, "*", f"{Reason.STRUCTURE.value}: {exc}"))
-            if read >= BATCH_RECORDS:
-                yield _batch(rows, numbers, rejected, read)
-                rows, numbers, rejected, read = [], [], [], 0
-        if read:
-            yield _batch(rows, numbers, rejected, read)
+        return numbered_batches(_records(item) for item in iter_messages(self.path))
 
 
-def _batch(rows: list[dict[str, str]], numbers: list[int], rejected: list[tuple[int, str, str]], read: int) -> Batch:
-    frame = pl.DataFrame(rows, schema=dict.fromkeys(FIELDS, pl.String))
-    frame = frame.with_columns(pl.Series("_record", numbers, dtype=pl.Int64))
-    return Batch(frame, rejected, read)
+def _records(item: str | StructureError) -> list[dict[str, str]] | StructureError:
+    if isinstance(item, StructureError):
+        return item
+    try:
+        return [message_to_record(item)]
+    except StructureError as exc:
+        return exc

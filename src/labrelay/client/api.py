@@ -10,6 +10,7 @@ import json
 import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
@@ -54,6 +55,35 @@ def check_server_url(url: str) -> str:
     return url.rstrip("/")
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How the client retries what a relay may do a moment later (a relay restarting, storage briefly unreachable,
+    a request refused as too many): ``retries`` more attempts after the first, waiting ``backoff`` seconds, doubled
+    after each failure, or longer when the relay asks (``Retry-After``, at most ``MAX_RETRY_AFTER``)."""
+
+    retries: int = 4
+    backoff: float = 0.5
+
+    def pause(self, failures: int, error: BaseException) -> bool:
+        """After ``failures`` consecutive failures (the last one ``error``): wait, and return True if another
+        attempt is allowed; False, at once, when the retries are spent."""
+        if failures > self.retries:
+            return False
+        time.sleep(max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0)))
+        return True
+
+    def run(self, operation: Callable[[], T]) -> T:
+        """``operation`` (idempotent), retried while it fails with ``Unavailable``; its last failure raised."""
+        failures = 0
+        while True:
+            try:
+                return operation()
+            except Unavailable as exc:
+                failures += 1
+                if not self.pause(failures, exc):
+                    raise
+
+
 class RelayClient:
     """Signed requests to one relay, as one party (or the authority)."""
 
@@ -76,8 +106,7 @@ class RelayClient:
         self.keyid = keyid
         self._key = key
         self._clock = clock
-        self._retries = retries
-        self._backoff = backoff
+        self.retry = RetryPolicy(retries, backoff)
         verify: ssl.SSLContext | bool = True
         if ca_bundle is not None:
             verify = ssl.create_default_context(cafile=str(ca_bundle))
@@ -183,19 +212,6 @@ class RelayClient:
             error.retry_after = _retry_after(response.headers.get("retry-after"))
         return error
 
-    def _retrying(self, operation: Callable[[], T]) -> T:
-        """Retry an idempotent operation on transport errors, with exponential backoff."""
-        delay = self._backoff
-        for attempt in range(self._retries + 1):
-            try:
-                return operation()
-            except Unavailable as exc:
-                if attempt == self._retries:
-                    raise
-                time.sleep(max(delay, getattr(exc, "retry_after", 0)))
-                delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _json(self, method: str, path: str, doc: Mapping[str, Any] | None = None) -> Any:
         def go() -> Any:
             body = json.dumps(doc, sort_keys=True).encode() if doc is not None else None
@@ -206,7 +222,7 @@ class RelayClient:
             except ValueError as exc:
                 raise OperationalError(f"relay sent malformed JSON for {method} {path}") from exc
 
-        return self._retrying(go)
+        return self.retry.run(go)
 
     # ------------------------------------------------------------ API
 
@@ -287,7 +303,7 @@ class RelayClient:
             response = self._request("HEAD", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})
             return _offset(response)
 
-        return self._retrying(go)
+        return self.retry.run(go)
 
     def upload_region(self, transfer_id: str, source: BinaryIO, offset: int, length: int) -> int:
         """PATCH ``length`` bytes of ``source`` from ``offset``, streamed from disk: the chunk is read twice (its
@@ -323,9 +339,8 @@ class RelayClient:
                 new_offset = self.upload_region(transfer_id, source, offset, min(chunk_size, size - offset))
             except (Unavailable, Conflict) as exc:
                 failures += 1
-                if failures > self._retries:
+                if not self.retry.pause(failures, exc):
                     raise
-                time.sleep(max(self._backoff * 2 ** (failures - 1), getattr(exc, "retry_after", 0)))
                 new_offset = self.upload_offset(transfer_id)
             else:
                 failures = 0
@@ -354,7 +369,7 @@ class RelayClient:
 
     def audit_export(self, after: int = 0, limit: int = 10_000) -> bytes:
         """Audit records after ``after`` as NDJSON (administrators only)."""
-        return self._retrying(lambda: self._request("GET", f"/v1/audit/export?after={after}&limit={limit}").content)
+        return self.retry.run(lambda: self._request("GET", f"/v1/audit/export?after={after}&limit={limit}").content)
 
     def admin_command(self, envelope: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/admin/commands", envelope)
@@ -363,14 +378,6 @@ class RelayClient:
     def admin_status(self) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", "/v1/admin/status")
         return result
-
-    def pause_before_retry(self, failures: int) -> bool:
-        """After ``failures`` consecutive failures of a resumable operation: wait (exponential backoff) and return
-        True if another attempt is allowed, False when the retries are spent."""
-        if failures > self._retries:
-            return False
-        time.sleep(self._backoff * 2 ** (failures - 1))
-        return True
 
     def download(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
         """The payload's bytes from ``start`` (resuming a partial download)."""

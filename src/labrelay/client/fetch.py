@@ -176,13 +176,22 @@ def output_stem(manifest: Manifest) -> str:
 
 
 def verify_manifest(
-    party: Party,
-    directory: TrustedDirectory,
-    envelope: Mapping[str, Any],
-    transfer_id: str,
-    now: datetime | None = None,
+    party: Party, directory: TrustedDirectory, envelope: Mapping[str, Any], transfer_id: str, *, now: datetime
 ) -> Manifest:
-    """The manifest, if signed by a lab in force and addressed to this party and one of its keys."""
+    """The manifest, if signed by a lab in force, addressed to this party and one of its keys, and not past its
+    deadline at ``now``."""
+    manifest = verify_manifest_ignoring_deadline(party, directory, envelope, transfer_id)
+    if manifest.deadline <= now:
+        raise IntegrityError(f"the relay offered {transfer_id} after its deadline; refusing it")
+    return manifest
+
+
+def verify_manifest_ignoring_deadline(
+    party: Party, directory: TrustedDirectory, envelope: Mapping[str, Any], transfer_id: str
+) -> Manifest:
+    """Every check of ``verify_manifest`` but its deadline: for the receipt of a payload this party downloaded
+    before its deadline (``fetch --raw``), which it may acknowledge after it (the relay closes the transfer if it
+    still holds it; a receipt never opens anything)."""
     signer = envelope_signer(envelope)
     sender = directory.require(signer, SENDING_ROLES)
     payload = verify_envelope(envelope, MANIFEST_TYPE, VerifyKey.from_b64(sender.signing_key))
@@ -193,8 +202,6 @@ def verify_manifest(
         raise IntegrityError(f"transfer {transfer_id} is addressed to {manifest.recipient}, not {party.name}")
     if manifest.recipient_key not in {i.recipient for i in party.identities}:
         raise IntegrityError(f"transfer {transfer_id} was sealed to a key {party.name} does not hold")
-    if now is not None and manifest.deadline <= now:
-        raise IntegrityError(f"the relay offered {transfer_id} after its deadline; refusing it")
     if manifest.size < MIN_PAYLOAD_BYTES:  # no relay should have taken it (check_manifest_terms); nothing to open
         raise IntegrityError(
             f"transfer {transfer_id} declares {manifest.size} bytes, less than any age file sealed to this party "
@@ -357,7 +364,7 @@ def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: s
                     # An interrupted download (a relay replica restarted, storage briefly unreachable): resume
                     # from what arrived, like an upload does, before giving up.
                     failures += 1
-                    if not client.pause_before_retry(failures):
+                    if not client.retry.pause(failures, exc):
                         raise DownloadBroken(
                             f"download of {manifest.transfer_id} kept breaking: {exc.message}"
                         ) from exc
@@ -449,12 +456,11 @@ def _decrypt_into(party: Party, manifest: Manifest, cipher: BinaryIO, out: Any) 
     rows = CsvRows() if manifest.unparsed and manifest.media_type == "text/csv" else None
     try:
         sink = _Plaintext(out, manifest.compression == "gzip", max(INFLATE_RATIO * manifest.size, INFLATE_MIN), rows)
-        size, sha = age_stream.decrypt(cipher, sink, identities)  # type: ignore[arg-type]
+        expect = age_stream.Expected(manifest.size, manifest.sha256)  # as checked at download
+        age_stream.decrypt(cipher, sink, identities, expect=expect)  # type: ignore[arg-type]
         sink.finish()
     except PAYLOAD_REFUSALS as exc:
         raise _Refused(exc) from exc
-    if size != manifest.size or sha != manifest.sha256:
-        raise _Refused(IntegrityError(f"payload {manifest.transfer_id} changed on disk before decryption"))
     if not manifest.unparsed:  # labrelay wrote it: one record per line (no embedded newline)
         return max(sink.newlines - (1 if manifest.media_type == "text/csv" else 0), 0)
     return rows.records if rows is not None else None
@@ -604,16 +610,7 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
     finally:
         run.work.unlink(partial)
     final = run.out_dir.path / name
-    receipt = Receipt(
-        transfer_id=transfer_id,
-        sender=manifest.sender,
-        recipient=party.name,
-        sha256=manifest.sha256,
-        size=manifest.size,
-        record_count=records,
-        status=ReceiptStatus.DECRYPTED,
-        received_at=run.clock.now(),
-    )
+    receipt = Receipt.of(manifest, ReceiptStatus.DECRYPTED, run.clock.now(), record_count=records)
     envelope = party.sign(receipt.to_payload())
     _write_sidecar(run.out_dir, f"{stem}.manifest.json", {**sidecar, "file": name, "receipt": envelope})
     _record(
@@ -650,17 +647,7 @@ def _fetched(manifest: Manifest, path: Path, records: int | None, *, acknowledge
 def _decline_duplicate(run: _Run, listing: Mapping[str, Any], manifest: Manifest, first: str) -> Fetched:
     """A second copy of a source this recipient already has from this sender: not downloaded, not written;
     acknowledged with a signed "duplicate" receipt so that the relay deletes it and the sender sees why."""
-    receipt = Receipt(
-        transfer_id=manifest.transfer_id,
-        sender=manifest.sender,
-        recipient=run.party.name,
-        sha256=manifest.sha256,
-        size=manifest.size,
-        record_count=None,
-        status=ReceiptStatus.DUPLICATE,
-        received_at=run.clock.now(),
-        duplicate_of=first,
-    )
+    receipt = Receipt.of(manifest, ReceiptStatus.DUPLICATE, run.clock.now(), duplicate_of=first)
     envelope = run.party.sign(receipt.to_payload())
     earlier = ledger_entry(run.party, first) or {}
     output = Path(str(earlier.get("output") or earlier.get("raw") or run.out_dir.path))
@@ -807,7 +794,7 @@ def acknowledge(
     """
     listing = client.transfer(transfer_id)
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
-    manifest = verify_manifest(party, directory, listing["manifest"], transfer_id)
+    manifest = verify_manifest_ignoring_deadline(party, directory, listing["manifest"], transfer_id)
     if payload_file is not None:
         with payload_file.open("rb") as fh:
             size, sha = age_stream.hash_file(fh)
@@ -820,16 +807,7 @@ def acknowledge(
                 f"{party.name} has no verified download of {transfer_id}",
                 hint="fetch it with --raw first, or pass --file with the payload to check",
             )
-    receipt = Receipt(
-        transfer_id=transfer_id,
-        sender=manifest.sender,
-        recipient=party.name,
-        sha256=manifest.sha256,
-        size=manifest.size,
-        record_count=None,
-        status=ReceiptStatus.RECEIVED,
-        received_at=clock.now(),
-    )
+    receipt = Receipt.of(manifest, ReceiptStatus.RECEIVED, clock.now())
     envelope = party.sign(receipt.to_payload())
     _record(
         party,

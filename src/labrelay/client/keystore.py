@@ -144,12 +144,12 @@ class Party:
         """The pinned authority key: every directory entry this party uses must verify under it."""
         return load_verify_key_file(self.path / PINNED_FILE)
 
-    @property
-    def outbox(self) -> Path:
+    def ensure_outbox(self) -> Path:
+        """``outbox/``, created if missing, made private (0700) whatever it was."""
         return private_dir(self.path / "outbox")
 
-    @property
-    def sent(self) -> Path:
+    def ensure_sent_dir(self) -> Path:
+        """``sent/``, created if missing, made private (0700) whatever it was."""
         return private_dir(self.path / "sent")
 
     def entry(self) -> PartyEntry | None:

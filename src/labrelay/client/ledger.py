@@ -17,13 +17,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from isal import igzip
-
 from labrelay.batch.ledger import LedgerSink
-from labrelay.client.files import SafeDir, TempFile, private_dir, read_json, write_json_atomic
-from labrelay.client.send import GZIP_LEVEL
+from labrelay.client.files import SafeDir, private_dir, read_json, write_json_atomic
+from labrelay.client.spool import SealedSpool
 from labrelay.client.trust import TrustedDirectory
-from labrelay.crypto import age_stream
 from labrelay.domain.breach import categories_of
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
@@ -62,38 +59,26 @@ class LedgerWriter:
     persons: Path
     dpo: PartyEntry
     folder: SafeDir
-    file: TempFile  # the persons index, unnamed until finished: a killed send leaves nothing behind
-    sealer: age_stream.StreamingSealer
-    gzip: igzip.IGzipFile
+    spool: SealedSpool  # the persons index, unnamed until finished: a killed send leaves nothing behind
     sink: LedgerSink
 
     @classmethod
     def open(
         cls, party_path: Path, batch_id: str, dpo: PartyEntry, transfer_ids: dict[str, str], key: str | None
     ) -> LedgerWriter:
-        folder = SafeDir.open(ledger_dir(party_path), create=False)
-        file = folder.temp()
-        sealer = age_stream.StreamingSealer(file.handle, dpo.age_recipient)
-        compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
-        sink = LedgerSink(compressed, transfer_ids, key)
-        return cls(
-            batch_id,
-            folder.path / f"{batch_id}.json",
-            folder.path / f"{batch_id}.persons.age",
-            dpo,
-            folder,
-            file,
-            sealer,
-            compressed,
-            sink,
-        )
+        with contextlib.ExitStack() as opening:  # a failure here closes what was opened; else finish or discard do
+            folder = opening.enter_context(SafeDir.open(ledger_dir(party_path), create=False))
+            spool = opening.enter_context(SealedSpool(folder, dpo.age_recipient))
+            sink = LedgerSink(spool.stream(gzip=True), transfer_ids, key)
+            opening.pop_all()
+        path, persons = folder.path / f"{batch_id}.json", folder.path / f"{batch_id}.persons.age"
+        return cls(batch_id, path, persons, dpo, folder, spool, sink)
 
     def finish(
         self, sender: str, created: datetime, policy: str, transfers: list[dict[str, Any]], keep: timedelta
     ) -> None:
-        self.gzip.close()
-        self.sealer.close()
-        self.file.publish(self.persons.name)
+        self.spool.seal()
+        self.spool.publish(self.persons.name)
         self.folder.close()
         write_json_atomic(
             self.path,
@@ -113,9 +98,7 @@ class LedgerWriter:
         )
 
     def discard(self) -> None:
-        with contextlib.suppress(Exception):
-            self.sealer.abort()
-        self.file.discard()
+        self.spool.discard()
         self.folder.close()
         if self.path.exists():  # finished, then the send failed: nothing of it is kept
             self.persons.unlink(missing_ok=True)

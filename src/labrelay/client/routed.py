@@ -19,21 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from isal import igzip
 
 from labrelay.batch.outputs import RecordSink
-from labrelay.batch.pipeline import NO_ARS, RejectionReport, ReviewFile, Summary, open_reader, run
+from labrelay.batch.pipeline import NO_ARS, Reader, RejectionReport, ReviewFile, Summary, open_reader, run
 from labrelay.batch.route import Destination, Router, destinations
 from labrelay.batch.validate import Validator
 from labrelay.client.api import RelayClient
-from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchIndex, BatchRecord, digest
+from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchIndex, BatchRecord, SourceDigest, digest
 from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir, read_json
 from labrelay.client.keystore import Party
 from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
 from labrelay.client.policy import current_policy, no_longer_in_force
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.send import (
-    GZIP_LEVEL,
     NothingSent,
     RejectLimit,
     SendOutcome,
@@ -45,8 +43,8 @@ from labrelay.client.send import (
     pending_of,
     upload_batch,
 )
+from labrelay.client.spool import SealedSpool
 from labrelay.client.trust import TrustedDirectory
-from labrelay.crypto import age_stream
 from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
@@ -92,19 +90,15 @@ class RoutedSend(SendOutcome):
 class _Output:
     dest: Destination
     transfer_id: str
-    spool: TempFile
-    sealer: age_stream.StreamingSealer
-    gzip: igzip.IGzipFile
+    spool: SealedSpool
     sink: RecordSink
     entry: PartyEntry
 
 
-def _open_output(outbox: SafeDir, dest: Destination, entry: PartyEntry) -> _Output:
-    spool = outbox.temp()
-    sealer = age_stream.StreamingSealer(spool.handle, entry.age_recipient)
-    compressed = igzip.IGzipFile(fileobj=sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
-    sink = RecordSink(compressed, dest.rule.fields, dest.rule.format)
-    return _Output(dest, new_id(), spool, sealer, compressed, sink, entry)
+def _open_output(spools: contextlib.ExitStack, outbox: SafeDir, dest: Destination, entry: PartyEntry) -> _Output:
+    spool = spools.enter_context(SealedSpool(outbox, entry.age_recipient))
+    sink = RecordSink(spool.stream(gzip=True), dest.rule.fields, dest.rule.format)
+    return _Output(dest, new_id(), spool, sink, entry)
 
 
 class _Reports:
@@ -206,12 +200,9 @@ def send_results(
     source_digest = digest(source)
     known = find_sent(party, source_digest, again=options.again, requested=options.restrict or ())
     if known is not None:
-        try:
-            outcome = finish_sent(party, client, known, progress)
-            return RoutedSend(**vars(outcome), review=_review_path(party, known))
-        except SecurityError:
-            if rerouted or not _forget_stale(party, client, clock, known):
-                raise
+        finished = _finish_known(party, client, clock, known, progress, rerouted=rerouted)
+        if finished is not None:
+            return finished
         rerouted = True  # forgotten: routed again below, under the policy in force
     plan = _plan(party, client, clock, options)
     created = clock.now()
@@ -226,7 +217,68 @@ def send_results(
         again=options.again,
         held_from=held_from,
     )
-    index = BatchIndex(party.path)
+    routed = _route_and_seal(party, plan, record, (fmt, reader), source_digest, options, created, progress)
+    try:
+        sent = upload_batch(party, client, record, routed.states, progress)
+    except SecurityError:
+        if rerouted or not _forget_stale(party, client, clock, record):
+            raise
+        return send_results(
+            party, client, source, clock, options, progress=progress, held_from=held_from, rerouted=True
+        )
+    return RoutedSend(
+        record.batch_id,
+        dict(record.transfers),
+        sent,
+        source_sha256=source_digest.sha256,
+        records=routed.summary.read,
+        summary=routed.summary,
+        rejections=routed.rejections,
+        review=routed.review,
+        skipped=routed.skipped,
+        missing=plan.router.missing,
+    )
+
+
+def _finish_known(
+    party: Party, client: RelayClient, clock: Clock, known: BatchRecord, progress: Progress, *, rerouted: bool
+) -> RoutedSend | None:
+    """A source sent before as ``known``: its batch finished. None: the batch was forgotten (routed under a policy
+    that routes nothing any more, none of it sent: ``_forget_stale``), and the source is to be routed again."""
+    try:
+        outcome = finish_sent(party, client, known, progress)
+        return RoutedSend(**vars(outcome), review=_review_path(party, known))
+    except SecurityError:
+        if rerouted or not _forget_stale(party, client, clock, known):
+            raise
+    return None
+
+
+@dataclass
+class _Routed:
+    """A batch validated, routed and sealed: its counts, its reports, its payloads named in the outbox."""
+
+    summary: Summary
+    rejections: Path
+    review: Path
+    states: list[Path]  # the signed manifests kept beside the payloads, for upload
+    skipped: list[str]  # destinations with no record in this batch
+
+
+def _route_and_seal(
+    party: Party,
+    plan: _Plan,
+    record: BatchRecord,
+    opened: tuple[str, Reader],
+    source_digest: SourceDigest,
+    options: SendOptions,
+    created: datetime,
+    progress: Progress,
+) -> _Routed:
+    """Read the source once through the validator and the router into a sealed payload per destination, the
+    ledger and the reports; then name them (``_Batch.seal``) and put the batch's transfers on ``record``. On any
+    failure nothing of the batch is left in the outbox, and it is off the record."""
+    fmt, reader = opened
     layout = getattr(reader, "layout", None)
     summary = Summary(
         fmt,
@@ -235,7 +287,7 @@ def send_results(
         policy_version=plan.policy_version,
     )
     expected = max(source_digest.lines - 1, 0) if fmt == "csv" else None  # CSV: one record a line, less the header
-    task = progress.task(f"validating and routing {source.name}", expected, "records")
+    task = progress.task(f"validating and routing {record.source}", expected, "records")
     try:
         with _Batch(party, plan, record) as work:
             run(
@@ -260,33 +312,14 @@ def send_results(
     except BaseException:
         for state in pending_of(party, record.batch_id):
             drop_pending(state)
-        index.drop(record)
+        BatchIndex(party.path).drop(record)
         raise
     finally:
         task.done()
     record.transfers = {o.dest.name: o.transfer_id for o in work.outputs if o.sink.records}
     record.summary = summary.as_dict()
     record.reports = {"rejections": str(rejections), "review": str(review)}
-    try:
-        sent = upload_batch(party, client, record, states, progress)
-    except SecurityError:
-        if rerouted or not _forget_stale(party, client, clock, record):
-            raise
-        return send_results(
-            party, client, source, clock, options, progress=progress, held_from=held_from, rerouted=True
-        )
-    return RoutedSend(
-        record.batch_id,
-        dict(record.transfers),
-        sent,
-        source_sha256=source_digest.sha256,
-        records=summary.read,
-        summary=summary,
-        rejections=rejections,
-        review=review,
-        skipped=skipped,
-        missing=plan.router.missing,
-    )
+    return _Routed(summary, rejections, review, states, skipped)
 
 
 class _Batch:
@@ -298,7 +331,8 @@ class _Batch:
         self.party = party
         self.plan = plan
         self.record = record
-        self.outbox = SafeDir.open(party.outbox, create=False)
+        self.outbox = SafeDir.open(party.ensure_outbox(), create=False)
+        self.spools = contextlib.ExitStack()  # closed with the batch: a spool not named by then is discarded
         self.outputs: list[_Output] = []
         self.ledger: LedgerWriter
         self.reports: _Reports
@@ -307,7 +341,7 @@ class _Batch:
         try:
             for dest in self.plan.router.destinations:
                 entry = self.plan.directory.require(dest.name, RECEIVING_ROLES)
-                self.outputs.append(_open_output(self.outbox, dest, entry))
+                self.outputs.append(_open_output(self.spools, self.outbox, dest, entry))
             self.ledger = LedgerWriter.open(
                 self.party.path,
                 self.record.batch_id,
@@ -322,9 +356,8 @@ class _Batch:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.spools.close()
         if exc_type is not None:
-            for out in self.outputs:
-                _discard(out)
             if hasattr(self, "ledger"):
                 self.ledger.discard()
             if hasattr(self, "reports"):
@@ -417,13 +450,6 @@ def _refuse_to_send_nothing(
         raise NothingSent(f"nothing sent: {why}")
 
 
-def _discard(out: _Output) -> None:
-    """Leave nothing of a send that failed: the spool was never named, so closing it is enough."""
-    with contextlib.suppress(Exception):
-        out.sealer.abort()
-    out.spool.discard()
-
-
 def _seal_all(
     party: Party,
     outputs: list[_Output],
@@ -435,29 +461,26 @@ def _seal_all(
 ) -> tuple[list[Path], list[str]]:
     states, skipped = [], []
     for out in outputs:
-        out.gzip.close()
-        size, sha256 = out.sealer.close()
+        sealed = out.spool.seal()
         if out.sink.records == 0:
             out.spool.discard()
             skipped.append(out.dest.name)
             continue
         out.spool.publish(f"{out.transfer_id}.age")
-        manifest = Manifest(
+        manifest = Manifest.sealed_for(
+            out.entry,
+            sealed,
             transfer_id=out.transfer_id,
             batch_id=record.batch_id,
             sender=party.name,
-            recipient=out.dest.name,
-            recipient_key=out.entry.age_recipient,
-            size=size,
-            sha256=sha256,
-            record_count=out.sink.records,
             media_type=out.sink.media_type,
+            record_count=out.sink.records,
             created=created,
-            deadline=created + options.ttl,
-            policy_version=policy_version,
-            compression="gzip",
+            ttl=options.ttl,
             source_sha256=source_sha256,
             again=options.again,
+            policy_version=policy_version,
+            compression="gzip",
         )
         states.append(keep_manifest(party, manifest))
     return states, skipped

@@ -30,12 +30,12 @@ from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
 from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchIndex, BatchRecord, SourceDigest, digest
-from labrelay.client.files import SafeDir, TempFile, read_json, sweep_temporaries, write_json_atomic
+from labrelay.client.files import SafeDir, read_json, sweep_temporaries, write_json_atomic
 from labrelay.client.keystore import Party
 from labrelay.client.policy import current_policy
 from labrelay.client.progress import NoProgress, Progress, ProgressTask
+from labrelay.client.spool import SealedSpool
 from labrelay.client.trust import TrustedDirectory
-from labrelay.crypto import age_stream
 from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
@@ -52,9 +52,6 @@ from labrelay.errors import (
 )
 from labrelay.ports import Clock
 
-# gzip (RFC 1952) written by ISA-L (python-isal): level 2 compresses synthetic batches about as well as zlib's
-# level 3 at about five times the speed; any gzip reader opens it (docs/decisions/0014-isal-gzip.md).
-GZIP_LEVEL = 2
 UPLOAD_CHUNK = 16 * 1024 * 1024  # memory does not depend on it: chunks stream from the spool file
 MEDIA_TYPES = {
     ".csv": "text/csv",
@@ -201,52 +198,42 @@ def seal(
         raise UsageError(f"{source} is not a readable file")
     batch_id = batch_id or new_id()
     created = clock.now()
-    spools: list[TempFile] = []
-    manifests: list[Manifest] = []
-    with SafeDir.open(party.outbox, create=False) as outbox:
-        try:
-            for entry in recipients:
-                spools.append(outbox.temp())
-                task = progress.task(f"sealing for {entry.name}", source.stat().st_size)
-                try:
-                    with source.open("rb") as plain:
-                        reader = _CountingReader(plain, task)
-                        size, sha256 = age_stream.encrypt(reader, spools[-1].handle, [entry.age_recipient])
-                finally:
-                    task.done()
-                manifests.append(
-                    Manifest(
-                        transfer_id=new_id(),
-                        batch_id=batch_id,
-                        sender=party.name,
-                        recipient=entry.name,
-                        recipient_key=entry.age_recipient,
-                        size=size,
-                        sha256=sha256,
-                        record_count=record_count,
-                        media_type=media_type_for(source),
-                        created=created,
-                        deadline=created + ttl,
-                        source_sha256=source_sha256,
-                        again=again,
-                    )
-                )
-            if before_naming is not None:
-                before_naming()
-            states = []
-            for spool, manifest in zip(spools, manifests, strict=True):
-                spool.publish(f"{manifest.transfer_id}.age")
-                states.append(keep_manifest(party, manifest, source=source.name))
-        except BaseException:
-            for spool in spools:
-                spool.discard()
-            raise
+    sealed: list[tuple[SealedSpool, Manifest]] = []
+    with SafeDir.open(party.ensure_outbox(), create=False) as outbox, contextlib.ExitStack() as spools:
+        for entry in recipients:
+            spool = spools.enter_context(SealedSpool(outbox, entry.age_recipient))  # discarded unless named
+            task = progress.task(f"sealing for {entry.name}", source.stat().st_size)
+            try:
+                with source.open("rb") as plain:
+                    ciphertext = spool.seal_from(_CountingReader(plain, task))
+            finally:
+                task.done()
+            manifest = Manifest.sealed_for(
+                entry,
+                ciphertext,
+                transfer_id=new_id(),
+                batch_id=batch_id,
+                sender=party.name,
+                media_type=media_type_for(source),
+                record_count=record_count,
+                created=created,
+                ttl=ttl,
+                source_sha256=source_sha256,
+                again=again,
+            )
+            sealed.append((spool, manifest))
+        if before_naming is not None:
+            before_naming()
+        states = []
+        for spool, manifest in sealed:
+            spool.publish(f"{manifest.transfer_id}.age")
+            states.append(keep_manifest(party, manifest, source=source.name))
     return states
 
 
 def keep_manifest(party: Party, manifest: Manifest, **extra: str) -> Path:
     """Sign ``manifest`` and keep it beside its sealed payload in the outbox, for ``upload`` (and ``resume``)."""
-    state = party.outbox / f"{manifest.transfer_id}.json"
+    state = party.ensure_outbox() / f"{manifest.transfer_id}.json"
     write_json_atomic(state, {"manifest": party.sign(manifest.to_payload()), "batch_id": manifest.batch_id, **extra})
     return state
 
@@ -265,14 +252,14 @@ def upload(party: Party, client: RelayClient, state_file: Path, progress: Progre
             client.upload(manifest.transfer_id, fh, manifest.size, UPLOAD_CHUNK, on_progress=task.advance)
     finally:
         task.done()
-    write_json_atomic(party.sent / state_file.name, {**state, "server": client.base})
+    write_json_atomic(party.ensure_sent_dir() / state_file.name, {**state, "server": client.base})
     spool.unlink()
     state_file.unlink()
     return Sent(manifest.transfer_id, manifest.recipient, manifest.size, manifest.sha256)
 
 
 def pending(party: Party) -> list[Path]:
-    return sorted(p for p in party.outbox.glob("*.json") if not p.name.startswith("."))
+    return sorted(p for p in party.ensure_outbox().glob("*.json") if not p.name.startswith("."))
 
 
 def pending_of(party: Party, batch_id: str) -> list[Path]:
@@ -294,9 +281,10 @@ def tidy(party: Party) -> list[str]:
     """What killed runs left, removed (call while holding the party's lock): temporary files, sealed payloads whose
     manifest was never written, and the partly sealed payloads of batches whose sealing never finished. Returns the
     batch ids of those abandoned batches (started again by the next send of their source)."""
-    for folder in (party.outbox, party.path / "reports", party.path / "ledger", party.path / "batches"):
+    outbox = party.ensure_outbox()
+    for folder in (outbox, party.path / "reports", party.path / "ledger", party.path / "batches"):
         sweep_temporaries(folder)
-    for spool in party.outbox.glob("*.age"):
+    for spool in outbox.glob("*.age"):
         if not spool.with_suffix(".json").exists():
             spool.unlink(missing_ok=True)
     # A batch on record as "sealing" was killed while its payloads were being named (its record is written just

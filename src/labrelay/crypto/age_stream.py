@@ -13,6 +13,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import pyrage
@@ -116,11 +117,21 @@ def encrypt(source: Readable, sink: BinaryIO, recipients: Sequence[str]) -> tupl
     return out.size, out.hexdigest
 
 
-def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[AgeIdentity]) -> tuple[int, str]:
-    """Decrypt age ``source`` into ``sink``; return (ciphertext size, SHA-256 hex of the ciphertext read).
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """The ciphertext a caller knows it must decrypt (from a signed manifest): its size and SHA-256 hex."""
 
-    Raises ``IntegrityError`` for a payload that is not age, not for these identities, or tampered with
-    (age's STREAM authenticates every 64 KiB chunk and the end of the stream).
+    size: int
+    sha256: str
+
+
+def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[AgeIdentity], *, expect: Expected | None) -> None:
+    """Decrypt age ``source`` into ``sink``, checking that the ciphertext read is ``expect`` (None: the caller knows
+    nothing of it to check, and says so).
+
+    Raises ``IntegrityError`` for a payload that is not age, not for these identities, or tampered with (age's
+    STREAM authenticates every 64 KiB chunk and the end of the stream), or not the ciphertext expected. The
+    plaintext reaches ``sink`` as it is decrypted: on an error, the caller discards what it wrote.
     """
     reader = HashingReader(source)
     try:
@@ -134,7 +145,8 @@ def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[AgeIdentity])
     # age stops at the authenticated final chunk; any trailing bytes would be outside the signed hash.
     if reader.read(1):
         raise IntegrityError("trailing bytes after the age payload")
-    return reader.size, reader.hexdigest
+    if expect is not None and (reader.size != expect.size or reader.hexdigest != expect.sha256):
+        raise IntegrityError("the ciphertext decrypted is not the one expected (its size or SHA-256 differs)")
 
 
 def hash_file(path_stream: Readable, chunk: int = 1 << 20) -> tuple[int, str]:

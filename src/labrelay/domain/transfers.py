@@ -19,6 +19,7 @@ from typing import Any
 
 from labrelay.domain.fields import instant, optional, require
 from labrelay.domain.names import check_party_name, check_transfer_id
+from labrelay.domain.parties import PartyEntry
 from labrelay.domain.timeutil import format_duration, to_rfc3339
 from labrelay.errors import Conflict, IntegrityError, NotCiphertext, TooLarge, UntrustedEntry, UsageError
 
@@ -172,6 +173,46 @@ class Manifest:
     source_sha256: str | None = None  # of the lab's source file: the batch's identity (idempotent sends)
     again: bool = False  # the sender sent this source again on purpose (``send --again``), not by mistake
 
+    @classmethod
+    def sealed_for(
+        cls,
+        recipient: PartyEntry,
+        sealed: tuple[int, str],
+        *,
+        transfer_id: str,
+        batch_id: str,
+        sender: str,
+        media_type: str,
+        record_count: int | None,
+        created: datetime,
+        ttl: timedelta,
+        source_sha256: str | None,
+        again: bool,
+        policy_version: str | None = None,
+        compression: str | None = None,
+    ) -> Manifest:
+        """The manifest of a payload sealed to ``recipient``'s key (from its verified directory entry): ``sealed``
+        is the ciphertext's (size, SHA-256 hex); its deadline is ``ttl`` after ``created``. Routed under
+        ``policy_version``, or sent as it is (``--as-is``) when that is None."""
+        size, sha256 = sealed
+        return cls(
+            transfer_id=transfer_id,
+            batch_id=batch_id,
+            sender=sender,
+            recipient=recipient.name,
+            recipient_key=recipient.age_recipient,
+            size=size,
+            sha256=sha256,
+            record_count=record_count,
+            media_type=media_type,
+            created=created,
+            deadline=created + ttl,
+            policy_version=policy_version,
+            compression=compression,
+            source_sha256=source_sha256,
+            again=again,
+        )
+
     @property
     def unparsed(self) -> bool:
         """Sent as it was, outside the routing policy: no validation, no minimisation."""
@@ -305,6 +346,30 @@ class Receipt:
     status: ReceiptStatus
     received_at: datetime
     duplicate_of: str | None = None  # DUPLICATE: the transfer by which this recipient already received the source
+
+    @classmethod
+    def of(
+        cls,
+        manifest: Manifest,
+        status: ReceiptStatus,
+        received_at: datetime,
+        *,
+        record_count: int | None = None,
+        duplicate_of: str | None = None,
+    ) -> Receipt:
+        """The receipt its recipient signs for ``manifest``'s payload (a manifest verified as addressed to it): the
+        transfer, the parties, the ciphertext's hash and size are the manifest's."""
+        return cls(
+            transfer_id=manifest.transfer_id,
+            sender=manifest.sender,
+            recipient=manifest.recipient,
+            sha256=manifest.sha256,
+            size=manifest.size,
+            record_count=record_count,
+            status=status,
+            received_at=received_at,
+            duplicate_of=duplicate_of,
+        )
 
     def __post_init__(self) -> None:
         check_transfer_id(self.transfer_id)
