@@ -50,7 +50,7 @@ def relay_client(
 ) -> RelayClient:
     """The relay client of a command: the root command's retries, the given CA bundle, the wall clock."""
     from labrelay.client.api import RelayClient  # noqa: PLC0415 - the CLI imports the client only when it is used
-    from labrelay.clock import SystemClock  # noqa: PLC0415
+    from labrelay.clock import SystemClock  # noqa: PLC0415 - loaded only when a command talks to a relay
 
     return RelayClient(
         server, keyid, key, SystemClock(), ca_bundle=cacert, checkpoints=checkpoints, retries=current.retries

@@ -394,7 +394,7 @@ class RelayClient:
 def _root_cause(exc: BaseException) -> BaseException:
     seen = exc
     while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]  # the loop condition guarantees one is not None
     return seen
 
 

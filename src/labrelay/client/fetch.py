@@ -457,7 +457,7 @@ def _decrypt_into(party: Party, manifest: Manifest, cipher: BinaryIO, out: Any) 
     try:
         sink = _Plaintext(out, manifest.compression == "gzip", max(INFLATE_RATIO * manifest.size, INFLATE_MIN), rows)
         expect = age_stream.Expected(manifest.size, manifest.sha256)  # as checked at download
-        age_stream.decrypt(cipher, sink, identities, expect=expect)  # type: ignore[arg-type]
+        age_stream.decrypt(cipher, sink, identities, expect=expect)  # type: ignore[arg-type]  # _Plaintext is a writable sink, not a full BinaryIO
         sink.finish()
     except PAYLOAD_REFUSALS as exc:
         raise _Refused(exc) from exc
@@ -521,7 +521,7 @@ def _converted(
 
 
 def _write_sidecar(out_dir: SafeDir, name: str, doc: Mapping[str, Any]) -> None:
-    import json  # noqa: PLC0415
+    import json  # noqa: PLC0415 - only the --json sidecar needs it
 
     sidecar = out_dir.temp(0o644)
     try:

@@ -45,7 +45,7 @@ class SealedSpool:
         self._sealer = age_stream.StreamingSealer(self._file.handle, self._recipient)
         if not gzip:
             return self._sealer
-        self._gzip = igzip.IGzipFile(fileobj=self._sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]
+        self._gzip = igzip.IGzipFile(fileobj=self._sealer, mode="wb", mtime=0, compresslevel=GZIP_LEVEL)  # type: ignore[no-untyped-call]  # isal ships no annotations
         return self._gzip
 
     def seal(self) -> tuple[int, str]:

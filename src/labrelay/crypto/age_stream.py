@@ -191,7 +191,7 @@ class StreamingSealer:
         try:
             return self._writer.write(data)
         except BrokenPipeError:
-            self._writer = None  # type: ignore[assignment]
+            self._writer = None  # type: ignore[assignment]  # dropped on a broken pipe: the failure is raised at once
             self._thread.join()
             raise self._failure() from None
 

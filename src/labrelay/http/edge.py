@@ -267,7 +267,7 @@ def guarded_protocol(state: EdgeState) -> type[H11Protocol]:
         _drain_ends = 0.0
         _admitted = False
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn annotates the base with BaseTransport
             super().connection_made(transport)
             if not state.admit(self.client, transport):
                 transport.abort()

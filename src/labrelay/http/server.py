@@ -96,6 +96,6 @@ def run(
             await original_startup(sockets=sockets)
             write_ready_file(ready_file, url)
 
-        server.startup = startup  # type: ignore[method-assign]
+        server.startup = startup  # type: ignore[method-assign]  # uvicorn has no hook after binding; wrap its startup
     print(f"labrelay relay listening on {url}", flush=True)
     server.run(sockets=[sock])
