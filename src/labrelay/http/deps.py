@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 from fastapi import Depends, Request
@@ -26,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from labrelay.crypto.httpsig import DigestCheck, HeaderLines, RequestView
+from labrelay.crypto.passkeys import Relying
 from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.errors import AuthenticationFailed, NotFound, PermissionDenied, TooLarge, UsageError
@@ -262,3 +264,24 @@ def range_start(value: str | None) -> int:
     if not value.startswith("bytes=") or not value.endswith("-") or not is_uint(value[6:-1]):
         raise UsageError("only Range: bytes=N- is supported")
     return int(value[6:-1])
+
+
+LOCAL_HOSTS = frozenset({"localhost"})
+
+
+def relying_party(request: Request, public_url: str | None) -> Relying:
+    """The console's WebAuthn identity. With ``public_url`` set, that origin and no other; without it, only a
+    ``localhost`` origin (a browser on the relay's own machine): an address anyone can point at the relay is not
+    an identity a passkey should be bound to."""
+    if public_url:
+        origin = public_url.rstrip("/")
+    else:
+        host = request.headers.get("host", "")
+        origin = f"{request.url.scheme}://{host}"
+    parts = urlsplit(origin)
+    hostname = parts.hostname or ""
+    if not public_url and hostname not in LOCAL_HOSTS:
+        raise PermissionDenied(
+            "the console answers on localhost only", hint="set public_url to the console's https address"
+        )
+    return Relying(rp_id=hostname, origin=f"{parts.scheme}://{parts.netloc}")

@@ -8,9 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from labrelay.errors import PermissionDenied, UsageError
-from labrelay.http.deps import Console, Services, SignedJson, call, remote
+from labrelay.http.deps import Console, Services, SignedJson, call, relying_party, remote
 from labrelay.http.openapi import PROBLEMS
-from labrelay.http.web.routes import relying_party
 from labrelay.relay.auth import Caller
 from labrelay.wire import JSON_CONTENT_TYPE
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -37,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from labrelay import __version__, refdata
 from labrelay.crypto.passkeys import Relying
 from labrelay.errors import NotFound, PermissionDenied, TooManyRequests, UsageError
-from labrelay.http.deps import Console, Services, call, parse_json, read_body, remote
+from labrelay.http.deps import Console, Services, call, parse_json, read_body, relying_party, remote
 from labrelay.relay.console import ConsoleService, ConsoleUser
 from labrelay.wire import JSON_CONTENT_TYPE
 
@@ -53,7 +52,6 @@ CSP = (
     "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 PAGES = {"/": "console", "/enrol": "enrol", "/lab": "lab", "/inbox": "inbox"}
-LOCAL_HOSTS = frozenset({"localhost"})
 
 
 def security_headers(response: Response) -> None:
@@ -63,24 +61,6 @@ def security_headers(response: Response) -> None:
     response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
     response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
     response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
-
-
-def relying_party(request: Request, public_url: str | None) -> Relying:
-    """The console's WebAuthn identity. With ``public_url`` set, that origin and no other; without it, only a
-    ``localhost`` origin (a browser on the relay's own machine): an address anyone can point at the relay is not
-    an identity a passkey should be bound to."""
-    if public_url:
-        origin = public_url.rstrip("/")
-    else:
-        host = request.headers.get("host", "")
-        origin = f"{request.url.scheme}://{host}"
-    parts = urlsplit(origin)
-    hostname = parts.hostname or ""
-    if not public_url and hostname not in LOCAL_HOSTS:
-        raise PermissionDenied(
-            "the console answers on localhost only", hint="set public_url to the console's https address"
-        )
-    return Relying(rp_id=hostname, origin=f"{parts.scheme}://{parts.netloc}")
 
 
 def _same_origin(request: Request, rp: Relying) -> None:
