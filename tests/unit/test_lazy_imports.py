@@ -22,7 +22,7 @@ def loaded_after(statement: str) -> list[str]:
 
 
 def test_the_cli_and_the_relay_start_without_the_record_stack() -> None:
-    assert loaded_after("import labrelay.cli.main, labrelay.runtime") == []
+    assert loaded_after("import labrelay.cli.main, labrelay.runtime, labrelay.operations") == []
 
 
 def test_routing_does_load_it() -> None:

@@ -25,7 +25,7 @@ def create_app(services: RelayServices) -> FastAPI:
         title="labrelay",
         version=__version__,
         summary="End-to-end encrypted relay for lab results. Every /v1 request is signed (RFC 9421).",
-        docs_url=None,  # Swagger UI would load scripts from a CDN; the console (issue 8) ships its own
+        docs_url=None,  # Swagger UI would load scripts from a CDN; the console (http/web) ships its own pages
         redoc_url=None,
         lifespan=lifespan,
         redirect_slashes=False,  # a redirect would be built from the Host header; clients use the exact paths

@@ -340,11 +340,10 @@ def _served(rec: AuditRecord) -> int:
 
 
 _SUMMARIES = {  # one per rule in labrelay.domain.detection.RULES (a test checks)
-    "enumeration": "{subject} asked for {count} unknown, foreign or expired transfers within {window} "
-    "(threshold {threshold})",
+    "enumeration": "{subject} asked for {count} unknown or foreign transfers within {window} (threshold {threshold})",
     "bad-signatures": "{count} failed authentications from {subject} within {window} (threshold {threshold})",
     "replay": "a replayed request signature from {subject}",
-    "revoked-key": "a request correctly signed with the revoked, expired or locked key of {subject}",
+    "revoked-key": "a request correctly signed with the revoked or expired key of {subject}",
     "volume": "{subject} downloaded {count} bytes within {window}, over its threshold of {threshold} "
     "(its usual volume times the configured factor)",
     "limits": "the relay's limit {subject} was reached (requests or connections refused; docs/deployment.md, Limits)",

@@ -36,7 +36,7 @@ def server_upgrade(
 
     ui.out.print(f"schema at {upgrade_data_dir(data)}", markup=False)
     refusal = policy_refusal(data)
-    if refusal is not None:  # say it now, not in tonight's failed sends (policies signed before issue 18)
+    if refusal is not None:  # say it now, not in tonight's failed sends (a policy signed before the unparsed rules)
         ui.err.print(
             f"warning: {refusal}: labs route nothing until the authority publishes the policy in force "
             "(labrelay authority publish-policy)",
