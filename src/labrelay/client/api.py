@@ -36,7 +36,17 @@ from labrelay.errors import (
     error_from_code,
 )
 from labrelay.ports import Clock
-from labrelay.wire import CHECKPOINT_HEADER, JSON_CONTENT_TYPE, OFFSET_CONTENT_TYPE, TUS_VERSION
+from labrelay.wire import (
+    CHECKPOINT_HEADER,
+    JSON_CONTENT_TYPE,
+    OFFSET_CONTENT_TYPE,
+    PAYLOAD_SIGNED,
+    TUS_RESUMABLE,
+    TUS_VERSION,
+    UPLOAD_OFFSET,
+    UPLOAD_PATH,
+    UPLOAD_SIGNED,
+)
 
 T = TypeVar("T")
 
@@ -300,7 +310,7 @@ class RelayClient:
 
     def upload_offset(self, transfer_id: str) -> int:
         def go() -> int:
-            response = self._request("HEAD", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})
+            response = self._request("HEAD", f"{UPLOAD_PATH}{transfer_id}", headers={TUS_RESUMABLE: TUS_VERSION})
             return _offset(response)
 
         return self.retry.run(go)
@@ -310,12 +320,12 @@ class RelayClient:
         digest, then the body) and never held whole, so memory does not grow with the chunk size."""
         source.seek(offset)
         digest = content_digest_of(source, length)
-        headers = {"Tus-Resumable": TUS_VERSION, "Content-Type": OFFSET_CONTENT_TYPE, "Upload-Offset": str(offset)}
+        headers = {TUS_RESUMABLE: TUS_VERSION, "Content-Type": OFFSET_CONTENT_TYPE, UPLOAD_OFFSET: str(offset)}
         response = self._request(
             "PATCH",
-            f"/v1/uploads/{transfer_id}",
+            f"{UPLOAD_PATH}{transfer_id}",
             headers=headers,
-            extra=("upload-offset", "content-type"),
+            extra=UPLOAD_SIGNED,
             streamed_body=(_region(source, offset, length), length, digest),
         )
         response.close()
@@ -349,7 +359,7 @@ class RelayClient:
             offset = new_offset
 
     def cancel_upload(self, transfer_id: str) -> None:
-        self._request("DELETE", f"/v1/uploads/{transfer_id}", headers={"Tus-Resumable": TUS_VERSION})
+        self._request("DELETE", f"{UPLOAD_PATH}{transfer_id}", headers={TUS_RESUMABLE: TUS_VERSION})
 
     def audit_checkpoint(self) -> Checkpoint:
         """The relay's current signed audit head, verified (and compared with what this party kept)."""
@@ -383,7 +393,7 @@ class RelayClient:
         """The payload's bytes from ``start`` (resuming a partial download)."""
         headers = {"Range": f"bytes={start}-"} if start else {}
         response = self._request(
-            "GET", f"/v1/transfers/{transfer_id}/payload", headers=headers, extra=("range",), stream=True
+            "GET", f"/v1/transfers/{transfer_id}/payload", headers=headers, extra=PAYLOAD_SIGNED, stream=True
         )
         if start and response.status_code != 206:
             response.close()
@@ -420,7 +430,7 @@ def _region(source: BinaryIO, offset: int, length: int, piece: int = 1 << 20) ->
 
 
 def _offset(response: httpx.Response) -> int:
-    value = response.headers.get("upload-offset", "")
+    value = response.headers.get(UPLOAD_OFFSET, "")
     if not (value.isascii() and value.isdigit()):
         raise OperationalError("relay sent no Upload-Offset")
     return int(value)
