@@ -25,7 +25,7 @@ from labrelay.domain.audit import Checkpoint, verify_chain
 from labrelay.errors import LabrelayError, UsageError
 from labrelay.ports import Clock
 from labrelay.relay.audit_check import AuditCheck, AuditReport
-from labrelay.relay.audit_export import record_doc
+from labrelay.relay.audit_export import link_doc
 from labrelay.relay.control import CommandResult
 from labrelay.relay.retention import RetentionReport
 from labrelay.runtime import (
@@ -197,19 +197,19 @@ def audit_verify(
 
 
 def audit_export(data_dir: Path, after: int = 0) -> Iterator[dict[str, Any]]:
-    """Every audit record after ``after``, as the NDJSON documents a SIEM receives."""
+    """Every audit link after ``after``, as the NDJSON documents a SIEM receives."""
     with opened(data_dir, require_head=False) as db:
-        for rec in db.sql.audit.records(after):
-            yield record_doc(rec)
+        for rec in db.sql.audit.links(after):
+            yield link_doc(rec)
 
 
 def audit_summary(data_dir: Path) -> dict[str, Any]:
-    """Walk the audit chain of a relay's data directory (running or stopped): counts and the first bad record."""
+    """Walk the audit chain of a relay's data directory (running or stopped): counts and the first bad link."""
     with opened(data_dir, require_head=False) as db:
-        report = verify_chain(db.sql.audit.records())
+        report = verify_chain(db.sql.audit.links())
         counts = db.sql.audit.count_events()
     return {
-        "records": report.records,
+        "records": report.links,
         "chain_ok": report.ok,
         "head": report.head,
         "first_bad_seq": report.first_bad_seq,

@@ -12,10 +12,10 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from labrelay.domain.audit import AuditEntry, AuditEvent, AuditRecord, Checkpoint
+from labrelay.domain.audit import AuditEntry, AuditEvent, AuditLink, Checkpoint
 from labrelay.domain.parties import PartyEntry, Revocation
 from labrelay.domain.policy import PolicyWithdrawal
-from labrelay.domain.transfers import QuarantineReason, TransferRecord, TransferState
+from labrelay.domain.transfers import QuarantineReason, Transfer, TransferState
 
 
 @runtime_checkable
@@ -86,11 +86,11 @@ class NonceStore(Protocol):
 class TransferRepository(Protocol):
     """Transfer metadata: manifests, states, upload offsets, receipts, refusals and holds. Never payload bytes."""
 
-    def create(self, record: TransferRecord) -> None:
+    def create(self, transfer: Transfer) -> None:
         """Insert a new transfer; raises ``Conflict`` if the id exists."""
         ...
 
-    def get(self, transfer_id: str) -> TransferRecord | None: ...
+    def get(self, transfer_id: str) -> Transfer | None: ...
 
     def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> None: ...
 
@@ -117,23 +117,23 @@ class TransferRepository(Protocol):
         """Hold the open transfers among ``transfer_ids`` not held yet, for ``reason``; the ids newly held."""
         ...
 
-    def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]: ...
+    def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[Transfer]: ...
 
-    def for_sender(self, sender: str) -> list[TransferRecord]: ...
+    def for_sender(self, sender: str) -> list[Transfer]: ...
 
-    def open_past(self, now: datetime) -> list[TransferRecord]:
+    def open_past(self, now: datetime) -> list[Transfer]:
         """Transfers not over yet (uploading or available) whose deadline is at or before ``now``."""
         ...
 
-    def open_transfers(self) -> list[TransferRecord]:
+    def open_transfers(self) -> list[Transfer]:
         """Every transfer not over yet (uploading or available)."""
         ...
 
-    def for_key(self, recipient: str, age_recipient: str) -> list[TransferRecord]:
+    def for_key(self, recipient: str, age_recipient: str) -> list[Transfer]:
         """The recipient's transfers not over yet that were sealed to ``age_recipient``."""
         ...
 
-    def recent(self, limit: int) -> list[TransferRecord]:
+    def recent(self, limit: int) -> list[Transfer]:
         """The ``limit`` most recently created transfers, newest first (metadata only: the console's list)."""
         ...
 
@@ -172,26 +172,26 @@ Sealer = Callable[[int, str, datetime], Checkpoint]
 class AuditLog(Protocol):
     """The append-only, hash-chained trail of every request and decision, with its signed head."""
 
-    def append(self, entry: AuditEntry, seal: Sealer) -> tuple[AuditRecord, Checkpoint]:
+    def append(self, entry: AuditEntry, seal: Sealer) -> tuple[AuditLink, Checkpoint]:
         """Append atomically after the current head and sign the new head; concurrent appends are serialised."""
         ...
 
-    def records(self, after_seq: int = 0, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
-        """Records in sequence order, from ``after_seq + 1`` (only ``event``'s when given)."""
+    def links(self, after_seq: int = 0, event: AuditEvent | None = None) -> Iterator[AuditLink]:
+        """Links in sequence order, from ``after_seq + 1`` (only ``event``'s when given)."""
         ...
 
-    def records_since(self, since: datetime, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
-        """Records at or after the instant ``since``, in order (only ``event``'s when given)."""
+    def links_since(self, since: datetime, event: AuditEvent | None = None) -> Iterator[AuditLink]:
+        """Links at or after the instant ``since``, in order (only ``event``'s when given)."""
         ...
 
     def checkpoint(self, kind: str) -> Checkpoint | None:
-        """The signed ``head``, or the ``anchor``: the last record pruned, where the chain now starts."""
+        """The signed ``head``, or the ``anchor``: the last link pruned, where the chain now starts."""
         ...
 
     def hash_at(self, seq: int) -> str | None: ...
 
     def prune_before(self, before: datetime, seal: Sealer) -> int:
-        """Delete records older than ``before`` (never the head); sign the last deleted as the new anchor."""
+        """Delete links older than ``before`` (never the head); sign the last deleted as the new anchor."""
         ...
 
     def activity(self) -> int:
@@ -206,7 +206,7 @@ class Witness(Protocol):
 
     def observe(self, checkpoint: Checkpoint) -> None:
         """Keep a signed head the worker verified; ``AuditTampered`` if it contradicts one kept before (another
-        key, an earlier record, or another hash for the same record)."""
+        key, an earlier link, or another hash for the same link)."""
         ...
 
 

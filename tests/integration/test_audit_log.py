@@ -154,11 +154,11 @@ def rewrite_history(data: Path, seq: int, key: SigningKey | None = None) -> None
     hash after it, and sign a new head. On whichever database the relay uses."""
     engine = engine_for(load_settings(data))
     store = SqlAuditLog(Database(engine))
-    records = list(store.records())
+    links = list(store.links())
     key = key or SigningKey.load(data / "relay-signing.key")
     prev = GENESIS
     with engine.begin() as conn:
-        for rec in records:
+        for rec in links:
             entry = rec.entry
             if rec.seq == seq:
                 entry = dataclasses.replace(entry, outcome=Outcome.REFUSED, reason="rewritten")
@@ -171,7 +171,7 @@ def rewrite_history(data: Path, seq: int, key: SigningKey | None = None) -> None
                 {"p": prev, "h": digest, "s": rec.seq},
             )
             prev = digest
-        head = sign_checkpoint(key, key.public, records[-1].seq, prev, records[-1].entry.at)
+        head = sign_checkpoint(key, key.public, links[-1].seq, prev, links[-1].entry.at)
         conn.execute(
             text("UPDATE audit_checkpoints SET hash = :h, signature = :g, relay_key = :k WHERE kind = 'head'"),
             {"h": head.hash, "g": head.signature, "k": head.relay_key},

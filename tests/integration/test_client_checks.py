@@ -13,7 +13,7 @@ from labrelay.client.api import RelayClient
 from labrelay.client.fetch import (
     acknowledge,
     fetch_all,
-    ledger_entry,
+    journal_entry,
     verify_manifest,
     verify_manifest_ignoring_deadline,
 )
@@ -99,7 +99,7 @@ def test_a_transfer_offered_again_is_acknowledged_again_not_decrypted_again(worl
     again = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert again.code == 0, str(again)
     # Offered again (the embedded relay's reaper runs every minute: it has not closed it first), recognised by the
-    # fetch ledger, acknowledged again without a download or a decryption: the file written first is untouched.
+    # fetch journal, acknowledged again without a download or a decryption: the file written first is untouched.
     assert "already received" in again.out, str(again)
     assert output.stat().st_mtime_ns == stamp
     assert list(out.glob("*.csv")) == [output]
@@ -122,7 +122,7 @@ def test_a_receipt_lost_on_the_way_is_sent_by_the_next_fetch(
         report = fetch_all(cnam, client, out, SystemClock())
     assert report.refused == []  # not the payload's fault: nothing is refused, the receipt is retried
     assert [type(e) for _, e in report.failed] == [Unavailable]
-    assert ledger_entry(cnam, transfer_id)["acknowledged"] is False
+    assert journal_entry(cnam, transfer_id)["acknowledged"] is False
     assert state_of(world, transfer_id) == "available"
     again = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert again.code == 0, str(again)

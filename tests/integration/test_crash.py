@@ -43,8 +43,8 @@ def test_kill_in_each_phase_and_at_random_moments(tmp_path: Path, relay_factory,
         assert landed.count(phase) == planned.count(phase), (phase, landed)
     if len(PHASES) * 2 <= KILLS:
         assert all(planned.count(phase) >= 2 for phase in PHASES), planned
-    ledger = crasher.ledger
-    assert ledger.receipted, crasher.summary()
-    assert ledger.short_lived, crasher.summary()
-    assert ledger.complete, crasher.summary()
+    acknowledged = crasher.acknowledged
+    assert acknowledged.receipted, crasher.summary()
+    assert acknowledged.short_lived, crasher.summary()
+    assert acknowledged.complete, crasher.summary()
     assert crasher.audit_seq > 0, "the audit chain was never walked"

@@ -75,16 +75,16 @@ def test_one_chain_from_many_processes_and_threads(pg_url: str, tmp_path: Path) 
     engine = create_engine(pg_url)
     try:
         audit = SqlAuditLog(Database(engine))
-        records = list(audit.records())
-        report = verify_chain(records)
+        links = list(audit.links())
+        report = verify_chain(links)
         head = audit.checkpoint("head")
     finally:
         engine.dispose()
-    assert len(records) == 4 * 3 * 25
+    assert len(links) == 4 * 3 * 25
     assert report.ok, report.problem
     assert head is not None
-    assert head.seq == len(records)
-    assert head.hash == records[-1].hash
+    assert head.seq == len(links)
+    assert head.hash == links[-1].hash
 
 
 def _threads(url: str, key_path: Path, who: str) -> None:
@@ -157,7 +157,7 @@ def test_restart_gives_unavailable_then_service_resumes(postgres: PostgresServer
             with pytest.raises(Unavailable, match="retry later"):
                 nonces.remember("k", "n2", T0)
             with pytest.raises(Unavailable):
-                list(audit.records())
+                list(audit.links())
         finally:
             postgres.start()
         postgres.wait()

@@ -17,7 +17,7 @@ from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, Checkpoint, v
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.domain.policy import PolicyWithdrawal
-from labrelay.domain.transfers import Manifest, QuarantineReason, TransferRecord, TransferState
+from labrelay.domain.transfers import Manifest, QuarantineReason, Transfer, TransferState
 from labrelay.errors import Conflict
 from labrelay.storage import migrate
 from labrelay.storage.sql.engine import postgres_engine, sqlite_engine
@@ -92,7 +92,7 @@ def test_a_later_policy_issue_replaces_an_earlier_one_never_the_reverse(sql: Sql
     assert sql.policies.policy_withdrawals() == [(withdrawal, {"payload": "w"})]
 
 
-def _transfer(sender: str = "lab-a", recipient: str = "cnam") -> TransferRecord:
+def _transfer(sender: str = "lab-a", recipient: str = "cnam") -> Transfer:
     manifest = Manifest(
         transfer_id=new_id(),
         batch_id=new_id(),
@@ -106,7 +106,7 @@ def _transfer(sender: str = "lab-a", recipient: str = "cnam") -> TransferRecord:
         created=T0,
         deadline=T0 + timedelta(days=7),
     )
-    return TransferRecord(
+    return Transfer(
         manifest=manifest,
         manifest_envelope={"payload": manifest.to_payload(), "signature": "s"},
         state=TransferState.UPLOADING,
@@ -117,11 +117,11 @@ def _transfer(sender: str = "lab-a", recipient: str = "cnam") -> TransferRecord:
 
 
 def test_a_transfer_moves_only_from_the_states_named(sql: SqlStores) -> None:
-    record = _transfer()
-    tid = record.transfer_id
-    sql.transfers.create(record)
+    transfer = _transfer()
+    tid = transfer.transfer_id
+    sql.transfers.create(transfer)
     with pytest.raises(Conflict):
-        sql.transfers.create(record)
+        sql.transfers.create(transfer)
     sql.transfers.set_uploaded(tid, 100, T0)
     assert not sql.transfers.transition(tid, [TransferState.AVAILABLE], TransferState.DELIVERED, T0)
     assert sql.transfers.transition(tid, [TransferState.UPLOADING], TransferState.AVAILABLE, T0)
@@ -199,17 +199,17 @@ def test_the_audit_chain_grows_after_its_signed_head_and_is_pruned_to_an_anchor(
     log = sql.audit
     for i in range(4):
         entry = AuditEntry(at=T0 + timedelta(days=i), event=AuditEvent.TRANSFER_LIST, actor="cnam", details={"n": i})
-        record, head = log.append(entry, seal)
-        assert (record.seq, head.seq, head.hash) == (i + 1, i + 1, record.hash)
-    records = list(log.records())
-    assert records[0].prev_hash == GENESIS
-    assert verify_chain(records).ok
-    assert log.hash_at(2) == records[1].hash
+        link, head = log.append(entry, seal)
+        assert (link.seq, head.seq, head.hash) == (i + 1, i + 1, link.hash)
+    links = list(log.links())
+    assert links[0].prev_hash == GENESIS
+    assert verify_chain(links).ok
+    assert log.hash_at(2) == links[1].hash
     assert log.activity() == 0
     assert log.count_events() == {AuditEvent.TRANSFER_LIST.value: 4}
-    assert [r.seq for r in log.records_since(T0 + timedelta(days=2))] == [3, 4]
+    assert [r.seq for r in log.links_since(T0 + timedelta(days=2))] == [3, 4]
     assert log.prune_before(T0 + timedelta(days=10), seal) == 3  # never the head
     anchor = log.checkpoint("anchor")
     assert anchor is not None
-    assert (anchor.seq, anchor.hash) == (3, records[2].hash)
-    assert [r.seq for r in log.records()] == [4]
+    assert (anchor.seq, anchor.hash) == (3, links[2].hash)
+    assert [r.seq for r in log.links()] == [4]

@@ -65,7 +65,7 @@ def expect(condition: object, message: str) -> None:
 
 
 @dataclass
-class Ledger:
+class Acknowledged:
     """What the relay acknowledged to the drivers, across every cycle."""
 
     manifests: dict[str, Manifest] = field(default_factory=dict)
@@ -123,7 +123,7 @@ class Crasher:
     world: World
     rng: random.Random
     work: Path
-    ledger: Ledger = field(default_factory=Ledger)
+    acknowledged: Acknowledged = field(default_factory=Acknowledged)
     landed: Counter[str] = field(default_factory=Counter)  # the phase each kill landed in
     killed: Counter[str] = field(default_factory=Counter)  # the processes killed
     audit_seq: int = 0
@@ -191,17 +191,17 @@ class Crasher:
         (state,) = seal(self.lab, source, [entry], ttl, SystemClock())
         envelope = read_json(state)["manifest"]
         manifest = Manifest.from_payload(envelope_payload(envelope))
-        self.ledger.manifests[manifest.transfer_id] = manifest
+        self.acknowledged.manifests[manifest.transfer_id] = manifest
         client.create_transfer(envelope)
-        self.ledger.acked.setdefault(manifest.transfer_id, 0)
+        self.acknowledged.acked.setdefault(manifest.transfer_id, 0)
         return manifest
 
     def upload_chunk(self, client: RelayClient, manifest: Manifest, fh: Any, offset: int) -> int:
         tid = manifest.transfer_id
         offset = client.upload_region(tid, fh, offset, min(CHUNK, manifest.size - offset))
-        self.ledger.acked[tid] = max(self.ledger.acked.get(tid, 0), offset)
+        self.acknowledged.acked[tid] = max(self.acknowledged.acked.get(tid, 0), offset)
         if offset == manifest.size:
-            self.ledger.complete.add(tid)
+            self.acknowledged.complete.add(tid)
         return offset
 
     def _upload_gated(
@@ -236,7 +236,7 @@ class Crasher:
         source = self._new_payload(1)
         with self.client(self.lab.name) as client:
             manifest = self.create(client, source, SHORT_TTL)
-            self.ledger.short_lived.add(manifest.transfer_id)
+            self.acknowledged.short_lived.add(manifest.transfer_id)
             with (self.lab.ensure_outbox() / f"{manifest.transfer_id}.age").open("rb") as fh:
                 self.upload_chunk(client, manifest, fh, 0)
         outcome["transfer_id"] = manifest.transfer_id
@@ -245,7 +245,7 @@ class Crasher:
         reached.set()
 
     def fetch_one(self, client: RelayClient, tid: str, before_receipt: Callable[[], None] | None = None) -> None:
-        manifest = self.ledger.manifests[tid]
+        manifest = self.acknowledged.manifests[tid]
         digest, size = download(client, tid)
         expect((size, digest) == (manifest.size, manifest.sha256), f"{tid}: served a partial or wrong payload")
         receipt = Receipt(
@@ -261,12 +261,12 @@ class Crasher:
         if before_receipt is not None:
             before_receipt()
         client.send_receipt(tid, self.cnam.sign(receipt.to_payload()))
-        self.ledger.receipted.add(tid)
+        self.acknowledged.receipted.add(tid)
 
     def _settle(self, phase: str, outcome: dict[str, Any]) -> None:
         """The phase's own outcome after the restart, then the transfer finished the way a client would."""
         tid: str = outcome["transfer_id"]
-        manifest = self.ledger.manifests[tid]
+        manifest = self.acknowledged.manifests[tid]
         with self.client(self.lab.name) as lab:
             state = {t["transfer_id"]: t["state"] for t in lab.transfers("outbox")}[tid]
             if phase == "mid-chunk":
@@ -277,7 +277,7 @@ class Crasher:
                     offset == outcome["before"], f"{tid}: offset {offset} after a cut chunk, not {outcome['before']}"
                 )
             if phase == "last-chunk":
-                acked_whole = tid in self.ledger.complete
+                acked_whole = tid in self.acknowledged.complete
                 expect(
                     state == "available" if acked_whole else state in ("uploading", "available"),
                     f"{tid}: {state} after a kill on its last chunk (acknowledged whole: {acked_whole})",
@@ -288,7 +288,7 @@ class Crasher:
                     while offset < manifest.size:
                         offset = self.upload_chunk(lab, manifest, fh, offset)
             if phase == "receipt":
-                acked = tid in self.ledger.receipted
+                acked = tid in self.acknowledged.receipted
                 expect(
                     state == "delivered" if acked else state in ("available", "delivered"),
                     f"{tid}: {state} after a kill during its receipt (acknowledged: {acked})",
@@ -352,26 +352,28 @@ class Crasher:
 
     def check(self) -> None:
         """Every invariant, after a restart."""
-        ledger, now = self.ledger, datetime.now(UTC)
+        acknowledged, now = self.acknowledged, datetime.now(UTC)
         with self.client(self.lab.name) as lab, self.client(self.cnam.name) as cnam:
             states = {t["transfer_id"]: t for t in lab.transfers("outbox")}
-            for tid, offset in ledger.acked.items():
+            for tid, offset in acknowledged.acked.items():
                 if states[tid]["state"] == "uploading":
                     expect(lab.upload_offset(tid) >= offset, f"{tid}: an acknowledged chunk was lost")
-            for tid in ledger.complete:
+            for tid in acknowledged.complete:
                 state = states[tid]["state"]
                 allowed = (
-                    ("available", "delivered", "expired") if tid in ledger.short_lived else ("available", "delivered")
+                    ("available", "delivered", "expired")
+                    if tid in acknowledged.short_lived
+                    else ("available", "delivered")
                 )
                 expect(state in allowed, f"{tid}: an upload acknowledged whole is {state}")
-            for tid in ledger.receipted:
+            for tid in acknowledged.receipted:
                 expect(states[tid]["state"] == "delivered", f"{tid}: an acknowledged receipt was lost")
             listed_at = datetime.now(UTC)
             for item in cnam.transfers("inbox"):
                 tid = item["transfer_id"]
-                manifest = ledger.manifests[tid]
+                manifest = acknowledged.manifests[tid]
                 expect(manifest.deadline > listed_at, f"{tid}: listed past its deadline")
-                if tid in ledger.verified:
+                if tid in acknowledged.verified:
                     continue
                 try:
                     got = download(cnam, tid)
@@ -379,36 +381,39 @@ class Crasher:
                     expect(manifest.deadline <= datetime.now(UTC), f"{tid}: listed but not served")
                     continue
                 expect(got == (manifest.sha256, manifest.size), f"{tid}: partial payload visible")
-                ledger.verified.add(tid)
-            for tid in ledger.short_lived | ledger.receipted:
-                if tid not in ledger.closed and (tid in ledger.receipted or ledger.manifests[tid].deadline <= now):
+                acknowledged.verified.add(tid)
+            for tid in acknowledged.short_lived | acknowledged.receipted:
+                if tid not in acknowledged.closed and (
+                    tid in acknowledged.receipted or acknowledged.manifests[tid].deadline <= now
+                ):
                     try:
                         download(cnam, tid)
                     except LabrelayError:
-                        ledger.closed.add(tid)
+                        acknowledged.closed.add(tid)
                     else:
                         raise CrashFailure(f"{tid}: served after its receipt or its deadline")
         self.verify_audit_chain()
 
     def verify_audit_chain(self) -> None:
-        """The audit records appended since the last check link to it and to each other."""
+        """The audit links appended since the last check link to it and to each other."""
         engine = engine_for(load_settings(self.world.relay.data))
         try:
-            records = SqlAuditLog(Database(engine)).records(self.audit_seq)
-            chain = verify_chain(records, start_prev=self.audit_hash, start_seq=self.audit_seq + 1)
+            links = SqlAuditLog(Database(engine)).links(self.audit_seq)
+            chain = verify_chain(links, start_prev=self.audit_hash, start_seq=self.audit_seq + 1)
         finally:
             engine.dispose()
         expect(chain.ok, f"audit chain broken at {chain.first_bad_seq}: {chain.problem}")
-        self.audit_seq += chain.records
+        self.audit_seq += chain.links
         self.audit_hash = chain.head
 
     def summary(self) -> str:
-        ledger = self.ledger
+        acknowledged = self.acknowledged
         landed = ", ".join(f"{k} {v}" for k, v in sorted(self.landed.items()))
         return (
             f"{sum(self.landed.values())} kills ({landed}); killed {dict(self.killed)}; "
-            f"{len(ledger.manifests)} transfers, {len(ledger.complete)} complete, {len(ledger.receipted)} receipted, "
-            f"{len(ledger.short_lived)} short-lived, {ledger.errors} client errors"
+            f"{len(acknowledged.manifests)} transfers, {len(acknowledged.complete)} complete, "
+            f"{len(acknowledged.receipted)} receipted, "
+            f"{len(acknowledged.short_lived)} short-lived, {acknowledged.errors} client errors"
         )
 
 
@@ -422,7 +427,7 @@ class RandomDriver(threading.Thread):
         self.phase = "idle"
 
     def run(self) -> None:
-        ledger = self.crasher.ledger
+        acknowledged = self.crasher.acknowledged
         while not self.stop.is_set():
             try:
                 choice = self.rng.random()
@@ -432,9 +437,9 @@ class RandomDriver(threading.Thread):
                     self.resume()
                 else:
                     self.fetch()
-                ledger.actions += 1
+                acknowledged.actions += 1
             except (LabrelayError, OSError):
-                ledger.errors += 1  # the relay is being killed: expected
+                acknowledged.errors += 1  # the relay is being killed: expected
                 time.sleep(0.05)
             self.phase = "idle"
 
@@ -446,7 +451,7 @@ class RandomDriver(threading.Thread):
             self.phase = "create"
             manifest = c.create(client, source, SHORT_TTL if short else timedelta(hours=2))
             if short:
-                c.ledger.short_lived.add(manifest.transfer_id)
+                c.acknowledged.short_lived.add(manifest.transfer_id)
             self._upload(client, manifest, 0)
 
     def _upload(self, client: RelayClient, manifest: Manifest, offset: int) -> None:
@@ -457,15 +462,17 @@ class RandomDriver(threading.Thread):
 
     def resume(self) -> None:
         c = self.crasher
-        unfinished = [t for t in c.ledger.acked if t not in c.ledger.complete and t not in c.ledger.short_lived]
+        unfinished = [
+            t for t in c.acknowledged.acked if t not in c.acknowledged.complete and t not in c.acknowledged.short_lived
+        ]
         if not unfinished:
             return
         tid = self.rng.choice(unfinished)
         with c.client(c.lab.name) as client:
             self.phase = "resume"
             offset = client.upload_offset(tid)
-            expect(offset >= c.ledger.acked.get(tid, 0), f"{tid}: acknowledged bytes lost")
-            self._upload(client, c.ledger.manifests[tid], offset)
+            expect(offset >= c.acknowledged.acked.get(tid, 0), f"{tid}: acknowledged bytes lost")
+            self._upload(client, c.acknowledged.manifests[tid], offset)
 
     def fetch(self) -> None:
         c = self.crasher

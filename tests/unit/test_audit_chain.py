@@ -7,19 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, AuditRecord, Outcome, chain_hash, verify_chain
+from labrelay.domain.audit import GENESIS, AuditEntry, AuditEvent, AuditLink, Outcome, chain_hash, verify_chain
 
 T0 = datetime(2026, 11, 28, tzinfo=UTC)
 
 
-def chain(n: int) -> list[AuditRecord]:
+def chain(n: int) -> list[AuditLink]:
     out, prev = [], GENESIS
     for i in range(1, n + 1):
         entry = AuditEntry(
             at=T0 + timedelta(seconds=i), event=AuditEvent.UPLOAD_CHUNK, actor="lab-a", details={"offset": i}
         )
         digest = chain_hash(entry, i, prev)
-        out.append(AuditRecord(seq=i, entry=entry, prev_hash=prev, hash=digest))
+        out.append(AuditLink(seq=i, entry=entry, prev_hash=prev, hash=digest))
         prev = digest
     return out
 
@@ -28,7 +28,7 @@ def test_intact_chain_verifies() -> None:
     records = chain(10)
     report = verify_chain(records)
     assert report.ok
-    assert report.records == 10
+    assert report.links == 10
     assert report.head == records[-1].hash
 
 

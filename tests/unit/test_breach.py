@@ -133,7 +133,7 @@ def test_prescribers_without_rpps_stay_distinct_and_bad_addresses_lose_no_email(
 
     import polars as pl  # noqa: PLC0415
 
-    from labrelay.batch.ledger import LedgerSink  # noqa: PLC0415
+    from labrelay.batch.persons import PersonsIndexSink  # noqa: PLC0415
     from labrelay.breach.notify import Controller, art34  # noqa: PLC0415
 
     accepted = pl.DataFrame(
@@ -153,7 +153,7 @@ def test_prescribers_without_rpps_stay_distinct_and_bad_addresses_lose_no_email(
         }
     )
     out = io.BytesIO()
-    sink = LedgerSink(out, {"cnam": "t-1"}, None)
+    sink = PersonsIndexSink(out, {"cnam": "t-1"}, None)
     sink.add(accepted, {"cnam": accepted.select("_lid")})
     rows = pl.read_csv(io.BytesIO(out.getvalue()), infer_schema=False)
     assert sorted(rows.filter(pl.col("kind") == "professional")["nom"].to_list()) == ["Dr Deux", "Dr Trois", "Dr Un"]

@@ -115,7 +115,7 @@ def test_one_address_over_its_limit_waits_is_recorded_once_and_alerted(setup: Se
         assert again is not None
         assert again.report is None
     assert service.throttle("198.51.100.8") is None  # another address is not affected
-    [hit] = list(setup.relay.sql.audit.records_since(setup.clock.now() - timedelta(minutes=1), AuditEvent.LIMIT_HIT))
+    [hit] = list(setup.relay.sql.audit.links_since(setup.clock.now() - timedelta(minutes=1), AuditEvent.LIMIT_HIT))
     assert hit.entry.details["limit"] == "console-signin"
     assert hit.entry.details["remote"] == "198.51.100.7"
     [alert] = [a for a in setup.relay.detector.raised if a.rule == "limits"]
@@ -196,7 +196,7 @@ def test_a_sealed_challenge_is_bound_to_its_cookie_expires_resists_tampering_and
     setup.clock.advance(console_module.CHALLENGE_TTL)
     with pytest.raises(AuthenticationFailed):
         service.signin(late_answer, late.sealed, RP, None)
-    refused = [r.entry.reason for r in setup.relay.sql.audit.records_since(setup.clock.now() - timedelta(hours=1))]
+    refused = [r.entry.reason for r in setup.relay.sql.audit.links_since(setup.clock.now() - timedelta(hours=1))]
     assert refused.count("replay") == 1
 
 

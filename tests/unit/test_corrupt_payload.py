@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from labrelay.crypto import age_stream
-from labrelay.crypto.at_rest import HEADER_BYTES, RECORD_HEAD
+from labrelay.crypto.at_rest import HEADER_BYTES, SEGMENT_HEAD
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.audit import AuditEvent
 from labrelay.domain.parties import Role
@@ -27,13 +27,13 @@ from labrelay.http.problems import status_for
 from labrelay.relay.detector import CORRUPT_PAYLOAD
 from tests.support.relay_setup import Member, Setup, read_all
 
-CHUNK = 7000  # upload chunks, hence at-rest records, of 7000 bytes
+CHUNK = 7000  # upload chunks, hence at-rest segments, of 7000 bytes
 
 
 def events(setup: Setup, event: AuditEvent, transfer_id: str | None = None) -> list:
     return [
         r.entry
-        for r in setup.relay.sql.audit.records()
+        for r in setup.relay.sql.audit.links()
         if r.entry.event is event and (transfer_id is None or r.entry.transfer_id == transfer_id)
     ]
 
@@ -59,13 +59,13 @@ def available(setup: Setup, lab: Member, cnam: Member, plain: bytes) -> str:
 
 
 @pytest.mark.threat("T39")
-def test_a_record_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(setup: Setup) -> None:
+def test_a_segment_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(setup: Setup) -> None:
     lab, cnam = parties(setup)
-    plain = bytes(range(256)) * 200  # 51 200 bytes: eight records
+    plain = bytes(range(256)) * 200  # 51 200 bytes: eight segments
     transfer_id = available(setup, lab, cnam, plain)
     good = available(setup, lab, cnam, b"synthetic, no health data\n" * 40)
     path = stored(setup, transfer_id)
-    flip(path, path.stat().st_size - 100)  # inside the last record: the headers and most bytes went out
+    flip(path, path.stat().st_size - 100)  # inside the last segment: the headers and most bytes went out
     delivery = setup.relay.services.delivery
     recovery = setup.relay.services.recovery
 
@@ -78,14 +78,14 @@ def test_a_record_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(
 
     with pytest.raises(PayloadCorrupt, match=f"{transfer_id}.*integrity check"):
         read()
-    assert 0 < len(received) < stream.size  # cut where the bad record begins, after what was sound
+    assert 0 < len(received) < stream.size  # cut where the bad segment begins, after what was sound
 
     # Held at once, in the database, for its reason; recorded once, with the sender named; an operator alerted.
-    record = setup.relay.sql.transfers.get(transfer_id)
-    assert record is not None
-    assert record.state is TransferState.AVAILABLE
-    assert record.quarantined_at == setup.clock.now()
-    assert record.held_because is QuarantineReason.CORRUPT
+    transfer = setup.relay.sql.transfers.get(transfer_id)
+    assert transfer is not None
+    assert transfer.state is TransferState.AVAILABLE
+    assert transfer.quarantined_at == setup.clock.now()
+    assert transfer.held_because is QuarantineReason.CORRUPT
     [corrupt] = events(setup, AuditEvent.PAYLOAD_CORRUPT)
     assert (corrupt.actor, corrupt.transfer_id) == ("cnam", transfer_id)
     assert corrupt.details["sender"] == "lab-a"
@@ -110,7 +110,7 @@ def test_a_record_that_fails_mid_stream_holds_the_transfer_at_the_first_failure(
         delivery.open_payload(lab.caller, transfer_id)
     with pytest.raises(Conflict, match="integrity check"):
         delivery.accept_receipt(
-            cnam.caller, transfer_id, setup.receipt(cnam, {"payload": record.manifest.to_payload()})
+            cnam.caller, transfer_id, setup.receipt(cnam, {"payload": transfer.manifest.to_payload()})
         )
 
     # Not listed any more; its sender and recipient read the hold and its reason; the rest of the inbox is served.
@@ -134,10 +134,10 @@ def age_ciphertext_of(setup: Setup, transfer_id: str) -> bytes:
 
 
 @pytest.mark.threat("T39")
-def test_a_first_record_that_fails_is_never_served_at_all(setup: Setup) -> None:
+def test_a_first_segment_that_fails_is_never_served_at_all(setup: Setup) -> None:
     lab, cnam = parties(setup)
     transfer_id = available(setup, lab, cnam, b"synthetic, no health data\n" * 1000)
-    flip(stored(setup, transfer_id), HEADER_BYTES + RECORD_HEAD + 10)
+    flip(stored(setup, transfer_id), HEADER_BYTES + SEGMENT_HEAD + 10)
     delivery = setup.relay.services.delivery
     for _ in range(2):
         with pytest.raises(PayloadCorrupt, match=transfer_id):
@@ -155,9 +155,9 @@ def test_other_holds_keep_their_reason_and_read_as_before(setup: Setup) -> None:
     lab, cnam = parties(setup)
     transfer_id = available(setup, lab, cnam, b"synthetic, no health data\n" * 40)
     setup.relay.sql.transfers.quarantine([transfer_id], setup.clock.now())
-    record = setup.relay.sql.transfers.get(transfer_id)
-    assert record is not None
-    assert record.held_because is QuarantineReason.ADMIN
+    transfer = setup.relay.sql.transfers.get(transfer_id)
+    assert transfer is not None
+    assert transfer.held_because is QuarantineReason.ADMIN
     with pytest.raises(NotFound):
         setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
     with setup.relay.sql.db.engine.begin() as conn:
@@ -193,9 +193,9 @@ def test_a_manifest_smaller_than_any_age_file_is_refused_at_creation(setup: Setu
     refusals = events(setup, AuditEvent.TRANSFER_REFUSE)
     assert [(e.actor, e.reason) for e in refusals] == [("lab-a", "usage")] * 3
     envelope, _ = setup.seal(lab, cnam, b"x", size=MIN_PAYLOAD_BYTES)
-    record, new = uploads.create(lab.caller, envelope)
+    transfer, new = uploads.create(lab.caller, envelope)
     assert new
-    assert record.state is TransferState.UPLOADING
+    assert transfer.state is TransferState.UPLOADING
 
 
 @pytest.mark.threat("T40")

@@ -198,7 +198,7 @@ def test_admin_commands_fail_closed(setup: Setup) -> None:
         control.execute(malformed, caller=None, via="data")
     assert not control.frozen()
     assert control.refusal("lab-a") is not None
-    refused = [r.entry for r in setup.relay.sql.audit.records() if r.entry.event is AuditEvent.ADMIN_REFUSE]
+    refused = [r.entry for r in setup.relay.sql.audit.links() if r.entry.event is AuditEvent.ADMIN_REFUSE]
     assert len(refused) == 7
     # A locked administrator cannot use the kill switch either.
     control.lock_by_rule("admin-1", "enumeration")

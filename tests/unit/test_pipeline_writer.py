@@ -1,6 +1,6 @@
 """The pipeline writes each block's routed records on a writer thread while the next block is validated: the
 outputs must still come out whole and in input order, be finished when ``run`` returns, and a failure on the
-writer must stop the run (``send_results`` then discards every output and the ledger: client/routed.py)."""
+writer must stop the run (``send_results`` then discards every output and the breach ledger: client/routed.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from labrelay.batch.csv_reader import CsvReader
-from labrelay.batch.ledger import LedgerSink
+from labrelay.batch.persons import PersonsIndexSink
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
 from labrelay.batch.route import Router
 from labrelay.client.policy import default_policy_text
@@ -60,7 +60,7 @@ class Bytes:
         return len(data)
 
 
-def routed_run(path: Path, sinks: dict[str, SlowSink], ledger: LedgerSink | None = None) -> Summary:
+def routed_run(path: Path, sinks: dict[str, SlowSink], persons: PersonsIndexSink | None = None) -> Summary:
     policy = parse_policy(default_policy_text())
     router = Router(policy, set(department_regions().values()), set(sinks), pseudonym_key=new_key())
     return run(
@@ -71,15 +71,15 @@ def routed_run(path: Path, sinks: dict[str, SlowSink], ledger: LedgerSink | None
         review=ReviewFile(None),
         router=router,
         sinks=sinks,  # type: ignore[arg-type]
-        ledger=ledger,
+        persons=persons,
     )
 
 
 def test_every_block_is_written_in_order_before_run_returns(batch_file: Path) -> None:
     sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
-    persons = Bytes()
-    ledger = LedgerSink(persons, {name: f"t-{name}" for name in sinks}, new_key())
-    summary = routed_run(batch_file, sinks, ledger)
+    index = Bytes()
+    persons = PersonsIndexSink(index, {name: f"t-{name}" for name in sinks}, new_key())
+    summary = routed_run(batch_file, sinks, persons)
     assert summary.reconciled
     assert summary.accepted == RECORDS
     assert len(sinks["cnam"].frames) > 10  # several blocks, so several were in flight
@@ -89,9 +89,9 @@ def test_every_block_is_written_in_order_before_run_returns(batch_file: Path) ->
         assert sum(f.height for f in sink.frames) == summary.per_recipient[name] == RECORDS
         assert sink.threads
         assert threading.current_thread().name not in sink.threads
-    ledger_rows = bytes(persons.data).decode().splitlines()
-    assert ledger.patients == RECORDS
-    assert len([r for r in ledger_rows if r.startswith("patient,")]) == RECORDS
+    index_rows = bytes(index.data).decode().splitlines()
+    assert persons.patients == RECORDS
+    assert len([r for r in index_rows if r.startswith("patient,")]) == RECORDS
 
 
 def test_a_failure_on_the_writer_stops_the_run(batch_file: Path) -> None:

@@ -52,7 +52,7 @@ def withdrawal(key: SigningKey, version: str, reason: str = "too loose") -> dict
 
 
 def events(setup: Setup, event: AuditEvent) -> list:
-    return [r.entry for r in setup.relay.sql.audit.records() if r.entry.event is event]
+    return [r.entry for r in setup.relay.sql.audit.links() if r.entry.event is event]
 
 
 # ------------------------------------------------------------------ the lab's side

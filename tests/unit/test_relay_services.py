@@ -52,7 +52,7 @@ def test_upload_serve_receipt_delete(setup: Setup) -> None:
     outbox = setup.relay.services.delivery.outbox(lab.caller)
     assert outbox[0].state is TransferState.DELIVERED
     assert outbox[0].receipt_envelope is not None
-    assert verify_chain(setup.relay.sql.audit.records()).ok
+    assert verify_chain(setup.relay.sql.audit.links()).ok
 
 
 @pytest.mark.threat("T5")
@@ -67,7 +67,7 @@ def test_nothing_served_past_the_deadline_even_without_cleanup(setup: Setup) -> 
     assert setup.relay.services.delivery.inbox(cnam.caller) == []
     with pytest.raises(NotFound):
         setup.relay.services.delivery.open_payload(cnam.caller, transfer_id)
-    refusals = [r for r in setup.relay.sql.audit.records() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
+    refusals = [r for r in setup.relay.sql.audit.links() if r.entry.event is AuditEvent.DOWNLOAD_REFUSE]
     assert refusals[-1].entry.reason == "expired"
 
 
@@ -120,13 +120,13 @@ def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> Non
 def test_chunk_that_does_not_match_its_digest_is_not_kept(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, data = setup.seal(lab, cnam, b"x" * 20000)
-    record, _ = setup.relay.services.uploads.create(lab.caller, envelope)
+    transfer, _ = setup.relay.services.uploads.create(lab.caller, envelope)
     with pytest.raises(IntegrityError):
         setup.relay.services.uploads.append(
-            lab.caller, record.transfer_id, 0, 100, digest_of(data[:100]), [data[100:200]]
+            lab.caller, transfer.transfer_id, 0, 100, digest_of(data[:100]), [data[100:200]]
         )
-    assert setup.relay.services.uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0
-    assert setup.relay.payloads.uploaded(record.transfer_id) == 0
+    assert setup.relay.services.uploads.upload_status(lab.caller, transfer.transfer_id).uploaded == 0
+    assert setup.relay.payloads.uploaded(transfer.transfer_id) == 0
 
 
 @pytest.mark.threat("T41")
@@ -138,31 +138,31 @@ def test_an_upload_that_is_not_age_ciphertext_is_refused_at_its_first_chunk(setu
     uploads = setup.relay.services.uploads
     plain = b"nir,nom\n1850175123456,DUPONT\n" * 20
     in_clear, _ = setup.seal(lab, cnam, b"", size=len(plain), sha256=hashlib.sha256(plain).hexdigest())
-    record, _ = uploads.create(lab.caller, in_clear)
+    transfer, _ = uploads.create(lab.caller, in_clear)
     for offset, chunk in ((0, plain), (0, b"age-encryption.org/v2\n" + plain[22:]), (0, plain[:5])):
         with pytest.raises(NotCiphertext, match="age header"):
-            uploads.append(lab.caller, record.transfer_id, offset, len(chunk), digest_of(chunk), [chunk])
-        assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0
-        assert setup.relay.payloads.uploaded(record.transfer_id) == 0
+            uploads.append(lab.caller, transfer.transfer_id, offset, len(chunk), digest_of(chunk), [chunk])
+        assert uploads.upload_status(lab.caller, transfer.transfer_id).uploaded == 0
+        assert setup.relay.payloads.uploaded(transfer.transfer_id) == 0
     refused = [
         r.entry
-        for r in setup.relay.sql.audit.records()
-        if r.entry.event is AuditEvent.UPLOAD_CHUNK and r.entry.transfer_id == record.transfer_id
+        for r in setup.relay.sql.audit.links()
+        if r.entry.event is AuditEvent.UPLOAD_CHUNK and r.entry.transfer_id == transfer.transfer_id
     ]
     assert [(e.outcome, e.reason, e.actor) for e in refused] == [(Outcome.REFUSED, "not-ciphertext", "lab-a")] * 3
 
     envelope, data = setup.seal(lab, cnam, b"nir,nom\n1850175123456,DUPONT\n" * 20)
-    record, _ = uploads.create(lab.caller, envelope)
-    uploads.append(lab.caller, record.transfer_id, 0, 10, digest_of(data[:10]), [data[:10]])
+    transfer, _ = uploads.create(lab.caller, envelope)
+    uploads.append(lab.caller, transfer.transfer_id, 0, 10, digest_of(data[:10]), [data[:10]])
     forged = b"X" + data[11:40]
     with pytest.raises(NotCiphertext):  # the rest of the header, rewritten
-        uploads.append(lab.caller, record.transfer_id, 10, len(forged), digest_of(forged), [forged])
+        uploads.append(lab.caller, transfer.transfer_id, 10, len(forged), digest_of(forged), [forged])
     for start, end in ((10, 21), (21, 40), (40, len(data))):
         uploads.append(
-            lab.caller, record.transfer_id, start, end - start, digest_of(data[start:end]), [data[start:end]]
+            lab.caller, transfer.transfer_id, start, end - start, digest_of(data[start:end]), [data[start:end]]
         )
-    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.AVAILABLE
-    assert read_all(setup, cnam, record.transfer_id) == data
+    assert setup.relay.sql.transfers.get(transfer.transfer_id).state is TransferState.AVAILABLE
+    assert read_all(setup, cnam, transfer.transfer_id) == data
 
 
 @pytest.mark.threat("T3")
@@ -216,26 +216,26 @@ def test_upload_offsets_and_resume(setup: Setup) -> None:
     envelope, data = setup.seal(lab, cnam, b"y" * 30000)
     uploads = setup.relay.services.uploads
     delivery = setup.relay.services.delivery
-    record, new = uploads.create(lab.caller, envelope)
+    transfer, new = uploads.create(lab.caller, envelope)
     assert new
     again, new_again = uploads.create(lab.caller, envelope)  # a retried creation is idempotent
     assert not new_again
-    assert again.transfer_id == record.transfer_id
+    assert again.transfer_id == transfer.transfer_id
 
-    uploads.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+    uploads.append(lab.caller, transfer.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
     with pytest.raises(Conflict, match="offset is 1000"):
-        uploads.append(lab.caller, record.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+        uploads.append(lab.caller, transfer.transfer_id, 0, 1000, digest_of(data[:1000]), [data[:1000]])
     with pytest.raises(UsageError, match="ended after"):  # a body cut short is discarded
-        uploads.append(lab.caller, record.transfer_id, 1000, 2000, digest_of(data[1000:3000]), [data[1000:2000]])
-    assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 1000
+        uploads.append(lab.caller, transfer.transfer_id, 1000, 2000, digest_of(data[1000:3000]), [data[1000:2000]])
+    assert uploads.upload_status(lab.caller, transfer.transfer_id).uploaded == 1000
     with pytest.raises(TooLarge):
-        uploads.append(lab.caller, record.transfer_id, 1000, len(data), digest_of(b""), [b""])
+        uploads.append(lab.caller, transfer.transfer_id, 1000, len(data), digest_of(b""), [b""])
     status = uploads.append(
-        lab.caller, record.transfer_id, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]]
+        lab.caller, transfer.transfer_id, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]]
     )
     assert status.state is TransferState.AVAILABLE
-    assert read_all(setup, cnam, record.transfer_id) == data
-    assert b"".join(delivery.open_payload(cnam.caller, record.transfer_id, 29000).chunks) == data[29000:]
+    assert read_all(setup, cnam, transfer.transfer_id) == data
+    assert b"".join(delivery.open_payload(cnam.caller, transfer.transfer_id, 29000).chunks) == data[29000:]
 
 
 def test_receipt_checks(setup: Setup) -> None:
@@ -268,9 +268,9 @@ def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
         t.start()
     for t in threads:
         t.join()
-    report = verify_chain(setup.relay.sql.audit.records())
+    report = verify_chain(setup.relay.sql.audit.links())
     assert report.ok
-    assert report.records >= 300
+    assert report.links >= 300
 
 
 # ------------------------------------------------------------------ authentication
@@ -304,7 +304,7 @@ def test_authentication_fails_closed(setup: Setup) -> None:
     setup.revoke("lab-a")
     with pytest.raises(PartyRevoked):
         auth.authenticate(request(lab, lab.signing, setup.clock.now()), has_body=False)
-    events = [r.entry for r in setup.relay.sql.audit.records()]
+    events = [r.entry for r in setup.relay.sql.audit.links()]
     assert any(e.event is AuditEvent.AUTH_REPLAY for e in events)
     assert sum(e.event is AuditEvent.AUTH_FAILURE for e in events) >= 5
 
@@ -352,7 +352,7 @@ def test_another_senders_transfer_id_is_refused_without_saying_it_exists(setup: 
         setup.relay.services.uploads.create(lab.caller, own_again)
     assert foreign.value.message == own.value.message
     assert "exist" not in foreign.value.message
-    flagged = [r.entry for r in setup.relay.sql.audit.records() if r.entry.reason == "id-collision"]
+    flagged = [r.entry for r in setup.relay.sql.audit.links() if r.entry.reason == "id-collision"]
     assert [e.actor for e in flagged] == ["lab-b"]
     assert setup.relay.sql.transfers.get(taken).sender == "lab-a"
 
@@ -361,9 +361,9 @@ def test_only_the_signed_parts_of_an_envelope_are_stored(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, _ = setup.seal(lab, cnam, b"x" * 100)
     padded = {**envelope, "smuggled": "A" * 10_000}
-    record, _ = setup.relay.services.uploads.create(lab.caller, padded)
-    assert set(record.manifest_envelope) == {"payload", "signer", "alg", "sig"}
-    assert "smuggled" not in json.dumps(setup.relay.sql.transfers.get(record.transfer_id).manifest_envelope)
+    transfer, _ = setup.relay.services.uploads.create(lab.caller, padded)
+    assert set(transfer.manifest_envelope) == {"payload", "signer", "alg", "sig"}
+    assert "smuggled" not in json.dumps(setup.relay.sql.transfers.get(transfer.transfer_id).manifest_envelope)
 
 
 @pytest.mark.threat("T5")
@@ -386,7 +386,7 @@ def test_restart_deletes_ciphertext_a_crash_left_behind(setup: Setup, tmp_path: 
     assert sorted(setup.relay.payloads.ids()) == [waiting_env["payload"]["transfer_id"]]
     causes = {
         r.entry.details.get("cause")
-        for r in setup.relay.sql.audit.records()
+        for r in setup.relay.sql.audit.links()
         if r.entry.event is AuditEvent.PAYLOAD_DELETE
     }
     assert {"recovery-orphan", "recovery-delivered"} <= causes
@@ -403,16 +403,16 @@ def test_an_upload_cut_after_its_last_chunk_is_finished_not_stranded(setup: Setu
     uploads = setup.relay.services.uploads
     delivery = setup.relay.services.delivery
     recovery = setup.relay.services.recovery
-    record, _ = uploads.create(lab.caller, envelope)
-    writer = setup.relay.payloads.writer(record.transfer_id, 0)  # what _append does, up to the crash
+    transfer, _ = uploads.create(lab.caller, envelope)
+    writer = setup.relay.payloads.writer(transfer.transfer_id, 0)  # what _append does, up to the crash
     writer.write(data)
-    setup.relay.sql.transfers.set_uploaded(record.transfer_id, writer.commit(), setup.clock.now())
-    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.UPLOADING
-    assert record.transfer_id not in [r.transfer_id for r in delivery.inbox(cnam.caller)]
+    setup.relay.sql.transfers.set_uploaded(transfer.transfer_id, writer.commit(), setup.clock.now())
+    assert setup.relay.sql.transfers.get(transfer.transfer_id).state is TransferState.UPLOADING
+    assert transfer.transfer_id not in [r.transfer_id for r in delivery.inbox(cnam.caller)]
     if finisher == "sender-asks":
-        status = uploads.upload_status(lab.caller, record.transfer_id)
+        status = uploads.upload_status(lab.caller, transfer.transfer_id)
         assert status.state is TransferState.AVAILABLE
     else:
         assert recovery.recover() >= 1
-    assert setup.relay.sql.transfers.get(record.transfer_id).state is TransferState.AVAILABLE
-    assert b"".join(setup.relay.payloads.open(record.transfer_id)) == data
+    assert setup.relay.sql.transfers.get(transfer.transfer_id).state is TransferState.AVAILABLE
+    assert b"".join(setup.relay.payloads.open(transfer.transfer_id)) == data

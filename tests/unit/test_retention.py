@@ -81,7 +81,7 @@ def sealed_file(tmp_path: Path, plain: bytes, chunks: list[int]) -> tuple[LocalP
     return store, transfer_id
 
 
-def test_the_payload_file_holds_sealed_records_not_the_payload(tmp_path: Path) -> None:
+def test_the_payload_file_holds_sealed_segments_not_the_payload(tmp_path: Path) -> None:
     """The round trip and resumes are the contract both stores keep (tests/unit/test_payload_stores.py); here,
     what the directory store writes on disk."""
     plain = os.urandom(200_000)
@@ -92,15 +92,15 @@ def test_the_payload_file_holds_sealed_records_not_the_payload(tmp_path: Path) -
     assert b"".join(store.open(tid)) == plain
 
 
-def test_records_are_bound_to_their_place_and_their_transfer(tmp_path: Path) -> None:
+def test_segments_are_bound_to_their_place_and_their_transfer(tmp_path: Path) -> None:
     plain = os.urandom(3 * at_rest.SEGMENT)
     store, tid = sealed_file(tmp_path, plain, [len(plain)])
     path = store.root / f"{tid}.payload"
     data = path.read_bytes()
-    size = at_rest.RECORD_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES
+    size = at_rest.SEGMENT_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES
     head, first, second = data[: at_rest.HEADER_BYTES], data[at_rest.HEADER_BYTES :][:size], data[-size:]
     middle = data[at_rest.HEADER_BYTES + size : -size]
-    path.write_bytes(head + second + middle + first)  # records swapped
+    path.write_bytes(head + second + middle + first)  # segments swapped
     with pytest.raises(IntegrityError):
         b"".join(store.open(tid))
     other = new_id()
@@ -109,7 +109,7 @@ def test_records_are_bound_to_their_place_and_their_transfer(tmp_path: Path) -> 
         b"".join(store.open(other))
 
 
-def test_a_torn_record_at_the_end_is_not_counted_and_is_cut_on_resume(tmp_path: Path) -> None:
+def test_a_torn_segment_at_the_end_is_not_counted_and_is_cut_on_resume(tmp_path: Path) -> None:
     keys = FileKeyStore(tmp_path / "keys")
     store = LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
     tid = new_id()
@@ -117,7 +117,7 @@ def test_a_torn_record_at_the_end_is_not_counted_and_is_cut_on_resume(tmp_path: 
     writer = store.writer(tid, 0)
     writer.write(b"a" * 1000)
     assert writer.commit() == 1000
-    with (store.root / f"{tid}.upload").open("ab") as fh:  # a crash in the middle of the next record
+    with (store.root / f"{tid}.upload").open("ab") as fh:  # a crash in the middle of the next segment
         fh.write(b"\x00\x00\x03\xe8" + b"\x01" * 40)
     assert store.uploaded(tid) == 1000
     with pytest.raises(Conflict, match="ends at offset 999"):
@@ -246,7 +246,7 @@ def test_years_of_deadlines_leave_nothing_past_its_time(setup: Setup) -> None:
         assert not setup.relay.sql.transfers.open_past(now)
     assert delivered > 50
     assert expired > 50
-    # Two years: the audit log's retention (365 days) pruned the oldest records; what remains still verifies,
+    # Two years: the audit log's retention (365 days) pruned the oldest segments; what remains still verifies,
     # from the anchor the relay signed.
     anchor = setup.relay.sql.audit.checkpoint("anchor")
     assert anchor is not None
@@ -316,18 +316,18 @@ def test_an_upload_whose_bytes_vanished_restarts_and_a_lost_payload_is_closed(se
     uploads = setup.relay.services.uploads
     recovery = setup.relay.services.recovery
     up_env, up_data = setup.seal(lab, cnam, os.urandom(9000))
-    record, _ = uploads.create(lab.caller, up_env)
-    uploads.append(lab.caller, record.transfer_id, 0, 4000, digest_of(up_data[:4000]), [up_data[:4000]])
+    transfer, _ = uploads.create(lab.caller, up_env)
+    uploads.append(lab.caller, transfer.transfer_id, 0, 4000, digest_of(up_data[:4000]), [up_data[:4000]])
     done_env, done_data = setup.seal(lab, cnam, os.urandom(3000))
     setup.upload(lab, done_env, done_data)
-    for tid in (record.transfer_id, done_env["payload"]["transfer_id"]):
+    for tid in (transfer.transfer_id, done_env["payload"]["transfer_id"]):
         setup.relay.payloads.delete(tid)  # a disk lost them
     recovery.recover()
-    assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 4000  # too recent to touch yet
+    assert uploads.upload_status(lab.caller, transfer.transfer_id).uploaded == 4000  # too recent to touch yet
     setup.clock.advance(timedelta(minutes=2))
     recovery.recover()
-    assert uploads.upload_status(lab.caller, record.transfer_id).uploaded == 0  # the sender starts again
-    status = uploads.append(lab.caller, record.transfer_id, 0, len(up_data), digest_of(up_data), [up_data])
+    assert uploads.upload_status(lab.caller, transfer.transfer_id).uploaded == 0  # the sender starts again
+    status = uploads.append(lab.caller, transfer.transfer_id, 0, len(up_data), digest_of(up_data), [up_data])
     assert status.state is TransferState.AVAILABLE
     assert setup.relay.sql.transfers.get(done_env["payload"]["transfer_id"]).state is TransferState.EXPIRED  # type: ignore[union-attr]
     assert check(setup).ok

@@ -150,7 +150,7 @@ def test_a_tampered_chunk_fails_its_integrity_check(store: S3PayloadStore) -> No
     tid = upload(store, plain, [len(plain)], publish=False)
     key = chunk_key(tid, 0, len(plain))
     data = bytearray(objects(store)[key])
-    data[at_rest.RECORD_HEAD + 100] ^= 1
+    data[at_rest.SEGMENT_HEAD + 100] ^= 1
     store.client.put_object(Bucket=store.bucket, Key=key, Body=bytes(data))
     with pytest.raises(IntegrityError):
         store.upload_digest(tid)
@@ -160,14 +160,14 @@ def test_a_tampered_chunk_fails_its_integrity_check(store: S3PayloadStore) -> No
         b"".join(stream)
 
 
-def test_records_are_bound_to_their_place_and_their_transfer(store: S3PayloadStore) -> None:
+def test_segments_are_bound_to_their_place_and_their_transfer(store: S3PayloadStore) -> None:
     plain = plaintext(3 * at_rest.SEGMENT)
     tid = upload(store, plain, [len(plain)], publish=False)
     key = chunk_key(tid, 0, len(plain))
     data = objects(store)[key]
-    size = at_rest.RECORD_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES
+    size = at_rest.SEGMENT_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES
     swapped = data[size : 2 * size] + data[:size] + data[2 * size :]
-    store.client.put_object(Bucket=store.bucket, Key=key, Body=swapped)  # records swapped
+    store.client.put_object(Bucket=store.bucket, Key=key, Body=swapped)  # segments swapped
     with pytest.raises(IntegrityError):
         store.upload_digest(tid)
     store.client.put_object(Bucket=store.bucket, Key=key, Body=data)
@@ -188,9 +188,9 @@ def test_a_published_chunk_replaced_even_validly_sealed_is_refused(store: S3Payl
     header = objects(store)[f"parts/{tid}/header"]
     dek = at_rest.open_header(tid, header, store.keys.key)
     sink = io.BytesIO()
-    records = at_rest.RecordWriter(sink, dek, tid, 0)
-    records.write(second)
-    records.finish()
+    segments = at_rest.SegmentWriter(sink, dek, tid, 0)
+    segments.write(second)
+    segments.finish()
     store.client.put_object(Bucket=store.bucket, Key=key, Body=sink.getvalue())
     with pytest.raises(IntegrityError, match="changed"):
         b"".join(store.open(tid))
@@ -224,33 +224,33 @@ def test_a_malformed_index_is_refused(store: S3PayloadStore) -> None:
             store.size(tid)
 
 
-def test_read_records_refuses_short_long_and_oversized_streams() -> None:
+def test_read_segments_refuses_short_long_and_oversized_streams() -> None:
     dek, tid = at_rest.new_key(), new_id()
     sink = io.BytesIO()
-    records = at_rest.RecordWriter(sink, dek, tid, 100)
-    records.write(plaintext(at_rest.SEGMENT + 10))
-    records.finish()
+    segments = at_rest.SegmentWriter(sink, dek, tid, 100)
+    segments.write(plaintext(at_rest.SEGMENT + 10))
+    segments.finish()
     sealed = sink.getvalue()
     end = 100 + at_rest.SEGMENT + 10
-    assert b"".join(at_rest.read_records(io.BytesIO(sealed).read, dek, tid, 100, end)) == plaintext(
+    assert b"".join(at_rest.read_segments(io.BytesIO(sealed).read, dek, tid, 100, end)) == plaintext(
         at_rest.SEGMENT + 10
     )
     assert (
-        b"".join(at_rest.read_records(io.BytesIO(sealed).read, dek, tid, 100, end, 100 + at_rest.SEGMENT + 4))
+        b"".join(at_rest.read_segments(io.BytesIO(sealed).read, dek, tid, 100, end, 100 + at_rest.SEGMENT + 4))
         == (plaintext(at_rest.SEGMENT + 10)[-6:])
     )
     bad = {
         "short": (sealed[:-1], end),
-        "cut after a record": (sealed[: at_rest.RECORD_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES], end),
+        "cut after a segment": (sealed[: at_rest.SEGMENT_HEAD + at_rest.SEGMENT + at_rest.TAG_BYTES], end),
         "trailing bytes": (sealed + b"\x00", end),
         "fewer bytes than the range": (sealed, end + 1),
         "more bytes than the range": (sealed, end - 1),
     }
     for data, until in bad.values():
         with pytest.raises(IntegrityError):
-            b"".join(at_rest.read_records(io.BytesIO(data).read, dek, tid, 100, until))
+            b"".join(at_rest.read_segments(io.BytesIO(data).read, dek, tid, 100, until))
     with pytest.raises(IntegrityError):  # the right bytes at the wrong offset
-        b"".join(at_rest.read_records(io.BytesIO(sealed).read, dek, tid, 0, end - 100))
+        b"".join(at_rest.read_segments(io.BytesIO(sealed).read, dek, tid, 0, end - 100))
 
 
 # ------------------------------------------------------------------ housekeeping

@@ -54,7 +54,7 @@ def refusal_of(setup: Setup, signer: Member, envelope: dict, *, reason: str = "i
 
 
 def events(setup: Setup, event: AuditEvent) -> list:
-    return [r.entry for r in setup.relay.sql.audit.records() if r.entry.event is event]
+    return [r.entry for r in setup.relay.sql.audit.links() if r.entry.event is event]
 
 
 def sent(setup: Setup, lab: Member, to: Member, plain: bytes = b"x" * 3000, **over: object) -> tuple[dict, str]:
@@ -167,10 +167,10 @@ def test_a_recipients_refusal_holds_the_transfer_and_tells_its_sender(setup: Set
     read_all(setup, cnam, transfer_id)  # downloaded; the client's checks refuse it
     refusal = refusal_of(setup, cnam, envelope, reason="integrity")
 
-    record = delivery.refuse(cnam.caller, transfer_id, refusal)
-    assert record.refusal_envelope == refusal
-    assert record.quarantined_at == setup.clock.now()
-    assert record.state is TransferState.AVAILABLE
+    transfer = delivery.refuse(cnam.caller, transfer_id, refusal)
+    assert transfer.refusal_envelope == refusal
+    assert transfer.quarantined_at == setup.clock.now()
+    assert transfer.state is TransferState.AVAILABLE
     # Never offered again: not listed, not served, not acknowledged; other transfers are untouched.
     assert [r.transfer_id for r in delivery.inbox(cnam.caller)] == [other_id]
     with pytest.raises(NotFound):
@@ -245,8 +245,8 @@ def test_a_refusal_that_is_not_the_recipients_own_changes_nothing(setup: Setup) 
             delivery.refuse(caller.caller, transfer_id, refusal)
     with pytest.raises(UsageError):
         delivery.refuse(cnam.caller, "../" + transfer_id, good)
-    record = setup.relay.sql.transfers.get(transfer_id)
-    assert (record.state, record.quarantined_at, record.refusal_envelope) == (TransferState.AVAILABLE, None, None)
+    transfer = setup.relay.sql.transfers.get(transfer_id)
+    assert (transfer.state, transfer.quarantined_at, transfer.refusal_envelope) == (TransferState.AVAILABLE, None, None)
     assert [r.transfer_id for r in delivery.inbox(cnam.caller)] == [transfer_id]
     refused = events(setup, AuditEvent.REFUSAL_REFUSE)
     assert len(refused) == len(attempts) + 1
@@ -283,9 +283,9 @@ def test_only_an_available_transfer_can_be_refused(setup: Setup) -> None:
     setup.relay.sql.transfers.quarantine([held_id], setup.clock.now())
     quarantined_at = setup.relay.sql.transfers.get(held_id).quarantined_at
     setup.clock.advance(timedelta(minutes=1))
-    record = delivery.refuse(cnam.caller, held_id, refusal_of(setup, cnam, held))
-    assert record.refusal_envelope is not None
-    assert record.quarantined_at == quarantined_at
+    transfer = delivery.refuse(cnam.caller, held_id, refusal_of(setup, cnam, held))
+    assert transfer.refusal_envelope is not None
+    assert transfer.quarantined_at == quarantined_at
 
 
 # ------------------------------------------------------------------ unparsed documents

@@ -99,7 +99,7 @@ def test_one_worker_runs_the_jobs_and_another_takes_over(setup: Setup, tmp_path:
     assert counts["worker:standby"] == 2
 
 
-def test_checkpointer_verifies_witnesses_and_alerts_on_a_changed_record(setup: Setup) -> None:
+def test_checkpointer_verifies_witnesses_and_alerts_on_a_changed_link(setup: Setup) -> None:
     sink = Sink()
     alerts = AlertDispatcher([sink])
     witnessed = Witnessed()

@@ -23,8 +23,8 @@ import polars as pl
 from labrelay.batch.csv_reader import Batch, CsvReader
 from labrelay.batch.fhir import FhirReader
 from labrelay.batch.hl7 import Hl7Reader
-from labrelay.batch.ledger import LedgerSink
 from labrelay.batch.outputs import RecordSink
+from labrelay.batch.persons import PersonsIndexSink
 from labrelay.batch.route import HELD_RECIPIENT, Router
 from labrelay.batch.validate import Validator
 from labrelay.domain.records import FIELDS, Result
@@ -211,10 +211,10 @@ def run(
     router: Router | None = None,
     sinks: Mapping[str, RecordSink] | None = None,
     on_batch: Callable[[Batch], None] | None = None,
-    ledger: LedgerSink | None = None,
+    persons: PersonsIndexSink | None = None,
 ) -> Summary:
-    """Process every batch; return the summary (also updated in place). With a ``ledger``, each routed record's
-    person goes to the sender's ledger with the destinations that received it.
+    """Process every batch; return the summary (also updated in place). With ``persons``, each routed record's
+    person goes to the persons index of the sender's breach ledger with the destinations that received it.
 
     The routed records of a block are written (serialised, then compressed and sealed by the sinks' streams) by
     one writer thread while the next block is read and validated: at most one block in flight, written in order;
@@ -234,8 +234,8 @@ def run(
             accepted = result.accepted
             held_records = 0
             if router is not None:
-                if ledger is not None:
-                    accepted = ledger.prepare(accepted, row_ids)
+                if persons is not None:
+                    accepted = persons.prepare(accepted, row_ids)
                     row_ids += accepted.height
                 routed, held = router.route(accepted)
                 for name, frame in routed.items():
@@ -247,7 +247,7 @@ def run(
                 if sinks:
                     if writing is not None:
                         writing.result()  # the previous block is written (or its failure raised here)
-                    writing = writer.submit(_write_block, sinks, routed, ledger, accepted)
+                    writing = writer.submit(_write_block, sinks, routed, persons, accepted)
             summary.held += held_records
             summary.accepted += accepted.height - held_records
             if on_batch is not None:
@@ -272,10 +272,10 @@ def _count_held(summary: Summary, held: pl.DataFrame) -> None:
 def _write_block(
     sinks: Mapping[str, RecordSink],
     routed: Mapping[str, pl.DataFrame],
-    ledger: LedgerSink | None,
+    persons: PersonsIndexSink | None,
     accepted: pl.DataFrame,
 ) -> None:
-    if ledger is not None:
-        ledger.add(accepted, routed)
+    if persons is not None:
+        persons.add(accepted, routed)
     for name, frame in routed.items():
         sinks[name].write_frame(frame)

@@ -29,7 +29,7 @@ HELD_RECIPIENT = "_recipient"
 """In the held frame: the recipient whose share of the record is held (empty when no ARS covers the residence)."""
 
 ROW_ID = "_lid"
-"""A routed record's row id, kept in each destination's frame when the sender's ledger asks for it (RecordSink
+"""A routed record's row id, kept in each destination's frame when the persons index asks for it (RecordSink
 writes only the destination's fields)."""
 
 
@@ -150,7 +150,7 @@ class Router:
     def route(self, accepted: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
         """(records per enrolled destination, with only its fields; the held shares: one row per record and
         recipient that cannot take it yet, with ``_reason`` and ``HELD_RECIPIENT``)."""
-        pseudonymised = "pseudonyme" in accepted.columns  # already computed for the sender's ledger
+        pseudonymised = "pseudonyme" in accepted.columns  # already computed for the persons index
         wants_key = any(d.rule.pseudonymise for d in self.destinations) and not self.count_only
         if wants_key and self._key is not None and not pseudonymised:
             accepted = with_pseudonyms(accepted, self._key)

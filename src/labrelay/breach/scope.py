@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from labrelay.batch.ledger import PATIENT, PROFESSIONAL
+from labrelay.batch.persons import PATIENT, PROFESSIONAL
 from labrelay.crypto import age_stream
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.audit import AuditEntry, AuditEvent, Outcome, chain_hash
@@ -34,7 +34,10 @@ SCOPE_TYPE = "labrelay.breach-scope.v1"
 
 
 @dataclass
-class Ledger:
+class LedgerReader:
+    """One sender's breach ledger of one batch, read back from disk: its metadata, and where its sealed persons
+    index is (opened only with the DPO's key, by ``name_persons``)."""
+
     folder: Path
     meta: dict[str, Any]
 
@@ -57,9 +60,9 @@ class Ledger:
         ]
 
 
-def load_ledgers(paths: Sequence[Path]) -> list[Ledger]:
+def load_ledgers(paths: Sequence[Path]) -> list[LedgerReader]:
     """Every ledger (``<batch>.json``) in the given directories or files."""
-    found: list[Ledger] = []
+    found: list[LedgerReader] = []
     for path in paths:
         metas = sorted(path.glob("*.json")) if path.is_dir() else [path]
         for meta_path in metas:
@@ -71,7 +74,7 @@ def load_ledgers(paths: Sequence[Path]) -> list[Ledger]:
                 raise Unreadable(f"{meta_path}: not a labrelay ledger")
             if meta.get("batch_id") in {f.meta.get("batch_id") for f in found}:
                 continue  # the same ledger given twice counts once
-            found.append(Ledger(meta_path.parent, meta))
+            found.append(LedgerReader(meta_path.parent, meta))
     if not found:
         raise UsageError("no ledger found", hint="give each sender's ledger directory: --ledger PARTIES/lab/ledger")
     return found
@@ -79,15 +82,15 @@ def load_ledgers(paths: Sequence[Path]) -> list[Ledger]:
 
 @dataclass
 class AuditRead:
-    """What the export itself proves: its records chain, without a gap, from ``first_seq``."""
+    """What the export itself proves: its links chain, without a gap, from ``first_seq``."""
 
-    records: int = 0
+    links: int = 0
     first_seq: int | None = None
     last_seq: int | None = None
 
 
 def read_audit(path: Path, seen: AuditRead | None = None) -> Iterator[dict[str, Any]]:
-    """The relay's NDJSON audit export, line by line, each record checked against its hash and its predecessor:
+    """The relay's NDJSON audit export, line by line, each link checked against its hash and its predecessor:
     an export with a line removed, changed or inserted (the relay may be the compromised party) is refused."""
     seen = seen or AuditRead()
     prev: str | None = None
@@ -99,11 +102,11 @@ def read_audit(path: Path, seen: AuditRead | None = None) -> Iterator[dict[str, 
                 doc = json.loads(line)
                 if not isinstance(doc, dict):
                     raise ValueError(f"line {n} is not an object")
-                _check_record(doc, prev, n)
+                _check_link(doc, prev, n)
                 prev = str(doc["hash"])
                 seen.first_seq = seen.first_seq or int(doc["seq"])
                 seen.last_seq = int(doc["seq"])
-                seen.records += 1
+                seen.links += 1
                 yield doc
     except OSError as exc:
         raise Unreadable(f"{path}: {exc}") from None
@@ -114,7 +117,7 @@ def read_audit(path: Path, seen: AuditRead | None = None) -> Iterator[dict[str, 
         ) from None
 
 
-def _check_record(doc: dict[str, Any], prev: str | None, line: int) -> None:
+def _check_link(doc: dict[str, Any], prev: str | None, line: int) -> None:
     entry = AuditEntry(
         at=from_rfc3339(str(doc["at"])),
         event=AuditEvent(doc["event"]),
@@ -177,7 +180,7 @@ class Scope:
             },
             "persons": self.persons or None,
             "audit": {
-                "records": self.audit.records,
+                "records": self.audit.links,
                 "first_seq": self.audit.first_seq,
                 "last_seq": self.audit.last_seq,
                 "complete": self.audit.first_seq == 1,
@@ -207,7 +210,7 @@ def _opt(instant: datetime | None) -> str | None:
 
 
 def compute_scope(
-    ledgers: Sequence[Ledger], audit: Path | Iterable[dict[str, Any]], incident: Incident, now: datetime
+    ledgers: Sequence[LedgerReader], audit: Path | Iterable[dict[str, Any]], incident: Incident, now: datetime
 ) -> Scope:
     """Assess every ledger transfer; ``audit`` is the export's path (verified as it is read) or its documents."""
     read = AuditRead()
@@ -242,7 +245,7 @@ def compute_scope(
     return scope
 
 
-def _persons_frame(ledger: Ledger, identities: Sequence[AgeIdentity]) -> pl.DataFrame:
+def _persons_frame(ledger: LedgerReader, identities: Sequence[AgeIdentity]) -> pl.DataFrame:
     sealed = ledger.persons_file
     plain = io.BytesIO()
     try:
@@ -255,11 +258,11 @@ def _persons_frame(ledger: Ledger, identities: Sequence[AgeIdentity]) -> pl.Data
         raise IntegrityError(f"{sealed}: cannot be opened with this DPO key ({exc.message})") from None
     data = gzip.decompress(plain.getvalue())
     if not data:
-        return pl.DataFrame(schema=dict.fromkeys(_LEDGER_COLUMNS, pl.String))
-    return pl.read_csv(io.BytesIO(data), schema=dict.fromkeys(_LEDGER_COLUMNS, pl.String))
+        return pl.DataFrame(schema=dict.fromkeys(_PERSONS_COLUMNS, pl.String))
+    return pl.read_csv(io.BytesIO(data), schema=dict.fromkeys(_PERSONS_COLUMNS, pl.String))
 
 
-_LEDGER_COLUMNS = (
+_PERSONS_COLUMNS = (
     "kind", "person", "nom", "prenom", "date_naissance", "adresse", "code_postal", "commune", "telephone", "email",
     "transfers",
 )  # fmt: skip
@@ -270,7 +273,7 @@ def _joined(column: str) -> pl.Expr:
     return pl.col(column).str.split(";").explode().unique().sort().str.join(";")
 
 
-def name_persons(scope: Scope, ledgers: Sequence[Ledger], identities: Sequence[AgeIdentity]) -> pl.DataFrame:
+def name_persons(scope: Scope, ledgers: Sequence[LedgerReader], identities: Sequence[AgeIdentity]) -> pl.DataFrame:
     """Every person whose data was readable, once, with the categories of data concerned (one row each);
     fills ``scope.persons`` with the counts: patients and professionals whose data was readable, and patients whose
     data was exposed only as ciphertext.
@@ -323,12 +326,12 @@ def name_persons(scope: Scope, ledgers: Sequence[Ledger], identities: Sequence[A
             "readable_professionals": 0,
             "ciphertext_only_patients": exposed_patients,
         }
-        return pl.DataFrame(schema={**dict.fromkeys(_LEDGER_COLUMNS, pl.String), "categories": pl.String})
+        return pl.DataFrame(schema={**dict.fromkeys(_PERSONS_COLUMNS, pl.String), "categories": pl.String})
     affected = (
         pl.concat(hits)
         .group_by("_who", maintain_order=True)
         .agg(
-            *(pl.col(c).first() for c in _LEDGER_COLUMNS if c != "transfers"),
+            *(pl.col(c).first() for c in _PERSONS_COLUMNS if c != "transfers"),
             _joined("transfers"),
             _joined("cats").alias("categories"),
         )

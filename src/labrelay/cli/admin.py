@@ -183,7 +183,7 @@ def audit_verify(
         ui.print_lines(ui.out, json.dumps(report.as_dict(), indent=2))
     else:
         ui.out.print(
-            f"records {report.first_seq or '-'}..{report.last_seq or '-'} ({report.records} verified), "
+            f"records {report.first_seq or '-'}..{report.last_seq or '-'} ({report.links} verified), "
             f"client checkpoints checked: {report.checkpoints_checked}",
             markup=False,
         )

@@ -19,7 +19,7 @@ until complete, and a name that exists already is refused, never replaced. Outpu
 ``DATE_SENDER_BATCH8_RECIPIENT.ext`` beside their ``.manifest.json``; routed CSV rows carry the batch id and the
 sender as two more columns; ``--format`` chooses CSV, a CSV for French spreadsheets, or typed Parquet.
 
-Each party keeps a ledger of what it received (``DIR/NAME/received/<id>.json``: the manifest, where the data
+Each party keeps a journal of what it received (``DIR/NAME/received/<id>.json``: the manifest, where the data
 went, the signed receipt or refusal and whether the relay took it). A receipt or refusal that could not be sent
 is sent on the next fetch; a transfer the relay offers again after it was received is acknowledged again, never
 decrypted twice.
@@ -210,21 +210,23 @@ def verify_manifest_ignoring_deadline(
     return manifest
 
 
-# ------------------------------------------------------------------ the party's ledger of what it received
+# ------------------------------------------------------------------ the party's journal of what it received
 
 
-def _ledger_path(party: Party, transfer_id: str) -> Path:
+def _journal_path(party: Party, transfer_id: str) -> Path:
     return private_dir(party.path / "received") / f"{transfer_id}.json"
 
 
-def ledger_entry(party: Party, transfer_id: str) -> dict[str, Any] | None:
-    path = _ledger_path(party, transfer_id)
+def journal_entry(party: Party, transfer_id: str) -> dict[str, Any] | None:
+    """What this party's journal says of ``transfer_id``, or None if it never received it."""
+    path = _journal_path(party, transfer_id)
     return read_json(path) if path.exists() else None
 
 
-def _record(party: Party, transfer_id: str, **fields: Any) -> dict[str, Any]:
-    entry = {**(ledger_entry(party, transfer_id) or {}), **fields}
-    write_json_atomic(_ledger_path(party, transfer_id), entry)
+def _update_journal(party: Party, transfer_id: str, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into the journal entry of ``transfer_id`` (created if new); the entry written."""
+    entry = {**(journal_entry(party, transfer_id) or {}), **fields}
+    write_json_atomic(_journal_path(party, transfer_id), entry)
     return entry
 
 
@@ -261,9 +263,9 @@ def _acknowledge(party: Party, client: RelayClient, transfer_id: str, receipt: M
     try:
         client.send_receipt(transfer_id, receipt)
     except (NotFound, Conflict) as exc:
-        _record(party, transfer_id, acknowledged=True, relay_said=exc.code)
+        _update_journal(party, transfer_id, acknowledged=True, relay_said=exc.code)
         return
-    _record(party, transfer_id, acknowledged=True)
+    _update_journal(party, transfer_id, acknowledged=True)
 
 
 def _report_refusal(party: Party, client: RelayClient, transfer_id: str, refusal: Mapping[str, Any]) -> bool:
@@ -271,11 +273,11 @@ def _report_refusal(party: Party, client: RelayClient, transfer_id: str, refusal
     try:
         client.send_refusal(transfer_id, refusal)
     except (NotFound, Conflict) as exc:
-        _record(party, transfer_id, refusal_sent=True, relay_said=exc.code)
+        _update_journal(party, transfer_id, refusal_sent=True, relay_said=exc.code)
         return True
     except (Unavailable, OperationalError):
         return False
-    _record(party, transfer_id, refusal_sent=True)
+    _update_journal(party, transfer_id, refusal_sent=True)
     return True
 
 
@@ -576,7 +578,7 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
         manifest = verify_manifest(party, run.directory, listing["manifest"], transfer_id, now=run.clock.now())
     except PAYLOAD_REFUSALS as exc:
         raise _Refused(exc) from exc
-    known = ledger_entry(party, transfer_id)
+    known = journal_entry(party, transfer_id)
     if known is not None and known.get("receipt"):
         # Already received and decrypted: the relay did not get (or is replaying) the receipt. Never decrypt twice.
         _acknowledge(party, client, transfer_id, known["receipt"])
@@ -595,7 +597,7 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
         run.work.rename(partial, f"{stem}.age", into=run.out_dir)
         final = run.out_dir.path / f"{stem}.age"
         _write_sidecar(run.out_dir, f"{stem}.manifest.json", sidecar)
-        _record(
+        _update_journal(
             party,
             transfer_id,
             manifest=dict(listing["manifest"]),
@@ -613,7 +615,7 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
     receipt = Receipt.of(manifest, ReceiptStatus.DECRYPTED, run.clock.now(), record_count=records)
     envelope = party.sign(receipt.to_payload())
     _write_sidecar(run.out_dir, f"{stem}.manifest.json", {**sidecar, "file": name, "receipt": envelope})
-    _record(
+    _update_journal(
         party,
         transfer_id,
         manifest=dict(listing["manifest"]),
@@ -649,9 +651,9 @@ def _decline_duplicate(run: _Run, listing: Mapping[str, Any], manifest: Manifest
     acknowledged with a signed "duplicate" receipt so that the relay deletes it and the sender sees why."""
     receipt = Receipt.of(manifest, ReceiptStatus.DUPLICATE, run.clock.now(), duplicate_of=first)
     envelope = run.party.sign(receipt.to_payload())
-    earlier = ledger_entry(run.party, first) or {}
+    earlier = journal_entry(run.party, first) or {}
     output = Path(str(earlier.get("output") or earlier.get("raw") or run.out_dir.path))
-    _record(
+    _update_journal(
         run.party,
         manifest.transfer_id,
         manifest=dict(listing["manifest"]),
@@ -735,7 +737,7 @@ def fetch_all(
             )
             for listing in client.transfers("inbox"):
                 transfer_id = str(listing.get("transfer_id"))
-                known = ledger_entry(party, transfer_id)
+                known = journal_entry(party, transfer_id)
                 if known is not None and known.get("refusal"):
                     if not known.get("refusal_sent"):
                         _report_refusal(party, client, transfer_id, known["refusal"])
@@ -764,7 +766,7 @@ def fetch_all(
 
 def _refuse(run: _Run, listing: Mapping[str, Any], transfer_id: str, error: LabrelayError) -> None:
     if isinstance(error, PayloadCorrupt):  # the relay's own check failed and it holds the transfer: nothing to sign
-        _record(
+        _update_journal(
             run.party,
             transfer_id,
             manifest=dict(listing.get("manifest") or {}),
@@ -772,7 +774,7 @@ def _refuse(run: _Run, listing: Mapping[str, Any], transfer_id: str, error: Labr
         )
         return
     envelope = _refusal(run.party, listing, transfer_id, error, run.clock.now())
-    _record(
+    _update_journal(
         run.party,
         transfer_id,
         manifest=dict(listing.get("manifest") or {}),
@@ -790,7 +792,7 @@ def acknowledge(
     """Send the receipt for a transfer fetched with ``--raw`` (status ``received``: hash checked, not decrypted).
 
     The receipt attests a check this party made: either ``payload_file`` matches the signed manifest now, or
-    this party's ledger records a verified ``--raw`` download of exactly this payload.
+    this party's journal records a verified ``--raw`` download of exactly this payload.
     """
     listing = client.transfer(transfer_id)
     directory = TrustedDirectory(party.authority, client.directory(), clock.now())
@@ -801,7 +803,7 @@ def acknowledge(
         if size != manifest.size or sha != manifest.sha256:
             raise IntegrityError(f"{payload_file} does not match the signed manifest of {transfer_id}")
     else:
-        known = ledger_entry(party, transfer_id)
+        known = journal_entry(party, transfer_id)
         if known is None or known.get("sha256") != manifest.sha256 or known.get("size") != manifest.size:
             raise UsageError(
                 f"{party.name} has no verified download of {transfer_id}",
@@ -809,7 +811,7 @@ def acknowledge(
             )
     receipt = Receipt.of(manifest, ReceiptStatus.RECEIVED, clock.now())
     envelope = party.sign(receipt.to_payload())
-    _record(
+    _update_journal(
         party,
         transfer_id,
         manifest=dict(listing["manifest"]),
@@ -819,5 +821,5 @@ def acknowledge(
         acknowledged=False,
     )
     client.send_receipt(transfer_id, envelope)
-    _record(party, transfer_id, acknowledged=True)
+    _update_journal(party, transfer_id, acknowledged=True)
     return receipt

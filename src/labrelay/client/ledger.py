@@ -4,7 +4,7 @@
 
     <batch>.json          transfer ids, recipients, record counts, deadlines, categories of data, the DPO it is
                           sealed to, and until when it is kept: no personal data
-    <batch>.persons.age   the persons index (``labrelay.batch.ledger``), gzip'd CSV, age-encrypted to the DPO
+    <batch>.persons.age   the persons index (``labrelay.batch.persons``), gzip'd CSV, age-encrypted to the DPO
 
 A ledger is kept ``retention`` (default 365 days, like the audit log) and purged by the next send after that.
 """
@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from labrelay.batch.ledger import LedgerSink
+from labrelay.batch.persons import PersonsIndexSink
 from labrelay.client.files import SafeDir, private_dir, read_json, write_json_atomic
 from labrelay.client.spool import SealedSpool
 from labrelay.client.trust import TrustedDirectory
@@ -60,7 +60,7 @@ class LedgerWriter:
     dpo: PartyEntry
     folder: SafeDir
     spool: SealedSpool  # the persons index, unnamed until finished: a killed send leaves nothing behind
-    sink: LedgerSink
+    sink: PersonsIndexSink
 
     @classmethod
     def open(
@@ -69,7 +69,7 @@ class LedgerWriter:
         with contextlib.ExitStack() as opening:  # a failure here closes what was opened; else finish or discard do
             folder = opening.enter_context(SafeDir.open(ledger_dir(party_path), create=False))
             spool = opening.enter_context(SealedSpool(folder, dpo.age_recipient))
-            sink = LedgerSink(spool.stream(gzip=True), transfer_ids, key)
+            sink = PersonsIndexSink(spool.stream(gzip=True), transfer_ids, key)
             opening.pop_all()
         path, persons = folder.path / f"{batch_id}.json", folder.path / f"{batch_id}.persons.age"
         return cls(batch_id, path, persons, dpo, folder, spool, sink)

@@ -219,7 +219,7 @@ def send_results(
     )
     routed = _route_and_seal(party, plan, record, (fmt, reader), source_digest, options, created, progress)
     try:
-        sent = upload_batch(party, client, record, routed.states, progress)
+        sent = upload_batch(party, client, record, routed.pending_paths, progress)
     except SecurityError:
         if rerouted or not _forget_stale(party, client, clock, record):
             raise
@@ -261,7 +261,7 @@ class _Routed:
     summary: Summary
     rejections: Path
     review: Path
-    states: list[Path]  # the signed manifests kept beside the payloads, for upload
+    pending_paths: list[Path]  # the signed manifests kept beside the payloads, for upload
     skipped: list[str]  # destinations with no record in this batch
 
 
@@ -299,7 +299,7 @@ def _route_and_seal(
                 router=plan.router,
                 sinks={o.dest.name: o.sink for o in work.outputs},
                 on_batch=lambda b: task.advance(b.read),
-                ledger=work.ledger.sink,
+                persons=work.ledger.sink,
             )
             if not summary.reconciled:  # fail closed: never send a batch whose counts do not add up
                 raise OperationalError(
@@ -308,10 +308,10 @@ def _route_and_seal(
                 )
             rejections, review = work.reports.publish()
             _refuse_to_send_nothing(summary, options, plan.router, rejections, review)
-            states, skipped = work.seal(created, options, source_digest.sha256)
+            pending_paths, skipped = work.seal(created, options, source_digest.sha256)
     except BaseException:
-        for state in pending_of(party, record.batch_id):
-            drop_pending(state)
+        for pending_path in pending_of(party, record.batch_id):
+            drop_pending(pending_path)
         BatchIndex(party.path).drop(record)
         raise
     finally:
@@ -319,7 +319,7 @@ def _route_and_seal(
     record.transfers = {o.dest.name: o.transfer_id for o in work.outputs if o.sink.records}
     record.summary = summary.as_dict()
     record.reports = {"rejections": str(rejections), "review": str(review)}
-    return _Routed(summary, rejections, review, states, skipped)
+    return _Routed(summary, rejections, review, pending_paths, skipped)
 
 
 class _Batch:
@@ -368,7 +368,7 @@ class _Batch:
         """Name every sealed payload and keep its signed manifest; the batch is on record (sealing) from here: a
         run killed before leaves nothing named, one killed during this step is cleaned by the next (``tidy``)."""
         BatchIndex(self.party.path).save(self.record)
-        states, skipped = _seal_all(
+        pending_paths, skipped = _seal_all(
             self.party, self.outputs, self.record, created, options, self.plan.policy_version, source_sha256
         )
         facts = [
@@ -384,7 +384,7 @@ class _Batch:
             if o.sink.records
         ]
         self.ledger.finish(self.party.name, created, self.plan.policy_version, facts, options.ledger_retention)
-        return states, skipped
+        return pending_paths, skipped
 
 
 def _forget_stale(party: Party, client: RelayClient, clock: Clock, record: BatchRecord) -> bool:
@@ -394,15 +394,19 @@ def _forget_stale(party: Party, client: RelayClient, clock: Clock, record: Batch
     had been sent, the batch is forgotten: True, its source is routed again under the policy in force. When some had,
     the rest is refused, naming what to send again. False: the refusal was about something else; nothing changes."""
     pending = pending_of(party, record.batch_id)
-    manifests = [Manifest.from_payload(envelope_payload(read_json(state)["manifest"])) for state in pending]
+    manifests = [
+        Manifest.from_payload(envelope_payload(read_json(pending_path)["manifest"])) for pending_path in pending
+    ]
     version = next((m.policy_version for m in manifests if m.policy_version is not None), None)
     if version is None:
         return False
     why = no_longer_in_force(client, party.authority, party.path, clock.now(), version)
     if why is None:
         return False
-    for state in pending:  # never created on the relay: it refused the first of them, and the rest were not tried
-        drop_pending(state)
+    for (
+        pending_path
+    ) in pending:  # never created on the relay: it refused the first of them, and the rest were not tried
+        drop_pending(pending_path)
     dropped = sorted(m.recipient for m in manifests)
     index = BatchIndex(party.path)
     if set(dropped) >= set(record.transfers):
@@ -459,7 +463,7 @@ def _seal_all(
     policy_version: str,
     source_sha256: str,
 ) -> tuple[list[Path], list[str]]:
-    states, skipped = [], []
+    pending_paths, skipped = [], []
     for out in outputs:
         sealed = out.spool.seal()
         if out.sink.records == 0:
@@ -482,8 +486,8 @@ def _seal_all(
             policy_version=policy_version,
             compression="gzip",
         )
-        states.append(keep_manifest(party, manifest))
-    return states, skipped
+        pending_paths.append(keep_manifest(party, manifest))
+    return pending_paths, skipped
 
 
 def _review_path(party: Party, record: BatchRecord) -> Path | None:

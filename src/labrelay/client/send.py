@@ -189,7 +189,8 @@ def seal(
     again: bool = False,
     before_naming: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """Encrypt ``source`` to each recipient into the outbox and sign a manifest each. Returns the state files.
+    """Encrypt ``source`` to each recipient into the outbox and sign a manifest each. Returns the pending uploads
+    (each the path of the signed manifest kept beside its sealed payload in the outbox).
 
     Every payload is sealed unnamed first; ``before_naming`` runs once all are complete, just before any is given
     its name in the outbox (a killed run leaves nothing before that point)."""
@@ -224,27 +225,29 @@ def seal(
             sealed.append((spool, manifest))
         if before_naming is not None:
             before_naming()
-        states = []
+        pending_paths = []
         for spool, manifest in sealed:
             spool.publish(f"{manifest.transfer_id}.age")
-            states.append(keep_manifest(party, manifest, source=source.name))
-    return states
+            pending_paths.append(keep_manifest(party, manifest, source=source.name))
+    return pending_paths
 
 
 def keep_manifest(party: Party, manifest: Manifest, **extra: str) -> Path:
     """Sign ``manifest`` and keep it beside its sealed payload in the outbox, for ``upload`` (and ``resume``)."""
-    state = party.ensure_outbox() / f"{manifest.transfer_id}.json"
-    write_json_atomic(state, {"manifest": party.sign(manifest.to_payload()), "batch_id": manifest.batch_id, **extra})
-    return state
+    pending_path = party.ensure_outbox() / f"{manifest.transfer_id}.json"
+    write_json_atomic(
+        pending_path, {"manifest": party.sign(manifest.to_payload()), "batch_id": manifest.batch_id, **extra}
+    )
+    return pending_path
 
 
-def upload(party: Party, client: RelayClient, state_file: Path, progress: Progress | None = None) -> Sent:
+def upload(party: Party, client: RelayClient, pending_path: Path, progress: Progress | None = None) -> Sent:
     """Create the transfer (idempotent) and upload its ciphertext from wherever the relay has it."""
     progress = progress or NoProgress()
-    state: dict[str, Any] = read_json(state_file)
-    envelope = state["manifest"]
+    kept: dict[str, Any] = read_json(pending_path)
+    envelope = kept["manifest"]
     manifest = Manifest.from_payload(envelope_payload(envelope))
-    spool = state_file.with_suffix(".age")
+    spool = pending_path.with_suffix(".age")
     client.create_transfer(envelope)
     task = progress.task(f"uploading to {manifest.recipient}", manifest.size)
     try:
@@ -252,9 +255,9 @@ def upload(party: Party, client: RelayClient, state_file: Path, progress: Progre
             client.upload(manifest.transfer_id, fh, manifest.size, UPLOAD_CHUNK, on_progress=task.advance)
     finally:
         task.done()
-    write_json_atomic(party.ensure_sent_dir() / state_file.name, {**state, "server": client.base})
+    write_json_atomic(party.ensure_sent_dir() / pending_path.name, {**kept, "server": client.base})
     spool.unlink()
-    state_file.unlink()
+    pending_path.unlink()
     return Sent(manifest.transfer_id, manifest.recipient, manifest.size, manifest.sha256)
 
 
@@ -264,17 +267,17 @@ def pending(party: Party) -> list[Path]:
 
 def pending_of(party: Party, batch_id: str) -> list[Path]:
     found = []
-    for state in pending(party):
+    for pending_path in pending(party):
         with contextlib.suppress(OSError, ValueError):
-            if read_json(state).get("batch_id") == batch_id:
-                found.append(state)
+            if read_json(pending_path).get("batch_id") == batch_id:
+                found.append(pending_path)
     return found
 
 
-def drop_pending(state: Path) -> None:
+def drop_pending(pending_path: Path) -> None:
     """Remove one sealed payload and its manifest from the outbox (it will not be uploaded)."""
-    state.with_suffix(".age").unlink(missing_ok=True)
-    state.unlink(missing_ok=True)
+    pending_path.with_suffix(".age").unlink(missing_ok=True)
+    pending_path.unlink(missing_ok=True)
 
 
 def tidy(party: Party) -> list[str]:
@@ -292,9 +295,9 @@ def tidy(party: Party) -> list[str]:
     # not by reading every batch the lab ever sent.
     abandoned = []
     index = BatchIndex(party.path)
-    for state in pending(party):
+    for pending_path in pending(party):
         with contextlib.suppress(OSError, ValueError, LabrelayError):
-            manifest = Manifest.from_payload(envelope_payload(read_json(state)["manifest"]))
+            manifest = Manifest.from_payload(envelope_payload(read_json(pending_path)["manifest"]))
             if manifest.source_sha256 is None or manifest.batch_id in abandoned:
                 continue
             for record in index.of_source(manifest.source_sha256):
@@ -333,7 +336,7 @@ def finish_sent(
     party: Party, client: RelayClient, record: BatchRecord, progress: Progress | None = None
 ) -> SendOutcome:
     """A source sent before: upload whatever of its batch is still pending, and say how far delivery got."""
-    sent = [upload(party, client, state, progress) for state in pending_of(party, record.batch_id)]
+    sent = [upload(party, client, pending_path, progress) for pending_path in pending_of(party, record.batch_id)]
     if record.state != SENT:
         record.state = SENT
         BatchIndex(party.path).save(record)
@@ -358,13 +361,13 @@ def delivered_count(client: RelayClient, transfer_ids: Any) -> int:
 
 
 def upload_batch(
-    party: Party, client: RelayClient, record: BatchRecord, states: list[Path], progress: Progress | None = None
+    party: Party, client: RelayClient, record: BatchRecord, pending_paths: list[Path], progress: Progress | None = None
 ) -> list[Sent]:
     """The batch is sealed (its manifests kept): say so, then upload every payload and say that too."""
     index = BatchIndex(party.path)
     record.state = SEALED
     index.save(record)
-    sent = [upload(party, client, state, progress) for state in states]
+    sent = [upload(party, client, pending_path, progress) for pending_path in pending_paths]
     record.state = SENT
     index.save(record)
     return sent
@@ -414,7 +417,7 @@ def send_file(
     )
     index = BatchIndex(party.path)
     try:
-        states = seal(
+        pending_paths = seal(
             party,
             source,
             entries,
@@ -428,17 +431,17 @@ def send_file(
             before_naming=lambda: index.save(record),
         )
     except BaseException:
-        for state in pending_of(party, record.batch_id):
-            drop_pending(state)
+        for pending_path in pending_of(party, record.batch_id):
+            drop_pending(pending_path)
         index.drop(record)
         raise
-    record.transfers = {_recipient_of(s): s.stem for s in states}
-    sent = upload_batch(party, client, record, states, progress)
+    record.transfers = {_recipient_of(s): s.stem for s in pending_paths}
+    sent = upload_batch(party, client, record, pending_paths, progress)
     return SendOutcome(record.batch_id, dict(record.transfers), sent, source_sha256=source_digest.sha256)
 
 
-def _recipient_of(state: Path) -> str:
-    manifest = Manifest.from_payload(envelope_payload(read_json(state)["manifest"]))
+def _recipient_of(pending_path: Path) -> str:
+    manifest = Manifest.from_payload(envelope_payload(read_json(pending_path)["manifest"]))
     return manifest.recipient
 
 
@@ -470,16 +473,16 @@ def resume_all(party: Party, client: RelayClient, clock: Clock, progress: Progre
     reached (or is frozen) stops the run: everything is retried next time."""
     report = ResumeReport()
     batches: set[str] = set()
-    for state in pending(party):
-        doc = read_json(state)
+    for pending_path in pending(party):
+        doc = read_json(pending_path)
         manifest = Manifest.from_payload(envelope_payload(doc["manifest"]))
         batches.add(str(doc.get("batch_id", manifest.batch_id)))
         if manifest.deadline <= clock.now():
-            drop_pending(state)
+            drop_pending(pending_path)
             report.expired.append(manifest.transfer_id)
             continue
         try:
-            report.sent.append(upload(party, client, state, progress))
+            report.sent.append(upload(party, client, pending_path, progress))
         except PERMANENT as exc:
             report.stuck.append((manifest.transfer_id, exc))
     _mark_finished(party, batches)
@@ -494,14 +497,14 @@ def discard(party: Party, client: RelayClient | None, transfer_prefix: str) -> s
         raise UsageError(f"no pending upload {transfer_prefix!r}", hint="labrelay resume --json lists them")
     if len(matches) > 1:
         raise UsageError(f"several pending uploads start with {transfer_prefix}", hint="give more of the id")
-    state = matches[0]
-    batch_id = str(read_json(state).get("batch_id", ""))
+    pending_path = matches[0]
+    batch_id = str(read_json(pending_path).get("batch_id", ""))
     if client is not None:
         with contextlib.suppress(LabrelayError):
-            client.cancel_upload(state.stem)
-    drop_pending(state)
+            client.cancel_upload(pending_path.stem)
+    drop_pending(pending_path)
     _mark_finished(party, {batch_id})
-    return state.stem
+    return pending_path.stem
 
 
 def _mark_finished(party: Party, batch_ids: set[str]) -> None:

@@ -9,13 +9,13 @@ Stored format, version 1 (documented in docs/protocol.md, "Payloads at rest")::
 
     header   magic b"LRAR1\\n" (6) | epoch end, Unix seconds, u64 big-endian (8) | nonce (12)
              | AES-256-GCM(epoch key, nonce, DEK (32), aad = magic | epoch | transfer id) (48)
-    records  u32 plaintext length L (1..SEGMENT) | nonce (12)
-             | AES-256-GCM(DEK, nonce, plaintext, aad = RECORD_AAD | transfer id | u64 offset | u32 L) (L + 16)
+    segment  u32 plaintext length L (1..SEGMENT) | nonce (12)
+             | AES-256-GCM(DEK, nonce, plaintext, aad = SEGMENT_AAD | transfer id | u64 offset | u32 L) (L + 16)
 
-Records follow upload chunks: each committed chunk ends its last record, so a resumed upload starts a new record
-at the acknowledged offset and nothing is ever re-encrypted. Each record names its plaintext offset in its
-authenticated data: records cannot be moved, swapped between transfers or spliced. Nonces are random (96 bits)
-and each DEK encrypts one transfer's records only.
+Segments follow upload chunks: each committed chunk ends its last segment, so a resumed upload starts a new segment
+at the acknowledged offset and nothing is ever re-encrypted. Each segment names its plaintext offset in its
+authenticated data: segments cannot be moved, swapped between transfers or spliced. Nonces are random (96 bits)
+and each DEK encrypts one transfer's segments only.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_BYTES = len(MAGIC) + 8 + NONCE_BYTES + KEY_BYTES + TAG_BYTES
-RECORD_HEAD = 4 + NONCE_BYTES
-RECORD_AAD = b"labrelay-at-rest-v1\x00"
+SEGMENT_HEAD = 4 + NONCE_BYTES
+SEGMENT_AAD = b"labrelay-at-rest-v1\x00"
 
 
 def new_key() -> bytes:
@@ -49,8 +49,8 @@ def _header_aad(epoch: int, transfer_id: str) -> bytes:
     return MAGIC + epoch.to_bytes(8, "big") + transfer_id.encode("ascii")
 
 
-def _record_aad(transfer_id: str, offset: int, length: int) -> bytes:
-    return RECORD_AAD + transfer_id.encode("ascii") + offset.to_bytes(8, "big") + length.to_bytes(4, "big")
+def _segment_aad(transfer_id: str, offset: int, length: int) -> bytes:
+    return SEGMENT_AAD + transfer_id.encode("ascii") + offset.to_bytes(8, "big") + length.to_bytes(4, "big")
 
 
 def make_header(transfer_id: str, epoch: int, epoch_key: bytes) -> tuple[bytes, bytes]:
@@ -81,42 +81,42 @@ def open_header(transfer_id: str, header: bytes, key_for: Callable[[int], bytes 
         raise IntegrityError(f"payload {transfer_id}: its data key does not unwrap (tampered or misplaced)") from None
 
 
-def seal_record(dek: bytes, transfer_id: str, offset: int, plain: bytes) -> bytes:
+def seal_segment(dek: bytes, transfer_id: str, offset: int, plain: bytes) -> bytes:
     length = len(plain)
     if not 0 < length <= SEGMENT:
-        raise ValueError("a record holds 1 to SEGMENT bytes")
+        raise ValueError("a segment holds 1 to SEGMENT bytes")
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(dek).encrypt(nonce, plain, _record_aad(transfer_id, offset, length))
+    sealed = AESGCM(dek).encrypt(nonce, plain, _segment_aad(transfer_id, offset, length))
     return length.to_bytes(4, "big") + nonce + sealed
 
 
 @dataclass(frozen=True, slots=True)
-class RecordSpan:
-    offset: int  # plaintext offset of the record's first byte
-    position: int  # where the record starts in the stored file
+class SegmentSpan:
+    offset: int  # plaintext offset of the segment's first byte
+    position: int  # where the segment starts in the stored file
     length: int  # plaintext bytes
 
     @property
     def stored(self) -> int:
-        return RECORD_HEAD + self.length + TAG_BYTES
+        return SEGMENT_HEAD + self.length + TAG_BYTES
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
 
-def scan(fh: BinaryIO, stored_size: int) -> tuple[list[RecordSpan], int]:
-    """The whole records of a stored payload, and where the last whole one ends in the file. A torn record at
+def scan(fh: BinaryIO, stored_size: int) -> tuple[list[SegmentSpan], int]:
+    """The whole segments of a stored payload, and where the last whole one ends in the file. A torn segment at
     the end (a write cut by a crash) is not counted: the caller truncates it away."""
-    spans: list[RecordSpan] = []
+    spans: list[SegmentSpan] = []
     position, offset = HEADER_BYTES, 0
-    while position + RECORD_HEAD <= stored_size:
+    while position + SEGMENT_HEAD <= stored_size:
         fh.seek(position)
         head = fh.read(4)
         (length,) = struct.unpack(">I", head)
         if not 0 < length <= SEGMENT:
-            raise IntegrityError("stored payload has a malformed record")
-        span = RecordSpan(offset, position, length)
+            raise IntegrityError("stored payload has a malformed segment")
+        span = SegmentSpan(offset, position, length)
         if position + span.stored > stored_size:
             break
         spans.append(span)
@@ -125,23 +125,23 @@ def scan(fh: BinaryIO, stored_size: int) -> tuple[list[RecordSpan], int]:
     return spans, position
 
 
-def open_record(dek: bytes, transfer_id: str, span: RecordSpan, record: bytes) -> bytes:
-    if len(record) != span.stored:
-        raise IntegrityError("stored payload record is truncated")
-    nonce = record[4:RECORD_HEAD]
+def open_segment(dek: bytes, transfer_id: str, span: SegmentSpan, segment: bytes) -> bytes:
+    if len(segment) != span.stored:
+        raise IntegrityError("stored payload segment is truncated")
+    nonce = segment[4:SEGMENT_HEAD]
     try:
-        return AESGCM(dek).decrypt(nonce, record[RECORD_HEAD:], _record_aad(transfer_id, span.offset, span.length))
+        return AESGCM(dek).decrypt(nonce, segment[SEGMENT_HEAD:], _segment_aad(transfer_id, span.offset, span.length))
     except InvalidTag:
         raise IntegrityError(f"stored payload {transfer_id} failed its integrity check") from None
 
 
-def read_plain(fh: BinaryIO, dek: bytes, transfer_id: str, spans: list[RecordSpan], start: int) -> Iterator[bytes]:
-    """The plaintext from ``start``, record by record (constant memory)."""
+def read_plain(fh: BinaryIO, dek: bytes, transfer_id: str, spans: list[SegmentSpan], start: int) -> Iterator[bytes]:
+    """The plaintext from ``start``, segment by segment (constant memory)."""
     for span in spans:
         if span.end <= start:
             continue
         fh.seek(span.position)
-        plain = open_record(dek, transfer_id, span, fh.read(span.stored))
+        plain = open_segment(dek, transfer_id, span, fh.read(span.stored))
         yield plain[start - span.offset :] if start > span.offset else plain
 
 
@@ -158,35 +158,35 @@ def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
     return b"".join(parts)
 
 
-def read_records(
+def read_segments(
     read: Callable[[int], bytes], dek: bytes, transfer_id: str, first_offset: int, end: int, start: int = 0
 ) -> Iterator[bytes]:
-    """The plaintext from ``start`` of records read one after another through ``read`` (a stream's ``read(n)``:
-    an object store's response body), the first at plaintext offset ``first_offset``. The records must hold exactly
-    the plaintext ``first_offset`` to ``end`` and the stream must end there, else ``IntegrityError``. Records that
-    end at or before ``start`` are read past without being opened; memory stays one record (constant)."""
+    """The plaintext from ``start`` of segments read one after another through ``read`` (a stream's ``read(n)``:
+    an object store's response body), the first at plaintext offset ``first_offset``. The segments must hold exactly
+    the plaintext ``first_offset`` to ``end`` and the stream must end there, else ``IntegrityError``. Segments that
+    end at or before ``start`` are read past without being opened; memory stays one segment (constant)."""
     offset, position = first_offset, 0
     while offset < end:
         head = _read_exact(read, 4)
         if len(head) < 4:
-            raise IntegrityError(f"stored payload {transfer_id} ends before its last record")
+            raise IntegrityError(f"stored payload {transfer_id} ends before its last segment")
         (length,) = struct.unpack(">I", head)
         if not 0 < length <= SEGMENT or offset + length > end:
-            raise IntegrityError(f"stored payload {transfer_id} has a malformed record")
-        span = RecordSpan(offset, position, length)
-        record = head + _read_exact(read, span.stored - 4)
+            raise IntegrityError(f"stored payload {transfer_id} has a malformed segment")
+        span = SegmentSpan(offset, position, length)
+        segment = head + _read_exact(read, span.stored - 4)
         if span.end > start:
-            plain = open_record(dek, transfer_id, span, record)  # IntegrityError when truncated, too
+            plain = open_segment(dek, transfer_id, span, segment)  # IntegrityError when truncated, too
             yield plain[start - offset :] if start > offset else plain
-        elif len(record) != span.stored:
-            raise IntegrityError("stored payload record is truncated")
+        elif len(segment) != span.stored:
+            raise IntegrityError("stored payload segment is truncated")
         offset, position = span.end, position + span.stored
     if read(1):
-        raise IntegrityError(f"stored payload {transfer_id} has bytes past its last record")
+        raise IntegrityError(f"stored payload {transfer_id} has bytes past its last segment")
 
 
-class RecordWriter:
-    """Appends plaintext as sealed records from a record boundary; ``finish`` seals what is buffered."""
+class SegmentWriter:
+    """Appends plaintext as sealed segments from a segment boundary; ``finish`` seals what is buffered."""
 
     def __init__(self, fh: IO[bytes], dek: bytes, transfer_id: str, offset: int) -> None:
         self._fh = fh
@@ -208,5 +208,5 @@ class RecordWriter:
         return self.offset
 
     def _emit(self, plain: bytes) -> None:
-        self._fh.write(seal_record(self._dek, self._id, self.offset, plain))
+        self._fh.write(seal_segment(self._dek, self._id, self.offset, plain))
         self.offset += len(plain)

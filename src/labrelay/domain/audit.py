@@ -1,9 +1,9 @@
-"""The audit trail's event model: typed ``subject:action`` names, records, and the hash chain.
+"""The audit trail's event model: typed ``subject:action`` names, and the hash chain of their links.
 
-Every request and every decision the relay takes is one record. Records carry party names (organisations),
+Every request and every decision the relay takes is one link of the chain. Links carry party names (organisations),
 transfer ids, sizes, outcomes and reason codes, never payload data and never a direct identifier of a patient
-or practitioner (CNIL délibération 2021-122). Each record's hash covers the previous record's hash, so that an
-edited, deleted, reordered or truncated record breaks the chain from that point on.
+or practitioner (CNIL délibération 2021-122). Each link's hash covers the previous link's hash, so that an
+edited, deleted, reordered or truncated link breaks the chain from that point on.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from enum import StrEnum
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 
 GENESIS = "0" * 64
-"""The ``prev_hash`` of the first record."""
+"""The ``prev_hash`` of the first link."""
 
 MIN_AUDIT_RETENTION = timedelta(days=180)
-"""The least the log may be kept (CNIL délibération 2021-122: six months). Records younger than this are never
+"""The least the log may be kept (CNIL délibération 2021-122: six months). Links younger than this are never
 pruned; a client's checkpoint younger than this must still be in the log."""
 
 
@@ -124,8 +124,9 @@ def chain_hash(entry: AuditEntry, seq: int, prev_hash: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """An appended event: its entry, its position and its place in the chain."""
+class AuditLink:
+    """A link of the hash chain: an appended event's entry, its position (``seq``), the previous link's hash and
+    its own."""
 
     seq: int
     entry: AuditEntry
@@ -135,10 +136,10 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """The relay's signed statement "my audit chain has ``seq`` records and ends with ``hash``".
+    """The relay's signed statement "my audit chain has ``seq`` links and ends with ``hash``".
 
     The relay signs one after every append (the signed head) and hands the latest to clients with each response.
-    A checkpoint a client kept is evidence: a relay that later rewrote any record up to ``seq`` can no longer
+    A checkpoint a client kept is evidence: a relay that later rewrote any link up to ``seq`` can no longer
     show a chain through it, and cannot deny having signed it.
     """
 
@@ -190,8 +191,8 @@ class Checkpoint:
 CHECKPOINT_TYPE = "labrelay.checkpoint.v1"
 
 
-class MalformedRecord(ValueError):
-    """A stored record that cannot even be read back (an unknown event name, details that are not JSON …)."""
+class MalformedLink(ValueError):
+    """A stored link that cannot even be read back (an unknown event name, details that are not JSON …)."""
 
     def __init__(self, seq: int, why: str) -> None:
         super().__init__(f"record {seq} is malformed ({why})")
@@ -200,7 +201,7 @@ class MalformedRecord(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ChainReport:
-    records: int
+    links: int  # verified
     head: str
     first_bad_seq: int | None
     problem: str | None
@@ -210,14 +211,14 @@ class ChainReport:
         return self.first_bad_seq is None
 
 
-def verify_chain(records: Iterable[AuditRecord], *, start_prev: str = GENESIS, start_seq: int = 1) -> ChainReport:
-    """Walk the records in order; name the first one whose position or hash does not follow."""
+def verify_chain(links: Iterable[AuditLink], *, start_prev: str = GENESIS, start_seq: int = 1) -> ChainReport:
+    """Walk the links in order; name the first one whose position or hash does not follow."""
     prev = start_prev
     expected_seq = start_seq
     count = 0
-    for rec in records:
+    for rec in links:
         if rec.seq != expected_seq:
-            # The first bad position is the one expected: a record deleted, moved or renumbered there.
+            # The first bad position is the one expected: a link deleted, moved or renumbered there.
             return ChainReport(count, prev, expected_seq, f"expected record {expected_seq}, found {rec.seq}")
         if rec.prev_hash != prev:
             return ChainReport(count, prev, rec.seq, "does not link to the previous record")

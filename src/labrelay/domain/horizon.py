@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from labrelay.domain.transfers import TransferRecord
+from labrelay.domain.transfers import Transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,6 @@ class KeyHorizon:
     """The latest of their deadlines; None: none is open, the key may go now."""
 
     @classmethod
-    def of(cls, key: str, records: Sequence[TransferRecord]) -> KeyHorizon:
-        """The horizon of ``key`` over ``records``, the caller's open transfers sealed to it."""
-        return cls(key, len(records), max((r.deadline for r in records), default=None))
+    def of(cls, key: str, transfers: Sequence[Transfer]) -> KeyHorizon:
+        """The horizon of ``key`` over ``transfers``, the caller's open transfers sealed to it."""
+        return cls(key, len(transfers), max((r.deadline for r in transfers), default=None))

@@ -521,7 +521,7 @@ class TransferRefusal:
 
 
 @dataclass(frozen=True, slots=True)
-class TransferRecord:
+class Transfer:
     """A transfer as the relay keeps it: the verified manifest and its envelope, state and timestamps."""
 
     manifest: Manifest

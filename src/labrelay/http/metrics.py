@@ -11,7 +11,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from labrelay.domain.audit import AuditEvent, AuditRecord
+from labrelay.domain.audit import AuditEvent, AuditLink
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -78,7 +78,7 @@ class RelayMetrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
-    def on_audit(self, rec: AuditRecord) -> None:
+    def on_audit(self, rec: AuditLink) -> None:
         """An ``Auditor`` listener."""
         entry = rec.entry
         self.events.labels(entry.event.value, entry.outcome.value).inc()

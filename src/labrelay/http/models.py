@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from labrelay.domain import horizon
 from labrelay.domain.timeutil import to_rfc3339
-from labrelay.domain.transfers import TransferLimits, TransferRecord
+from labrelay.domain.transfers import Transfer, TransferLimits
 
 
 class Envelope(BaseModel):
@@ -57,23 +57,23 @@ class TransferOut(BaseModel):
     quarantine: HoldOut | None = None  # held by the relay, and why
 
     @classmethod
-    def of(cls, record: TransferRecord) -> TransferOut:
+    def of(cls, transfer: Transfer) -> TransferOut:
         return cls(
-            transfer_id=record.transfer_id,
-            batch_id=record.manifest.batch_id,
-            sender=record.sender,
-            recipient=record.recipient,
-            state=record.state.value,
-            size=record.manifest.size,
-            uploaded=record.uploaded,
-            created_at=to_rfc3339(record.created_at),
-            deadline=to_rfc3339(record.deadline),
-            manifest=dict(record.manifest_envelope),
-            receipt=dict(record.receipt_envelope) if record.receipt_envelope else None,
-            refusal=dict(record.refusal_envelope) if record.refusal_envelope else None,
+            transfer_id=transfer.transfer_id,
+            batch_id=transfer.manifest.batch_id,
+            sender=transfer.sender,
+            recipient=transfer.recipient,
+            state=transfer.state.value,
+            size=transfer.manifest.size,
+            uploaded=transfer.uploaded,
+            created_at=to_rfc3339(transfer.created_at),
+            deadline=to_rfc3339(transfer.deadline),
+            manifest=dict(transfer.manifest_envelope),
+            receipt=dict(transfer.receipt_envelope) if transfer.receipt_envelope else None,
+            refusal=dict(transfer.refusal_envelope) if transfer.refusal_envelope else None,
             quarantine=(
-                HoldOut(reason=record.held_because.value, at=to_rfc3339(record.quarantined_at))
-                if record.held_because is not None and record.quarantined_at is not None
+                HoldOut(reason=transfer.held_because.value, at=to_rfc3339(transfer.quarantined_at))
+                if transfer.held_because is not None and transfer.quarantined_at is not None
                 else None
             ),
         )

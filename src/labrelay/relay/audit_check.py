@@ -1,12 +1,12 @@
 """``labrelay audit verify``: does the audit log still say what the relay wrote, and what clients were told?
 
-Four checks, each naming the first record that fails:
-1. the chain: every record links to the one before and matches its own hash, from the signed anchor (or the
-   first record) on — an edited, deleted, inserted or reordered record breaks it;
-2. the signed head: the last record is the one the relay's key last signed — a truncated log, or records
+Four checks, each naming the first link that fails:
+1. the chain: every link points to the one before and matches its own hash, from the signed anchor (or the
+   first link) on — an edited, deleted, inserted or reordered link breaks it;
+2. the signed head: the last link is the one the relay's key last signed — a truncated log, or links
    added behind the relay's back, no longer match it;
 3. the anchor: where pruning (the log's retention) left the chain, signed by the relay's key;
-4. checkpoints held by clients: each names a record and its hash, signed by the relay; a relay (or operator)
+4. checkpoints held by clients: each names a link and its hash, signed by the relay; a relay (or operator)
    that rewrote history and re-signed a new head still contradicts every checkpoint a client kept.
 """
 
@@ -22,9 +22,9 @@ from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import (
     GENESIS,
     MIN_AUDIT_RETENTION,
-    AuditRecord,
+    AuditLink,
     Checkpoint,
-    MalformedRecord,
+    MalformedLink,
     verify_chain,
 )
 from labrelay.errors import IntegrityError
@@ -33,7 +33,7 @@ from labrelay.ports import AuditLog, Clock
 
 @dataclass
 class AuditReport:
-    records: int = 0
+    links: int = 0  # verified
     first_seq: int | None = None
     last_seq: int | None = None
     head: dict[str, Any] | None = None
@@ -53,7 +53,7 @@ class AuditReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
-            "records": self.records,
+            "records": self.links,  # the report's key, as operators' scripts read it
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "head": self.head,
@@ -96,11 +96,11 @@ def verify_audit(
     wanted = {cp.seq for cp in held} | ({head_before.seq} if head_before else set())
     seen: dict[int, str] = {}
 
-    def walk() -> Iterator[AuditRecord]:
+    def walk() -> Iterator[AuditLink]:
         after = 0
         while True:
             try:
-                for rec in log.records(after):
+                for rec in log.links(after):
                     if rec.seq in wanted:
                         seen[rec.seq] = rec.hash
                     if report.first_seq is None:
@@ -109,21 +109,21 @@ def verify_audit(
                     after = rec.seq
                     yield rec
                 return
-            except MalformedRecord as exc:  # report it, and read on past it
+            except MalformedLink as exc:  # report it, and read on past it
                 report.problems.append((exc.seq, str(exc)))
                 after = exc.seq
 
-    records = walk()
-    chain = verify_chain(records, start_prev=start_prev, start_seq=start_seq)
-    report.records = chain.records
+    links = walk()
+    chain = verify_chain(links, start_prev=start_prev, start_seq=start_seq)
+    report.links = chain.links
     if not chain.ok:
         report.problems.append((chain.first_bad_seq, f"chain broken: {chain.problem}"))
-        for _ in records:  # finish the walk: the checkpoints are compared with every record
+        for _ in links:  # finish the walk: the checkpoints are compared with every link
             pass
     if report.last_seq is None and anchor is None and activity:
         report.problems.append((1, f"the audit log is empty, yet the relay holds {activity} parties and transfers"))
 
-    last = start_seq - 1 + chain.records if chain.ok else None
+    last = start_seq - 1 + chain.links if chain.ok else None
     _check_head(head_before, log.checkpoint("head"), relay_key, chain.head, last, seen, report)
     _check_held(held, anchor, seen, relay_key, now, report)
     report.problems.sort(key=lambda p: (p[0] is None, p[0] or 0))

@@ -1,4 +1,4 @@
-"""The audit trail as a SIEM receives it: one NDJSON document per record, every hashed field, so that the chain can
+"""The audit trail as a SIEM receives it: one NDJSON document per link, every hashed field, so that the chain can
 be verified again from the export alone (``GET /v1/audit/export``, ``labrelay audit export``; docs/audit.md)."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from labrelay.domain.audit import AuditRecord
+from labrelay.domain.audit import AuditLink
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.ports import AuditLog
 
 
-def record_doc(rec: AuditRecord) -> dict[str, Any]:
-    """One audit record as an NDJSON line: every hashed field, so a SIEM can re-verify the chain."""
+def link_doc(rec: AuditLink) -> dict[str, Any]:
+    """One audit link as an NDJSON line: every hashed field, so a SIEM can re-verify the chain."""
     e = rec.entry
     return {
         "seq": rec.seq,
@@ -29,10 +29,10 @@ def record_doc(rec: AuditRecord) -> dict[str, Any]:
 
 
 def export_ndjson(audit_log: AuditLog, after: int, limit: int) -> bytes:
-    """At most ``limit`` records after ``after``, one compact JSON document a line (nothing at all when none)."""
+    """At most ``limit`` links after ``after``, one compact JSON document a line (nothing at all when none)."""
     out = []
-    for rec in audit_log.records(after):
-        out.append(json.dumps(record_doc(rec), sort_keys=True, separators=(",", ":")))
+    for rec in audit_log.links(after):
+        out.append(json.dumps(link_doc(rec), sort_keys=True, separators=(",", ":")))
         if len(out) >= limit:
             break
     return ("\n".join(out) + "\n").encode() if out else b""

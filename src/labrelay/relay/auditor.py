@@ -10,15 +10,15 @@ import structlog
 
 from labrelay.crypto.checkpoints import sign_checkpoint
 from labrelay.crypto.keys import SigningKey
-from labrelay.domain.audit import AuditEntry, AuditEvent, AuditRecord, Checkpoint, DetailValue, Outcome
+from labrelay.domain.audit import AuditEntry, AuditEvent, AuditLink, Checkpoint, DetailValue, Outcome
 from labrelay.ports import AuditLog, Clock
 
-Listener = Callable[[AuditRecord], None]
+Listener = Callable[[AuditLink], None]
 log = structlog.get_logger("labrelay.audit")
 
 
 class Auditor:
-    """Appends every request and decision as one chained event; listeners (detection, metrics) see each record.
+    """Appends every request and decision as one chained event; listeners (detection, metrics) see each link.
 
     Each append also signs the new head with the relay's key: the latest signed head is the checkpoint handed to
     clients with every response."""
@@ -51,7 +51,7 @@ class Auditor:
         transfer_id: str | None = None,
         reason: str | None = None,
         **details: DetailValue,
-    ) -> AuditRecord:
+    ) -> AuditLink:
         entry = AuditEntry(
             at=self._clock.now(),
             event=event,
@@ -68,12 +68,12 @@ class Auditor:
         for listener in self._listeners:
             try:
                 listener(rec)
-            except Exception as exc:  # noqa: BLE001 - a listener's failure never loses or blocks the record
+            except Exception as exc:  # noqa: BLE001 - a listener's failure never loses or blocks the link
                 log.error(
                     "audit listener failed", listener=getattr(listener, "__name__", "?"), error=type(exc).__name__
                 )
         return rec
 
     def prune_before(self, before: datetime) -> int:
-        """Drop records older than ``before`` (the log's retention); the chain then starts at a signed anchor."""
+        """Drop links older than ``before`` (the log's retention); the chain then starts at a signed anchor."""
         return self._log.prune_before(before, self.seal)

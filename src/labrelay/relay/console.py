@@ -33,7 +33,7 @@ from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.names import visible
 from labrelay.domain.parties import CONSOLE_ROLES, PartyEntry, Role
 from labrelay.domain.timeutil import from_epoch, to_epoch, to_rfc3339
-from labrelay.domain.transfers import TransferRecord, TransferState
+from labrelay.domain.transfers import Transfer, TransferState
 from labrelay.errors import (
     AuthenticationFailed,
     LabrelayError,
@@ -377,7 +377,7 @@ class ConsoleService:
 
     def overview(self) -> dict[str, Any]:
         now = self._clock.now()
-        records = self._transfers.recent(TRANSFERS_SHOWN)
+        transfers = self._transfers.recent(TRANSFERS_SHOWN)
         status = self._control.status()
         head = self._log.checkpoint("head")
         alerts = [
@@ -390,15 +390,15 @@ class ConsoleService:
                 "threshold": rec.entry.details.get("threshold"),
                 "locked": bool(rec.entry.details.get("locked")),
             }
-            for rec in self._log.records_since(now - ALERTS_SINCE, AuditEvent.ALERT_RAISE)
+            for rec in self._log.links_since(now - ALERTS_SINCE, AuditEvent.ALERT_RAISE)
         ]
-        open_ = [r for r in records if r.state in (TransferState.UPLOADING, TransferState.AVAILABLE)]
+        open_ = [r for r in transfers if r.state in (TransferState.UPLOADING, TransferState.AVAILABLE)]
         doc = {
             "now": to_rfc3339(now),
             "frozen": status["frozen"],
             "locks": status["locks"],
             "quarantined": status["quarantined"],
-            "transfers": [_transfer_doc(r, now) for r in records],
+            "transfers": [_transfer_doc(r, now) for r in transfers],
             "alerts": list(reversed(alerts))[:50],
             "retention": {
                 "open": len(open_),
@@ -416,7 +416,7 @@ class ConsoleService:
         return shown(self._audit_check.run().as_dict())
 
 
-def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:
+def _transfer_doc(rec: Transfer, now: datetime) -> dict[str, Any]:
     receipt = rec.receipt_envelope.get("payload") if rec.receipt_envelope else None
     return {
         "id": rec.transfer_id,
@@ -439,7 +439,7 @@ def _transfer_doc(rec: TransferRecord, now: datetime) -> dict[str, Any]:
     }
 
 
-def _refusal_code(rec: TransferRecord) -> str | None:
+def _refusal_code(rec: Transfer) -> str | None:
     """The reason code of the recipient's refusal (never its detail: the console shows metadata only)."""
     payload = rec.refusal_envelope.get("payload") if rec.refusal_envelope else None
     code = payload.get("reason") if isinstance(payload, Mapping) else None

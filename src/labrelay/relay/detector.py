@@ -1,4 +1,4 @@
-"""Detection on the live audit stream: each appended record goes through the rules; a rule that trips raises an
+"""Detection on the live audit stream: each appended link goes through the rules; a rule that trips raises an
 alert (an audit event, then the sinks) and may lock the offending party at once.
 
 Rules (thresholds in relay.toml, docs/configuration.md):
@@ -45,7 +45,7 @@ from typing import Any
 
 import structlog
 
-from labrelay.domain.audit import AuditEvent, AuditRecord, Outcome
+from labrelay.domain.audit import AuditEvent, AuditLink, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.timeutil import format_duration
 from labrelay.ports import AuditLog
@@ -123,18 +123,18 @@ class Detector:
         """Prime the volume baseline from the log: the downloads of the past ``volume_history`` windows (and the
         current one). At start-up, and when a worker becomes the leader."""
         span = self.rules.volume_window * (self.rules.volume_history + 1)
-        return self.prime(audit_log.records_since(now - span, AuditEvent.DOWNLOAD_SERVE))
+        return self.prime(audit_log.links_since(now - span, AuditEvent.DOWNLOAD_SERVE))
 
-    def prime(self, records: Iterable[AuditRecord]) -> int:
+    def prime(self, links: Iterable[AuditLink]) -> int:
         """Load past downloads (the volume baseline) from the audit log; returns how many were read."""
         n = 0
-        for rec in records:
+        for rec in links:
             if rec.entry.event is AuditEvent.DOWNLOAD_SERVE and rec.entry.actor:
                 self._downloads[rec.entry.actor].append((rec.entry.at, _served(rec)))
                 n += 1
         return n
 
-    def __call__(self, rec: AuditRecord) -> None:
+    def __call__(self, rec: AuditLink) -> None:
         entry = rec.entry
         if entry.event in _IGNORED or self._noticed(rec):
             return
@@ -246,7 +246,7 @@ class Detector:
         )
         self._emit(alert, actor=trip.subject if trip.signed else None)
 
-    def _noticed(self, rec: AuditRecord) -> bool:
+    def _noticed(self, rec: AuditLink) -> bool:
         """Events that raise an alert each, with no threshold (a recipient's refusal, a stored payload failing its
         at-rest check); True if ``rec`` is one."""
         entry = rec.entry
@@ -262,13 +262,13 @@ class Detector:
             log.error("alert could not be raised", rule=rule, error=type(exc).__name__)
         return True
 
-    def _corrupt(self, rec: AuditRecord) -> None:
+    def _corrupt(self, rec: AuditLink) -> None:
         """The relay's stored copy of a payload failed its at-rest check: one alert, at once, about its storage."""
         entry, sender = rec.entry, _sender(rec)
         summary = _CORRUPT_SUMMARY.format(transfer=entry.transfer_id, sender=sender, recipient=entry.actor)
         self._at_once(CORRUPT_PAYLOAD, STORAGE_SUBJECT, rec, summary, sender=sender)
 
-    def _refused(self, rec: AuditRecord) -> None:
+    def _refused(self, rec: AuditLink) -> None:
         """A recipient refused a payload, signed: one alert, at once, naming the sender as its subject."""
         entry, sender = rec.entry, _sender(rec)
         summary = _REFUSED_SUMMARY.format(
@@ -276,7 +276,7 @@ class Detector:
         )
         self._at_once(REFUSED_PAYLOAD, sender, rec, summary, code=entry.reason)
 
-    def _at_once(self, rule: str, subject: str, rec: AuditRecord, summary: str, **extra: str | None) -> None:
+    def _at_once(self, rule: str, subject: str, rec: AuditLink, summary: str, **extra: str | None) -> None:
         """One alert about one transfer's event, without threshold or lock."""
         entry = rec.entry
         alert = Alert(
@@ -327,12 +327,12 @@ _REFUSED_SUMMARY = (
 )
 
 
-def _sender(rec: AuditRecord) -> str:
+def _sender(rec: AuditLink) -> str:
     sender = rec.entry.details.get("sender")
     return sender if isinstance(sender, str) else "unknown-sender"
 
 
-def _served(rec: AuditRecord) -> int:
+def _served(rec: AuditLink) -> int:
     size, start = rec.entry.details.get("size"), rec.entry.details.get("start")
     size = size if isinstance(size, int) else 0
     start = start if isinstance(start, int) else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from labrelay.domain.audit import AuditEvent
-from labrelay.domain.transfers import TERMINAL_STATES, TransferEvent, TransferRecord, TransferState
+from labrelay.domain.transfers import TERMINAL_STATES, Transfer, TransferEvent, TransferState
 from labrelay.errors import NotFound
 from labrelay.relay.transfer_access import Decision, TransferAccess
 
@@ -32,18 +32,18 @@ class RecoveryService:
         state changes first: a crash between the two leaves bytes of an expired transfer, which ``recover``
         (at start and on every reaper pass) deletes. Returns how many transfers expired."""
         count = 0
-        for record in self._repo.open_past(self._clock.now()):
+        for transfer in self._repo.open_past(self._clock.now()):
             expired = Decision(
                 AuditEvent.TRANSFER_EXPIRE,
-                record.sender,
-                details={"was": record.state.value, "deadline": int(record.deadline.timestamp())},
+                transfer.sender,
+                details={"was": transfer.state.value, "deadline": int(transfer.deadline.timestamp())},
             )
-            with self._access.lock(record.transfer_id):
+            with self._access.lock(transfer.transfer_id):
                 if not self._access.close(
-                    record.transfer_id, TransferEvent.EXPIRE, self._clock.now(), expired, deleted_by=None
+                    transfer.transfer_id, TransferEvent.EXPIRE, self._clock.now(), expired, deleted_by=None
                 ):
                     continue  # delivered or cancelled meanwhile: its own path deleted the bytes
-            self._access.release(record.transfer_id)
+            self._access.release(transfer.transfer_id)
             count += 1
         return count
 
@@ -61,42 +61,42 @@ class RecoveryService:
         Every deletion is an audit event. Nothing is ever kept because a crash interrupted its deletion.
         """
         repaired = sum(self._reconcile(transfer_id) for transfer_id in list(self._store.ids()))
-        for record in self._repo.open_transfers():
-            repaired += self._repair_missing(record)
+        for transfer in self._repo.open_transfers():
+            repaired += self._repair_missing(transfer)
         return repaired
 
     def _reconcile(self, transfer_id: str) -> int:
         """Bytes in the store: deleted if their transfer is over or unknown, published if their upload was. 1 if
         something was repaired."""
-        record = self._repo.get(transfer_id)
+        transfer = self._repo.get(transfer_id)
         now = self._clock.now()
-        if record is None or record.state in TERMINAL_STATES:
+        if transfer is None or transfer.state in TERMINAL_STATES:
             gone = self._store.delete(transfer_id)
             self._audit.record(
                 AuditEvent.PAYLOAD_DELETE,
                 transfer_id=transfer_id,
-                cause="recovery-orphan" if record is None else f"recovery-{record.state.value}",
+                cause="recovery-orphan" if transfer is None else f"recovery-{transfer.state.value}",
                 verified=gone,
             )
             return 1
-        if record.state is not TransferState.UPLOADING:
+        if transfer.state is not TransferState.UPLOADING:
             return 0
         try:
             size = self._store.size(transfer_id)
         except NotFound:
-            if record.uploaded == record.manifest.size:  # every byte stored, the check and publication cut off
-                self._access.finish_whole(record, None)
+            if transfer.uploaded == transfer.manifest.size:  # every byte stored, the check and publication cut off
+                self._access.finish_whole(transfer, None)
                 return 1
             return 0
-        if size == record.manifest.size:
+        if size == transfer.manifest.size:
             self._access.move(transfer_id, TransferEvent.VERIFIED, now)
             return 1
         return 0
 
-    def _repair_missing(self, record: TransferRecord) -> int:
+    def _repair_missing(self, transfer: Transfer) -> int:
         """An open transfer whose bytes are gone: its upload restarts from zero before its deadline, and it is
         closed as expired otherwise. 1 if something was repaired."""
-        transfer_id = record.transfer_id
+        transfer_id = transfer.transfer_id
         with self._access.lock(transfer_id):
             current = self._repo.get(transfer_id)
             if current is None or current.state in TERMINAL_STATES or self._store.has_bytes(transfer_id):

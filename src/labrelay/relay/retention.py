@@ -20,7 +20,7 @@ from typing import Any
 
 from labrelay.domain.retention import epoch_end, key_due_for_destruction
 from labrelay.domain.timeutil import format_duration, from_epoch, to_rfc3339
-from labrelay.domain.transfers import TERMINAL_STATES, TransferLimits, TransferRecord
+from labrelay.domain.transfers import TERMINAL_STATES, Transfer, TransferLimits
 from labrelay.ports import Clock, KeyStore, PayloadStore, TransferRepository
 
 SAMPLE = 10  # ids listed per failed check
@@ -82,8 +82,8 @@ def check_retention(
     report = RetentionReport(checked_at=now)
     ids = list(store.ids())
     report.payloads = len(ids)
-    records = {i: repo.get(i) for i in ids}
-    report.findings.extend(_payload_findings(records, store, now))
+    transfers = {i: repo.get(i) for i in ids}
+    report.findings.extend(_payload_findings(transfers, store, now))
 
     open_past = [f"{r.transfer_id} ({r.state.value})" for r in repo.open_past(now)]
     report.findings.append(
@@ -124,17 +124,17 @@ def check_retention(
     report.findings.append(
         _finding("other files in the key store", keys.strays(), "none", "unexpected file(s) in the key store")
     )
-    report.oldest = _oldest([r for r in records.values() if r is not None], now)
+    report.oldest = _oldest([r for r in transfers.values() if r is not None], now)
     return report
 
 
-def _payload_findings(records: dict[str, TransferRecord | None], store: PayloadStore, now: datetime) -> list[Finding]:
+def _payload_findings(transfers: dict[str, Transfer | None], store: PayloadStore, now: datetime) -> list[Finding]:
     """The payload store against the metadata: no bytes past a deadline, of a closed or unknown transfer, or stray."""
-    unknown = [i for i, r in records.items() if r is None]
-    over = [f"{i} ({r.state.value})" for i, r in records.items() if r is not None and r.state in TERMINAL_STATES]
+    unknown = [i for i, r in transfers.items() if r is None]
+    over = [f"{i} ({r.state.value})" for i, r in transfers.items() if r is not None and r.state in TERMINAL_STATES]
     past = [
         f"{i} (deadline {to_rfc3339(r.deadline)})"
-        for i, r in records.items()
+        for i, r in transfers.items()
         if r is not None and r.state not in TERMINAL_STATES and r.deadline <= now
     ]
     return [
@@ -145,7 +145,7 @@ def _payload_findings(records: dict[str, TransferRecord | None], store: PayloadS
     ]
 
 
-def _oldest(dated: list[TransferRecord], now: datetime) -> dict[str, Any] | None:
+def _oldest(dated: list[Transfer], now: datetime) -> dict[str, Any] | None:
     """The oldest payload on the relay, for information."""
     if not dated:
         return None

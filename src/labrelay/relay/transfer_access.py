@@ -5,7 +5,7 @@
 - A transfer that ends while the relay holds its bytes is closed in one order, the decision before the act
   (``TransferAccess.close``): its state changes, the decision is recorded, then its bytes are deleted and the
   deletion recorded. A crash after the state change leaves bytes of a transfer that is over, which recovery deletes;
-  a crash after the deletion loses at most the deletion's record, never the decision (docs/retention.md).
+  a crash after the deletion loses at most the deletion's audit link, never the decision (docs/retention.md).
 - An upload whose every byte is stored is checked against its manifest and published one way
   (``TransferAccess.publish``, ``finish_whole``), whether its last chunk, its sender's question or recovery finishes it.
 - A refused request is audited one way (``audited_refusal``).
@@ -21,19 +21,19 @@ from typing import Any
 
 from labrelay.domain.audit import AuditEvent, DetailValue, Outcome
 from labrelay.domain.names import check_transfer_id
-from labrelay.domain.transfers import LIFECYCLE, QuarantineReason, TransferEvent, TransferRecord, TransferState
+from labrelay.domain.transfers import LIFECYCLE, QuarantineReason, Transfer, TransferEvent, TransferState
 from labrelay.errors import IntegrityError, LabrelayError, NotFound
 from labrelay.ports import Clock, PayloadStore, TransferLocks, TransferRepository
 from labrelay.relay.auditor import Auditor
 
 
-def held_words(record: TransferRecord) -> str:
+def held_words(transfer: Transfer) -> str:
     """Why a quarantined transfer is held, in words for its sender or recipient."""
-    if record.held_because is QuarantineReason.CORRUPT:
-        return corrupt_words(record.transfer_id)
-    if record.refusal_envelope is not None:
-        return f"transfer {record.transfer_id} was refused by its recipient"
-    return f"transfer {record.transfer_id} is quarantined by the relay's administrator"
+    if transfer.held_because is QuarantineReason.CORRUPT:
+        return corrupt_words(transfer.transfer_id)
+    if transfer.refusal_envelope is not None:
+        return f"transfer {transfer.transfer_id} was refused by its recipient"
+    return f"transfer {transfer.transfer_id} is quarantined by the relay's administrator"
 
 
 def corrupt_words(transfer_id: str) -> str:
@@ -151,14 +151,14 @@ class TransferAccess:
         )
         return True
 
-    def publish(self, record: TransferRecord, actor: str | None) -> TransferState:
-        """Check the whole upload of ``record`` (its lock held) against its signed manifest: publish it, or, if
+    def publish(self, transfer: Transfer, actor: str | None) -> TransferState:
+        """Check the whole upload of ``transfer`` (its lock held) against its signed manifest: publish it, or, if
         its size or SHA-256 differs, reject the transfer, discard the bytes and raise ``IntegrityError``. The bytes
         are published before the state says so: a crash between the two leaves a publication recovery records."""
-        transfer_id = record.transfer_id
+        transfer_id = transfer.transfer_id
         size, sha = self.store.upload_digest(transfer_id)
         now = self.clock.now()
-        if size != record.manifest.size or sha != record.manifest.sha256:
+        if size != transfer.manifest.size or sha != transfer.manifest.sha256:
             rejected = Decision(AuditEvent.UPLOAD_REJECT, actor, Outcome.REFUSED, IntegrityError.code)
             self.close(transfer_id, TransferEvent.MISMATCHED, now, rejected, deleted_by=actor)
             raise IntegrityError("the uploaded bytes do not match the signed manifest's SHA-256; upload discarded")
@@ -167,13 +167,13 @@ class TransferAccess:
         self.audit.record(AuditEvent.UPLOAD_COMPLETE, actor=actor, transfer_id=transfer_id, size=size)
         return TransferState.AVAILABLE
 
-    def finish_whole(self, record: TransferRecord, actor: str | None) -> TransferState:
+    def finish_whole(self, transfer: Transfer, actor: str | None) -> TransferState:
         """Check and publish an upload whose bytes are all stored, if it is still waiting for that (the relay
         stopped between its last chunk and the check). Returns the transfer's state."""
-        with self.lock(record.transfer_id):
-            current = self.repo.get(record.transfer_id)
+        with self.lock(transfer.transfer_id):
+            current = self.repo.get(transfer.transfer_id)
             if current is None:
-                return record.state
+                return transfer.state
             if current.state is not TransferState.UPLOADING or current.uploaded != current.manifest.size:
                 return current.state
             try:

@@ -23,9 +23,9 @@ from labrelay.domain.transfers import (
     AGE_VERSION_LINE,
     MANIFEST_TYPE,
     Manifest,
+    Transfer,
     TransferEvent,
     TransferLimits,
-    TransferRecord,
     TransferState,
     check_ciphertext_start,
     check_manifest_terms,
@@ -63,8 +63,8 @@ class UploadService:
 
     # ------------------------------------------------------------ create
 
-    def create(self, caller: Caller, envelope: Mapping[str, Any]) -> tuple[TransferRecord, bool]:
-        """Register a transfer from its signed manifest. Returns (record, newly created)."""
+    def create(self, caller: Caller, envelope: Mapping[str, Any]) -> tuple[Transfer, bool]:
+        """Register a transfer from its signed manifest. Returns (the transfer, newly created)."""
         with audited_refusal(self._audit, AuditEvent.TRANSFER_REFUSE, caller.name):
             manifest = self._accepted_manifest(caller, envelope)
             return self._open(caller, manifest, signed_parts(envelope))
@@ -113,7 +113,7 @@ class UploadService:
                 refusal, hint="send lab results routed under the policy, or to a recipient it lets receive them"
             )
 
-    def _open(self, caller: Caller, manifest: Manifest, stored: dict[str, Any]) -> tuple[TransferRecord, bool]:
+    def _open(self, caller: Caller, manifest: Manifest, stored: dict[str, Any]) -> tuple[Transfer, bool]:
         """The transfer of an accepted manifest: the one held already for the sender's retry, or a new one."""
         existing = self._repo.get(manifest.transfer_id)
         if existing is not None:
@@ -132,7 +132,7 @@ class UploadService:
                 )
             raise Conflict("this transfer id is not available; sign a new manifest with a fresh random id")
         now = self._clock.now()
-        record = TransferRecord(
+        transfer = Transfer(
             manifest=manifest,
             manifest_envelope=stored,
             state=TransferState.UPLOADING,
@@ -141,7 +141,7 @@ class UploadService:
             updated_at=now,
         )
         with self._access.lock(manifest.transfer_id):  # recovery must not see the row without its upload
-            self._repo.create(record)
+            self._repo.create(transfer)
             # If the payload store fails here (S3 unreachable, disk full), the transfer stays open without bytes:
             # the sender's retry of this same create makes the upload (``_ensure_upload``), and so would the
             # reaper's repair pass; cancelling it would strand a payload the sender already sealed.
@@ -155,46 +155,46 @@ class UploadService:
             records=manifest.record_count,
             deadline=int(manifest.deadline.timestamp()),
         )
-        return record, True
+        return transfer, True
 
-    def _ensure_upload(self, record: TransferRecord) -> None:
+    def _ensure_upload(self, transfer: Transfer) -> None:
         """An open upload whose bytes the store never got (its ``begin`` failed): begin it now."""
-        if record.state is not TransferState.UPLOADING or record.uploaded != 0:
+        if transfer.state is not TransferState.UPLOADING or transfer.uploaded != 0:
             return
-        with self._access.lock(record.transfer_id):
-            current = self._repo.get(record.transfer_id)
+        with self._access.lock(transfer.transfer_id):
+            current = self._repo.get(transfer.transfer_id)
             if current is None or current.state is not TransferState.UPLOADING or current.uploaded != 0:
                 return
-            if not self._store.has_bytes(record.transfer_id):
-                self._store.begin(record.transfer_id, record.deadline)
+            if not self._store.has_bytes(transfer.transfer_id):
+                self._store.begin(transfer.transfer_id, transfer.deadline)
 
     # ------------------------------------------------------------ upload
 
-    def _own_upload(self, caller: Caller, transfer_id: str) -> TransferRecord:
+    def _own_upload(self, caller: Caller, transfer_id: str) -> Transfer:
         check_transfer_id(transfer_id)
-        record = self._repo.get(transfer_id)
-        if record is None or record.sender != caller.name:
+        transfer = self._repo.get(transfer_id)
+        if transfer is None or transfer.sender != caller.name:
             self._audit.record(  # probing upload ids is probing too (detection counts it)
                 AuditEvent.TRANSFER_READ,
                 outcome=Outcome.REFUSED,
                 actor=caller.name,
                 transfer_id=transfer_id,
-                reason="unknown" if record is None else "foreign",
+                reason="unknown" if transfer is None else "foreign",
                 via="upload",
             )
             raise NotFound(f"no transfer {transfer_id}")
-        if record.quarantined_at is not None:
-            raise Conflict(held_words(record))
-        return record
+        if transfer.quarantined_at is not None:
+            raise Conflict(held_words(transfer))
+        return transfer
 
     def upload_status(self, caller: Caller, transfer_id: str) -> UploadStatus:
-        record = self._own_upload(caller, transfer_id)
-        if record.state is TransferState.UPLOADING and record.uploaded == record.manifest.size:
+        transfer = self._own_upload(caller, transfer_id)
+        if transfer.state is TransferState.UPLOADING and transfer.uploaded == transfer.manifest.size:
             # Every byte was stored but the relay stopped before checking and publishing them (a crash between
             # the last chunk and its answer): finish now, or the sender, told nothing is missing, would stop here.
-            state = self._access.finish_whole(record, caller.name)
-            return UploadStatus(transfer_id, record.uploaded, record.manifest.size, state)
-        return UploadStatus(transfer_id, record.uploaded, record.manifest.size, record.state)
+            state = self._access.finish_whole(transfer, caller.name)
+            return UploadStatus(transfer_id, transfer.uploaded, transfer.manifest.size, state)
+        return UploadStatus(transfer_id, transfer.uploaded, transfer.manifest.size, transfer.state)
 
     def append(
         self,
@@ -220,17 +220,17 @@ class UploadService:
         digest_header: str | None,
         chunks: Iterable[bytes],
     ) -> UploadStatus:
-        record = self._own_upload(caller, transfer_id)
+        transfer = self._own_upload(caller, transfer_id)
         digest = DigestCheck(digest_header)
         with self._access.lock(transfer_id):
-            record = self._repo.get(transfer_id) or record
-            if record.state is not TransferState.UPLOADING:
-                raise Conflict(f"transfer {transfer_id} is {record.state.value}, not uploading")
-            if self._clock.now() >= record.deadline:
+            transfer = self._repo.get(transfer_id) or transfer
+            if transfer.state is not TransferState.UPLOADING:
+                raise Conflict(f"transfer {transfer_id} is {transfer.state.value}, not uploading")
+            if self._clock.now() >= transfer.deadline:
                 raise NotFound(f"transfer {transfer_id} is past its deadline")
-            if offset != record.uploaded:
-                raise Conflict(f"upload offset is {record.uploaded}, not {offset}")
-            if length <= 0 or offset + length > record.manifest.size:
+            if offset != transfer.uploaded:
+                raise Conflict(f"upload offset is {transfer.uploaded}, not {offset}")
+            if length <= 0 or offset + length > transfer.manifest.size:
                 raise TooLarge(f"chunk of {length} bytes at {offset} overruns the declared size")
             writer = self._store.writer(transfer_id, offset)
             try:
@@ -243,21 +243,21 @@ class UploadService:
             self._audit.record(
                 AuditEvent.UPLOAD_CHUNK, actor=caller.name, transfer_id=transfer_id, offset=offset, length=length
             )
-            if uploaded < record.manifest.size:
-                return UploadStatus(transfer_id, uploaded, record.manifest.size, TransferState.UPLOADING)
-            state = self._access.publish(record, caller.name)
+            if uploaded < transfer.manifest.size:
+                return UploadStatus(transfer_id, uploaded, transfer.manifest.size, TransferState.UPLOADING)
+            state = self._access.publish(transfer, caller.name)
         self._access.release(transfer_id)
-        return UploadStatus(transfer_id, record.manifest.size, record.manifest.size, state)
+        return UploadStatus(transfer_id, transfer.manifest.size, transfer.manifest.size, state)
 
     def cancel(self, caller: Caller, transfer_id: str) -> None:
         """The sender abandons its upload: the transfer is cancelled and its bytes deleted."""
-        record = self._own_upload(caller, transfer_id)
+        transfer = self._own_upload(caller, transfer_id)
         cancelled = Decision(AuditEvent.UPLOAD_CANCEL, caller.name)
         with self._access.lock(transfer_id):
             if not self._access.close(
                 transfer_id, TransferEvent.CANCEL, self._clock.now(), cancelled, deleted_by=caller.name
             ):
-                raise Conflict(f"transfer {transfer_id} is {record.state.value}; only uploads can be cancelled")
+                raise Conflict(f"transfer {transfer_id} is {transfer.state.value}; only uploads can be cancelled")
         self._access.release(transfer_id)
 
 

@@ -38,7 +38,7 @@ class Job:
 
 
 class AuditTail:
-    """Feeds the detector every audit record appended by any process, in order, from where it started."""
+    """Feeds the detector every audit link appended by any process, in order, from where it started."""
 
     def __init__(self, audit_log: AuditLog, detector: Detector, clock: Clock) -> None:
         self._log = audit_log
@@ -47,19 +47,19 @@ class AuditTail:
         self.position = 0
 
     def start(self) -> None:
-        """On winning leadership: the volume history, then the records of the last detection window (a previous
+        """On winning leadership: the volume history, then the links of the last detection window (a previous
         leader may have died before seeing them; counting them twice can only raise an alert again)."""
         now = self._clock.now()
         self._detector.load_history(self._log, now)
         head = self._log.checkpoint("head")
         self.position = head.seq if head is not None else 0
-        for rec in self._log.records_since(now - self._detector.rules.window):
+        for rec in self._log.links_since(now - self._detector.rules.window):
             self._detector(rec)
             self.position = max(self.position, rec.seq)  # appended since the head was read: fed once, not twice
 
     def run(self) -> int:
         seen = 0
-        for rec in self._log.records(self.position):
+        for rec in self._log.links(self.position):
             self._detector(rec)
             self.position = rec.seq
             seen += 1
@@ -71,9 +71,9 @@ class Checkpointer:
     checkpoints file kept away from the database). Each run:
 
     - verifies the new stretch of the chain, up to the signed head;
-    - checks that the records at the heads it witnessed before still have the hashes it saw (a history rewritten
+    - checks that the links at the heads it witnessed before still have the hashes it saw (a history rewritten
       and re-hashed by someone with the database and the relay's key shows at once);
-    - every ``full_every`` runs (and at start), walks the whole chain from its anchor (a single record edited in
+    - every ``full_every`` runs (and at start), walks the whole chain from its anchor (a single link edited in
       place, without re-hashing, shows there).
 
     A chain that does not verify raises an ``audit-chain`` alert at once: an operator rewriting the log is seen
@@ -122,13 +122,13 @@ class Checkpointer:
         if start_hash is None:
             anchor = self._log.checkpoint("anchor")
             start_seq, start_hash = (anchor.seq, anchor.hash) if anchor is not None else (0, GENESIS)
-        records = [rec for rec in self._log.records(start_seq) if rec.seq <= head.seq]
-        report = verify_chain(records, start_prev=start_hash, start_seq=start_seq + 1)
+        links = [rec for rec in self._log.links(start_seq) if rec.seq <= head.seq]
+        report = verify_chain(links, start_prev=start_hash, start_seq=start_seq + 1)
         if not report.ok:
             bad = report.first_bad_seq if report.first_bad_seq is not None else head.seq
             self._fail(bad, report.problem or "the chain does not follow")
             return None
-        if not records or records[-1].seq != head.seq or records[-1].hash != head.hash:
+        if not links or links[-1].seq != head.seq or links[-1].hash != head.hash:
             self._fail(head.seq, "the chain does not end at its signed head")
             return None
         self._seq, self._hash = head.seq, head.hash
@@ -151,7 +151,7 @@ class Checkpointer:
                 threshold=1,
                 window_seconds=0,
                 locked=False,
-                audit_seq=0,  # no record: appending to a log that does not verify would bury the evidence
+                audit_seq=0,  # no link: appending to a log that does not verify would bury the evidence
                 summary=f"the audit log does not verify at record {seq}: {problem}; run labrelay audit verify",
             )
         )

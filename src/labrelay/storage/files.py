@@ -7,7 +7,7 @@ Layout under the store's root (``DATA_DIR/payloads``, mode 0700)::
 
 Each file holds the payload (the sender's age ciphertext) sealed once more in the at-rest format of
 ``labrelay.crypto.at_rest``: a header naming the epoch of the transfer's deadline and the transfer's data key
-wrapped under that epoch's key (from the ``KeyStore``), then sealed records. Offsets and sizes the port speaks of
+wrapped under that epoch's key (from the ``KeyStore``), then sealed segments. Offsets and sizes the port speaks of
 are the payload's own (what the sender uploaded and the recipient downloads), never the stored file's.
 
 Every path is built from a validated transfer id and checked to resolve inside the root, so no caller string can
@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from labrelay.crypto.at_rest import HEADER_BYTES, RecordSpan, RecordWriter, make_header, open_header, read_plain, scan
+from labrelay.crypto.at_rest import HEADER_BYTES, SegmentSpan, SegmentWriter, make_header, open_header, read_plain, scan
 from labrelay.domain.names import check_transfer_id, is_transfer_id
 from labrelay.domain.retention import epoch_end
 from labrelay.errors import Conflict, NotFound, StorageFull, Unavailable
@@ -44,25 +44,25 @@ def _io_error(exc: OSError, what: str) -> Exception:
 
 
 class _SealingWriter:
-    """Seals what it is given into records after the acknowledged offset; nothing counts until ``commit``."""
+    """Seals what it is given into segments after the acknowledged offset; nothing counts until ``commit``."""
 
-    def __init__(self, handle: BinaryIO, records: RecordWriter, position: int, path: Path) -> None:
+    def __init__(self, handle: BinaryIO, segments: SegmentWriter, position: int, path: Path) -> None:
         self._fh = handle
-        self._records = records
+        self._segments = segments
         self._position = position  # where the acknowledged part of the stored file ends
         self._path = path
         self._closed = False
 
     def write(self, data: bytes) -> None:
         try:
-            self._records.write(data)
+            self._segments.write(data)
         except OSError as exc:
             self.abort()
             raise _io_error(exc, "writing an upload") from exc
 
     def commit(self) -> int:
         try:
-            size = self._records.finish()
+            size = self._segments.finish()
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:
@@ -120,8 +120,8 @@ class LocalPayloadStore:
             raise NotFound(f"no {what} for {transfer_id}") from None
         return handle
 
-    def _layout(self, transfer_id: str, fh: BinaryIO) -> tuple[bytes, list[RecordSpan], int]:
-        """(data key, whole records, where they end): the data key needs the epoch key, or ``EpochKeyGone``."""
+    def _layout(self, transfer_id: str, fh: BinaryIO) -> tuple[bytes, list[SegmentSpan], int]:
+        """(data key, whole segments, where they end): the data key needs the epoch key, or ``EpochKeyGone``."""
         fh.seek(0)
         dek = open_header(transfer_id, fh.read(HEADER_BYTES), self.keys.key)
         spans, end = scan(fh, os.fstat(fh.fileno()).st_size)
@@ -167,7 +167,7 @@ class LocalPayloadStore:
             fh.close()
             raise
         return _SealingWriter(
-            fh, RecordWriter(fh, dek, transfer_id, offset), position, self._path(transfer_id, _UPLOAD)
+            fh, SegmentWriter(fh, dek, transfer_id, offset), position, self._path(transfer_id, _UPLOAD)
         )
 
     def upload_digest(self, transfer_id: str) -> tuple[int, str]:

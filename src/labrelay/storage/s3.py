@@ -6,7 +6,7 @@ the ``KeyStore``); offsets and sizes are the payload's own. Only the layout diff
 append, no rename and no fsync. Under the store's ``prefix``::
 
     parts/<id>/header                       the at-rest header (epoch, wrapped data key): the upload exists
-    parts/<id>/<start:016d>-<end:016d>      one committed chunk: the sealed records of payload bytes start..end
+    parts/<id>/<start:016d>-<end:016d>      one committed chunk: the sealed segments of payload bytes start..end
     published/<id>                          the index (JSON: header, then each chunk's range, stored size and
                                             ETag, in order); the payload exists iff this object does
 
@@ -26,7 +26,7 @@ Why it survives ``kill -9`` of any replica at any moment:
   the upload is gone as far as the port is concerned (``uploaded``, ``writer``, ``upload_digest`` and ``publish``
   answer ``NotFound``, as with the local store once renamed), so no writer can touch a published chunk. ``open``
   reads each chunk with ``If-Match`` its published ETag: a chunk swapped after publication fails as
-  ``IntegrityError`` even if it is validly sealed. Records authenticate the transfer id and their absolute offset,
+  ``IntegrityError`` even if it is validly sealed. Segments authenticate the transfer id and their absolute offset,
   so chunks cannot be moved, swapped or spliced either; a published chunk that vanished while its index remains is
   ``IntegrityError`` too, but one deleted with its index while being read (a receipt, the reaper) is ``NotFound``.
 - ``delete`` removes the index first (the payload stops being served at once), then every version and delete
@@ -36,7 +36,7 @@ Why it survives ``kill -9`` of any replica at any moment:
   answer was lost, the object found is compared with the one sent: the same bytes are this very PUT (success),
   other bytes are a conflict.
 - ``open`` streams: the index is read first (``NotFound``, ``EpochKeyGone`` at once, as the local store does), then
-  each chunk's body is parsed record by record (``at_rest.read_records``), never loaded whole.
+  each chunk's body is parsed segment by segment (``at_rest.read_segments``), never loaded whole.
 
 Errors: a missing object is ``NotFound``; a connection failure, timeout, 5xx, throttling or any other refusal of
 the service (a missing bucket, bad credentials) is ``Unavailable`` saying the payload storage is unavailable and to
@@ -72,7 +72,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from labrelay.crypto.at_rest import HEADER_BYTES, RecordWriter, make_header, open_header, read_records
+from labrelay.crypto.at_rest import HEADER_BYTES, SegmentWriter, make_header, open_header, read_segments
 from labrelay.domain.names import check_transfer_id, is_transfer_id
 from labrelay.domain.retention import epoch_end
 from labrelay.errors import Conflict, IntegrityError, NotFound, StorageFull, TooLarge, Unavailable
@@ -226,19 +226,19 @@ class _S3Writer:
         self._id = transfer_id
         self._offset = offset
         self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115 - closed by commit or abort
-        self._records = RecordWriter(self._spool, dek, transfer_id, offset)
+        self._segments = SegmentWriter(self._spool, dek, transfer_id, offset)
         self._closed = False
 
     def write(self, data: bytes) -> None:
         try:
-            self._records.write(data)
+            self._segments.write(data)
         except OSError as exc:
             self.abort()
             raise _spool_error(exc) from exc
 
     def commit(self) -> int:
         try:
-            end = self._records.finish()
+            end = self._segments.finish()
             stored = self._spool.tell()
             if end > self._offset:
                 if stored > MAX_PUT_BYTES:
@@ -530,7 +530,7 @@ class S3PayloadStore:
             try:
                 if int(response.get("ContentLength", chunk.stored)) != chunk.stored:
                     raise IntegrityError(f"a stored chunk of payload {transfer_id} has the wrong size")
-                yield from read_records(body.read, dek, transfer_id, chunk.start, chunk.end, start)
+                yield from read_segments(body.read, dek, transfer_id, chunk.start, chunk.end, start)
             except (BotoCoreError, ClientError) as exc:
                 raise _translate(exc, what) from exc
             finally:

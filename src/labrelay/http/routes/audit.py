@@ -1,4 +1,4 @@
-"""The audit trail, as the relay shows it: its signed head, one record's hash, and the export (administrators)."""
+"""The audit trail, as the relay shows it: its signed head, one link's hash, and the export (administrators)."""
 
 from __future__ import annotations
 
@@ -31,22 +31,22 @@ async def audit_checkpoint(_caller: SignedWhileFrozen, services: Services) -> di
 
 
 @router.get("/v1/audit/records/{seq}")
-async def audit_record_hash(request: Request, seq: int, services: Services) -> dict[str, Any]:
-    """The hash of audit record ``seq``, for a client to compare with a checkpoint it holds (no content:
-    other parties' records are not the caller's to read)."""
+async def audit_link_hash(request: Request, seq: int, services: Services) -> dict[str, Any]:
+    """The hash of audit link ``seq``, for a client to compare with a checkpoint it holds (no content:
+    other parties' links are not the caller's to read)."""
     caller = await authenticate(request, while_frozen=True)
     if not 1 <= seq <= MAX_SEQ:
         raise UsageError("audit records are numbered from 1")
     digest = await call(services.audit_log.hash_at, seq)
     anchor = await call(services.audit_log.checkpoint, "anchor")
     await call(services.auditor.record, AuditEvent.AUDIT_READ, actor=caller.name, seq=seq, found=digest is not None)
-    # The anchor is signed: a relay cannot claim a record was pruned without signing where pruning stopped.
+    # The anchor is signed: a relay cannot claim a link was pruned without signing where pruning stopped.
     return {"seq": seq, "hash": digest, "anchor": anchor.to_doc() if anchor else None}
 
 
 @router.get("/v1/audit/export", responses={200: {"content": {NDJSON_CONTENT_TYPE: {}}}})
 async def audit_export(request: Request, services: Services, after: int = 0, limit: int = 10_000) -> Response:
-    """Audit records after ``after``, as NDJSON for a SIEM (administrators and the authority only)."""
+    """Audit links after ``after``, as NDJSON for a SIEM (administrators and the authority only)."""
     caller = await authenticate(request, while_frozen=True)
     await require_admin(services, caller, "export")
     if not 0 <= after <= MAX_SEQ or not 1 <= limit <= 100_000:

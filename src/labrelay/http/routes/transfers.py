@@ -51,29 +51,29 @@ async def get_limits(_caller: Signed, services: Services) -> LimitsOut:
 )
 async def create_transfer(signed: SignedJson, services: Services, response: Response) -> TransferOut:
     """Create a transfer from the sender's signed manifest; upload its bytes at the returned Location."""
-    record, _new = await call(services.uploads.create, signed.caller, signed.json())
-    response.headers.update({TUS_RESUMABLE: TUS_VERSION, "Location": UPLOAD_PATH + record.transfer_id})
-    return TransferOut.of(record)
+    transfer, _new = await call(services.uploads.create, signed.caller, signed.json())
+    response.headers.update({TUS_RESUMABLE: TUS_VERSION, "Location": UPLOAD_PATH + transfer.transfer_id})
+    return TransferOut.of(transfer)
 
 
 @router.get("/v1/transfers", response_model=TransferList)
 async def list_transfers(caller: Signed, services: Services, box: str = "inbox") -> TransferList:
     """``inbox``: payloads waiting for the caller. ``outbox``: what the caller sent, with receipts."""
     if box == "inbox":
-        records = await call(services.delivery.inbox, caller)
+        transfers = await call(services.delivery.inbox, caller)
     elif box == "outbox":
-        records = await call(services.delivery.outbox, caller)
+        transfers = await call(services.delivery.outbox, caller)
     else:
         raise UsageError("box must be inbox or outbox")
-    return TransferList(transfers=[TransferOut.of(r) for r in records])
+    return TransferList(transfers=[TransferOut.of(r) for r in transfers])
 
 
 @router.get("/v1/keys/{age_recipient}/horizon", response_model=KeyHorizon)
 async def key_horizon(age_recipient: str, caller: Signed, services: Services) -> KeyHorizon:
     """The caller's open transfers sealed to one of its keys, and the latest deadline among them: a
     recipient that rotated its key destroys the old one once that deadline has passed."""
-    records = await call(services.delivery.horizon, caller, age_recipient)
-    return KeyHorizon.of(Horizon.of(age_recipient, records))
+    transfers = await call(services.delivery.horizon, caller, age_recipient)
+    return KeyHorizon.of(Horizon.of(age_recipient, transfers))
 
 
 @router.get("/v1/transfers/{transfer_id}", response_model=TransferOut)
@@ -91,7 +91,7 @@ async def get_payload(request: Request, transfer_id: str, services: Services, ed
     headers = {
         "Content-Length": str(stream.size - start),
         "Accept-Ranges": "bytes",
-        "ETag": f'"{stream.record.manifest.sha256}"',
+        "ETag": f'"{stream.transfer.manifest.sha256}"',
     }
     if ranged is not None:
         headers["Content-Range"] = (

@@ -1,4 +1,4 @@
-"""``labrelay.ports.AuditLog`` in SQL: the hash-chained audit records and their signed head and anchor."""
+"""``labrelay.ports.AuditLog`` in SQL: the hash-chained audit links and their signed head and anchor."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from labrelay.domain.audit import (
     GENESIS,
     AuditEntry,
     AuditEvent,
-    AuditRecord,
+    AuditLink,
     Checkpoint,
-    MalformedRecord,
+    MalformedLink,
     Outcome,
     chain_hash,
 )
@@ -28,11 +28,11 @@ from labrelay.storage.sql.engine import Database, lock_key
 from labrelay.storage.sql.rows import dumps
 
 AUDIT_LOCK = lock_key("labrelay:audit-append")
-READ_BATCH = 1000  # records read per query while walking the log
+READ_BATCH = 1000  # links read per query while walking the log
 
 
 class SqlAuditLog:
-    """The chain, appended one record at a time: by one thread of this process (a thread lock), and, on PostgreSQL,
+    """The chain, appended one link at a time: by one thread of this process (a thread lock), and, on PostgreSQL,
     by one process of all that share the database (a transaction-scoped advisory lock)."""
 
     def __init__(self, db: Database) -> None:
@@ -45,8 +45,8 @@ class SqlAuditLog:
         if self._db.postgres:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK})
 
-    def append(self, entry: AuditEntry, seal: Sealer) -> tuple[AuditRecord, Checkpoint]:
-        """Append after the signed head and replace the head, in one transaction: a record deleted, edited or
+    def append(self, entry: AuditEntry, seal: Sealer) -> tuple[AuditLink, Checkpoint]:
+        """Append after the signed head and replace the head, in one transaction: a link deleted, edited or
         added behind the relay's back no longer matches the signed head."""
         t = schema.audit_events
         with self._lock, self._db.begin() as conn:
@@ -70,10 +70,10 @@ class SqlAuditLog:
             )
             checkpoint = seal(seq, digest, entry.at)
             _put_checkpoint(conn, "head", checkpoint)
-        return AuditRecord(seq=seq, entry=entry, prev_hash=prev, hash=digest), checkpoint
+        return AuditLink(seq=seq, entry=entry, prev_hash=prev, hash=digest), checkpoint
 
     def checkpoint(self, kind: str) -> Checkpoint | None:
-        """The signed ``head`` or the ``anchor`` (the last record pruned), as stored."""
+        """The signed ``head`` or the ``anchor`` (the last link pruned), as stored."""
         c = schema.audit_checkpoints
         with self._db.connect() as conn:
             row = conn.execute(select(c).where(c.c.kind == kind)).first()
@@ -90,7 +90,7 @@ class SqlAuditLog:
         return str(row.hash) if row else None
 
     def prune_before(self, before: datetime, seal: Sealer) -> int:
-        """Delete the records older than ``before`` (never the head) and sign the last one deleted as the anchor
+        """Delete the links older than ``before`` (never the head) and sign the last one deleted as the anchor
         the chain now starts from. Returns how many were deleted."""
         t = schema.audit_events
         with self._lock, self._db.begin() as conn:
@@ -108,8 +108,8 @@ class SqlAuditLog:
             _put_checkpoint(conn, "anchor", seal(int(last.seq), str(last.hash), from_epoch(last.at)))
         return int(result.rowcount or 0)
 
-    def records(self, after_seq: int = 0, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
-        """Records after ``after_seq`` in order; only ``event``'s when given (the filter runs in the database)."""
+    def links(self, after_seq: int = 0, event: AuditEvent | None = None) -> Iterator[AuditLink]:
+        """Links after ``after_seq`` in order; only ``event``'s when given (the filter runs in the database)."""
         t = schema.audit_events
         last = after_seq
         while True:
@@ -119,23 +119,23 @@ class SqlAuditLog:
             with self._db.connect() as conn:
                 rows = conn.execute(query.order_by(t.c.seq).limit(READ_BATCH)).all()
             for r in rows:
-                yield _audit_record(r)
+                yield _link(r)
                 last = r.seq
             if len(rows) < READ_BATCH:
                 return
 
-    def records_since(self, since: datetime, event: AuditEvent | None = None) -> Iterator[AuditRecord]:
-        """Records at or after ``since``, only ``event``'s when given (the detector's volume history at start-up:
-        reading every record of the last days would slow the start of a busy relay)."""
+    def links_since(self, since: datetime, event: AuditEvent | None = None) -> Iterator[AuditLink]:
+        """Links at or after ``since``, only ``event``'s when given (the detector's volume history at start-up:
+        reading every link of the last days would slow the start of a busy relay)."""
         t = schema.audit_events
         with self._db.connect() as conn:
             first = conn.execute(select(func.min(t.c.seq)).where(t.c.at >= to_epoch(since))).scalar()
         if first is None:
             return iter(())
-        return self.records(int(first) - 1, event)
+        return self.links(int(first) - 1, event)
 
     def count_events(self) -> dict[str, int]:
-        """Records held, by event (the operator's audit summary)."""
+        """Links held, by event (the operator's audit summary)."""
         t = schema.audit_events
         with self._db.connect() as conn:
             return {r.event: r.n for r in conn.execute(select(t.c.event, func.count().label("n")).group_by(t.c.event))}
@@ -148,8 +148,8 @@ class SqlAuditLog:
         return int(parties) + int(transfers)
 
 
-def _audit_record(r: Any) -> AuditRecord:
-    """A stored row as a record; ``MalformedRecord`` (naming its seq) if it cannot be read as one."""
+def _link(r: Any) -> AuditLink:
+    """A stored row as a link; ``MalformedLink`` (naming its seq) if it cannot be read as one."""
     try:
         details = json.loads(r.details)
         if not isinstance(details, dict):
@@ -164,16 +164,16 @@ def _audit_record(r: Any) -> AuditRecord:
             details=details,
         )
     except (ValueError, TypeError, OverflowError, OSError) as exc:
-        raise MalformedRecord(int(r.seq), type(exc).__name__) from None
-    return AuditRecord(seq=r.seq, entry=entry, prev_hash=r.prev_hash, hash=r.hash)
+        raise MalformedLink(int(r.seq), type(exc).__name__) from None
+    return AuditLink(seq=r.seq, entry=entry, prev_hash=r.prev_hash, hash=r.hash)
 
 
 def _head(conn: Connection) -> tuple[int, str]:
-    """(seq, hash) of the last record, as the relay last signed it.
+    """(seq, hash) of the last link, as the relay last signed it.
 
     Without a signed head, only two states are legitimate: an empty log, or a log from before signed heads
-    (migration 0003 marked its last record as ``adopted``). Anything else — records but no head, or a head
-    whose record is gone or changed — means the log was altered behind the relay's back: appending to it
+    (migration 0003 marked its last link as ``adopted``). Anything else — links but no head, or a head
+    whose link is gone or changed — means the log was altered behind the relay's back: appending to it
     would bury the evidence, so the relay refuses (fail closed; ``labrelay audit verify`` says what changed).
     """
     c, t = schema.audit_checkpoints, schema.audit_events

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from labrelay.domain.timeutil import from_epoch, to_epoch
-from labrelay.domain.transfers import Manifest, QuarantineReason, TransferRecord, TransferState
+from labrelay.domain.transfers import Manifest, QuarantineReason, Transfer, TransferState
 from labrelay.errors import Conflict
 from labrelay.storage import schema
 from labrelay.storage.sql.engine import Database
@@ -25,21 +25,21 @@ class SqlTransfers:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def create(self, record: TransferRecord) -> None:
-        m = record.manifest
+    def create(self, transfer: Transfer) -> None:
+        m = transfer.manifest
         row = {
             "id": m.transfer_id,
             "batch_id": m.batch_id,
             "sender": m.sender,
             "recipient": m.recipient,
-            "state": record.state.value,
+            "state": transfer.state.value,
             "size": m.size,
-            "uploaded": record.uploaded,
+            "uploaded": transfer.uploaded,
             "sha256": m.sha256,
             "deadline": to_epoch(m.deadline),
-            "created_at": to_epoch(record.created_at),
-            "updated_at": to_epoch(record.updated_at),
-            "manifest": dumps(record.manifest_envelope),
+            "created_at": to_epoch(transfer.created_at),
+            "updated_at": to_epoch(transfer.updated_at),
+            "manifest": dumps(transfer.manifest_envelope),
             "receipt": None,
         }
         try:
@@ -48,10 +48,10 @@ class SqlTransfers:
         except SqlIntegrityError:
             raise Conflict(f"transfer {m.transfer_id} already exists") from None
 
-    def get(self, transfer_id: str) -> TransferRecord | None:
+    def get(self, transfer_id: str) -> Transfer | None:
         with self._db.connect() as conn:
             row = conn.execute(select(schema.transfers).where(schema.transfers.c.id == transfer_id)).first()
-        return _record(row) if row else None
+        return _transfer(row) if row else None
 
     def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> None:
         t = schema.transfers
@@ -118,47 +118,47 @@ class SqlTransfers:
                     held.append(tid)
         return held
 
-    def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[TransferRecord]:
+    def for_recipient(self, recipient: str, states: Sequence[TransferState]) -> list[Transfer]:
         t = schema.transfers
         q = select(t).where(t.c.recipient == recipient, t.c.state.in_([s.value for s in states]))
         with self._db.connect() as conn:
-            return [_record(r) for r in conn.execute(q.order_by(t.c.created_at, t.c.id))]
+            return [_transfer(r) for r in conn.execute(q.order_by(t.c.created_at, t.c.id))]
 
-    def for_sender(self, sender: str) -> list[TransferRecord]:
+    def for_sender(self, sender: str) -> list[Transfer]:
         t = schema.transfers
         with self._db.connect() as conn:
             rows = conn.execute(select(t).where(t.c.sender == sender).order_by(t.c.created_at, t.c.id))
-            return [_record(r) for r in rows]
+            return [_transfer(r) for r in rows]
 
-    def recent(self, limit: int) -> list[TransferRecord]:
+    def recent(self, limit: int) -> list[Transfer]:
         t = schema.transfers
         with self._db.connect() as conn:
             rows = conn.execute(select(t).order_by(t.c.created_at.desc(), t.c.id).limit(limit))
-            return [_record(r) for r in rows]
+            return [_transfer(r) for r in rows]
 
-    def open_past(self, now: datetime) -> list[TransferRecord]:
+    def open_past(self, now: datetime) -> list[Transfer]:
         t = schema.transfers
         q = select(t).where(t.c.state.in_(OPEN_STATES), t.c.deadline <= to_epoch(now)).order_by(t.c.deadline, t.c.id)
         with self._db.connect() as conn:
-            return [_record(r) for r in conn.execute(q)]
+            return [_transfer(r) for r in conn.execute(q)]
 
-    def open_transfers(self) -> list[TransferRecord]:
+    def open_transfers(self) -> list[Transfer]:
         t = schema.transfers
         with self._db.connect() as conn:
             rows = conn.execute(select(t).where(t.c.state.in_(OPEN_STATES)).order_by(t.c.deadline, t.c.id))
-            return [_record(r) for r in rows]
+            return [_transfer(r) for r in rows]
 
-    def for_key(self, recipient: str, age_recipient: str) -> list[TransferRecord]:
+    def for_key(self, recipient: str, age_recipient: str) -> list[Transfer]:
         t = schema.transfers
         q = select(t).where(t.c.recipient == recipient, t.c.state.in_(OPEN_STATES))
         with self._db.connect() as conn:
-            records = [_record(r) for r in conn.execute(q.order_by(t.c.deadline, t.c.id))]
-        return [r for r in records if r.manifest.recipient_key == age_recipient]
+            transfers = [_transfer(r) for r in conn.execute(q.order_by(t.c.deadline, t.c.id))]
+        return [r for r in transfers if r.manifest.recipient_key == age_recipient]
 
 
-def _record(row: Any) -> TransferRecord:
+def _transfer(row: Any) -> Transfer:
     envelope = json.loads(row.manifest)
-    return TransferRecord(
+    return Transfer(
         manifest=Manifest.from_payload(envelope["payload"]),
         manifest_envelope=envelope,
         state=TransferState(row.state),

@@ -1,4 +1,4 @@
-"""The persons index of a sender's ledger: who is in which transfer, with what is needed to notify them.
+"""The persons index of a sender's breach ledger: who is in which transfer, with what is needed to notify them.
 
 One CSV row per patient record and per prescriber (deduplicated within a batch by RPPS), with the transfers that
 carried them. Written as the batch is routed, to a stream that gzips and age-encrypts it to the DPO's key
@@ -15,7 +15,7 @@ import polars as pl
 from labrelay.batch.outputs import ByteStream, csv_bytes
 from labrelay.batch.route import ROW_ID, with_pseudonyms
 
-__all__ = ["COLUMNS", "PATIENT", "PROFESSIONAL", "ROW_ID", "LedgerSink"]
+__all__ = ["COLUMNS", "PATIENT", "PROFESSIONAL", "ROW_ID", "PersonsIndexSink"]
 COLUMNS = (
     "kind",
     "person",
@@ -36,7 +36,7 @@ def _text(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.String).fill_null("")
 
 
-class LedgerSink:
+class PersonsIndexSink:
     """Receives each routed block; writes its persons, with the transfer ids that carried them."""
 
     def __init__(self, stream: ByteStream, transfer_ids: Mapping[str, str], pseudonym_key: str | None) -> None:
@@ -49,7 +49,7 @@ class LedgerSink:
 
     def prepare(self, accepted: pl.DataFrame, first_row: int) -> pl.DataFrame:
         """``accepted`` numbered from ``first_row`` (``ROW_ID``), with its pseudonyms when the lab has the key:
-        computed once here, for the router and the ledger both."""
+        computed once here, for the router and the persons index both."""
         numbered = accepted.with_columns((pl.int_range(pl.len()) + first_row).alias(ROW_ID))
         return with_pseudonyms(numbered, self._key) if self._key else numbered
 
