@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labrelay.client.batches import SEALED, SEALING, BatchIndex, BatchRecord, digest
+from labrelay.client.batches import SEALED, SEALING, BatchEntry, BatchIndex, digest
 from labrelay.client.fetch import CsvRows
 from labrelay.client.files import TEMP_PREFIX, SafeDir, sweep_temporaries
 from labrelay.client.keystore import Authority, Party
@@ -53,8 +53,8 @@ def sealed(lab: Party, batch_id: str, source_sha256: str | None) -> Path:
 
 def test_tidy_drops_what_a_run_killed_while_naming_left_and_nothing_else(lab: Party) -> None:
     index = BatchIndex(lab.path)
-    killed = BatchRecord(new_id(), "a" * 64, "killed.csv", "routed", "2026-12-04T12:00:00Z", state=SEALING)
-    fine = BatchRecord(new_id(), "b" * 64, "fine.csv", "routed", "2026-12-04T12:00:00Z", state=SEALED)
+    killed = BatchEntry(new_id(), "a" * 64, "killed.csv", "routed", "2026-12-04T12:00:00Z", state=SEALING)
+    fine = BatchEntry(new_id(), "b" * 64, "fine.csv", "routed", "2026-12-04T12:00:00Z", state=SEALED)
     index.save(killed)
     index.save(fine)
     half = sealed(lab, killed.batch_id, killed.source_sha256)
@@ -75,7 +75,7 @@ def test_tidy_drops_what_a_run_killed_while_naming_left_and_nothing_else(lab: Pa
 
 def test_a_batch_is_found_by_its_id_prefix(lab: Party) -> None:
     index = BatchIndex(lab.path)
-    record = BatchRecord(new_id(), "c" * 64, "x.csv", "routed", "2026-12-04T12:00:00Z")
+    record = BatchEntry(new_id(), "c" * 64, "x.csv", "routed", "2026-12-04T12:00:00Z")
     index.save(record)
     assert index.by_id(record.batch_id[:8]).batch_id == record.batch_id
     with pytest.raises(UsageError, match="too short"):

@@ -52,7 +52,7 @@ def digest(path: Path, on_bytes: Callable[[int], None] | None = None) -> SourceD
 
 
 @dataclass
-class BatchRecord:
+class BatchEntry:
     batch_id: str
     source_sha256: str
     source: str  # the source file's name, for people
@@ -71,7 +71,7 @@ class BatchRecord:
         return asdict(self)
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> BatchRecord:
+    def from_doc(cls, doc: dict[str, Any]) -> BatchEntry:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in doc.items() if k in known})
 
@@ -85,31 +85,31 @@ class BatchIndex:
     def _file(self, sha256: str) -> Path:
         return self.path / f"{sha256}.json"
 
-    def of_source(self, sha256: str) -> list[BatchRecord]:
+    def of_source(self, sha256: str) -> list[BatchEntry]:
         file = self._file(sha256)
         if not file.exists():
             return []
-        return [BatchRecord.from_doc(d) for d in read_json(file).get("batches", [])]
+        return [BatchEntry.from_doc(d) for d in read_json(file).get("batches", [])]
 
-    def save(self, record: BatchRecord) -> None:
+    def save(self, record: BatchEntry) -> None:
         others = [b for b in self.of_source(record.source_sha256) if b.batch_id != record.batch_id]
         write_json_atomic(
             self._file(record.source_sha256), {"batches": [*(b.to_doc() for b in others), record.to_doc()]}
         )
 
-    def drop(self, record: BatchRecord) -> None:
+    def drop(self, record: BatchEntry) -> None:
         rest = [b for b in self.of_source(record.source_sha256) if b.batch_id != record.batch_id]
         if rest:
             write_json_atomic(self._file(record.source_sha256), {"batches": [b.to_doc() for b in rest]})
         else:
             self._file(record.source_sha256).unlink(missing_ok=True)
 
-    def all(self) -> Iterator[BatchRecord]:
+    def all(self) -> Iterator[BatchEntry]:
         for file in sorted(self.path.glob("*.json")):
             for doc in read_json(file).get("batches", []):
-                yield BatchRecord.from_doc(doc)
+                yield BatchEntry.from_doc(doc)
 
-    def by_id(self, prefix: str) -> BatchRecord:
+    def by_id(self, prefix: str) -> BatchEntry:
         """The batch whose id is ``prefix`` or starts with it (8 characters at least, and only one match)."""
         if len(prefix) < 8:
             raise UsageError(f"batch id {prefix!r} is too short", hint="give at least its first 8 characters")

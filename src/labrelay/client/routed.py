@@ -25,7 +25,7 @@ from labrelay.batch.pipeline import NO_ARS, Reader, RejectionReport, ReviewFile,
 from labrelay.batch.route import Destination, Router, destinations
 from labrelay.batch.validate import Validator
 from labrelay.client.api import RelayClient
-from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchIndex, BatchRecord, SourceDigest, digest
+from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchEntry, BatchIndex, SourceDigest, digest
 from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir, read_json
 from labrelay.client.keystore import Party
 from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
@@ -206,7 +206,7 @@ def send_results(
         rerouted = True  # forgotten: routed again below, under the policy in force
     plan = _plan(party, client, clock, options)
     created = clock.now()
-    record = BatchRecord(
+    record = BatchEntry(
         batch_id=new_id(),
         source_sha256=source_digest.sha256,
         source=source.name,
@@ -241,7 +241,7 @@ def send_results(
 
 
 def _finish_known(
-    party: Party, client: RelayClient, clock: Clock, known: BatchRecord, progress: Progress, *, rerouted: bool
+    party: Party, client: RelayClient, clock: Clock, known: BatchEntry, progress: Progress, *, rerouted: bool
 ) -> RoutedSend | None:
     """A source sent before as ``known``: its batch finished. None: the batch was forgotten (routed under a policy
     that routes nothing any more, none of it sent: ``_forget_stale``), and the source is to be routed again."""
@@ -268,7 +268,7 @@ class _Routed:
 def _route_and_seal(
     party: Party,
     plan: _Plan,
-    record: BatchRecord,
+    record: BatchEntry,
     opened: tuple[str, Reader],
     source_digest: SourceDigest,
     options: SendOptions,
@@ -327,7 +327,7 @@ class _Batch:
     failure, all of it is discarded (the spools and the ledger were never named); the reports survive only once
     published (a refused batch keeps them for the lab to read)."""
 
-    def __init__(self, party: Party, plan: _Plan, record: BatchRecord) -> None:
+    def __init__(self, party: Party, plan: _Plan, record: BatchEntry) -> None:
         self.party = party
         self.plan = plan
         self.record = record
@@ -387,7 +387,7 @@ class _Batch:
         return pending_paths, skipped
 
 
-def _forget_stale(party: Party, client: RelayClient, clock: Clock, record: BatchRecord) -> bool:
+def _forget_stale(party: Party, client: RelayClient, clock: Clock, record: BatchEntry) -> bool:
     """The relay refused a payload of ``record``'s batch. If the batch was routed under a policy that routes nothing
     any more, as this lab verifies itself (superseded by a newer issue, withdrawn, expired: T30), its payloads not
     sent yet are discarded: each holds what that policy gave its recipient, and must not go under another. When none
@@ -457,7 +457,7 @@ def _refuse_to_send_nothing(
 def _seal_all(
     party: Party,
     outputs: list[_Output],
-    record: BatchRecord,
+    record: BatchEntry,
     created: datetime,
     options: SendOptions,
     policy_version: str,
@@ -490,7 +490,7 @@ def _seal_all(
     return pending_paths, skipped
 
 
-def _review_path(party: Party, record: BatchRecord) -> Path | None:
+def _review_path(party: Party, record: BatchEntry) -> Path | None:
     path = record.reports.get("review")
     return Path(path) if path else None
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
-from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchIndex, BatchRecord, SourceDigest, digest
+from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchEntry, BatchIndex, SourceDigest, digest
 from labrelay.client.files import SafeDir, read_json, sweep_temporaries, write_json_atomic
 from labrelay.client.keystore import Party
 from labrelay.client.policy import current_policy
@@ -285,6 +285,7 @@ def tidy(party: Party) -> list[str]:
     manifest was never written, and the partly sealed payloads of batches whose sealing never finished. Returns the
     batch ids of those abandoned batches (started again by the next send of their source)."""
     outbox = party.ensure_outbox()
+    # "ledger" is client/ledger.LEDGER_DIR, spelt out: importing that module would load the record stack (polars)
     for folder in (outbox, party.path / "reports", party.path / "ledger", party.path / "batches"):
         sweep_temporaries(folder)
     for spool in outbox.glob("*.age"):
@@ -314,7 +315,7 @@ def tidy(party: Party) -> list[str]:
 
 def find_sent(
     party: Party, source_digest: SourceDigest, *, again: bool, requested: Sequence[str] = ()
-) -> BatchRecord | None:
+) -> BatchEntry | None:
     """The batch this source was already sent as (when it must not be sent again), or None."""
     if again:
         return None
@@ -332,9 +333,7 @@ def find_sent(
     return latest
 
 
-def finish_sent(
-    party: Party, client: RelayClient, record: BatchRecord, progress: Progress | None = None
-) -> SendOutcome:
+def finish_sent(party: Party, client: RelayClient, record: BatchEntry, progress: Progress | None = None) -> SendOutcome:
     """A source sent before: upload whatever of its batch is still pending, and say how far delivery got."""
     sent = [upload(party, client, pending_path, progress) for pending_path in pending_of(party, record.batch_id)]
     if record.state != SENT:
@@ -361,7 +360,7 @@ def delivered_count(client: RelayClient, transfer_ids: Any) -> int:
 
 
 def upload_batch(
-    party: Party, client: RelayClient, record: BatchRecord, pending_paths: list[Path], progress: Progress | None = None
+    party: Party, client: RelayClient, record: BatchEntry, pending_paths: list[Path], progress: Progress | None = None
 ) -> list[Sent]:
     """The batch is sealed (its manifests kept): say so, then upload every payload and say that too."""
     index = BatchIndex(party.path)
@@ -406,7 +405,7 @@ def send_file(
                 hint="send lab results without --as-is: they are validated and minimised for each recipient",
             )
     check_ttl(client, ttl)
-    record = BatchRecord(
+    record = BatchEntry(
         batch_id=new_id(),
         source_sha256=source_digest.sha256,
         source=source.name,
