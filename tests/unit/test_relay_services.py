@@ -416,3 +416,24 @@ def test_an_upload_cut_after_its_last_chunk_is_finished_not_stranded(setup: Setu
         assert recovery.recover() >= 1
     assert setup.relay.sql.transfers.get(transfer.transfer_id).state is TransferState.AVAILABLE
     assert b"".join(setup.relay.payloads.open(transfer.transfer_id)) == data
+
+
+@pytest.mark.threat("T21")
+def test_a_publication_cut_before_its_state_is_recorded_on_restart(setup: Setup) -> None:
+    """The relay checked and published an upload, then died before marking it available: the next start marks it
+    and records its upload:complete, which breach scope reads to know the payload was stored."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    envelope, data = setup.seal(lab, cnam, b"whole" * 2000)
+    transfer, _ = setup.relay.services.uploads.create(lab.caller, envelope)
+    writer = setup.relay.payloads.writer(transfer.transfer_id, 0)  # what _append and publish do, up to the crash
+    writer.write(data)
+    setup.relay.sql.transfers.set_uploaded(transfer.transfer_id, writer.commit(), setup.clock.now())
+    setup.relay.payloads.publish(transfer.transfer_id)
+    assert setup.relay.services.recovery.recover() >= 1
+    assert setup.relay.sql.transfers.get(transfer.transfer_id).state is TransferState.AVAILABLE
+    completed = [
+        link.entry.transfer_id
+        for link in setup.relay.sql.audit.links()
+        if link.entry.event is AuditEvent.UPLOAD_COMPLETE
+    ]
+    assert completed == [transfer.transfer_id]

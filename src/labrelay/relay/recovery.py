@@ -88,8 +88,10 @@ class RecoveryService:
                 self._access.finish_whole(transfer, None)
                 return 1
             return 0
-        if size == transfer.manifest.size:
-            self._access.move(transfer_id, TransferEvent.VERIFIED, now)
+        if size == transfer.manifest.size:  # published (after its check) before a crash, not yet recorded
+            with self._access.lock(transfer_id):
+                if self._access.move(transfer_id, TransferEvent.VERIFIED, now):
+                    self._audit.record(AuditEvent.UPLOAD_COMPLETE, transfer_id=transfer_id, size=size)
             return 1
         return 0
 
