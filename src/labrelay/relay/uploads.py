@@ -245,8 +245,14 @@ class UploadService:
             )
             if uploaded < transfer.manifest.size:
                 return UploadStatus(transfer_id, uploaded, transfer.manifest.size, TransferState.UPLOADING)
-            state = self._access.publish(transfer, caller.name)
+            rejected: IntegrityError | None = None
+            try:
+                state = self._access.publish(transfer, caller.name)
+            except IntegrityError as exc:  # rejected: over like a published one, its lock is released all the same
+                rejected = exc
         self._access.release(transfer_id)
+        if rejected is not None:
+            raise rejected
         return UploadStatus(transfer_id, transfer.manifest.size, transfer.manifest.size, state)
 
     def cancel(self, caller: Caller, transfer_id: str) -> None:
