@@ -323,15 +323,6 @@ class CsvRows:
         return max(rows - 1, 0)
 
 
-def count_csv_records(path: Path) -> int:
-    """Data records in a CSV file (header excluded), quoted newlines handled, whatever the size of its fields."""
-    counter = CsvRows()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            counter.feed(block)
-    return counter.records
-
-
 # ------------------------------------------------------------------ download, decrypt, write
 
 

@@ -77,7 +77,6 @@ class TempFile:
 
     def __init__(self, dir_fd: int, mode: int = 0o600) -> None:
         self._dir_fd = dir_fd
-        self._mode = mode
         self.temp_name: str | None = None
         try:
             self.fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, mode, dir_fd=dir_fd)

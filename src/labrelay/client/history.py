@@ -17,7 +17,6 @@ from labrelay.ports import Clock
 class HistoryCheck:
     checked: int = 0
     pruned: int = 0
-    current_seq: int | None = None
     problems: list[str] = field(default_factory=list)
 
 
@@ -48,7 +47,6 @@ def check_history(client: RelayClient, book: CheckpointBook, clock: Clock) -> Hi
             result.problems.append(f"record {cp.seq}, signed by the relay, is gone from its log")
         elif answer["hash"] != cp.hash:
             result.problems.append(f"record {cp.seq} is not the one the relay signed: its history was rewritten")
-    result.current_seq = current.seq
     if result.problems:
         raise AuditTampered(
             f"relay {client.base}: " + result.problems[0],
