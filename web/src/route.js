@@ -165,7 +165,7 @@ function rule(raw, index) {
 /**
  * Check a routing policy, given as its parsed TOML (an object, e.g. from smol-toml's parse), as
  * policy.parse_policy does: refuses anything ambiguous, and policies that give nothing or everything.
- * Returns {version, loinc: Set, recipients: RecipientRule[], description, ruleFor(party, regions)}.
+ * Returns {version, loinc: Set, recipients: RecipientRule[], description}.
  */
 export function parsePolicy(raw) {
   if (!isTable(raw)) throw new PolicyError("policy is not valid TOML: not a table");
@@ -201,13 +201,6 @@ export function parsePolicy(raw) {
     loinc: new Set(loinc),
     recipients: Object.freeze(rules),
     description,
-    /** Policy.rule_for: [rule, region] for a party, or null. */
-    ruleFor(party, regions) {
-      for (const r of rules) {
-        for (const [name, region] of r.namesFor(regions)) if (name === party) return [r, region];
-      }
-      return null;
-    },
   });
 }
 
