@@ -74,7 +74,7 @@ def test_client_refuses_entries_unsigned_foreign_expired_or_revoked() -> None:
 
 
 @pytest.mark.threat("T3")
-def test_a_forged_record_poisons_its_name_even_beside_a_good_one() -> None:
+def test_a_forged_entry_poisons_its_name_even_beside_a_good_one() -> None:
     """A relay that adds a forged entry next to the genuine one is caught, not silently worked around."""
     doc = {"entries": [entry_env("cnam"), entry_env("cnam", key=SigningKey.generate(), issued=NOW)], "revocations": []}
     with pytest.raises(UntrustedEntry):

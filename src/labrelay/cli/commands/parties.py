@@ -134,4 +134,4 @@ def directory(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
     for name, why in sorted(trusted.untrusted.items()):
         ui.err.print(f"UNTRUSTED {name}: {why}", markup=False)
     if trusted.untrusted:
-        raise SecurityError("the relay served directory records the pinned authority did not sign")
+        raise SecurityError("the relay served directory entries the pinned authority did not sign")
