@@ -219,7 +219,9 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         policies=policies,
         auditor=auditor,
         clock=clock,
-        reaper=Reaper(recovery, keys, auditor, clock, settings.audit_retention),
+        reaper=Reaper(
+            recovery=recovery, keys=keys, auditor=auditor, clock=clock, audit_retention=settings.audit_retention
+        ),
         control=control,
         audit_log=sql.audit,
         metrics=metrics,
@@ -283,12 +285,12 @@ def worker_for(relay: Relay, clock: Clock, *, tick: float) -> Worker:
     (its witness: the checkpoints file of the settings) and nonce pruning, run by whichever worker leads."""
     settings, services = relay.settings, relay.services
     witness = FileWitness(settings.witness_path, settings.public_url or f"labrelay:{settings.data_dir}")
-    tail = AuditTail(relay.sql.audit, relay.detector, clock)
-    checkpointer = Checkpointer(relay.sql.audit, relay.alerts, clock, witness)
+    tail = AuditTail(audit_log=relay.sql.audit, detector=relay.detector, clock=clock)
+    checkpointer = Checkpointer(audit_log=relay.sql.audit, alerts=relay.alerts, clock=clock, witness=witness)
     jobs = [
         Job("detector", 1.0, tail.run, tail.start),
         Job("reaper", settings.reaper_interval.total_seconds(), services.reaper.run_once),
         Job("checkpointer", settings.checkpoint_interval.total_seconds(), checkpointer.run, checkpointer.start),
         Job("nonces", 60.0, services.auth.prune_nonces),
     ]
-    return Worker(leader_for(settings, relay.sql.db), jobs, services.auditor, tick=tick)
+    return Worker(leader=leader_for(settings, relay.sql.db), jobs=jobs, auditor=services.auditor, tick=tick)

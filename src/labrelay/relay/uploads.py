@@ -263,7 +263,10 @@ class UploadService:
             if not self._access.close(
                 transfer_id, TransferEvent.CANCEL, self._clock.now(), cancelled, deleted_by=caller.name
             ):
-                raise Conflict(f"transfer {transfer_id} is {transfer.state.value}; only uploads can be cancelled")
+                current = self._repo.get(transfer_id) or transfer
+                if current.quarantined_at is not None:
+                    raise Conflict(held_words(current))
+                raise Conflict(f"transfer {transfer_id} is {current.state.value}; only uploads can be cancelled")
         self._access.release(transfer_id)
 
 

@@ -30,8 +30,8 @@ async def audit_checkpoint(_caller: SignedWhileFrozen, services: Services) -> di
 # These two take typed parameters: they authenticate in their body, after FastAPI has validated them (deps).
 
 
-@router.get("/v1/audit/records/{seq}")
-async def audit_link_hash(request: Request, seq: int, services: Services) -> dict[str, Any]:
+@router.get("/v1/audit/records/{seq}")  # "record": the protocol's name, kept in the operationId too
+async def audit_record_hash(request: Request, seq: int, services: Services) -> dict[str, Any]:
     """The hash of audit link ``seq``, for a client to compare with a checkpoint it holds (no content:
     other parties' links are not the caller's to read)."""
     caller = await authenticate(request, while_frozen=True)

@@ -1,6 +1,6 @@
 """Uploads (tus 1.0 core, with termination): a transfer's ciphertext, in signed chunks streamed to storage.
 
-A chunk's body streams on the upload threads (``upload_threads``) into the transfer service, which checks it
+A chunk's body streams on the upload threads (``UploadThreads``) into ``UploadService.append``, which checks it
 against its signed Content-Digest and makes it durable before the new offset is answered; a party holds at most
 ``max_uploads_per_party`` uploads at once (``EdgeState.upload_slot``), refused before anything is verified.
 """

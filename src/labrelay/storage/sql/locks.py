@@ -35,7 +35,7 @@ class ThreadLocks:
 
 class SqlTransferLocks:
     """``labrelay.ports.TransferLocks`` across processes: a PostgreSQL session advisory lock per transfer, held on
-    its own connection while an upload chunk is written, a transfer created or repaired. A process killed while
+    its own connection while an upload chunk is written, a transfer created, closed or repaired. A process killed while
     holding one loses its session, and with it the lock. Threads of one process queue on a thread lock first, so
     they do not each hold a connection while waiting."""
 
