@@ -73,13 +73,15 @@ class RetryPolicy:
 
     retries: int = 4
     backoff: float = 0.5
+    sleep: Callable[[float], None] = time.sleep
+    """How to wait (a test records the waits instead)."""
 
     def pause(self, failures: int, error: BaseException) -> bool:
         """After ``failures`` consecutive failures (the last one ``error``): wait, and return True if another
         attempt is allowed; False, at once, when the retries are spent."""
         if failures > self.retries:
             return False
-        time.sleep(max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0)))
+        self.sleep(max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0)))
         return True
 
     def run(self, operation: Callable[[], T]) -> T:
@@ -109,14 +111,18 @@ class RelayClient:
         retries: int = 4,
         backoff: float = 0.5,
         checkpoints: CheckpointBook | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``transport`` and ``sleep`` are seams for tests: another transport than the network (httpx's
+        ``MockTransport``), another way to wait between retries."""
         self.base = check_server_url(server)
         self.checkpoints = checkpoints
         self.checkpoint: Checkpoint | None = None
         self.keyid = keyid
         self._key = key
         self._clock = clock
-        self.retry = RetryPolicy(retries, backoff)
+        self.retry = RetryPolicy(retries, backoff, sleep)
         verify: ssl.SSLContext | bool = True
         if ca_bundle is not None:
             verify = ssl.create_default_context(cafile=str(ca_bundle))
@@ -125,6 +131,7 @@ class RelayClient:
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
             trust_env=False,
+            transport=transport,
         )
 
     def close(self) -> None:

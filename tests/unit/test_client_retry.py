@@ -1,0 +1,89 @@
+"""The client's one retry policy, driven through its transport seam (httpx's MockTransport) with its waits recorded:
+what it retries, how long it waits, when it stops, and what it never retries. No relay, no sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from labrelay.client.api import MAX_RETRY_AFTER, RelayClient
+from labrelay.clock import SystemClock
+from labrelay.crypto.keys import SigningKey
+from labrelay.errors import PermissionDenied, TooManyRequests, Unavailable
+
+LIMITS = {"max_ttl_seconds": 86400, "max_payload_bytes": 1 << 30, "clock_skew_seconds": 300}
+
+
+def _relay(*answers: httpx.Response) -> tuple[Callable[[httpx.Request], httpx.Response], list[httpx.Request]]:
+    """A relay that gives ``answers`` in turn and keeps the requests it was sent."""
+    seen: list[httpx.Request] = []
+    queue = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return queue.pop(0)
+
+    return handler, seen
+
+
+def _problem(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json={"code": code, "detail": "busy"}, headers=headers)
+
+
+def _client(handler: Callable[[httpx.Request], httpx.Response], waits: list[float], retries: int) -> RelayClient:
+    return RelayClient(
+        "http://127.0.0.1:9",
+        "lab-a",
+        SigningKey.generate(),
+        SystemClock(),
+        retries=retries,
+        backoff=0.5,
+        transport=httpx.MockTransport(handler),
+        sleep=waits.append,
+    )
+
+
+def test_a_busy_relay_is_waited_for_as_long_as_it_asks_then_answered() -> None:
+    handler, seen = _relay(
+        _problem(429, "rate-limited", {"Retry-After": "7"}),
+        _problem(503, "unavailable"),
+        _problem(429, "rate-limited", {"Retry-After": "3600"}),
+        httpx.Response(200, json=LIMITS),
+    )
+    waits: list[float] = []
+    with _client(handler, waits, retries=3) as client:
+        assert client.limits() == LIMITS
+    assert len(seen) == 4
+    assert all("signature" in r.headers for r in seen)  # every attempt signed afresh
+    # max(backoff doubling, Retry-After), the relay's ask capped: a hostile relay cannot park a nightly job
+    assert waits == [7, 1.0, MAX_RETRY_AFTER]
+
+
+def test_retries_stop_when_spent_and_the_last_failure_is_raised() -> None:
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(3)])
+    waits: list[float] = []
+    with _client(handler, waits, retries=2) as client, pytest.raises(TooManyRequests):
+        client.limits()
+    assert len(seen) == 3
+    assert waits == [1, 1.0]
+
+
+def test_a_refusal_is_never_retried() -> None:
+    handler, seen = _relay(_problem(403, "permission-denied"), httpx.Response(200, json=LIMITS))
+    waits: list[float] = []
+    with _client(handler, waits, retries=4) as client, pytest.raises(PermissionDenied):
+        client.limits()
+    assert len(seen) == 1
+    assert waits == []
+
+
+def test_an_unreachable_relay_is_retried_then_reported_unavailable() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    waits: list[float] = []
+    with _client(handler, waits, retries=3) as client, pytest.raises(Unavailable, match="unreachable"):
+        client.limits()
+    assert waits == [0.5, 1.0, 2.0]
