@@ -2,90 +2,40 @@
 another host, ideally), in the checkpoints format that ``labrelay audit verify --checkpoints`` reads, the format of a
 party's ``checkpoints.json``: ``{"relays": {URL: {"relay_key", "latest", "history"}}}``.
 
-The rules are those a party applies to the heads it is sent: the first head pins the relay's key, every later one
-must verify with it, and a head never goes back nor changes hash for a record already witnessed. Kept: the latest
-head, and older ones at least an hour apart.
+The rules are a party's, from the same code (``labrelay.crypto.checkpoints.RelayBook``): the first head pins the
+relay's key, every later one must verify with it, and a head never goes back nor changes hash for a record already
+witnessed. Kept: the latest head, and older ones at least an hour apart.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from labrelay.crypto.checkpoints import verify_checkpoint
-from labrelay.crypto.keys import VerifyKey
+from labrelay.crypto.checkpoints import RelayBook
 from labrelay.domain.audit import Checkpoint
-from labrelay.errors import AuditTampered, IntegrityError
-
-KEEP = 48  # older heads kept
-SPACING = timedelta(hours=1)  # between two older heads kept
 
 
 class FileWitness:
-    """The heads of the relay known as ``url``, in the file ``path`` (read when made, rewritten atomically, 0600,
-    whenever a new head is kept; the entries of other relays in it are kept as they are)."""
+    """The heads of the relay known as ``url``, in the file ``path`` (read when made, every relay's entry checked;
+    rewritten atomically, 0600, whenever a new head is kept; the entries of other relays in it are kept as they
+    are)."""
 
     def __init__(self, path: Path, url: str) -> None:
         self.path = path
         self.url = url
-        self._relays: dict[str, Any] = dict(_read(path).get("relays", {})) if path.exists() else {}
-        self._key: str | None = None
-        self._latest: Checkpoint | None = None
-        self._history: list[Checkpoint] = []
-        entry = self._relays.get(url)
-        if entry is not None:
-            try:
-                self._key = str(entry["relay_key"])
-                self._latest = Checkpoint.from_doc(entry["latest"]) if entry.get("latest") else None
-                self._history = [Checkpoint.from_doc(d) for d in entry.get("history", [])]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise IntegrityError(f"{path}: unreadable checkpoint record for {url}: {exc}") from None
+        doc = _read(path) if path.exists() else {}
+        self._relays = {u: RelayBook.from_doc(e, f"{path}, relay {u}") for u, e in dict(doc.get("relays", {})).items()}
 
     def observe(self, checkpoint: Checkpoint) -> None:
-        self._verify(checkpoint)
-        latest = self._latest
-        if latest is not None:
-            if checkpoint.seq < latest.seq:
-                raise AuditTampered(
-                    f"relay {self.url}: its audit log went back from record {latest.seq} to {checkpoint.seq} "
-                    "(truncated, or restored from an older copy)"
-                )
-            if checkpoint.seq == latest.seq and checkpoint.hash != latest.hash:
-                raise AuditTampered(
-                    f"relay {self.url}: two different audit records {latest.seq}, both signed: rewritten"
-                )
-            if checkpoint.seq == latest.seq:
-                return
-            if not self._history or latest.at - self._history[-1].at >= SPACING:
-                self._history.append(latest)
-                del self._history[:-KEEP]
-        self._latest = checkpoint
-        self._save()
-
-    def _verify(self, checkpoint: Checkpoint) -> None:
-        """The first head pins the key it names; every later one verifies with that key."""
-        if self._key is None:
-            verify_checkpoint(checkpoint)
-            self._key = checkpoint.relay_key
-            return
-        try:
-            verify_checkpoint(checkpoint, VerifyKey.from_b64(self._key))
-        except IntegrityError as exc:
-            raise AuditTampered(
-                f"relay {self.url}: {exc.message}",
-                hint=f"if the relay's operator announced a new key, remove {self.url} from {self.path}",
-            ) from None
-
-    def _save(self) -> None:
-        self._relays[self.url] = {
-            "relay_key": self._key,
-            "latest": self._latest.to_doc() if self._latest else None,
-            "history": [c.to_doc() for c in self._history],
-        }
-        _write_atomic(self.path, {"relays": dict(sorted(self._relays.items()))})
+        book = self._relays.get(self.url)
+        if book is None:
+            book = self._relays[self.url] = RelayBook.pinned_by(checkpoint)
+        hint = f"if the relay's operator announced a new key, remove {self.url} from {self.path}"
+        if book.observe(checkpoint, self.url, hint):
+            _write_atomic(self.path, {"relays": {u: b.to_doc() for u, b in sorted(self._relays.items())}})
 
 
 def _read(path: Path) -> dict[str, Any]:
