@@ -8,8 +8,9 @@ import json
 import pytest
 from rich.text import Text
 
-from labrelay.cli.printable import is_unsafe, printable, printable_json
+from labrelay.cli.printable import printable, printable_json
 from labrelay.cli.ui import SafeConsole
+from labrelay.domain.names import is_hidden as is_unsafe
 
 # What a terminal obeys or hides: erase, move, recolour, retitle, bell, CR, newline, the 8-bit CSI, DEL, bidi
 # embeddings, overrides and isolates, zero-width characters, the BOM, a tag character, a line separator, a lone

@@ -6,33 +6,13 @@ the window title, or reorder what is shown. ``printable`` replaces every charact
 hide by a visible escape (``\\x1b``, ``\\r``, ``\\u202e``): C0 and C1 controls (ESC, CR, BEL, and the 8-bit CSI
 U+009B …), DEL, invisible format characters (zero-width spaces and joiners, bidi embeddings, overrides and
 isolates, the byte-order mark, tags), line and paragraph separators, and lone surrogates. The text stays readable
-and nothing is dropped silently. ``labrelay.cli.ui`` applies it to everything the CLI prints.
+and nothing is dropped silently. ``labrelay.cli.ui`` applies it to everything the CLI prints. The characters and
+their escapes are the ones the relay shows operators (``labrelay.domain.names.is_hidden``, ``escape``).
 """
 
 from __future__ import annotations
 
-import unicodedata
-
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-"""Controls, format characters (bidi, zero-width, BOM, tags), surrogates, line and paragraph separators."""
-
-
-def is_unsafe(char: str) -> bool:
-    return unicodedata.category(char) in _UNSAFE_CATEGORIES
-
-
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escaped(char: str) -> str:
-    if char in _NAMED:
-        return _NAMED[char]
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+from labrelay.domain.names import escape, is_hidden
 
 
 def printable(text: str, *, newlines: bool = False) -> str:
@@ -40,7 +20,7 @@ def printable(text: str, *, newlines: bool = False) -> str:
     ``newlines`` (text the CLI composed of several lines itself)."""
     if text.isascii() and text.isprintable():  # the usual case, at C speed
         return text
-    return "".join(_escaped(char) if is_unsafe(char) and not (newlines and char == "\n") else char for char in text)
+    return "".join(escape(char) if is_hidden(char) and not (newlines and char == "\n") else char for char in text)
 
 
 def _json_escape(char: str) -> str:
@@ -58,5 +38,5 @@ def printable_json(document: str) -> str:
     if document.isascii() and document.isprintable():
         return document
     return "".join(
-        " " if char in "\t\r" else _json_escape(char) if char != "\n" and is_unsafe(char) else char for char in document
+        " " if char in "\t\r" else _json_escape(char) if char != "\n" and is_hidden(char) else char for char in document
     )

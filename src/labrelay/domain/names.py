@@ -106,7 +106,8 @@ def is_hidden(char: str) -> bool:
     return unicodedata.category(char) in _HIDDEN_CATEGORIES
 
 
-def _escape(char: str) -> str:
+def escape(char: str) -> str:
+    """``char`` as its escape: ``\\n``, ``\\x1b``, ``\\u202e``, ``\\U000e0041``."""
     if char in _NAMED_ESCAPES:
         return _NAMED_ESCAPES[char]
     code = ord(char)
@@ -123,4 +124,4 @@ def visible(text: str) -> str:
     input; text that came from elsewhere is shown this way)."""
     if text.isascii() and text.isprintable():  # the usual case, at C speed
         return text
-    return "".join(_escape(char) if is_hidden(char) else char for char in text)
+    return "".join(escape(char) if is_hidden(char) else char for char in text)
