@@ -4,15 +4,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from labrelay.cli.demo_relay import ready_url
 from labrelay.errors import OperationalError
 
 READY_TIMEOUT = 60.0
@@ -85,16 +84,12 @@ class RelayProcess(_Child):
         proc = self.proc
         if proc is None:
             raise OperationalError("the relay was not launched")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready.exists():
-                self.url = str(json.loads(self.ready.read_text())["url"])
-                return self.url
-            if proc.poll() is not None:
-                raise OperationalError(f"the relay exited with code {proc.returncode}; see {self.log}")
-            time.sleep(0.05)
-        self.stop()
-        raise OperationalError(f"the relay did not start within {timeout:.0f}s; see {self.log}")
+        try:
+            self.url = ready_url(proc, self.ready, self.log, timeout)
+        except OperationalError:
+            self.stop()
+            raise
+        return self.url
 
 
 class WorkerProcess(_Child):

@@ -42,15 +42,11 @@ class DemoRelay:
                 env=env,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready.exists():
-                return str(json.loads(self.ready.read_text())["url"])
-            if proc.poll() is not None:
-                raise OperationalError(f"the relay exited with code {proc.returncode}; see {self.log}")
-            time.sleep(0.05)
-        self.stop()
-        raise OperationalError(f"the relay did not start within {timeout:.0f}s; see {self.log}")
+        try:
+            return ready_url(proc, self.ready, self.log, timeout)
+        except OperationalError:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL if it does not exit in time."""
@@ -62,3 +58,16 @@ class DemoRelay:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def ready_url(proc: subprocess.Popen[bytes], ready: Path, log: Path, timeout: float) -> str:
+    """The URL a ``labrelay serve --ready-file READY`` child writes once it listens, waited for up to ``timeout``
+    seconds; ``OperationalError`` (naming ``log``) if it exits or does not listen in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists():
+            return str(json.loads(ready.read_text())["url"])
+        if proc.poll() is not None:
+            raise OperationalError(f"the relay exited with code {proc.returncode}; see {log}")
+        time.sleep(0.05)
+    raise OperationalError(f"the relay did not start within {timeout:.0f}s; see {log}")
