@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from labrelay import __version__, errors
-from labrelay.cli import options, ui
+from labrelay.cli import config_file, options, ui
 from labrelay.cli.commands import register_commands
 from labrelay.cli.options import DEFAULT_RETRIES
 
@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 
 
-ROOT_OPTIONS = frozenset({"--retries", "--quiet", "-q", "--verbose", "-v"})
+ROOT_OPTIONS = frozenset({"--retries", "--quiet", "-q", "--verbose", "-v", "--config"})
 
 
 def _version(value: bool) -> None:
@@ -60,8 +60,17 @@ def _root(
             "0: fail at once).",
         ),
     ] = DEFAULT_RETRIES,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="LABRELAY_CONFIG",
+            help="Client configuration file (server, CA bundle, party, agent); default: labrelay.toml beside the "
+            "--as party's directory. Flags override it.",
+        ),
+    ] = None,
 ) -> None:
-    options.set_options(debug=verbose, quiet=quiet, retries=retries)
+    options.set_options(debug=verbose, quiet=quiet, retries=retries, config=config)
 
 
 register_commands(app)
@@ -117,7 +126,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def _run(args: list[str]) -> int:
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=args, prog_name="labrelay", standalone_mode=False)
+        config = config_file.config_for(args)
+        options.use_config(config.path if config else None)
+        defaults = config_file.default_map(command, config) if config else None
+        code = command.main(args=args, prog_name="labrelay", standalone_mode=False, default_map=defaults)
     except typer.exceptions.TyperException as exc:  # a usage error found while parsing: --json is not parsed yet
         name = getattr(exc, "option_name", None)
         if name in ROOT_OPTIONS:  # ``labrelay send … --retries 0``: a common slip

@@ -22,6 +22,7 @@ class CliOptions:
     debug: bool = False  # tracebacks instead of one-line errors
     quiet: bool = False  # no progress bars
     retries: int = DEFAULT_RETRIES  # client retries when the relay is unreachable or busy (exponential back-off)
+    config: Path | None = None  # the client configuration file in force (labrelay.toml), if any
 
 
 current = CliOptions()
@@ -32,9 +33,14 @@ def reset() -> None:
     current = CliOptions()
 
 
-def set_options(*, debug: bool, quiet: bool, retries: int) -> None:
+def set_options(*, debug: bool, quiet: bool, retries: int, config: Path | None = None) -> None:
     global current  # noqa: PLW0603 - one set of options per run of the CLI
-    current = CliOptions(debug=debug, quiet=quiet, retries=retries)
+    current = CliOptions(debug=debug, quiet=quiet, retries=retries, config=config or current.config)
+
+
+def use_config(path: Path | None) -> None:
+    """The configuration file ``main`` found before parsing (``--config``, or ``labrelay.toml`` beside the party)."""
+    current.config = path
 
 
 def quiet() -> bool:
