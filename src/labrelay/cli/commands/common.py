@@ -16,13 +16,18 @@ if TYPE_CHECKING:
     from labrelay.client.api import RelayClient
     from labrelay.client.rotation import Destroyed
 
-AsOpt = Annotated[Path, typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys.")]
+AsOpt = Annotated[
+    Path,
+    typer.Option("--as", help="The party's directory (DIR/NAME), holding its keys; default: labrelay.toml's party."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (also on failure).")]
 WaitOpt = Annotated[
     str | None,
     typer.Option("--wait", metavar="DURATION", help="If another run for this party holds its lock, wait this long."),
 ]
-ServerOpt = Annotated[str, typer.Option("--server", envvar="LABRELAY_SERVER", help="The relay's URL.")]
+ServerOpt = Annotated[
+    str, typer.Option("--server", envvar="LABRELAY_SERVER", help="The relay's URL; default: labrelay.toml's server.")
+]
 CaOpt = Annotated[
     Path | None,
     typer.Option(
