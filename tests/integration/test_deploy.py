@@ -76,7 +76,8 @@ def parse_unit(path: Path) -> Unit:
         if line.startswith("["):
             section = unit.setdefault(line.strip("[]"), {})
             continue
-        assert section is not None and "=" in line, f"{path.name}:{number}: not a setting: {line}"
+        assert section is not None, f"{path.name}:{number}: a setting before any section"
+        assert "=" in line, f"{path.name}:{number}: not a setting: {line}"
         key, _, value = line.partition("=")
         section.setdefault(key.strip(), []).append(value.strip())
     return unit
@@ -114,7 +115,7 @@ def _systemd_analyze() -> str:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A filesystem tree for ``--root``: systemd's own units (the targets ours are ordered after), ours where an
     administrator installs them, and an executable where the wheel's venv puts ``labrelay``."""
     _systemd_analyze()
@@ -131,7 +132,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     binary.parent.mkdir(parents=True)
     binary.write_text("#!/bin/sh\nexit 0\n")
     binary.chmod(0o755)
-    yield tree
+    return tree
 
 
 def _analyze(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,7 +178,8 @@ def test_every_service_runs_the_wheel_as_its_own_user_in_the_sandbox(path: Path)
     service = unit["Service"]
     assert all(cmd.startswith(BINARY + " ") for cmd in service["ExecStart"]), "the wheel's venv: /opt/labrelay"
     user = _one(unit, "Service", "User")
-    assert user.startswith("labrelay") and _one(unit, "Service", "Group") == user, "a dedicated user, never root"
+    assert user.startswith("labrelay"), "a dedicated user, never root"
+    assert _one(unit, "Service", "Group") == user
     assert "DynamicUser" not in service, "static users: they own keys an operator creates before the first start"
     assert {k: _one(unit, "Service", k) for k in SANDBOX} == SANDBOX
     assert service["SystemCallFilter"] == SYSCALLS
