@@ -188,13 +188,16 @@ def _request(cli, world: World, lab: Party) -> Path:
 
 
 @pytest.mark.threat("T3")
-def test_an_entry_altered_after_signing_is_refused_by_the_relay_and_by_register(world: World, cli) -> None:
-    """ENTRY.json travels through anyone's hands: an age key swapped in it fails the authority's signature at the
-    relay (carried by an administrator, nothing checked on the way) and at the party (which installs nothing)."""
+@pytest.mark.parametrize("field", ["age_recipient", "not_after"])
+def test_an_entry_altered_after_signing_is_refused_by_the_relay_and_by_register(world: World, cli, field: str) -> None:
+    """ENTRY.json travels through anyone's hands: an age key swapped in it, or its validity stretched, fails the
+    authority's signature at the relay (carried by an administrator, nothing checked on the way) and at the party
+    (which installs nothing)."""
     world.add("admin-1", Role.ADMIN)
     entry_file = request_and_sign(cli, world, "lab-lyon-03", "lab", "--finess", FINESS)
     doc = json.loads(entry_file.read_text())
-    doc["entry"]["payload"]["age_recipient"] = Party.load(world.party_dir("cnam")).age_recipient
+    altered = {"age_recipient": Party.load(world.party_dir("cnam")).age_recipient, "not_after": "2099-01-01T00:00:00Z"}
+    doc["entry"]["payload"][field] = altered[field]
     entry_file.write_text(json.dumps(doc))
     admin, lab = world.party_dir("admin-1"), world.parties_dir / "lab-lyon-03"
 
@@ -208,14 +211,14 @@ def test_an_entry_altered_after_signing_is_refused_by_the_relay_and_by_register(
 @pytest.mark.threat("T3")
 def test_register_with_an_entry_for_other_keys_is_refused(world: World, cli, tmp_path: Path) -> None:
     """A party directory of the same name on another machine (other keys) must not install, nor register under
-    its own key, an entry signed for the first: it would make the party unreachable or sealed to the wrong key."""
-    entry_file = request_and_sign(cli, world, "lab-lyon-04", "lab", "--finess", FINESS)
+    its own key, an entry signed for the first: it would hold an entry whose keys it does not have."""
+    entry_file = request_and_sign(cli, world, "ars-76", "recipient", "--organisation", SIREN)
     other = tmp_path / "other-machine"
-    ok(cli("party", "new", "lab-lyon-04", "--role", "lab", "--authority", world.pub, "--out", other))
-    result = cli("party", "register", entry_file, "--server", world.url, "--party", other / "lab-lyon-04")
-    refused(result, "the entry is not lab-lyon-04's: its age recipient, signing key differ")
-    assert not (other / "lab-lyon-04" / "entry.json").exists()
-    assert world.db("SELECT COUNT(*) FROM parties WHERE name = 'lab-lyon-04'") == [(0,)]
+    ok(cli("party", "new", "ars-76", "--role", "recipient", "--authority", world.pub, "--out", other))
+    result = cli("party", "register", entry_file, "--server", world.url, "--party", other / "ars-76")
+    refused(result, "the entry is not ars-76's: its age recipient and signing key differ")
+    assert not (other / "ars-76" / "entry.json").exists()
+    assert world.db("SELECT COUNT(*) FROM parties WHERE name = 'ars-76'") == [(0,)]
 
 
 @pytest.mark.threat("T3")

@@ -195,7 +195,8 @@ class Party:
         if mine != theirs:
             differ = [f for f, a, b in zip(_ENTRY_FIELDS, mine, theirs, strict=True) if a != b]
             raise UntrustedEntry(
-                f"the entry is not {self.name}'s: its {', '.join(differ)} differ from {self.path / PUBLIC_FILE}",
+                f"the entry is not {self.name}'s: its {' and '.join(differ)} {'differ' if differ[1:] else 'differs'} "
+                f"from {self.path / PUBLIC_FILE}",
                 hint="register it with the party directory whose request the authority signed",
             )
         return entry
