@@ -9,7 +9,8 @@ Party directory ``DIR/NAME/`` (mode 0700)::
     entry.json      the authority-signed entry, after enrolment
     retired.json    recipients: age identities replaced by `party rotate`, kept in identity.txt until every
                     payload sealed to them is past its deadline, then destroyed
-    pseudonym.key   labs only: the key of the keyed pseudonyms, from the authority at enrolment (0600)
+    pseudonym.key   labs only: the key of the keyed pseudonyms, from the authority at enrolment (0600); offline
+                    enrolment carries it sealed to the lab's age key in ENTRY.json (docs/enrolment.md)
     outbox/         sealed payloads not yet fully uploaded (ciphertext only) and their signed manifests
     sent/           manifests of completed uploads (the sender's record of what it sent)
     ledger/         labs: the breach ledger of each routed send (docs/breach.md); persons sealed to the DPO
@@ -21,15 +22,19 @@ Authority directory ``AUTH_DIR/`` (mode 0700)::
     authority.key   Ed25519 private key (0600); keep this directory offline
     authority.pub   the public key every party and the relay pin
     pseudonym.key   the key of the keyed pseudonyms (0600): given to labs when they enrol, never to recipients
-    issued.jsonl    every entry, revocation, policy and policy withdrawal this authority signed, one per line
+    issued.jsonl    every entry, pseudonym key grant (sealed), revocation, policy and policy withdrawal this
+                    authority signed, one per line
                     (policies' issue numbers follow on from the highest found here)
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -37,15 +42,18 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.client.files import private_dir, read_json, write_json_atomic
-from labrelay.crypto import pseudonym
+from labrelay.crypto import age_stream, pseudonym
 from labrelay.crypto.envelopes import sign_envelope, verify_envelope
 from labrelay.crypto.keys import (
     AgeIdentity,
     SigningKey,
     VerifyKey,
+    b64u,
     check_private_permissions,
     load_verify_key_file,
+    unb64u,
 )
+from labrelay.domain.identifiers import Identifier
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
 from labrelay.domain.parties import ENTRY_TYPE, PartyEntry, Revocation, Role
 from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, POLICY_TYPE, PolicyWithdrawal, policy_payload
@@ -60,6 +68,9 @@ ENTRY_FILE = "entry.json"
 AUTHORITY_KEY = "authority.key"
 AUTHORITY_PUB = "authority.pub"
 PSEUDONYM_KEY = "pseudonym.key"
+GRANT_TYPE = "pseudonym-key-grant"
+_PSEUDONYM_KEY = re.compile(r"[0-9a-f]{64}")  # as labrelay.crypto.pseudonym writes it
+_ENTRY_FIELDS = ("name", "role", "region", "age recipient", "signing key")
 
 
 # ------------------------------------------------------------------ party
@@ -171,9 +182,44 @@ class Party:
             return
         pseudonym.save_key(path, key)
 
-    def save_entry(self, envelope: dict[str, Any]) -> None:
+    def save_entry(self, envelope: Mapping[str, Any]) -> None:
         verify_envelope(envelope, ENTRY_TYPE, self.authority, error=UntrustedEntry)
         write_json_atomic(self.path / ENTRY_FILE, envelope, mode=0o644)
+
+    def check_own_entry(self, envelope: Mapping[str, Any]) -> PartyEntry:
+        """The entry ``envelope`` carries, if the pinned authority signed it for this party's own keys, name, role
+        and region; ``UntrustedEntry`` otherwise (an entry for other keys would make this party unreachable)."""
+        entry = PartyEntry.from_payload(verify_envelope(envelope, ENTRY_TYPE, self.authority, error=UntrustedEntry))
+        mine = (self.name, self.role, self.region, self.age_recipient, self.signing_public)
+        theirs = (entry.name, entry.role, entry.region, entry.age_recipient, entry.signing_key)
+        if mine != theirs:
+            differ = [f for f, a, b in zip(_ENTRY_FIELDS, mine, theirs, strict=True) if a != b]
+            raise UntrustedEntry(
+                f"the entry is not {self.name}'s: its {' and '.join(differ)} {'differ' if differ[1:] else 'differs'} "
+                f"from {self.path / PUBLIC_FILE}",
+                hint="register it with the party directory whose request the authority signed",
+            )
+        return entry
+
+    def open_pseudonym_grant(self, grant: Mapping[str, Any], entry: PartyEntry) -> str:
+        """The pseudonym key in ``grant``, if the pinned authority signed it for ``entry`` and sealed it to this
+        party's age key; ``UntrustedEntry`` (or ``IntegrityError`` when it does not decrypt) otherwise."""
+        payload = verify_envelope(grant, GRANT_TYPE, self.authority, error=UntrustedEntry)
+        if (payload.get("name"), payload.get("serial"), payload.get("sealed_to")) != (
+            entry.name,
+            entry.serial,
+            entry.age_recipient,
+        ):
+            raise UntrustedEntry("the pseudonym key was granted with another entry than this one")
+        sealed = payload.get("sealed")
+        if not isinstance(sealed, str):
+            raise UntrustedEntry("malformed pseudonym key grant")
+        plain = io.BytesIO()
+        age_stream.decrypt(io.BytesIO(unb64u(sealed)), plain, self.identities, expect=None)
+        key = plain.getvalue().decode("ascii", errors="replace")
+        if not _PSEUDONYM_KEY.fullmatch(key):
+            raise UntrustedEntry("the pseudonym key granted is malformed")
+        return key
 
     def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
         return sign_envelope(payload, self.signing_key, self.name)
@@ -229,6 +275,7 @@ class Authority:
         *,
         age_recipient: str | None = None,
         issued_at: datetime | None = None,
+        identifier: Identifier | None = None,
     ) -> dict[str, Any]:
         """Sign ``party``'s entry (with ``age_recipient`` instead of its current key, for a rotation, and an
         ``issued_at`` that orders it after the entry it replaces)."""
@@ -247,10 +294,49 @@ class Authority:
             not_after=now + valid_for,
             issued_at=issued_at or now,
             serial=new_id(),
+            identifier=identifier,
         )
+        return self.issue(entry)
+
+    def issue(self, entry: PartyEntry) -> dict[str, Any]:
+        """Sign a checked entry, and keep it in ``issued.jsonl``."""
         envelope = sign_envelope(entry.to_payload(), self.key, AUTHORITY_KEYID)
         self._log(envelope)
         return envelope
+
+    def grant_pseudonym_key(self, entry: PartyEntry, now: datetime) -> dict[str, Any]:
+        """The pseudonym key for the lab ``entry`` names, sealed to the entry's age recipient (only that lab reads
+        it) and signed (nobody can substitute a key of their own, sealed to the same public recipient)."""
+        if entry.role is not Role.LAB:
+            raise UsageError(f"{entry.name} is a {entry.role.value}: only labs receive the pseudonym key")
+        sealed = io.BytesIO()
+        age_stream.encrypt(io.BytesIO(self.pseudonym_key().encode("ascii")), sealed, [entry.age_recipient])
+        payload = {
+            "type": GRANT_TYPE,
+            "v": 1,
+            "name": entry.name,
+            "serial": entry.serial,
+            "sealed_to": entry.age_recipient,
+            "sealed": b64u(sealed.getvalue()),
+            "issued_at": to_rfc3339(now),
+        }
+        envelope = sign_envelope(payload, self.key, AUTHORITY_KEYID)
+        self._log(envelope)
+        return envelope
+
+    def issued_entries(self, name: str) -> list[Mapping[str, Any]]:
+        """The payloads of the entries this authority signed for ``name`` (``issued.jsonl``), oldest first."""
+        path = self.path / "issued.jsonl"
+        if not path.exists():
+            return []
+        found = []
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError, AttributeError):
+                    payload = json.loads(line).get("payload") or {}
+                    if payload.get("type") == ENTRY_TYPE and payload.get("name") == name:
+                        found.append(payload)
+        return found
 
     def pseudonym_key(self) -> str:
         """The key labs pseudonymise with (created here if this authority predates it)."""

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from labrelay.domain.fields import instant, optional, require
+from labrelay.domain.identifiers import Identifier, check_for_role, optional_identifier
 from labrelay.domain.names import check_party_name, check_region
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
@@ -70,11 +71,13 @@ class PartyEntry:
     not_after: datetime
     issued_at: datetime
     serial: str
+    identifier: Identifier | None = None  # a lab's FINESS, another party's SIREN or SIRET; absent in older entries
 
     def __post_init__(self) -> None:
         check_party_name(self.name)
         if self.region is not None:
             check_region(self.region)
+        check_for_role(self.identifier, self.role.value)
         if not _AGE_RECIPIENT.fullmatch(self.age_recipient):
             raise UntrustedEntry(f"entry for {self.name}: not an age X25519 recipient")
         if not _ED25519_B64.fullmatch(self.signing_key):
@@ -97,6 +100,9 @@ class PartyEntry:
             "not_after": to_rfc3339(self.not_after),
             "issued_at": to_rfc3339(self.issued_at),
             "serial": self.serial,
+            # Only when there is one: an entry signed before identifiers existed has no such field, and its
+            # signature covers exactly the fields it has.
+            **({"identifier": self.identifier.to_payload()} if self.identifier else {}),
         }
 
     @classmethod
@@ -116,6 +122,7 @@ class PartyEntry:
                 not_after=instant(payload, "not_after"),
                 issued_at=instant(payload, "issued_at"),
                 serial=require(payload, "serial", str),
+                identifier=optional_identifier(payload),
             )
         except (UsageError, ValueError) as exc:
             raise UntrustedEntry(f"malformed party entry: {exc}") from exc

@@ -23,6 +23,7 @@ def register_commands(app: typer.Typer) -> None:
     app.add_typer(party_app, name="party")
 
     authority_app.command("init")(authority.authority_init)
+    authority_app.command("sign")(authority.authority_sign)
     authority_app.command("revoke")(authority.authority_revoke)
     authority_app.command("publish-policy")(authority.authority_publish_policy)
     authority_app.command("withdraw-policy")(authority.authority_withdraw_policy)
@@ -36,6 +37,8 @@ def register_commands(app: typer.Typer) -> None:
     party_app.command("rotate")(parties.party_rotate)
     party_app.command("retire")(parties.party_retire)
     party_app.command("enroll")(parties.party_enroll)
+    party_app.command("request")(parties.party_request)
+    party_app.command("register")(parties.party_register)
     party_app.command("show")(parties.party_show)
     app.command("directory")(parties.directory)
 

@@ -1,4 +1,5 @@
-"""``labrelay authority``: the directory authority's key, and what it signs: revocations, policies, withdrawals."""
+"""``labrelay authority``: the directory authority's key, and what it signs: entries (``sign``, offline),
+revocations, policies, withdrawals."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import typer
 
 from labrelay.cli import options, ui
 from labrelay.cli.commands.common import CaOpt, ServerOpt
+from labrelay.client import enrolment
+from labrelay.client.files import read_json, write_json_atomic
 from labrelay.client.keystore import Authority
 from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
-from labrelay.domain.timeutil import parse_duration
+from labrelay.domain.parties import Role
+from labrelay.domain.timeutil import parse_duration, to_rfc3339
+from labrelay.errors import UsageError
 
 
 def authority_init(auth_dir: Annotated[Path, typer.Argument(help="Directory to create.")]) -> None:
@@ -23,6 +28,57 @@ def authority_init(auth_dir: Annotated[Path, typer.Argument(help="Directory to c
         f"authority key created in {auth_dir}; public key: {authority.path / 'authority.pub'}",
         markup=False,
     )
+
+
+def authority_sign(
+    request: Annotated[Path, typer.Argument(help="REQUEST.json, as `labrelay party request` wrote it.")],
+    authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
+    out: Annotated[Path, typer.Option("--out", help="ENTRY.json to write, for anyone to carry to the relay.")],
+    valid_for: Annotated[str, typer.Option(help="Validity of the signed entry (e.g. 365d).")] = "365d",
+) -> None:
+    """Sign a party's enrolment request, offline (no relay, no network): checks its signature by the party's own
+    key, its names, keys and identifier, prints what it signs, and writes ENTRY.json (a lab's pseudonym key sealed
+    to the lab's age key inside it)."""
+
+    try:
+        doc = read_json(request)
+    except FileNotFoundError:
+        raise UsageError(f"{request} not found") from None
+    except ValueError as exc:
+        raise UsageError(f"{request} is not JSON: {exc}") from exc
+    req = enrolment.read_request(doc)
+    auth = Authority.load(authority)
+    validity = parse_duration(valid_for)
+    for warning in _warnings(auth, req):
+        ui.err.print(f"labrelay: warning: {warning}", markup=False)
+    signed = enrolment.issue(auth, req, SystemClock().now(), validity)
+    entry = signed["entry"]["payload"]
+    write_json_atomic(out, signed, mode=0o644)
+    ui.out.print(f"signed the entry of {req.name}, written to {out}:", markup=False)
+    for label, value in (
+        ("role", req.role.value),
+        ("region", req.region or "-"),
+        ("identifier", str(req.identifier or "-")),
+        ("age recipient", req.age_recipient),
+        ("signing key", req.signing_key),
+        ("requested", to_rfc3339(req.created)),
+        ("valid", f"{entry['not_before']} → {entry['not_after']}"),
+        ("serial", entry["serial"]),
+    ):
+        ui.out.print(f"  {label + ':':15}{value}", markup=False)
+    if "pseudonym_key" in signed:
+        ui.out.print(f"  {'pseudonym key:':15}sealed to {req.age_recipient} (only the lab opens it)", markup=False)
+
+
+def _warnings(auth: Authority, req: enrolment.EnrolmentRequest) -> list[str]:
+    """What the authority should look at before the entry leaves: never a refusal (those are raised)."""
+    found = req.identifier.warnings() if req.identifier else []
+    if req.role is Role.LAB and req.identifier is None:
+        found.append(f"{req.name} is a lab without a FINESS (recommended: --finess at `party request`)")
+    keys = {(p.get("signing_key"), p.get("age_recipient")) for p in auth.issued_entries(req.name)}
+    if keys and (req.signing_key, req.age_recipient) not in keys:
+        found.append(f"this authority signed {req.name} before with other keys: the new entry replaces them")
+    return found
 
 
 def authority_revoke(

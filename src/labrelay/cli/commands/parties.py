@@ -1,4 +1,5 @@
-"""``labrelay party``: a party's keys, made, rotated, retired, enrolled and shown; ``labrelay directory``."""
+"""``labrelay party``: a party's keys, made, rotated, retired, enrolled (in one step, or offline: request, then
+register what the authority signed; docs/enrolment.md) and shown; ``labrelay directory``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,40 @@ import typer
 
 from labrelay.cli import ui
 from labrelay.cli.commands.common import AsOpt, CaOpt, ServerOpt, party_client, warn_overruled
+from labrelay.client import enrolment
+from labrelay.client.files import write_json_atomic
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
+from labrelay.domain import identifiers
+from labrelay.domain.identifiers import Identifier
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
-from labrelay.errors import SecurityError
+from labrelay.errors import SecurityError, UsageError
+
+FinessOpt = Annotated[
+    str | None,
+    typer.Option("--finess", metavar="9-CHARS", help="A lab's FINESS (recommended for labs; e.g. 750712184)."),
+]
+OrganisationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--organisation", metavar="ID", help="A recipient's (or admin's, DPO's) organisation: SIREN or SIRET."
+    ),
+]
+
+
+def identifier_of(finess: str | None, organisation: str | None) -> Identifier | None:
+    """The identifier ``--finess`` or ``--organisation`` gives (one at most; ``UsageError`` when malformed)."""
+    if finess is not None and organisation is not None:
+        raise UsageError("give --finess (a lab) or --organisation (any other party), not both")
+    if finess is not None:
+        return identifiers.finess(finess)
+    return identifiers.organisation(organisation) if organisation is not None else None
+
+
+def warn(message: str) -> None:
+    ui.err.print(f"labrelay: warning: {message}", markup=False)
 
 
 def party_new(
@@ -84,19 +113,82 @@ def party_enroll(
     authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
     server: ServerOpt,
     valid_for: Annotated[str, typer.Option(help="Validity of the signed entry (e.g. 365d).")] = "365d",
+    finess: FinessOpt = None,
+    organisation: OrganisationOpt = None,
     cacert: CaOpt = None,
 ) -> None:
-    """Have the authority sign the party's entry, and register it with the relay."""
+    """In one step, with the authority's key at hand (the demo, tests): have the authority sign the party's entry,
+    and register it with the relay. An offline authority uses party request, authority sign, party register."""
 
     party = Party.load(party_dir)
+    identifier = identifier_of(finess, organisation)
+    for warning in identifier.warnings() if identifier else []:
+        warn(warning)
     auth = Authority.load(authority)
-    envelope = auth.sign_entry(party, SystemClock().now(), parse_duration(valid_for))
+    envelope = auth.sign_entry(party, SystemClock().now(), parse_duration(valid_for), identifier=identifier)
     party.save_entry(envelope)
     if party.role is Role.LAB:  # labs pseudonymise for SpF with the authority's key; recipients never get it
         party.save_pseudonym_key(auth.pseudonym_key())
     with party_client(server, party, cacert) as client:
         result = client.register_entry(envelope)
     ui.out.print(f"{party.name} enrolled (entry {result.get('serial')})", markup=False)
+
+
+def party_request(
+    party_dir: Annotated[Path, typer.Argument(help="The party's directory (DIR/NAME).")],
+    out: Annotated[Path, typer.Option("--out", help="The request to write (REQUEST.json), for the authority.")],
+    finess: FinessOpt = None,
+    organisation: OrganisationOpt = None,
+) -> None:
+    """Write the party's enrolment request, signed with its own key, for the authority to sign offline."""
+
+    party = Party.load(party_dir)
+    identifier = identifier_of(finess, organisation)
+    request = enrolment.request(party, identifier, SystemClock().now())
+    for warning in identifier.warnings() if identifier else []:
+        warn(warning)
+    if party.role is Role.LAB and identifier is None:
+        warn(f"{party.name} is a lab without a FINESS (--finess): recommended, so that recipients know which lab")
+    write_json_atomic(out, request, mode=0o644)
+    ui.out.print(f"enrolment request for {party.name} written to {out}", markup=False)
+    ui.out.print(f"  identifier:    {identifier or '-'}", markup=False)
+    ui.out.print(f"  age recipient: {party.age_recipient}", markup=False)
+    ui.out.print(f"  signing key:   {party.signing_public}", markup=False)
+    ui.out.print("next: the authority runs `labrelay authority sign` on it, offline", markup=False)
+
+
+def party_register(
+    entry_file: Annotated[Path, typer.Argument(help="ENTRY.json, as `labrelay authority sign` wrote it.")],
+    server: ServerOpt,
+    party_dir: Annotated[
+        Path | None,
+        typer.Option("--party", help="The party's directory: sign with its key, and install the entry there."),
+    ] = None,
+    carrier: Annotated[
+        Path | None,
+        typer.Option("--as", help="An administrator's directory, to carry another party's entry to the relay."),
+    ] = None,
+    cacert: CaOpt = None,
+) -> None:
+    """Carry an authority-signed entry to the relay (which accepts only what the authority signed). With --party,
+    check that it is that party's own, then install it there (with a lab's pseudonym key, unsealed)."""
+
+    signer_dir = party_dir or carrier
+    if signer_dir is None or (party_dir is not None and carrier is not None):
+        raise UsageError(
+            "say who signs the request to the relay: --party PARTY_DIR (the entry's own party) or --as ADMIN_DIR",
+            hint="--party also installs the entry in the party's directory",
+        )
+    entry_file_doc = enrolment.read_entry_file(entry_file)
+    signer = Party.load(signer_dir)
+    checked = enrolment.check_for_party(signer, entry_file_doc) if party_dir is not None else None
+    with party_client(server, signer, cacert) as client:
+        result = client.register_entry(entry_file_doc.entry)
+    ui.out.print(f"{result.get('name')} registered with the relay (entry {result.get('serial')})", markup=False)
+    if checked is not None:
+        enrolment.install(signer, checked)
+        key = ", with its pseudonym key" if checked.pseudonym_key else ""
+        ui.out.print(f"entry installed in {signer.path}{key}", markup=False)
 
 
 def party_show(
@@ -111,6 +203,7 @@ def party_show(
     ui.out.print(f"age recipient: {party.age_recipient}", markup=False)
     ui.out.print(f"signing key:   {party.signing_public}", markup=False)
     entry = party.entry()
+    ui.out.print(f"identifier:    {(entry.identifier if entry else None) or '-'}", markup=False)
     if entry is None:
         ui.out.print("entry:         not enrolled", markup=False)
     else:
@@ -128,7 +221,8 @@ def directory(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
         trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
     for entry in trusted.in_force():
         ui.out.print(
-            f"{entry.name:24} {entry.role.value:9} {entry.region or '-':3} until {to_rfc3339(entry.not_after)}",
+            f"{entry.name:24} {entry.role.value:9} {entry.region or '-':3} until {to_rfc3339(entry.not_after)}"
+            f"  {entry.identifier or '-'}",
             markup=False,
         )
     for name, why in sorted(trusted.untrusted.items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from labrelay.domain.audit import AuditEvent
-from labrelay.domain.parties import EntryStatus
+from labrelay.domain.parties import EntryStatus, Role
 from labrelay.errors import LabrelayError, PartyRevoked, PermissionDenied, UntrustedEntry, UsageError
 from labrelay.http.deps import Edge, Services, Signed, SignedJsonWhileFrozen, authenticate, call, parse_json, read_body
 from labrelay.http.models import DirectoryOut, Registered
@@ -27,7 +27,9 @@ async def get_directory(caller: Signed, services: Services) -> DirectoryOut:
 
 @router.post("/v1/directory/entries", response_model=Registered, status_code=201, openapi_extra=ENVELOPE_BODY)
 async def register_entry(request: Request, services: Services) -> Registered:
-    """Register an authority-signed entry; the request is signed by the entry's own key (possession)."""
+    """Register an authority-signed entry. The request is signed by the entry's own key (possession), or carried by
+    an administrator in force or the authority (offline enrolment: docs/enrolment.md); either way the relay stores
+    only an entry the pinned authority signed."""
     body = await read_body(request)
     # The entry names the key that must have signed this request (proof of possession). Nothing about the body is
     # judged before authentication: a request that does not authenticate is refused (and audited) as such,
@@ -37,8 +39,8 @@ async def register_entry(request: Request, services: Services) -> Registered:
     caller = await authenticate(request, body=body, enrolling=enrolling)
     if not isinstance(presented, Enrolment):
         raise presented  # not JSON, or the authority did not sign it
-    if caller.name != presented.entry.name:
-        raise PermissionDenied("a party registers its own entry, signed with its own key")
+    if caller.name != presented.entry.name and not (caller.is_authority or caller.role is Role.ADMIN):
+        raise PermissionDenied("a party registers its own entry, or an administrator carries it")
     registered, new = await call(services.directory.enrol, presented, caller.name)
     return Registered(name=registered.name, serial=registered.serial, new=new)
 
