@@ -57,9 +57,9 @@ SANDBOX = {
 }
 SYSCALLS = ["@system-service", "~@privileged @resources"]
 RELAY_SIDE = {"labrelay-relay", "labrelay-worker", "labrelay-retention-check", "labrelay-audit-verify"}
-# The commands not merged yet (issue 20): the root --config option (lead) and `labrelay agent` (agent helper).
+# The commands not merged yet (issue 20): `labrelay agent` (agent helper).
 # strict: the day they land, these pass, and the marker must go.
-PENDING = {"labrelay-agent", "labrelay-agent@", "labrelay-audit-check"}
+PENDING = {"labrelay-agent", "labrelay-agent@"}
 
 Unit = dict[str, dict[str, list[str]]]
 
