@@ -1,0 +1,164 @@
+"""The recipient side: what waits is fetched continuously, through the same checks as ``labrelay fetch`` (and the
+retired identities nothing needs any more destroyed after it, as ``fetch`` does), into the inbox in the chosen
+format; then the hook, if any, runs once per file written.
+
+Polling every ``poll`` (±20 %), backing off exponentially (with jitter) after a pass that failed or left payloads
+unfinished. Events: ``payload.fetched`` per file written, ``payload.declined`` (a duplicate of a source received
+before), ``payload.refused`` (a payload that failed a check: refused to the relay once, never retried),
+``payload.failed`` (not finished now: next pass), ``fetch.failed`` (the whole pass), ``identity.destroyed``,
+``hook.done`` and ``hook.failed``.
+
+The hook is a command (a list, no shell) run with the manifest's fields in its environment (``LABRELAY_FILE``,
+``LABRELAY_MANIFEST``, ``LABRELAY_TRANSFER_ID``, ``LABRELAY_SENDER``, ``LABRELAY_BATCH_ID``, ``LABRELAY_RECORDS``,
+``LABRELAY_FORMAT``, ``LABRELAY_PARTY``, ``LABRELAY_SIZE``, ``LABRELAY_UNPARSED``, ``LABRELAY_SENT_AGAIN``), its
+standard input empty and its output discarded, killed after ``hook_timeout``. Its failure keeps the file (it was
+written and acknowledged already), is logged, counted, and shown on /health.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import TYPE_CHECKING
+
+from labrelay.agent.policy import Backoff, classify, error_fields, jittered
+from labrelay.agent.settings import RecipientSettings
+from labrelay.agent.worker import Context, Worker
+from labrelay.client.fetch import Fetched, FetchReport, fetch_all
+from labrelay.errors import LabrelayError
+
+if TYPE_CHECKING:
+    from labrelay.client.rotation import Destroyed
+
+
+class RecipientWorker(Worker):
+    side = "recipient"
+
+    def __init__(self, settings: RecipientSettings, ctx: Context) -> None:
+        super().__init__(settings.party, ctx)
+        self.settings = settings
+        self.backoff = Backoff(settings.retry)
+
+    def run(self) -> None:
+        failures = 0
+        while not self.ctx.stop.is_set():
+            ok = self.run_once()
+            failures = 0 if ok else failures + 1
+            delay = jittered(self.settings.poll) if ok else self.backoff.delay(failures - 1)
+            self.ctx.stop.wait(delay)
+
+    def run_once(self) -> bool:
+        """One pass: fetch what waits, then the hooks. True when nothing is left unfinished."""
+        try:
+            with self.locked():
+                report = fetch_all(
+                    self.party, self.client, self.settings.inbox, self.ctx.clock, output_format=self.settings.format
+                )
+                destroyed = self._retire()
+        except Exception as exc:  # noqa: BLE001 - never fatal: said, counted, and the next pass backs off
+            fields = error_fields(exc)
+            self.status.failed(fields)
+            self.note_exit(classify(exc).exit_code)
+            self.emit("fetch.failed", **fields)
+            return False
+        self._report(report, destroyed)
+        for item in report.fetched:
+            if not item.again and item.duplicate_of is None:
+                self._hook(item)
+        return not report.failed
+
+    def _retire(self) -> list[Destroyed]:
+        from labrelay.client.rotation import RETIRED_FILE, retire_due  # noqa: PLC0415 - as fetch does
+
+        if not (self.party.path / RETIRED_FILE).exists():
+            return []
+        return retire_due(self.party, self.client, self.ctx.clock.now())
+
+    def _report(self, report: FetchReport, destroyed: list[Destroyed]) -> None:
+        for item in report.fetched:
+            if item.duplicate_of is not None:
+                self.emit(
+                    "payload.declined",
+                    transfer_id=item.transfer_id,
+                    sender=item.sender,
+                    batch_id=item.batch_id,
+                    duplicate_of=item.duplicate_of,
+                )
+            elif item.again:
+                self.emit("payload.acknowledged_again", transfer_id=item.transfer_id, sender=item.sender)
+            else:
+                self.ctx.metrics.payloads.labels(self.party.name).inc()
+                self.ctx.metrics.records.labels(self.party.name, self.side).inc(item.records or 0)
+                self.emit(
+                    "payload.fetched",
+                    transfer_id=item.transfer_id,
+                    sender=item.sender,
+                    batch_id=item.batch_id,
+                    records=item.records,
+                    file=str(item.path),
+                    format=item.output_format,
+                    unparsed=item.unparsed,
+                )
+        self._problems("payload.refused", report.refused)
+        self._problems("payload.failed", report.failed)
+        for gone in destroyed:
+            self.emit("identity.destroyed", recipient=gone.recipient, note=gone.note())
+        self.status.set_backlog(len(report.failed))
+        if report.failed:
+            self.status.failed({"kind": "unfinished", "message": f"{len(report.failed)} payload(s) left for later"})
+        else:
+            self.status.succeeded()
+
+    def _problems(self, event: str, items: list[tuple[str, LabrelayError]]) -> None:
+        for transfer_id, exc in items:
+            self.note_exit(classify(exc).exit_code)
+            self.emit(event, transfer_id=transfer_id, **error_fields(exc))
+
+    def _hook(self, item: Fetched) -> None:
+        if not self.settings.hook:
+            return
+        env = {**os.environ, **hook_environment(self.party.name, item)}
+        detail = {"file": str(item.path), "transfer_id": item.transfer_id}
+        try:
+            done = subprocess.run(
+                list(self.settings.hook),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=self.settings.hook_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            self._hook_failed({**detail, "reason": "timeout", "timeout": self.settings.hook_timeout})
+            return
+        except OSError as exc:
+            self._hook_failed({**detail, "reason": "cannot run", "message": exc.strerror or type(exc).__name__})
+            return
+        if done.returncode != 0:
+            self._hook_failed({**detail, "reason": "exit", "exit_code": done.returncode})
+            return
+        self.emit("hook.done", **detail)
+
+    def _hook_failed(self, detail: dict[str, object]) -> None:
+        self.status.hook_failed(detail)
+        self.note_exit(1)
+        self.emit("hook.failed", **detail)
+
+
+def hook_environment(party: str, item: Fetched) -> dict[str, str]:
+    """The manifest's fields a hook is given, as environment variables."""
+    doc = item.as_dict()
+    return {
+        "LABRELAY_PARTY": party,
+        "LABRELAY_FILE": str(item.path),
+        "LABRELAY_MANIFEST": str(doc.get("manifest_file") or ""),
+        "LABRELAY_TRANSFER_ID": item.transfer_id,
+        "LABRELAY_SENDER": item.sender,
+        "LABRELAY_BATCH_ID": item.batch_id,
+        "LABRELAY_RECORDS": "" if item.records is None else str(item.records),
+        "LABRELAY_FORMAT": item.output_format,
+        "LABRELAY_SIZE": str(item.size),
+        "LABRELAY_UNPARSED": "1" if item.unparsed else "0",
+        "LABRELAY_SENT_AGAIN": "1" if item.sent_again else "0",
+    }
