@@ -11,7 +11,7 @@ before), ``payload.refused`` (a payload that failed a check: refused to the rela
 The hook is a command (a list, no shell) run with the manifest's fields in its environment (``LABRELAY_FILE``,
 ``LABRELAY_MANIFEST``, ``LABRELAY_TRANSFER_ID``, ``LABRELAY_SENDER``, ``LABRELAY_BATCH_ID``, ``LABRELAY_RECORDS``,
 ``LABRELAY_FORMAT``, ``LABRELAY_PARTY``, ``LABRELAY_SIZE``, ``LABRELAY_UNPARSED``, ``LABRELAY_SENT_AGAIN``), its
-standard input empty and its output discarded, killed after ``hook_timeout``. Its failure keeps the file (it was
+standard input empty, its output discarded and the inbox as its working directory, killed after ``hook_timeout``. Its failure keeps the file (it was
 written and acknowledged already), is logged, counted, and shown on /health.
 """
 
@@ -122,6 +122,7 @@ class RecipientWorker(Worker):
         try:
             done = subprocess.run(
                 list(self.settings.hook),
+                cwd=self.settings.inbox,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
