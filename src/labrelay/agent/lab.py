@@ -146,6 +146,7 @@ class LabWorker(Worker):
             "party": self.party.name,
             "source": path.name,
             "at": to_rfc3339(self.ctx.clock.now()),
+            "records": routed.records,
             **routed.as_dict(),
         }
 

@@ -11,8 +11,9 @@ before), ``payload.refused`` (a payload that failed a check: refused to the rela
 The hook is a command (a list, no shell) run with the manifest's fields in its environment (``LABRELAY_FILE``,
 ``LABRELAY_MANIFEST``, ``LABRELAY_TRANSFER_ID``, ``LABRELAY_SENDER``, ``LABRELAY_BATCH_ID``, ``LABRELAY_RECORDS``,
 ``LABRELAY_FORMAT``, ``LABRELAY_PARTY``, ``LABRELAY_SIZE``, ``LABRELAY_UNPARSED``, ``LABRELAY_SENT_AGAIN``), its
-standard input empty, its output discarded and the inbox as its working directory, killed after ``hook_timeout``. Its failure keeps the file (it was
-written and acknowledged already), is logged, counted, and shown on /health.
+standard input empty, its output discarded and the inbox as its working directory, killed after
+``hook_timeout``. Its failure keeps the file (it was written and acknowledged already), is logged, counted, and
+shown on /health. A hook runs once per file: a marker per transfer in ``PARTY/agent-hooks/``, made before it runs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from labrelay.agent.settings import RecipientSettings
 from labrelay.agent.worker import Context, Worker
 from labrelay.client.fetch import Fetched, FetchReport, fetch_all
 from labrelay.errors import LabrelayError
+
+HOOKS_DIR = "agent-hooks"  # in the party's directory: one marker per transfer whose hook ran
 
 if TYPE_CHECKING:
     from labrelay.client.rotation import Destroyed
@@ -63,9 +66,19 @@ class RecipientWorker(Worker):
             return False
         self._report(report, destroyed)
         for item in report.fetched:
-            if not item.again and item.duplicate_of is None:
+            # A file written by a pass that failed afterwards (its receipt not taken) comes back "again" on the
+            # next: its hook runs then, once, as the marker in the party's directory says.
+            if item.duplicate_of is None and item.path.is_file() and not self._hooked(item):
                 self._hook(item)
         return not report.failed
+
+    def _hooked(self, item: Fetched) -> bool:
+        return not self.settings.hook or (self.party.path / HOOKS_DIR / f"{item.transfer_id}.done").exists()
+
+    def _mark_hooked(self, item: Fetched) -> None:
+        folder = self.party.path / HOOKS_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        (folder / f"{item.transfer_id}.done").touch()
 
     def _retire(self) -> list[Destroyed]:
         from labrelay.client.rotation import RETIRED_FILE, retire_due  # noqa: PLC0415 - as fetch does
@@ -115,8 +128,7 @@ class RecipientWorker(Worker):
             self.emit(event, transfer_id=transfer_id, **error_fields(exc))
 
     def _hook(self, item: Fetched) -> None:
-        if not self.settings.hook:
-            return
+        self._mark_hooked(item)  # before it runs: a hook is run at most once per file, even across a crash
         env = {**os.environ, **hook_environment(self.party.name, item)}
         detail = {"file": str(item.path), "transfer_id": item.transfer_id}
         try:
