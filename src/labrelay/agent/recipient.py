@@ -18,14 +18,19 @@ shown on /health. A hook runs once per file: a marker per transfer in ``PARTY/ag
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labrelay.agent.policy import Backoff, classify, error_fields, jittered
 from labrelay.agent.settings import RecipientSettings
 from labrelay.agent.worker import Context, Worker
 from labrelay.client.fetch import Fetched, FetchReport, fetch_all
+from labrelay.crypto.envelopes import envelope_payload
+from labrelay.domain.transfers import Manifest
 from labrelay.errors import LabrelayError
 
 HOOKS_DIR = "agent-hooks"  # in the party's directory: one marker per transfer whose hook ran
@@ -41,6 +46,7 @@ class RecipientWorker(Worker):
         super().__init__(settings.party, ctx)
         self.settings = settings
         self.backoff = Backoff(settings.retry)
+        self.started = time.time()
 
     def run(self) -> None:
         failures = 0
@@ -65,12 +71,25 @@ class RecipientWorker(Worker):
             self.emit("fetch.failed", **fields)
             return False
         self._report(report, destroyed)
-        for item in report.fetched:
+        for item in [*report.fetched, *self._written_unhooked(report)]:
             # A file written by a pass that failed afterwards (its receipt not taken) comes back "again" on the
             # next: its hook runs then, once, as the marker in the party's directory says.
             if item.duplicate_of is None and item.path.is_file() and not self._hooked(item):
                 self._hook(item)
         return not report.failed
+
+    def _written_unhooked(self, report: FetchReport) -> list[Fetched]:
+        """Files this run wrote in a pass that failed after writing them (its receipt cut off): found by their
+        sidecars, newer than the agent's start, whose hook has not run."""
+        if not self.settings.hook:
+            return []
+        seen = {item.transfer_id for item in report.fetched}
+        found = []
+        for sidecar in self.settings.inbox.glob("*.manifest.json"):
+            item = _from_sidecar(sidecar, self.started, self.settings.format)
+            if item is not None and item.transfer_id not in seen and not self._hooked(item):
+                found.append(item)
+        return found
 
     def _hooked(self, item: Fetched) -> bool:
         return not self.settings.hook or (self.party.path / HOOKS_DIR / f"{item.transfer_id}.done").exists()
@@ -157,6 +176,32 @@ class RecipientWorker(Worker):
         self.status.hook_failed(detail)
         self.note_exit(1)
         self.emit("hook.failed", **detail)
+
+
+def _from_sidecar(sidecar: Path, since: float, output_format: str) -> Fetched | None:
+    """A written file's description, from the manifest sidecar fetch writes beside it (None: older, or not ours)."""
+    try:
+        if sidecar.stat().st_mtime < since:
+            return None
+        doc = json.loads(sidecar.read_text(encoding="utf-8"))
+        manifest = Manifest.from_payload(envelope_payload(doc["manifest"]))
+    except (OSError, ValueError, KeyError, TypeError, LabrelayError):
+        return None
+    stem = sidecar.name.removesuffix(".manifest.json")
+    data = [p for p in sidecar.parent.glob(f"{stem}.*") if p != sidecar]
+    if len(data) != 1:
+        return None
+    return Fetched(
+        manifest.transfer_id,
+        manifest.sender,
+        data[0],
+        data[0].stat().st_size,
+        manifest.record_count,
+        acknowledged=False,
+        batch_id=manifest.batch_id,
+        unparsed=bool(doc.get("unparsed")),
+        output_format=output_format,
+    )
 
 
 def hook_environment(party: str, item: Fetched) -> dict[str, str]:
