@@ -7,7 +7,7 @@ import typer
 
 from labrelay.cli.admin import register_admin
 from labrelay.cli.breach import register_breach
-from labrelay.cli.commands import authority, fetch, parties, send, server, validate
+from labrelay.cli.commands import agent, authority, fetch, parties, send, server, validate
 from labrelay.cli.demo import demo_command
 
 
@@ -48,6 +48,7 @@ def register_commands(app: typer.Typer) -> None:
     app.command("fetch")(fetch.fetch)
     app.command("receipt")(fetch.receipt)
     app.command("receipts")(fetch.receipts)
+    app.command("agent")(agent.agent)
 
     register_admin(app)
     register_breach(app)
