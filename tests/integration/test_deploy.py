@@ -57,9 +57,6 @@ SANDBOX = {
 }
 SYSCALLS = ["@system-service", "~@privileged @resources"]
 RELAY_SIDE = {"labrelay-relay", "labrelay-worker", "labrelay-retention-check", "labrelay-audit-verify"}
-# The commands not merged yet (issue 20): `labrelay agent` (agent helper).
-# strict: the day they land, these pass, and the marker must go.
-PENDING = {"labrelay-agent", "labrelay-agent@"}
 
 Unit = dict[str, dict[str, list[str]]]
 
@@ -213,8 +210,7 @@ def test_every_check_has_a_timer_and_every_timer_a_check() -> None:
 def _cases() -> Iterator[object]:
     for path in SERVICES:
         for command in parse_unit(path)["Service"]["ExecStart"]:
-            marks = [pytest.mark.xfail(strict=True, reason="command not merged yet")] if path.stem in PENDING else []
-            yield pytest.param(command, id=path.name, marks=marks)
+            yield pytest.param(command, id=path.name)
 
 
 @pytest.mark.parametrize("command", list(_cases()))

@@ -38,7 +38,7 @@ def agent(
     from labrelay.agent.settings import agent_settings  # noqa: PLC0415 - beside it
     from labrelay.client.config import find_config  # noqa: PLC0415 - beside it
 
-    explicit = config or getattr(options.current, "config", None)
+    explicit = config or options.current.config
     found = find_config(explicit, None)
     if found is None:
         raise UsageError(
