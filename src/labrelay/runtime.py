@@ -199,21 +199,7 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         auditor.subscribe(detector)
         monitor.start()
         auditor.subscribe(monitor)
-    console = ConsoleService(
-        store=sql.console,
-        transfers=sql.transfers,
-        audit_log=sql.audit,
-        directory=directory,
-        control=control,
-        auditor=auditor,
-        clock=clock,
-        retention=retention_check_for(settings, sql.transfers, payloads, keys, clock),
-        audit_check=AuditCheck(log=sql.audit, relay_key=auditor.relay_public, clock=clock),
-        session_ttl=settings.console_session_ttl,
-        # Every replica holds the relay's key, so every replica opens the sign-in challenges any other sealed.
-        signin_key=relay_key.derive_secret(SIGNIN_KEY_LABEL),
-        signin_limit=settings.console_signin_limit,
-    )
+    console = console_for(settings, sql, directory, control, auditor, clock, payloads, keys, relay_key)
     services = RelayServices(
         console=console,
         auth=auth,
@@ -249,6 +235,35 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         detector=detector,
         alerts=alerts,
         monitor=monitor,
+    )
+
+
+def console_for(
+    settings: RelaySettings,
+    sql: SqlStores,
+    directory: DirectoryService,
+    control: ControlService,
+    auditor: Auditor,
+    clock: Clock,
+    payloads: PayloadStore,
+    keys: KeyStore,
+    relay_key: SigningKey,
+) -> ConsoleService:
+    """The web console's service on the relay's stores (docs/web.md)."""
+    return ConsoleService(
+        store=sql.console,
+        transfers=sql.transfers,
+        audit_log=sql.audit,
+        directory=directory,
+        control=control,
+        auditor=auditor,
+        clock=clock,
+        retention=retention_check_for(settings, sql.transfers, payloads, keys, clock),
+        audit_check=AuditCheck(log=sql.audit, relay_key=auditor.relay_public, clock=clock),
+        session_ttl=settings.console_session_ttl,
+        # Every replica holds the relay's key, so every replica opens the sign-in challenges any other sealed.
+        signin_key=relay_key.derive_secret(SIGNIN_KEY_LABEL),
+        signin_limit=settings.console_signin_limit,
     )
 
 
