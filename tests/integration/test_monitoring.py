@@ -14,7 +14,7 @@ import pytest
 
 from labrelay.operations import audit_export
 from tests.support.alerting import webhook
-from tests.support.world import World, make_world, sent_ids
+from tests.support.world import Scaled, World, make_world, sent_ids
 
 ALERT_KEYS = {"type", "rule", "subject", "at", "count", "threshold", "window_seconds", "locked", "audit_seq", "summary"}
 FAST = {"reaper_interval": '"1s"', "alert_no_fetch_after": '"2s"'}
@@ -27,11 +27,13 @@ def _recorded(world: World, alert: dict) -> dict:
     return rec
 
 
+@pytest.mark.scaled("at scale the leading worker raises them, from the audit log every replica writes")
 def test_a_recipient_that_does_not_fetch_and_its_expired_payload_raise_alerts(
-    tmp_path: Path, relay_factory, cli, batch: Path
+    tmp_path: Path, relay_factory, cli, batch: Path, deployment: Scaled | None
 ) -> None:
     with webhook() as (hook, posts):
-        world = make_world(tmp_path / "w", relay_factory, "--alert-webhook", hook, settings=FAST)
+        settings = {**FAST, "alert_webhook": f'"{hook}"'}
+        world = make_world(tmp_path / "w", relay_factory, settings=settings, scaled=deployment)
         lab = world.party_dir("lab-paris-01")
         sent = cli("send", batch, "--as-is", "--to", "cnam", "--ttl", "6s", "--as", lab, "--server", world.url)
         assert sent.code == 0, str(sent)
