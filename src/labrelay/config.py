@@ -100,6 +100,9 @@ class RelaySettings:
     """``udp://HOST:PORT`` or a local socket such as ``/dev/log`` for alerts to syslog (facility authpriv)."""
     alert_cooldown: timedelta = timedelta(minutes=5)
     """One alert per rule and subject in this span; the audit trail still counts every event."""
+    alert_no_fetch_after: timedelta = timedelta(hours=24)
+    """A recipient that has not listed its inbox for this long while payloads wait for it raises a ``no-fetch``
+    alert (again after as long, if nothing changes). Set it above the longest gap between two fetches."""
     detect_window: timedelta = timedelta(minutes=1)
     """Sliding window of the counting rules (enumeration, bad signatures)."""
     detect_probes: int = 20

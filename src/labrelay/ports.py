@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from labrelay.domain.audit import AuditEntry, AuditEvent, AuditLink, Checkpoint
+from labrelay.domain.delivery import Backlog, BatchTally
 from labrelay.domain.parties import PartyEntry, Revocation
 from labrelay.domain.policy import PolicyWithdrawal
 from labrelay.domain.transfers import QuarantineReason, Transfer, TransferState
@@ -135,6 +136,20 @@ class TransferRepository(Protocol):
 
     def recent(self, limit: int) -> list[Transfer]:
         """The ``limit`` most recently created transfers, newest first (metadata only: the console's list)."""
+        ...
+
+    def backlog(self, now: datetime) -> list[Backlog]:
+        """Per recipient with anything waiting: the payloads available to it now (whole, not held, before their
+        deadline), their bytes, and the earliest time one of them became available. One aggregate query."""
+        ...
+
+    def stored_bytes(self) -> int:
+        """Ciphertext bytes the relay holds: those of every transfer not over yet (held ones included)."""
+        ...
+
+    def batches(self, limit: int, sender: str | None = None) -> list[BatchTally]:
+        """The ``limit`` most recent batches (of ``sender``, or of everyone), newest first, each transfer counted by
+        its ``labrelay.domain.delivery.delivery_outcome``."""
         ...
 
 

@@ -34,6 +34,7 @@ from labrelay.relay.control import ControlService
 from labrelay.relay.delivery import DeliveryService
 from labrelay.relay.detector import DetectionRules, Detector
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.monitoring import DeliveryMonitor, DeliveryStats, MonitorRules
 from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
 from labrelay.relay.recovery import RecoveryService
@@ -103,6 +104,7 @@ class Relay:
     services: RelayServices
     detector: Detector
     alerts: AlertDispatcher
+    monitor: DeliveryMonitor
 
     def app(self) -> FastAPI:
         return create_app(self.services)
@@ -190,25 +192,14 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     auditor.subscribe(metrics.on_audit)
     alerts = alerts_for(settings, alert_webhook)
     detector = Detector(rules=detection_rules(settings), auditor=auditor, control=control, alerts=alerts)
+    monitor = delivery_monitoring(settings, sql, detector, metrics, clock)
     in_process = settings.background == "in-process"
     if in_process:  # otherwise the leading worker tails the shared log (labrelay worker)
         detector.load_history(sql.audit, clock.now())
         auditor.subscribe(detector)
-    console = ConsoleService(
-        store=sql.console,
-        transfers=sql.transfers,
-        audit_log=sql.audit,
-        directory=directory,
-        control=control,
-        auditor=auditor,
-        clock=clock,
-        retention=retention_check_for(settings, sql.transfers, payloads, keys, clock),
-        audit_check=AuditCheck(log=sql.audit, relay_key=auditor.relay_public, clock=clock),
-        session_ttl=settings.console_session_ttl,
-        # Every replica holds the relay's key, so every replica opens the sign-in challenges any other sealed.
-        signin_key=relay_key.derive_secret(SIGNIN_KEY_LABEL),
-        signin_limit=settings.console_signin_limit,
-    )
+        monitor.start()
+        auditor.subscribe(monitor)
+    console = console_for(settings, sql, directory, control, auditor, clock, payloads, keys, relay_key)
     services = RelayServices(
         console=console,
         auth=auth,
@@ -226,6 +217,7 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         audit_log=sql.audit,
         metrics=metrics,
         detector=detector if in_process else None,
+        monitor=monitor if in_process else None,
         alerts=alerts,
         background=in_process,
         metrics_access=settings.metrics,
@@ -235,7 +227,57 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         edge=edge_limits(settings),
     )
     return Relay(
-        settings=settings, sql=sql, payloads=payloads, keys=keys, services=services, detector=detector, alerts=alerts
+        settings=settings,
+        sql=sql,
+        payloads=payloads,
+        keys=keys,
+        services=services,
+        detector=detector,
+        alerts=alerts,
+        monitor=monitor,
+    )
+
+
+def console_for(
+    settings: RelaySettings,
+    sql: SqlStores,
+    directory: DirectoryService,
+    control: ControlService,
+    auditor: Auditor,
+    clock: Clock,
+    payloads: PayloadStore,
+    keys: KeyStore,
+    relay_key: SigningKey,
+) -> ConsoleService:
+    """The web console's service on the relay's stores (docs/web.md)."""
+    return ConsoleService(
+        store=sql.console,
+        transfers=sql.transfers,
+        audit_log=sql.audit,
+        directory=directory,
+        control=control,
+        auditor=auditor,
+        clock=clock,
+        retention=retention_check_for(settings, sql.transfers, payloads, keys, clock),
+        audit_check=AuditCheck(log=sql.audit, relay_key=auditor.relay_public, clock=clock),
+        session_ttl=settings.console_session_ttl,
+        # Every replica holds the relay's key, so every replica opens the sign-in challenges any other sealed.
+        signin_key=relay_key.derive_secret(SIGNIN_KEY_LABEL),
+        signin_limit=settings.console_signin_limit,
+    )
+
+
+def delivery_monitoring(
+    settings: RelaySettings, sql: SqlStores, detector: Detector, metrics: RelayMetrics, clock: Clock
+) -> DeliveryMonitor:
+    """The delivery monitor (its alerts raised through ``detector``), and the backlog gauges on ``metrics``."""
+    metrics.watch_backlog(DeliveryStats(transfers=sql.transfers, directory=sql.directory, clock=clock).snapshot)
+    return DeliveryMonitor(
+        MonitorRules(no_fetch_after=settings.alert_no_fetch_after, cooldown=settings.alert_cooldown),
+        transfers=sql.transfers,
+        audit_log=sql.audit,
+        alerts=detector,
+        clock=clock,
     )
 
 
@@ -281,15 +323,18 @@ def edge_limits(settings: RelaySettings) -> EdgeLimits:
 
 
 def worker_for(relay: Relay, clock: Clock, *, tick: float) -> Worker:
-    """``labrelay worker``'s jobs on ``relay``: the reaper, detection over the shared audit log, the checkpointer
-    (its witness: the checkpoints file of the settings) and nonce pruning, run by whichever worker leads."""
+    """``labrelay worker``'s jobs on ``relay``: the reaper, detection and the delivery monitor over the shared audit
+    log, the checkpointer (its witness: the checkpoints file of the settings) and nonce pruning, run by whichever
+    worker leads."""
     settings, services = relay.settings, relay.services
     witness = FileWitness(settings.witness_path, settings.public_url or f"labrelay:{settings.data_dir}")
-    tail = AuditTail(audit_log=relay.sql.audit, detector=relay.detector, clock=clock)
+    tail = AuditTail(audit_log=relay.sql.audit, detector=relay.detector, clock=clock, also=[relay.monitor])
     checkpointer = Checkpointer(audit_log=relay.sql.audit, alerts=relay.alerts, clock=clock, witness=witness)
     jobs = [
         Job("detector", 1.0, tail.run, tail.start),
         Job("reaper", settings.reaper_interval.total_seconds(), services.reaper.run_once),
+        # after the tail has fed it the reaper's expiries; its no-fetch check is one aggregate query
+        Job("monitor", settings.reaper_interval.total_seconds(), relay.monitor.run, relay.monitor.start),
         Job("checkpointer", settings.checkpoint_interval.total_seconds(), checkpointer.run, checkpointer.start),
         Job("nonces", 60.0, services.auth.prune_nonces),
     ]

@@ -541,3 +541,30 @@ def test_a_sign_in_answer_counts_only_with_its_own_cookie_and_only_once(console:
         assert len(refusals) == 5
     finally:
         other.close()
+
+
+def test_the_overview_counts_each_batch_from_the_relays_metadata(console: Console, cli, batch: Path) -> None:
+    """Per batch, n of m delivered: the relay reads the batch id of each signed manifest it holds (never a payload)."""
+    world = console.world
+    lab = world.party_dir("lab-paris-01")
+    sent = cli("send", batch, "--to", "cnam", "--to", "ars-11", "--dpo", "dpo", "--as", lab, "--server", world.url)
+    assert sent.code == 0, str(sent)
+    got = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", world.root / "in")
+    assert got.code == 0, str(got)
+    key = passkey(console)
+    console.enrol("audit-01", key)
+    assert console.signin(key).status_code == 200
+    [tally] = console.http.get("/console/api/overview").json()["batches"]
+    [batch_id] = {row[0] for row in world.db("SELECT batch_id FROM transfers")}
+    assert tally == {
+        "batch_id": batch_id,
+        "sender": "lab-paris-01",
+        "created": tally["created"],
+        "total": 2,
+        "delivered": 1,
+        "waiting": 1,
+        "refused": 0,
+        "expired": 0,
+        "held": 0,
+        "failed": 0,
+    }

@@ -538,6 +538,9 @@ def test_the_console_shows_an_enumeration_alert_and_a_freeze_taking_effect(
     alerts = tab.page.locator("#alerts").inner_text()
     assert "Transfer enumeration" in alerts
     assert "cnam" in alerts
+    batches = tab.page.locator("#batches").inner_text()  # the routed send above: one batch, nothing fetched yet
+    assert "0 of 1 delivered" in batches
+    assert "1 waiting" in batches
 
     tab.page.locator("#freeze").click()
     tab.wait_status("ok")

@@ -123,6 +123,22 @@ async function dashboard(main, me) {
     t("console.noTransfers"),
   );
 
+  // Batches: one send each (the manifests' batch_id, which the relay holds in clear): n of m delivered
+  const outcomes = ["waiting", "refused", "expired", "held", "failed"];
+  const batches = table(
+    "batches",
+    [t("col.batch"), t("col.sender"), t("col.created"), t("col.delivered"), t("col.rest")],
+    (data.batches ?? []).map((b) => [
+      el("code", { title: b.batch_id }, b.batch_id.slice(0, 8)),
+      b.sender,
+      when(b.created),
+      el("span", { class: `state ${b.delivered === b.total ? "delivered" : "available"}` },
+        t("batch.delivered", { n: b.delivered, m: b.total })),
+      outcomes.filter((o) => b[o]).map((o) => `${b[o]} ${t(`outcome.${o}`)}`).join(", ") || "—",
+    ]),
+    t("console.noBatches"),
+  );
+
   // Retention
   const retentionOut = el("div", { id: "retention-result" });
   const retention = [
@@ -205,6 +221,7 @@ async function dashboard(main, me) {
     el("div", { class: "row" }, state, freeze, signout),
     el("p", { class: "hint" }, t("console.quarantined", { n: data.quarantined }), " · ", t("console.asOf", { at: when(data.now) })),
     section("alerts-section", t("console.alerts"), alerts),
+    section("batches-section", t("console.batches"), batches),
     section("transfers-section", t("console.transfers"), transfers),
     el("div", { class: "cols" }, section("retention-section", t("console.retention"), retention),
       section("audit-section", t("console.audit"), audit)),

@@ -14,6 +14,7 @@ from labrelay.client.keystore import Party
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto.envelopes import envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.delivery import BatchTally, delivery_outcome, tally
 from labrelay.domain.parties import RECEIVING_ROLES
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 from labrelay.domain.transfers import MANIFEST_TYPE, RECEIPT_TYPE, REFUSAL_TYPE, Manifest, Receipt, TransferRefusal
@@ -32,6 +33,11 @@ class OutboxItem:
     refusal: TransferRefusal | None = None
     held: str | None = None  # the relay's word: why it holds the transfer (admin, revoked, refused, corrupt)
     held_at: str | None = None
+
+    @property
+    def outcome(self) -> str:
+        """What became of it (``labrelay.domain.delivery.OUTCOMES``), as the console counts it too."""
+        return delivery_outcome(self.state, refused=self.refusal is not None, held=self.held is not None)
 
     def line(self) -> str:
         state = "held" if self.held is not None and self.receipt is None else self.state
@@ -143,3 +149,14 @@ def verified_outbox(party: Party, client: RelayClient, clock: Clock) -> tuple[li
         except LabrelayError as exc:
             problems.append(f"{transfer_id}: {exc.diagnostics()}")
     return items, problems
+
+
+def batches_of(items: list[OutboxItem]) -> list[BatchTally]:
+    """Per batch (the manifests' ``batch_id``: one ``send``), how many of its transfers were delivered, are waiting,
+    were refused, expired, are held or failed; newest batch first. From verified items only."""
+    return tally((i.manifest.batch_id, i.manifest.sender, i.manifest.created, i.outcome, 1) for i in items)
+
+
+def in_batches(items: list[OutboxItem], prefix: str) -> list[OutboxItem]:
+    """The items of the batches whose id begins with ``prefix`` (as ``fetch`` and ``receipts --batch`` print it)."""
+    return [i for i in items if i.manifest.batch_id.startswith(prefix.lower())]

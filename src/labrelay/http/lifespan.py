@@ -3,7 +3,7 @@
 At start: the frozen gauge, the upload threads, the edge's limit reports (``limit:hit`` audit events), and, in the
 embedded default, one reaper pass before the first request is served. Beside the requests: nonce pruning, the cut
 sweep (uploads and downloads of parties that may no longer act are closed) and, in the embedded default, the reaper
-every ``reaper_interval``. At stop: ``relay:stop`` in the audit trail, the alert sinks closed.
+and the delivery monitor every ``reaper_interval``. At stop: ``relay:stop`` in the audit trail, the alert sinks closed.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ async def _start(services: RelayServices) -> None:
 
 async def _reap(services: RelayServices) -> None:
     while True:
+        await _monitor(services)  # after each reaper pass (the start's included): its expiries, then no-fetch
         await asyncio.sleep(services.reaper_interval)
         try:
             await run_in_threadpool(services.reaper.run_once)
@@ -104,6 +105,16 @@ async def _reap(services: RelayServices) -> None:
                 await run_in_threadpool(
                     services.auditor.record, AuditEvent.REAPER_RUN, outcome=Outcome.ERROR, reason=type(exc).__name__
                 )
+
+
+async def _monitor(services: RelayServices) -> None:
+    """The delivery monitor's check (labrelay.relay.monitoring): undelivered payloads, recipients not fetching."""
+    if services.monitor is None:
+        return
+    try:
+        await run_in_threadpool(services.monitor.run)
+    except Exception as exc:  # noqa: BLE001 - the monitor outlives any one failure (the database away, a bug)
+        log.error("delivery monitor failed", error=type(exc).__name__)
 
 
 async def _cut_sweep(services: RelayServices, edge: EdgeState) -> None:

@@ -1,19 +1,93 @@
-"""Prometheus metrics: counts and latencies, never an identifier (no party name, no transfer id, no address).
+"""Prometheus metrics: counts and latencies, never a transfer id or an address.
 
-Labels are drawn from fixed vocabularies only: the route *template* (``/v1/transfers/{transfer_id}/payload``),
-the method, the status code, the audit event name and outcome, the detection rule.
+Labels are drawn from fixed vocabularies: the route *template* (``/v1/transfers/{transfer_id}/payload``), the
+method, the status code, the audit event name and outcome, the detection rule; and one bounded set of names, the
+recipients of the backlog gauges. A recipient is an organisation registered in the public directory (CNAM, an ARS),
+not a person: its name is public, there are a few dozen at most, and "what waits for whom" is what an operator
+must see (a lab, the sender, is never a label). The backlog gauges come from the database (one aggregate query,
+cached ``BACKLOG_TTL`` seconds), so every replica reports the same numbers.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from labrelay.domain.audit import AuditEvent, AuditLink
+from labrelay.relay.monitoring import BacklogSnapshot
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+BACKLOG_TTL = 5.0
+"""Seconds one backlog query serves scrapes for: a flood of /metrics requests costs the database one query per
+``BACKLOG_TTL`` per replica."""
+log = structlog.get_logger("labrelay.metrics")
+
+
+class BacklogCollector(Collector):
+    """The backlog gauges, read from ``source`` (the database) at scrape time, at most once per ``ttl`` seconds;
+    nothing when the database does not answer (a scrape never fails for it)."""
+
+    def __init__(self, source: Callable[[], BacklogSnapshot], ttl: float = BACKLOG_TTL) -> None:
+        self._source = source
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._cached: tuple[float, BacklogSnapshot] | None = None
+
+    def _snapshot(self) -> BacklogSnapshot | None:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self._ttl:
+                try:
+                    self._cached = (now, self._source())
+                except Exception as exc:  # noqa: BLE001 - a scrape reports the rest when the database is away
+                    log.error("backlog gauges unavailable", error=type(exc).__name__)
+                    return None
+            return self._cached[1]
+
+    def describe(self) -> Iterator[Metric]:
+        """The gauges' names, without a query (the registry asks when the collector is registered)."""
+        yield from self._families(BacklogSnapshot([], 0))
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self._snapshot()
+        if snapshot is not None:
+            yield from self._families(snapshot)
+
+    def _families(self, snapshot: BacklogSnapshot) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "labrelay_backlog_transfers",
+            "Payloads waiting for each recipient (available to it now)",
+            labels=["recipient"],
+        )
+        size = GaugeMetricFamily(
+            "labrelay_backlog_bytes", "Ciphertext bytes waiting for each recipient", labels=["recipient"]
+        )
+        oldest = GaugeMetricFamily(
+            "labrelay_backlog_oldest_timestamp_seconds",
+            "When the oldest payload waiting for each recipient became available (Unix time; absent when none)",
+            labels=["recipient"],
+        )
+        for backlog in snapshot.backlogs:
+            waiting.add_metric([backlog.recipient], backlog.waiting)
+            size.add_metric([backlog.recipient], backlog.bytes)
+            if backlog.oldest is not None:
+                oldest.add_metric([backlog.recipient], backlog.oldest.timestamp())
+        yield waiting
+        yield size
+        yield oldest
+        yield GaugeMetricFamily(
+            "labrelay_stored_bytes",
+            "Ciphertext bytes the relay holds (every transfer not over yet, held ones included)",
+            value=snapshot.stored_bytes,
+        )
 
 
 class EdgeCounts(Protocol):
@@ -73,6 +147,10 @@ class RelayMetrics:
         gauges["connections_closed_slow"].set_function(lambda: edge.closed_slow)
         gauges["uploads_in_progress"].set_function(lambda: edge.uploads_in_progress)
         gauges["limit_reports_suppressed"].set_function(lambda: edge.suppressed)
+
+    def watch_backlog(self, source: Callable[[], BacklogSnapshot], ttl: float = BACKLOG_TTL) -> None:
+        """Report the backlog gauges from ``source`` (``labrelay.relay.monitoring.DeliveryStats.snapshot``)."""
+        self.registry.register(BacklogCollector(source, ttl))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -16,6 +16,7 @@ from labrelay.relay.control import ControlService
 from labrelay.relay.delivery import DeliveryService
 from labrelay.relay.detector import Detector
 from labrelay.relay.directory import DirectoryService
+from labrelay.relay.monitoring import DeliveryMonitor
 from labrelay.relay.policies import PolicyService
 from labrelay.relay.reaper import Reaper
 from labrelay.relay.recovery import RecoveryService
@@ -40,6 +41,8 @@ class RelayServices:
     audit_log: AuditLog
     metrics: RelayMetrics
     detector: Detector | None = None
+    monitor: DeliveryMonitor | None = None
+    """The delivery monitor (undelivered, no-fetch), when this process runs the background (the embedded default)."""
     alerts: AlertDispatcher | None = None
     console: ConsoleService | None = None
     """The web console (passkeys, sessions, the pages' metadata); None: no console, the API alone."""

@@ -55,6 +55,7 @@ SIGNIN_LIMIT = 30  # sign-in requests (starts and answers) per address and minut
 SIGNIN_KEY_LABEL = b"console-signin-challenges"  # the relay key's derived secret that seals sign-in challenges
 SESSION_TTL = timedelta(minutes=30)
 TRANSFERS_SHOWN = 200
+BATCHES_SHOWN = 50
 ALERTS_SINCE = timedelta(days=8)
 CONSOLE_ACTIONS = (AdminAction.FREEZE, AdminAction.UNFREEZE, AdminAction.REVOKE, AdminAction.UNLOCK)
 
@@ -399,6 +400,8 @@ class ConsoleService:
             "locks": status["locks"],
             "quarantined": status["quarantined"],
             "transfers": [_transfer_doc(r, now) for r in transfers],
+            # per batch (the manifests' batch_id, which the relay holds in clear): n of m delivered, and the rest
+            "batches": [b.as_dict() for b in self._transfers.batches(BATCHES_SHOWN)],
             "alerts": list(reversed(alerts))[:50],
             "retention": {
                 "open": len(open_),

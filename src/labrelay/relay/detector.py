@@ -45,7 +45,7 @@ from typing import Any
 
 import structlog
 
-from labrelay.domain.audit import AuditEvent, AuditLink, Outcome
+from labrelay.domain.audit import AuditEvent, AuditLink, DetailValue, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.timeutil import format_duration
 from labrelay.ports import AuditLog
@@ -244,7 +244,7 @@ class Detector:
             audit_seq=0,
             summary=summary + (f"; {trip.subject} is locked" if locked else ""),
         )
-        self._emit(alert, actor=trip.subject if trip.signed else None)
+        self.emit(alert, actor=trip.subject if trip.signed else None)
 
     def _noticed(self, rec: AuditLink) -> bool:
         """Events that raise an alert each, with no threshold (a recipient's refusal, a stored payload failing its
@@ -290,10 +290,11 @@ class Detector:
             audit_seq=0,
             summary=summary,
         )
-        self._emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, **extra)
+        self.emit(alert, actor=None, transfer_id=entry.transfer_id, recipient=entry.actor, **extra)
 
-    def _emit(self, alert: Alert, *, actor: str | None, transfer_id: str | None = None, **extra: str | None) -> None:
-        """Record the alert as an audit event (its sequence number goes with it), then hand it to the sinks."""
+    def emit(self, alert: Alert, *, actor: str | None, transfer_id: str | None = None, **extra: DetailValue) -> None:
+        """Record the alert as an audit event (its sequence number goes with it), then hand it to the sinks. Also
+        what the delivery monitor (``labrelay.relay.monitoring``) raises its alerts through."""
         try:
             rec = self._audit.record(
                 AuditEvent.ALERT_RAISE,

@@ -36,7 +36,13 @@ class RecoveryService:
             expired = Decision(
                 AuditEvent.TRANSFER_EXPIRE,
                 transfer.sender,
-                details={"was": transfer.state.value, "deadline": int(transfer.deadline.timestamp())},
+                details={
+                    "was": transfer.state.value,
+                    "deadline": int(transfer.deadline.timestamp()),
+                    # what the delivery monitor's undelivered alert reads (labrelay.relay.monitoring)
+                    "recipient": transfer.recipient,
+                    "held": transfer.held_because.value if transfer.held_because is not None else None,
+                },
             )
             with self._access.lock(transfer.transfer_id):
                 if not self._access.close(
@@ -113,7 +119,13 @@ class RecoveryService:
                 return 1
             if self._access.move(transfer_id, TransferEvent.BYTES_LOST, now):
                 self._audit.record(
-                    AuditEvent.TRANSFER_EXPIRE, actor=current.sender, transfer_id=transfer_id, reason="bytes-lost"
+                    AuditEvent.TRANSFER_EXPIRE,
+                    actor=current.sender,
+                    transfer_id=transfer_id,
+                    reason="bytes-lost",
+                    was=current.state.value,
+                    recipient=current.recipient,
+                    held=current.held_because.value if current.held_because is not None else None,
                 )
                 return 1
         return 0

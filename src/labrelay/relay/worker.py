@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from labrelay.domain.audit import GENESIS, AuditEvent, Checkpoint, Outcome, verify_chain
+from labrelay.domain.audit import GENESIS, AuditEvent, AuditLink, Checkpoint, Outcome, verify_chain
 from labrelay.errors import LabrelayError
 from labrelay.ports import AuditLog, Clock, Leader, Witness
 from labrelay.relay.alerts import Alert, AlertDispatcher
@@ -38,13 +38,29 @@ class Job:
 
 
 class AuditTail:
-    """Feeds the detector every audit link appended by any process, in order, from where it started."""
+    """Feeds the detector (and the ``also`` listeners: the delivery monitor) every audit link appended by any
+    process, in order, from where it started."""
 
-    def __init__(self, audit_log: AuditLog, detector: Detector, clock: Clock) -> None:
+    def __init__(
+        self,
+        audit_log: AuditLog,
+        detector: Detector,
+        clock: Clock,
+        also: Sequence[Callable[[AuditLink], None]] = (),
+    ) -> None:
         self._log = audit_log
         self._detector = detector
         self._clock = clock
+        self._also = list(also)
         self.position = 0
+
+    def _feed(self, rec: AuditLink) -> None:
+        self._detector(rec)
+        for listener in self._also:
+            try:
+                listener(rec)
+            except Exception as exc:  # noqa: BLE001 - a listener's failure must not stop detection
+                log.error("audit listener failed", error=type(exc).__name__)
 
     def start(self) -> None:
         """On winning leadership: the volume history, then the links of the last detection window (a previous
@@ -54,13 +70,13 @@ class AuditTail:
         head = self._log.checkpoint("head")
         self.position = head.seq if head is not None else 0
         for rec in self._log.links_since(now - self._detector.rules.window):
-            self._detector(rec)
+            self._feed(rec)
             self.position = max(self.position, rec.seq)  # appended since the head was read: fed once, not twice
 
     def run(self) -> int:
         seen = 0
         for rec in self._log.links(self.position):
-            self._detector(rec)
+            self._feed(rec)
             self.position = rec.seq
             seen += 1
         return seen

@@ -24,7 +24,7 @@ from labrelay.client.fetch import FetchReport, acknowledge, fetch_all
 from labrelay.client.keystore import Party
 from labrelay.client.lock import party_lock
 from labrelay.client.progress import Stopwatch
-from labrelay.client.receipts import verified_outbox
+from labrelay.client.receipts import batches_of, in_batches, verified_outbox
 from labrelay.clock import SystemClock
 from labrelay.errors import IntegrityError, UsageError
 
@@ -154,22 +154,47 @@ def receipt(
     ui.out.print(f"receipt sent for {transfer_id}", markup=False)
 
 
-def receipts(as_: AsOpt, server: ServerOpt, json_out: JsonOpt = False, cacert: CaOpt = None) -> None:
-    """The sender's transfers and their recipients' signed receipts or refusals, verified."""
+BatchOpt = Annotated[
+    bool,
+    typer.Option("--batch", help='Per batch (one send): "n of m delivered", and how many wait, were refused, expired.'),
+]
+BatchIdOpt = Annotated[
+    str | None,
+    typer.Option("--batch-id", help="Only the batches whose id begins with this (as fetch and --batch print it)."),
+]
+
+
+def receipts(
+    as_: AsOpt,
+    server: ServerOpt,
+    batch: BatchOpt = False,
+    batch_id: BatchIdOpt = None,
+    json_out: JsonOpt = False,
+    cacert: CaOpt = None,
+) -> None:
+    """The sender's transfers and their recipients' signed receipts or refusals, verified; with --batch, per batch."""
 
     ui.json_output.enabled = json_out
     party = Party.load(as_)
     with party_client(server, party, cacert) as client:
         items, problems = verified_outbox(party, client, SystemClock())
-    for item in items:
-        ui.json_output.say(item.line())
+    if batch_id is not None:
+        items = in_batches(items, batch_id)
+        if not items:
+            raise UsageError(f"no batch whose id begins with {batch_id!r}", hint="labrelay receipts --batch lists them")
+    tallies = batches_of(items) if batch else []
+    for tallied in tallies:
+        ui.json_output.say(tallied.line())
+    if not batch or batch_id is not None:
+        for item in items:
+            ui.json_output.say(("  " if batch else "") + item.line())
     for problem in problems:
         ui.err.print(f"labrelay: refused: {problem}", markup=False)
+    doc = {"command": "receipts", "transfers": [i.as_dict() for i in items], "problems": problems}
+    if batch:
+        doc["batches"] = [t.as_dict() for t in tallies]
     if problems:
         error = IntegrityError(f"{len(problems)} receipt(s) or refusal(s) failed verification")
-        ui.json_output.emit(
-            {"command": "receipts", "transfers": [i.as_dict() for i in items], "problems": problems},
-            ui.exit_code_for(error),
-        )
+        ui.json_output.emit(doc, ui.exit_code_for(error))
         raise error
-    ui.json_output.emit({"command": "receipts", "transfers": [i.as_dict() for i in items], "problems": []})
+    ui.json_output.emit(doc)

@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
+from labrelay.domain.delivery import Backlog, BatchTally, delivery_outcome, tally
 from labrelay.domain.timeutil import from_epoch, to_epoch
 from labrelay.domain.transfers import Manifest, QuarantineReason, Transfer, TransferState
 from labrelay.errors import Conflict
@@ -135,6 +136,49 @@ class SqlTransfers:
         with self._db.connect() as conn:
             rows = conn.execute(select(t).order_by(t.c.created_at.desc(), t.c.id).limit(limit))
             return [_transfer(r) for r in rows]
+
+    def backlog(self, now: datetime) -> list[Backlog]:
+        t = schema.transfers
+        q = (
+            select(t.c.recipient, func.count(), func.sum(t.c.size), func.min(t.c.updated_at))
+            .where(
+                t.c.state == TransferState.AVAILABLE.value,
+                t.c.quarantined_at.is_(None),
+                t.c.deadline > to_epoch(now),
+            )
+            .group_by(t.c.recipient)
+            .order_by(t.c.recipient)
+        )
+        with self._db.connect() as conn:
+            rows = conn.execute(q).all()
+        # updated_at of an available transfer that is not held: when it was published (its last change)
+        return [Backlog(name, int(n), int(size or 0), from_epoch(int(since))) for name, n, size, since in rows]
+
+    def stored_bytes(self) -> int:
+        t = schema.transfers
+        held = case((t.c.state == TransferState.AVAILABLE.value, t.c.size), else_=t.c.uploaded)
+        with self._db.connect() as conn:
+            total = conn.execute(select(func.sum(held)).where(t.c.state.in_(OPEN_STATES))).scalar()
+        return int(total or 0)
+
+    def batches(self, limit: int, sender: str | None = None) -> list[BatchTally]:
+        t = schema.transfers
+        recent = select(t.c.batch_id).group_by(t.c.batch_id).order_by(func.max(t.c.created_at).desc()).limit(limit)
+        if sender is not None:
+            recent = recent.where(t.c.sender == sender)
+        refused = t.c.refusal_envelope.is_not(None)
+        held = t.c.quarantined_at.is_not(None)
+        q = (
+            select(t.c.batch_id, t.c.sender, func.min(t.c.created_at), t.c.state, refused, held, func.count())
+            .where(t.c.batch_id.in_(recent.scalar_subquery()))
+            .group_by(t.c.batch_id, t.c.sender, t.c.state, refused, held)
+        )
+        with self._db.connect() as conn:
+            rows = conn.execute(q).all()
+        return tally(
+            (batch, who, from_epoch(int(created)), delivery_outcome(state, refused=bool(r), held=bool(h)), int(n))
+            for batch, who, created, state, r, h, n in rows
+        )
 
     def open_past(self, now: datetime) -> list[Transfer]:
         t = schema.transfers
