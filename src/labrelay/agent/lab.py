@@ -68,12 +68,26 @@ class LabWorker(Worker):
                 self.sweep()
 
     def run_once(self) -> bool:
-        files = scan(self.settings.outbox)
-        self.status.set_backlog(len(files))
-        for name in settled(files, self.settings.stable_for, time.time()):
-            if self.ctx.stop.is_set():
+        """Take every complete file once: one last modified ``stable_for`` ago at once, a younger one after
+        watching it stay still for ``stable_for`` (a file just renamed from ``.part`` keeps its write time); a file
+        still changing after three times that is left to the next run."""
+        stable_for = self.settings.stable_for
+        give_up = time.monotonic() + 3 * stable_for
+        tried: set[str] = set()
+        while not self.ctx.stop.is_set():
+            files = {name: snap for name, snap in scan(self.settings.outbox).items() if name not in tried}
+            self.status.set_backlog(len(files))
+            ready = set(settled(files, stable_for, time.time())) | set(self.complete.ready(files))
+            for name in sorted(ready):
+                if self.ctx.stop.is_set():
+                    break
+                tried.add(name)
+                self.take(name, once=True)
+            if not set(files) - ready or time.monotonic() >= give_up:
                 break
-            self.take(name, once=True)
+            self.ctx.stop.wait(min(0.5, max(0.05, stable_for / 4)))
+        for name in set(scan(self.settings.outbox)) - tried:
+            self.emit("file.settling", file=name)  # still being written: the next run takes it
         self.status.set_backlog(len(scan(self.settings.outbox)))
         return self.worst == 0
 
