@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from labrelay.domain.delivery import BatchTally, delivery_outcome
 from labrelay.domain.parties import Role
 from labrelay.domain.transfers import QuarantineReason
@@ -128,3 +130,21 @@ def test_a_refused_or_expired_transfer_is_counted_once() -> None:
     assert delivery_outcome("uploading", refused=False, held=False) == "waiting"
     assert delivery_outcome("cancelled", refused=False, held=False) == "failed"
     assert BatchTally("b", "lab", T0, {}).total == 0
+
+
+def test_an_undelivered_alert_that_cannot_be_raised_is_kept_for_the_next_pass(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab, cnam, _ = _members(setup)
+    for ttl in (timedelta(hours=1), timedelta(hours=1, minutes=1)):
+        envelope, data = setup.seal(lab, cnam, b"x" * 500, ttl=ttl)
+        setup.upload(lab, envelope, data)
+    setup.clock.advance(timedelta(hours=1, minutes=2))
+    setup.relay.services.reaper.run_once()
+    monitor = setup.relay.monitor
+    emit = monitor._alerts.emit
+    monkeypatch.setattr(monitor._alerts, "emit", lambda *a, **k: (_ for _ in ()).throw(OSError("audit down")))
+    assert monitor.run() == 0  # the audit trail refused the alert: nothing raised, nothing lost
+    monkeypatch.setattr(monitor._alerts, "emit", emit)
+    assert monitor.run() == 1  # the next pass raises it, at once (no cooldown was spent), counting both
+    assert [a.count for a in _alerts(setup, "undelivered")] == [2]

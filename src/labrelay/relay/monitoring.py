@@ -119,25 +119,37 @@ class DeliveryMonitor:
                 for r in list(self._expired)
                 if self._cooled(UNDELIVERED, r, now, self.rules.cooldown)
             }
+        raised = 0
         for recipient, expired in due.items():
-            ids = [transfer for transfer, _ in expired]
-            senders = sorted({sender for _, sender in expired})
-            named = ", ".join(ids[:NAMED]) + (f" and {len(ids) - NAMED} more" if len(ids) > NAMED else "")
-            summary = (
-                f"{len(ids)} payload(s) waiting for {recipient} expired before it received them (from "
-                f"{', '.join(senders)}; transfer(s) {named}): the relay deleted them; their sender(s) must send "
-                f"again once {recipient} fetches"
-            )
-            alert = _alert(UNDELIVERED, recipient, now, len(ids), 1, 0, summary)
-            self._alerts.emit(
-                alert,
-                actor=None,
-                transfer_id=ids[0] if len(ids) == 1 else None,
-                recipient=recipient,
-                transfers=",".join(ids[:NAMED]),
-                senders=",".join(senders),
-            )
-        return len(due)
+            try:
+                self._raise_undelivered(recipient, expired, now)
+            except Exception as exc:  # noqa: BLE001 - kept for the next pass, and the other recipients' go on
+                log.error("alert could not be raised", rule=UNDELIVERED, error=type(exc).__name__)
+                with self._guard:
+                    self._expired[recipient] = expired + self._expired.get(recipient, [])
+                    self._last_alert.pop((UNDELIVERED, recipient), None)
+            else:
+                raised += 1
+        return raised
+
+    def _raise_undelivered(self, recipient: str, expired: list[tuple[str, str]], now: datetime) -> None:
+        ids = [transfer for transfer, _ in expired]
+        senders = sorted({sender for _, sender in expired})
+        named = ", ".join(ids[:NAMED]) + (f" and {len(ids) - NAMED} more" if len(ids) > NAMED else "")
+        summary = (
+            f"{len(ids)} payload(s) waiting for {recipient} expired before it received them (from "
+            f"{', '.join(senders)}; transfer(s) {named}): the relay deleted them; their sender(s) must send "
+            f"again once {recipient} fetches"
+        )
+        alert = _alert(UNDELIVERED, recipient, now, len(ids), 1, 0, summary)
+        self._alerts.emit(
+            alert,
+            actor=None,
+            transfer_id=ids[0] if len(ids) == 1 else None,
+            recipient=recipient,
+            transfers=",".join(ids[:NAMED]),
+            senders=",".join(senders),
+        )
 
     def _no_fetch(self, backlog: Backlog, now: datetime) -> int:
         if backlog.oldest is None:
