@@ -45,6 +45,7 @@ def recipient(tmp_path: Path, *, hook: tuple[str, ...] = (), stop: threading.Eve
         party=tmp_path / "party", inbox=tmp_path / "inbox", hook=hook, hook_timeout=30.0, retry=Retry(3, 0.01, 0.02)
     )
     w.started = 0.0
+    w.recovered = False
     w.backoff = None  # type: ignore[assignment]
     return w
 
