@@ -66,6 +66,7 @@ SAFE_TEXT_BY_CODE = {
     "storage-full": "no space left where labrelay writes",
     "frozen": "the relay is frozen by its administrator",
     "unreadable": "an input file could not be read",
+    "stopping": "the agent is stopping: left for the next start",
 }
 
 

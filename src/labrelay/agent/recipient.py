@@ -6,7 +6,8 @@ Polling every ``poll`` (±20 %), backing off exponentially (with jitter) after a
 unfinished. Events: ``payload.fetched`` per file written, ``payload.declined`` (a duplicate of a source received
 before), ``payload.refused`` (a payload that failed a check: refused to the relay once, never retried),
 ``payload.failed`` (not finished now: next pass), ``fetch.failed`` (the whole pass), ``identity.destroyed``,
-``hook.done`` and ``hook.failed``.
+``hook.done``, ``hook.failed``, ``hook.interrupted``, ``hook.deferred`` and ``fetch.stopped`` (a stop cut the
+client's retries short).
 
 The hook is a command (a list, no shell) run with the manifest's fields in its environment (``LABRELAY_FILE``,
 ``LABRELAY_MANIFEST``, ``LABRELAY_TRANSFER_ID``, ``LABRELAY_SENDER``, ``LABRELAY_BATCH_ID``, ``LABRELAY_RECORDS``,
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from labrelay.agent.policy import Backoff, classify, error_fields, jittered
 from labrelay.agent.settings import RecipientSettings
-from labrelay.agent.worker import Context, Worker
+from labrelay.agent.worker import Context, Stopping, Worker
 from labrelay.client.fetch import SOURCES_FILE, Fetched, FetchReport, fetch_all, journal_entry
 from labrelay.client.keystore import Party
 from labrelay.crypto.envelopes import envelope_payload
@@ -74,6 +75,9 @@ class RecipientWorker(Worker):
                     self.party, self.client, self.settings.inbox, self.ctx.clock, output_format=self.settings.format
                 )
                 destroyed = self._retire()
+        except Stopping:
+            self.emit("fetch.stopped")  # a stop cut a retry's wait short: what waits is fetched at the next start
+            return False
         except Exception as exc:  # noqa: BLE001 - never fatal: said, counted, and the next pass backs off
             fields = error_fields(exc)
             self.status.failed(fields)
