@@ -202,9 +202,12 @@ def test_a_security_refusal_is_never_retried_whatever_its_message() -> None:
 def test_log_fields_of_an_unexpected_error_carry_only_its_type() -> None:
     assert error_fields(ValueError("NIR 1850775123456 bad")) == {
         "kind": "internal",
-        "message": "internal error (ValueError)",
+        "error_class": "internal",
+        "error_type": "ValueError",
+        "exit_code": 1,
+        "message": "an unexpected error: only its type is logged",
     }
-    assert error_fields(Unavailable("down", hint="later"))["message"] == "down (later)"
+    assert error_fields(Unavailable("down", hint="later"))["message"] == "the relay could not be reached or was busy"
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_cap() -> None:

@@ -1,10 +1,10 @@
 """The agent's log: one JSON object a line on stdout, for journald, a log shipper or a test to read.
 
 Each event has ``ts`` (RFC 3339, UTC), ``event`` and, when it concerns one, ``party``; then ids (file name,
-transfer, batch), counts, and for failures the error's ``kind`` (its stable code) and one-line ``message``. Never a
-record's contents: the fields come from file names, manifests' metadata and labrelay's own error messages, which
-name files, parties and ids only. Non-ASCII and control characters are escaped (``\\uXXXX``), so a file name cannot
-forge a line of its own.
+transfer, batch), counts, and for failures ``policy.error_fields``: the error's ``kind`` (its stable code), its
+``error_class``, ``error_type`` and ``exit_code``, and a fixed ``message`` chosen by its class, never the error's own
+text (a message may quote what an input held: a header row that was a patient's record). Never a record's contents.
+Non-ASCII and control characters are escaped (``\\uXXXX``), so a file name cannot forge a line of its own.
 """
 
 from __future__ import annotations

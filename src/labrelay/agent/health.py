@@ -1,13 +1,18 @@
 """What the agent tells a supervisor: a status per party, Prometheus metrics in a registry of the agent's own, and
 a loopback-only HTTP listener serving both (``GET /health``: JSON, 200 while every party's thread runs, else 503;
-``GET /metrics``: the Prometheus text format)."""
+``GET /metrics``: the Prometheus text format).
+
+Any local user can connect to a loopback port, and a web page can reach one through DNS rebinding (a name of the
+attacker's that resolves to 127.0.0.1): so the listener answers only a request whose ``Host`` names the loopback
+itself (``127.0.0.1``, ``[::1]`` or ``localhost``, with the listener's port; anything else: 421), and serves codes
+and counts only: no message, no file name, no path (those are in the JSON log, and the lab's reason files)."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -57,6 +62,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# What /health may show of a failure: codes and counts (see ``policy.error_fields``), never a message or a path.
+FAILURE_KEYS = ("kind", "error_class", "error_type", "exit_code")
+HOOK_FAILURE_KEYS = ("reason", "exit_code", "timeout")
+
+
 class Status:
     """One party's state for /health; updated by its thread, read by the listener's."""
 
@@ -66,7 +76,7 @@ class Status:
         self._lock = threading.Lock()
         self.alive = False
         self.last_success: str | None = None
-        self.last_failure: dict[str, str] | None = None
+        self.last_failure: dict[str, Any] | None = None
         self.consecutive_failures = 0
         self.backlog = 0
         self.hook_failures = 0
@@ -84,21 +94,23 @@ class Status:
             self.consecutive_failures = 0
         self._metrics.last_success.labels(self.party, self.side).set(now.timestamp())
 
-    def failed(self, fields: dict[str, str]) -> None:
+    def failed(self, fields: Mapping[str, Any]) -> None:
+        """A failed unit; of ``fields`` (``policy.error_fields``) only the codes are kept."""
         with self._lock:
-            self.last_failure = {**fields, "at": to_rfc3339(self._clock.now())}
+            self.last_failure = {**_only(fields, FAILURE_KEYS), "at": to_rfc3339(self._clock.now())}
             self.consecutive_failures += 1
-        self._metrics.failures.labels(self.party, self.side, fields["kind"]).inc()
+        self._metrics.failures.labels(self.party, self.side, str(fields["kind"])).inc()
 
     def set_backlog(self, count: int) -> None:
         with self._lock:
             self.backlog = count
         self._metrics.backlog.labels(self.party, self.side).set(count)
 
-    def hook_failed(self, detail: dict[str, Any]) -> None:
+    def hook_failed(self, detail: Mapping[str, Any]) -> None:
+        """A hook that failed, timed out or was interrupted; of ``detail`` only its codes are kept."""
         with self._lock:
             self.hook_failures += 1
-            self.last_hook_failure = {**detail, "at": to_rfc3339(self._clock.now())}
+            self.last_hook_failure = {**_only(detail, HOOK_FAILURE_KEYS), "at": to_rfc3339(self._clock.now())}
         self._metrics.hook_failures.labels(self.party).inc()
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,6 +128,15 @@ class Status:
             }
 
 
+def _only(fields: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: fields[k] for k in keys if k in fields}
+
+
+def loopback_hosts(port: int) -> frozenset[str]:
+    """The ``Host`` values the listener answers: the loopback's names, with its port."""
+    return frozenset(f"{host}:{port}" for host in ("127.0.0.1", "[::1]", "localhost"))
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -128,8 +149,8 @@ class HealthServer:
     """``/health`` and ``/metrics`` on a loopback address (checked by the settings), in a thread of its own."""
 
     def __init__(self, listen: tuple[str, int], metrics: Metrics, statuses: Sequence[Status]) -> None:
-        handler = _handler(metrics, statuses)
-        self._server = (_Server6 if ":" in listen[0] else _Server)(listen, handler)
+        self._server = (_Server6 if ":" in listen[0] else _Server)(listen, BaseHTTPRequestHandler)
+        self._server.RequestHandlerClass = _handler(metrics, statuses, loopback_hosts(self._server.server_address[1]))
         self._thread = threading.Thread(target=self._server.serve_forever, name="agent-health", daemon=True)
 
     @property
@@ -147,10 +168,12 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler(metrics: Metrics, statuses: Sequence[Status]) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: Metrics, statuses: Sequence[Status], hosts: frozenset[str]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/metrics":
+            if (self.headers.get("Host") or "").lower() not in hosts:  # DNS rebinding, or not meant for us
+                self._answer(421, "text/plain", b"misdirected request: use 127.0.0.1, [::1] or localhost\n")
+            elif self.path == "/metrics":
                 self._answer(200, CONTENT_TYPE_LATEST, metrics.text())
             elif self.path in ("/health", "/"):
                 parties = [s.as_dict() for s in statuses]

@@ -51,12 +51,48 @@ def classify(exc: BaseException) -> Kind:
     return Kind.INTERNAL
 
 
-def error_fields(exc: BaseException) -> dict[str, str]:
-    """``kind`` (the error's stable code) and a one-line ``message`` for the log; for an error labrelay did not
-    raise on purpose, only its type: its text could hold anything."""
+# What the log, /health and metrics may say of a failure: a fixed text per kind, never the error's own message (a
+# message is written for the operator at a terminal and may quote what the input held: a header row that was a
+# patient's record, a file name). The full diagnostics go only into the lab's own failed/NAME.reason.json.
+SAFE_TEXT = {
+    Kind.USAGE: "not a readable results file or a bad option",
+    Kind.SECURITY: "refused by a security check",
+    Kind.RETRY: "the relay could not be reached or was busy",
+    Kind.DATA: "nothing could be sent: see the reports",
+    Kind.INTERNAL: "an unexpected error: only its type is logged",
+}
+SAFE_TEXT_BY_CODE = {
+    "busy": "another run for this party held its lock",
+    "storage-full": "no space left where labrelay writes",
+    "frozen": "the relay is frozen by its administrator",
+    "unreadable": "an input file could not be read",
+    "stopping": "the agent is stopping: left for the next start",
+}
+
+
+def error_fields(exc: BaseException) -> dict[str, str | int]:
+    """What the JSON log and /health say of ``exc``: ``kind`` (the error's stable code), ``class`` (retry, data,
+    usage, security, internal), ``error_type`` (its class name), ``exit_code`` and a fixed ``message`` chosen by
+    the class, never the error's own text (see ``detailed_error``)."""
+    kind = classify(exc)
+    code = exc.code if isinstance(exc, LabrelayError) else "internal"
+    return {
+        "kind": code,
+        "error_class": kind.value,
+        "error_type": type(exc).__name__,
+        "exit_code": kind.exit_code,
+        "message": SAFE_TEXT_BY_CODE.get(code, SAFE_TEXT[kind]),
+    }
+
+
+def detailed_error(exc: BaseException) -> dict[str, str | int]:
+    """``error_fields`` and the error's full diagnostics (``detail``): for the lab-local failed/NAME.reason.json
+    only, beside the data itself, never for the log or /health. An error labrelay did not raise on purpose still
+    gets its type alone: its text could hold anything."""
+    fields = error_fields(exc)
     if isinstance(exc, LabrelayError):
-        return {"kind": exc.code, "message": exc.diagnostics().replace("\n", " ")}
-    return {"kind": "internal", "message": f"internal error ({type(exc).__name__})"}
+        fields["detail"] = exc.diagnostics().replace("\n", " ")
+    return fields
 
 
 def _uniform() -> float:

@@ -1,11 +1,15 @@
 """What a party's thread shares, lab or recipient: its party loaded once, its relay client kept for the life of the
-process (the audit checkpoints in the party's directory, as every command keeps them), its status and its log."""
+process (the audit checkpoints in the party's directory, as every command keeps them), its status and its log.
+
+The client's waits between retries watch the agent's stop: a stop during a network cut ends the back-off at once
+(``Stopping``, an operational error: the unit is left as it is, for the next start), instead of outlasting
+systemd's ``TimeoutStopSec``."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,25 @@ from labrelay.client.api import RelayClient
 from labrelay.client.checkpoints import CHECKPOINTS_FILE, CheckpointBook
 from labrelay.client.keystore import Party
 from labrelay.client.lock import party_lock
+from labrelay.errors import OperationalError
 from labrelay.ports import Clock
+
+
+class Stopping(OperationalError):
+    """The agent is stopping: a retry's wait was cut short; what it was doing is left for the next start."""
+
+    code = "stopping"
+
+
+def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
+    """A ``sleep`` for the client's retries that returns after ``seconds``, or raises ``Stopping`` as soon as
+    ``stop`` is set (at once if it is already)."""
+
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise Stopping("the agent is stopping: retries cut short")
+
+    return sleep
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,7 @@ class Worker:
                 ca_bundle=self.ctx.cacert,
                 checkpoints=book,
                 retries=self.ctx.retries,
+                sleep=stoppable_sleep(self.ctx.stop),
             )
         return self._client
 
