@@ -378,19 +378,32 @@ def test_a_request_older_than_the_names_newest_entry_is_refused(cli, tmp_path: P
     assert not (tmp_path / "f").exists()
 
 
-def test_the_keys_are_printed_before_anything_is_signed(world: World, cli, monkeypatch) -> None:
+def test_the_keys_are_printed_before_anything_is_signed(cli, tmp_path: Path, monkeypatch) -> None:
     """The authority reads the keys it signs before the pseudonym key is sealed to them: were sealing to fail, what
     it was about to sign is on the screen, and nothing is written."""
-    ok(cli("party", "new", "lab-lyon-07", "--role", "lab", "--authority", world.pub, "--out", world.parties_dir))
-    lab = Party.load(world.parties_dir / "lab-lyon-07")
-    request, out = world.root / "r.json", world.root / "e.json"
+    auth = Authority.init(tmp_path / "authority")
+    ok(
+        cli(
+            "party",
+            "new",
+            "lab-lyon-07",
+            "--role",
+            "lab",
+            "--authority",
+            auth.path / "authority.pub",
+            "--out",
+            tmp_path,
+        )
+    )
+    lab = Party.load(tmp_path / "lab-lyon-07")
+    request, out = tmp_path / "r.json", tmp_path / "e.json"
     ok(cli("party", "request", lab.path, "--out", request, "--finess", FINESS))
 
     def sealing_fails(*_args: object) -> None:
         raise IntegrityError("sealing interrupted")
 
     monkeypatch.setattr(Authority, "issue", sealing_fails)
-    result = cli("authority", "sign", request, "--authority", world.auth_dir, "--out", out)
+    result = cli("authority", "sign", request, "--authority", auth.path, "--out", out)
     assert result.code == 3, str(result)
     assert f"age recipient: {lab.age_recipient}" in result.out
     assert f"signing key:   {lab.signing_public}" in result.out
