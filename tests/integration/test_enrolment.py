@@ -318,15 +318,12 @@ def test_keys_a_newer_entry_replaced_are_not_signed_again(cli, tmp_path: Path) -
     auth = Authority.init(tmp_path / "authority")
     pub = auth.path / "authority.pub"
     old, new = tmp_path / "old-machine", tmp_path / "new-machine"
-    for machine in (old, new):
+    for n, machine in enumerate((old, new), 1):  # the new machine's request made after the old one's entry
         ok(cli("party", "new", "ars-93", "--role", "recipient", "--authority", pub, "--out", machine))
         req = machine / "request.json"
         ok(cli("party", "request", machine / "ars-93", "--out", req, "--organisation", SIREN))
-    ok(cli("authority", "sign", old / "request.json", "--authority", auth.path, "--out", tmp_path / "1.json"))
-    replaced = ok(
-        cli("authority", "sign", new / "request.json", "--authority", auth.path, "--out", tmp_path / "2.json")
-    )
-    assert "other keys: the new entry replaces them" in replaced.err
+        signed = ok(cli("authority", "sign", req, "--authority", auth.path, "--out", tmp_path / f"{n}.json"))
+    assert "other keys: the new entry replaces them" in signed.err
 
     result = cli("authority", "sign", old / "request.json", "--authority", auth.path, "--out", tmp_path / "3.json")
     refused(result, "its signing key and age recipient belonged to ars-93's entry")
