@@ -279,3 +279,151 @@ def test_one_step_enrol_takes_an_identifier_too(world: World, cli) -> None:
     assert "Luhn" in enrolled.err
     assert "identifier:    FINESS 750712185" in ok(cli("party", "show", lab)).out
     assert os.stat(lab / "pseudonym.key").st_mode & 0o077 == 0
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.threat("T3")
+def test_a_revoked_labs_request_is_not_signed_again(world: World, cli) -> None:
+    """The authority revokes a lab (its key compromised); the same REQUEST.json signed again would issue an entry
+    after the revocation, which the revocation (by name and issue time) does not void: the compromised keys back in
+    force, and the pseudonym key sealed to them. Refused, nothing signed or written, unless --force."""
+    entry_file = request_and_sign(cli, world, "lab-lyon-06", "lab", "--finess", FINESS)
+    request = world.root / "lab-lyon-06.request.json"
+    ok(cli("party", "register", entry_file, "--server", world.url, "--party", world.parties_dir / "lab-lyon-06"))
+    ok(cli("authority", "revoke", "lab-lyon-06", "--authority", world.auth_dir, "--server", world.url))
+    issued = world.auth_dir / "issued.jsonl"
+    before = _lines(issued)
+
+    again = world.root / "again.entry.json"
+    result = cli("authority", "sign", request, "--authority", world.auth_dir, "--out", again)
+    refused(result, "its signing key and age recipient belonged to lab-lyon-06's entry")
+    assert "revoked at" in result.err
+    assert "--force" in result.err
+    assert not again.exists()
+    assert _lines(issued) == before
+    assert "pseudonym" not in result.out
+
+    forced = ok(cli("authority", "sign", request, "--authority", world.auth_dir, "--out", again, "--force"))
+    assert "WARNING: --force: signing lab-lyon-06 although" in forced.err
+    assert again.exists()
+
+
+@pytest.mark.threat("T3")
+def test_keys_a_newer_entry_replaced_are_not_signed_again(cli, tmp_path: Path) -> None:
+    """A recipient re-created with new keys (its old machine lost) and signed: its old REQUEST.json, signed again,
+    would put the keys it left behind back in force. Refused."""
+    auth = Authority.init(tmp_path / "authority")
+    pub = auth.path / "authority.pub"
+    old, new = tmp_path / "old-machine", tmp_path / "new-machine"
+    for n, machine in enumerate((old, new), 1):  # the new machine's request made after the old one's entry
+        ok(cli("party", "new", "ars-93", "--role", "recipient", "--authority", pub, "--out", machine))
+        req = machine / "request.json"
+        ok(cli("party", "request", machine / "ars-93", "--out", req, "--organisation", SIREN))
+        signed = ok(cli("authority", "sign", req, "--authority", auth.path, "--out", tmp_path / f"{n}.json"))
+    assert "other keys: the new entry replaces them" in signed.err
+
+    result = cli("authority", "sign", old / "request.json", "--authority", auth.path, "--out", tmp_path / "3.json")
+    refused(result, "its signing key and age recipient belonged to ars-93's entry")
+    assert "replaced by entry" in result.err
+    assert not (tmp_path / "3.json").exists()
+
+
+@pytest.mark.threat("T3")
+def test_a_request_older_than_the_names_newest_entry_is_refused(cli, tmp_path: Path) -> None:
+    """Same keys, nothing revoked, but the request predates an entry this authority issued since: it was made
+    before whatever the authority decided for that name in between. Refused."""
+    auth = Authority.init(tmp_path / "authority")
+    ok(
+        cli(
+            "party",
+            "new",
+            "ars-75",
+            "--role",
+            "recipient",
+            "--authority",
+            auth.path / "authority.pub",
+            "--out",
+            tmp_path,
+        )
+    )
+    party = Party.load(tmp_path / "ars-75")
+
+    def crafted(created: str) -> Path:
+        payload = {
+            "type": "enrolment-request",
+            "v": 1,
+            "name": party.name,
+            "role": "recipient",
+            "region": None,
+            "age_recipient": party.age_recipient,
+            "signing_key": party.signing_public,
+            "authority": party.authority.b64,
+            "created": created,
+        }
+        path = tmp_path / f"{created[:10]}.json"
+        path.write_text(json.dumps(party.sign(payload)))
+        return path
+
+    ok(cli("authority", "sign", crafted("2026-01-02T00:00:00Z"), "--authority", auth.path, "--out", tmp_path / "e"))
+    result = cli(
+        "authority", "sign", crafted("2026-01-01T00:00:00Z"), "--authority", auth.path, "--out", tmp_path / "f"
+    )
+    refused(result, "it was made at 2026-01-01T00:00:00Z, before this authority's newest entry or revocation")
+    assert not (tmp_path / "f").exists()
+
+
+def test_the_keys_are_printed_before_anything_is_signed(cli, tmp_path: Path, monkeypatch) -> None:
+    """The authority reads the keys it signs before the pseudonym key is sealed to them: were sealing to fail, what
+    it was about to sign is on the screen, and nothing is written."""
+    auth = Authority.init(tmp_path / "authority")
+    ok(
+        cli(
+            "party",
+            "new",
+            "lab-lyon-07",
+            "--role",
+            "lab",
+            "--authority",
+            auth.path / "authority.pub",
+            "--out",
+            tmp_path,
+        )
+    )
+    lab = Party.load(tmp_path / "lab-lyon-07")
+    request, out = tmp_path / "r.json", tmp_path / "e.json"
+    ok(cli("party", "request", lab.path, "--out", request, "--finess", FINESS))
+
+    def sealing_fails(*_args: object) -> None:
+        raise IntegrityError("sealing interrupted")
+
+    monkeypatch.setattr(Authority, "issue", sealing_fails)
+    result = cli("authority", "sign", request, "--authority", auth.path, "--out", out)
+    assert result.code == 3, str(result)
+    assert f"age recipient: {lab.age_recipient}" in result.out
+    assert f"signing key:   {lab.signing_public}" in result.out
+    assert "sealed to" in result.out
+    assert not out.exists()
+
+
+@pytest.mark.threat("T3")
+def test_a_lab_holding_another_pseudonym_key_is_refused_before_anything_is_sent(world: World, cli) -> None:
+    """A lab that already holds a pseudonym key other than the one granted (its earlier pseudonyms were made with
+    it) is refused before the entry reaches the relay or its own directory, offline and in one step alike."""
+    from labrelay.crypto import pseudonym  # noqa: PLC0415 - only this test writes a key of its own
+
+    entry_file = request_and_sign(cli, world, "lab-lyon-08", "lab", "--finess", FINESS)
+    lab = world.parties_dir / "lab-lyon-08"
+    pseudonym.save_key(lab / "pseudonym.key", pseudonym.new_key())
+    result = cli("party", "register", entry_file, "--server", world.url, "--party", lab)
+    refused(result, "holds another pseudonym key; refusing to replace it", 2)
+    assert not (lab / "entry.json").exists()
+    assert world.db("SELECT COUNT(*) FROM parties WHERE name = 'lab-lyon-08'") == [(0,)]
+
+    issued = _lines(world.auth_dir / "issued.jsonl")
+    enrol = cli("party", "enroll", lab, "--authority", world.auth_dir, "--server", world.url, "--finess", FINESS)
+    refused(enrol, "holds another pseudonym key", 2)
+    assert not (lab / "entry.json").exists()
+    assert _lines(world.auth_dir / "issued.jsonl") == issued

@@ -34,6 +34,7 @@ from labrelay.domain.fields import instant, optional, require
 from labrelay.domain.identifiers import Identifier, check_for_role, optional_identifier
 from labrelay.domain.names import check_party_name, check_region, new_id
 from labrelay.domain.parties import PartyEntry, Role
+from labrelay.domain.parties import reissue_refusal as reissue_refusal_of
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import IntegrityError, LabrelayError, UntrustedEntry, UsageError
 
@@ -125,21 +126,40 @@ def _parse_request(payload: Mapping[str, Any]) -> EnrolmentRequest:
     return req
 
 
-def issue(authority: Authority, req: EnrolmentRequest, now: datetime, valid_for: timedelta) -> dict[str, Any]:
-    """ENTRY.json for a verified request: the signed entry and, for a lab, its sealed pseudonym key."""
+def prepare(authority: Authority, req: EnrolmentRequest, now: datetime, valid_for: timedelta) -> PartyEntry:
+    """The entry ``authority`` would sign for a verified request (nothing signed nor written yet); ``UntrustedEntry``
+    when the party pinned another authority key, or a key or the validity is malformed."""
     if req.authority != authority.public.b64:
         raise UntrustedEntry(
             f"enrolment request refused: {req.name} pinned another authority key than {authority.path}",
             hint="the party was created with another authority.pub; sign with that authority, or recreate it",
         )
     try:
-        entry = req.entry(now, valid_for)
+        return req.entry(now, valid_for)
     except LabrelayError as exc:  # keys that are not an age recipient or an Ed25519 key, an empty validity
         raise UntrustedEntry(f"enrolment request refused: {exc.message}") from exc
+
+
+def reissue_refusal(authority: Authority, req: EnrolmentRequest) -> str | None:
+    """Why ``authority`` must not sign this request, given what it signed for the name before (``issued.jsonl``):
+    keys of a revoked or replaced entry, or a request older than its newest entry or revocation; ``None`` if
+    nothing stands against it."""
+    entries, revocations = authority.issued_history(req.name)
+    return reissue_refusal_of(req.name, (req.signing_key, req.age_recipient), req.created, entries, revocations)
+
+
+def seal(authority: Authority, entry: PartyEntry, now: datetime) -> dict[str, Any]:
+    """ENTRY.json for a prepared entry: the signed entry and, for a lab, its sealed pseudonym key (both logged)."""
     doc: dict[str, Any] = {"kind": FILE_KIND, "v": 1, "entry": authority.issue(entry)}
     if entry.role is Role.LAB:
         doc["pseudonym_key"] = authority.grant_pseudonym_key(entry, now)
     return doc
+
+
+def issue(authority: Authority, req: EnrolmentRequest, now: datetime, valid_for: timedelta) -> dict[str, Any]:
+    """ENTRY.json for a verified request (``prepare`` then ``seal``; ``authority sign`` checks
+    ``reissue_refusal`` in between)."""
+    return seal(authority, prepare(authority, req, now, valid_for), now)
 
 
 @dataclass(frozen=True)
@@ -184,7 +204,8 @@ class Installable:
 
 def check_for_party(party: Party, entry_file: EntryFile) -> Installable:
     """Before anything is sent or written: the entry is the party's own, signed by the authority it pinned, and a
-    lab's sealed pseudonym key is granted with this entry and opens with the party's age identity."""
+    lab's sealed pseudonym key is granted with this entry, opens with the party's age identity, and is the key the
+    lab already holds, if it holds one."""
     entry = party.check_own_entry(entry_file.entry)
     if entry.role is not Role.LAB:
         if entry_file.grant is not None:
@@ -197,10 +218,14 @@ def check_for_party(party: Party, entry_file: EntryFile) -> Installable:
             "ENTRY.json has no pseudonym key for this lab, which holds none",
             hint="use the ENTRY.json that `labrelay authority sign` wrote",
         )
-    return Installable(entry, entry_file.entry, party.open_pseudonym_grant(entry_file.grant, entry))
+    key = party.open_pseudonym_grant(entry_file.grant, entry)
+    party.check_pseudonym_key(key)  # a lab that holds another key: refused now, not once registered and installed
+    return Installable(entry, entry_file.entry, key)
 
 
 def install(party: Party, checked: Installable) -> None:
-    party.save_entry(checked.envelope)
+    """Install what ``check_for_party`` checked: the pseudonym key first, then the entry (which marks the party
+    enrolled), so that a failure in between leaves a party that registers again."""
     if checked.pseudonym_key is not None:
         party.save_pseudonym_key(checked.pseudonym_key)
+    party.save_entry(checked.envelope)

@@ -55,7 +55,7 @@ from labrelay.crypto.keys import (
 )
 from labrelay.domain.identifiers import Identifier
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
-from labrelay.domain.parties import ENTRY_TYPE, PartyEntry, Revocation, Role
+from labrelay.domain.parties import ENTRY_TYPE, REVOCATION_TYPE, PartyEntry, Revocation, Role
 from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, POLICY_TYPE, PolicyWithdrawal, policy_payload
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
@@ -174,13 +174,21 @@ class Party:
         path = self.path / PSEUDONYM_KEY
         return pseudonym.load_key(path) if path.exists() else None
 
+    def check_pseudonym_key(self, key: str) -> None:
+        """``UsageError`` if this party already holds a pseudonym key other than ``key`` (its earlier pseudonyms
+        were made with that one): checked before anything is registered or installed."""
+        held = self.pseudonym_key()
+        if held is not None and held != key:
+            raise UsageError(
+                f"{self.path / PSEUDONYM_KEY} holds another pseudonym key; refusing to replace it",
+                hint="find out where it came from (another authority?) before moving it away",
+            )
+
     def save_pseudonym_key(self, key: str) -> None:
+        self.check_pseudonym_key(key)
         path = self.path / PSEUDONYM_KEY
-        if path.exists():
-            if pseudonym.load_key(path) != key:
-                raise UsageError(f"{path} holds another pseudonym key; refusing to replace it")
-            return
-        pseudonym.save_key(path, key)
+        if not path.exists():
+            pseudonym.save_key(path, key)
 
     def save_entry(self, envelope: Mapping[str, Any]) -> None:
         verify_envelope(envelope, ENTRY_TYPE, self.authority, error=UntrustedEntry)
@@ -326,6 +334,24 @@ class Authority:
 
     def issued_entries(self, name: str) -> list[Mapping[str, Any]]:
         """The payloads of the entries this authority signed for ``name`` (``issued.jsonl``), oldest first."""
+        return [p for p in self._issued_payloads() if p.get("type") == ENTRY_TYPE and p.get("name") == name]
+
+    def issued_history(self, name: str) -> tuple[list[PartyEntry], list[Revocation]]:
+        """The entries and revocations this authority signed for ``name`` (``issued.jsonl``), oldest first: what
+        ``authority sign`` checks a new request against (``labrelay.domain.parties.reissue_refusal``)."""
+        entries: list[PartyEntry] = []
+        revocations: list[Revocation] = []
+        for payload in self._issued_payloads():
+            if payload.get("name") != name:
+                continue
+            with contextlib.suppress(UntrustedEntry):  # its own log: a line it cannot read is none it signed
+                if payload.get("type") == ENTRY_TYPE:
+                    entries.append(PartyEntry.from_payload(payload))
+                elif payload.get("type") == REVOCATION_TYPE:
+                    revocations.append(Revocation.from_payload(payload))
+        return entries, revocations
+
+    def _issued_payloads(self) -> list[Mapping[str, Any]]:
         path = self.path / "issued.jsonl"
         if not path.exists():
             return []
@@ -334,7 +360,7 @@ class Authority:
             for line in fh:
                 with contextlib.suppress(ValueError, AttributeError):
                     payload = json.loads(line).get("payload") or {}
-                    if payload.get("type") == ENTRY_TYPE and payload.get("name") == name:
+                    if isinstance(payload, Mapping):
                         found.append(payload)
         return found
 

@@ -203,3 +203,58 @@ def resolve(name: str, entries: Iterable[PartyEntry], revocations: Iterable[Revo
     if all(e.not_before > now for e in alive):
         return Resolution(EntryStatus.NOT_YET_VALID, latest)
     return Resolution(EntryStatus.EXPIRED, latest)
+
+
+def reissue_refusal(
+    name: str,
+    keys: tuple[str, str],
+    requested_at: datetime,
+    entries: Iterable[PartyEntry],
+    revocations: Iterable[Revocation],
+) -> str | None:
+    """Why an authority must not sign a new entry of ``name`` for ``keys`` (signing key, age recipient), requested at
+    ``requested_at``, given the entries and revocations it issued before; ``None`` when nothing stands against it.
+
+    A revocation voids entries by name and issue time only, so a new entry with a revoked entry's key would bring
+    that (perhaps compromised) key back into force; a key an older entry had and a newer one replaced is one the
+    party left behind; and a request made before the newest entry or revocation for the name predates what the
+    authority decided since (to the second, the precision of both: a request made in the same second is not shown to
+    predate it; the key checks above do not depend on time).
+    """
+    own = sorted((e for e in entries if e.name == name), key=lambda e: e.issued_at)
+    revs = [r for r in revocations if r.name == name]
+    for entry in own:
+        shared = _shared_keys(entry, keys)
+        revoked = next((r for r in revs if r.voids(entry)), None)
+        if shared and revoked is not None:
+            return (
+                f"its {shared} belonged to {name}'s entry {entry.serial}, revoked at {to_rfc3339(revoked.revoked_at)}"
+                f" ({revoked.reason})"
+            )
+    if own:
+        newest = own[-1]
+        for entry in own[:-1]:
+            left = _shared_keys(entry, keys, unless_in=newest)
+            if left:
+                return (
+                    f"its {left} belonged to {name}'s entry {entry.serial}, replaced by entry {newest.serial} "
+                    f"(issued {to_rfc3339(newest.issued_at)}) with another"
+                )
+    latest = max([e.issued_at for e in own] + [r.revoked_at for r in revs], default=None)
+    if latest is not None and requested_at < latest:
+        return (
+            f"it was made at {to_rfc3339(requested_at)}, before this authority's newest entry or revocation for "
+            f"{name} ({to_rfc3339(latest)})"
+        )
+    return None
+
+
+def _shared_keys(entry: PartyEntry, keys: tuple[str, str], unless_in: PartyEntry | None = None) -> str:
+    """Which of ``keys`` (signing key, age recipient) ``entry`` has (and ``unless_in`` has not): for messages."""
+    signing, age = keys
+    found = []
+    if entry.signing_key == signing and (unless_in is None or unless_in.signing_key != signing):
+        found.append("signing key")
+    if entry.age_recipient == age and (unless_in is None or unless_in.age_recipient != age):
+        found.append("age recipient")
+    return " and ".join(found)

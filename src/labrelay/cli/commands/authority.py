@@ -17,7 +17,7 @@ from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
-from labrelay.errors import UsageError
+from labrelay.errors import UntrustedEntry, UsageError
 
 
 def authority_init(auth_dir: Annotated[Path, typer.Argument(help="Directory to create.")]) -> None:
@@ -35,10 +35,18 @@ def authority_sign(
     authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
     out: Annotated[Path, typer.Option("--out", help="ENTRY.json to write, for anyone to carry to the relay.")],
     valid_for: Annotated[str, typer.Option(help="Validity of the signed entry (e.g. 365d).")] = "365d",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Sign even keys of a revoked or replaced entry, or a request older than the name's newest entry or "
+            "revocation (refused otherwise): only when you know why.",
+        ),
+    ] = False,
 ) -> None:
     """Sign a party's enrolment request, offline (no relay, no network): checks its signature by the party's own
-    key, its names, keys and identifier, prints what it signs, and writes ENTRY.json (a lab's pseudonym key sealed
-    to the lab's age key inside it)."""
+    key, its names, keys and identifier, and what this authority signed for that name before; prints what it signs,
+    then writes ENTRY.json (a lab's pseudonym key sealed to the lab's age key inside it)."""
 
     try:
         doc = read_json(request)
@@ -48,13 +56,21 @@ def authority_sign(
         raise UsageError(f"{request} is not JSON: {exc}") from exc
     req = enrolment.read_request(doc)
     auth = Authority.load(authority)
-    validity = parse_duration(valid_for)
+    now = SystemClock().now()
+    entry = enrolment.prepare(auth, req, now, parse_duration(valid_for))
+    refusal = enrolment.reissue_refusal(auth, req)
+    if refusal is not None and not force:
+        raise UntrustedEntry(
+            f"enrolment request refused: {refusal}",
+            hint=f"have {req.name} make a new request (with new keys if these were revoked or replaced), "
+            "or sign with --force if you know why",
+        )
+    if refusal is not None:
+        ui.err.print(f"labrelay: WARNING: --force: signing {req.name} although {refusal}", markup=False)
     for warning in _warnings(auth, req):
         ui.err.print(f"labrelay: warning: {warning}", markup=False)
-    signed = enrolment.issue(auth, req, SystemClock().now(), validity)
-    entry = signed["entry"]["payload"]
-    write_json_atomic(out, signed, mode=0o644)
-    ui.out.print(f"signed the entry of {req.name}, written to {out}:", markup=False)
+    # Everything signed is printed before anything is signed or written (issued.jsonl, ENTRY.json).
+    ui.out.print(f"signing the entry of {req.name}:", markup=False)
     for label, value in (
         ("role", req.role.value),
         ("region", req.region or "-"),
@@ -62,12 +78,14 @@ def authority_sign(
         ("age recipient", req.age_recipient),
         ("signing key", req.signing_key),
         ("requested", to_rfc3339(req.created)),
-        ("valid", f"{entry['not_before']} → {entry['not_after']}"),
-        ("serial", entry["serial"]),
+        ("valid", f"{to_rfc3339(entry.not_before)} → {to_rfc3339(entry.not_after)}"),
+        ("serial", entry.serial),
     ):
         ui.out.print(f"  {label + ':':15}{value}", markup=False)
-    if "pseudonym_key" in signed:
+    if entry.role is Role.LAB:
         ui.out.print(f"  {'pseudonym key:':15}sealed to {req.age_recipient} (only the lab opens it)", markup=False)
+    write_json_atomic(out, enrolment.seal(auth, entry, now), mode=0o644)
+    ui.out.print(f"signed, written to {out}", markup=False)
 
 
 def _warnings(auth: Authority, req: enrolment.EnrolmentRequest) -> list[str]:

@@ -125,10 +125,12 @@ def party_enroll(
     for warning in identifier.warnings() if identifier else []:
         warn(warning)
     auth = Authority.load(authority)
+    if party.role is Role.LAB:  # a lab holding another key is refused before anything is signed or written
+        party.check_pseudonym_key(auth.pseudonym_key())
     envelope = auth.sign_entry(party, SystemClock().now(), parse_duration(valid_for), identifier=identifier)
-    party.save_entry(envelope)
     if party.role is Role.LAB:  # labs pseudonymise for SpF with the authority's key; recipients never get it
         party.save_pseudonym_key(auth.pseudonym_key())
+    party.save_entry(envelope)
     with party_client(server, party, cacert) as client:
         result = client.register_entry(envelope)
     ui.out.print(f"{party.name} enrolled (entry {result.get('serial')})", markup=False)
