@@ -155,6 +155,7 @@ def test_sorter_writes_the_report_then_moves_and_never_overwrites(tmp_path: Path
     sorter = Sorter(tmp_path)
     for _ in range(2):
         (tmp_path / "a.csv").write_text("x")
+        sorter.claim("a.csv")
         sorter.sent("a.csv", {"batch_id": "b"})
     assert sorted(p.name for p in (tmp_path / "sent").iterdir()) == [
         "a-2.csv",
@@ -163,6 +164,7 @@ def test_sorter_writes_the_report_then_moves_and_never_overwrites(tmp_path: Path
         "a.csv.report.json",
     ]
     (tmp_path / "b.csv").write_text("x")
+    sorter.claim("b.csv")
     sorter.failed("b.csv", {"error": {}})
     assert (tmp_path / "failed" / "b.csv.reason.json").is_file()
     assert not (tmp_path / "b.csv").exists()

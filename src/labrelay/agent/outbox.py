@@ -14,16 +14,20 @@ moves then. A name already taken in ``sent/`` or ``failed/`` gets a ``-2``, ``-3
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labrelay.client.files import write_json_atomic
+from labrelay.errors import UsageError
 
+TAKING_DIR = ".taking"
 SENT_DIR = "sent"
 FAILED_DIR = "failed"
 PARTIAL_SUFFIX = ".part"
@@ -33,13 +37,19 @@ REASON_SUFFIX = ".reason.json"
 Snapshot = tuple[int, int]  # size, mtime in nanoseconds
 
 
+class NotRegular(OSError):
+    """The name is not a regular file (a link, a directory, a special file): not input."""
+
+
 def ignored(name: str) -> bool:
     """Names never taken, whatever their age: ``*.part`` and hidden files."""
     return name.startswith(".") or name.endswith(PARTIAL_SUFFIX)
 
 
-def scan(outbox: Path) -> dict[str, Snapshot]:
-    """The outbox's candidate files (regular, not ignored) and their size and modification time."""
+def scan(outbox: Path, others: dict[str, str] | None = None) -> dict[str, Snapshot]:
+    """The outbox's candidate files (regular, not ignored) and their size and modification time; ``others``, if
+    given, receives every other name not ignored by design (not hidden, not ``.part``, not ``sent``/``failed``)
+    with why it is not input."""
     found: dict[str, Snapshot] = {}
     with os.scandir(outbox) as entries:
         for entry in entries:
@@ -51,7 +61,17 @@ def scan(outbox: Path) -> dict[str, Snapshot]:
                 continue
             if stat.S_ISREG(info.st_mode):
                 found[entry.name] = (info.st_size, info.st_mtime_ns)
+            elif others is not None and entry.name not in (SENT_DIR, FAILED_DIR):
+                others[entry.name] = _why_not(info.st_mode)
     return found
+
+
+def _why_not(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
 
 
 @dataclass
@@ -92,34 +112,116 @@ def settled(files: Mapping[str, Snapshot], stable_for: float, now: float) -> lis
 
 
 class Sorter:
-    """Moves dealt-with files out of the outbox, each with its JSON document."""
+    """Claims complete files out of the outbox into ``.taking/`` and files them from there, each with its JSON
+    document. Every rename and write is made relative to directory descriptors opened without following links,
+    each folder checked (a real directory, the agent's own): whoever writes the outbox cannot point ``failed/``
+    at another directory, even by swapping it after the check. An unsafe folder raises UsageError."""
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
+        self.taking_dir = outbox / TAKING_DIR
         self.sent_dir = outbox / SENT_DIR
         self.failed_dir = outbox / FAILED_DIR
-        for folder in (self.sent_dir, self.failed_dir):
-            folder.mkdir(mode=0o750, exist_ok=True)
+        self.check()
+
+    def check(self) -> None:
+        """Make the three folders (0750) if missing; refuse any that is not a real directory the agent owns."""
+        with self._folders(TAKING_DIR, SENT_DIR, FAILED_DIR):
+            pass
+
+    def claim(self, name: str) -> Path:
+        """Move ``name`` (a regular file, not a link) into ``.taking/``; nothing can replace it there. Raises
+        FileNotFoundError if it is gone, FileExistsError if a file of that name is being taken already,
+        ``NotRegular`` if it is not a regular file."""
+        with self._folders(TAKING_DIR) as (outbox_fd, taking_fd):
+            if not stat.S_ISREG(os.stat(name, dir_fd=outbox_fd, follow_symlinks=False).st_mode):
+                raise NotRegular(name)
+            if _exists(taking_fd, name):
+                raise FileExistsError(name)
+            os.rename(name, name, src_dir_fd=outbox_fd, dst_dir_fd=taking_fd)
+            if not stat.S_ISREG(os.stat(name, dir_fd=taking_fd, follow_symlinks=False).st_mode):
+                os.rename(name, name, src_dir_fd=taking_fd, dst_dir_fd=outbox_fd)  # swapped in between: back
+                raise NotRegular(name)
+        return self.taking_dir / name
+
+    def claimed(self) -> list[str]:
+        """The regular files in ``.taking/`` (claimed by a run that has not filed them yet)."""
+        with self._folders(TAKING_DIR) as (_, taking_fd), os.scandir(taking_fd) as entries:
+            return sorted(e.name for e in entries if e.is_file(follow_symlinks=False) and not ignored(e.name))
 
     def sent(self, name: str, report: Mapping[str, Any]) -> Path:
-        return self._move(name, self.sent_dir, REPORT_SUFFIX, report)
+        return self._move(name, SENT_DIR, REPORT_SUFFIX, report)
 
     def failed(self, name: str, reason: Mapping[str, Any]) -> Path:
-        return self._move(name, self.failed_dir, REASON_SUFFIX, reason)
+        return self._move(name, FAILED_DIR, REASON_SUFFIX, reason)
 
-    def _move(self, name: str, folder: Path, suffix: str, doc: Mapping[str, Any]) -> Path:
-        dest = _free_name(folder, name)
-        write_json_atomic(dest.with_name(dest.name + suffix), {**doc, "file": dest.name}, mode=0o640)
-        os.rename(self.outbox / name, dest)
-        return dest
+    def _move(self, name: str, folder: str, suffix: str, doc: Mapping[str, Any]) -> Path:
+        with self._folders(TAKING_DIR, folder) as (_, taking_fd, dest_fd):
+            os.stat(name, dir_fd=taking_fd, follow_symlinks=False)  # FileNotFoundError: the claimed file is gone
+            dest = _free_name(dest_fd, name)
+            _write_json_at(dest_fd, dest + suffix, {**doc, "file": dest})
+            os.rename(name, dest, src_dir_fd=taking_fd, dst_dir_fd=dest_fd)
+        return self.outbox / folder / dest
+
+    @contextmanager
+    def _folders(self, *names: str) -> Iterator[tuple[int, ...]]:
+        """The outbox's descriptor, then each folder's (made if missing, checked)."""
+        fds = [os.open(self.outbox, os.O_RDONLY | os.O_DIRECTORY)]
+        try:
+            for name in names:
+                fds.append(_open_folder(fds[0], name, self.outbox / name))
+            yield tuple(fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
-def _free_name(folder: Path, name: str) -> Path:
-    if not (folder / name).exists():
-        return folder / name
+def _open_folder(outbox_fd: int, name: str, shown: Path) -> int:
+    with suppress(FileExistsError):
+        os.mkdir(name, mode=0o750, dir_fd=outbox_fd)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=outbox_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UsageError(f"{shown} is not a directory (a symbolic link or a file): refused") from exc
+        raise
+    if os.fstat(fd).st_uid != os.geteuid():
+        os.close(fd)
+        raise UsageError(f"{shown} is not owned by the agent's user: refused")
+    return fd
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _free_name(dir_fd: int, name: str) -> str:
+    if not _exists(dir_fd, name):
+        return name
     stem, dot, ext = name.partition(".")
     for n in range(2, 100_000):
-        candidate = folder / f"{stem}-{n}{dot}{ext}"
-        if not candidate.exists():
+        candidate = f"{stem}-{n}{dot}{ext}"
+        if not _exists(dir_fd, candidate):
             return candidate
     raise FileExistsError(name)
+
+
+def _write_json_at(dir_fd: int, name: str, doc: Mapping[str, Any]) -> None:
+    """``name`` in the directory ``dir_fd``, written whole (a temporary, fsync, rename) or not at all."""
+    tmp = f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise

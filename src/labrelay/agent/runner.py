@@ -1,9 +1,11 @@
 """The agent's process: a thread per party, the health listener, the signals.
 
 SIGTERM and SIGINT only ask the threads to stop: each finishes the unit it is in (a file's send and its move, a
-fetch pass and its hooks), so nothing is left half-written, and the process exits 0. ``--once`` makes one pass over
-every party, one after the other, and returns the worst exit code of what it met (0, 1 operational or data, 2
-usage, 3 security), as the CLI's commands do.
+fetch pass and its hooks), so nothing is left half-written, and the process exits 0. A party's thread that dies on
+a bug (``worker.crashed``) stops every thread the same way and the process exits 1: systemd's
+``Restart=on-failure`` starts it again (rather than a process that looks alive while a party is served by
+none). ``--once`` makes one pass over every party, one after the other, and returns the worst exit code of what
+it met (0, 1 operational or data, 2 usage, 3 security), as the CLI's commands do.
 """
 
 from __future__ import annotations
@@ -76,8 +78,10 @@ def _forever(settings: AgentSettings, workers: list[Worker]) -> int:
     ctx = workers[0].ctx
     health = HealthServer(settings.listen, ctx.metrics, [w.status for w in workers])
     health.start()
+    crashed = threading.Event()
     threads = [
-        threading.Thread(target=_thread, args=(w,), name=f"agent-{w.side}-{w.party.name}", daemon=True) for w in workers
+        threading.Thread(target=_thread, args=(w, crashed), name=f"agent-{w.side}-{w.party.name}", daemon=True)
+        for w in workers
     ]
     ctx.log.emit(
         "agent.started",
@@ -94,16 +98,19 @@ def _forever(settings: AgentSettings, workers: list[Worker]) -> int:
             thread.join()
     finally:
         health.stop()
-    ctx.log.emit("agent.stopped", exit_code=0)
-    return 0
+    code = 1 if crashed.is_set() else 0
+    ctx.log.emit("agent.stopped", exit_code=code)
+    return code
 
 
-def _thread(worker: Worker) -> None:
+def _thread(worker: Worker, crashed: threading.Event) -> None:
     worker.status.running(True)
     try:
         worker.run()
-    except Exception as exc:  # noqa: BLE001 - a bug: said, and shown on /health (503), the other parties go on
+    except Exception as exc:  # noqa: BLE001 - a bug: said, then the whole process stops with 1 (systemd restarts it)
         worker.emit("worker.crashed", **error_fields(exc))
+        crashed.set()
+        worker.ctx.stop.set()
     finally:
         worker.status.running(False)
         worker.close()
