@@ -6,10 +6,14 @@ modification time have stayed the same for ``stable_for`` seconds of the agent's
 only once, takes a file whose modification time is at least ``stable_for`` old). Directories (``sent/``,
 ``failed/`` among them), symbolic links and other special files are not input.
 
-Sent files go to ``sent/NAME`` beside ``sent/NAME.report.json``; refused or given-up ones to ``failed/NAME`` beside
-``failed/NAME.reason.json``. The report is written (atomically) before the file is moved, so a crash in between
-leaves the file in the outbox: the next pass sends it again, the idempotent send answers "already sent", and it
-moves then. A name already taken in ``sent/`` or ``failed/`` gets a ``-2``, ``-3``… before its extension.
+A complete file is first claimed: renamed into ``.taking/NAME`` (hidden, so never input), where nothing else can
+replace it while it is sent. From there, sent files go to ``sent/NAME`` beside ``sent/NAME.report.json``; refused or
+given-up ones to ``failed/NAME`` beside ``failed/NAME.reason.json``. The report is written (atomically) before the
+file is moved, so a crash in between leaves the file in ``.taking/``: the next pass sends it again, the idempotent
+send answers "already sent", and it moves then. A name already taken in ``sent/`` or ``failed/`` gets a ``-2``,
+``-3``… before its extension. The three folders are made 0750 if missing and refused unless they are real
+directories owned by the agent's user; every rename and write is relative to their descriptors, opened without
+following links.
 """
 
 from __future__ import annotations

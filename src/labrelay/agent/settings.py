@@ -31,7 +31,7 @@ AGENT_KEYS = {
 }
 LAB_KEYS = {
     "party": ("the file's party", "The lab's party directory."),
-    "outbox": ("", "The folder the LIS writes into (required); sent/ and failed/ are made inside it."),
+    "outbox": ("", "The folder the LIS writes into (required); .taking/, sent/ and failed/ are made inside it."),
     "to": ("every recipient of the policy", "Send only to these recipients (like send --to)."),
     "ttl": ("7d", "Each payload's deadline (like send --ttl)."),
     "max_rejected": ("none", 'Send nothing if more records are rejected: a count (50) or a share ("2%").'),
@@ -41,7 +41,11 @@ LAB_KEYS = {
     "ledger_retention": ("365d", "How long each batch's breach ledger is kept."),
     "stable_for": ("10s", "A file is taken once its size and modification time have not changed for this long."),
     "sweep": ("30s", "The safety-net sweep of the outbox, besides file events."),
-    "attempts": ("5", "Attempts per file on operational failures (relay unreachable, 5xx…) before failed/."),
+    "attempts": (
+        "5",
+        "Attempts per file on failures that may not go away (507 storage full, another 5xx…) before failed/; the "
+        "relay away or saying come back later (unreachable, 429, 503, frozen) and the lock held are waited out.",
+    ),
     "backoff": ("10s", "The first retry's delay; doubled each attempt, with jitter."),
     "backoff_max": ("10m", "The longest delay between two attempts."),
 }
