@@ -187,8 +187,8 @@ def _configs(tmp: Path, world: World, proxy_url: str) -> tuple[Path, Path]:
         'outbox = "outbox"\n'
         'stable_for = "2s"\n'
         'sweep = "5s"\n'
-        'backoff = "1s"\n'  # attempts left at its default (5): the relay's restart and the cut are waited out
-        'backoff_max = "2s"\n'
+        'backoff = "1s"\n'  # attempts left at its default (5): the relay's restart and the cuts are waited out
+        'backoff_max = "1s"\n'
     )
     recipient = tmp / "cnam.toml"
     recipient.write_text(
@@ -235,6 +235,11 @@ def _inbox_ids(inbox: Path) -> Counter[str]:
     return ids
 
 
+def _late(events: list[dict]) -> bool:
+    mine = [e["event"] for e in events if e.get("file") == "export-late.csv"]
+    return mine.count("file.retry") >= 7 or any(e in mine for e in ("file.sent", "file.failed", "file.vanished"))
+
+
 def _terminal(events: list[dict]) -> Counter[str]:
     return Counter(e["file"] for e in events if e["event"] in ("file.sent", "file.failed", "file.vanished"))
 
@@ -264,6 +269,20 @@ def test_a_week_of_exports_arrives_exactly_once_through_restarts_and_cuts(tmp_pa
         chaos.thread.join(timeout=DEADLINE)
         assert chaos.restarts >= 1, "the relay was never restarted: the test proves nothing"
         assert chaos.cuts >= 1, "the network was never cut: the test proves nothing"
+        # A cut longer than the file's 5 attempts could last (were they counted): a file written during it is
+        # retried far more often than that and sent once the network is back, never put in failed/.
+        late, late_positives = _batch(99, 20)
+        written.add("export-late.csv")
+        expected |= late_positives
+        proxy.partition()
+        try:
+            (outbox / "export-late.csv").write_bytes(late)
+            _wait_for("7 retries of the late file, or its end", lambda: _late(lab.events()), deadline)
+        finally:
+            proxy.heal()
+        late_events = [e for e in lab.events() if e.get("file") == "export-late.csv"]
+        assert [e for e in late_events if e["event"] == "file.failed"] == [], "a long cut sent a file to failed/"
+        assert {e["counted"] for e in late_events if e["event"] == "file.retry"} == {False}
         _wait_for("every file dealt with", lambda: set(_terminal(lab.events())) >= written, deadline)
         _wait_for("every record", lambda: set(_inbox_ids(inbox)) >= expected, deadline)
         hook_log = tmp_path / "hook.log"  # a file written by a pass cut off before its receipt is hooked by the next
@@ -306,7 +325,7 @@ def test_a_week_of_exports_arrives_exactly_once_through_restarts_and_cuts(tmp_pa
     assert report["batch_id"] == first["batch_id"]
     batches = {b for (b,) in world.db("SELECT DISTINCT batch_id FROM transfers")}
     assert batches == {e["batch_id"] for e in terminal.values() if e["event"] == "file.sent"}
-    assert len(batches) == 6
+    assert len(batches) == 7  # the six valid exports and the late one (the copy found its original's batch)
     assert sorted(p.name for p in outbox.iterdir()) == [".taking", "failed", "sent"]
     assert list((outbox / ".taking").iterdir()) == []
 
@@ -314,7 +333,7 @@ def test_a_week_of_exports_arrives_exactly_once_through_restarts_and_cuts(tmp_pa
     cnam_events = cnam.events()
     hooked = [line.split() for line in (tmp_path / "hook.log").read_text().splitlines()]
     manifests = [json.loads(p.read_text()) for p in inbox.glob("*.manifest.json")]
-    assert len(manifests) == 6  # one payload per batch for CNAM
+    assert len(manifests) == 7  # one payload per batch for CNAM
     assert sorted(h[0] for h in hooked) == sorted(m["transfer_id"] for m in manifests)
     assert sorted(h[1] for h in hooked) == sorted(str(p) for p in inbox.glob("*.csv"))
     assert {h[3] for h in hooked} == {"csv"}
