@@ -178,6 +178,9 @@ def test_a_relay_error_that_may_not_go_away_counts_against_the_attempts(
     assert (failed["attempts"], failed["kind"]) == (3, error.code)
     reason = json.loads((w.settings.outbox / "failed" / "a.csv.reason.json").read_text())
     assert (reason["attempts"], reason["retried"]) == (3, True)
+    assert "detail" in reason["error"]  # the full diagnostics: in failed/ beside the data, never in the log
+    assert "detail" not in failed
+    assert failed["message"] != str(error)
 
 
 def test_waited_is_decided_by_class() -> None:

@@ -21,6 +21,7 @@ before) or ``file.failed`` (with the error's kind and message), unless it vanish
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.agent.outbox import Completeness, NotRegular, Sorter, scan, settled
-from labrelay.agent.policy import Backoff, classify, error_fields
+from labrelay.agent.policy import Backoff, classify, detailed_error, error_fields
 from labrelay.agent.settings import LabSettings
-from labrelay.agent.worker import Context, Worker
+from labrelay.agent.worker import Context, Stopping, Worker
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import PartyBusy, RelayFrozen, Unavailable, UsageError
 
-# The relay did not answer, or said "come back later", or a manual run holds the party's lock: waited out.
-WAITED = (Unavailable, RelayFrozen, PartyBusy)
+# The relay did not answer, or said "come back later", or a manual run holds the party's lock: waited out (and
+# a stop that cut the client's retries short: left in .taking/ for the next start, not counted either).
+WAITED = (Unavailable, RelayFrozen, PartyBusy, Stopping)
 
 
 def waited(exc: BaseException) -> bool:
@@ -44,10 +46,16 @@ def waited(exc: BaseException) -> bool:
     return isinstance(exc, WAITED)
 
 
-def local_fields(exc: BaseException) -> dict[str, str]:
-    """An OSError's errno name and text (its path left out: the outbox is known), or a labrelay error's fields."""
+def local_fields(exc: BaseException) -> dict[str, Any]:
+    """An OSError's errno name (``ENOSPC``) and the system's fixed text for it (never its path), or a labrelay
+    error's fields."""
     if isinstance(exc, OSError) and exc.errno is not None:
-        return {"kind": errno.errorcode.get(exc.errno, "OSError"), "message": exc.strerror or ""}
+        return {
+            "kind": errno.errorcode.get(exc.errno, "OSError"),
+            "error_type": type(exc).__name__,
+            "exit_code": 1,
+            "message": os.strerror(exc.errno),
+        }
     return error_fields(exc)
 
 
@@ -293,7 +301,7 @@ class LabWorker(Worker):
                 "attempts": attempts.made,
                 "retried": kind.retried,
                 "class": kind.value,
-                "error": fields,
+                "error": detailed_error(exc),  # the full diagnostics: here only, never in the log
                 "exit_code": kind.exit_code,
                 "resubmit": "fix the cause, then move the file back into the outbox",
             },
@@ -301,7 +309,7 @@ class LabWorker(Worker):
         self._file(name, attempts)
 
     def _retry(
-        self, name: str, attempts: _Attempts, fields: dict[str, str], code: int, *, stage: str, counted: bool = False
+        self, name: str, attempts: _Attempts, fields: dict[str, Any], code: int, *, stage: str, counted: bool = False
     ) -> None:
         delay = self.backoff.delay(attempts.failures)
         attempts.failures += 1
@@ -326,7 +334,7 @@ class LabWorker(Worker):
             moved_to=str(dest),
             attempts=reason["attempts"],
             **{"class": reason["class"]},
-            **reason["error"],
+            **{k: v for k, v in reason["error"].items() if k != "detail"},
         )
 
     def _vanished(self, name: str) -> None:
