@@ -67,6 +67,7 @@ def _events(out: io.StringIO, *names: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ 1. claimed before it is sent
 
 
+@pytest.mark.threat("T42")
 def test_a_file_replaced_while_being_sent_is_not_filed_in_its_place(tmp_path: Path, monkeypatch) -> None:
     sent: list[tuple[Path, bytes]] = []
 
@@ -271,6 +272,7 @@ def test_a_worker_that_dies_stops_the_process_with_1(tmp_path: Path, monkeypatch
 # ------------------------------------------------------------------ 4. folders that are not what they seem
 
 
+@pytest.mark.threat("T42")
 @pytest.mark.parametrize("folder", ["sent", "failed", ".taking"])
 def test_a_folder_that_is_a_link_is_refused_at_start(tmp_path: Path, monkeypatch, folder: str) -> None:
     elsewhere = tmp_path / "keys"
@@ -282,6 +284,7 @@ def test_a_folder_that_is_a_link_is_refused_at_start(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+@pytest.mark.threat("T42")
 def test_a_folder_owned_by_another_user_is_refused_at_start(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "outbox" / "failed").mkdir(parents=True)
     os.chown(tmp_path / "outbox" / "failed", 1, 1)
@@ -289,6 +292,7 @@ def test_a_folder_owned_by_another_user_is_refused_at_start(tmp_path: Path, monk
         _worker(tmp_path, monkeypatch, _report)
 
 
+@pytest.mark.threat("T42")
 def test_a_folder_swapped_for_a_link_at_run_time_is_not_followed(tmp_path: Path, monkeypatch) -> None:
     elsewhere = tmp_path / "keys"
     elsewhere.mkdir()

@@ -92,6 +92,7 @@ def health(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         server.stop()
 
 
+@pytest.mark.threat("T42")
 def test_an_error_quoting_a_record_never_reaches_the_log_or_health(health) -> None:
     w, server = health
     log = events(w)
@@ -124,6 +125,7 @@ def test_the_full_diagnostics_are_kept_for_the_reason_file_only() -> None:
     assert error_fields(PermissionDenied("x"))["message"] == "refused by a security check"
 
 
+@pytest.mark.threat("T42")
 def test_a_csv_without_a_header_row_leaves_no_trace_of_its_rows_in_the_fields(tmp_path: Path) -> None:
     export = tmp_path / "export.csv"
     export.write_text(f"DUPONT,Jean,{NIR},1985-05-07,SARS-CoV-2,POSITIF\n")
@@ -137,6 +139,7 @@ def test_a_csv_without_a_header_row_leaves_no_trace_of_its_rows_in_the_fields(tm
 @pytest.mark.parametrize(
     "host", ["evil.example:{port}", "127.0.0.1", "127.0.0.1:1", "localhost.evil.example:{port}", None]
 )
+@pytest.mark.threat("T42")
 def test_health_answers_only_requests_for_the_loopback(health, host: str | None) -> None:
     _w, server = health
     port = server.url.rsplit(":", 1)[1]

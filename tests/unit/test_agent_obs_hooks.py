@@ -133,6 +133,7 @@ def test_a_hook_the_agent_died_during_is_reported_once_and_never_run_again(tmp_p
     assert [e["event"] for e in events(again) if e["event"].startswith("hook.")] == []
 
 
+@pytest.mark.threat("T42")
 def test_a_forged_sidecar_in_the_inbox_gets_no_hook(tmp_path: Path, monkeypatch) -> None:
     """Whoever loads the inbox may write a sidecar there: a pass cut off (nothing in its report) must not run a
     hook for a transfer fetch never received, nor take its fields from there."""
