@@ -42,6 +42,7 @@ def test_relative_paths_are_the_files_own(tmp_path: Path) -> None:
     assert config.party == tmp_path.resolve() / "p"
     assert config.agent == {"x": 1}
     assert config.resolve("inbox") == tmp_path.resolve() / "inbox"
+    assert config.resolve("../outbox") == tmp_path.resolve().parent / "outbox"
 
 
 @pytest.mark.parametrize(

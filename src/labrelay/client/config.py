@@ -10,6 +10,7 @@ in docs/configuration.md (Client configuration), which a test checks against ``C
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,8 +67,8 @@ class ClientConfig:
         )
 
     def resolve(self, value: str) -> Path:
-        """A path the file names, relative to the file's directory."""
-        return self.path.parent / Path(value).expanduser()
+        """A path the file names, relative to the file's directory (``..`` folded, links left alone)."""
+        return Path(os.path.normpath(self.path.parent / Path(value).expanduser()))
 
 
 def _text(data: Mapping[str, Any], key: str, path: Path) -> str | None:
@@ -81,7 +82,7 @@ def _text(data: Mapping[str, Any], key: str, path: Path) -> str | None:
 
 def _path(data: Mapping[str, Any], key: str, path: Path, base: Path) -> Path | None:
     value = _text(data, key, path)
-    return None if value is None else base / Path(value).expanduser()
+    return None if value is None else Path(os.path.normpath(base / Path(value).expanduser()))
 
 
 def find_config(explicit: Path | None, party_dir: Path | None) -> ClientConfig | None:
