@@ -10,7 +10,7 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -53,6 +53,31 @@ class Alert:
             "audit_seq": self.audit_seq,
             "summary": self.summary,
         }
+
+
+class Cooldowns:
+    """At most one alert per rule and subject within a span: the detector's rules and the delivery monitor's share
+    this. Not thread-safe by itself: callers take it under their own guard."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], datetime] = {}
+
+    def take(self, rule: str, subject: str, at: datetime, span: timedelta) -> bool:
+        """True, and the span starts again, if no alert for this rule and subject was taken within ``span``."""
+        last = self._last.get((rule, subject))
+        if last is not None and at - last < span:
+            return False
+        self._last[(rule, subject)] = at
+        return True
+
+    def give_back(self, rule: str, subject: str) -> None:
+        """An alert taken but not raised (its sink failed): the next attempt may raise it at once."""
+        self._last.pop((rule, subject), None)
+
+    def forget_before(self, at: datetime, span: timedelta) -> None:
+        """Drop what has cooled by ``at`` (the maps stay bounded however many subjects come and go)."""
+        for key in [k for k, last in self._last.items() if at - last >= span]:
+            del self._last[key]
 
 
 class AlertSink(Protocol):

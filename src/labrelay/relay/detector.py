@@ -49,7 +49,7 @@ from labrelay.domain.audit import AuditEvent, AuditLink, DetailValue, Outcome
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.timeutil import format_duration
 from labrelay.ports import AuditLog
-from labrelay.relay.alerts import Alert, AlertQueue
+from labrelay.relay.alerts import Alert, AlertQueue, Cooldowns
 from labrelay.relay.auditor import Auditor
 from labrelay.relay.control import ControlService
 
@@ -109,7 +109,7 @@ class Detector:
         self._guard = threading.Lock()
         self._hits: dict[tuple[str, str], deque[datetime]] = defaultdict(deque)
         self._downloads: dict[str, deque[tuple[datetime, int]]] = defaultdict(deque)
-        self._last_alert: dict[tuple[str, str], datetime] = {}
+        self._cooldowns = Cooldowns()
         self._seen = 0
         self.raised: list[Alert] = []
 
@@ -180,9 +180,7 @@ class Detector:
         if len(self._hits) > _MAX_SUBJECTS:
             for key in sorted(self._hits, key=lambda k: self._hits[k][-1])[: len(self._hits) - _MAX_SUBJECTS]:
                 del self._hits[key]
-        cooled = [k for k, at in self._last_alert.items() if now - at >= self.rules.cooldown]
-        for key in cooled:
-            del self._last_alert[key]
+        self._cooldowns.forget_before(now, self.rules.cooldown)
 
     # ------------------------------------------------------------ rules
 
@@ -215,11 +213,7 @@ class Detector:
     def _cooled(self, rule: str, subject: str, at: datetime) -> bool:
         """No alert for this rule and subject within the cooldown; takes it (under the guard, so two threads never
         raise the same alert). ``_raise`` then always reaches the sinks, even if the database fails."""
-        last = self._last_alert.get((rule, subject))
-        if last is not None and at - last < self.rules.cooldown:
-            return False
-        self._last_alert[(rule, subject)] = at
-        return True
+        return self._cooldowns.take(rule, subject, at, self.rules.cooldown)
 
     # ------------------------------------------------------------ output
 

@@ -34,7 +34,7 @@ from labrelay.domain.parties import RECEIVING_ROLES
 from labrelay.domain.timeutil import format_duration, to_rfc3339
 from labrelay.domain.transfers import TransferState
 from labrelay.ports import AuditLog, Clock, DirectoryRepository, TransferRepository
-from labrelay.relay.alerts import Alert
+from labrelay.relay.alerts import Alert, Cooldowns
 from labrelay.relay.detector import Detector
 
 UNDELIVERED = "undelivered"
@@ -63,7 +63,7 @@ class DeliveryMonitor:
         self._guard = threading.Lock()
         self._listed: dict[str, datetime] = {}
         self._expired: dict[str, list[tuple[str, str]]] = defaultdict(list)  # recipient → [(transfer, sender)]
-        self._last_alert: dict[tuple[str, str], datetime] = {}
+        self._cooldowns = Cooldowns()
 
     # ------------------------------------------------------------ input
 
@@ -105,19 +105,12 @@ class DeliveryMonitor:
                 log.error("alert could not be raised", rule=NO_FETCH, error=type(exc).__name__)
         return raised
 
-    def _cooled(self, rule: str, subject: str, now: datetime, cooldown: timedelta) -> bool:
-        last = self._last_alert.get((rule, subject))
-        if last is not None and now - last < cooldown:
-            return False
-        self._last_alert[(rule, subject)] = now
-        return True
-
     def _undelivered(self, now: datetime) -> int:
         with self._guard:
             due = {
                 r: self._expired.pop(r)
                 for r in list(self._expired)
-                if self._cooled(UNDELIVERED, r, now, self.rules.cooldown)
+                if self._cooldowns.take(UNDELIVERED, r, now, self.rules.cooldown)
             }
         raised = 0
         for recipient, expired in due.items():
@@ -127,7 +120,7 @@ class DeliveryMonitor:
                 log.error("alert could not be raised", rule=UNDELIVERED, error=type(exc).__name__)
                 with self._guard:
                     self._expired[recipient] = expired + self._expired.get(recipient, [])
-                    self._last_alert.pop((UNDELIVERED, recipient), None)
+                    self._cooldowns.give_back(UNDELIVERED, recipient)
             else:
                 raised += 1
         return raised
@@ -160,7 +153,7 @@ class DeliveryMonitor:
         if now - since < after:
             return 0
         with self._guard:
-            if not self._cooled(NO_FETCH, backlog.recipient, now, max(after, self.rules.cooldown)):
+            if not self._cooldowns.take(NO_FETCH, backlog.recipient, now, max(after, self.rules.cooldown)):
                 return 0
         listed = f"since {to_rfc3339(last)}" if last is not None else f"within the last {format_duration(after)}"
         summary = (
