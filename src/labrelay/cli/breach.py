@@ -30,18 +30,16 @@ def _instant(text: str, what: str) -> datetime:
 
 def _warnings(result: Scope) -> None:
     for item in result.unmatched:
-        ui.err.print(f"labrelay: warning: {item} matches no party or transfer of the ledgers and audit", markup=False)
+        ui.warn(f"{item} matches no party or transfer of the ledgers and audit")
     if result.unledgered:
-        ui.err.print(
-            f"labrelay: warning: {len(result.unledgered)} exposed transfer(s) are in no ledger given "
-            "(content unknown; see scope.json, unledgered)",
-            markup=False,
+        ui.warn(
+            f"{len(result.unledgered)} exposed transfer(s) are in no ledger given (content unknown; see scope.json, "
+            "unledgered)"
         )
     if result.audit.first_seq != 1:
-        ui.err.print(
-            "labrelay: warning: the audit export does not start at record 1 (pruned or partial): transfers whose "
-            "creation is not in it are assumed stored from their sending to their deadline",
-            markup=False,
+        ui.warn(
+            "the audit export does not start at record 1 (pruned or partial): transfers whose creation is not in it "
+            "are assumed stored from their sending to their deadline"
         )
 
 

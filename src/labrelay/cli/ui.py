@@ -82,6 +82,11 @@ def kind_of(exc: errors.LabrelayError) -> str:
     return {EXIT_SECURITY: "refused", EXIT_USAGE: "usage error"}.get(exit_code_for(exc), "error")
 
 
+def warn(message: str) -> None:
+    """One line on stderr that does not stop the command."""
+    err.print(f"labrelay: warning: {message}", markup=False)
+
+
 def report(exc: errors.LabrelayError) -> None:
     err.print(f"labrelay: {kind_of(exc)}: {exc.diagnostics()}", markup=False)
     if json_output.enabled:

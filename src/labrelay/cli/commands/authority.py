@@ -68,7 +68,7 @@ def authority_sign(
     if refusal is not None:
         ui.err.print(f"labrelay: WARNING: --force: signing {req.name} although {refusal}", markup=False)
     for warning in _warnings(auth, req):
-        ui.err.print(f"labrelay: warning: {warning}", markup=False)
+        ui.warn(warning)
     # Everything signed is printed before anything is signed or written (issued.jsonl, ENTRY.json).
     ui.out.print(f"signing the entry of {req.name}:", markup=False)
     for label, value in (

@@ -54,4 +54,4 @@ def warn_overruled(destroyed: list[Destroyed]) -> None:
     for gone in destroyed:
         note = gone.note()
         if note is not None:
-            ui.err.print(f"labrelay: warning: {note}", markup=False)
+            ui.warn(note)

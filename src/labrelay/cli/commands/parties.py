@@ -42,10 +42,6 @@ def identifier_of(finess: str | None, organisation: str | None) -> Identifier | 
     return identifiers.organisation(organisation) if organisation is not None else None
 
 
-def warn(message: str) -> None:
-    ui.err.print(f"labrelay: warning: {message}", markup=False)
-
-
 def party_new(
     name: Annotated[str, typer.Argument(help="Party name: lower-case letters, digits, hyphens (e.g. ars-11).")],
     role: Annotated[str, typer.Option(help="lab, recipient, admin or dpo.")],
@@ -80,10 +76,9 @@ def party_rotate(
     for old in result.retired:
         ui.out.print(f"  retired {old}: kept until {result.destroy_after}", markup=False)
     for old, claimed in result.overclaimed.items():
-        ui.err.print(
-            f"labrelay: warning: the relay claims payloads sealed to {old} until {claimed}, longer than any "
-            "relay may keep one: it is kept until the date above only",
-            markup=False,
+        ui.warn(
+            f"the relay claims payloads sealed to {old} until {claimed}, longer than any relay may keep one: it is "
+            "kept until the date above only"
         )
 
 
@@ -123,7 +118,7 @@ def party_enroll(
     party = Party.load(party_dir)
     identifier = identifier_of(finess, organisation)
     for warning in identifier.warnings() if identifier else []:
-        warn(warning)
+        ui.warn(warning)
     auth = Authority.load(authority)
     if party.role is Role.LAB:  # a lab holding another key is refused before anything is signed or written
         party.check_pseudonym_key(auth.pseudonym_key())
@@ -148,9 +143,9 @@ def party_request(
     identifier = identifier_of(finess, organisation)
     request = enrolment.request(party, identifier, SystemClock().now())
     for warning in identifier.warnings() if identifier else []:
-        warn(warning)
+        ui.warn(warning)
     if party.role is Role.LAB and identifier is None:
-        warn(f"{party.name} is a lab without a FINESS (--finess): recommended, so that recipients know which lab")
+        ui.warn(f"{party.name} is a lab without a FINESS (--finess): recommended, so that recipients know which lab")
     write_json_atomic(out, request, mode=0o644)
     ui.out.print(f"enrolment request for {party.name} written to {out}", markup=False)
     ui.out.print(f"  identifier:    {identifier or '-'}", markup=False)
