@@ -156,12 +156,6 @@ def seal(authority: Authority, entry: PartyEntry, now: datetime) -> dict[str, An
     return doc
 
 
-def issue(authority: Authority, req: EnrolmentRequest, now: datetime, valid_for: timedelta) -> dict[str, Any]:
-    """ENTRY.json for a verified request (``prepare`` then ``seal``; ``authority sign`` checks
-    ``reissue_refusal`` in between)."""
-    return seal(authority, prepare(authority, req, now, valid_for), now)
-
-
 @dataclass(frozen=True)
 class EntryFile:
     """ENTRY.json as read (nothing verified yet: the relay and ``install`` verify)."""
@@ -185,14 +179,6 @@ def read_entry_file(path: Path) -> EntryFile:
     if grant is not None and not isinstance(grant, Mapping):
         raise UntrustedEntry(f"{path}: malformed pseudonym key grant")
     return EntryFile(doc["entry"], grant)
-
-
-def entry_name(entry_file: EntryFile) -> str:
-    """The name the entry claims (not verified): for messages only."""
-    try:
-        return str(require(envelope_payload(entry_file.entry), "name", str, UsageError))[:64]
-    except (IntegrityError, UsageError):
-        return "?"
 
 
 @dataclass(frozen=True)
