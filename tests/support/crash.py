@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
-from labrelay.client.files import read_json
 from labrelay.client.keystore import Party
 from labrelay.client.send import seal, verified_recipients
 from labrelay.clock import SystemClock
@@ -43,6 +42,7 @@ from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.audit import GENESIS, verify_chain
 from labrelay.domain.transfers import Manifest, Receipt, ReceiptStatus
 from labrelay.errors import LabrelayError, NotFound
+from labrelay.jsonfile import read_json
 from labrelay.runtime import engine_for
 from labrelay.storage.sql.audit import SqlAuditLog
 from labrelay.storage.sql.engine import Database

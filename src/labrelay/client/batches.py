@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.client.files import private_dir
 from labrelay.errors import UsageError
+from labrelay.jsonfile import read_json, write_json_atomic
 
 BATCHES_DIR = "batches"
 SEALING, SEALED, SENT = "sealing", "sealed", "sent"

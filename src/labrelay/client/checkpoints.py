@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from labrelay.client.files import read_json, write_json_atomic
 from labrelay.crypto.checkpoints import RelayBook
 from labrelay.domain.audit import Checkpoint
+from labrelay.jsonfile import read_json, write_json_atomic
 
 CHECKPOINTS_FILE = "checkpoints.json"
 

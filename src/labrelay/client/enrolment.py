@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from labrelay.client.files import read_json
 from labrelay.client.keystore import Authority, Party
 from labrelay.crypto.envelopes import envelope_payload, envelope_signer, sign_envelope, verify_envelope
 from labrelay.crypto.keys import VerifyKey
@@ -37,6 +36,7 @@ from labrelay.domain.parties import PartyEntry, Role
 from labrelay.domain.parties import reissue_refusal as reissue_refusal_of
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import IntegrityError, LabrelayError, UntrustedEntry, UsageError
+from labrelay.jsonfile import read_json
 
 REQUEST_TYPE = "enrolment-request"
 FILE_KIND = "labrelay-enrolment"

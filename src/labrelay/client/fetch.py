@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from isal import isal_zlib
 
 from labrelay.client.api import RelayClient
-from labrelay.client.files import SafeDir, TempFile, private_dir, read_json, sweep_temporaries, write_json_atomic
+from labrelay.client.files import SafeDir, TempFile, private_dir, sweep_temporaries
 from labrelay.client.formats import EXTENSIONS as FORMAT_EXTENSIONS
 from labrelay.client.formats import OUTPUT_FORMATS, RowTagger
 from labrelay.client.keystore import Party
@@ -71,6 +71,7 @@ from labrelay.errors import (
     UntrustedEntry,
     UsageError,
 )
+from labrelay.jsonfile import read_json, write_json_atomic
 from labrelay.ports import Clock
 
 WORK_DIR = ".labrelay"

@@ -41,7 +41,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from labrelay.client.files import private_dir, read_json, write_json_atomic
+from labrelay.client.files import private_dir
 from labrelay.crypto import age_stream, pseudonym
 from labrelay.crypto.envelopes import sign_envelope, verify_envelope
 from labrelay.crypto.keys import (
@@ -59,6 +59,7 @@ from labrelay.domain.parties import ENTRY_TYPE, REVOCATION_TYPE, PartyEntry, Rev
 from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, POLICY_TYPE, PolicyWithdrawal, policy_payload
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
+from labrelay.jsonfile import read_json, write_json_atomic
 
 IDENTITY_FILE = "identity.txt"
 SIGNING_FILE = "signing.key"

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.batch.persons import PersonsIndexSink
-from labrelay.client.files import SafeDir, private_dir, read_json, write_json_atomic
+from labrelay.client.files import SafeDir, private_dir
 from labrelay.client.spool import SealedSpool
 from labrelay.client.trust import TrustedDirectory
 from labrelay.domain.breach import categories_of
 from labrelay.domain.parties import PartyEntry, Role
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 from labrelay.errors import UsageError
+from labrelay.jsonfile import read_json, write_json_atomic
 
 LEDGER_DIR = "ledger"
 LEDGER_TYPE = "labrelay.ledger.v1"

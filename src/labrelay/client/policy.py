@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.client.api import RelayClient
-from labrelay.client.files import read_json, write_json_atomic
 from labrelay.crypto.envelopes import verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.policy import (
@@ -32,6 +31,7 @@ from labrelay.domain.policy import (
 )
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
 from labrelay.errors import IntegrityError, NotFound, UntrustedEntry, UsageError
+from labrelay.jsonfile import read_json, write_json_atomic
 
 POLICIES_FILE = "policies.json"
 

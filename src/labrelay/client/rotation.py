@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.client.api import RelayClient
-from labrelay.client.files import read_json, write_json_atomic
 from labrelay.client.keystore import ENTRY_FILE, IDENTITY_FILE, PUBLIC_FILE, Authority, Party
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.parties import RECEIVING_ROLES
 from labrelay.domain.timeutil import format_duration, from_rfc3339, to_rfc3339
 from labrelay.domain.transfers import CLOCK_SKEW, HARD_MAX_TTL
 from labrelay.errors import UsageError
+from labrelay.jsonfile import read_json, write_json_atomic
 
 RETIRED_FILE = "retired.json"
 KEEP_AT_MOST = HARD_MAX_TTL + CLOCK_SKEW + timedelta(seconds=1)

@@ -26,7 +26,7 @@ from labrelay.batch.route import Destination, Router, destinations
 from labrelay.batch.validate import Validator
 from labrelay.client.api import RelayClient
 from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchEntry, BatchIndex, SourceDigest, digest
-from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir, read_json
+from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir
 from labrelay.client.keystore import Party
 from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
 from labrelay.client.policy import current_policy, no_longer_in_force
@@ -52,6 +52,7 @@ from labrelay.domain.records import FIELDS
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import OperationalError, PermissionDenied, SecurityError, UsageError
+from labrelay.jsonfile import read_json
 from labrelay.ports import Clock
 from labrelay.refdata import communes, department_regions
 

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 from labrelay.client.api import RelayClient
 from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchEntry, BatchIndex, SourceDigest, digest
-from labrelay.client.files import SafeDir, read_json, sweep_temporaries, write_json_atomic
+from labrelay.client.files import SafeDir, sweep_temporaries
 from labrelay.client.keystore import Party
 from labrelay.client.policy import current_policy
 from labrelay.client.progress import NoProgress, Progress, ProgressTask
@@ -50,6 +50,7 @@ from labrelay.errors import (
     TooLarge,
     UsageError,
 )
+from labrelay.jsonfile import read_json, write_json_atomic
 from labrelay.ports import Clock
 
 UPLOAD_CHUNK = 16 * 1024 * 1024  # memory does not depend on it: chunks stream from the spool file

@@ -9,13 +9,11 @@ witnessed. Kept: the latest head, and older ones at least an hour apart.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
 
 from labrelay.crypto.checkpoints import RelayBook
 from labrelay.domain.audit import Checkpoint
+from labrelay.jsonfile import read_json, write_json_atomic
 
 
 class FileWitness:
@@ -26,7 +24,7 @@ class FileWitness:
     def __init__(self, path: Path, url: str) -> None:
         self.path = path
         self.url = url
-        doc = _read(path) if path.exists() else {}
+        doc = read_json(path) if path.exists() else {}
         self._relays = {u: RelayBook.from_doc(e, f"{path}, relay {u}") for u, e in dict(doc.get("relays", {})).items()}
 
     def observe(self, checkpoint: Checkpoint) -> None:
@@ -35,28 +33,4 @@ class FileWitness:
             book = self._relays[self.url] = RelayBook.pinned_by(checkpoint)
         hint = f"if the relay's operator announced a new key, remove {self.url} from {self.path}"
         if book.observe(checkpoint, self.url, hint):
-            _write_atomic(self.path, {"relays": {u: b.to_doc() for u, b in sorted(self._relays.items())}})
-
-
-def _read(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as fh:
-        doc = json.load(fh)
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a JSON object")
-    return doc
-
-
-def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Write through a temporary name (0600, fsync'd), then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            write_json_atomic(self.path, {"relays": {u: b.to_doc() for u, b in sorted(self._relays.items())}})

@@ -11,13 +11,13 @@ import typer
 from labrelay.cli import options, ui
 from labrelay.cli.commands.common import CaOpt, ServerOpt
 from labrelay.client import enrolment
-from labrelay.client.files import read_json, write_json_atomic
 from labrelay.client.keystore import Authority
 from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
+from labrelay.jsonfile import read_json, write_json_atomic
 
 
 def authority_init(auth_dir: Annotated[Path, typer.Argument(help="Directory to create.")]) -> None:

@@ -11,7 +11,6 @@ import typer
 from labrelay.cli import ui
 from labrelay.cli.commands.common import AsOpt, CaOpt, ServerOpt, party_client, warn_overruled
 from labrelay.client import enrolment
-from labrelay.client.files import write_json_atomic
 from labrelay.client.keystore import Authority, Party
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
@@ -20,6 +19,7 @@ from labrelay.domain.identifiers import Identifier
 from labrelay.domain.parties import Role
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
 from labrelay.errors import SecurityError, UsageError
+from labrelay.jsonfile import write_json_atomic
 
 FinessOpt = Annotated[
     str | None,
