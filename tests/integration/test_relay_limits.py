@@ -46,6 +46,15 @@ def limited(tmp_path: Path, relay_factory) -> World:
     return world
 
 
+@pytest.fixture
+def unhurried(tmp_path: Path, relay_factory) -> World:
+    """FAST, but a body may pause 15 s: collecting 41 refusals under load can take longer than ``limited``'s 3 s,
+    and the four stalled uploads must still be streaming (not cut at their body timeout) when the freeze comes."""
+    world = make_world(tmp_path, relay_factory, settings={**FAST, "body_timeout": '"15s"'})
+    world.add("ops-admin", Role.ADMIN)
+    return world
+
+
 def stalled_patch(world: World, transfer_id: str, body: bytes) -> socket.socket:
     """A signed PATCH of ``body`` by the lab that sends its headers and 10 bytes, then nothing."""
     lab = world.parties["lab-paris-01"]
@@ -97,13 +106,13 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 @pytest.mark.threat("T28")
 def test_one_lab_stalling_45_uploads_freezes_nothing_and_its_lock_cuts_them(
-    limited: World, tmp_path: Path, sockets: list[socket.socket]
+    unhurried: World, tmp_path: Path, sockets: list[socket.socket]
 ) -> None:
     """45 signed PATCHes that send 10 bytes and stall: before issue 18 they held the 40 threads every request is
     authenticated on, and the relay answered nobody. Now at most 4 stream for the lab (the rest: 429 + Retry-After, and
     a ``limits`` alert), other parties and the admin are answered at once, and a freeze or a lock closes the lab's
     uploads in progress."""
-    world = limited
+    world = unhurried
     transfer_id, ciphertext = uploading_transfer(world, tmp_path)
     for _ in range(45):
         sockets.append(stalled_patch(world, transfer_id, ciphertext[:4096]))
