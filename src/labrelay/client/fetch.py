@@ -51,11 +51,11 @@ from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import SENDING_ROLES
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
-    MIN_PAYLOAD_BYTES,
     Manifest,
     Receipt,
     ReceiptStatus,
     TransferRefusal,
+    min_payload_bytes,
     refusal_detail,
 )
 from labrelay.errors import (
@@ -203,10 +203,10 @@ def verify_manifest_ignoring_deadline(
         raise IntegrityError(f"transfer {transfer_id} is addressed to {manifest.recipient}, not {party.name}")
     if manifest.recipient_key not in {i.recipient for i in party.identities}:
         raise IntegrityError(f"transfer {transfer_id} was sealed to a key {party.name} does not hold")
-    if manifest.size < MIN_PAYLOAD_BYTES:  # no relay should have taken it (check_manifest_terms); nothing to open
+    if manifest.size < (smallest := min_payload_bytes(manifest.recipient_key)):  # no relay should have taken it
         raise IntegrityError(
             f"transfer {transfer_id} declares {manifest.size} bytes, less than any age file sealed to this party "
-            f"({MIN_PAYLOAD_BYTES}); refusing it"
+            f"({smallest}); refusing it"
         )
     return manifest
 

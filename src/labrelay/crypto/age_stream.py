@@ -1,23 +1,20 @@
-"""Streaming age encryption and decryption (pyrage, X25519 recipients).
+"""Streaming age encryption and decryption (X25519 and hybrid post-quantum recipients, crypto/age_format.py).
 
-Both directions run in constant memory: pyrage reads and writes 64 KiB STREAM chunks through Python file
-objects. The ciphertext is hashed as it is written (encryption) or as it is read (decryption), so the SHA-256
-the sender signs and the recipient checks costs no second pass.
+Both directions run in constant memory: 64 KiB STREAM chunks pass through Python file objects. The ciphertext is
+hashed as it is written (encryption) or as it is read (decryption), so the SHA-256 the sender signs and the
+recipient checks costs no second pass.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-import pyrage
-
+from labrelay.crypto import age_format
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.errors import IntegrityError, OperationalError, StorageFull, UsageError
 
@@ -98,23 +95,44 @@ class HashingReader:
         return self._hash.hexdigest()
 
 
+def _writer(sink: BinaryIO, recipients: Sequence[str]) -> age_format.Writer:
+    try:
+        return age_format.Writer(sink, recipients)
+    except UsageError:
+        if recipients and not all(_is_recipient(r) for r in recipients):
+            raise IntegrityError("not an age recipient (age1… or age1pq1…)") from None
+        raise
+    except OSError as exc:
+        raise _io_error(exc, "encrypting") from exc
+
+
+def _is_recipient(recipient: str) -> bool:
+    try:
+        age_format.parse_recipient(recipient)
+    except UsageError:
+        return False
+    return True
+
+
 def encrypt(source: Readable, sink: BinaryIO, recipients: Sequence[str]) -> tuple[int, str]:
-    """Encrypt ``source`` to age ``recipients`` into ``sink``; return (ciphertext size, SHA-256 hex)."""
+    """Encrypt ``source`` to age ``recipients`` into ``sink``; return (ciphertext size, SHA-256 hex).
+
+    All recipients must be of one kind: classic X25519 or hybrid post-quantum (a mix is refused, as age does)."""
     if not recipients:
         raise UsageError("no recipient to encrypt to")
-    try:
-        natives = [pyrage.x25519.Recipient.from_str(r) for r in recipients]
-    except Exception as exc:
-        raise IntegrityError("not an age X25519 recipient") from exc
     out = HashingWriter(sink)
+    writer = _writer(out, recipients)  # type: ignore[arg-type]  # HashingWriter is a writable sink
     try:
-        pyrage.encrypt_io(source, out, natives)
-    except pyrage.EncryptError as exc:  # pyrage wraps I/O errors of the source or sink
-        raise _io_error(str(exc), "encrypting") from exc
+        while block := source.read(_READ):
+            writer.write(block)
+        writer.close()
     except OSError as exc:
         raise _io_error(exc, "encrypting") from exc
     out.flush()
     return out.size, out.hexdigest
+
+
+_READ = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +153,8 @@ def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[AgeIdentity],
     """
     reader = HashingReader(source)
     try:
-        pyrage.decrypt_io(reader, sink, [i.native() for i in identities])
-    except pyrage.DecryptError as exc:
-        raise IntegrityError(f"age decryption failed: {exc}") from exc
+        age_format.decrypt(reader, sink, [i.key for i in identities])
     except OSError as exc:
-        if exc.errno is None:  # pyrage reports a chunk that fails authentication as a bare OSError
-            raise IntegrityError(f"age decryption failed: {exc}") from exc
         raise _io_error(exc, "decrypting") from exc
     # age stops at the authenticated final chunk; any trailing bytes would be outside the signed hash.
     if reader.read(1):
@@ -160,64 +174,30 @@ def hash_file(path_stream: Readable, chunk: int = 1 << 20) -> tuple[int, str]:
 
 
 class StreamingSealer:
-    """A write-only stream whose bytes are age-encrypted to one recipient as they arrive.
-
-    Writes go into an OS pipe; a thread runs pyrage's streaming encryptor from the pipe into ``sink``, hashing the
-    ciphertext. Plaintext exists only in the pipe's buffer and this process's memory, never in a file.
-    """
+    """A write-only stream whose bytes are age-encrypted to one recipient as they arrive, straight into ``sink``
+    (64 KiB at a time, hashing the ciphertext). Plaintext exists only in this process's memory, never in a file."""
 
     def __init__(self, sink: BinaryIO, recipient: str) -> None:
-        try:
-            native = pyrage.x25519.Recipient.from_str(recipient)
-        except Exception as exc:
-            raise IntegrityError("not an age X25519 recipient") from exc
-        read_fd, write_fd = os.pipe()
-        self._reader = os.fdopen(read_fd, "rb")
-        self._writer = os.fdopen(write_fd, "wb")
         self._out = HashingWriter(sink)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(native,), name="age-sealer", daemon=True)
-        self._thread.start()
-
-    def _run(self, native: object) -> None:
-        try:
-            pyrage.encrypt_io(self._reader, self._out, [native])
-        except BaseException as exc:  # noqa: BLE001 - handed to the writer's thread by close()
-            self._error = exc
-        finally:
-            self._reader.close()
+        self._writer = _writer(self._out, [recipient])  # type: ignore[arg-type]  # HashingWriter is a writable sink
 
     def write(self, data: bytes) -> int:
         try:
             return self._writer.write(data)
-        except BrokenPipeError:
-            self._writer = None  # type: ignore[assignment]  # dropped on a broken pipe: the failure is raised at once
-            self._thread.join()
-            raise self._failure() from None
+        except OSError as exc:
+            raise _io_error(exc, "encrypting") from exc
 
     def flush(self) -> None:
         self._writer.flush()
 
-    def _failure(self) -> Exception:
-        if isinstance(self._error, pyrage.EncryptError):
-            return _io_error(str(self._error), "encrypting")
-        if isinstance(self._error, OSError):
-            return _io_error(self._error, "encrypting")
-        return OperationalError(f"encryption stopped: {type(self._error).__name__}")
-
     def close(self) -> tuple[int, str]:
         """Finish the age stream; return (ciphertext size, SHA-256 hex)."""
-        if self._writer is not None:
+        try:
             self._writer.close()
-        self._thread.join()
-        if self._error is not None:
-            raise self._failure()
+        except OSError as exc:
+            raise _io_error(exc, "encrypting") from exc
         self._out.flush()
         return self._out.size, self._out.hexdigest
 
     def abort(self) -> None:
-        """Stop without a valid ciphertext (the caller deletes the sink)."""
-        if self._writer is not None:
-            with contextlib.suppress(OSError):
-                self._writer.close()
-        self._thread.join()
+        """Stop without a valid ciphertext (the caller deletes the sink): the last chunk is never written."""

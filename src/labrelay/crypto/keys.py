@@ -2,7 +2,8 @@
 
 Private keys are generated where they are used and written once, with mode 0600, by ``write_private``; every
 reader goes through ``read_private``, which refuses a file that group or others can read, or that another user
-owns, as OpenSSH does. Public keys travel as base64url (Ed25519, raw 32 bytes) or as age ``age1…`` strings.
+owns, as OpenSSH does. Public keys travel as base64url (Ed25519, raw 32 bytes) or as age ``age1pq1…``
+(hybrid post-quantum) or ``age1…`` (X25519) strings.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyrage
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from labrelay.crypto import age_format
 from labrelay.errors import InsecureKeyFile, IntegrityError, UsageError
 
 
@@ -179,20 +180,28 @@ def load_verify_key_file(path: Path) -> VerifyKey:
 
 @dataclass(frozen=True, slots=True)
 class AgeIdentity:
-    """An age X25519 identity, kept as the ``AGE-SECRET-KEY-1…`` string pyrage and the age tool read."""
+    """An age identity, kept as the string the age tools read: ``AGE-SECRET-KEY-PQ-1…`` (hybrid ML-KEM-768 +
+    X25519, post-quantum, the default) or ``AGE-SECRET-KEY-1…`` (classic X25519)."""
 
     secret: str
 
     @classmethod
-    def generate(cls) -> AgeIdentity:
-        return cls(str(pyrage.x25519.Identity.generate()))
+    def generate(cls, *, classic: bool = False) -> AgeIdentity:
+        """A new identity: hybrid post-quantum unless ``classic`` (for tools older than age 1.3)."""
+        kind = age_format.X25519_TYPE if classic else age_format.HYBRID_TYPE
+        return cls(age_format.SecretKey.generate(kind).encode())
+
+    @property
+    def key(self) -> age_format.SecretKey:
+        return age_format.SecretKey.parse(self.secret)
 
     @property
     def recipient(self) -> str:
-        return str(pyrage.x25519.Identity.from_str(self.secret).to_public())
+        return self.key.recipient()
 
-    def native(self) -> object:
-        return pyrage.x25519.Identity.from_str(self.secret)
+    @property
+    def is_pq(self) -> bool:
+        return self.secret.startswith(PQ_IDENTITY_PREFIX)
 
     def save(self, path: Path, created: str) -> None:
         """Write a standard age identity file (as ``age-keygen`` does), mode 0600."""
@@ -203,12 +212,16 @@ class AgeIdentity:
     def load_all(cls, path: Path) -> list[AgeIdentity]:
         """Every identity in an age identity file (comments and blank lines skipped)."""
         lines = read_private(path).decode("ascii", errors="strict").splitlines()
-        found = [cls(line.strip()) for line in lines if line.strip().startswith("AGE-SECRET-KEY-1")]
+        found = [cls(line.strip()) for line in lines if line.strip().startswith(IDENTITY_PREFIXES)]
         if not found:
             raise UsageError(f"{path} holds no age identity")
         for ident in found:
             try:
-                pyrage.x25519.Identity.from_str(ident.secret)
-            except Exception as exc:
+                ident.key  # noqa: B018 - parsed to refuse a malformed identity now, not at decryption
+            except UsageError as exc:
                 raise UsageError(f"{path} holds a malformed age identity") from exc
         return found
+
+
+PQ_IDENTITY_PREFIX = "AGE-SECRET-KEY-PQ-1"
+IDENTITY_PREFIXES = ("AGE-SECRET-KEY-1", PQ_IDENTITY_PREFIX)

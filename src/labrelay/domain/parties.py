@@ -24,7 +24,26 @@ from labrelay.errors import UntrustedEntry, UsageError
 ENTRY_TYPE = "party-entry"
 REVOCATION_TYPE = "party-revocation"
 
-_AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+_CLASSIC_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
+_PQ_RECIPIENT = re.compile(r"age1pq1[02-9ac-hj-np-z]{1952}")
+"""An age recipient: classic X25519 (``age1`` + 32 bytes in Bech32) or hybrid ML-KEM-768 + X25519, post-quantum
+(``age1pq1`` + 1,216 bytes). The shape only; crypto/age_format.py checks the checksum and the key."""
+
+
+def is_age_recipient(text: str) -> bool:
+    return bool(_CLASSIC_RECIPIENT.fullmatch(text) or _PQ_RECIPIENT.fullmatch(text))
+
+
+def is_pq_recipient(text: str) -> bool:
+    """True for a hybrid post-quantum recipient (``age1pq1…``), False for a classic one or anything else."""
+    return bool(_PQ_RECIPIENT.fullmatch(text))
+
+
+def key_kind(text: str) -> str:
+    """``post-quantum`` or ``classic``: what the directory and the console show for a party's age recipient."""
+    return "post-quantum" if is_pq_recipient(text) else "classic"
+
+
 _ED25519_B64 = re.compile(r"[A-Za-z0-9_-]{43}")
 _SERIAL = re.compile(r"[0-9a-f-]{36}")
 
@@ -78,8 +97,8 @@ class PartyEntry:
         if self.region is not None:
             check_region(self.region)
         check_for_role(self.identifier, self.role.value)
-        if not _AGE_RECIPIENT.fullmatch(self.age_recipient):
-            raise UntrustedEntry(f"entry for {self.name}: not an age X25519 recipient")
+        if not is_age_recipient(self.age_recipient):
+            raise UntrustedEntry(f"entry for {self.name}: not an age recipient (age1pq1… or age1…)")
         if not _ED25519_B64.fullmatch(self.signing_key):
             raise UntrustedEntry(f"entry for {self.name}: not an Ed25519 public key")
         if not self.not_before < self.not_after:

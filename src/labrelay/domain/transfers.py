@@ -19,7 +19,7 @@ from typing import Any
 
 from labrelay.domain.fields import instant, optional, require
 from labrelay.domain.names import check_party_name, check_transfer_id
-from labrelay.domain.parties import PartyEntry
+from labrelay.domain.parties import PartyEntry, is_age_recipient, is_pq_recipient
 from labrelay.domain.timeutil import format_duration, to_rfc3339
 from labrelay.errors import Conflict, IntegrityError, NotCiphertext, TooLarge, UntrustedEntry, UsageError
 
@@ -29,7 +29,6 @@ REFUSAL_TYPE = "transfer-refusal"
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _MEDIA_TYPE = re.compile(r"[a-z]+/[a-z0-9.+-]{1,64}")
-_AGE_RECIPIENT = re.compile(r"age1[02-9ac-hj-np-z]{58}")
 _REFUSAL_REASON = re.compile(r"[a-z-]{1,40}")
 _POLICY_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as a policy's own (labrelay.domain.policy)
 MIN_PAYLOAD_BYTES = 200
@@ -41,6 +40,16 @@ and one final STREAM chunk holding no plaintext, its 16-byte Poly1305 tag alone:
 ``age -r age1… < /dev/null`` writes exactly 200 bytes (age 1.1.1); labrelay's own encryption of nothing writes more.
 A manifest that declares less can never be a payload its recipient opens (size 0 cannot even be uploaded): the
 relay refuses it at creation, and a recipient refuses one offered."""
+MIN_PQ_PAYLOAD_BYTES = 1659
+"""The same for a hybrid post-quantum recipient: its stanza line is ``-> mlkem768x25519`` and the 1,120-byte
+encapsulation in 1,494 base64 characters (1,513 bytes with the spaces and newline): 22 + 1,513 + 44 + 48 + 16 + 16."""
+
+
+def min_payload_bytes(recipient_key: str) -> int:
+    """The smallest age file sealed to ``recipient_key`` can be."""
+    return MIN_PQ_PAYLOAD_BYTES if is_pq_recipient(recipient_key) else MIN_PAYLOAD_BYTES
+
+
 AGE_VERSION_LINE = b"age-encryption.org/v1\n"
 """How every age file begins (its header's first line): the first bytes of every payload the relay accepts."""
 MAX_REFUSAL_DETAIL = 300
@@ -225,8 +234,8 @@ class Manifest:
         check_transfer_id(self.batch_id)
         check_party_name(self.sender)
         check_party_name(self.recipient)
-        if not _AGE_RECIPIENT.fullmatch(self.recipient_key):
-            raise UsageError("manifest recipient_key is not an age X25519 recipient")
+        if not is_age_recipient(self.recipient_key):
+            raise UsageError("manifest recipient_key is not an age recipient (age1pq1… or age1…)")
         if self.size < 0 or not _SHA256_HEX.fullmatch(self.sha256):
             raise UsageError("manifest size or sha256 malformed")
         if self.record_count is not None and self.record_count < 0:
@@ -310,10 +319,10 @@ def check_manifest_terms(manifest: Manifest, now: datetime, limits: TransferLimi
     """Refuse a manifest whose deadline or size falls outside the relay's limits. Pure; raises."""
     if manifest.size > limits.max_payload_bytes:
         raise TooLarge(f"payload of {manifest.size} bytes exceeds the relay's limit of {limits.max_payload_bytes}")
-    if manifest.size < MIN_PAYLOAD_BYTES:
+    if manifest.size < (smallest := min_payload_bytes(manifest.recipient_key)):
         raise UsageError(
-            f"manifest declares a payload of {manifest.size} bytes, less than the smallest age file sealed to one "
-            f"recipient ({MIN_PAYLOAD_BYTES} bytes): it could never be uploaded and opened",
+            f"manifest declares a payload of {manifest.size} bytes, less than the smallest age file sealed to its "
+            f"recipient ({smallest} bytes): it could never be uploaded and opened",
             hint="the manifest's size is that of the age ciphertext",
         )
     if manifest.created > now + limits.clock_skew:
