@@ -199,6 +199,12 @@ class UntrustedEntry(SecurityError):
     code = "untrusted-entry"
 
 
+class ClassicKeyRefused(SecurityError):
+    """A classic (X25519) age key where the routing policy requires post-quantum recipients (``require_pq``)."""
+
+    code = "classic-key"
+
+
 class IntegrityError(SecurityError):
     """A payload, manifest or receipt that does not match its signature or hash."""
 

@@ -169,7 +169,8 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     payloads = payload_store_for(settings, keys)
     relay_key = relay_signing_key(settings, signed_before=sql.audit.checkpoint("head") is not None)
     auditor = Auditor(log=sql.audit, clock=clock, relay_key=relay_key)
-    directory = DirectoryService(repo=sql.directory, authority=authority, clock=clock, auditor=auditor)
+    policies = PolicyService(repo=sql.policies, authority=authority, clock=clock, auditor=auditor)
+    directory = DirectoryService(repo=sql.directory, authority=authority, clock=clock, auditor=auditor, keys=policies)
     window = settings.replay_window
     control = ControlService(
         store=sql.control, directory=directory, auditor=auditor, clock=clock, authority=authority, window=window
@@ -184,7 +185,6 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
         skew=settings.clock_skew,
         control=control,
     )
-    policies = PolicyService(repo=sql.policies, authority=authority, clock=clock, auditor=auditor)
     access = TransferAccess(repo=sql.transfers, store=payloads, auditor=auditor, clock=clock, locks=locks_for(sql.db))
     uploads = UploadService(access, directory=directory, policies=policies, limits=limits_for(settings))
     recovery = RecoveryService(access)

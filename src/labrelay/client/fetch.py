@@ -43,12 +43,14 @@ from labrelay.client.files import SafeDir, TempFile, private_dir, sweep_temporar
 from labrelay.client.formats import EXTENSIONS as FORMAT_EXTENSIONS
 from labrelay.client.formats import OUTPUT_FORMATS, RowTagger
 from labrelay.client.keystore import Party
+from labrelay.client.policy import recipient_policy, refuse_classic_keys
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
 from labrelay.crypto.envelopes import envelope_payload, envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
-from labrelay.domain.parties import SENDING_ROLES
+from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES
+from labrelay.domain.policy import Policy
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
     Manifest,
@@ -59,6 +61,7 @@ from labrelay.domain.transfers import (
     refusal_detail,
 )
 from labrelay.errors import (
+    ClassicKeyRefused,
     Conflict,
     IntegrityError,
     LabrelayError,
@@ -87,7 +90,7 @@ EXTENSIONS = {
     "text/plain": ".txt",
     "application/fhir+ndjson": ".ndjson",
 }
-PAYLOAD_REFUSALS = (IntegrityError, UntrustedEntry, PartyRevoked, PermissionDenied)
+PAYLOAD_REFUSALS = (IntegrityError, UntrustedEntry, PartyRevoked, PermissionDenied, ClassicKeyRefused)
 """What a payload's own checks raise (its manifest, its sender's standing, its hash, its decryption): refused to the
 relay once. Every other security error (an unsafe output directory, a relay whose audit head goes back…) stops the
 run instead: it is not the payload's fault, and refusing it would let a local attacker discard a lab's results."""
@@ -561,6 +564,7 @@ class _Run:
     raw: bool = False
     fmt: str = "csv"
     progress: Progress = field(default_factory=NoProgress)
+    policy: Policy | None = None  # the newest routing policy: its require_pq refuses payloads sealed to classic keys
 
 
 def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
@@ -570,6 +574,8 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
         manifest = verify_manifest(party, run.directory, listing["manifest"], transfer_id, now=run.clock.now())
     except PAYLOAD_REFUSALS as exc:
         raise _Refused(exc) from exc
+    if run.policy is not None and (why := run.policy.classic_refusal(party.name, manifest.recipient_key)):
+        raise _Refused(ClassicKeyRefused(f"{transfer_id} was sealed to a classic age key: {why}"))
     known = journal_entry(party, transfer_id)
     if known is not None and known.get("receipt"):
         # Already received and decrypted: the relay did not get (or is replaying) the receipt. Never decrypt twice.
@@ -726,34 +732,44 @@ def fetch_all(
                 raw,
                 output_format,
                 progress or NoProgress(),
+                recipient_policy(client, party.authority, party.path),
             )
-            for listing in client.transfers("inbox"):
-                transfer_id = str(listing.get("transfer_id"))
-                known = journal_entry(party, transfer_id)
-                if known is not None and known.get("refusal"):
-                    if not known.get("refusal_sent"):
-                        _report_refusal(party, client, transfer_id, known["refusal"])
-                    report.skipped.append(transfer_id)  # refused before: never downloaded again
-                    continue
-                try:
-                    report.fetched.append(_fetch_one(run, listing))
-                except _Refused as refused:
-                    report.refused.append((transfer_id, refused.error))
-                    _refuse(run, listing, transfer_id, refused.error)
-                except (OperationalError, UsageError) as exc:
-                    report.failed.append((transfer_id, exc))
-                    if isinstance(exc, Unavailable) and not isinstance(exc, DownloadBroken):
-                        break  # the relay is gone for now: the rest waits for the next run
-                except LabrelayError:
-                    raise  # a security error that is not the payload's: stop here, nothing more is written
-                except Exception as exc:  # noqa: BLE001 - one payload's surprise must not block every later one
-                    failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
-                    failure.__cause__ = exc
-                    report.failed.append((transfer_id, failure))
+            if run.policy is not None:  # T43: a classic key is refused before anything is downloaded
+                own = run.directory.require(party.name, RECEIVING_ROLES)
+                refuse_classic_keys(run.policy, [own], "fetch: nothing was downloaded")
+            _fetch_listed(run, report)
         finally:
             with contextlib.suppress(OSError):  # the work directory goes, unless a partial download waits in it
                 os.rmdir(WORK_DIR, dir_fd=out.fd)
     return report
+
+
+def _fetch_listed(run: _Run, report: FetchReport) -> None:
+    """Every transfer the relay lists for this party, one after the other, into ``report``."""
+    party, client = run.party, run.client
+    for listing in client.transfers("inbox"):
+        transfer_id = str(listing.get("transfer_id"))
+        known = journal_entry(party, transfer_id)
+        if known is not None and known.get("refusal"):
+            if not known.get("refusal_sent"):
+                _report_refusal(party, client, transfer_id, known["refusal"])
+            report.skipped.append(transfer_id)  # refused before: never downloaded again
+            continue
+        try:
+            report.fetched.append(_fetch_one(run, listing))
+        except _Refused as refused:
+            report.refused.append((transfer_id, refused.error))
+            _refuse(run, listing, transfer_id, refused.error)
+        except (OperationalError, UsageError) as exc:
+            report.failed.append((transfer_id, exc))
+            if isinstance(exc, Unavailable) and not isinstance(exc, DownloadBroken):
+                break  # the relay is gone for now: the rest waits for the next run
+        except LabrelayError:
+            raise  # a security error that is not the payload's: stop here, nothing more is written
+        except Exception as exc:  # noqa: BLE001 - one payload's surprise must not block every later one
+            failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
+            failure.__cause__ = exc
+            report.failed.append((transfer_id, failure))
 
 
 def _refuse(run: _Run, listing: Mapping[str, Any], transfer_id: str, error: LabrelayError) -> None:

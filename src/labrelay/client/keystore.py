@@ -2,7 +2,8 @@
 
 Party directory ``DIR/NAME/`` (mode 0700)::
 
-    identity.txt    age X25519 identity, the standard age format (0600) — `age -d -i identity.txt` reads it
+    identity.txt    age identity, the standard age format (0600): hybrid post-quantum (AGE-SECRET-KEY-PQ-1…, read
+                    by age >= 1.3 and the age-encryption library) unless created with --classic (X25519)
     signing.key     Ed25519 private key, PKCS#8 PEM (0600)
     party.json      the public half: name, role, region, age recipient, signing key
     authority.pub   the directory authority's key, pinned at creation
@@ -89,7 +90,18 @@ class Party:
     signing_public: str
 
     @classmethod
-    def create(cls, out: Path, name: str, role: Role, region: str | None, authority_pub: Path, now: datetime) -> Party:
+    def create(
+        cls,
+        out: Path,
+        name: str,
+        role: Role,
+        region: str | None,
+        authority_pub: Path,
+        now: datetime,
+        *,
+        classic: bool = False,
+    ) -> Party:
+        """A new party's directory with fresh keys: a hybrid post-quantum age identity, unless ``classic``."""
         check_party_name(name)
         if region is not None:
             check_region(region)
@@ -100,7 +112,7 @@ class Party:
         private_dir(out)
         private_dir(path)
         created = to_rfc3339(now)
-        identity = AgeIdentity.generate()
+        identity = AgeIdentity.generate(classic=classic)
         identity.save(path / IDENTITY_FILE, created)
         signing = SigningKey.generate()
         signing.save(path / SIGNING_FILE)

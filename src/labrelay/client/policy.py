@@ -11,7 +11,7 @@ withdrawal the relay no longer serves.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -21,6 +21,7 @@ from typing import Any
 from labrelay.client.api import RelayClient
 from labrelay.crypto.envelopes import verify_envelope
 from labrelay.crypto.keys import VerifyKey
+from labrelay.domain.parties import PartyEntry
 from labrelay.domain.policy import (
     POLICY_TYPE,
     WITHDRAWAL_TYPE,
@@ -30,7 +31,7 @@ from labrelay.domain.policy import (
     signed_policy_from_payload,
 )
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
-from labrelay.errors import IntegrityError, NotFound, UntrustedEntry, UsageError
+from labrelay.errors import ClassicKeyRefused, IntegrityError, NotFound, UntrustedEntry, UsageError
 from labrelay.jsonfile import read_json, write_json_atomic
 
 POLICIES_FILE = "policies.json"
@@ -179,6 +180,24 @@ def current_policy(client: RelayClient, authority: VerifyKey, party_dir: Path, n
     return signed.policy
 
 
+def recipient_policy(client: RelayClient, authority: VerifyKey, party_dir: Path) -> Policy | None:
+    """The newest routing policy the relay holds, as a recipient uses it (for ``require_pq``): signed by the pinned
+    ``authority`` and not older than one this party verified before; None when the relay holds none. Its validity
+    and withdrawal are not checked: what the relay accepted under it before may still be fetched."""
+    try:
+        envelope = client.policy()
+    except NotFound:
+        return None
+    signed = verified_signed_policy(envelope, authority)
+    kept = PolicyBook(party_dir / POLICIES_FILE).kept(authority)
+    if kept is not None and signed.issue < kept.issue:
+        raise UntrustedEntry(
+            f"the relay served routing policy {signed.label}, older than {kept.label}, which this party already "
+            "verified: refusing it (a rollback)"
+        )
+    return signed.policy
+
+
 def relay_policy_issue(client: RelayClient, authority: VerifyKey) -> int:
     """The issue of the newest policy the relay holds that verifies under ``authority`` (0: none), so that the
     authority numbers the next one after it even when its own ``issued.jsonl`` does not go that far."""
@@ -210,3 +229,15 @@ def no_longer_in_force(
     if kept.not_after and from_rfc3339(kept.not_after) <= now:
         return f"routing policy {kept.label} expired at {kept.not_after}"
     return None
+
+
+def refuse_classic_keys(policy: Policy, entries: Iterable[PartyEntry], doing: str) -> None:
+    """Refuse, before anything is sealed or opened, every classic age key among ``entries`` when ``policy`` requires
+    post-quantum recipients (``require_pq``): one line naming them all (docs/threat-model.md, T43)."""
+    classic = sorted({e.name for e in entries if policy.classic_refusal(e.name, e.age_recipient) is not None})
+    if classic:
+        raise ClassicKeyRefused(
+            f"policy {policy.version} requires post-quantum recipients and the age key of {', '.join(classic)} is "
+            f"classic (X25519): refusing to {doing}",
+            hint="each of them moves to a hybrid key with: labrelay party rotate --pq",
+        )

@@ -139,13 +139,22 @@ def _horizon(client: RelayClient, recipient: str, now: datetime, cap: datetime) 
     return max(said, now), None
 
 
-def rotate(party: Party, authority: Authority, client: RelayClient, now: datetime, valid_for: timedelta) -> Rotation:
+def rotate(
+    party: Party,
+    authority: Authority,
+    client: RelayClient,
+    now: datetime,
+    valid_for: timedelta,
+    *,
+    classic: bool = False,
+) -> Rotation:
+    """Move ``party`` to a new age key, hybrid post-quantum unless ``classic``; the keys it held are retired."""
     if party.role not in RECEIVING_ROLES:
         raise UsageError(f"{party.name} is a {party.role.value}: only recipients hold payload keys to rotate")
     identity_file = party.path / IDENTITY_FILE
     held = AgeIdentity.load_all(identity_file)
     known = {k["age_recipient"] for k in _retired(party)}
-    new = AgeIdentity.generate()
+    new = AgeIdentity.generate(classic=classic)
     # 1. the new identity is on disk before anyone can seal to it
     _write_identities(identity_file, [new, *held], {new.recipient: f"created: {to_rfc3339(now)}"})
     # 2. the authority signs the entry; 3. the relay registers it (signed with the party's own key)

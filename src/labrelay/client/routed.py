@@ -29,7 +29,7 @@ from labrelay.client.batches import HELD, ROUTED, SEALING, SENT, BatchEntry, Bat
 from labrelay.client.files import TEMP_PREFIX, SafeDir, TempFile, private_dir
 from labrelay.client.keystore import Party
 from labrelay.client.ledger import DEFAULT_RETENTION, LedgerWriter, choose_dpo, purge, transfer_fact
-from labrelay.client.policy import current_policy, no_longer_in_force
+from labrelay.client.policy import current_policy, no_longer_in_force, refuse_classic_keys
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.send import (
     NothingSent,
@@ -164,7 +164,10 @@ def _plan(party: Party, client: RelayClient, clock: Clock, options: SendOptions)
         raise UsageError("the ledger must be kept at least as long as the payloads it describes (--ttl)")
     check_ttl(client, options.ttl)
     purge(party.path, clock.now())
-    enrolled = {e.name for e in directory.in_force() if e.role in RECEIVING_ROLES}
+    receivers = [e for e in directory.in_force() if e.role in RECEIVING_ROLES]
+    enrolled = {e.name for e in receivers}
+    sealed_to = [e for e in receivers if e.name in addressed and (not options.restrict or e.name in options.restrict)]
+    refuse_classic_keys(policy, [*sealed_to, dpo_entry], "seal anything to them: nothing was sent")
     router = Router(policy, regions, enrolled, restrict=options.restrict, pseudonym_key=party.pseudonym_key())
     validator = Validator(
         today=clock.now().date(),

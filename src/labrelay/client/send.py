@@ -32,7 +32,7 @@ from labrelay.client.api import RelayClient
 from labrelay.client.batches import AS_IS, SEALED, SEALING, SENT, BatchEntry, BatchIndex, SourceDigest, digest
 from labrelay.client.files import SafeDir, sweep_temporaries
 from labrelay.client.keystore import Party
-from labrelay.client.policy import current_policy
+from labrelay.client.policy import current_policy, refuse_classic_keys
 from labrelay.client.progress import NoProgress, Progress, ProgressTask
 from labrelay.client.spool import SealedSpool
 from labrelay.client.trust import TrustedDirectory
@@ -398,6 +398,7 @@ def send_file(
         return finish_sent(party, client, known, progress)
     entries = verified_recipients(party, client, recipients, clock)
     policy = current_policy(client, party.authority, party.path, clock.now())
+    refuse_classic_keys(policy, entries, f"seal {source.name} to them: nothing was sent")
     for entry in entries:
         refusal = policy.unparsed_refusal(entry.name)
         if refusal is not None:

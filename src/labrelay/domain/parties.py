@@ -39,6 +39,11 @@ def is_pq_recipient(text: str) -> bool:
     return bool(_PQ_RECIPIENT.fullmatch(text))
 
 
+def short_key(recipient: str) -> str:
+    """A recipient short enough for one line of output (a hybrid one has 1,959 characters): its start and end."""
+    return recipient if len(recipient) <= 64 else f"{recipient[:20]}…{recipient[-12:]}"
+
+
 def key_kind(text: str) -> str:
     """``post-quantum`` or ``classic``: what the directory and the console show for a party's age recipient."""
     return "post-quantum" if is_pq_recipient(text) else "classic"

@@ -47,6 +47,7 @@ from typing import Any
 
 from labrelay.domain.fields import instant, require
 from labrelay.domain.names import check_party_name, check_region
+from labrelay.domain.parties import is_pq_recipient
 from labrelay.domain.records import ALL_OUTPUT_FIELDS, DIRECT_IDENTIFIERS, FIELDS
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.errors import UntrustedEntry, UsageError
@@ -94,6 +95,18 @@ class Policy:
     loinc: frozenset[str]
     recipients: tuple[RecipientRule, ...]
     description: str = ""
+    require_pq: bool = False
+    """Every recipient's age key must be hybrid post-quantum (``age1pq1…``): a classic key is refused at enrolment,
+    at send time and at fetch time (docs/protocol.md, "Post-quantum recipients")."""
+
+    def classic_refusal(self, party: str, age_recipient: str) -> str | None:
+        """Why ``party``'s key ``age_recipient`` may not be used under this policy, or None if it may."""
+        if not self.require_pq or is_pq_recipient(age_recipient):
+            return None
+        return (
+            f"policy {self.version} requires post-quantum recipients and {party}'s age key is classic (X25519): "
+            f"{party} must move to a hybrid key with labrelay party rotate --pq"
+        )
 
     def rule_named(self, party: str) -> RecipientRule | None:
         """The rule that addresses ``party`` (a regional rule through the region its name carries), if any."""
@@ -178,7 +191,7 @@ def parse_policy(text: str) -> Policy:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy is not valid TOML: {exc}") from exc
-    unknown = set(raw) - {"version", "description", "loinc", "recipients"}
+    unknown = set(raw) - {"version", "description", "loinc", "recipients", "require_pq"}
     if unknown:
         raise PolicyError(f"policy: unknown keys {sorted(unknown)}")
     version = raw.get("version")
@@ -199,7 +212,12 @@ def parse_policy(text: str) -> Policy:
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise PolicyError("policy: description must be text")
-    return Policy(version=version, loinc=frozenset(loinc), recipients=rules, description=description)
+    require_pq = raw.get("require_pq", False)
+    if not isinstance(require_pq, bool):
+        raise PolicyError("policy: require_pq must be true or false")
+    return Policy(
+        version=version, loinc=frozenset(loinc), recipients=rules, description=description, require_pq=require_pq
+    )
 
 
 @dataclass(frozen=True, slots=True)

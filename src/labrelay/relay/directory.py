@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from labrelay.crypto.envelopes import signed_parts, verify_envelope
 from labrelay.crypto.keys import VerifyKey
@@ -24,7 +24,7 @@ from labrelay.domain.parties import (
     Revocation,
     resolve,
 )
-from labrelay.errors import PartyRevoked, UntrustedEntry
+from labrelay.errors import ClassicKeyRefused, PartyRevoked, UntrustedEntry
 from labrelay.ports import Clock, DirectoryRepository
 from labrelay.relay.auditor import Auditor
 
@@ -37,12 +37,19 @@ class Enrolment:
     entry: PartyEntry
 
 
+class KeyRule(Protocol):
+    def classic_refusal(self, party: str, age_recipient: str) -> str | None: ...
+
+
 class DirectoryService:
-    def __init__(self, repo: DirectoryRepository, authority: VerifyKey, clock: Clock, auditor: Auditor) -> None:
+    def __init__(
+        self, repo: DirectoryRepository, authority: VerifyKey, clock: Clock, auditor: Auditor, keys: KeyRule
+    ) -> None:
         self._repo = repo
         self._authority = authority
         self._clock = clock
         self._audit = auditor
+        self._keys = keys  # the routing policy's rule on age keys (require_pq): relay/policies.py
 
     def enrolment(self, envelope: Mapping[str, Any]) -> Enrolment:
         """The entry ``envelope`` carries, if the pinned authority signed it; ``UntrustedEntry`` otherwise."""
@@ -61,6 +68,11 @@ class DirectoryService:
             raise UntrustedEntry(f"the directory entry for {entry.name} expired at {entry.not_after:%Y-%m-%d}")
         if any(r.voids(entry) for r in self._repo.revocations(entry.name)):
             raise PartyRevoked(f"{entry.name} is revoked; this entry predates its revocation")
+        refusal = self._keys.classic_refusal(entry.name, entry.age_recipient)
+        if refusal is not None:
+            raise ClassicKeyRefused(
+                refusal, hint="labrelay party new makes hybrid keys; an enrolled party runs labrelay party rotate --pq"
+            )
         added = self._repo.add_entry(entry, signed_parts(envelope), now)
         self._audit.record(
             AuditEvent.DIRECTORY_REGISTER,

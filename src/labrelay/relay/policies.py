@@ -160,6 +160,12 @@ class PolicyService:
         if why is not None:
             raise PermissionDenied(f"the manifest names routing policy {version}: {why}", hint=ROUTE_AGAIN)
 
+    def classic_refusal(self, party: str, age_recipient: str) -> str | None:
+        """Why ``party``'s age key may not be enrolled or sealed to now: the newest policy (in force or not: fail
+        closed) requires post-quantum recipients and the key is classic. None if it may."""
+        latest = self.latest()
+        return None if latest is None else latest.policy.classic_refusal(party, age_recipient)
+
     def unparsed_refusal(self, recipient: str) -> str | None:
         """Why ``recipient`` may not be sent a document unparsed now, or None if the policy in force allows it."""
         latest = self.latest()

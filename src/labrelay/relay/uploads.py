@@ -30,7 +30,16 @@ from labrelay.domain.transfers import (
     check_ciphertext_start,
     check_manifest_terms,
 )
-from labrelay.errors import Conflict, IntegrityError, NotFound, PartyRevoked, PermissionDenied, TooLarge, UsageError
+from labrelay.errors import (
+    ClassicKeyRefused,
+    Conflict,
+    IntegrityError,
+    NotFound,
+    PartyRevoked,
+    PermissionDenied,
+    TooLarge,
+    UsageError,
+)
 from labrelay.ports import PayloadWriter
 from labrelay.relay.auth import Caller
 from labrelay.relay.directory import DirectoryService
@@ -101,6 +110,9 @@ class UploadService:
             raise PermissionDenied(f"{manifest.recipient} is not a recipient")
         if manifest.recipient_key != recipient.entry.age_recipient:
             raise IntegrityError(f"payload sealed to a key that is not {manifest.recipient}'s key in the directory")
+        refusal = self._policies.classic_refusal(manifest.recipient, manifest.recipient_key)
+        if refusal is not None:  # T43: nothing new is stored that a quantum adversary could open later
+            raise ClassicKeyRefused(refusal, hint="nothing was stored; the sender sends again once the key is rotated")
 
     def _check_unparsed(self, manifest: Manifest) -> None:
         """A document sent unparsed carries every field it holds, unminimised: it goes only to a recipient the

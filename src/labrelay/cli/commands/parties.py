@@ -16,7 +16,7 @@ from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
 from labrelay.domain import identifiers
 from labrelay.domain.identifiers import Identifier
-from labrelay.domain.parties import Role
+from labrelay.domain.parties import Role, is_pq_recipient, key_kind, short_key
 from labrelay.domain.timeutil import parse_duration, to_rfc3339
 from labrelay.errors import SecurityError, UsageError
 from labrelay.jsonfile import write_json_atomic
@@ -48,11 +48,21 @@ def party_new(
     authority: Annotated[Path, typer.Option("--authority", help="AUTH_DIR/authority.pub to pin.")],
     out: Annotated[Path, typer.Option("--out", help="Parent directory; the party goes in OUT/NAME.")],
     region: Annotated[str | None, typer.Option(help="INSEE region code (e.g. 11), for regional parties.")] = None,
+    classic: Annotated[
+        bool,
+        typer.Option(
+            "--classic",
+            help="A classic X25519 age key, for tools older than age 1.3 (default: hybrid post-quantum, "
+            "ML-KEM-768 + X25519). A policy with require_pq refuses it.",
+        ),
+    ] = False,
 ) -> None:
-    """Generate a party's keys on this machine: an age identity and an Ed25519 signing key."""
+    """Generate a party's keys on this machine: an age identity (hybrid post-quantum) and an Ed25519 signing
+    key."""
 
-    party = Party.create(out, name, Role.parse(role), region, authority, SystemClock().now())
+    party = Party.create(out, name, Role.parse(role), region, authority, SystemClock().now(), classic=classic)
     ui.out.print(f"party {party.name} created in {party.path}", markup=False)
+    ui.out.print(f"  age key:       {key_kind(party.age_recipient)}", markup=False)
     ui.out.print(f"  age recipient: {party.age_recipient}", markup=False)
     ui.out.print(f"  signing key:   {party.signing_public}", markup=False)
 
@@ -62,19 +72,31 @@ def party_rotate(
     authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
     server: ServerOpt,
     valid_for: Annotated[str, typer.Option(help="Validity of the new signed entry (e.g. 365d).")] = "365d",
+    pq: Annotated[
+        bool, typer.Option("--pq", help="Move to a hybrid post-quantum key (ML-KEM-768 + X25519): the default.")
+    ] = False,
+    classic: Annotated[
+        bool, typer.Option("--classic", help="Rotate to a classic X25519 key, for tools older than age 1.3.")
+    ] = False,
     cacert: CaOpt = None,
 ) -> None:
-    """Replace a recipient's age key: a new identity, signed and registered; the old one is kept only until
-    every payload sealed to it is past its deadline, then destroyed (by fetch or party retire)."""
+    """Replace a recipient's age key with a new hybrid post-quantum one (--classic: X25519): a new identity, signed
+    and registered; the old one is kept only until every payload sealed to it is past its deadline, then destroyed
+    (by fetch or party retire)."""
     from labrelay.client.rotation import rotate  # noqa: PLC0415 - only this command needs it
 
+    if pq and classic:
+        raise UsageError("--pq and --classic contradict each other", hint="give one of them (the default is --pq)")
     party = Party.load(party_dir)
     auth = Authority.load(authority)
     with party_client(server, party, cacert) as client:
-        result = rotate(party, auth, client, SystemClock().now(), parse_duration(valid_for))
-    ui.out.print(f"{party.name} now receives at {result.new_recipient}", markup=False)
+        result = rotate(party, auth, client, SystemClock().now(), parse_duration(valid_for), classic=classic)
+    ui.out.print(
+        f"{party.name} now receives at a {key_kind(result.new_recipient)} key {short_key(result.new_recipient)}",
+        markup=False,
+    )
     for old in result.retired:
-        ui.out.print(f"  retired {old}: kept until {result.destroy_after}", markup=False)
+        ui.out.print(f"  retired {short_key(old)}: kept until {result.destroy_after}", markup=False)
     for old, claimed in result.overclaimed.items():
         ui.warn(
             f"the relay claims payloads sealed to {old} until {claimed}, longer than any relay may keep one: it is "
@@ -197,6 +219,7 @@ def party_show(
     ui.out.print(f"name:          {party.name}", markup=False)
     ui.out.print(f"role:          {party.role.value}", markup=False)
     ui.out.print(f"region:        {party.region or '-'}", markup=False)
+    ui.out.print(f"age key:       {key_kind(party.age_recipient)}", markup=False)
     ui.out.print(f"age recipient: {party.age_recipient}", markup=False)
     ui.out.print(f"signing key:   {party.signing_public}", markup=False)
     entry = party.entry()
@@ -216,11 +239,18 @@ def directory(as_: AsOpt, server: ServerOpt, cacert: CaOpt = None) -> None:
     party = Party.load(as_)
     with party_client(server, party, cacert) as client:
         trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
-    for entry in trusted.in_force():
+    entries = trusted.in_force()
+    for entry in entries:
         ui.out.print(
             f"{entry.name:24} {entry.role.value:9} {entry.region or '-':3} until {to_rfc3339(entry.not_after)}"
-            f"  {entry.identifier or '-'}",
+            f"  {key_kind(entry.age_recipient):12}  {entry.identifier or '-'}",
             markup=False,
+        )
+    classic = [e.name for e in entries if not is_pq_recipient(e.age_recipient)]
+    if classic:
+        ui.warn(
+            f"{len(classic)} of {len(entries)} parties still have a classic (X25519) age key: {', '.join(classic)}; "
+            "each moves to a hybrid post-quantum key with labrelay party rotate --pq"
         )
     for name, why in sorted(trusted.untrusted.items()):
         ui.err.print(f"UNTRUSTED {name}: {why}", markup=False)
