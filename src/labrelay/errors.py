@@ -27,6 +27,7 @@ status (a test keeps it exact)::
         ├── PartyLocked           locked                 3    403   a detection rule or an administrator locked it
         ├── PermissionDenied      permission-denied      3    403   the signer's role may not do this
         ├── UntrustedEntry        untrusted-entry        3    422   a directory entry the authority did not sign
+        ├── ClassicKeyRefused     classic-key            3    403   a classic age key where the policy requires pq
         ├── IntegrityError        integrity              3    422   a payload, manifest or receipt does not verify
         │   ├── PayloadCorrupt    payload-corrupt        3    410   the relay's stored copy failed its at-rest check
         │   └── NotCiphertext     not-ciphertext         3    422   an upload whose first bytes are not an age header

@@ -20,7 +20,14 @@ from labrelay.crypto.at_rest import HEADER_BYTES, SEGMENT_HEAD
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.audit import AuditEvent
 from labrelay.domain.parties import Role
-from labrelay.domain.transfers import MIN_PAYLOAD_BYTES, Manifest, QuarantineReason, TransferState
+from labrelay.domain.transfers import (
+    MIN_PAYLOAD_BYTES,
+    MIN_PQ_PAYLOAD_BYTES,
+    Manifest,
+    QuarantineReason,
+    TransferState,
+    min_payload_bytes,
+)
 from labrelay.errors import Conflict, IntegrityError, NotFound, PayloadCorrupt, UsageError
 from labrelay.http.models import TransferOut
 from labrelay.http.problems import status_for
@@ -171,28 +178,32 @@ def test_other_holds_keep_their_reason_and_read_as_before(setup: Setup) -> None:
 
 @pytest.mark.threat("T40")
 def test_the_smallest_age_file_is_what_the_real_age_tool_writes(tmp_path: Path) -> None:
-    """The figure is the age format's own (domain/transfers.py derives it); the real ``age`` writes exactly that for
-    an empty plaintext, and labrelay's own encryption never writes less."""
-    recipient = AgeIdentity.generate().recipient
-    sealed = subprocess.run(["age", "-r", recipient], input=b"", capture_output=True, check=True).stdout
-    assert len(sealed) == MIN_PAYLOAD_BYTES == 200
-    out = io.BytesIO()
-    size, _ = age_stream.encrypt(io.BytesIO(b""), out, [recipient])
-    assert size >= MIN_PAYLOAD_BYTES
+    """The figures are the age format's own (domain/transfers.py derives them); the real ``age`` writes exactly the
+    classic one for an empty plaintext, and labrelay's own encryption of nothing writes exactly each."""
+    classic = AgeIdentity.generate(classic=True).recipient
+    sealed = subprocess.run(["age", "-r", classic], input=b"", capture_output=True, check=True).stdout
+    assert len(sealed) == MIN_PAYLOAD_BYTES == min_payload_bytes(classic) == 200
+    hybrid = AgeIdentity.generate().recipient
+    assert min_payload_bytes(hybrid) == MIN_PQ_PAYLOAD_BYTES == 1659
+    for recipient in (classic, hybrid):
+        out = io.BytesIO()
+        size, _ = age_stream.encrypt(io.BytesIO(b""), out, [recipient])
+        assert size == len(out.getvalue()) == min_payload_bytes(recipient)
 
 
 @pytest.mark.threat("T40")
 def test_a_manifest_smaller_than_any_age_file_is_refused_at_creation(setup: Setup) -> None:
     lab, cnam = parties(setup)
     uploads = setup.relay.services.uploads
-    for size in (0, 1, MIN_PAYLOAD_BYTES - 1):
+    smallest = min_payload_bytes(cnam.identity.recipient)  # cnam's key is hybrid: 1,659 bytes
+    for size in (0, 1, MIN_PAYLOAD_BYTES, smallest - 1):
         envelope, _ = setup.seal(lab, cnam, b"x", size=size)
         with pytest.raises(UsageError, match="smallest age file"):
             uploads.create(lab.caller, envelope)
     assert setup.relay.sql.transfers.get(envelope["payload"]["transfer_id"]) is None
     refusals = events(setup, AuditEvent.TRANSFER_REFUSE)
-    assert [(e.actor, e.reason) for e in refusals] == [("lab-a", "usage")] * 3
-    envelope, _ = setup.seal(lab, cnam, b"x", size=MIN_PAYLOAD_BYTES)
+    assert [(e.actor, e.reason) for e in refusals] == [("lab-a", "usage")] * 4
+    envelope, _ = setup.seal(lab, cnam, b"x", size=smallest)
     transfer, new = uploads.create(lab.caller, envelope)
     assert new
     assert transfer.state is TransferState.UPLOADING

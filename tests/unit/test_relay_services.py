@@ -136,7 +136,7 @@ def test_an_upload_that_is_not_age_ciphertext_is_refused_at_its_first_chunk(setu
     that covers only part of the age header is held to that part; ciphertext in small chunks goes through."""
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     uploads = setup.relay.services.uploads
-    plain = b"nir,nom\n1850175123456,DUPONT\n" * 20
+    plain = b"nir,nom\n1850175123456,DUPONT\n" * 60  # more than the smallest hybrid age file
     in_clear, _ = setup.seal(lab, cnam, b"", size=len(plain), sha256=hashlib.sha256(plain).hexdigest())
     transfer, _ = uploads.create(lab.caller, in_clear)
     for offset, chunk in ((0, plain), (0, b"age-encryption.org/v2\n" + plain[22:]), (0, plain[:5])):

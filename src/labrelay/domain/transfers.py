@@ -37,7 +37,7 @@ declare. Every line of an age header ends with a newline: the version line ``age
 recipient's stanza, ``-> X25519`` and the ephemeral share in 43 base64 characters (54), then its body, the wrapped
 file key (32 bytes: 43 characters, 44); the MAC line, ``---`` and 43 characters (48). Then the 16-byte payload nonce
 and one final STREAM chunk holding no plaintext, its 16-byte Poly1305 tag alone: 22 + 54 + 44 + 48 + 16 + 16 = 200.
-``age -r age1… < /dev/null`` writes exactly 200 bytes (age 1.1.1); labrelay's own encryption of nothing writes more.
+``age -r age1… < /dev/null`` writes exactly 200 bytes (age 1.1.1), as labrelay's own encryption of nothing does.
 A manifest that declares less can never be a payload its recipient opens (size 0 cannot even be uploaded): the
 relay refuses it at creation, and a recipient refuses one offered."""
 MIN_PQ_PAYLOAD_BYTES = 1659
