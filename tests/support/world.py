@@ -251,8 +251,9 @@ class World:
         *,
         enroll: bool = True,
         valid_for: timedelta = timedelta(days=365),
+        classic: bool = False,
     ) -> Party:
-        party = Party.create(self.parties_dir, name, role, region, self.pub, datetime.now(UTC))
+        party = Party.create(self.parties_dir, name, role, region, self.pub, datetime.now(UTC), classic=classic)
         if enroll:
             envelope = self.authority.sign_entry(party, datetime.now(UTC), valid_for)
             party.save_entry(envelope)
@@ -262,6 +263,15 @@ class World:
                 client.register_entry(envelope)
         self.parties[name] = party
         return party
+
+
+    def allow_classic_keys(self) -> None:
+        """Publish the shipped policy without ``require_pq`` (a new version and issue): classic X25519 keys may then
+        be enrolled, sealed to and fetched, as for interoperability with tools older than age 1.3."""
+        text = default_policy_text().replace("require_pq = true", "require_pq = false")
+        text = text.replace('version = "fr-covid-2026.2"', 'version = "fr-covid-2026.2-classic"')
+        with RelayClient(self.url, AUTHORITY_KEYID, self.authority.key, SystemClock(), retries=0) as client:
+            client.register_policy(self.authority.sign_policy(text, datetime.now(UTC)))
 
 
 def write_settings(data: Path, settings: dict[str, str]) -> None:

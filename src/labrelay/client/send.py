@@ -134,7 +134,7 @@ class SendOutcome:
 
 
 class _CountingReader:
-    """Reports plaintext progress while pyrage reads the source."""
+    """Reports plaintext progress while the age writer reads the source."""
 
     def __init__(self, source: BinaryIO, task: ProgressTask) -> None:
         self._source = source

@@ -1,7 +1,7 @@
 """The age v1 file format (C2SP age), streaming, on pyca/cryptography: X25519 and hybrid ML-KEM-768 + X25519.
 
 One reader and one writer for both recipient types, so that a payload sealed to a post-quantum recipient takes the
-same path, with the same bounded memory, as a classic one; docs/decisions/0011-own-age-format.md says why it is ours
+same path, with the same bounded memory, as a classic one; docs/decisions/0017-own-age-format.md says why it is ours
 and not pyrage's. What this module follows, from the specification and the reference implementation (Go age):
 
 * The header: ``age-encryption.org/v1``, one stanza per recipient (``-> type args…`` then the body in canonical,

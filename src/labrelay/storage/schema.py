@@ -17,7 +17,7 @@ parties = Table(
     Column("name", String(64), nullable=False, index=True),
     Column("role", String(16), nullable=False),
     Column("region", String(2), nullable=True),
-    Column("age_recipient", String(80), nullable=False),
+    Column("age_recipient", String(2048), nullable=False),  # a hybrid recipient has 1,959 characters (0008)
     Column("signing_key", String(64), nullable=False),
     Column("not_before", BigInteger, nullable=False),
     Column("not_after", BigInteger, nullable=False),
