@@ -278,11 +278,17 @@ def wrap(recipient: str, file_key: bytes) -> Stanza:
             raise UsageError("the X25519 recipient is a low-order point") from None
         body = ChaCha20Poly1305(_hkdf(shared, share + public, X25519_LABEL)).encrypt(bytes(12), file_key, None)
         return Stanza(X25519_TYPE, (_b64encode(share),), body)
-    key = hpke.MLKEM768X25519PublicKey(
-        MLKEM768PublicKey.from_public_bytes(public[:MLKEM_PUBLIC_BYTES]),
-        X25519PublicKey.from_public_bytes(public[MLKEM_PUBLIC_BYTES:]),
-    )
-    sealed = _SUITE.encrypt(file_key, key, info=HYBRID_LABEL)
+    try:  # FIPS 203's modulus check on the ML-KEM-768 encapsulation key
+        key = hpke.MLKEM768X25519PublicKey(
+            MLKEM768PublicKey.from_public_bytes(public[:MLKEM_PUBLIC_BYTES]),
+            X25519PublicKey.from_public_bytes(public[MLKEM_PUBLIC_BYTES:]),
+        )
+    except ValueError:
+        raise UsageError("the ML-KEM-768 + X25519 recipient is not a valid ML-KEM-768 public key") from None
+    try:
+        sealed = _SUITE.encrypt(file_key, key, info=HYBRID_LABEL)
+    except ValueError:  # the X25519 shared secret is all zeros
+        raise UsageError("the X25519 part of the ML-KEM-768 + X25519 recipient is a low-order point") from None
     enc, body = sealed[:HYBRID_ENC_BYTES], sealed[HYBRID_ENC_BYTES:]
     return Stanza(HYBRID_TYPE, (_b64encode(enc),), body)
 
@@ -504,20 +510,30 @@ class Writer:
         self._counter = 0
         self._closed = False
 
-    def _emit(self, data: bytes | bytearray, last: bool) -> None:
+    def _emit(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         nonce = self._counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
-        self._sink.write(self._aead.encrypt(nonce, bytes(data), None))
+        self._sink.write(self._aead.encrypt(nonce, data, None))
         self._counter += 1
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
             raise ValueError("write to a closed age writer")
-        self._buffer += data
-        # Keep at least one full chunk back: only close() knows whether it is the last.
-        while len(self._buffer) > CHUNK:
-            self._emit(self._buffer[:CHUNK], last=False)
-            del self._buffer[:CHUNK]
-        return len(data)
+        view = memoryview(data).cast("B")
+        written = len(view)
+        # A full chunk is kept back until more follows: only close() knows whether it is the last.
+        if self._buffer:
+            take = CHUNK - len(self._buffer)
+            self._buffer += view[:take]
+            view = view[take:]
+            if not view:
+                return written
+            self._emit(self._buffer, last=False)
+            self._buffer = bytearray()
+        while len(view) > CHUNK:  # straight from the caller's buffer: no copy of what it hands over
+            self._emit(view[:CHUNK], last=False)
+            view = view[CHUNK:]
+        self._buffer += view
+        return written
 
     def flush(self) -> None:
         self._sink.flush()
