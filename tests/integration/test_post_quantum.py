@@ -69,7 +69,9 @@ def test_a_classic_key_is_refused_at_enrolment_under_the_shipped_policy(world: W
     refused = call_cli("party", "enroll", out / "ars-93", "--authority", world.auth_dir, "--server", world.url)
     assert refused.code == 3, str(refused)
     line = one_line(refused.err)
-    assert "requires post-quantum recipients" in line and "ars-93" in line and "party rotate --pq" in line
+    assert "requires post-quantum recipients" in line
+    assert "ars-93" in line
+    assert "party rotate --pq" in line
     assert world.db("SELECT name FROM parties WHERE name = 'ars-93'") == []
 
     # The positive control: the same party with the default key enrols.
@@ -98,7 +100,8 @@ def test_a_classic_recipient_enrolled_before_require_pq_is_refused_at_send_and_a
     assert refused.code == 3, str(refused)
     line = one_line(refused.err)
     assert f"policy {PQ_VERSION} requires post-quantum recipients" in line
-    assert f"the age key of {CLASSIC_ARS} is classic" in line and "nothing was sent" in line
+    assert f"the age key of {CLASSIC_ARS} is classic" in line
+    assert "nothing was sent" in line
     assert "party rotate --pq" in line
     assert len(world.db("SELECT id FROM transfers")) == before  # nothing sealed, nothing uploaded
     assert pending(world.parties["lab-paris-01"]) == []
@@ -131,7 +134,8 @@ def test_a_classic_recipient_enrolled_before_require_pq_is_refused_at_send_and_a
     fetched = fetch(world, CLASSIC_ARS, out)
     assert fetched.code == 3, str(fetched)
     line = one_line(fetched.err)
-    assert f"the age key of {CLASSIC_ARS} is classic" in line and "refusing to fetch" in line
+    assert f"the age key of {CLASSIC_ARS} is classic" in line
+    assert "refusing to fetch" in line
     assert not any(p.suffix == ".csv" for p in out.rglob("*"))
 
 
@@ -157,11 +161,13 @@ def test_rotate_pq_moves_a_classic_recipient_and_what_was_sealed_to_its_old_key_
     assert rotated.code == 0, str(rotated)
     assert "now receives at a post-quantum key" in rotated.out
     new = json.loads((ars_dir / "party.json").read_text())["age_recipient"]
-    assert is_pq_recipient(new) and not is_pq_recipient(old)
+    assert is_pq_recipient(new)
+    assert not is_pq_recipient(old)
     held = {i.recipient for i in AgeIdentity.load_all(ars_dir / "identity.txt")}
     assert held == {old, new}  # the old key is kept while payloads sealed to it may arrive
     listed = call_cli("directory", "--as", world.party_dir("cnam"), "--server", world.url)
-    assert "classic" not in listed.out and listed.err == ""
+    assert "classic" not in listed.out
+    assert listed.err == ""
 
     assert send(world, results(tmp_path, "new", 4)).code == 0
     out = tmp_path / "ars-out"

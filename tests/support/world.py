@@ -264,7 +264,6 @@ class World:
         self.parties[name] = party
         return party
 
-
     def allow_classic_keys(self) -> None:
         """Publish the shipped policy without ``require_pq`` (a new version and issue): classic X25519 keys may then
         be enrolled, sealed to and fetched, as for interoperability with tools older than age 1.3."""
