@@ -29,6 +29,8 @@ EXPECTED = {
     "tests/integration/test_faults.py": 26.0,
     "tests/integration/test_api_fuzz.py": 24.0,
     "tests/integration/test_unattended.py": 12.0,
+    "tests/integration/test_post_quantum.py": 14.0,
+    "tests/integration/test_age_interop.py": 2.0,
     "tests/integration/test_web.py": 10.0,
     "tests/integration/test_detection.py": 10.0,
 }
