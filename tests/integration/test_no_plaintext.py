@@ -65,6 +65,10 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert checks["payloads_left_on_relay"] == 0
     assert checks["plaintext_files_on_relay_after"] == checks["plaintext_files_on_relay_while_stored"] == []
     assert summary["audit"]["chain_ok"] is True
+    # Every recipient and the DPO holds a hybrid post-quantum key (T43): the shipped policy requires it.
+    assert set(checks["age_keys"]) == {"post-quantum"}
+    assert set(checks["age_keys"]["post-quantum"]) == set(recipients) | {"dpo-lab"}
+    assert "post-quantum (ML-KEM-768 + X25519): every recipient and the DPO" in result.out
     assert "result      OK" in result.out
     # An independent look at the relay's data: nothing of the batch.
     needles = needles_of(workdir / "lab" / "results.csv")

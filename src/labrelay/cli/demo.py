@@ -33,7 +33,7 @@ from labrelay.client.keystore import Authority, Party
 from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
 from labrelay.domain.names import AUTHORITY_KEYID
-from labrelay.domain.parties import Role
+from labrelay.domain.parties import Role, key_kind
 from labrelay.domain.records import DIRECT_IDENTIFIERS
 from labrelay.errors import IntegrityError, OperationalError, UsageError
 from labrelay.refdata import department_of, department_regions
@@ -198,6 +198,7 @@ class _Run:
     audit: dict[str, Any]
     payloads_left: list[str]
     plaintext_hits: list[str]
+    keys: dict[str, str]  # party → the kind of its age key (post-quantum or classic), lab excepted
 
 
 def run_demo(
@@ -237,7 +238,10 @@ def run_demo(
         if not keep_running:
             relay.stop()
 
-    run = _Run(source, generated, needles, routed, stored_while_waiting, fetched, audit, payloads_left, plaintext_hits)
+    keys = {name: key_kind(p.age_recipient) for name, p in parties.items() if name != LAB}
+    run = _Run(
+        source, generated, needles, routed, stored_while_waiting, fetched, audit, payloads_left, plaintext_hits, keys
+    )
     where = {
         "url": url,
         "data_dir": str(relay_dir),
@@ -293,6 +297,7 @@ def _result(workdir: Path, relay: dict[str, Any], policy_version: Any, run: _Run
         "plaintext_files_on_relay_while_stored": run.stored_while_waiting,
         "plaintext_files_on_relay_after": run.plaintext_hits,
         "identifying_values_searched": min(len(run.needles), 20000),
+        "age_keys": {kind: sorted(n for n, k in run.keys.items() if k == kind) for kind in set(run.keys.values())},
     }
     ok = bool(
         run.audit["chain_ok"]
@@ -354,6 +359,12 @@ def _print(summary: dict[str, Any]) -> None:
     lines.append(
         f"audit       {summary['audit']['records']} events, hash chain "
         f"{'intact' if summary['audit']['chain_ok'] else 'BROKEN'}"
+    )
+    kinds = c["age_keys"]
+    classic = kinds.get("classic", [])
+    lines.append(
+        f"keys        {len(kinds.get('post-quantum', []))} post-quantum (ML-KEM-768 + X25519)"
+        + (f", {len(classic)} classic: {', '.join(classic)}" if classic else ": every recipient and the DPO")
     )
     mini = c["minimisation"]
     lines.append(
