@@ -26,7 +26,7 @@ import json
 import re
 import uuid
 import zipfile
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from labrelay.client.api import RelayClient
-from labrelay.client.keystore import Party
 from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
 from labrelay.crypto import httpsig
@@ -411,27 +410,15 @@ def publish_policy(world: World, version: str, *, require_pq: bool | None) -> No
         client.register_policy(world.authority.sign_policy(text, datetime.now(UTC)))
 
 
-def add_classic(world: World, name: str, role: Role, region: str | None = None) -> Party:
-    """A party still on a classic X25519 age key (``party new --classic``), enrolled."""
-    now = datetime.now(UTC)
-    party = Party.create(world.parties_dir, name, role, region, world.pub, now, classic=True)
-    assert party.age_recipient.startswith("age1")
-    assert not party.age_recipient.startswith("age1pq1")
-    envelope = world.authority.sign_entry(party, now, timedelta(days=365))
-    party.save_entry(envelope)
-    world.parties[name] = party
-    with world.client(name) as client:
-        client.register_entry(envelope)
-    return party
-
-
 @pytest.fixture
 def classic_world(tmp_path: Path, relay_factory) -> World:
     """The web world with SpF still on a classic key: enrolled under a policy that does not require post-quantum
     keys, then a policy that does is published (as an authority moving to require_pq would)."""
     world = make_world(tmp_path / "w", relay_factory)
     publish_policy(world, "fr-covid-classic", require_pq=None)
-    add_classic(world, "spf", Role.RECIPIENT)
+    spf = world.add("spf", Role.RECIPIENT, classic=True)  # party new --classic
+    assert spf.age_recipient.startswith("age1")
+    assert not spf.age_recipient.startswith("age1pq1")
     world.add("ops-01", Role.ADMIN)
     publish_policy(world, "fr-covid-pq", require_pq=True)
     return world
