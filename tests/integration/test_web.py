@@ -4,6 +4,9 @@
   way), and the CLI recipients fetch and decrypt exactly what the CLI itself would have sent for the same batch;
   a copy of the relay then holds nothing of the batch;
 - the recipient page decrypts what the CLI sent, and its receipt verifies for the sender's CLI;
+- post-quantum keys: the world's parties are hybrid (ML-KEM-768 + X25519), the pages seal to and open them; under
+  a policy with require_pq, the lab page refuses a batch addressed to a classic key before anything is sent, the
+  recipient page of a classic party downloads nothing, and the console shows which parties are still classic;
 - the console: a passkey is registered and signs in (Chromium's virtual authenticator), the enumeration scenario's
   alert shows, a freeze approved with the passkey takes effect;
 - the pages load nothing from elsewhere and the Content-Security-Policy stops injected script;
@@ -32,7 +35,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from labrelay.client.api import RelayClient
 from labrelay.client.policy import default_policy_text
+from labrelay.clock import SystemClock
 from labrelay.crypto import httpsig
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.domain.detection import RULES
@@ -64,6 +69,14 @@ def web_world(tmp_path: Path, relay_factory) -> World:
 
 def files_of(world: World, name: str, *extra: str) -> list[str]:
     return [str(world.party_dir(name) / f) for f in (*PARTY_FILES, *extra)]
+
+
+def stanzas_of(age_file: bytes) -> list[str]:
+    """The recipient stanza types of an age file's header (``-> mlkem768x25519 …``, ``-> X25519 …``)."""
+    header = age_file.split(b"\n--- ", 1)[0].decode("ascii")
+    lines = header.split("\n")
+    assert lines[0] == "age-encryption.org/v1", lines[0]
+    return [line.split(" ")[1] for line in lines[1:] if line.startswith("-> ")]
 
 
 def same_origin_only(tab: Tab) -> None:
@@ -100,11 +113,13 @@ def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
     tab.goto("/lab?lang=en")
     patches: dict[str, int] = {}
     cut: list[str] = []
+    first_chunks: dict[str, bytes] = {}
 
     def cut_a_second_chunk(route: Any) -> None:
         url = route.request.url
         if route.request.method == "PATCH":
             patches[url] = patches.get(url, 0) + 1
+            first_chunks.setdefault(url, route.request.post_data_buffer or b"")  # offset 0: the age header
             if patches[url] == 2 and not cut:  # the connection drops mid-upload: tus asks the offset, resumes
                 cut.append(url)
                 route.abort("connectionreset")
@@ -149,8 +164,14 @@ def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
         b=sent_by_page["ars-11"],
         c=sent_by_page["spf"],
     )
+    # Every payload the page sealed is to its recipient's hybrid post-quantum key, with one stanza of that kind.
+    assert len(first_chunks) == 3
+    for chunk in first_chunks.values():
+        assert stanzas_of(chunk) == ["mlkem768x25519"], chunk[:80]
     for recipient, manifest in page_manifests:
         payload = json.loads(manifest)["payload"]
+        assert payload["recipient_key"] == world.parties[recipient].age_recipient
+        assert payload["recipient_key"].startswith("age1pq1")
         assert payload["sender"] == "lab-paris-01"
         assert payload["recipient"] == recipient
         assert payload["compression"] == "gzip"
@@ -375,6 +396,152 @@ def test_the_lab_page_holds_only_the_share_of_an_ars_not_enrolled_and_offers_the
     assert tab.errors == [], tab.errors
 
 
+# ------------------------------------------------------------------ post-quantum keys: require_pq and classic parties
+
+
+def publish_policy(world: World, version: str, *, require_pq: bool | None) -> None:
+    """The default policy under ``version``, with ``require_pq`` set as given (None: the key left out), signed by the
+    world's authority and published."""
+    text = re.sub(r"(?m)^require_pq = .*\n", "", default_policy_text())
+    text = re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text)
+    if require_pq is not None:
+        text = f"require_pq = {'true' if require_pq else 'false'}\n{text}"
+    with RelayClient(world.url, AUTHORITY_KEYID, world.authority.key, SystemClock(), retries=0) as client:
+        client.register_policy(world.authority.sign_policy(text, datetime.now(UTC)))
+
+
+@pytest.fixture
+def classic_world(tmp_path: Path, relay_factory) -> World:
+    """The web world with SpF still on a classic key: enrolled under a policy that does not require post-quantum
+    keys, then a policy that does is published (as an authority moving to require_pq would)."""
+    world = make_world(tmp_path / "w", relay_factory)
+    publish_policy(world, "fr-covid-classic", require_pq=None)
+    spf = world.add("spf", Role.RECIPIENT, classic=True)  # party new --classic
+    assert spf.age_recipient.startswith("age1")
+    assert not spf.age_recipient.startswith("age1pq1")
+    world.add("ops-01", Role.ADMIN)
+    publish_policy(world, "fr-covid-pq", require_pq=True)
+    return world
+
+
+def test_the_lab_page_refuses_a_classic_recipient_when_the_policy_requires_post_quantum_keys(
+    classic_world: World, open_tab, tmp_path: Path
+) -> None:
+    """Under require_pq = true, a batch addressed to SpF, still on a classic X25519 key, is refused whole before
+    anything is sealed or uploaded, with one line naming SpF and the command that moves it; under a policy without
+    require_pq the same batch goes, each payload sealed to one recipient of one kind (SpF's classic, the others'
+    hybrid)."""
+    world = classic_world
+    source = tmp_path / "results.csv"
+    source.write_bytes(csv_bytes(good(), good(nom="MARTIN", resultat="NEGATIF")))
+    tab = lab_tab(world, open_tab)
+    tab.page.set_input_files("#results-file", str(source))
+    message = tab.submit("#send", "error")
+    assert "fr-covid-pq exige des clés post-quantiques" in message
+    assert "spf a encore une clé classique (X25519)" in message
+    assert "rien n'a été envoyé" in message
+    assert "labrelay party rotate --pq" in message
+    assert "cnam" not in message
+    assert "ars-11" not in message
+    assert [u for u in tab.requests if "/v1/transfers" in u or "/v1/uploads" in u] == []
+    assert world.db("SELECT count(*) FROM transfers") == [(0,)]
+    tab.shot("lab-classic-key-fr")
+
+    english = lab_tab(world, open_tab, "en")
+    english.page.set_input_files("#results-file", str(source))
+    message = english.submit("#send", "error")
+    assert "Routing policy fr-covid-pq requires post-quantum keys" in message
+    assert "spf still has a classic (X25519) key: nothing was sent" in message
+    assert "spf must move to a hybrid key with labrelay party rotate --pq" in message
+    assert world.db("SELECT count(*) FROM transfers") == [(0,)]
+    assert all("requires post-quantum keys" in e for e in english.errors), english.errors  # the refusal, logged
+
+    publish_policy(world, "fr-covid-relaxed", require_pq=False)
+    done = english.submit("#send", "ok", timeout=120_000)
+    assert "3 transfer" in done
+    keys = {
+        r: json.loads(m)["payload"]["recipient_key"] for r, m in world.db("SELECT recipient, manifest FROM transfers")
+    }
+    assert keys == {name: world.parties[name].age_recipient for name in ("cnam", "ars-11", "spf")}
+    assert not keys["spf"].startswith("age1pq1")
+    assert keys["cnam"].startswith("age1pq1")
+    assert keys["ars-11"].startswith("age1pq1")
+    same_origin_only(english)
+
+
+def test_the_recipient_page_downloads_nothing_sealed_to_a_classic_key_when_the_policy_requires_post_quantum(
+    classic_world: World, open_tab, batch: Path, cli
+) -> None:
+    """As ``labrelay fetch``: under require_pq, SpF's page, while SpF is on a classic key, downloads nothing; once SpF
+    has moved to a hybrid key (``party rotate --pq``, the old identity kept), the payload sealed to its old classic
+    key before the policy changed is still refused, never downloaded."""
+    world = classic_world
+    publish_policy(world, "fr-covid-relaxed", require_pq=False)
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "spf")
+    assert sent.code == 0, str(sent)
+    transfer = sent_ids(sent.out)["spf"]
+    publish_policy(world, "fr-covid-pq2", require_pq=True)
+
+    tab: Tab = open_tab(world.url, locale="en-GB")
+    tab.goto("/inbox?lang=en")
+    tab.page.set_input_files("#party-files", files_of(world, "spf", "identity.txt"))
+    message = tab.submit("#list", "error")
+    assert "Routing policy fr-covid-pq2 requires post-quantum keys" in message
+    assert "the key of spf is still classic (X25519): nothing was downloaded" in message
+    assert "labrelay party rotate --pq" in message
+    assert tab.page.locator("button[data-transfer]").count() == 0
+
+    rotated = cli(
+        "party", "rotate", world.party_dir("spf"), "--pq", "--authority", world.auth_dir, "--server", world.url
+    )
+    assert rotated.code == 0, str(rotated)
+    assert "AGE-SECRET-KEY-PQ-1" in (world.party_dir("spf") / "identity.txt").read_text()
+    tab.goto("/inbox?lang=en")
+    tab.page.set_input_files("#party-files", files_of(world, "spf", "identity.txt"))
+    tab.submit("#list", "ok")
+    tab.page.locator(f"button[data-transfer='{transfer}']").click()
+    message = tab.wait_status("error")
+    assert "sealed to a classic (X25519) key, and routing policy fr-covid-pq2 requires post-quantum keys" in message
+    assert [u for u in tab.requests if u.endswith("/payload")] == []
+    assert tab.page.locator("#verified").count() == 0
+    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("available",)]
+
+
+def test_the_console_lists_the_parties_still_on_a_classic_key(classic_world: World, open_tab) -> None:
+    """The directory section of the console: each party's role, standing and key kind, SpF shown as classic with
+    the command that moves it, every other party as post-quantum. Only a signed-in session reads the list."""
+    world = classic_world
+    anonymous = httpx.get(localhost(world.url) + "/console/api/parties", timeout=30)
+    assert anonymous.status_code in (401, 403), anonymous.text
+    assert "spf" not in anonymous.text
+
+    tab: Tab = open_tab(world.url, locale="en-GB")
+    tab.add_passkey_device()
+    tab.goto("/enrol?lang=en")
+    tab.page.set_input_files("#party-files", files_of(world, "ops-01"))
+    tab.page.locator("#register").click()
+    tab.wait_status("ok")
+    tab.goto("/?lang=en")
+    tab.page.keyboard.press("Enter")
+    tab.page.wait_for_selector("#directory")
+    kinds = {
+        row.locator("td").nth(0).inner_text(): row.locator("[data-key]").get_attribute("data-key")
+        for row in tab.page.locator("#directory tbody tr").all()
+    }
+    assert kinds == {name: "classic" if name == "spf" else "post-quantum" for name in world.parties}
+    rows = {
+        row.locator("td").nth(0).inner_text(): row.inner_text() for row in tab.page.locator("#directory tbody tr").all()
+    }
+    assert re.search(r"spf\s+recipient\s+active\s+classic", rows["spf"]), rows["spf"]
+    assert re.search(r"cnam\s+recipient\s+active\s+post-quantum", rows["cnam"]), rows["cnam"]
+    note = tab.page.locator("#classic-keys").inner_text()
+    assert "1 active party still has a classic (X25519) key" in note
+    assert "labrelay party rotate --pq" in note
+    tab.shot("console-keys-en")
+    same_origin_only(tab)
+    assert [e for e in tab.errors if "401" not in e] == [], tab.errors  # 401: /me, before signing in
+
+
 @pytest.mark.threat("T23")
 def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
     web_world: World, open_tab, batch: Path, cli, tmp_path: Path
@@ -384,7 +551,16 @@ def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
     as_is = cli("send", batch, "--as", lab, "--server", world.url, "--as-is", "--to", "cnam")
     assert as_is.code == 0, str(as_is)
     transfer = sent_ids(as_is.out)["cnam"]
+    assert "AGE-SECRET-KEY-PQ-1" in (world.party_dir("cnam") / "identity.txt").read_text()
     tab: Tab = open_tab(world.url)
+    served: list[bytes] = []
+
+    def keep(route: Any) -> None:
+        response = route.fetch()
+        served.append(response.body())
+        route.fulfill(response=response)
+
+    tab.page.route("**/v1/transfers/*/payload", keep)
     tab.goto("/inbox?lang=fr")
     tab.page.set_input_files("#party-files", files_of(world, "cnam", "identity.txt"))
     tab.page.keyboard.press("Tab")
@@ -394,6 +570,7 @@ def test_the_recipient_page_decrypts_what_the_cli_sent_and_its_receipt_verifies(
     tab.page.locator(f"button[data-transfer='{transfer}']").click()
     tab.page.wait_for_selector("#verified")
     assert "300" in tab.page.locator("#verified").inner_text()  # records counted in what was decrypted
+    assert [stanzas_of(body) for body in served] == [["mlkem768x25519"]]  # the page opened a hybrid payload
     assert "hors de la politique de routage" in tab.page.locator("#unparsed").inner_text()
     assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("available",)]  # not yet saved
     with tab.page.expect_download() as download:

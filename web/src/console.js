@@ -1,7 +1,7 @@
 // The console for operators, DPOs and auditors: metadata only. Sign-in with a passkey; every command (freeze,
 // unfreeze, revoke, unlock) is approved by a fresh passkey assertion over the command itself.
 import { relayError } from "./httpsig.js";
-import { t } from "./i18n.js";
+import { t, tn } from "./i18n.js";
 import { bytes, el, fail, say, section, table, when } from "./ui.js";
 
 async function api(path, body) {
@@ -60,7 +60,7 @@ function signInView(main) {
 }
 
 async function dashboard(main, me) {
-  const data = await api("/console/api/overview");
+  const [data, directory] = await Promise.all([api("/console/api/overview"), api("/console/api/parties")]);
   const mayCommand = me.may_command;
 
   async function command(action, target, reason) {
@@ -211,6 +211,24 @@ async function dashboard(main, me) {
       el("button", { type: "submit", class: "danger" }, t("console.revoke")))
     : "";
 
+  // The directory: each party's standing and the kind of its age key. A classic (X25519) key is one a quantum
+  // adversary who copies the relay today could open later: the party moves with `labrelay party rotate --pq`.
+  const classic = directory.parties.filter((p) => p.key === "classic" && p.status === "active").length;
+  const parties = table(
+    "directory",
+    [t("col.party"), t("col.role"), t("col.standing"), t("col.key")],
+    directory.parties.map((p) => [
+      p.name,
+      t(`role.${p.role}`),
+      t(`standing.${p.status}`),
+      el("span", { class: `badge ${p.key}`, "data-key": p.key }, t(`key.${p.key}`)),
+    ]),
+    t("console.noParties"),
+  );
+  const classicNote = classic
+    ? el("p", { class: "notice", id: "classic-keys" }, tn("console.classicKeys", classic))
+    : "";
+
   const signout = el("button", { type: "button", id: "signout", class: "quiet", on: { click: guarded(async () => {
     await api("/console/api/signout", {});
     location.reload();
@@ -226,6 +244,7 @@ async function dashboard(main, me) {
     el("div", { class: "cols" }, section("retention-section", t("console.retention"), retention),
       section("audit-section", t("console.audit"), audit)),
     section("parties-section", t("console.parties"), locks, revoke),
+    section("directory-section", t("console.directory"), classicNote, parties),
   );
 
 }

@@ -14,12 +14,30 @@ export class TrustError extends Error {
 }
 
 const ROLES = ["lab", "recipient", "admin", "dpo", "auditor"];
-const AGE_RECIPIENT = /^age1[02-9ac-hj-np-z]{58}$/;
+// An age recipient (domain/parties.py is_age_recipient): classic X25519 (`age1` + 32 bytes in Bech32), or hybrid
+// ML-KEM-768 + X25519, post-quantum (`age1pq1` + 1,216 bytes: 1,959 characters). The shape only; the age library
+// checks the checksum and the key when it seals to it.
+const CLASSIC_RECIPIENT = /^age1[02-9ac-hj-np-z]{58}$/;
+const PQ_RECIPIENT = /^age1pq1[02-9ac-hj-np-z]{1952}$/;
+
+export function isAgeRecipient(text) {
+  return typeof text === "string" && (CLASSIC_RECIPIENT.test(text) || PQ_RECIPIENT.test(text));
+}
+
+/** True for a hybrid post-quantum recipient (`age1pq1…`), false for a classic one or anything else. */
+export function isPqRecipient(text) {
+  return typeof text === "string" && PQ_RECIPIENT.test(text);
+}
+
+/** "post-quantum" or "classic" (domain/parties.py key_kind): what the console shows for a party's age key. */
+export function keyKind(text) {
+  return isPqRecipient(text) ? "post-quantum" : "classic";
+}
 const ED25519_B64 = /^[A-Za-z0-9_-]{43}$/;
 
 function entryOf(p) {
   if (p.v !== 1 || typeof p.name !== "string" || !ROLES.includes(p.role)) throw new Error("malformed party entry");
-  if (!AGE_RECIPIENT.test(p.age_recipient) || !ED25519_B64.test(p.signing_key)) throw new Error("malformed keys");
+  if (!isAgeRecipient(p.age_recipient) || !ED25519_B64.test(p.signing_key)) throw new Error("malformed keys");
   if (p.region !== null && p.region !== undefined && typeof p.region !== "string") throw new Error("malformed region");
   return { ...p, nb: instant(p.not_before), na: instant(p.not_after), issued: instant(p.issued_at) };
 }

@@ -5,14 +5,22 @@ import { Decrypter } from "age-encryption";
 import { t } from "./i18n.js";
 import { hex, importVerifyKey, rfc3339, sha256, signEnvelope, verifyEnvelope } from "./crypto.js";
 import { instant } from "./dates.js";
-import { trustedDirectory } from "./directory.js";
+import { isPqRecipient, trustedDirectory } from "./directory.js";
 import { signedFetcher } from "./httpsig.js";
 import { loadParty } from "./party.js";
+import { recipientPolicy } from "./policy.js";
+import { classicRecipients } from "./route.js";
 import { bytes, el, fail, say, table, when } from "./ui.js";
 
-// The smallest age file sealed to one recipient (labrelay.domain.transfers.MIN_PAYLOAD_BYTES): a manifest declaring
-// less names no payload this page could open.
+// The smallest age file sealed to one recipient (labrelay.domain.transfers.min_payload_bytes): a manifest declaring
+// less names no payload this page could open. 200 bytes for a classic X25519 recipient; 1,659 for a hybrid
+// post-quantum one, whose stanza carries the 1,120-byte ML-KEM-768 + X25519 encapsulation.
 const MIN_PAYLOAD_BYTES = 200;
+const MIN_PQ_PAYLOAD_BYTES = 1659;
+
+export function minPayloadBytes(recipientKey) {
+  return isPqRecipient(recipientKey) ? MIN_PQ_PAYLOAD_BYTES : MIN_PAYLOAD_BYTES;
+}
 
 class Refused extends Error {
   translated = true;
@@ -31,7 +39,7 @@ export async function verifyManifest(party, directory, envelope, transferId, now
   } catch {
     throw new Refused(t("inbox.mismatch"));
   }
-  if (!Number.isSafeInteger(m.size) || m.size < MIN_PAYLOAD_BYTES || !/^[0-9a-f]{64}$/.test(m.sha256)) {
+  if (!Number.isSafeInteger(m.size) || m.size < minPayloadBytes(m.recipient_key) || !/^[0-9a-f]{64}$/.test(m.sha256)) {
     throw new Refused(t("inbox.mismatch"));
   }
   if (deadline <= now) throw new Refused(t("inbox.late"));
@@ -78,9 +86,13 @@ async function gunzip(data, ceiling) {
   return out;
 }
 
-/** Download, verify, decrypt one transfer; returns {manifest, plaintext}. Throws on any mismatch. */
-export async function openTransfer(party, signed, directory, listing) {
+/** Download, verify, decrypt one transfer; returns {manifest, plaintext}. Throws on any mismatch, and, when `policy`
+ * requires post-quantum recipients, on a payload sealed to a classic key (before downloading it). */
+export async function openTransfer(party, signed, directory, listing, policy = null) {
   const manifest = await verifyManifest(party, directory, listing.manifest, listing.transfer_id);
+  if (policy && classicRecipients(policy, [{ name: party.name, age_recipient: manifest.recipient_key }]).length) {
+    throw new Refused(t("inbox.classicPayload", { policy: policy.version }));
+  }
   const response = await signed(`/v1/transfers/${encodeURIComponent(listing.transfer_id)}/payload`);
   const ciphertext = new Uint8Array(await response.arrayBuffer());
   if (ciphertext.length !== manifest.size || hex(await sha256(ciphertext)) !== manifest.sha256) {
@@ -92,6 +104,16 @@ export async function openTransfer(party, signed, directory, listing) {
   if (manifest.compression === "gzip") plaintext = await gunzip(plaintext, Math.max(INFLATE_RATIO * manifest.size, INFLATE_MIN));
   else if (manifest.compression) throw new Refused(t("inbox.compression"));
   return { manifest, plaintext };
+}
+
+/** The relay's newest routing policy (its signed envelope), or null when it holds none. */
+async function currentPolicy(signed) {
+  try {
+    return await (await signed("/v1/policies/current")).json();
+  } catch (err) {
+    if (err.status === 404) return null;
+    throw err;
+  }
 }
 
 export async function sendReceipt(party, signed, manifest, recordCount) {
@@ -190,10 +212,20 @@ export async function inboxPage(main) {
   let party;
   let signed;
   let directory;
+  let policy = null;
 
   async function refresh() {
     const doc = await (await signed("/v1/directory")).json();
     directory = await trustedDirectory(doc, party.authority);
+    // As `labrelay fetch`: under require_pq, a recipient still on a classic key downloads nothing.
+    policy = await recipientPolicy(await currentPolicy(signed), party.authority, party.keptPolicy);
+    if (policy && policy.requirePq) {
+      const own = directory.require(party.name, ["recipient"]);
+      if (classicRecipients(policy, [own]).length) {
+        list.replaceChildren();
+        throw new Refused(t("inbox.classicKey", { policy: policy.version, party: party.name }));
+      }
+    }
     const { transfers } = await (await signed("/v1/transfers?box=inbox")).json();
     list.replaceChildren(table(
       "inbox-table",
@@ -217,7 +249,7 @@ export async function inboxPage(main) {
     event.target.disabled = true;
     try {
       say(t("inbox.opening"));
-      const { manifest, plaintext } = await openTransfer(party, signed, directory, listing);
+      const { manifest, plaintext } = await openTransfer(party, signed, directory, listing, policy);
       const records = countRecords(manifest, plaintext);
       const ext = manifest.media_type === "text/csv" ? "csv" : manifest.media_type.includes("ndjson") ? "ndjson" : "bin";
       // The payload leaves the relay with the receipt: the receipt is sent once the user has saved the file.

@@ -16,7 +16,7 @@ import { loadParty } from "./party.js";
 import { NO_ARS, openResults, runPipeline } from "./pipeline.js";
 import { FIELDS, REQUIRED } from "./records.js";
 import { verifiedPolicy } from "./policy.js";
-import { destinations, Router, UsageError } from "./route.js";
+import { classicRecipients, destinations, Router, UsageError } from "./route.js";
 import { uploadResumable } from "./upload.js";
 import { NotResultsError } from "./validate.js";
 import { bytes, el, fail, say, table } from "./ui.js";
@@ -31,6 +31,14 @@ let refdataCache;
 async function refdata() {
   if (!refdataCache) refdataCache = await (await fetch("/data/refdata.json", { cache: "force-cache" })).json();
   return refdataCache;
+}
+
+/** An age file sealed to one recipient, hybrid post-quantum (`age1pq1…`) or classic (`age1…`): one stanza, never a
+ * mix of the two kinds (which would leave the file open to whoever breaks X25519). */
+async function seal(recipient, plaintext) {
+  const encrypter = new Encrypter();
+  encrypter.addRecipient(recipient);
+  return encrypter.encrypt(plaintext);
 }
 
 async function gzip(text) {
@@ -147,6 +155,12 @@ export async function labPage(main) {
         throw err;
       }
       const entries = Object.fromEntries(router.destinations.map((d) => [d.name, directory.require(d.name, ["recipient"])]));
+      // require_pq (policy.Policy.classic_refusal): a recipient still on a classic X25519 key is refused, and the
+      // whole send with it, before anything is validated, sealed or uploaded.
+      const classic = classicRecipients(policy, Object.values(entries));
+      if (classic.length) {
+        throw new Refused(tn("lab.classicKey", classic.length, { policy: policy.version, recipients: classic.join(", ") }));
+      }
       const unsupported = router.destinations.filter((d) => d.rule.format !== "csv").map((d) => d.name);
       if (unsupported.length) throw new Refused(t("lab.format", { recipients: unsupported.join(", ") }));
       const batch = await runPipeline(source, {
@@ -183,9 +197,7 @@ export async function labPage(main) {
         const records = batch.sent[dest.name];
         const entry = entries[dest.name]; // every recipient verified before anything is encrypted
         say(t("lab.sealing", { recipient: dest.name }));
-        const encrypter = new Encrypter();
-        encrypter.addRecipient(entry.age_recipient);
-        const ciphertext = await encrypter.encrypt(await gzip(batch.outputs[dest.name]));
+        const ciphertext = await seal(entry.age_recipient, await gzip(batch.outputs[dest.name]));
         const manifest = {
           type: "transfer-manifest",
           v: 1,

@@ -4,6 +4,9 @@ import { identityToRecipient } from "age-encryption";
 import { authorityKeyId, importAuthorityKey, importSigningKey } from "./crypto.js";
 
 const KNOWN = ["party.json", "signing.key", "authority.pub", "identity.txt", "pseudonym.key", "policies.json"];
+// The age identities identity.txt may hold (crypto/keys.py IDENTITY_PREFIXES): hybrid ML-KEM-768 + X25519
+// (post-quantum, what `party new` makes) and classic X25519 (`party new --classic`, or kept from before a rotation).
+export const IDENTITY_PREFIXES = Object.freeze(["AGE-SECRET-KEY-PQ-1", "AGE-SECRET-KEY-1"]);
 
 export async function loadParty(files) {
   const byName = {};
@@ -37,7 +40,14 @@ export async function loadParty(files) {
   if (byName["identity.txt"]) {
     for (const line of byName["identity.txt"].split(/\r?\n/)) {
       const id = line.trim();
-      if (id.startsWith("AGE-SECRET-KEY-1")) party.identities.push({ identity: id, recipient: await identityToRecipient(id) });
+      if (!IDENTITY_PREFIXES.some((prefix) => id.startsWith(prefix))) continue; // comments, blank lines
+      let recipient;
+      try {
+        recipient = await identityToRecipient(id);
+      } catch {
+        throw new PartyFileError("malformed", "identity.txt"); // as AgeIdentity.load_all: refused now, not later
+      }
+      party.identities.push({ identity: id, recipient });
     }
   }
   if (byName["policies.json"]) {

@@ -14,8 +14,8 @@ class PolicyRefused extends Error {
 
 const label = (version, issue) => `${version} (issue ${issue})`;
 
-/** The policy to route under, or a translated refusal. `kept`: this authority's record in policies.json, if any. */
-export async function verifiedPolicy(envelope, withdrawalsDoc, authority, kept, now = Date.now()) {
+/** The signed payload and the policy it carries, if the pinned authority signed it and it is well formed. */
+async function signedPolicy(envelope, authority) {
   const signed = await verifyEnvelope(envelope, "routing-policy", authority);
   const issuedAt = Date.parse(signed.issued_at);
   const notAfter = Date.parse(signed.not_after);
@@ -23,6 +23,29 @@ export async function verifiedPolicy(envelope, withdrawalsDoc, authority, kept, 
     || !(issuedAt < notAfter)) throw new PolicyRefused(t("lab.policy"));
   const policy = parsePolicy(parseToml(signed.toml));
   if (signed.version !== policy.version) throw new PolicyRefused(t("lab.policy"));
+  return { signed, policy, notAfter };
+}
+
+/**
+ * The newest routing policy, as the recipient page uses it (client/policy.py recipient_policy): for its require_pq.
+ * Signed by the pinned authority and not older than one this party verified before (`kept`, from policies.json);
+ * its validity and withdrawals are not checked (what the relay accepted under it may still be fetched). `envelope`
+ * null: the relay holds no policy, and this returns null.
+ */
+export async function recipientPolicy(envelope, authority, kept) {
+  if (envelope === null) return null;
+  const { signed, policy } = await signedPolicy(envelope, authority);
+  if (kept && Number.isSafeInteger(kept.issue) && signed.issue < kept.issue) {
+    throw new PolicyRefused(t("inbox.policyRollback", {
+      policy: label(policy.version, signed.issue), kept: label(kept.version, kept.issue),
+    }));
+  }
+  return policy;
+}
+
+/** The policy to route under, or a translated refusal. `kept`: this authority's record in policies.json, if any. */
+export async function verifiedPolicy(envelope, withdrawalsDoc, authority, kept, now = Date.now()) {
+  const { signed, policy, notAfter } = await signedPolicy(envelope, authority);
   const name = label(policy.version, signed.issue);
 
   const withdrawn = new Map(Object.entries((kept && kept.withdrawn) || {}));

@@ -5,6 +5,7 @@
 // (HMAC-SHA256 under the key's 64 hex characters as ASCII bytes) and the CSV form of
 // src/labrelay/batch/outputs.py (RecordSink: a header line, then the rows as polars write_csv writes them).
 
+import { isPqRecipient } from "./directory.js";
 import { ALL_OUTPUT_FIELDS, DIRECT_IDENTIFIERS, FIELDS, Reason, Result, normaliseTrait } from "./records.js";
 
 /** The caller asked for something malformed or impossible (labrelay.errors.UsageError). `reason` and `names`
@@ -37,7 +38,7 @@ const LOINC = /^[0-9]{1,7}-[0-9]$/;
 const PARTY = /^[a-z][a-z0-9-]{1,62}[a-z0-9]$/; // names.check_party_name
 const KEY = /^[0-9a-f]{64}$/; // pseudonym._KEY
 const RULE_KEYS = new Set(["name", "select", "fields", "format", "by_region", "pseudonymise", "unparsed"]);
-const POLICY_KEYS = new Set(["version", "description", "loinc", "recipients"]);
+const POLICY_KEYS = new Set(["version", "description", "loinc", "recipients", "require_pq"]);
 
 // ------------------------------------------------------------------ Python's sorted() and repr(), for messages
 
@@ -196,12 +197,25 @@ export function parsePolicy(raw) {
   }
   const description = "description" in raw ? raw.description : "";
   if (typeof description !== "string") throw new PolicyError("policy: description must be text");
+  const requirePq = "require_pq" in raw ? raw.require_pq : false;
+  if (typeof requirePq !== "boolean") throw new PolicyError("policy: require_pq must be true or false");
   return Object.freeze({
     version,
     loinc: new Set(loinc),
     recipients: Object.freeze(rules),
     description,
+    requirePq, // every recipient's age key must be hybrid post-quantum (age1pq1…): see classicRecipients
   });
+}
+
+/**
+ * The parties among `entries` (verified directory entries, {name, age_recipient}) whose age key this policy refuses
+ * (policy.Policy.classic_refusal): under require_pq, those with a classic X25519 key (not `age1pq1…`), sorted;
+ * none otherwise.
+ */
+export function classicRecipients(policy, entries) {
+  if (!policy.requirePq) return [];
+  return sorted(entries.filter((e) => !isPqRecipient(e.age_recipient)).map((e) => e.name));
 }
 
 // ------------------------------------------------------------------ pseudonyms: route.with_pseudonyms

@@ -3,7 +3,8 @@
 - ``/`` (console), ``/enrol`` (bind a passkey to a party), ``/lab`` (upload), ``/inbox`` (recipient): HTML shells
   whose text and behaviour come from the bundled script (French and English);
 - ``/static/*``: the bundle, its style sheet, the reference data the lab page validates with;
-- ``/console/api/*``: sign-in with a passkey, the session's metadata views, passkey-approved commands.
+- ``/console/api/*``: sign-in with a passkey, the session's metadata views (among them ``parties``: the directory's
+  parties with the kind of their age key, post-quantum or classic), passkey-approved commands.
 
 The console's JSON routes take no request the browser's same-origin rules would not stop: a POST must carry this
 origin's ``Origin`` header, the session cookie is ``SameSite=Strict`` and ``HttpOnly``, and every response carries
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any
@@ -35,9 +37,11 @@ from starlette.staticfiles import StaticFiles
 
 from labrelay import __version__, refdata
 from labrelay.crypto.passkeys import Relying
+from labrelay.domain.parties import PartyEntry, Revocation, key_kind, resolve
 from labrelay.errors import NotFound, PermissionDenied, TooManyRequests, UsageError
 from labrelay.http.deps import Console, Services, call, parse_json, read_body, relying_party, remote
-from labrelay.relay.console import ConsoleService, ConsoleUser
+from labrelay.relay.console import ConsoleService, ConsoleUser, shown
+from labrelay.relay.directory import DirectoryService
 from labrelay.wire import JSON_CONTENT_TYPE
 
 log = structlog.get_logger("labrelay.http")
@@ -278,6 +282,37 @@ async def retention(web: Web) -> dict[str, Any]:
 async def audit(web: Web) -> dict[str, Any]:
     await web.user(await web.relying(post=False))
     return dict(await call(web.console.audit_verification))
+
+
+@router.get("/console/api/parties")
+async def parties(web: Web, services: Services) -> dict[str, Any]:
+    await web.user(await web.relying(post=False))
+    return await call(directory_view, services.directory, services.clock.now())
+
+
+def directory_view(directory: DirectoryService, now: datetime) -> dict[str, Any]:
+    """Every party the relay's directory names, as the console lists it: its role, its standing now (active,
+    revoked, expired, not yet valid) and the kind of its age key, ``post-quantum`` (hybrid, ``age1pq1…``) or
+    ``classic`` (X25519: a party still to move with ``labrelay party rotate --pq``). Metadata only: no key itself."""
+    exported = directory.export()
+    entries = [PartyEntry.from_payload(env["payload"]) for env in exported["entries"]]
+    revocations = [Revocation.from_payload(env["payload"]) for env in exported["revocations"]]
+    rows = []
+    for name in sorted({e.name for e in entries}):
+        res = resolve(name, entries, revocations, now)
+        entry = res.entry
+        if entry is None:  # never: a name with an entry resolves to one (domain.parties.resolve)
+            continue
+        rows.append(
+            {
+                "name": name,
+                "role": entry.role.value,
+                "region": entry.region,
+                "status": res.status.value,
+                "key": key_kind(entry.age_recipient),
+            }
+        )
+    return shown({"parties": rows})
 
 
 # ------------------------------------------------------------ commands: each approved by a passkey
