@@ -127,7 +127,8 @@ def test_admin_enrols_signs_in_freezes_and_unfreezes(world: World, relay_factory
 
 @pytest.mark.threat("T22")
 def test_everything_needs_a_session(console: Console) -> None:
-    for path in ("/console/api/me", "/console/api/overview", "/console/api/audit", "/console/api/retention"):
+    paths = ("/console/api/me", "/console/api/overview", "/console/api/audit", "/console/api/retention")
+    for path in (*paths, "/console/api/parties"):
         response = console.http.get(path)
         assert response.status_code == 401, path
         assert response.headers["content-type"] == "application/problem+json"

@@ -242,6 +242,7 @@ def derive_policy(text: str) -> dict[str, Any]:
         "version": policy.version,
         "loinc": sorted(policy.loinc),
         "description": policy.description,
+        "require_pq": policy.require_pq,
         "recipients": [
             {
                 "name": r.name,
@@ -1177,6 +1178,8 @@ EVERYTHING = ", ".join(f'"{f}"' for f in FIELDS)
 def policy_texts() -> Iterator[tuple[str, str]]:
     yield "the default policy", DEFAULT_POLICY
     yield "no recipient", POLICY_HEAD
+    yield "the default policy without require_pq", DEFAULT_POLICY.replace("require_pq = true\n", "")
+    yield "require_pq not a boolean", DEFAULT_POLICY.replace("require_pq = true", 'require_pq = "yes"')
     yield "a recipient with no field", POLICY_HEAD + '[[recipients]]\nname = "cnam"\nfields = []\n'
     yield (
         "everything to everyone",

@@ -120,6 +120,7 @@ function policyOf(text) {
     version: policy.version,
     loinc: [...policy.loinc].sort(),
     description: policy.description,
+    require_pq: policy.requirePq,
     recipients: policy.recipients.map((r) => ({
       name: r.name, select: r.select, fields: [...r.fields], format: r.format, by_region: r.byRegion,
       pseudonymise: r.pseudonymise, unparsed: r.unparsed,
