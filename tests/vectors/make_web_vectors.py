@@ -1178,8 +1178,10 @@ EVERYTHING = ", ".join(f'"{f}"' for f in FIELDS)
 def policy_texts() -> Iterator[tuple[str, str]]:
     yield "the default policy", DEFAULT_POLICY
     yield "no recipient", POLICY_HEAD
-    yield "the default policy without require_pq", DEFAULT_POLICY.replace("require_pq = true\n", "")
-    yield "require_pq not a boolean", DEFAULT_POLICY.replace("require_pq = true", 'require_pq = "yes"')
+    yield (
+        "require_pq not a boolean",
+        POLICY_HEAD + 'require_pq = "yes"\n[[recipients]]\nname = "cnam"\nfields = ["nom"]\n',
+    )
     yield "a recipient with no field", POLICY_HEAD + '[[recipients]]\nname = "cnam"\nfields = []\n'
     yield (
         "everything to everyone",
