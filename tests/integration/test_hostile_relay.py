@@ -15,7 +15,7 @@ from labrelay.client.keystore import Authority, Party
 from labrelay.client.rotation import Destroyed, retire_due, retired_status, rotate
 from labrelay.clock import SystemClock
 from labrelay.crypto.keys import AgeIdentity
-from labrelay.domain.parties import Role
+from labrelay.domain.parties import Role, short_key
 from labrelay.domain.timeutil import from_rfc3339
 from tests.support.stub_relay import Answer, stub_relay
 
@@ -64,8 +64,8 @@ def test_a_retired_key_is_destroyed_at_the_longest_deadline_whatever_the_relay_c
         asked = len(relay.asked)
         retired = cli("party", "retire", cnam.path, "--server", relay.url)
         assert retired.code == 0, str(retired)
-        assert f"destroyed retired identity {old}" in retired.out
-        assert f"the relay claimed payloads sealed to {old} until {FOREVER}" in retired.err
+        assert f"destroyed retired identity {short_key(old)}" in retired.out
+        assert f"the relay claimed payloads sealed to {short_key(old)} until {FOREVER}" in retired.err
         assert "destroyed anyway" in retired.err
         assert len(relay.asked) == asked  # past the cap, the relay is not even asked
         new = json.loads((cnam.path / "party.json").read_text())["age_recipient"]

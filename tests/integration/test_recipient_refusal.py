@@ -205,7 +205,7 @@ def test_an_unparsed_manifest_to_a_minimised_recipient_is_refused(hooked) -> Non
             sender=lab.name,
             recipient=name,
             recipient_key=world.parties[name].age_recipient,
-            size=1000,
+            size=4096,
             sha256="a" * 64,
             record_count=None,
             media_type="application/pdf",

@@ -1,11 +1,11 @@
 """Retention with a real relay process: short deadlines, the reaper, a SIGKILL in the middle of its pass, the
-retention check on a stopped relay, and recipient key rotation with the real ``age`` tool."""
+retention check on a stopped relay, and recipient key rotation."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -21,8 +21,9 @@ from labrelay.client.rotation import rotate
 from labrelay.client.send import seal, upload
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
+from labrelay.crypto import age_stream
 from labrelay.crypto.keys import AgeIdentity
-from labrelay.domain.parties import PartyEntry, Role
+from labrelay.domain.parties import PartyEntry, Role, short_key
 from labrelay.errors import IntegrityError, NotFound
 from labrelay.operations import audit_summary
 from tests.support.world import RelayServer, World, make_world, sent_ids
@@ -151,16 +152,15 @@ def test_killing_the_relay_in_the_middle_of_a_reaper_pass_leaves_nothing_behind(
     assert len(set(states(world)) - deleted) <= 1
 
 
-def age_tool() -> str:
-    path = shutil.which("age")
-    if path is None:
-        pytest.fail("the age tool is required (./dev test installs it)")
-    return path
-
-
 def age_decrypts(identity: Path, payload: Path) -> bool:
-    result = subprocess.run([age_tool(), "-d", "-i", str(identity), str(payload)], capture_output=True, check=False)
-    return result.returncode == 0
+    """Whether the identity file opens the payload (hybrid keys: Debian's age 1.1.1 cannot read them; the age format
+    itself is checked against the reference implementations in tests/integration/test_age_interop.py)."""
+    try:
+        with payload.open("rb") as src:
+            age_stream.decrypt(src, io.BytesIO(), AgeIdentity.load_all(identity), expect=None)
+    except IntegrityError:
+        return False
+    return True
 
 
 def test_a_rotation_in_the_same_second_as_the_entry_it_replaces_is_in_force_at_once(world: World) -> None:
@@ -189,7 +189,7 @@ def test_a_rotated_key_is_kept_until_its_last_payload_expires_then_destroyed(wor
 
     rotated = cli("party", "rotate", cnam, "--authority", world.auth_dir, "--server", world.url)
     assert rotated.code == 0, str(rotated)
-    assert f"retired {old_recipient}" in rotated.out
+    assert f"retired {short_key(old_recipient)}" in rotated.out
     new_recipient = json.loads((cnam / "party.json").read_text())["age_recipient"]
     assert new_recipient != old_recipient
     assert len(AgeIdentity.load_all(cnam / "identity.txt")) == 2
@@ -221,13 +221,13 @@ def test_a_rotated_key_is_kept_until_its_last_payload_expires_then_destroyed(wor
 
     kept = cli("party", "retire", cnam, "--server", world.url)
     assert kept.code == 0, str(kept)
-    assert f"kept {old_recipient}" in kept.out  # its payload is still open on the relay
+    assert f"kept {short_key(old_recipient)}" in kept.out  # its payload is still open on the relay
     assert len(AgeIdentity.load_all(cnam / "identity.txt")) == 2
 
     time.sleep(max(0.0, 6.5 - (time.monotonic() - sent_at)))
     retired = cli("party", "retire", cnam, "--server", world.url)
     assert retired.code == 0, str(retired)
-    assert f"destroyed retired identity {old_recipient}" in retired.out
+    assert f"destroyed retired identity {short_key(old_recipient)}" in retired.out
     assert [i.recipient for i in AgeIdentity.load_all(cnam / "identity.txt")] == [new_recipient]
     assert not age_decrypts(cnam / "identity.txt", old_copy)  # a later theft of the machine opens nothing old
     assert age_decrypts(cnam / "identity.txt", new_copy)

@@ -130,7 +130,7 @@ def test_the_relay_refuses_unknown_or_unsigned_policies(world: World) -> None:
         "sender": lab.name,
         "recipient": "cnam",
         "recipient_key": cnam.age_recipient,
-        "size": 1000,
+        "size": 4096,
         "sha256": "0" * 64,
         "record_count": 1,
         "media_type": "text/csv",

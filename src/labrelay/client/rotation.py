@@ -30,7 +30,7 @@ from typing import Any
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import ENTRY_FILE, IDENTITY_FILE, PUBLIC_FILE, Authority, Party
 from labrelay.crypto.keys import AgeIdentity
-from labrelay.domain.parties import RECEIVING_ROLES
+from labrelay.domain.parties import RECEIVING_ROLES, short_key
 from labrelay.domain.timeutil import format_duration, from_rfc3339, to_rfc3339
 from labrelay.domain.transfers import CLOCK_SKEW, HARD_MAX_TTL
 from labrelay.errors import UsageError
@@ -63,8 +63,8 @@ class Destroyed:
         if self.overclaimed is None:
             return None
         return (
-            f"the relay claimed payloads sealed to {self.recipient} until {self.overclaimed}, longer than any relay "
-            f"may keep one ({format_duration(HARD_MAX_TTL)} after the rotation): destroyed anyway"
+            f"the relay claimed payloads sealed to {short_key(self.recipient)} until {self.overclaimed}, longer than "
+            f"any relay may keep one ({format_duration(HARD_MAX_TTL)} after the rotation): destroyed anyway"
         )
 
 

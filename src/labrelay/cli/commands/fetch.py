@@ -26,6 +26,7 @@ from labrelay.client.lock import party_lock
 from labrelay.client.progress import Stopwatch
 from labrelay.client.receipts import batches_of, in_batches, verified_outbox
 from labrelay.clock import SystemClock
+from labrelay.domain.parties import short_key
 from labrelay.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def fetch(
         report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress, output_format=output_format)
         destroyed = [] if raw else _retire_after_fetch(party, client)
     for gone in destroyed:
-        ui.json_output.say(f"destroyed retired identity {gone.recipient}: no payload sealed to it remains")
+        ui.json_output.say(f"destroyed retired identity {short_key(gone.recipient)}: no payload sealed to it remains")
     warn_overruled(destroyed)
     _print_fetch(report)
     code = max((ui.exit_code_for(e) for _, e in report.refused), default=ui.EXIT_OK)

@@ -116,11 +116,11 @@ def party_retire(
     with party_client(server, party, cacert) as client:
         destroyed = retire_due(party, client, SystemClock().now())
     for gone in destroyed:
-        ui.out.print(f"destroyed retired identity {gone.recipient}", markup=False)
+        ui.out.print(f"destroyed retired identity {short_key(gone.recipient)}", markup=False)
     warn_overruled(destroyed)
     for key in retired_status(party):
         if not key.get("destroyed_at"):
-            ui.out.print(f"kept {key['age_recipient']} until {key['destroy_after']}", markup=False)
+            ui.out.print(f"kept {short_key(key['age_recipient'])} until {key['destroy_after']}", markup=False)
     if not retired_status(party):
         ui.out.print("no retired identity", markup=False)
 
