@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from labrelay.client.api import RelayClient
+from labrelay.client.keystore import Party
 from labrelay.client.policy import default_policy_text
 from labrelay.client.send import pending
+from labrelay.clock import SystemClock
+from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import AgeIdentity
-from labrelay.domain.names import new_id
-from labrelay.domain.parties import Role, is_pq_recipient
+from labrelay.domain.names import AUTHORITY_KEYID, new_id
+from labrelay.domain.parties import PartyEntry, Role, is_pq_recipient
 from labrelay.errors import ClassicKeyRefused
 from labrelay.synthetic.generator import write_file
 from tests.support.world import World, call_cli
@@ -72,6 +76,27 @@ def test_a_classic_key_is_refused_at_enrolment_under_the_shipped_policy(world: W
     assert "requires post-quantum recipients" in line
     assert "ars-93" in line
     assert "party rotate --pq" in line
+    assert world.db("SELECT name FROM parties WHERE name = 'ars-93'") == []
+
+    # The authority refused to sign it, offline; an entry it signed anyway (an older labrelay, or signed before the
+    # policy switch) is refused by the relay too, whoever carries it.
+    classic = Party.load(out / "ars-93")
+    now = datetime.now(UTC)
+    entry = PartyEntry(
+        name=classic.name,
+        role=Role.RECIPIENT,
+        region="11",
+        age_recipient=classic.age_recipient,
+        signing_key=classic.signing_public,
+        not_before=now,
+        not_after=now + timedelta(days=30),
+        issued_at=now,
+        serial=new_id(),
+    )
+    envelope = sign_envelope(entry.to_payload(), world.authority.key, AUTHORITY_KEYID)
+    with RelayClient(world.url, AUTHORITY_KEYID, world.authority.key, SystemClock(), retries=0) as client:
+        with pytest.raises(ClassicKeyRefused, match="requires post-quantum recipients"):
+            client.register_entry(envelope)
     assert world.db("SELECT name FROM parties WHERE name = 'ars-93'") == []
 
     # The positive control: the same party with the default key enrols.

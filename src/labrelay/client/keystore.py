@@ -57,9 +57,16 @@ from labrelay.crypto.keys import (
 from labrelay.domain.identifiers import Identifier
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
 from labrelay.domain.parties import ENTRY_TYPE, REVOCATION_TYPE, PartyEntry, Revocation, Role
-from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY, POLICY_TYPE, PolicyWithdrawal, policy_payload
+from labrelay.domain.policy import (
+    DEFAULT_POLICY_VALIDITY,
+    POLICY_TYPE,
+    Policy,
+    PolicyWithdrawal,
+    parse_policy,
+    policy_payload,
+)
 from labrelay.domain.timeutil import to_rfc3339
-from labrelay.errors import UntrustedEntry, UsageError
+from labrelay.errors import ClassicKeyRefused, UntrustedEntry, UsageError
 from labrelay.jsonfile import read_json, write_json_atomic
 
 IDENTITY_FILE = "identity.txt"
@@ -320,7 +327,12 @@ class Authority:
         return self.issue(entry)
 
     def issue(self, entry: PartyEntry) -> dict[str, Any]:
-        """Sign a checked entry, and keep it in ``issued.jsonl``."""
+        """Sign a checked entry, and keep it in ``issued.jsonl``. Refuses a classic age key when the newest policy
+        this authority signed requires post-quantum recipients (the relay would refuse the entry too)."""
+        newest = self.newest_policy()
+        refusal = newest.classic_refusal(entry.name, entry.age_recipient) if newest is not None else None
+        if refusal is not None:
+            raise ClassicKeyRefused(refusal, hint="nothing was signed; labrelay party new makes hybrid keys")
         envelope = sign_envelope(entry.to_payload(), self.key, AUTHORITY_KEYID)
         self._log(envelope)
         return envelope
@@ -395,6 +407,15 @@ class Authority:
         envelope = sign_envelope(payload, self.key, AUTHORITY_KEYID)
         self._log(envelope)
         return envelope
+
+    def newest_policy(self) -> Policy | None:
+        """The routing policy with the highest issue this authority signed (``issued.jsonl``), or None."""
+        signed = [
+            p for p in self._issued_payloads() if p.get("type") == POLICY_TYPE and isinstance(p.get("issue"), int)
+        ]
+        if not signed:
+            return None
+        return parse_policy(str(max(signed, key=lambda p: int(p["issue"])).get("toml", "")))
 
     def last_policy_issue(self) -> int:
         """The highest issue number among the routing policies this authority signed (0: none yet)."""
