@@ -94,9 +94,9 @@ def test_a_classic_key_is_refused_at_enrolment_under_the_shipped_policy(world: W
         serial=new_id(),
     )
     envelope = sign_envelope(entry.to_payload(), world.authority.key, AUTHORITY_KEYID)
-    with RelayClient(world.url, AUTHORITY_KEYID, world.authority.key, SystemClock(), retries=0) as client:
-        with pytest.raises(ClassicKeyRefused, match="requires post-quantum recipients"):
-            client.register_entry(envelope)
+    admin = RelayClient(world.url, AUTHORITY_KEYID, world.authority.key, SystemClock(), retries=0)
+    with admin as client, pytest.raises(ClassicKeyRefused, match="requires post-quantum recipients"):
+        client.register_entry(envelope)
     assert world.db("SELECT name FROM parties WHERE name = 'ars-93'") == []
 
     # The positive control: the same party with the default key enrols.
@@ -197,8 +197,28 @@ def test_rotate_pq_moves_a_classic_recipient_and_what_was_sealed_to_its_old_key_
     assert send(world, results(tmp_path, "new", 4)).code == 0
     out = tmp_path / "ars-out"
     fetched = fetch(world, CLASSIC_ARS, out)
-    assert fetched.code == 3, str(fetched)  # the payload sealed to the classic key is refused, once
-    assert "sealed to a classic age key" in fetched.err
-    assert len(list(out.glob("*.csv"))) == 1  # the one sealed to the hybrid key is written
-    again = fetch(world, CLASSIC_ARS, out)
-    assert again.code == 0, str(again)  # refused before: never downloaded again
+    # Both are opened: the payload sealed to the classic key before the switch (its key kept for it), and the new
+    # one sealed to the hybrid key. Refusing the old one would lose results and protect nothing: its ciphertext is
+    # on the relay already (a payload sealed to a classic key after the switch is refused: tests/unit).
+    assert fetched.code == 0, str(fetched)
+    assert len(list(out.glob("*.csv"))) == 2
+
+
+@pytest.mark.threat("T43")
+def test_a_relay_that_hides_the_policy_requiring_pq_from_a_recipient_is_refused(world: World, tmp_path: Path) -> None:
+    """A2 rolls back the policy a recipient fetches under (to one without require_pq), or serves none at all, so
+    that it opens what was sealed to a classic key: the recipient kept the newest issue it saw and refuses."""
+    world.allow_classic_keys()
+    publish(world, tmp_path, PQ_TEXT)  # issue 3
+    out = tmp_path / "cnam-out"
+    assert fetch(world, "cnam", out).code == 0  # cnam sees issue 3, and keeps it
+    world.db("DELETE FROM policies WHERE version = :v", v=PQ_VERSION)  # A2: issue 2 (no require_pq) is served
+    rolled = fetch(world, "cnam", out)
+    assert rolled.code == 3, str(rolled)
+    line = one_line(rolled.err)
+    assert "older than" in line
+    assert "(a rollback)" in line
+    world.db("DELETE FROM policies")  # A2: no policy at all
+    none = fetch(world, "cnam", out)
+    assert none.code == 3, str(none)
+    assert f"the relay serves no routing policy, but this party verified {PQ_VERSION} (issue 3)" in one_line(none.err)

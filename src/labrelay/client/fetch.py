@@ -43,14 +43,14 @@ from labrelay.client.files import SafeDir, TempFile, private_dir, sweep_temporar
 from labrelay.client.formats import EXTENSIONS as FORMAT_EXTENSIONS
 from labrelay.client.formats import OUTPUT_FORMATS, RowTagger
 from labrelay.client.keystore import Party
-from labrelay.client.policy import recipient_policy, refuse_classic_keys
+from labrelay.client.policy import classic_payload_refusal, recipient_policy, refuse_classic_keys
 from labrelay.client.progress import NoProgress, Progress
 from labrelay.client.trust import TrustedDirectory
 from labrelay.crypto import age_stream
 from labrelay.crypto.envelopes import envelope_payload, envelope_signer, verify_envelope
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES
-from labrelay.domain.policy import Policy
+from labrelay.domain.policy import SignedPolicy
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
     Manifest,
@@ -564,7 +564,7 @@ class _Run:
     raw: bool = False
     fmt: str = "csv"
     progress: Progress = field(default_factory=NoProgress)
-    policy: Policy | None = None  # the newest routing policy: its require_pq refuses payloads sealed to classic keys
+    policy: SignedPolicy | None = None  # the newest routing policy: with require_pq, classic keys are refused
 
 
 def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
@@ -574,8 +574,6 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
         manifest = verify_manifest(party, run.directory, listing["manifest"], transfer_id, now=run.clock.now())
     except PAYLOAD_REFUSALS as exc:
         raise _Refused(exc) from exc
-    if run.policy is not None and (why := run.policy.classic_refusal(party.name, manifest.recipient_key)):
-        raise _Refused(ClassicKeyRefused(f"{transfer_id} was sealed to a classic age key: {why}"))
     known = journal_entry(party, transfer_id)
     if known is not None and known.get("receipt"):
         # Already received and decrypted: the relay did not get (or is replaying) the receipt. Never decrypt twice.
@@ -584,6 +582,8 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
         return Fetched(
             transfer_id, manifest.sender, output, manifest.size, known.get("records"), acknowledged=True, again=True
         )
+    if run.policy is not None and (why := classic_payload_refusal(run.policy, party.name, manifest)):
+        raise _Refused(ClassicKeyRefused(why))
     first = None if manifest.again else run.sources.first(manifest)
     if first is not None:
         return _decline_duplicate(run, listing, manifest, first)
@@ -736,7 +736,7 @@ def fetch_all(
             )
             if run.policy is not None:  # T43: a classic key is refused before anything is downloaded
                 own = run.directory.require(party.name, RECEIVING_ROLES)
-                refuse_classic_keys(run.policy, [own], "fetch: nothing was downloaded")
+                refuse_classic_keys(run.policy.policy, [own], "fetch: nothing was downloaded")
             _fetch_listed(run, report)
         finally:
             with contextlib.suppress(OSError):  # the work directory goes, unless a partial download waits in it

@@ -56,7 +56,7 @@ from labrelay.crypto.keys import (
 )
 from labrelay.domain.identifiers import Identifier
 from labrelay.domain.names import AUTHORITY_KEYID, check_party_name, check_region, new_id
-from labrelay.domain.parties import ENTRY_TYPE, REVOCATION_TYPE, PartyEntry, Revocation, Role
+from labrelay.domain.parties import ENTRY_TYPE, RECEIVING_ROLES, REVOCATION_TYPE, PartyEntry, Revocation, Role
 from labrelay.domain.policy import (
     DEFAULT_POLICY_VALIDITY,
     POLICY_TYPE,
@@ -327,10 +327,12 @@ class Authority:
         return self.issue(entry)
 
     def issue(self, entry: PartyEntry) -> dict[str, Any]:
-        """Sign a checked entry, and keep it in ``issued.jsonl``. Refuses a classic age key when the newest policy
-        this authority signed requires post-quantum recipients (the relay would refuse the entry too)."""
+        """Sign a checked entry, and keep it in ``issued.jsonl``. Refuses a recipient's classic age key when the
+        newest policy this authority signed requires post-quantum recipients (the relay would refuse it too)."""
         newest = self.newest_policy()
-        refusal = newest.classic_refusal(entry.name, entry.age_recipient) if newest is not None else None
+        refusal = None
+        if newest is not None and entry.role in RECEIVING_ROLES:  # what the relay stores is sealed to these
+            refusal = newest.classic_refusal(entry.name, entry.age_recipient)
         if refusal is not None:
             raise ClassicKeyRefused(refusal, hint="nothing was signed; labrelay party new makes hybrid keys")
         envelope = sign_envelope(entry.to_payload(), self.key, AUTHORITY_KEYID)

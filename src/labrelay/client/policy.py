@@ -31,6 +31,7 @@ from labrelay.domain.policy import (
     signed_policy_from_payload,
 )
 from labrelay.domain.timeutil import from_rfc3339, to_rfc3339
+from labrelay.domain.transfers import CLOCK_SKEW, Manifest
 from labrelay.errors import ClassicKeyRefused, IntegrityError, NotFound, UntrustedEntry, UsageError
 from labrelay.jsonfile import read_json, write_json_atomic
 
@@ -153,6 +154,16 @@ class PolicyBook:
             if (kept.issue, kept.sha256, kept.withdrawn) != before:
                 self.save()
 
+    def note(self, authority: VerifyKey, signed: SignedPolicy) -> None:
+        """Keep ``signed`` (verified under ``authority``) if it is newer than the issue kept: a recipient's record
+        of the newest policy it saw, without the checks a lab routes under (``admit``)."""
+        kept = self._kept.get(authority.b64) or KeptPolicy()
+        if signed.issue > kept.issue:
+            kept.issue, kept.version, kept.sha256 = signed.issue, signed.version, signed.text_sha256
+            kept.issued_at, kept.not_after = to_rfc3339(signed.issued_at), to_rfc3339(signed.not_after)
+            self._kept[authority.b64] = kept
+            self.save()
+
     def save(self) -> None:
         doc = {
             "authorities": {
@@ -180,22 +191,42 @@ def current_policy(client: RelayClient, authority: VerifyKey, party_dir: Path, n
     return signed.policy
 
 
-def recipient_policy(client: RelayClient, authority: VerifyKey, party_dir: Path) -> Policy | None:
+def recipient_policy(client: RelayClient, authority: VerifyKey, party_dir: Path) -> SignedPolicy | None:
     """The newest routing policy the relay holds, as a recipient uses it (for ``require_pq``): signed by the pinned
-    ``authority`` and not older than one this party verified before; None when the relay holds none. Its validity
-    and withdrawal are not checked: what the relay accepted under it before may still be fetched."""
+    ``authority`` and not older than one this party verified before, which it keeps in ``policies.json``; None when
+    the relay holds none and this party never verified one. Its validity and withdrawal are not checked: what the
+    relay accepted under it before may still be fetched."""
+    book = PolicyBook(party_dir / POLICIES_FILE)
+    kept = book.kept(authority)
     try:
         envelope = client.policy()
     except NotFound:
-        return None
+        if kept is None or not kept.issue:
+            return None
+        raise UntrustedEntry(
+            f"the relay serves no routing policy, but this party verified {kept.label} before: refusing to fetch "
+            "under no policy"
+        ) from None
     signed = verified_signed_policy(envelope, authority)
-    kept = PolicyBook(party_dir / POLICIES_FILE).kept(authority)
     if kept is not None and signed.issue < kept.issue:
         raise UntrustedEntry(
             f"the relay served routing policy {signed.label}, older than {kept.label}, which this party already "
             "verified: refusing it (a rollback)"
         )
-    return signed.policy
+    book.note(authority, signed)
+    return signed
+
+
+def classic_payload_refusal(policy: SignedPolicy, party: str, manifest: Manifest) -> str | None:
+    """Why a payload offered to ``party`` must not be opened under ``policy``: it requires post-quantum recipients,
+    the payload is sealed to a classic key, and it was created once that policy was issued (give or take the clock
+    skew allowed between parties). A payload created before (sealed to a key kept after a rotation) is opened:
+    refusing it would lose results and protect nothing, its ciphertext being on the relay already."""
+    if policy.policy.classic_refusal(party, manifest.recipient_key) is None:
+        return None
+    if manifest.created <= policy.issued_at + CLOCK_SKEW:  # the lab's clock and the authority's may differ
+        return None
+    return f"sealed to a classic (X25519) age key after policy {policy.label} required post-quantum recipients"
 
 
 def relay_policy_issue(client: RelayClient, authority: VerifyKey) -> int:

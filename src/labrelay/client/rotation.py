@@ -29,11 +29,12 @@ from typing import Any
 
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import ENTRY_FILE, IDENTITY_FILE, PUBLIC_FILE, Authority, Party
+from labrelay.client.policy import recipient_policy
 from labrelay.crypto.keys import AgeIdentity
-from labrelay.domain.parties import RECEIVING_ROLES, short_key
+from labrelay.domain.parties import RECEIVING_ROLES, is_pq_recipient, short_key
 from labrelay.domain.timeutil import format_duration, from_rfc3339, to_rfc3339
 from labrelay.domain.transfers import CLOCK_SKEW, HARD_MAX_TTL
-from labrelay.errors import UsageError
+from labrelay.errors import ClassicKeyRefused, UsageError
 from labrelay.jsonfile import read_json, write_json_atomic
 
 RETIRED_FILE = "retired.json"
@@ -146,15 +147,23 @@ def rotate(
     now: datetime,
     valid_for: timedelta,
     *,
-    classic: bool = False,
+    classic: bool | None = None,
 ) -> Rotation:
-    """Move ``party`` to a new age key, hybrid post-quantum unless ``classic``; the keys it held are retired."""
+    """Move ``party`` to a new age key: hybrid post-quantum (``classic`` False), classic X25519 (True), or of the
+    kind it has (None: a rotation does not change which tools can open what it receives). The keys it held are
+    retired. A classic key under a policy that requires post-quantum recipients is refused before anything is
+    written."""
     if party.role not in RECEIVING_ROLES:
         raise UsageError(f"{party.name} is a {party.role.value}: only recipients hold payload keys to rotate")
     identity_file = party.path / IDENTITY_FILE
     held = AgeIdentity.load_all(identity_file)
     known = {k["age_recipient"] for k in _retired(party)}
+    if classic is None:
+        classic = not is_pq_recipient(party.age_recipient)
     new = AgeIdentity.generate(classic=classic)
+    policy = recipient_policy(client, party.authority, party.path) if classic else None
+    if policy is not None and (refusal := policy.policy.classic_refusal(party.name, new.recipient)) is not None:
+        raise ClassicKeyRefused(refusal, hint="nothing was written: rotate with --pq")
     # 1. the new identity is on disk before anyone can seal to it
     _write_identities(identity_file, [new, *held], {new.recipient: f"created: {to_rfc3339(now)}"})
     # 2. the authority signs the entry; 3. the relay registers it (signed with the party's own key)

@@ -167,7 +167,7 @@ def _plan(party: Party, client: RelayClient, clock: Clock, options: SendOptions)
     receivers = [e for e in directory.in_force() if e.role in RECEIVING_ROLES]
     enrolled = {e.name for e in receivers}
     sealed_to = [e for e in receivers if e.name in addressed and (not options.restrict or e.name in options.restrict)]
-    refuse_classic_keys(policy, [*sealed_to, dpo_entry], "seal anything to them: nothing was sent")
+    refuse_classic_keys(policy, sealed_to, "seal anything to them: nothing was sent")
     router = Router(policy, regions, enrolled, restrict=options.restrict, pseudonym_key=party.pseudonym_key())
     validator = Validator(
         today=clock.now().date(),

@@ -215,10 +215,15 @@ class SecretKey:
 
     def unwrap(self, stanzas: Sequence[Stanza]) -> bytes | None:
         """The file key from the first stanza of this identity's type it opens; None when none is for it."""
+        pair = None
         for stanza in stanzas:
             if stanza.type != self.kind:
                 continue
-            key = self._unwrap_x25519(stanza) if self.kind == X25519_TYPE else self._unwrap_hybrid(stanza)
+            if self.kind == X25519_TYPE:
+                key = self._unwrap_x25519(stanza)
+            else:
+                pair = pair or self._hybrid()  # derived once per file, not once per stanza
+                key = self._unwrap_hybrid(stanza, *pair)
             if key is not None:
                 return key
         return None
@@ -245,7 +250,7 @@ class SecretKey:
         except InvalidTag:
             return None
 
-    def _unwrap_hybrid(self, stanza: Stanza) -> bytes | None:
+    def _unwrap_hybrid(self, stanza: Stanza, mlkem: MLKEM768PrivateKey, x25519: X25519PrivateKey) -> bytes | None:
         if len(stanza.args) != 1:
             raise AgeError("header", "an mlkem768x25519 stanza has one argument")
         enc = _b64decode(stanza.args[0])
@@ -253,7 +258,6 @@ class SecretKey:
             raise AgeError("header", f"an mlkem768x25519 encapsulation has {HYBRID_ENC_BYTES} bytes")
         if len(stanza.body) != FILE_KEY_BYTES + TAG:
             raise AgeError("header", "an mlkem768x25519 stanza's body is a 16-byte file key, sealed")
-        mlkem, x25519 = self._hybrid()
         try:  # HPKE would only say "no match" for a low-order share; the specification makes it a header failure
             shared = x25519.exchange(X25519PublicKey.from_public_bytes(enc[-32:]))
         except ValueError:
@@ -438,16 +442,25 @@ class _Prefixed:
 
     def read(self, n: int = -1, /) -> bytes:
         if self._prefix:
-            head, self._prefix = self._prefix[:n], self._prefix[n:]
+            if n < 0:
+                head, self._prefix = self._prefix + self._source.read(), b""
+            else:
+                head, self._prefix = self._prefix[:n], self._prefix[n:]
             return head
         return self._source.read(n)
 
 
-def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[SecretKey]) -> None:
+def decrypt(
+    source: Readable, sink: BinaryIO, identities: Sequence[SecretKey], *, max_stanzas: int | None = None
+) -> None:
     """Decrypt the age file ``source`` into ``sink`` with the first of ``identities`` that opens it; ``AgeError``
-    otherwise. Memory is bounded by two chunks. On an error, what was written to ``sink`` must be discarded."""
+    otherwise. Memory is bounded by two chunks. On an error, what was written to ``sink`` must be discarded. A file
+    with more than ``max_stanzas`` recipients is refused before any is tried (each hybrid one costs a
+    decapsulation)."""
     reader = _LineReader(source)
     header = read_header(reader)
+    if max_stanzas is not None and len(header.stanzas) > max_stanzas:
+        raise AgeError("header", f"{len(header.stanzas)} recipients, more than the {max_stanzas} accepted")
     types = [s.type for s in header.stanzas]
     if "scrypt" in types and len(types) != 1:
         raise AgeError("header", "an scrypt stanza must be alone")

@@ -135,6 +135,10 @@ def encrypt(source: Readable, sink: BinaryIO, recipients: Sequence[str]) -> tupl
 _READ = 1 << 20
 
 
+MAX_STANZAS = 16
+"""The most recipients a file labrelay opens may have: it seals each payload to one, other tools to a few."""
+
+
 @dataclass(frozen=True, slots=True)
 class Expected:
     """The ciphertext a caller knows it must decrypt (from a signed manifest): its size and SHA-256 hex."""
@@ -153,7 +157,7 @@ def decrypt(source: Readable, sink: BinaryIO, identities: Sequence[AgeIdentity],
     """
     reader = HashingReader(source)
     try:
-        age_format.decrypt(reader, sink, [i.key for i in identities])
+        age_format.decrypt(reader, sink, [i.key for i in identities], max_stanzas=MAX_STANZAS)
     except OSError as exc:
         raise _io_error(exc, "decrypting") from exc
     # age stops at the authenticated final chunk; any trailing bytes would be outside the signed hash.

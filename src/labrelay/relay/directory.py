@@ -17,6 +17,7 @@ from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import AuditEvent
 from labrelay.domain.parties import (
     ENTRY_TYPE,
+    RECEIVING_ROLES,
     REVOCATION_TYPE,
     EntryStatus,
     PartyEntry,
@@ -68,7 +69,9 @@ class DirectoryService:
             raise UntrustedEntry(f"the directory entry for {entry.name} expired at {entry.not_after:%Y-%m-%d}")
         if any(r.voids(entry) for r in self._repo.revocations(entry.name)):
             raise PartyRevoked(f"{entry.name} is revoked; this entry predates its revocation")
-        refusal = self._keys.classic_refusal(entry.name, entry.age_recipient)
+        # Only a recipient's key seals what the relay stores (a lab's seals its pseudonym key in ENTRY.json, a DPO's
+        # the ledger on the lab's machine): those may renew as they are, shown as classic by `labrelay directory`.
+        refusal = self._keys.classic_refusal(entry.name, entry.age_recipient) if entry.role in RECEIVING_ROLES else None
         if refusal is not None:
             raise ClassicKeyRefused(
                 refusal, hint="labrelay party new makes hybrid keys; an enrolled party runs labrelay party rotate --pq"

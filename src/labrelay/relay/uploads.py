@@ -90,17 +90,17 @@ class UploadService:
         if manifest.sender != caller.name:
             raise IntegrityError("the manifest names another sender")
         check_manifest_terms(manifest, self._clock.now(), self.limits)
-        if manifest.policy_version is not None:
-            # Only the policy in force routes a new transfer (T13, T30); one accepted before keeps going: the sender's
-            # retry of its create (after a lost response, or from `resume`) is not judged again.
-            held = self._repo.get(manifest.transfer_id)
-            if held is None or (held.sender, dict(held.manifest_envelope)) != (caller.name, signed_parts(envelope)):
-                self._policies.check_manifest(manifest.policy_version)
-        self._check_recipient(manifest)
+        # Only the policy in force routes a new transfer, to keys it allows (T13, T30, T43); one accepted before keeps
+        # going: the sender's retry of its create (after a lost response, or from `resume`) is not judged again.
+        held = self._repo.get(manifest.transfer_id)
+        new = held is None or (held.sender, dict(held.manifest_envelope)) != (caller.name, signed_parts(envelope))
+        if new and manifest.policy_version is not None:
+            self._policies.check_manifest(manifest.policy_version)
+        self._check_recipient(manifest, new=new)
         self._check_unparsed(manifest)
         return manifest
 
-    def _check_recipient(self, manifest: Manifest) -> None:
+    def _check_recipient(self, manifest: Manifest, *, new: bool) -> None:
         recipient = self._directory.resolve(manifest.recipient)
         if recipient.status is EntryStatus.REVOKED:
             raise PartyRevoked(f"recipient {manifest.recipient} is revoked")
@@ -110,7 +110,7 @@ class UploadService:
             raise PermissionDenied(f"{manifest.recipient} is not a recipient")
         if manifest.recipient_key != recipient.entry.age_recipient:
             raise IntegrityError(f"payload sealed to a key that is not {manifest.recipient}'s key in the directory")
-        refusal = self._policies.classic_refusal(manifest.recipient, manifest.recipient_key)
+        refusal = self._policies.classic_refusal(manifest.recipient, manifest.recipient_key) if new else None
         if refusal is not None:  # T43: nothing new is stored that a quantum adversary could open later
             raise ClassicKeyRefused(refusal, hint="nothing was stored; the sender sends again once the key is rotated")
 

@@ -72,17 +72,15 @@ def party_rotate(
     authority: Annotated[Path, typer.Option("--authority", help="The authority's directory (AUTH_DIR).")],
     server: ServerOpt,
     valid_for: Annotated[str, typer.Option(help="Validity of the new signed entry (e.g. 365d).")] = "365d",
-    pq: Annotated[
-        bool, typer.Option("--pq", help="Move to a hybrid post-quantum key (ML-KEM-768 + X25519): the default.")
-    ] = False,
+    pq: Annotated[bool, typer.Option("--pq", help="Move to a hybrid post-quantum key (ML-KEM-768 + X25519).")] = False,
     classic: Annotated[
         bool, typer.Option("--classic", help="Rotate to a classic X25519 key, for tools older than age 1.3.")
     ] = False,
     cacert: CaOpt = None,
 ) -> None:
-    """Replace a recipient's age key with a new hybrid post-quantum one (--classic: X25519): a new identity, signed
-    and registered; the old one is kept only until every payload sealed to it is past its deadline, then destroyed
-    (by fetch or party retire)."""
+    """Replace a recipient's age key with a new one of the same kind (--pq: hybrid post-quantum; --classic:
+    X25519): a new identity, signed and registered; the old one is kept only until every payload sealed to it is
+    past its deadline, then destroyed (by fetch or party retire)."""
     from labrelay.client.rotation import rotate  # noqa: PLC0415 - only this command needs it
 
     if pq and classic:
@@ -90,7 +88,8 @@ def party_rotate(
     party = Party.load(party_dir)
     auth = Authority.load(authority)
     with party_client(server, party, cacert) as client:
-        result = rotate(party, auth, client, SystemClock().now(), parse_duration(valid_for), classic=classic)
+        kind = True if classic else (False if pq else None)
+        result = rotate(party, auth, client, SystemClock().now(), parse_duration(valid_for), classic=kind)
     ui.out.print(
         f"{party.name} now receives at a {key_kind(result.new_recipient)} key {short_key(result.new_recipient)}",
         markup=False,

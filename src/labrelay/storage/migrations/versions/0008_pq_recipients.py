@@ -20,5 +20,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    longest = op.get_bind().execute(sa.text("SELECT MAX(LENGTH(age_recipient)) FROM parties")).scalar()
+    if longest is not None and longest > 80:
+        raise RuntimeError(
+            "the directory holds hybrid post-quantum recipients (longer than 80 characters): a relay before migration "
+            "0008 cannot hold them; revoke or rotate those parties before downgrading"
+        )
     with op.batch_alter_table("parties") as batch:
         batch.alter_column("age_recipient", existing_type=sa.String(2048), type_=sa.String(80), existing_nullable=False)
