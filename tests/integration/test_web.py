@@ -474,7 +474,7 @@ def test_the_recipient_page_downloads_nothing_sealed_to_a_classic_key_when_the_p
 ) -> None:
     """As ``labrelay fetch``: under require_pq, SpF's page, while SpF is on a classic key, downloads nothing; once SpF
     has moved to a hybrid key (``party rotate --pq``, the old identity kept), the payload sealed to its old classic
-    key before the policy changed is still refused, never downloaded."""
+    key before the policy changed opens (refusing it would lose results and protect nothing)."""
     world = classic_world
     publish_policy(world, "fr-covid-relaxed", require_pq=False)
     sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "spf")
@@ -500,11 +500,8 @@ def test_the_recipient_page_downloads_nothing_sealed_to_a_classic_key_when_the_p
     tab.page.set_input_files("#party-files", files_of(world, "spf", "identity.txt"))
     tab.submit("#list", "ok")
     tab.page.locator(f"button[data-transfer='{transfer}']").click()
-    message = tab.wait_status("error")
-    assert "sealed to a classic (X25519) key, and routing policy fr-covid-pq2 requires post-quantum keys" in message
-    assert [u for u in tab.requests if u.endswith("/payload")] == []
-    assert tab.page.locator("#verified").count() == 0
-    assert world.db("SELECT state FROM transfers WHERE id = :i", i=transfer) == [("available",)]
+    tab.page.wait_for_selector("#verified")
+    assert len([u for u in tab.requests if u.endswith("/payload")]) == 1
 
 
 def test_the_console_lists_the_parties_still_on_a_classic_key(classic_world: World, open_tab) -> None:

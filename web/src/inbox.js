@@ -86,11 +86,16 @@ async function gunzip(data, ceiling) {
   return out;
 }
 
+const CLOCK_SKEW_MS = 30_000; // domain/transfers.py CLOCK_SKEW: the lab's clock and the authority's may differ
+
 /** Download, verify, decrypt one transfer; returns {manifest, plaintext}. Throws on any mismatch, and, when `policy`
- * requires post-quantum recipients, on a payload sealed to a classic key (before downloading it). */
+ * requires post-quantum recipients, on a payload sealed to a classic key after it was issued (before downloading
+ * it; client/policy.py classic_payload_refusal): one sealed before the switch, to a key kept after a rotation,
+ * opens. */
 export async function openTransfer(party, signed, directory, listing, policy = null) {
   const manifest = await verifyManifest(party, directory, listing.manifest, listing.transfer_id);
-  if (policy && classicRecipients(policy, [{ name: party.name, age_recipient: manifest.recipient_key }]).length) {
+  const afterSwitch = policy && instant(manifest.created) > policy.issuedAt + CLOCK_SKEW_MS;
+  if (afterSwitch && classicRecipients(policy, [{ name: party.name, age_recipient: manifest.recipient_key }]).length) {
     throw new Refused(t("inbox.classicPayload", { policy: policy.version }));
   }
   const response = await signed(`/v1/transfers/${encodeURIComponent(listing.transfer_id)}/payload`);

@@ -40,7 +40,8 @@ export async function recipientPolicy(envelope, authority, kept) {
       policy: label(policy.version, signed.issue), kept: label(kept.version, kept.issue),
     }));
   }
-  return policy;
+  // issuedAt: payloads sealed to classic keys before it still open (inbox.js openTransfer)
+  return Object.freeze({ ...policy, issuedAt: Date.parse(signed.issued_at), label: label(policy.version, signed.issue) });
 }
 
 /** The policy to route under, or a translated refusal. `kept`: this authority's record in policies.json, if any. */
