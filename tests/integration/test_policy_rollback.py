@@ -24,8 +24,8 @@ from labrelay.errors import PermissionDenied
 from labrelay.synthetic.generator import write_file
 from tests.support.world import World, call_cli
 
-LOOSE = "fr-covid-2026.2"  # the shipped policy (issue 1 in every world): each ARS receives names and birth dates
-STRICT = "fr-covid-2026.3"
+LOOSE = "fr-covid-2026.3"  # the shipped policy (issue 1 in every world): each ARS receives names and birth dates
+STRICT = "fr-covid-2026.4"
 STRICT_TEXT = (
     default_policy_text()
     .replace(f'version = "{LOOSE}"', f'version = "{STRICT}"')
@@ -78,7 +78,7 @@ def test_a_relay_serving_an_older_looser_policy_gets_nothing_routed_under_it(wor
     """The authority publishes a stricter policy (issue 2: no names or birth dates for the ARS); the lab routes under
     it. A compromised relay then serves the looser one again (issue 1, genuinely signed by the authority, by
     deleting the newer from its database): the lab refuses it, naming both, and the ARS gets nothing."""
-    assert "fr-covid-2026.3 (issue 2) published" in publish(world, tmp_path, STRICT_TEXT)
+    assert "fr-covid-2026.4 (issue 2) published" in publish(world, tmp_path, STRICT_TEXT)
     first = send(world, results(tmp_path, "a", 1))
     assert first.code == 0, str(first)
     assert f"policy {STRICT}" in first.out

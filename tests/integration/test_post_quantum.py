@@ -23,8 +23,8 @@ from labrelay.errors import ClassicKeyRefused
 from labrelay.synthetic.generator import write_file
 from tests.support.world import World, call_cli
 
-PQ_VERSION = "fr-covid-2026.2-pq"
-PQ_TEXT = default_policy_text().replace('version = "fr-covid-2026.2"', f'version = "{PQ_VERSION}"')
+PQ_VERSION = "fr-covid-2026.3-pq"
+PQ_TEXT = default_policy_text().replace('version = "fr-covid-2026.3"', f'version = "{PQ_VERSION}"')
 CLASSIC_ARS = "ars-84"  # Auvergne-Rhône-Alpes: about one resident in eight of a synthetic batch
 
 

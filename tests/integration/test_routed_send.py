@@ -140,7 +140,7 @@ def test_the_relay_refuses_unknown_or_unsigned_policies(world: World) -> None:
     }
     with world.client(lab.name) as client, pytest.raises(IntegrityError, match="does not hold"):
         client.create_transfer(lab.sign(manifest))
-    rogue = default_policy_text().replace("fr-covid-2026.2", "rogue-1")
+    rogue = default_policy_text().replace("fr-covid-2026.3", "rogue-1")
     payload = policy_payload(rogue, now, issue=99, not_after=now + timedelta(days=365))
     with world.client(lab.name) as client, pytest.raises(PermissionDenied):
         client.register_policy(sign_envelope(payload, lab.signing_key, AUTHORITY_KEYID))

@@ -175,7 +175,7 @@ def test_a_batch_sent_from_the_lab_page_is_what_the_cli_would_send(
         assert payload["sender"] == "lab-paris-01"
         assert payload["recipient"] == recipient
         assert payload["compression"] == "gzip"
-        assert payload["policy_version"] == "fr-covid-2026.2"
+        assert payload["policy_version"] == "fr-covid-2026.3"
         assert payload["source_sha256"] == hashlib.sha256(batch.read_bytes()).hexdigest()
         assert "again" not in payload
     hits = plaintext_hits(world.copy_relay(tmp_path / "copy-after"), needles_of(batch))

@@ -268,7 +268,7 @@ class World:
         """Publish the shipped policy without ``require_pq`` (a new version and issue): classic X25519 keys may then
         be enrolled, sealed to and fetched, as for interoperability with tools older than age 1.3."""
         text = default_policy_text().replace("require_pq = true", "require_pq = false")
-        text = text.replace('version = "fr-covid-2026.2"', 'version = "fr-covid-2026.2-classic"')
+        text = text.replace('version = "fr-covid-2026.3"', 'version = "fr-covid-2026.3-classic"')
         with RelayClient(self.url, AUTHORITY_KEYID, self.authority.key, SystemClock(), retries=0) as client:
             client.register_policy(self.authority.sign_policy(text, datetime.now(UTC)))
 

@@ -213,7 +213,7 @@ def test_a_manifest_smaller_than_any_age_file_is_refused_at_creation(setup: Setu
 def test_a_manifest_policy_version_is_an_identifier(setup: Setup) -> None:
     """A policy version names a signed policy: no right-to-left override, no invisible character in it."""
     lab, cnam = parties(setup)
-    for version in ("fr-covid\u202e2.6202", "fr-covid-2026.2\u200b", "\u2066fr-covid-2026.2\u2069", "a b"):
+    for version in ("fr-covid\u202e2.6202", "fr-covid-2026.3\u200b", "\u2066fr-covid-2026.3\u2069", "a b"):
         with pytest.raises(UsageError, match="policy_version"):
             setup.seal(lab, cnam, b"x", policy_version=version)
         payload = setup.seal(lab, cnam, b"x")[0]["payload"] | {"policy_version": version}

@@ -13,7 +13,7 @@ from labrelay.domain.transfers import QuarantineReason
 from tests.support.relay_setup import T0, Member, Setup
 
 DAY = timedelta(hours=24)
-POLICY = "fr-covid-2026.2"  # the shipped policy, in force: only cnam may receive documents sent unparsed
+POLICY = "fr-covid-2026.3"  # the shipped policy, in force: only cnam may receive documents sent unparsed
 
 
 def _alerts(setup: Setup, rule: str) -> list:

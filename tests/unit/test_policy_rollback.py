@@ -25,7 +25,7 @@ from labrelay.domain.transfers import TransferState
 from labrelay.errors import Conflict, IntegrityError, PermissionDenied, UntrustedEntry
 from tests.support.relay_setup import T0, Setup
 
-DEFAULT = "fr-covid-2026.2"  # issue 1 in every setup (tests/support/relay_setup.py)
+DEFAULT = "fr-covid-2026.3"  # issue 1 in every setup (tests/support/relay_setup.py)
 YEAR = timedelta(days=365)
 
 # A looser policy signed first (the ARS receive names and birth dates) and a stricter one signed after (they do not).

@@ -64,7 +64,7 @@ def test_bad_policies_are_refused_at_load(text: str, message: str) -> None:
 
 
 def test_the_default_policy() -> None:
-    assert DEFAULT.version == "fr-covid-2026.2"
+    assert DEFAULT.version == "fr-covid-2026.3"
     rules = {r.name: r for r in DEFAULT.recipients}
     assert rules["cnam"].select == "positive"
     assert "nir" in rules["cnam"].fields

@@ -102,7 +102,7 @@ def test_a_payload_sealed_to_a_classic_key_after_require_pq_is_refused_one_seale
     signed = signed_policy_from_payload(payload)
     after = classic_payload_refusal(signed, "cnam", _manifest(CLASSIC.recipient, issued + timedelta(minutes=1)))
     assert after is not None
-    assert "sealed to a classic (X25519) age key after policy fr-covid-2026.2 (issue 2)" in after
+    assert "sealed to a classic (X25519) age key after policy fr-covid-2026.3 (issue 2)" in after
     # Within the clock skew allowed between the lab and the authority: opened.
     assert classic_payload_refusal(signed, "cnam", _manifest(CLASSIC.recipient, issued + timedelta(seconds=20))) is None
     # Sealed before the policy required post-quantum keys (to a key kept after a rotation): opened.

@@ -33,7 +33,7 @@ from labrelay.relay.detector import REFUSED_PAYLOAD
 from labrelay.runtime import open_relay
 from tests.support.relay_setup import T0, Member, Setup, read_all
 
-POLICY = "fr-covid-2026.2"
+POLICY = "fr-covid-2026.3"
 
 
 def refusal_of(setup: Setup, signer: Member, envelope: dict, *, reason: str = "integrity", **over: object) -> dict:

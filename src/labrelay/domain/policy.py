@@ -12,7 +12,7 @@ its validity. A ``policy-withdrawal`` the authority signs voids a version for go
 
 Example (the default policy ships as ``labrelay/data/default-policy.toml``)::
 
-    version = "fr-covid-2026.2"
+    version = "fr-covid-2026.3"
     loinc = ["94500-6", ...]
 
     [[recipients]]
@@ -241,7 +241,7 @@ class SignedPolicy:
 
     @property
     def label(self) -> str:
-        """``fr-covid-2026.2 (issue 4)``: how messages name a policy."""
+        """``fr-covid-2026.3 (issue 4)``: how messages name a policy."""
         return f"{self.policy.version} (issue {self.issue})"
 
     def expired(self, now: datetime) -> bool:
