@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import abuse, breach, compare, crash, load, memory, validate
+from bench import abuse, breach, compare, crash, load, memory, pq, validate
 
 BENCHES = {
     "abuse": abuse.main,
@@ -13,6 +13,7 @@ BENCHES = {
     "crash": crash.main,
     "load": load.main,
     "memory": memory.main,
+    "pq": pq.main,
     "validate": validate.main,
 }
 

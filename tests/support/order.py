@@ -22,6 +22,7 @@ EXPECTED = {
     "tests/integration/test_crash.py::test_kill_in_each_phase_and_at_random_moments[embedded]": 80.0,
     "tests/integration/test_web.py::test_lab_page": 75.0,
     "tests/integration/test_bench_compare.py": 80.0,
+    "tests/integration/test_bench_pq.py": 100.0,
     "tests/integration/test_api_fuzz.py::test_signed": 40.0,
     "tests/integration/test_demo.py": 36.0,
     "tests/integration/test_routed_send.py": 25.0,
