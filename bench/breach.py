@@ -28,12 +28,9 @@ import polars as pl
 
 from bench.memory import OUT, TIME, WORK, batch, machine, timed
 from labrelay.client.api import RelayClient
-from labrelay.client.keystore import IDENTITY_FILE, PUBLIC_FILE, Authority, Party
+from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
-from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.parties import Role
-from labrelay.domain.timeutil import to_rfc3339
-from labrelay.jsonfile import read_json, write_json_atomic
 from labrelay.operations import init_data_dir
 from labrelay.refdata import department_regions
 
@@ -49,17 +46,6 @@ mesures_prises = ["Clé révoquée"]
 """
 
 
-def classic_keys(party: Party) -> Party:
-    """``party`` with its new hybrid age identity replaced by a classic X25519 one, before it is enrolled (as
-    ``labrelay party new --classic`` would have made it)."""
-    identity = AgeIdentity.generate(classic=True)
-    (party.path / IDENTITY_FILE).unlink()  # the hybrid identity, just made and never enrolled
-    identity.save(party.path / IDENTITY_FILE, to_rfc3339(datetime.now(UTC)))
-    public = read_json(party.path / PUBLIC_FILE)
-    write_json_atomic(party.path / PUBLIC_FILE, {**public, "age_recipient": identity.recipient}, mode=0o644)
-    return Party.load(party.path)
-
-
 def _enrol(run_dir: Path, url: str, authority: Authority, *, classic: bool = False) -> dict[str, Party]:
     """The lab, the DPO, CNAM, SpF and an ARS per region, enrolled on the relay at ``url``; their age keys hybrid
     post-quantum (the default) or, with ``classic``, X25519 (bench pq compares the two)."""
@@ -69,9 +55,8 @@ def _enrol(run_dir: Path, url: str, authority: Authority, *, classic: bool = Fal
     wanted += [(f"ars-{r}", Role.RECIPIENT, r) for r in sorted(set(department_regions().values()))]
     parties = {}
     for name, role, region in wanted:
-        party = Party.create(run_dir / "parties", name, role, region, authority.path / "authority.pub", clock.now())
-        if classic:
-            party = classic_keys(party)
+        pub = authority.path / "authority.pub"
+        party = Party.create(run_dir / "parties", name, role, region, pub, clock.now(), classic=classic)
         envelope = authority.sign_entry(party, clock.now(), timedelta(days=1))
         party.save_entry(envelope)
         if role is Role.LAB:

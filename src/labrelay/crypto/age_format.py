@@ -272,7 +272,10 @@ class SecretKey:
 
 def wrap(recipient: str, file_key: bytes) -> Stanza:
     """The stanza that gives ``file_key`` to ``recipient``."""
-    kind, public = parse_recipient(recipient)
+    return _wrap(*parse_recipient(recipient), file_key)
+
+
+def _wrap(kind: str, public: bytes, file_key: bytes) -> Stanza:
     if kind == X25519_TYPE:
         ephemeral = X25519PrivateKey.generate()
         share = ephemeral.public_key().public_bytes_raw()
@@ -510,11 +513,11 @@ class Writer:
     def __init__(self, sink: BinaryIO, recipients: Sequence[str]) -> None:
         if not recipients:
             raise UsageError("no recipient to encrypt to")
-        kinds = {parse_recipient(r)[0] for r in recipients}
-        if len(kinds) > 1:
+        parsed = [parse_recipient(r) for r in recipients]  # once: a hybrid one is 1,959 Bech32 characters
+        if len({kind for kind, _ in parsed}) > 1:
             raise UsageError("refusing to encrypt to both classic (X25519) and post-quantum recipients in one file")
         file_key = os.urandom(FILE_KEY_BYTES)
-        header = VERSION_LINE + b"\n" + b"".join(wrap(r, file_key).encode() for r in recipients) + b"---"
+        header = VERSION_LINE + b"\n" + b"".join(_wrap(k, pub, file_key).encode() for k, pub in parsed) + b"---"
         nonce = os.urandom(NONCE_BYTES)
         sink.write(header + b" " + _b64encode(_header_mac(file_key, header)).encode("ascii") + b"\n" + nonce)
         self._sink = sink
