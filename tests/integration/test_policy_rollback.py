@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -22,7 +22,7 @@ from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.policy import PolicyWithdrawal
 from labrelay.errors import PermissionDenied
 from labrelay.synthetic.generator import write_file
-from tests.support.world import World, call_cli
+from tests.support.world import World, call_cli, manifest_payload
 
 LOOSE = "fr-covid-2026.3"  # the shipped policy (issue 1 in every world): each ARS receives names and birth dates
 STRICT = "fr-covid-2026.4"
@@ -117,23 +117,7 @@ def test_the_authority_withdraws_a_version_and_neither_labs_nor_the_relay_route_
 
     # A client that does not check (or an older one) is refused by the relay too, before anything is stored.
     lab, ars = world.parties["lab-paris-01"], world.parties["ars-11"]
-    now = datetime.now(UTC).replace(microsecond=0)
-    manifest = {
-        "type": "transfer-manifest",
-        "v": 1,
-        "transfer_id": new_id(),
-        "batch_id": new_id(),
-        "sender": lab.name,
-        "recipient": ars.name,
-        "recipient_key": ars.age_recipient,
-        "size": 4096,
-        "sha256": "0" * 64,
-        "record_count": 1,
-        "media_type": "text/csv",
-        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "deadline": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "policy_version": LOOSE,
-    }
+    manifest = manifest_payload(lab, ars, LOOSE)
     with world.client(lab.name) as client, pytest.raises(PermissionDenied, match="withdrawn by the authority"):
         client.create_transfer(lab.sign(manifest))
     reasons = world.db("SELECT reason FROM audit_events WHERE event = 'transfer:refuse'")

@@ -21,7 +21,7 @@ from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import PartyEntry, Role, is_pq_recipient
 from labrelay.errors import ClassicKeyRefused
 from labrelay.synthetic.generator import write_file
-from tests.support.world import World, call_cli
+from tests.support.world import World, call_cli, manifest_payload
 
 PQ_VERSION = "fr-covid-2026.3-pq"
 PQ_TEXT = default_policy_text().replace('version = "fr-covid-2026.3"', f'version = "{PQ_VERSION}"')
@@ -133,23 +133,7 @@ def test_a_classic_recipient_enrolled_before_require_pq_is_refused_at_send_and_a
 
     # A lab client that does not check is refused by the relay, before anything is stored.
     lab, ars = world.parties["lab-paris-01"], world.parties[CLASSIC_ARS]
-    now = datetime.now(UTC).replace(microsecond=0)
-    manifest = {
-        "type": "transfer-manifest",
-        "v": 1,
-        "transfer_id": new_id(),
-        "batch_id": new_id(),
-        "sender": lab.name,
-        "recipient": ars.name,
-        "recipient_key": ars.age_recipient,
-        "size": 4096,
-        "sha256": "0" * 64,
-        "record_count": 1,
-        "media_type": "text/csv",
-        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "deadline": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "policy_version": PQ_VERSION,
-    }
+    manifest = manifest_payload(lab, ars, PQ_VERSION)
     with world.client(lab.name) as client, pytest.raises(ClassicKeyRefused, match="requires post-quantum"):
         client.create_transfer(lab.sign(manifest))
     assert transfers_to(world, CLASSIC_ARS) == waiting

@@ -16,13 +16,13 @@ from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
 from labrelay.crypto.envelopes import sign_envelope
 from labrelay.crypto.keys import SigningKey
-from labrelay.domain.names import AUTHORITY_KEYID, new_id
+from labrelay.domain.names import AUTHORITY_KEYID
 from labrelay.domain.parties import Role
 from labrelay.domain.policy import policy_payload
 from labrelay.errors import IntegrityError, PermissionDenied, UntrustedEntry
 from labrelay.refdata import department_of, department_regions
 from labrelay.synthetic.generator import write_file
-from tests.support.world import World, call_cli
+from tests.support.world import World, call_cli, manifest_payload
 
 REGIONS = sorted(set(department_regions().values()))
 IDENTIFIERS = ("nir", "nom", "prenom", "adresse", "telephone", "email")
@@ -122,22 +122,7 @@ def test_each_recipient_receives_only_what_the_policy_gives_it(national: World, 
 def test_the_relay_refuses_unknown_or_unsigned_policies(world: World) -> None:
     lab, cnam = world.parties["lab-paris-01"], world.parties["cnam"]
     now = datetime.now(UTC)
-    manifest = {
-        "type": "transfer-manifest",
-        "v": 1,
-        "transfer_id": new_id(),
-        "batch_id": new_id(),
-        "sender": lab.name,
-        "recipient": "cnam",
-        "recipient_key": cnam.age_recipient,
-        "size": 4096,
-        "sha256": "0" * 64,
-        "record_count": 1,
-        "media_type": "text/csv",
-        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "deadline": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "policy_version": "made-up-1",
-    }
+    manifest = manifest_payload(lab, cnam, "made-up-1")
     with world.client(lab.name) as client, pytest.raises(IntegrityError, match="does not hold"):
         client.create_transfer(lab.sign(manifest))
     rogue = default_policy_text().replace("fr-covid-2026.3", "rogue-1")

@@ -16,7 +16,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import text
@@ -27,7 +27,7 @@ from labrelay.client.keystore import Authority, Party
 from labrelay.client.policy import default_policy_text
 from labrelay.clock import SystemClock
 from labrelay.config import load_settings
-from labrelay.domain.names import AUTHORITY_KEYID
+from labrelay.domain.names import AUTHORITY_KEYID, new_id
 from labrelay.domain.parties import Role
 from labrelay.operations import init_data_dir
 from labrelay.ports import PayloadStore
@@ -271,6 +271,29 @@ class World:
         text = text.replace('version = "fr-covid-2026.3"', 'version = "fr-covid-2026.3-classic"')
         with RelayClient(self.url, AUTHORITY_KEYID, self.authority.key, SystemClock(), retries=0) as client:
             client.register_policy(self.authority.sign_policy(text, datetime.now(UTC)))
+
+
+def manifest_payload(sender: Party, recipient: Party, policy_version: str | None, **over: object) -> dict[str, Any]:
+    """A manifest's payload written by hand, for a test that plays a client skipping its own checks (or an older
+    one): whatever the relay must refuse on its own. Sign it with ``sender.sign``."""
+    now = datetime.now(UTC)
+    payload: dict[str, Any] = {
+        "type": "transfer-manifest",
+        "v": 1,
+        "transfer_id": new_id(),
+        "batch_id": new_id(),
+        "sender": sender.name,
+        "recipient": recipient.name,
+        "recipient_key": recipient.age_recipient,
+        "size": 4096,
+        "sha256": "0" * 64,
+        "record_count": 1,
+        "media_type": "text/csv",
+        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "deadline": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "policy_version": policy_version,
+    }
+    return {**payload, **over}
 
 
 def write_settings(data: Path, settings: dict[str, str]) -> None:

@@ -19,7 +19,6 @@ following links.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from labrelay.errors import UsageError
+from labrelay.jsonfile import write_json_atomic
 
 TAKING_DIR = ".taking"
 SENT_DIR = "sent"
@@ -163,7 +163,7 @@ class Sorter:
         with self._folders(TAKING_DIR, folder) as (_, taking_fd, dest_fd):
             os.stat(name, dir_fd=taking_fd, follow_symlinks=False)  # FileNotFoundError: the claimed file is gone
             dest = _free_name(dest_fd, name)
-            _write_json_at(dest_fd, dest + suffix, {**doc, "file": dest})
+            write_json_atomic(Path(dest + suffix), {**doc, "file": dest}, 0o640, dir_fd=dest_fd)
             os.rename(name, dest, src_dir_fd=taking_fd, dst_dir_fd=dest_fd)
         return self.outbox / folder / dest
 
@@ -212,20 +212,3 @@ def _free_name(dir_fd: int, name: str) -> str:
         if not _exists(dir_fd, candidate):
             return candidate
     raise FileExistsError(name)
-
-
-def _write_json_at(dir_fd: int, name: str, doc: Mapping[str, Any]) -> None:
-    """``name`` in the directory ``dir_fd``, written whole (a temporary, fsync, rename) or not at all."""
-    tmp = f".{name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        raise
