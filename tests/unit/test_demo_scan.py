@@ -89,3 +89,10 @@ def test_the_scan_names_the_file_holding_a_value(tmp_path: Path) -> None:
     assert report.files == 3
     assert report.values == 3
     assert report.bytes == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_no_values_find_nothing(tmp_path: Path) -> None:
+    """An input the demo cannot read values from (HL7, FHIR): nothing searched, nothing found, the files still read."""
+    (tmp_path / "log").write_bytes(b"DUPONT\n")
+    report = scan_tree(tmp_path, NeedleSet(()))
+    assert (report.hits, report.values, report.files) == ([], 0, 1)

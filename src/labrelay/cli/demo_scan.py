@@ -67,6 +67,8 @@ class NeedleSet:
 
     def found_in(self, data: bytes) -> set[bytes]:
         """The values that stand in ``data`` as values (exactly those for which :func:`holds_value` holds)."""
+        if not self.values:
+            return set()
         runs = set(self._runs_of_file.findall(data))
         found = self.whole & runs
         for run in runs.intersection(self.by_run):
