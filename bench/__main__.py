@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import abuse, breach, compare, crash, load, memory, pq, validate
+from bench import abuse, breach, compare, crash, demo, load, memory, pq, validate
 
 BENCHES = {
     "abuse": abuse.main,
     "breach": breach.main,
     "compare": compare.main,
     "crash": crash.main,
+    "demo": demo.main,
     "load": load.main,
     "memory": memory.main,
     "pq": pq.main,

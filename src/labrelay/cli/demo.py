@@ -26,6 +26,7 @@ import typer
 
 from labrelay.cli import options, ui
 from labrelay.cli.demo_relay import DemoRelay
+from labrelay.cli.demo_scan import NeedleSet, ScanReport, scan_tree
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import Fetched, fetch_all
 from labrelay.client.files import private_dir
@@ -99,42 +100,17 @@ def _enrol_parties(authority: Authority, parties_dir: Path, url: str, clock: Sys
     return parties
 
 
-def _needles(source: Path) -> set[bytes]:
+def _needles(source: Path) -> NeedleSet:
     """The batch's identifying values (six bytes or more), to search the relay's files for."""
     import polars as pl  # noqa: PLC0415 - loaded by the demo only
 
     try:
         frame = pl.read_csv(source, infer_schema=False, columns=list(SENSITIVE), encoding="utf8-lossy")
     except (pl.exceptions.PolarsError, OSError):
-        return set()  # not a CSV with these columns (HL7 or FHIR input): the summary reports 0 values searched
+        return NeedleSet(())  # not a CSV with these columns (HL7 or FHIR input): the summary reports 0 values searched
     values = {v for col in frame.columns for v in frame[col].drop_nulls().to_list()}
     parts = {p for v in values for p in ([v, *v.split()]) if len(p) >= 6}
-    return {p.encode("utf-8") for p in parts}
-
-
-def holds_value(data: bytes, value: bytes) -> bool:
-    """Whether ``value`` stands in ``data`` as a value: not run into letters or digits on either side. Plaintext
-    leaks as text (CSV, JSON, a log line), where a value is delimited; the relay's files also hold megabytes of
-    random base64 and hex (nonces, signatures, keys, digests, rewritten many times over in SQLite's WAL), in which a
-    six-letter name turns up by chance now and then, inside a longer token."""
-    start = data.find(value)
-    while start >= 0:
-        end = start + len(value)
-        if not (data[start - 1 : start].isalnum() or data[end : end + 1].isalnum()):
-            return True
-        start = data.find(value, start + 1)
-    return False
-
-
-def _scan(root: Path, needles: set[bytes], limit: int = 20000) -> list[str]:
-    """The files under ``root`` that hold one of ``needles`` (up to ``limit`` of them) as a value."""
-    sample = sorted(needles)[:limit]
-
-    def holds_any(path: Path) -> bool:
-        data = path.read_bytes()  # once per file, not once per needle
-        return any(holds_value(data, n) for n in sample)
-
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and holds_any(p))
+    return NeedleSet(p.encode("utf-8") for p in parts)
 
 
 def _fetch_everyone(
@@ -191,13 +167,13 @@ class _Run:
 
     source: Path
     generated: bool
-    needles: set[bytes]
+    needles: NeedleSet
     routed: RoutedSend
-    stored_while_waiting: list[str]
+    stored_while_waiting: ScanReport
     fetched: dict[str, Fetched]
     audit: dict[str, Any]
     payloads_left: list[str]
-    plaintext_hits: list[str]
+    plaintext_hits: ScanReport
     keys: dict[str, str]  # party → the kind of its age key (post-quantum or classic), lab excepted
 
 
@@ -207,7 +183,7 @@ def run_demo(
     from labrelay.operations import audit_summary, init_data_dir  # noqa: PLC0415 - the relay's stack loads only for the command that needs it
 
     clock = SystemClock()
-    timings = Timings()
+    timings, checking = Timings(), Timings()  # the work, and the demo's own checks of it
     _prepare_workdir(workdir)
     parties_dir, relay_dir, out_dir = workdir / "parties", workdir / "relay", workdir / "out"
     lab_work = private_dir(workdir / "lab")  # the lab's plaintext: readable by its owner only
@@ -226,14 +202,18 @@ def run_demo(
         generated = source is None
         if source is None:
             source = _generate(lab_work / "results.csv", records, clock, timings, progress)
-        needles = _needles(source)
+        with checking.phase("needles"):
+            needles = _needles(source)
         routed = _send_batch(parties[LAB], url, source, clock, timings, progress)
-        stored_while_waiting = _scan(relay_dir, needles)
+        with checking.phase("scan_while_stored"):
+            stored_while_waiting = scan_tree(relay_dir, needles)
         with timings.phase("fetch"):
             fetched = _fetch_everyone(parties, routed, url, out_dir, clock, progress)
-        audit = audit_summary(relay_dir)
+        with checking.phase("audit"):
+            audit = audit_summary(relay_dir)
         payloads_left = sorted(p.name for p in (relay_dir / "payloads").iterdir())
-        plaintext_hits = _scan(relay_dir, needles)
+        with checking.phase("scan_after"):
+            plaintext_hits = scan_tree(relay_dir, needles)
     finally:
         if not keep_running:
             relay.stop()
@@ -248,7 +228,7 @@ def run_demo(
         "running": keep_running,
         "pid": relay.pid if keep_running else None,
     }
-    result = _result(workdir, where, policy.get("version"), run, timings)
+    result = _result(workdir, where, policy.get("version"), run, timings, checking)
     (workdir / "summary.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 
@@ -276,10 +256,13 @@ def _send_batch(
         return send_results(lab, client, source, clock, SendOptions(ttl=timedelta(days=7)), progress=progress)
 
 
-def _result(workdir: Path, relay: dict[str, Any], policy_version: Any, run: _Run, timings: Timings) -> dict[str, Any]:
+def _result(
+    workdir: Path, relay: dict[str, Any], policy_version: Any, run: _Run, timings: Timings, checking: Timings
+) -> dict[str, Any]:
     """The demo's summary: where everything is, the counts and timings, every check and whether they all hold."""
     routed, fetched = run.routed, run.fetched
-    minimisation = check_minimisation({name: f.path for name, f in fetched.items()})
+    with checking.phase("minimisation"):
+        minimisation = check_minimisation({name: f.path for name, f in fetched.items()})
     if routed.summary is None:  # a fresh work directory: the batch cannot have been sent before
         raise OperationalError("the demo's batch was found already sent")
     summary = routed.summary.as_dict()
@@ -294,17 +277,18 @@ def _result(workdir: Path, relay: dict[str, Any], policy_version: Any, run: _Run
         ),
         "minimisation": minimisation,
         "payloads_left_on_relay": len(run.payloads_left),
-        "plaintext_files_on_relay_while_stored": run.stored_while_waiting,
-        "plaintext_files_on_relay_after": run.plaintext_hits,
-        "identifying_values_searched": min(len(run.needles), 20000),
+        "plaintext_files_on_relay_while_stored": run.stored_while_waiting.hits,
+        "plaintext_files_on_relay_after": run.plaintext_hits.hits,
+        "identifying_values_searched": len(run.needles),
+        "relay_bytes_searched": run.stored_while_waiting.bytes + run.plaintext_hits.bytes,
         "age_keys": {kind: sorted(n for n, k in run.keys.items() if k == kind) for kind in set(run.keys.values())},
     }
     ok = bool(
         run.audit["chain_ok"]
         and summary["reconciled"]
         and not run.payloads_left
-        and not run.plaintext_hits
-        and not run.stored_while_waiting
+        and not run.plaintext_hits.hits
+        and not run.stored_while_waiting.hits
         and minimisation["ok"]
         and checks["every_valid_record_reached_spf"]
         and checks["every_accepted_record_reached_its_ars"]
@@ -319,6 +303,7 @@ def _result(workdir: Path, relay: dict[str, Any], policy_version: Any, run: _Run
         "reports": {"rejections": str(routed.rejections), "held_for_review": str(routed.review)},
         "recipients": {name: _received(workdir, name, sent_records, fetched) for name, _region in recipients()},
         "timings_s": {**timings.phases, "total": round(sum(timings.phases.values()), 3)},
+        "check_timings_s": checking.phases,
         "audit": run.audit,
         "checks": checks,
         "ok": ok,
