@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import polars as pl
 
@@ -316,17 +316,6 @@ def _write_private_ipc(frame: pl.DataFrame, path: Path) -> None:
         frame.write_ipc(fh)
 
 
-class _HashingFile:
-    """``affected.csv`` being written: its SHA-256 computed on the way (never read back whole)."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh, self.digest = fh, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.fh.write(data)
-
-
 def name_persons(
     scope: Scope,
     ledgers: Sequence[LedgerReader],
@@ -398,16 +387,21 @@ def name_persons(
             "ciphertext_only_patients": counts["exposed"] - counts[PATIENT],
         }
         path, partial = out / "affected.csv", Path(tmp) / "affected.csv"
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            sink = _HashingFile(fh)
-            sink.write(pl.DataFrame(schema=dict.fromkeys(AFFECTED_COLUMNS, pl.String)).write_csv().encode())
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w+b") as fh:
+            fh.write(pl.DataFrame(schema=dict.fromkeys(AFFECTED_COLUMNS, pl.String)).write_csv().encode())
             for number in range(counts["slices"]):
                 part = spill.read("slice", number)
                 if part is not None:
-                    sink.write(part.sort("_seq").drop("_seq").write_csv(include_header=False).encode())
+                    for piece in part.sort("_seq").drop("_seq").iter_slices(20_000):
+                        fh.write(piece.write_csv(include_header=False).encode())
+            fh.flush()
+            fh.seek(0)
+            digest = hashlib.sha256()
+            while chunk := fh.read(1 << 20):  # what was written, read back by the descriptor that wrote it
+                digest.update(chunk)
         os.replace(partial, path)  # whole or not at all
-    scope.affected_sha256 = sink.digest.hexdigest()
+    scope.affected_sha256 = digest.hexdigest()
     return path
 
 
@@ -422,25 +416,32 @@ def _reduce(spill: _Spill, bucket_rows: int) -> dict[str, int]:
         hits = spill.read("hits", bucket)
         if hits is None:
             continue
-        persons = (
-            hits.sort("_seq")
-            .group_by("_who", maintain_order=True)
+        # Most persons have one row: theirs is already their entry (``_joined`` made it); the others are merged.
+        twice = pl.col("_who").is_duplicated()
+        merged = (
+            hits.filter(twice)
+            .sort("_seq")
+            .group_by("_who")
             .agg(
                 pl.col("_seq").first(),
                 *(pl.col(c).first() for c in _PERSONS_COLUMNS if c != "transfers"),
                 _joined("transfers"),
-                _joined("cats").alias("categories"),
+                _joined("cats"),
             )
-            .drop("_who")
+        )
+        columns = ("_seq", *(c for c in _PERSONS_COLUMNS if c != "transfers"), "transfers", "cats")
+        persons = (
+            pl.concat([hits.filter(~twice).select(columns), merged.select(columns)])
             # A prescriber's own data is the "professional" category only; a patient's, all but that category.
             .with_columns(
                 pl.when(pl.col("kind") == PROFESSIONAL)
                 .then(pl.lit("professional"))
-                .otherwise(pl.col("categories").str.replace_all(r"(^|;)professional(;|$)", "$1").str.strip_chars(";"))
+                .otherwise(pl.col("cats").str.replace_all(r"(^|;)professional(;|$)", "$1").str.strip_chars(";"))
                 .alias("categories")
             )
             .select("_seq", *AFFECTED_COLUMNS)
         )
+        del hits, merged
         kinds = persons.get_column("kind")
         counts[PATIENT] += int((kinds == PATIENT).sum())
         counts[PROFESSIONAL] += int((kinds == PROFESSIONAL).sum())
