@@ -288,7 +288,6 @@ def main(argv: list[str]) -> None:
     if not Path(TIME).exists():
         sys.exit("GNU time is needed: apt-get install time")
     result = run(args.records, args.pdf_sample)
-    result["baseline_read_csv_s"] = result.pop("baseline_read_csv_s")
     if args.double:
         result["doubled"] = run(2 * args.records, 0, "breach-run-doubled")
         shutil.rmtree(WORK / "breach-run-doubled", ignore_errors=True)
