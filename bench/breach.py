@@ -4,7 +4,13 @@ and every ARS, with the ledger sealed to the DPO), the relay's whole data direct
 - scenario A: ``breach scope --storage-copied-at`` with the DPO's key (every person of the batch looked up);
 - scenario B: ``breach scope --compromised ars-11@…`` (nobody fetched: every Île-de-France record readable), then
   ``breach notify --no-pdf`` (the art. 33 draft, every e-mail and every letter as HTML, in batch files);
-- the PDF letter rate: ``breach notify`` on the first ``--pdf-sample`` affected persons, with WeasyPrint.
+- the PDF letter rate: ``breach notify`` on the first ``--pdf-sample`` affected persons, with WeasyPrint;
+- the same again with the batch doubled (``--double``, the default; 2.8 million records): the DPO's commands must
+  stay within the same memory (issue 22, goal 5: <= 500 MB, flat when the ledgers double).
+
+Every process runs under GNU time: peak RSS, wall time and CPU time (user + sys; on a machine shared with other
+work, wall time is inflated and CPU time is the steadier figure). The batches are cached in ``$LABRELAY_BENCH_CACHE``
+(default bench/work/).
 
 The baseline, in the same run, is polars reading the batch file (``read_csv``, all columns as text): scope and
 notification data should take well under 2 minutes, i.e. a small multiple of reading the file once.
@@ -16,6 +22,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +34,8 @@ from typing import Any
 
 import polars as pl
 
-from bench.memory import OUT, TIME, WORK, batch, machine, timed
+from bench.memory import OUT, TIME, WORK, batch, machine
+from bench.memory import timed as timed_rss
 from labrelay.client.api import RelayClient
 from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
@@ -35,6 +44,9 @@ from labrelay.operations import init_data_dir
 from labrelay.refdata import department_regions
 
 GOAL_S = 120.0
+GOAL_MB = 500.0
+FLAT = 1.10  # "flat": less than 10 % more memory when the ledgers double (as issue 22's goal 7 reads it)
+CACHE = Path(os.environ.get("LABRELAY_BENCH_CACHE", str(WORK)))
 CONTROLLER = """organisme = "Laboratoire (banc d'essai)"
 adresse = "1 rue de l'Exemple, 75000 Paris"
 representant = "La direction"
@@ -67,9 +79,29 @@ def _enrol(run_dir: Path, url: str, authority: Authority, *, classic: bool = Fal
     return parties
 
 
-def run(records: int, pdf_sample: int) -> dict[str, Any]:
-    source = batch(records)
-    run_dir = WORK / "breach-run"
+def timed(args: list[str], log: Path) -> dict[str, float]:
+    """Peak RSS and wall time (``bench.memory.timed``), and the CPU time (user + sys) from the same GNU time log."""
+    figures = timed_rss(args, log)
+    text = log.read_text()
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+    return {**figures, "cpu_s": round(cpu, 2)}
+
+
+def cached_batch(records: int) -> Path:
+    """The generator's batch of ``records``, from the cache (made there once, under a temporary name)."""
+    path = CACHE / f"results-{records}.csv"
+    if path.exists():
+        return path
+    tmp = CACHE / f".build-{os.getpid()}"
+    made = batch(records, tmp)
+    made.rename(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def run(records: int, pdf_sample: int, name: str = "breach-run") -> dict[str, Any]:
+    source = cached_batch(records)
+    run_dir = WORK / name
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
@@ -120,18 +152,8 @@ def run(records: int, pdf_sample: int) -> dict[str, Any]:
         [*cli, "breach", "notify", "--scope", str(run_dir / "b"), "--controller", str(controller), "--no-pdf"],
         run_dir / "notify-b.time.log",
     )
-    sample = run_dir / "pdf-sample"
-    sample.mkdir()
-    affected = pl.read_csv(run_dir / "b" / "affected.csv", infer_schema=False).head(pdf_sample)
-    affected.write_csv(sample / "affected.csv")
-    sample_scope = json.loads((run_dir / "b" / "scope.json").read_text())
-    sample_scope["affected_sha256"] = hashlib.sha256((sample / "affected.csv").read_bytes()).hexdigest()
-    (sample / "scope.json").write_text(json.dumps(sample_scope))  # the sample is a scope of its own
-    pdf = timed(
-        [*cli, "breach", "notify", "--scope", str(sample), "--controller", str(controller), "--batch-size", "100"],
-        run_dir / "pdf.time.log",
-    )
-    return {
+    notified = _notified(run_dir / "b")
+    result: dict[str, Any] = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
         "batch": {"records": records, "bytes": source.stat().st_size},
@@ -148,41 +170,129 @@ def run(records: int, pdf_sample: int) -> dict[str, Any]:
             "notify_no_pdf": notify_b,
             "transfers": b["transfers"],
             "persons": b["persons"],
+            "scope_notify_wall_s": round(scope_b["wall_s"] + notify_b["wall_s"], 2),
+            "scope_notify_cpu_s": round(scope_b["cpu_s"] + notify_b["cpu_s"], 2),
+            "notified": notified,
         },
-        "pdf_letters": {**pdf, "letters": pdf_sample, "per_second": round(pdf_sample / pdf["wall_s"], 1)},
+    }
+    if pdf_sample:
+        result["pdf_letters"] = _pdf_sample(cli, run_dir, controller, pdf_sample)
+    shutil.rmtree(run_dir / "b" / "lettres", ignore_errors=True)  # 600 MB of HTML at 1.4 M records
+    shutil.rmtree(run_dir / "b" / "courriels", ignore_errors=True)
+    return result
+
+
+def _notified(scope_dir: Path) -> dict[str, int]:
+    """What notify wrote (letters as HTML, e-mails in mbox files, calls), counted in its files, and what the
+    affected list says it should have written: every person named is reached, nothing dropped."""
+    letters = sum(p.read_bytes().count(b'<section class="letter">') for p in (scope_dir / "lettres").glob("*.html"))
+    emails = sum(p.read_bytes().count(b"\nTo: ") for p in (scope_dir / "courriels").glob("*.mbox"))
+    calls = scope_dir / "a-appeler.csv"
+    to_call = pl.read_csv(calls, infer_schema=False).height if calls.exists() else 0
+    address = pl.col("adresse").fill_null("") != ""
+    email = pl.col("email").fill_null("")
+    writable = email.str.contains("@", literal=True) & ~email.str.contains(r'[\r\n,;<>" ]')
+    want = (
+        pl.scan_csv(scope_dir / "affected.csv", infer_schema=False)
+        .select(
+            address.sum().alias("letters"),
+            writable.sum().alias("emails"),
+            (~address & ~writable).sum().alias("to_call"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    got = {"letters": letters, "emails": emails, "to_call": to_call}
+    if got != want:
+        raise RuntimeError(f"notify wrote {got}, the affected list asks for {want}")
+    return got
+
+
+def _pdf_sample(cli: list[str], run_dir: Path, controller: Path, count: int) -> dict[str, Any]:
+    """The first ``count`` persons of scope B as a scope of their own, printed as PDF letters."""
+    sample = run_dir / "pdf-sample"
+    sample.mkdir()
+    affected = pl.read_csv(run_dir / "b" / "affected.csv", infer_schema=False, n_rows=count)
+    affected.write_csv(sample / "affected.csv")
+    sample_scope = json.loads((run_dir / "b" / "scope.json").read_text())
+    sample_scope["affected_sha256"] = hashlib.sha256((sample / "affected.csv").read_bytes()).hexdigest()
+    kinds = affected.get_column("kind")
+    sample_scope["persons"] |= {
+        "readable_patients": int((kinds == "patient").sum()),
+        "readable_professionals": int((kinds == "professional").sum()),
+    }
+    (sample / "scope.json").write_text(json.dumps(sample_scope))  # the sample is a scope of its own
+    pdf = timed(
+        [*cli, "breach", "notify", "--scope", str(sample), "--controller", str(controller), "--batch-size", "100"],
+        run_dir / "pdf.time.log",
+    )
+    return {**pdf, "letters": affected.height, "per_second": round(affected.height / pdf["wall_s"], 1)}
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """Issue 22, goal 5: scope A and B within GOAL_MB, flat when the ledgers double; scope + notify B within
+    GOAL_S (wall; CPU time beside it)."""
+    base, doubled = result, result.get("doubled")
+    peaks = {
+        "scope_a": base["scenario_a"]["peak_rss_mb"],
+        "scope_b": base["scenario_b"]["scope"]["peak_rss_mb"],
+        "notify_b": base["scenario_b"]["notify_no_pdf"]["peak_rss_mb"],
+    }
+    growth = None
+    if doubled:
+        twice = {
+            "scope_a": doubled["scenario_a"]["peak_rss_mb"],
+            "scope_b": doubled["scenario_b"]["scope"]["peak_rss_mb"],
+            "notify_b": doubled["scenario_b"]["notify_no_pdf"]["peak_rss_mb"],
+        }
+        growth = {k: round(twice[k] / peaks[k], 2) for k in peaks}
+    within = all(v <= GOAL_MB for v in peaks.values()) and (
+        doubled is None or all(v <= GOAL_MB for v in twice.values())
+    )
+    return {
+        "goal_peak_rss_mb": GOAL_MB,
+        "goal_flat_growth": FLAT,
         "goal_s": GOAL_S,
-        "met": scope_a["wall_s"] < GOAL_S and scope_b["wall_s"] + notify_b["wall_s"] < GOAL_S,
+        "rss_growth_when_doubled": growth,
+        "memory_met": within and growth is not None and all(g < FLAT for g in growth.values()),
+        "time_met_wall": base["scenario_b"]["scope_notify_wall_s"] <= GOAL_S,
+        "time_met_cpu": base["scenario_b"]["scope_notify_cpu_s"] <= GOAL_S,
     }
 
 
 def table(result: dict[str, Any]) -> None:
-    a, b = result["scenario_a"], result["scenario_b"]
-    rows = [
-        ("polars read_csv (baseline)", {"wall_s": result["baseline_read_csv_s"], "peak_rss_mb": "-"}, 1),
-        ("send (validate, route, seal, ledger, upload)", result["send"], "-"),
-        (f"scope A: storage copied, {a['persons']['ciphertext_only_patients']} persons looked up", a, a["ratio"]),
-        (
-            f"scope B: ars-11 key stolen, {b['persons']['readable_patients']} persons named",
-            b["scope"],
-            b["scope"]["ratio"],
-        ),
-        ("notify B without PDF: art. 33, every e-mail and letter (HTML)", b["notify_no_pdf"], "-"),
-        (f"PDF letters ({result['pdf_letters']['letters']})", result["pdf_letters"], "-"),
-    ]
-    print("| step | wall (s) | x read_csv | peak RSS (MB) |\n|---|---|---|---|")
-    for label, figures, ratio in rows:
-        print(f"| {label} | {figures['wall_s']} | {ratio} | {figures['peak_rss_mb']} |")
+    print("| records | step | wall (s) | CPU (s) | peak RSS (MB) |\n|---|---|---|---|---|")
+    for run_result in filter(None, (result, result.get("doubled"))):
+        a, b = run_result["scenario_a"], run_result["scenario_b"]
+        n = f"{run_result['batch']['records']:,}"
+        rows = [
+            ("send (validate, route, seal, ledger, upload)", run_result["send"]),
+            (f"scope A: {a['persons']['ciphertext_only_patients']:,} persons looked up", a),
+            (f"scope B: {b['persons']['readable_patients']:,} persons named", b["scope"]),
+            ("notify B without PDF", b["notify_no_pdf"]),
+        ]
+        if "pdf_letters" in run_result:
+            rows.append((f"PDF letters ({run_result['pdf_letters']['letters']})", run_result["pdf_letters"]))
+        for label, f in rows:
+            print(f"| {n} | {label} | {f['wall_s']} | {f.get('cpu_s', '-')} | {f['peak_rss_mb']} |")
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench breach", description=__doc__)
     parser.add_argument("--records", type=int, default=1_400_000)
     parser.add_argument("--pdf-sample", type=int, default=500)
+    parser.add_argument(
+        "--double", action=argparse.BooleanOptionalAction, default=True, help="run again with 2x the records"
+    )
     args = parser.parse_args(argv)
     if not Path(TIME).exists():
         sys.exit("GNU time is needed: apt-get install time")
     result = run(args.records, args.pdf_sample)
+    if args.double:
+        result["doubled"] = run(2 * args.records, 0, "breach-run-doubled")
+        shutil.rmtree(WORK / "breach-run-doubled", ignore_errors=True)
+    result["goal"] = verdict(result)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "breach.json").write_text(json.dumps(result, indent=2) + "\n")
     table(result)
-    print(f"\nPDF rate: {result['pdf_letters']['per_second']} letters/s; goal < {GOAL_S:.0f} s; met: {result['met']}")
+    print(f"\nbaseline read_csv: {result['baseline_read_csv_s']} s; goal: {json.dumps(result['goal'])}")

@@ -165,6 +165,15 @@ def test_scenario_b_a_stolen_recipient_key_names_exactly_its_undelivered_persons
     ):
         assert element in draft, element
     assert json.loads((out / "notification-cnil.json").read_text())["art34"]["owed"] is True
+    # A list holding other than the persons its scope counted is refused (counts reconcile).
+    miscounted = world.root / "scope-b-miscounted"
+    miscounted.mkdir()
+    shutil.copy(out / "affected.csv", miscounted / "affected.csv")
+    scope["persons"]["readable_patients"] += 1
+    (miscounted / "scope.json").write_text(json.dumps(scope), encoding="utf-8")
+    counted = cli("breach", "notify", "--scope", miscounted, "--controller", controller_file(world.root), "--no-pdf")
+    assert counted.code == 3, str(counted)
+    assert "its scope counted" in str(counted)
     # A list of persons that is not the one this scope named is refused; so is writing over earlier letters.
     with (out / "affected.csv").open("a") as fh:
         fh.write("patient,,INTRUS,Jean,1970-01-01,1 rue X,75001,PARIS,,jean@example.org,x\n")

@@ -14,7 +14,7 @@ import os
 import time
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.header import Header
@@ -125,8 +125,13 @@ def art33(scope: dict[str, Any], controller: Controller, now: datetime) -> tuple
     return markdown, doc
 
 
-def _people(affected: pl.DataFrame) -> Iterator[dict[str, str]]:
-    for row in affected.iter_rows(named=True):
+def _people(affected: pl.DataFrame | Iterable[pl.DataFrame]) -> Iterator[dict[str, str]]:
+    for frame in [affected] if isinstance(affected, pl.DataFrame) else affected:
+        yield from _rows(frame)
+
+
+def _rows(frame: pl.DataFrame) -> Iterator[dict[str, str]]:
+    for row in frame.iter_rows(named=True):
         cats = [c for c in str(row.get("categories") or "").split(";") if c]
         yield {
             **{k: str(v or "") for k, v in row.items()},
@@ -140,6 +145,10 @@ class Letters:
     emails: int = 0
     to_call: int = 0  # persons with neither postal address nor e-mail (prescribers): a phone list
     files: int = 0
+    persons: int = 0  # every person of the list, handled once
+
+
+_TO_CALL = ("kind", "person", "nom", "telephone", "categories_fr")
 
 
 class _Art34Writer:
@@ -163,7 +172,7 @@ class _Art34Writer:
         ).encode()
         self.letters: list[dict[str, str]] = []
         self.mails: list[dict[str, str]] = []
-        self.to_call: list[dict[str, str]] = []
+        self.to_call: list[dict[str, str]] = []  # written to a-appeler.csv by batches
         for sub in ("lettres", "courriels"):
             folder = out / sub
             if folder.exists() and any(folder.iterdir()):
@@ -186,6 +195,8 @@ class _Art34Writer:
                 self.flush_mails()
         if not person.get("adresse") and not writable:
             self.to_call.append(person)  # neither a letter nor an e-mail can reach them
+            if len(self.to_call) >= self.batch_size:
+                self.flush_to_call()
 
     def flush_letters(self) -> None:
         if not self.letters:
@@ -230,20 +241,28 @@ class _Art34Writer:
                 self.result.emails += 1
         self.mails.clear()
 
+    def flush_to_call(self) -> None:
+        """Append the persons to call to ``a-appeler.csv`` (0600), created, with its header, by the first batch."""
+        if not self.to_call:
+            return
+        path = self.out / "a-appeler.csv"
+        first = self.result.to_call == 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if first else os.O_APPEND), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            frame = pl.DataFrame(self.to_call).select(_TO_CALL)
+            fh.write(frame.write_csv(include_header=first).encode())
+        self.result.to_call += len(self.to_call)
+        self.to_call.clear()
+
     def finish(self) -> Letters:
         self.flush_letters()
-        self.flush_mails()
-        if self.to_call:
-            path = self.out / "a-appeler.csv"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                pl.DataFrame(self.to_call).select("kind", "person", "nom", "telephone", "categories_fr").write_csv(fh)
-            self.result.to_call = len(self.to_call)
+        self.flush_mails()  # may add to the persons to call
+        self.flush_to_call()
         return self.result
 
 
 def art34(
-    affected: pl.DataFrame,
+    affected: pl.DataFrame | Iterable[pl.DataFrame],
     controller: Controller,
     nature: str,
     measures: str,
@@ -256,7 +275,8 @@ def art34(
 ) -> Letters:
     """Letters (PDF, ``batch_size`` per file) for persons with a postal address, e-mails (mbox, ``batch_size``
     per file) for those with an e-mail address, and a call list (``a-appeler.csv``) for the others.
-    ``on_progress(n)`` is told of every ``n`` persons handled (for a progress bar)."""
+    ``affected`` is the list, or its blocks as read (``labrelay.breach.blocks.read_blocks``): only a block and a
+    batch of each kind is held at a time. ``on_progress(n)`` is told of every ``n`` persons handled."""
     common = {"c": controller.doc, "nature": nature, "measures": measures, "today": f"{now:%d/%m/%Y}"}
     writer = _Art34Writer(controller, common, out, batch_size, pdf)
     done = 0
@@ -266,6 +286,7 @@ def art34(
         if on_progress is not None and done % 100 == 0:
             on_progress(100)
     result = writer.finish()
+    result.persons = done
     if on_progress is not None and done % 100:
         on_progress(done % 100)
     return result

@@ -8,11 +8,10 @@ with the categories of data concerned and what is needed to write to them.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from labrelay.batch.persons import PATIENT, PROFESSIONAL
+from labrelay.breach.blocks import BLOCK_BYTES, CsvBlocks, Malformed, parse
 from labrelay.crypto import age_stream
 from labrelay.crypto.keys import AgeIdentity
 from labrelay.domain.audit import AuditEntry, AuditEvent, Outcome, chain_hash
@@ -245,27 +245,31 @@ def compute_scope(
     return scope
 
 
-def _persons_frame(ledger: LedgerReader, identities: Sequence[AgeIdentity]) -> pl.DataFrame:
-    sealed = ledger.persons_file
-    plain = io.BytesIO()
-    try:
-        with sealed.open("rb") as fh:
-            # The ledger's metadata holds no hash of its persons index: age's own authentication is the check.
-            age_stream.decrypt(fh, plain, identities, expect=None)
-    except OSError as exc:
-        raise Unreadable(f"{sealed}: {exc}") from None
-    except IntegrityError as exc:
-        raise IntegrityError(f"{sealed}: cannot be opened with this DPO key ({exc.message})") from None
-    data = gzip.decompress(plain.getvalue())
-    if not data:
-        return pl.DataFrame(schema=dict.fromkeys(_PERSONS_COLUMNS, pl.String))
-    return pl.read_csv(io.BytesIO(data), schema=dict.fromkeys(_PERSONS_COLUMNS, pl.String))
-
-
 _PERSONS_COLUMNS = (
     "kind", "person", "nom", "prenom", "date_naissance", "adresse", "code_postal", "commune", "telephone", "email",
     "transfers",
 )  # fmt: skip
+AFFECTED_COLUMNS = (*(c for c in _PERSONS_COLUMNS if c != "transfers"), "transfers", "categories")
+
+BUCKET_ROWS = 200_000  # rows of links per bucket of persons, and persons per slice of the output
+_HASH_SEED = 0x1AB5E1A7
+
+
+def _open_persons(ledger: LedgerReader, identities: Sequence[AgeIdentity], blocks: CsvBlocks) -> None:
+    """Decrypt a ledger's persons index into ``blocks``, as it is read. A later error (a chunk that does not
+    authenticate, a cut stream) refuses the whole scope: the caller drops all it wrote of the earlier blocks."""
+    sealed = ledger.persons_file
+    try:
+        with sealed.open("rb") as fh:
+            # The ledger's metadata holds no hash of its persons index: age's own authentication is the check.
+            age_stream.decrypt(fh, blocks, identities, expect=None)  # type: ignore[arg-type]  # a write-only sink
+        blocks.close()
+    except OSError as exc:
+        raise Unreadable(f"{sealed}: {exc}") from None
+    except Malformed as exc:
+        raise IntegrityError(f"{sealed}: not a persons index ({exc.message})") from None
+    except IntegrityError as exc:
+        raise IntegrityError(f"{sealed}: cannot be opened with this DPO key ({exc.message})") from None
 
 
 def _joined(column: str) -> pl.Expr:
@@ -273,98 +277,209 @@ def _joined(column: str) -> pl.Expr:
     return pl.col(column).str.split(";").explode().unique().sort().str.join(";")
 
 
-def name_persons(scope: Scope, ledgers: Sequence[LedgerReader], identities: Sequence[AgeIdentity]) -> pl.DataFrame:
-    """Every person whose data was readable, once, with the categories of data concerned (one row each);
-    fills ``scope.persons`` with the counts: patients and professionals whose data was readable, and patients whose
-    data was exposed only as ciphertext.
+# One person: the keyed pseudonym when there is one, else name and birth date; a prescriber: the RPPS.
+_KEY = (
+    pl.when(pl.col("person") != "")
+    .then(pl.col("person"))
+    .otherwise(pl.concat_str([pl.col("nom"), pl.col("prenom"), pl.col("date_naissance")], separator="|"))
+)
 
-    Ledgers are opened one at a time; only the (row, transfer) links are exploded, never the persons' columns."""
+
+@dataclass
+class _Spill:
+    """The persons found so far, spread over ``buckets`` by a hash of who they are (a person is always in the same
+    bucket), in Arrow IPC files of a private temporary directory: each bucket is then reduced on its own."""
+
+    folder: Path
+    buckets: int
+    parts: int = 0
+
+    def write(self, kind: str, frame: pl.DataFrame, bucket: pl.Expr | None = None) -> None:
+        """Add ``frame``'s rows to their buckets: by who they are, or by ``bucket``."""
+        if not frame.height:
+            return
+        self.parts += 1
+        bucket = (pl.col("_who").hash(_HASH_SEED) % self.buckets) if bucket is None else bucket
+        for (number,), part in (
+            frame.with_columns(bucket.alias("_bucket")).partition_by("_bucket", as_dict=True).items()
+        ):
+            _write_private_ipc(part.drop("_bucket"), self.folder / f"{kind}-{number}-{self.parts}.arrow")
+
+    def read(self, kind: str, bucket: int) -> pl.DataFrame | None:
+        files = sorted(self.folder.glob(f"{kind}-{bucket}-*.arrow"))
+        return pl.concat([pl.read_ipc(f) for f in files]) if files else None
+
+
+def _write_private_ipc(frame: pl.DataFrame, path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        frame.write_ipc(fh)
+
+
+def name_persons(
+    scope: Scope,
+    ledgers: Sequence[LedgerReader],
+    identities: Sequence[AgeIdentity],
+    out: Path,
+    *,
+    block_bytes: int = BLOCK_BYTES,
+    bucket_rows: int = BUCKET_ROWS,
+) -> Path:
+    """Write ``out/affected.csv`` (0600): every person whose data was readable, once, with the categories of data
+    concerned, in the order they first appear in the ledgers; fill ``scope.persons`` with the counts (patients and
+    professionals whose data was readable, patients whose data was exposed only as ciphertext) and
+    ``scope.affected_sha256``.
+
+    In bounded memory, whatever the ledgers' size: each persons index is decrypted as a stream and handled in
+    blocks of ``block_bytes``; the persons found are spilled by a hash of who they are into buckets of about
+    ``bucket_rows`` links, in a private temporary directory beside the output (the DPO's machine, 0700); each
+    bucket is then reduced to its distinct persons, and the list written slice by slice in order of first
+    appearance. Only a block, a bucket or a slice is ever in memory."""
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
     categories = {f.transfer_id: f.categories for f, _ in scope.findings}
     readable, exposed = list(scope.readable_ids), list(scope.exposed_ids)
     cat_frame = pl.DataFrame(
         {"transfers": list(categories), "cats": [";".join(c) for c in categories.values()]},
         schema={"transfers": pl.String, "cats": pl.String},
     )
-    # One person: the keyed pseudonym when there is one, else name and birth date; a prescriber: the RPPS.
-    key = (
-        pl.when(pl.col("person") != "")
-        .then(pl.col("person"))
-        .otherwise(pl.concat_str([pl.col("nom"), pl.col("prenom"), pl.col("date_naissance")], separator="|"))
-    )
-    exposed_who: list[pl.Series] = []
-    hits: list[pl.DataFrame] = []
-    for ledger in ledgers:
-        if not {t["transfer_id"] for t in ledger.meta["transfers"]} & set(exposed):
-            continue
-        frame = _persons_frame(ledger, identities).with_row_index("_row")
-        links = (
-            frame.select("_row", "kind", pl.col("transfers").str.split(";"))
-            .explode("transfers")
-            .filter(pl.col("transfers").is_in(exposed))
-            .join(cat_frame, on="transfers", how="left")
-            # A prescriber is concerned by a transfer only if it carried professional fields.
-            .filter((pl.col("kind") == PATIENT) | pl.col("cats").str.contains("professional"))
-        )
-        people = (
-            frame.drop("transfers")
-            .join(links.select("_row").unique(), on="_row", how="semi")
-            .with_columns(pl.concat_str([pl.col("kind"), key], separator=":").alias("_who"))
-        )
-        del frame
-        exposed_who.append(people.filter(pl.col("kind") == PATIENT).get_column("_who"))
-        per_row = (
-            links.filter(pl.col("transfers").is_in(readable))
-            .group_by("_row")
-            .agg(_joined("transfers"), _joined("cats"))
-        )
-        if per_row.height:
-            hits.append(people.join(per_row, on="_row", how="inner").drop("_row"))
-    exposed_patients = pl.concat(exposed_who).n_unique() if exposed_who else 0
-    if not hits:
+    opened = [ledger for ledger in ledgers if {t["transfer_id"] for t in ledger.meta["transfers"]} & set(exposed)]
+    rows = sum(_rows_of(ledger) for ledger in opened)
+    buckets = max(1, -(-rows // bucket_rows))
+    with tempfile.TemporaryDirectory(prefix=".scope-", dir=out) as tmp:  # 0700, removed whatever happens
+        spill = _Spill(Path(tmp), buckets)
+        seq = 0  # every row of every ledger opened, numbered: the order of first appearance
+
+        def on_block(block: bytes) -> None:
+            nonlocal seq
+            frame = parse(block, _PERSONS_COLUMNS).with_columns(
+                (pl.int_range(pl.len(), dtype=pl.Int64) + seq).alias("_seq")
+            )
+            seq += frame.height
+            links = (
+                frame.select("_seq", "kind", pl.col("transfers").str.split(";"))
+                .explode("transfers")
+                .filter(pl.col("transfers").is_in(exposed))
+                .join(cat_frame, on="transfers", how="left")
+                # A prescriber is concerned by a transfer only if it carried professional fields.
+                .filter((pl.col("kind") == PATIENT) | pl.col("cats").str.contains("professional"))
+            )
+            people = (
+                frame.drop("transfers")
+                .join(links.select("_seq").unique(), on="_seq", how="semi")
+                .with_columns(pl.concat_str([pl.col("kind"), _KEY], separator=":").alias("_who"))
+            )
+            spill.write("exposed", people.filter(pl.col("kind") == PATIENT).select("_who"))
+            per_row = (
+                links.filter(pl.col("transfers").is_in(readable))
+                .group_by("_seq")
+                .agg(_joined("transfers"), _joined("cats"))
+            )
+            if per_row.height:
+                spill.write("hits", people.join(per_row, on="_seq", how="inner"))
+
+        for ledger in opened:
+            _open_persons(ledger, identities, CsvBlocks(on_block, _PERSONS_COLUMNS, block_bytes=block_bytes, gzip=True))
+        counts = _reduce(spill, bucket_rows)
         scope.persons = {
-            "readable_patients": 0,
-            "readable_professionals": 0,
-            "ciphertext_only_patients": exposed_patients,
+            "readable_patients": counts[PATIENT],
+            "readable_professionals": counts[PROFESSIONAL],
+            "ciphertext_only_patients": counts["exposed"] - counts[PATIENT],
         }
-        return pl.DataFrame(schema={**dict.fromkeys(_PERSONS_COLUMNS, pl.String), "categories": pl.String})
-    affected = (
-        pl.concat(hits)
-        .group_by("_who", maintain_order=True)
-        .agg(
-            *(pl.col(c).first() for c in _PERSONS_COLUMNS if c != "transfers"),
-            _joined("transfers"),
-            _joined("cats").alias("categories"),
+        path, partial = out / "affected.csv", Path(tmp) / "affected.csv"
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w+b") as fh:
+            fh.write(pl.DataFrame(schema=dict.fromkeys(AFFECTED_COLUMNS, pl.String)).write_csv().encode())
+            for number in range(counts["slices"]):
+                part = spill.read("slice", number)
+                if part is not None:
+                    for piece in part.sort("_seq").drop("_seq").iter_slices(20_000):
+                        fh.write(piece.write_csv(include_header=False).encode())
+            fh.flush()
+            fh.seek(0)
+            digest = hashlib.sha256()
+            while chunk := fh.read(1 << 20):  # what was written, read back by the descriptor that wrote it
+                digest.update(chunk)
+        os.replace(partial, path)  # whole or not at all
+    scope.affected_sha256 = digest.hexdigest()
+    return path
+
+
+def _rows_of(ledger: LedgerReader) -> int:
+    """How many rows a persons index holds, to size the buckets: what its metadata declares, or at least one row
+    per 128 bytes of the sealed file (about 90 are written per row). Sizing only: a wrong figure costs memory or
+    time, never a person."""
+    try:
+        declared = int(ledger.meta.get("patients", 0)) + int(ledger.meta.get("professionals", 0))
+    except (TypeError, ValueError):
+        declared = 0
+    try:
+        floor = ledger.persons_file.stat().st_size // 128
+    except OSError:
+        floor = 0  # reported when it is opened
+    return max(declared, floor)
+
+
+def _reduce(spill: _Spill, bucket_rows: int) -> dict[str, int]:
+    """Each bucket to its distinct persons (their details from their first readable row; the union of their
+    transfers and categories), spilled again by slices of the order of first appearance; the counts."""
+    counts = {PATIENT: 0, PROFESSIONAL: 0, "exposed": 0}
+    last_seq = -1
+    for bucket in range(spill.buckets):
+        exposed = spill.read("exposed", bucket)
+        counts["exposed"] += exposed.get_column("_who").n_unique() if exposed is not None else 0
+        hits = spill.read("hits", bucket)
+        if hits is None:
+            continue
+        # Most persons have one row: theirs is already their entry (``_joined`` made it); the others are merged.
+        twice = pl.col("_who").is_duplicated()
+        merged = (
+            hits.filter(twice)
+            .sort("_seq")
+            .group_by("_who")
+            .agg(
+                pl.col("_seq").first(),
+                *(pl.col(c).first() for c in _PERSONS_COLUMNS if c != "transfers"),
+                _joined("transfers"),
+                _joined("cats"),
+            )
         )
-        .drop("_who")
-    )
-    # A prescriber's own data is the "professional" category only; a patient's, everything but that category.
-    affected = affected.with_columns(
-        pl.when(pl.col("kind") == PROFESSIONAL)
-        .then(pl.lit("professional"))
-        .otherwise(pl.col("categories").str.replace_all(r"(^|;)professional(;|$)", "$1").str.strip_chars(";"))
-        .alias("categories")
-    )
-    readable_patients = affected.filter(pl.col("kind") == PATIENT).height
-    scope.persons = {
-        "readable_patients": readable_patients,
-        "readable_professionals": affected.filter(pl.col("kind") == PROFESSIONAL).height,
-        "ciphertext_only_patients": exposed_patients - readable_patients,
-    }
-    return affected
+        columns = ("_seq", *(c for c in _PERSONS_COLUMNS if c != "transfers"), "transfers", "cats")
+        persons = (
+            pl.concat([hits.filter(~twice).select(columns), merged.select(columns)])
+            # A prescriber's own data is the "professional" category only; a patient's, all but that category.
+            .with_columns(
+                pl.when(pl.col("kind") == PROFESSIONAL)
+                .then(pl.lit("professional"))
+                .otherwise(pl.col("cats").str.replace_all(r"(^|;)professional(;|$)", "$1").str.strip_chars(";"))
+                .alias("categories")
+            )
+            .select("_seq", *AFFECTED_COLUMNS)
+        )
+        del hits, merged
+        kinds = persons.get_column("kind")
+        counts[PATIENT] += int((kinds == PATIENT).sum())
+        counts[PROFESSIONAL] += int((kinds == PROFESSIONAL).sum())
+        if persons.height:
+            last_seq = max(last_seq, int(persons.select(pl.col("_seq").max()).item()))
+        # A person's first row is theirs alone: a slice of ``bucket_rows`` rows holds at most as many persons.
+        spill.write("slice", persons, pl.col("_seq") // bucket_rows)
+    counts["slices"] = last_seq // bucket_rows + 1
+    return counts
 
 
-def write_scope(scope: Scope, out: Path, affected: pl.DataFrame | None) -> list[Path]:
+def write_scope(scope: Scope, out: Path, *, named: bool) -> list[Path]:
+    """``scope.json`` and ``scope.md``; with ``named``, beside the ``affected.csv`` that ``name_persons`` wrote
+    (its SHA-256 in ``scope.json``), else any earlier ``affected.csv`` is deleted."""
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = [out / "scope.json", out / "scope.md"]
     (out / "scope.md").write_text(render_scope_md(scope), encoding="utf-8")
     path = out / "affected.csv"
-    path.unlink(missing_ok=True)  # never leave a list of persons from an earlier scope beside this one
-    if affected is not None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            affected.write_csv(fh)
+    if named and scope.affected_sha256 is None:
+        raise IntegrityError("internal error: persons named without the hash of their list")
+    if named:
         written.append(path)
-        scope.affected_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        path.unlink(missing_ok=True)  # never leave a list of persons from an earlier scope beside this one
     (out / "scope.json").write_text(json.dumps(scope.as_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return written
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
@@ -18,6 +19,8 @@ from labrelay.domain.timeutil import from_rfc3339
 from labrelay.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:  # polars loads only when a breach command runs
+    import polars as pl
+
     from labrelay.breach.scope import Scope
 
 
@@ -101,12 +104,11 @@ def scope(
     started = time.perf_counter()
     ledgers = load_ledgers(ledger)
     result = compute_scope(ledgers, audit, incident, SystemClock().now())
-    affected = None
     if as_ is not None:
         from labrelay.client.keystore import Party  # noqa: PLC0415 - only the commands that sign need it
 
-        affected = name_persons(result, ledgers, Party.load(as_).identities)
-    write_scope(result, out, affected)
+        name_persons(result, ledgers, Party.load(as_).identities, out)
+    write_scope(result, out, named=as_ is not None)
     doc = result.as_dict()
     ui.out.print(
         "transfers: "
@@ -132,8 +134,6 @@ def notify(
 ) -> None:
     """Draft the GDPR art. 33 notification for the CNIL (Markdown and JSON) and, for every person whose data
     was readable, the art. 34 letter (PDF) and e-mail (mbox), in batches."""
-    import polars as pl  # noqa: PLC0415 - loaded by the breach commands only
-
     from labrelay.breach.notify import (  # noqa: PLC0415 - loads polars, and WeasyPrint to print
         Controller,
         art33,
@@ -159,30 +159,53 @@ def notify(
     affected_path = scope_dir / "affected.csv"
     if not affected_path.is_file():
         raise UsageError("readable data was exposed but the persons are not named", hint="breach scope --as DPO")
-    if hashlib.sha256(affected_path.read_bytes()).hexdigest() != scope.get("affected_sha256"):
-        raise IntegrityError(
-            f"{affected_path} is not the list this scope named",
-            hint="run labrelay breach scope --as DPO_DIR again into this directory",
-        )
-    affected = pl.read_csv(affected_path, infer_schema=False)
+    persons = scope.get("persons") or {}
+    expected = int(persons.get("readable_patients", 0)) + int(persons.get("readable_professionals", 0))
     started = time.perf_counter()
-    with ui.TerminalProgress(options.quiet()) as progress:
-        task = progress.task("art. 34 letters and e-mails", affected.height, "persons")
-        letters = art34(
-            affected,
-            who,
-            nature_text(scope),
-            measures_text(who),
-            target,
-            now,
-            batch_size=batch_size,
-            pdf=pdf,
-            on_progress=task.advance,
-        )
-        task.done()
+    with affected_path.open("rb") as fh:
+        # The list is checked whole before any letter is written, then read again in blocks from the same file.
+        digest = hashlib.sha256()
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+        if digest.hexdigest() != scope.get("affected_sha256"):
+            raise IntegrityError(
+                f"{affected_path} is not the list this scope named",
+                hint="run labrelay breach scope --as DPO_DIR again into this directory",
+            )
+        fh.seek(0)
+        with ui.TerminalProgress(options.quiet()) as progress:
+            task = progress.task("art. 34 letters and e-mails", expected, "persons")
+            letters = art34(
+                _affected_blocks(fh, affected_path),
+                who,
+                nature_text(scope),
+                measures_text(who),
+                target,
+                now,
+                batch_size=batch_size,
+                pdf=pdf,
+                on_progress=task.advance,
+            )
+            task.done()
     elapsed = time.perf_counter() - started
     ui.out.print(
         f"art. 34: {letters.letters} letters in {letters.files} file(s), {letters.emails} e-mails, "
         f"{letters.to_call} to call (no address), in {elapsed:.1f} s",
         markup=False,
     )
+    if letters.persons != expected:  # counts reconcile: the list holds the persons its scope counted
+        raise IntegrityError(
+            f"{affected_path} holds {letters.persons} persons, its scope counted {expected}",
+            hint="run labrelay breach scope --as DPO_DIR again into this directory",
+        )
+
+
+def _affected_blocks(fh: BinaryIO, path: Path) -> Iterator[pl.DataFrame]:
+    """``affected.csv`` in blocks (bounded memory at any number of persons)."""
+    from labrelay.breach.blocks import Malformed, read_blocks  # noqa: PLC0415 - loads polars
+    from labrelay.breach.scope import AFFECTED_COLUMNS  # noqa: PLC0415 - loads polars
+
+    try:
+        yield from read_blocks(fh, AFFECTED_COLUMNS)
+    except Malformed as exc:
+        raise IntegrityError(f"{path}: not an affected list ({exc.message})") from None
