@@ -82,7 +82,9 @@ def _run(args: list[str]) -> int:
     from labrelay import errors  # noqa: PLC0415
     from labrelay.cli import config_file, options, ui  # noqa: PLC0415
     from labrelay.cli.app import build_app  # noqa: PLC0415 - with the command this run names, alone
+    from labrelay.cli.coercion import install  # noqa: PLC0415
 
+    install()  # plain option values skip Typer's pydantic coercion
     command = typer.main.get_command(build_app(command_named(args)))
     try:
         config = config_file.config_for(args)

@@ -9,12 +9,18 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
+
+if "httpx" not in sys.modules:
+    # httpx imports its own command line (click, pygments, rich's syntax highlighting) if it can: a tenth of a small
+    # fetch's start-up, for a tool labrelay never runs. Marked absent, httpx falls back to a stub (decision 0018).
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]
 
 import httpx
 
