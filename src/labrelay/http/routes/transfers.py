@@ -105,9 +105,10 @@ async def get_payload(request: Request, transfer_id: str, services: Services, ed
     )
 
 
-SEND_BLOCK = 1 << 20
+SEND_BLOCK = 1 << 18
 """The payload goes out in pieces of about this size: its 64 KiB segments (each checked as it is read) are read on a
-worker thread a mebibyte at a time, not one thread hop and one write per segment (decision 0018)."""
+worker thread four at a time, not one thread hop and one write per segment (decision 0018); small enough that twenty
+downloads at once hold a few megabytes."""
 
 
 async def _streamed(stream: PayloadStream, edge: EdgeState, party: str, peer: Peer | None) -> AsyncIterator[bytes]:
