@@ -20,7 +20,7 @@ try:
     from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
     from typer._param_types import coerce_cli_path
 except ImportError:  # pragma: no cover - another Typer: its own coercion throughout
-    RuntimeParam = None  # type: ignore[assignment,misc]
+    RuntimeParam = None  # type: ignore[assignment,misc]  # the marker that nothing is hooked
 
 
 def install() -> None:
@@ -35,7 +35,7 @@ def install() -> None:
             return _Direct(descriptor.parameter_info, descriptor.annotation, descriptor)
         return build_runtime_param(descriptor)  # Typer's own
 
-    build.labrelay = True  # type: ignore[attr-defined]
+    build.labrelay = True  # type: ignore[attr-defined]  # marks the hook, so that it is installed once
     setattr(typer_core, "build_runtime_param", build)  # noqa: B010 - not exported by typer.core
 
 

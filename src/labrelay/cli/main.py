@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def _run(args: list[str]) -> int:
     import typer  # noqa: PLC0415 - not for --version
 
-    from labrelay import errors  # noqa: PLC0415
-    from labrelay.cli import config_file, options, ui  # noqa: PLC0415
+    from labrelay import errors  # noqa: PLC0415 - loaded after the --version answer
+    from labrelay.cli import config_file, options, ui  # noqa: PLC0415 - rich loads with ui
     from labrelay.cli.app import build_app  # noqa: PLC0415 - with the command this run names, alone
-    from labrelay.cli.coercion import install  # noqa: PLC0415
+    from labrelay.cli.coercion import install  # noqa: PLC0415 - imports Typer
 
     install()  # plain option values skip Typer's pydantic coercion
     command = typer.main.get_command(build_app(command_named(args)))
@@ -123,6 +123,6 @@ def _run(args: list[str]) -> int:
 
 def _debug() -> bool:
     """--verbose, or LABRELAY_DEBUG set when the error came before the root command read its options."""
-    from labrelay.cli import options  # noqa: PLC0415
+    from labrelay.cli import options  # noqa: PLC0415 - loaded by then; kept out of the --version path
 
     return options.debug() or bool(os.environ.get("LABRELAY_DEBUG"))

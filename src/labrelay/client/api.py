@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 if "httpx" not in sys.modules:
     # httpx imports its own command line (click, pygments, rich's syntax highlighting) if it can: a tenth of a small
     # fetch's start-up, for a tool labrelay never runs. Marked absent, httpx falls back to a stub (decision 0018).
-    sys.modules["httpx._main"] = None  # type: ignore[assignment]
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]  # None marks a module as absent
 
 import httpx
 
