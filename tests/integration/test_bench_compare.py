@@ -61,19 +61,43 @@ def test_compare_runs_both_sizes_and_reports_what_it_measured(tmp_path: Path) ->
         steps = ("age_encrypt", "sftp_put", "sftp_get", "age_decrypt")
         assert base["total_s"] == pytest.approx(sum(base[s]["wall_s"] for s in steps), abs=0.02)
         assert ours["send_fetch_s"] == pytest.approx(ours["send"]["wall_s"] + ours["fetch"]["wall_s"], abs=0.02)
+        # Goal 1: every recipient holds its share when the slowest one's fetch, alone, ends.
+        slowest = max(f["wall_s"] for f in ours["fetch"]["each"].values())
+        assert ours["fetch"]["slowest_s"] == slowest
+        assert ours["fetch"]["each"][ours["fetch"]["slowest"]]["wall_s"] == slowest
+        assert ours["send_slowest_fetch_s"] == pytest.approx(ours["send"]["wall_s"] + slowest, abs=0.02)
         assert all(base[s]["peak_rss_mb"] > 0 for s in steps)
         assert ours["relay"]["peak_rss_mb"] > 0
     single = report["single"]
     ratios = report["ratios"]
     assert ratios["transfer"] == pytest.approx(
+        single["labrelay"]["send_slowest_fetch_s"] / single["baseline"]["total_s"], rel=0.01
+    )
+    assert ratios["transfer_in_turn"] == pytest.approx(
         single["labrelay"]["send_fetch_s"] / single["baseline"]["total_s"], rel=0.01
     )
+    # Goal 3, measured once (it does not depend on the batch): a small fetch delivered its one payload, every
+    # record of the small batch (SpF's share), each run; and labrelay --version.
+    small, version = single["labrelay"]["small_fetch"], single["labrelay"]["version"]
+    assert len(small["runs"]) == 5
+    assert all(run["records"] == small["records"] for run in small["runs"])
+    assert 0 < small["records"] <= 300
+    assert small["wall_s"] > 0
+    assert small["cpu_s"] > 0
+    assert version["wall_s"] >= 0
+    assert "small_fetch" not in report["double"]["labrelay"]
+    assert report["met"]["small_fetch"] == (small["wall_s"] <= 0.3)
+    assert report["met"]["version"] == (version["wall_s"] <= 0.15)
     assert ratios["validate_route"] == pytest.approx(
         single["labrelay"]["validate_route"]["wall_s"] / single["baseline"]["polars_read"]["wall_s"], rel=0.05
     )
     assert report["met"]["transfer"] == (ratios["transfer"] <= 2.0)
+    assert report["met"]["transfer_in_turn"] == (ratios["transfer_in_turn"] <= 3.0)
     assert set(report["met"]) == {
         "transfer",
+        "transfer_in_turn",
+        "small_fetch",
+        "version",
         "validate_route",
         "relay_memory",
         "client_memory",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import typer
 
+from labrelay.cli.app import build_app
 from labrelay.cli.config_file import config_for, default_map
-from labrelay.cli.main import app
 from labrelay.client.config import CLIENT_KEYS, ClientConfig, find_config
 from labrelay.client.keystore import Authority, Party
 from labrelay.clock import SystemClock
@@ -96,7 +96,7 @@ def test_root_config_is_read_before_the_command_only(tmp_path: Path, monkeypatch
 
 def test_fills_what_commands_require_never_what_they_leave_optional(tmp_path: Path) -> None:
     config = ClientConfig(tmp_path / "labrelay.toml", server="https://r", cacert=tmp_path / "ca", party=tmp_path / "p")
-    defaults = default_map(typer.main.get_command(app), config)
+    defaults = default_map(typer.main.get_command(build_app()), config)
     assert defaults["send"] == {"server": "https://r", "cacert": str(tmp_path / "ca"), "as_": str(tmp_path / "p")}
     assert defaults["party"]["enroll"]["server"] == "https://r"
     assert "as_" not in defaults["validate"]

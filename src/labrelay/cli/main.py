@@ -10,95 +10,42 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from datetime import date
-from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import NoReturn
 
-import typer
+from labrelay import __version__
 
-from labrelay import __version__, errors
-from labrelay.cli import config_file, options, ui
-from labrelay.cli.commands import register_commands
-from labrelay.cli.options import DEFAULT_RETRIES
-
-app = typer.Typer(
-    name="labrelay",
-    help="End-to-end encrypted relay for medical-lab results. The relay only ever holds ciphertext.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# The root command's options (labrelay.cli.app): flags, and those followed by a value.
+ROOT_FLAGS = frozenset({"--quiet", "-q", "--verbose", "-v"})
+ROOT_VALUED = frozenset({"--retries", "--config"})
+ROOT_OPTIONS = ROOT_FLAGS | ROOT_VALUED
+COMPLETION = "_LABRELAY_COMPLETE"  # set by the shell when it asks Click for completions
 
 
-ROOT_OPTIONS = frozenset({"--retries", "--quiet", "-q", "--verbose", "-v", "--config"})
+def asks_version(args: list[str]) -> bool:
+    """``labrelay [-q] [-v] --version``: answered before Typer, rich or any client module loads."""
+    return "--version" in args and all(arg in ROOT_FLAGS or arg == "--version" for arg in args)
 
 
-def _version(value: bool) -> None:
-    if value:
-        ui.out.print(f"labrelay {__version__}")
-        raise typer.Exit
+def command_named(args: list[str]) -> str | None:
+    """The command (or group) a run of ``labrelay ARGS`` names, when it can be told before parsing: the first word
+    after the root options. None (build every command) for help, completion, an unknown word or option."""
+    from labrelay.cli.commands import names  # noqa: PLC0415 - the table only, no command module
 
-
-@app.callback()
-def _root(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", envvar="LABRELAY_DEBUG", help="Show tracebacks on errors.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar="LABRELAY_QUIET", help="No progress output.")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-    retries: Annotated[
-        int,
-        typer.Option(
-            "--retries",
-            envvar="LABRELAY_RETRIES",
-            min=0,
-            help="Retries when the relay is unreachable or busy, with exponential back-off (4: about 8 s in all; "
-            "0: fail at once).",
-        ),
-    ] = DEFAULT_RETRIES,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            envvar="LABRELAY_CONFIG",
-            help="Client configuration file (server, CA bundle, party, agent); default: labrelay.toml beside the "
-            "--as party's directory. Flags override it.",
-        ),
-    ] = None,
-) -> None:
-    options.set_options(debug=verbose, quiet=quiet, retries=retries, config=config)
-
-
-register_commands(app)
-
-
-@app.command("synth")
-def synth(
-    count: Annotated[int, typer.Argument(min=0, help="Number of records.")],
-    out: Annotated[Path, typer.Option("--out", help="File to write.")],
-    fmt: Annotated[
-        str, typer.Option("--format", help="csv (the template), hl7 (ORU^R01) or fhir (NDJSON of Bundles).")
-    ] = "csv",
-    seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 1,
-    defects: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Fraction of records given one defect, each listed in OUT.defects.csv."),
-    ] = 0.0,
-    today: Annotated[str | None, typer.Option(help="Reference day YYYY-MM-DD for sample dates.")] = None,
-) -> None:
-    """Write COUNT synthetic lab results: realistic French identities, none real (Faker fr_FR, La Poste base)."""
-    from labrelay.synthetic.generator import FORMATS, write_file  # noqa: PLC0415 - Faker loads slowly
-
-    if fmt not in FORMATS:
-        raise errors.UsageError(f"unknown format {fmt!r}", hint="csv, hl7 or fhir")
-    day = date.fromisoformat(today) if today else date.today()  # noqa: DTZ011 - a calendar day is wanted
-    written, injected = write_file(out, count, fmt=fmt, seed=seed, today=day, defects=defects)
-    extra = f", {injected} with a defect (listed in {out}.defects.csv)" if defects else ""
-    ui.out.print(f"wrote {written} synthetic records to {out} ({fmt}){extra}", markup=False)
+    if os.environ.get(COMPLETION):
+        return None
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg in ROOT_VALUED:
+            index += 2
+        elif arg in ROOT_FLAGS or arg.startswith(tuple(f"{name}=" for name in ROOT_VALUED)):
+            index += 1
+        elif arg.startswith("-"):
+            return None
+        else:
+            return arg if arg in names() else None
+    return None
 
 
 class Terminated(BaseException):
@@ -113,18 +60,32 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI. Usage errors exit 2 (Typer's own and ours); every other error is mapped here, once. Each call
     starts from the default options and output state, so that it can be called more than once in one process."""
+    args = sys.argv[1:] if argv is None else argv
+    if asks_version(args):
+        sys.stdout.write(f"labrelay {__version__}\n")
+        sys.exit(0)
+    from labrelay.cli import options, ui  # noqa: PLC0415 - rich loads only for a command
+
     options.reset()
     ui.json_output.reset()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = _run(sys.argv[1:] if argv is None else argv)
+        code = _run(args)
     finally:
         signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
 
 
 def _run(args: list[str]) -> int:
-    command = typer.main.get_command(app)
+    import typer  # noqa: PLC0415 - not for --version
+
+    from labrelay import errors  # noqa: PLC0415 - loaded after the --version answer
+    from labrelay.cli import config_file, options, ui  # noqa: PLC0415 - rich loads with ui
+    from labrelay.cli.app import build_app  # noqa: PLC0415 - with the command this run names, alone
+    from labrelay.cli.coercion import install  # noqa: PLC0415 - imports Typer
+
+    install()  # plain option values skip Typer's pydantic coercion
+    command = typer.main.get_command(build_app(command_named(args)))
     try:
         config = config_file.config_for(args)
         options.use_config(config.path if config else None)
@@ -162,4 +123,6 @@ def _run(args: list[str]) -> int:
 
 def _debug() -> bool:
     """--verbose, or LABRELAY_DEBUG set when the error came before the root command read its options."""
+    from labrelay.cli import options  # noqa: PLC0415 - loaded by then; kept out of the --version path
+
     return options.debug() or bool(os.environ.get("LABRELAY_DEBUG"))

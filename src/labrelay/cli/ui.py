@@ -15,25 +15,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 from rich.segment import Segment
-from rich.text import Text
 
 from labrelay import errors
 from labrelay.cli.printable import printable, printable_json
 from labrelay.client.progress import Unit
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class SafeConsole(Console):
@@ -124,21 +116,6 @@ class JsonOutput:
 json_output = JsonOutput()
 
 
-class _CountColumn(ProgressColumn):
-    """``1,200/10,000 records 800/s`` for records, ``12.0/40.0 MB 5.1 MB/s`` for bytes: each task in its unit."""
-
-    def render(self, task: Task) -> Text:
-        unit = task.fields.get("unit", "bytes")
-        speed = task.finished_speed or task.speed
-        if unit == "bytes":
-            total = f"/{decimal(int(task.total))}" if task.total is not None else ""
-            rate = f" {decimal(int(speed))}/s" if speed else ""
-            return Text(f"{decimal(int(task.completed))}{total}{rate}")
-        total = f"/{int(task.total):,}" if task.total is not None else ""
-        rate = f" {speed:,.0f}/s" if speed else ""
-        return Text(f"{int(task.completed):,}{total} {unit}{rate}")
-
-
 class _Task:
     def __init__(self, bar: Progress | None, task: TaskID | None) -> None:
         self._bar = bar
@@ -160,14 +137,9 @@ class TerminalProgress:
         self.quiet = quiet
         self._bar: Progress | None = None
         if not quiet and err.is_terminal:
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                _CountColumn(),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-            )
+            from labrelay.cli.bars import progress_bar  # noqa: PLC0415 - rich's progress loads only for a terminal
+
+            self._bar = progress_bar(err)
 
     def __enter__(self) -> TerminalProgress:
         if self._bar is not None:

@@ -7,13 +7,20 @@ Fail closed on transport: plain ``http://`` is accepted only to a loopback addre
 from __future__ import annotations
 
 import json
+import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
+
+if "httpx" not in sys.modules:
+    # httpx imports its own command line (click, pygments, rich's syntax highlighting) if it can: a tenth of a small
+    # fetch's start-up, for a tool labrelay never runs. Marked absent, httpx falls back to a stub (decision 0018).
+    sys.modules["httpx._main"] = None  # type: ignore[assignment]  # None marks a module as absent
 
 import httpx
 
@@ -63,6 +70,21 @@ def check_server_url(url: str) -> str:
     if parts.query or parts.fragment or parts.username or parts.password:
         raise UsageError("a relay URL has no query, fragment or credentials")
     return url.rstrip("/")
+
+
+def _transport(base: str, ca_bundle: Path | None) -> httpx.HTTPTransport:
+    """One connection for a run's requests, without Nagle's delay (TCP_NODELAY: a request's headers and body are
+    two writes, and the second would wait for the relay's delayed ACK, about 40 ms). The system's CA store (or
+    ``ca_bundle``) is loaded only for an https relay; plain HTTP (loopback only, ``check_server_url``) gets a
+    strict context that trusts no certificate at all, so that nothing could ever be verified with it."""
+    verify: ssl.SSLContext | bool
+    if ca_bundle is not None:
+        verify = ssl.create_default_context(cafile=str(ca_bundle))
+    elif base.startswith("https:"):
+        verify = True
+    else:
+        verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names, trusts none
+    return httpx.HTTPTransport(verify=verify, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +145,11 @@ class RelayClient:
         self._key = key
         self._clock = clock
         self.retry = RetryPolicy(retries, backoff, sleep)
-        verify: ssl.SSLContext | bool = True
-        if ca_bundle is not None:
-            verify = ssl.create_default_context(cafile=str(ca_bundle))
         self._http = httpx.Client(
-            verify=verify,
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
             trust_env=False,
-            transport=transport,
+            transport=transport or _transport(self.base, ca_bundle),
         )
 
     def close(self) -> None:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Mapping
+import queue
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -330,8 +332,16 @@ class CsvRows:
 # ------------------------------------------------------------------ download, decrypt, write
 
 
-def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: str, progress: Progress) -> None:
-    """Download into ``partial`` (resuming it), then check size and SHA-256 against the signed manifest."""
+def _download(
+    client: RelayClient,
+    manifest: Manifest,
+    work: SafeDir,
+    partial: str,
+    progress: Progress,
+    tee: Callable[[bytes], None] | None = None,
+) -> None:
+    """Download into ``partial`` (resuming it), then check size and SHA-256 against the signed manifest. ``tee``
+    also gets every byte downloaded, in order (``_Feed``: decryption as the payload arrives)."""
     start = work.size(partial) or 0
     if start > manifest.size:
         work.unlink(partial)
@@ -352,6 +362,8 @@ def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: s
                     for chunk in client.download(manifest.transfer_id, size):
                         digest.update(chunk)
                         out.write(chunk)
+                        if tee is not None:
+                            tee(chunk)
                         size += len(chunk)
                         task.advance(len(chunk))
                         if size > manifest.size:
@@ -387,6 +399,98 @@ def _download(client: RelayClient, manifest: Manifest, work: SafeDir, partial: s
                 "altered in storage or in transit; nothing written, no receipt sent"
             )
         )
+
+
+class _Feed:
+    """The bytes being downloaded, read by the decrypting thread as they arrive (``_download_decrypting``). At most
+    ``DEPTH`` pieces wait (about 16 MiB): the download waits for decryption, never the other way round for long.
+    A reader that stops early (a payload that fails a check) calls ``abandon``: what comes after is dropped."""
+
+    DEPTH = 16
+
+    def __init__(self) -> None:
+        self._pieces: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self._current = b""
+        self._at = 0
+        self._ended = False
+        self._abandoned = False
+
+    def put(self, data: bytes) -> None:
+        if not self._abandoned:
+            self._pieces.put(bytes(data))
+
+    def close(self) -> None:
+        """The end of the stream (the download finished, or stopped)."""
+        if not self._abandoned:
+            self._pieces.put(None)
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._pieces.get_nowait()
+
+    def _next(self) -> bool:
+        if self._ended:
+            return False
+        piece = self._pieces.get()
+        if piece is None:
+            self._ended = True
+            return False
+        self._current, self._at = piece, 0
+        return True
+
+    def read(self, n: int = -1, /) -> bytes:
+        if n < 0:
+            parts = [self._current[self._at :]]
+            while self._next():
+                parts.append(self._current)
+            self._current, self._at = b"", 0
+            return b"".join(parts)
+        while self._at >= len(self._current):
+            if not self._next():
+                return b""
+        data = self._current[self._at : self._at + n]
+        self._at += len(data)
+        return data
+
+
+def _download_decrypting(run: _Run, manifest: Manifest, partial: str) -> tuple[str, int | None, str]:
+    """A routed CSV payload downloaded from its start and written as CSV: decrypted, decompressed and tagged on a
+    second thread as it arrives, instead of read back from disk once downloaded (decision 0018); the download and
+    the writing of the output overlap, on two cores where there are two. Every check stays: the download's size
+    and SHA-256 against the signed manifest, age's authentication of every chunk, the decrypted ciphertext's own
+    size and SHA-256, the decompression ceiling. The output is a temporary file, published only once they all
+    passed; a download that fails its check is refused as before, whatever decryption made of its bytes."""
+    target = run.out_dir.temp()
+    feed = _Feed()
+    outcome: dict[str, Any] = {}
+
+    def decrypt() -> None:
+        try:
+            tagger = RowTagger(target.handle, manifest.batch_id, manifest.sender)
+            outcome["records"] = _decrypt_into(run.party, manifest, feed, tagger)  # type: ignore[arg-type]  # a readable stream, not a full BinaryIO
+        except BaseException as exc:  # noqa: BLE001 - handed to the downloading thread, which raises it
+            outcome["error"] = exc
+            feed.abandon()
+
+    worker = threading.Thread(target=decrypt, name="labrelay-decrypt", daemon=True)
+    try:
+        worker.start()
+        try:
+            _download(run.client, manifest, run.work, partial, run.progress, tee=feed.put)
+        finally:
+            feed.close()
+            worker.join()
+        run.work.unlink(partial)  # downloaded whole and checked: the output is all that is kept
+        if "error" in outcome:
+            raise outcome["error"]
+        name = output_stem(manifest) + FORMAT_EXTENSIONS["csv"]
+        target.publish(name)
+        return name, outcome["records"], "csv"
+    except BaseException:
+        target.discard()
+        raise
 
 
 class _Plaintext:
@@ -588,9 +692,11 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
     if first is not None:
         return _decline_duplicate(run, listing, manifest, first)
     partial = f"{transfer_id}.age.part"
-    _download(client, manifest, run.work, partial, run.progress)
     sidecar = {"manifest": listing["manifest"], "transfer_id": transfer_id, "unparsed": manifest.unparsed}
     stem = output_stem(manifest)
+    if not run.raw and run.fmt == "csv" and _routed_csv(manifest) and not run.work.size(partial):
+        return _received(run, listing, manifest, sidecar, _download_decrypting(run, manifest, partial))
+    _download(client, manifest, run.work, partial, run.progress)
     if run.raw:
         run.work.rename(partial, f"{stem}.age", into=run.out_dir)
         final = run.out_dir.path / f"{stem}.age"
@@ -606,9 +712,22 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
         run.sources.add(manifest)
         return _fetched(manifest, final, None, acknowledged=False, fmt="age")
     try:
-        name, records, written = _write_output(party, manifest, run.out_dir, run.work, partial, run.fmt)
+        result = _write_output(party, manifest, run.out_dir, run.work, partial, run.fmt)
     finally:
         run.work.unlink(partial)
+    return _received(run, listing, manifest, sidecar, result)
+
+
+def _received(
+    run: _Run,
+    listing: Mapping[str, Any],
+    manifest: Manifest,
+    sidecar: dict[str, Any],
+    output: tuple[str, int | None, str],
+) -> Fetched:
+    """A payload decrypted and written (file name, records, format): its sidecar, journal entry and receipt."""
+    party, client, transfer_id, stem = run.party, run.client, manifest.transfer_id, output_stem(manifest)
+    name, records, written = output
     final = run.out_dir.path / name
     receipt = Receipt.of(manifest, ReceiptStatus.DECRYPTED, run.clock.now(), record_count=records)
     envelope = party.sign(receipt.to_payload())
