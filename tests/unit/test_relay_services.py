@@ -117,6 +117,49 @@ def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> Non
 
 
 @pytest.mark.threat("T7")
+def test_the_whole_upload_is_hashed_as_it_arrives_and_read_back_only_without_that_state(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SHA-256 checked against the manifest is kept as the chunks arrive: the upload is not read back. Without
+    that state (a restart, another replica's chunk, an upload moved since), it is read back, never skipped; and a
+    tampered byte is refused either way."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    store = setup.relay.payloads
+    read_back: list[str] = []
+    real = store.upload_digest
+
+    def counted(transfer_id: str) -> tuple[int, str]:
+        read_back.append(transfer_id)
+        return real(transfer_id)
+
+    monkeypatch.setattr(store, "upload_digest", counted)
+    envelope, data = setup.seal(lab, cnam, b"x" * 30000)
+    assert setup.upload(lab, envelope, data) is TransferState.AVAILABLE
+    assert read_back == []
+
+    envelope, data = setup.seal(lab, cnam, b"y" * 30000)
+    tampered = bytearray(data)
+    tampered[20000] ^= 0xFF
+    with pytest.raises(IntegrityError, match="do not match the signed manifest"):
+        setup.upload(lab, envelope, bytes(tampered))
+    assert read_back == []
+
+    uploads = setup.relay.services.uploads
+    for lost in ("restart", "moved"):
+        envelope, data = setup.seal(lab, cnam, lost.encode() * 10000)
+        transfer, _ = uploads.create(lab.caller, envelope)
+        tid = transfer.transfer_id
+        uploads.append(lab.caller, tid, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+        if lost == "restart":
+            uploads.hashes.forget(tid)
+        else:  # someone else recorded this offset meanwhile: the entry no longer matches the transfer
+            setup.relay.sql.transfers.set_uploaded(tid, 1000, setup.clock.now() + timedelta(seconds=5))
+        uploads.append(lab.caller, tid, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]])
+        assert read_back[-1] == tid
+        assert read_all(setup, cnam, tid) == data
+
+
+@pytest.mark.threat("T7")
 def test_chunk_that_does_not_match_its_digest_is_not_kept(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, data = setup.seal(lab, cnam, b"x" * 20000)
