@@ -292,7 +292,11 @@ def s3_alone(server: Any, labs: int, records: int) -> dict[str, Any]:
     then each GETs one back, all at once (what the relay asks of it, at the least, per transfer)."""
     client = server.client(timeout=120.0)
     bucket = server.create_bucket()
-    size = (WORK / f"load-{records}" / "lab-000.csv").stat().st_size
+    source = WORK / f"load-{records}" / "lab-000.csv"
+    if not source.exists():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        write_csv_file(source, records, seed=1000, today=date(2026, 11, 29))
+    size = source.stat().st_size
     body = os.urandom(size)
     gate = threading.Barrier(labs)
 
