@@ -33,6 +33,7 @@ from labrelay.operations import init_data_dir
 from labrelay.ports import PayloadStore
 from labrelay.runtime import engine_for, payload_store_for
 from labrelay.storage.keystore import FileKeyStore
+from labrelay.storage.sql.engine import Database
 from tests.support.processes import RelayProcess
 from tests.support.scaled import ReplicaSet
 
@@ -204,7 +205,12 @@ class World:
     def stored(self) -> list[str]:
         """Transfer ids with bytes in the relay's payload store (a directory, or the S3 bucket)."""
         settings = load_settings(self.relay.data)
-        return list(payload_store_for(settings, FileKeyStore(settings.key_dir, create=False)).ids())
+        engine = engine_for(settings)
+        try:
+            keys = FileKeyStore(settings.key_dir, create=False)
+            return list(payload_store_for(settings, keys, Database(engine)).ids())
+        finally:
+            engine.dispose()
 
     def copy_relay(self, dest: Path) -> Path:
         """A complete copy of the relay, as a thief would take it: its data directory, its logs, and at scale the
@@ -354,7 +360,7 @@ def positives_in(batch: Path) -> int:
 def relay_store(world: World) -> PayloadStore:
     """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
     settings = load_settings(world.relay.data)
-    return payload_store_for(settings, FileKeyStore(settings.key_dir))
+    return payload_store_for(settings, FileKeyStore(settings.key_dir), Database(engine_for(settings)))
 
 
 _CLI_LOCK = threading.Lock()

@@ -18,9 +18,12 @@ from labrelay.domain.names import new_id
 from labrelay.domain.retention import epoch_end
 from labrelay.errors import Conflict, EpochKeyGone, NotFound, UsageError
 from labrelay.ports import PayloadStore
+from labrelay.storage import migrate
 from labrelay.storage.files import LocalPayloadStore
 from labrelay.storage.keystore import FileKeyStore
-from labrelay.storage.s3 import S3PayloadStore
+from labrelay.storage.s3 import LedgeredS3PayloadStore, S3PayloadStore
+from labrelay.storage.sql.engine import Database, sqlite_engine
+from labrelay.storage.sql.payload_objects import SqlObjectLedger
 from tests.support.payloads import DEADLINE, HOUR, plaintext, upload
 
 
@@ -29,17 +32,24 @@ def keys(tmp_path: Path) -> FileKeyStore:
     return FileKeyStore(tmp_path / "keys")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-ledger"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, keys: FileKeyStore) -> Iterator[PayloadStore]:
     if request.param == "local":
         yield LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
         return
     server = request.getfixturevalue("s3_server")
     client = server.client()
+    engine = sqlite_engine(tmp_path / "relay.db")
     try:
-        yield S3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR)
+        if request.param == "s3":  # the legacy layout: what was written before migration 0009
+            yield S3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR)
+        else:
+            migrate.upgrade(engine)
+            ledger = SqlObjectLedger(Database(engine))
+            yield LedgeredS3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR, ledger)
     finally:
         client.close()
+        engine.dispose()
 
 
 def test_sealed_payloads_round_trip_and_resume_at_any_chunk_boundary(store: PayloadStore) -> None:
