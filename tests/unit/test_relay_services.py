@@ -316,6 +316,60 @@ def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
     assert report.links >= 300
 
 
+def test_audit_appends_arriving_together_share_a_transaction_each_with_its_signed_head(setup: Setup) -> None:
+    """Group commit: appends that queue behind a transaction are written in the next one together; each still
+    gets its own link and a signed head naming that link, returns only once committed, and the stored head is
+    checked against the log before every transaction (a link removed behind the relay's back fails them all,
+    writing none)."""
+    from sqlalchemy import event, text  # noqa: PLC0415
+
+    auditor, log = setup.relay.services.auditor, setup.relay.sql.audit
+    commits: list[int] = []
+    event.listen(setup.relay.sql.db.engine, "commit", lambda _conn: commits.append(1))
+    results: list[tuple[int, int, bool]] = []
+    gate = threading.Barrier(8)
+
+    def burst() -> None:
+        gate.wait()
+        for _ in range(25):
+            rec = auditor.record(AuditEvent.TRANSFER_LIST, actor="lab-a")
+            head = log.checkpoint("head")
+            assert head is not None
+            results.append((rec.seq, head.seq, log.hash_at(rec.seq) == rec.hash))
+
+    threads = [threading.Thread(target=burst) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 200
+    assert all(head >= seq and stored for seq, head, stored in results)  # committed before record returned
+    assert len({seq for seq, _, _ in results}) == 200
+    assert verify_chain(log.links()).ok
+    assert len(commits) < 200  # fewer transactions than appends (on 2 busy cores, by a wide margin)
+
+    last = log.checkpoint("head")
+    assert last is not None
+    with setup.relay.sql.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": last.seq})
+    errors: list[BaseException] = []
+
+    def tampered() -> None:
+        try:
+            auditor.record(AuditEvent.TRANSFER_LIST, actor="lab-a")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tampered) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 4
+    assert all(type(e).__name__ == "AuditTampered" for e in errors)
+    assert log.hash_at(last.seq + 1) is None
+
+
 # ------------------------------------------------------------------ authentication
 
 
