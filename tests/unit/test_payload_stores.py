@@ -170,3 +170,28 @@ def test_chunks_of_any_size_read_back_from_any_offset(store: PayloadStore, chunk
     tid = upload(store, plain, chunks)
     for start in sorted({0, 1, len(plain) // 2, len(plain) - 1, len(plain)}):
         assert b"".join(store.open(tid, start)) == plain[start:]
+
+
+def test_a_local_replica_resumes_only_where_the_file_really_ends(tmp_path: Path, keys: FileKeyStore) -> None:
+    """Each process remembers where its last chunk ended so that the next one needs no scan of the file; another
+    process writing to the same directory (replicas sharing it) changes the file, and the memory is not used."""
+    one = LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
+    two = LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
+    plain = plaintext(300_000)
+    tid = upload(one, plain, [100_000], publish=False)
+    writer = two.writer(tid, 100_000)
+    writer.write(plain[100_000:200_000])
+    assert writer.commit() == 200_000
+    writer = one.writer(tid, 200_000)  # one's memory says 100 000: it reads the file instead
+    writer.write(plain[200_000:250_000])
+    assert writer.commit() == 250_000
+    writer = two.writer(tid, 100_000)  # the sender was told 100 000 (a lost answer): what follows is discarded
+    writer.abort()
+    writer = one.writer(tid, 100_000)
+    writer.write(plain[100_000:])
+    assert writer.commit() == 300_000
+    assert one.upload_digest(tid) == (300_000, hashlib.sha256(plain).hexdigest())
+    with pytest.raises(Conflict):
+        one.writer(tid, 250_000)  # no chunk ends there any more, whatever one remembered
+    one.publish(tid)
+    assert b"".join(two.open(tid)) == plain
