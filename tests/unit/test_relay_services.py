@@ -370,6 +370,30 @@ def test_audit_appends_arriving_together_share_a_transaction_each_with_its_signe
     assert log.hash_at(last.seq + 1) is None
 
 
+@pytest.mark.threat("T4")
+def test_a_nonce_presented_many_times_at_once_is_accepted_once(setup: Setup) -> None:
+    """Nonces arriving together are remembered in one transaction: a replay within that same transaction is still
+    a replay."""
+    nonces = setup.relay.sql.nonces
+    now = setup.clock.now()
+    gate = threading.Barrier(12)
+    answers: list[tuple[str, bool]] = []
+
+    def present(nonce: str) -> None:
+        gate.wait()
+        answers.append((nonce, nonces.remember("lab-a", nonce, now)))
+
+    threads = [threading.Thread(target=present, args=(f"n{i % 3}",)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(n for n, fresh in answers if fresh) == ["n0", "n1", "n2"]
+    assert sum(1 for _, fresh in answers if not fresh) == 9
+    assert not nonces.remember("lab-a", "n0", now)
+    assert nonces.remember("lab-b", "n0", now)  # the nonce is the signer's own
+
+
 # ------------------------------------------------------------------ authentication
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -25,20 +24,11 @@ from labrelay.errors import AuditTampered
 from labrelay.ports import Sealer
 from labrelay.storage import schema
 from labrelay.storage.sql.engine import Database, lock_key
+from labrelay.storage.sql.group import GroupCommit
 from labrelay.storage.sql.rows import dumps
 
 AUDIT_LOCK = lock_key("labrelay:audit-append")
 READ_BATCH = 1000  # links read per query while walking the log
-
-
-class _Batch:
-    """Appends that wait for the same transaction (group commit): the first to arrive writes them all."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[AuditEntry, str, Sealer]] = []
-        self.results: list[tuple[AuditLink, Checkpoint]] = []
-        self.error: BaseException | None = None
-        self.done = threading.Event()
 
 
 class SqlAuditLog:
@@ -51,13 +41,12 @@ class SqlAuditLog:
     transaction (within it nobody else can append); a transaction that fails fails every append in it, none
     written. Under load this writes one transaction (one fsync on SQLite) for many appends instead of one each."""
 
-    MAX_BATCH = 256
-
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._lock = threading.Lock()  # one writing transaction at a time (appends, pruning)
-        self._queue = threading.Lock()  # guards _open
-        self._open: _Batch | None = None
+        self._group: GroupCommit[tuple[AuditEntry, str, Sealer], tuple[AuditLink, Checkpoint]] = GroupCommit(
+            self._write
+        )
+        self._lock = self._group.lock  # one writing transaction at a time (appends, pruning)
 
     def _serialise(self, conn: Connection) -> None:
         """Other processes append to the same chain: on PostgreSQL, one appender at a time, until commit. (SQLite's
@@ -69,30 +58,7 @@ class SqlAuditLog:
         """Append after the signed head and replace the head, in one transaction: a link deleted, edited or
         added behind the relay's back no longer matches the signed head."""
         details = dumps(entry.details)  # an entry that cannot be stored fails alone, before it joins a batch
-        with self._queue:
-            batch = self._open
-            leader = batch is None or len(batch.items) >= self.MAX_BATCH
-            if batch is None or leader:
-                batch = self._open = _Batch()
-            index = len(batch.items)
-            batch.items.append((entry, details, seal))
-        if leader:
-            with self._lock:
-                with self._queue:  # appends arriving from now on wait for the next transaction
-                    if self._open is batch:
-                        self._open = None
-                try:
-                    batch.results = self._write(batch.items)
-                except BaseException as exc:
-                    batch.error = exc
-                    raise
-                finally:
-                    batch.done.set()
-        else:
-            batch.done.wait()
-            if batch.error is not None:
-                raise batch.error
-        return batch.results[index]
+        return self._group.submit((entry, details, seal))
 
     def _write(self, items: list[tuple[AuditEntry, str, Sealer]]) -> list[tuple[AuditLink, Checkpoint]]:
         t = schema.audit_events
