@@ -1,5 +1,10 @@
 """Ciphertext payloads in an S3-compatible bucket, for a relay run as several stateless replicas.
 
+Two stores: ``LedgeredS3PayloadStore`` (what the relay runs, decision 0021) keeps only the chunk objects in the
+bucket and the header, the chunk chain and the published index in the relay's database, so that uploads and
+downloads never list the bucket; ``S3PayloadStore``, described below, is the layout before migration 0009, which
+the ledgered store still reads and deletes for transfers stored that way.
+
 The semantics are those of ``labrelay.storage.files`` (read it first): what is stored is the payload sealed in the
 at-rest format of ``labrelay.crypto.at_rest`` under a data key wrapped under the key of the deadline's epoch (from
 the ``KeyStore``); offsets and sizes are the payload's own. Only the layout differs, because an object store has no
