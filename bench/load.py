@@ -12,7 +12,10 @@ Both run in the same process, one after the other, on the same batches. Every la
 (``labrelay.client.send.upload``: create the transfer, upload resumably) on its own connection, in its own thread;
 CNAM fetches with ``labrelay.client.fetch.fetch_one`` from 200 threads. Sealing happens before the clock starts:
 the figure is the relay's, not age's. Reported: throughput (transfers, records and MB per second), latency per send
-and per fetch (p50, p99, max), and every failure (the goal is none). Results: docs/bench/load.json.
+and per fetch (p50, p99, max), every failure (the goal is none), and on S3 the requests the S3 server answered during
+the sends and during the fetches, by kind (LIST, PUT, GET, DELETE), from moto's access log: per transfer, and the
+LISTs among them (the worker's reaper pass, every ``reaper_interval``, counts too: the log does not say who asked).
+Results: docs/bench/load.json.
 
     ./dev bench load [--labs 200] [--records 1000] [--only embedded|scaled]
 """

@@ -15,8 +15,8 @@ from labrelay.storage.sql.group import GroupCommit
 class SqlNonces:
     """One row per (signer, nonce): the primary key refuses a replay, on every replica at once. Nonces that arrive
     together are remembered in one transaction (group commit, ``labrelay.storage.sql.group``): each insert is
-    ``ON CONFLICT DO NOTHING`` and its own row count says whether that nonce was new, a duplicate within the same
-    transaction included."""
+    ``ON CONFLICT DO NOTHING RETURNING``, and the row handed back says that nonce was new (a duplicate within the
+    same transaction included)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -27,9 +27,11 @@ class SqlNonces:
 
     def _write(self, rows: list[dict[str, object]]) -> list[bool]:
         insert = postgresql.insert if self._db.postgres else sqlite.insert
+        t = schema.nonces
         with self._db.begin() as conn:
+            # New only if the database hands the row back: an unknown row count (-1) must never read as "new".
             return [
-                bool(conn.execute(insert(schema.nonces).values(**row).on_conflict_do_nothing()).rowcount)
+                conn.execute(insert(t).values(**row).on_conflict_do_nothing().returning(t.c.nonce)).first() is not None
                 for row in rows
             ]
 
