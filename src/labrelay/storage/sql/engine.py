@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,13 +20,25 @@ from labrelay.errors import StorageFull, Unavailable
 T = TypeVar("T")
 
 
+SQLITE_POOL = 16
+SQLITE_OVERFLOW = 24
+"""Connections a SQLite engine keeps, and opens beyond them under load (40: the request threads of ``serve``). In
+WAL mode readers never wait for the writer, so a request that only reads must not wait for a connection held by
+one queued behind the write lock (SQLAlchemy's default, 5 + 10, made them; decision 0021)."""
+
+
 def sqlite_engine(path: Path) -> Engine:
     """A SQLite engine in WAL mode, fully synchronous, where every transaction takes the write lock up front.
 
     ``BEGIN IMMEDIATE`` serialises writers at the start of a transaction instead of failing with "database is
     locked" when a reader tries to upgrade; with WAL, readers in other processes are never blocked.
     """
-    engine = create_engine(f"sqlite+pysqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(
+        f"sqlite+pysqlite:///{path}",
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=SQLITE_POOL,
+        max_overflow=SQLITE_OVERFLOW,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -92,20 +102,6 @@ def translated() -> Iterator[None]:
         raise outage(exc) from exc
 
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
-_WRITERS_GUARD = threading.Lock()
-
-
-def _writer_lock(engine: Engine) -> threading.RLock:
-    """One lock per SQLite engine, shared by every ``Database`` on it. Reentrant: a transaction begun inside another
-    on the same thread fails on SQLite's own lock as before, rather than hanging here."""
-    with _WRITERS_GUARD:
-        lock = _WRITERS.get(engine)
-        if lock is None:
-            lock = _WRITERS[engine] = threading.RLock()
-        return lock
-
-
 class Database:
     """One SQL database, as the stores use it: every connection they take comes from ``begin`` or ``connect``, so
     that every driver failure in it reaches their callers translated (``translated``)."""
@@ -113,21 +109,12 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
-        self._writers = _writer_lock(engine) if engine.dialect.name == "sqlite" else None
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A transaction, committed on leaving the block (rolled back on an exception).
-
-        On SQLite, the writers of this process queue on a lock of their own before ``BEGIN IMMEDIATE``: SQLite
-        holds one writer at a time anyway, and a writer waiting in its busy handler sleeps in steps of up to 100 ms
-        after the lock is free, while one waiting here wakes at once (and holds no pooled connection meanwhile).
-        Other processes (an operator's command) still wait in the busy handler."""
-        with contextlib.ExitStack() as stack:
-            if self._writers is not None:
-                stack.enter_context(self._writers)
-            with translated(), self.engine.begin() as conn:
-                yield conn
+        """A transaction, committed on leaving the block (rolled back on an exception)."""
+        with translated(), self.engine.begin() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
