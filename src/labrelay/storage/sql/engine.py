@@ -20,25 +20,13 @@ from labrelay.errors import StorageFull, Unavailable
 T = TypeVar("T")
 
 
-SQLITE_POOL = 16
-SQLITE_OVERFLOW = 24
-"""Connections a SQLite engine keeps, and opens beyond them under load (40: the request threads of ``serve``). In
-WAL mode readers never wait for the writer, so a request that only reads must not wait for a connection held by
-one queued behind the write lock (SQLAlchemy's default, 5 + 10, made them; decision 0021)."""
-
-
 def sqlite_engine(path: Path) -> Engine:
     """A SQLite engine in WAL mode, fully synchronous, where every transaction takes the write lock up front.
 
     ``BEGIN IMMEDIATE`` serialises writers at the start of a transaction instead of failing with "database is
     locked" when a reader tries to upgrade; with WAL, readers in other processes are never blocked.
     """
-    engine = create_engine(
-        f"sqlite+pysqlite:///{path}",
-        connect_args={"timeout": 30, "check_same_thread": False},
-        pool_size=SQLITE_POOL,
-        max_overflow=SQLITE_OVERFLOW,
-    )
+    engine = create_engine(f"sqlite+pysqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
