@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from labrelay.cli.main import main as cli_main
 from labrelay.client.api import RelayClient
@@ -360,7 +361,10 @@ def positives_in(batch: Path) -> int:
 def relay_store(world: World) -> PayloadStore:
     """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
     settings = load_settings(world.relay.data)
-    return payload_store_for(settings, FileKeyStore(settings.key_dir), Database(engine_for(settings)))
+    url = settings.database_url
+    # The store outlives this call: on PostgreSQL, no pooled connection that would be left open when it is dropped.
+    engine = create_engine(url, poolclass=NullPool) if url.startswith("postgresql") else engine_for(settings)
+    return payload_store_for(settings, FileKeyStore(settings.key_dir), Database(engine))
 
 
 _CLI_LOCK = threading.Lock()
