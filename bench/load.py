@@ -12,7 +12,10 @@ Both run in the same process, one after the other, on the same batches. Every la
 (``labrelay.client.send.upload``: create the transfer, upload resumably) on its own connection, in its own thread;
 CNAM fetches with ``labrelay.client.fetch.fetch_one`` from 200 threads. Sealing happens before the clock starts:
 the figure is the relay's, not age's. Reported: throughput (transfers, records and MB per second), latency per send
-and per fetch (p50, p99, max), and every failure (the goal is none). Results: docs/bench/load.json.
+and per fetch (p50, p99, max), every failure (the goal is none), and on S3 the requests the S3 server answered during
+the sends and during the fetches, by kind (LIST, PUT, GET, DELETE), from moto's access log: per transfer, and the
+LISTs among them (the worker's reaper pass, every ``reaper_interval``, counts too: the log does not say who asked).
+Results: docs/bench/load.json.
 
     ./dev bench load [--labs 200] [--records 1000] [--only embedded|scaled]
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -69,7 +73,48 @@ def _client(url: str, party: Party) -> RelayClient:
     return RelayClient(url, party.name, party.signing_key, CLOCK, retries=3)
 
 
-def run_load(kind: str, url: str, root: Path, labs: int, records: int) -> dict[str, Any]:  # noqa: PLR0915
+_REQUEST = re.compile(r'"([A-Z]+) (/[^ ?]*)(\?[^ ]*)? HTTP/[0-9.]+" ([0-9]{3})')
+
+
+def s3_kind(method: str, path: str, query: str) -> str:
+    """What one S3 request of moto's access log was: list, put, get, delete (DeleteObjects too) or other."""
+    on_bucket = path.strip("/").count("/") == 0
+    if method == "GET" and on_bucket:
+        return "list"  # ListObjectsV2, ListObjectVersions: the bucket itself, with a prefix
+    if method == "POST" and "delete" in query:
+        return "delete"
+    return {"PUT": "put", "GET": "get", "DELETE": "delete"}.get(method, "other")
+
+
+class S3Requests:
+    """Counts the S3 requests moto served (its access log), by kind, between two marks."""
+
+    def __init__(self, log: Path) -> None:
+        self._log = log
+        self._at = self._size()
+
+    def _size(self) -> int:
+        return self._log.stat().st_size if self._log.exists() else 0
+
+    def take(self) -> dict[str, int]:
+        """The requests since the previous ``take`` (or since this counter was made), by kind, and in all."""
+        end = self._size()
+        with self._log.open("rb") as fh:
+            fh.seek(self._at)
+            text = fh.read(end - self._at).decode("utf-8", "replace")
+        self._at = end
+        counts = {"list": 0, "put": 0, "get": 0, "delete": 0, "other": 0}
+        for method, path, query, _status in _REQUEST.findall(text):
+            if path.startswith("/moto-api"):
+                continue
+            counts[s3_kind(method, path, query or "")] += 1
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+def run_load(  # noqa: PLR0915
+    kind: str, url: str, root: Path, labs: int, records: int, s3_log: Path | None = None
+) -> dict[str, Any]:
     authority = Authority.load(root / "authority")
     with RelayClient(url, AUTHORITY_KEYID, authority.key, CLOCK, retries=0) as client:
         client.register_policy(authority.sign_policy(default_policy_text(), CLOCK.now()))
@@ -114,10 +159,14 @@ def run_load(kind: str, url: str, root: Path, labs: int, records: int) -> dict[s
         with _client(url, lab) as client:
             return timed(lab.name, lambda: upload(lab, client, state))
 
+    requests = S3Requests(s3_log) if s3_log is not None else None
+    if requests is not None:
+        requests.take()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=labs) as pool:
         send_latency = list(pool.map(send, states))
     send_wall = time.perf_counter() - started
+    upload_requests = requests.take() if requests is not None else None
 
     with _client(url, cnam) as client:
         inbox = client.transfers("inbox")
@@ -138,6 +187,7 @@ def run_load(kind: str, url: str, root: Path, labs: int, records: int) -> dict[s
     with ThreadPoolExecutor(max_workers=max(1, len(inbox))) as pool:
         fetch_latency = list(pool.map(fetch, inbox))
     fetch_wall = time.perf_counter() - started
+    download_requests = requests.take() if requests is not None else None
 
     fetched = len(list(out.glob("*.csv")))
     with _client(url, cnam) as client:
@@ -145,7 +195,18 @@ def run_load(kind: str, url: str, root: Path, labs: int, records: int) -> dict[s
     with _client(url, lab_parties[0]) as client:
         delivered = sum(1 for t in client.transfers("outbox") if t["state"] == "delivered")
     mb = payload_bytes / 1e6
-    return {
+    s3: dict[str, Any] = {}
+    if upload_requests is not None and download_requests is not None:
+        # moto's log does not say which process asked: the worker's reaper passes (every reaper_interval) count too.
+        s3 = {
+            "s3_requests": {
+                "upload": upload_requests,
+                "download": download_requests,
+                "per_transfer": round((upload_requests["total"] + download_requests["total"]) / labs, 2),
+                "lists_per_transfer": round((upload_requests["list"] + download_requests["list"]) / labs, 2),
+            }
+        }
+    return s3 | {
         "deployment": kind,
         "labs": labs,
         "records_per_lab": records,
@@ -216,7 +277,8 @@ def scaled(root: Path, labs: int, records: int, *, s3: bool = True) -> dict[str,
             relays = ReplicaSet(root / "relay", replicas=2, workers=1)
             relays.start()
             try:
-                result = run_load("scaled" if s3 else "scaled-local", relays.url, root, labs, records)
+                log = server.log if s3 else None
+                result = run_load("scaled" if s3 else "scaled-local", relays.url, root, labs, records, log)
                 assert relays.balancer is not None
                 result["connections_per_replica"] = relays.balancer.connections
                 if baseline is not None:
@@ -233,7 +295,11 @@ def s3_alone(server: Any, labs: int, records: int) -> dict[str, Any]:
     then each GETs one back, all at once (what the relay asks of it, at the least, per transfer)."""
     client = server.client(timeout=120.0)
     bucket = server.create_bucket()
-    size = (WORK / f"load-{records}" / "lab-000.csv").stat().st_size
+    source = WORK / f"load-{records}" / "lab-000.csv"
+    if not source.exists():
+        source.parent.mkdir(parents=True, exist_ok=True)
+        write_csv_file(source, records, seed=1000, today=date(2026, 11, 29))
+    size = source.stat().st_size
     body = os.urandom(size)
     gate = threading.Barrier(labs)
 
@@ -303,6 +369,12 @@ def main(argv: list[str]) -> None:
             print(
                 f"S3 server alone, {r['labs']} at once: {a['put']['per_s']} PUT/s, {a['get']['per_s']} GET/s "
                 f"({a['object_bytes']} bytes each)"
+            )
+        if "s3_requests" in r:
+            q = r["s3_requests"]
+            print(
+                f"S3 requests per transfer: {q['per_transfer']} ({q['lists_per_transfer']} LISTs); "
+                f"upload {q['upload']}, download {q['download']}"
             )
     if any(r["failure_count"] or r["transfers_fetched"] != r["labs"] for r in results):
         raise SystemExit("load: some transfers failed or were not fetched")

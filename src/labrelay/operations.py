@@ -181,7 +181,7 @@ def retention_report(data_dir: Path, clock: Clock) -> RetentionReport:
     """The retention check of a relay's data directory, running or stopped. Reads only."""
     with opened(data_dir) as db:
         keys = FileKeyStore(db.settings.key_dir, create=False)
-        payloads = payload_store_for(db.settings, keys)
+        payloads = payload_store_for(db.settings, keys, db.sql.db)
         return retention_check_for(db.settings, db.sql.transfers, payloads, keys, clock).run()
 
 

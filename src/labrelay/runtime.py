@@ -67,9 +67,15 @@ S3_READ_TIMEOUT = 30.0
 fast); a loaded service may be slow to answer, and failing a chunk then would only make the sender resend it."""
 
 
-def payload_store_for(settings: RelaySettings, keys: KeyStore) -> PayloadStore:
+def payload_store_for(settings: RelaySettings, keys: KeyStore, db: Database) -> PayloadStore:
+    """The configured payload store. On S3 it keeps its chunk chain, headers and indexes in the relay's database
+    ``db`` (decision 0021), and reads what was written before migration 0009 the legacy way."""
     if settings.payload_store == "s3":
-        from labrelay.storage.s3 import S3PayloadStore, s3_client  # noqa: PLC0415 - boto3 only when configured
+        from labrelay.storage.s3 import (  # noqa: PLC0415 - boto3 only when configured
+            LedgeredS3PayloadStore,
+            s3_client,
+        )
+        from labrelay.storage.sql.payload_objects import SqlObjectLedger  # noqa: PLC0415 - with the S3 store
 
         client = s3_client(
             settings.s3_endpoint,
@@ -78,8 +84,8 @@ def payload_store_for(settings: RelaySettings, keys: KeyStore) -> PayloadStore:
             os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
             timeout=S3_READ_TIMEOUT,
         )
-        store: PayloadStore = S3PayloadStore(
-            client, settings.s3_bucket, keys, settings.epoch_length, settings.s3_prefix
+        store: PayloadStore = LedgeredS3PayloadStore(
+            client, settings.s3_bucket, keys, settings.epoch_length, SqlObjectLedger(db), settings.s3_prefix
         )
         return store
     return LocalPayloadStore(settings.payload_dir, keys, settings.epoch_length)
@@ -166,7 +172,7 @@ def _wire(settings: RelaySettings, clock: Clock, engine: Engine, authority: Veri
     migrate.require_head(engine)
     sql = SqlStores.on(engine)
     keys = FileKeyStore(settings.key_dir)
-    payloads = payload_store_for(settings, keys)
+    payloads = payload_store_for(settings, keys, sql.db)
     relay_key = relay_signing_key(settings, signed_before=sql.audit.checkpoint("head") is not None)
     auditor = Auditor(log=sql.audit, clock=clock, relay_key=relay_key)
     policies = PolicyService(repo=sql.policies, authority=authority, clock=clock, auditor=auditor)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from labrelay.cli.main import main as cli_main
 from labrelay.client.api import RelayClient
@@ -33,6 +34,7 @@ from labrelay.operations import init_data_dir
 from labrelay.ports import PayloadStore
 from labrelay.runtime import engine_for, payload_store_for
 from labrelay.storage.keystore import FileKeyStore
+from labrelay.storage.sql.engine import Database
 from tests.support.processes import RelayProcess
 from tests.support.scaled import ReplicaSet
 
@@ -204,7 +206,12 @@ class World:
     def stored(self) -> list[str]:
         """Transfer ids with bytes in the relay's payload store (a directory, or the S3 bucket)."""
         settings = load_settings(self.relay.data)
-        return list(payload_store_for(settings, FileKeyStore(settings.key_dir, create=False)).ids())
+        engine = engine_for(settings)
+        try:
+            keys = FileKeyStore(settings.key_dir, create=False)
+            return list(payload_store_for(settings, keys, Database(engine)).ids())
+        finally:
+            engine.dispose()
 
     def copy_relay(self, dest: Path) -> Path:
         """A complete copy of the relay, as a thief would take it: its data directory, its logs, and at scale the
@@ -354,7 +361,10 @@ def positives_in(batch: Path) -> int:
 def relay_store(world: World) -> PayloadStore:
     """The relay's own payload store, keys included: what an attacker who owns the relay (A2) can use."""
     settings = load_settings(world.relay.data)
-    return payload_store_for(settings, FileKeyStore(settings.key_dir))
+    url = settings.database_url
+    # The store outlives this call: on PostgreSQL, no pooled connection that would be left open when it is dropped.
+    engine = create_engine(url, poolclass=NullPool) if url.startswith("postgresql") else engine_for(settings)
+    return payload_store_for(settings, FileKeyStore(settings.key_dir), Database(engine))
 
 
 _CLI_LOCK = threading.Lock()

@@ -18,9 +18,12 @@ from labrelay.domain.names import new_id
 from labrelay.domain.retention import epoch_end
 from labrelay.errors import Conflict, EpochKeyGone, NotFound, UsageError
 from labrelay.ports import PayloadStore
+from labrelay.storage import migrate
 from labrelay.storage.files import LocalPayloadStore
 from labrelay.storage.keystore import FileKeyStore
-from labrelay.storage.s3 import S3PayloadStore
+from labrelay.storage.s3 import LedgeredS3PayloadStore, S3PayloadStore
+from labrelay.storage.sql.engine import Database, sqlite_engine
+from labrelay.storage.sql.payload_objects import SqlObjectLedger
 from tests.support.payloads import DEADLINE, HOUR, plaintext, upload
 
 
@@ -29,17 +32,24 @@ def keys(tmp_path: Path) -> FileKeyStore:
     return FileKeyStore(tmp_path / "keys")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3-ledger"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, keys: FileKeyStore) -> Iterator[PayloadStore]:
     if request.param == "local":
         yield LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
         return
     server = request.getfixturevalue("s3_server")
     client = server.client()
+    engine = sqlite_engine(tmp_path / "relay.db")
     try:
-        yield S3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR)
+        if request.param == "s3":  # the legacy layout: what was written before migration 0009
+            yield S3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR)
+        else:
+            migrate.upgrade(engine)
+            ledger = SqlObjectLedger(Database(engine))
+            yield LedgeredS3PayloadStore(client, request.getfixturevalue("s3_bucket"), keys, HOUR, ledger)
     finally:
         client.close()
+        engine.dispose()
 
 
 def test_sealed_payloads_round_trip_and_resume_at_any_chunk_boundary(store: PayloadStore) -> None:
@@ -160,3 +170,28 @@ def test_chunks_of_any_size_read_back_from_any_offset(store: PayloadStore, chunk
     tid = upload(store, plain, chunks)
     for start in sorted({0, 1, len(plain) // 2, len(plain) - 1, len(plain)}):
         assert b"".join(store.open(tid, start)) == plain[start:]
+
+
+def test_a_local_replica_resumes_only_where_the_file_really_ends(tmp_path: Path, keys: FileKeyStore) -> None:
+    """Each process remembers where its last chunk ended so that the next one needs no scan of the file; another
+    process writing to the same directory (replicas sharing it) changes the file, and the memory is not used."""
+    one = LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
+    two = LocalPayloadStore(tmp_path / "payloads", keys, HOUR)
+    plain = plaintext(300_000)
+    tid = upload(one, plain, [100_000], publish=False)
+    writer = two.writer(tid, 100_000)
+    writer.write(plain[100_000:200_000])
+    assert writer.commit() == 200_000
+    writer = one.writer(tid, 200_000)  # one's memory says 100 000: it reads the file instead
+    writer.write(plain[200_000:250_000])
+    assert writer.commit() == 250_000
+    writer = two.writer(tid, 100_000)  # the sender was told 100 000 (a lost answer): what follows is discarded
+    writer.abort()
+    writer = one.writer(tid, 100_000)
+    writer.write(plain[100_000:])
+    assert writer.commit() == 300_000
+    assert one.upload_digest(tid) == (300_000, hashlib.sha256(plain).hexdigest())
+    with pytest.raises(Conflict):
+        one.writer(tid, 250_000)  # no chunk ends there any more, whatever one remembered
+    one.publish(tid)
+    assert b"".join(two.open(tid)) == plain

@@ -117,6 +117,49 @@ def test_bytes_that_do_not_match_the_manifest_are_discarded(setup: Setup) -> Non
 
 
 @pytest.mark.threat("T7")
+def test_the_whole_upload_is_hashed_as_it_arrives_and_read_back_only_without_that_state(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SHA-256 checked against the manifest is kept as the chunks arrive: the upload is not read back. Without
+    that state (a restart, another replica's chunk, an upload moved since), it is read back, never skipped; and a
+    tampered byte is refused either way."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    store = setup.relay.payloads
+    read_back: list[str] = []
+    real = store.upload_digest
+
+    def counted(transfer_id: str) -> tuple[int, str]:
+        read_back.append(transfer_id)
+        return real(transfer_id)
+
+    monkeypatch.setattr(store, "upload_digest", counted)
+    envelope, data = setup.seal(lab, cnam, b"x" * 30000)
+    assert setup.upload(lab, envelope, data) is TransferState.AVAILABLE
+    assert read_back == []
+
+    envelope, data = setup.seal(lab, cnam, b"y" * 30000)
+    tampered = bytearray(data)
+    tampered[20000] ^= 0xFF
+    with pytest.raises(IntegrityError, match="do not match the signed manifest"):
+        setup.upload(lab, envelope, bytes(tampered))
+    assert read_back == []
+
+    uploads = setup.relay.services.uploads
+    for lost in ("restart", "moved"):
+        envelope, data = setup.seal(lab, cnam, lost.encode() * 10000)
+        transfer, _ = uploads.create(lab.caller, envelope)
+        tid = transfer.transfer_id
+        uploads.append(lab.caller, tid, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+        if lost == "restart":
+            uploads.hashes.forget(tid)
+        else:  # someone else recorded this offset meanwhile: the entry no longer matches the transfer
+            setup.relay.sql.transfers.set_uploaded(tid, 1000, setup.clock.now() + timedelta(seconds=5))
+        uploads.append(lab.caller, tid, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]])
+        assert read_back[-1] == tid
+        assert read_all(setup, cnam, tid) == data
+
+
+@pytest.mark.threat("T7")
 def test_chunk_that_does_not_match_its_digest_is_not_kept(setup: Setup) -> None:
     lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
     envelope, data = setup.seal(lab, cnam, b"x" * 20000)
@@ -271,6 +314,84 @@ def test_concurrent_audit_appends_keep_one_chain(setup: Setup) -> None:
     report = verify_chain(setup.relay.sql.audit.links())
     assert report.ok
     assert report.links >= 300
+
+
+def test_audit_appends_arriving_together_share_a_transaction_each_with_its_signed_head(setup: Setup) -> None:
+    """Group commit: appends that queue behind a transaction are written in the next one together; each still
+    gets its own link and a signed head naming that link, returns only once committed, and the stored head is
+    checked against the log before every transaction (a link removed behind the relay's back fails them all,
+    writing none)."""
+    from sqlalchemy import event, text  # noqa: PLC0415
+
+    auditor, log = setup.relay.services.auditor, setup.relay.sql.audit
+    commits: list[int] = []
+    event.listen(setup.relay.sql.db.engine, "commit", lambda _conn: commits.append(1))
+    results: list[tuple[int, int, bool]] = []
+    gate = threading.Barrier(8)
+
+    def burst() -> None:
+        gate.wait()
+        for _ in range(25):
+            rec = auditor.record(AuditEvent.TRANSFER_LIST, actor="lab-a")
+            head = log.checkpoint("head")
+            assert head is not None
+            results.append((rec.seq, head.seq, log.hash_at(rec.seq) == rec.hash))
+
+    threads = [threading.Thread(target=burst) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 200
+    assert all(head >= seq and stored for seq, head, stored in results)  # committed before record returned
+    assert len({seq for seq, _, _ in results}) == 200
+    assert verify_chain(log.links()).ok
+    assert len(commits) < 200  # fewer transactions than appends (on 2 busy cores, by a wide margin)
+
+    last = log.checkpoint("head")
+    assert last is not None
+    with setup.relay.sql.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": last.seq})
+    errors: list[BaseException] = []
+
+    def tampered() -> None:
+        try:
+            auditor.record(AuditEvent.TRANSFER_LIST, actor="lab-a")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tampered) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 4
+    assert all(type(e).__name__ == "AuditTampered" for e in errors)
+    assert log.hash_at(last.seq + 1) is None
+
+
+@pytest.mark.threat("T4")
+def test_a_nonce_presented_many_times_at_once_is_accepted_once(setup: Setup) -> None:
+    """Nonces arriving together are remembered in one transaction: a replay within that same transaction is still
+    a replay."""
+    nonces = setup.relay.sql.nonces
+    now = setup.clock.now()
+    gate = threading.Barrier(12)
+    answers: list[tuple[str, bool]] = []
+
+    def present(nonce: str) -> None:
+        gate.wait()
+        answers.append((nonce, nonces.remember("lab-a", nonce, now)))
+
+    threads = [threading.Thread(target=present, args=(f"n{i % 3}",)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(n for n, fresh in answers if fresh) == ["n0", "n1", "n2"]
+    assert sum(1 for _, fresh in answers if not fresh) == 9
+    assert not nonces.remember("lab-a", "n0", now)
+    assert nonces.remember("lab-b", "n0", now)  # the nonce is the signer's own
 
 
 # ------------------------------------------------------------------ authentication

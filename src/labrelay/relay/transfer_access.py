@@ -151,12 +151,16 @@ class TransferAccess:
         )
         return True
 
-    def publish(self, transfer: Transfer, actor: str | None) -> TransferState:
+    def publish(self, transfer: Transfer, actor: str | None, digest: tuple[int, str] | None = None) -> TransferState:
         """Check the whole upload of ``transfer`` (its lock held) against its signed manifest: publish it, or, if
         its size or SHA-256 differs, reject the transfer, discard the bytes and raise ``IntegrityError``. The bytes
-        are published before the state says so: a crash between the two leaves a publication recovery records."""
+        are published before the state says so: a crash between the two leaves a publication recovery records.
+
+        ``digest``: (size, SHA-256 hex) of every byte this process stored for the upload, hashed as each chunk
+        arrived (``RunningHashes``); without it (a restart, chunks stored by another replica) the upload is read back
+        from the store and hashed."""
         transfer_id = transfer.transfer_id
-        size, sha = self.store.upload_digest(transfer_id)
+        size, sha = digest if digest is not None else self.store.upload_digest(transfer_id)
         now = self.clock.now()
         if size != transfer.manifest.size or sha != transfer.manifest.sha256:
             rejected = Decision(AuditEvent.UPLOAD_REJECT, actor, Outcome.REFUSED, IntegrityError.code)

@@ -9,9 +9,12 @@ allows to receive one.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from labrelay.crypto.envelopes import envelope_signer, signed_parts, verify_envelope
 from labrelay.crypto.httpsig import DigestCheck
@@ -19,6 +22,7 @@ from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.names import check_transfer_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, EntryStatus
+from labrelay.domain.timeutil import to_epoch
 from labrelay.domain.transfers import (
     AGE_VERSION_LINE,
     MANIFEST_TYPE,
@@ -55,6 +59,61 @@ class UploadStatus:
     state: TransferState
 
 
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def copy(self) -> _Hash: ...
+    def hexdigest(self) -> str: ...
+
+
+class RunningHashes:
+    """The SHA-256 of each upload in progress, over the bytes this process stored for it, kept as the chunks arrive
+    (so that the end of an upload need not read it back). Per process and in memory only: a hash object cannot be
+    persisted. An entry serves only the chunk that starts exactly where it ends; anything else (a restart, a chunk
+    stored by another replica, an entry evicted past ``limit``) leaves no entry, and the upload is then read back
+    from the store and hashed when it is whole: missing state costs a read, never a check. An entry also names the
+    instant (Unix seconds) this process recorded with the offset: if anyone else moved the upload since (another
+    replica, or recovery restarting it from zero and another replica writing it up to the same offset again), the
+    transfer's ``updated_at`` differs and the entry is not used."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._limit = limit
+        self._held: OrderedDict[str, tuple[int, int, _Hash]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def start(self, transfer_id: str, offset: int, updated_at: int) -> _Hash | None:
+        """A hash of the bytes before ``offset`` to continue with the chunk at ``offset`` of an upload last moved at
+        ``updated_at``; None if unknown."""
+        if offset == 0:
+            return hashlib.sha256()
+        with self._lock:
+            held = self._held.get(transfer_id)
+        if held is None or (held[0], held[1]) != (offset, updated_at):
+            return None
+        return held[2].copy()  # the entry stays valid until the chunk commits: an aborted chunk leaves it as it was
+
+    def keep(self, transfer_id: str, end: int, updated_at: int, running: _Hash | None) -> None:
+        with self._lock:
+            if running is None:
+                self._held.pop(transfer_id, None)
+                return
+            self._held[transfer_id] = (end, updated_at, running)
+            self._held.move_to_end(transfer_id)
+            while len(self._held) > self._limit:
+                self._held.popitem(last=False)
+
+    def take(self, transfer_id: str, size: int) -> tuple[int, str] | None:
+        """(size, SHA-256 hex) of the whole upload of ``size`` bytes if this process hashed all of it; forgotten."""
+        with self._lock:
+            held = self._held.pop(transfer_id, None)
+        if held is None or held[0] != size:
+            return None
+        return size, held[2].hexdigest()
+
+    def forget(self, transfer_id: str) -> None:
+        with self._lock:
+            self._held.pop(transfer_id, None)
+
+
 class UploadService:
     """The sender's side: create a transfer, append its chunks, ask how far it got, cancel it."""
 
@@ -69,6 +128,7 @@ class UploadService:
         self._directory = directory
         self._policies = policies
         self.limits = limits
+        self.hashes = RunningHashes()
 
     # ------------------------------------------------------------ create
 
@@ -244,14 +304,17 @@ class UploadService:
                 raise Conflict(f"upload offset is {transfer.uploaded}, not {offset}")
             if length <= 0 or offset + length > transfer.manifest.size:
                 raise TooLarge(f"chunk of {length} bytes at {offset} overruns the declared size")
+            running = self.hashes.start(transfer_id, offset, to_epoch(transfer.updated_at))
             writer = self._store.writer(transfer_id, offset)
             try:
-                _receive(writer, digest, chunks, offset, length)
+                _receive(writer, digest, chunks, offset, length, running)
             except BaseException:
                 writer.abort()
                 raise
             uploaded = writer.commit()
-            self._repo.set_uploaded(transfer_id, uploaded, self._clock.now())
+            now = self._clock.now()
+            self.hashes.keep(transfer_id, uploaded, to_epoch(now), running if uploaded == offset + length else None)
+            self._repo.set_uploaded(transfer_id, uploaded, now)
             self._audit.record(
                 AuditEvent.UPLOAD_CHUNK, actor=caller.name, transfer_id=transfer_id, offset=offset, length=length
             )
@@ -259,7 +322,7 @@ class UploadService:
                 return UploadStatus(transfer_id, uploaded, transfer.manifest.size, TransferState.UPLOADING)
             rejected: IntegrityError | None = None
             try:
-                state = self._access.publish(transfer, caller.name)
+                state = self._access.publish(transfer, caller.name, self.hashes.take(transfer_id, uploaded))
             except IntegrityError as exc:  # rejected: over like a published one, its lock is released all the same
                 rejected = exc
         self._access.release(transfer_id)
@@ -279,13 +342,21 @@ class UploadService:
                 if current.quarantined_at is not None:
                     raise Conflict(held_words(current))
                 raise Conflict(f"transfer {transfer_id} is {current.state.value}; only uploads can be cancelled")
+        self.hashes.forget(transfer_id)
         self._access.release(transfer_id)
 
 
-def _receive(writer: PayloadWriter, digest: DigestCheck, chunks: Iterable[bytes], offset: int, length: int) -> None:
+def _receive(
+    writer: PayloadWriter,
+    digest: DigestCheck,
+    chunks: Iterable[bytes],
+    offset: int,
+    length: int,
+    running: _Hash | None = None,
+) -> None:
     """Write the request body of a chunk of ``length`` bytes at ``offset``: refused if its length or its digest is
     not what the request said, or if what of it falls within the age header is not that header (nothing counts
-    until the caller commits)."""
+    until the caller commits). ``running``: the upload's SHA-256 so far, fed every byte written."""
     head = b""
     within_header = max(0, len(AGE_VERSION_LINE) - offset)
     received = 0
@@ -294,6 +365,8 @@ def _receive(writer: PayloadWriter, digest: DigestCheck, chunks: Iterable[bytes]
         if received > length:
             raise UsageError("request body longer than its Content-Length")
         digest.update(chunk)
+        if running is not None:
+            running.update(chunk)
         if len(head) < within_header:
             head += chunk[: within_header - len(head)]
         writer.write(chunk)

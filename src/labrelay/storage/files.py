@@ -21,7 +21,8 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -46,11 +47,19 @@ def _io_error(exc: OSError, what: str) -> Exception:
 class _SealingWriter:
     """Seals what it is given into segments after the acknowledged offset; nothing counts until ``commit``."""
 
-    def __init__(self, handle: BinaryIO, segments: SegmentWriter, position: int, path: Path) -> None:
+    def __init__(
+        self,
+        handle: BinaryIO,
+        segments: SegmentWriter,
+        position: int,
+        path: Path,
+        on_commit: Callable[[int, os.stat_result], None] | None = None,
+    ) -> None:
         self._fh = handle
         self._segments = segments
         self._position = position  # where the acknowledged part of the stored file ends
         self._path = path
+        self._on_commit = on_commit
         self._closed = False
 
     def write(self, data: bytes) -> None:
@@ -65,9 +74,12 @@ class _SealingWriter:
             size = self._segments.finish()
             self._fh.flush()
             os.fsync(self._fh.fileno())
+            stat = os.fstat(self._fh.fileno())
         except OSError as exc:
             self.abort()
             raise _io_error(exc, "saving an upload") from exc
+        if self._on_commit is not None:
+            self._on_commit(size, stat)
         self._fh.close()
         self._closed = True
         return size
@@ -96,6 +108,13 @@ class _SealingWriter:
             os.close(fd)
 
 
+_KNOWN_ENDS = 10_000
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class LocalPayloadStore:
     """``labrelay.ports.PayloadStore`` on a local directory, sealing under epoch keys from ``keys``."""
 
@@ -104,6 +123,10 @@ class LocalPayloadStore:
         self.root = root.resolve()
         self.keys = keys
         self.epoch_length = epoch_length
+        # Where each upload this process last committed ends, offset and file position, with the file's identity
+        # then (device, inode, size, mtime): the next chunk resumes there without scanning the file's segments.
+        self._ends: dict[str, tuple[tuple[int, int, int, int], int, int]] = {}
+        self._ends_lock = threading.Lock()
 
     def _path(self, transfer_id: str, suffix: str) -> Path:
         check_transfer_id(transfer_id)
@@ -152,10 +175,12 @@ class LocalPayloadStore:
     def writer(self, transfer_id: str, offset: int) -> _SealingWriter:
         fh = self._open(transfer_id, _UPLOAD, "r+b")
         try:
-            dek, spans, _ = self._layout(transfer_id, fh)
-            position = next((s.position + s.stored for s in spans if s.end == offset), None)
-            if offset == 0:
-                position = HEADER_BYTES
+            fh.seek(0)
+            dek = open_header(transfer_id, fh.read(HEADER_BYTES), self.keys.key)
+            position = HEADER_BYTES if offset == 0 else self._known_end(transfer_id, offset, os.fstat(fh.fileno()))
+            if position is None:  # not the end this process committed last (another replica, a restart): scan
+                _, spans, _ = self._layout(transfer_id, fh)
+                position = next((s.position + s.stored for s in spans if s.end == offset), None)
             if position is None:
                 raise Conflict(f"no stored chunk of {transfer_id} ends at offset {offset}")
             fh.truncate(position)  # bytes past the acknowledged offset were never acknowledged
@@ -166,9 +191,27 @@ class LocalPayloadStore:
         except BaseException:
             fh.close()
             raise
+        with self._ends_lock:
+            self._ends.pop(transfer_id, None)  # until this writer commits, the file may change under it
+
+        def committed(end: int, stat: os.stat_result) -> None:
+            with self._ends_lock:
+                self._ends[transfer_id] = (_identity(stat), end, stat.st_size)
+                while len(self._ends) > _KNOWN_ENDS:
+                    del self._ends[next(iter(self._ends))]
+
         return _SealingWriter(
-            fh, SegmentWriter(fh, dek, transfer_id, offset), position, self._path(transfer_id, _UPLOAD)
+            fh, SegmentWriter(fh, dek, transfer_id, offset), position, self._path(transfer_id, _UPLOAD), committed
         )
+
+    def _known_end(self, transfer_id: str, offset: int, stat: os.stat_result) -> int | None:
+        """The file position where ``offset`` ends, if this process committed exactly there and the file has not
+        changed since (same device, inode, size and modification time); None otherwise."""
+        with self._ends_lock:
+            known = self._ends.get(transfer_id)
+        if known is None or known[0] != _identity(stat) or known[1] != offset or known[2] != stat.st_size:
+            return None
+        return known[2]
 
     def upload_digest(self, transfer_id: str) -> tuple[int, str]:
         digest = hashlib.sha256()
@@ -181,6 +224,8 @@ class LocalPayloadStore:
         return size, digest.hexdigest()
 
     def publish(self, transfer_id: str) -> None:
+        with self._ends_lock:
+            self._ends.pop(transfer_id, None)
         try:
             os.replace(self._path(transfer_id, _UPLOAD), self._path(transfer_id, _PAYLOAD))
             fsync_dir(self.root)

@@ -1,5 +1,10 @@
 """Ciphertext payloads in an S3-compatible bucket, for a relay run as several stateless replicas.
 
+Two stores: ``LedgeredS3PayloadStore`` (what the relay runs, decision 0021) keeps only the chunk objects in the
+bucket and the header, the chunk chain and the published index in the relay's database, so that uploads and
+downloads never list the bucket; ``S3PayloadStore``, described below, is the layout before migration 0009, which
+the ledgered store still reads and deletes for transfers stored that way.
+
 The semantics are those of ``labrelay.storage.files`` (read it first): what is stored is the payload sealed in the
 at-rest format of ``labrelay.crypto.at_rest`` under a data key wrapped under the key of the deadline's epoch (from
 the ``KeyStore``); offsets and sizes are the payload's own. Only the layout differs, because an object store has no
@@ -63,7 +68,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
@@ -77,6 +82,7 @@ from labrelay.domain.names import check_transfer_id, is_transfer_id
 from labrelay.domain.retention import epoch_end
 from labrelay.errors import Conflict, IntegrityError, NotFound, StorageFull, TooLarge, Unavailable
 from labrelay.ports import KeyStore
+from labrelay.storage.ledger import LedgerRow, ObjectLedger
 
 SPOOL_BYTES = 8 * 1024**2
 """A chunk being written stays in memory up to this size, then goes to a temporary file (sealed bytes only)."""
@@ -221,8 +227,16 @@ def _chain(chunks: list[_Chunk], target: int | None = None) -> list[_Chunk] | No
 class _S3Writer:
     """Seals what it is given into a spooled chunk; ``commit`` PUTs it as one object, ``abort`` drops it."""
 
-    def __init__(self, store: S3PayloadStore, transfer_id: str, dek: bytes, offset: int) -> None:
+    def __init__(
+        self,
+        store: S3PayloadStore,
+        transfer_id: str,
+        dek: bytes,
+        offset: int,
+        put: Callable[[str, int, int, IO[bytes], int], None] | None = None,
+    ) -> None:
         self._store = store
+        self._put = put or store._put_chunk
         self._id = transfer_id
         self._offset = offset
         self._spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, mode="w+b")  # noqa: SIM115 - closed by commit or abort
@@ -244,7 +258,7 @@ class _S3Writer:
                 if stored > MAX_PUT_BYTES:
                     raise TooLarge(f"an upload chunk of {end - self._offset} bytes is too large for one S3 PUT")
                 self._spool.seek(0)
-                self._store._put_chunk(self._id, self._offset, end, self._spool, stored)
+                self._put(self._id, self._offset, end, self._spool, stored)
         except OSError as exc:
             raise _spool_error(exc) from exc
         finally:
@@ -474,14 +488,7 @@ class S3PayloadStore:
         what = "publishing a payload"
         header, _ = self._upload(transfer_id, what, "upload to publish")
         chain = _chain(self._chunks(transfer_id, self._entries(what, self._parts(transfer_id)))) or []
-        index = {
-            "format": INDEX_FORMAT,
-            "transfer_id": transfer_id,
-            "header": base64.b64encode(header).decode("ascii"),
-            "size": chain[-1].end if chain else 0,
-            "chunks": [{"start": c.start, "end": c.end, "stored": c.stored, "etag": c.etag} for c in chain],
-        }
-        body = json.dumps(index, separators=(",", ":"), sort_keys=True).encode("ascii")
+        body = _index_body(transfer_id, header, chain)
         if not self._create(what, self._index_key(transfer_id), body):
             raise NotFound(f"no upload to publish for {transfer_id}: it was published")
 
@@ -494,17 +501,7 @@ class S3PayloadStore:
             raw = self._read_small(what, self._index_key(transfer_id), 16 * 1024**2)
         except _Missing:
             raise NotFound(f"no stored payload for {transfer_id}") from None
-        try:
-            index = json.loads(raw)
-            header = base64.b64decode(index["header"], validate=True)
-            chunks = [_Chunk(int(c["start"]), int(c["end"]), int(c["stored"]), str(c["etag"])) for c in index["chunks"]]
-            size = int(index["size"])
-            sound = index["format"] == INDEX_FORMAT and index["transfer_id"] == transfer_id
-            sound = sound and all(0 <= c.start < c.end and c.stored > 0 for c in chunks)
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            sound = False
-        if not sound or _chain(chunks, size) != chunks:
-            raise IntegrityError(f"the stored index of payload {transfer_id} is malformed")
+        header, chunks, size = _parse_index(transfer_id, raw)
         return open_header(transfer_id, header, self.keys.key), chunks, size
 
     def open(self, transfer_id: str, start: int = 0) -> Iterator[bytes]:
@@ -521,7 +518,7 @@ class S3PayloadStore:
             try:
                 response = self._get(what, key, chunk.etag or None)
             except _Missing:
-                if published and not self._exists(what, self._index_key(transfer_id)):
+                if published and not self._still_published(transfer_id, what):
                     raise NotFound(f"payload {transfer_id} was deleted while being read") from None
                 raise IntegrityError(f"stored payload {transfer_id} has lost a chunk") from None
             except _Precondition:
@@ -535,6 +532,9 @@ class S3PayloadStore:
                 raise _translate(exc, what) from exc
             finally:
                 body.close()
+
+    def _still_published(self, transfer_id: str, what: str) -> bool:
+        return self._exists(what, self._index_key(transfer_id))
 
     def size(self, transfer_id: str) -> int:
         _, _, size = self._index(transfer_id, "reading a payload's size")
@@ -583,7 +583,250 @@ class S3PayloadStore:
         return sorted(out)
 
 
+def _index_body(transfer_id: str, header: bytes, chain: list[_Chunk]) -> bytes:
+    index = {
+        "format": INDEX_FORMAT,
+        "transfer_id": transfer_id,
+        "header": base64.b64encode(header).decode("ascii"),
+        "size": chain[-1].end if chain else 0,
+        "chunks": [{"start": c.start, "end": c.end, "stored": c.stored, "etag": c.etag} for c in chain],
+    }
+    return json.dumps(index, separators=(",", ":"), sort_keys=True).encode("ascii")
+
+
+def _parse_index(transfer_id: str, raw: bytes) -> tuple[bytes, list[_Chunk], int]:
+    """(header, chunks, size) of an index; ``IntegrityError`` unless it describes a whole payload from 0."""
+    try:
+        index = json.loads(raw)
+        header = base64.b64decode(index["header"], validate=True)
+        chunks = [_Chunk(int(c["start"]), int(c["end"]), int(c["stored"]), str(c["etag"])) for c in index["chunks"]]
+        size = int(index["size"])
+        sound = index["format"] == INDEX_FORMAT and index["transfer_id"] == transfer_id
+        sound = sound and all(0 <= c.start < c.end and c.stored > 0 for c in chunks)
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        sound = False
+    if not sound or _chain(chunks, size) != chunks:
+        raise IntegrityError(f"the stored index of payload {transfer_id} is malformed")
+    return header, chunks, size
+
+
 def _is_chunk(name: str) -> bool:
     """``<start:016d>-<end:016d>`` with start < end."""
     match = _CHUNK.fullmatch(name)
     return match is not None and int(match[1]) < int(match[2])
+
+
+# ------------------------------------------------------------------ the ledger (decision 0021)
+
+
+_LEDGER_HEADER = "header"
+_LEDGER_PUBLISHED = "published"
+
+
+class LedgeredS3PayloadStore(S3PayloadStore):
+    """The S3 payload store with its metadata in the relay's database: no LIST, no header or index object, on the
+    way of an upload or a download (decision 0021). The bucket holds only the chunk objects,
+    ``parts/<id>/<start:016d>-<end:016d>``, written as before (one PUT each, Content-MD5, sealed). The ledger holds:
+
+    - ``header``: the upload's at-rest header (the data key wrapped under its epoch key), written by ``begin``;
+    - each chunk: recorded *pending* before its PUT, *stored* with its ETag and version after it; the chain from 0
+      is read from these rows, so ``uploaded`` and ``writer`` make no request, and a chunk that was PUT but never
+      acknowledged is known by name and deleted by the next writer;
+    - ``published``: the index (the same JSON the legacy store PUT as ``published/<id>``), written by ``publish``;
+      ``open`` and ``size`` read it, and each chunk is then fetched with If-Match its recorded ETag.
+
+    Deletion first removes the publication (nothing is served any more), then deletes every chunk version the
+    ledger names in one DeleteObjects. It is *verified* without a listing when each chunk was PUT once and its
+    version (or, unversioned, its key) was deleted without error: the ledger named every object before it was
+    written, so nothing else of the transfer can exist. Otherwise (a PUT retried or lost, a deletion error) it
+    lists the transfer's versions as the legacy store always did, and is verified only when nothing is left. The
+    reaper's pass lists the whole prefix (``ids``) and deletes anything of a transfer that is over, whatever wrote
+    it. Transfers written before migration 0009 (no ledger rows) are served and deleted the legacy way."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        keys: KeyStore,
+        epoch_length: timedelta,
+        ledger: ObjectLedger,
+        prefix: str = "",
+    ) -> None:
+        super().__init__(client, bucket, keys, epoch_length, prefix)
+        self.ledger = ledger
+
+    @staticmethod
+    def _row(rows: list[LedgerRow], name: str) -> LedgerRow | None:
+        return next((r for r in rows if r.name == name), None)
+
+    @staticmethod
+    def _stored_chunks(rows: list[LedgerRow]) -> list[_Chunk]:
+        return [
+            _Chunk(int(r.start or 0), int(r.end or 0), int(r.stored or 0), r.etag or "")
+            for r in rows
+            if _is_chunk(r.name) and r.state == "stored"
+        ]
+
+    def _ledger_upload(self, transfer_id: str, rows: list[LedgerRow], missing: str) -> tuple[bytes, bytes]:
+        """(header, data key) of an unpublished upload of the ledger."""
+        header = self._row(rows, _LEDGER_HEADER)
+        if header is None or header.body is None:
+            raise NotFound(f"no {missing} for {transfer_id}")
+        if self._row(rows, _LEDGER_PUBLISHED) is not None:
+            raise NotFound(f"no {missing} for {transfer_id}: it was published")
+        raw = base64.b64decode(header.body)
+        return raw, open_header(transfer_id, raw, self.keys.key)
+
+    # -------------------------------------------------------------- the upload
+
+    def begin(self, transfer_id: str, deadline: datetime) -> None:
+        if self.ledger.rows(check_transfer_id(transfer_id)):
+            raise Conflict(f"an upload for {transfer_id} already exists")
+        epoch = epoch_end(deadline, self.epoch_length)
+        header, _ = make_header(transfer_id, epoch, self.keys.create(epoch))
+        if not self.ledger.create(transfer_id, _LEDGER_HEADER, base64.b64encode(header).decode("ascii")):
+            raise Conflict(f"an upload for {transfer_id} already exists")
+
+    def uploaded(self, transfer_id: str) -> int:
+        rows = self.ledger.rows(check_transfer_id(transfer_id))
+        if not rows:
+            return super().uploaded(transfer_id)
+        self._ledger_upload(transfer_id, rows, "upload in progress")
+        chain = _chain(self._stored_chunks(rows))
+        return chain[-1].end if chain else 0
+
+    def writer(self, transfer_id: str, offset: int) -> _S3Writer:
+        what = "resuming an upload"
+        rows = self.ledger.rows(check_transfer_id(transfer_id))
+        if not rows:
+            return super().writer(transfer_id, offset)
+        _, dek = self._ledger_upload(transfer_id, rows, "upload in progress")
+        kept = _chain(self._stored_chunks(rows), offset) if offset >= 0 else None
+        if kept is None:
+            raise Conflict(f"no stored chunk of {transfer_id} ends at offset {offset}")
+        keep = {c.name() for c in kept}
+        drop = [r for r in rows if _is_chunk(r.name) and r.name not in keep and r.state != "dropped"]
+        if drop:  # never acknowledged: past the offset, off the chain, or a PUT whose outcome is unknown
+            self._drop(transfer_id, drop, what)
+        return _S3Writer(self, transfer_id, dek, offset, self._put_ledgered)
+
+    def _drop(self, transfer_id: str, rows: list[LedgerRow], what: str) -> None:
+        """Delete these chunk objects; a row whose every version is now proven gone leaves the ledger, any other
+        stays as *dropped* (the final deletion lists the transfer's versions because of it)."""
+        errors = self._delete_known(transfer_id, rows, what)
+        proven = [r.name for r in rows if _exact(r) and r.name not in errors]
+        if proven:
+            self.ledger.remove(transfer_id, proven)
+        unsure = [r.name for r in rows if r.name not in proven]
+        if unsure:
+            self.ledger.mark(transfer_id, unsure, "dropped")
+
+    def _delete_known(self, transfer_id: str, rows: list[LedgerRow], what: str) -> set[str]:
+        """One DeleteObjects (per 1,000) for these chunk objects, by version where known; the names it failed on."""
+        parts = self._parts(transfer_id)
+        objects = [{"Key": parts + r.name, **({"VersionId": r.version} if r.version else {})} for r in rows]
+        failed: set[str] = set()
+        for i in range(0, len(objects), _DELETE_BATCH):
+            try:
+                answer = self._call(
+                    what, "delete_objects", Delete={"Objects": objects[i : i + _DELETE_BATCH], "Quiet": True}
+                )
+            except (_Missing, _Precondition, _NotImplemented) as exc:
+                raise _unavailable(what, type(exc).__name__.strip("_")) from exc
+            failed.update(str(e.get("Key", ""))[len(parts) :] for e in answer.get("Errors", []) or [])
+        return failed
+
+    def _put_ledgered(self, transfer_id: str, start: int, end: int, body: IO[bytes], stored: int) -> None:
+        what = "saving an upload chunk"
+        name = f"{start:016d}-{end:016d}"
+        md5 = hashlib.md5(usedforsecurity=False)
+        for block in iter(lambda: body.read(READ_BLOCK), b""):
+            md5.update(block)
+        body.seek(0)
+        digest = base64.b64encode(md5.digest()).decode("ascii")
+        self.ledger.pending(transfer_id, name, start, end)  # before the PUT: whatever lands is known
+        try:
+            answer = self._call(
+                what, "put_object", Key=self._parts(transfer_id) + name, Body=body, ContentLength=stored,
+                ContentMD5=digest,
+            )  # fmt: skip
+        except (_Missing, _Precondition, _NotImplemented) as exc:
+            raise _unavailable(what, type(exc).__name__.strip("_")) from exc
+        retried = int((answer.get("ResponseMetadata", {}) or {}).get("RetryAttempts", 0) or 0) > 0
+        version = answer.get("VersionId")
+        self.ledger.stored(transfer_id, name, stored, str(answer["ETag"]), str(version) if version else None, retried)
+
+    def upload_digest(self, transfer_id: str) -> tuple[int, str]:
+        what = "reading back an upload"
+        rows = self.ledger.rows(check_transfer_id(transfer_id))
+        if not rows:
+            return super().upload_digest(transfer_id)
+        _, dek = self._ledger_upload(transfer_id, rows, "upload in progress")
+        chain = _chain(self._stored_chunks(rows)) or []
+        digest = hashlib.sha256()
+        size = 0
+        for block in self._stream(transfer_id, dek, chain, 0, what, published=False):
+            digest.update(block)
+            size += len(block)
+        return size, digest.hexdigest()
+
+    def publish(self, transfer_id: str) -> None:
+        rows = self.ledger.rows(check_transfer_id(transfer_id))
+        if not rows:
+            super().publish(transfer_id)
+            return
+        header, _ = self._ledger_upload(transfer_id, rows, "upload to publish")
+        chain = _chain(self._stored_chunks(rows)) or []
+        body = _index_body(transfer_id, header, chain).decode("ascii")
+        if not self.ledger.create(transfer_id, _LEDGER_PUBLISHED, body, chain[-1].end if chain else 0):
+            raise NotFound(f"no upload to publish for {transfer_id}: it was published")
+
+    # -------------------------------------------------------------- the payload
+
+    def _index(self, transfer_id: str, what: str) -> tuple[bytes, list[_Chunk], int]:
+        rows = self.ledger.rows(check_transfer_id(transfer_id))
+        if not rows:
+            return super()._index(transfer_id, what)
+        published = self._row(rows, _LEDGER_PUBLISHED)
+        if published is None or published.body is None:
+            raise NotFound(f"no stored payload for {transfer_id}")
+        header, chunks, size = _parse_index(transfer_id, published.body.encode("ascii"))
+        return open_header(transfer_id, header, self.keys.key), chunks, size
+
+    def _still_published(self, transfer_id: str, what: str) -> bool:
+        rows = self.ledger.rows(transfer_id)
+        if not rows:
+            return super()._still_published(transfer_id, what)
+        return self._row(rows, _LEDGER_PUBLISHED) is not None
+
+    # -------------------------------------------------------------- housekeeping
+
+    def delete(self, transfer_id: str) -> bool:
+        what = "deleting a payload"
+        rows = self.ledger.rows(check_transfer_id(transfer_id))
+        if not rows:
+            return super().delete(transfer_id)
+        if self._row(rows, _LEDGER_PUBLISHED) is not None:
+            self.ledger.remove(transfer_id, [_LEDGER_PUBLISHED])  # first: the payload stops being served at once
+        chunks = [r for r in rows if _is_chunk(r.name)]
+        failed = self._delete_known(transfer_id, chunks, what) if chunks else set()
+        gone = not failed and all(_exact(r) for r in chunks)
+        if not gone:  # something the ledger cannot vouch for: list the transfer's versions, purge, list again
+            gone = super().delete(transfer_id)
+        if gone:
+            self.ledger.remove(transfer_id)
+        return gone
+
+    def ids(self) -> Iterator[str]:
+        """Every transfer with an object in the bucket (a listing: the reaper's pass) or a row in the ledger."""
+        yield from sorted(set(super().ids()) | set(self.ledger.ids()))
+
+    def has_bytes(self, transfer_id: str) -> bool:
+        if self.ledger.rows(check_transfer_id(transfer_id)):
+            return True
+        return super().has_bytes(transfer_id)
+
+
+def _exact(row: LedgerRow) -> bool:
+    """Whether the ledger names every version of this chunk object: PUT once, its answer received."""
+    return row.state == "stored" and row.attempts == 1

@@ -67,6 +67,24 @@ transfers = Table(
     Index("ix_transfers_recipient_state", "recipient", "state"),
 )
 
+# The S3 payload store's ledger (migration 0009, decision 0021): every object it wrote for a transfer, the upload's
+# at-rest header (the data key wrapped under its epoch key: no payload byte) and the publication (the index of the
+# published chunks), so that uploads and downloads never list the bucket. Empty on the local directory store.
+payload_objects = Table(
+    "payload_objects",
+    metadata,
+    Column("transfer_id", String(36), primary_key=True),
+    Column("name", String(40), primary_key=True),  # "header", "published", or a chunk's <start:016d>-<end:016d>
+    Column("state", String(10), nullable=False),  # pending (PUT under way), stored, dropped (off the chain)
+    Column("start", BigInteger, nullable=True),
+    Column("end", BigInteger, nullable=True),
+    Column("stored", BigInteger, nullable=True),  # bytes of the object
+    Column("etag", String(80), nullable=True),
+    Column("version", String(1024), nullable=True),  # the object version the PUT created (versioned buckets)
+    Column("attempts", BigInteger, nullable=False),  # PUTs of this key (1: every version of it is known)
+    Column("body", Text, nullable=True),  # the header (base64) or the published index (JSON)
+)
+
 policies = Table(
     "policies",
     metadata,
