@@ -273,7 +273,8 @@ class CsvReader:
         if (widest or 0) + 3 * expected > RAW_MAX * expected:
             return None
         record = (pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + offset).alias("_record")
-        frame = frame.select(*self._fields(), record, pl.lit(False).alias("_control"))
+        # One chunk per column (polars parses a block in several): every expression of validation runs faster on one.
+        frame = frame.select(*self._fields(), record, pl.lit(False).alias("_control")).rechunk()
         return Batch(frame, [], frame.height)  # padded: the validator probes the values (cheaper than the bytes)
 
     def _parsed_twice(self, data: bytes, offset: int, control: bool) -> Batch | None:
