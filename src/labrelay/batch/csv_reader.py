@@ -7,9 +7,11 @@ columns (``labrelay.domain.records.OPTIONAL``) may be left out and read as empty
 whole records (a newline closes a record only outside quotes), so memory is bounded by the block size whatever
 the file's size.
 
-Each block takes the fast path when it can: polars parses it, and a second look at the block as lines counts each
-record's fields (quoted segments removed first), which finds short and long records that polars would otherwise
-pad or truncate. A block polars refuses (broken quoting, a record spanning lines) is parsed again record by record
+Each block takes the fast path when it can. The common block (no control character, no broken record) is parsed
+once: polars refuses a record with a field too many, and the block's length equal to its values, separators,
+quotes and line ends proves that none has one too few (decision 0022). Any other block is parsed a second time as
+lines, to count each record's fields, which finds short and long records that polars would otherwise pad or
+truncate. A block polars refuses (broken quoting, a record spanning lines) is parsed again record by record
 with Python's ``csv`` module. Either way every record is numbered (1-based, header excluded) and ends up in the
 batch's frame or in its structural rejections: one bad record never fails the file.
 """
