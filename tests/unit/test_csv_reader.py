@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random  # noqa: TID251 - seeded: reproducible blocks
 from pathlib import Path
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
-from labrelay.batch.csv_reader import CsvReader
+from labrelay.batch.csv_reader import CsvLayout, CsvReader, _decode_line, to_utf8
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run
-from labrelay.domain.records import FIELDS, OPTIONAL, Reason
+from labrelay.domain.records import FIELDS, INVISIBLE_RANGES, OPTIONAL, Reason
 from labrelay.errors import NotResults
 from labrelay.synthetic.generator import nir_key
 from tests.support.records import PADDED, good, line, validator
@@ -271,3 +273,105 @@ def test_values_padded_with_spaces_are_trimmed_wherever_they_sit(tmp_path: Path,
     assert summary.accepted == 2
     [batch] = list(CsvReader(path).batches())
     assert batch.padded
+
+
+# ---------------------------------------------------------------- one parse or two (issue 22): same batches
+
+
+def _block(rng: random.Random, sep: str) -> bytes:
+    """A few records of the template's width, most well-formed, some with a field too few or too many, quoted
+    values (some holding the separator or an escaped quote), stray quotes, blank lines, LF or CRLF."""
+    records = []
+    for _ in range(rng.randrange(1, 8)):
+        width = len(FIELDS) + (rng.choice((-2, -1, 1, 2)) if rng.random() < 0.1 else 0)
+        values = []
+        for _ in range(width):
+            odd = rng.random() < 0.02
+            value = "".join(
+                rng.choice(["a", "é", " ", sep, '"', '""', "b"] if odd else ["a", "é", " ", "b", sep])
+                for _ in range(rng.randrange(4))
+            )
+            if sep in value or rng.random() < 0.3:
+                value = '"' + value.replace('"', '""') + '"'
+            elif rng.random() < 0.02:
+                value = rng.choice(['"', ' "', '"a"b', 'a"', '"a" ', '""', '"""']) + value
+            values.append(value)
+        records.append(sep.join(values))
+    if rng.random() < 0.05:
+        records.insert(rng.randrange(len(records)), "")
+    end = rng.choice(["\n", "\r\n"])
+    return (end.join(records) + (end if rng.random() < 0.9 else "")).encode()
+
+
+def _reader(sep: str) -> CsvReader:
+    reader = CsvReader.__new__(CsvReader)
+    reader.layout = CsvLayout(sep, FIELDS, (), False)
+    reader._schema = dict.fromkeys(FIELDS, pl.String)
+    reader._clean = True
+    return reader
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_parse_gives_what_two_parses_give(seed: int) -> None:
+    """The one-parse path takes a block only when it is sure to read it as the two-parse path does: on random
+    blocks (short and long records, quoted separators, escaped and stray quotes, blank lines, CRLF), every batch it
+    gives equals the two-parse path's, rejections included."""
+    rng = random.Random(seed)
+    taken = 0
+    for _ in range(400):
+        sep = rng.choice(",;")
+        data = _block(rng, sep)
+        reader = _reader(sep)
+        once = reader._parsed_once(data, 7, quotes=data.count(b'"'), cr=data.count(b"\r"))
+        if once is None:
+            continue
+        taken += 1
+        twice = reader._parsed_twice(data, 7, control=False)
+        assert twice is not None, data
+        assert (once.rejected, once.read) == (twice.rejected, twice.read), data
+        assert_frame_equal(once.frame, twice.frame)
+    assert taken > 60  # the test means something: a fair share of the blocks take one parse
+
+
+def test_a_long_or_short_record_deep_in_a_large_block_is_still_found() -> None:
+    """Polars parses a large block in several chunks; a record with a field too many (which the one-parse path
+    leaves to polars to refuse) or too few, far from the block's start, is still rejected as such."""
+    rec = line(good()).encode() + b"\n"
+    reader = _reader(",")
+    for broken, reason in ((rec[:-1] + b",x\n", Reason.EXTRA_FIELDS), (rec.split(b",", 1)[1], Reason.MISSING_FIELDS)):
+        data = rec * 30_000 + broken + rec * 30_000
+        batch = reader._fast(data, 0)
+        assert batch is not None
+        assert batch.rejected == [(30_001, "*", str(reason))]
+        assert batch.frame.height == 60_000
+
+
+def test_windows_1252_blocks_read_as_line_by_line() -> None:
+    """A block that is not UTF-8 is decoded whole as Windows-1252 only when no line of it is UTF-8 beyond ASCII:
+    the same text as decoding each line, on random mixes of both encodings."""
+    rng = random.Random(22)
+    pieces = [b"a", b"\xe9", b"\x92", b"\xc3\xa9", b"\xe2\x80\x99", b"\n", b"\x81", b"\xed\xa0\x80", b"\xc3", b"\xf0"]
+    for _ in range(5000):
+        block = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        expected = b"\n".join(_decode_line(part).encode() for part in block.split(b"\n"))
+        assert to_utf8(block) == expected, block
+
+
+@pytest.mark.threat("T40")
+def test_every_invisible_character_marks_its_block() -> None:
+    """The reader skips the invisible-character rule only for a block without any lead byte of one: every
+    character of INVISIBLE_RANGES, in any value, keeps the rule (and refuses the record) in the whole pipeline."""
+    reader = _reader(",")
+    clean = line(good()).encode() + b"\n"
+    assert reader._fast(clean * 3, 0).invisible is False  # type: ignore[union-attr]
+    for lo, hi in INVISIBLE_RANGES:
+        for cp in {lo, hi, (lo + hi) // 2}:
+            data = clean + line(good(nom=f"DU{chr(cp)}PONT")).encode() + b"\n"
+            batch = reader._fast(data, 0)
+            assert batch is not None
+            assert batch.invisible, hex(cp)
+            result = validator().validate(batch.frame, padded=batch.padded, invisible=batch.invisible)
+            assert result.rejections.filter(pl.col("record") == 2)["reason"].to_list() in (
+                [Reason.INVISIBLE.value],
+                [Reason.CONTROL.value],  # the C1 controls are control characters to the reader as well
+            ), hex(cp)

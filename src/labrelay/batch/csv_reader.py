@@ -7,9 +7,11 @@ columns (``labrelay.domain.records.OPTIONAL``) may be left out and read as empty
 whole records (a newline closes a record only outside quotes), so memory is bounded by the block size whatever
 the file's size.
 
-Each block takes the fast path when it can: polars parses it, and a second look at the block as lines counts each
-record's fields (quoted segments removed first), which finds short and long records that polars would otherwise
-pad or truncate. A block polars refuses (broken quoting, a record spanning lines) is parsed again record by record
+Each block takes the fast path when it can. The common block (no control character, no broken record) is parsed
+once: polars refuses a record with a field too many, and the block's length equal to its values, separators,
+quotes and line ends proves that none has one too few (decision 0022). Any other block is parsed a second time as
+lines, to count each record's fields, which finds short and long records that polars would otherwise pad or
+truncate. A block polars refuses (broken quoting, a record spanning lines) is parsed again record by record
 with Python's ``csv`` module. Either way every record is numbered (1-based, header excluded) and ends up in the
 batch's frame or in its structural rejections: one bad record never fails the file.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from labrelay.domain.records import FIELDS, OPTIONAL, RAW_MAX, REQUIRED, Reason
+from labrelay.domain.records import FIELDS, INVISIBLE_RANGES, OPTIONAL, RAW_MAX, REQUIRED, Reason
 from labrelay.errors import NotResults, Unreadable
 
 BLOCK_BYTES = 8 * 1024 * 1024  # measured: memory grows with it, time hardly shrinks (docs/performance.md)
@@ -34,6 +36,10 @@ BOM = b"\xef\xbb\xbf"
 _QUOTED = r'"(?:[^"]|"")*"'
 LINE_CONTROL = r"[\x00-\x0c\x0e-\x1f\x7f]|\r."
 _CONTROL_BYTES = bytes([*range(0x0A), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])  # all but LF and CR
+# The first bytes of the UTF-8 encodings of every character of INVISIBLE_RANGES: a block holding none of them holds
+# no such character. One ``bytes.translate`` keeps these, the control bytes, CR and the quote, deleting the rest.
+_INVISIBLE_LEADS = bytes(sorted({chr(cp).encode()[0] for lo, hi in INVISIBLE_RANGES for cp in range(lo, hi + 1)}))
+_NOT_SCANNED = bytes(sorted(set(range(256)) - {*_CONTROL_BYTES, *_INVISIBLE_LEADS, ord("\r"), ord('"')}))
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Batch:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (record, field, reason)
     read: int = 0  # records read: frame.height + distinct rejected records
     padded: bool = True  # False when the reader knows no value has spaces around it (nothing to trim)
+    invisible: bool = True  # False when the reader knows no value holds a character of INVISIBLE_RANGES
 
 
 @dataclass(frozen=True)
@@ -75,10 +82,16 @@ def _decode_line(line: bytes) -> str:
 
 
 def to_utf8(block: bytes) -> bytes:
-    """``block`` as UTF-8: unchanged when it is UTF-8, else decoded line by line (UTF-8, else Windows-1252)."""
+    """``block`` as UTF-8: unchanged when it is UTF-8, else decoded line by line (UTF-8, else Windows-1252).
+
+    A block holding no valid UTF-8 sequence beyond ASCII (what decoding it with errors ignored keeps is ASCII) has
+    no line that is valid UTF-8 and not ASCII: every line reads the same as Windows-1252, so the block is decoded
+    whole (about three times faster than line by line)."""
     try:
         block.decode("utf-8")
     except UnicodeDecodeError:
+        if block.decode("utf-8", errors="ignore").isascii():
+            return block.decode("cp1252", errors="labrelay-whatwg-1252").encode("utf-8")
         return "\n".join(_decode_line(line) for line in block.split(b"\n")).encode("utf-8")
     return block
 
@@ -183,6 +196,7 @@ class CsvReader:
         self.layout = sniff(path)
         self.block_bytes = block_bytes
         self._schema = dict.fromkeys(self.layout.columns, pl.String)
+        self._clean = True  # the last block had no broken record: the next one is tried in one parse
 
     def _fields(self) -> list[pl.Expr]:
         """The template's fields in template order; an optional column the file leaves out is empty."""
@@ -191,17 +205,83 @@ class CsvReader:
 
     def batches(self) -> Iterator[Batch]:
         seen = 0
+        converted = False  # the last block was not UTF-8: the next one is converted first (a file keeps its encoding)
         for block in _blocks(self.path, self.block_bytes):
-            batch = self._fast(block, seen)  # polars checks UTF-8 itself
-            if batch is None:
+            data = to_utf8(block) if converted else block
+            batch = self._fast(data, seen)  # polars checks UTF-8 itself
+            if batch is None and data is block:
                 data = to_utf8(block)
-                batch = (self._fast(data, seen) if data is not block else None) or self._slow(data, seen)
+                batch = self._fast(data, seen) if data is not block else None
+            if batch is None:
+                batch = self._slow(data, seen)
+            converted = data is not block
+            self._clean = not batch.rejected
             seen += batch.read
             yield batch
 
     # ------------------------------------------------------------ fast path: polars
 
     def _fast(self, data: bytes, offset: int) -> Batch | None:
+        kept = data.translate(None, _NOT_SCANNED)  # the bytes that matter here, few: one pass over the block
+        control = len(kept.translate(None, _INVISIBLE_LEADS + b'\r"')) != 0
+        if b"\r" in kept:
+            control = control or data.count(b"\r") != data.count(b"\r\n")  # a CR that does not end a line
+        invisible = len(kept.translate(None, _CONTROL_BYTES + b'\r"')) != 0
+        once = not control and self._clean  # after a block with broken records, the next one likely has some too
+        batch = self._parsed_once(data, offset, quotes=kept.count(b'"'), cr=kept.count(b"\r")) if once else None
+        if batch is None:
+            batch = self._parsed_twice(data, offset, control)
+        if batch is not None:
+            batch.invisible = invisible
+        return batch
+
+    def _parsed_once(self, data: bytes, offset: int, *, quotes: int, cr: int) -> Batch | None:
+        """The common block (no control character, no blank line, no quote but around a whole value, no record too
+        long or of another width) in one parse, or None when the block is not that.
+
+        Parsed with ``truncate_ragged_lines=False``, polars refuses a block in which some record has more fields
+        than the header. Every other departure from the common block makes the block longer than the sum of its
+        values, separators, quotes, CRs and LFs (a record with fewer fields is padded with empty values, an
+        escaped or stray quote is one byte in the value for one or two in the file), and nothing makes it
+        shorter; so the block is the common one exactly when its length is that sum and each line is one record
+        (a quote opening a value across a line end joins two). Anything else goes to ``_parsed_twice``."""
+        expected = len(self.layout.columns)
+        if not data or data.startswith(BOM):
+            return None  # polars would drop a BOM
+        lines = (newlines := data.count(b"\n")) + (not data.endswith(b"\n"))
+        try:
+            frame = pl.read_csv(
+                data,
+                has_header=False,
+                new_columns=list(self.layout.columns),
+                schema=self._schema,
+                separator=self.layout.separator,
+                empty_string_is_null=False,
+                truncate_ragged_lines=False,
+                raise_if_empty=False,
+            )
+        except pl.exceptions.PolarsError:
+            return None
+        if frame.height != lines:
+            return None
+        lengths = [pl.col(c).str.len_bytes().cast(pl.Int64) for c in self.layout.columns]
+        values, widest = frame.select(
+            pl.sum_horizontal(lengths).sum().alias("values"), pl.sum_horizontal(lengths).max().alias("widest")
+        ).row(0)
+        if (values or 0) + lines * (expected - 1) + quotes + cr + newlines != len(data):
+            return None
+        # A record longer than RAW_MAX bytes per field is refused: none is when the widest record's values, with its
+        # separators, two quotes per value and a CR, are within the bound.
+        if (widest or 0) + 3 * expected > RAW_MAX * expected:
+            return None
+        record = (pl.int_range(1, pl.len() + 1, dtype=pl.Int64) + offset).alias("_record")
+        # One chunk per column (polars parses a block in several): every expression of validation runs faster on one.
+        frame = frame.select(*self._fields(), record, pl.lit(False).alias("_control")).rechunk()
+        return Batch(frame, [], frame.height)  # padded: the validator probes the values (cheaper than the bytes)
+
+    def _parsed_twice(self, data: bytes, offset: int, control: bool) -> Batch | None:
+        """Any block polars can parse: once as records, once as lines to count each record's fields, find blank
+        lines, long records and the records holding a control character."""
         expected = len(self.layout.columns)
         sep = self.layout.separator
         quoted = b'"' in data
@@ -215,8 +295,10 @@ class CsvReader:
                 schema={"line": pl.String},
                 empty_string_is_null=False,
             )
-            if quoted and lines.select(pl.col("line").str.count_matches('"', literal=True).mod(2).sum()).item():
-                return None  # a quoted field spans lines: let the csv module pair them up
+            if quoted:
+                lines = lines.with_columns(pl.col("line").str.count_matches('"', literal=True).alias("_quotes"))
+                if lines.select(pl.col("_quotes").mod(2).sum()).item():
+                    return None  # a quoted field spans lines: let the csv module pair them up
             frame = pl.read_csv(
                 data,
                 has_header=False,
@@ -234,10 +316,6 @@ class CsvReader:
         line = pl.col("line")
         length = line.str.len_bytes()
         fields, padded = self._field_counts(lines, quoted)
-        # Control characters: one pass over the bytes says whether any line needs the per-line pattern.
-        control = len(data.translate(None, _CONTROL_BYTES)) != len(data) or (
-            b"\r" in data and data.count(b"\r") != data.count(b"\r\n")
-        )
         shape = pl.concat([lines, frame], how="horizontal").select(
             fields.alias("fields"),
             ((length == 0) | ((length == 1) & (line == "\r"))).alias("blank"),
@@ -245,6 +323,8 @@ class CsvReader:
             line.str.contains(LINE_CONTROL).alias("_control") if control else pl.lit(False).alias("_control"),
             line,
         )
+        if quoted:
+            shape = self._counted_exactly(shape)
         frame = pl.concat([frame.select(self._fields()), shape], how="horizontal")
         if frame.select(pl.col("blank").any()).item():
             frame = frame.filter(~pl.col("blank"))
@@ -262,15 +342,20 @@ class CsvReader:
         expected = len(self.layout.columns)
         sep = self.layout.separator
         line = pl.col("line")
+        crlf = line.str.ends_with("\r").cast(pl.Int64)
+        parsed = pl.sum_horizontal([pl.col(c).str.len_bytes().cast(pl.Int64) for c in self.layout.columns])
+        length = line.str.len_bytes().cast(pl.Int64)
         if quoted:
-            return line.str.replace_all(_QUOTED, "").str.count_matches(sep, literal=True) + 1, True
+            # With quotes, the same holds of a record none of whose values holds a quote (every quote on its line
+            # then opens or closes a value): its line is as long as its values, separators and quotes. Other
+            # records (-1 here) are counted exactly by ``_counted_exactly``.
+            plain = ~pl.any_horizontal([pl.col(c).str.contains('"', literal=True) for c in self.layout.columns])
+            whole = plain & (length == parsed + (expected - 1) + pl.col("_quotes") + crlf)
+            return pl.when(whole).then(expected).otherwise(-1), True
         # Without quotes, a record has all its fields exactly when its line is as long as its fields plus the
         # separators between them: a short record (padded with empty fields) or a long one (truncated) is
         # not. Byte lengths are free in Arrow (offsets), unlike counting separators; the few lines that fail
         # are counted exactly below, to say whether fields are missing or extra.
-        crlf = line.str.ends_with("\r").cast(pl.Int64)
-        parsed = pl.sum_horizontal([pl.col(c).str.len_bytes().cast(pl.Int64) for c in self.layout.columns])
-        length = line.str.len_bytes().cast(pl.Int64)
         fields = pl.when(length == parsed + (expected - 1) + crlf).then(expected).otherwise(-1)
         # Can a value carry spaces around it? Only next to a separator or at either end of a line.
         spaced = (
@@ -281,6 +366,21 @@ class CsvReader:
             | line.str.ends_with(" \r")
         )
         return fields, bool(lines.select(spaced.any()).item())
+
+    def _counted_exactly(self, shape: pl.DataFrame) -> pl.DataFrame:
+        """``shape`` with the fields of each record marked -1 counted: the separators outside quoted segments."""
+        unsure = shape.select((pl.col("fields") == -1).arg_true()).to_series()
+        if not len(unsure):
+            return shape
+        counted = (
+            shape.get_column("line")
+            .gather(unsure)
+            .str.replace_all(_QUOTED, "")
+            .str.count_matches(self.layout.separator, literal=True)
+            .cast(pl.Int64)
+            + 1
+        )
+        return shape.with_columns(shape.get_column("fields").cast(pl.Int64).scatter(unsure, counted))
 
     def _rejections(self, bad: pl.DataFrame, quoted: bool) -> list[tuple[int, str, str]]:
         """The broken records' reasons: too long, or fields missing or extra (counted exactly here)."""

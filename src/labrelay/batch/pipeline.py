@@ -228,7 +228,7 @@ def run(
             summary.read += batch.read
             structural = {record for record, _, _ in batch.rejected}
             report.add(batch.rejected)
-            result = validator.validate(batch.frame, padded=batch.padded)
+            result = validator.validate(batch.frame, padded=batch.padded, invisible=batch.invisible)
             report.add(list(result.rejections.iter_rows()))
             summary.rejected += len(structural) + result.rejected_records
             accepted = result.accepted

@@ -252,8 +252,9 @@ class Validator:
         checks.append(Check("date_validation", Reason.DATE_ORDER_VALIDATION, validated < sample))
         return checks
 
-    def _screen(self) -> pl.Expr:
-        """True when a record breaks some rule: equivalent to any of ``self.checks``, at a fraction of the cost."""
+    def _screen(self, invisible: bool = True) -> pl.Expr:
+        """True when a record breaks some rule: equivalent to any of ``self.checks``, at a fraction of the cost.
+        ``invisible=False``: the reader knows that no value holds an invisible character (that rule is left out)."""
         too_long = [_v(n).str.len_bytes() > MAX_LENGTH[n] for n in FIELDS]
         missing = [_v(n).str.len_bytes() == 0 for n in sorted(REQUIRED)]
         nir = _v("nir")
@@ -275,7 +276,7 @@ class Validator:
             *too_long,
             *missing,
             *(_v(n).str.contains(_FORMULA) for n in FORMULA_FIELDS),
-            pl.concat_str([_v(n) for n in FORMULA_FIELDS]).str.contains(_INVISIBLE),
+            *([pl.concat_str([_v(n) for n in FORMULA_FIELDS]).str.contains(_INVISIBLE)] if invisible else []),
             *dates,
             ~nir.str.contains(_anchored(_NIR)),
             ~key_ok,
@@ -296,15 +297,16 @@ class Validator:
 
     # ------------------------------------------------------------ the batch
 
-    def validate(self, frame: pl.DataFrame, *, padded: bool = True) -> ValidationResult:
+    def validate(self, frame: pl.DataFrame, *, padded: bool = True, invisible: bool = True) -> ValidationResult:
         """Split a batch. ``frame`` may carry ``_control`` (the reader's per-record flag); otherwise it is computed.
-        ``padded=False``: the reader knows that no value has spaces around it."""
+        ``padded=False``: the reader knows that no value has spaces around it; ``invisible=False``: that no value
+        holds a character of ``INVISIBLE_RANGES``."""
         if "_control" not in frame.columns:
             control = pl.concat_str([pl.col(n).fill_null("") for n in FIELDS]).str.contains(CONTROL)
             frame = frame.with_columns(control.alias("_control"))
         needs = self._needs(frame, padded)
         prepared = frame.lazy().with_columns(self._prepared(needs)).with_columns(self._parsed(needs))
-        checked = prepared.with_columns(self._screen().alias("_bad")).collect()
+        checked = prepared.with_columns(self._screen(invisible).alias("_bad")).collect()
         if checked.select(pl.col("_bad").any()).item():
             bad, good = checked.filter(pl.col("_bad")), checked.filter(~pl.col("_bad"))
         else:  # the common case: no copy
@@ -344,8 +346,9 @@ class Validator:
     def _normalise(good: pl.DataFrame) -> pl.DataFrame:
         commune = _v("code_commune_insee")
         sample, birth = _d("date_prelevement"), _d("date_naissance")
-        before_birthday = (sample.dt.month() < birth.dt.month()) | (
-            (sample.dt.month() == birth.dt.month()) & (sample.dt.day() < birth.dt.day())
+        # Month and day as one number (MMDD): one comparison, four date-part extractions instead of six.
+        before_birthday = (sample.dt.month().cast(pl.Int32) * 100 + sample.dt.day().cast(pl.Int32)) < (
+            birth.dt.month().cast(pl.Int32) * 100 + birth.dt.day().cast(pl.Int32)
         )
         values = {n: _v(n).alias(n) for n in FIELDS}
         values.update({n: _d(n).alias(n) for n in DATE_FIELDS})
@@ -354,9 +357,6 @@ class Validator:
         return good.select(
             *(values[n] for n in FIELDS),
             pl.col("_record"),
-            pl.when(commune.str.starts_with("97"))
-            .then(commune.str.slice(0, 3))
-            .otherwise(commune.str.slice(0, 2))
-            .alias("_department"),
+            commune.str.head(2 + commune.str.starts_with("97").cast(pl.Int64)).alias("_department"),
             (sample.dt.year() - birth.dt.year() - before_birthday.cast(pl.Int32)).alias("age"),
         )
