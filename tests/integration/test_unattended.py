@@ -242,7 +242,6 @@ def test_the_same_file_twice_reaches_each_recipient_once(world: World, tmp_path:
     assert resent["sent_again"] is True
 
 
-
 def test_a_source_sent_before_is_finished_whatever_a_new_plan_would_say(world: World, tmp_path: Path) -> None:
     """The plan (policy, recipients, DPO) is made while the source is hashed; for a source sent before it is not
     used, and its failure is not raised: the batch is finished as it was before the plan was made first."""
@@ -256,6 +255,7 @@ def test_a_source_sent_before_is_finished_whatever_a_new_plan_would_say(world: W
     assert refused.code != 0, str(refused)
     assert "cnam" in refused.err
     assert transfers_on_relay(world) == 1
+
 
 class DropsAfterFirstUpload:
     """Wraps the relay client: the connection drops after the first payload of the batch is uploaded."""
