@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from labrelay.client.api import RelayClient
 from labrelay.client.lock import party_lock
 from labrelay.client.routed import SendOptions, send_results
 from labrelay.client.send import seal
@@ -242,21 +244,39 @@ def test_the_same_file_twice_reaches_each_recipient_once(world: World, tmp_path:
     assert resent["sent_again"] is True
 
 
+def test_a_source_sent_before_is_finished_whatever_a_new_plan_would_say(world: World, tmp_path: Path) -> None:
+    """The plan (policy, recipients, DPO) is made while the source is hashed; for a source sent before it is not
+    used, and its failure is not raised: the batch is finished as it was before the plan was made first."""
+    source = batch_file(tmp_path, "results.csv")
+    code, first = send_json(world, source, "--to", "cnam")
+    assert code == 0, first
+    again = send(world, source, "--to", "cnam", "--dpo", "cnam")  # cnam is no DPO: a new plan is refused
+    assert again.code == 0, str(again)
+    assert f"already sent as batch {first['batch_id']}" in again.out
+    refused = send(world, source, "--to", "cnam", "--dpo", "cnam", "--again")
+    assert refused.code != 0, str(refused)
+    assert "cnam" in refused.err
+    assert transfers_on_relay(world) == 1
+
+
 class DropsAfterFirstUpload:
-    """Wraps the relay client: the connection drops after the first payload of the batch is uploaded."""
+    """Wraps the relay client: the connection drops after the first payload of the batch is uploaded. Payloads are
+    uploaded several at a time (client/send.upload_all): the others wait for the first to finish, then fail."""
 
     def __init__(self, client) -> None:
         self._client = client
         self.uploads = 0
+        self._one_at_a_time = threading.Lock()
 
     def __getattr__(self, name: str):
         return getattr(self._client, name)
 
     def upload(self, *args, **kwargs) -> None:
-        if self.uploads >= 1:
-            raise Unavailable("connection reset by peer")
-        self.uploads += 1
-        self._client.upload(*args, **kwargs)
+        with self._one_at_a_time:
+            if self.uploads >= 1:
+                raise Unavailable("connection reset by peer")
+            self.uploads += 1
+            self._client.upload(*args, **kwargs)
 
 
 def test_an_interrupted_send_is_finished_by_the_next_never_repeated(world: World, tmp_path: Path) -> None:
@@ -264,7 +284,9 @@ def test_an_interrupted_send_is_finished_by_the_next_never_repeated(world: World
     third time."""
     source = batch_file(tmp_path, "results.csv")
     lab = world.parties["lab-paris-01"]
-    with world.client("lab-paris-01") as client, pytest.raises(Unavailable):
+    # Retries as the CLI makes them: the first payload's upload overlaps the second's creation on a loaded relay.
+    client = RelayClient(world.url, lab.name, lab.signing_key, SystemClock(), retries=4, backoff=0.1)
+    with client, pytest.raises(Unavailable):
         send_results(
             lab, DropsAfterFirstUpload(client), source, SystemClock(), SendOptions(restrict=["cnam", "ars-11"])
         )

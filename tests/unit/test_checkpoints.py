@@ -55,6 +55,30 @@ def test_book_pins_the_key_and_refuses_going_back(tmp_path: Path) -> None:
     assert [c.seq for c in again.held_for_key(key.public.b64)] == [10, 12]
 
 
+@pytest.mark.threat("T11")
+def test_overlapping_requests_may_answer_an_older_head_never_one_below_what_was_known(tmp_path: Path) -> None:
+    """Uploads run several requests at once: the answer to one sent when the client knew record 10 may arrive
+    after the answer to a later one (14), carrying 12. It is verified, not kept; below 10 it is a log gone back."""
+    key = SigningKey.generate()
+    book = CheckpointBook(tmp_path / "checkpoints.json")
+    book.observe(URL, cp(key, 10))
+    book.observe(URL, cp(key, 14, at=T0 + timedelta(minutes=1)))
+    book.observe(URL, cp(key, 12), floor=10)
+    held = book.book(URL)
+    assert held is not None
+    assert held.latest is not None
+    assert held.latest.seq == 14
+    with pytest.raises(AuditTampered, match="went back"):
+        book.observe(URL, cp(key, 9), floor=10)
+    with pytest.raises(AuditTampered, match="went back"):
+        book.observe(URL, cp(key, 12))  # no request in flight: the latest is the floor
+    with pytest.raises(AuditTampered, match="another relay key"):
+        book.observe(URL, cp(SigningKey.generate(), 12), floor=10)
+    forged = cp(key, 12)
+    with pytest.raises(AuditTampered):
+        book.observe(URL, Checkpoint(forged.relay_key, 13, forged.hash, forged.at, forged.signature), floor=10)
+
+
 class LyingRelay:
     """What ``check_history`` sees of a relay: its answers, which a dishonest relay chooses."""
 

@@ -101,3 +101,34 @@ def test_a_failure_on_the_writer_stops_the_run(batch_file: Path) -> None:
     assert len(sinks["spf"].frames) == 3
     # The reader stopped within a block of the failure: not every block was handed to the writer.
     assert len(sinks["cnam"].frames) <= 5
+
+
+class FailingIndex(PersonsIndexSink):
+    """A persons index whose stream fails at its ``fail_on``-th block (a full disk under the ledger)."""
+
+    def __init__(self, fail_on: int, transfer_ids: dict[str, str]) -> None:
+        super().__init__(Bytes(), transfer_ids, new_key())
+        self.fail_on = fail_on
+        self.blocks = 0
+        self.threads: set[str] = set()
+
+    def add(self, accepted: pl.DataFrame, routed: dict[str, pl.DataFrame]) -> None:  # type: ignore[override]
+        self.threads.add(threading.current_thread().name)
+        if self.blocks == self.fail_on:
+            raise StorageFull("no space left for the ledger")
+        self.blocks += 1
+        super().add(accepted, routed)
+
+
+def test_the_ledger_is_written_on_its_own_thread_and_its_failure_stops_the_run(batch_file: Path) -> None:
+    sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
+    persons = FailingIndex(3, {name: f"t-{name}" for name in sinks})
+    with pytest.raises(StorageFull, match="ledger"):
+        routed_run(batch_file, sinks, persons)
+    assert persons.blocks == 3
+    assert len(sinks["cnam"].frames) <= 5  # stopped within a block or two of the failure
+    writers = set().union(*(s.threads for s in sinks.values()))
+    assert persons.threads
+    assert writers
+    assert not persons.threads & writers
+    assert threading.current_thread().name not in persons.threads

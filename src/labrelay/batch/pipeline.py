@@ -217,13 +217,16 @@ def run(
     person goes to the persons index of the sender's breach ledger with the destinations that received it.
 
     The routed records of a block are written (serialised, then compressed and sealed by the sinks' streams) by
-    one writer thread while the next block is read and validated: at most one block in flight, written in order;
-    a failure in the writer stops the run at the next block, and the run does not return before every write
-    has finished."""
+    one writer thread, and its persons by another (the ledger's own polars work, CSV, gzip and age), while the next
+    block is read and validated: at most one block in flight, each stream written in order; a failure in a writer
+    stops the run at the next block, and the run does not return before every write has finished."""
     sinks = sinks or {}
     row_ids = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer") as writer:
-        writing: Future[None] | None = None
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer") as writer,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer") as ledger,
+    ):
+        writing: list[Future[None]] = []
         for batch in reader.batches():
             summary.read += batch.read
             structural = {record for record, _, _ in batch.rejected}
@@ -245,15 +248,17 @@ def run(
                     review.add(held)
                     held_records = held.select(pl.col("_record").n_unique()).item()
                 if sinks:
-                    if writing is not None:
-                        writing.result()  # the previous block is written (or its failure raised here)
-                    writing = writer.submit(_write_block, sinks, routed, persons, accepted)
+                    for previous in writing:
+                        previous.result()  # the previous block is written (or its failure raised here)
+                    writing = [writer.submit(_write_block, sinks, routed)]
+                    if persons is not None:
+                        writing.append(ledger.submit(persons.add, accepted, routed))
             summary.held += held_records
             summary.accepted += accepted.height - held_records
             if on_batch is not None:
                 on_batch(batch)
-        if writing is not None:
-            writing.result()
+        for previous in writing:
+            previous.result()
     return summary
 
 
@@ -269,13 +274,6 @@ def _count_held(summary: Summary, held: pl.DataFrame) -> None:
         count.positives += positives
 
 
-def _write_block(
-    sinks: Mapping[str, RecordSink],
-    routed: Mapping[str, pl.DataFrame],
-    persons: PersonsIndexSink | None,
-    accepted: pl.DataFrame,
-) -> None:
-    if persons is not None:
-        persons.add(accepted, routed)
+def _write_block(sinks: Mapping[str, RecordSink], routed: Mapping[str, pl.DataFrame]) -> None:
     for name, frame in routed.items():
         sinks[name].write_frame(frame)

@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -141,6 +142,7 @@ class RelayClient:
         self.base = check_server_url(server)
         self.checkpoints = checkpoints
         self.checkpoint: Checkpoint | None = None
+        self._observing = threading.Lock()  # uploads run on several threads (client/send.upload_all)
         self.keyid = keyid
         self._key = key
         self._clock = clock
@@ -196,6 +198,7 @@ class RelayClient:
             digest=digest,
         )
         request = self._http.build_request(method, url, content=content, headers=signed)
+        floor = self.checkpoint.seq if self.checkpoint is not None else None  # what the relay had said by now
         try:
             response = self._http.send(request, stream=stream)
         except httpx.TimeoutException as exc:
@@ -207,25 +210,27 @@ class RelayClient:
                     hint="pass --cacert with the CA that signed it (or LABRELAY_CA_BUNDLE)",
                 ) from exc
             raise Unavailable(f"relay {self.base} unreachable: {exc}") from exc
-        self._observe(response)
+        self._observe(response, floor)
         if response.status_code >= 400:
             if stream:
                 response.read()
             raise self._error(response)
         return response
 
-    def _observe(self, response: httpx.Response) -> None:
-        """Keep the relay's signed audit head, if it sent one (every response to a signed request does)."""
+    def _observe(self, response: httpx.Response, floor: int | None) -> None:
+        """Keep the relay's signed audit head, if it sent one (every response to a signed request does); ``floor``:
+        the latest record this client had seen when it sent the request (requests may overlap: uploads)."""
         value = response.headers.get(CHECKPOINT_HEADER)
         if value is None:
             return
         checkpoint = decode_header(value)
-        if self.checkpoints is not None:
-            self.checkpoints.observe(self.base, checkpoint)
-        else:
-            verify_checkpoint(checkpoint)
-        if self.checkpoint is None or checkpoint.seq >= self.checkpoint.seq:
-            self.checkpoint = checkpoint
+        with self._observing:
+            if self.checkpoints is not None:
+                self.checkpoints.observe(self.base, checkpoint, floor=floor)
+            else:
+                verify_checkpoint(checkpoint)
+            if self.checkpoint is None or checkpoint.seq >= self.checkpoint.seq:
+                self.checkpoint = checkpoint
 
     def _error(self, response: httpx.Response) -> LabrelayError:
         hint = None

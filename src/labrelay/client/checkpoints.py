@@ -42,12 +42,20 @@ class CheckpointBook:
     def book(self, url: str) -> RelayBook | None:
         return self._relays.get(url)
 
-    def observe(self, url: str, checkpoint: Checkpoint) -> None:
-        """A checkpoint the relay at ``url`` just sent: verify, compare, keep."""
+    def observe(self, url: str, checkpoint: Checkpoint, *, floor: int | None = None) -> None:
+        """A checkpoint the relay at ``url`` just sent: verify, compare, keep.
+
+        ``floor``: the latest record this client had seen when it sent the request answered (None: the request was
+        the only one in flight). The answer to a request sent alongside others may carry an older head than the
+        answer to a later one: it is verified with the pinned key and refused below ``floor``, not kept."""
         book = self._relays.get(url)
         if book is None:  # first contact: pin the key it names
             book = self._relays[url] = RelayBook.pinned_by(checkpoint)
         hint = f"if the relay's operator announced a new key, remove {url} from {self.path}"
+        latest = book.latest
+        if floor is not None and latest is not None and floor <= checkpoint.seq < latest.seq:
+            RelayBook(book.relay_key).observe(checkpoint, url, hint)  # its signature, by the pinned key
+            return
         if book.observe(checkpoint, url, hint):
             self._dirty = True
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -51,7 +52,7 @@ from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
 from labrelay.domain.records import FIELDS
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import Manifest
-from labrelay.errors import OperationalError, PermissionDenied, SecurityError, UsageError
+from labrelay.errors import LabrelayError, OperationalError, PermissionDenied, SecurityError, UsageError
 from labrelay.jsonfile import read_json
 from labrelay.ports import Clock
 from labrelay.refdata import communes, department_regions
@@ -201,14 +202,16 @@ def send_results(
     if party.role not in SENDING_ROLES:
         raise PermissionDenied(f"{party.name} is a {party.role.value}; only lab parties send")
     fmt, reader = open_reader(source, options.input_format)  # local first: is this a results file at all?
-    source_digest = digest(source)
+    source_digest, first = _digest_and_plan(party, client, clock, options, source)
+    planned: _Planned | None = first
     known = find_sent(party, source_digest, again=options.again, requested=options.restrict or ())
     if known is not None:
         finished = _finish_known(party, client, clock, known, progress, rerouted=rerouted)
         if finished is not None:
             return finished
         rerouted = True  # forgotten: routed again below, under the policy in force
-    plan = _plan(party, client, clock, options)
+        planned = None  # planned before the stale batch was forgotten: planned again, under the policy in force
+    plan = planned.result() if planned is not None else _plan(party, client, clock, options)
     created = clock.now()
     record = BatchEntry(
         batch_id=new_id(),
@@ -242,6 +245,34 @@ def send_results(
         skipped=routed.skipped,
         missing=plan.router.missing,
     )
+
+
+@dataclass
+class _Planned:
+    """The plan made while the source was hashed, or the failure to make it: raised only if the source is to be
+    sent (a source sent before is finished whatever the plan would have said, as when it was made after)."""
+
+    plan: _Plan | None = None
+    error: LabrelayError | None = None
+
+    def result(self) -> _Plan:
+        if self.plan is None:
+            raise self.error or OperationalError("internal error: a send without a plan")
+        return self.plan
+
+
+def _digest_and_plan(
+    party: Party, client: RelayClient, clock: Clock, options: SendOptions, source: Path
+) -> tuple[SourceDigest, _Planned]:
+    """The source's SHA-256 (one pass over the file, on a thread: hashlib and the reads release the GIL) while the
+    plan is made (the policy and every recipient verified, reference data loaded: mostly waiting on the relay)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest") as hashing:
+        hashed = hashing.submit(digest, source)
+        try:
+            planned = _Planned(plan=_plan(party, client, clock, options))
+        except LabrelayError as exc:
+            planned = _Planned(error=exc)
+        return hashed.result(), planned
 
 
 def _finish_known(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -54,6 +55,10 @@ from labrelay.jsonfile import read_json, write_json_atomic
 from labrelay.ports import Clock
 
 UPLOAD_CHUNK = 16 * 1024 * 1024  # memory does not depend on it: chunks stream from the spool file
+UPLOAD_THREADS = 3
+"""Payloads of a batch uploaded at once, each on its own connection: the relay creates a transfer and makes each
+chunk durable (hash, seal at rest, store) while the client waits, so one upload at a time leaves both sides mostly
+idle. Below the relay's ``max_uploads_per_party`` (4), which a refusal would be retried after anyway."""
 MEDIA_TYPES = {
     ".csv": "text/csv",
     ".json": "application/json",
@@ -334,9 +339,32 @@ def find_sent(
     return latest
 
 
+def upload_all(
+    party: Party, client: RelayClient, pending_paths: Sequence[Path], progress: Progress | None = None
+) -> list[Sent]:
+    """Upload each pending payload (``upload``), ``UPLOAD_THREADS`` at a time, the largest first; the results in the
+    order given. On a failure no payload not yet started is, those under way finish (or fail), and the first failure
+    (in the order given) is raised: what was not uploaded stays pending, for ``labrelay resume``."""
+    if len(pending_paths) <= 1:
+        return [upload(party, client, pending_path, progress) for pending_path in pending_paths]
+    largest_first = sorted(pending_paths, key=lambda p: p.with_suffix(".age").stat().st_size, reverse=True)
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+        futures = {p: pool.submit(upload, party, client, p, progress) for p in largest_first}
+        wait(futures.values(), return_when=FIRST_EXCEPTION)
+        if any(f.done() and f.exception() is not None for f in futures.values()):
+            for future in futures.values():
+                future.cancel()
+            wait(futures.values())
+            for pending_path in pending_paths:  # the first failure in the caller's order, as one at a time would
+                future = futures[pending_path]
+                if not future.cancelled() and (error := future.exception()) is not None:
+                    raise error
+    return [futures[pending_path].result() for pending_path in pending_paths]
+
+
 def finish_sent(party: Party, client: RelayClient, record: BatchEntry, progress: Progress | None = None) -> SendOutcome:
     """A source sent before: upload whatever of its batch is still pending, and say how far delivery got."""
-    sent = [upload(party, client, pending_path, progress) for pending_path in pending_of(party, record.batch_id)]
+    sent = upload_all(party, client, pending_of(party, record.batch_id), progress)
     if record.state != SENT:
         record.state = SENT
         BatchIndex(party.path).save(record)
@@ -367,7 +395,7 @@ def upload_batch(
     index = BatchIndex(party.path)
     record.state = SEALED
     index.save(record)
-    sent = [upload(party, client, pending_path, progress) for pending_path in pending_paths]
+    sent = upload_all(party, client, pending_paths, progress)
     record.state = SENT
     index.save(record)
     return sent
