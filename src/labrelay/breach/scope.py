@@ -385,23 +385,29 @@ def name_persons(
             "readable_professionals": counts[PROFESSIONAL],
             "ciphertext_only_patients": counts["exposed"] - counts[PATIENT],
         }
-        path, partial = out / "affected.csv", Path(tmp) / "affected.csv"
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w+b") as fh:
-            fh.write(pl.DataFrame(schema=dict.fromkeys(AFFECTED_COLUMNS, pl.String)).write_csv().encode())
-            for number in range(counts["slices"]):
-                part = spill.read("slice", number)
-                if part is not None:
-                    for piece in part.sort("_seq").drop("_seq").iter_slices(20_000):
-                        fh.write(piece.write_csv(include_header=False).encode())
-            fh.flush()
-            fh.seek(0)
-            digest = hashlib.sha256()
-            while chunk := fh.read(1 << 20):  # what was written, read back by the descriptor that wrote it
-                digest.update(chunk)
-        os.replace(partial, path)  # whole or not at all
-    scope.affected_sha256 = digest.hexdigest()
+        path = out / "affected.csv"
+        scope.affected_sha256 = _write_affected(spill, counts["slices"], Path(tmp) / "affected.csv", path)
     return path
+
+
+def _write_affected(spill: _Spill, slices: int, partial: Path, path: Path) -> str:
+    """Write the reduced slices in order of first appearance to ``partial`` (0600), hash what was written, then
+    move it to ``path`` whole or not at all; the hex SHA-256 of the list."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w+b") as fh:
+        fh.write(pl.DataFrame(schema=dict.fromkeys(AFFECTED_COLUMNS, pl.String)).write_csv().encode())
+        for number in range(slices):
+            part = spill.read("slice", number)
+            if part is not None:
+                for piece in part.sort("_seq").drop("_seq").iter_slices(20_000):
+                    fh.write(piece.write_csv(include_header=False).encode())
+        fh.flush()
+        fh.seek(0)
+        digest = hashlib.sha256()
+        while chunk := fh.read(1 << 20):  # what was written, read back by the descriptor that wrote it
+            digest.update(chunk)
+    os.replace(partial, path)  # whole or not at all
+    return digest.hexdigest()
 
 
 def _rows_of(ledger: LedgerReader) -> int:
