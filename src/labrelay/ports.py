@@ -93,7 +93,9 @@ class TransferRepository(Protocol):
 
     def get(self, transfer_id: str) -> Transfer | None: ...
 
-    def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> None: ...
+    def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> str:
+        """Record the upload's offset; returns the new upload mark (a token no other write shares)."""
+        ...
 
     def transition(
         self,

@@ -5,6 +5,7 @@ Each security decision the relay takes is tried here with an input that must be 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import threading
@@ -32,6 +33,7 @@ from labrelay.errors import (
     UntrustedEntry,
     UsageError,
 )
+from labrelay.relay.uploads import RunningHashes
 from tests.support.relay_setup import T0, Setup, digest_of, read_all, request
 
 # ------------------------------------------------------------------ the happy path, then each refusal
@@ -157,6 +159,31 @@ def test_the_whole_upload_is_hashed_as_it_arrives_and_read_back_only_without_tha
         uploads.append(lab.caller, tid, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]])
         assert read_back[-1] == tid
         assert read_all(setup, cnam, tid) == data
+
+
+@pytest.mark.threat("T7")
+def test_a_running_hash_is_not_continued_over_an_upload_rewritten_to_the_same_offset_in_the_same_second(
+    setup: Setup,
+) -> None:
+    """Recovery restarts an upload from zero and another replica writes it up to the same offset again, within the
+    same second: this replica's running hash is of bytes no longer stored. It must not be continued (the upload is
+    read back and the rewritten bytes refused), whatever the clock says."""
+    lab, cnam = setup.member("lab-a", Role.LAB), setup.member("cnam", Role.RECIPIENT)
+    uploads, store, transfers = setup.relay.services.uploads, setup.relay.payloads, setup.relay.sql.transfers
+    other = copy.copy(uploads)  # another replica: the same database and store, its own running hashes
+    other.hashes = RunningHashes()
+    envelope, data = setup.seal(lab, cnam, b"z" * 30000)
+    transfer, _ = uploads.create(lab.caller, envelope)
+    tid = transfer.transfer_id
+    uploads.append(lab.caller, tid, 0, 1000, digest_of(data[:1000]), [data[:1000]])
+    store.delete(tid)  # the bytes are lost; recovery restarts the upload from zero (same second: the clock stands)
+    store.begin(tid, transfer.deadline)
+    transfers.set_uploaded(tid, 0, setup.clock.now())
+    rewritten = data[:900] + bytes(b ^ 0xFF for b in data[900:1000])  # past the age header
+    other.append(lab.caller, tid, 0, 1000, digest_of(rewritten), [rewritten])
+    with pytest.raises(IntegrityError, match="do not match the signed manifest"):
+        uploads.append(lab.caller, tid, 1000, len(data) - 1000, digest_of(data[1000:]), [data[1000:]])
+    assert transfers.get(tid).state is TransferState.REJECTED
 
 
 @pytest.mark.threat("T7")

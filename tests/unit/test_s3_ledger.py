@@ -202,6 +202,24 @@ def test_a_put_retried_after_its_answer_was_lost_is_deleted_by_listing_its_versi
     assert store.ledger.rows(tid) == []
 
 
+def test_versioning_enabled_after_the_upload_does_not_leave_the_ciphertext_behind_a_delete_marker(
+    s3_server: S3Server, client: Any, keys: FileKeyStore, engine: Engine
+) -> None:
+    """Chunks PUT to an unversioned bucket have no version id; if the operator enables versioning before deletion,
+    a delete by key only adds a delete marker and the ciphertext stays as a noncurrent version. Deletion must see
+    the marker in the answer, list the transfer's versions and purge them, and be verified only when none is left."""
+    bucket = s3_server.create_bucket(versioned=False)
+    store = ledgered(client, bucket, keys, engine)
+    tid = upload(store, plaintext(60_000), [30_000, 30_000])
+    assert all(r.version is None for r in store.ledger.rows(tid) if r.name[0].isdigit())
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    requests = Requests(client)
+    assert store.delete(tid)
+    assert "ListObjectVersions" in requests.take()
+    assert keys_in(store) == []  # no noncurrent version, no delete marker
+    assert store.ledger.rows(tid) == []
+
+
 def test_uploads_written_before_the_ledger_are_served_and_deleted_the_legacy_way(
     store: LedgeredS3PayloadStore, client: Any, keys: FileKeyStore
 ) -> None:

@@ -543,6 +543,7 @@ class Transfer:
     quarantined_at: datetime | None = None  # an admin, a detection rule or its recipient held it: never served again
     refusal_envelope: Mapping[str, Any] | None = None  # the recipient's signed refusal (it is quarantined too)
     quarantine_reason: QuarantineReason | None = None  # why it is held (None for holds recorded before migration 0007)
+    upload_mark: str | None = None  # a random token the repository writes with every offset change (not a time)
 
     @property
     def transfer_id(self) -> str:

@@ -22,7 +22,6 @@ from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.audit import AuditEvent, Outcome
 from labrelay.domain.names import check_transfer_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, EntryStatus
-from labrelay.domain.timeutil import to_epoch
 from labrelay.domain.transfers import (
     AGE_VERSION_LINE,
     MANIFEST_TYPE,
@@ -71,32 +70,32 @@ class RunningHashes:
     persisted. An entry serves only the chunk that starts exactly where it ends; anything else (a restart, a chunk
     stored by another replica, an entry evicted past ``limit``) leaves no entry, and the upload is then read back
     from the store and hashed when it is whole: missing state costs a read, never a check. An entry also names the
-    instant (Unix seconds) this process recorded with the offset: if anyone else moved the upload since (another
-    replica, or recovery restarting it from zero and another replica writing it up to the same offset again), the
-    transfer's ``updated_at`` differs and the entry is not used."""
+    upload mark the repository wrote with the offset (a random token, new on every write): if anyone else moved the
+    upload since (another replica, or recovery restarting it from zero and another replica writing it up to the same
+    offset again, even within the same second), the transfer's ``upload_mark`` differs and the entry is not used."""
 
     def __init__(self, limit: int = 10_000) -> None:
         self._limit = limit
-        self._held: OrderedDict[str, tuple[int, int, _Hash]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[int, str, _Hash]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def start(self, transfer_id: str, offset: int, updated_at: int) -> _Hash | None:
-        """A hash of the bytes before ``offset`` to continue with the chunk at ``offset`` of an upload last moved at
-        ``updated_at``; None if unknown."""
+    def start(self, transfer_id: str, offset: int, mark: str | None) -> _Hash | None:
+        """A hash of the bytes before ``offset`` to continue with the chunk at ``offset`` of an upload whose offset
+        was last written with upload mark ``mark``; None if unknown."""
         if offset == 0:
             return hashlib.sha256()
         with self._lock:
             held = self._held.get(transfer_id)
-        if held is None or (held[0], held[1]) != (offset, updated_at):
+        if held is None or mark is None or (held[0], held[1]) != (offset, mark):
             return None
         return held[2].copy()  # the entry stays valid until the chunk commits: an aborted chunk leaves it as it was
 
-    def keep(self, transfer_id: str, end: int, updated_at: int, running: _Hash | None) -> None:
+    def keep(self, transfer_id: str, end: int, mark: str, running: _Hash | None) -> None:
         with self._lock:
             if running is None:
                 self._held.pop(transfer_id, None)
                 return
-            self._held[transfer_id] = (end, updated_at, running)
+            self._held[transfer_id] = (end, mark, running)
             self._held.move_to_end(transfer_id)
             while len(self._held) > self._limit:
                 self._held.popitem(last=False)
@@ -304,7 +303,7 @@ class UploadService:
                 raise Conflict(f"upload offset is {transfer.uploaded}, not {offset}")
             if length <= 0 or offset + length > transfer.manifest.size:
                 raise TooLarge(f"chunk of {length} bytes at {offset} overruns the declared size")
-            running = self.hashes.start(transfer_id, offset, to_epoch(transfer.updated_at))
+            running = self.hashes.start(transfer_id, offset, transfer.upload_mark)
             writer = self._store.writer(transfer_id, offset)
             try:
                 _receive(writer, digest, chunks, offset, length, running)
@@ -312,9 +311,9 @@ class UploadService:
                 writer.abort()
                 raise
             uploaded = writer.commit()
-            now = self._clock.now()
-            self.hashes.keep(transfer_id, uploaded, to_epoch(now), running if uploaded == offset + length else None)
-            self._repo.set_uploaded(transfer_id, uploaded, now)
+            self.hashes.forget(transfer_id)  # until the offset is recorded: a failed write leaves no entry
+            mark = self._repo.set_uploaded(transfer_id, uploaded, self._clock.now())
+            self.hashes.keep(transfer_id, uploaded, mark, running if uploaded == offset + length else None)
             self._audit.record(
                 AuditEvent.UPLOAD_CHUNK, actor=caller.name, transfer_id=transfer_id, offset=offset, length=length
             )

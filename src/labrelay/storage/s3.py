@@ -722,18 +722,21 @@ class LedgeredS3PayloadStore(S3PayloadStore):
             self.ledger.mark(transfer_id, unsure, "dropped")
 
     def _delete_known(self, transfer_id: str, rows: list[LedgerRow], what: str) -> set[str]:
-        """One DeleteObjects (per 1,000) for these chunk objects, by version where known; the names it failed on."""
+        """One DeleteObjects (per 1,000) for these chunk objects, by version where known; the names not surely gone.
+        Not quiet: an object is gone only if the answer lists it deleted without a delete marker. A delete by key in a
+        bucket whose versioning was enabled since the PUT only adds a marker (the ciphertext survives as a
+        noncurrent version); that, an error, or a name the answer does not mention leaves the name to the listing."""
         parts = self._parts(transfer_id)
         objects = [{"Key": parts + r.name, **({"VersionId": r.version} if r.version else {})} for r in rows]
         failed: set[str] = set()
         for i in range(0, len(objects), _DELETE_BATCH):
+            batch = objects[i : i + _DELETE_BATCH]
             try:
-                answer = self._call(
-                    what, "delete_objects", Delete={"Objects": objects[i : i + _DELETE_BATCH], "Quiet": True}
-                )
+                answer = self._call(what, "delete_objects", Delete={"Objects": batch, "Quiet": False})
             except (_Missing, _Precondition, _NotImplemented) as exc:
                 raise _unavailable(what, type(exc).__name__.strip("_")) from exc
-            failed.update(str(e.get("Key", ""))[len(parts) :] for e in answer.get("Errors", []) or [])
+            gone = {str(d.get("Key", "")) for d in answer.get("Deleted", []) or [] if not d.get("DeleteMarker")}
+            failed.update(str(o["Key"])[len(parts) :] for o in batch if o["Key"] not in gone)
         return failed
 
     def _put_ledgered(self, transfer_id: str, start: int, end: int, body: IO[bytes], stored: int) -> None:

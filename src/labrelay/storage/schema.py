@@ -64,6 +64,7 @@ transfers = Table(
     Column("quarantined_at", BigInteger, nullable=True),
     Column("refusal_envelope", Text, nullable=True),  # the recipient's signed refusal (migration 0005)
     Column("quarantine_reason", String(16), nullable=True),  # why it is held: admin, revoked, refused, corrupt (0007)
+    Column("upload_mark", String(32), nullable=True),  # a random token, new on every offset write (0009)
     Index("ix_transfers_recipient_state", "recipient", "state"),
 )
 

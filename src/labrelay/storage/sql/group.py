@@ -33,30 +33,40 @@ class GroupCommit(Generic[Item, Result]):
         self._open: _Batch[Item, Result] | None = None
 
     def submit(self, item: Item) -> Result:
-        with self._queue:
-            batch = self._open
-            leader = batch is None or len(batch.items) >= self._max
-            if batch is None or leader:
-                batch = self._open = _Batch()
-            index = len(batch.items)
-            batch.items.append(item)
-        if leader:
-            with self.lock:
-                with self._queue:  # what arrives from now on waits for the next transaction
-                    if self._open is batch:
-                        self._open = None
-                try:
-                    results = self._write(batch.items)
-                    if len(results) != len(batch.items):
+        mine: _Batch[Item, Result] | None = None  # the batch this call leads, from the moment it is made
+        committed = False
+        try:
+            with self._queue:
+                batch = self._open
+                if batch is None or len(batch.items) >= self._max:
+                    mine = _Batch()
+                    self._open = mine
+                    batch = mine
+                index = len(batch.items)
+                batch.items.append(item)
+            if mine is not None:
+                with self.lock:
+                    self._close(mine)  # what arrives from now on waits for the next transaction
+                    results = self._write(mine.items)
+                    if len(results) != len(mine.items):
                         raise RuntimeError("a group commit wrote a different number of results than items")
-                    batch.results = results
-                except BaseException as exc:
-                    batch.error = exc
-                    raise
-                finally:
-                    batch.done.set()
-        else:
+                    mine.results = results
+                    committed = True
+        except BaseException as exc:
+            if mine is not None and not committed:
+                mine.error = exc
+            raise
+        finally:
+            if mine is not None:  # whatever stopped the leader (even KeyboardInterrupt while waiting for the lock),
+                self._close(mine)  # no later write joins its batch and every write in it is answered
+                mine.done.set()
+        if mine is None:
             batch.done.wait()
             if batch.error is not None:
                 raise batch.error
         return batch.results[index]
+
+    def _close(self, batch: _Batch[Item, Result]) -> None:
+        with self._queue:
+            if self._open is batch:
+                self._open = None

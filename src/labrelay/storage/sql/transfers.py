@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -54,10 +55,13 @@ class SqlTransfers:
             row = conn.execute(select(schema.transfers).where(schema.transfers.c.id == transfer_id)).first()
         return _transfer(row) if row else None
 
-    def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> None:
+    def set_uploaded(self, transfer_id: str, uploaded: int, at: datetime) -> str:
         t = schema.transfers
+        mark = secrets.token_hex(16)  # new on every write: equal marks mean nobody else moved the upload since
+        values = {"uploaded": uploaded, "updated_at": to_epoch(at), "upload_mark": mark}
         with self._db.begin() as conn:
-            conn.execute(update(t).where(t.c.id == transfer_id).values(uploaded=uploaded, updated_at=to_epoch(at)))
+            conn.execute(update(t).where(t.c.id == transfer_id).values(**values))
+        return mark
 
     def transition(
         self,
@@ -213,6 +217,7 @@ def _transfer(row: Any) -> Transfer:
         quarantined_at=from_epoch(row.quarantined_at) if row.quarantined_at is not None else None,
         refusal_envelope=json.loads(row.refusal_envelope) if row.refusal_envelope else None,
         quarantine_reason=_quarantine_reason(row.quarantine_reason),
+        upload_mark=row.upload_mark,
     )
 
 

@@ -1,5 +1,7 @@
 """The S3 payload store's ledger (decision 0021): what the relay wrote to the bucket for each transfer, so that
-uploads and downloads need no listing. One row per upload header, per chunk object and per publication.
+uploads and downloads need no listing. One row per upload header, per chunk object and per publication. And
+``transfers.upload_mark``: a random token written with every change of an upload's offset, so that a replica's
+running hash of an upload is used only if nobody else moved the upload since (``RunningHashes``).
 
 Revision ID: 0009
 Revises: 0008
@@ -15,6 +17,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("transfers", sa.Column("upload_mark", sa.String(32), nullable=True))
     op.create_table(
         "payload_objects",
         sa.Column("transfer_id", sa.String(36), primary_key=True),
@@ -39,3 +42,5 @@ def downgrade() -> None:
             "or expire (the reaper empties the table) before downgrading"
         )
     op.drop_table("payload_objects")
+    with op.batch_alter_table("transfers") as batch:  # SQLite drops columns by copying the table
+        batch.drop_column("upload_mark")
