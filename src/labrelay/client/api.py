@@ -368,13 +368,21 @@ class RelayClient:
         size: int,
         chunk_size: int,
         on_progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Upload ``source`` resumably: start from the relay's offset; after a failure, ask it again and go on."""
+        """Upload ``source`` resumably: start from the relay's offset; after a failure, ask it again and go on.
+        ``stop``, once set, ends the upload before its next chunk (``OperationalError``; the relay keeps what it
+        has, for a later resume)."""
         offset = self.upload_offset(transfer_id)
         if on_progress:
             on_progress(offset)
         failures = 0
         while offset < size:
+            if stop is not None and stop.is_set():
+                raise OperationalError(
+                    f"upload of transfer {transfer_id} stopped at byte {offset} of {size}",
+                    hint="labrelay resume uploads the rest",
+                )
             try:
                 new_offset = self.upload_region(transfer_id, source, offset, min(chunk_size, size - offset))
             except (Unavailable, Conflict) as exc:
