@@ -174,6 +174,9 @@ def test_scenario_b_a_stolen_recipient_key_names_exactly_its_undelivered_persons
     counted = cli("breach", "notify", "--scope", miscounted, "--controller", controller_file(world.root), "--no-pdf")
     assert counted.code == 3, str(counted)
     assert "its scope counted" in str(counted)
+    # ... before any letter, e-mail or call list is left behind: only the art. 33 draft (for the DPO) is written.
+    left = sorted(p.name for p in miscounted.iterdir())
+    assert left == ["affected.csv", "notification-cnil.json", "notification-cnil.md", "scope.json"], left
     # A list of persons that is not the one this scope named is refused; so is writing over earlier letters.
     with (out / "affected.csv").open("a") as fh:
         fh.write("patient,,INTRUS,Jean,1970-01-01,1 rue X,75001,PARIS,,jean@example.org,x\n")

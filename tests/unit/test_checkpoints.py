@@ -63,20 +63,20 @@ def test_overlapping_requests_may_answer_an_older_head_never_one_below_what_was_
     book = CheckpointBook(tmp_path / "checkpoints.json")
     book.observe(URL, cp(key, 10))
     book.observe(URL, cp(key, 14, at=T0 + timedelta(minutes=1)))
-    book.observe(URL, cp(key, 12), floor=10)
+    book.observe(URL, cp(key, 12), known=cp(key, 10))
     held = book.book(URL)
     assert held is not None
     assert held.latest is not None
     assert held.latest.seq == 14
     with pytest.raises(AuditTampered, match="went back"):
-        book.observe(URL, cp(key, 9), floor=10)
+        book.observe(URL, cp(key, 9), known=cp(key, 10))
     with pytest.raises(AuditTampered, match="went back"):
         book.observe(URL, cp(key, 12))  # no request in flight: the latest is the floor
     with pytest.raises(AuditTampered, match="another relay key"):
-        book.observe(URL, cp(SigningKey.generate(), 12), floor=10)
+        book.observe(URL, cp(SigningKey.generate(), 12), known=cp(key, 10))
     forged = cp(key, 12)
     with pytest.raises(AuditTampered):
-        book.observe(URL, Checkpoint(forged.relay_key, 13, forged.hash, forged.at, forged.signature), floor=10)
+        book.observe(URL, Checkpoint(forged.relay_key, 13, forged.hash, forged.at, forged.signature), known=cp(key, 10))
 
 
 class LyingRelay:
@@ -118,3 +118,31 @@ def test_a_relay_cannot_claim_a_recent_checkpoint_was_pruned(tmp_path: Path) -> 
     later = ManualClock(T0 + timedelta(days=400))
     relay = LyingRelay(key, head, {10: {"seq": 10, "hash": None, "anchor": anchor}})
     assert check_history(relay, book, later).pruned == 1  # type: ignore[arg-type]
+
+
+@pytest.mark.threat("T11")
+def test_an_older_head_must_agree_with_every_head_known_for_its_record(tmp_path: Path) -> None:
+    """A forking relay answering an overlapping request with a validly signed head of a record the client already
+    holds another head for is refused: the one the request left with, one kept, or one seen in this run."""
+    key = SigningKey.generate()
+    book = CheckpointBook(tmp_path / "checkpoints.json")
+    book.observe(URL, cp(key, 10))
+    book.observe(URL, cp(key, 12, at=T0 + timedelta(minutes=1)))  # seen, not kept (history is spaced)
+    book.observe(URL, cp(key, 14, at=T0 + timedelta(minutes=2)))
+    known = cp(key, 10)
+    book.observe(URL, cp(key, 10), known=known)  # the genuine head it left with
+    book.observe(URL, cp(key, 12), known=known)  # an older genuine head
+    book.observe(URL, cp(key, 11), known=known)  # one it never saw: verified only
+    with pytest.raises(AuditTampered, match="two different"):
+        book.observe(URL, cp(key, 10, digest="b" * 64), known=known)  # same record as the one it left with
+    with pytest.raises(AuditTampered, match="two different"):
+        book.observe(URL, cp(key, 12, digest="b" * 64), known=known)  # same record as one seen since
+    with pytest.raises(AuditTampered, match="two different"):
+        book.observe(URL, cp(key, 11, digest="b" * 64), known=known)  # another head for the 11 just answered
+    with pytest.raises(AuditTampered, match="went back"):
+        book.observe(URL, cp(key, 9), known=known)  # below the floor
+    # The head a request left with is compared even when the book never kept it (another client object, say).
+    other = CheckpointBook(tmp_path / "other.json")
+    other.observe(URL, cp(key, 14, at=T0 + timedelta(minutes=2)))
+    with pytest.raises(AuditTampered, match="two different"):
+        other.observe(URL, cp(key, 13, digest="b" * 64), known=cp(key, 13))

@@ -3,8 +3,12 @@ talk to the relay."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -162,7 +166,7 @@ def notify(
     persons = scope.get("persons") or {}
     expected = int(persons.get("readable_patients", 0)) + int(persons.get("readable_professionals", 0))
     started = time.perf_counter()
-    with affected_path.open("rb") as fh:
+    with _staging(target) as staging, affected_path.open("rb") as fh:
         # The list is checked whole before any letter is written, then read again in blocks from the same file.
         digest = hashlib.sha256()
         while chunk := fh.read(1 << 20):
@@ -180,24 +184,57 @@ def notify(
                 who,
                 nature_text(scope),
                 measures_text(who),
-                target,
+                staging,
                 now,
                 batch_size=batch_size,
                 pdf=pdf,
                 on_progress=task.advance,
             )
             task.done()
+        if letters.persons != expected:  # counts reconcile: the list holds the persons its scope counted
+            raise IntegrityError(
+                f"{affected_path} holds {letters.persons} persons, its scope counted {expected}; "
+                "no letter or e-mail was written",
+                hint="run labrelay breach scope --as DPO_DIR again into this directory",
+            )
+        _publish(staging, target)
     elapsed = time.perf_counter() - started
     ui.out.print(
         f"art. 34: {letters.letters} letters in {letters.files} file(s), {letters.emails} e-mails, "
         f"{letters.to_call} to call (no address), in {elapsed:.1f} s",
         markup=False,
     )
-    if letters.persons != expected:  # counts reconcile: the list holds the persons its scope counted
-        raise IntegrityError(
-            f"{affected_path} holds {letters.persons} persons, its scope counted {expected}",
-            hint="run labrelay breach scope --as DPO_DIR again into this directory",
-        )
+
+
+ART34_OUTPUTS = ("lettres", "courriels", "a-appeler.csv")
+
+
+@contextlib.contextmanager
+def _staging(target: Path) -> Iterator[Path]:
+    """A private directory (0700) inside ``target`` for the art. 34 letters, e-mails and call list: removed with
+    whatever it holds unless ``_publish`` moved it all into ``target``, so that a run refused part-way (counts
+    that do not reconcile, a malformed list, an interrupt) leaves no letter naming persons behind. Refused first if
+    ``target`` already holds letters or e-mails from an earlier run."""
+    for sub in ART34_OUTPUTS[:2]:
+        folder = target / sub
+        if folder.exists() and any(folder.iterdir()):
+            raise UsageError(
+                f"{folder} already holds letters or e-mails from an earlier run",
+                hint="write to a new directory with --out, so that no batch is mixed with another",
+            )
+    staging = Path(tempfile.mkdtemp(prefix=".art34-", dir=target))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Move what ``art34`` wrote into ``staging`` to ``target`` (a rename each: same file system)."""
+    for name in ART34_OUTPUTS:
+        written = staging / name
+        if written.exists():
+            os.replace(written, target / name)  # onto an empty directory at most (checked by ``_staging``)
 
 
 def _affected_blocks(fh: BinaryIO, path: Path) -> Iterator[pl.DataFrame]:

@@ -198,7 +198,7 @@ class RelayClient:
             digest=digest,
         )
         request = self._http.build_request(method, url, content=content, headers=signed)
-        floor = self.checkpoint.seq if self.checkpoint is not None else None  # what the relay had said by now
+        known = self.checkpoint  # what the relay had said by now
         try:
             response = self._http.send(request, stream=stream)
         except httpx.TimeoutException as exc:
@@ -210,23 +210,24 @@ class RelayClient:
                     hint="pass --cacert with the CA that signed it (or LABRELAY_CA_BUNDLE)",
                 ) from exc
             raise Unavailable(f"relay {self.base} unreachable: {exc}") from exc
-        self._observe(response, floor)
+        self._observe(response, known)
         if response.status_code >= 400:
             if stream:
                 response.read()
             raise self._error(response)
         return response
 
-    def _observe(self, response: httpx.Response, floor: int | None) -> None:
-        """Keep the relay's signed audit head, if it sent one (every response to a signed request does); ``floor``:
-        the latest record this client had seen when it sent the request (requests may overlap: uploads)."""
+    def _observe(self, response: httpx.Response, known: Checkpoint | None) -> None:
+        """Keep the relay's signed audit head, if it sent one (every response to a signed request does); ``known``:
+        the head this client held when it sent the request (requests may overlap: uploads), the floor below which
+        an answer's head is a log gone back, and a head its answer must agree with if it names the same record."""
         value = response.headers.get(CHECKPOINT_HEADER)
         if value is None:
             return
         checkpoint = decode_header(value)
         with self._observing:
             if self.checkpoints is not None:
-                self.checkpoints.observe(self.base, checkpoint, floor=floor)
+                self.checkpoints.observe(self.base, checkpoint, known=known)
             else:
                 verify_checkpoint(checkpoint)
             if self.checkpoint is None or checkpoint.seq >= self.checkpoint.seq:
@@ -368,13 +369,21 @@ class RelayClient:
         size: int,
         chunk_size: int,
         on_progress: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """Upload ``source`` resumably: start from the relay's offset; after a failure, ask it again and go on."""
+        """Upload ``source`` resumably: start from the relay's offset; after a failure, ask it again and go on.
+        ``stop``, once set, ends the upload before its next chunk (``OperationalError``; the relay keeps what it
+        has, for a later resume)."""
         offset = self.upload_offset(transfer_id)
         if on_progress:
             on_progress(offset)
         failures = 0
         while offset < size:
+            if stop is not None and stop.is_set():
+                raise OperationalError(
+                    f"upload of transfer {transfer_id} stopped at byte {offset} of {size}",
+                    hint="labrelay resume uploads the rest",
+                )
             try:
                 new_offset = self.upload_region(transfer_id, source, offset, min(chunk_size, size - offset))
             except (Unavailable, Conflict) as exc:

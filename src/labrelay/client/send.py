@@ -22,6 +22,7 @@ its batch, finishes what is unfinished and seals nothing anew; ``again=True`` ma
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -247,8 +248,16 @@ def keep_manifest(party: Party, manifest: Manifest, **extra: str) -> Path:
     return pending_path
 
 
-def upload(party: Party, client: RelayClient, pending_path: Path, progress: Progress | None = None) -> Sent:
-    """Create the transfer (idempotent) and upload its ciphertext from wherever the relay has it."""
+def upload(
+    party: Party,
+    client: RelayClient,
+    pending_path: Path,
+    progress: Progress | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> Sent:
+    """Create the transfer (idempotent) and upload its ciphertext from wherever the relay has it; ``stop``, once
+    set, ends the upload at its next chunk (``OperationalError``: it stays pending, resumable)."""
     progress = progress or NoProgress()
     kept: dict[str, Any] = read_json(pending_path)
     envelope = kept["manifest"]
@@ -258,7 +267,7 @@ def upload(party: Party, client: RelayClient, pending_path: Path, progress: Prog
     task = progress.task(f"uploading to {manifest.recipient}", manifest.size)
     try:
         with spool.open("rb") as fh:
-            client.upload(manifest.transfer_id, fh, manifest.size, UPLOAD_CHUNK, on_progress=task.advance)
+            client.upload(manifest.transfer_id, fh, manifest.size, UPLOAD_CHUNK, on_progress=task.advance, stop=stop)
     finally:
         task.done()
     write_json_atomic(party.ensure_sent_dir() / pending_path.name, {**kept, "server": client.base})
@@ -343,22 +352,34 @@ def upload_all(
     party: Party, client: RelayClient, pending_paths: Sequence[Path], progress: Progress | None = None
 ) -> list[Sent]:
     """Upload each pending payload (``upload``), ``UPLOAD_THREADS`` at a time, the largest first; the results in the
-    order given. On a failure no payload not yet started is, those under way finish (or fail), and the first failure
-    (in the order given) is raised: what was not uploaded stays pending, for ``labrelay resume``."""
+    order given. On a failure no payload not yet started is, those under way finish (or fail), and the first
+    security failure (exit 3: an incident, never hidden behind another payload's retryable one) or else the first
+    failure in the order given is raised: what was not uploaded stays pending, for ``labrelay resume``. An interrupt
+    (Ctrl-C, or the CLI's ``Terminated`` on SIGTERM) while waiting cancels what has not started, stops those under
+    way at their next chunk, and propagates once their threads are done."""
     if len(pending_paths) <= 1:
         return [upload(party, client, pending_path, progress) for pending_path in pending_paths]
     largest_first = sorted(pending_paths, key=lambda p: p.with_suffix(".age").stat().st_size, reverse=True)
-    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-        futures = {p: pool.submit(upload, party, client, p, progress) for p in largest_first}
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload")
+    try:
+        futures = {p: pool.submit(upload, party, client, p, progress, stop=stop) for p in largest_first}
         wait(futures.values(), return_when=FIRST_EXCEPTION)
         if any(f.done() and f.exception() is not None for f in futures.values()):
             for future in futures.values():
                 future.cancel()
             wait(futures.values())
-            for pending_path in pending_paths:  # the first failure in the caller's order, as one at a time would
-                future = futures[pending_path]
-                if not future.cancelled() and (error := future.exception()) is not None:
-                    raise error
+            failures = [
+                error
+                for p in pending_paths
+                if not (future := futures[p]).cancelled() and (error := future.exception()) is not None
+            ]
+            raise next((e for e in failures if isinstance(e, SecurityError)), failures[0])
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return [futures[pending_path].result() for pending_path in pending_paths]
 
 
