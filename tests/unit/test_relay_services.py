@@ -397,7 +397,7 @@ def test_audit_appends_arriving_together_share_a_transaction_each_with_its_signe
     assert log.hash_at(last.seq + 1) is None
 
 
-@pytest.mark.threat("T4")
+@pytest.mark.threat("T8")
 def test_a_nonce_presented_many_times_at_once_is_accepted_once(setup: Setup) -> None:
     """Nonces arriving together are remembered in one transaction: a replay within that same transaction is still
     a replay."""
