@@ -477,6 +477,10 @@ class S3PayloadStore:
         what = "reading back an upload"
         _, dek = self._upload(transfer_id, what)
         chain = _chain(self._chunks(transfer_id, self._entries(what, self._parts(transfer_id)))) or []
+        return self._digest(transfer_id, dek, chain, what)
+
+    def _digest(self, transfer_id: str, dek: bytes, chain: list[_Chunk], what: str) -> tuple[int, str]:
+        """The size and SHA-256 of an upload's bytes, read back chunk by chunk along ``chain``."""
         digest = hashlib.sha256()
         size = 0
         for block in self._stream(transfer_id, dek, chain, 0, what, published=False):
@@ -765,13 +769,7 @@ class LedgeredS3PayloadStore(S3PayloadStore):
         if not rows:
             return super().upload_digest(transfer_id)
         _, dek = self._ledger_upload(transfer_id, rows, "upload in progress")
-        chain = _chain(self._stored_chunks(rows)) or []
-        digest = hashlib.sha256()
-        size = 0
-        for block in self._stream(transfer_id, dek, chain, 0, what, published=False):
-            digest.update(block)
-            size += len(block)
-        return size, digest.hexdigest()
+        return self._digest(transfer_id, dek, _chain(self._stored_chunks(rows)) or [], what)
 
     def publish(self, transfer_id: str) -> None:
         rows = self.ledger.rows(check_transfer_id(transfer_id))
