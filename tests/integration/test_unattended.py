@@ -244,6 +244,34 @@ def test_the_same_file_twice_reaches_each_recipient_once(world: World, tmp_path:
     assert resent["sent_again"] is True
 
 
+def test_an_original_listed_after_its_again_copy_is_still_delivered(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay orders an inbox by ``created_at`` in whole seconds and breaks ties at random: a batch and its
+    ``--again`` copy sent within one second may be listed the copy first. The original must not then be declined as
+    a duplicate of its own copy: fetch takes them in the order they were sent (CI saw the copy first once)."""
+    source = batch_file(tmp_path, "results.csv")
+    code, first = send_json(world, source, "--to", "cnam")
+    assert code == 0, first
+    code, second = send_json(world, source, "--to", "cnam", "--again")
+    assert code == 0, second
+    listed = RelayClient.transfers
+
+    def copy_first(self: RelayClient, box: str) -> list[dict]:
+        items = listed(self, box)
+        items.sort(key=lambda item: item["manifest"]["payload"].get("again") is not True)  # the --again copy first
+        return items
+
+    monkeypatch.setattr(RelayClient, "transfers", copy_first)
+    result, cnam = fetch(world, "cnam", tmp_path / "cnam")
+    assert result.code == 0, str(result)
+    assert cnam["duplicates"] == []
+    fetched = {f["transfer_id"]: f for f in cnam["fetched"]}
+    assert set(fetched) == {first["transfers"]["cnam"], second["transfers"]["cnam"]}
+    assert fetched[second["transfers"]["cnam"]]["sent_again"] is True
+    assert fetched[first["transfers"]["cnam"]]["sent_again"] is False
+
+
 def test_a_source_sent_before_is_finished_whatever_a_new_plan_would_say(world: World, tmp_path: Path) -> None:
     """The plan (policy, recipients, DPO) is made while the source is hashed; for a source sent before it is not
     used, and its failure is not raised: the batch is finished as it was before the plan was made first."""

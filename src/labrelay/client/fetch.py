@@ -866,7 +866,7 @@ def fetch_all(
 def _fetch_listed(run: _Run, report: FetchReport) -> None:
     """Every transfer the relay lists for this party, one after the other, into ``report``."""
     party, client = run.party, run.client
-    for listing in client.transfers("inbox"):
+    for listing in in_sending_order(client.transfers("inbox")):
         transfer_id = str(listing.get("transfer_id"))
         known = journal_entry(party, transfer_id)
         if known is not None and known.get("refusal"):
@@ -889,6 +889,23 @@ def _fetch_listed(run: _Run, report: FetchReport) -> None:
             failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
             failure.__cause__ = exc
             report.failed.append((transfer_id, failure))
+
+
+def in_sending_order(listings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The relay's listing, taken in the order its senders made the transfers: by the manifest's ``created``
+    (whole seconds), and within one second a copy sent by mistake before a copy sent ``--again``. The relay's own
+    order breaks ties of ``created_at`` at random, and the first copy of a source received is the one a later copy
+    is declined against: an original listed after its ``--again`` copy would be declined as a duplicate of it.
+    The payloads read here are not verified yet; they only order the work, each is verified before it is used."""
+
+    def key(listing: Mapping[str, Any]) -> tuple[str, bool]:
+        envelope = listing.get("manifest")
+        payload = envelope.get("payload") if isinstance(envelope, Mapping) else None
+        if not isinstance(payload, Mapping):
+            return ("", False)  # malformed: refused when its turn comes, first
+        return (str(payload.get("created", "")), payload.get("again") is True)
+
+    return sorted(listings, key=key)  # stable: the relay's order otherwise
 
 
 def _refuse(run: _Run, listing: Mapping[str, Any], transfer_id: str, error: LabrelayError) -> None:
