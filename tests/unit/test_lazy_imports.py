@@ -49,6 +49,7 @@ NOT_FOR_FETCH = (
     "click",  # httpx's command line; Typer bundles its own Click
     "pygments",
     "rich.progress",
+    "rich.console",  # stdout and stderr are no terminal here: lines are written without rich (cli/ui.py Output)
     "polars",
     "labrelay.client.send",
     "labrelay.client.routed",

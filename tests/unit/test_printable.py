@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.text import Text
 
 from labrelay.cli.printable import printable, printable_json
-from labrelay.cli.ui import SafeConsole
+from labrelay.cli.safe_console import SafeConsole
+from labrelay.cli.ui import Output
 from labrelay.domain.names import is_hidden as is_unsafe
 
 # What a terminal obeys or hides: erase, move, recolour, retitle, bell, CR, newline, the 8-bit CSI, DEL, bidi
@@ -78,3 +82,65 @@ def test_the_cli_console_shows_escapes_whatever_it_is_given() -> None:
     assert "\\x1b[2K\\x1b[1Aok\\rfine [bold red]fake[/] \\u202eevil" in written  # markup off: shown as typed
     assert "label \\x1b]0;title" in written
     assert "\\x9b31m" in written
+
+
+class _Pipe(io.StringIO):
+    """A stream that is no terminal (a cron job's log, a pipe)."""
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _both_ways(objects: list[str], **kwargs: str) -> tuple[str, str]:
+    """What the CLI's ``Output`` writes to a stream that is no terminal, and what rich's console writes there."""
+    plain, rich = _Pipe(), _Pipe()
+    with redirect_stdout(plain):
+        Output(stderr=False).print(*objects, markup=False, **kwargs)
+    SafeConsole(file=rich, highlight=False, soft_wrap=True).print(*objects, markup=False, **kwargs)
+    return plain.getvalue(), rich.getvalue()
+
+
+LINES = [
+    *(f"before{char}after" for char in OBEYED),
+    *KEPT,
+    "",
+    "a line longer than any terminal, " * 12 + "   ",
+    "trailing spaces   ",
+    "   leading spaces",
+    "日本語の行 " * 30,
+    "e\u0301 combining, \u00a0no-break, \u3000ideographic space",
+    "tab\there",
+    "[bold]not markup[/bold] :smile: not an emoji",
+]
+
+
+@pytest.mark.threat("T37")
+@pytest.mark.parametrize("line", LINES)
+def test_lines_for_no_terminal_are_written_as_rich_writes_them(line: str) -> None:
+    """Output writes lines for a log or a pipe without loading rich: the same bytes rich's console writes there,
+    escapes included."""
+    plain, rich = _both_ways([line])
+    assert plain == rich
+    assert plain.endswith("\n")
+
+
+@given(st.lists(st.text(), min_size=1, max_size=3), st.sampled_from([" ", "", ", ", "\t"]), st.sampled_from(["\n", ""]))
+def test_any_text_is_written_as_rich_writes_it(objects: list[str], sep: str, end: str) -> None:
+    plain, rich = _both_ways(objects, sep=sep, end=end)
+    assert plain == rich
+
+
+def test_a_terminal_or_a_renderable_still_goes_through_rich(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = _Pipe()
+    with redirect_stderr(sink):
+        output = Output(stderr=True)
+        assert output.is_terminal is False
+        output.print(Text("styled", style="bold"))  # a renderable: rich renders it (no terminal: no escape codes)
+        assert sink.getvalue() == "styled\n"
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich takes the stream for a terminal: so does Output
+    forced = _Pipe()
+    with redirect_stderr(forced):
+        output = Output(stderr=True)
+        assert output.is_terminal is True
+        output.print(Text("styled", style="bold"))
+    assert "\x1b[1m" in forced.getvalue()

@@ -13,12 +13,10 @@ field cannot forge a line of its own; print several lines one by one (``print_li
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import os
+import sys
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-
-from rich.console import Console
-from rich.segment import Segment
+from typing import TYPE_CHECKING, Any, TextIO
 
 from labrelay import errors
 from labrelay.cli.printable import printable, printable_json
@@ -27,33 +25,68 @@ from labrelay.client.progress import Unit
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-
-class SafeConsole(Console):
-    """A rich console that shows, never obeys, control and invisible characters (``printable``): every string
-    given to ``print`` is neutralised whole, newlines included, and markup is off unless asked for; every piece
-    of text rendered (progress labels, any renderable) is neutralised again, keeping only the line breaks rich
-    itself lays out. The console's own control sequences (progress bars) are not text and pass."""
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("markup", False)
-        kwargs.setdefault("emoji", False)
-        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
-
-    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
-        return super()._render_buffer(
-            segment if segment.control else segment._replace(text=printable(segment.text, newlines=True))
-            for segment in buffer
-        )
+    from labrelay.cli.safe_console import SafeConsole
 
 
-def print_lines(console: Console, text: str) -> None:
+# What makes rich take a stream that is not a TTY for a terminal (rich.console.Console.__init__ and is_terminal).
+_FORCING = ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE")
+
+
+class Output:
+    """stdout or stderr as the CLI prints to it. Lines of text for a stream that is no terminal (a cron job's log,
+    a pipe, a test's capture) are written straight away, neutralised by ``printable`` exactly as the rich console
+    writes them there (no colour, no wrapping); anything else (a terminal, a renderable, markup, a progress bar)
+    goes through a ``SafeConsole``, built, and rich imported, on first need: a fetch run from cron does not pay
+    rich's start-up. tests/unit/test_printable.py checks that both ways write the same bytes."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: SafeConsole | None = None
+
+    @property
+    def file(self) -> TextIO:
+        return sys.stderr if self._stderr else sys.stdout  # looked up on each print, like rich's (redirections)
+
+    @property
+    def console(self) -> SafeConsole:
+        if self._console is None:
+            from labrelay.cli.safe_console import SafeConsole  # noqa: PLC0415 - rich loads on first need
+
+            self._console = SafeConsole(stderr=self._stderr, highlight=False, soft_wrap=True)
+        return self._console
+
+    def _plain(self) -> bool:
+        """Whether rich would see no terminal here: nothing forces one and the stream is no TTY."""
+        if self._console is not None or any(os.environ.get(name) for name in _FORCING):
+            return False
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return not (isatty is not None and isatty())
+        except ValueError:  # closed
+            return False
+
+    @property
+    def is_terminal(self) -> bool:
+        return False if self._plain() else self.console.is_terminal
+
+    def print(self, *objects: Any, sep: str = " ", end: str = "\n", markup: bool = False, **options: Any) -> None:
+        lines = sep == " " and end == "\n" and not markup and not options  # what the CLI prints, always
+        if not lines or not self._plain() or not all(isinstance(o, str) for o in objects):
+            self.console.print(*objects, sep=sep, end=end, markup=markup, **options)
+            return
+        stream = self.file
+        stream.write(" ".join(printable(o) for o in objects) + "\n")
+        stream.flush()
+
+
+def print_lines(console: Output, text: str) -> None:
     """Several lines the CLI composed itself, each printed (and neutralised) on its own."""
     for line in text.split("\n"):
         console.print(line, markup=False)
 
 
-out = SafeConsole(highlight=False, soft_wrap=True)
-err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
+out = Output(stderr=False)
+err = Output(stderr=True)
 
 EXIT_OK = 0
 EXIT_OPERATIONAL = 1
@@ -139,7 +172,7 @@ class TerminalProgress:
         if not quiet and err.is_terminal:
             from labrelay.cli.bars import progress_bar  # noqa: PLC0415 - rich's progress loads only for a terminal
 
-            self._bar = progress_bar(err)
+            self._bar = progress_bar(err.console)
 
     def __enter__(self) -> TerminalProgress:
         if self._bar is not None:
