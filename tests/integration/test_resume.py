@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import fetch_all
+from labrelay.client.progress import NoProgress
 from labrelay.client.send import seal
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import SystemClock
@@ -19,13 +20,17 @@ from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.parties import Role
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import Unavailable
-from tests.support.world import RelayServer, sent_ids
+from tests.support.world import RelayServer, relay_store, sent_ids
 
 
 def transfer_id_batch(world, transfer_id: str) -> str:
     """The first 8 characters of a transfer's batch id, as fetch names its output file."""
     [(manifest,)] = world.db("SELECT manifest FROM transfers WHERE id = :id", id=transfer_id)
     return json.loads(manifest)["payload"]["batch_id"][:8]
+
+
+def state_of(world, transfer_id: str) -> str:
+    return world.db("SELECT state FROM transfers WHERE id = :id", id=transfer_id)[0][0]
 
 
 def audit_details(world, event: str) -> list[str]:
@@ -82,6 +87,71 @@ def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> Non
     [written] = list(out.glob(f"*_{transfer_id_batch(world, transfer_id)}_cnam.bin"))
     assert written.read_bytes() == plain.read_bytes()
     assert any('"start":700000' in d for d in audit_details(world, "download:serve"))
+
+
+class Notes(NoProgress):
+    """Progress that keeps the lines fetch says (``note``)."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.said.append(message)
+
+
+def test_a_partial_file_that_no_longer_matches_is_downloaded_again_not_refused(world, cli, tmp_path: Path) -> None:
+    """A power loss after a partial download's bytes were written but before they reached the disk leaves a file of
+    the right length with the wrong bytes. The resumed download then fails the signed hash: fetch downloads the
+    payload whole once more rather than refusing it for good because of its own disk."""
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(2 * 1024 * 1024))
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
+    assert sent.code == 0, str(sent)
+    transfer_id = sent_ids(sent.out)["cnam"]
+    out = tmp_path / "out"
+    work = out / ".labrelay"
+    work.mkdir(parents=True, mode=0o700)
+    (work / f"{transfer_id}.age.part").write_bytes(bytes(700_000))  # its length survived, its bytes did not
+    notes = Notes()
+    with world.client("cnam") as client:
+        report = fetch_all(world.parties["cnam"], client, out, SystemClock(), progress=notes)
+    [fetched] = report.fetched
+    assert (fetched.transfer_id, fetched.acknowledged) == (transfer_id, True)
+    assert fetched.path.read_bytes() == plain.read_bytes()
+    assert report.refused == []
+    assert any("downloading it again from the start" in note for note in notes.said)
+    served = audit_details(world, "download:serve")
+    assert any('"start":700000' in d for d in served)  # resumed first …
+    assert any('"start":0' in d for d in served)  # … then whole
+    assert state_of(world, transfer_id) == "delivered"
+
+
+def test_a_payload_whose_whole_download_fails_is_still_refused(world, cli, tmp_path: Path) -> None:
+    """The retry above is one whole download: a payload altered in the relay's storage fails it too and is refused."""
+    plain = tmp_path / "data.bin"
+    plain.write_bytes(os.urandom(1024 * 1024))
+    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
+    transfer_id = sent_ids(sent.out)["cnam"]
+    store = relay_store(world)
+    data = bytearray(b"".join(store.open(transfer_id)))
+    data[len(data) // 2] ^= 0x01
+    store.delete(transfer_id)
+    store.begin(transfer_id, datetime.now(UTC) + timedelta(days=1))
+    writer = store.writer(transfer_id, 0)
+    writer.write(bytes(data))
+    writer.commit()
+    store.publish(transfer_id)
+    out = tmp_path / "out"
+    work = out / ".labrelay"
+    work.mkdir(parents=True, mode=0o700)
+    (work / f"{transfer_id}.age.part").write_bytes(bytes(data[:300_000]))
+    fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert fetched.code == 3, str(fetched)
+    assert "does not match its signed manifest" in fetched.err
+    assert not list(out.glob("*.bin"))
+    served = audit_details(world, "download:serve")
+    assert any('"start":300000' in d for d in served)  # resumed first …
+    assert sum('"start":0' in d for d in served) == 1  # … then one whole download, no more
 
 
 class CutOnce(RelayClient):

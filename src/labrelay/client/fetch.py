@@ -341,16 +341,33 @@ def _download(
     tee: Callable[[bytes], None] | None = None,
 ) -> None:
     """Download into ``partial`` (resuming it), then check size and SHA-256 against the signed manifest. ``tee``
-    also gets every byte downloaded, in order (``_Feed``: decryption as the payload arrives)."""
-    start = work.size(partial) or 0
-    if start > manifest.size:
-        work.unlink(partial)
-        start = 0
-    digest = hashlib.sha256()
-    if start:
-        with work.open_read(partial) as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
+    also gets every byte downloaded, in order (``_Feed``: decryption as the payload arrives).
+
+    The bytes a partial download kept on disk may not be the bytes that arrived then (a power loss after they were
+    written, before they reached the disk): this party's own disk must not make it refuse a payload for good. A
+    resumed download that fails the check is downloaded whole once more; only a whole download that fails is
+    refused."""
+    if _download_checked(client, manifest, work, partial, progress, tee):
+        return
+    progress.note(
+        f"the partial download of {manifest.transfer_id} did not match its signed manifest once resumed; "
+        "downloading it again from the start"
+    )
+    if not _download_checked(client, manifest, work, partial, progress, tee):
+        raise AssertionError("a download from the start is refused, never retried")  # pragma: no cover
+
+
+def _download_checked(
+    client: RelayClient,
+    manifest: Manifest,
+    work: SafeDir,
+    partial: str,
+    progress: Progress,
+    tee: Callable[[bytes], None] | None,
+) -> bool:
+    """One download into ``partial`` and its check: True if it matches the manifest; False (the partial file gone)
+    if it was resumed and does not; refused if it started from zero and does not."""
+    start, digest = _resume_point(work, partial, manifest)
     task = progress.task(f"downloading {manifest.transfer_id[:8]}", manifest.size)
     task.advance(start)
     size = start
@@ -391,14 +408,31 @@ def _download(
         raise _Refused(error) from exc
     finally:
         task.done()
-    if size != manifest.size or digest.hexdigest() != manifest.sha256:
-        work.unlink(partial)
-        raise _Refused(
-            IntegrityError(
-                f"payload {manifest.transfer_id} does not match its signed manifest (size or SHA-256): "
-                "altered in storage or in transit; nothing written, no receipt sent"
-            )
+    if size == manifest.size and digest.hexdigest() == manifest.sha256:
+        return True
+    work.unlink(partial)
+    if start:
+        return False
+    raise _Refused(
+        IntegrityError(
+            f"payload {manifest.transfer_id} does not match its signed manifest (size or SHA-256): "
+            "altered in storage or in transit; nothing written, no receipt sent"
         )
+    )
+
+
+def _resume_point(work: SafeDir, partial: str, manifest: Manifest) -> tuple[int, Any]:
+    """Where a download into ``partial`` starts, and the SHA-256 of what is already there."""
+    start = work.size(partial) or 0
+    if start > manifest.size:
+        work.unlink(partial)
+        start = 0
+    digest = hashlib.sha256()
+    if start:
+        with work.open_read(partial) as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return start, digest
 
 
 class _Feed:
