@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 
 from labrelay.domain.names import parse_address
-from labrelay.http.edge import MAX_REPORTS, EdgeLimits, EdgeState, _declares_body, _framing_refusal
+from labrelay.http.edge import (
+    BUSY_RETRY_AFTER,
+    MAX_REPORTS,
+    EdgeLimits,
+    EdgeState,
+    _declares_body,
+    _framing_refusal,
+)
 
 
 class FakeTransport:
@@ -56,3 +63,24 @@ def test_a_forwarded_value_is_an_address_or_nothing() -> None:
     assert parse_address("203.0.113.9:8080") == "203.0.113.9"
     for junk in ("fe80::1%<img src=x onerror=1> evil", "<script>", "", "1.2.3", "relay.example"):
         assert parse_address(junk) is None, junk
+
+
+@pytest.mark.threat("T28")
+def test_a_partys_own_slots_ask_for_a_long_wait_the_processs_for_a_short_one() -> None:
+    """A party at its own limit has uploads of its own in progress, perhaps stalled: it waits a sixth of the body
+    timeout. The process's slots are everyone's and free as chunks complete: a burst of labs waits one second, so
+    that the relay is not left idle while they wait (200 labs at once: 11 transfers a second with five)."""
+    state = EdgeState(EdgeLimits(max_uploads=3, max_uploads_per_party=2, body_timeout=30.0))
+    with state.upload_slot("lab-a"), state.upload_slot("lab-a"):
+        own = state.upload_refusal("lab-a")
+        assert own is not None
+        assert own.retry_after == 5
+        assert state.upload_refusal("lab-b") is None
+        with state.upload_slot("lab-b"):
+            busy = state.upload_refusal("lab-c")
+            assert busy is not None
+            assert busy.retry_after == BUSY_RETRY_AFTER == 1
+            assert "3 uploads in progress" in busy.message
+            with pytest.raises(type(busy)), state.upload_slot("lab-c"):
+                pass
+    assert state.upload_refusal("lab-c") is None  # every slot released

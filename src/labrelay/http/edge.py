@@ -57,6 +57,8 @@ REPORT_EVERY = 60.0
 """One report per limit and subject per this many seconds: a flood must not become a flood of audit writes."""
 MAX_REPORTS = 20
 """At most this many reports (audit writes, alerts) per ``REPORT_EVERY``, whatever the number of subjects."""
+BUSY_RETRY_AFTER = 1
+"""Seconds a caller waits when every upload slot of the process is taken (``upload_refusal``)."""
 _SIGNATURE_INPUT = SIGNATURE_INPUT.lower().encode()
 _SIGNATURE = SIGNATURE.lower().encode()
 
@@ -161,15 +163,20 @@ class EdgeState:
 
         Also asked with the key id a request only *claims*, before its signature is verified, so that a flood of
         excess uploads costs neither a verification nor an audit write; harmless to the real party, whose own request
-        would be refused all the same while its slots are taken."""
-        retry_after = max(1, int(self.limits.body_timeout // 6))
+        would be refused all the same while its slots are taken.
+
+        ``Retry-After``: a party's own slots are its own uploads, which may be stalled (a slot frees within the
+        body timeout): a sixth of it. The process's slots are everyone's and turn over as chunks complete, many a
+        second when a burst of labs sends at once (a nightly cron at the same minute): one second. Five seconds
+        there left the relay idle for most of each wait: 200 labs at once sent 11 transfers a second, 21-23 with one
+        (docs/performance.md, "Load")."""
         if self._uploads[party] >= self.limits.max_uploads_per_party:
             self.report("uploads-per-party", party, None)
             return TooManyRequests(
                 f"{party} already has {self._uploads[party]} uploads in progress on this relay "
                 f"(at most {self.limits.max_uploads_per_party})",
                 hint="upload one chunk at a time per transfer; the client retries after Retry-After",
-                retry_after=retry_after,
+                retry_after=max(1, int(self.limits.body_timeout // 6)),
             )
         total = sum(self._uploads.values())
         if total >= self.limits.max_uploads:
@@ -178,7 +185,7 @@ class EdgeState:
             )  # the relay's limit: naming the (perhaps only claimed) caller says nothing
             return TooManyRequests(
                 f"the relay has {total} uploads in progress (at most {self.limits.max_uploads})",
-                retry_after=retry_after,
+                retry_after=BUSY_RETRY_AFTER,
             )
         return None
 
