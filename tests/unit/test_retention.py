@@ -10,6 +10,8 @@ import os
 import random  # noqa: TID251 - a seeded test schedule, never keys
 import shutil
 import subprocess
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,6 +129,40 @@ def test_a_torn_segment_at_the_end_is_not_counted_and_is_cut_on_resume(tmp_path:
     assert writer.commit() == 1500
     store.publish(tid)
     assert b"".join(store.open(tid)) == b"a" * 1000 + b"b" * 500
+
+
+def _at_once(calls: list[Callable[[], bytes]]) -> list[bytes | BaseException]:
+    """Each call on a thread of its own, all released at the same moment; what each returned or raised."""
+    barrier = threading.Barrier(len(calls))
+    got: list[bytes | BaseException] = []
+
+    def run(call: Callable[[], bytes]) -> None:
+        barrier.wait()
+        try:
+            got.append(call())
+        except Exception as exc:  # noqa: BLE001 - collected, the test says which
+            got.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return got
+
+
+def test_epoch_keys_made_at_once_by_many_threads_and_two_stores_are_the_key_stored(tmp_path: Path) -> None:
+    """The first transfers of a new epoch arrive together (a burst of labs; two replicas sharing the key directory):
+    every caller must get the key that is stored, or the payloads it wraps never open again. A temporary file
+    named by the process id alone let threads remove and replace each other's before the link (the load
+    benchmark on S3: "its data key does not unwrap")."""
+    stores = [FileKeyStore(tmp_path / "keys"), FileKeyStore(tmp_path / "keys")]  # two replicas, one directory
+    callers = 12
+    for epoch in range(3600, 3600 + 40 * 3600, 3600):
+        got = _at_once([lambda store=stores[i % 2], epoch=epoch: store.create(epoch) for i in range(callers)])
+        stored = stores[0].key(epoch)
+        assert got == [stored] * callers, (epoch, [g if isinstance(g, bytes) else type(g).__name__ for g in got])
+    assert stores[0].strays() == []  # no temporary file left behind
 
 
 def test_key_store_creates_once_destroys_verifiably_and_refuses_loose_permissions(tmp_path: Path) -> None:

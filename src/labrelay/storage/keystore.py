@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import stat
+import threading
 from pathlib import Path
 
 from labrelay.crypto.at_rest import KEY_BYTES, new_key
@@ -23,7 +25,7 @@ from labrelay.errors import InsecureKeyFile, StorageFull, Unavailable
 from labrelay.storage.fs import fsync_dir
 
 _NAME = re.compile(r"epoch-([0-9]{1,12})\.key")
-_TMP = re.compile(r"\.epoch-[0-9]{1,12}\.key\.[0-9]+\.tmp")
+_TMP = re.compile(r"\.epoch-[0-9]{1,12}\.key\.[0-9]+(\.[0-9a-f]{16})?\.tmp")
 
 
 class FileKeyStore:
@@ -39,6 +41,7 @@ class FileKeyStore:
                 hint=f"run: chmod 700 {root}",
             )
         self.root = root.resolve()
+        self._creating = threading.Lock()
 
     def _path(self, epoch: int) -> Path:
         if not 0 <= epoch < 10**12:
@@ -55,33 +58,49 @@ class FileKeyStore:
         return data
 
     def create(self, epoch: int) -> bytes:
-        """The epoch's key, made now if it does not exist yet (safe against concurrent callers)."""
+        """The epoch's key, made now if it does not exist yet, and the key stored whoever made it: safe against
+        concurrent callers, threads of this process (one at a time) and other processes sharing the directory (each
+        writes a temporary file of its own, then links it into place; the first link wins, the others read it)."""
+        existing = self.key(epoch)
+        if existing is not None:
+            return existing
+        with self._creating:
+            return self._create(epoch)
+
+    def _create(self, epoch: int) -> bytes:
         existing = self.key(epoch)
         if existing is not None:
             return existing
         path = self._path(epoch)
-        tmp = self.root / f".{path.name}.{os.getpid()}.tmp"
+        # A name of this call's own. The process id alone let one thread's cleanup remove the file another thread
+        # had just written, and a third thread's file take its place before the link: the key stored was then not
+        # the key the first thread returned, and every payload it wrapped would not open (load benchmark, S3).
+        tmp = self.root / f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp"
         key = new_key()
+        written = False
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            written = True
             try:
                 os.write(fd, key)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            try:
+            with contextlib.suppress(FileExistsError):  # another caller's key is in place: it is the one
                 os.link(tmp, path)  # atomic, and never replaces a key another caller made first
-            except FileExistsError:
-                key = self.key(epoch) or key
             fsync_dir(self.root)
+            stored = self.key(epoch)  # whoever linked first: the key every caller wraps with
         except OSError as exc:
             if exc.errno == 28:
                 raise StorageFull("no space left for an epoch key") from exc
             raise Unavailable(f"cannot write an epoch key: {exc.strerror}") from exc
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return key
+            if written:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        if stored is None:
+            raise Unavailable(f"the epoch key for {epoch} vanished as it was made")
+        return stored
 
     def epochs(self) -> list[int]:
         found = (_NAME.fullmatch(name) for name in os.listdir(self.root))
