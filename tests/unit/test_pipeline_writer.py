@@ -132,3 +132,27 @@ def test_the_ledger_is_written_on_its_own_thread_and_its_failure_stops_the_run(b
     assert writers
     assert not persons.threads & writers
     assert threading.current_thread().name not in persons.threads
+
+
+def test_the_persons_index_lists_prescribers_in_the_order_they_first_appear() -> None:
+    """Two sends of one file write the same persons index, byte for byte: prescribers in the order they first
+    appear in the block (a group-by in no set order listed them as its threads finished), each once."""
+    from labrelay.batch.route import ROW_ID  # noqa: PLC0415
+
+    count = 3000
+    rows = [good(prescripteur_rpps=f"1{(i * 7919) % 10**10:010d}", prescripteur_nom=f"DR {i}") for i in range(count)]
+    rows += rows[:50]  # seen again later in the block: still listed where first seen
+    accepted = pl.DataFrame(rows, schema=dict.fromkeys(FIELDS, pl.String))
+
+    def index() -> bytes:
+        out = Bytes()
+        sink = PersonsIndexSink(out, {"ars-11": "t-ars"}, None)
+        numbered = sink.prepare(accepted, 0)
+        sink.add(numbered, {"ars-11": numbered.select(ROW_ID)})
+        return bytes(out.data)
+
+    first = index()
+    assert index() == first
+    listed = pl.read_csv(first, infer_schema=False).filter(pl.col("kind") == "professional")
+    expected = [f"1{(i * 7919) % 10**10:010d}" for i in range(count)]
+    assert listed.get_column("person").to_list() == expected

@@ -96,7 +96,7 @@ class PersonsIndexSink:
         prescribers = (
             people.with_columns(who)
             .filter((pl.col("person") != "nom:|") & pl.col("prescripteur_nom").is_not_null())
-            .group_by("person")
+            .group_by("person", maintain_order=True)  # in the order first seen: one file gives one index, byte for byte
             .agg(
                 pl.col("prescripteur_nom").first(),
                 pl.col("prescripteur_telephone").first(),
