@@ -62,12 +62,28 @@ def test_a_busy_relay_is_waited_for_as_long_as_it_asks_then_answered() -> None:
 
 
 def test_retries_stop_when_spent_and_the_last_failure_is_raised() -> None:
-    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(3)])
+    handler, seen = _relay(*[_problem(503, "unavailable") for _ in range(3)], httpx.Response(200, json=LIMITS))
+    waits: list[float] = []
+    with _client(handler, waits, retries=2) as client, pytest.raises(Unavailable):
+        client.limits()
+    assert len(seen) == 3
+    assert waits == [0.5, 1.0]
+
+
+def test_a_busy_relay_gets_twice_the_retries_then_the_last_answer_is_raised() -> None:
+    """429: the relay is up and asks for a short wait (one second when every upload slot is taken): a nightly job
+    waits out a busy minute rather than failing after its usual few retries."""
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(5)])
     waits: list[float] = []
     with _client(handler, waits, retries=2) as client, pytest.raises(TooManyRequests):
         client.limits()
-    assert len(seen) == 3
-    assert waits == [1, 1.0]
+    assert len(seen) == 5  # the first attempt and twice 2 retries
+    assert waits == [1, 1.0, 2.0, 4.0]
+    handler, seen = _relay(
+        *[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(4)], httpx.Response(200, json=LIMITS)
+    )
+    with _client(handler, [], retries=2) as client:
+        assert client.limits() == LIMITS  # answered on the fifth attempt
 
 
 def test_a_refusal_is_never_retried() -> None:

@@ -92,7 +92,12 @@ def _transport(base: str, ca_bundle: Path | None) -> httpx.HTTPTransport:
 class RetryPolicy:
     """How the client retries what a relay may do a moment later (a relay restarting, storage briefly unreachable,
     a request refused as too many): ``retries`` more attempts after the first, waiting ``backoff`` seconds, doubled
-    after each failure, or longer when the relay asks (``Retry-After``, at most ``MAX_RETRY_AFTER``)."""
+    after each failure, or longer when the relay asks (``Retry-After``, at most ``MAX_RETRY_AFTER``).
+
+    A relay that answers "too many" (429) is up and busy, and asks for a short wait (one second when every upload
+    slot of a process is taken, during a burst of labs): such answers get twice the retries, so that a nightly job
+    waits out a busy minute or two (1, 1, 2, 4, 8, 16, 32, 64 s with the defaults) instead of failing in eight
+    seconds."""
 
     retries: int = 4
     backoff: float = 0.5
@@ -102,7 +107,7 @@ class RetryPolicy:
     def pause(self, failures: int, error: BaseException) -> bool:
         """After ``failures`` consecutive failures (the last one ``error``): wait, and return True if another
         attempt is allowed; False, at once, when the retries are spent."""
-        if failures > self.retries:
+        if failures > (2 * self.retries if isinstance(error, TooManyRequests) else self.retries):
             return False
         self.sleep(max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0)))
         return True
