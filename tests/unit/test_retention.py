@@ -11,6 +11,7 @@ import random  # noqa: TID251 - a seeded test schedule, never keys
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,7 @@ from labrelay.relay.audit_check import verify_audit
 from labrelay.relay.retention import RetentionReport, check_retention
 from labrelay.runtime import limits_for, open_relay
 from labrelay.storage.files import LocalPayloadStore
-from labrelay.storage.keystore import FileKeyStore
+from labrelay.storage.keystore import LEFTOVER_AGE, FileKeyStore
 from tests.support.relay_setup import T0, Setup, digest_of, read_all
 
 HOUR = timedelta(hours=1)
@@ -165,15 +166,31 @@ def test_epoch_keys_made_at_once_by_many_threads_and_two_stores_are_the_key_stor
     assert stores[0].strays() == []  # no temporary file left behind
 
 
+def test_a_temporary_key_file_linked_into_place_is_unlinked_never_overwritten(tmp_path: Path) -> None:
+    """A create between its link and its cleanup leaves the key file under a second name (a hard link): the reaper
+    removes that name and never overwrites its bytes, which are the key itself."""
+    keys = FileKeyStore(tmp_path / "keys")
+    key = keys.create(3600)
+    linked = tmp_path / "keys" / f".epoch-3600.key.{os.getpid()}.{'0' * 16}.tmp"
+    os.link(tmp_path / "keys" / "epoch-3600.key", linked)
+    os.utime(linked, (time.time() - LEFTOVER_AGE - 1,) * 2)
+    assert keys.remove_leftovers() == [linked.name]
+    assert not linked.exists()
+    assert keys.key(3600) == key  # not zeros
+
+
 def test_key_store_creates_once_destroys_verifiably_and_refuses_loose_permissions(tmp_path: Path) -> None:
     keys = FileKeyStore(tmp_path / "keys")
     first = keys.create(3600)
     assert keys.create(3600) == first == keys.key(3600)
     assert keys.epochs() == [3600]
     assert (tmp_path / "keys" / "epoch-3600.key").stat().st_mode & 0o777 == 0o600
-    (tmp_path / "keys" / ".epoch-7200.key.99.tmp").write_bytes(b"k" * 32)  # a crash mid-create
-    assert keys.strays() == [".epoch-7200.key.99.tmp"]
-    assert keys.remove_leftovers() == [".epoch-7200.key.99.tmp"]
+    crashed = tmp_path / "keys" / ".epoch-7200.key.99.tmp"
+    crashed.write_bytes(b"k" * 32)  # a crash mid-create …
+    assert keys.strays() == [crashed.name]
+    assert keys.remove_leftovers() == []  # … or a create in progress in another process: not yet
+    os.utime(crashed, (time.time() - LEFTOVER_AGE - 1,) * 2)
+    assert keys.remove_leftovers() == [crashed.name]  # old enough: a crash's
     assert keys.strays() == []
     assert keys.destroy(3600)
     assert keys.key(3600) is None

@@ -18,6 +18,7 @@ import re
 import secrets
 import stat
 import threading
+import time
 from pathlib import Path
 
 from labrelay.crypto.at_rest import KEY_BYTES, new_key
@@ -25,6 +26,8 @@ from labrelay.errors import InsecureKeyFile, StorageFull, Unavailable
 from labrelay.storage.fs import fsync_dir
 
 _NAME = re.compile(r"epoch-([0-9]{1,12})\.key")
+LEFTOVER_AGE = 600
+"""Seconds after which a temporary key file is a crash's leftover, not a ``create`` in progress (which takes ms)."""
 _TMP = re.compile(r"\.epoch-[0-9]{1,12}\.key\.[0-9]+(\.[0-9a-f]{16})?\.tmp")
 
 
@@ -111,12 +114,30 @@ class FileKeyStore:
         return sorted(name for name in os.listdir(self.root) if not _NAME.fullmatch(name))
 
     def remove_leftovers(self) -> list[str]:
-        """Destroy temporary key files a crash left behind (each may hold a copy of a key); return their names."""
+        """Destroy temporary key files a crash left behind (each may hold a copy of a key); return their names.
+
+        The reaper runs this while relays may be making a key. A temporary file younger than ``LEFTOVER_AGE`` may
+        be a ``create`` in progress in another process: left for a later pass. One already linked into place (a
+        ``create`` between its link and its cleanup) is the key file itself under a second name: that name is
+        removed, its bytes are never overwritten (they are the key every payload of the epoch is wrapped with)."""
         removed = []
+        now = time.time()  # the file system's clock: a file's age, not an instant of the relay's
         for name in self.strays():
-            if _TMP.fullmatch(name):
-                self._shred(self.root / name)
-                removed.append(name)
+            if not _TMP.fullmatch(name):
+                continue
+            path = self.root / name
+            try:
+                info = path.stat()
+            except FileNotFoundError:
+                continue  # its create finished meanwhile
+            if now - info.st_mtime < LEFTOVER_AGE:
+                continue
+            if info.st_nlink > 1:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            else:
+                self._shred(path)
+            removed.append(name)
         if removed:
             fsync_dir(self.root)
         return removed
