@@ -11,7 +11,7 @@ import pytest
 from labrelay.client.api import MAX_RETRY_AFTER, RelayClient
 from labrelay.clock import SystemClock
 from labrelay.crypto.keys import SigningKey
-from labrelay.errors import PermissionDenied, TooManyRequests, Unavailable
+from labrelay.errors import OperationalError, PermissionDenied, TooManyRequests, Unavailable
 
 LIMITS = {"max_ttl_seconds": 86400, "max_payload_bytes": 1 << 30, "clock_skew_seconds": 300}
 
@@ -103,3 +103,20 @@ def test_an_unreachable_relay_is_retried_then_reported_unavailable() -> None:
     with _client(handler, waits, retries=3) as client, pytest.raises(Unavailable, match="unreachable"):
         client.limits()
     assert waits == [0.5, 1.0, 2.0]
+
+
+def test_each_wait_is_at_most_a_minute_whatever_the_retries() -> None:
+    """``--retries 8`` on a busy relay: sixteen retries, each wait doubling up to a minute, never hours."""
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(17)])
+    waits: list[float] = []
+    with _client(handler, waits, retries=8) as client, pytest.raises(TooManyRequests):
+        client.limits()
+    assert len(seen) == 17
+    assert max(waits) == MAX_RETRY_AFTER
+    assert waits[:8] == [1, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, MAX_RETRY_AFTER]
+
+
+def test_a_transfer_list_with_anything_but_objects_is_refused() -> None:
+    handler, _ = _relay(httpx.Response(200, json={"transfers": [{"transfer_id": "x"}, None]}))
+    with _client(handler, [], retries=0) as client, pytest.raises(OperationalError, match="malformed transfer list"):
+        client.transfers("inbox")

@@ -91,6 +91,14 @@ class _Pipe(io.StringIO):
         return False
 
 
+@pytest.fixture
+def no_forced_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the environment running the tests says, rich is not told that a pipe is a terminal: the tests
+    below compare the fast path with rich, which they must reach."""
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def _both_ways(objects: list[str], **kwargs: str) -> tuple[str, str]:
     """What the CLI's ``Output`` writes to a stream that is no terminal, and what rich's console writes there."""
     plain, rich = _Pipe(), _Pipe()
@@ -116,6 +124,7 @@ LINES = [
 
 @pytest.mark.threat("T37")
 @pytest.mark.parametrize("line", LINES)
+@pytest.mark.usefixtures("no_forced_terminal")
 def test_lines_for_no_terminal_are_written_as_rich_writes_them(line: str) -> None:
     """Output writes lines for a log or a pipe without loading rich: the same bytes rich's console writes there,
     escapes included."""
@@ -124,12 +133,42 @@ def test_lines_for_no_terminal_are_written_as_rich_writes_them(line: str) -> Non
     assert plain.endswith("\n")
 
 
+@pytest.mark.usefixtures("no_forced_terminal")
+@given(st.lists(st.text(), min_size=1, max_size=3))
+def test_any_text_is_written_as_rich_writes_it(objects: list[str]) -> None:
+    plain, rich = _both_ways(objects)
+    assert plain == rich
+
+
+@pytest.mark.usefixtures("no_forced_terminal")
 @given(st.lists(st.text(), min_size=1, max_size=3), st.sampled_from([" ", "", ", ", "\t"]), st.sampled_from(["\n", ""]))
-def test_any_text_is_written_as_rich_writes_it(objects: list[str], sep: str, end: str) -> None:
+def test_other_separators_and_ends_go_through_rich(objects: list[str], sep: str, end: str) -> None:
     plain, rich = _both_ways(objects, sep=sep, end=end)
     assert plain == rich
 
 
+@pytest.mark.usefixtures("no_forced_terminal")
+def test_stdout_behind_a_progress_bar_still_reaches_stdout() -> None:
+    """A progress bar on stderr replaces ``sys.stdout`` with rich's proxy, which would send stdout's lines to the
+    stderr console: the transfer ids a script reads from ``labrelay send … > sent.log`` must reach the file."""
+    from rich.file_proxy import FileProxy  # noqa: PLC0415
+
+    real, errors = _Pipe(), _Pipe()
+    proxy = FileProxy(SafeConsole(file=errors, highlight=False, soft_wrap=True), real)
+    with redirect_stdout(proxy):  # type: ignore[type-var]
+        Output(stderr=False).print("sent 0cbe1051 to cnam")
+    assert real.getvalue() == "sent 0cbe1051 to cnam\n"
+    assert errors.getvalue() == ""
+
+
+def test_a_closed_stdout_drops_the_line_as_rich_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``labrelay fetch … >&-``: Python has no ``sys.stdout`` at all; the line is dropped, nothing raised."""
+    monkeypatch.setattr("sys.stdout", None)
+    Output(stderr=False).print("fetched 1 payload")
+    assert Output(stderr=False).is_terminal is False
+
+
+@pytest.mark.usefixtures("no_forced_terminal")
 def test_a_terminal_or_a_renderable_still_goes_through_rich(monkeypatch: pytest.MonkeyPatch) -> None:
     sink = _Pipe()
     with redirect_stderr(sink):

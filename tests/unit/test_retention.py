@@ -28,7 +28,7 @@ from labrelay.domain.policy import DEFAULT_POLICY_VALIDITY
 from labrelay.domain.retention import epoch_end
 from labrelay.domain.timeutil import to_epoch
 from labrelay.domain.transfers import TransferState
-from labrelay.errors import Conflict, EpochKeyGone, InsecureKeyFile, IntegrityError, NotFound, UsageError
+from labrelay.errors import Conflict, EpochKeyGone, InsecureKeyFile, IntegrityError, NotFound, Unavailable, UsageError
 from labrelay.operations import init_data_dir
 from labrelay.relay.audit_check import verify_audit
 from labrelay.relay.retention import RetentionReport, check_retention
@@ -177,6 +177,9 @@ def test_a_temporary_key_file_linked_into_place_is_unlinked_never_overwritten(tm
     assert keys.remove_leftovers() == [linked.name]
     assert not linked.exists()
     assert keys.key(3600) == key  # not zeros
+    (tmp_path / "keys" / "epoch-3600.key").write_bytes(bytes(32))  # had it been overwritten: refused, not used
+    with pytest.raises(Unavailable, match="damaged"):
+        keys.key(3600)
 
 
 def test_key_store_creates_once_destroys_verifiably_and_refuses_loose_permissions(tmp_path: Path) -> None:

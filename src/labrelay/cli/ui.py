@@ -44,8 +44,12 @@ class Output:
         self._console: SafeConsole | None = None
 
     @property
-    def file(self) -> TextIO:
-        return sys.stderr if self._stderr else sys.stdout  # looked up on each print, like rich's (redirections)
+    def file(self) -> TextIO | None:
+        """The stream, looked up on each print like rich's (redirections): the real one behind rich's proxy (a
+        progress bar on stderr replaces ``sys.stdout`` with a proxy that would send stdout's lines to stderr);
+        None when the process has no such stream (``>&-``)."""
+        stream = sys.stderr if self._stderr else sys.stdout
+        return getattr(stream, "rich_proxied_file", stream)
 
     @property
     def console(self) -> SafeConsole:
@@ -59,6 +63,8 @@ class Output:
         """Whether rich would see no terminal here: nothing forces one and the stream is no TTY."""
         if self._console is not None or any(os.environ.get(name) for name in _FORCING):
             return False
+        if self.file is None:
+            return True  # nowhere to write: dropped, as rich drops it
         isatty = getattr(self.file, "isatty", None)
         try:
             return not (isatty is not None and isatty())
@@ -75,6 +81,8 @@ class Output:
             self.console.print(*objects, sep=sep, end=end, markup=markup, **options)
             return
         stream = self.file
+        if stream is None:
+            return
         stream.write(" ".join(printable(o) for o in objects) + "\n")
         stream.flush()
 

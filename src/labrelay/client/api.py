@@ -96,8 +96,8 @@ class RetryPolicy:
 
     A relay that answers "too many" (429) is up and busy, and asks for a short wait (one second when every upload
     slot of a process is taken, during a burst of labs): such answers get twice the retries, so that a nightly job
-    waits out a busy minute or two (1, 1, 2, 4, 8, 16, 32, 64 s with the defaults) instead of failing in eight
-    seconds."""
+    waits out a busy minute or two (1, 1, 2, 4, 8, 16, 32, 60 s with the defaults) instead of failing in eight
+    seconds. No single wait is longer than ``MAX_RETRY_AFTER``."""
 
     retries: int = 4
     backoff: float = 0.5
@@ -109,7 +109,8 @@ class RetryPolicy:
         attempt is allowed; False, at once, when the retries are spent."""
         if failures > (2 * self.retries if isinstance(error, TooManyRequests) else self.retries):
             return False
-        self.sleep(max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0)))
+        # Each wait at most MAX_RETRY_AFTER: more retries (``--retries``) wait longer in all, never hours at once.
+        self.sleep(min(MAX_RETRY_AFTER, max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0))))
         return True
 
     def run(self, operation: Callable[[], T]) -> T:
@@ -316,7 +317,7 @@ class RelayClient:
     def transfers(self, box: str) -> list[dict[str, Any]]:
         doc = self._json("GET", f"/v1/transfers?box={box}")
         items = doc.get("transfers") if isinstance(doc, dict) else None
-        if not isinstance(items, list):
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
             raise OperationalError("relay sent a malformed transfer list")
         return items
 

@@ -53,6 +53,7 @@ from labrelay.crypto.envelopes import envelope_payload, envelope_signer, verify_
 from labrelay.crypto.keys import VerifyKey
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES
 from labrelay.domain.policy import SignedPolicy
+from labrelay.domain.timeutil import from_rfc3339
 from labrelay.domain.transfers import (
     MANIFEST_TYPE,
     Manifest,
@@ -347,14 +348,13 @@ def _download(
     written, before they reached the disk): this party's own disk must not make it refuse a payload for good. A
     resumed download that fails the check is downloaded whole once more; only a whole download that fails is
     refused."""
-    if _download_checked(client, manifest, work, partial, progress, tee):
+    if _download_checked(client, manifest, work, partial, progress, tee, resume=tee is None):
         return
     progress.note(
         f"the partial download of {manifest.transfer_id} did not match its signed manifest once resumed; "
         "downloading it again from the start"
     )
-    if not _download_checked(client, manifest, work, partial, progress, tee):
-        raise AssertionError("a download from the start is refused, never retried")  # pragma: no cover
+    _download_checked(client, manifest, work, partial, progress, tee, resume=False)
 
 
 def _download_checked(
@@ -364,9 +364,14 @@ def _download_checked(
     partial: str,
     progress: Progress,
     tee: Callable[[bytes], None] | None,
+    *,
+    resume: bool,
 ) -> bool:
     """One download into ``partial`` and its check: True if it matches the manifest; False (the partial file gone)
-    if it was resumed and does not; refused if it started from zero and does not."""
+    if it was resumed and does not; refused if it started from zero and does not. Without ``resume`` (a second
+    attempt, or ``tee``, which must see every byte from the first) it starts from zero whatever is on disk."""
+    if not resume:
+        work.unlink(partial)
     start, digest = _resume_point(work, partial, manifest)
     task = progress.task(f"downloading {manifest.transfer_id[:8]}", manifest.size)
     task.advance(start)
@@ -932,12 +937,16 @@ def in_sending_order(listings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     is declined against: an original listed after its ``--again`` copy would be declined as a duplicate of it.
     The payloads read here are not verified yet; they only order the work, each is verified before it is used."""
 
-    def key(listing: Mapping[str, Any]) -> tuple[str, bool]:
-        envelope = listing.get("manifest")
+    def key(listing: object) -> tuple[float, bool]:
+        envelope = listing.get("manifest") if isinstance(listing, Mapping) else None
         payload = envelope.get("payload") if isinstance(envelope, Mapping) else None
-        if not isinstance(payload, Mapping):
-            return ("", False)  # malformed: refused when its turn comes, first
-        return (str(payload.get("created", "")), payload.get("again") is True)
+        try:
+            if not isinstance(payload, Mapping):
+                raise ValueError("no manifest payload")
+            created = from_rfc3339(str(payload.get("created"))).timestamp()  # any offset or fraction, as verified
+        except ValueError:
+            return (float("-inf"), False)  # malformed: refused when its turn comes, first
+        return (created, payload.get("again") is True)
 
     return sorted(listings, key=key)  # stable: the relay's order otherwise
 

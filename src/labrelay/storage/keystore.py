@@ -56,7 +56,7 @@ class FileKeyStore:
             data = self._path(epoch).read_bytes()
         except FileNotFoundError:
             return None
-        if len(data) != KEY_BYTES:
+        if len(data) != KEY_BYTES or data == bytes(KEY_BYTES):  # all zeros: overwritten, never a key made here
             raise Unavailable(f"epoch key file for {epoch} is damaged")
         return data
 
@@ -89,8 +89,10 @@ class FileKeyStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            linked = False
             with contextlib.suppress(FileExistsError):  # another caller's key is in place: it is the one
                 os.link(tmp, path)  # atomic, and never replaces a key another caller made first
+                linked = True
             fsync_dir(self.root)
             stored = self.key(epoch)  # whoever linked first: the key every caller wraps with
         except OSError as exc:
@@ -101,8 +103,8 @@ class FileKeyStore:
             if written:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
-        if stored is None:
-            raise Unavailable(f"the epoch key for {epoch} vanished as it was made")
+        if stored is None or (linked and stored != key):
+            raise Unavailable(f"the epoch key for {epoch} changed or vanished as it was made")
         return stored
 
     def epochs(self) -> list[int]:
@@ -121,7 +123,10 @@ class FileKeyStore:
         ``create`` between its link and its cleanup) is the key file itself under a second name: that name is
         removed, its bytes are never overwritten (they are the key every payload of the epoch is wrapped with)."""
         removed = []
-        now = time.time()  # the file system's clock: a file's age, not an instant of the relay's
+        # A file's age, not an instant of the relay's: this host's clock against the file's mtime (on a directory
+        # shared between hosts, their clocks must agree within LEFTOVER_AGE; a fresh file taken for a leftover
+        # only makes its create fail, since a key read as zeros is refused).
+        now = time.time()
         for name in self.strays():
             if not _TMP.fullmatch(name):
                 continue
