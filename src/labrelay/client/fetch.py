@@ -932,7 +932,7 @@ def _fetch_listed(run: _Run, report: FetchReport) -> None:
 
 def in_sending_order(listings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The relay's listing, taken in the order its senders made the transfers: by the manifest's ``created``
-    (whole seconds), and within one second a copy sent by mistake before a copy sent ``--again``. The relay's own
+    instant, and within one instant a copy sent by mistake before a copy sent ``--again``. The relay's own
     order breaks ties of ``created_at`` at random, and the first copy of a source received is the one a later copy
     is declined against: an original listed after its ``--again`` copy would be declined as a duplicate of it.
     The payloads read here are not verified yet; they only order the work, each is verified before it is used."""

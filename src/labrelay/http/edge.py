@@ -168,8 +168,8 @@ class EdgeState:
         ``Retry-After``: a party's own slots are its own uploads, which may be stalled (a slot frees within the
         body timeout): a sixth of it. The process's slots are everyone's and turn over as chunks complete, many a
         second when a burst of labs sends at once (a nightly cron at the same minute): one second. Five seconds
-        there left the relay idle for most of each wait: 200 labs at once sent 11 transfers a second, 21-23 with one
-        (docs/performance.md, "Load")."""
+        there left the relay idle for most of each wait: 200 labs at once sent 10-12 transfers a second, 13-23 with
+        one (decision 0024)."""
         if self._uploads[party] >= self.limits.max_uploads_per_party:
             self.report("uploads-per-party", party, None)
             return TooManyRequests(
