@@ -30,7 +30,7 @@ from labrelay.errors import (
     PermissionDenied,
     ReplayDetected,
 )
-from tests.support.world import CliResult, relay_store, sent_ids
+from tests.support.world import CliResult, relay_store, sent_ids, swap_one_byte
 
 
 def refused(result: CliResult, needle: str) -> None:
@@ -61,16 +61,7 @@ def test_one_flipped_byte_in_a_stored_payload(world, cli, batch: Path) -> None:
     """An attacker who owns the relay, keys included, swaps a payload for one with a byte changed and wraps it
     properly: the relay serves it, and the recipient refuses it against the sender's signed hash."""
     transfer_id = send_one(world, cli, batch)
-    store = relay_store(world)
-    data = bytearray(b"".join(store.open(transfer_id)))
-    data[len(data) // 2] ^= 0x01
-    deadline = datetime.now(UTC) + timedelta(days=1)
-    store.delete(transfer_id)
-    store.begin(transfer_id, deadline)
-    writer = store.writer(transfer_id, 0)
-    writer.write(bytes(data))
-    writer.commit()
-    store.publish(transfer_id)
+    swap_one_byte(world, transfer_id)
     out = world.root / "out"
     refused(
         cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.parties import Role
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import Unavailable
-from tests.support.world import RelayServer, relay_store, sent_ids
+from tests.support.world import RelayServer, relay_store, sent_ids, swap_one_byte
 
 
 def transfer_id_batch(world, transfer_id: str) -> str:
@@ -69,23 +69,32 @@ def test_upload_resumes_after_the_relay_is_killed(world, cli, tmp_path: Path) ->
         restarted.stop()
 
 
-@pytest.mark.scaled("ranged reads across S3 chunk objects")
-def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> None:
+def sent_as_is(world, cli, tmp_path: Path, size: int) -> tuple[bytes, str]:
+    """``size`` random bytes sent ``--as-is`` to CNAM: (the bytes, the transfer id)."""
     plain = tmp_path / "data.bin"
-    plain.write_bytes(os.urandom(2 * 1024 * 1024))
+    plain.write_bytes(os.urandom(size))
     sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
     assert sent.code == 0, str(sent)
-    transfer_id = sent_ids(sent.out)["cnam"]
-    out = tmp_path / "out"
+    return plain.read_bytes(), sent_ids(sent.out)["cnam"]
+
+
+def plant_partial(out: Path, transfer_id: str, data: bytes) -> None:
+    """A partial download of ``transfer_id`` left in fetch's work directory under ``out``."""
     work = out / ".labrelay"
     work.mkdir(parents=True, mode=0o700)
+    (work / f"{transfer_id}.age.part").write_bytes(data)
+
+
+@pytest.mark.scaled("ranged reads across S3 chunk objects")
+def test_download_resumes_from_a_partial_file(world, cli, tmp_path: Path) -> None:
+    plain, transfer_id = sent_as_is(world, cli, tmp_path, 2 * 1024 * 1024)
+    out = tmp_path / "out"
     with world.client("cnam") as client:
-        partial = b"".join(client.download(transfer_id))[:700_000]
-    (work / f"{transfer_id}.age.part").write_bytes(partial)
+        plant_partial(out, transfer_id, b"".join(client.download(transfer_id))[:700_000])
     fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert fetched.code == 0, str(fetched)
     [written] = list(out.glob(f"*_{transfer_id_batch(world, transfer_id)}_cnam.bin"))
-    assert written.read_bytes() == plain.read_bytes()
+    assert written.read_bytes() == plain
     assert any('"start":700000' in d for d in audit_details(world, "download:serve"))
 
 
@@ -103,21 +112,15 @@ def test_a_partial_file_that_no_longer_matches_is_downloaded_again_not_refused(w
     """A power loss after a partial download's bytes were written but before they reached the disk leaves a file of
     the right length with the wrong bytes. The resumed download then fails the signed hash: fetch downloads the
     payload whole once more rather than refusing it for good because of its own disk."""
-    plain = tmp_path / "data.bin"
-    plain.write_bytes(os.urandom(2 * 1024 * 1024))
-    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
-    assert sent.code == 0, str(sent)
-    transfer_id = sent_ids(sent.out)["cnam"]
+    plain, transfer_id = sent_as_is(world, cli, tmp_path, 2 * 1024 * 1024)
     out = tmp_path / "out"
-    work = out / ".labrelay"
-    work.mkdir(parents=True, mode=0o700)
-    (work / f"{transfer_id}.age.part").write_bytes(bytes(700_000))  # its length survived, its bytes did not
+    plant_partial(out, transfer_id, bytes(700_000))  # its length survived, its bytes did not
     notes = Notes()
     with world.client("cnam") as client:
         report = fetch_all(world.parties["cnam"], client, out, SystemClock(), progress=notes)
     [fetched] = report.fetched
     assert (fetched.transfer_id, fetched.acknowledged) == (transfer_id, True)
-    assert fetched.path.read_bytes() == plain.read_bytes()
+    assert fetched.path.read_bytes() == plain
     assert report.refused == []
     assert any("downloading it again from the start" in note for note in notes.said)
     served = audit_details(world, "download:serve")
@@ -128,23 +131,10 @@ def test_a_partial_file_that_no_longer_matches_is_downloaded_again_not_refused(w
 
 def test_a_payload_whose_whole_download_fails_is_still_refused(world, cli, tmp_path: Path) -> None:
     """The retry above is one whole download: a payload altered in the relay's storage fails it too and is refused."""
-    plain = tmp_path / "data.bin"
-    plain.write_bytes(os.urandom(1024 * 1024))
-    sent = cli("send", plain, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam", "--as-is")
-    transfer_id = sent_ids(sent.out)["cnam"]
-    store = relay_store(world)
-    data = bytearray(b"".join(store.open(transfer_id)))
-    data[len(data) // 2] ^= 0x01
-    store.delete(transfer_id)
-    store.begin(transfer_id, datetime.now(UTC) + timedelta(days=1))
-    writer = store.writer(transfer_id, 0)
-    writer.write(bytes(data))
-    writer.commit()
-    store.publish(transfer_id)
+    _, transfer_id = sent_as_is(world, cli, tmp_path, 1024 * 1024)
+    swap_one_byte(world, transfer_id)
     out = tmp_path / "out"
-    work = out / ".labrelay"
-    work.mkdir(parents=True, mode=0o700)
-    (work / f"{transfer_id}.age.part").write_bytes(bytes(data[:300_000]))
+    plant_partial(out, transfer_id, b"".join(relay_store(world).open(transfer_id))[:300_000])
     fetched = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
     assert fetched.code == 3, str(fetched)
     assert "does not match its signed manifest" in fetched.err

@@ -40,7 +40,7 @@ from labrelay.domain.parties import Role
 from labrelay.domain.records import FIELDS
 from labrelay.errors import Unavailable
 from labrelay.synthetic.generator import write_csv_file, write_file
-from tests.support.world import CliResult, World, call_cli, make_world, relay_store, run_cli
+from tests.support.world import CliResult, World, call_cli, make_world, run_cli, swap_one_byte
 
 TODAY = date.today()  # noqa: DTZ011 - a calendar day for the generator
 
@@ -75,20 +75,6 @@ def send_held(world: World, batch: str) -> tuple[int, dict]:
     lab = world.party_dir("lab-paris-01")
     result = cli(world, "send", "--held", batch, "--as", lab, "--server", world.url, "--json")
     return result.code, json.loads(result.out)
-
-
-def swap_one_byte(world: World, transfer_id: str) -> None:
-    """An attacker who owns the relay, keys included, replaces a payload with one byte changed, wrapped properly:
-    the relay serves it; only the recipient's check against the sender's signed hash can tell."""
-    store = relay_store(world)
-    data = bytearray(b"".join(store.open(transfer_id)))
-    data[len(data) // 2] ^= 0x01
-    store.delete(transfer_id)
-    store.begin(transfer_id, datetime.now(UTC) + timedelta(days=1))
-    writer = store.writer(transfer_id, 0)
-    writer.write(bytes(data))
-    writer.commit()
-    store.publish(transfer_id)
 
 
 def transfers_on_relay(world: World) -> int:

@@ -367,6 +367,20 @@ def relay_store(world: World) -> PayloadStore:
     return payload_store_for(settings, FileKeyStore(settings.key_dir), Database(engine))
 
 
+def swap_one_byte(world: World, transfer_id: str) -> None:
+    """An attacker who owns the relay, keys included, replaces a payload with one byte changed, wrapped properly:
+    the relay serves it; only the recipient's check against the sender's signed hash can tell."""
+    store = relay_store(world)
+    data = bytearray(b"".join(store.open(transfer_id)))
+    data[len(data) // 2] ^= 0x01
+    store.delete(transfer_id)
+    store.begin(transfer_id, datetime.now(UTC) + timedelta(days=1))
+    writer = store.writer(transfer_id, 0)
+    writer.write(bytes(data))
+    writer.commit()
+    store.publish(transfer_id)
+
+
 _CLI_LOCK = threading.Lock()
 
 
