@@ -30,3 +30,13 @@ def upload(store: PayloadStore, plain: bytes, chunks: list[int], *, publish: boo
     if publish:
         store.publish(transfer_id)
     return transfer_id
+
+
+def finish(store: PayloadStore, transfer_id: str, plain: bytes, offset: int) -> int:
+    """The rest of ``plain`` uploaded from ``offset`` (a resumed upload, perhaps on another replica), then
+    published; the size the store committed."""
+    writer = store.writer(transfer_id, offset)
+    writer.write(plain[offset:])
+    size = writer.commit()
+    store.publish(transfer_id)
+    return size

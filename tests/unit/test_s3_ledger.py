@@ -26,7 +26,7 @@ from labrelay.storage.keystore import FileKeyStore
 from labrelay.storage.s3 import LedgeredS3PayloadStore, S3PayloadStore
 from labrelay.storage.sql.engine import Database, sqlite_engine
 from labrelay.storage.sql.payload_objects import SqlObjectLedger
-from tests.support.payloads import DEADLINE, HOUR, plaintext, upload
+from tests.support.payloads import DEADLINE, HOUR, finish, plaintext, upload
 
 if TYPE_CHECKING:
     from tests.support.s3server import S3Server
@@ -146,10 +146,7 @@ def test_a_replica_sees_what_another_wrote(store: LedgeredS3PayloadStore, client
     tid = upload(store, plain, [30_000], publish=False)
     other = LedgeredS3PayloadStore(client, store.bucket, keys, HOUR, store.ledger)  # the same database
     assert other.uploaded(tid) == 30_000
-    writer = other.writer(tid, 30_000)
-    writer.write(plain[30_000:])
-    writer.commit()
-    other.publish(tid)
+    finish(other, tid, plain, 30_000)
     assert b"".join(store.open(tid)) == plain
 
 
@@ -230,10 +227,7 @@ def test_uploads_written_before_the_ledger_are_served_and_deleted_the_legacy_way
     assert sorted(store.ids()) == sorted([published, pending])
     assert b"".join(store.open(published)) == plain
     assert store.uploaded(pending) == 20_000
-    writer = store.writer(pending, 20_000)
-    writer.write(plain[20_000:])
-    writer.commit()
-    store.publish(pending)
+    finish(store, pending, plain, 20_000)
     assert b"".join(store.open(pending)) == plain
     assert store.ledger.rows(pending) == []  # kept the legacy way to the end
     assert store.delete(published)
@@ -319,10 +313,7 @@ def test_a_writer_killed_at_any_moment_loses_nothing_acknowledged(
         store.writer(tid, acknowledged).abort()
         assert store.uploaded(tid) == acknowledged
         assert store.upload_digest(tid) == (acknowledged, hashlib.sha256(plain[:acknowledged]).hexdigest())
-    writer = store.writer(tid, acknowledged)
-    writer.write(plain[acknowledged:])
-    assert writer.commit() == size
-    store.publish(tid)
+    assert finish(store, tid, plain, acknowledged) == size
     assert hashlib.sha256(b"".join(store.open(tid))).digest() == hashlib.sha256(plain).digest()
     assert store.delete(tid)
     assert keys_in(store) == []

@@ -25,7 +25,7 @@ from labrelay.domain.names import new_id
 from labrelay.errors import Conflict, IntegrityError, NotFound, Unavailable
 from labrelay.storage.keystore import FileKeyStore
 from labrelay.storage.s3 import S3PayloadStore
-from tests.support.payloads import DEADLINE, HOUR, plaintext, upload
+from tests.support.payloads import DEADLINE, HOUR, finish, plaintext, upload
 
 if TYPE_CHECKING:
     from tests.support.s3server import S3Server
@@ -135,10 +135,7 @@ def test_a_replica_sees_what_another_wrote(store: S3PayloadStore, client: Any, k
     tid = upload(store, plain, [30_000], publish=False)
     other = S3PayloadStore(client, store.bucket, keys, HOUR)
     assert other.uploaded(tid) == 30_000
-    writer = other.writer(tid, 30_000)
-    writer.write(plain[30_000:])
-    writer.commit()
-    other.publish(tid)
+    finish(other, tid, plain, 30_000)
     assert b"".join(store.open(tid)) == plain
 
 
@@ -457,8 +454,5 @@ def test_a_writer_killed_at_any_moment_loses_nothing_acknowledged(
         store.writer(tid, acknowledged).abort()
         assert store.uploaded(tid) == acknowledged
         assert store.upload_digest(tid) == (acknowledged, hashlib.sha256(plain[:acknowledged]).hexdigest())
-    writer = store.writer(tid, acknowledged)
-    writer.write(plain[acknowledged:])
-    assert writer.commit() == size
-    store.publish(tid)
+    assert finish(store, tid, plain, acknowledged) == size
     assert hashlib.sha256(b"".join(store.open(tid))).digest() == hashlib.sha256(plain).digest()
