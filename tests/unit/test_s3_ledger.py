@@ -6,12 +6,6 @@ tests/unit/test_payload_stores.py."""
 
 from __future__ import annotations
 
-import hashlib
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +21,7 @@ from labrelay.storage.s3 import LedgeredS3PayloadStore, S3PayloadStore
 from labrelay.storage.sql.engine import Database, sqlite_engine
 from labrelay.storage.sql.payload_objects import SqlObjectLedger
 from tests.support.payloads import DEADLINE, HOUR, finish, plaintext, upload
+from tests.support.s3_crash import kill_a_writer_three_times
 
 if TYPE_CHECKING:
     from tests.support.s3server import S3Server
@@ -248,73 +243,10 @@ def test_ids_and_has_bytes_cover_the_ledger_and_the_bucket(store: LedgeredS3Payl
     assert not store.has_bytes(begun)
 
 
-WRITER_SCRIPT = textwrap.dedent(
-    """
-    import hashlib, sys
-    from datetime import timedelta
-    from pathlib import Path
-    from labrelay.storage.keystore import FileKeyStore
-    from labrelay.storage.s3 import LedgeredS3PayloadStore, s3_client
-    from labrelay.storage.sql.engine import Database, sqlite_engine
-    from labrelay.storage.sql.payload_objects import SqlObjectLedger
-
-    endpoint, bucket, keys, db, tid, size, offset = sys.argv[1:8]
-    plain = hashlib.shake_256(b"crash").digest(int(size))
-    client = s3_client(endpoint, "us-east-1", "k", "s")
-    ledger = SqlObjectLedger(Database(sqlite_engine(Path(db))))
-    store = LedgeredS3PayloadStore(client, bucket, FileKeyStore(Path(keys)), timedelta(hours=1), ledger)
-    offset = int(offset)
-    while offset < len(plain):
-        writer = store.writer(tid, offset)
-        end = min(offset + 100_000, len(plain))
-        for i in range(offset, end, 7_000):
-            writer.write(plain[i : min(i + 7_000, end)])
-        offset = writer.commit()
-        print(offset, flush=True)
-        sys.stdin.readline()  # paced by the test: the next chunk only when it says so
-    """
-)
-
-
 def test_a_writer_killed_at_any_moment_loses_nothing_acknowledged(
     store: LedgeredS3PayloadStore, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    size = 40 * 100_000
-    plain = hashlib.shake_256(b"crash").digest(size)
-    tid = new_id()
-    store.begin(tid, DEADLINE)
-    acknowledged = 0
-    for wait in (0.0, 0.03, 0.11):
-        child = subprocess.Popen(
-            [
-                sys.executable, "-c", WRITER_SCRIPT, s3_server.endpoint, store.bucket, str(tmp_path / "keys"),
-                str(tmp_path / "relay.db"), tid, str(size), str(acknowledged),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdin is not None
-        with child.stdout, child.stdin:
-            for _ in range(2):
-                line = child.stdout.readline()
-                assert line, "the writer died on its own"
-                acknowledged = int(line)
-                child.stdin.write("go\n")
-                child.stdin.flush()
-            time.sleep(wait)
-            child.send_signal(signal.SIGKILL)
-            assert child.wait(timeout=30) == -signal.SIGKILL
-            for line in child.stdout:
-                acknowledged = int(line)
-        assert acknowledged < size
-        assert store.uploaded(tid) >= acknowledged
-        store.writer(tid, acknowledged).abort()
-        assert store.uploaded(tid) == acknowledged
-        assert store.upload_digest(tid) == (acknowledged, hashlib.sha256(plain[:acknowledged]).hexdigest())
-    assert finish(store, tid, plain, acknowledged) == size
-    assert hashlib.sha256(b"".join(store.open(tid))).digest() == hashlib.sha256(plain).digest()
+    tid = kill_a_writer_three_times(store, s3_server.endpoint, tmp_path / "keys", tmp_path / "relay.db")
     assert store.delete(tid)
     assert keys_in(store) == []
     assert store.ledger.rows(tid) == []

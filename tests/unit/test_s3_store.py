@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +21,7 @@ from labrelay.errors import Conflict, IntegrityError, NotFound, Unavailable
 from labrelay.storage.keystore import FileKeyStore
 from labrelay.storage.s3 import S3PayloadStore
 from tests.support.payloads import DEADLINE, HOUR, finish, plaintext, upload
+from tests.support.s3_crash import kill_a_writer_three_times
 
 if TYPE_CHECKING:
     from tests.support.s3server import S3Server
@@ -389,70 +385,9 @@ def test_a_missing_bucket_is_unavailable_not_a_missing_payload(client: Any, keys
             call(tid)
 
 
-WRITER_SCRIPT = textwrap.dedent(
-    """
-    import hashlib, sys
-    from datetime import timedelta
-    from pathlib import Path
-    from labrelay.storage.keystore import FileKeyStore
-    from labrelay.storage.s3 import S3PayloadStore, s3_client
-
-    endpoint, bucket, keys, tid, size, offset = sys.argv[1:7]
-    plain = hashlib.shake_256(b"crash").digest(int(size))
-    client = s3_client(endpoint, "us-east-1", "k", "s")
-    store = S3PayloadStore(client, bucket, FileKeyStore(Path(keys)), timedelta(hours=1))
-    offset = int(offset)
-    while offset < len(plain):
-        writer = store.writer(tid, offset)
-        end = min(offset + 100_000, len(plain))
-        for i in range(offset, end, 7_000):
-            writer.write(plain[i : min(i + 7_000, end)])
-        offset = writer.commit()
-        print(offset, flush=True)
-        sys.stdin.readline()  # paced by the test: the next chunk only when it says so
-    """
-)
-
-
 def test_a_writer_killed_at_any_moment_loses_nothing_acknowledged(
     store: S3PayloadStore, s3_server: S3Server, tmp_path: Path
 ) -> None:
     """A replica writing chunk after chunk is killed (SIGKILL) at three moments: every chunk it acknowledged is
     there, the next writer resumes exactly there, and the payload is whole in the end."""
-    size = 40 * 100_000
-    plain = hashlib.shake_256(b"crash").digest(size)
-    tid = new_id()
-    store.begin(tid, DEADLINE)
-    acknowledged = 0
-    for wait in (0.0, 0.03, 0.11):
-        child = subprocess.Popen(
-            [
-                sys.executable, "-c", WRITER_SCRIPT, s3_server.endpoint, store.bucket, str(tmp_path / "keys"), tid,
-                str(size), str(acknowledged),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert child.stdout is not None
-        assert child.stdin is not None
-        with child.stdout, child.stdin:
-            for _ in range(2):  # two chunks acknowledged, then a third begun: the kill lands in it or right after
-                line = child.stdout.readline()
-                assert line, "the writer died on its own"
-                acknowledged = int(line)
-                child.stdin.write("go\n")
-                child.stdin.flush()
-            time.sleep(wait)
-            child.send_signal(signal.SIGKILL)
-            assert child.wait(timeout=30) == -signal.SIGKILL
-            for line in child.stdout:  # acknowledged before the kill, not read yet
-                acknowledged = int(line)
-        assert acknowledged < size  # by design: the writer never gets past its third chunk before the kill
-        assert store.uploaded(tid) >= acknowledged  # every acknowledged chunk survived
-        # The relay resumes from what it acknowledged; anything stored past it is discarded first.
-        store.writer(tid, acknowledged).abort()
-        assert store.uploaded(tid) == acknowledged
-        assert store.upload_digest(tid) == (acknowledged, hashlib.sha256(plain[:acknowledged]).hexdigest())
-    assert finish(store, tid, plain, acknowledged) == size
-    assert hashlib.sha256(b"".join(store.open(tid))).digest() == hashlib.sha256(plain).digest()
+    kill_a_writer_three_times(store, s3_server.endpoint, tmp_path / "keys", None)
