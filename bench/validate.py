@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ DIGEST_KEY = "5e" * 32  # a fixed pseudonym key, so that digests compare across 
 
 
 def _setup(key: str) -> tuple[Any, Any, set[str]]:
+    import labrelay.batch.persons  # noqa: PLC0415 - loaded here, before any clock starts
+    import labrelay.batch.pipeline  # noqa: F401, PLC0415
     from labrelay.batch.route import Router  # noqa: PLC0415
     from labrelay.batch.validate import Validator  # noqa: PLC0415
     from labrelay.client.policy import default_policy_text  # noqa: PLC0415
@@ -73,26 +76,15 @@ def child(mode: str, path: Path) -> dict[str, Any]:
             path, infer_schema=False, separator=separator, encoding=encoding, truncate_ragged_lines=True
         )
         return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "rows": frame.height}
-    from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run  # noqa: PLC0415
     from labrelay.crypto.pseudonym import new_key  # noqa: PLC0415
-
-    validator, router, names = _setup(new_key())
 
     class Discard:
         def write_frame(self, frame: Any) -> None:
             pass
 
+    setup = _setup(new_key())  # the policy, the reference data: before the clock starts
     started, cpu = time.perf_counter(), time.process_time()
-    fmt, reader = open_reader(path)
-    summary = run(
-        reader,
-        validator,
-        summary=Summary(fmt),
-        report=RejectionReport(None),
-        review=ReviewFile(None),
-        router=router,
-        sinks={n: Discard() for n in names},
-    )  # type: ignore[misc]
+    summary = _pipeline(path, setup, lambda _name: Discard())
     return {
         "seconds": time.perf_counter() - started,
         "cpu": time.process_time() - cpu,
@@ -102,6 +94,34 @@ def child(mode: str, path: Path) -> dict[str, Any]:
         "held": summary.held,
         "reconciled": summary.reconciled,
     }
+
+
+def _pipeline(
+    path: Path,
+    setup: tuple[Any, Any, set[str]],
+    sink: Callable[[str], Any],
+    report: io.StringIO | None = None,
+    review: io.StringIO | None = None,
+    persons: tuple[Any, str] | None = None,
+) -> Any:
+    """The send pipeline without sealing on ``path``, with ``_setup``'s validator and router: every recipient of the
+    default policy gets ``sink(name)``; the persons index goes to ``persons`` (a stream, the pseudonym key) when
+    given. Its summary."""
+    from labrelay.batch.persons import PersonsIndexSink  # noqa: PLC0415
+    from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run  # noqa: PLC0415
+
+    validator, router, names = setup
+    fmt, reader = open_reader(path)
+    return run(
+        reader,
+        validator,
+        summary=Summary(fmt),
+        report=RejectionReport(report),
+        review=ReviewFile(review),
+        router=router,
+        sinks={n: sink(n) for n in names},
+        persons=None if persons is None else PersonsIndexSink(persons[0], {n: f"t-{n}" for n in names}, persons[1]),
+    )
 
 
 def _utf8(path: Path) -> bool:
@@ -115,41 +135,27 @@ def _utf8(path: Path) -> bool:
 
 def digest(path: Path) -> dict[str, Any]:
     """Digests of every output of the pipeline on ``path`` (fixed key and day): equal digests, equal outputs."""
-    from labrelay.batch.persons import PersonsIndexSink  # noqa: PLC0415
-    from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, open_reader, run  # noqa: PLC0415
-
-    validator, router, names = _setup(DIGEST_KEY)
-    hashes = {name: hashlib.sha256() for name in names}
+    hashes: dict[str, Any] = {}
 
     class Hashing:
         def __init__(self, name: str) -> None:
-            self.name = name
+            self.hash = hashes[name] = hashlib.sha256()
 
         def write_frame(self, frame: Any) -> None:
             buffer = io.BytesIO()
             frame.write_csv(buffer, include_header=False)
-            hashes[self.name].update(buffer.getvalue())
+            self.hash.update(buffer.getvalue())
 
     persons = hashlib.sha256()
 
     class Stream:
         def write(self, data: bytes) -> int:
-            # The prescribers of a block come out of a group-by in no set order: each block's lines are sorted.
+            # Each block's lines sorted: digests compare with code from before the persons index kept its order.
             persons.update(b"\n".join(sorted(data.split(b"\n"))))
             return len(data)
 
     report, review = io.StringIO(), io.StringIO()
-    fmt, reader = open_reader(path)
-    summary = run(
-        reader,
-        validator,
-        summary=Summary(fmt),
-        report=RejectionReport(report),
-        review=ReviewFile(review),
-        router=router,
-        sinks={n: Hashing(n) for n in names},  # type: ignore[misc]
-        persons=PersonsIndexSink(Stream(), {n: f"t-{n}" for n in names}, DIGEST_KEY),
-    )
+    summary = _pipeline(path, _setup(DIGEST_KEY), Hashing, report, review, (Stream(), DIGEST_KEY))
     outputs = {f"recipient {n}": h.hexdigest()[:16] for n, h in sorted(hashes.items())}
     outputs["persons index"] = persons.hexdigest()[:16]
     outputs["rejection report"] = hashlib.sha256(report.getvalue().encode()).hexdigest()[:16]
