@@ -4,14 +4,16 @@ writer must stop the run (``send_results`` then discards every output and the br
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from labrelay.batch.csv_reader import CsvReader
+from labrelay.batch.csv_reader import Batch, CsvReader
 from labrelay.batch.persons import PersonsIndexSink
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
 from labrelay.batch.route import Router
@@ -147,7 +149,7 @@ def test_the_persons_index_lists_prescribers_in_the_order_they_first_appear() ->
     def index() -> bytes:
         out = Bytes()
         sink = PersonsIndexSink(out, {"ars-11": "t-ars"}, None)
-        numbered = sink.prepare(accepted, 0)
+        numbered = sink.prepare(accepted)
         sink.add(numbered, {"ars-11": numbered.select(ROW_ID)})
         return bytes(out.data)
 
@@ -156,3 +158,101 @@ def test_the_persons_index_lists_prescribers_in_the_order_they_first_appear() ->
     listed = pl.read_csv(first, infer_schema=False).filter(pl.col("kind") == "professional")
     expected = [f"1{(i * 7919) % 10**10:010d}" for i in range(count)]
     assert listed.get_column("person").to_list() == expected
+
+
+class FirstBlockLast:
+    """The rules, but the first block's validation waits until another block's has finished: the workers finish
+    blocks out of order, as they do when the first block is the harder one."""
+
+    def __init__(self) -> None:
+        self.inner = validator()
+        self.later_done = threading.Event()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def validate(self, frame: pl.DataFrame, **kwargs: bool) -> object:
+        with self.lock:
+            self.calls += 1
+        if frame.get_column("_record")[0] == 1:  # the file's first block
+            assert self.later_done.wait(10), "no other block was validated while the first one was"
+            time.sleep(0.2)  # the later block is certainly finished first, and seen so by the pipeline
+            return self.inner.validate(frame, **kwargs)
+        result = self.inner.validate(frame, **kwargs)
+        self.later_done.set()
+        return result
+
+
+class SlowReader:
+    """A reader that yields its third block only once a block after the first has been validated (and a moment
+    more): the pipeline then holds a later block finished while the first is still being validated."""
+
+    def __init__(self, path: Path, validated: threading.Event) -> None:
+        self.inner = CsvReader(path, block_bytes=8192)
+        self.validated = validated
+
+    def batches(self) -> Iterator[Batch]:
+        for i, batch in enumerate(self.inner.batches()):
+            if i == 2:
+                assert self.validated.wait(10)
+                time.sleep(0.05)
+            yield batch
+
+
+def test_blocks_validated_out_of_order_are_counted_reported_and_written_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "batch.csv"
+    rows = [line(good(telephone=phone, **({"nir": "bad"} if i % 7 == 3 else {}))) for i, phone in enumerate(PHONES)]
+    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
+    rules = FirstBlockLast()
+    report = io.StringIO()
+    router = Router(
+        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
+    )
+    summary = run(
+        SlowReader(path, rules.later_done),
+        rules,  # type: ignore[arg-type]
+        summary=Summary("csv"),
+        report=RejectionReport(report),
+        review=ReviewFile(None),
+        router=router,
+        sinks=sinks,  # type: ignore[arg-type]
+    )
+    assert rules.later_done.is_set()
+    bad = [i + 1 for i in range(RECORDS) if i % 7 == 3]
+    assert summary.reconciled
+    assert (summary.read, summary.rejected, summary.accepted) == (RECORDS, len(bad), RECORDS - len(bad))
+    reported = [int(r.split(",")[0]) for r in report.getvalue().splitlines()[1:]]
+    assert reported == bad  # one row each, in record order
+    phones = pl.concat(sinks["cnam"].frames).get_column("telephone").to_list()
+    assert phones == [p for i, p in enumerate(PHONES) if i % 7 != 3]
+
+
+def test_a_failure_in_a_worker_stops_the_run(batch_file: Path) -> None:
+    class Failing:
+        def __init__(self) -> None:
+            self.inner = validator()
+            self.calls = 0
+
+        def validate(self, frame: pl.DataFrame, **kwargs: bool) -> object:
+            self.calls += 1
+            if self.calls == 4:
+                raise StorageFull("no space left for the review file")
+            return self.inner.validate(frame, **kwargs)
+
+    sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
+    router = Router(
+        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
+    )
+    failing = Failing()
+    with pytest.raises(StorageFull, match="review"):
+        run(
+            CsvReader(batch_file, block_bytes=8192),
+            failing,  # type: ignore[arg-type]
+            summary=Summary("csv"),
+            report=RejectionReport(None),
+            review=ReviewFile(None),
+            router=router,
+            sinks=sinks,  # type: ignore[arg-type]
+        )
+    assert len(sinks["cnam"].frames) <= 3  # the blocks before the failing one, at most
+    assert failing.calls <= 7  # the reader stopped within a few blocks of it

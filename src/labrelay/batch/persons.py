@@ -47,10 +47,11 @@ class PersonsIndexSink:
         self.professionals = 0
         self._header = False
 
-    def prepare(self, accepted: pl.DataFrame, first_row: int) -> pl.DataFrame:
-        """``accepted`` numbered from ``first_row`` (``ROW_ID``), with its pseudonyms when the lab has the key:
-        computed once here, for the router and the persons index both."""
-        numbered = accepted.with_columns((pl.int_range(pl.len()) + first_row).alias(ROW_ID))
+    def prepare(self, accepted: pl.DataFrame) -> pl.DataFrame:
+        """``accepted`` with its rows numbered (``ROW_ID``: ``add`` matches the routed records of this block to
+        their rows by it), and its pseudonyms when the lab has the key: computed once here, for the router and the
+        persons index both. Reads nothing but its arguments and the key: the pipeline's workers call it at once."""
+        numbered = accepted.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(ROW_ID))
         return with_pseudonyms(numbered, self._key) if self._key else numbered
 
     def add(self, accepted: pl.DataFrame, routed: Mapping[str, pl.DataFrame]) -> None:

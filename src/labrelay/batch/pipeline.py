@@ -12,6 +12,7 @@ successful if it does not hold.
 from __future__ import annotations
 
 import csv
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -201,6 +202,42 @@ class ReviewFile:
             )
 
 
+WORKERS = 2
+"""Blocks validated and routed at once, each by its own thread (polars releases the GIL: two cores busy while the
+reader reads the next block). Measured in docs/performance.md: three gained nothing on two cores."""
+
+
+@dataclass
+class _Done:
+    """One block, validated and routed (by a worker), waiting for its turn to be counted and written."""
+
+    batch: Batch
+    rejections: list[tuple[int, str, str]]
+    rejected: int  # records the rules refused (structural rejections are counted from ``batch.rejected``)
+    accepted: pl.DataFrame  # as the persons index wants it, when there is one
+    routed: dict[str, pl.DataFrame]
+    held: pl.DataFrame | None
+    held_records: int
+
+
+def _process(batch: Batch, validator: Validator, router: Router | None, persons: PersonsIndexSink | None) -> _Done:
+    """A worker's share: validate the block and route it. Touches nothing shared: the rules, router and persons
+    index are only read here."""
+    result = validator.validate(batch.frame, padded=batch.padded, invisible=batch.invisible)
+    accepted = result.accepted
+    routed: dict[str, pl.DataFrame] = {}
+    held = None
+    held_records = 0
+    if router is not None:
+        if persons is not None:
+            accepted = persons.prepare(accepted)
+        routed, held = router.route(accepted)
+        if held.height:
+            held_records = held.select(pl.col("_record").n_unique()).item()
+    rejections = list(result.rejections.iter_rows())
+    return _Done(batch, rejections, result.rejected_records, accepted, routed, held, held_records)
+
+
 def run(
     reader: Reader,
     validator: Validator,
@@ -216,49 +253,56 @@ def run(
     """Process every batch; return the summary (also updated in place). With ``persons``, each routed record's
     person goes to the persons index of the sender's breach ledger with the destinations that received it.
 
-    The routed records of a block are written (serialised, then compressed and sealed by the sinks' streams) by
-    one writer thread, and its persons by another (the ledger's own polars work, CSV, gzip and age), while the next
-    block is read and validated: at most one block in flight, each stream written in order; a failure in a writer
-    stops the run at the next block, and the run does not return before every write has finished."""
+    The reader reads on this thread; ``WORKERS`` threads validate and route the blocks read (a few blocks ahead,
+    never more); each block is then taken in file order: counted, reported, and its routed records written
+    (serialised, then compressed and sealed by the sinks' streams) by one writer thread, its persons by another
+    (the ledger's own polars work, CSV, gzip and age). Each stream is written in order, so the outputs are the same
+    byte for byte as one block at a time; a failure anywhere stops the run at the next block, and the run does not
+    return before every write has finished."""
     sinks = sinks or {}
-    row_ids = 0
     with (
+        ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="batch-check") as checking,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer") as writer,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer") as ledger,
     ):
+        pending: deque[Future[_Done]] = deque()
         writing: list[Future[None]] = []
-        for batch in reader.batches():
+
+        def finish(done: _Done) -> None:
+            nonlocal writing
+            batch = done.batch
             summary.read += batch.read
-            structural = {record for record, _, _ in batch.rejected}
             report.add(batch.rejected)
-            result = validator.validate(batch.frame, padded=batch.padded, invisible=batch.invisible)
-            report.add(list(result.rejections.iter_rows()))
-            summary.rejected += len(structural) + result.rejected_records
-            accepted = result.accepted
-            held_records = 0
-            if router is not None:
+            report.add(done.rejections)
+            summary.rejected += len({record for record, _, _ in batch.rejected}) + done.rejected
+            for name, frame in done.routed.items():
+                summary.per_recipient[name] = summary.per_recipient.get(name, 0) + frame.height
+            if done.held is not None and done.held.height:
+                _count_held(summary, done.held)
+                review.add(done.held)
+            if router is not None and sinks:
+                for previous in writing:
+                    previous.result()  # the previous block is written (or its failure raised here)
+                writing = [writer.submit(_write_block, sinks, done.routed)]
                 if persons is not None:
-                    accepted = persons.prepare(accepted, row_ids)
-                    row_ids += accepted.height
-                routed, held = router.route(accepted)
-                for name, frame in routed.items():
-                    summary.per_recipient[name] = summary.per_recipient.get(name, 0) + frame.height
-                if held.height:
-                    _count_held(summary, held)
-                    review.add(held)
-                    held_records = held.select(pl.col("_record").n_unique()).item()
-                if sinks:
-                    for previous in writing:
-                        previous.result()  # the previous block is written (or its failure raised here)
-                    writing = [writer.submit(_write_block, sinks, routed)]
-                    if persons is not None:
-                        writing.append(ledger.submit(persons.add, accepted, routed))
-            summary.held += held_records
-            summary.accepted += accepted.height - held_records
+                    writing.append(ledger.submit(persons.add, done.accepted, done.routed))
+            summary.held += done.held_records
+            summary.accepted += done.accepted.height - done.held_records
             if on_batch is not None:
                 on_batch(batch)
-        for previous in writing:
-            previous.result()
+
+        try:
+            for batch in reader.batches():
+                pending.append(checking.submit(_process, batch, validator, router, persons))
+                while len(pending) > WORKERS or (pending and pending[0].done()):
+                    finish(pending.popleft().result())
+            while pending:
+                finish(pending.popleft().result())
+            for previous in writing:
+                previous.result()
+        finally:
+            for future in pending:
+                future.cancel()
     return summary
 
 
