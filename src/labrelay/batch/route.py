@@ -167,14 +167,24 @@ class Router:
                 else:
                     chosen = accepted
             else:  # one partition pass instead of a filter per region
-                if by_region is None:
-                    by_region = {key[0]: part for key, part in accepted.partition_by("_region", as_dict=True).items()}
+                if by_region is None:  # only the columns some regional destination takes: the copy is the cost
+                    wanted = self._regional_columns(accepted)
+                    parts = accepted.select(wanted).partition_by("_region", as_dict=True)
+                    by_region = {key[0]: part for key, part in parts.items()}
                 chosen = by_region.get(dest.region, accepted.clear())
                 if dest.rule.select == "positive":
                     chosen = chosen.filter(positive)
             keep = ["_record"] if self.count_only else [*dest.rule.fields]
             out[dest.name] = chosen.select(*keep, *([ROW_ID] if ROW_ID in chosen.columns else []))
         return out, self._held(accepted)
+
+    def _regional_columns(self, accepted: pl.DataFrame) -> list[str]:
+        """The columns of ``accepted`` that the regional destinations' frames are cut from, in its order."""
+        wanted = {"_region", "resultat", ROW_ID, "_record"}
+        for dest in self.destinations:
+            if dest.region is not None:
+                wanted.update(dest.rule.fields)
+        return [c for c in accepted.columns if c in wanted]
 
     def _held(self, accepted: pl.DataFrame) -> pl.DataFrame:
         """The regional shares no enrolled recipient can take: a missing ARS's residents, and (in a send the policy
