@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from labrelay.batch import pipeline
 from labrelay.batch.csv_reader import Batch, CsvReader
 from labrelay.batch.persons import PersonsIndexSink
 from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
@@ -198,7 +199,15 @@ class SlowReader:
             yield batch
 
 
-def test_blocks_validated_out_of_order_are_counted_reported_and_written_in_file_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [None, 3], ids=["default-workers", "three-workers"])
+def test_blocks_validated_out_of_order_are_counted_reported_and_written_in_file_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int | None
+) -> None:
+    """With the default workers, the first block is still being validated while the second is (one worker would
+    wait forever); with three, the pipeline holds a later block finished before the first, and must wait for the
+    first all the same."""
+    if workers is not None:
+        monkeypatch.setattr(pipeline, "WORKERS", workers)
     path = tmp_path / "batch.csv"
     rows = [line(good(telephone=phone, **({"nir": "bad"} if i % 7 == 3 else {}))) for i, phone in enumerate(PHONES)]
     path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
