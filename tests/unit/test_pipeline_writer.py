@@ -22,7 +22,7 @@ from labrelay.client.policy import default_policy_text
 from labrelay.crypto.pseudonym import new_key
 from labrelay.domain.policy import parse_policy
 from labrelay.domain.records import FIELDS
-from labrelay.errors import StorageFull
+from labrelay.errors import StorageFull, Unreadable
 from labrelay.refdata import department_regions
 from tests.support.records import good, line, validator
 
@@ -236,22 +236,37 @@ def test_blocks_validated_out_of_order_are_counted_reported_and_written_in_file_
     assert phones == [p for i, p in enumerate(PHONES) if i % 7 != 3]
 
 
+def _first_records(path: Path) -> list[int]:
+    """The first record number of each block the reader makes of ``path``."""
+    return [b.frame.get_column("_record")[0] for b in CsvReader(path, block_bytes=8192).batches()]
+
+
+def _routed(sinks: dict[str, SlowSink]) -> Router:
+    return Router(
+        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
+    )
+
+
 def test_a_failure_in_a_worker_stops_the_run(batch_file: Path) -> None:
+    """Every block from the fourth on fails in validation: the three before it are written, whole and in order,
+    and the run stops within a few blocks."""
+    firsts = _first_records(batch_file)
+    failing_from = firsts[3]
+
     class Failing:
         def __init__(self) -> None:
             self.inner = validator()
             self.calls = 0
+            self.lock = threading.Lock()
 
         def validate(self, frame: pl.DataFrame, **kwargs: bool) -> object:
-            self.calls += 1
-            if self.calls == 4:
+            with self.lock:
+                self.calls += 1
+            if frame.get_column("_record")[0] >= failing_from:
                 raise StorageFull("no space left for the review file")
             return self.inner.validate(frame, **kwargs)
 
     sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
-    router = Router(
-        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
-    )
     failing = Failing()
     with pytest.raises(StorageFull, match="review"):
         run(
@@ -260,8 +275,100 @@ def test_a_failure_in_a_worker_stops_the_run(batch_file: Path) -> None:
             summary=Summary("csv"),
             report=RejectionReport(None),
             review=ReviewFile(None),
-            router=router,
+            router=_routed(sinks),
             sinks=sinks,  # type: ignore[arg-type]
         )
-    assert len(sinks["cnam"].frames) <= 3  # the blocks before the failing one, at most
-    assert failing.calls <= 7  # the reader stopped within a few blocks of it
+    written = pl.concat(sinks["cnam"].frames).get_column("telephone").to_list()
+    assert written == PHONES[: failing_from - 1]  # the blocks before the failing one, each once, in order
+    assert failing.calls <= 3 + pipeline.WORKERS  # the reader stopped within a block or two of it
+
+
+class FailingReader:
+    """A reader whose file becomes unreadable after ``blocks`` blocks (a disk error mid-file)."""
+
+    def __init__(self, path: Path, blocks: int) -> None:
+        self.inner = CsvReader(path, block_bytes=8192)
+        self.blocks = blocks
+
+    def batches(self) -> Iterator[Batch]:
+        for i, batch in enumerate(self.inner.batches()):
+            if i == self.blocks:
+                raise Unreadable("cannot read batch.csv: Input/output error")
+            yield batch
+
+
+def test_when_the_reader_fails_what_it_read_before_is_still_counted_reported_and_written(tmp_path: Path) -> None:
+    """A worker may still hold a block when the reader fails: that block is finished (counted, its rejections
+    reported, written) before the failure is raised, as when each block was finished before the next was read."""
+    path = tmp_path / "batch.csv"
+    rows = [line(good(telephone=phone, **({"nir": "bad"} if i % 7 == 3 else {}))) for i, phone in enumerate(PHONES)]
+    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    firsts = _first_records(path)
+    read = firsts[5] - 1  # the records of the five blocks read before the failure
+    sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
+    summary, report = Summary("csv"), io.StringIO()
+    rules = validator()
+
+    class SlowOnTheLast:
+        """The last block read before the failure is still being validated when the reader fails."""
+
+        def validate(self, frame: pl.DataFrame, **kwargs: bool) -> object:
+            if frame.get_column("_record")[0] == firsts[4]:
+                time.sleep(0.5)
+            return rules.validate(frame, **kwargs)
+
+    with pytest.raises(Unreadable, match="Input/output"):
+        run(
+            FailingReader(path, 5),
+            SlowOnTheLast(),  # type: ignore[arg-type]
+            summary=summary,
+            report=RejectionReport(report),
+            review=ReviewFile(None),
+            router=_routed(sinks),
+            sinks=sinks,  # type: ignore[arg-type]
+        )
+    bad = [i + 1 for i in range(read) if i % 7 == 3]
+    assert (summary.read, summary.rejected, summary.accepted) == (read, len(bad), read - len(bad))
+    assert [int(r.split(",")[0]) for r in report.getvalue().splitlines()[1:]] == bad
+    assert sum(f.height for f in sinks["spf"].frames) == read - len(bad)
+
+
+def test_each_person_of_the_index_lists_the_transfers_that_carried_them_across_blocks(tmp_path: Path) -> None:
+    """Row ids are numbered per block: each patient's transfers are still theirs, whichever blocks the workers
+    finished first (a positive resident of Paris goes to CNAM, SpF and the ARS of Île-de-France; a negative one of
+    Lyon to SpF and the ARS of Auvergne-Rhône-Alpes)."""
+    path = tmp_path / "batch.csv"
+    kinds = [(i % 3 == 0, i % 2 == 0) for i in range(RECORDS)]  # (positive, Paris)
+    rows = [
+        line(
+            good(
+                telephone=phone,
+                resultat="POSITIF" if positive else "NEGATIF",
+                **({} if paris else {"code_commune_insee": "69381", "code_postal": "69001"}),
+            )
+        )
+        for phone, (positive, paris) in zip(PHONES, kinds, strict=True)
+    ]
+    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11", "ars-84")}
+    index = Bytes()
+    persons = PersonsIndexSink(index, {name: f"t-{name}" for name in sinks}, new_key())
+    summary = run(
+        CsvReader(path, block_bytes=8192),
+        FirstBlockLast(),  # type: ignore[arg-type]
+        summary=Summary("csv"),
+        report=RejectionReport(None),
+        review=ReviewFile(None),
+        router=_routed(sinks),
+        sinks=sinks,  # type: ignore[arg-type]
+        persons=persons,
+    )
+    assert summary.reconciled
+    assert len(_first_records(path)) > 10
+    listed = pl.read_csv(bytes(index.data), infer_schema=False).filter(pl.col("kind") == "patient")
+    expected = [
+        ";".join(sorted(["t-spf", *(["t-cnam"] if positive else []), "t-ars-11" if paris else "t-ars-84"]))
+        for positive, paris in kinds
+    ]
+    assert listed.get_column("telephone").to_list() == PHONES
+    assert listed.get_column("transfers").to_list() == expected
