@@ -16,7 +16,7 @@ import pytest
 from labrelay.batch import pipeline
 from labrelay.batch.csv_reader import Batch, CsvReader
 from labrelay.batch.persons import PersonsIndexSink
-from labrelay.batch.pipeline import RejectionReport, ReviewFile, Summary, run
+from labrelay.batch.pipeline import Reader, RejectionReport, ReviewFile, Summary, run
 from labrelay.batch.route import Router
 from labrelay.client.policy import default_policy_text
 from labrelay.crypto.pseudonym import new_key
@@ -30,12 +30,20 @@ RECORDS = 600
 PHONES = [f"06{i:08d}" for i in range(RECORDS)]
 
 
+def write_batch(path: Path, records: list[dict[str, str]]) -> Path:
+    path.write_text(",".join(FIELDS) + "\n" + "\n".join(line(r) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def batch_file(tmp_path: Path) -> Path:
-    path = tmp_path / "batch.csv"
-    rows = [line(good(telephone=phone)) for phone in PHONES]
-    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return path
+    return write_batch(tmp_path / "batch.csv", [good(telephone=phone) for phone in PHONES])
+
+
+def with_bad_nirs(tmp_path: Path) -> Path:
+    """The batch with every seventh record's NIR broken (records 4, 11, 18…): rejections in every block."""
+    records = [good(telephone=phone, **({"nir": "bad"} if i % 7 == 3 else {})) for i, phone in enumerate(PHONES)]
+    return write_batch(tmp_path / "batch.csv", records)
 
 
 class SlowSink:
@@ -63,14 +71,25 @@ class Bytes:
         return len(data)
 
 
-def routed_run(path: Path, sinks: dict[str, SlowSink], persons: PersonsIndexSink | None = None) -> Summary:
-    policy = parse_policy(default_policy_text())
-    router = Router(policy, set(department_regions().values()), set(sinks), pseudonym_key=new_key())
+def routed_run(
+    source: Path | Reader,
+    sinks: dict[str, SlowSink],
+    persons: PersonsIndexSink | None = None,
+    *,
+    rules: object | None = None,
+    summary: Summary | None = None,
+    report: io.StringIO | None = None,
+) -> Summary:
+    """``run`` under the default policy, routing to ``sinks``: a path is read in blocks of 8 KiB (about 20 blocks),
+    with the project's rules unless ``rules`` stands in for them."""
+    router = Router(
+        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
+    )
     return run(
-        CsvReader(path, block_bytes=8192),  # about 20 blocks
-        validator(),
-        summary=Summary("csv"),
-        report=RejectionReport(None),
+        CsvReader(source, block_bytes=8192) if isinstance(source, Path) else source,
+        rules or validator(),  # type: ignore[arg-type]
+        summary=summary or Summary("csv"),
+        report=RejectionReport(report),
         review=ReviewFile(None),
         router=router,
         sinks=sinks,  # type: ignore[arg-type]
@@ -208,24 +227,11 @@ def test_blocks_validated_out_of_order_are_counted_reported_and_written_in_file_
     first all the same."""
     if workers is not None:
         monkeypatch.setattr(pipeline, "WORKERS", workers)
-    path = tmp_path / "batch.csv"
-    rows = [line(good(telephone=phone, **({"nir": "bad"} if i % 7 == 3 else {}))) for i, phone in enumerate(PHONES)]
-    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    path = with_bad_nirs(tmp_path)
     sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
     rules = FirstBlockLast()
     report = io.StringIO()
-    router = Router(
-        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
-    )
-    summary = run(
-        SlowReader(path, rules.later_done),
-        rules,  # type: ignore[arg-type]
-        summary=Summary("csv"),
-        report=RejectionReport(report),
-        review=ReviewFile(None),
-        router=router,
-        sinks=sinks,  # type: ignore[arg-type]
-    )
+    summary = routed_run(SlowReader(path, rules.later_done), sinks, rules=rules, report=report)
     assert rules.later_done.is_set()
     bad = [i + 1 for i in range(RECORDS) if i % 7 == 3]
     assert summary.reconciled
@@ -239,12 +245,6 @@ def test_blocks_validated_out_of_order_are_counted_reported_and_written_in_file_
 def _first_records(path: Path) -> list[int]:
     """The first record number of each block the reader makes of ``path``."""
     return [b.frame.get_column("_record")[0] for b in CsvReader(path, block_bytes=8192).batches()]
-
-
-def _routed(sinks: dict[str, SlowSink]) -> Router:
-    return Router(
-        parse_policy(default_policy_text()), set(department_regions().values()), set(sinks), pseudonym_key=new_key()
-    )
 
 
 def test_a_failure_in_a_worker_stops_the_run(batch_file: Path) -> None:
@@ -269,15 +269,7 @@ def test_a_failure_in_a_worker_stops_the_run(batch_file: Path) -> None:
     sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
     failing = Failing()
     with pytest.raises(StorageFull, match="review"):
-        run(
-            CsvReader(batch_file, block_bytes=8192),
-            failing,  # type: ignore[arg-type]
-            summary=Summary("csv"),
-            report=RejectionReport(None),
-            review=ReviewFile(None),
-            router=_routed(sinks),
-            sinks=sinks,  # type: ignore[arg-type]
-        )
+        routed_run(batch_file, sinks, rules=failing)
     written = pl.concat(sinks["cnam"].frames).get_column("telephone").to_list()
     assert written == PHONES[: failing_from - 1]  # the blocks before the failing one, each once, in order
     assert failing.calls <= 3 + pipeline.WORKERS  # the reader stopped within a block or two of it
@@ -300,9 +292,7 @@ class FailingReader:
 def test_when_the_reader_fails_what_it_read_before_is_still_counted_reported_and_written(tmp_path: Path) -> None:
     """A worker may still hold a block when the reader fails: that block is finished (counted, its rejections
     reported, written) before the failure is raised, as when each block was finished before the next was read."""
-    path = tmp_path / "batch.csv"
-    rows = [line(good(telephone=phone, **({"nir": "bad"} if i % 7 == 3 else {}))) for i, phone in enumerate(PHONES)]
-    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    path = with_bad_nirs(tmp_path)
     firsts = _first_records(path)
     read = firsts[5] - 1  # the records of the five blocks read before the failure
     sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11")}
@@ -318,15 +308,7 @@ def test_when_the_reader_fails_what_it_read_before_is_still_counted_reported_and
             return rules.validate(frame, **kwargs)
 
     with pytest.raises(Unreadable, match="Input/output"):
-        run(
-            FailingReader(path, 5),
-            SlowOnTheLast(),  # type: ignore[arg-type]
-            summary=summary,
-            report=RejectionReport(report),
-            review=ReviewFile(None),
-            router=_routed(sinks),
-            sinks=sinks,  # type: ignore[arg-type]
-        )
+        routed_run(FailingReader(path, 5), sinks, rules=SlowOnTheLast(), summary=summary, report=report)
     bad = [i + 1 for i in range(read) if i % 7 == 3]
     assert (summary.read, summary.rejected, summary.accepted) == (read, len(bad), read - len(bad))
     assert [int(r.split(",")[0]) for r in report.getvalue().splitlines()[1:]] == bad
@@ -337,32 +319,20 @@ def test_each_person_of_the_index_lists_the_transfers_that_carried_them_across_b
     """Row ids are numbered per block: each patient's transfers are still theirs, whichever blocks the workers
     finished first (a positive resident of Paris goes to CNAM, SpF and the ARS of Île-de-France; a negative one of
     Lyon to SpF and the ARS of Auvergne-Rhône-Alpes)."""
-    path = tmp_path / "batch.csv"
     kinds = [(i % 3 == 0, i % 2 == 0) for i in range(RECORDS)]  # (positive, Paris)
-    rows = [
-        line(
-            good(
-                telephone=phone,
-                resultat="POSITIF" if positive else "NEGATIF",
-                **({} if paris else {"code_commune_insee": "69381", "code_postal": "69001"}),
-            )
+    records = [
+        good(
+            telephone=phone,
+            resultat="POSITIF" if positive else "NEGATIF",
+            **({} if paris else {"code_commune_insee": "69381", "code_postal": "69001"}),
         )
         for phone, (positive, paris) in zip(PHONES, kinds, strict=True)
     ]
-    path.write_text(",".join(FIELDS) + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    path = write_batch(tmp_path / "batch.csv", records)
     sinks = {name: SlowSink() for name in ("cnam", "spf", "ars-11", "ars-84")}
     index = Bytes()
     persons = PersonsIndexSink(index, {name: f"t-{name}" for name in sinks}, new_key())
-    summary = run(
-        CsvReader(path, block_bytes=8192),
-        FirstBlockLast(),  # type: ignore[arg-type]
-        summary=Summary("csv"),
-        report=RejectionReport(None),
-        review=ReviewFile(None),
-        router=_routed(sinks),
-        sinks=sinks,  # type: ignore[arg-type]
-        persons=persons,
-    )
+    summary = routed_run(path, sinks, persons, rules=FirstBlockLast())
     assert summary.reconciled
     assert len(_first_records(path)) > 10
     listed = pl.read_csv(bytes(index.data), infer_schema=False).filter(pl.col("kind") == "patient")
