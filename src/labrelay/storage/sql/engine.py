@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ from labrelay.errors import StorageFull, Unavailable
 
 T = TypeVar("T")
 
+SQLITE_WAIT = 30.0
+"""Seconds a SQLite transaction waits for the database's one writer (``busy_timeout``, and ``Database``'s turn)."""
+
 
 def sqlite_engine(path: Path) -> Engine:
     """A SQLite engine in WAL mode, fully synchronous, where every transaction takes the write lock up front.
@@ -26,7 +30,9 @@ def sqlite_engine(path: Path) -> Engine:
     ``BEGIN IMMEDIATE`` serialises writers at the start of a transaction instead of failing with "database is
     locked" when a reader tries to upgrade; with WAL, readers in other processes are never blocked.
     """
-    engine = create_engine(f"sqlite+pysqlite:///{path}", connect_args={"timeout": 30, "check_same_thread": False})
+    engine = create_engine(
+        f"sqlite+pysqlite:///{path}", connect_args={"timeout": SQLITE_WAIT, "check_same_thread": False}
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -35,7 +41,7 @@ def sqlite_engine(path: Path) -> Engine:
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_WAIT * 1000)}")
         cur.execute("PRAGMA secure_delete=ON")
         cur.close()
 
@@ -94,20 +100,43 @@ class Database:
     """One SQL database, as the stores use it: every connection they take comes from ``begin`` or ``connect``, so
     that every driver failure in it reaches their callers translated (``translated``)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, wait: float = SQLITE_WAIT) -> None:
+        """``wait``: on SQLite, how long a thread waits for its turn (``_turn``) before the caller is told to retry."""
         self.engine = engine
         self.postgres = engine.dialect.name == "postgresql"
+        self._wait = wait
+        self._writer = None if self.postgres else threading.RLock()
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """On SQLite, this process's turn at the database, whose every transaction takes its one write lock up
+        front (``BEGIN IMMEDIATE``); nothing on PostgreSQL.
+
+        A thread that found SQLite's lock taken waited in SQLite's busy handler, which sleeps in fixed steps (up to
+        100 ms each) and is not woken when the lock is released: under a burst of labs, requests slept while the
+        database was free (decision 0026). The threads of one process queue here instead, each woken as the one
+        before it leaves; another process (an admin command) still meets SQLite's own lock. Reentrant, and bounded
+        like the busy timeout: a thread that waits ``wait`` seconds is ``Unavailable``, never stuck."""
+        if self._writer is None:
+            yield
+            return
+        if not self._writer.acquire(timeout=self._wait):
+            raise Unavailable("the relay's database is busy; retry later")
+        try:
+            yield
+        finally:
+            self._writer.release()
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
         """A transaction, committed on leaving the block (rolled back on an exception)."""
-        with translated(), self.engine.begin() as conn:
+        with self._turn(), translated(), self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A connection for reads."""
-        with translated(), self.engine.connect() as conn:
+        """A connection for reads (on SQLite, in this process's turn too: its transaction takes the write lock)."""
+        with self._turn(), translated(), self.engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
