@@ -15,7 +15,7 @@ import csv
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TextIO
 
@@ -235,7 +235,7 @@ def _process(batch: Batch, validator: Validator, router: Router | None, persons:
         if held.height:
             held_records = held.select(pl.col("_record").n_unique()).item()
     rejections = list(result.rejections.iter_rows())
-    spent = Batch(batch.frame.clear(), batch.rejected, batch.read, batch.padded, batch.invisible)
+    spent = replace(batch, frame=batch.frame.clear())
     return _Done(spent, rejections, result.rejected_records, accepted, routed, held, held_records)
 
 

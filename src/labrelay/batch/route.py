@@ -133,6 +133,9 @@ class Router:
         self.missing_regions = sorted({d.region for d in missing if d.region is not None})
         self.missing = sorted(d.name for d in missing)
         self.destinations = [d for d in wanted if d.name in enrolled]
+        self._regional_fields = {"_region", "resultat", ROW_ID, "_record"}.union(
+            *(d.rule.fields for d in self.destinations if d.region is not None)
+        )
         # Regional rules this send addresses (some of their recipients wanted), and whether it addresses the policy
         # whole (no --to): only then is a residence no ARS covers a held regional share.
         self._regional_rules = [
@@ -180,11 +183,7 @@ class Router:
 
     def _regional_columns(self, accepted: pl.DataFrame) -> list[str]:
         """The columns of ``accepted`` that the regional destinations' frames are cut from, in its order."""
-        wanted = {"_region", "resultat", ROW_ID, "_record"}
-        for dest in self.destinations:
-            if dest.region is not None:
-                wanted.update(dest.rule.fields)
-        return [c for c in accepted.columns if c in wanted]
+        return [c for c in accepted.columns if c in self._regional_fields]
 
     def _held(self, accepted: pl.DataFrame) -> pl.DataFrame:
         """The regional shares no enrolled recipient can take: a missing ARS's residents, and (in a send the policy
