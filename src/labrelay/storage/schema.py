@@ -6,7 +6,7 @@ payload data: the relay never has any.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -151,6 +151,17 @@ relay_flags = Table(
     Column("name", String(32), primary_key=True),  # "frozen"
     Column("at", BigInteger, nullable=False),
     Column("by", String(80), nullable=False),
+)
+
+SQLITE_ONLY = frozenset({"standing_generation"})
+"""Tables migration 0010 makes on SQLite alone."""
+
+# SQLite only (migration 0010): one number, raised by triggers on parties, revocations, locks and relay_flags.
+standing_generation = Table(
+    "standing_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 admin_commands = Table(

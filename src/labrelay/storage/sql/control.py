@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from labrelay.domain.timeutil import from_epoch, to_epoch
@@ -53,9 +53,13 @@ class SqlControl:
     def lock_of(self, name: str) -> tuple[str, str] | None:
         """(kind, reason) if ``name`` is locked or revoked on this relay."""
         t = schema.locks
-        with self._db.connect() as conn:
-            row = conn.execute(select(t.c.kind, t.c.reason).where(t.c.name == name)).first()
-        return (str(row.kind), str(row.reason)) if row else None
+        query = select(t.c.kind, t.c.reason).where(t.c.name == name)
+
+        def load(conn: Connection) -> tuple[str, str] | None:
+            row = conn.execute(query).first()
+            return (str(row.kind), str(row.reason)) if row else None
+
+        return self._db.standing(("lock", name), load)
 
     def locks(self) -> list[dict[str, Any]]:
         t = schema.locks
@@ -82,8 +86,8 @@ class SqlControl:
 
     def flag(self, name: str) -> bool:
         t = schema.relay_flags
-        with self._db.connect() as conn:
-            return conn.execute(select(t.c.name).where(t.c.name == name)).first() is not None
+        query = select(t.c.name).where(t.c.name == name)
+        return self._db.standing(("flag", name), lambda conn: conn.execute(query).first() is not None)
 
     def quarantine(
         self, transfer_ids: Sequence[str], at: datetime, reason: QuarantineReason = QuarantineReason.ADMIN

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Select, select
 
 from labrelay.domain.parties import PartyEntry, Revocation, Role
 from labrelay.domain.timeutil import from_epoch, to_epoch
@@ -50,23 +50,25 @@ class SqlDirectory:
         return insert_new(self._db, schema.revocations, row, look_first=schema.revocations.c.serial)
 
     def entries(self, name: str | None = None) -> list[PartyEntry]:
+        """Every entry (of ``name``), oldest issue first; one party's are kept between requests while the directory
+        is unchanged (``Database.standing``)."""
         t = schema.parties
         q = select(t)
-        if name is not None:
-            q = q.where(t.c.name == name)
-        with self._db.connect() as conn:
-            return [_entry(r) for r in conn.execute(q.order_by(t.c.issued_at))]
+        if name is None:
+            with self._db.connect() as conn:
+                return [_entry(r) for r in conn.execute(q.order_by(t.c.issued_at))]
+        named = q.where(t.c.name == name).order_by(t.c.issued_at)
+        return list(self._db.standing(("entries", name), lambda conn: tuple(_entry(r) for r in conn.execute(named))))
 
     def revocations(self, name: str | None = None) -> list[Revocation]:
+        """Every revocation (of ``name``), oldest first; one party's kept like its entries."""
         t = schema.revocations
         q = select(t)
-        if name is not None:
-            q = q.where(t.c.name == name)
-        with self._db.connect() as conn:
-            return [
-                Revocation(name=r.name, revoked_at=from_epoch(r.revoked_at), reason=r.reason, serial=r.serial)
-                for r in conn.execute(q.order_by(t.c.revoked_at))
-            ]
+        if name is None:
+            with self._db.connect() as conn:
+                return list(_revocations(conn, q.order_by(t.c.revoked_at)))
+        named = q.where(t.c.name == name).order_by(t.c.revoked_at)
+        return list(self._db.standing(("revocations", name), lambda conn: _revocations(conn, named)))
 
     def envelopes(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
         with self._db.connect() as conn:
@@ -79,6 +81,13 @@ class SqlDirectory:
                 for r in conn.execute(select(schema.revocations.c.envelope).order_by(schema.revocations.c.revoked_at))
             ]
         return ents, revs
+
+
+def _revocations(conn: Connection, query: Select[Any]) -> tuple[Revocation, ...]:
+    return tuple(
+        Revocation(name=r.name, revoked_at=from_epoch(r.revoked_at), reason=r.reason, serial=r.serial)
+        for r in conn.execute(query)
+    )
 
 
 def _entry(row: Any) -> PartyEntry:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError
@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError as SqlOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from labrelay.errors import StorageFull, Unavailable
+from labrelay.storage.sql.standing import StandingCache, read_generation
 
 T = TypeVar("T")
 
@@ -106,6 +107,8 @@ class Database:
         self.postgres = engine.dialect.name == "postgresql"
         self._wait = wait
         self._writer = None if self.postgres else threading.RLock()
+        path = engine.url.database
+        self.standing_cache = None if self.postgres or not path or path == ":memory:" else StandingCache(path)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -139,8 +142,27 @@ class Database:
         with self._turn(), translated(), self.engine.connect() as conn:
             yield conn
 
+    def standing(self, key: Hashable, load: Callable[[Connection], T]) -> T:
+        """``load``'s answer about a party's standing (its entries, revocations, lock; a relay flag), read in a
+        transaction of its own, or, on SQLite, the answer kept from an earlier read if none of those tables changed
+        since (``standing.StandingCache``, decision 0027). ``load`` must return an immutable value: it is shared."""
+        cache = self.standing_cache
+        if cache is None:
+            with self.connect() as conn:
+                return load(conn)
+        found, kept = cache.lookup(key, cache.current())
+        if found:
+            return cast(T, kept)
+        with self.connect() as conn:
+            generation = read_generation(conn)
+            value = load(conn)
+        cache.keep(key, generation, value)
+        return value
+
     def dispose(self) -> None:
         """Close every pooled connection (the process is done with this database)."""
+        if self.standing_cache is not None:
+            self.standing_cache.close()
         self.engine.dispose()
 
 

@@ -1,0 +1,194 @@
+"""What a relay keeps of its callers' standing (decision 0027) is never staler than a read would be: a lock, a
+revocation, a new entry or a freeze written by anyone (the relay's own stores, another process's, a statement typed
+in sqlite3) is seen by the next read, and an answer is served from memory only while nothing changed.
+
+Each test first shows that the relay's store does serve a repeated read from memory (else "seen at once" would
+prove nothing), then changes the database from outside and reads again."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from labrelay.crypto.keys import AgeIdentity, SigningKey
+from labrelay.domain.names import new_id
+from labrelay.domain.parties import PartyEntry, Revocation, Role
+from labrelay.errors import Unavailable
+from labrelay.storage import migrate
+from labrelay.storage.sql.engine import sqlite_engine
+from labrelay.storage.sql.standing import StandingCache
+from labrelay.storage.sql.stores import SqlStores
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def _entry(name: str) -> PartyEntry:
+    return PartyEntry(
+        name=name,
+        role=Role.LAB,
+        region=None,
+        age_recipient=AgeIdentity.generate().recipient,
+        signing_key=SigningKey.generate().public.b64,
+        not_before=T0,
+        not_after=T0 + timedelta(days=365),
+        issued_at=T0,
+        serial=new_id(),
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    db = tmp_path / "relay.db"
+    engine = sqlite_engine(db)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return db
+
+
+@pytest.fixture
+def relay(path: Path) -> Iterator[SqlStores]:
+    """The relay's stores."""
+    stores = SqlStores.on(sqlite_engine(path))
+    try:
+        yield stores
+    finally:
+        stores.db.dispose()
+
+
+@pytest.fixture
+def admin(path: Path) -> Iterator[SqlStores]:
+    """Another process's stores on the same database (an admin command), with a cache of their own."""
+    stores = SqlStores.on(sqlite_engine(path))
+    try:
+        yield stores
+    finally:
+        stores.db.dispose()
+
+
+def _cache(stores: SqlStores) -> StandingCache:
+    cache = stores.db.standing_cache
+    assert cache is not None
+    return cache
+
+
+def _served_from_memory(stores: SqlStores, read: object) -> None:
+    """``read`` twice; the second is served from the cache."""
+    assert callable(read)
+    read()
+    hits = _cache(stores).hits
+    read()
+    assert _cache(stores).hits == hits + 1
+
+
+def test_a_lock_set_and_lifted_elsewhere_is_seen_at_once(relay: SqlStores, admin: SqlStores) -> None:
+    _served_from_memory(relay, lambda: relay.control.lock_of("lab-a"))
+    assert relay.control.lock_of("lab-a") is None
+    assert admin.control.set_lock("lab-a", "lock", "burst", T0, "admin")
+    assert relay.control.lock_of("lab-a") == ("lock", "burst")
+    assert admin.control.set_lock("lab-a", "revoke", "stolen key", T0, "admin")  # an update of the row's kind
+    assert relay.control.lock_of("lab-a") == ("revoke", "stolen key")
+    assert admin.control.clear_lock("lab-a")
+    assert relay.control.lock_of("lab-a") is None
+
+
+def test_a_freeze_elsewhere_is_seen_at_once(relay: SqlStores, admin: SqlStores) -> None:
+    _served_from_memory(relay, lambda: relay.control.flag("frozen"))
+    assert not relay.control.flag("frozen")
+    assert admin.control.set_flag("frozen", True, T0, "admin")
+    assert relay.control.flag("frozen")
+    assert admin.control.set_flag("frozen", False, T0, "admin")
+    assert not relay.control.flag("frozen")
+
+
+def test_a_revocation_and_a_new_entry_elsewhere_are_seen_at_once(relay: SqlStores, admin: SqlStores) -> None:
+    first = _entry("lab-a")
+    assert relay.directory.add_entry(first, {"payload": first.to_payload()}, T0)
+    _served_from_memory(relay, lambda: relay.directory.entries("lab-a"))
+    _served_from_memory(relay, lambda: relay.directory.revocations("lab-a"))
+    assert relay.directory.revocations("lab-a") == []
+
+    revocation = Revocation(name="lab-a", revoked_at=T0, reason="key lost", serial=new_id())
+    assert admin.directory.add_revocation(revocation, {"payload": "r"}, T0)
+    assert relay.directory.revocations("lab-a") == [revocation]
+
+    renewed = _entry("lab-a")
+    assert admin.directory.add_entry(renewed, {"payload": renewed.to_payload()}, T0 + timedelta(hours=1))
+    assert {e.serial for e in relay.directory.entries("lab-a")} == {first.serial, renewed.serial}
+
+
+def test_a_statement_typed_in_sqlite_is_seen_at_once(relay: SqlStores, path: Path) -> None:
+    assert relay.control.set_lock("lab-a", "lock", "burst", T0, "admin")
+    _served_from_memory(relay, lambda: relay.control.lock_of("lab-a"))
+    with sqlite3.connect(path) as conn:  # an operator's hand, bypassing every store
+        conn.execute("UPDATE locks SET reason = 'by hand' WHERE name = 'lab-a'")
+    assert relay.control.lock_of("lab-a") == ("lock", "by hand")
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO relay_flags (name, at, by) VALUES ('frozen', 0, 'sqlite3')")
+    assert relay.control.flag("frozen")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM locks")
+        conn.execute("DELETE FROM relay_flags")
+    assert relay.control.lock_of("lab-a") is None
+    assert not relay.control.flag("frozen")
+
+
+def test_another_process_revoking_is_seen_by_the_next_read(relay: SqlStores, path: Path) -> None:
+    _served_from_memory(relay, lambda: relay.control.lock_of("lab-b"))
+    script = (
+        "import sys; from datetime import UTC, datetime; from labrelay.storage.sql.engine import sqlite_engine;"
+        "from labrelay.storage.sql.stores import SqlStores;"
+        "s = SqlStores.on(sqlite_engine(sys.argv[1]));"
+        "assert s.control.set_lock('lab-b', 'revoke', 'admin', datetime.now(UTC), 'admin')"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=60)
+    assert relay.control.lock_of("lab-b") == ("revoke", "admin")
+
+
+def test_only_a_change_to_the_four_tables_moves_the_generation(relay: SqlStores) -> None:
+    cache = _cache(relay)
+    before = cache.current()
+    assert before is not None
+    relay.nonces.remember("lab-a", "n1", T0)  # requests write nonces, audit links, transfers: no effect
+    assert cache.current() == before
+    relay.control.set_flag("frozen", True, T0, "admin")
+    assert cache.current() == before + 1
+
+
+def test_an_answer_read_before_a_change_is_not_kept_after_it(relay: SqlStores) -> None:
+    cache = StandingCache(str(relay.db.engine.url.database))
+    cache.keep("k", 5, "read at 5")
+    assert cache.lookup("k", 5) == (True, "read at 5")
+    cache.keep("k", 4, "a slow reader, read at 4")  # finished after the one that read at 5
+    assert cache.lookup("k", 5) == (True, "read at 5")
+    assert cache.lookup("k", 6) == (False, None)  # the database moved on: read again
+    cache.keep("other", 6, "read at 6")
+    assert cache.lookup("k", 6) == (False, None)  # everything read before 6 was dropped
+    assert cache.lookup("k", None) == (False, None)  # the generation could not be read: read again
+
+
+def test_an_unreadable_generation_reads_the_rows(relay: SqlStores, path: Path) -> None:
+    assert relay.control.set_lock("lab-a", "lock", "burst", T0, "admin")
+    _served_from_memory(relay, lambda: relay.control.lock_of("lab-a"))
+    with sqlite3.connect(path) as conn:  # no trigger, no generation: every read goes to the rows
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("ALTER TABLE standing_generation RENAME TO elsewhere")
+    assert _cache(relay).current() is None
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM locks")
+    with pytest.raises(Unavailable, match="unavailable"):
+        relay.control.lock_of("lab-a")  # the miss reads the generation with the rows: fails closed, never stale
+
+
+def test_a_disposed_database_reads_again_afresh(relay: SqlStores, admin: SqlStores) -> None:
+    _served_from_memory(relay, lambda: relay.control.flag("frozen"))
+    relay.db.dispose()  # every connection closed, the cache's own included
+    assert admin.control.set_flag("frozen", True, T0, "admin")
+    assert relay.control.flag("frozen")
+    _served_from_memory(relay, lambda: relay.control.flag("frozen"))
