@@ -33,6 +33,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.datastructures import MutableHeaders
 from starlette.staticfiles import StaticFiles
 
 from labrelay import __version__, refdata
@@ -58,13 +59,13 @@ CSP = (
 PAGES = {"/": "console", "/enrol": "enrol", "/lab": "lab", "/inbox": "inbox"}
 
 
-def security_headers(response: Response) -> None:
+def security_headers(headers: MutableHeaders) -> None:
     """On every response: the strict policy (the API's JSON included), no framing, no sniffing."""
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
-    response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+    headers["Content-Security-Policy"] = CSP
+    headers["X-Frame-Options"] = "DENY"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
 
 
 def _same_origin(request: Request, rp: Relying) -> None:
