@@ -3,6 +3,7 @@ what it retries, how long it waits, when it stops, and what it never retries. No
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import httpx
@@ -57,8 +58,10 @@ def test_a_busy_relay_is_waited_for_as_long_as_it_asks_then_answered() -> None:
         assert client.limits() == LIMITS
     assert len(seen) == 4
     assert all("signature" in r.headers for r in seen)  # every attempt signed afresh
-    # max(backoff doubling, Retry-After), the relay's ask capped: a hostile relay cannot park a nightly job
-    assert waits == [7, 1.0, MAX_RETRY_AFTER]
+    # a 429: what the relay asks, plus up to half again; a 503: the doubling backoff; the relay's ask capped: a
+    # hostile relay cannot park a nightly job
+    assert 7 <= waits[0] <= 10.5
+    assert waits[1:] == [1.0, MAX_RETRY_AFTER]
 
 
 def test_retries_stop_when_spent_and_the_last_failure_is_raised() -> None:
@@ -70,20 +73,42 @@ def test_retries_stop_when_spent_and_the_last_failure_is_raised() -> None:
     assert waits == [0.5, 1.0]
 
 
-def test_a_busy_relay_gets_twice_the_retries_then_the_last_answer_is_raised() -> None:
-    """429: the relay is up and asks for a short wait (one second when every upload slot is taken): a nightly job
-    waits out a busy minute rather than failing after its usual few retries."""
-    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(5)])
+def test_a_busy_relay_is_asked_again_when_it_says_until_the_patience_is_spent() -> None:
+    """429: the relay is up and asks for a short wait (one second when every upload slot is taken). The client
+    comes back when asked, each wait spread by up to half again (a burst's labs do not return as one wave) and never
+    doubled (the doubling left the relay idle while the labs it refused most slept), for as long as twice the
+    retries' doubling schedule would have waited: 1 + 1 + 2 + 4 = 8 s with 2 retries."""
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(20)])
     waits: list[float] = []
+    with _client(handler, waits, retries=2) as client:
+        client.retry = dataclasses.replace(client.retry, jitter=lambda: 0.0)
+        with pytest.raises(TooManyRequests):
+            client.limits()
+    assert client.retry.patience == 8.0
+    assert len(seen) == 9  # the first attempt, then one a second for 8 s
+    assert waits == [1.0] * 8
+
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(20)])
+    waits = []
     with _client(handler, waits, retries=2) as client, pytest.raises(TooManyRequests):
         client.limits()
-    assert len(seen) == 5  # the first attempt and twice 2 retries
-    assert waits == [1, 1.0, 2.0, 4.0]
+    assert all(1.0 <= w <= 1.5 for w in waits)
+    assert len(set(waits)) > 1  # spread, not one wave
+    assert 8.0 <= sum(waits) < 9.5  # the patience, and at most one wait past it
+    assert len(seen) == len(waits) + 1
+
     handler, seen = _relay(
-        *[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(4)], httpx.Response(200, json=LIMITS)
+        *[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(8)], httpx.Response(200, json=LIMITS)
     )
     with _client(handler, [], retries=2) as client:
-        assert client.limits() == LIMITS  # answered on the fifth attempt
+        client.retry = dataclasses.replace(client.retry, jitter=lambda: 0.0)
+        assert client.limits() == LIMITS  # answered on the ninth attempt
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "4"}) for _ in range(20)])
+    waits = []
+    with _client(handler, waits, retries=2) as client, pytest.raises(TooManyRequests):
+        client.limits()
+    assert 2 <= len(waits) <= 3  # a longer ask, fewer attempts in the same patience
+    assert all(4.0 <= w <= 6.0 for w in waits)
 
 
 def test_a_refusal_is_never_retried() -> None:
@@ -106,14 +131,19 @@ def test_an_unreachable_relay_is_retried_then_reported_unavailable() -> None:
 
 
 def test_each_wait_is_at_most_a_minute_whatever_the_retries() -> None:
-    """``--retries 8`` on a busy relay: sixteen retries, each wait doubling up to a minute, never hours."""
-    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "1"}) for _ in range(17)])
+    """``--retries 8`` on an unavailable relay: eight retries, each wait doubling up to a minute, never hours; on a
+    busy one, the relay's ask capped at a minute too."""
+    handler, seen = _relay(*[_problem(503, "unavailable") for _ in range(9)])
     waits: list[float] = []
-    with _client(handler, waits, retries=8) as client, pytest.raises(TooManyRequests):
+    with _client(handler, waits, retries=8) as client, pytest.raises(Unavailable):
         client.limits()
-    assert len(seen) == 17
-    assert max(waits) == MAX_RETRY_AFTER
-    assert waits[:8] == [1, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, MAX_RETRY_AFTER]
+    assert len(seen) == 9
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, MAX_RETRY_AFTER]
+    handler, seen = _relay(*[_problem(429, "rate-limited", {"Retry-After": "3600"}) for _ in range(3)])
+    waits = []
+    with _client(handler, waits, retries=8) as client, pytest.raises(IndexError):
+        client.limits()  # still patient after three answers: the test relay has no fourth
+    assert waits == [MAX_RETRY_AFTER] * 3
 
 
 def test_a_transfer_list_with_anything_but_objects_is_refused() -> None:

@@ -7,6 +7,7 @@ Fail closed on transport: plain ``http://`` is accepted only to a loopback addre
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import ssl
 import sys
@@ -94,35 +95,55 @@ class RetryPolicy:
     a request refused as too many): ``retries`` more attempts after the first, waiting ``backoff`` seconds, doubled
     after each failure, or longer when the relay asks (``Retry-After``, at most ``MAX_RETRY_AFTER``).
 
-    A relay that answers "too many" (429) is up and busy, and asks for a short wait (one second when every upload
-    slot of a process is taken, during a burst of labs): such answers get twice the retries, so that a nightly job
-    waits out a busy minute or two (1, 1, 2, 4, 8, 16, 32, 60 s with the defaults) instead of failing in eight
-    seconds. No single wait is longer than ``MAX_RETRY_AFTER``."""
+    A relay that answers "too many" (429) is up and busy, and says when to come back (one second when every upload
+    slot of a process is taken, during a burst of labs): the client waits what it asks, plus up to half again at
+    random (so that a burst's refused labs do not come back as one wave), not doubled: a doubling wait left the
+    relay idle at the end of a burst while the labs it had refused most slept for 8 or 16 s (decision 0028). It
+    keeps asking for as long as the doubling schedule of twice the retries would have waited in all (its
+    ``patience``: 1 + 1 + 2 + 4 + 8 + 16 + 32 + 60 s, about two minutes with the defaults), so that a nightly job
+    still waits out a busy minute or two. No single wait is longer than ``MAX_RETRY_AFTER``."""
 
     retries: int = 4
     backoff: float = 0.5
     sleep: Callable[[float], None] = time.sleep
     """How to wait (a test records the waits instead)."""
+    jitter: Callable[[], float] = secrets.SystemRandom().random
+    """A number in [0, 1): the share of half a busy relay's ``Retry-After`` added to it (a test fixes it)."""
 
-    def pause(self, failures: int, error: BaseException) -> bool:
-        """After ``failures`` consecutive failures (the last one ``error``): wait, and return True if another
-        attempt is allowed; False, at once, when the retries are spent."""
-        if failures > (2 * self.retries if isinstance(error, TooManyRequests) else self.retries):
-            return False
-        # Each wait at most MAX_RETRY_AFTER: more retries (``--retries``) wait longer in all, never hours at once.
-        self.sleep(min(MAX_RETRY_AFTER, max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0))))
-        return True
+    @property
+    def patience(self) -> float:
+        """Seconds a busy relay (429) is waited for in all before the client gives up."""
+        return float(sum(min(MAX_RETRY_AFTER, max(self.backoff * 2.0**k, 1.0)) for k in range(2 * self.retries)))
+
+    def pause(self, failures: int, error: BaseException, waited: float = 0.0) -> float | None:
+        """After ``failures`` consecutive failures (the last one ``error``), ``waited`` seconds spent waiting on them
+        so far: wait, and return how long, if another attempt is allowed; None, at once, when the retries (or, on a
+        busy relay, the patience) are spent."""
+        if isinstance(error, TooManyRequests):
+            if waited >= self.patience:
+                return None
+            asked = max(1.0, min(MAX_RETRY_AFTER, float(error.retry_after)))
+            wait = min(MAX_RETRY_AFTER, asked * (1 + self.jitter() / 2))
+        elif failures > self.retries:
+            return None
+        else:
+            # Each wait at most MAX_RETRY_AFTER: more retries (``--retries``) wait longer in all, never hours at once.
+            wait = min(MAX_RETRY_AFTER, max(self.backoff * 2 ** (failures - 1), getattr(error, "retry_after", 0)))
+        self.sleep(wait)
+        return wait
 
     def run(self, operation: Callable[[], T]) -> T:
         """``operation`` (idempotent), retried while it fails with ``Unavailable``; its last failure raised."""
-        failures = 0
+        failures, waited = 0, 0.0
         while True:
             try:
                 return operation()
             except Unavailable as exc:
                 failures += 1
-                if not self.pause(failures, exc):
+                wait = self.pause(failures, exc, waited)
+                if wait is None:
                     raise
+                waited += wait
 
 
 class RelayClient:
@@ -383,7 +404,7 @@ class RelayClient:
         offset = self.upload_offset(transfer_id)
         if on_progress:
             on_progress(offset)
-        failures = 0
+        failures, waited = 0, 0.0
         while offset < size:
             if stop is not None and stop.is_set():
                 raise OperationalError(
@@ -394,11 +415,13 @@ class RelayClient:
                 new_offset = self.upload_region(transfer_id, source, offset, min(chunk_size, size - offset))
             except (Unavailable, Conflict) as exc:
                 failures += 1
-                if not self.retry.pause(failures, exc):
+                wait = self.retry.pause(failures, exc, waited)
+                if wait is None:
                     raise
+                waited += wait
                 new_offset = self.upload_offset(transfer_id)
             else:
-                failures = 0
+                failures, waited = 0, 0.0
             if on_progress:
                 on_progress(new_offset - offset)
             offset = new_offset
