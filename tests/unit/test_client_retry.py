@@ -4,6 +4,7 @@ what it retries, how long it waits, when it stops, and what it never retries. No
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Callable
 
 import httpx
@@ -150,3 +151,40 @@ def test_a_transfer_list_with_anything_but_objects_is_refused() -> None:
     handler, _ = _relay(httpx.Response(200, json={"transfers": [{"transfer_id": "x"}, None]}))
     with _client(handler, [], retries=0) as client, pytest.raises(OperationalError, match="malformed transfer list"):
         client.transfers("inbox")
+
+
+def _chunk_taken(offset: int) -> httpx.Response:
+    return httpx.Response(204, headers={"Upload-Offset": str(offset), "Tus-Resumable": "1.0.0"})
+
+
+def test_an_upload_told_its_offset_asks_nothing_and_a_refused_chunk_is_sent_again_as_is() -> None:
+    """Created a moment ago, the transfer's offset is known: no HEAD. A 429 refused the chunk before reading any of
+    it: the same chunk again, no HEAD (each one a signed request the relay authenticates and audits)."""
+    handler, seen = _relay(_problem(429, "rate-limited", {"Retry-After": "1"}), _chunk_taken(10))
+    waits: list[float] = []
+    with _client(handler, waits, retries=2) as client:
+        client.upload("t-1", io.BytesIO(b"0123456789"), 10, 1 << 20, offset=0)
+    assert [(r.method, r.headers.get("upload-offset")) for r in seen] == [("PATCH", "0"), ("PATCH", "0")]
+    assert len(waits) == 1
+
+
+def test_an_offset_that_was_wrong_costs_one_conflict_then_the_relay_is_asked() -> None:
+    handler, seen = _relay(
+        _problem(409, "conflict"),
+        httpx.Response(200, headers={"Upload-Offset": "4", "Upload-Length": "10", "Tus-Resumable": "1.0.0"}),
+        _chunk_taken(10),
+    )
+    with _client(handler, [], retries=2) as client:
+        client.upload("t-1", io.BytesIO(b"0123456789"), 10, 1 << 20, offset=0)
+    assert [(r.method, r.headers.get("upload-offset")) for r in seen] == [
+        ("PATCH", "0"),
+        ("HEAD", None),
+        ("PATCH", "4"),
+    ]
+    handler, seen = _relay(
+        httpx.Response(200, headers={"Upload-Offset": "0", "Upload-Length": "10", "Tus-Resumable": "1.0.0"}),
+        _chunk_taken(10),
+    )
+    with _client(handler, [], retries=2) as client:  # not told: asked first, as before
+        client.upload("t-1", io.BytesIO(b"0123456789"), 10, 1 << 20)
+    assert [r.method for r in seen] == ["HEAD", "PATCH"]

@@ -397,11 +397,15 @@ class RelayClient:
         chunk_size: int,
         on_progress: Callable[[int], None] | None = None,
         stop: threading.Event | None = None,
+        offset: int | None = None,
     ) -> None:
-        """Upload ``source`` resumably: start from the relay's offset; after a failure, ask it again and go on.
-        ``stop``, once set, ends the upload before its next chunk (``OperationalError``; the relay keeps what it
-        has, for a later resume)."""
-        offset = self.upload_offset(transfer_id)
+        """Upload ``source`` resumably: start from the relay's offset (``offset`` if the caller was just told it,
+        else asked with a HEAD); after a failure, ask it again and go on, except after a 429: the relay refused the
+        chunk before reading any of it. A wrong offset costs one 409, after which the relay is asked. ``stop``, once
+        set, ends the upload before its next chunk (``OperationalError``; the relay keeps what it has, for a later
+        resume)."""
+        if offset is None:
+            offset = self.upload_offset(transfer_id)
         if on_progress:
             on_progress(offset)
         failures, waited = 0, 0.0
@@ -419,7 +423,7 @@ class RelayClient:
                 if wait is None:
                     raise
                 waited += wait
-                new_offset = self.upload_offset(transfer_id)
+                new_offset = offset if isinstance(exc, TooManyRequests) else self.upload_offset(transfer_id)
             else:
                 failures, waited = 0, 0.0
             if on_progress:

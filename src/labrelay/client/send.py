@@ -263,11 +263,17 @@ def upload(
     envelope = kept["manifest"]
     manifest = Manifest.from_payload(envelope_payload(envelope))
     spool = pending_path.with_suffix(".age")
-    client.create_transfer(envelope)
+    created = client.create_transfer(envelope)
+    # Where the relay's copy ends, as it just said: a fresh transfer's upload starts without asking again. A whole
+    # upload the relay has not finished (a crash before its last answer) is asked about: the HEAD finishes it.
+    told = created.get("uploaded")
+    start = told if isinstance(told, int) and not isinstance(told, bool) and 0 <= told < manifest.size else None
     task = progress.task(f"uploading to {manifest.recipient}", manifest.size)
     try:
         with spool.open("rb") as fh:
-            client.upload(manifest.transfer_id, fh, manifest.size, UPLOAD_CHUNK, on_progress=task.advance, stop=stop)
+            client.upload(
+                manifest.transfer_id, fh, manifest.size, UPLOAD_CHUNK, on_progress=task.advance, stop=stop, offset=start
+            )
     finally:
         task.done()
     write_json_atomic(party.ensure_sent_dir() / pending_path.name, {**kept, "server": client.base})
