@@ -156,7 +156,8 @@ class Database:
         with self.connect() as conn:
             generation = read_generation(conn)
             value = load(conn)
-        cache.keep(key, generation, value)
+        if generation is not None:  # None: a trigger is missing, so a kept answer could go stale unseen
+            cache.keep(key, generation, value)
         return value
 
     def dispose(self) -> None:

@@ -14,7 +14,8 @@ with, in the same transaction as its rows; otherwise the rows are read again. Th
 the write lock (a WAL reader sees the last commit), so a request that is served from here makes no transaction at
 all. A revocation, lock or freeze committed before a request's read is therefore seen by that request, exactly as
 without the cache. Any failure to read the number is a miss: the rows are read as before, and a broken database is
-``Unavailable`` there.
+``Unavailable`` there. Each miss also checks that the twelve triggers are all there (a later migration that copies
+a table drops its triggers): if one is missing, nothing is kept and every read goes to the rows.
 
 Only on SQLite: on PostgreSQL reads run concurrently in each replica, and the tables have no triggers.
 """
@@ -98,6 +99,18 @@ class StandingCache:
             self._kept[key] = value
 
 
-def read_generation(conn: Connection) -> int:
-    """The generation, inside the caller's transaction (so that it dates the rows read beside it)."""
+WATCHED = ("parties", "revocations", "locks", "relay_flags")
+TRIGGERS = frozenset(f"standing_{table}_{change}" for table in WATCHED for change in ("insert", "update", "delete"))
+"""The triggers migration 0010 made. A later migration that copies one of these tables (SQLite's way to alter a
+column) drops its triggers with it: without all of them nothing is kept."""
+
+_TRIGGERS_PRESENT = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'standing_%'"
+
+
+def read_generation(conn: Connection) -> int | None:
+    """The generation, inside the caller's transaction (so that it dates the rows read beside it); None if any of
+    the triggers that raise it is missing (then the answer read beside it must not be kept)."""
+    present = {str(name) for (name,) in conn.execute(text(_TRIGGERS_PRESENT))}
+    if not present >= TRIGGERS:
+        return None
     return int(conn.execute(text(GENERATION)).scalar_one())

@@ -1,6 +1,7 @@
 """The standing generation (decision 0027): one number that any change to the directory's entries, its revocations,
 the relay's locks or its flags raises in the same transaction, so that a relay may keep what it read of them while
-the number is unchanged (``storage/sql/standing.py``). SQLite only: a PostgreSQL relay reads them on each request.
+the number is unchanged (``storage/sql/standing.py``, which checks that these twelve triggers are all there). SQLite
+only: a PostgreSQL relay reads them on each request.
 
 Revision ID: 0010
 Revises: 0009
