@@ -172,6 +172,18 @@ def test_an_answer_read_before_a_change_is_not_kept_after_it(relay: SqlStores) -
     assert cache.lookup("k", None) == (False, None)  # the generation could not be read: read again
 
 
+def test_a_database_that_went_back_and_forward_again_serves_nothing_kept_before(relay: SqlStores) -> None:
+    """A copy of the database restored under a running relay: its number is lower, then climbs back to the one the
+    relay kept its answers under. What was kept before belongs to the other copy: never served."""
+    cache = StandingCache(str(relay.db.engine.url.database))
+    cache.keep("k", 5, "kept from the database before the restore")
+    assert cache.lookup("k", 3) == (False, None)  # restored: the number went back
+    cache.keep("k", 3, "read at 3")  # older than the newest seen: not kept (a slow reader looks the same)
+    assert cache.lookup("k", 5) == (False, None)  # climbed back to 5: the old answer is gone
+    cache.keep("k", 5, "read at 5 from the restored copy")
+    assert cache.lookup("k", 5) == (True, "read at 5 from the restored copy")
+
+
 def test_an_unreadable_generation_fails_closed(relay: SqlStores, path: Path) -> None:
     assert relay.control.set_lock("lab-a", "lock", "burst", T0, "admin")
     _served_from_memory(relay, lambda: relay.control.lock_of("lab-a"))

@@ -83,6 +83,10 @@ class StandingCache:
                 self.hits += 1
                 return True, self._kept[key]
             self.misses += 1
+            if self._generation != generation:
+                # The database moved on, or back (a copy restored under a running relay): nothing kept may be
+                # served again, even when the number comes back to the one it was kept under.
+                self._kept.clear()
         return False, None
 
     def keep(self, key: Hashable, generation: int, value: object) -> None:
