@@ -36,8 +36,8 @@ def _root(
             "--retries",
             envvar="LABRELAY_RETRIES",
             min=0,
-            help="Retries when the relay is unreachable or busy, with exponential back-off (4: about 8 s in all; "
-            "0: fail at once).",
+            help="Retries when the relay is unreachable, with exponential back-off (4: about 8 s in all; 0: fail at "
+            "once). A busy relay (429) is asked again when it says, for about two minutes with 4.",
         ),
     ] = DEFAULT_RETRIES,
     config: Annotated[

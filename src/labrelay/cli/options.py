@@ -21,7 +21,7 @@ DEFAULT_RETRIES = 4
 class CliOptions:
     debug: bool = False  # tracebacks instead of one-line errors
     quiet: bool = False  # no progress bars
-    retries: int = DEFAULT_RETRIES  # client retries when the relay is unreachable or busy (exponential back-off)
+    retries: int = DEFAULT_RETRIES  # retries when the relay is unreachable (doubling waits) or busy (as it asks)
     config: Path | None = None  # the client configuration file in force (labrelay.toml), if any
 
 
