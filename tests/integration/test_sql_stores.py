@@ -23,6 +23,7 @@ from labrelay.storage import migrate
 from labrelay.storage.sql.engine import postgres_engine, sqlite_engine
 from labrelay.storage.sql.stores import SqlStores
 from tests.support.pgserver import PostgresServer
+from tests.support.relay_setup import party_entry
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -51,17 +52,7 @@ def test_nonces_are_remembered_once_and_pruned(sql: SqlStores) -> None:
 
 
 def _entry(name: str, role: Role = Role.LAB) -> PartyEntry:
-    return PartyEntry(
-        name=name,
-        role=role,
-        region=None,
-        age_recipient=AgeIdentity.generate().recipient,
-        signing_key=SigningKey.generate().public.b64,
-        not_before=T0,
-        not_after=T0 + timedelta(days=365),
-        issued_at=T0,
-        serial=new_id(),
-    )
+    return party_entry(name, role, T0)
 
 
 def test_directory_keeps_each_entry_once_with_its_envelope(sql: SqlStores) -> None:

@@ -29,6 +29,29 @@ from labrelay.runtime import Relay, open_relay
 T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
 
 
+def party_entry(
+    name: str,
+    role: Role,
+    at: datetime,
+    *,
+    signing: SigningKey | None = None,
+    identity: AgeIdentity | None = None,
+    days: int = 365,
+) -> PartyEntry:
+    """A directory entry for ``name`` issued at ``at`` and in force ``days`` from then (fresh keys unless given)."""
+    return PartyEntry(
+        name=name,
+        role=role,
+        region=None,
+        age_recipient=(identity or AgeIdentity.generate()).recipient,
+        signing_key=(signing or SigningKey.generate()).public.b64,
+        not_before=at,
+        not_after=at + timedelta(days=days),
+        issued_at=at,
+        serial=new_id(),
+    )
+
+
 def digest_of(data: bytes) -> str:
     """The Content-Digest header value (RFC 9530) of ``data``."""
     return "sha-256=:" + base64.b64encode(hashlib.sha256(data).digest()).decode() + ":"
@@ -64,18 +87,7 @@ class Setup:
 
     def member(self, name: str, role: Role, *, register: bool = True, days: int = 365) -> Member:
         signing, identity = SigningKey.generate(), AgeIdentity.generate()
-        now = self.clock.now()
-        entry = PartyEntry(
-            name=name,
-            role=role,
-            region=None,
-            age_recipient=identity.recipient,
-            signing_key=signing.public.b64,
-            not_before=now,
-            not_after=now + timedelta(days=days),
-            issued_at=now,
-            serial=new_id(),
-        )
+        entry = party_entry(name, role, self.clock.now(), signing=signing, identity=identity, days=days)
         envelope = sign_envelope(entry.to_payload(), self.authority, AUTHORITY_KEYID)
         if register:
             self.relay.services.directory.register(envelope, name)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from labrelay.crypto.keys import AgeIdentity, SigningKey
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import PartyEntry, Revocation, Role
 from labrelay.errors import Unavailable
@@ -24,22 +23,13 @@ from labrelay.storage import migrate
 from labrelay.storage.sql.engine import sqlite_engine
 from labrelay.storage.sql.standing import StandingCache
 from labrelay.storage.sql.stores import SqlStores
+from tests.support.relay_setup import party_entry
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def _entry(name: str) -> PartyEntry:
-    return PartyEntry(
-        name=name,
-        role=Role.LAB,
-        region=None,
-        age_recipient=AgeIdentity.generate().recipient,
-        signing_key=SigningKey.generate().public.b64,
-        not_before=T0,
-        not_after=T0 + timedelta(days=365),
-        issued_at=T0,
-        serial=new_id(),
-    )
+    return party_entry(name, Role.LAB, T0)
 
 
 @pytest.fixture
@@ -51,24 +41,24 @@ def path(tmp_path: Path) -> Path:
     return db
 
 
-@pytest.fixture
-def relay(path: Path) -> Iterator[SqlStores]:
-    """The relay's stores."""
+def _stores(path: Path) -> Iterator[SqlStores]:
     stores = SqlStores.on(sqlite_engine(path))
     try:
         yield stores
     finally:
         stores.db.dispose()
+
+
+@pytest.fixture
+def relay(path: Path) -> Iterator[SqlStores]:
+    """The relay's stores."""
+    yield from _stores(path)
 
 
 @pytest.fixture
 def admin(path: Path) -> Iterator[SqlStores]:
     """Another process's stores on the same database (an admin command), with a cache of their own."""
-    stores = SqlStores.on(sqlite_engine(path))
-    try:
-        yield stores
-    finally:
-        stores.db.dispose()
+    yield from _stores(path)
 
 
 def _cache(stores: SqlStores) -> StandingCache:

@@ -45,8 +45,7 @@ class StandingCache:
         self._kept: dict[Hashable, object] = {}
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # answers served from here (what shows, in a test, that a read was not made)
 
     def current(self) -> int | None:
         """The generation the database holds now (None if it cannot be read: the caller then reads the rows).
@@ -82,7 +81,6 @@ class StandingCache:
             if self._generation == generation and key in self._kept:
                 self.hits += 1
                 return True, self._kept[key]
-            self.misses += 1
             if self._generation != generation:
                 # The database moved on, or back (a copy restored under a running relay): nothing kept may be
                 # served again, even when the number comes back to the one it was kept under.
