@@ -453,7 +453,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             left = 0.0
             for part, seconds, colour in parts:
                 times.barh(y, seconds, left=left, height=width * 2, color=colour, edgecolor="white")
-                if seconds > 0.11 * longest:  # room for the label inside the bar
+                if seconds > 0.0085 * (len(part) + 2) * longest:  # room for the label inside the bar
                     times.text(left + seconds / 2, y, part, ha="center", va="center", fontsize=7)
                 left += seconds
             times.text(left, y, f" {left:.1f} s", va="center", fontsize=8)
@@ -461,6 +461,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     times.set_yticks([y for y, _ in bars], [n for _, n in bars], fontsize=7)
     times.invert_yaxis()
     times.set_xlabel("wall time (s), lower is better")
+    times.set_xlim(0, longest * 1.1)  # room for the totals written after the longest bar
     r = report["ratios"]
     single = report["single"]["labrelay"]
     small = (
