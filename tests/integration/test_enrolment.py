@@ -281,6 +281,17 @@ def test_one_step_enrol_takes_an_identifier_too(world: World, cli) -> None:
     assert os.stat(lab / "pseudonym.key").st_mode & 0o077 == 0
 
 
+def test_a_key_rotation_keeps_the_partys_identifier(world: World, cli) -> None:
+    """``party rotate`` has the authority sign the party's entry again with its new key: the SIREN it was enrolled
+    with stays in it (it was dropped: ``identifier: -`` after a rotation)."""
+    ok(cli("party", "new", "ars-test", "--role", "recipient", "--authority", world.pub, "--out", world.parties_dir))
+    ars = world.parties_dir / "ars-test"
+    ok(cli("party", "enroll", ars, "--authority", world.auth_dir, "--server", world.url, "--organisation", SIREN))
+    assert f"identifier:    SIREN {SIREN}" in ok(cli("party", "show", ars)).out
+    ok(cli("party", "rotate", ars, "--authority", world.auth_dir, "--server", world.url))
+    assert f"identifier:    SIREN {SIREN}" in ok(cli("party", "show", ars)).out
+
+
 def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 

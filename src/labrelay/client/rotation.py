@@ -173,7 +173,10 @@ def rotate(
     issued = now
     if current is not None and now.replace(microsecond=0) <= current.issued_at:
         issued = current.issued_at + timedelta(seconds=1)
-    envelope = authority.sign_entry(party, now, valid_for, age_recipient=new.recipient, issued_at=issued)
+    kept = current.identifier if current is not None else None  # the FINESS or SIREN stays with the party
+    envelope = authority.sign_entry(
+        party, now, valid_for, age_recipient=new.recipient, issued_at=issued, identifier=kept
+    )
     client.register_entry(envelope)
     # 4. every other identity held is retired until its payloads are past their deadline
     keys = _retired(party)
