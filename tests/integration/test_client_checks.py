@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labrelay.client import fetch as fetch_module
 from labrelay.client.api import RelayClient
 from labrelay.client.fetch import (
     acknowledge,
@@ -17,6 +21,7 @@ from labrelay.client.fetch import (
     verify_manifest,
     verify_manifest_ignoring_deadline,
 )
+from labrelay.client.keystore import Party
 from labrelay.client.trust import TrustedDirectory
 from labrelay.clock import ManualClock, SystemClock
 from labrelay.crypto.envelopes import sign_envelope
@@ -188,3 +193,127 @@ def test_senders_see_what_was_not_delivered_and_refuse_forged_receipts(world, cl
     refused = cli("receipts", "--as", lab, "--server", world.url)
     assert refused.code == 3, str(refused)
     assert ids["ars-11"] in refused.err
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one instant of a fetch: nothing after it runs (no handler catches a BaseException)."""
+
+
+def _killed_after_naming(monkeypatch: pytest.MonkeyPatch, world, out: Path, *, raw: bool = False) -> str:
+    """A fetch by cnam killed just after it named its output, before it recorded it as received (no sidecar, no
+    journal receipt, no receipt to the relay); the transfer's id."""
+
+    def kill(*args: Any, **kwargs: Any) -> Any:
+        raise Killed
+
+    with monkeypatch.context() as patch, world.client("cnam") as client:
+        patch.setattr(fetch_module, "_received_raw" if raw else "_received", kill)
+        with pytest.raises(Killed):
+            fetch_all(world.parties["cnam"], client, out, SystemClock(), raw=raw)
+    [transfer_id] = [p.stem for p in (world.party_dir("cnam") / "received").glob("*.json") if p.stem != "sources"]
+    return transfer_id
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["decrypted", "raw"])
+def test_a_fetch_killed_after_naming_its_output_is_finished_by_the_next_run(
+    world, cli, batch: Path, monkeypatch: pytest.MonkeyPatch, raw: bool
+) -> None:
+    """Killed between naming the file and recording it: the next run finds the very file it wrote (device, inode,
+    size, in the journal before the name was given) and finishes it: sidecar, journal, receipt, nothing downloaded
+    or written again. It used to refuse the file as planted (exit 3) on every later run, blocking the inbox."""
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    assert sent.code == 0, str(sent)
+    out = world.root / "out"
+    transfer_id = _killed_after_naming(monkeypatch, world, out, raw=raw)
+    [output] = [p for p in out.iterdir() if not p.name.startswith(".")]
+    inode = output.stat().st_ino
+    # A sidecar "left" as a link (as if the kill fell after the sidecar was named): replaced, never followed.
+    victim = world.root / "victim.txt"
+    victim.write_text("untouched\n")
+    sidecar = out / (output.name.rsplit(".", 1)[0] + ".manifest.json")
+    sidecar.symlink_to(victim)
+    args = ["fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out, *(["--raw"] if raw else [])]
+    again = cli(*args)
+    assert again.code == 0, str(again)
+    assert sorted(p for p in out.iterdir() if not p.name.startswith(".")) == sorted([output, sidecar])
+    assert output.stat().st_ino == inode  # the same file, not written again
+    assert not sidecar.is_symlink() and json.loads(sidecar.read_text())["transfer_id"] == transfer_id
+    assert victim.read_text() == "untouched\n"
+    if raw:
+        receipt = cli("receipt", transfer_id, "--as", world.party_dir("cnam"), "--server", world.url)
+        assert receipt.code == 0, str(receipt)
+    else:
+        assert journal_entry(world.parties["cnam"], transfer_id)["receipt"]
+        assert len(output.read_text().splitlines()) == 1 + positives_in(batch)
+    assert state_of(world, transfer_id) == "delivered"
+
+
+@pytest.mark.threat("T26")
+def test_a_file_put_in_place_of_a_killed_fetchs_output_is_still_refused(
+    world, cli, batch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the very file the killed run wrote is finished: the same name, the same bytes, but another file (a new
+    inode) is refused as before, nothing is written through it or over it, and the payload stays on the relay."""
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    assert sent.code == 0, str(sent)
+    out = world.root / "out"
+    transfer_id = _killed_after_naming(monkeypatch, world, out)
+    [output] = list(out.glob("*.csv"))
+    content = output.read_bytes()
+    output.unlink()
+    output.write_bytes(content)  # the same name, size and bytes; another file
+    again = cli("fetch", "--as", world.party_dir("cnam"), "--server", world.url, "--out", out)
+    assert again.code == 3, str(again)
+    assert "exists already" in again.err, str(again)
+    assert output.read_bytes() == content
+    assert state_of(world, transfer_id) == "available"
+
+
+def test_an_old_copy_of_a_party_after_its_key_rotation_refuses_nothing(world, cli, batch: Path) -> None:
+    """A copy of cnam's directory from before a rotation (a backup restored, a second host) meets a payload sealed
+    to cnam's key in force, which it does not hold: the operator's mistake, not the payload's. It used to refuse the
+    payload to the relay (lost to cnam, its sender told "refused"); now nothing is refused, the run says why and
+    exits 1, and the copy that holds the key fetches it."""
+    cnam = world.party_dir("cnam")
+    old_copy = world.root / "cnam-old-copy"
+    shutil.copytree(cnam, old_copy)
+    rotated = cli("party", "rotate", cnam, "--authority", world.auth_dir, "--server", world.url)
+    assert rotated.code == 0, str(rotated)
+    sent = cli("send", batch, "--as", world.party_dir("lab-paris-01"), "--server", world.url, "--to", "cnam")
+    assert sent.code == 0, str(sent)
+    transfer_id = sent_ids(sent.out)["cnam"]
+    stale = cli("fetch", "--as", old_copy, "--server", world.url, "--out", world.root / "stale-out")
+    assert stale.code == 1, str(stale)
+    assert "older than its last key rotation" in stale.err, str(stale)
+    assert state_of(world, transfer_id) == "available"
+    assert journal_entry(Party.load(old_copy), transfer_id) is None
+    fetched = cli("fetch", "--as", cnam, "--server", world.url, "--out", world.root / "out")
+    assert fetched.code == 0, str(fetched)
+    assert state_of(world, transfer_id) == "delivered"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_inbox_shared_with_a_loaders_group_as_documented_is_readable_by_that_group_alone(
+    world, cli, batch: Path, fmt: str
+) -> None:
+    """docs/deployment.md: a loader running as another user reads the inbox through a group: ``UMask=0027``, the
+    inbox ``chgrp GROUP`` and ``chmod 2750``. Outputs and their sidecars were 0600 whatever the umask, so the recipe
+    could not work; in a setgid inbox they are now 0640 under umask 0027 (0600 under 0077), never readable by
+    others, never writable but by their owner. Anywhere else they stay 0600."""
+    lab, cnam = world.party_dir("lab-paris-01"), world.party_dir("cnam")
+    shared, private = world.root / "shared", world.root / "private"
+    shared.mkdir()
+    shared.chmod(0o2750)
+    for umask, out, expected in ((0o027, shared, 0o640), (0o077, shared, 0o600), (0o022, private, 0o600)):
+        sent = cli("send", batch, "--as", lab, "--server", world.url, "--to", "cnam", "--again")
+        assert sent.code == 0, str(sent)
+        before = set(out.iterdir()) if out.exists() else set()
+        previous = os.umask(umask)
+        try:
+            fetched = cli("fetch", "--as", cnam, "--server", world.url, "--out", out, "--format", fmt)
+        finally:
+            os.umask(previous)
+        assert fetched.code == 0, str(fetched)
+        written = [p for p in set(out.iterdir()) - before if not p.name.startswith(".")]
+        assert len(written) == 2, written  # the output and its sidecar
+        assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {expected}, (umask, out.name)

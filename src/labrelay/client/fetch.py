@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -208,6 +209,7 @@ def verify_manifest_ignoring_deadline(
     if manifest.recipient != party.name:
         raise IntegrityError(f"transfer {transfer_id} is addressed to {manifest.recipient}, not {party.name}")
     if manifest.recipient_key not in {i.recipient for i in party.identities}:
+        _missing_key_in_force(party, directory, manifest)
         raise IntegrityError(f"transfer {transfer_id} was sealed to a key {party.name} does not hold")
     if manifest.size < (smallest := min_payload_bytes(manifest.recipient_key)):  # no relay should have taken it
         raise IntegrityError(
@@ -215,6 +217,24 @@ def verify_manifest_ignoring_deadline(
             f"({smallest}); refusing it"
         )
     return manifest
+
+
+def _missing_key_in_force(party: Party, directory: TrustedDirectory, manifest: Manifest) -> None:
+    """A payload sealed to the key the signed directory holds in force for this party, which this copy of the
+    party does not hold: an old copy of the party's directory (a backup restored, a second host) after the key was
+    rotated elsewhere. The operator's mistake, not the payload's fault: refusing it would throw away results sealed
+    to the right key, so nothing is refused (``UsageError``) and the payload waits for the copy that holds it."""
+    try:
+        own = directory.require(party.name, RECEIVING_ROLES)
+    except LabrelayError:
+        return
+    if own.age_recipient == manifest.recipient_key:
+        raise UsageError(
+            f"transfer {manifest.transfer_id} is sealed to {party.name}'s key in force, which {party.path} does not "
+            "hold: this copy of the party is older than its last key rotation; nothing was refused, the payload "
+            "stays on the relay",
+            hint=f"fetch with the party directory that holds {party.name}'s current identity",
+        )
 
 
 # ------------------------------------------------------------------ the party's journal of what it received
@@ -501,7 +521,7 @@ def _download_decrypting(run: _Run, manifest: Manifest, partial: str) -> tuple[s
     and SHA-256 against the signed manifest, age's authentication of every chunk, the decrypted ciphertext's own
     size and SHA-256, the decompression ceiling. The output is a temporary file, published only once they all
     passed; a download that fails its check is refused as before, whatever decryption made of its bytes."""
-    target = run.out_dir.temp()
+    target = run.out_dir.temp(run.out_dir.output_mode())
     feed = _Feed()
     outcome: dict[str, Any] = {}
 
@@ -525,7 +545,7 @@ def _download_decrypting(run: _Run, manifest: Manifest, partial: str) -> tuple[s
         if "error" in outcome:
             raise outcome["error"]
         name = output_stem(manifest) + FORMAT_EXTENSIONS["csv"]
-        target.publish(name)
+        _publish(run.party, manifest, target, name, outcome["records"], "csv")
         return name, outcome["records"], "csv"
     except BaseException:
         target.discard()
@@ -612,20 +632,20 @@ def _write_output(
     """Decrypt the verified download into its final file (``DATE_SENDER_BATCH8_RECIPIENT.ext``), in ``fmt`` when
     it is routed CSV. Returns (file name, records, the format written)."""
     stem = output_stem(manifest)
-    target = out_dir.temp()
+    target = out_dir.temp(out_dir.output_mode())
     try:
         if not _routed_csv(manifest):  # unparsed documents and FHIR NDJSON are written as they came
             with work.open_read(partial) as cipher:
                 records = _decrypt_into(party, manifest, cipher, target.handle)
             name = stem + EXTENSIONS.get(manifest.media_type, ".bin")
-            target.publish(name)
+            _publish(party, manifest, target, name, records, "as-sent")
             return name, records, "as-sent"
         if fmt == "csv":
             with work.open_read(partial) as cipher:
                 tagger = RowTagger(target.handle, manifest.batch_id, manifest.sender)
                 records = _decrypt_into(party, manifest, cipher, tagger)
             name = stem + FORMAT_EXTENSIONS[fmt]
-            target.publish(name)
+            _publish(party, manifest, target, name, records, fmt)
             return name, records, fmt
         return _converted(party, manifest, work, partial, target, stem, fmt)
     except BaseException:
@@ -653,20 +673,52 @@ def _converted(
         else:
             write_parquet(work.path / tagged_name, target.handle)
         name = stem + FORMAT_EXTENSIONS[fmt]
-        target.publish(name)
+        _publish(party, manifest, target, name, records, fmt)
     finally:
         tagged.discard()
         work.unlink(tagged_name)
     return name, records, fmt
 
 
-def _write_sidecar(out_dir: SafeDir, name: str, doc: Mapping[str, Any]) -> None:
+def _publish(party: Party, manifest: Manifest, target: TempFile, name: str, records: int | None, fmt: str) -> None:
+    """Name a complete output, after writing in the journal which file it is (device, inode, size): a run killed
+    between naming it and recording it received leaves a file the next run recognises as its own and finishes
+    (``_pending_output``), where any other file of that name is refused as planted."""
+    target.handle.flush()
+    st = os.fstat(target.fd)
+    mark = {"file": name, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "records": records, "format": fmt}
+    _update_journal(party, manifest.transfer_id, publishing=mark)
+    target.publish(name)
+
+
+def _pending_output(out_dir: SafeDir, known: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The output an earlier run named but did not record as received (killed between the two), if it is still
+    there unchanged: the very file it wrote (device and inode), of the size it wrote, a regular file of ours. A
+    file of that name that is anything else is not ours, and is refused as before."""
+    mark = known.get("publishing") if known is not None and not known.get("receipt") else None
+    if not isinstance(mark, dict) or not isinstance(name := mark.get("file"), str) or "/" in name:
+        return None
+    try:
+        st = os.stat(name, dir_fd=out_dir.fd, follow_symlinks=False)
+    except (OSError, ValueError):
+        return None
+    ours = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+    same = (st.st_dev, st.st_ino, st.st_size) == (mark.get("dev"), mark.get("ino"), mark.get("size"))
+    return mark if ours and same else None
+
+
+def _write_sidecar(out_dir: SafeDir, name: str, doc: Mapping[str, Any], *, again: bool = False) -> None:
+    """The ``.manifest.json`` beside an output; ``again``: finishing a killed run's output, whose sidecar may
+    exist already (replaced, never followed)."""
     import json  # noqa: PLC0415 - only the --json sidecar needs it
 
-    sidecar = out_dir.temp(0o644)
+    sidecar = out_dir.temp(out_dir.output_mode())  # as the output it describes
     try:
         sidecar.handle.write((json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-        sidecar.publish(name)
+        if again:
+            sidecar.replace(name)
+        else:
+            sidecar.publish(name)
     except BaseException:
         sidecar.discard()
         raise
@@ -733,28 +785,52 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
     partial = f"{transfer_id}.age.part"
     sidecar = {"manifest": listing["manifest"], "transfer_id": transfer_id, "unparsed": manifest.unparsed}
     stem = output_stem(manifest)
+    if (mark := _pending_output(run.out_dir, known)) is not None:  # named by a run killed before it was recorded
+        return _finish_named(run, listing, manifest, sidecar, mark)
     if not run.raw and run.fmt == "csv" and _routed_csv(manifest) and not run.work.size(partial):
         return _received(run, listing, manifest, sidecar, _download_decrypting(run, manifest, partial))
     _download(client, manifest, run.work, partial, run.progress)
     if run.raw:
+        st = os.stat(partial, dir_fd=run.work.fd, follow_symlinks=False)  # a link keeps the inode: the mark holds
+        mark = {"file": f"{stem}.age", "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "format": "age"}
+        _update_journal(party, transfer_id, publishing={**mark, "records": None})
         run.work.rename(partial, f"{stem}.age", into=run.out_dir)
-        final = run.out_dir.path / f"{stem}.age"
-        _write_sidecar(run.out_dir, f"{stem}.manifest.json", sidecar)
-        _update_journal(
-            party,
-            transfer_id,
-            manifest=dict(listing["manifest"]),
-            raw=str(final.resolve()),
-            sha256=manifest.sha256,
-            size=manifest.size,
-        )
-        run.sources.add(manifest)
-        return _fetched(manifest, final, None, acknowledged=False, fmt="age")
+        return _received_raw(run, listing, manifest, sidecar)
     try:
         result = _write_output(party, manifest, run.out_dir, run.work, partial, run.fmt)
     finally:
         run.work.unlink(partial)
     return _received(run, listing, manifest, sidecar, result)
+
+
+def _finish_named(
+    run: _Run, listing: Mapping[str, Any], manifest: Manifest, sidecar: dict[str, Any], mark: Mapping[str, Any]
+) -> Fetched:
+    """The output a killed run named (``_pending_output``), recorded now as it would have been: nothing is
+    downloaded or decrypted again."""
+    if mark["format"] == "age":
+        return _received_raw(run, listing, manifest, sidecar, again=True)
+    return _received(run, listing, manifest, sidecar, (mark["file"], mark["records"], mark["format"]), again=True)
+
+
+def _received_raw(
+    run: _Run, listing: Mapping[str, Any], manifest: Manifest, sidecar: dict[str, Any], *, again: bool = False
+) -> Fetched:
+    """A ``--raw`` payload named in the output directory: its sidecar and journal entry (the receipt comes later,
+    from ``labrelay receipt``)."""
+    stem = output_stem(manifest)
+    final = run.out_dir.path / f"{stem}.age"
+    _write_sidecar(run.out_dir, f"{stem}.manifest.json", sidecar, again=again)
+    _update_journal(
+        run.party,
+        manifest.transfer_id,
+        manifest=dict(listing["manifest"]),
+        raw=str(final.resolve()),
+        sha256=manifest.sha256,
+        size=manifest.size,
+    )
+    run.sources.add(manifest)
+    return _fetched(manifest, final, None, acknowledged=False, fmt="age")
 
 
 def _received(
@@ -763,14 +839,17 @@ def _received(
     manifest: Manifest,
     sidecar: dict[str, Any],
     output: tuple[str, int | None, str],
+    *,
+    again: bool = False,
 ) -> Fetched:
-    """A payload decrypted and written (file name, records, format): its sidecar, journal entry and receipt."""
+    """A payload decrypted and written (file name, records, format): its sidecar, journal entry and receipt.
+    ``again``: the output of a run killed before it recorded it (``_pending_output``), finished now."""
     party, client, transfer_id, stem = run.party, run.client, manifest.transfer_id, output_stem(manifest)
     name, records, written = output
     final = run.out_dir.path / name
     receipt = Receipt.of(manifest, ReceiptStatus.DECRYPTED, run.clock.now(), record_count=records)
     envelope = party.sign(receipt.to_payload())
-    _write_sidecar(run.out_dir, f"{stem}.manifest.json", {**sidecar, "file": name, "receipt": envelope})
+    _write_sidecar(run.out_dir, f"{stem}.manifest.json", {**sidecar, "file": name, "receipt": envelope}, again=again)
     _update_journal(
         party,
         transfer_id,

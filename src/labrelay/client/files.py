@@ -122,6 +122,19 @@ class TempFile:
             self.temp_name = None
 
 
+def _umask() -> int:
+    """This process's umask, read without setting it (``os.umask`` sets it for every thread while it reads);
+    0077 where the kernel does not say (fails closed: nothing shared)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o077
+
+
 def _check_name(name: str) -> None:
     if not name or "/" in name or name in (".", "..") or "\x00" in name:
         raise UnsafeOutput(f"refusing an output name that is not a plain file name: {name!r}")
@@ -187,6 +200,15 @@ class SafeDir:
 
     def temp(self, mode: int = 0o600) -> TempFile:
         return TempFile(self.fd, mode)
+
+    def output_mode(self) -> int:
+        """The mode of a file written here for someone else to pick up: the user's alone (0600), unless the directory
+        is setgid, the documented way to share an inbox with a loader's group (docs/deployment.md): then readable by
+        that group as far as the umask lets it (0640 under umask 0027, 0600 under 0077), never by others, never
+        writable but by its owner."""
+        if os.fstat(self.fd).st_mode & stat.S_ISGID:
+            return 0o640 & ~_umask()
+        return 0o600
 
     def exists(self, name: str) -> bool:
         try:
