@@ -237,7 +237,8 @@ def test_a_fetch_killed_after_naming_its_output_is_finished_by_the_next_run(
     assert again.code == 0, str(again)
     assert sorted(p for p in out.iterdir() if not p.name.startswith(".")) == sorted([output, sidecar])
     assert output.stat().st_ino == inode  # the same file, not written again
-    assert not sidecar.is_symlink() and json.loads(sidecar.read_text())["transfer_id"] == transfer_id
+    assert not sidecar.is_symlink()
+    assert json.loads(sidecar.read_text())["transfer_id"] == transfer_id
     assert victim.read_text() == "untouched\n"
     if raw:
         receipt = cli("receipt", transfer_id, "--as", world.party_dir("cnam"), "--server", world.url)
