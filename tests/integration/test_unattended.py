@@ -138,7 +138,8 @@ def test_a_results_file_of_another_shape_is_routed_never_sent_unparsed(
     [
         ("xlsx", "Excel workbook"),
         ("utf16", "UTF-16 text"),
-        ("columns", "columns found: patient, naissance, test; expected: nir, nom"),
+        ("columns", "columns found: nom, naissance, test; expected: nir, nom"),
+        ("no-header", "names none of the template's columns (3 fields, not shown"),
     ],
 )
 def test_a_file_that_is_not_results_is_refused_with_what_was_found(
@@ -154,13 +155,16 @@ def test_a_file_that_is_not_results_is_refused_with_what_was_found(
     elif content == "utf16":
         write_csv_file(tmp_path / "utf8.csv", 20, seed=2, today=TODAY)
         source.write_bytes((tmp_path / "utf8.csv").read_text(encoding="utf-8").encode("utf-16"))
-    else:
-        source.write_text("patient;naissance;test\nDUPONT;1980-01-01;positif\n", encoding="utf-8")
+    elif content == "columns":
+        source.write_text("nom;naissance;test\nDUPONT;1980-01-01;positif\n", encoding="utf-8")
+    else:  # the header line left out: its first record is not repeated in the refusal
+        source.write_text("DUPONT;1980-01-01;positif\nMARTIN;1981-02-02;negatif\n", encoding="utf-8")
     for extra in ((), ("--to", "spf"), ("--to", "cnam")):
         result = send(world, source, *extra)
         assert result.code == 2, str(result)
         assert needle in result.err
         assert len(result.err.strip().splitlines()) == 1
+        assert "DUPONT" not in result.err  # a record's values are never repeated in a refusal
     assert transfers_on_relay(world) == 0
 
 

@@ -124,7 +124,8 @@ def test_blocks_split_records_exactly(tmp_path: Path) -> None:
     ("content", "why"),
     [
         (b"", "empty"),
-        (b"a,b,c\n1,2,3\n", "columns found: a, b, c; expected: nir, nom"),
+        (b"nom,b,c\n1,2,3\n", "columns found: nom, b, c; expected: nir, nom"),
+        (b"a,b,c\n1,2,3\n", r"first line names none of the template's columns \(3 fields, not shown"),
         (b"\x01\x02binary\xff", "not in the lab-results template"),
         (",".join([*FIELDS, "nir"]).encode() + b"\n", "twice"),
         (",".join([*FIELDS, "NIR "]).encode() + b"\n", "twice"),
@@ -135,6 +136,20 @@ def test_files_that_are_not_results_at_all(tmp_path: Path, content: bytes, why: 
     path.write_bytes(content)
     with pytest.raises(NotResults, match=why):
         CsvReader(path)
+
+
+def test_a_file_without_its_header_line_is_refused_without_repeating_its_first_record(tmp_path: Path) -> None:
+    """The header line left out, the first line is a patient's record: the refusal, which goes to JSON documents
+    and the nightly script's log, says so without its values (it quoted them as "columns found")."""
+    record = good()
+    path = tmp_path / "x.csv"
+    path.write_text(line(record) + "\n" + line(good(nom="MARTIN")) + "\n", encoding="utf-8")
+    with pytest.raises(NotResults) as refused:
+        CsvReader(path)
+    said = refused.value.diagnostics()
+    assert "is the header line missing?" in said
+    shown = [v for v in record.values() if len(v) > 3 and v in said.replace(str(path), "")]
+    assert shown == []
 
 
 def _zip_with(name: str) -> bytes:

@@ -816,11 +816,13 @@ def header_cases() -> Iterator[tuple[str, bytes, date, int | None]]:
     )
     yield (
         "missing: forty columns found, thirty shown",
-        (",".join(f"col{i}" for i in range(40)) + "\n").encode(),
+        ("nom," + ",".join(f"col{i}" for i in range(1, 40)) + "\n").encode(),
         TODAY,
         None,
     )
-    yield 'missing: empty cells shown as ""', b"a,,b\n1,2,3\n", TODAY, None
+    yield 'missing: empty cells shown as ""', b"nom,,b\n1,2,3\n", TODAY, None
+    # The header line left out: the first line is a record, whose values the message must not repeat.
+    yield "no header: a record on the first line", (line(good()) + "\n" + line(good()) + "\n").encode(), TODAY, None
 
     # ---- Windows-1252, as French Excel saves CSV: the typographic apostrophe, Œ, €, and the five undefined bytes
     cp1252 = [

@@ -63,6 +63,10 @@ const KINDS = {
 function notResults(err, file) {
   if (err.kind) return t(`notResults.${KINDS[err.kind] ?? "binary"}`, { file });
   if (err.format) return t(`notResults.${err.format}`, { file });
+  if (err.noHeader) {
+    const required = FIELDS.filter((f) => REQUIRED.has(f)).join(", ");
+    return t("notResults.noHeader", { file, fields: err.noHeader, required });
+  }
   if (err.missing) {
     const required = FIELDS.filter((f) => REQUIRED.has(f)).join(", ");
     return t("notResults.columns", {

@@ -42,7 +42,7 @@ export class NotResultsError extends Error {
     super(message);
     this.name = "NotResults";
     this.code = "not-results";
-    Object.assign(this, { kind: null, format: null, found: null, missing: null, twice: null }, details);
+    Object.assign(this, { kind: null, format: null, found: null, missing: null, twice: null, noHeader: null }, details);
   }
 }
 
@@ -411,6 +411,15 @@ function sniff(bytes, name) {
   const written = first.value.row;
   // An empty header cell (a trailing separator) names no template field: an ignored column of its own.
   const columns = written.map((c, i) => headerName(c) || `(column ${i + 1})`);
+  if (!columns.some((c) => FIELDS.includes(c))) {
+    // Not a header: most likely a record (the header line left out); its values are not repeated.
+    throw new NotResultsError(
+      `${name} is not in the lab-results template: its first line names none of the template's columns ` +
+        `(${written.length} fields, not shown: it may be a record; is the header line missing?); ` +
+        `expected: ${FIELDS.join(", ")}`,
+      { noHeader: written.length },
+    );
+  }
   const twice = [...new Set(columns.filter((c, i) => columns.indexOf(c) !== i))].sort(byCodePoint);
   if (twice.length) {
     throw new NotResultsError(`${name}: the header names a column twice (${shown(twice)})`, { twice });

@@ -130,6 +130,15 @@ def sniff(path: Path) -> CsvLayout:
     # An empty header cell (a trailing separator, as spreadsheets export) names no template field: its values are
     # ignored like any other unknown column's, under a name of its own.
     columns = tuple(header_name(c) or f"(column {i + 1})" for i, c in enumerate(written))
+    if not any(c in FIELDS for c in columns):
+        # Not a header: most likely a record (the header line left out). Its values are not repeated in a message
+        # that goes to logs and JSON documents: they would carry a patient's name and NIR there.
+        raise NotResults(
+            f"{path} is not in the lab-results template: its first line names none of the template's columns "
+            f"({len(written)} fields, not shown: it may be a record; is the header line missing?); "
+            f"expected: {', '.join(FIELDS)}",
+            hint=_TEMPLATE_HINT,
+        )
     twice = sorted({c for c in columns if columns.count(c) > 1})
     if twice:
         raise NotResults(f"{path}: the header names a column twice ({_shown(twice)})", hint=_TEMPLATE_HINT)
