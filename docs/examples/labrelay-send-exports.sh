@@ -9,10 +9,17 @@
 # Each file ends in one place: $EXPORTS/sent/ (sent, or sent before), $EXPORTS/refused/ (not lab results, every
 # record rejected, or a threshold crossed: a person must look; the reason is in $EXPORTS/labrelay.jsonl), or it
 # stays where it is to be tried again (relay unreachable, a network cut: nothing to do but wait).
-# Exit: 0 everything sent; 1 something waits for the next run; 2 a file was refused; 3 a security refusal (alert).
+# Exit: 0 everything sent; 1 something waits for the next run; 2 a file was refused, or this script is set up
+# wrong (LABRELAY not found: cron's PATH is /usr/bin:/bin, so give LABRELAY=/opt/labrelay/bin/labrelay); 3 a
+# security refusal (alert).
 set -u
+umask 077                               # the log names files and counts: the user's alone
 : "${LABRELAY_AS:?the lab party directory}" "${LABRELAY_SERVER:?the relay URL}" "${EXPORTS:?the export folder}"
 LABRELAY="${LABRELAY:-labrelay}"
+if ! command -v "${LABRELAY%% *}" >/dev/null; then   # its first word: LABRELAY may be "python3 -m labrelay"
+    echo "labrelay-send-exports: $LABRELAY not found (PATH=$PATH): set LABRELAY to its full path" >&2
+    exit 2
+fi
 LOG="${LOG:-$EXPORTS/labrelay.jsonl}"   # one JSON document per command: what was sent, held, rejected, and why
 mkdir -p "$EXPORTS/sent" "$EXPORTS/refused"
 worst=0

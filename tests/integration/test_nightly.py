@@ -152,3 +152,21 @@ def test_the_nightly_scripts_deliver_every_record_exactly_once_through_relay_res
         test = pl.struct(*person, "date_prelevement", "date_validation", "code_loinc")
         assert rows.select(test.is_duplicated().sum()).item() == 0, f"{name} received a record twice"
     assert world.stored() == []  # everything delivered, nothing left on the relay
+
+
+@pytest.mark.parametrize(("script", "folder"), [("labrelay-send-exports.sh", "EXPORTS"), ("labrelay-fetch.sh", "INBOX")])
+def test_a_script_run_from_crons_path_says_labrelay_is_not_found(tmp_path: Path, script: str, folder: str) -> None:
+    """cron's PATH is /usr/bin:/bin, where the installed labrelay is not: the script says so and exits 2 (set up
+    wrong), instead of exit 127, a Python traceback from reading an empty document and blank lines in its log."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LABRELAY_AS": str(tmp_path / "party"),
+        "LABRELAY_SERVER": "http://127.0.0.1:9",
+        folder: str(tmp_path),
+    }
+    proc = subprocess.run(["bash", str(SCRIPTS / script)], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "labrelay not found" in proc.stderr
+    assert "set LABRELAY to its full path" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "labrelay.jsonl").exists()
