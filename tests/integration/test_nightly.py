@@ -154,7 +154,9 @@ def test_the_nightly_scripts_deliver_every_record_exactly_once_through_relay_res
     assert world.stored() == []  # everything delivered, nothing left on the relay
 
 
-@pytest.mark.parametrize(("script", "folder"), [("labrelay-send-exports.sh", "EXPORTS"), ("labrelay-fetch.sh", "INBOX")])
+@pytest.mark.parametrize(
+    ("script", "folder"), [("labrelay-send-exports.sh", "EXPORTS"), ("labrelay-fetch.sh", "INBOX")]
+)
 def test_a_script_run_from_crons_path_says_labrelay_is_not_found(tmp_path: Path, script: str, folder: str) -> None:
     """cron's PATH is /usr/bin:/bin, where the installed labrelay is not: the script says so and exits 2 (set up
     wrong), instead of exit 127, a Python traceback from reading an empty document and blank lines in its log."""
