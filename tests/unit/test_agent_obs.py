@@ -22,7 +22,7 @@ from labrelay.agent.worker import Context
 from labrelay.batch.pipeline import open_reader
 from labrelay.client.fetch import FetchReport
 from labrelay.clock import SystemClock
-from labrelay.errors import LabrelayError, NotResults, PermissionDenied, Unavailable
+from labrelay.errors import LabrelayError, NotResults, PermissionDenied, Unavailable, UsageError
 
 NIR = "1850575123456"  # a made-up NIR: what a CSV without a header row puts in "columns found"
 LEAKY = NotResults(f"not a results file: columns found: DUPONT, Jean, {NIR}", hint=f"row {NIR}")
@@ -155,3 +155,21 @@ def test_health_answers_the_loopback_names_with_its_port(health, host: str) -> N
     status, body = get(server, "/health", host.format(port=server.url.rsplit(":", 1)[1]))
     assert status == 200
     assert json.loads(body)["parties"][0]["party"] == "cnam"
+
+
+def test_a_second_agent_on_the_same_listen_address_is_a_setting_to_change_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    """Two agents started with the same settings: the second cannot listen. It said "internal error (OSError)" and
+    exited 1, which systemd's Restart=on-failure retries for ever; it now names the address and the likely cause,
+    as a usage error (exit 2, not restarted)."""
+    w = recipient(tmp_path)
+    first = HealthServer(("127.0.0.1", 0), w.ctx.metrics, [w.status])
+    first.start()
+    port = int(first.url.rsplit(":", 1)[1])
+    try:
+        with pytest.raises(UsageError, match=rf"cannot listen on 127\.0\.0\.1:{port}") as refused:
+            HealthServer(("127.0.0.1", port), w.ctx.metrics, [w.status])
+        assert "another agent is running" in (refused.value.hint or "")
+    finally:
+        first.stop()

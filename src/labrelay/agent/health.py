@@ -9,6 +9,7 @@ and counts only: no message, no file name, no path (those are in the JSON log, a
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from labrelay.domain.timeutil import to_rfc3339
+from labrelay.errors import UsageError
 from labrelay.ports import Clock
 
 
@@ -149,7 +151,17 @@ class HealthServer:
     """``/health`` and ``/metrics`` on a loopback address (checked by the settings), in a thread of its own."""
 
     def __init__(self, listen: tuple[str, int], metrics: Metrics, statuses: Sequence[Status]) -> None:
-        self._server = (_Server6 if ":" in listen[0] else _Server)(listen, BaseHTTPRequestHandler)
+        try:
+            self._server = (_Server6 if ":" in listen[0] else _Server)(listen, BaseHTTPRequestHandler)
+        except OSError as exc:  # a setting to change, not a moment to wait out: exit 2, not restarted by systemd
+            busy = exc.errno == errno.EADDRINUSE
+            raise UsageError(
+                f"the agent cannot listen on {listen[0]}:{listen[1]}: {exc.strerror or exc}",
+                hint="another agent is running with these settings, or another program holds the port: stop it, "
+                "or give another `listen`"
+                if busy
+                else "give another `listen` in the agent's settings",
+            ) from None
         self._server.RequestHandlerClass = _handler(metrics, statuses, loopback_hosts(self._server.server_address[1]))
         self._thread = threading.Thread(target=self._server.serve_forever, name="agent-health", daemon=True)
 
