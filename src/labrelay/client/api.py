@@ -62,6 +62,8 @@ T = TypeVar("T")
 
 def check_server_url(url: str) -> str:
     """A relay URL without trailing slash; refuses plain HTTP off loopback and anything but http(s)."""
+    if url != url.strip() or any(c.isspace() or ord(c) < 0x20 for c in url):  # a pasted space, a CR from a file
+        raise UsageError(f"invalid relay URL {url!r}: it holds a space or a control character")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"invalid relay URL {url!r}", hint="e.g. https://relay.example.org or http://127.0.0.1:8000")
@@ -81,7 +83,13 @@ def _transport(base: str, ca_bundle: Path | None) -> httpx.HTTPTransport:
     strict context that trusts no certificate at all, so that nothing could ever be verified with it."""
     verify: ssl.SSLContext | bool
     if ca_bundle is not None:
-        verify = ssl.create_default_context(cafile=str(ca_bundle))
+        try:
+            verify = ssl.create_default_context(cafile=str(ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"cannot use {ca_bundle} as the relay's CA (--cacert): {getattr(exc, 'strerror', None) or exc}",
+                hint="give a PEM file with the certificate of the CA that signed the relay's",
+            ) from None
     elif base.startswith("https:"):
         verify = True
     else:

@@ -28,6 +28,7 @@ decrypted twice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
@@ -1003,6 +1004,11 @@ def _fetch_listed(run: _Run, report: FetchReport) -> None:
                 break  # the relay is gone for now: the rest waits for the next run
         except LabrelayError:
             raise  # a security error that is not the payload's: stop here, nothing more is written
+        except OSError as exc:  # the disk full, the inbox unwritable: said as the system says it, tried next run
+            failure = OperationalError(f"could not write the output of {transfer_id}: {exc.strerror or exc}")
+            report.failed.append((transfer_id, failure))
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                break  # every later payload would meet the same
         except Exception as exc:  # noqa: BLE001 - one payload's surprise must not block every later one
             failure = OperationalError(f"internal error ({type(exc).__name__}) while fetching {transfer_id}")
             failure.__cause__ = exc

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from labrelay.errors import StorageFull, UnsafeOutput
+from labrelay.errors import StorageFull, UnsafeOutput, UsageError
 
 TEMP_PREFIX = ".labrelay-tmp-"
 
@@ -159,8 +159,14 @@ class SafeDir:
         directory another user owns, or one that the group or others may write to (``check=False``: a place the
         user chose for a file of their own, like ``validate --report``; still never a link)."""
         if create:
-            with contextlib.suppress(FileExistsError):
+            try:
                 path.mkdir(mode=0o700 if private else 0o755, parents=True)
+            except FileExistsError:
+                pass
+            except OSError as exc:  # a parent that is a file, a place not ours to write: the caller's to fix
+                raise UsageError(
+                    f"cannot create the directory {path}: {exc.strerror or exc}", hint="check the path"
+                ) from None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError as exc:
@@ -169,9 +175,9 @@ class SafeDir:
                     f"{path} is a symbolic link: refusing to write through it",
                     hint="give the real directory (if you did not make that link, tell your security officer)",
                 ) from None
-            if exc.errno == errno.ENOTDIR:
-                raise UnsafeOutput(f"{path} is not a directory") from None
-            raise
+            if exc.errno == errno.ENOTDIR:  # a regular file: a mistake, not an attack (a link is refused above)
+                raise UsageError(f"{path} is not a directory", hint="give a directory") from None
+            raise UsageError(f"cannot open the directory {path}: {exc.strerror or exc}") from None
         try:
             if check:
                 _check_dir(path, os.fstat(fd))

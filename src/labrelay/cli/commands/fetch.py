@@ -124,8 +124,11 @@ def fetch(
         party_client(server, party, cacert) as client,
         ui.TerminalProgress(options.quiet() or json_out) as progress,
     ):
+        new_out = not out.exists() and not out.is_symlink()
         report = fetch_all(party, client, out, SystemClock(), raw=raw, progress=progress, output_format=output_format)
         destroyed = [] if raw else _retire_after_fetch(party, client)
+    if new_out:  # a typo in --out would otherwise put results where no loader looks, silently
+        ui.warn(f"created the output directory {out.resolve()}: it did not exist")
     for gone in destroyed:
         ui.json_output.say(f"destroyed retired identity {short_key(gone.recipient)}: no payload sealed to it remains")
     warn_overruled(destroyed)
@@ -144,7 +147,10 @@ def receipt(
     transfer_id: Annotated[str, typer.Argument(help="The transfer to acknowledge.")],
     as_: AsOpt,
     server: ServerOpt,
-    file: Annotated[Path | None, typer.Option("--file", help="Check this raw payload's hash first.")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", exists=True, dir_okay=False, readable=True, help="Check this raw payload's hash first."),
+    ] = None,
     cacert: CaOpt = None,
 ) -> None:
     """Acknowledge a transfer fetched with --raw: the relay then deletes the payload."""
