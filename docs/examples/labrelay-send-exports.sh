@@ -31,7 +31,8 @@ doc=$($LABRELAY resume --as "$LABRELAY_AS" --server "$LABRELAY_SERVER" --json --
 note $?
 printf '%s\n' "$doc" >>"$LOG"
 
-for file in "$EXPORTS"/*.csv; do   # a LIS that writes results.csv.part and renames it when complete is never early
+for file in "$EXPORTS"/*.[cC][sS][vV]; do   # results.csv or RESULTS.CSV; a LIS writing results.csv.part and
+                                            # renaming it when complete is never taken early
     [ -e "$file" ] || continue
     doc=$($LABRELAY send "$file" --as "$LABRELAY_AS" --server "$LABRELAY_SERVER" --json --wait 10m)
     code=$?
@@ -44,6 +45,7 @@ for file in "$EXPORTS"/*.csv; do   # a LIS that writes results.csv.part and rena
                note 1                                               # relay unreachable, frozen, busy: next run
            fi ;;
         2) mv -- "$file" "$EXPORTS/refused/"; note 2 ;;             # not a lab-results file (what it is: in the log)
+        130|143) note 1; break ;;                                   # interrupted or stopped: the next run finishes
         *) note 3 ;;                                                # refused by a security check: alert someone
     esac
 done
