@@ -85,12 +85,16 @@ def _run(args: list[str]) -> int:
     from labrelay.cli.coercion import install  # noqa: PLC0415 - imports Typer
 
     install()  # plain option values skip Typer's pydantic coercion
-    command = typer.main.get_command(build_app(command_named(args)))
+    named = command_named(args)
+    ui.json_output.command = named
+    command = typer.main.get_command(build_app(named))
     try:
         config = config_file.config_for(args)
         options.use_config(config.path if config else None)
         defaults = config_file.default_map(command, config) if config else None
         code = command.main(args=args, prog_name="labrelay", standalone_mode=False, default_map=defaults)
+        if code == ui.EXIT_INTERRUPTED:  # Typer turns Ctrl-C (KeyboardInterrupt) into a silent Exit(130)
+            raise KeyboardInterrupt
     except typer.exceptions.TyperException as exc:  # a usage error found while parsing: --json is not parsed yet
         name = getattr(exc, "option_name", None)
         if name in ROOT_OPTIONS:  # ``labrelay send … --retries 0``: a common slip
@@ -110,8 +114,9 @@ def _run(args: list[str]) -> int:
     except (typer.Abort, KeyboardInterrupt, Terminated) as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         ui.err.print(f"labrelay: {what}")
-        ui.json_output.fail(errors.OperationalError(f"{what} before the end"), 143 if what == "terminated" else 130)
-        return 143 if isinstance(exc, Terminated) else 130
+        code = ui.EXIT_TERMINATED if isinstance(exc, Terminated) else ui.EXIT_INTERRUPTED
+        ui.json_output.fail(errors.OperationalError(f"{what} before the end"), code)
+        return code
     except Exception as exc:
         if _debug():
             raise

@@ -100,6 +100,8 @@ EXIT_OK = 0
 EXIT_OPERATIONAL = 1
 EXIT_USAGE = 2
 EXIT_SECURITY = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT), as a shell reports a process it interrupted
+EXIT_TERMINATED = 143  # SIGTERM (systemd's stop, a timeout)
 
 
 def exit_code_for(exc: errors.LabrelayError) -> int:
@@ -132,11 +134,13 @@ class JsonOutput:
     def __init__(self) -> None:
         self.enabled = False
         self.done = False
+        self.command: str | None = None  # the command this run names, for a failure's document
 
     def reset(self) -> None:
         """A new run of the CLI (``main`` called again in one process): no document emitted yet."""
         self.enabled = False
         self.done = False
+        self.command = None
 
     def say(self, text: str) -> None:
         """A line for people: printed on stdout unless the command answers in JSON."""
@@ -150,7 +154,8 @@ class JsonOutput:
             print(printable_json(document))
 
     def fail(self, exc: errors.LabrelayError, exit_code: int | None = None) -> None:
-        doc = {"error": {"code": exc.code, "message": exc.message, "hint": exc.hint, "kind": kind_of(exc)}}
+        error = {"code": exc.code, "message": exc.message, "hint": exc.hint, "kind": kind_of(exc)}
+        doc = {"command": self.command, "error": error} if self.command else {"error": error}
         self.emit(doc, exit_code_for(exc) if exit_code is None else exit_code)
 
 
