@@ -205,6 +205,29 @@ def test_the_same_file_twice_reaches_each_recipient_once(world: World, tmp_path:
     asked_more = send(world, source, "--to", "cnam", "--to", "spf")
     assert asked_more.code == 2, str(asked_more)
     assert "--again" in asked_more.err
+    # A file sent before is not a reason to skip what the command gets wrong: each of these exited 0, "already
+    # sent", sending nothing and checking nothing.
+    every = send(world, source)  # sent with --to; now every recipient of the policy is asked for
+    assert every.code == 2, str(every)
+    assert "to ars-11, cnam only (--to)" in every.err
+    assert "--again" in every.err
+    too_long = send(world, source, "--to", "cnam", "--to", "ars-11", "--ttl", "400d")
+    assert too_long.code == 2, str(too_long)
+    wrong_url = call_cli(
+        "send",
+        source,
+        "--as",
+        world.party_dir("lab-paris-01"),
+        "--server",
+        world.url + "/api",
+        "--to",
+        "cnam",
+        "--to",
+        "ars-11",
+        cwd=world.root,
+    )
+    assert wrong_url.code != 0, str(wrong_url)
+    assert "already sent" not in wrong_url.out
 
     # The lab lost its record of what it sent (a reinstall): the recipient declines the second copy itself.
     lab = world.party_dir("lab-paris-01")
@@ -366,6 +389,22 @@ def test_thresholds_for_stricter_jobs(world: World, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ 4. held shares
+
+
+def test_a_preview_before_spf_is_enrolled_says_a_send_would_not_start_and_what_to_do(
+    tmp_path: Path, relay_factory
+) -> None:
+    """The trial of docs/deployment.md has CNAM enrolled, not yet SpF. The preview refused with "restrict the send
+    with --to", an option validate does not have; it now says what a send would do and what can be done."""
+    world = make_world(tmp_path / "world", relay_factory)  # no SpF
+    source = batch_file(tmp_path, "results.csv", 50, seed=12)
+    preview = cli(world, "validate", source, "--as", world.party_dir("lab-paris-01"), "--server", world.url)
+    assert preview.code == 2, str(preview)
+    assert "sends to spf, which is not enrolled: a send would refuse to start" in preview.err
+    assert "labrelay send FILE --to NAME" in preview.err
+    assert "restrict the send with --to" not in preview.err
+    alone = cli(world, "validate", source)  # the file alone: fine
+    assert alone.code == 0, str(alone)
 
 
 @pytest.mark.threat("T14")

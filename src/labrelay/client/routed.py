@@ -52,7 +52,14 @@ from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
 from labrelay.domain.records import FIELDS
 from labrelay.domain.timeutil import to_rfc3339
 from labrelay.domain.transfers import Manifest
-from labrelay.errors import LabrelayError, OperationalError, PermissionDenied, SecurityError, UsageError
+from labrelay.errors import (
+    LabrelayError,
+    NotFound,
+    OperationalError,
+    PermissionDenied,
+    SecurityError,
+    UsageError,
+)
 from labrelay.jsonfile import read_json
 from labrelay.ports import Clock
 from labrelay.refdata import communes, department_regions
@@ -205,6 +212,8 @@ def send_results(
     source_digest, first = _digest_and_plan(party, client, clock, options, source)
     planned: _Planned | None = first
     known = find_sent(party, source_digest, again=options.again, requested=options.restrict or ())
+    if known is not None and isinstance(first.error, UsageError | NotFound):
+        raise first.error  # the command itself is wrong (a recipient, a --ttl, the relay's URL): said, not skipped
     if known is not None:
         finished = _finish_known(party, client, clock, known, progress, rerouted=rerouted)
         if finished is not None:
@@ -249,8 +258,9 @@ def send_results(
 
 @dataclass
 class _Planned:
-    """The plan made while the source was hashed, or the failure to make it: raised only if the source is to be
-    sent (a source sent before is finished whatever the plan would have said, as when it was made after)."""
+    """The plan made while the source was hashed, or the failure to make it: raised if the source is to be sent,
+    or if it says the command itself is wrong (``UsageError``, ``NotFound``: a recipient, a --ttl, the relay's URL).
+    A source sent before is otherwise finished whatever the plan would have said, as when it was made after."""
 
     plan: _Plan | None = None
     error: LabrelayError | None = None

@@ -351,6 +351,12 @@ def find_sent(
             f"not to {', '.join(sorted(asked))}",
             hint="to send it again as a new batch, add --again",
         )
+    if latest.recipients and not requested:  # sent with --to (a trial, say); now asked for every recipient
+        raise UsageError(
+            f"this file was already sent as batch {latest.batch_id} to {', '.join(sorted(latest.recipients))} only "
+            "(--to), not to every recipient of the policy",
+            hint="to send it to every recipient as a new batch, add --again",
+        )
     return latest
 
 

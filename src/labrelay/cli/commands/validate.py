@@ -93,6 +93,14 @@ def validate(
             trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
             rules = current_policy(client, party.authority, party.path, SystemClock().now())
         enrolled = {e.name for e in trusted.in_force() if e.role is Role.RECIPIENT}
+        absent = sorted(r.name for r in rules.recipients if not r.by_region and r.name not in enrolled)
+        if absent:  # a send would refuse to start: the preview says so, with what can be done (validate has no --to)
+            raise UsageError(
+                f"policy {rules.version} sends to {', '.join(absent)}, which is not enrolled: a send would refuse "
+                "to start until it is",
+                hint=f"enrol {', '.join(absent)}; meanwhile `labrelay send FILE --to NAME …` sends to the others, and "
+                "`labrelay validate FILE` without --as and --server checks the file alone",
+            )
     else:
         from labrelay.client.policy import default_policy_text  # noqa: PLC0415 - only this command needs it
 
