@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import errno
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,35 @@ def test_a_full_disk_is_said_as_the_system_says_it_and_left_for_the_next_run(
     assert isinstance(error, OperationalError)
     assert error.message == f"could not write the output of {waiting}: No space left on device"
     assert report.refused == []
+
+
+def test_a_server_that_is_not_a_labrelay_relay_is_named_and_its_page_not_repeated(world, cli) -> None:
+    """--server pointing at another web server (a wrong port, the hospital's intranet): its 404 page was printed
+    into the error ("relay answered 404: <!DOCTYPE HTML>…", exit 1, retried for ever); now one line says what
+    answered, exit 2."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!DOCTYPE HTML><html><body>Not Found</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        other = f"http://127.0.0.1:{server.server_address[1]}"
+        result = fetch(world, cli, "--out", world.root / "out", server=other)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.code == 2, str(result)
+    said = one_line(result)
+    assert f"{other} answered 404 (text/html), not as a labrelay relay does" in said
+    assert "DOCTYPE" not in result.err + result.out

@@ -276,7 +276,13 @@ class RelayClient:
             if isinstance(doc.get("hint"), str):
                 hint = doc["hint"][:300]
         except (ValueError, AttributeError):
-            code, detail = "", response.text[:200]
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            code, detail = "", f"({kind}; not shown)"  # another server's page: nothing of it is repeated
+            if response.status_code in (400, 401, 403, 404, 405):  # a labrelay relay says these in JSON
+                return UsageError(
+                    f"{self.base} answered {response.status_code} ({kind}), not as a labrelay relay does",
+                    hint="check --server: the relay's own URL, https://HOST[:PORT]",
+                )
         if response.status_code == 507:
             return StorageFull(f"relay: {detail}")
         if response.status_code >= 500 and code in ("", "internal", "unavailable", "operational"):
