@@ -18,9 +18,7 @@ def results(tmp_path: Path) -> Path:
     return path
 
 
-def test_ctrl_c_says_interrupted_and_its_json_document_says_so(
-    results: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_ctrl_c_says_interrupted_and_its_json_document_says_so(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130: no line on stderr, no JSON document for the
     nightly job's log. The run now says it was interrupted, and its document names the command."""
 
