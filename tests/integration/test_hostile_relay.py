@@ -151,8 +151,9 @@ def test_a_relays_error_text_cannot_drive_the_terminal(tmp_path: Path, cli) -> N
 
 @pytest.mark.threat("T37")
 def test_a_relays_plain_text_answer_and_newlines_cannot_forge_lines(tmp_path: Path, cli) -> None:
-    """A non-JSON answer reaches the user through another path (the first bytes of the body); a newline in it
-    would print a line of the relay's choosing under labrelay's name. Shown as ``\\n``, on the one line."""
+    """A non-JSON answer reached the user through another path (the first bytes of the body); a newline in it
+    would print a line of the relay's choosing under labrelay's name. It was shown as ``\\n``, on the one line; now
+    nothing of a non-JSON body is shown at all (its status and content type only)."""
     _, cnam = recipient(tmp_path)
     forged = "teapot\nlabrelay: fetched 12 payloads, all verified\x1b[A\x1b[2K"
     with stub_relay(lambda method, path: Answer(418, forged.encode(), "text/plain")) as relay:
@@ -160,4 +161,5 @@ def test_a_relays_plain_text_answer_and_newlines_cannot_forge_lines(tmp_path: Pa
     assert fetched.code == 1, str(fetched)
     assert_nothing_obeyed(fetched.out + fetched.err)
     assert fetched.err.count("\n") == 1
-    assert "teapot\\nlabrelay: fetched 12 payloads" in fetched.err
+    assert "relay answered 418: (text/plain; not shown)" in fetched.err
+    assert "teapot" not in fetched.err + fetched.out

@@ -25,6 +25,7 @@ from labrelay.errors import UsageError
 
 if TYPE_CHECKING:  # polars loads only for the commands that read lab results
     from labrelay.batch.csv_reader import Batch
+    from labrelay.domain.policy import Policy
 
 
 def _advance(task: ProgressTask) -> Callable[[Batch], None]:
@@ -54,6 +55,27 @@ class _OutputFile:
                 self.file.discard()
         finally:
             self.dir.close()
+
+
+def _in_force(as_: Path, server: str, cacert: Path | None) -> tuple[Policy, set[str]]:
+    """For a preview: the policy in force and the recipients enrolled under it. A national recipient not enrolled
+    is said here: a send would refuse to start (validate has no --to, so the hint says what else can be done)."""
+    from labrelay.client.policy import current_policy  # noqa: PLC0415 - only a preview needs it
+
+    party = Party.load(as_)
+    with party_client(server, party, cacert) as client:
+        trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
+        rules = current_policy(client, party.authority, party.path, SystemClock().now())
+    enrolled = {e.name for e in trusted.in_force() if e.role is Role.RECIPIENT}
+    absent = sorted(r.name for r in rules.recipients if not r.by_region and r.name not in enrolled)
+    if absent:
+        raise UsageError(
+            f"policy {rules.version} sends to {', '.join(absent)}, which is not enrolled: a send would refuse "
+            "to start until it is",
+            hint=f"enrol {', '.join(absent)}; meanwhile `labrelay send FILE --to NAME …` sends to the others, and "
+            "`labrelay validate FILE` without --as and --server checks the file alone",
+        )
+    return rules, enrolled
 
 
 def validate(
@@ -86,21 +108,7 @@ def validate(
         raise UsageError("a preview against a relay needs both --as LAB and --server URL")
     enrolled = None
     if as_ is not None and server is not None:
-        from labrelay.client.policy import current_policy  # noqa: PLC0415 - only a preview needs it
-
-        party = Party.load(as_)
-        with party_client(server, party, cacert) as client:
-            trusted = TrustedDirectory(party.authority, client.directory(), SystemClock().now())
-            rules = current_policy(client, party.authority, party.path, SystemClock().now())
-        enrolled = {e.name for e in trusted.in_force() if e.role is Role.RECIPIENT}
-        absent = sorted(r.name for r in rules.recipients if not r.by_region and r.name not in enrolled)
-        if absent:  # a send would refuse to start: the preview says so, with what can be done (validate has no --to)
-            raise UsageError(
-                f"policy {rules.version} sends to {', '.join(absent)}, which is not enrolled: a send would refuse "
-                "to start until it is",
-                hint=f"enrol {', '.join(absent)}; meanwhile `labrelay send FILE --to NAME …` sends to the others, and "
-                "`labrelay validate FILE` without --as and --server checks the file alone",
-            )
+        rules, enrolled = _in_force(as_, server, cacert)
     else:
         from labrelay.client.policy import default_policy_text  # noqa: PLC0415 - only this command needs it
 
