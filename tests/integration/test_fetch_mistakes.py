@@ -118,3 +118,11 @@ def test_a_server_that_is_not_a_labrelay_relay_is_named_and_its_page_not_repeate
     said = one_line(result)
     assert f"{other} answered 404 (text/html), not as a labrelay relay does" in said
     assert "DOCTYPE" not in result.err + result.out
+
+
+def test_https_to_a_relay_that_speaks_plain_http_is_a_usage_error(world, cli, waiting: str) -> None:
+    """``https://`` to a relay without TLS: OpenSSL's "wrong version number", exit 1, retried for ever; now what is
+    wrong, and exit 2."""
+    result = fetch(world, cli, "--out", world.root / "out", server=world.url.replace("http://", "https://"))
+    assert result.code == 2, str(result)
+    assert "does not speak TLS (it answered in plain HTTP)" in one_line(result)

@@ -24,6 +24,7 @@ from labrelay.agent.lab import LabWorker
 from labrelay.agent.outbox import Sorter
 from labrelay.agent.settings import AgentSettings, LabSettings, Retry
 from labrelay.agent.worker import Context
+from labrelay.client.lock import AGENT_LOCK_FILE, party_lock
 from labrelay.clock import SystemClock
 from labrelay.errors import (
     NotResults,
@@ -267,6 +268,24 @@ def test_a_worker_that_dies_stops_the_process_with_1(tmp_path: Path, monkeypatch
     assert w.ctx.stop.is_set()
     assert [e["event"] for e in _events(out, "worker.crashed", "agent.stopped")] == ["worker.crashed", "agent.stopped"]
     assert _events(out, "agent.stopped")[0]["exit_code"] == 1
+
+
+@pytest.mark.parametrize("once", [True, False], ids=["once", "service"])
+def test_a_second_agent_for_a_party_is_refused_at_start(tmp_path: Path, monkeypatch, once: bool) -> None:
+    """Two agents for one party (the second with another ``listen``, or ``--once`` beside the service) sent nothing
+    twice, but the idle one took the other's file in ``.taking/`` for one a crash left, and one file ended twice
+    (``file.sent``, then ``file.vanished``). The second is now refused before it looks at anything, exit 2."""
+    w, out = _worker(tmp_path, monkeypatch, _report)
+    monkeypatch.setattr(runner, "build", lambda *args: [w])
+    settings = AgentSettings(listen=("127.0.0.1", 0), lock_wait=1.0, labs=(w.settings,), recipients=())
+    refused = rf"another agent for {w.party.name} is running \(pid {os.getpid()}\)"
+    with (
+        party_lock(w.party.path, w.party.name, "agent", lock_file=AGENT_LOCK_FILE),  # the first agent
+        pytest.raises(UsageError, match=refused),
+    ):
+        runner.run_agent(settings, "http://127.0.0.1:9", None, 0, io.StringIO(), once=once)
+    assert _events(out, "agent.started") == []
+    assert runner.run_agent(settings, "http://127.0.0.1:9", None, 0, io.StringIO(), once=True) == 0  # alone: runs
 
 
 # ------------------------------------------------------------------ 4. folders that are not what they seem

@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -25,7 +25,9 @@ from labrelay.agent.policy import error_fields
 from labrelay.agent.recipient import RecipientWorker
 from labrelay.agent.settings import AgentSettings
 from labrelay.agent.worker import Context, Worker
+from labrelay.client.lock import AGENT_LOCK_FILE, party_lock
 from labrelay.clock import SystemClock
+from labrelay.errors import PartyBusy, UsageError
 
 
 def build(settings: AgentSettings, server: str, cacert: Path | None, retries: int, stream: TextIO) -> list[Worker]:
@@ -53,10 +55,27 @@ def run_agent(
     """Run until SIGTERM/SIGINT (0), or one pass with ``once`` (the worst exit code)."""
     workers = build(settings, server, cacert, retries, stream)
     ctx = workers[0].ctx
-    with _stop_on_signals(ctx.stop):
+    with _one_agent_per_party(workers), _stop_on_signals(ctx.stop):
         if once:
             return _once(workers)
         return _forever(settings, workers)
+
+
+@contextmanager
+def _one_agent_per_party(workers: list[Worker]) -> Iterator[None]:
+    """Each party's agent lock, held for the whole run: a second agent for a party (another ``listen``, or
+    ``--once`` beside the service) would take the first one's file in ``.taking/`` for one a crash left, and give
+    one file two endings. Refused at once, exit 2: a setting to change, not a moment to wait out."""
+    with ExitStack() as held:
+        for worker in workers:
+            try:
+                held.enter_context(party_lock(worker.party.path, worker.party.name, "agent", lock_file=AGENT_LOCK_FILE))
+            except PartyBusy as busy:
+                raise UsageError(
+                    busy.message,
+                    hint="one agent per party: stop the other, or remove this party from one agent's settings",
+                ) from None
+        yield
 
 
 def _once(workers: list[Worker]) -> int:

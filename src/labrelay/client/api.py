@@ -244,7 +244,14 @@ class RelayClient:
                     f"the TLS certificate of {self.base} is not trusted: {_root_cause(exc)}",
                     hint="pass --cacert with the CA that signed it (or LABRELAY_CA_BUNDLE)",
                 ) from exc
-            raise Unavailable(f"relay {self.base} unreachable: {exc}") from exc
+            if "WRONG_VERSION_NUMBER" in str(_root_cause(exc)):  # TLS spoken to a plain-HTTP server: for good
+                raise UsageError(
+                    f"{self.base} does not speak TLS (it answered in plain HTTP)",
+                    hint="check --server: http:// for a relay on loopback without TLS, or its https:// port",
+                ) from exc
+            closed = isinstance(exc, httpx.RemoteProtocolError) and self.base.startswith("http:")
+            hint = "a TLS server closes plain HTTP so: if the relay speaks TLS, use https://" if closed else None
+            raise Unavailable(f"relay {self.base} unreachable: {exc}", hint=hint) from exc
         self._observe(response, known)
         if response.status_code >= 400:
             if stream:

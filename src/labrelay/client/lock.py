@@ -18,6 +18,7 @@ from pathlib import Path
 from labrelay.errors import PartyBusy
 
 LOCK_FILE = ".lock"
+AGENT_LOCK_FILE = ".agent.lock"  # held by an agent for as long as it runs: one agent per party
 
 
 def _holder(fd: int, name: str) -> str:
@@ -31,10 +32,12 @@ def _holder(fd: int, name: str) -> str:
 
 
 @contextlib.contextmanager
-def party_lock(party_dir: Path, name: str, command: str, *, wait: float = 0.0) -> Iterator[None]:
-    """Hold ``party_dir``'s lock for ``command``; wait up to ``wait`` seconds for it, then raise ``PartyBusy``
-    naming the command and pid that hold it."""
-    fd = os.open(party_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def party_lock(
+    party_dir: Path, name: str, command: str, *, wait: float = 0.0, lock_file: str = LOCK_FILE
+) -> Iterator[None]:
+    """Hold ``party_dir``'s lock (``lock_file``) for ``command``; wait up to ``wait`` seconds for it, then raise
+    ``PartyBusy`` naming the command and pid that hold it."""
+    fd = os.open(party_dir / lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
