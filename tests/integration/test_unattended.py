@@ -213,6 +213,13 @@ def test_the_same_file_twice_reaches_each_recipient_once(world: World, tmp_path:
     assert "--again" in every.err
     too_long = send(world, source, "--to", "cnam", "--to", "ars-11", "--ttl", "400d")
     assert too_long.code == 2, str(too_long)
+    assert "longer than the relay keeps payloads (30d)" in too_long.err  # the relay's maximum, not the ledger's
+    short_ledger = send(world, source, "--to", "cnam", "--ttl", "20d", "--ledger-retention", "10d", "--again")
+    assert short_ledger.code == 2, str(short_ledger)
+    assert "--ttl 20d is longer than the ledger is kept (10d)" in short_ledger.err
+    folder = send(world, tmp_path)
+    assert folder.code == 2, str(folder)
+    assert "is a directory, not a results file" in folder.err
     wrong_url = call_cli(
         "send",
         source,

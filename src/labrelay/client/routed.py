@@ -50,7 +50,7 @@ from labrelay.crypto.envelopes import envelope_payload
 from labrelay.domain.names import new_id
 from labrelay.domain.parties import RECEIVING_ROLES, SENDING_ROLES, PartyEntry
 from labrelay.domain.records import FIELDS
-from labrelay.domain.timeutil import to_rfc3339
+from labrelay.domain.timeutil import format_duration, to_rfc3339
 from labrelay.domain.transfers import Manifest
 from labrelay.errors import (
     LabrelayError,
@@ -168,9 +168,13 @@ def _plan(party: Party, client: RelayClient, clock: Clock, options: SendOptions)
     for name in sorted((set(options.restrict or ()) | set(directory.untrusted)) & addressed):
         directory.require(name, RECEIVING_ROLES)
     dpo_entry = choose_dpo(directory, options.dpo)  # no ledger, no send: the breach response depends on it
+    check_ttl(client, options.ttl)  # first: a --ttl over the relay's maximum is the mistake to name
     if options.ledger_retention < options.ttl:
-        raise UsageError("the ledger must be kept at least as long as the payloads it describes (--ttl)")
-    check_ttl(client, options.ttl)
+        raise UsageError(
+            f"--ttl {format_duration(options.ttl)} is longer than the ledger is kept "
+            f"({format_duration(options.ledger_retention)}): the ledger must outlive the payloads it describes",
+            hint="a shorter --ttl, or a longer --ledger-retention",
+        )
     purge(party.path, clock.now())
     receivers = [e for e in directory.in_force() if e.role in RECEIVING_ROLES]
     enrolled = {e.name for e in receivers}

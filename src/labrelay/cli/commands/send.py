@@ -210,7 +210,8 @@ def _check_send_arguments(file: Path | None, to: list[str] | None, as_is: bool, 
     elif file is None:
         raise UsageError("no file to send", hint="labrelay send FILE --as PARTY --server URL")
     elif not file.is_file():
-        raise UsageError(f"{file} is not a readable file")
+        what = "is a directory, not a results file" if file.is_dir() else "is not a readable file"
+        raise UsageError(f"{file} {what}")
     if as_is and not to:
         raise UsageError("--as-is needs at least one --to recipient")
 
