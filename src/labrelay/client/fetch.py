@@ -35,7 +35,7 @@ import queue
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -810,7 +810,10 @@ def _finish_named(
     """The output a killed run named (``_pending_output``), recorded now as it would have been: nothing is
     downloaded or decrypted again."""
     if mark["format"] == "age":
-        return _received_raw(run, listing, manifest, sidecar, again=True)
+        recorded = (journal_entry(run.party, manifest.transfer_id) or {}).get("raw") is not None
+        fetched = _received_raw(run, listing, manifest, sidecar, again=True)
+        # Recorded already (a --raw fetch run again before its receipt): reported as already received, not anew.
+        return replace(fetched, again=True) if recorded else fetched
     return _received(run, listing, manifest, sidecar, (mark["file"], mark["records"], mark["format"]), again=True)
 
 

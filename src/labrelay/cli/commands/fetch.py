@@ -45,9 +45,8 @@ def _retire_after_fetch(party: Party, client: RelayClient) -> list[Destroyed]:
 def _print_fetch(report: FetchReport) -> None:
     for item in report.fetched:
         if item.again:
-            ui.json_output.say(
-                f"{item.transfer_id} was already received ({item.path}); acknowledged again, not decrypted again"
-            )
+            done = "acknowledged again" if item.acknowledged else "not acknowledged yet (labrelay receipt)"
+            ui.json_output.say(f"{item.transfer_id} was already received ({item.path}); {done}, not written again")
         elif item.duplicate_of is not None:
             ui.json_output.say(
                 f"declined {item.transfer_id} from {item.sender}: a second copy of a source already received by "
