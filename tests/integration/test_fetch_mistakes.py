@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import errno
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from labrelay.client import fetch as fetch_module
 from labrelay.client.fetch import fetch_all
 from labrelay.clock import SystemClock
 from labrelay.errors import OperationalError
+from tests.support.stub_relay import Answer, stub_relay
 from tests.support.world import sent_ids
 
 
@@ -93,27 +92,10 @@ def test_a_server_that_is_not_a_labrelay_relay_is_named_and_its_page_not_repeate
     into the error ("relay answered 404: <!DOCTYPE HTML>…", exit 1, retried for ever); now one line says what
     answered, exit 2."""
 
-    class Page(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<!DOCTYPE HTML><html><body>Not Found</body></html>"
-            self.send_response(404)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        other = f"http://127.0.0.1:{server.server_address[1]}"
+    page = Answer(404, b"<!DOCTYPE HTML><html><body>Not Found</body></html>", "text/html; charset=utf-8")
+    with stub_relay(lambda method, path: page) as other_server:
+        other = other_server.url
         result = fetch(world, cli, "--out", world.root / "out", server=other)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.code == 2, str(result)
     said = one_line(result)
     assert f"{other} answered 404 (text/html), not as a labrelay relay does" in said

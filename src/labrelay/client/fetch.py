@@ -787,7 +787,7 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
     sidecar = {"manifest": listing["manifest"], "transfer_id": transfer_id, "unparsed": manifest.unparsed}
     stem = output_stem(manifest)
     if (mark := _pending_output(run.out_dir, known)) is not None:  # named by a run killed before it was recorded
-        return _finish_named(run, listing, manifest, sidecar, mark)
+        return _finish_named(run, listing, manifest, sidecar, mark, recorded=bool(known and known.get("raw")))
     if not run.raw and run.fmt == "csv" and _routed_csv(manifest) and not run.work.size(partial):
         return _received(run, listing, manifest, sidecar, _download_decrypting(run, manifest, partial))
     _download(client, manifest, run.work, partial, run.progress)
@@ -805,12 +805,17 @@ def _fetch_one(run: _Run, listing: Mapping[str, Any]) -> Fetched:
 
 
 def _finish_named(
-    run: _Run, listing: Mapping[str, Any], manifest: Manifest, sidecar: dict[str, Any], mark: Mapping[str, Any]
+    run: _Run,
+    listing: Mapping[str, Any],
+    manifest: Manifest,
+    sidecar: dict[str, Any],
+    mark: Mapping[str, Any],
+    *,
+    recorded: bool,
 ) -> Fetched:
     """The output a killed run named (``_pending_output``), recorded now as it would have been: nothing is
-    downloaded or decrypted again."""
+    downloaded or decrypted again. ``recorded``: a ``--raw`` payload the journal holds already."""
     if mark["format"] == "age":
-        recorded = (journal_entry(run.party, manifest.transfer_id) or {}).get("raw") is not None
         fetched = _received_raw(run, listing, manifest, sidecar, again=True)
         # Recorded already (a --raw fetch run again before its receipt): reported as already received, not anew.
         return replace(fetched, again=True) if recorded else fetched

@@ -152,6 +152,7 @@ class SafeDir:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self.fd = fd
+        self._output_mode: int | None = None
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True, private: bool = False, check: bool = True) -> SafeDir:
@@ -211,10 +212,11 @@ class SafeDir:
         """The mode of a file written here for someone else to pick up: the user's alone (0600), unless the directory
         is setgid, the documented way to share an inbox with a loader's group (docs/deployment.md): then readable by
         that group as far as the umask lets it (0640 under umask 0027, 0600 under 0077), never by others, never
-        writable but by its owner."""
-        if os.fstat(self.fd).st_mode & stat.S_ISGID:
-            return 0o640 & ~_umask()
-        return 0o600
+        writable but by its owner. Worked out once per opening."""
+        if self._output_mode is None:
+            shared = os.fstat(self.fd).st_mode & stat.S_ISGID
+            self._output_mode = 0o640 & ~_umask() if shared else 0o600
+        return self._output_mode
 
     def exists(self, name: str) -> bool:
         try:
